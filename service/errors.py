@@ -1,0 +1,117 @@
+"""postroom's exception tree, in one place.
+
+    PostroomError                      root: catch this to catch everything of ours
+    ├── ConfigError                    bad YAML / settings / reference; names file, key, fix
+    ├── TemplateError                  a template failed to load or render; names template, line
+    ├── DataSourceError                a job's sql/http/file source failed (.source)
+    ├── MessageRefused                 a composed message is unsafe (CR/LF in a header, ...)
+    ├── TransientError                 worth retrying later with backoff
+    │   ├── ServerConnectError         also a ConnectionError: refused, reset, dropped
+    │   ├── ServerTimeout              also a TimeoutError
+    │   └── ServerBusy                 the server said "try later" (SMTP 4xx, IMAP [UNAVAILABLE])
+    └── PermanentError                 retrying will not help: goes to the dead letters
+        ├── AuthError                  credentials refused
+        ├── TLSError                   certificate not trusted, STARTTLS not offered, ...
+        └── ServerRejected             the server said no for good (SMTP 5xx)
+
+Low-level errors (aiosmtplib, imaplib, poplib, httpx, ssl) are mapped to these at the edge
+that talks to the server (``raise ServerConnectError(...) from exc``). Everything above the
+edges decides retry vs dead letter by one test: ``isinstance(exc, TransientError)``.
+"""
+
+from __future__ import annotations
+
+
+class PostroomError(Exception):
+    """Root of every error postroom raises on purpose."""
+
+
+class ConfigError(PostroomError):
+    """The configuration is wrong. ``problems`` lists (location, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]] | str, *, file: str | None = None):
+        if isinstance(problems, str):
+            problems = [("", problems)]
+        self.problems = problems
+        self.file = file
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        head = f"{self.file}: " if self.file else ""
+        lines = []
+        for where, what in self.problems:
+            lines.append(f"{head}{where}: {what}" if where else f"{head}{what}")
+        return "\n".join(lines)
+
+
+class TemplateError(PostroomError):
+    """A template could not be loaded or rendered."""
+
+    def __init__(self, message: str, *, template: str | None = None, lineno: int | None = None):
+        self.template = template
+        self.lineno = lineno
+        where = ""
+        if template:
+            where = f"{template}:{lineno}: " if lineno else f"{template}: "
+        super().__init__(f"{where}{message}")
+
+
+class DataSourceError(PostroomError):
+    """A job's data source failed. ``source`` is the data key in the job."""
+
+    def __init__(self, message: str, *, source: str | None = None):
+        self.source = source
+        super().__init__(f"data source {source!r}: {message}" if source else message)
+
+
+class MessageRefused(PostroomError):
+    """A message we were about to send is unsafe or malformed; it is never sent."""
+
+
+class TransientError(PostroomError):
+    """A failure that may go away: retry with backoff."""
+
+
+class ServerConnectError(TransientError, ConnectionError):
+    """Could not reach the server, or it dropped the connection."""
+
+
+class ServerTimeout(TransientError, TimeoutError):
+    """The server did not answer in time."""
+
+
+class ServerBusy(TransientError):
+    """The server answered with a temporary failure (SMTP 4xx and the like)."""
+
+    def __init__(self, message: str, *, code: int | None = None):
+        self.code = code
+        super().__init__(message)
+
+
+class PermanentError(PostroomError):
+    """A failure retrying will not fix: record it as a dead letter with the reason."""
+
+
+class AuthError(PermanentError):
+    """The server refused our credentials."""
+
+
+class TLSError(PermanentError):
+    """TLS could not be set up as configured (untrusted certificate, no STARTTLS offered)."""
+
+
+class ServerRejected(PermanentError):
+    """The server refused for good (SMTP 5xx and the like)."""
+
+    def __init__(self, message: str, *, code: int | None = None):
+        self.code = code
+        super().__init__(message)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` is worth a retry: ours marked transient, or a bare network error."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, PermanentError | PostroomError):
+        return False
+    return isinstance(exc, ConnectionError | TimeoutError | OSError)
