@@ -1,0 +1,201 @@
+"""Read postroom.yaml: YAML → ${NAME} interpolation → schema → cross-references.
+
+Every problem is reported as `FILE:LINE: key.path: what is wrong`, all at once, so a user
+fixes a broken config in one pass instead of one error per restart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dotenv import dotenv_values
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+
+from ..errors import ConfigError
+from .model import Config
+from .settings import Settings
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+Path_ = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: Config
+    path: Path  # the YAML file, absolute
+    settings: Settings
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.settings.templates_dir()
+
+
+class SecretLookup:
+    """Where ${NAME} values come from: the environment, then secret files, then `.env`."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None,
+                 dotenv_path: Path | None = None):
+        self._environ = os.environ if environ is None else environ
+        self._dirs = settings.secret_dirs()
+        path = dotenv_path or Path(".env")
+        self._dotenv = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
+
+    def get(self, name: str) -> str | None:
+        if name in self._environ:
+            return self._environ[name]
+        for folder in self._dirs:
+            for candidate in (folder / name, folder / name.lower()):
+                if candidate.is_file():
+                    return candidate.read_text(encoding="utf-8").rstrip("\r\n")
+        return self._dotenv.get(name)
+
+
+def load_config(settings: Settings | None = None, *, path: Path | None = None,
+                environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    settings = settings or Settings()
+    path = (path or settings.config).resolve()
+    shown = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            "file not found; pass --config PATH or set POSTROOM_CONFIG", file=shown
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=shown) from None
+    raw, lines = _parse_yaml(text, shown)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([("", "the top level must be a mapping (accounts:, jobs:, rules:)")], file=shown)
+
+    lookup = SecretLookup(settings, environ)
+    problems: list[tuple[Path_, str]] = []
+    raw = _interpolate(raw, (), lookup, problems)
+    if problems:
+        raise _error(problems, lines, shown)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise _error(_pydantic_problems(exc), lines, shown) from None
+    problems = config.reference_problems()
+    if problems:
+        raise _error(problems, lines, shown)
+    _resolve_relative_paths(config, path.parent)
+    return LoadedConfig(config=config, path=path, settings=settings)
+
+
+def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([(where, f"YAML syntax error: {problem}")], file=shown) from None
+    lines: dict[Path_, int] = {}
+    if node is not None:
+        _collect_lines(node, (), lines)
+    return data, lines
+
+
+def _collect_lines(node: yaml.Node, at: Path_, lines: dict[Path_, int]) -> None:
+    lines[at] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value
+            lines[at + (k,)] = key.start_mark.line + 1
+            _collect_lines(value, at + (k,), lines)
+            lines[at + (k,)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _collect_lines(item, at + (i,), lines)
+
+
+def _interpolate(value: Any, at: Path_, lookup: SecretLookup, problems: list[tuple[Path_, str]]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, at + (k,), lookup, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, at + (i,), lookup, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def replace(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1)
+        found = lookup.get(name)
+        if found is None:
+            problems.append((at, f"${{{name}}} is not set; export {name}, put it in .env, or add a secret file named {name}"))
+            return ""
+        return found
+
+    return _VAR.sub(replace, value)
+
+
+def _pydantic_problems(exc: ValidationError) -> list[tuple[Path_, str]]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key {loc[-1]!r}; check its spelling and indentation"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        # pydantic puts union/tagged-union member names in loc; they mean nothing to a user.
+        loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "tagged-union"))))
+        out.append((loc, msg))
+    return out
+
+
+def _error(problems: list[tuple[Path_, str]], lines: dict[Path_, int], shown: str) -> ConfigError:
+    rendered = []
+    for loc, msg in problems:
+        line = _nearest_line(loc, lines)
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        rendered.append((f"line {line}: {key}" if line else key, msg))
+    return ConfigError(rendered, file=shown)
+
+
+def _nearest_line(loc: Path_, lines: dict[Path_, int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _resolve_relative_paths(config: Config, base: Path) -> None:
+    """Files and SQLite databases named relative to the config mean beside the config."""
+    for job in config.jobs.values():
+        for source in job.data.values():
+            if source.file is not None and not source.file.is_absolute():
+                source.file = base / source.file
+            if source.database:
+                source.database = resolve_sqlite_url(source.database, base)
+        for att in job.attachments:
+            if att.file is not None and not att.file.is_absolute():
+                att.file = base / att.file
+
+
+def resolve_sqlite_url(url: str, base: Path) -> str:
+    try:
+        parsed = make_url(url)
+    except Exception:  # a bad URL is reported when the source runs, with the driver's words
+        return url
+    db = parsed.database
+    if parsed.get_backend_name() == "sqlite" and db and db != ":memory:" and not Path(db).is_absolute():
+        return parsed.set(database=str(base / db)).render_as_string(hide_password=False)
+    return url

@@ -1,0 +1,242 @@
+"""The YAML config schema (pydantic v2). Validated once at load; unknown keys are errors.
+
+Cross-references (a job's account, a rule's account, data keys named by `for_each`) are
+checked by `Config.reference_problems`, outside pydantic, so each error keeps the exact key
+path that holds the bad name.
+Template existence is checked by the loader, which knows the templates folder.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from .rules import RuleConfig
+from .types import Address, Duration, TimeZoneName
+
+Security = Literal["tls", "starttls", "none"]
+SENDING_ACTIONS = frozenset({"forward", "redirect", "reply"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ServerConfig(_Strict):
+    host: str
+    port: int | None = Field(default=None, ge=1, le=65535)
+    # tls: implicit TLS; starttls: required, never falls back to plaintext; none: plaintext.
+    security: Security = "tls"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+    timeout: float = Field(default=30.0, gt=0)
+
+    _default_ports: dict[str, int] = {}
+
+    def port_or_default(self) -> int:
+        if self.port:
+            return self.port
+        return self._default_ports[self.security]
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> ServerConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give both username and password, or neither")
+        return self
+
+
+class SmtpConfig(ServerConfig):
+    _default_ports = {"tls": 465, "starttls": 587, "none": 25}
+    # Parallel connections the sender may open for a batch; each is reused for many messages.
+    connections: int = Field(default=2, ge=1, le=16)
+
+
+class ImapConfig(ServerConfig):
+    _default_ports = {"tls": 993, "starttls": 143, "none": 143}
+    folders: list[str] | None = None  # folders to watch besides those the rules name
+    idle: bool = True
+    poll_interval: Duration = timedelta(seconds=60)
+    # What to do with mail already in a folder the first time postroom sees it.
+    start_from: Literal["new", "unseen", "all"] = "new"
+
+
+class Pop3Config(ServerConfig):
+    _default_ports = {"tls": 995, "starttls": 110, "none": 110}
+    delete_after: bool = False
+    poll_interval: Duration = timedelta(seconds=60)
+    start_from: Literal["new", "all"] = "new"
+
+
+class AccountConfig(_Strict):
+    address: Address
+    name: str | None = None  # display name for mail we send
+    smtp: SmtpConfig | None = None
+    imap: ImapConfig | None = None
+    pop3: Pop3Config | None = None
+
+    @model_validator(mode="after")
+    def _one_inbox(self) -> AccountConfig:
+        if self.imap and self.pop3:
+            raise ValueError("an account reads mail over imap or pop3, not both; split it in two")
+        return self
+
+
+class ScheduleConfig(_Strict):
+    cron: str | None = None
+    every: Duration | None = None
+    at: datetime | None = None
+    timezone: TimeZoneName | None = None  # default: the config's top-level timezone
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                CronTrigger.from_crontab(value, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(
+                    f"bad cron expression {value!r} ({exc}); five fields: minute hour day month weekday"
+                ) from None
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value.total_seconds() < 1:
+            raise ValueError("every must be at least 1s")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScheduleConfig:
+        given = [k for k in ("cron", "every", "at") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of cron, every, at")
+        return self
+
+
+class DataSourceConfig(_Strict):
+    sql: str | None = None
+    database: str | None = None  # any SQLAlchemy URL; relative sqlite paths: beside the config
+    http: str | None = None
+    headers: dict[str, str] = {}
+    file: Path | None = None  # .csv or .json; relative: beside the config
+    format: Literal["csv", "json"] | None = None  # default: from the file's suffix
+    timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DataSourceConfig:
+        kinds = [k for k in ("sql", "http", "file") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of sql, http, file")
+        if self.sql is not None and not self.database:
+            raise ValueError("a sql source needs database: (a SQLAlchemy URL such as sqlite:///shop.db)")
+        if self.http is not None and not self.http.startswith(("http://", "https://")):
+            raise ValueError("http: must be an http:// or https:// URL")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "sql" if self.sql is not None else "http" if self.http is not None else "file"
+
+
+class AttachmentConfig(_Strict):
+    data: str | None = None  # a data key: its rows become CSV
+    file: Path | None = None  # a file on disk; relative: beside the config
+    filename: str | None = None
+    content_type: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AttachmentConfig:
+        if (self.data is None) == (self.file is None):
+            raise ValueError("give exactly one of data, file")
+        return self
+
+
+class JobConfig(_Strict):
+    schedule: ScheduleConfig
+    account: str
+    template: str
+    to: list[str] = Field(min_length=1)  # each may be a template: "{{ row.email }}"
+    cc: list[str] = []
+    bcc: list[str] = []
+    reply_to: str | None = None
+    data: dict[str, DataSourceConfig] = {}
+    attachments: list[AttachmentConfig] = []
+    for_each: str | None = None  # a data key: one message per row, the row is `row`
+    skip_if_empty: str | None = None  # a data key: no rows, no mail
+    # A fire missed while the daemon was down runs once at start if it is at most this late.
+    misfire_grace: Duration = timedelta(hours=1)
+    enabled: bool = True
+
+
+class OutboxConfig(_Strict):
+    # Backoff: first retry after `retry_base`, doubling up to `retry_max`, with jitter.
+    retry_base: Duration = timedelta(seconds=30)
+    retry_max: Duration = timedelta(hours=1)
+    # A message still undelivered after this long (or this many tries) becomes a dead letter.
+    max_age: Duration = timedelta(days=2)
+    max_attempts: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=100, ge=1)
+
+
+class Config(_Strict):
+    timezone: TimeZoneName = "UTC"
+    accounts: dict[str, AccountConfig] = Field(min_length=1)
+    jobs: dict[str, JobConfig] = {}
+    rules: list[RuleConfig] = []
+    outbox: OutboxConfig = OutboxConfig()
+
+    def job_timezone(self, job: JobConfig) -> str:
+        return job.schedule.timezone or self.timezone
+
+    def reference_problems(self) -> list[tuple[tuple[Any, ...], str]]:
+        """Names that point nowhere, each with the key path that holds it."""
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        for name, job in self.jobs.items():
+            at = ("jobs", name)
+            account = self.accounts.get(job.account)
+            if account is None:
+                problems.append((at + ("account",), _unknown("account", job.account, self.accounts)))
+            elif account.smtp is None:
+                problems.append((at + ("account",), f"account {job.account!r} has no smtp: section to send with"))
+            for key in ("for_each", "skip_if_empty"):
+                ref = getattr(job, key)
+                if ref is not None and ref not in job.data:
+                    problems.append((at + (key,), _unknown("data key", ref, job.data)))
+            for i, att in enumerate(job.attachments):
+                if att.data is not None and att.data not in job.data:
+                    problems.append((at + ("attachments", i, "data"), _unknown("data key", att.data, job.data)))
+        seen: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            at = ("rules", i)
+            if rule.name in seen:
+                problems.append((at + ("name",), f"rule name {rule.name!r} is used twice; names must be unique"))
+            seen.add(rule.name)
+            account = self.accounts.get(rule.account)
+            if account is None:
+                problems.append((at + ("account",), _unknown("account", rule.account, self.accounts)))
+                continue
+            if account.imap is None and account.pop3 is None:
+                problems.append((at + ("account",), f"account {rule.account!r} has no imap: or pop3: section to watch"))
+            if account.pop3 is not None:
+                for j, kind in rule.imap_only_actions():
+                    problems.append(
+                        (at + ("actions", j, kind), f"{kind} needs IMAP; account {rule.account!r} reads POP3")
+                    )
+            if account.smtp is None:
+                sending = [(j, a.kind) for j, a in enumerate(rule.actions) if a.kind in SENDING_ACTIONS]
+                for j, kind in sending:
+                    problems.append(
+                        (at + ("actions", j, kind), f"{kind} sends mail; account {rule.account!r} has no smtp: section")
+                    )
+        return problems
+
+
+def _unknown(what: str, name: str, known: Any) -> str:
+    names = ", ".join(sorted(known)) or "none defined"
+    return f"unknown {what} {name!r}; known: {names}"

@@ -1,0 +1,65 @@
+"""Process settings: POSTROOM_* from the environment and `.env` (pydantic-settings).
+
+These say *where* things are (config file, database, templates) and *how* the process
+behaves (logging, HTTP listener). What postroom *does* lives in the YAML config.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= exports STATE_DIRECTORY; honour it so the unit needs no extra env.
+    return Path(os.environ.get("STATE_DIRECTORY", "./state"))
+
+
+def _default_instance() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="POSTROOM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    config: Path = Path("postroom.yaml")
+    # Default: a SQLite file in the state dir (see database_url_or_default).
+    database_url: str | None = None
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    # Default: the `templates` folder beside the config file.
+    templates: Path | None = None
+    log_format: Literal["json", "console"] | None = None
+    log_level: str = "INFO"
+    # host:port for /healthz, /readyz and /metrics; empty disables the listener.
+    http: str = "127.0.0.1:9325"
+    # Where ${NAME} secrets may live as files (systemd credentials, Docker secrets).
+    secrets_dir: Path | None = None
+    # Names this process in fire claims and leases; unique per replica.
+    instance: str = Field(default_factory=_default_instance)
+
+    def database_url_or_default(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.state_dir / 'postroom.db').resolve()}"
+
+    def templates_dir(self) -> Path:
+        if self.templates is not None:
+            return self.templates
+        return self.config.resolve().parent / "templates"
+
+    def secret_dirs(self) -> list[Path]:
+        """Folders searched for ${NAME} files, most specific first."""
+        dirs: list[Path] = []
+        if self.secrets_dir:
+            dirs.append(self.secrets_dir)
+        if os.environ.get("CREDENTIALS_DIRECTORY"):
+            dirs.append(Path(os.environ["CREDENTIALS_DIRECTORY"]))
+        dirs.append(Path("/run/secrets"))
+        return dirs

@@ -1,0 +1,67 @@
+"""Small value types shared by the config schema: durations, sizes, time zones, addresses."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from email.utils import getaddresses
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BeforeValidator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[^@\s<>(),;:\"\[\]]+\.?[^@\s<>(),;:\"\[\]]*$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'15m', '1h', '7d', '30s', 90 (seconds) -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return timedelta(seconds=float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"])
+    raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 15m, 1h, 7d")
+
+
+def parse_size(value: Any) -> int:
+    """'10k', '2M', 5000 -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    raise ValueError(f"{value!r} is not a size; write e.g. 5000, 10k, 2M")
+
+
+def parse_timezone(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a time zone is a name like UTC or Europe/Berlin")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}; use an IANA name like Europe/Berlin") from None
+    return value
+
+
+def parse_address(value: Any) -> str:
+    """Exactly one mail address (a display name is allowed); returned as written, trimmed."""
+    if not isinstance(value, str) or "\r" in value or "\n" in value:
+        raise ValueError("an address is one line of text like name@example.org")
+    pairs = getaddresses([value])
+    if len(pairs) != 1 or not _ADDR_SPEC.match(pairs[0][1] or ""):
+        raise ValueError(f"{value!r} is not one mail address like name@example.org")
+    return value.strip()
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+TimeZoneName = Annotated[str, BeforeValidator(parse_timezone)]
+Address = Annotated[str, BeforeValidator(parse_address)]

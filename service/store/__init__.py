@@ -1,0 +1,38 @@
+"""The store: every side effect is written here before it happens.
+
+`Store` bundles the engine and the per-table query objects; modules that need only one
+kind of work take that object, not the whole store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from .engine import migrate, open_engine, schema_is_current, utcnow
+from .outbox import NewMessage, OutboxItem, OutboxStore
+from .runs import RunRecord, RunStore
+
+
+@dataclass
+class Store:
+    engine: Engine
+    outbox: OutboxStore
+    runs: RunStore
+
+    @classmethod
+    def open(cls, url: str, *, owner: str, migrate_schema: bool = True) -> Store:
+        engine = open_engine(url)
+        if migrate_schema:
+            migrate(engine)
+        return cls(engine=engine, outbox=OutboxStore(engine, owner=owner), runs=RunStore(engine, owner=owner))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+__all__ = [
+    "NewMessage", "OutboxItem", "OutboxStore", "RunRecord", "RunStore", "Store", "migrate",
+    "open_engine", "schema_is_current", "utcnow",
+]

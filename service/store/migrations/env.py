@@ -1,0 +1,19 @@
+"""Alembic environment: the engine comes from postroom (service.store.engine.migrate)."""
+
+from alembic import context
+
+from service.store.tables import metadata
+
+connection = context.config.attributes.get("connection")
+if connection is None:  # `alembic revision --autogenerate` during development
+    from sqlalchemy import create_engine
+
+    connection = create_engine(context.config.get_main_option("sqlalchemy.url")).connect()
+
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    render_as_batch=True,  # SQLite can only change tables by copying them
+)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,227 @@
+"""The outbox: every outgoing message is a row before it is a connection.
+
+Life of a row: `queued` → (claimed with a lease) `sending` → `sent` | back to `queued` with a
+later `next_attempt_at` | `dead`. A sender that dies mid-send leaves `sending` with a lease
+that runs out; the row is then claimed again and sent with the same Message-ID, so the only
+possible duplicate is a message that was in flight at the crash, and it is recognisable.
+
+Enqueueing is idempotent on `dedup_key`: re-running a half-finished job fire enqueues nothing
+that is already there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
+
+from .engine import as_utc
+from .tables import outbox
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    dedup_key: str
+    message_id: str
+    account: str
+    envelope_from: str
+    recipients: Sequence[str]
+    raw: bytes
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    dedup_key: str
+    message_id: str
+    account: str
+    envelope_from: str
+    recipients: list[str]
+    raw: bytes
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    delivered: list[str]
+    refused: dict[str, str]
+    origin: str
+    created_at: datetime
+    sent_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Any) -> OutboxItem:
+        m = row._mapping
+        return cls(
+            id=m["id"], dedup_key=m["dedup_key"], message_id=m["message_id"], account=m["account"],
+            envelope_from=m["envelope_from"], recipients=list(m["recipients"] or []), raw=m["raw"],
+            status=m["status"], attempts=m["attempts"], next_attempt_at=as_utc(m["next_attempt_at"]),
+            last_error=m["last_error"], delivered=list(m["delivered"] or []),
+            refused=dict(m["refused"] or {}), origin=m["origin"], created_at=as_utc(m["created_at"]),
+            sent_at=as_utc(m["sent_at"]),
+        )
+
+
+class OutboxStore:
+    def __init__(self, engine: Engine, *, owner: str):
+        self.engine = engine
+        self.owner = owner
+
+    # -- writing ---------------------------------------------------------------------------
+    def enqueue(self, messages: Iterable[NewMessage], *, now: datetime) -> int:
+        """Store messages for sending, in one transaction. Returns how many were new."""
+        added = 0
+        with self.engine.begin() as conn:
+            batch = list(messages)
+            existing: set[str] = set()
+            for chunk in _chunks([m.dedup_key for m in batch], 500):
+                existing |= set(conn.scalars(select(outbox.c.dedup_key).where(outbox.c.dedup_key.in_(chunk))))
+            rows = [
+                dict(dedup_key=m.dedup_key, message_id=m.message_id, account=m.account,
+                     envelope_from=m.envelope_from, recipients=list(m.recipients), raw=m.raw,
+                     status="queued", attempts=0, next_attempt_at=now, delivered=[], refused={},
+                     origin=m.origin, created_at=now, updated_at=now)
+                for m in batch if m.dedup_key not in existing
+            ]
+            if rows:
+                conn.execute(insert(outbox), rows)
+                added = len(rows)
+        return added
+
+    def claim_due(self, *, now: datetime, limit: int, lease: timedelta,
+                  account: str | None = None) -> list[OutboxItem]:
+        """Take up to `limit` due rows for this process, leased until now + lease."""
+        token = f"{self.owner}/{uuid.uuid4().hex[:12]}"
+        due = or_(
+            and_(outbox.c.status == "queued", outbox.c.next_attempt_at <= now),
+            and_(outbox.c.status == "sending", outbox.c.lease_until < now),
+        )
+        with self.engine.begin() as conn:
+            pick = select(outbox.c.id).where(due).order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit)
+            if account is not None:
+                pick = pick.where(outbox.c.account == account)
+            if conn.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            ids = list(conn.scalars(pick))
+            if not ids:
+                return []
+            conn.execute(
+                update(outbox).where(outbox.c.id.in_(ids), due)
+                .values(status="sending", lease_owner=token, lease_until=now + lease, updated_at=now)
+            )
+            rows = conn.execute(select(outbox).where(outbox.c.lease_owner == token).order_by(outbox.c.id))
+            return [OutboxItem.from_row(r) for r in rows]
+
+    def mark_sent(self, item: OutboxItem, *, now: datetime, delivered: Sequence[str],
+                  refused: dict[str, str]) -> None:
+        """Done: every recipient was accepted or permanently refused (recorded with the reply)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(outbox).where(outbox.c.id == item.id).values(
+                    status="sent", sent_at=now, updated_at=now, attempts=item.attempts + 1,
+                    delivered=sorted(set(item.delivered) | set(delivered)),
+                    refused={**item.refused, **refused}, recipients=[], lease_owner=None,
+                    lease_until=None, last_error=_refused_summary(refused),
+                )
+            )
+
+    def defer(self, item: OutboxItem, *, now: datetime, retry_at: datetime, error: str,
+              delivered: Sequence[str] = (), refused: dict[str, str] | None = None,
+              remaining: Sequence[str] | None = None) -> None:
+        """Try again later; recipients already accepted are not sent to again."""
+        refused = refused or {}
+        left = list(remaining) if remaining is not None else [
+            r for r in item.recipients if r not in delivered and r not in refused
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(outbox).where(outbox.c.id == item.id).values(
+                    status="queued", next_attempt_at=retry_at, updated_at=now,
+                    attempts=item.attempts + 1, last_error=error[:2000], recipients=left,
+                    delivered=sorted(set(item.delivered) | set(delivered)),
+                    refused={**item.refused, **refused}, lease_owner=None, lease_until=None,
+                )
+            )
+
+    def kill(self, item: OutboxItem, *, now: datetime, error: str,
+             delivered: Sequence[str] = (), refused: dict[str, str] | None = None) -> None:
+        """A dead letter: kept with the reason, sent again only by `outbox retry`."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(outbox).where(outbox.c.id == item.id).values(
+                    status="dead", updated_at=now, attempts=item.attempts + 1,
+                    last_error=error[:2000], delivered=sorted(set(item.delivered) | set(delivered)),
+                    refused={**item.refused, **(refused or {})}, lease_owner=None, lease_until=None,
+                )
+            )
+
+    def release(self, items: Iterable[OutboxItem], *, now: datetime) -> None:
+        """Hand claimed rows back untouched (shutdown): they are due again at once."""
+        ids = [i.id for i in items]
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(outbox).where(outbox.c.id.in_(ids), outbox.c.status == "sending")
+                .values(status="queued", lease_owner=None, lease_until=None, updated_at=now)
+            )
+
+    def retry(self, item_id: int, *, now: datetime) -> bool:
+        """Put a dead letter back in the queue (its remaining recipients, same Message-ID)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(outbox).where(outbox.c.id == item_id)).first()
+            if row is None or row._mapping["status"] != "dead":
+                return False
+            item = OutboxItem.from_row(row)
+            remaining = item.recipients or [r for r in item.refused if r not in item.delivered]
+            conn.execute(
+                update(outbox).where(outbox.c.id == item_id).values(
+                    status="queued", next_attempt_at=now, attempts=0, updated_at=now,
+                    recipients=remaining,
+                    refused={k: v for k, v in item.refused.items() if k not in remaining},
+                )
+            )
+            return True
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, item_id: int) -> OutboxItem | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(outbox).where(outbox.c.id == item_id)).first()
+        return OutboxItem.from_row(row) if row else None
+
+    def list(self, *, statuses: Sequence[str], limit: int = 100) -> list[OutboxItem]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox).where(outbox.c.status.in_(statuses)).order_by(outbox.c.id).limit(limit)
+            )
+            return [OutboxItem.from_row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status))
+            return {status: n for status, n in rows}
+
+    def next_due(self) -> datetime | None:
+        with self.engine.connect() as conn:
+            value = conn.scalar(
+                select(func.min(outbox.c.next_attempt_at)).where(outbox.c.status == "queued")
+            )
+            lease = conn.scalar(select(func.min(outbox.c.lease_until)).where(outbox.c.status == "sending"))
+        candidates = [as_utc(v) for v in (value, lease) if v is not None]
+        return min(candidates) if candidates else None
+
+
+def _refused_summary(refused: dict[str, str]) -> str | None:
+    if not refused:
+        return None
+    return "; ".join(f"{rcpt}: {reply}" for rcpt, reply in sorted(refused.items()))[:2000]
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,134 @@
+"""Fire claims and job runs.
+
+A fire is claimed by inserting its (job_id, fire_time) row; the primary key makes exactly one
+replica (or one restart) win it. A claim left `running` by a crashed process is taken over
+after its lease, and re-running it is safe because the outbox dedups on (job, fire, row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .engine import as_utc, to_utc
+from .tables import fire_claims, job_runs
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    job_id: str
+    fire_time: datetime | None
+    trigger: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    messages: int
+    error: str | None
+
+
+class RunStore:
+    def __init__(self, engine: Engine, *, owner: str):
+        self.engine = engine
+        self.owner = owner
+
+    def claim_fire(self, job_id: str, fire_time: datetime, *, now: datetime,
+                   stale_after: timedelta = timedelta(minutes=10)) -> bool:
+        """True if this process now owns the fire; False if another has or had it.
+
+        A claim still `running` after `stale_after` belonged to a process that died; it is
+        taken over (its messages are deduplicated in the outbox).
+        """
+        fire_time = to_utc(fire_time)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(fire_claims).values(
+                    job_id=job_id, fire_time=fire_time, claimed_by=self.owner, claimed_at=now,
+                    status="running",
+                ))
+            return True
+        except IntegrityError:
+            pass
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                update(fire_claims).where(
+                    fire_claims.c.job_id == job_id, fire_claims.c.fire_time == fire_time,
+                    fire_claims.c.status == "running", fire_claims.c.claimed_at < now - stale_after,
+                ).values(claimed_by=self.owner, claimed_at=now)
+            )
+            return taken.rowcount == 1
+
+    def finish_fire(self, job_id: str, fire_time: datetime, *, now: datetime, status: str,
+                    detail: str | None = None) -> None:
+        fire_time = to_utc(fire_time)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(fire_claims).where(
+                    fire_claims.c.job_id == job_id, fire_claims.c.fire_time == fire_time
+                ).values(status=status, finished_at=now, detail=detail)
+            )
+
+    def record_skip(self, job_id: str, fire_time: datetime, *, now: datetime, detail: str) -> bool:
+        """Mark a fire skipped (missed beyond grace). False if someone already had it."""
+        fire_time = to_utc(fire_time)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(fire_claims).values(
+                    job_id=job_id, fire_time=fire_time, claimed_by=self.owner, claimed_at=now,
+                    status="skipped", finished_at=now, detail=detail,
+                ))
+            return True
+        except IntegrityError:
+            return False
+
+    def last_fire(self, job_id: str) -> datetime | None:
+        """The newest fire time any process claimed or skipped for this job."""
+        with self.engine.connect() as conn:
+            return as_utc(conn.scalar(
+                select(func.max(fire_claims.c.fire_time)).where(fire_claims.c.job_id == job_id)
+            ))
+
+    def unfinished_fires(self, *, now: datetime, stale_after: timedelta) -> list[tuple[str, datetime]]:
+        """Fires left `running` by a process that died, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(fire_claims.c.job_id, fire_claims.c.fire_time).where(
+                    and_(fire_claims.c.status == "running",
+                         fire_claims.c.claimed_at < now - stale_after)
+                ).order_by(fire_claims.c.fire_time)
+            )
+            return [(j, as_utc(t)) for j, t in rows]
+
+    # -- runs ------------------------------------------------------------------------------
+    def start_run(self, job_id: str, *, fire_time: datetime | None, trigger: str, now: datetime) -> int:
+        fire_time = to_utc(fire_time) if fire_time else None
+        with self.engine.begin() as conn:
+            result = conn.execute(insert(job_runs).values(
+                job_id=job_id, fire_time=fire_time, trigger=trigger, started_at=now,
+                status="running", messages=0,
+            ))
+            return result.inserted_primary_key[0]
+
+    def finish_run(self, run_id: int, *, now: datetime, status: str, messages: int = 0,
+                   error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(job_runs).where(job_runs.c.id == run_id).values(
+                finished_at=now, status=status, messages=messages, error=error,
+            ))
+
+    def last_runs(self) -> dict[str, RunRecord]:
+        """The newest run of each job."""
+        newest = select(job_runs.c.job_id, func.max(job_runs.c.id).label("id")).group_by(job_runs.c.job_id).subquery()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(job_runs).join(newest, job_runs.c.id == newest.c.id))
+            out = {}
+            for r in rows:
+                m = r._mapping
+                out[m["job_id"]] = RunRecord(
+                    job_id=m["job_id"], fire_time=as_utc(m["fire_time"]), trigger=m["trigger"],
+                    started_at=as_utc(m["started_at"]), finished_at=as_utc(m["finished_at"]),
+                    status=m["status"], messages=m["messages"], error=m["error"],
+                )
+            return out

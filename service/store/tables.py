@@ -1,0 +1,166 @@
+"""The store's tables (SQLAlchemy Core). Alembic migrations create them; this file is the
+reference the queries are written against. Keep both in step: a test compares them.
+
+Each table holds one kind of unit of work with its idempotency key:
+- outbox:       an outgoing message; key `dedup_key` (job fire + row, or action key), Message-ID
+- fire_claims:  a scheduled fire; key (job_id, fire_time) — one replica wins it
+- job_runs:     what each run did (also manual `postroom send`), for `postroom jobs` and metrics
+- checkpoints:  per (account, folder): UIDVALIDITY and the highest UID taken in
+- inbound:      an inbound message; key "account/folder/uidvalidity/uid" or "account/pop3/uidl"
+- actions:      the action ledger; key (message_key, rule, action_index)
+- replies:      when an auto-reply last went to a sender (once per `days`)
+- webhooks:     a webhook delivery; key `webhook_id`, stable across retries
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+TS = DateTime(timezone=True)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dedup_key", String(512), nullable=False, unique=True),
+    Column("message_id", String(255), nullable=False, unique=True),
+    Column("account", String(255), nullable=False),
+    Column("envelope_from", String(255), nullable=False),  # "" means the null sender <>
+    Column("recipients", JSON, nullable=False),  # still to deliver to
+    Column("raw", LargeBinary, nullable=False),
+    # queued → sending → sent | dead; sending with an expired lease is taken again.
+    Column("status", String(16), nullable=False, default="queued"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", TS, nullable=False),
+    Column("lease_owner", String(255)),
+    Column("lease_until", TS),
+    Column("last_error", Text),
+    Column("delivered", JSON, nullable=False, default=list),  # recipients the server accepted
+    Column("refused", JSON, nullable=False, default=dict),  # recipient → server reply
+    Column("origin", String(255), nullable=False, default=""),  # job name or rule name
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("sent_at", TS),
+)
+Index("ix_outbox_due", outbox.c.status, outbox.c.next_attempt_at)
+
+fire_claims = Table(
+    "fire_claims",
+    metadata,
+    Column("job_id", String(255), primary_key=True),
+    Column("fire_time", TS, primary_key=True),  # UTC
+    Column("claimed_by", String(255), nullable=False),
+    Column("claimed_at", TS, nullable=False),
+    # running → done | failed | skipped (missed beyond grace, or skip_if_empty)
+    Column("status", String(16), nullable=False),
+    Column("finished_at", TS),
+    Column("detail", Text),
+)
+
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(255), nullable=False),
+    Column("fire_time", TS),  # None for a manual run
+    Column("trigger", String(16), nullable=False),  # schedule | catch-up | manual
+    Column("started_at", TS, nullable=False),
+    Column("finished_at", TS),
+    Column("status", String(16), nullable=False),  # running | done | failed | skipped
+    Column("messages", Integer, nullable=False, default=0),
+    Column("error", Text),
+)
+Index("ix_job_runs_job", job_runs.c.job_id, job_runs.c.started_at)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("account", String(255), primary_key=True),
+    Column("folder", String(1024), primary_key=True),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("last_uid", BigInteger, nullable=False),
+    Column("start_from", String(16), nullable=False),  # what the first start applied
+    Column("updated_at", TS, nullable=False),
+)
+
+inbound = Table(
+    "inbound",
+    metadata,
+    Column("key", String(1024), primary_key=True),
+    Column("account", String(255), nullable=False),
+    Column("folder", String(1024), nullable=False),
+    Column("uidvalidity", BigInteger),
+    Column("uid", BigInteger),
+    Column("uidl", String(255)),
+    Column("message_id", String(998)),
+    # pending → done | failed (retried later) | set_aside (gave up, listed)
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+Index("ix_inbound_msgid", inbound.c.account, inbound.c.folder, inbound.c.message_id)
+Index("ix_inbound_status", inbound.c.status)
+
+actions = Table(
+    "actions",
+    metadata,
+    Column("message_key", String(1024), primary_key=True),
+    Column("rule", String(255), primary_key=True),
+    Column("action_index", Integer, primary_key=True),
+    Column("kind", String(32), nullable=False),
+    # planned → done | failed (retry) | dead
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("detail", JSON),
+    Column("error", Text),
+    Column("updated_at", TS, nullable=False),
+)
+
+replies = Table(
+    "replies",
+    metadata,
+    Column("account", String(255), primary_key=True),
+    Column("rule", String(255), primary_key=True),
+    Column("sender", String(512), primary_key=True),
+    Column("last_sent_at", TS, nullable=False),
+)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("webhook_id", String(255), primary_key=True),
+    Column("action_key", String(1300), nullable=False),
+    Column("rule", String(255), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),  # queued | sending | done | dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", TS, nullable=False),
+    Column("lease_owner", String(255)),
+    Column("lease_until", TS),
+    Column("last_error", Text),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+Index("ix_webhooks_due", webhooks.c.status, webhooks.c.next_attempt_at)
+
+__all__ = [
+    "metadata", "outbox", "fire_claims", "job_runs", "checkpoints", "inbound", "actions",
+    "replies", "webhooks",
+]

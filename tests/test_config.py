@@ -1,0 +1,132 @@
+"""Config loading: the reference config as written, and errors that name file, line and key."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings, load_config
+from service.errors import ConfigError
+
+REFERENCE = Path(__file__).parent / "data" / "reference.yaml"
+SECRETS = {"ALICE_PASSWORD": "a", "BOB_PASSWORD": "b", "CAROL_PASSWORD": "c", "HOOK_SECRET": "whsec_dGVzdA=="}
+
+
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None):
+    path = tmp_path / "postroom.yaml"
+    path.write_text(text)
+    return load_config(Settings(config=path), environ=SECRETS if env is None else env)
+
+
+def test_reference_config_loads_as_written():
+    loaded = load_config(Settings(config=REFERENCE), environ=SECRETS)
+    cfg = loaded.config
+    assert set(cfg.accounts) == {"alice", "bob", "carol"}
+    assert cfg.accounts["alice"].smtp.password.get_secret_value() == "a"
+    assert cfg.accounts["bob"].pop3.delete_after is False
+    job = cfg.jobs["orders-report"]
+    assert job.schedule.cron == "0 8 * * mon-fri"
+    assert cfg.job_timezone(job) == "Europe/Berlin"
+    assert cfg.job_timezone(cfg.jobs["statements"]) == "UTC"
+    assert job.misfire_grace == timedelta(hours=1)
+    # relative sqlite paths mean beside the config file
+    assert job.data["orders"].database == f"sqlite:///{REFERENCE.parent / 'shop.db'}"
+    assert [r.name for r in cfg.rules] == ["archive-reports", "invoices", "alerts", "out-of-office"]
+    assert loaded.templates_dir == REFERENCE.parent / "templates"
+
+
+def test_unset_variable_names_it_and_the_key(tmp_path):
+    env = dict(SECRETS)
+    del env["BOB_PASSWORD"]
+    with pytest.raises(ConfigError) as err:
+        load_config(Settings(config=REFERENCE), environ=env)
+    text = str(err.value)
+    assert "${BOB_PASSWORD} is not set" in text
+    assert "accounts.bob.smtp.password" in text
+    assert str(REFERENCE) in text
+
+
+def test_secret_from_a_secrets_dir(tmp_path):
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "PW").write_text("from-file\n")
+    path = tmp_path / "postroom.yaml"
+    path.write_text(
+        "accounts:\n  a:\n    address: a@example.test\n"
+        "    smtp: {host: h, username: u, password: '${PW}'}\n"
+    )
+    cfg = load_config(Settings(config=path, secrets_dir=secrets), environ={}).config
+    assert cfg.accounts["a"].smtp.password.get_secret_value() == "from-file"
+
+
+BASE = """\
+accounts:
+  a:
+    address: a@example.test
+    smtp: {host: 127.0.0.1, port: 10025, security: starttls}
+jobs:
+  j:
+    schedule: {cron: "0 8 * * *"}
+    account: a
+    template: t
+    to: [b@example.test]
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "says"),
+    [
+        ('cron: "0 8 * * *"', 'cron: "0 25 * * *"', "jobs.j.schedule.cron", "bad cron expression"),
+        ("account: a\n    template", "account: zed\n    template", "jobs.j.account", "unknown account 'zed'"),
+        ("address: a@example.test", "address: not-an-address", "accounts.a.address", "not one mail address"),
+        ("template: t", "template: t\n    colour: red", "jobs.j.colour", "unknown key 'colour'"),
+        ("security: starttls", "security: startls", "accounts.a.smtp.security", "'tls', 'starttls' or 'none'"),
+        ('cron: "0 8 * * *"', 'cron: "0 8 * * *", every: 5m', "jobs.j.schedule", "exactly one of cron, every, at"),
+        ('{cron: "0 8 * * *"}', '{every: 5m, timezone: Mars/Olympus}', "jobs.j.schedule.timezone", "unknown time zone"),
+        ("template: t", "template: t\n    for_each: rows", "jobs.j.for_each", "unknown data key 'rows'"),
+    ],
+)
+def test_errors_name_line_key_and_fix(tmp_path, old, new, key, says):
+    text = BASE.replace(old, new)
+    assert text != BASE
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, text)
+    msg = str(err.value)
+    assert key in msg and says in msg, msg
+    assert "postroom.yaml: line " in msg
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, BASE + "  bad: [unclosed\n")
+    assert "YAML syntax error" in str(err.value) and "line " in str(err.value)
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    text = BASE.replace("account: a\n    template", "account: zed\n    template").replace(
+        "to: [b@example.test]", "to: [b@example.test]\n    skip_if_empty: nothing")
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, text)
+    assert len(err.value.problems) == 2
+
+
+def test_pop3_account_refuses_imap_actions(tmp_path):
+    text = """\
+accounts:
+  b:
+    address: b@example.test
+    pop3: {host: 127.0.0.1}
+rules:
+  - {name: r, account: b, actions: [{move: Archive}]}
+"""
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, text)
+    assert "rules.0.actions.0.move" in str(err.value) and "needs IMAP" in str(err.value)
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(Settings(config=tmp_path / "nope.yaml"), environ={})
+    assert "file not found" in str(err.value) and "--config" in str(err.value)
