@@ -1,0 +1,354 @@
+"""The schema of one ``rules:`` entry: when it applies (``match``) and what it does (``actions``).
+
+A rule::
+
+    - name: invoices                 # required; unique (checked by the top-level Config)
+      account: alice                 # required; an account name
+      folder: INBOX                  # default INBOX; IMAP only
+      folders: [INBOX, Lists/ops]    # optional: watch several folders instead of ``folder``
+      match: {...}                   # default {}: every new message
+      actions: [...]                 # at least one; run in order
+
+Conditions (``match``; several keys in one mapping must all hold, ``{}`` matches everything):
+
+    from / to / cc       string test against each address: its addr-spec (``a@b.test``), its
+                         display name, and its display form (``Name <a@b.test>``); any match wins
+    subject / body       string test against the decoded subject / the decoded text body
+    header               {name: X-Alert, <op>: ...}: any value of that header
+    has_attachment       true / false
+    attachment           {filename: <string test>, content_type: <string test>}: some attachment
+                         satisfies every test given
+    size                 {over: 10k, under: 2M}: bytes, or a number with k / M / G (powers of 1024)
+    older_than           a duration: 30m, 12h, 7d, 2w (or seconds as a number); measured from the
+                         server's arrival time, or the Date header when that is unknown
+    all / any / not      [cond, ...] / [cond, ...] / cond
+
+String tests: ``{contains: s}``, ``{is: s}``, ``{matches: "*@vendor.test"}`` (a glob over the
+whole value) are case-insensitive; ``{regex: "..."}`` is a Python regular expression, searched
+anywhere in the value and case-sensitive as written (add ``(?i)`` to ignore case). A bad regex
+is a config error naming its key. A plain string is short for ``{contains: s}``. Several
+operators in one test must all hold for the same value.
+
+Actions (each a single-key mapping): forward, redirect, reply, move, copy, flag, unflag,
+mark_read, delete, webhook, stop. ``stop: true`` ends evaluation of later rules for the
+message after this rule's actions; it may sit anywhere in the list.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from collections.abc import Iterator
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+#: Actions only an IMAP account can perform (POP3 can only read and, at most, delete all).
+IMAP_ONLY_ACTIONS: frozenset[str] = frozenset(
+    {"move", "copy", "flag", "unflag", "mark_read", "delete"}
+)
+#: The system flags a client may set (RFC 3501 2.3.2); \Recent is the server's alone.
+SYSTEM_FLAGS: frozenset[str] = frozenset({"\\seen", "\\answered", "\\flagged", "\\deleted", "\\draft"})
+# atom-specials of RFC 3501 that may not appear in a keyword
+_KEYWORD_RE = re.compile(r'^[^\s(){%*"\\\]\x00-\x1f\x7f]+$')
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(value: Any) -> Any:
+    """``10k`` -> 10240; ints pass through; anything else is left for pydantic to refuse."""
+    if isinstance(value, str):
+        found = _SIZE_RE.match(value)
+        if not found:
+            raise ValueError(f"{value!r} is not a size (use bytes, or a number with k, M or G)")
+        return int(found.group(1)) * _SIZE_UNITS[found.group(2).lower()]
+    return value
+
+
+def parse_duration(value: Any) -> Any:
+    """``7d`` -> timedelta(days=7); a bare number is seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is like 30m, 12h, 7d or 2w")
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        found = _DURATION_RE.match(value)
+        if not found:
+            raise ValueError(f"{value!r} is not a duration (use e.g. 30m, 12h, 7d, 2w)")
+        return timedelta(seconds=int(found.group(1)) * _DURATION_UNITS[found.group(2).lower()])
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class StringTest(_Strict):
+    """One value test; every operator given must hold for the same value."""
+
+    contains: str | None = None
+    is_: str | None = Field(default=None, alias="is")
+    matches: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_string_is_contains(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"contains": data}
+        return data
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {value!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _has_an_operator(self) -> StringTest:
+        if not self.operators():
+            raise ValueError("needs one of contains, is, matches, regex")
+        return self
+
+    def operators(self) -> list[tuple[str, str]]:
+        """(operator, operand) pairs in a fixed order, operator names as written in YAML."""
+        pairs = [("contains", self.contains), ("is", self.is_),
+                 ("matches", self.matches), ("regex", self.regex)]
+        return [(op, value) for op, value in pairs if value is not None]
+
+
+class HeaderTest(StringTest):
+    """``{name: X-Alert, regex: "^high$"}``: some value of header ``name`` passes the test."""
+
+    name: str = Field(min_length=1, pattern=r"^[\x21-\x39\x3b-\x7e]+$")
+
+
+class AttachmentTest(_Strict):
+    filename: StringTest | None = None
+    content_type: StringTest | None = None
+
+    @model_validator(mode="after")
+    def _has_a_test(self) -> AttachmentTest:
+        if self.filename is None and self.content_type is None:
+            raise ValueError("needs filename and/or content_type")
+        return self
+
+
+class SizeTest(_Strict):
+    over: int | None = Field(default=None, ge=0)
+    under: int | None = Field(default=None, ge=1)
+
+    @field_validator("over", "under", mode="before")
+    @classmethod
+    def _sizes(cls, value: Any) -> Any:
+        return parse_size(value)
+
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> SizeTest:
+        if self.over is None and self.under is None:
+            raise ValueError("needs over and/or under")
+        return self
+
+
+class Condition(_Strict):
+    """A ``match:`` mapping. Absent keys are None; all present keys must hold."""
+
+    from_: StringTest | None = Field(default=None, alias="from")
+    to: StringTest | None = None
+    cc: StringTest | None = None
+    subject: StringTest | None = None
+    body: StringTest | None = None
+    header: HeaderTest | None = None
+    has_attachment: bool | None = None
+    attachment: AttachmentTest | None = None
+    size: SizeTest | None = None
+    older_than: timedelta | None = None
+    all_: list[Condition] | None = Field(default=None, alias="all")
+    any_: list[Condition] | None = Field(default=None, alias="any", min_length=1)
+    not_: Condition | None = Field(default=None, alias="not")
+
+    @field_validator("older_than", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+    @field_validator("older_than")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+    def walk(self) -> Iterator[Condition]:
+        """This condition and every nested one, depth first."""
+        yield self
+        for child in (self.all_ or []) + (self.any_ or []) + ([self.not_] if self.not_ else []):
+            yield from child.walk()
+
+
+class RedirectSpec(_Strict):
+    to: list[str] = Field(min_length=1)
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_to(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class ForwardSpec(RedirectSpec):
+    as_: Literal["attachment", "inline"] = Field(default="attachment", alias="as")
+
+
+class ReplySpec(_Strict):
+    template: str = Field(min_length=1)
+    days: int = Field(default=7, ge=1)  # at most one reply per sender per this many days
+
+
+class WebhookSpec(_Strict):
+    url: str
+    secret: SecretStr | None = None  # "whsec_<base64>" (Standard Webhooks) or a raw key
+    timeout: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        if not raw:
+            raise ValueError("is empty")
+        if raw.startswith("whsec_"):
+            import base64
+            import binascii
+
+            try:
+                base64.b64decode(raw[len("whsec_"):], validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("whsec_ secret is not valid base64") from None
+        return value
+
+
+def _check_flags(value: Any) -> Any:
+    flags = [value] if isinstance(value, str) else value
+    if not isinstance(flags, list) or not flags:
+        return value  # let pydantic report the type
+    for flag in flags:
+        if not isinstance(flag, str):
+            continue
+        if flag.startswith("\\"):
+            if flag.lower() not in SYSTEM_FLAGS:
+                raise ValueError(f"{flag!r} is not a settable system flag "
+                                 "(\\Seen, \\Answered, \\Flagged, \\Deleted, \\Draft)")
+        elif not _KEYWORD_RE.match(flag):
+            raise ValueError(f"{flag!r} is not a valid IMAP keyword")
+    return flags
+
+
+class ActionConfig(_Strict):
+    """One action: a mapping with exactly one of these keys."""
+
+    forward: ForwardSpec | None = None
+    redirect: RedirectSpec | None = None
+    reply: ReplySpec | None = None
+    move: str | None = Field(default=None, min_length=1)
+    copy_: str | None = Field(default=None, alias="copy", min_length=1)
+    flag: list[str] | None = None
+    unflag: list[str] | None = None
+    mark_read: Literal[True] | None = None
+    delete: Literal[True] | None = None
+    webhook: WebhookSpec | None = None
+    stop: Literal[True] | None = None
+
+    @field_validator("flag", "unflag", mode="before")
+    @classmethod
+    def _flags(cls, value: Any) -> Any:
+        return _check_flags(value)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ActionConfig:
+        given = [name for name in self._kinds() if self._value(name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "an action is a mapping with exactly one of: " + ", ".join(self._kinds())
+                + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    @staticmethod
+    def _kinds() -> list[str]:
+        return ["forward", "redirect", "reply", "move", "copy", "flag", "unflag",
+                "mark_read", "delete", "webhook", "stop"]
+
+    def _value(self, kind: str) -> Any:
+        return getattr(self, "copy_" if kind == "copy" else kind)
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in self._kinds() if self._value(k) is not None)
+
+    def params(self) -> dict[str, Any]:
+        """JSON-safe parameters, without secrets (a webhook says only whether it signs)."""
+        value = self._value(self.kind)
+        if self.kind == "webhook":
+            return {"url": value.url, "timeout": value.timeout, "signed": value.secret is not None}
+        if isinstance(value, BaseModel):
+            return value.model_dump(by_alias=True)
+        if isinstance(value, str):
+            return {"folder": value}
+        if isinstance(value, list):
+            return {"flags": list(value)}
+        return {}
+
+
+class RuleConfig(_Strict):
+    name: str = Field(min_length=1)
+    account: str = Field(min_length=1)
+    folder: str = Field(default="INBOX", min_length=1)
+    folders: list[str] | None = Field(default=None, min_length=1)
+    match: Condition = Field(default_factory=Condition)
+    actions: list[ActionConfig] = Field(min_length=1)
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _empty_match(cls, value: Any) -> Any:
+        return {} if value is None else value  # a bare "match:" in YAML means every message
+
+    @model_validator(mode="after")
+    def _folder_or_folders(self) -> RuleConfig:
+        if self.folders is not None and "folder" in self.model_fields_set:
+            raise ValueError("give folder or folders, not both")
+        return self
+
+    def watched_folders(self) -> tuple[str, ...]:
+        return tuple(self.folders) if self.folders is not None else (self.folder,)
+
+    def imap_only_actions(self) -> list[tuple[int, str]]:
+        """(index, kind) of each action a POP3 account cannot do."""
+        return [(i, a.kind) for i, a in enumerate(self.actions) if a.kind in IMAP_ONLY_ACTIONS]
+
+    def needs_imap_only_actions(self) -> bool:
+        return bool(self.imap_only_actions())
+
+    def pop3_problems(self) -> list[tuple[str, str]]:
+        """(location inside this rule, message) for what a POP3 account can't do; [] if fine."""
+        problems = [(f"actions.{i}.{kind}", f"{kind} needs an IMAP account (this one is POP3)")
+                    for i, kind in self.imap_only_actions()]
+        if [f.upper() for f in self.watched_folders()] != ["INBOX"]:
+            problems.append(("folders" if self.folders is not None else "folder",
+                             "a POP3 account has only INBOX"))
+        return problems

@@ -1,0 +1,339 @@
+"""The parsed view of an incoming message that rules and reply templates see.
+
+Built from a whole raw message (``from_bytes``) or from header bytes plus what IMAP says about
+the rest (``from_headers``: size, internal date, flags, attachments computed from
+BODYSTRUCTURE). Parsing never raises: mail is hostile and often broken, so a header that
+can't be read becomes empty, a bad charset falls back to a lossy decode, an unparsable date
+becomes None. Headers are parsed with the compat32 policy (about 4x faster than
+``email.policy.default`` on whole folders) and decoded on demand.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.utils
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from functools import cached_property
+from html.parser import HTMLParser
+from typing import NamedTuple
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_FOLDING_RE = re.compile(r"\r?\n(?=[ \t])")
+
+
+class Address(NamedTuple):
+    name: str  # decoded display name, "" when none
+    addr: str  # addr-spec as written, "" when the header held only a name
+
+    @property
+    def display(self) -> str:
+        """``Name <addr>`` (or just the one that is present), for matching and showing."""
+        if self.name and self.addr:
+            return f"{self.name} <{self.addr}>"
+        return self.name or self.addr
+
+
+class Attachment(NamedTuple):
+    filename: str | None
+    content_type: str  # lower case, e.g. "application/pdf"
+    size: int  # decoded bytes when parsed from the message; BODYSTRUCTURE's octets otherwise
+
+
+def _to_text(data: bytes, charset: str | None) -> str:
+    """Bytes to text by ``charset``; unknown or lying charsets fall back instead of raising."""
+    for candidate in (charset, "utf-8"):
+        if not candidate or candidate.lower() in ("unknown-8bit", "x-unknown"):
+            continue
+        try:
+            return data.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")  # maps every byte: lossy but never fails
+
+
+def decode_header_value(value: object) -> str:
+    """An RFC 2047 header value (str or compat32 Header) as unfolded text; never raises."""
+    try:
+        if isinstance(value, str):
+            # compat32 keeps raw 8-bit bytes as surrogates: recover and decode them as UTF-8
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            value = _FOLDING_RE.sub("", value)
+        chunks = email.header.decode_header(value)  # type: ignore[arg-type]
+        try:
+            return str(email.header.make_header(chunks)).strip()
+        except (LookupError, UnicodeError):
+            pass  # an unknown or lying charset: decode chunk by chunk, lossily
+        return "".join(c if isinstance(c, str) else _to_text(c, cs) for c, cs in chunks).strip()
+    except Exception:  # noqa: BLE001 - a header must never break parsing
+        return str(value).strip()
+
+
+class _TextExtractor(HTMLParser):
+    """Text content of an HTML part: tags dropped, script/style skipped, entities decoded."""
+
+    _SKIP = {"script", "style", "head", "title"}
+    _BREAK = {"br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+        elif tag in self._BREAK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP and self._skipping:
+            self._skipping -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _TextExtractor()
+    try:
+        parser.feed(html)
+        parser.close()
+    except Exception:  # noqa: BLE001 - broken HTML still has text worth matching
+        return re.sub(r"<[^>]*>", " ", html)
+    text = "".join(parser.parts)
+    return re.sub(r"[ \t\r\f\v]+", " ", re.sub(r"\n\s*\n+", "\n\n", text)).strip()
+
+
+def _part_text(part: Message) -> str:
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:  # noqa: BLE001
+        payload = None
+    if not isinstance(payload, bytes):
+        raw = part.get_payload()
+        return raw if isinstance(raw, str) else ""
+    return _to_text(payload, part.get_content_charset())
+
+
+def _is_attachment(part: Message) -> bool:
+    disposition = (part.get_content_disposition() or "").lower()
+    if disposition == "attachment":
+        return True
+    return bool(_filename(part)) and part.get_content_maintype() not in ("text", "multipart")
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:  # noqa: BLE001
+        return None
+    return decode_header_value(name) if name else None
+
+
+def _walk(part: Message, attachments: list[Attachment], texts: list[Message], htmls: list[Message]) -> None:
+    """Collect attachments and inline text parts; attachments and embedded messages are leaves."""
+    if _is_attachment(part):
+        try:
+            payload = part.get_payload(decode=True)
+        except Exception:  # noqa: BLE001
+            payload = None
+        size = len(payload) if isinstance(payload, bytes) else len(str(part.get_payload()))
+        attachments.append(Attachment(_filename(part), part.get_content_type().lower(), size))
+        return
+    content_type = part.get_content_type().lower()
+    if part.is_multipart():
+        if content_type == "message/rfc822":
+            return  # a forwarded message's own parts are not ours
+        payload = part.get_payload()
+        for child in payload if isinstance(payload, list) else []:
+            if isinstance(child, Message):
+                _walk(child, attachments, texts, htmls)
+    elif content_type == "text/plain":
+        texts.append(part)
+    elif content_type == "text/html":
+        htmls.append(part)
+
+
+def _parse_date(value: str) -> datetime | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed is None:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # "-0000": zone unknown
+
+
+def _empty_message() -> Message:
+    return Message(policy=compat32)
+
+
+@dataclass(eq=False)
+class ParsedMessage:
+    key: str  # the idempotency key, chosen by the caller (account/folder/UIDVALIDITY/UID or UIDL)
+    headers: Message
+    size: int
+    internal_date: datetime | None = None
+    raw: bytes | None = None
+    flags: frozenset[str] = frozenset()
+    known_attachments: tuple[Attachment, ...] | None = None  # from BODYSTRUCTURE, when no raw
+    _walked: tuple[tuple[Attachment, ...], str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, *, key: str, internal_date: datetime | None = None,
+                   flags: Sequence[str] = ()) -> ParsedMessage:
+        try:
+            parsed = message_from_bytes(raw, policy=compat32)
+        except Exception as exc:  # noqa: BLE001 - the parser is lenient, but be certain
+            log.warning("message unparsable", key=key, error=repr(exc))
+            parsed = _empty_message()
+        return cls(key=key, headers=parsed, size=len(raw), internal_date=internal_date,
+                   raw=raw, flags=frozenset(flags))
+
+    @classmethod
+    def from_headers(cls, header_bytes: bytes, *, key: str, size: int,
+                     internal_date: datetime | None = None, flags: Sequence[str] = (),
+                     attachments: Sequence[Attachment] | None = None) -> ParsedMessage:
+        """Header bytes only; ``attachments`` as the IMAP layer read them from BODYSTRUCTURE."""
+        try:
+            parsed = BytesHeaderParser(policy=compat32).parsebytes(header_bytes)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("headers unparsable", key=key, error=repr(exc))
+            parsed = _empty_message()
+        known = tuple(Attachment(*a) for a in attachments) if attachments is not None else None
+        return cls(key=key, headers=parsed, size=size, internal_date=internal_date,
+                   flags=frozenset(flags), known_attachments=known)
+
+    # -- headers -------------------------------------------------------------------------
+
+    def header(self, name: str) -> list[str]:
+        """Every value of header ``name``, decoded; [] when absent."""
+        try:
+            values = self.headers.get_all(name) or []
+        except Exception:  # noqa: BLE001
+            return []
+        return [decode_header_value(v) for v in values]
+
+    def first(self, name: str) -> str:
+        values = self.header(name)
+        return values[0] if values else ""
+
+    def _addresses(self, name: str) -> list[Address]:
+        try:
+            raw = [decode_header_value(v) if not isinstance(v, str) else
+                   v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                   for v in self.headers.get_all(name) or []]
+            pairs = email.utils.getaddresses(raw)
+        except Exception:  # noqa: BLE001
+            return []
+        found = []
+        for name_part, addr in pairs:
+            address = Address(decode_header_value(name_part) if name_part else "", addr.strip())
+            if address.name or address.addr:
+                found.append(address)
+        return found
+
+    @cached_property
+    def message_id(self) -> str:
+        return self.first("Message-ID")
+
+    @cached_property
+    def subject(self) -> str:
+        return self.first("Subject")
+
+    @cached_property
+    def from_(self) -> list[Address]:
+        return self._addresses("From")
+
+    @cached_property
+    def to(self) -> list[Address]:
+        return self._addresses("To")
+
+    @cached_property
+    def cc(self) -> list[Address]:
+        return self._addresses("Cc")
+
+    @cached_property
+    def reply_to(self) -> list[Address]:
+        return self._addresses("Reply-To")
+
+    @cached_property
+    def sender(self) -> list[Address]:
+        return self._addresses("Sender")
+
+    @cached_property
+    def return_path(self) -> str:
+        """The envelope sender as the MDA recorded it; "" for a bounce (``<>``) or when absent."""
+        value = self.first("Return-Path").strip()
+        return value[1:-1].strip() if value.startswith("<") and value.endswith(">") else value
+
+    @cached_property
+    def date(self) -> datetime | None:
+        """The Date header (aware), else the server's internal date."""
+        return _parse_date(self.first("Date")) or self.internal_date
+
+    @cached_property
+    def auto_generated(self) -> str | None:
+        """Why this message looks machine-sent (never auto-reply to it), or None."""
+        auto = self.first("Auto-Submitted").lower()
+        if auto and auto != "no":
+            return f"Auto-Submitted: {auto}"
+        precedence = self.first("Precedence").lower()
+        if precedence in ("bulk", "junk", "list"):
+            return f"Precedence: {precedence}"
+        if self.header("List-Id"):
+            return "List-Id present"
+        suppress = self.first("X-Auto-Response-Suppress").lower()
+        if any(word in suppress for word in ("all", "oof", "autoreply")):
+            return f"X-Auto-Response-Suppress: {suppress}"
+        if self.header("Return-Path") and not self.return_path:
+            return "null Return-Path (a bounce)"
+        return None
+
+    # -- body ----------------------------------------------------------------------------
+
+    def _walk_raw(self) -> tuple[tuple[Attachment, ...], str]:
+        if self._walked is None:
+            attachments: list[Attachment] = []
+            texts: list[Message] = []
+            htmls: list[Message] = []
+            if self.raw is not None:
+                try:
+                    _walk(self.headers, attachments, texts, htmls)
+                    if texts:
+                        body = "\n".join(_part_text(p) for p in texts)
+                    else:
+                        body = "\n".join(html_to_text(_part_text(p)) for p in htmls)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("message body unreadable", key=self.key, error=repr(exc))
+                    body = ""
+            else:
+                body = ""
+            self._walked = (tuple(attachments), body.replace("\r\n", "\n"))
+        return self._walked
+
+    def body_text(self) -> str:
+        """Text of the inline text/plain parts, else of the HTML parts with tags stripped; ""
+        when only headers were fetched."""
+        return self._walk_raw()[1]
+
+    def attachments(self) -> list[Attachment]:
+        """From the MIME tree when the raw message is here, else what the caller passed."""
+        if self.raw is None and self.known_attachments is not None:
+            return list(self.known_attachments)
+        return list(self._walk_raw()[0])
+
+    @property
+    def has_attachment(self) -> bool:
+        return bool(self.attachments())

@@ -1,0 +1,401 @@
+"""Rule evaluation, pure: a parsed message and ``now`` in, planned actions out.
+
+``compile_rules`` turns validated ``RuleConfig``s into a ``RuleSet`` once (globs and regexes
+compiled). A watcher takes ``ruleset.for_folder(account, folder)``, asks it ``needs()`` to know
+which header fields (and whether body, BODYSTRUCTURE, size, internal date) to fetch, builds a
+``ParsedMessage`` and calls ``evaluate(msg, now=...)``. The result lists actions in rule order,
+each with its rule name and its index in that rule's ``actions`` list, so (message key, rule,
+index) is the action's idempotency key. ``stop: true`` ends evaluation after its rule and is
+not itself a planned action.
+
+``search_criteria`` translates a rule's condition into IMAP SEARCH criteria (imapclient's list
+form) as a *prefilter*: the server returns a superset of the messages that can match, so most
+messages need not be fetched at all. The client ALWAYS evaluates the rule on what it fetched,
+even for messages the server found, because SEARCH differs from our matching: it is a
+case-insensitive substring test only, dates are whole days in the server's zone, and
+``is`` / ``matches`` / ``regex`` / attachments can't be said at all. What can't be said is
+widened (``is x`` -> contains x; ``matches "*@vendor.test"`` -> contains "@vendor.test") or
+dropped from an ``all`` (fewer terms = more messages); an ``any`` with an unsayable branch, or
+a ``not`` whose inner part isn't exact, can't be prefiltered (None). Needles are kept to ASCII
+so the criteria work without a CHARSET argument.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from service.config.rules import ActionConfig, Condition, HeaderTest, RuleConfig, StringTest
+from service.incoming.message import ParsedMessage
+
+#: Header fields every fetch includes: rule fields, plus what the reply/loop guards read.
+BASE_HEADER_FIELDS: tuple[str, ...] = (
+    "Message-ID", "From", "To", "Cc", "Subject", "Date", "Auto-Submitted", "Precedence",
+    "List-Id", "Return-Path", "Reply-To", "Sender", "X-Auto-Response-Suppress",
+)
+
+Predicate = Callable[[ParsedMessage, datetime], bool]
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    rule: str
+    index: int  # position in the rule's ``actions``: part of the idempotency key
+    kind: str  # forward, redirect, reply, move, copy, flag, unflag, mark_read, delete, webhook
+    params: dict[str, Any]  # ActionConfig.params(): JSON-safe, no secrets
+
+    def key(self, message_key: str) -> str:
+        return f"{message_key}|{self.rule}|{self.index}"
+
+
+@dataclass(frozen=True)
+class FetchNeeds:
+    header_fields: frozenset[str]
+    body: bool = False  # a body condition: fetch the whole message (BODY.PEEK[])
+    bodystructure: bool = False  # attachment conditions (not needed if body is fetched)
+    size: bool = False  # RFC822.SIZE
+    internal_date: bool = False  # INTERNALDATE, for older_than
+
+    def merge(self, other: FetchNeeds) -> FetchNeeds:
+        return FetchNeeds(
+            header_fields=_dedupe_fields([*self.header_fields, *other.header_fields]),
+            body=self.body or other.body, bodystructure=self.bodystructure or other.bodystructure,
+            size=self.size or other.size, internal_date=self.internal_date or other.internal_date)
+
+
+class Explanation(NamedTuple):
+    rule: str
+    matched: bool
+    actions: list[PlannedAction]  # what the rule would do; [] when it did not match or was skipped
+    skipped: bool  # an earlier matching rule said ``stop``
+
+
+def _dedupe_fields(names: Sequence[str]) -> frozenset[str]:
+    """Header names are case-insensitive: keep the first spelling of each."""
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(name.lower(), name)
+    return frozenset(seen.values())
+
+
+# -- compiling conditions ------------------------------------------------------------------
+
+def _string_matcher(test: StringTest) -> Callable[[str], bool]:
+    checks: list[Callable[[str], bool]] = []
+    for op, operand in test.operators():
+        if op == "contains":
+            needle = operand.casefold()
+            checks.append(lambda value, n=needle: n in value.casefold())
+        elif op == "is":
+            wanted = operand.strip().casefold()
+            checks.append(lambda value, w=wanted: value.strip().casefold() == w)
+        elif op == "matches":
+            glob = re.compile(fnmatch.translate(operand), re.IGNORECASE)
+            checks.append(lambda value, g=glob: g.match(value) is not None)
+        else:  # regex, as written
+            pattern = re.compile(operand)
+            checks.append(lambda value, p=pattern: p.search(value) is not None)
+    return lambda value: all(check(value) for check in checks)
+
+
+def _address_values(addresses: list) -> list[str]:
+    values = []
+    for address in addresses:
+        values.extend(v for v in (address.addr, address.name, address.display) if v)
+    return values
+
+
+_FIELD_VALUES: dict[str, Callable[[ParsedMessage], list[str]]] = {
+    "from_": lambda m: _address_values(m.from_),
+    "to": lambda m: _address_values(m.to),
+    "cc": lambda m: _address_values(m.cc),
+    "subject": lambda m: [m.subject],
+    "body": lambda m: [m.body_text()],
+}
+
+
+def _field_predicate(values_of: Callable[[ParsedMessage], list[str]], test: StringTest) -> Predicate:
+    matches = _string_matcher(test)
+    return lambda msg, now: any(matches(v) for v in values_of(msg))
+
+
+def _attachment_predicate(cond: Condition) -> Predicate:
+    spec = cond.attachment
+    name_ok = _string_matcher(spec.filename) if spec.filename else None
+    type_ok = _string_matcher(spec.content_type) if spec.content_type else None
+
+    def check(msg: ParsedMessage, now: datetime) -> bool:
+        return any((name_ok is None or name_ok(a.filename or ""))
+                   and (type_ok is None or type_ok(a.content_type))
+                   for a in msg.attachments())
+    return check
+
+
+def _older_than(age: timedelta) -> Predicate:
+    def check(msg: ParsedMessage, now: datetime) -> bool:
+        when = msg.internal_date or msg.date
+        return when is not None and now - when > age  # unknown age: never "old"
+    return check
+
+
+def compile_condition(cond: Condition) -> Predicate:
+    """One predicate for the whole mapping: every present key must hold."""
+    parts: list[Predicate] = []
+    for name, values_of in _FIELD_VALUES.items():
+        test = getattr(cond, name)
+        if test is not None:
+            parts.append(_field_predicate(values_of, test))
+    if cond.header is not None:
+        header_name = cond.header.name
+        parts.append(_field_predicate(lambda m: m.header(header_name), cond.header))
+    if cond.has_attachment is not None:
+        wanted = cond.has_attachment
+        parts.append(lambda msg, now: msg.has_attachment == wanted)
+    if cond.attachment is not None:
+        parts.append(_attachment_predicate(cond))
+    if cond.size is not None:
+        over, under = cond.size.over, cond.size.under
+        parts.append(lambda msg, now: (over is None or msg.size > over)
+                     and (under is None or msg.size < under))
+    if cond.older_than is not None:
+        parts.append(_older_than(cond.older_than))
+    if cond.all_ is not None:
+        parts.extend(compile_condition(child) for child in cond.all_)
+    if cond.any_ is not None:
+        branches = [compile_condition(child) for child in cond.any_]
+        parts.append(lambda msg, now: any(branch(msg, now) for branch in branches))
+    if cond.not_ is not None:
+        inner = compile_condition(cond.not_)
+        parts.append(lambda msg, now: not inner(msg, now))
+    return lambda msg, now: all(part(msg, now) for part in parts)
+
+
+# -- rules ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CompiledRule:
+    config: RuleConfig
+    predicate: Predicate
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def watches(self, account: str, folder: str) -> bool:
+        return self.config.account == account and any(
+            _same_folder(folder, watched) for watched in self.config.watched_folders())
+
+    def planned(self) -> tuple[list[PlannedAction], bool]:
+        """(actions to take, whether the rule says stop)."""
+        actions = [PlannedAction(self.name, i, a.kind, a.params())
+                   for i, a in enumerate(self.config.actions) if a.kind != "stop"]
+        return actions, any(a.kind == "stop" for a in self.config.actions)
+
+
+def _same_folder(a: str, b: str) -> bool:
+    # INBOX is case-insensitive in IMAP (RFC 3501 5.1); every other name is exact
+    return a == b or (a.upper() == "INBOX" and b.upper() == "INBOX")
+
+
+class RuleSet:
+    def __init__(self, rules: Sequence[CompiledRule]):
+        self.rules: tuple[CompiledRule, ...] = tuple(rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __iter__(self) -> Iterator[CompiledRule]:
+        return iter(self.rules)
+
+    def for_folder(self, account: str, folder: str) -> RuleSet:
+        return RuleSet([r for r in self.rules if r.watches(account, folder)])
+
+    def for_account(self, account: str) -> RuleSet:
+        return RuleSet([r for r in self.rules if r.config.account == account])
+
+    def watch_targets(self) -> list[tuple[str, str]]:
+        """(account, folder) pairs that need a watcher, in first-mention order."""
+        targets: dict[tuple[str, str], None] = {}
+        for rule in self.rules:
+            for folder in rule.config.watched_folders():
+                targets.setdefault((rule.config.account, folder), None)
+        return list(targets)
+
+    def action_config(self, rule: str, index: int) -> ActionConfig:
+        """The configured action behind a PlannedAction (e.g. for the webhook secret)."""
+        for compiled in self.rules:
+            if compiled.name == rule:
+                return compiled.config.actions[index]
+        raise KeyError(rule)
+
+    def needs(self) -> FetchNeeds:
+        needs = FetchNeeds(header_fields=frozenset(BASE_HEADER_FIELDS))
+        for rule in self.rules:
+            needs = needs.merge(condition_needs(rule.config.match))
+        return needs
+
+    def evaluate(self, msg: ParsedMessage, *, now: datetime) -> list[PlannedAction]:
+        planned: list[PlannedAction] = []
+        for row in self.explain(msg, now=now):
+            planned.extend(row.actions)
+        return planned
+
+    def explain(self, msg: ParsedMessage, *, now: datetime) -> list[Explanation]:
+        rows: list[Explanation] = []
+        stopped = False
+        for rule in self.rules:
+            matched = rule.predicate(msg, now)
+            actions, stops = rule.planned()
+            rows.append(Explanation(rule.name, matched, actions if matched and not stopped else [],
+                                    stopped))
+            stopped = stopped or (matched and stops)
+        return rows
+
+    def search_criteria(self, *, now: datetime) -> list | None:
+        """One prefilter for every rule here (OR of each rule's), or None if any can't."""
+        per_rule = [search_criteria(rule.config, now=now) for rule in self.rules]
+        if not per_rule or any(c is None for c in per_rule):
+            return None
+        return _or_chain(per_rule)
+
+
+def compile_rules(rules: Sequence[RuleConfig]) -> RuleSet:
+    return RuleSet([CompiledRule(rule, compile_condition(rule.match)) for rule in rules])
+
+
+def condition_needs(cond: Condition) -> FetchNeeds:
+    fields = list(BASE_HEADER_FIELDS)
+    body = bodystructure = size = internal_date = False
+    for node in cond.walk():
+        if node.header is not None:
+            fields.append(node.header.name)
+        body = body or node.body is not None
+        bodystructure = bodystructure or node.has_attachment is not None or node.attachment is not None
+        size = size or node.size is not None
+        internal_date = internal_date or node.older_than is not None
+    return FetchNeeds(_dedupe_fields(fields), body, bodystructure, size, internal_date)
+
+
+# -- IMAP SEARCH prefilter -----------------------------------------------------------------
+
+class _Keys(NamedTuple):
+    keys: list[list]  # search keys (each a token list), ANDed; [] = no narrowing
+    exact: bool  # the keys select exactly the messages the condition matches
+
+
+_SEARCH_KEY = {"from_": "FROM", "to": "TO", "cc": "CC", "subject": "SUBJECT", "body": "BODY"}
+_PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]+$")
+
+
+def _glob_literal(pattern: str) -> str:
+    """The longest run of literal text in a glob: every match contains it."""
+    pieces = re.split(r"\*|\?|\[[^\]]*\]?", pattern)
+    return max(pieces, key=len, default="")
+
+
+def _needle(field: str, test: StringTest) -> list[tuple[str, bool]]:
+    """(substring the server can look for, exact?) for each operator that allows one."""
+    needles = []
+    for op, operand in test.operators():
+        if op == "contains":
+            needles.append((operand, True))
+        elif op == "is":
+            needles.append((operand.strip(), False))
+        elif op == "matches":
+            needles.append((_glob_literal(operand), False))
+    usable = []
+    for text, exact in needles:
+        if not _PRINTABLE_ASCII.match(text):
+            continue  # empty, non-ASCII (needs CHARSET) or control characters
+        if field in ("from_", "to", "cc") and any(c in text for c in '<>"'):
+            continue  # servers match addresses their own way; only plain parts are safe
+        if field == "body" and (any(c in text for c in "&<>\"'") or " " in text):
+            continue  # HTML entities, line breaks: our text and the server's may differ
+        # whitespace folding may differ between us and the server; addresses/bodies vary more
+        usable.append((text, exact and " " not in text and field not in ("from_", "to", "cc", "body")))
+    return usable
+
+
+def _string_keys(imap_key: list[str], field: str, test: StringTest) -> _Keys:
+    usable = _needle(field, test)
+    keys = [[*imap_key, text] for text, _ in usable]
+    exact = len(usable) == len(test.operators()) and all(e for _, e in usable)
+    return _Keys(keys, exact)
+
+
+def _group(keys: list[list]) -> list:
+    return [token for key in keys for token in key]
+
+
+def _or_chain(groups: list[list]) -> list:
+    if len(groups) == 1:
+        return groups[0]
+    return ["OR", groups[0], _or_chain(groups[1:])]
+
+
+def _translate(cond: Condition, now: datetime) -> _Keys:
+    keys: list[list] = []
+    exact = True
+
+    def add(part: _Keys) -> None:
+        nonlocal exact
+        keys.extend(part.keys)
+        exact = exact and part.exact
+
+    for field, imap_key in _SEARCH_KEY.items():
+        test = getattr(cond, field)
+        if test is not None:
+            add(_string_keys([imap_key], field, test))
+    if cond.header is not None:
+        add(_header_keys(cond.header))
+    if cond.has_attachment is not None or cond.attachment is not None:
+        exact = False
+    if cond.size is not None:
+        if cond.size.over is not None:
+            keys.append(["LARGER", cond.size.over])
+        if cond.size.under is not None:
+            keys.append(["SMALLER", cond.size.under])
+    if cond.older_than is not None:
+        # BEFORE compares whole days of INTERNALDATE in the server's zone (up to 14 h off UTC):
+        # two days of slack keep the result a superset
+        cutoff = (now.astimezone(UTC) - cond.older_than).date() + timedelta(days=2)
+        add(_Keys([["BEFORE", cutoff]], False))
+    for child in cond.all_ or []:
+        add(_translate(child, now))
+    if cond.any_ is not None:
+        add(_translate_any(cond.any_, now))
+    if cond.not_ is not None:
+        inner = _translate(cond.not_, now)
+        if inner.exact and inner.keys:
+            keys.append(["NOT", _group(inner.keys)])
+        else:
+            exact = False  # NOT of a superset would wrongly exclude messages
+    return _Keys(keys, exact)
+
+
+def _header_keys(test: HeaderTest) -> _Keys:
+    part = _string_keys(["HEADER", test.name], "header", test)
+    if part.keys:
+        return part
+    # every string test needs the header to be present: HEADER name "" says just that
+    return _Keys([["HEADER", test.name, ""]], False)
+
+
+def _translate_any(children: list[Condition], now: datetime) -> _Keys:
+    parts = [_translate(child, now) for child in children]
+    if any(not p.keys for p in parts):
+        # a branch the server can't narrow makes the whole OR "anything"
+        return _Keys([], any(not p.keys and p.exact for p in parts))
+    return _Keys([_or_chain([_group(p.keys) for p in parts])], all(p.exact for p in parts))
+
+
+def search_criteria(rule: RuleConfig | CompiledRule, *, now: datetime) -> list | None:
+    """IMAP SEARCH criteria selecting a superset of the messages ``rule`` can match, or None
+    when the server can't narrow it (then every message is fetched and evaluated)."""
+    config = rule.config if isinstance(rule, CompiledRule) else rule
+    translated = _translate(config.match, now)
+    return _group(translated.keys) if translated.keys else None
