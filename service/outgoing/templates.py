@@ -1,0 +1,342 @@
+"""Email templates: one ``NAME.j2`` per email with blocks ``subject``, ``text`` and/or ``html``.
+
+Pure: no I/O beyond reading template files. Two sandboxed environments share one loader:
+``_html_env`` autoescapes and renders the ``html`` block, ``_plain_env`` renders ``subject``
+and ``text`` verbatim (escaping ``&`` in a subject or a text part would be a bug).
+
+Inheritance: ``{% extends "layout.j2" %}`` must name its parent literally. Blocks are rendered
+one at a time through the whole chain, so a layout wraps its page in a block of its own, e.g.
+``{% block html %}<html>…{% block content %}{% endblock %}…</html>{% endblock %}``; content
+outside blocks, in a child or a layout, is not rendered (import macros inside the block).
+
+Rendering is bounded (see the ``MAX_*`` constants). The bounds are guards against runaway
+templates and hostile data, not a hard CPU limit: the time budget is checked at every call,
+attribute access and output chunk, not between bare loop iterations.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sized
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import css_inline
+import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from service.errors import TemplateError
+from service.outgoing.text import html_to_text
+
+__all__ = [
+    "MAX_BLOCK_CHARS",
+    "MAX_INT_BITS",
+    "MAX_RANGE",
+    "MAX_RENDER_SECONDS",
+    "RenderedEmail",
+    "TemplateRenderer",
+]
+
+MAX_BLOCK_CHARS = 2_000_000  # one rendered block (subject, text or html), in characters
+MAX_RANGE = 10_000  # items one range() may yield
+MAX_INT_BITS = 4_096  # size of an integer ** may produce
+MAX_RENDER_SECONDS = 10.0  # one render() / render_string() call
+MAX_EXTENDS_DEPTH = 10  # layout chain length; also stops an extends cycle
+_MAX_CACHED_STRINGS = 256  # compiled render_string() sources kept
+
+SUFFIX = ".j2"
+BLOCKS = ("subject", "text", "html")
+
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("template_deadline")
+
+
+class _LimitExceeded(jinja2.exceptions.SecurityError):
+    """A template went over one of the MAX_* bounds."""
+
+
+def _check_deadline() -> None:
+    deadline = _deadline.get(None)
+    if deadline is not None and time.monotonic() >= deadline:
+        raise _LimitExceeded("rendering took longer than its time limit")
+
+
+def _bounded_range(*args: int) -> range:
+    rng = range(*args)
+    if len(rng) > MAX_RANGE:
+        raise _LimitExceeded(f"range() of {len(rng)} items is over the limit ({MAX_RANGE})")
+    return rng
+
+
+def _checked_width(name: str, width: Any) -> None:
+    if isinstance(width, int) and width > MAX_BLOCK_CHARS:
+        raise _LimitExceeded(f"{name} width {width} is over the limit ({MAX_BLOCK_CHARS})")
+
+
+def _wrap_width_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    """Refuse padding filters (center, indent) asked to build a gigantic string."""
+
+    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        for width in (*args, *kwargs.values()):
+            _checked_width(name, width)
+        return original(value, *args, **kwargs)
+
+    return bounded
+
+
+def _money(value: Any, currency: str = "", places: int = 2) -> str:
+    """``1234.5|money`` → ``1,234.50``; ``|money("EUR")`` → ``1,234.50 EUR``."""
+    text = _number(value, places)
+    return f"{text} {currency}" if currency else text
+
+
+def _number(value: Any, places: int = 0) -> str:
+    """``1234567|number`` → ``1,234,567``; ``0.125|number(2)`` → ``0.13`` (half up)."""
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ValueError(f"not a number: {value!r}") from exc
+    quantum = Decimal(1).scaleb(-int(places))
+    return f"{amount.quantize(quantum, rounding=ROUND_HALF_UP):,}"
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox plus size and time bounds; immutable so templates can't alter job data."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, loader: jinja2.BaseLoader, *, autoescape: bool) -> None:
+        super().__init__(
+            loader=loader,
+            autoescape=autoescape,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=True,
+        )
+        self.globals["range"] = _bounded_range
+        for name in ("center", "indent"):
+            self.filters[name] = _wrap_width_filter(name, self.filters[name])
+        self.filters["money"] = _money
+        self.filters["number"] = _number
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        _check_deadline()
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, Sized) and not isinstance(seq, int) and isinstance(count, int):
+                    if len(seq) * count > MAX_BLOCK_CHARS:
+                        raise _LimitExceeded("repetition result is over the size limit")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int):
+            if right > 0 and abs(left) > 1 and left.bit_length() * right > MAX_INT_BITS:
+                raise _LimitExceeded(f"power result is over the limit ({MAX_INT_BITS} bits)")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_deadline()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _check_deadline()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _check_deadline()
+        return super().getitem(obj, argument)
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    text: str  # always present (derived from html if no text block)
+    html: str | None  # CSS already inlined
+
+
+class TemplateRenderer:
+    """Loads, checks and renders the templates in one directory."""
+
+    def __init__(self, template_dir: Path | str, *, max_render_seconds: float = MAX_RENDER_SECONDS):
+        self.template_dir = Path(template_dir)
+        self.max_render_seconds = max_render_seconds
+        loader = jinja2.FileSystemLoader(str(self.template_dir))
+        self._html_env = _BoundedEnvironment(loader, autoescape=True)
+        self._plain_env = _BoundedEnvironment(loader, autoescape=False)
+        self._strings: dict[str, jinja2.Template] = {}
+        # (file, html?) -> (compiled template, its parent, extends line); re-parsed when reloaded
+        self._parents: dict[tuple[str, bool], tuple[jinja2.Template, str | None, int | None]] = {}
+        # Remote stylesheets would be network I/O in the middle of a pure render.
+        self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
+
+    def names(self) -> list[str]:
+        """Every template available, without the ``.j2`` suffix (layouts included)."""
+        if not self.template_dir.is_dir():
+            return []
+        found = (p.relative_to(self.template_dir).as_posix() for p in self.template_dir.rglob(f"*{SUFFIX}"))
+        return sorted(name[: -len(SUFFIX)] for name in found)
+
+    def check(self, name: str) -> None:
+        """Load and compile ``name`` and its layouts; TemplateError when it can't make an email."""
+        chain = self._chain(self._plain_env, name)
+        self._required_blocks(name, chain)
+
+    def render(self, name: str, context: Mapping[str, Any]) -> RenderedEmail:
+        token = _deadline.set(time.monotonic() + self.max_render_seconds)
+        try:
+            plain = self._chain(self._plain_env, name)
+            has_text, has_html = self._required_blocks(name, plain)
+            subject = self._render_block(plain, "subject", context).strip()
+            text = self._render_block(plain, "text", context).strip("\n") + "\n" if has_text else None
+            html = None
+            if has_html:
+                raw = self._render_block(self._chain(self._html_env, name), "html", context)
+                html = self._inline_css(name, raw)
+        finally:
+            _deadline.reset(token)
+        if text is None:
+            text = html_to_text(html or "")
+        return RenderedEmail(subject=subject, text=text, html=html)
+
+    def render_string(self, source: str, context: Mapping[str, Any], *, what: str) -> str:
+        """Render a one-line template from config (e.g. ``{{ row.email }}``); not escaped."""
+        token = _deadline.set(time.monotonic() + self.max_render_seconds)
+        try:
+            template = self._strings.get(source)
+            if template is None:
+                template = self._compile_string(source, what)
+            try:
+                return self._bounded_join(template.root_render_func(template.new_context(dict(context))))
+            except Exception as exc:
+                raise self._runtime_error(self._plain_env, exc, what) from exc
+        finally:
+            _deadline.reset(token)
+
+    # -- loading -----------------------------------------------------------------------
+
+    def _compile_string(self, source: str, what: str) -> jinja2.Template:
+        try:
+            template = self._plain_env.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(exc.message or str(exc), template=what, lineno=exc.lineno) from exc
+        if len(self._strings) >= _MAX_CACHED_STRINGS:
+            self._strings.clear()
+        self._strings[source] = template
+        return template
+
+    def _chain(self, env: jinja2.Environment, name: str) -> list[jinja2.Template]:
+        """``name``'s template followed by the layouts it extends, nearest first."""
+        chain: list[jinja2.Template] = []
+        current, referrer, ref_line = name + SUFFIX, None, None
+        while current is not None:
+            if len(chain) >= MAX_EXTENDS_DEPTH:
+                raise TemplateError(
+                    f"extends chain deeper than {MAX_EXTENDS_DEPTH} (a cycle?)", template=referrer, lineno=ref_line
+                )
+            template = self._load(env, current, referrer, ref_line)
+            chain.append(template)
+            referrer = current
+            current, ref_line = self._parent_of(env, template)
+        return chain
+
+    def _load(self, env: jinja2.Environment, file: str, referrer: str | None, line: int | None) -> jinja2.Template:
+        try:
+            return env.get_template(file)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(exc.message or str(exc), template=exc.name or file, lineno=exc.lineno) from exc
+        except jinja2.TemplateNotFound as exc:
+            if referrer is None:
+                raise TemplateError(f"template not found in {self.template_dir}", template=file) from exc
+            raise TemplateError(f"extends a missing template {file!r}", template=referrer, lineno=line) from exc
+
+    def _parent_of(self, env: jinja2.Environment, template: jinja2.Template) -> tuple[str | None, int | None]:
+        """The literal parent named by ``{% extends %}`` and its line, or (None, None)."""
+        file = template.name or "?"
+        key = (file, env is self._html_env)
+        cached = self._parents.get(key)
+        if cached is not None and cached[0] is template:
+            return cached[1], cached[2]
+        source, _, _ = env.loader.get_source(env, file)  # type: ignore[union-attr]
+        extends = list(env.parse(source, file).find_all(nodes.Extends))
+        if not extends:
+            self._parents[key] = (template, None, None)
+            return None, None
+        node = extends[0]
+        if len(extends) > 1 or not isinstance(node.template, nodes.Const) or not isinstance(node.template.value, str):
+            raise TemplateError("{% extends %} must appear once and name a template literally",
+                                template=file, lineno=node.lineno)
+        self._parents[key] = (template, node.template.value, node.lineno)
+        return node.template.value, node.lineno
+
+    def _required_blocks(self, name: str, chain: list[jinja2.Template]) -> tuple[bool, bool]:
+        defined = {block for template in chain for block in template.blocks}
+        if "subject" not in defined:
+            raise TemplateError("no {% block subject %}", template=name + SUFFIX)
+        if "text" not in defined and "html" not in defined:
+            raise TemplateError("needs a {% block text %} or a {% block html %}", template=name + SUFFIX)
+        return "text" in defined, "html" in defined
+
+    # -- rendering ---------------------------------------------------------------------
+
+    def _render_block(self, chain: list[jinja2.Template], block: str, context: Mapping[str, Any]) -> str:
+        child = chain[0]
+        ctx = child.new_context(dict(context))
+        # What {% extends %} does at render time: parents' blocks queue up behind the child's,
+        # so {{ super() }} and layout blocks filled by the child both work.
+        for parent in chain[1:]:
+            for block_name, render_func in parent.blocks.items():
+                ctx.blocks.setdefault(block_name, []).append(render_func)
+        try:
+            return self._bounded_join(ctx.blocks[block][0](ctx))
+        except Exception as exc:
+            raise self._runtime_error(child.environment, exc, child.name or "?") from exc
+
+    @staticmethod
+    def _bounded_join(chunks: Iterator[str]) -> str:
+        out: list[str] = []
+        size = 0
+        for chunk in chunks:
+            size += len(chunk)
+            if size > MAX_BLOCK_CHARS:
+                raise _LimitExceeded(f"output is over the size limit ({MAX_BLOCK_CHARS} characters)")
+            _check_deadline()
+            out.append(chunk)
+        return str("".join(out))
+
+    def _runtime_error(self, env: jinja2.Environment, exc: Exception, fallback: str) -> TemplateError:
+        """A TemplateError naming the template file and line where ``exc`` happened."""
+        if isinstance(exc, TemplateError):
+            return exc
+        try:
+            env.handle_exception()  # re-raises exc with its traceback mapped to template lines
+        except Exception as mapped:  # noqa: BLE001 - it is exc again, rewritten
+            frames = traceback.extract_tb(mapped.__traceback__)
+        else:  # pragma: no cover - handle_exception always raises
+            frames = []
+        where, line = fallback, None
+        root = self.template_dir.resolve()
+        for frame in frames:
+            path = Path(frame.filename)
+            if path.suffix == SUFFIX and path.resolve().is_relative_to(root):
+                where, line = path.resolve().relative_to(root).as_posix(), frame.lineno
+            elif frame.filename == "<template>":
+                where, line = fallback, frame.lineno
+        if isinstance(exc, _LimitExceeded):
+            message = str(exc)
+        elif isinstance(exc, jinja2.TemplateNotFound):
+            message = f"template not found: {exc.name}"
+        elif isinstance(exc, jinja2.exceptions.SecurityError):
+            message = f"not allowed in a template: {exc}"
+        elif isinstance(exc, jinja2.TemplateError):
+            message = exc.message or str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        return TemplateError(message, template=where, lineno=line)
+
+    def _inline_css(self, name: str, html: str) -> str:
+        try:
+            return self._inliner.inline(html)
+        except (ValueError, css_inline.InlineError) as exc:
+            raise TemplateError(f"CSS could not be inlined: {exc}", template=name + SUFFIX) from exc

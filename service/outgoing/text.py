@@ -1,0 +1,242 @@
+"""HTML → readable plain text, for the text/plain twin of an html-only email.
+
+Small on purpose (stdlib ``html.parser``): paragraphs and line breaks, lists as ``- item``
+(``1. item`` when ordered), links as ``text (url)``, tables as aligned rows with cells
+separated by `` | ``. Whatever sits in ``<head>``, ``<style>`` or ``<script>`` is dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+__all__ = ["html_to_text"]
+
+# Elements whose content is never shown to a reader.
+_SKIP = frozenset({"head", "style", "script", "title", "template", "noscript"})
+# Elements that stand as their own paragraph.
+_PARAGRAPH = frozenset(
+    {"p", "div", "section", "article", "header", "footer", "main", "aside", "nav",
+     "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "address", "figure", "form",
+     "fieldset", "dl", "center"}
+)
+_LINE = frozenset({"dt", "dd", "caption", "figcaption", "tbody", "thead", "tfoot"})
+# Columns wider than this are not padded: aligning them would push every row off screen.
+_MAX_PAD_WIDTH = 40
+_WHITESPACE = re.compile(r"\s+")
+
+
+class _Sink:
+    """Collects text with collapsed whitespace; knows how many newlines end it."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.newlines = 2  # as if right after a paragraph: no leading blank lines
+        self.space = True
+
+    def text(self, value: str, *, pre: bool = False) -> None:
+        if not pre:
+            value = _WHITESPACE.sub(" ", value)
+            if self.space and value.startswith(" "):
+                value = value[1:]
+        if not value:
+            return
+        self.parts.append(value)
+        stripped = value.rstrip("\n")
+        self.newlines = len(value) - len(stripped) if stripped != value else 0
+        self.space = value.endswith((" ", "\n"))
+
+    def breaks(self, count: int) -> None:
+        """End the current line and leave ``count - 1`` blank lines (never more)."""
+        if not self.parts:
+            return
+        if self.newlines < count:
+            if self.newlines == 0 and self.parts[-1].endswith(" "):
+                self.parts[-1] = self.parts[-1].rstrip(" ")
+            self.parts.append("\n" * (count - self.newlines))
+            self.newlines = count
+        self.space = True
+
+    def value(self) -> str:
+        return "".join(self.parts)
+
+
+class _Table:
+    def __init__(self) -> None:
+        self.rows: list[list[str]] = []
+        self.header_rows: set[int] = set()
+        self.row: list[str] | None = None
+        self.row_all_th = True
+        self.cell: _Sink | None = None
+
+    def render(self) -> str:
+        rows = [r for r in self.rows if any(c for c in r)]
+        if not rows:
+            return ""
+        columns = max(len(r) for r in rows)
+        widths = [0] * columns
+        for row in rows:
+            for i, cell in enumerate(row):
+                widths[i] = max(widths[i], len(cell))
+        widths = [w if w <= _MAX_PAD_WIDTH else 0 for w in widths]
+        lines = []
+        for index, row in enumerate(self.rows):
+            if not any(c for c in row):
+                continue
+            cells = row + [""] * (columns - len(row))
+            lines.append(" | ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+            if index in self.header_rows:
+                lines.append("-+-".join("-" * max(w, 1) for w in widths))
+        return "\n".join(lines)
+
+
+class _TextMaker(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.sinks: list[_Sink] = [_Sink()]
+        self.skip_depth = 0
+        self.pre_depth = 0
+        self.lists: list[list[int]] = []  # [ordered?, counter] per open list
+        self.links: list[tuple[str, _Sink, int]] = []
+        self.tables: list[_Table] = []
+
+    @property
+    def sink(self) -> _Sink:
+        return self.sinks[-1]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP:
+            self.skip_depth += 1
+            return
+        if self.skip_depth:
+            return
+        attr = dict(attrs)
+        if tag in _PARAGRAPH or tag in ("ul", "ol") and not self.lists:
+            self.sink.breaks(2)
+        elif tag in _LINE:
+            self.sink.breaks(1)
+        if tag == "br":
+            self.sink.breaks(1)
+        elif tag == "hr":
+            self.sink.breaks(2)
+            self.sink.text("-" * 40, pre=True)
+            self.sink.breaks(2)
+        elif tag == "pre":
+            self.sink.breaks(2)
+            self.pre_depth += 1
+        elif tag in ("ul", "ol"):
+            self.lists.append([tag == "ol", 0])
+        elif tag == "li":
+            self._start_item()
+        elif tag == "a":
+            self.links.append((attr.get("href") or "", self.sink, len(self.sink.parts)))
+        elif tag == "img" and attr.get("alt"):
+            self.sink.text(f" {attr['alt']} ")
+        elif tag == "table":
+            self.sink.breaks(2)
+            self.tables.append(_Table())
+        elif tag == "tr" and self.tables:
+            self._end_row()
+            self.tables[-1].row = []
+            self.tables[-1].row_all_th = True
+        elif tag in ("td", "th") and self.tables:
+            table = self.tables[-1]
+            self._end_cell()
+            if table.row is None:
+                table.row, table.row_all_th = [], True
+            table.row_all_th &= tag == "th"
+            table.cell = _Sink()
+            self.sinks.append(table.cell)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP:
+            self.skip_depth = max(0, self.skip_depth - 1)
+            return
+        if self.skip_depth:
+            return
+        if tag in _PARAGRAPH or tag == "pre":
+            self.sink.breaks(2)
+        elif tag in _LINE or tag == "li":
+            self.sink.breaks(1)
+        if tag == "pre":
+            self.pre_depth = max(0, self.pre_depth - 1)
+        elif tag in ("ul", "ol") and self.lists:
+            self.lists.pop()
+            self.sink.breaks(1 if self.lists else 2)
+        elif tag == "a" and self.links:
+            self._end_link()
+        elif tag in ("td", "th"):
+            self._end_cell()
+        elif tag == "tr":
+            self._end_row()
+        elif tag == "table" and self.tables:
+            self._end_row()
+            table = self.tables.pop()
+            self.sink.breaks(2)
+            self.sink.text(table.render(), pre=True)
+            self.sink.breaks(2)
+
+    def handle_data(self, data: str) -> None:
+        if self.skip_depth:
+            return
+        if self.tables and self.tables[-1].cell is None and not data.strip():
+            return  # whitespace between table tags
+        self.sink.text(data, pre=bool(self.pre_depth))
+
+    def _start_item(self) -> None:
+        self.sink.breaks(1)
+        depth = max(len(self.lists), 1)
+        marker = "-"
+        if self.lists:
+            self.lists[-1][1] += 1
+            if self.lists[-1][0]:
+                marker = f"{self.lists[-1][1]}."
+        self.sink.text("  " * (depth - 1) + marker + " ", pre=True)
+        self.sink.space = True
+
+    def _end_link(self) -> None:
+        href, sink, start = self.links.pop()
+        if sink is not self.sink or not href or href.startswith(("#", "javascript:")):
+            return
+        label = "".join(sink.parts[start:]).strip()
+        target = href[len("mailto:"):] if href.startswith("mailto:") else href
+        if label in (href, target):
+            return
+        sink.text(f" ({target})" if label else target)
+
+    def _end_cell(self) -> None:
+        table = self.tables[-1] if self.tables else None
+        if table is None or table.cell is None:
+            return
+        text = _WHITESPACE.sub(" ", table.cell.value()).strip()
+        self.sinks.pop()
+        table.cell = None
+        if table.row is None:
+            table.row = []
+        table.row.append(text)
+
+    def _end_row(self) -> None:
+        if not self.tables:
+            return
+        self._end_cell()
+        table = self.tables[-1]
+        if table.row is not None:
+            if table.row and table.row_all_th:
+                table.header_rows.add(len(table.rows))
+            table.rows.append(table.row)
+            table.row = None
+
+    def result(self) -> str:
+        while self.tables:
+            self.handle_endtag("table")
+        lines = [line.rstrip() for line in self.sinks[0].value().split("\n")]
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+
+
+def html_to_text(html: str) -> str:
+    """A plain-text rendering of ``html`` for a reader, ending with one newline."""
+    maker = _TextMaker()
+    maker.feed(html)
+    maker.close()
+    text = maker.result()
+    return text + "\n" if text else ""

@@ -1,0 +1,187 @@
+"""MIME composition: structure, headers, refusals; everything checked by parsing the bytes back."""
+
+from __future__ import annotations
+
+import csv
+import email
+import email.policy
+import io
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from service.errors import MessageRefused
+from service.outgoing.compose import (
+    Attachment,
+    check_header_value,
+    compose,
+    make_message_id,
+    rows_to_csv,
+    validate_address,
+)
+
+DATE = datetime(2026, 1, 5, 8, 30, 0, tzinfo=timezone(timedelta(hours=1)))
+MSG_ID = "<0123abcd@example.test>"
+
+
+def build(**overrides: Any) -> EmailMessage:
+    args: dict[str, Any] = {
+        "sender": "Alice <alice@example.test>",
+        "to": ["bob@example.test"],
+        "subject": "Orders",
+        "text": "Hello\n",
+        "message_id": MSG_ID,
+        "date": DATE,
+    }
+    args.update(overrides)
+    return compose(**args)
+
+
+def parse(msg: EmailMessage) -> EmailMessage:
+    parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def content(part: Any) -> str:
+    """Decoded text of a part; the wire uses CRLF, the caller passed LF."""
+    return part.get_content().replace("\r\n", "\n")
+
+
+def test_plain_text_only() -> None:
+    parsed = parse(build())
+    assert parsed.get_content_type() == "text/plain"
+    assert content(parsed) == "Hello\n"
+    assert parsed["From"] == "Alice <alice@example.test>"
+    assert parsed["To"] == "bob@example.test"
+    assert parsed["MIME-Version"] == "1.0"
+    assert parsed["Auto-Submitted"] == "auto-generated"
+    assert parsed["Date"] == "Mon, 05 Jan 2026 08:30:00 +0100"
+    assert parsed["Cc"] is None and parsed["Reply-To"] is None
+
+
+def test_alternative_inside_mixed_with_csv_attachment() -> None:
+    rows = [{"id": 1, "customer": "Acme, Inc.", "total": Decimal("12.50")}, {"id": 2, "customer": "Bö", "total": None}]
+    msg = build(
+        html="<p>Hello</p>",
+        cc=["Carol <carol@example.test>"],
+        reply_to="support@example.test",
+        attachments=[Attachment("orders.csv", rows_to_csv(rows), "text/csv")],
+    )
+    raw = msg.as_bytes()
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
+    parsed = parse(msg)
+    assert parsed.get_content_type() == "multipart/mixed"
+    alternative, attachment = parsed.get_payload()
+    assert alternative.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in alternative.get_payload()] == ["text/plain", "text/html"]
+    assert content(alternative.get_payload()[1]) == "<p>Hello</p>\n"
+    assert attachment.get_content_type() == "text/csv"
+    assert attachment.get_filename() == "orders.csv"
+    assert attachment.get_content_disposition() == "attachment"
+    table = list(csv.reader(io.StringIO(attachment.get_payload(decode=True).decode("utf-8"))))
+    assert table == [["id", "customer", "total"], ["1", "Acme, Inc.", "12.50"], ["2", "Bö", ""]]
+    assert parsed["Cc"] == "Carol <carol@example.test>"
+    assert parsed["Reply-To"] == "support@example.test"
+
+
+def test_message_id_kept_as_given_and_generated_ids_are_unique() -> None:
+    assert parse(build())["Message-ID"] == MSG_ID
+    first, second = make_message_id("example.test"), make_message_id("example.test")
+    assert first != second
+    assert first.startswith("<") and first.endswith("@example.test>")
+    assert parse(build(message_id=first))["Message-ID"] == first
+    with pytest.raises(MessageRefused):
+        build(message_id="no-angle-brackets@example.test")
+    with pytest.raises(MessageRefused):
+        make_message_id("bad domain\r\n")
+
+
+def test_non_ascii_subject_and_names_round_trip() -> None:
+    subject = "Grüße aus Köln — 日本語 " + "long " * 30
+    msg = build(subject=subject.strip(), sender="Zoë Ünal <zoe@example.test>")
+    raw = msg.as_bytes()
+    raw.decode("ascii")  # headers encoded, body transfer-encoded: the wire is 7-bit
+    parsed = parse(msg)
+    assert parsed["Subject"] == subject.strip()
+    assert parsed["From"].addresses[0].display_name == "Zoë Ünal"
+
+
+def test_long_lines_and_non_ascii_body_survive() -> None:
+    text = "ü" + "x" * 5000 + "\nline two\r\nline three\n"
+    msg = build(text=text, html="<p>" + "y" * 5000 + "</p>")
+    raw = msg.as_bytes()
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    parsed = parse(msg)
+    plain, html = parsed.get_payload()
+    assert content(plain) == "ü" + "x" * 5000 + "\nline two\nline three\n"
+    assert content(html).startswith("<p>" + "y" * 5000)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"subject": "Hello\r\nBcc: victim@example.test"},
+        {"subject": "two\nlines"},
+        {"to": ["bob@example.test\r\nBcc: victim@example.test"]},
+        {"sender": "alice@example.test\n"},
+        {"extra_headers": {"X-Job": "a\r\nBcc: victim@example.test"}},
+        {"extra_headers": {"X-Bad Name": "v"}},
+        {"extra_headers": {"Bcc": "victim@example.test"}},
+        {"auto_submitted": "auto-generated\r\nX: y"},
+        {"attachments": [Attachment("a\r\n.csv", b"x")]},
+        {"reply_to": "a@example.test\rb"},
+    ],
+)
+def test_header_injection_refused(overrides: dict[str, Any]) -> None:
+    with pytest.raises(MessageRefused):
+        build(**overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"to": ["a@x.test, b@y.test"]},
+        {"to": ["bob@example.test"], "cc": ["a@x.test; b@y.test"]},
+        {"sender": "alice@example.test, mallory@example.test"},
+        {"reply_to": "a@x.test, b@y.test"},
+        {"to": ["group: a@x.test;"]},
+        {"to": ["not an address"]},
+        {"to": ["bob@"]},
+        {"to": []},
+    ],
+)
+def test_invalid_or_multiple_addresses_refused(overrides: dict[str, Any]) -> None:
+    with pytest.raises(MessageRefused):
+        build(**overrides)
+
+
+def test_validate_address_and_check_header_value() -> None:
+    assert validate_address("  Bob  <bob@example.test>", what="to") == "Bob <bob@example.test>"
+    assert validate_address("bob@example.test", what="to") == "bob@example.test"
+    with pytest.raises(MessageRefused, match="to"):
+        validate_address("a@x.test,b@x.test", what="to")
+    assert check_header_value("fine", what="x") == "fine"
+    with pytest.raises(MessageRefused, match="X-Thing"):
+        check_header_value("bad\nvalue", what="X-Thing")
+
+
+def test_extra_headers_and_auto_submitted_value() -> None:
+    parsed = parse(build(extra_headers={"In-Reply-To": "<a@b.test>", "X-Postroom-Job": "orders"}, auto_submitted="auto-replied"))
+    assert parsed["In-Reply-To"] == "<a@b.test>"
+    assert parsed["X-Postroom-Job"] == "orders"
+    assert parsed["Auto-Submitted"] == "auto-replied"
+
+
+def test_naive_date_is_a_programming_error() -> None:
+    with pytest.raises(ValueError):
+        build(date=datetime(2026, 1, 1))
+
+
+def test_rows_to_csv_shapes() -> None:
+    assert rows_to_csv([]) == b""
+    assert rows_to_csv([[1, "a"], (2, None)]) == b"1,a\r\n2,\r\n"
+    assert rows_to_csv([{"a": 1}, {"b": 2}]) == b"a,b\r\n1,\r\n,2\r\n"
