@@ -67,7 +67,10 @@ def decode_header_value(value: object) -> str:
         if isinstance(value, str):
             # compat32 keeps raw 8-bit bytes as surrogates: recover and decode them as UTF-8
             value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            value = _FOLDING_RE.sub("", value)
+        else:  # a compat32 Header holding raw 8-bit text (charset unknown-8bit)
+            value = "".join(c if isinstance(c, str) else _to_text(c, cs)
+                            for c, cs in email.header.decode_header(value))
+        value = _FOLDING_RE.sub("", value)
         chunks = email.header.decode_header(value)  # type: ignore[arg-type]
         try:
             return str(email.header.make_header(chunks)).strip()
