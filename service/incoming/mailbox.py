@@ -1,0 +1,65 @@
+"""The seam between watchers (which find new mail) and the action executor (which acts on it).
+
+A watcher owns a server connection and turns new mail into `InboundItem`s; the executor gets
+a batch of them plus `MailboxOps` for the folder they came from, and does the planned actions
+through the ledger. Keeping the protocol here lets each side be tested against the real
+server without the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .message import ParsedMessage
+from .rules import PlannedAction
+
+
+@dataclass
+class InboundItem:
+    """One new message and what the rules planned for it."""
+
+    key: str  # "account/folder/uidvalidity/uid" or "account/pop3/uidl"
+    message: ParsedMessage
+    planned: list[PlannedAction]
+    uid: int | None = None  # IMAP only
+    uidl: str | None = None  # POP3 only
+    raw: bytes | None = None  # full bytes when already fetched (POP3 always)
+
+
+@dataclass
+class ItemOutcome:
+    """What the executor did with one item. `done`: every planned action is recorded done."""
+
+    done: bool
+    error: str | None = None
+    transient: bool = True  # if not done: worth retrying later?
+    details: dict[str, str] = field(default_factory=dict)
+
+
+class MailboxOps(Protocol):
+    """What the executor may do to the folder a batch came from (IMAP). All calls batch UIDs.
+
+    Implementations run on the connection's own thread; callers `await` them.
+    """
+
+    account: str
+    folder: str
+    uidvalidity: int
+
+    async def fetch_raw(self, uids: Collection[int]) -> dict[int, bytes]: ...
+    async def existing_uids(self, uids: Collection[int]) -> set[int]: ...
+    async def flags(self, uids: Collection[int]) -> dict[int, frozenset[str]]: ...
+    async def move(self, uids: Collection[int], folder: str) -> None: ...  # UID MOVE, or COPY + UID EXPUNGE
+    async def copy(self, uids: Collection[int], folder: str) -> None: ...
+    async def add_flags(self, uids: Collection[int], flags: Sequence[str]) -> None: ...
+    async def remove_flags(self, uids: Collection[int], flags: Sequence[str]) -> None: ...
+    async def delete(self, uids: Collection[int]) -> None: ...  # \Deleted + UID EXPUNGE of just these
+
+
+class BatchHandler(Protocol):
+    """Implemented by the action executor; called by watchers."""
+
+    async def handle_batch(self, account: str, folder: str, mailbox: MailboxOps | None,
+                           items: Sequence[InboundItem]) -> dict[str, ItemOutcome]: ...
