@@ -1,0 +1,247 @@
+"""A job's data: sql / http / file sources, loaded concurrently, each bounded by its timeout.
+
+Every failure becomes a `DataSourceError` naming the data key, and is either a
+`TransientSourceError` (also a TransientError: the database or server may be back soon) or
+a `PermanentSourceError` (bad SQL, 4xx, missing file, bad JSON: retrying will not help).
+`.transient` says which without an isinstance test.
+
+SQL runs with read-only intent: nothing is ever committed (every transaction is rolled back),
+SQLite files are opened read-only, PostgreSQL transactions are READ ONLY with a
+statement_timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sqlite3
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import structlog
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from ..config.model import DataSourceConfig
+from ..errors import DataSourceError, PermanentError, TransientError
+
+log = structlog.get_logger(__name__)
+
+# PostgreSQL SQLSTATEs worth a retry: connection trouble (class 08), shutdown/cancel (57),
+# serialization failure and deadlock (40), out of resources (53).
+_PG_TRANSIENT_CLASSES = ("08", "57", "40", "53")
+_HTTP_TRANSIENT_STATUS = {408, 425, 429}
+
+
+class TransientSourceError(DataSourceError, TransientError):
+    transient = True
+
+
+class PermanentSourceError(DataSourceError, PermanentError):
+    transient = False
+
+
+def _fail(key: str, message: str, *, transient: bool) -> DataSourceError:
+    cls = TransientSourceError if transient else PermanentSourceError
+    return cls(message, source=key)
+
+
+async def load_data(sources: Mapping[str, DataSourceConfig], *,
+                    http: httpx.AsyncClient | None = None) -> dict[str, Any]:
+    """Load every source of a job at once. The first failure (in key order) is raised and the
+    other loads are cancelled."""
+    if not sources:
+        return {}
+    if http is None and any(s.kind == "http" for s in sources.values()):
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            return await _load_all(sources, client)
+    return await _load_all(sources, http)
+
+
+async def _load_all(sources: Mapping[str, DataSourceConfig], http: httpx.AsyncClient | None) -> dict[str, Any]:
+    tasks = {key: asyncio.create_task(_load_one(key, cfg, http), name=f"data:{key}")
+             for key, cfg in sources.items()}
+    try:
+        await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        pending = [t for t in tasks.values() if not t.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    for task in tasks.values():
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    return {key: task.result() for key, task in tasks.items()}
+
+
+async def _load_one(key: str, cfg: DataSourceConfig, http: httpx.AsyncClient | None) -> Any:
+    started = time.monotonic()
+    if cfg.kind == "sql":
+        value = await _load_sql(key, cfg)
+    elif cfg.kind == "http":
+        value = await _load_http(key, cfg, http)
+    else:
+        value = await _load_file(key, cfg)
+    log.debug("data source loaded", source=key, kind=cfg.kind,
+              rows=len(value) if isinstance(value, list) else None,
+              seconds=round(time.monotonic() - started, 3))
+    return value
+
+
+# -- sql ------------------------------------------------------------------------------------
+async def _load_sql(key: str, cfg: DataSourceConfig) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + cfg.timeout
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(_run_sql, key, cfg, deadline), cfg.timeout)
+    except TimeoutError:
+        # The worker thread stops soon after: SQLite's progress handler and PostgreSQL's
+        # statement_timeout both end the query at the same deadline.
+        raise _fail(key, f"sql query took longer than {cfg.timeout:g}s", transient=True) from None
+
+
+def _run_sql(key: str, cfg: DataSourceConfig, deadline: float) -> list[dict[str, Any]]:
+    try:
+        url = make_url(cfg.database or "")
+    except (ArgumentError, ValueError):
+        raise _fail(key, "database: is not a SQLAlchemy URL", transient=False) from None
+    where = url.render_as_string(hide_password=True)  # never put a password in a message
+    try:
+        engine = _engine(url, cfg.timeout, deadline)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise _fail(key, f"{where} is not usable: {exc}", transient=False) from None
+    except ImportError as exc:
+        raise _fail(key, f"no database driver installed for {where}: {exc}", transient=False) from None
+    try:
+        try:
+            conn = engine.connect()
+        except SQLAlchemyError as exc:
+            raise _sql_error(key, f"cannot connect to {where}", exc, connecting=True) from None
+        with conn:
+            try:
+                if url.get_backend_name() == "postgresql":
+                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(int(cfg.timeout * 1000), 1)}")
+                result = conn.execute(text(cfg.sql or ""))
+                if not result.returns_rows:
+                    raise _fail(key, "the sql statement returned no rows; a data source is a SELECT",
+                                transient=False)
+                return [dict(row) for row in result.mappings()]
+            except SQLAlchemyError as exc:
+                raise _sql_error(key, "sql query failed", exc, connecting=False) from None
+            finally:
+                _roll_back(conn)
+    finally:
+        engine.dispose()
+
+
+def _roll_back(conn: Any) -> None:
+    """Read-only intent: never commit, whatever the statement was. A connection that broke
+    mid-query cannot roll back; the error that broke it is the one to report."""
+    try:
+        conn.rollback()
+    except SQLAlchemyError:
+        pass
+
+
+def _engine(url: URL, timeout: float, deadline: float) -> Engine:
+    """A throwaway engine (no pool) for one load, opened read-only where the backend allows."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ":memory:"
+        if database != ":memory:" and not database.startswith("file:"):
+            # mode=ro: writes fail, and a missing file is an error instead of a new empty db.
+            url = url.set(database=f"file:{quote(database)}", query={**url.query, "mode": "ro", "uri": "true"})
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": timeout})
+
+        @event.listens_for(engine, "connect")
+        def _guard(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            dbapi_conn.execute("PRAGMA query_only = ON")
+            # Abort the query at the deadline (returning True from the handler interrupts it).
+            dbapi_conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        if url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg")
+        connect_args["connect_timeout"] = max(int(timeout), 1)
+    return create_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+
+def _sql_error(key: str, what: str, exc: SQLAlchemyError, *, connecting: bool) -> DataSourceError:
+    orig = getattr(exc, "orig", None) or exc
+    first_line = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    message = f"{what}: {first_line}"
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    if isinstance(orig, sqlite3.OperationalError):
+        # "unable to open database file": the file is missing or unreadable; "locked": busy.
+        transient = "locked" in first_line or "busy" in first_line or "interrupted" in first_line
+        if "interrupted" in first_line:
+            message = f"{what}: took longer than the timeout"
+    elif sqlstate:
+        transient = sqlstate.startswith(_PG_TRANSIENT_CLASSES)
+        if sqlstate == "57014":
+            message = f"{what}: took longer than the timeout (statement_timeout)"
+    else:
+        transient = connecting or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+    return _fail(key, message, transient=transient)
+
+
+# -- http -----------------------------------------------------------------------------------
+async def _load_http(key: str, cfg: DataSourceConfig, client: httpx.AsyncClient | None) -> Any:
+    url = cfg.http or ""
+    if client is None:  # load_data always passes one; kept total for direct callers
+        async with httpx.AsyncClient(follow_redirects=False) as own:
+            return await _load_http(key, cfg, own)
+    try:
+        response = await client.get(url, headers=cfg.headers, timeout=cfg.timeout, follow_redirects=False)
+    except httpx.TimeoutException:
+        raise _fail(key, f"GET {url} timed out after {cfg.timeout:g}s", transient=True) from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise _fail(key, f"GET {url}: {exc}", transient=False) from None
+    except httpx.TransportError as exc:
+        raise _fail(key, f"GET {url} failed: {exc or type(exc).__name__}", transient=True) from None
+    status = response.status_code
+    if not 200 <= status < 300:
+        hint = ""
+        if 300 <= status < 400 and "location" in response.headers:
+            hint = f" (redirects are not followed; use {response.headers['location']})"
+        raise _fail(key, f"GET {url} answered HTTP {status} {response.reason_phrase}{hint}",
+                    transient=status >= 500 or status in _HTTP_TRANSIENT_STATUS)
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _fail(key, f"GET {url} did not return valid JSON: {exc}", transient=False) from None
+
+
+# -- file -----------------------------------------------------------------------------------
+async def _load_file(key: str, cfg: DataSourceConfig) -> Any:
+    path = Path(cfg.file or "")
+    fmt = cfg.format or path.suffix.lower().lstrip(".")
+    if fmt not in ("csv", "json"):
+        raise _fail(key, f"cannot tell the format of {path}; name it .csv or .json or set format:",
+                    transient=False)
+    try:
+        content = await asyncio.wait_for(asyncio.to_thread(path.read_text, encoding="utf-8-sig"), cfg.timeout)
+    except TimeoutError:
+        raise _fail(key, f"reading {path} took longer than {cfg.timeout:g}s", transient=True) from None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        raise _fail(key, f"cannot read {path}: {exc.strerror or exc}", transient=False) from None
+    except UnicodeDecodeError as exc:
+        raise _fail(key, f"{path} is not UTF-8 text: {exc}", transient=False) from None
+    except OSError as exc:
+        raise _fail(key, f"cannot read {path}: {exc.strerror or exc}", transient=True) from None
+    try:
+        if fmt == "json":
+            return json.loads(content)
+        return list(csv.DictReader(io.StringIO(content, newline="")))
+    except (json.JSONDecodeError, csv.Error) as exc:
+        raise _fail(key, f"{path} is not valid {fmt}: {exc}", transient=False) from None
