@@ -1,0 +1,233 @@
+"""Queries for the action ledger, the auto-reply memory and the webhook delivery queue.
+
+- ``actions``: one row per (message key, rule, action index). ``planned`` is written before an
+  action runs and ``done`` after, so after a crash a ``planned`` row means "in doubt" and
+  ``done`` means "never again". ``failed`` is a known transient failure; ``dead`` gave up.
+- ``replies``: when an auto-reply last went to a sender, for "once per sender per N days".
+- ``webhooks``: a delivery queue keyed by ``webhook_id`` (stable across retries), leased like
+  the outbox: ``queued`` → ``sending`` (lease) → ``done`` | back to ``queued`` later | ``dead``.
+
+All writes for a batch happen in one transaction each, so a batch of thousands of messages
+costs a handful of statements, not thousands of round trips.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
+
+from .engine import as_utc
+from .tables import actions, replies, webhooks
+
+#: (message key, rule, action index): the primary key of an ``actions`` row.
+ActionId = tuple[str, str, int]
+
+_CHUNK = 500  # keeps IN (...) lists under every backend's parameter limit
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    status: str  # planned | done | failed | dead
+    attempts: int
+    detail: dict[str, Any] | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    webhook_id: str
+    action_key: str
+    rule: str
+    url: str
+    payload: bytes
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> WebhookDelivery:
+        m = row._mapping
+        return cls(
+            webhook_id=m["webhook_id"], action_key=m["action_key"], rule=m["rule"], url=m["url"],
+            payload=m["payload"], status=m["status"], attempts=m["attempts"],
+            next_attempt_at=as_utc(m["next_attempt_at"]), last_error=m["last_error"],
+            created_at=as_utc(m["created_at"]),
+        )
+
+
+class LedgerStore:
+    def __init__(self, engine: Engine, *, owner: str):
+        self.engine = engine
+        self.owner = owner
+
+    # -- actions ---------------------------------------------------------------------------
+    def entries(self, message_keys: Iterable[str]) -> dict[ActionId, LedgerEntry]:
+        """Every ledger row of these messages."""
+        found: dict[ActionId, LedgerEntry] = {}
+        keys = sorted(set(message_keys))
+        with self.engine.connect() as conn:
+            for chunk in _chunks(keys):
+                rows = conn.execute(select(actions).where(actions.c.message_key.in_(chunk)))
+                for row in rows:
+                    m = row._mapping
+                    found[(m["message_key"], m["rule"], m["action_index"])] = LedgerEntry(
+                        m["status"], m["attempts"], m["detail"], m["error"])
+        return found
+
+    def plan(self, planned: Sequence[tuple[ActionId, str]], *, now: datetime) -> None:
+        """Mark actions ``planned`` (about to run), counting an attempt. Rows already ``done``
+        or ``dead`` are left alone; the caller never plans those."""
+        if not planned:
+            return
+        ids = [aid for aid, _ in planned]
+        with self.engine.begin() as conn:
+            existing = self._existing(conn, ids)
+            new = [dict(message_key=a[0], rule=a[1], action_index=a[2], kind=kind, status="planned",
+                        attempts=1, updated_at=now)
+                   for a, kind in planned if a not in existing]
+            if new:
+                conn.execute(insert(actions), new)
+            again = [dict(k=a[0], r=a[1], i=a[2]) for a, _ in planned if a in existing]
+            if again:
+                conn.execute(
+                    update(actions).where(_id_match(), actions.c.status.in_(("planned", "failed")))
+                    .values(status="planned", attempts=actions.c.attempts + 1, updated_at=now),
+                    again)
+
+    def finish(self, results: Sequence[tuple[ActionId, str, dict[str, Any] | None, str | None]],
+               *, now: datetime) -> None:
+        """Record outcomes: (action id, status done|failed|dead, detail, error)."""
+        if not results:
+            return
+        params = [dict(k=a[0], r=a[1], i=a[2], s=status, d=detail, e=(error or None) and error[:2000])
+                  for a, status, detail, error in results]
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(actions).where(_id_match())
+                .values(status=bindparam("s"), detail=bindparam("d"), error=bindparam("e"), updated_at=now),
+                params)
+
+    @staticmethod
+    def _existing(conn: Any, ids: Sequence[ActionId]) -> set[ActionId]:
+        wanted = set(ids)
+        found: set[ActionId] = set()
+        for chunk in _chunks(sorted({a[0] for a in ids})):
+            rows = conn.execute(select(actions.c.message_key, actions.c.rule, actions.c.action_index)
+                                .where(actions.c.message_key.in_(chunk)))
+            found |= {(r[0], r[1], r[2]) for r in rows} & wanted
+        return found
+
+    # -- replies ---------------------------------------------------------------------------
+    def last_reply(self, account: str, rule: str, sender: str) -> datetime | None:
+        with self.engine.connect() as conn:
+            value = conn.scalar(select(replies.c.last_sent_at).where(
+                replies.c.account == account, replies.c.rule == rule, replies.c.sender == sender))
+        return as_utc(value)
+
+    def record_reply(self, account: str, rule: str, sender: str, *, now: datetime) -> None:
+        with self.engine.begin() as conn:
+            done = conn.execute(update(replies).where(
+                replies.c.account == account, replies.c.rule == rule, replies.c.sender == sender,
+            ).values(last_sent_at=now))
+            if done.rowcount == 0:
+                conn.execute(insert(replies).values(account=account, rule=rule, sender=sender,
+                                                    last_sent_at=now))
+
+    # -- webhooks --------------------------------------------------------------------------
+    def enqueue_webhooks(self, rows: Sequence[dict[str, Any]], *, now: datetime) -> int:
+        """Insert deliveries (webhook_id, action_key, rule, url, payload) not already queued.
+        Returns how many were new."""
+        if not rows:
+            return 0
+        with self.engine.begin() as conn:
+            existing: set[str] = set()
+            for chunk in _chunks([r["webhook_id"] for r in rows]):
+                existing |= set(conn.scalars(select(webhooks.c.webhook_id)
+                                             .where(webhooks.c.webhook_id.in_(chunk))))
+            new = [dict(r, status="queued", attempts=0, next_attempt_at=now, created_at=now,
+                        updated_at=now)
+                   for r in {r["webhook_id"]: r for r in rows}.values() if r["webhook_id"] not in existing]
+            if new:
+                conn.execute(insert(webhooks), new)
+        return len(new)
+
+    def claim_webhooks(self, *, now: datetime, limit: int, lease: timedelta) -> list[WebhookDelivery]:
+        token = f"{self.owner}/{uuid.uuid4().hex[:12]}"
+        due = or_(
+            and_(webhooks.c.status == "queued", webhooks.c.next_attempt_at <= now),
+            and_(webhooks.c.status == "sending", webhooks.c.lease_until < now),
+        )
+        with self.engine.begin() as conn:
+            pick = (select(webhooks.c.webhook_id).where(due)
+                    .order_by(webhooks.c.next_attempt_at, webhooks.c.webhook_id).limit(limit))
+            if conn.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            ids = list(conn.scalars(pick))
+            if not ids:
+                return []
+            conn.execute(update(webhooks).where(webhooks.c.webhook_id.in_(ids), due).values(
+                status="sending", lease_owner=token, lease_until=now + lease, updated_at=now))
+            rows = conn.execute(select(webhooks).where(webhooks.c.lease_owner == token)
+                                .order_by(webhooks.c.next_attempt_at))
+            return [WebhookDelivery.from_row(r) for r in rows]
+
+    def webhook_done(self, delivery: WebhookDelivery, *, now: datetime) -> None:
+        self._webhook_update(delivery, now, status="done", attempts=delivery.attempts + 1, last_error=None)
+
+    def webhook_retry(self, delivery: WebhookDelivery, *, now: datetime, retry_at: datetime, error: str) -> None:
+        self._webhook_update(delivery, now, status="queued", attempts=delivery.attempts + 1,
+                             next_attempt_at=retry_at, last_error=error[:2000])
+
+    def webhook_dead(self, delivery: WebhookDelivery, *, now: datetime, error: str) -> None:
+        self._webhook_update(delivery, now, status="dead", attempts=delivery.attempts + 1,
+                             last_error=error[:2000])
+
+    def release_webhooks(self, deliveries: Iterable[WebhookDelivery], *, now: datetime) -> None:
+        """Hand leased rows back untouched (shutdown): due again at once."""
+        ids = [d.webhook_id for d in deliveries]
+        if ids:
+            with self.engine.begin() as conn:
+                conn.execute(update(webhooks).where(webhooks.c.webhook_id.in_(ids),
+                                                    webhooks.c.status == "sending")
+                             .values(status="queued", lease_owner=None, lease_until=None, updated_at=now))
+
+    def _webhook_update(self, delivery: WebhookDelivery, now: datetime, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(webhooks).where(webhooks.c.webhook_id == delivery.webhook_id).values(
+                lease_owner=None, lease_until=None, updated_at=now, **values))
+
+    def webhook(self, webhook_id: str) -> WebhookDelivery | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(webhooks).where(webhooks.c.webhook_id == webhook_id)).first()
+        return WebhookDelivery.from_row(row) if row else None
+
+    def webhook_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(webhooks.c.status, func.count()).group_by(webhooks.c.status))
+            return {status: n for status, n in rows}
+
+    def next_webhook_due(self) -> datetime | None:
+        with self.engine.connect() as conn:
+            queued = conn.scalar(select(func.min(webhooks.c.next_attempt_at))
+                                 .where(webhooks.c.status == "queued"))
+            lease = conn.scalar(select(func.min(webhooks.c.lease_until))
+                                .where(webhooks.c.status == "sending"))
+        candidates = [as_utc(v) for v in (queued, lease) if v is not None]
+        return min(candidates) if candidates else None
+
+
+def _id_match() -> Any:
+    return and_(actions.c.message_key == bindparam("k"), actions.c.rule == bindparam("r"),
+                actions.c.action_index == bindparam("i"))
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]

@@ -1,0 +1,265 @@
+"""Webhooks: Standard Webhooks signing and a durable delivery queue.
+
+Signing (https://www.standardwebhooks.com): the signed content is ``{id}.{timestamp}.{body}``,
+HMAC-SHA256 with the secret, sent as ``webhook-signature: v1,<base64>``. A ``whsec_<base64>``
+secret is the base64-decoded key; any other secret is used as its UTF-8 bytes.
+
+Delivery: the executor enqueues a row per webhook action (``enqueue``); ``run`` claims due rows
+with a lease (like the outbox), POSTs them and records the outcome. The ``webhook-id`` is derived
+from the action key, so every retry - after a 500, a timeout, or a crash mid-request - carries
+the same id and the receiver can deduplicate. Only 2xx is success (redirects are not followed:
+a 3xx is a failure). 408/429/5xx, timeouts and connection errors are retried with exponential
+backoff (``Retry-After`` honoured on 429/503); other 4xx are dead letters at once. Every state
+lives in the store, so a restart continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+
+from service.config.rules import ActionConfig
+from service.incoming.actions import WebhookRequest
+from service.store.engine import utcnow
+from service.store.ledger import LedgerStore, WebhookDelivery
+
+log = structlog.get_logger(__name__)
+
+SIGNATURE_VERSION = "v1"
+EVENT_TYPE = "message.matched"
+#: How far a receiver may accept a timestamp from its own clock (for ``verify``).
+TOLERANCE = timedelta(minutes=5)
+_RETRY_STATUSES = frozenset({408, 429})  # plus every 5xx
+_BODY_EXCERPT = 300
+
+
+class WebhookVerifyError(ValueError):
+    """A signature or timestamp did not check out (``verify``)."""
+
+
+# -- signing -------------------------------------------------------------------------------
+
+def secret_key(secret: str) -> bytes:
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret[len("whsec_"):])
+    return secret.encode("utf-8")
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}." + body>``."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes, *, now: datetime | None = None,
+           tolerance: timedelta = TOLERANCE) -> None:
+    """Check a received webhook's signature (any of the space-separated ones) and timestamp.
+    Raises WebhookVerifyError; returns None when it is genuine."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    try:
+        msg_id, stamp, signatures = lower["webhook-id"], lower["webhook-timestamp"], lower["webhook-signature"]
+        timestamp = int(stamp)
+    except (KeyError, ValueError):
+        raise WebhookVerifyError("missing or malformed webhook headers") from None
+    if now is not None and abs(now.timestamp() - timestamp) > tolerance.total_seconds():
+        raise WebhookVerifyError("timestamp outside tolerance")
+    expected = sign(secret, msg_id, timestamp, body).split(",", 1)[1]
+    for candidate in signatures.split():
+        version, _, value = candidate.partition(",")
+        if version == SIGNATURE_VERSION and hmac.compare_digest(value, expected):
+            return
+    raise WebhookVerifyError("no matching signature")
+
+
+def webhook_id_for(action_key: str) -> str:
+    """Stable across retries and restarts: derived from the action's idempotency key."""
+    return "msg_" + hashlib.sha256(action_key.encode("utf-8")).hexdigest()[:24]
+
+
+# -- queue ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: timedelta = timedelta(seconds=10)
+    maximum: timedelta = timedelta(hours=1)
+    max_attempts: int = 15
+    max_age: timedelta = timedelta(days=2)
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Delay after the ``attempts``-th failure (1-based): base, 2*base, 4*base … maximum."""
+        return min(self.maximum, self.base * (2 ** max(0, attempts - 1)))
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, retry_after: timedelta | None = None):
+        self.reason, self.retry_after = reason, retry_after
+        super().__init__(reason)
+
+
+class _Dead(Exception):
+    pass
+
+
+SpecLookup = Callable[[str, int], ActionConfig]
+
+
+class WebhookQueue:
+    """Durable webhook deliveries. ``spec_lookup(rule, index)`` is ``RuleSet.action_config``:
+    the secret and timeout are read from the config at send time, never stored."""
+
+    def __init__(self, ledger: LedgerStore, *, spec_lookup: SpecLookup,
+                 clock: Callable[[], datetime] = utcnow, policy: RetryPolicy = RetryPolicy(),
+                 batch_size: int = 20, transport: httpx.AsyncBaseTransport | None = None):
+        self.ledger = ledger
+        self.spec_lookup = spec_lookup
+        self.clock = clock
+        self.policy = policy
+        self.batch_size = batch_size
+        self._transport = transport
+        self._wake = asyncio.Event()
+
+    def enqueue(self, requests: Sequence[WebhookRequest]) -> int:
+        """Store deliveries; idempotent on the webhook id. Returns how many were new."""
+        now = self.clock()
+        rows = []
+        for request in requests:
+            webhook_id = webhook_id_for(request.action_key)
+            payload = {"type": EVENT_TYPE, "timestamp": now.isoformat(), **request.payload}
+            rows.append(dict(webhook_id=webhook_id, action_key=request.action_key, rule=request.rule,
+                             url=request.url, payload=json.dumps(payload, sort_keys=True).encode()))
+        added = self.ledger.enqueue_webhooks(rows, now=now)
+        if added:
+            self._wake.set()
+        return added
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event, *, idle: float = 30.0) -> None:
+        """Deliver until ``stop`` is set: due rows now, then sleep until the next is due."""
+        while not stop.is_set():
+            delivered = await self.deliver_due()
+            if delivered:
+                continue
+            due = self.ledger.next_webhook_due()
+            wait = idle if due is None else max(0.05, min(idle, (due - self.clock()).total_seconds()))
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+
+    async def deliver_due(self) -> int:
+        """One pass: claim what is due and deliver it. Returns how many rows were handled."""
+        now = self.clock()
+        lease = timedelta(seconds=330)  # longer than the longest allowed timeout (300 s)
+        claimed = self.ledger.claim_webhooks(now=now, limit=self.batch_size, lease=lease)
+        if not claimed:
+            return 0
+        async with httpx.AsyncClient(follow_redirects=False, transport=self._transport) as client:
+            try:
+                await asyncio.gather(*(self._deliver(client, d) for d in claimed))
+            except asyncio.CancelledError:
+                self.ledger.release_webhooks(claimed, now=self.clock())
+                raise
+        return len(claimed)
+
+    async def _deliver(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> None:
+        logger = log.bind(webhook_id=delivery.webhook_id, rule=delivery.rule, url=delivery.url,
+                          attempt=delivery.attempts + 1)
+        try:
+            status = await self._post(client, delivery)
+        except _Dead as exc:
+            logger.warning("webhook dead", reason=str(exc))
+            self.ledger.webhook_dead(delivery, now=self.clock(), error=str(exc))
+            return
+        except _Retry as exc:
+            self._retry_or_kill(delivery, exc, logger)
+            return
+        logger.info("webhook delivered", status=status)
+        self.ledger.webhook_done(delivery, now=self.clock())
+
+    async def _post(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> int:
+        try:
+            spec = self.spec_lookup(delivery.rule, _action_index(delivery.action_key)).webhook
+        except (KeyError, IndexError, ValueError):
+            spec = None
+        if spec is None:
+            raise _Dead("the rule's webhook action is no longer configured")
+        timestamp = int(self.clock().timestamp())
+        headers = {"webhook-id": delivery.webhook_id, "webhook-timestamp": str(timestamp),
+                   "content-type": "application/json", "user-agent": "postroom"}
+        if spec.secret is not None:
+            headers["webhook-signature"] = sign(spec.secret.get_secret_value(), delivery.webhook_id,
+                                                timestamp, delivery.payload)
+        try:
+            response = await client.post(delivery.url, content=delivery.payload, headers=headers,
+                                         timeout=spec.timeout)
+        except httpx.TimeoutException as exc:
+            raise _Retry(f"timeout: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:  # connect errors, resets, protocol errors
+            raise _Retry(f"connection failed: {type(exc).__name__}: {exc}") from exc
+        code = response.status_code
+        if 200 <= code < 300:
+            return code
+        excerpt = response.text[:_BODY_EXCERPT]
+        reason = f"HTTP {code}: {excerpt}" if excerpt else f"HTTP {code}"
+        if 300 <= code < 400:
+            location = response.headers.get("location", "")
+            raise _Retry(f"HTTP {code} redirect to {location!r} not followed")
+        if code in _RETRY_STATUSES or code >= 500:
+            after = None
+            if code in (429, 503):
+                after = _retry_after(response.headers.get("retry-after"), self.clock())
+            raise _Retry(reason, after)
+        raise _Dead(reason)
+
+    def _retry_or_kill(self, delivery: WebhookDelivery, exc: _Retry, logger: Any) -> None:
+        now = self.clock()
+        attempts = delivery.attempts + 1
+        retry_at = now + (exc.retry_after if exc.retry_after is not None
+                          else self.policy.backoff(attempts))
+        if attempts >= self.policy.max_attempts:
+            error = f"gave up after {attempts} attempts; last: {exc.reason}"
+        elif retry_at - delivery.created_at > self.policy.max_age:
+            error = f"gave up after {now - delivery.created_at}; last: {exc.reason}"
+        else:
+            logger.info("webhook retry", reason=exc.reason, retry_at=retry_at.isoformat())
+            self.ledger.webhook_retry(delivery, now=now, retry_at=retry_at, error=exc.reason)
+            return
+        logger.warning("webhook dead", reason=error)
+        self.ledger.webhook_dead(delivery, now=now, error=error)
+
+
+def _action_index(action_key: str) -> int:
+    return int(action_key.rsplit("|", 1)[1])
+
+
+def _retry_after(value: str | None, now: datetime) -> timedelta | None:
+    """``Retry-After`` as seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return timedelta(seconds=int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(timedelta(0), when - now)

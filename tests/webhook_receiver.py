@@ -1,0 +1,75 @@
+"""A real HTTP server on 127.0.0.1:<free port> that records webhook POSTs and answers from a
+script: each request takes the next scripted (status, headers, body); when the script is
+used up it answers 204. Runs on its own thread; use as a context manager."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 204
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+class WebhookReceiver:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.script: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                with receiver._lock:
+                    receiver.received.append(Received(
+                        self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    reply = receiver.script.popleft() if receiver.script else Reply()
+                self.send_response(reply.status)
+                for name, value in reply.headers:
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, *args: object) -> None:
+                pass  # keep test output quiet
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def answer(self, *replies: Reply) -> None:
+        with self._lock:
+            self.script.extend(replies)
+
+    def __enter__(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
