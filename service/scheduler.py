@@ -1,0 +1,228 @@
+"""Config jobs -> APScheduler 3.11 (memory job store, built from config on every start).
+
+APScheduler 3 must not share a job store between processes, so each replica schedules every
+job itself and the fire is claimed in our store under (job id, fire time) by the `on_fire`
+callback; the fire times come from `service.schedules` and agree across replicas.
+
+APScheduler's own executors call the job function without telling it which fire it is
+running, so `_FireExecutor` (an executor is APScheduler's extension point for "how a due job
+is run") hands the scheduled run times to `Scheduler._due` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+
+from .config.model import Config, JobConfig
+from .schedules import CatchUp, JobOverview, jobs_overview, make_trigger, next_fire, plan_catch_up, triage
+from .store.engine import utcnow
+from .store.runs import RunStore
+
+log = structlog.get_logger(__name__)
+
+FireCallback = Callable[[str, datetime, str], Awaitable[None]]  # (job id, fire time UTC, "schedule"|"catch-up")
+# At most this many skipped fires per job are written to the store at start (the newest ones,
+# so the job's last fire moves past all of them); the rest are only counted in the log.
+MAX_RECORDED_SKIPS = 100
+
+__all__ = ["FireCallback", "JobOverview", "Scheduler", "jobs_overview"]
+
+
+class _FireExecutor(BaseExecutor):
+    """Runs a due job as `on_due(job_id, run_times, grace)` on the scheduler's event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 on_due: Callable[[str, list[datetime], timedelta], Awaitable[None]],
+                 track: Callable[[asyncio.Task[None]], None]):
+        super().__init__()
+        self._loop = loop
+        self._on_due = on_due
+        self._track = track
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        grace = timedelta(seconds=job.misfire_grace_time or 0)
+        task = self._loop.create_task(self._on_due(job.id, list(run_times), grace))
+        self._track(task)
+        task.add_done_callback(lambda t: self._finished(job.id, t))
+
+    def _finished(self, job_id: str, task: asyncio.Task[None]) -> None:
+        # Frees the max_instances slot; `_due` logs its own failures, so this is only a backstop.
+        if task.cancelled() or task.exception() is None:
+            self._run_job_success(job_id, [])
+        else:
+            exc = task.exception()
+            self._run_job_error(job_id, exc, exc.__traceback__ if exc else None)
+
+
+class Scheduler:
+    def __init__(self, config: Config, runs: RunStore, on_fire: FireCallback, *,
+                 clock: Callable[[], datetime] = utcnow, shutdown_timeout: float = 30.0):
+        self._config = config
+        self._runs = runs
+        self._on_fire = on_fire
+        self._clock = clock
+        self._shutdown_timeout = shutdown_timeout
+        self._aps: AsyncIOScheduler | None = None
+        self._scheduled: dict[str, tuple[str, BaseTrigger]] = {}  # job id -> (fingerprint, trigger)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._aps = AsyncIOScheduler(
+            event_loop=loop,
+            timezone=ZoneInfo(self._config.timezone),
+            jobstores={"default": MemoryJobStore()},
+            executors={"default": _FireExecutor(loop, self._due, self._track)},
+            job_defaults={"coalesce": True, "max_instances": 1,
+                          "misfire_grace_time": int(timedelta(hours=1).total_seconds())},
+        )
+        started = self._clock()
+        for job_id, job in self._enabled_jobs(self._config).items():
+            trigger = make_trigger(job.schedule, self._config.timezone)
+            await self._catch_up(job_id, job, trigger, started)
+            self._schedule(job_id, job, trigger, after=started)
+        self._aps.start()
+        log.info("scheduler started", jobs=sorted(self._scheduled))
+
+    async def shutdown(self) -> None:
+        """Take no new fires; give running ones `shutdown_timeout` seconds, then cancel them."""
+        if self._aps is not None and self._aps.running:
+            self._aps.shutdown(wait=False)
+        pending = {t for t in self._tasks if not t.done()}
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self._shutdown_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("scheduler shutdown cancelled running fires", count=len(late))
+                await asyncio.gather(*late, return_exceptions=True)
+
+    def replace(self, config: Config) -> None:
+        """Apply a reloaded config: add new jobs, reschedule changed ones, drop removed ones.
+
+        A job whose schedule did not change keeps its place. Changed and new jobs start from
+        their next fire after now; they do not back-fill. The callback should read the job's
+        other settings (template, recipients) from the current config at fire time.
+        """
+        old = self._config
+        self._config = config
+        if self._aps is None:
+            return
+        now = self._clock()
+        wanted = self._enabled_jobs(config)
+        for job_id in list(self._scheduled):
+            if job_id not in wanted or self._fingerprint(config, wanted[job_id]) != self._scheduled[job_id][0]:
+                self._unschedule(job_id)
+        for job_id, job in wanted.items():
+            if job_id not in self._scheduled:
+                self._schedule(job_id, job, make_trigger(job.schedule, config.timezone), after=now)
+        log.info("scheduler reloaded", jobs=sorted(self._scheduled),
+                 removed=sorted(set(self._enabled_jobs(old)) - set(wanted)))
+
+    def next_fires(self) -> dict[str, datetime | None]:
+        """Each enabled job's next fire time (None: nothing left to fire, e.g. a past `at`)."""
+        now = self._clock()
+        out: dict[str, datetime | None] = {}
+        for job_id, job in self._enabled_jobs(self._config).items():
+            aps_job = self._aps.get_job(job_id) if self._aps is not None else None
+            if aps_job is not None:
+                out[job_id] = aps_job.next_run_time
+            elif self._aps is None:
+                out[job_id] = next_fire(make_trigger(job.schedule, self._config.timezone), now, now)
+            else:
+                out[job_id] = None
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+    @staticmethod
+    def _enabled_jobs(config: Config) -> dict[str, JobConfig]:
+        return {job_id: job for job_id, job in config.jobs.items() if job.enabled}
+
+    @staticmethod
+    def _fingerprint(config: Config, job: JobConfig) -> str:
+        return f"{job.schedule.model_dump_json()}|{config.job_timezone(job)}|{job.misfire_grace}"
+
+    def _schedule(self, job_id: str, job: JobConfig, trigger: BaseTrigger, *, after: datetime) -> None:
+        if self._aps is None:
+            return
+        # The first fire is computed from `after` (not from whenever APScheduler adds the job)
+        # so no fire falls between the catch-up plan and the live schedule.
+        first = next_fire(trigger, after, after)
+        self._scheduled[job_id] = (self._fingerprint(self._config, job), trigger)
+        if first is None:
+            return  # a one-off `at` in the past: nothing to schedule
+        self._aps.add_job(
+            _never_called, trigger=trigger, id=job_id, name=job_id, next_run_time=first,
+            misfire_grace_time=max(int(job.misfire_grace.total_seconds()), 1),
+            coalesce=True, max_instances=1, replace_existing=True,
+        )
+
+    def _unschedule(self, job_id: str) -> None:
+        self._scheduled.pop(job_id, None)
+        if self._aps is not None and self._aps.get_job(job_id) is not None:
+            self._aps.remove_job(job_id)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _catch_up(self, job_id: str, job: JobConfig, trigger: BaseTrigger, started: datetime) -> None:
+        last = await asyncio.to_thread(self._runs.last_fire, job_id)
+        plan = plan_catch_up(trigger, last_fire=last, started=started, now=started, grace=job.misfire_grace)
+        await self._record_skips(job_id, plan, now=started, reason="missed while postroom was down")
+        if plan.run is not None:
+            log.info("missed run caught up", job=job_id, fire_time=_utc(plan.run).isoformat(),
+                     late_s=round((_utc(started) - _utc(plan.run)).total_seconds()))
+            self._track(asyncio.get_running_loop().create_task(self._fire(job_id, plan.run, "catch-up")))
+
+    async def _due(self, job_id: str, run_times: list[datetime], grace: timedelta) -> None:
+        """A live fire (run_times: one, or several APScheduler coalesced)."""
+        now = self._clock()
+        plan = triage(run_times, now=now, grace=grace)
+        await self._record_skips(job_id, plan, now=now, reason="fired too late (process busy or suspended)")
+        if plan.run is not None:
+            await self._fire(job_id, plan.run, "schedule")
+
+    async def _fire(self, job_id: str, fire_time: datetime, trigger: str) -> None:
+        try:
+            await self._on_fire(job_id, _utc(fire_time), trigger)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job fire failed", job=job_id, fire_time=_utc(fire_time).isoformat(), trigger=trigger)
+
+    async def _record_skips(self, job_id: str, plan: CatchUp, *, now: datetime, reason: str) -> None:
+        skipped = plan.skipped
+        if len(skipped) > MAX_RECORDED_SKIPS or plan.truncated:
+            log.warning("missed runs skipped", job=job_id, count=len(skipped), more=plan.truncated,
+                        first=_utc(skipped[0]).isoformat(), last=_utc(skipped[-1]).isoformat(), reason=reason)
+            skipped = skipped[-MAX_RECORDED_SKIPS:]
+            quiet = True
+        else:
+            quiet = False
+        if plan.run is not None:
+            reason = f"{reason}; the newer fire {_utc(plan.run).isoformat()} runs instead"
+        for fire in skipped:
+            recorded = await asyncio.to_thread(self._runs.record_skip, job_id, _utc(fire), now=now, detail=reason)
+            if recorded and not quiet:
+                log.warning("missed run skipped", job=job_id, fire_time=_utc(fire).isoformat(),
+                            late_s=round((_utc(now) - _utc(fire)).total_seconds()), reason=reason)
+
+
+def _never_called() -> None:
+    """APScheduler wants a callable per job; `_FireExecutor` runs `Scheduler._due` instead."""
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
