@@ -10,7 +10,8 @@ import pytest
 from service.config import Settings, load_config
 from service.errors import ConfigError
 
-REFERENCE = Path(__file__).parent / "data" / "reference.yaml"
+REFERENCE = Path(__file__).parent.parent / "deploy" / "demo" / "postroom.yaml"
+DESIGN = Path(__file__).parent.parent.parent / "shared" / "design.md"
 SECRETS = {"ALICE_PASSWORD": "a", "BOB_PASSWORD": "b", "CAROL_PASSWORD": "c", "HOOK_SECRET": "whsec_dGVzdA=="}
 
 
@@ -130,3 +131,13 @@ def test_missing_file_says_how_to_point_at_one(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(Settings(config=tmp_path / "nope.yaml"), environ={})
     assert "file not found" in str(err.value) and "--config" in str(err.value)
+
+
+def test_demo_config_is_the_reference_config_verbatim():
+    """The demo runs design.md's reference config exactly as written."""
+    import re
+
+    if not DESIGN.is_file():
+        pytest.skip("shared/design.md is not beside the project")
+    block = re.search(r"```yaml\n(timezone: UTC.*?)```", DESIGN.read_text(), re.S).group(1)
+    assert REFERENCE.read_text() == block

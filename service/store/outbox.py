@@ -171,6 +171,16 @@ class OutboxStore:
                 .values(status="queued", lease_owner=None, lease_until=None, updated_at=now)
             )
 
+    def release_all_leases(self, *, now: datetime) -> int:
+        """Single-node recovery at start: every row left `sending` is due again now."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox).where(outbox.c.status == "sending")
+                .values(status="queued", lease_owner=None, lease_until=None, next_attempt_at=now,
+                        updated_at=now)
+            )
+            return result.rowcount
+
     def retry(self, item_id: int, *, now: datetime) -> bool:
         """Put a dead letter back in the queue (its remaining recipients, same Message-ID)."""
         with self.engine.begin() as conn:
@@ -193,6 +203,15 @@ class OutboxStore:
         with self.engine.connect() as conn:
             row = conn.execute(select(outbox).where(outbox.c.id == item_id)).first()
         return OutboxItem.from_row(row) if row else None
+
+    def by_message_ids(self, message_ids: Iterable[str]) -> list[OutboxItem]:
+        ids = list(message_ids)
+        out: list[OutboxItem] = []
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids, 500):
+                rows = conn.execute(select(outbox).where(outbox.c.message_id.in_(chunk)))
+                out.extend(OutboxItem.from_row(r) for r in rows)
+        return out
 
     def list(self, *, statuses: Sequence[str], limit: int = 100) -> list[OutboxItem]:
         with self.engine.connect() as conn:

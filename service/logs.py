@@ -1,0 +1,61 @@
+"""Logging: structlog over the stdlib, JSON in production, console on a TTY, secrets redacted.
+
+The pipeline is a list of small processors over the event dict; the renderer is the last.
+Library loggers (aiosmtplib, apscheduler, httpx …) go through the same pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|credential", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Never let a password or secret reach a log line, whatever a caller bound."""
+    for key in list(event):
+        if _SECRET_KEYS.search(key):
+            event[key] = REDACTED
+    return event
+
+
+def setup_logging(*, fmt: str | None = None, level: str = "INFO", stream: Any = None) -> None:
+    stream = stream or sys.stderr
+    if fmt is None:
+        fmt = "console" if stream.isatty() else "json"
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Chatty libraries: their INFO lines are noise next to ours.
+    for name in ("apscheduler", "httpx", "httpcore", "aiosmtplib", "imapclient", "alembic"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,201 @@
+"""A job run: load its data, render one message (or one per row), store them in the outbox.
+
+Building is all-or-nothing: if any row's message is refused (template error, CR/LF in a
+subject, two addresses in one `to` entry), nothing of that run is enqueued and the run fails
+naming the row — half a mail merge is worse than none, and the fix is in the data or template.
+
+Enqueueing is idempotent per (job, fire time, row): a fire re-run after a crash adds only
+what is missing, so every recipient gets the message once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import formataddr
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from ..config import Config, JobConfig
+from ..errors import DataSourceError, MessageRefused, PostroomError
+from ..store import NewMessage, Store, utcnow
+from .compose import Attachment, compose, make_message_id, rows_to_csv, validate_address
+from .sources import load_data
+from .templates import TemplateRenderer
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class BuiltRun:
+    job: str
+    messages: list[NewMessage] = field(default_factory=list)
+    skipped: str | None = None  # why nothing is sent (skip_if_empty)
+
+
+class JobRunner:
+    def __init__(self, config: Config, renderer: TemplateRenderer, store: Store, *,
+                 wake_sender: Callable[[], None] = lambda: None,
+                 clock: Callable[[], datetime] = utcnow):
+        self.config = config
+        self.renderer = renderer
+        self.store = store
+        self.wake_sender = wake_sender
+        self.clock = clock
+
+    # -- building (pure apart from loading data) ---------------------------------------------
+    async def build(self, job_id: str, *, key_prefix: str, now: datetime,
+                    fire_time: datetime | None = None, to_override: Sequence[str] | None = None) -> BuiltRun:
+        job = self._job(job_id)
+        data = await load_data(job.data)
+        if job.skip_if_empty and not data.get(job.skip_if_empty):
+            return BuiltRun(job=job_id, skipped=f"{job.skip_if_empty} has no rows")
+        # Rendering hundreds of rows is CPU work: keep the event loop free for IDLE and HTTP.
+        messages = await asyncio.to_thread(
+            self.render_messages, job_id, job, data, key_prefix=key_prefix, now=now,
+            fire_time=fire_time, to_override=to_override,
+        )
+        return BuiltRun(job=job_id, messages=messages)
+
+    def render_messages(self, job_id: str, job: JobConfig, data: Mapping[str, Any], *, key_prefix: str,
+                        now: datetime, fire_time: datetime | None,
+                        to_override: Sequence[str] | None) -> list[NewMessage]:
+        account = self.config.accounts[job.account]
+        tz = ZoneInfo(self.config.job_timezone(job))
+        local_now = now.astimezone(tz)
+        base = {
+            **data,
+            "job": job_id,
+            "now": local_now,
+            "today": local_now.date().isoformat(),
+            "fire_time": (fire_time or now).astimezone(tz),
+        }
+        if job.for_each:
+            rows = data[job.for_each]
+            if not isinstance(rows, list):
+                raise DataSourceError("for_each needs a list of rows", source=job.for_each)
+        else:
+            rows = [None]
+        sender = formataddr((account.name, account.address)) if account.name else account.address
+        domain = account.address.rpartition("@")[2].strip(">").strip() or "localhost"
+        attachments_static = self._static_attachments(job, data)
+        out: list[NewMessage] = []
+        for i, row in enumerate(rows):
+            context = {**base, "row": row} if job.for_each else base
+            where = f"jobs.{job_id}" + (f" row {i}" if job.for_each else "")
+            try:
+                rendered = self.renderer.render(job.template, context)
+                to = self._recipients(job.to, context, f"{where}.to") if to_override is None else list(to_override)
+                cc = self._recipients(job.cc, context, f"{where}.cc") if to_override is None else []
+                bcc = self._recipients(job.bcc, context, f"{where}.bcc") if to_override is None else []
+                message_id = make_message_id(domain)
+                msg = compose(
+                    sender=sender, to=to, cc=cc, subject=rendered.subject, text=rendered.text,
+                    html=rendered.html, message_id=message_id, date=now,
+                    reply_to=job.reply_to, attachments=attachments_static,
+                )
+            except MessageRefused as exc:
+                raise MessageRefused(f"{where}: {exc}") from exc
+            out.append(NewMessage(
+                dedup_key=f"{key_prefix}:{i}", message_id=message_id, account=job.account,
+                envelope_from=account.address, recipients=[*to, *cc, *bcc], raw=msg.as_bytes(),
+                origin=job_id,
+            ))
+        return out
+
+    def _recipients(self, entries: Sequence[str], context: Mapping[str, Any], what: str) -> list[str]:
+        out = []
+        for j, entry in enumerate(entries):
+            value = entry
+            if "{" in entry:
+                value = self.renderer.render_string(entry, context, what=f"{what}[{j}]").strip()
+            if not value:
+                continue  # a row without an address is skipped for that field, like an empty cc
+            out.append(validate_address(value, what=f"{what}[{j}]"))
+        return out
+
+    @staticmethod
+    def _static_attachments(job: JobConfig, data: Mapping[str, Any]) -> list[Attachment]:
+        out = []
+        for att in job.attachments:
+            if att.data is not None:
+                out.append(Attachment(
+                    filename=att.filename or f"{att.data}.csv",
+                    content=rows_to_csv(data[att.data] or []),
+                    content_type=att.content_type or "text/csv",
+                ))
+            else:
+                path = att.file
+                try:
+                    content = path.read_bytes()
+                except OSError as exc:
+                    raise DataSourceError(f"attachment {str(path)!r}: {exc.strerror}") from None
+                guessed = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                out.append(Attachment(filename=att.filename or path.name, content=content,
+                                      content_type=att.content_type or guessed))
+        return out
+
+    def _job(self, job_id: str) -> JobConfig:
+        try:
+            return self.config.jobs[job_id]
+        except KeyError:
+            known = ", ".join(sorted(self.config.jobs)) or "none"
+            raise PostroomError(f"no job named {job_id!r}; jobs: {known}") from None
+
+    # -- running ---------------------------------------------------------------------------
+    async def run_fire(self, job_id: str, fire_time: datetime, trigger: str) -> None:
+        """The scheduler's callback: claim the fire, build, enqueue, record. Never raises."""
+        runs = self.store.runs
+        now = self.clock()
+        claimed = await asyncio.to_thread(runs.claim_fire, job_id, fire_time, now=now)
+        if not claimed:
+            log.info("fire already claimed", job=job_id, fire_time=fire_time.isoformat())
+            return
+        key = f"job:{job_id}:{fire_time.astimezone(ZoneInfo('UTC')).strftime('%Y%m%dT%H%M%SZ')}"
+        await self._run(job_id, key_prefix=key, fire_time=fire_time, trigger=trigger, now=now, claim=True)
+
+    async def run_now(self, job_id: str, *, key_prefix: str, to_override: Sequence[str] | None = None) -> BuiltRun:
+        """A manual run (`postroom send`): recorded as a run, no fire claim."""
+        return await self._run(job_id, key_prefix=key_prefix, fire_time=None, trigger="manual",
+                               now=self.clock(), claim=False, to_override=to_override)
+
+    async def _run(self, job_id: str, *, key_prefix: str, fire_time: datetime | None, trigger: str,
+                   now: datetime, claim: bool, to_override: Sequence[str] | None = None) -> BuiltRun:
+        runs = self.store.runs
+        run_id = await asyncio.to_thread(runs.start_run, job_id, fire_time=fire_time, trigger=trigger, now=now)
+        bound = log.bind(job=job_id, trigger=trigger, fire_time=fire_time.isoformat() if fire_time else None)
+        status, detail, built = "failed", None, BuiltRun(job=job_id)
+        try:
+            built = await self.build(job_id, key_prefix=key_prefix, now=now, fire_time=fire_time,
+                                     to_override=to_override)
+            if built.skipped:
+                status, detail = "skipped", built.skipped
+                bound.info("job skipped", reason=built.skipped)
+            else:
+                added = await asyncio.to_thread(self.store.outbox.enqueue, built.messages, now=self.clock())
+                status = "done"
+                bound.info("job run queued mail", messages=len(built.messages), new=added)
+                self.wake_sender()
+        except PostroomError as exc:
+            detail = str(exc)
+            bound.error("job run failed", error=detail)
+            if not claim:
+                raise
+        except Exception as exc:  # a bug must not kill the scheduler; record it
+            detail = f"{type(exc).__name__}: {exc}"
+            bound.exception("job run crashed", error=detail)
+            if not claim:
+                raise
+        finally:
+            done_at = self.clock()
+            await asyncio.to_thread(runs.finish_run, run_id, now=done_at, status=status,
+                                    messages=len(built.messages), error=detail)
+            if claim and fire_time is not None:
+                await asyncio.to_thread(runs.finish_fire, job_id, fire_time, now=done_at,
+                                        status=status, detail=detail)
+        return built
