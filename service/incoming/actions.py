@@ -1,0 +1,453 @@
+"""The action executor: does what the rules planned, through the action ledger.
+
+Each (message key, rule, action index) gets a ledger row: ``planned`` before the action runs,
+``done`` after (with a reason when it was skipped on purpose). On the next batch a ``done``
+row is never run again, and a ``planned`` (or ``failed``) one is "in doubt": the action may or
+may not have happened before a crash. In-doubt IMAP actions are checked on the server first
+(move/delete: is the UID gone from this folder? flag/unflag/mark_read: do the FLAGS show it?);
+a copy can't be checked cheaply and is redone (at worst one duplicate copy). Mail actions
+enqueue into the outbox with dedup_key = the action key and webhooks into the delivery queue
+keyed by a webhook id derived from it, so redoing either can't send twice.
+
+A batch runs in phases, each phase one ledger write before and one after, and IMAP actions
+grouped by (kind, argument) into ONE server call with every UID (5,000 moves = one UID MOVE):
+
+1. forward / redirect / reply (need the raw message: one fetch_raw for the whole batch)
+2. webhooks
+3. copy
+4. flag / unflag / mark_read
+5. move / delete, last, because UIDs change after them. A message with several of these: the
+   first one written runs; the later ones are recorded done as "skipped" (the message is no
+   longer in this folder, so they are impossible), e.g. ``[move: A, delete]`` moves to A.
+
+When one of a message's actions fails, its later phases wait for the next attempt (a move
+must not carry away a message whose forward has not been stored yet). A transient failure
+leaves the row ``failed`` to retry; a permanent one makes it ``dead`` with the reason and the
+item is reported not done, not transient, so the watcher sets it aside.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from service.config.model import AccountConfig, Config
+from service.errors import (
+    MessageRefused,
+    PermanentError,
+    PostroomError,
+    TemplateError,
+    TransientError,
+    is_transient,
+)
+from service.outgoing.compose import make_message_id
+from service.outgoing.templates import TemplateRenderer
+from service.store.engine import utcnow
+from service.store.ledger import ActionId, LedgerEntry, LedgerStore
+from service.store.outbox import NewMessage, OutboxStore
+
+from .forward import forward_message, redirect_message, refusal
+from .mailbox import InboundItem, ItemOutcome, MailboxOps
+from .message import ParsedMessage
+from .replies import compose_reply, reply_context, reply_refusal, reply_to_address
+from .rules import PlannedAction, RuleSet
+
+log = structlog.get_logger(__name__)
+
+SENDING = ("forward", "redirect", "reply")
+FLAGGING = ("flag", "unflag", "mark_read")
+TERMINAL = ("move", "delete")
+PHASES: tuple[tuple[str, ...], ...] = (SENDING, ("webhook",), ("copy",), FLAGGING, TERMINAL)
+SEEN = "\\Seen"
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """One POST the executor asks the webhook queue to make (durably)."""
+
+    action_key: str  # "message key|rule|index": the webhook id is derived from it
+    rule: str
+    url: str
+    payload: dict[str, Any]
+
+
+class WebhookSink(Protocol):
+    """The webhook delivery queue as the executor sees it (service.webhooks.WebhookQueue)."""
+
+    def enqueue(self, requests: Sequence[WebhookRequest]) -> int: ...
+
+
+class ExecutorStore(Protocol):
+    outbox: OutboxStore
+    ledger: LedgerStore
+
+
+@dataclass
+class _Work:
+    item: InboundItem
+    action: PlannedAction
+    entry: LedgerEntry | None  # the ledger row at the start of the batch; None if new
+
+    @property
+    def aid(self) -> ActionId:
+        return (self.item.key, self.action.rule, self.action.index)
+
+    @property
+    def key(self) -> str:
+        return self.action.key(self.item.key)
+
+    @property
+    def in_doubt(self) -> bool:
+        return self.entry is not None and self.entry.status in ("planned", "failed")
+
+
+@dataclass
+class _Result:
+    status: str  # done | failed | dead
+    detail: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class _Phase:
+    """Results of one phase, written to the ledger in one go."""
+
+    def __init__(self) -> None:
+        self.results: dict[ActionId, tuple[_Work, _Result]] = {}
+
+    def done(self, work: _Work, **detail: Any) -> None:
+        self.results[work.aid] = (work, _Result("done", detail))
+
+    def failed(self, work: _Work, exc: BaseException | str) -> None:
+        if isinstance(exc, str):
+            self.results[work.aid] = (work, _Result("dead", error=exc))
+            return
+        status = "failed" if is_transient(exc) else "dead"
+        self.results[work.aid] = (work, _Result(status, error=f"{type(exc).__name__}: {exc}"))
+
+    def fail_all(self, works: Iterable[_Work], exc: BaseException | str) -> None:
+        for work in works:
+            self.failed(work, exc)
+
+
+class ActionExecutor:
+    """Implements BatchHandler (service.incoming.mailbox)."""
+
+    def __init__(self, config: Config, ruleset: RuleSet, store: ExecutorStore,
+                 renderer: TemplateRenderer, webhooks: WebhookSink, *,
+                 clock: Callable[[], datetime] = utcnow, wake_sender: Callable[[], None] = lambda: None,
+                 dry_run: bool = False):
+        self.config = config
+        self.ruleset = ruleset
+        self.outbox = store.outbox
+        self.ledger = store.ledger
+        self.renderer = renderer
+        self.webhooks = webhooks
+        self.clock = clock
+        self.wake_sender = wake_sender
+        self.dry_run = dry_run
+
+    async def handle_batch(self, account: str, folder: str, mailbox: MailboxOps | None,
+                           items: Sequence[InboundItem]) -> dict[str, ItemOutcome]:
+        logger = log.bind(account=account, folder=folder)
+        if self.dry_run:
+            for item in items:
+                for action in item.planned:
+                    logger.info(f"would {action.kind}", key=item.key, uid=item.uid, rule=action.rule,
+                                params=action.params)
+            return {item.key: ItemOutcome(done=True, details={"dry_run": "nothing recorded"})
+                    for item in items}
+        acct = self.config.accounts[account]
+        entries = self.ledger.entries(item.key for item in items)
+        results: dict[ActionId, _Result] = {}
+        for entry_id, entry in entries.items():
+            if entry.status in ("done", "dead"):
+                results[entry_id] = _Result(entry.status, entry.detail or {}, entry.error)
+        blocked: set[str] = set()  # item keys with a failure this batch: later phases wait
+        for kinds in PHASES:
+            works = [
+                _Work(item, action, entries.get((item.key, action.rule, action.index)))
+                for item in items if item.key not in blocked
+                for action in item.planned if action.kind in kinds
+            ]
+            todo = [w for w in works if w.aid not in results]
+            if kinds == TERMINAL:
+                todo = self._first_terminal(works, results)
+            if not todo:
+                continue
+            phase = _Phase()
+            self.ledger.plan([(w.aid, w.action.kind) for w in todo], now=self.clock())
+            await self._run_phase(kinds, todo, phase, acct, account, folder, mailbox)
+            self.ledger.finish([(aid, r.status, r.detail or None, r.error)
+                                for aid, (_, r) in phase.results.items()], now=self.clock())
+            for aid, (work, result) in phase.results.items():
+                results[aid] = result
+                if result.status != "done":
+                    blocked.add(work.item.key)
+                    logger.warning("action failed", key=work.key, kind=work.action.kind,
+                                   status=result.status, error=result.error)
+        return {item.key: _outcome(item, results) for item in items}
+
+    def _first_terminal(self, works: list[_Work], results: dict[ActionId, _Result]) -> list[_Work]:
+        """Of each message's move/delete actions (in written order) the first runs; the later
+        ones are impossible once it has, and are recorded done as skipped right here."""
+        by_item: dict[str, list[_Work]] = defaultdict(list)
+        for work in works:  # already in rule order, then action order
+            by_item[work.item.key].append(work)
+        todo: list[_Work] = []
+        skipped: list[_Work] = []
+        for first, *later in by_item.values():
+            if first.aid not in results:
+                todo.append(first)
+            skipped.extend(w for w in later if w.aid not in results)
+        if skipped:
+            finished = []
+            for work in skipped:
+                first = by_item[work.item.key][0].action
+                detail = {"skipped": f"the message already left the folder by {first.kind} "
+                                     f"({first.rule}#{first.index})"}
+                results[work.aid] = _Result("done", detail)
+                finished.append((work.aid, "done", detail, None))
+            self.ledger.plan([(w.aid, w.action.kind) for w in skipped], now=self.clock())
+            self.ledger.finish(finished, now=self.clock())
+        return todo
+
+    async def _run_phase(self, kinds: tuple[str, ...], todo: list[_Work], phase: _Phase,
+                         acct: AccountConfig, account: str, folder: str, mailbox: MailboxOps | None) -> None:
+        if kinds == SENDING:
+            await self._send(todo, phase, acct, account, mailbox)
+        elif kinds == ("webhook",):
+            self._webhooks(todo, phase, account, folder)
+        elif mailbox is None:
+            phase.fail_all(todo, f"{todo[0].action.kind} needs an IMAP folder; this is POP3")
+        else:
+            await self._imap(todo, phase, mailbox)
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def _raws(self, todo: list[_Work], phase: _Phase, mailbox: MailboxOps | None) -> dict[str, bytes]:
+        raws: dict[str, bytes] = {}
+        missing: dict[int, list[_Work]] = defaultdict(list)
+        for work in todo:
+            raw = work.item.raw or work.item.message.raw
+            if raw is not None:
+                raws[work.item.key] = raw
+            elif work.item.uid is not None and mailbox is not None:
+                missing[work.item.uid].append(work)
+            else:
+                phase.failed(work, "the message's bytes are not available")
+        if missing:
+            try:
+                fetched = await mailbox.fetch_raw(list(missing))  # type: ignore[union-attr]
+            except Exception as exc:  # noqa: BLE001 - mapped to transient/permanent below
+                phase.fail_all((w for ws in missing.values() for w in ws), exc)
+                return raws
+            for uid, works in missing.items():
+                if uid in fetched:
+                    raws[works[0].item.key] = fetched[uid]
+                else:
+                    phase.fail_all(works, f"UID {uid} is no longer in the folder")
+        return raws
+
+    async def _send(self, todo: list[_Work], phase: _Phase, acct: AccountConfig, account: str,
+                    mailbox: MailboxOps | None) -> None:
+        raws = await self._raws(todo, phase, mailbox)
+        now = self.clock()
+        sender = email.utils.formataddr((acct.name or "", acct.address))
+        queued: list[tuple[_Work, NewMessage]] = []
+        replied: set[tuple[str, str]] = set()  # (rule, sender) answered in this batch
+        for work in todo:
+            if work.aid in phase.results:
+                continue
+            raw = raws[work.item.key]
+            msg = ParsedMessage.from_bytes(raw, key=work.item.key)
+            try:
+                new = self._compose(work, msg, raw, acct, sender, account, now, replied)
+            except (MessageRefused, TemplateError, PermanentError) as exc:
+                phase.failed(work, exc)
+                continue
+            if isinstance(new, str):
+                phase.done(work, skipped=new)
+                log.info("action skipped", key=work.key, kind=work.action.kind, reason=new)
+            else:
+                queued.append((work, new))
+        if not queued:
+            return
+        try:
+            self.outbox.enqueue([new for _, new in queued], now=now)
+        except Exception as exc:  # noqa: BLE001 - the store failing is worth a retry
+            phase.fail_all((w for w, _ in queued), _transient(exc))
+            return
+        for work, new in queued:
+            if work.action.kind == "reply":
+                self.ledger.record_reply(account, work.action.rule, new.recipients[0].lower(), now=now)
+            phase.done(work, message_id=new.message_id, to=list(new.recipients))
+        self.wake_sender()
+
+    def _compose(self, work: _Work, msg: ParsedMessage, raw: bytes, acct: AccountConfig, sender: str,
+                 account: str, now: datetime, replied: set[tuple[str, str]]) -> NewMessage | str:
+        """The message to enqueue, or the reason it is (rightly) not sent."""
+        action = work.action
+        domain = acct.address.rsplit("@", 1)[1]
+        message_id = make_message_id(domain)
+        common = dict(dedup_key=work.key, message_id=message_id, account=account, origin=action.rule)
+        if action.kind in ("forward", "redirect"):
+            reason = refusal(msg, acct.address)
+            if reason:
+                return reason
+            targets = list(action.params["to"])
+            if action.kind == "forward":
+                data = forward_message(raw, msg, sender=sender, to=targets, as_=action.params.get("as", "attachment"),
+                                       rule=action.rule, message_id=message_id, now=now)
+            else:
+                data = redirect_message(raw, sender=acct.address, to=targets, message_id=message_id, now=now)
+            return NewMessage(envelope_from=acct.address, recipients=targets, raw=data, **common)
+        reason = reply_refusal(msg, [acct.address])
+        if reason:
+            return reason
+        target = reply_to_address(msg)
+        if target is None:  # reply_refusal checked it; keeps the type checker honest
+            return "no usable address to reply to"
+        days = max(1, int(action.params.get("days", 7)))
+        last = self.ledger.last_reply(account, action.rule, target.lower())
+        if (action.rule, target.lower()) in replied or (last is not None and now - last < timedelta(days=days)):
+            return f"already replied to {target} within {days} days"
+        rendered = self.renderer.render(action.params["template"], reply_context(msg))
+        data = compose_reply(rendered, msg, sender=sender, to=target, message_id=message_id, now=now)
+        replied.add((action.rule, target.lower()))
+        return NewMessage(envelope_from="", recipients=[target], raw=data, **common)
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    def _webhooks(self, todo: list[_Work], phase: _Phase, account: str, folder: str) -> None:
+        requests = [WebhookRequest(work.key, work.action.rule, work.action.params["url"],
+                                   webhook_payload(work.item, account, folder, work.action.rule))
+                    for work in todo]
+        try:
+            self.webhooks.enqueue(requests)
+        except Exception as exc:  # noqa: BLE001 - the store failing is worth a retry
+            phase.fail_all(todo, _transient(exc))
+            return
+        for work in todo:
+            phase.done(work, queued=True)
+
+    # -- IMAP ----------------------------------------------------------------------------
+
+    async def _imap(self, todo: list[_Work], phase: _Phase, mailbox: MailboxOps) -> None:
+        groups: dict[tuple[str, tuple[str, ...]], list[_Work]] = defaultdict(list)
+        for work in todo:
+            if work.item.uid is None:
+                phase.failed(work, f"{work.action.kind} needs an IMAP UID")
+                continue
+            groups[_group_key(work.action)].append(work)
+        for (kind, args), works in groups.items():
+            try:
+                await self._imap_group(kind, args, works, phase, mailbox)
+            except Exception as exc:  # noqa: BLE001 - mapped to transient/permanent
+                phase.fail_all((w for w in works if w.aid not in phase.results), exc)
+
+    async def _imap_group(self, kind: str, args: tuple[str, ...], works: list[_Work], phase: _Phase,
+                          mailbox: MailboxOps) -> None:
+        doubtful = {w.item.uid for w in works if w.in_doubt}
+        settled: set[int] = set()
+        if doubtful:
+            settled = await _already_done(kind, args, doubtful, mailbox)  # type: ignore[arg-type]
+        uids = sorted({w.item.uid for w in works} - settled)  # type: ignore[misc]
+        call = _IMAP_CALLS[kind]
+        if uids:
+            await call(mailbox, uids, args)
+        log.info("imap action", kind=kind, args=list(args), uids=len(uids), verified=len(settled))
+        for work in works:
+            if work.item.uid in settled:
+                phase.done(work, verified="already done on the server")
+            else:
+                phase.done(work)
+
+
+def _group_key(action: PlannedAction) -> tuple[str, tuple[str, ...]]:
+    if action.kind in ("move", "copy"):
+        return action.kind, (action.params["folder"],)
+    if action.kind == "mark_read":
+        return "flag", (SEEN,)
+    if action.kind in ("flag", "unflag"):
+        return action.kind, tuple(action.params["flags"])
+    return action.kind, ()
+
+
+async def _already_done(kind: str, args: tuple[str, ...], uids: Collection[int],
+                        mailbox: MailboxOps) -> set[int]:
+    """Of these in-doubt UIDs, those whose action the server shows as done."""
+    if kind in ("move", "delete"):
+        return set(uids) - await mailbox.existing_uids(uids)
+    if kind in ("flag", "unflag"):
+        flags = await mailbox.flags(uids)
+        wanted = {f.lower() for f in args}
+        if kind == "flag":
+            return {uid for uid, has in flags.items() if wanted <= {f.lower() for f in has}}
+        return {uid for uid, has in flags.items() if not wanted & {f.lower() for f in has}}
+    return set()  # copy: redone (at most one duplicate copy after a crash mid-copy)
+
+
+_ImapCall = Callable[[MailboxOps, list[int], tuple[str, ...]], Awaitable[None]]
+_IMAP_CALLS: dict[str, _ImapCall] = {
+    "move": lambda box, uids, args: box.move(uids, args[0]),
+    "copy": lambda box, uids, args: box.copy(uids, args[0]),
+    "flag": lambda box, uids, args: box.add_flags(uids, list(args)),
+    "unflag": lambda box, uids, args: box.remove_flags(uids, list(args)),
+    "delete": lambda box, uids, args: box.delete(uids),
+}
+
+
+def webhook_payload(item: InboundItem, account: str, folder: str, rule: str) -> dict[str, Any]:
+    """The JSON body's message part (the queue adds ``type`` and ``timestamp``)."""
+    msg = item.message
+    return {
+        "account": account,
+        "folder": folder,
+        "uid": item.uid,
+        "uidl": item.uidl,
+        "message_id": msg.message_id,
+        "from": ", ".join(a.display for a in msg.from_),
+        "to": [a.addr or a.display for a in msg.to],
+        "subject": msg.subject,
+        "date": msg.date.isoformat() if msg.date else None,
+        "size": msg.size,
+        "attachments": [a.filename or "" for a in msg.attachments()],
+        "rule": rule,
+    }
+
+
+def _transient(exc: BaseException) -> BaseException:
+    """Store errors (database locked, connection lost) count as transient."""
+    if isinstance(exc, PostroomError):
+        return exc
+    wrapped = TransientError(f"{type(exc).__name__}: {exc}")
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def _outcome(item: InboundItem, results: dict[ActionId, _Result]) -> ItemOutcome:
+    details: dict[str, str] = {}
+    dead: list[str] = []
+    pending: list[str] = []
+    for action in item.planned:
+        result = results.get((item.key, action.rule, action.index))
+        name = f"{action.rule}#{action.index}:{action.kind}"
+        if result is None:
+            details[name] = "waiting"
+            pending.append(name)
+        elif result.status == "done":
+            details[name] = str(result.detail.get("skipped") or "done")
+        else:
+            details[name] = f"{result.status}: {result.error}"
+            (dead if result.status == "dead" else pending).append(f"{name}: {result.error}")
+    if dead:
+        return ItemOutcome(done=False, error="; ".join(dead), transient=False, details=details)
+    if pending:
+        return ItemOutcome(done=False, error="; ".join(pending), transient=True, details=details)
+    return ItemOutcome(done=True, details=details)

@@ -1,0 +1,178 @@
+"""Forward and redirect composition, and the guards that keep them out of loops. Pure.
+
+forward (``as: attachment``, the default): a new message from our account to the targets,
+``Reply-To`` the original sender, ``Subject: Fwd: …``, a short text saying what is forwarded,
+and the original attached byte for byte as message/rfc822. ``as: inline``: the original's text
+quoted in the body (its attachments are not carried).
+
+redirect (RFC 5322 3.6.6 "resent" fields): the original bytes unchanged, with ``Resent-From``,
+``Resent-To``, ``Resent-Date``, ``Resent-Message-ID`` prepended and line endings normalised to
+CRLF; the envelope is ours (from our account, to the targets).
+
+Both refuse bounces (they would bounce back and forth) and stop loops: every message we forward
+or redirect carries ``X-Postroom-Loop: <account address>``, and a message that already carries
+ours for this account, or has travelled more than ``MAX_HOPS`` hops, is not sent on again.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+
+from service.errors import MessageRefused
+from service.outgoing.compose import check_header_value, compose, validate_address
+
+from .message import ParsedMessage
+
+LOOP_HEADER = "X-Postroom-Loop"
+MAX_HOPS = 20  # Received + our loop headers; RFC 5321 6.3 suggests at least 100 for MTAs,
+# but a rule-driven forwarder that sees 20 hops is almost certainly looping
+_FWD_PREFIX = re.compile(r"^\s*((fwd?|wg|tr)\s*:\s*)+", re.IGNORECASE)
+_HEADER_BLOCK_END = b"\r\n\r\n"
+
+
+def bounce_reason(msg: ParsedMessage) -> str | None:
+    """Why ``msg`` looks like a delivery report (never forward, redirect or answer it)."""
+    if msg.header("Return-Path") and not msg.return_path:
+        return "empty return path (a bounce)"
+    for address in msg.from_:
+        if address.addr.split("@", 1)[0].lower() == "mailer-daemon":
+            return "from MAILER-DAEMON"
+    if msg.return_path.split("@", 1)[0].lower() == "mailer-daemon":
+        return "return path MAILER-DAEMON"
+    content_type = msg.first("Content-Type").lower()
+    if content_type.startswith("multipart/report"):
+        return "multipart/report (a delivery or disposition report)"
+    return None
+
+
+def loop_reason(msg: ParsedMessage, account_address: str) -> str | None:
+    """Why sending ``msg`` on from ``account_address`` could loop, or None."""
+    ours = account_address.lower()
+    loop_values = [v.strip().lower() for v in msg.header(LOOP_HEADER)]
+    if ours in loop_values:
+        return f"already carries {LOOP_HEADER}: {account_address}"
+    hops = len(msg.header("Received")) + len(loop_values)
+    if hops > MAX_HOPS:
+        return f"{hops} hops (limit {MAX_HOPS})"
+    return None
+
+
+def refusal(msg: ParsedMessage, account_address: str) -> str | None:
+    return bounce_reason(msg) or loop_reason(msg, account_address)
+
+
+def crlf(raw: bytes) -> bytes:
+    """Every line ending as CRLF (bare LF and bare CR alike), ending with one."""
+    text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    return text if text.endswith(b"\r\n") else text + b"\r\n"
+
+
+def fwd_subject(subject: str) -> str:
+    return "Fwd: " + _FWD_PREFIX.sub("", subject)
+
+
+def _original_sender(msg: ParsedMessage) -> str | None:
+    for address in (*msg.reply_to, *msg.from_):
+        if address.addr and "@" in address.addr:
+            try:
+                return validate_address(address.addr, what="reply-to")
+            except MessageRefused:
+                continue
+    return None
+
+
+def _summary(msg: ParsedMessage) -> list[str]:
+    lines = [f"From: {', '.join(a.display for a in msg.from_) or '(unknown)'}"]
+    if msg.date is not None:
+        lines.append(f"Date: {email.utils.format_datetime(msg.date)}")
+    lines.append(f"Subject: {msg.subject}")
+    if msg.to:
+        lines.append(f"To: {', '.join(a.display for a in msg.to)}")
+    return lines
+
+
+def forward_message(raw: bytes, msg: ParsedMessage, *, sender: str, to: Sequence[str], as_: str,
+                    rule: str, message_id: str, now: datetime) -> bytes:
+    """The bytes of a forward of ``raw`` from ``sender`` (our account) to ``to``."""
+    loop_value = check_header_value(email.utils.parseaddr(sender)[1], what="loop header")
+    common = dict(sender=sender, to=list(to), subject=fwd_subject(msg.subject),
+                  reply_to=_original_sender(msg), message_id=message_id, date=now,
+                  extra_headers={LOOP_HEADER: loop_value}, auto_submitted="auto-generated")
+    if as_ == "inline":
+        quoted = "\n".join("> " + line if line else ">" for line in msg.body_text().splitlines())
+        text = ("---------- Forwarded message ----------\n" + "\n".join(_summary(msg))
+                + f"\n\n{quoted}\n\n-- \nForwarded by postroom (rule {rule}).\n")
+        return compose(text=text, **common).as_bytes()
+    text = ("The message below is attached as it arrived.\n\n" + "\n".join(_summary(msg))
+            + f"\n\n-- \nForwarded by postroom (rule {rule}). Replies go to the original sender.\n")
+    return attach_original(compose(text=text, **common).as_bytes(), raw)
+
+
+def attach_original(composed: bytes, raw: bytes) -> bytes:
+    """Wrap a composed single-part message into multipart/mixed with ``raw`` attached as
+    message/rfc822, byte for byte. Built by hand: the email package re-serialises embedded
+    messages and cannot carry 8-bit bytes through a nested generator."""
+    head, _, body = composed.partition(_HEADER_BLOCK_END)
+    outer, part = [], []
+    for field in _header_fields(head):
+        name = field.split(b":", 1)[0].strip().lower()
+        (part if name in (b"content-type", b"content-transfer-encoding") else outer).append(field)
+    original = crlf(raw)
+    boundary = _boundary(original + body)
+    eight_bit = any(byte > 127 for byte in original)
+    return b"".join([
+        *outer,
+        b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n',
+        b"This is a multi-part message in MIME format.\r\n",
+        b"--" + boundary + b"\r\n", *part, b"\r\n", body,
+        b"" if body.endswith(b"\r\n") else b"\r\n",
+        b"--" + boundary + b"\r\n",
+        b"Content-Type: message/rfc822\r\n",
+        b'Content-Disposition: attachment; filename="forwarded-message.eml"\r\n',
+        b"Content-Transfer-Encoding: " + (b"8bit" if eight_bit else b"7bit") + b"\r\n\r\n",
+        original,
+        b"--" + boundary + b"--\r\n",
+    ])
+
+
+def _header_fields(head: bytes) -> list[bytes]:
+    """Header block → one bytes item per field (continuation lines kept), each ending CRLF."""
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line + b"\r\n"
+        elif line:
+            fields.append(line + b"\r\n")
+    return fields
+
+
+def _boundary(content: bytes) -> bytes:
+    while True:
+        candidate = b"=_postroom_" + secrets.token_hex(12).encode()
+        if candidate not in content:
+            return candidate
+
+
+def redirect_message(raw: bytes, *, sender: str, to: Sequence[str], message_id: str,
+                     now: datetime) -> bytes:
+    """``raw`` with Resent-* fields and our loop header prepended, CRLF line endings."""
+    resent_from = validate_address(sender, what="resent-from")
+    targets = [validate_address(a, what="resent-to") for a in to]
+    if not targets:
+        raise MessageRefused("redirect has no recipients")
+    check_header_value(message_id, what="resent-message-id")
+    fields = [
+        ("Resent-From", resent_from),
+        ("Resent-To", ", ".join(targets)),
+        ("Resent-Date", email.utils.format_datetime(now)),
+        ("Resent-Message-ID", message_id),
+        (LOOP_HEADER, email.utils.parseaddr(resent_from)[1]),
+    ]
+    added = "".join(f"{name}: {value}\r\n" for name, value in fields)
+    # Header values above are validated ASCII-safe addresses; non-ASCII display names would
+    # need RFC 2047 encoding, so encode as UTF-8 only as a last resort (SMTPUTF8 servers).
+    return added.encode("utf-8") + crlf(raw)

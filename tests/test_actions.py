@@ -1,0 +1,457 @@
+"""The action executor against the real lab Dovecot/Postfix: batching, the ledger, in-doubt
+actions, forward/redirect/reply composition and their loop guards."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import smtplib
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imapclient import IMAPClient
+
+from service.config.model import Config
+from service.errors import ServerConnectError
+from service.incoming.actions import ActionExecutor, WebhookRequest
+from service.incoming.forward import LOOP_HEADER
+from service.incoming.mailbox import InboundItem
+from service.incoming.message import ParsedMessage
+from service.incoming.replies import reply_refusal
+from service.incoming.rules import RuleSet, compile_rules
+from service.outgoing.templates import TemplateRenderer
+from service.store import Store
+from service.store.ledger import LedgerStore
+from service.store.outbox import OutboxItem, OutboxStore
+from tests.store_fixtures import sqlite_url, store  # noqa: F401
+
+TEMPLATES = Path(__file__).parent.parent / "templates"
+START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+ALICE, CAROL = "alice@example.test", "carol@example.test"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Stores:
+    outbox: OutboxStore
+    ledger: LedgerStore
+
+
+class RecordingWebhooks:
+    def __init__(self) -> None:
+        self.requests: list[WebhookRequest] = []
+
+    def enqueue(self, requests: Sequence[WebhookRequest]) -> int:
+        self.requests.extend(requests)
+        return len(requests)
+
+
+class LabMailbox:
+    """MailboxOps over imapclient on the real lab Dovecot, counting every server call."""
+
+    def __init__(self, client: IMAPClient, account: str, folder: str):
+        self.client, self.account, self.folder = client, account, folder
+        self.uidvalidity = client.select_folder(folder)[b"UIDVALIDITY"]
+        self.calls: Counter[str] = Counter()
+        self.fail_next: Exception | None = None
+
+    async def _do(self, name: str, fn: Any, *args: Any) -> Any:
+        self.calls[name] += 1
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        return await asyncio.to_thread(fn, *args)
+
+    async def fetch_raw(self, uids: Collection[int]) -> dict[int, bytes]:
+        data = await self._do("fetch_raw", self.client.fetch, list(uids), ["BODY.PEEK[]"])
+        return {uid: d[b"BODY[]"] for uid, d in data.items()}
+
+    async def existing_uids(self, uids: Collection[int]) -> set[int]:
+        return set(await self._do("existing_uids", self.client.search,
+                                  ["UID", ",".join(map(str, uids))]))
+
+    async def flags(self, uids: Collection[int]) -> dict[int, frozenset[str]]:
+        data = await self._do("flags", self.client.get_flags, list(uids))
+        return {uid: frozenset(f.decode() for f in flags) for uid, flags in data.items()}
+
+    async def move(self, uids: Collection[int], folder: str) -> None:
+        await self._do("move", self.client.move, list(uids), folder)
+
+    async def copy(self, uids: Collection[int], folder: str) -> None:
+        await self._do("copy", self.client.copy, list(uids), folder)
+
+    async def add_flags(self, uids: Collection[int], flags: Sequence[str]) -> None:
+        await self._do("add_flags", self.client.add_flags, list(uids), list(flags))
+
+    async def remove_flags(self, uids: Collection[int], flags: Sequence[str]) -> None:
+        await self._do("remove_flags", self.client.remove_flags, list(uids), list(flags))
+
+    async def delete(self, uids: Collection[int]) -> None:
+        def expunge() -> None:
+            self.client.add_flags(list(uids), [b"\\Deleted"])
+            self.client.uid_expunge(list(uids))
+        await self._do("delete", expunge)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def make_config(lab: Any, rules: list[dict]) -> Config:
+    def account(user: str) -> dict:
+        server = {"host": "127.0.0.1", "security": "starttls", "username": f"{user}@example.test",
+                  "password": lab.password(user)}
+        return {"address": f"{user}@example.test", "name": user.title(),
+                "smtp": {**server, "port": lab.ports.smtp}, "imap": {**server, "port": lab.ports.imap}}
+    return Config.model_validate({"accounts": {"alice": account("alice"), "carol": account("carol")},
+                                  "rules": rules})
+
+
+@dataclass
+class Rig:
+    config: Config
+    rules: RuleSet
+    stores: Stores
+    executor: ActionExecutor
+    clock: Clock
+    webhooks: RecordingWebhooks
+
+
+def make_rig(store: Store, config: Config, **kw: Any) -> Rig:
+    rules = compile_rules(config.rules)
+    stores = Stores(store.outbox, LedgerStore(store.engine, owner="test"))
+    clock, hooks = Clock(), RecordingWebhooks()
+    executor = ActionExecutor(config, rules, stores, TemplateRenderer(TEMPLATES), hooks, clock=clock, **kw)
+    return Rig(config, rules, stores, executor, clock, hooks)
+
+
+def items_from_server(rig: Rig, box: LabMailbox) -> list[InboundItem]:
+    """What a watcher would hand over: header-only messages with the rules' plan."""
+    uids = box.client.search("ALL")
+    data = box.client.fetch(uids, ["BODY.PEEK[HEADER]", "RFC822.SIZE"]) if uids else {}
+    rules = rig.rules.for_folder(box.account, box.folder)
+    items = []
+    for uid in sorted(data):
+        key = f"{box.account}/{box.folder}/{box.uidvalidity}/{uid}"
+        msg = ParsedMessage.from_headers(data[uid][b"BODY[HEADER]"], key=key, size=data[uid][b"RFC822.SIZE"])
+        items.append(InboundItem(key=key, message=msg, planned=rules.evaluate(msg, now=rig.clock()), uid=uid))
+    return items
+
+
+def raw_item(rig: Rig, account: str, raw: bytes, n: int) -> InboundItem:
+    """A message with its bytes at hand (as POP3 hands them over)."""
+    key = f"{account}/pop3/uidl{n}"
+    msg = ParsedMessage.from_bytes(raw, key=key)
+    return InboundItem(key=key, message=msg, planned=rig.rules.for_account(account).evaluate(msg, now=rig.clock()),
+                       uidl=f"uidl{n}", raw=raw)
+
+
+def make_raw(subject: str = "hello", sender: str = "Dora <dora@elsewhere.test>", to: str = ALICE,
+             extra: str = "", body: str = "Hi there,\nsee you.\n", msgid: str = "<m1@elsewhere.test>") -> bytes:
+    return (f"Return-Path: <dora@elsewhere.test>\nFrom: {sender}\nTo: {to}\nSubject: {subject}\n"
+            f"Date: Thu, 26 Nov 2026 10:00:00 +0000\nMessage-ID: {msgid}\n{extra}"
+            f"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n{body}").encode()
+
+
+def folder_count(lab: Any, user: str, folder: str, flag: str | None = None) -> int:
+    with lab.imap_client(user) as client:
+        client.select_folder(folder, readonly=True)
+        return len(client.search(["FLAGGED"] if flag == "flagged" else "ALL"))
+
+
+def queued(rig: Rig) -> list[OutboxItem]:
+    return rig.stores.outbox.list(statuses=["queued"], limit=1000)
+
+
+@pytest.fixture
+def mail(lab):
+    lab.drop_queue()
+    for user in ("alice", "carol"):
+        lab.clear_mailbox(user)
+    return lab
+
+
+@pytest.fixture
+def alice_inbox(mail):
+    client = mail.imap_client("alice")
+    yield client
+    client.logout()
+
+
+# -- IMAP batching and the ledger ------------------------------------------------------
+
+async def test_batch_of_200_is_one_call_per_action_and_never_redone(mail, alice_inbox, store):
+    mail.seed_maildir("alice", "INBOX", [make_raw(f"[report] {i}", msgid=f"<r{i}@x.test>") for i in range(200)]
+                      + [make_raw("personal", msgid="<p@x.test>")])
+    config = make_config(mail, [{"name": "reports", "account": "alice", "match": {"subject": "[report]"},
+                                 "actions": [{"move": "Archive"}, {"flag": "\\Flagged"}, {"copy": "Junk"}]}])
+    rig = make_rig(store, config)
+    box = LabMailbox(alice_inbox, "alice", "INBOX")
+    items = items_from_server(rig, box)
+    outcomes = await rig.executor.handle_batch("alice", "INBOX", box, items)
+    assert all(o.done for o in outcomes.values()) and len(outcomes) == 201
+    # one server call per (kind, argument), and move last though written first
+    assert box.calls == {"copy": 1, "add_flags": 1, "move": 1}
+    assert folder_count(mail, "alice", "INBOX") == 1
+    assert folder_count(mail, "alice", "Archive") == 200
+    assert folder_count(mail, "alice", "Archive", "flagged") == 200
+    assert folder_count(mail, "alice", "Junk") == 200
+    box.calls.clear()
+    again = await rig.executor.handle_batch("alice", "INBOX", box, items)
+    assert box.calls == {} and all(o.done for o in again.values())
+    assert folder_count(mail, "alice", "Junk") == 200
+
+
+async def test_in_doubt_move_and_flag_are_checked_on_the_server(mail, alice_inbox, store):
+    mail.seed_maildir("alice", "INBOX", [make_raw(f"[report] {i}", msgid=f"<d{i}@x.test>") for i in range(3)])
+    config = make_config(mail, [{"name": "reports", "account": "alice", "match": {"subject": "[report]"},
+                                 "actions": [{"flag": "\\Flagged"}, {"move": "Archive"}]}])
+    rig = make_rig(store, config)
+    box = LabMailbox(alice_inbox, "alice", "INBOX")
+    items = items_from_server(rig, box)
+    first = items[0]
+    # a crash after the server did flag + move for the first message, before "done" was written
+    rig.stores.ledger.plan([((first.key, "reports", 0), "flag"), ((first.key, "reports", 1), "move")], now=START)
+    alice_inbox.add_flags([first.uid], [b"\\Flagged"])
+    alice_inbox.move([first.uid], "Archive")
+    outcomes = await rig.executor.handle_batch("alice", "INBOX", box, items)
+    assert all(o.done for o in outcomes.values())
+    assert box.calls["existing_uids"] == 1 and box.calls["flags"] == 1
+    assert folder_count(mail, "alice", "Archive") == 3  # not 4, no error
+    entries = rig.stores.ledger.entries([first.key])
+    assert entries[(first.key, "reports", 1)].detail == {"verified": "already done on the server"}
+    assert entries[(first.key, "reports", 1)].attempts == 2
+
+
+async def test_move_then_delete_moves_and_skips_the_delete(mail, alice_inbox, store):
+    mail.seed_maildir("alice", "INBOX", [make_raw("[report] x")])
+    config = make_config(mail, [{"name": "r", "account": "alice", "match": {"subject": "[report]"},
+                                 "actions": [{"move": "Archive"}, {"delete": True}]}])
+    rig = make_rig(store, config)
+    box = LabMailbox(alice_inbox, "alice", "INBOX")
+    [outcome] = (await rig.executor.handle_batch("alice", "INBOX", box, items_from_server(rig, box))).values()
+    assert outcome.done and "already left the folder by move" in outcome.details["r#1:delete"]
+    assert box.calls == {"move": 1}
+    assert folder_count(mail, "alice", "Archive") == 1
+
+
+async def test_transient_failure_leaves_it_to_retry_and_blocks_later_phases(mail, alice_inbox, store):
+    mail.seed_maildir("alice", "INBOX", [make_raw("[report] x")])
+    config = make_config(mail, [{"name": "r", "account": "alice", "match": {"subject": "[report]"},
+                                 "actions": [{"move": "Archive"}, {"flag": "\\Flagged"}]}])
+    rig = make_rig(store, config)
+    box = LabMailbox(alice_inbox, "alice", "INBOX")
+    items = items_from_server(rig, box)
+    box.fail_next = ServerConnectError("connection reset")
+    [outcome] = (await rig.executor.handle_batch("alice", "INBOX", box, items)).values()
+    assert not outcome.done and outcome.transient and "connection reset" in outcome.error
+    assert "move" not in box.calls  # the flag failed: the move waits
+    [outcome] = (await rig.executor.handle_batch("alice", "INBOX", box, items)).values()
+    assert outcome.done and folder_count(mail, "alice", "Archive", "flagged") == 1
+
+
+async def test_dry_run_records_and_does_nothing(mail, alice_inbox, store):
+    mail.seed_maildir("alice", "INBOX", [make_raw("[report] x")])
+    config = make_config(mail, [{"name": "r", "account": "alice", "match": {"subject": "[report]"},
+                                 "actions": [{"move": "Archive"}]}])
+    rig = make_rig(store, config, dry_run=True)
+    box = LabMailbox(alice_inbox, "alice", "INBOX")
+    items = items_from_server(rig, box)
+    outcomes = await rig.executor.handle_batch("alice", "INBOX", box, items)
+    assert all(o.done for o in outcomes.values()) and box.calls == {}
+    assert rig.stores.ledger.entries([items[0].key]) == {}
+
+
+# -- forward / redirect ----------------------------------------------------------------
+
+VENDOR_MAIL = (b"From: Vendor Billing <billing@vendor.test>\r\nTo: alice@example.test\r\n"
+               b"Subject: Invoice 42\r\nDate: Thu, 26 Nov 2026 09:00:00 +0000\r\n"
+               b"Message-ID: <inv42@vendor.test>\r\nMIME-Version: 1.0\r\n"
+               b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+               b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nYour invoice \xe2\x82\xac 10.\r\n"
+               b"--b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=inv.pdf\r\n"
+               b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n")
+
+OUT_OF_OFFICE = {"name": "out-of-office", "account": "carol", "match": {},
+                 "actions": [{"reply": {"template": "out_of_office", "days": 7}}]}
+
+
+def send_via_postfix(lab: Any, item: OutboxItem, user: str) -> None:
+    with smtplib.SMTP("127.0.0.1", lab.ports.smtp, timeout=10) as smtp:
+        smtp.starttls(context=lab.ssl_context())
+        smtp.login(lab.address(user), lab.password(user))
+        smtp.sendmail(item.envelope_from, item.recipients, item.raw)
+
+
+async def test_forward_as_attachment_reaches_carol_who_does_not_auto_reply(mail, alice_inbox, store):
+    mail.deliver("alice", VENDOR_MAIL)
+    config = make_config(mail, [
+        {"name": "invoices", "account": "alice", "match": {"from": {"matches": "*@vendor.test"}},
+         "actions": [{"forward": {"to": [CAROL], "as": "attachment"}}, {"flag": "\\Flagged"}]},
+        OUT_OF_OFFICE])
+    woken = []
+    rig = make_rig(store, config, wake_sender=lambda: woken.append(1))
+    box = LabMailbox(alice_inbox, "alice", "INBOX")
+    items = items_from_server(rig, box)
+    outcomes = await rig.executor.handle_batch("alice", "INBOX", box, items)
+    assert all(o.done for o in outcomes.values()) and woken == [1]
+    assert box.calls == {"fetch_raw": 1, "add_flags": 1}
+    [out] = queued(rig)
+    assert out.envelope_from == ALICE and out.recipients == [CAROL]
+    assert out.dedup_key == items[0].planned[0].key(items[0].key)
+    send_via_postfix(mail, out, "alice")
+
+    [arrived] = mail.wait_for_messages("carol", 1)
+    fwd = email.message_from_bytes(arrived, policy=email.policy.default)
+    assert fwd["Reply-To"] == "billing@vendor.test"
+    assert fwd["Subject"] == "Fwd: Invoice 42"
+    assert fwd[LOOP_HEADER] == ALICE and fwd["Auto-Submitted"] == "auto-generated"
+    [attached] = [p for p in fwd.walk() if p.get_content_type() == "message/rfc822"]
+    original = box.client.fetch([items[0].uid], ["BODY.PEEK[]"])[items[0].uid][b"BODY[]"]
+    assert arrived.split(b'filename="forwarded-message.eml"', 1)[1].find(original) > 0
+    assert attached.get_content_disposition() == "attachment"
+
+    # carol's out-of-office sees the forward and stays quiet (Auto-Submitted, loop header)
+    carol_box = LabMailbox(mail.imap_client("carol"), "carol", "INBOX")
+    try:
+        carol_items = items_from_server(rig, carol_box)
+        [outcome] = (await rig.executor.handle_batch("carol", "INBOX", carol_box, carol_items)).values()
+    finally:
+        carol_box.client.logout()
+    assert outcome.done and "Auto-Submitted" in outcome.details["out-of-office#0:reply"]
+    assert len(queued(rig)) == 1
+    # redoing alice's batch sends nothing more
+    await rig.executor.handle_batch("alice", "INBOX", box, items)
+    assert len(queued(rig)) == 1
+
+
+async def test_redirect_keeps_the_original_bytes_and_adds_resent_fields(store, lab):
+    config = make_config(lab, [{"name": "fw", "account": "alice", "match": {},
+                                "actions": [{"redirect": {"to": CAROL}}]}])
+    rig = make_rig(store, config)
+    raw = make_raw("bare LF lines")  # LF line endings on purpose
+    item = raw_item(rig, "alice", raw, 1)
+    [outcome] = (await rig.executor.handle_batch("alice", "INBOX", None, [item])).values()
+    assert outcome.done
+    [out] = queued(rig)
+    assert out.envelope_from == ALICE and out.recipients == [CAROL]
+    head, original = out.raw.split(b"Return-Path:", 1)
+    assert b"Return-Path:" + original == raw.replace(b"\n", b"\r\n")
+    resent = email.message_from_bytes(head + b"\r\n")
+    assert resent["Resent-From"] == ALICE and resent["Resent-To"] == CAROL
+    assert resent["Resent-Message-ID"] == out.message_id and resent["Resent-Date"]
+    assert resent[LOOP_HEADER] == ALICE
+
+
+@pytest.mark.parametrize("extra, why", [
+    (f"{LOOP_HEADER}: alice@example.test\n", "already carries"),
+    ("Received: from x by y\n" * 21, "hops"),
+    ("", "MAILER-DAEMON"),
+])
+async def test_forward_and_redirect_refuse_loops_and_bounces(store, lab, extra, why):
+    config = make_config(lab, [{"name": "fw", "account": "alice", "match": {},
+                                "actions": [{"redirect": {"to": CAROL}}, {"forward": {"to": CAROL}}]}])
+    rig = make_rig(store, config)
+    sender = "MAILER-DAEMON@mx.test" if why == "MAILER-DAEMON" else "dora@elsewhere.test"
+    item = raw_item(rig, "alice", make_raw(sender=sender, extra=extra), 1)
+    [outcome] = (await rig.executor.handle_batch("alice", "INBOX", None, [item])).values()
+    assert outcome.done and why in outcome.details["fw#0:redirect"] and why in outcome.details["fw#1:forward"]
+    assert queued(rig) == []
+
+
+# -- auto-reply ------------------------------------------------------------------------
+
+NO_REPLY_CASES = {
+    "list mail": dict(extra="List-Id: <ops.lists.test>\n"),
+    "list-unsubscribe only": dict(extra="List-Unsubscribe: <mailto:u@lists.test>\n"),
+    "bulk": dict(extra="Precedence: bulk\n"),
+    "junk": dict(extra="Precedence: junk\n"),
+    "auto-replied": dict(extra="Auto-Submitted: auto-replied\n"),
+    "auto-generated": dict(extra="Auto-Submitted: auto-generated\n"),
+    "suppress": dict(extra="X-Auto-Response-Suppress: OOF\n"),
+    "mailer-daemon": dict(sender="MAILER-DAEMON@mx.test"),
+    "owner-": dict(sender="owner-ops@lists.test"),
+    "-request": dict(sender="ops-request@lists.test"),
+    "not addressed to us": dict(to="someone@example.test"),
+    "from ourselves": dict(sender=CAROL, to=CAROL),
+    "forwarded by postroom": dict(extra=f"{LOOP_HEADER}: alice@example.test\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NO_REPLY_CASES))
+def test_reply_guards(case):
+    raw = make_raw(**{"to": CAROL, **NO_REPLY_CASES[case]})
+    assert reply_refusal(ParsedMessage.from_bytes(raw, key="k"), [CAROL]) is not None
+
+
+def test_reply_guard_empty_return_path():
+    raw = make_raw(to=CAROL).replace(b"Return-Path: <dora@elsewhere.test>", b"Return-Path: <>")
+    assert "bounce" in reply_refusal(ParsedMessage.from_bytes(raw, key="k"), [CAROL])
+    normal = make_raw(to=f"Someone <x@y.test>, Carol <{CAROL}>", extra="Auto-Submitted: no\n")
+    assert reply_refusal(ParsedMessage.from_bytes(normal, key="k"), [CAROL]) is None
+
+
+async def test_reply_once_per_sender_per_days(store, lab):
+    rig = make_rig(store, make_config(lab, [OUT_OF_OFFICE]))
+    refused = [raw_item(rig, "carol", make_raw(**{"to": CAROL, **NO_REPLY_CASES[c]}), i)
+               for i, c in enumerate(sorted(NO_REPLY_CASES))]
+    outcomes = await rig.executor.handle_batch("carol", "INBOX", None, refused)
+    assert all(o.done for o in outcomes.values()) and queued(rig) == []
+
+    first = raw_item(rig, "carol", make_raw("Auto: meeting", to=CAROL,
+                                            extra="References: <old@elsewhere.test>\n"), 100)
+    [outcome] = (await rig.executor.handle_batch("carol", "INBOX", None, [first])).values()
+    assert outcome.done
+    [reply] = queued(rig)
+    assert reply.envelope_from == "" and reply.recipients == ["dora@elsewhere.test"]
+    parsed = email.message_from_bytes(reply.raw, policy=email.policy.default)
+    assert parsed["Subject"] == "Auto: meeting"
+    assert parsed["Auto-Submitted"] == "auto-replied"
+    assert parsed["In-Reply-To"] == "<m1@elsewhere.test>"
+    assert parsed["References"] == "<old@elsewhere.test> <m1@elsewhere.test>"
+    assert parsed["From"] == "Carol <carol@example.test>"
+    assert 'thank you for your message "Auto: meeting"' in parsed.get_body(("plain",)).get_content()
+
+    rig.clock.now += timedelta(days=6)
+    second = raw_item(rig, "carol", make_raw("again", to=CAROL, msgid="<m2@elsewhere.test>"), 101)
+    [outcome] = (await rig.executor.handle_batch("carol", "INBOX", None, [second])).values()
+    assert outcome.done and "already replied" in outcome.details["out-of-office#0:reply"]
+    rig.clock.now += timedelta(days=2)
+    third = raw_item(rig, "carol", make_raw("later", to=CAROL, msgid="<m3@elsewhere.test>"), 102)
+    await rig.executor.handle_batch("carol", "INBOX", None, [third])
+    assert len(queued(rig)) == 2
+
+
+async def test_missing_reply_template_is_a_dead_action_not_a_retry(store, lab):
+    rule = {**OUT_OF_OFFICE, "actions": [{"reply": {"template": "no_such_template"}}]}
+    rig = make_rig(store, make_config(lab, [rule]))
+    item = raw_item(rig, "carol", make_raw(to=CAROL), 1)
+    [outcome] = (await rig.executor.handle_batch("carol", "INBOX", None, [item])).values()
+    assert not outcome.done and not outcome.transient and "no_such_template" in outcome.error
+    assert rig.stores.ledger.entries([item.key])[(item.key, "out-of-office", 0)].status == "dead"
+
+
+async def test_webhook_action_is_queued_with_the_message_payload(store, lab):
+    rule = {"name": "alerts", "account": "alice", "match": {"header": {"name": "X-Alert", "is": "high"}},
+            "actions": [{"webhook": {"url": "http://127.0.0.1:9/hook", "secret": "s3cret"}}]}
+    rig = make_rig(store, make_config(lab, [rule]))
+    item = raw_item(rig, "alice", make_raw("disk full", extra="X-Alert: high\n"), 1)
+    [outcome] = (await rig.executor.handle_batch("alice", "INBOX", None, [item])).values()
+    assert outcome.done
+    [request] = rig.webhooks.requests
+    assert request.action_key == f"{item.key}|alerts|0" and request.url == "http://127.0.0.1:9/hook"
+    assert request.payload["subject"] == "disk full" and request.payload["rule"] == "alerts"
+    assert request.payload["from"] == "Dora <dora@elsewhere.test>" and request.payload["uidl"] == "uidl1"
+    await rig.executor.handle_batch("alice", "INBOX", None, [item])
+    assert len(rig.webhooks.requests) == 1
