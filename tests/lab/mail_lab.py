@@ -107,7 +107,10 @@ class MailLab:
         self.users[user] = password
         self._write_user_files()
         if self.postfix_running():
-            self._postfix("reload")
+            # `postfix reload` returns before old smtpd processes (holding the old map) exit;
+            # a restart makes the new user known by the time we return.
+            self.stop_postfix()
+            self.start_postfix()
 
     # -- processes -----------------------------------------------------------------------
 
