@@ -1,0 +1,303 @@
+"""SMTP submission: one live connection per account, reused for many messages.
+
+The I/O edge of outgoing mail. Every aiosmtplib / ssl / socket error is mapped here to the
+error tree in service.errors, so the sender decides retry vs dead letter by type alone:
+
+    connect refused / dropped        -> ServerConnectError   (transient)
+    timeouts                         -> ServerTimeout        (transient)
+    421 and other 4xx replies        -> ServerBusy(code=)    (transient)
+    535 and other AUTH refusals      -> AuthError            (permanent)
+    untrusted cert, no STARTTLS      -> TLSError             (permanent)
+    5xx replies                      -> ServerRejected(code=) (permanent)
+
+Recipients are sent one RCPT at a time so a partly refused list is known exactly (see
+SendResult). A 4xx or 5xx on MAIL FROM or on DATA concerns the whole message: it is raised
+(ServerBusy / ServerRejected), not folded into the result. After any raised error the
+connection is closed, and the next send() connects afresh.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import aiosmtplib
+import structlog
+
+from service.config.model import SmtpConfig
+from service.errors import (
+    AuthError,
+    PostroomError,
+    ServerBusy,
+    ServerConnectError,
+    ServerRejected,
+    ServerTimeout,
+    TLSError,
+)
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["SendResult", "SmtpConnection", "tls_context"]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the server said about each recipient of one message."""
+
+    accepted: list[str] = field(default_factory=list)
+    refused_temporary: dict[str, str] = field(default_factory=dict)  # rcpt -> "451 4.x.x reply"
+    refused_permanent: dict[str, str] = field(default_factory=dict)  # rcpt -> "550 5.1.1 reply"
+
+
+def tls_context(cfg: SmtpConfig) -> ssl.SSLContext:
+    """A verifying context (hostname checked) trusting cfg.ca_file, else the system store.
+
+    The system store honours SSL_CERT_FILE / SSL_CERT_DIR.
+    """
+    try:
+        return ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSError(f"cannot load CA file {cfg.ca_file}: {exc}") from exc
+
+
+class _StaleConnection(Exception):
+    """A reused connection was found dead before anything of the message was sent."""
+
+
+class SmtpConnection:
+    """One account's connection. Not safe for concurrent sends: use one per task."""
+
+    def __init__(self, account: str, cfg: SmtpConfig):
+        self.account = account
+        self.cfg = cfg
+        self._smtp: aiosmtplib.SMTP | None = None
+        self._context: ssl.SSLContext | None = None
+        self.connects = 0  # how many times a connection was opened (for tests and metrics)
+
+    async def __aenter__(self) -> SmtpConnection:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    def _where(self) -> str:
+        return f"{self.cfg.host}:{self.cfg.port_or_default()}"
+
+    async def connect(self) -> None:
+        """Connect, secure the channel as configured and log in. Raises mapped errors."""
+        if self.connected:
+            return
+        self.abort()
+        cfg = self.cfg
+        if cfg.security != "none" and self._context is None:
+            self._context = tls_context(cfg)
+        smtp = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port_or_default(),
+            use_tls=cfg.security == "tls",
+            # Never let aiosmtplib decide: its default upgrades opportunistically and would
+            # silently carry on in plaintext when STARTTLS is not offered.
+            start_tls=False,
+            tls_context=self._context if cfg.security == "tls" else None,
+            timeout=cfg.timeout,
+        )
+        self._smtp = smtp
+        try:
+            with _mapped(self._where(), "connect"):
+                await smtp.connect()
+                self.connects += 1
+                if cfg.security == "starttls":
+                    await smtp.ehlo()
+                    if not smtp.supports_extension("starttls"):
+                        raise TLSError(
+                            f"{self._where()} does not offer STARTTLS, which the config requires;"
+                            " nothing was sent"
+                        )
+                    await smtp.starttls(tls_context=self._context, server_hostname=cfg.host)
+                if cfg.username is not None and cfg.password is not None:
+                    await self._login(smtp, cfg.username, cfg.password.get_secret_value())
+        except BaseException:
+            self.abort()
+            raise
+        log.debug("smtp connected", account=self.account, server=self._where(), security=cfg.security)
+
+    async def _login(self, smtp: aiosmtplib.SMTP, username: str, password: str) -> None:
+        await smtp.ehlo()
+        if not smtp.supports_extension("auth"):
+            raise AuthError(f"{self._where()} offers no AUTH; cannot log in as {username}")
+        try:
+            await smtp.login(username, password)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            reply = _reply(exc)
+            if 400 <= exc.code < 500:
+                raise ServerBusy(f"{self._where()} AUTH as {username}: {reply}", code=exc.code) from exc
+            raise AuthError(f"{self._where()} refused login as {username}: {reply}") from exc
+        except aiosmtplib.SMTPResponseException:
+            raise  # other replies: mapped by the caller like any command's
+        except aiosmtplib.SMTPException as exc:  # e.g. no AUTH mechanism we both speak
+            raise AuthError(f"{self._where()} login as {username}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Say QUIT if we can (briefly), then drop the connection."""
+        smtp = self._smtp
+        if smtp is not None and smtp.is_connected:
+            try:
+                await smtp.quit(timeout=min(self.cfg.timeout, 5.0))
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                pass  # closing anyway; the server's opinion of our QUIT does not matter
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection without a word (after errors, on cancellation)."""
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+
+    async def send(self, envelope_from: str, recipients: Sequence[str], raw: bytes) -> SendResult:
+        """Send raw as is to recipients. envelope_from "" is the null sender <>."""
+        if not recipients:
+            return SendResult()
+        reused = self.connected
+        await self.connect()
+        try:
+            try:
+                return await self._transaction(envelope_from, recipients, raw)
+            except _StaleConnection:
+                if not reused:
+                    raise
+                # The server closed an idle connection we meant to reuse: nothing of this
+                # message went out, so one fresh connection is safe.
+                self.abort()
+                await self.connect()
+                return await self._transaction(envelope_from, recipients, raw)
+        except _StaleConnection as exc:
+            self.abort()
+            raise ServerConnectError(f"{self._where()} dropped the connection at MAIL FROM") from exc.__cause__
+        except BaseException:
+            self.abort()
+            raise
+
+    async def _transaction(self, envelope_from: str, recipients: Sequence[str], raw: bytes) -> SendResult:
+        smtp = self._smtp
+        if smtp is None:
+            raise ServerConnectError(f"{self._where()}: not connected")
+        where = self._where()
+        mail_options, encoding = _mail_options(smtp, envelope_from, recipients, raw, where)
+        try:
+            await smtp.mail(envelope_from, options=mail_options, encoding=encoding)
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            raise _StaleConnection() from exc
+        except aiosmtplib.SMTPSenderRefused as exc:
+            raise _reply_error(exc, where, f"MAIL FROM:<{envelope_from}>") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _map(exc, where, "MAIL FROM") from exc
+
+        accepted: list[str] = []
+        temporary: dict[str, str] = {}
+        permanent: dict[str, str] = {}
+        with _mapped(where, "RCPT TO"):
+            for rcpt in recipients:
+                try:
+                    await smtp.rcpt(rcpt, encoding=encoding)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    if exc.code == 421:  # the server is closing the connection
+                        raise _reply_error(exc, where, f"RCPT TO:<{rcpt}>") from exc
+                    bucket = temporary if 400 <= exc.code < 500 else permanent
+                    bucket[rcpt] = _reply(exc)
+                else:
+                    accepted.append(rcpt)
+            if not accepted:
+                await smtp.rset()
+                return SendResult([], temporary, permanent)
+        try:
+            await smtp.data(raw)
+        except aiosmtplib.SMTPDataError as exc:
+            raise _reply_error(exc, where, "DATA") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _map(exc, where, "DATA") from exc
+        return SendResult(accepted, temporary, permanent)
+
+
+def _mail_options(
+    smtp: aiosmtplib.SMTP, envelope_from: str, recipients: Sequence[str], raw: bytes, where: str
+) -> tuple[list[str], str]:
+    """MAIL FROM parameters the message needs: 8BITMIME for 8-bit bodies, SMTPUTF8 for
+    non-ASCII addresses (refused for good when the server lacks it)."""
+    options: list[str] = []
+    encoding = "ascii"
+    if not raw.isascii() and smtp.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    if not all(a.isascii() for a in (envelope_from, *recipients)):
+        if not smtp.supports_extension("smtputf8"):
+            raise ServerRejected(f"{where} lacks SMTPUTF8, needed for a non-ASCII address")
+        options.append("SMTPUTF8")
+        encoding = "utf-8"
+    return options, encoding
+
+
+def _reply(exc: aiosmtplib.SMTPResponseException) -> str:
+    return f"{exc.code} {exc.message}".strip()
+
+
+def _reply_error(exc: aiosmtplib.SMTPResponseException, where: str, step: str) -> PostroomError:
+    text = f"{where} refused {step}: {_reply(exc)}"
+    if 400 <= exc.code < 500:
+        return ServerBusy(text, code=exc.code)
+    return ServerRejected(text, code=exc.code)
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError | ssl.CertificateError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _map(exc: BaseException, where: str, step: str) -> PostroomError:
+    """One low-level error -> ours. Order matters: a connect timeout is also a connect error."""
+    if isinstance(exc, PostroomError):
+        return exc
+    if _is_tls_failure(exc):
+        return TLSError(f"{where} TLS failed at {step}: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return AuthError(f"{where} refused login: {_reply(exc)}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        if exc.code == -1 or exc.code >= 500 or exc.code < 400:
+            return ServerRejected(f"{where} {step}: {_reply(exc)}", code=exc.code)
+        return ServerBusy(f"{where} {step}: {_reply(exc)}", code=exc.code)
+    if isinstance(exc, TimeoutError):
+        return ServerTimeout(f"{where} timed out at {step}: {exc}")
+    if isinstance(exc, ConnectionError | OSError):
+        return ServerConnectError(f"{where} connection failed at {step}: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return ServerRejected(f"{where} {step}: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPException):
+        # aiosmtplib's plain SMTPException means "the server can't do what we asked"
+        # (no STARTTLS, no AUTH...): retrying will not change it.
+        return ServerRejected(f"{where} {step}: {exc}")
+    raise TypeError(f"unmapped error {exc!r}")  # callers only pass aiosmtplib/OS errors
+
+
+@contextmanager
+def _mapped(where: str, step: str) -> Iterator[None]:
+    """Map aiosmtplib/ssl/OS errors raised inside to ours; ours pass through untouched."""
+    try:
+        yield
+    except (PostroomError, _StaleConnection):
+        raise  # ServerConnectError is also an OSError: never map ours twice
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise _map(exc, where, step) from exc
