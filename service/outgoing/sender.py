@@ -1,0 +1,291 @@
+"""The outbox sender: claims due rows, sends them over reused SMTP connections, records results.
+
+Every claimed row ends a drain in exactly one state, written to the store:
+- sent:     every recipient accepted or refused for good (5xx at RCPT, kept with the reply);
+- deferred: a transient failure (connection, timeout, 4xx) or some recipients refused with
+            4xx; retried after `backoff()`, only to the recipients still owed;
+- dead:     a permanent failure (5xx at MAIL/DATA, bad credentials, TLS), or a transient one
+            once the message is past `max_attempts` tries or `max_age` old;
+- released: claimed but not tried when the sender was cancelled (shutdown): due again at once.
+
+A failure to connect or log in is the account's, not the message's: it is applied to every
+row of that account still waiting in the drain, without trying them one by one (a server
+that is down would otherwise cost a connect timeout per message).
+Rows are sent as stored (`item.raw`, same Message-ID) and never re-rendered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from service.config.model import AccountConfig, OutboxConfig
+from service.errors import PostroomError, is_transient
+from service.store.engine import utcnow
+from service.store.outbox import OutboxItem, OutboxStore
+
+from .smtp import SendResult, SmtpConnection
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["DrainStats", "OutboxSender", "Outcome", "backoff", "decide"]
+
+# Upper bound on one idle wait, so a clock jump or another replica's enqueue is noticed.
+MAX_IDLE = timedelta(seconds=60)
+# After drain_once itself failed (store down...), wait this long before the next try.
+ERROR_PAUSE = timedelta(seconds=5)
+
+
+def backoff(
+    attempts: int, policy: OutboxConfig, *, jitter: float = 0.1, rand: Callable[[], float] = random.random
+) -> timedelta:
+    """Delay before the next try after `attempts` failed ones (0 for the first failure):
+    retry_base * 2**attempts, capped at retry_max, then spread by ± jitter."""
+    base = policy.retry_base.total_seconds()
+    cap = policy.retry_max.total_seconds()
+    exponent = min(max(attempts, 0), 62)  # beyond this the cap wins anyway; avoids overflow
+    delay = min(base * 2.0**exponent, cap)
+    spread = 1.0 + jitter * (2.0 * rand() - 1.0)
+    return timedelta(seconds=max(delay * spread, 0.0))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to record for one message: kind is "sent", "deferred" or "dead"."""
+
+    kind: str
+    error: str | None = None
+    delivered: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    remaining: list[str] | None = None
+    retry_at: datetime | None = None
+
+
+def decide(
+    item: OutboxItem, result: SendResult | BaseException, *, now: datetime, policy: OutboxConfig,
+    rand: Callable[[], float] = random.random,
+) -> Outcome:
+    """Pure: one send's result (or error) -> the outcome to record."""
+    if isinstance(result, SendResult):
+        delivered, refused = list(result.accepted), dict(result.refused_permanent)
+        if not result.refused_temporary:
+            return Outcome("sent", delivered=delivered, refused=refused)
+        error = "; ".join(f"{rcpt}: {reply}" for rcpt, reply in sorted(result.refused_temporary.items()))
+        remaining: list[str] | None = list(result.refused_temporary)
+        transient = True
+    else:
+        delivered, refused, remaining = [], {}, None
+        error = _describe(result)
+        transient = is_transient(result)
+    if not transient:
+        return Outcome("dead", error=error, delivered=delivered, refused=refused)
+    tries = item.attempts + 1
+    if tries >= policy.max_attempts:
+        return Outcome("dead", error=f"gave up after {tries} attempts: {error}",
+                       delivered=delivered, refused=refused)
+    if now - item.created_at >= policy.max_age:
+        return Outcome("dead", error=f"gave up after {now - item.created_at} undelivered: {error}",
+                       delivered=delivered, refused=refused)
+    retry_at = now + backoff(item.attempts, policy, rand=rand)
+    return Outcome("deferred", error=error, delivered=delivered, refused=refused,
+                   remaining=remaining, retry_at=retry_at)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, PostroomError) else f"{type(exc).__name__}: {text}"
+
+
+@dataclass
+class DrainStats:
+    sent: int = 0
+    deferred: int = 0
+    dead: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.sent + self.deferred + self.dead
+
+
+ResultHook = Callable[[str, OutboxItem], None]
+
+
+class OutboxSender:
+    """Drains the outbox. One instance per process; `run()` is its long-lived task."""
+
+    def __init__(
+        self,
+        outbox: OutboxStore,
+        accounts: Mapping[str, AccountConfig],
+        policy: OutboxConfig,
+        *,
+        lease: timedelta = timedelta(minutes=5),
+        clock: Callable[[], datetime] = utcnow,
+        on_result: ResultHook | None = None,
+    ):
+        self.outbox = outbox
+        self.accounts = accounts
+        self.policy = policy
+        self.lease = lease
+        self.clock = clock
+        self.on_result = on_result
+        self.connections_opened = 0  # SMTP connections opened so far (a counter to export)
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """New mail was enqueued: drain now instead of at the next due time (loop thread only)."""
+        self._wake.set()
+
+    # -- one pass ------------------------------------------------------------------------------
+    async def drain_once(self) -> DrainStats:
+        """Claim up to batch_size due rows and settle each one (see the module docstring)."""
+        items = await asyncio.to_thread(
+            self.outbox.claim_due, now=self.clock(), limit=self.policy.batch_size, lease=self.lease
+        )
+        stats = DrainStats()
+        if not items:
+            return stats
+        unsettled = {item.id: item for item in items}
+        by_account: dict[str, deque[OutboxItem]] = {}
+        for item in items:
+            by_account.setdefault(item.account, deque()).append(item)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for account, queue in by_account.items():
+                    group.create_task(self._drain_account(account, queue, unsettled, stats))
+        except BaseException:
+            # Cancelled (shutdown) or broken: rows not yet settled go back, due at once.
+            # Shielded like arq's final bookkeeping, so it happens even as we unwind.
+            left = list(unsettled.values())
+            if left:
+                await asyncio.shield(asyncio.to_thread(self.outbox.release, left, now=self.clock()))
+                log.info("outbox rows released", count=len(left))
+            raise
+        return stats
+
+    async def _drain_account(
+        self, account: str, queue: deque[OutboxItem], unsettled: dict[int, OutboxItem], stats: DrainStats
+    ) -> None:
+        cfg = self.accounts.get(account)
+        smtp = cfg.smtp if cfg is not None else None
+        if smtp is None:
+            reason = f"account {account!r} is not configured for sending (no such account or no smtp:)"
+            while queue:
+                await self._settle(queue.popleft(), Outcome("dead", error=reason), unsettled, stats)
+            return
+        workers = min(smtp.connections, len(queue))
+        async with asyncio.TaskGroup() as group:
+            for _ in range(workers):
+                group.create_task(self._worker(SmtpConnection(account, smtp), queue, unsettled, stats))
+
+    async def _worker(
+        self, conn: SmtpConnection, queue: deque[OutboxItem], unsettled: dict[int, OutboxItem],
+        stats: DrainStats,
+    ) -> None:
+        """Send queued rows one after another over one reused connection."""
+        try:
+            while queue:
+                item = queue.popleft()
+                try:
+                    await conn.connect()
+                except Exception as exc:
+                    # The account can't be reached or logged in to: same verdict for all
+                    # its waiting rows, taken from the queue so sibling workers stop too.
+                    rows = [item, *queue]
+                    queue.clear()
+                    for row in rows:
+                        await self._settle(row, self._decide(row, exc), unsettled, stats)
+                    return
+                try:
+                    result: SendResult | BaseException = await conn.send(
+                        item.envelope_from, item.recipients, item.raw
+                    )
+                except PostroomError as exc:
+                    result = exc
+                except Exception as exc:  # a bug, not the server: kill this row, keep draining
+                    log.exception("unexpected error sending", outbox_id=item.id)
+                    result = exc
+                await self._settle(item, self._decide(item, result), unsettled, stats)
+        except asyncio.CancelledError:
+            conn.abort()  # no QUIT round trip while shutting down
+            raise
+        finally:
+            await conn.close()
+            self.connections_opened += conn.connects
+
+    def _decide(self, item: OutboxItem, result: SendResult | BaseException) -> Outcome:
+        return decide(item, result, now=self.clock(), policy=self.policy)
+
+    async def _settle(
+        self, item: OutboxItem, outcome: Outcome, unsettled: dict[int, OutboxItem], stats: DrainStats
+    ) -> None:
+        """Write the outcome; shielded so a message that went out is recorded even on shutdown."""
+        await asyncio.shield(asyncio.to_thread(self._record, item, outcome))
+        unsettled.pop(item.id, None)
+        setattr(stats, outcome.kind, getattr(stats, outcome.kind) + 1)
+        fields = dict(outbox_id=item.id, account=item.account, message_id=item.message_id)
+        if outcome.kind == "sent":
+            log.info("message sent", **fields, delivered=len(outcome.delivered), refused=sorted(outcome.refused))
+        elif outcome.kind == "deferred":
+            log.warning("message deferred", **fields, retry_at=outcome.retry_at, error=outcome.error,
+                        remaining=outcome.remaining)
+        else:
+            log.error("message dead", **fields, error=outcome.error)
+        if self.on_result is not None:
+            try:
+                self.on_result(outcome.kind, item)
+            except Exception:  # a metrics hook must never stop delivery
+                log.exception("on_result hook failed", outbox_id=item.id)
+
+    def _record(self, item: OutboxItem, outcome: Outcome) -> None:
+        now = self.clock()
+        if outcome.kind == "sent":
+            self.outbox.mark_sent(item, now=now, delivered=outcome.delivered, refused=outcome.refused)
+        elif outcome.kind == "deferred" and outcome.retry_at is not None:
+            self.outbox.defer(item, now=now, retry_at=outcome.retry_at, error=outcome.error or "",
+                              delivered=outcome.delivered, refused=outcome.refused,
+                              remaining=outcome.remaining)
+        else:
+            self.outbox.kill(item, now=now, error=outcome.error or "unknown error",
+                             delivered=outcome.delivered, refused=outcome.refused)
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Drain until stop is set; between drains sleep until the next row is due or wake()."""
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                stats = await self.drain_once()
+            except Exception:
+                log.exception("outbox drain failed; trying again shortly")
+                await self._idle(stop, ERROR_PAUSE)
+                continue
+            if stats.total >= self.policy.batch_size:
+                continue  # a full batch: more is probably due right now
+            try:
+                due = await asyncio.to_thread(self.outbox.next_due)
+            except Exception:
+                log.exception("outbox next_due failed")
+                due = None
+            await self._idle(stop, self._wait_for(due))
+
+    def _wait_for(self, due: datetime | None) -> timedelta:
+        if due is None:
+            return MAX_IDLE
+        return min(max(due - self.clock(), timedelta(0)), MAX_IDLE)
+
+    async def _idle(self, stop: asyncio.Event, delay: timedelta) -> None:
+        if delay <= timedelta(0) or stop.is_set() or self._wake.is_set():
+            return
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=delay.total_seconds(), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
