@@ -27,9 +27,9 @@ from service.incoming.replies import reply_refusal
 from service.incoming.rules import RuleSet, compile_rules
 from service.outgoing.templates import TemplateRenderer
 from service.store import Store
-from service.store.ledger import LedgerStore
+from service.store.ledger import LedgerEntry, LedgerStore
 from service.store.outbox import OutboxItem, OutboxStore
-from tests.store_fixtures import sqlite_url, store  # noqa: F401
+from tests.store_fixtures import any_store, pg_url, sqlite_url, store  # noqa: F401
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -455,3 +455,18 @@ async def test_webhook_action_is_queued_with_the_message_payload(store, lab):
     assert request.payload["from"] == "Dora <dora@elsewhere.test>" and request.payload["uidl"] == "uidl1"
     await rig.executor.handle_batch("alice", "INBOX", None, [item])
     assert len(rig.webhooks.requests) == 1
+
+
+def test_ledger_queries_on_both_backends(any_store):
+    ledger = LedgerStore(any_store.engine, owner="test")
+    a, b = ("acct/INBOX/1/7", "r", 0), ("acct/INBOX/1/7", "r", 1)
+    ledger.plan([(a, "move"), (b, "flag")], now=START)
+    ledger.finish([(a, "done", {"verified": "yes"}, None), (b, "failed", None, "reset")], now=START)
+    ledger.plan([(a, "move"), (b, "flag")], now=START)  # a is done: left alone
+    entries = ledger.entries(["acct/INBOX/1/7", "other"])
+    assert entries[a] == LedgerEntry("done", 1, {"verified": "yes"}, None)
+    assert entries[b].status == "planned" and entries[b].attempts == 2
+    assert ledger.last_reply("carol", "ooo", "x@y.test") is None
+    ledger.record_reply("carol", "ooo", "x@y.test", now=START)
+    ledger.record_reply("carol", "ooo", "x@y.test", now=START + timedelta(days=1))
+    assert ledger.last_reply("carol", "ooo", "x@y.test") == START + timedelta(days=1)

@@ -168,7 +168,8 @@ class ActionExecutor:
         for entry_id, entry in entries.items():
             if entry.status in ("done", "dead"):
                 results[entry_id] = _Result(entry.status, entry.detail or {}, entry.error)
-        blocked: set[str] = set()  # item keys with a failure this batch: later phases wait
+        # Items with a failure (this batch, or a dead action before): later phases wait.
+        blocked: set[str] = {aid[0] for aid, entry in entries.items() if entry.status == "dead"}
         for kinds in PHASES:
             works = [
                 _Work(item, action, entries.get((item.key, action.rule, action.index)))

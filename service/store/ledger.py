@@ -97,7 +97,9 @@ class LedgerStore:
             again = [dict(k=a[0], r=a[1], i=a[2]) for a, _ in planned if a in existing]
             if again:
                 conn.execute(
-                    update(actions).where(_id_match(), actions.c.status.in_(("planned", "failed")))
+                    update(actions)
+                    # no IN (...) here: expanding parameters can't be used with executemany
+                    .where(_id_match(), or_(actions.c.status == "planned", actions.c.status == "failed"))
                     .values(status="planned", attempts=actions.c.attempts + 1, updated_at=now),
                     again)
 
