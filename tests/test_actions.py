@@ -470,3 +470,13 @@ def test_ledger_queries_on_both_backends(any_store):
     ledger.record_reply("carol", "ooo", "x@y.test", now=START)
     ledger.record_reply("carol", "ooo", "x@y.test", now=START + timedelta(days=1))
     assert ledger.last_reply("carol", "ooo", "x@y.test") == START + timedelta(days=1)
+
+
+async def test_two_mails_from_one_sender_in_one_batch_get_one_reply(store, lab):
+    rig = make_rig(store, make_config(lab, [OUT_OF_OFFICE]))
+    items = [raw_item(rig, "carol", make_raw(f"n{i}", sender="Eve <eve@elsewhere.test>", to=CAROL,
+                                             msgid=f"<e{i}@elsewhere.test>"), i) for i in range(2)]
+    outcomes = await rig.executor.handle_batch("carol", "INBOX", None, items)
+    assert all(o.done for o in outcomes.values())
+    assert [q.recipients for q in queued(rig)] == [["eve@elsewhere.test"]]
+    assert rig.stores.ledger.last_reply("carol", "out-of-office", "eve@elsewhere.test") == START

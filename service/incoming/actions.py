@@ -135,6 +135,18 @@ class _Phase:
             self.failed(work, exc)
 
 
+@dataclass
+class _SendBatch:
+    account: str
+    acct: AccountConfig
+    now: datetime
+    last_replies: dict[tuple[str, str], datetime]  # (rule, sender) -> last auto-reply
+
+    @property
+    def sender(self) -> str:
+        return email.utils.formataddr((self.acct.name or "", self.acct.address))
+
+
 class ActionExecutor:
     """Implements BatchHandler (service.incoming.mailbox)."""
 
@@ -259,16 +271,17 @@ class ActionExecutor:
                     mailbox: MailboxOps | None) -> None:
         raws = await self._raws(todo, phase, mailbox)
         now = self.clock()
-        sender = email.utils.formataddr((acct.name or "", acct.address))
+        parsed = {key: ParsedMessage.from_bytes(raw, key=key) for key, raw in raws.items()}
+        batch = _SendBatch(account, acct, now, self.ledger.last_replies(account, [
+            (w.action.rule, target.lower()) for w in todo
+            if w.action.kind == "reply" and w.item.key in parsed
+            and (target := reply_to_address(parsed[w.item.key])) is not None]))
         queued: list[tuple[_Work, NewMessage]] = []
-        replied: set[tuple[str, str]] = set()  # (rule, sender) answered in this batch
         for work in todo:
             if work.aid in phase.results:
                 continue
-            raw = raws[work.item.key]
-            msg = ParsedMessage.from_bytes(raw, key=work.item.key)
             try:
-                new = self._compose(work, msg, raw, acct, sender, account, now, replied)
+                new = self._compose(work, parsed[work.item.key], raws[work.item.key], batch)
             except (MessageRefused, TemplateError, PermanentError) as exc:
                 phase.failed(work, exc)
                 continue
@@ -281,46 +294,44 @@ class ActionExecutor:
             return
         try:
             self.outbox.enqueue([new for _, new in queued], now=now)
+            # after the enqueue: a crash in between re-enqueues (deduplicated), never loses it
+            self.ledger.record_replies(account, [(w.action.rule, new.recipients[0].lower())
+                                                 for w, new in queued if w.action.kind == "reply"], now=now)
         except Exception as exc:  # noqa: BLE001 - the store failing is worth a retry
             phase.fail_all((w for w, _ in queued), _transient(exc))
             return
         for work, new in queued:
-            if work.action.kind == "reply":
-                self.ledger.record_reply(account, work.action.rule, new.recipients[0].lower(), now=now)
             phase.done(work, message_id=new.message_id, to=list(new.recipients))
         self.wake_sender()
 
-    def _compose(self, work: _Work, msg: ParsedMessage, raw: bytes, acct: AccountConfig, sender: str,
-                 account: str, now: datetime, replied: set[tuple[str, str]]) -> NewMessage | str:
+    def _compose(self, work: _Work, msg: ParsedMessage, raw: bytes, batch: _SendBatch) -> NewMessage | str:
         """The message to enqueue, or the reason it is (rightly) not sent."""
-        action = work.action
-        domain = acct.address.rsplit("@", 1)[1]
-        message_id = make_message_id(domain)
-        common = dict(dedup_key=work.key, message_id=message_id, account=account, origin=action.rule)
+        action, acct, now = work.action, batch.acct, batch.now
+        message_id = make_message_id(acct.address.rsplit("@", 1)[1])
+        common = dict(dedup_key=work.key, message_id=message_id, account=batch.account, origin=action.rule)
         if action.kind in ("forward", "redirect"):
             reason = refusal(msg, acct.address)
             if reason:
                 return reason
             targets = list(action.params["to"])
             if action.kind == "forward":
-                data = forward_message(raw, msg, sender=sender, to=targets, as_=action.params.get("as", "attachment"),
-                                       rule=action.rule, message_id=message_id, now=now)
+                data = forward_message(raw, msg, sender=batch.sender, to=targets,
+                                       as_=action.params.get("as", "attachment"), rule=action.rule,
+                                       message_id=message_id, now=now)
             else:
                 data = redirect_message(raw, sender=acct.address, to=targets, message_id=message_id, now=now)
             return NewMessage(envelope_from=acct.address, recipients=targets, raw=data, **common)
         reason = reply_refusal(msg, [acct.address])
-        if reason:
-            return reason
         target = reply_to_address(msg)
-        if target is None:  # reply_refusal checked it; keeps the type checker honest
-            return "no usable address to reply to"
+        if reason or target is None:
+            return reason or "no usable address to reply to"
         days = max(1, int(action.params.get("days", 7)))
-        last = self.ledger.last_reply(account, action.rule, target.lower())
-        if (action.rule, target.lower()) in replied or (last is not None and now - last < timedelta(days=days)):
+        last = batch.last_replies.get((action.rule, target.lower()))
+        if last is not None and now - last < timedelta(days=days):
             return f"already replied to {target} within {days} days"
         rendered = self.renderer.render(action.params["template"], reply_context(msg))
-        data = compose_reply(rendered, msg, sender=sender, to=target, message_id=message_id, now=now)
-        replied.add((action.rule, target.lower()))
+        data = compose_reply(rendered, msg, sender=batch.sender, to=target, message_id=message_id, now=now)
+        batch.last_replies[(action.rule, target.lower())] = now  # a second mail in this batch: no
         return NewMessage(envelope_from="", recipients=[target], raw=data, **common)
 
     # -- webhooks ------------------------------------------------------------------------

@@ -127,20 +127,43 @@ class LedgerStore:
         return found
 
     # -- replies ---------------------------------------------------------------------------
-    def last_reply(self, account: str, rule: str, sender: str) -> datetime | None:
+    def last_replies(self, account: str, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
+        """When each (rule, sender) last got an auto-reply from ``account``; absent: never."""
+        wanted = set(pairs)
+        found: dict[tuple[str, str], datetime] = {}
         with self.engine.connect() as conn:
-            value = conn.scalar(select(replies.c.last_sent_at).where(
-                replies.c.account == account, replies.c.rule == rule, replies.c.sender == sender))
-        return as_utc(value)
+            for chunk in _chunks(sorted({sender for _, sender in wanted})):
+                rows = conn.execute(select(replies.c.rule, replies.c.sender, replies.c.last_sent_at).where(
+                    replies.c.account == account, replies.c.sender.in_(chunk)))
+                found.update({(r[0], r[1]): as_utc(r[2]) for r in rows if (r[0], r[1]) in wanted})
+        return found
+
+    def last_reply(self, account: str, rule: str, sender: str) -> datetime | None:
+        return self.last_replies(account, [(rule, sender)]).get((rule, sender))
+
+    def record_replies(self, account: str, pairs: Iterable[tuple[str, str]], *, now: datetime) -> None:
+        """Remember that each (rule, sender) got an auto-reply now, in one transaction."""
+        wanted = set(pairs)
+        if not wanted:
+            return
+        with self.engine.begin() as conn:
+            existing: set[tuple[str, str]] = set()
+            for chunk in _chunks(sorted({sender for _, sender in wanted})):
+                rows = conn.execute(select(replies.c.rule, replies.c.sender).where(
+                    replies.c.account == account, replies.c.sender.in_(chunk)))
+                existing |= {(r[0], r[1]) for r in rows} & wanted
+            if existing:
+                conn.execute(update(replies).where(
+                    replies.c.account == account, replies.c.rule == bindparam("r"),
+                    replies.c.sender == bindparam("s")).values(last_sent_at=now),
+                    [dict(r=rule, s=sender) for rule, sender in existing])
+            new = wanted - existing
+            if new:
+                conn.execute(insert(replies), [dict(account=account, rule=rule, sender=sender, last_sent_at=now)
+                                               for rule, sender in new])
 
     def record_reply(self, account: str, rule: str, sender: str, *, now: datetime) -> None:
-        with self.engine.begin() as conn:
-            done = conn.execute(update(replies).where(
-                replies.c.account == account, replies.c.rule == rule, replies.c.sender == sender,
-            ).values(last_sent_at=now))
-            if done.rowcount == 0:
-                conn.execute(insert(replies).values(account=account, rule=rule, sender=sender,
-                                                    last_sent_at=now))
+        self.record_replies(account, [(rule, sender)], now=now)
 
     # -- webhooks --------------------------------------------------------------------------
     def enqueue_webhooks(self, rows: Sequence[dict[str, Any]], *, now: datetime) -> int:
