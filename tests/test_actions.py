@@ -480,3 +480,16 @@ async def test_two_mails_from_one_sender_in_one_batch_get_one_reply(store, lab):
     assert all(o.done for o in outcomes.values())
     assert [q.recipients for q in queued(rig)] == [["eve@elsewhere.test"]]
     assert rig.stores.ledger.last_reply("carol", "out-of-office", "eve@elsewhere.test") == START
+
+
+async def test_encoded_line_breaks_in_a_subject_do_not_reach_our_headers(store, lab):
+    config = make_config(lab, [{"name": "fw", "account": "alice", "match": {},
+                                "actions": [{"forward": {"to": CAROL, "as": "inline"}}]}])
+    rig = make_rig(store, config)
+    item = raw_item(rig, "alice", make_raw("=?utf-8?q?Hi=0D=0ABcc:_victim@x.test?="), 1)
+    [outcome] = (await rig.executor.handle_batch("alice", "INBOX", None, [item])).values()
+    assert outcome.done
+    [out] = queued(rig)
+    parsed = email.message_from_bytes(out.raw, policy=email.policy.default)
+    assert parsed["Subject"] == "Fwd: Hi Bcc: victim@x.test" and parsed["Bcc"] is None
+    assert "> Hi there," in parsed.get_body(("plain",)).get_content()

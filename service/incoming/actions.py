@@ -38,14 +38,7 @@ from typing import Any, Protocol
 import structlog
 
 from service.config.model import AccountConfig, Config
-from service.errors import (
-    MessageRefused,
-    PermanentError,
-    PostroomError,
-    TemplateError,
-    TransientError,
-    is_transient,
-)
+from service.errors import PostroomError, TransientError, is_transient
 from service.outgoing.compose import make_message_id
 from service.outgoing.templates import TemplateRenderer
 from service.store.engine import utcnow
@@ -282,8 +275,8 @@ class ActionExecutor:
                 continue
             try:
                 new = self._compose(work, parsed[work.item.key], raws[work.item.key], batch)
-            except (MessageRefused, TemplateError, PermanentError) as exc:
-                phase.failed(work, exc)
+            except Exception as exc:  # noqa: BLE001 - hostile mail must not stop the batch
+                phase.failed(work, exc)  # ours decide retry vs dead; anything else is dead
                 continue
             if isinstance(new, str):
                 phase.done(work, skipped=new)

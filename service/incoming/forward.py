@@ -32,6 +32,7 @@ MAX_HOPS = 20  # Received + our loop headers; RFC 5321 6.3 suggests at least 100
 # but a rule-driven forwarder that sees 20 hops is almost certainly looping
 _FWD_PREFIX = re.compile(r"^\s*((fwd?|wg|tr)\s*:\s*)+", re.IGNORECASE)
 _HEADER_BLOCK_END = b"\r\n\r\n"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 def bounce_reason(msg: ParsedMessage) -> str | None:
@@ -65,6 +66,12 @@ def refusal(msg: ParsedMessage, account_address: str) -> str | None:
     return bounce_reason(msg) or loop_reason(msg, account_address)
 
 
+def one_line(text: str) -> str:
+    """A decoded header value made safe to reuse in a header: encoded CR/LF and other control
+    characters (``=?utf-8?q?a=0D=0Ab?=``) become spaces instead of refusing the whole message."""
+    return _CONTROL.sub(" ", text).strip()
+
+
 def crlf(raw: bytes) -> bytes:
     """Every line ending as CRLF (bare LF and bare CR alike), ending with one."""
     text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
@@ -72,7 +79,7 @@ def crlf(raw: bytes) -> bytes:
 
 
 def fwd_subject(subject: str) -> str:
-    return "Fwd: " + _FWD_PREFIX.sub("", subject)
+    return "Fwd: " + _FWD_PREFIX.sub("", one_line(subject))
 
 
 def _original_sender(msg: ParsedMessage) -> str | None:

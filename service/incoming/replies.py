@@ -20,7 +20,7 @@ from service.errors import MessageRefused
 from service.outgoing.compose import compose, validate_address
 from service.outgoing.templates import RenderedEmail
 
-from .forward import LOOP_HEADER, bounce_reason
+from .forward import LOOP_HEADER, bounce_reason, one_line
 from .message import ParsedMessage
 
 _AUTO_PREFIX = re.compile(r"^\s*(auto\s*:\s*)+", re.IGNORECASE)
@@ -88,7 +88,7 @@ def reply_to_address(msg: ParsedMessage) -> str | None:
 
 
 def auto_subject(subject: str) -> str:
-    return "Auto: " + _AUTO_PREFIX.sub("", subject).strip()
+    return "Auto: " + _AUTO_PREFIX.sub("", one_line(subject)).strip()
 
 
 class MessageView:
