@@ -9,6 +9,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from service.config.model import AccountConfig, OutboxConfig, SmtpConfig
 from service.errors import AuthError, ServerBusy, ServerConnectError
@@ -65,6 +66,14 @@ def only_row(store) -> OutboxItem:
 
 async def arrived(lab, user: str, count: int) -> list[bytes]:
     return await asyncio.to_thread(lab.wait_for_messages, user, count)
+
+
+async def until(condition, tries: int = 500) -> None:
+    """Poll condition (a hang guard, not a timing assertion: callers assert the outcome)."""
+    for _ in range(tries):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
 
 
 # -- pure ------------------------------------------------------------------------------------
@@ -129,7 +138,8 @@ async def test_sends_the_stored_message_through_postfix(store, clock, clean_lab)
     lab = clean_lab
     [message_id] = enqueue(store, clock, [BOB])
     seen: list[tuple[str, int]] = []
-    sender = sender_for(store, clock, lab_smtp(lab, "alice"), on_result=lambda kind, item: seen.append((kind, item.id)))
+    sender = sender_for(store, clock, lab_smtp(lab, "alice"),
+                        on_result=lambda kind, item: seen.append((kind, item.id)))
     assert await sender.drain_once() == DrainStats(sent=1, deferred=0, dead=0)
     row = only_row(store)
     assert (row.status, row.delivered, row.sent_at) == ("sent", [BOB], clock.now)
@@ -254,13 +264,33 @@ async def test_run_sends_at_once_when_woken_and_stops(store, clock):
         stop = asyncio.Event()
         loop = asyncio.create_task(sender.run(stop))
         await asyncio.sleep(0.05)  # let it find the outbox empty and go idle
-        [message_id] = enqueue(store, clock, [BOB])
-        sender.wake()
-        for _ in range(500):
-            if handler.received:
-                break
-            await asyncio.sleep(0.01)
-        stop.set()
-        await asyncio.wait_for(loop, 10)
+        message_id = await enqueue_wake_and_stop(store, clock, sender, handler, stop, loop)
     assert message_ids([r.content for r in handler.received]) == [message_id]
     assert store.outbox.counts() == {"sent": 1}
+
+
+async def test_run_survives_a_failing_drain(store, clock):
+    handler = FaultyHandler()
+    with store.engine.begin() as conn:  # the store breaks: every claim fails
+        conn.exec_driver_sql("ALTER TABLE outbox RENAME TO outbox_away")
+    async with fake_smtp(handler) as port:
+        sender = sender_for(store, clock, plain_smtp(port, security="none"))
+        stop = asyncio.Event()
+        with capture_logs() as logs:
+            loop = asyncio.create_task(sender.run(stop))
+            await until(lambda: any(e["event"].startswith("outbox drain failed") for e in logs))
+        assert not loop.done()
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE outbox_away RENAME TO outbox")
+        message_id = await enqueue_wake_and_stop(store, clock, sender, handler, stop, loop)
+    assert message_ids([r.content for r in handler.received]) == [message_id]
+
+
+async def enqueue_wake_and_stop(store, clock, sender, handler, stop, loop) -> str:
+    """One new message, wake() the running sender, wait for it to arrive, stop the loop."""
+    [message_id] = enqueue(store, clock, [BOB])
+    sender.wake()
+    await until(lambda: handler.received)
+    stop.set()
+    await asyncio.wait_for(loop, 10)
+    return message_id

@@ -83,7 +83,8 @@ async def test_hostname_is_checked(lab):
     # A trusted certificate for the wrong name: the lab cert names localhost and 127.0.0.1.
     handler = FaultyHandler()
     async with fake_smtp(handler, implicit_tls=server_tls(lab), host="127.0.0.2") as port:
-        conn = SmtpConnection("alice", plain_smtp(port, host="127.0.0.2", security="tls", ca_file=lab.ca_file))
+        cfg = plain_smtp(port, host="127.0.0.2", security="tls", ca_file=lab.ca_file)
+        conn = SmtpConnection("alice", cfg)
         with pytest.raises(TLSError, match="127.0.0.2"):
             await conn.connect()
     assert handler.mail_froms == []

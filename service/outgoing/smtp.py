@@ -182,7 +182,8 @@ class SmtpConnection:
                 return await self._transaction(envelope_from, recipients, raw)
         except _StaleConnection as exc:
             self.abort()
-            raise ServerConnectError(f"{self._where()} dropped the connection at MAIL FROM") from exc.__cause__
+            dropped = ServerConnectError(f"{self._where()} dropped the connection at MAIL FROM")
+            raise dropped from exc.__cause__
         except BaseException:
             self.abort()
             raise
