@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import smtplib
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from service.incoming.mailbox import InboundItem
 from service.incoming.message import ParsedMessage
 from service.incoming.replies import reply_refusal
 from service.incoming.rules import RuleSet, compile_rules
+from service.outgoing.sender import OutboxSender
 from service.outgoing.templates import TemplateRenderer
 from service.store import Store
 from service.store.ledger import LedgerEntry, LedgerStore
@@ -111,7 +111,7 @@ class LabMailbox:
 def make_config(lab: Any, rules: list[dict]) -> Config:
     def account(user: str) -> dict:
         server = {"host": "127.0.0.1", "security": "starttls", "username": f"{user}@example.test",
-                  "password": lab.password(user)}
+                  "password": lab.password(user), "ca_file": str(lab.ca_file)}
         return {"address": f"{user}@example.test", "name": user.title(),
                 "smtp": {**server, "port": lab.ports.smtp}, "imap": {**server, "port": lab.ports.imap}}
     return Config.model_validate({"accounts": {"alice": account("alice"), "carol": account("carol")},
@@ -177,7 +177,7 @@ def queued(rig: Rig) -> list[OutboxItem]:
 @pytest.fixture
 def mail(lab):
     lab.drop_queue()
-    for user in ("alice", "carol"):
+    for user in ("alice", "bob", "carol"):
         lab.clear_mailbox(user)
     return lab
 
@@ -287,11 +287,11 @@ OUT_OF_OFFICE = {"name": "out-of-office", "account": "carol", "match": {},
                  "actions": [{"reply": {"template": "out_of_office", "days": 7}}]}
 
 
-def send_via_postfix(lab: Any, item: OutboxItem, user: str) -> None:
-    with smtplib.SMTP("127.0.0.1", lab.ports.smtp, timeout=10) as smtp:
-        smtp.starttls(context=lab.ssl_context())
-        smtp.login(lab.address(user), lab.password(user))
-        smtp.sendmail(item.envelope_from, item.recipients, item.raw)
+async def send_outbox(rig: Rig) -> None:
+    """What the daemon's sender does with the outbox: send every due row over the lab Postfix."""
+    sender = OutboxSender(rig.stores.outbox, rig.config.accounts, rig.config.outbox, clock=rig.clock)
+    stats = await sender.drain_once()
+    assert stats.total == 1, stats
 
 
 async def test_forward_as_attachment_reaches_carol_who_does_not_auto_reply(mail, alice_inbox, store):
@@ -310,7 +310,7 @@ async def test_forward_as_attachment_reaches_carol_who_does_not_auto_reply(mail,
     [out] = queued(rig)
     assert out.envelope_from == ALICE and out.recipients == [CAROL]
     assert out.dedup_key == items[0].planned[0].key(items[0].key)
-    send_via_postfix(mail, out, "alice")
+    await send_outbox(rig)
 
     [arrived] = mail.wait_for_messages("carol", 1)
     fwd = email.message_from_bytes(arrived, policy=email.policy.default)
@@ -330,10 +330,10 @@ async def test_forward_as_attachment_reaches_carol_who_does_not_auto_reply(mail,
     finally:
         carol_box.client.logout()
     assert outcome.done and "Auto-Submitted" in outcome.details["out-of-office#0:reply"]
-    assert len(queued(rig)) == 1
+    assert rig.stores.outbox.counts() == {"sent": 1}
     # redoing alice's batch sends nothing more
     await rig.executor.handle_batch("alice", "INBOX", box, items)
-    assert len(queued(rig)) == 1
+    assert rig.stores.outbox.counts() == {"sent": 1}
 
 
 async def test_redirect_keeps_the_original_bytes_and_adds_resent_fields(store, lab):
@@ -493,3 +493,17 @@ async def test_encoded_line_breaks_in_a_subject_do_not_reach_our_headers(store, 
     parsed = email.message_from_bytes(out.raw, policy=email.policy.default)
     assert parsed["Subject"] == "Fwd: Hi Bcc: victim@x.test" and parsed["Bcc"] is None
     assert "> Hi there," in parsed.get_body(("plain",)).get_content()
+
+
+async def test_auto_reply_goes_out_with_the_null_sender(mail, store):
+    rig = make_rig(store, make_config(mail, [OUT_OF_OFFICE]))
+    item = raw_item(rig, "carol", make_raw("lunch?", sender="Bob <bob@example.test>", to=CAROL), 1)
+    [outcome] = (await rig.executor.handle_batch("carol", "INBOX", None, [item])).values()
+    assert outcome.done
+    await send_outbox(rig)
+    [arrived] = mail.wait_for_messages("bob", 1)
+    reply = email.message_from_bytes(arrived, policy=email.policy.default)
+    assert reply["Return-Path"] == "<>"
+    assert reply["Auto-Submitted"] == "auto-replied" and reply["Subject"] == "Auto: lunch?"
+    # bob's own out-of-office (were he to have one) would not answer it
+    assert reply_refusal(ParsedMessage.from_bytes(arrived, key="k"), ["bob@example.test"]) is not None
