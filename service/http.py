@@ -70,8 +70,10 @@ def parse_listen(listen: str) -> tuple[str, int] | None:
 class HttpServer:
     """Serve health and metrics. Lifecycle: `start()`, `mark_running()`, `mark_stopping()`, `stop()`."""
 
-    def __init__(self, listen: str, *, registry: CollectorRegistry, readiness: Readiness):
+    def __init__(self, listen: str, *, registry: CollectorRegistry, readiness: Readiness,
+                 read_timeout: float = READ_TIMEOUT):
         self.address = parse_listen(listen)
+        self.read_timeout = read_timeout
         self.registry = registry
         self.readiness = readiness
         self.phase = Phase.STARTING
@@ -133,7 +135,7 @@ class HttpServer:
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            method, path = await asyncio.wait_for(_read_head(reader), READ_TIMEOUT)
+            method, path = await asyncio.wait_for(_read_head(reader), self.read_timeout)
         except TimeoutError:
             await _respond(writer, 408, b"request timeout\n", _TEXT)
             return

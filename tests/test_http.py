@@ -166,6 +166,16 @@ async def test_stop_ends_a_stalled_client_connection():
     writer.close()
 
 
+async def test_a_slow_client_gets_408():
+    server = HttpServer("127.0.0.1:0", registry=Metrics().registry, readiness=Readiness(), read_timeout=0.2)
+    address = await server.start()
+    try:
+        answer = await asyncio.wait_for(raw_exchange(address, b"GET /healthz HTTP/1.1\r\n"), 10)
+        assert answer.startswith(b"HTTP/1.1 408")
+    finally:
+        await server.stop()
+
+
 async def test_empty_listen_disables_the_server():
     server = HttpServer("", registry=Metrics().registry, readiness=Readiness())
     assert await server.start() is None
