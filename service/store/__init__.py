@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from .engine import migrate, open_engine, schema_is_current, utcnow
+from .ledger import LedgerStore
 from .outbox import NewMessage, OutboxItem, OutboxStore
 from .runs import RunRecord, RunStore
 
@@ -20,19 +21,21 @@ class Store:
     engine: Engine
     outbox: OutboxStore
     runs: RunStore
+    ledger: LedgerStore
 
     @classmethod
     def open(cls, url: str, *, owner: str, migrate_schema: bool = True) -> Store:
         engine = open_engine(url)
         if migrate_schema:
             migrate(engine)
-        return cls(engine=engine, outbox=OutboxStore(engine, owner=owner), runs=RunStore(engine, owner=owner))
+        return cls(engine=engine, outbox=OutboxStore(engine, owner=owner), runs=RunStore(engine, owner=owner),
+                   ledger=LedgerStore(engine, owner=owner))
 
     def close(self) -> None:
         self.engine.dispose()
 
 
 __all__ = [
-    "NewMessage", "OutboxItem", "OutboxStore", "RunRecord", "RunStore", "Store", "migrate",
+    "LedgerStore", "NewMessage", "OutboxItem", "OutboxStore", "RunRecord", "RunStore", "Store", "migrate",
     "open_engine", "schema_is_current", "utcnow",
 ]

@@ -150,11 +150,15 @@ class OutboxStore:
 
     def kill(self, item: OutboxItem, *, now: datetime, error: str,
              delivered: Sequence[str] = (), refused: dict[str, str] | None = None) -> None:
-        """A dead letter: kept with the reason, sent again only by `outbox retry`."""
+        """A dead letter: kept with the reason, sent again only by `outbox retry`.
+
+        `recipients` keeps only those not yet accepted, so a retry never mails someone twice.
+        """
+        left = [r for r in item.recipients if r not in delivered]
         with self.engine.begin() as conn:
             conn.execute(
                 update(outbox).where(outbox.c.id == item.id).values(
-                    status="dead", updated_at=now, attempts=item.attempts + 1,
+                    status="dead", updated_at=now, attempts=item.attempts + 1, recipients=left,
                     last_error=error[:2000], delivered=sorted(set(item.delivered) | set(delivered)),
                     refused={**item.refused, **(refused or {})}, lease_owner=None, lease_until=None,
                 )

@@ -1,4 +1,8 @@
-"""`python -m tests.lab up|down [--dir .lab] [--port-offset N]`: a lab left running for the demo."""
+"""`python -m tests.lab up|down|clear|show [--dir .lab] [--port-offset N]`: a lab left running for the demo.
+
+`show USER… [--folder F] [--flags]` prints each message's From, To, Subject and parts, read
+back over IMAP — what a person would see in the mailbox.
+"""
 
 from __future__ import annotations
 
@@ -43,15 +47,61 @@ def down(root: Path) -> int:
     return 0
 
 
+def _running_lab(root: Path) -> MailLab:
+    lab = MailLab(root, _stored_ports(root))
+    if not lab.running():
+        raise LabError(f"no lab running in {root}; start it with: python -m tests.lab up --dir {root}")
+    return lab
+
+
+def clear(root: Path) -> int:
+    _running_lab(root).clear_all()
+    return 0
+
+
+def show(root: Path, users: list[str], folder: str, flags: bool) -> int:
+    import email
+    import email.policy
+
+    lab = _running_lab(root)
+    for user in users:
+        client = lab.imap_client(user)
+        try:
+            client.select_folder(folder, readonly=True)
+            uids = client.search("ALL")
+            fetched = client.fetch(uids, ["BODY.PEEK[]", "FLAGS"]) if uids else {}
+        finally:
+            client.logout()
+        print(f"{user}@{folder}: {len(uids)} message(s)")
+        for uid in uids:
+            msg = email.message_from_bytes(fetched[uid][b"BODY[]"], policy=email.policy.default)
+            parts = [p.get_content_type() + (f" ({p.get_filename()})" if p.get_filename() else "")
+                     for p in msg.walk() if not p.is_multipart()]
+            mark = " ".join(f.decode() for f in fetched[uid][b"FLAGS"]) if flags else ""
+            print(f"  - {msg['Subject']!s}")
+            print(f"      from {msg['From']!s} to {msg['To']!s}" + (f"  flags: {mark}" if mark else ""))
+            print(f"      {msg.get_content_type()}: {', '.join(parts)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.lab", description=__doc__)
-    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument("command", choices=["up", "down", "clear", "show"])
+    parser.add_argument("users", nargs="*", help="show: whose mailboxes")
+    parser.add_argument("--folder", default="INBOX", help="show: which folder (default INBOX)")
+    parser.add_argument("--flags", action="store_true", help="show: print each message's flags")
     parser.add_argument("--dir", type=Path, default=Path(".lab"), help="lab root (default .lab)")
     parser.add_argument("--port-offset", type=int, default=0, help="added to every default port")
     args = parser.parse_args(argv)
     root = args.dir.absolute()
     try:
-        return up(root, args.port_offset) if args.command == "up" else down(root)
+        if args.command == "up":
+            return up(root, args.port_offset)
+        if args.command == "clear":
+            return clear(root)
+        if args.command == "show":
+            return show(root, args.users, args.folder, args.flags)
+        return down(root)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

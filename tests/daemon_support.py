@@ -1,0 +1,134 @@
+"""Helpers for end-to-end tests: the reference config on the lab's ports, a data/hook HTTP
+server, and the real `postroom` command run as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tests.lab import MailLab
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "deploy" / "demo" / "postroom.yaml"
+POSTROOM = [sys.executable, "-m", "service.cli"]
+
+
+@dataclass
+class DataServer:
+    """Serves /rates.json and records POSTs (webhooks) on 127.0.0.1:<ephemeral>."""
+
+    rates: dict = field(default_factory=lambda: {"EUR": 1.0, "USD": 1.08})
+    posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    status: int = 204
+
+    def __post_init__(self) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                body = json.dumps(owner.rates).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                owner.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(owner.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_a: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def lab_config_text(lab: MailLab, text: str, data: DataServer | None = None) -> str:
+    """The reference config's ports and URLs pointed at this test's lab and data server."""
+    defaults = {"10025": lab.ports.smtp, "10143": lab.ports.imap, "10993": lab.ports.imaps,
+                "10995": lab.ports.pop3s, "10110": lab.ports.pop3}
+    for old, new in defaults.items():
+        text = text.replace(f"port: {old}", f"port: {new}")
+    if data is not None:
+        text = text.replace("http://127.0.0.1:9400", data.url)
+    return text
+
+
+def postroom_env(lab: MailLab, workdir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
+    env.update(lab.env())
+    env.update({
+        "HOOK_SECRET": "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tz",
+        "POSTROOM_CONFIG": str(workdir / "postroom.yaml"),
+        "POSTROOM_TEMPLATES": str(ROOT / "templates"),
+        "POSTROOM_STATE_DIR": str(workdir / "state"),
+        "POSTROOM_HTTP": "",
+        "POSTROOM_LOG_FORMAT": "json",
+        "PYTHONPATH": str(ROOT),
+    })
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*POSTROOM, *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+class Daemon:
+    """`postroom run` as a child process, stopped by its pid."""
+
+    def __init__(self, env: dict[str, str], *args: str, log: Path):
+        self.log = log
+        self._out = open(log, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+        self.proc = subprocess.Popen([*POSTROOM, "run", *args], env=env, stdout=self._out,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def wait_log(self, needle: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not logged in {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def terminate(self, timeout: float = 25) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._out.close()
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._out.close()
+
+
+def iter_json_lines(path: Path) -> Iterator[dict]:
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            yield json.loads(line)
+        except ValueError:
+            continue
