@@ -16,7 +16,15 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -78,6 +86,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, build_version: str | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # process_* (memory, CPU, fds), python_info and python_gc_*: the global registry has
+        # these by default, a dedicated one only when asked.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.build_info = Gauge("postroom_build_info", "Always 1; labels say which build runs.",
                                 ["version"], registry=r)
         self.build_info.labels(build_version or postroom_version()).set(1)

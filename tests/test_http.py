@@ -91,6 +91,7 @@ async def test_metrics_exposes_the_registry(served):
     assert 'postroom_messages_sent_total{account="alice"} 2.0' in text
     assert "postroom_outbox_depth 4.0" in text
     assert "postroom_dead_letters 2.0" in text
+    assert "process_resident_memory_bytes" in text  # process metrics on our own registry too
 
 
 async def test_metrics_survive_a_failing_store(served):
