@@ -1,0 +1,81 @@
+"""The Metrics facade: what the daemon's calls turn into on the registry."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from service.metrics import Metrics
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_outbox_results_land_on_their_counters():
+    metrics = Metrics()
+    metrics.known_accounts(["alice", "bob"])
+    metrics.outbox_result("sent", "alice")
+    metrics.outbox_result("deferred", "alice")
+    metrics.outbox_result("dead", "bob")
+    assert value(metrics, "postroom_messages_sent_total", account="alice") == 1
+    assert value(metrics, "postroom_messages_deferred_total", account="alice") == 1
+    assert value(metrics, "postroom_messages_failed_total", account="bob") == 1
+    assert value(metrics, "postroom_messages_sent_total", account="bob") == 0  # pre-created
+    with pytest.raises(ValueError, match="unknown outbox result"):
+        metrics.outbox_result("bounced", "alice")
+
+
+def test_job_runs_and_schedule():
+    metrics = Metrics()
+    metrics.job_run("digest", "done", 1.5)
+    metrics.job_run("digest", "failed", 0.2)
+    assert value(metrics, "postroom_job_runs_total", job="digest", status="done") == 1
+    assert value(metrics, "postroom_job_run_duration_seconds_count", job="digest") == 2
+    assert value(metrics, "postroom_job_run_duration_seconds_sum", job="digest") == pytest.approx(1.7)
+
+    at = datetime(2030, 1, 1, 9, tzinfo=timezone.utc)
+    metrics.set_jobs({"digest": at, "old": at, "once": None})
+    assert value(metrics, "postroom_jobs") == 3
+    assert value(metrics, "postroom_job_next_fire_timestamp_seconds", job="digest") == at.timestamp()
+    assert value(metrics, "postroom_job_next_fire_timestamp_seconds", job="once") is None
+    # a reload that removed "old" stops exporting it
+    metrics.set_jobs({"digest": at})
+    assert value(metrics, "postroom_jobs") == 1
+    assert value(metrics, "postroom_job_next_fire_timestamp_seconds", job="old") is None
+
+
+def test_incoming_side():
+    metrics = Metrics()
+    seen = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    metrics.inbound("alice", "INBOX", "matched")
+    metrics.action("move", "ok")
+    metrics.webhook("delivered")
+    metrics.watcher_ok("alice", "INBOX", seen)
+    metrics.reload("ok")
+    assert value(metrics, "postroom_inbound_messages_total", account="alice", folder="INBOX", result="matched") == 1
+    assert value(metrics, "postroom_actions_total", kind="move", result="ok") == 1
+    assert value(metrics, "postroom_webhook_deliveries_total", result="delivered") == 1
+    assert value(metrics, "postroom_watcher_last_success_timestamp_seconds",
+                 account="alice", folder="INBOX") == seen.timestamp()
+    assert value(metrics, "postroom_config_reloads_total", result="ok") == 1
+
+
+def test_store_gauges_are_read_at_scrape_time():
+    counts = {"queued": 1, "sending": 0, "dead": 0}
+    metrics = Metrics()
+    metrics.watch_store(lambda: counts)
+    assert value(metrics, "postroom_outbox_depth") == 1
+    counts.update(queued=5, sending=2, dead=3)
+    assert value(metrics, "postroom_outbox_depth") == 7
+    assert value(metrics, "postroom_dead_letters") == 3
+
+
+def test_each_instance_has_its_own_registry_and_no_address_labels():
+    first, second = Metrics(), Metrics()
+    first.outbox_result("sent", "alice")
+    assert value(second, "postroom_messages_sent_total", account="alice") is None
+    labels = {label for family in first.registry.collect() if family.name.startswith("postroom_")
+              for sample in family.samples for label in sample.labels}
+    assert labels <= {"version", "job", "status", "account", "folder", "result", "kind", "le"}
