@@ -29,7 +29,6 @@ from service.outgoing.templates import TemplateRenderer
 from service.store import Store
 from service.store.ledger import LedgerEntry, LedgerStore
 from service.store.outbox import OutboxItem, OutboxStore
-from tests.store_fixtures import any_store, pg_url, sqlite_url, store  # noqa: F401
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -13,7 +13,6 @@ from service.config.model import Config, ScheduleConfig
 from service.scheduler import Scheduler, jobs_overview
 from service.schedules import CatchUp, fires_between, make_trigger, next_fire, plan_catch_up
 from service.store import Store
-from tests.store_fixtures import sqlite_url, store  # noqa: F401
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

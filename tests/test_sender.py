@@ -17,7 +17,6 @@ from service.outgoing.sender import DrainStats, OutboxSender, backoff, decide
 from service.outgoing.smtp import SendResult
 from service.store.outbox import NewMessage, OutboxItem
 from tests.fake_smtp import FaultyHandler, fake_smtp, lab_smtp, make_raw, message_ids, plain_smtp
-from tests.store_fixtures import sqlite_url, store  # noqa: F401
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
 POLICY = OutboxConfig(retry_base=timedelta(seconds=30), retry_max=timedelta(hours=1),

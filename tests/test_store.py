@@ -9,7 +9,6 @@ from sqlalchemy import inspect
 
 from service.store import NewMessage, Store, schema_is_current
 from service.store.tables import metadata
-from tests.store_fixtures import any_store, pg_url, sqlite_url, store  # noqa: F401
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

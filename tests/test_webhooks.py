@@ -26,7 +26,6 @@ from service.webhooks import (
     verify,
     webhook_id_for,
 )
-from tests.store_fixtures import sqlite_url, store  # noqa: F401
 from tests.webhook_receiver import Reply, WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"postroom-test-key-0123456789").decode()

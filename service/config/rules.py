@@ -44,6 +44,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from .types import parse_duration, parse_size
+
 #: Actions only an IMAP account can perform (POP3 can only read and, at most, delete all).
 IMAP_ONLY_ACTIONS: frozenset[str] = frozenset(
     {"move", "copy", "flag", "unflag", "mark_read", "delete"}
@@ -52,36 +54,6 @@ IMAP_ONLY_ACTIONS: frozenset[str] = frozenset(
 SYSTEM_FLAGS: frozenset[str] = frozenset({"\\seen", "\\answered", "\\flagged", "\\deleted", "\\draft"})
 # atom-specials of RFC 3501 that may not appear in a keyword
 _KEYWORD_RE = re.compile(r'^[^\s(){%*"\\\]\x00-\x1f\x7f]+$')
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_size(value: Any) -> Any:
-    """``10k`` -> 10240; ints pass through; anything else is left for pydantic to refuse."""
-    if isinstance(value, str):
-        found = _SIZE_RE.match(value)
-        if not found:
-            raise ValueError(f"{value!r} is not a size (use bytes, or a number with k, M or G)")
-        return int(found.group(1)) * _SIZE_UNITS[found.group(2).lower()]
-    return value
-
-
-def parse_duration(value: Any) -> Any:
-    """``7d`` -> timedelta(days=7); a bare number is seconds."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is like 30m, 12h, 7d or 2w")
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        found = _DURATION_RE.match(value)
-        if not found:
-            raise ValueError(f"{value!r} is not a duration (use e.g. 30m, 12h, 7d, 2w)")
-        return timedelta(seconds=int(found.group(1)) * _DURATION_UNITS[found.group(2).lower()])
-    return value
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
