@@ -120,7 +120,7 @@ class HttpServer:
             self._handlers.add(task)
         try:
             if self._slots.locked():  # too many open: shed this one instead of queueing it
-                await _respond(writer, 503, b"busy\n", _TEXT, head_only=False)
+                await _respond(writer, 503, b"busy\n", _TEXT)
                 return
             async with self._slots:
                 await self._serve_one(reader, writer)
