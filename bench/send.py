@@ -1,0 +1,231 @@
+"""bench/send: postroom's outgoing throughput beside a plain smtplib loop, same run, same servers.
+
+Both sides send N messages (default 1,000) through the lab's Postfix with STARTTLS + AUTH:
+
+- smtplib: N messages composed beforehand (postroom's own renderer, so the same bytes and
+  sizes), one smtplib.SMTP connection, starttls (lab CA, verified), login, sendmail loop, quit.
+  Timed from connect to quit.
+- postroom: `postroom send merge` as a subprocess, a for_each job over an N-row SQLite table
+  rendered with templates/statement.j2. Timed from spawn to exit: process start, config load,
+  data load, rendering, outbox writes, SMTP and bookkeeping. Peak RSS from wait4().
+
+Both clocks stop when Postfix has accepted every message and the client is done. Delivery
+into the mailboxes (Postfix -> LMTP -> Dovecot) is checked after each side, untimed for both,
+and the mailboxes are cleared before the next side runs. Rounds alternate which side goes first.
+
+Run: bench/send [--rows 1000] [--rounds 3] [--connections 4] [--port-offset 20000] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import smtplib
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.app import load_checked  # noqa: E402
+from service.config import Settings  # noqa: E402
+from service.outgoing.jobs import JobRunner  # noqa: E402
+from service.store import NewMessage, utcnow  # noqa: E402
+from tests.daemon_support import postroom_env  # noqa: E402  (the e2e tests' CLI environment)
+from tests.lab import LabPorts, MailLab  # noqa: E402
+
+POSTROOM = ROOT / ".venv" / "bin" / "postroom"
+RECIPIENTS = ("bob", "carol", "dave")
+DELIVERY_TIMEOUT = 180.0
+
+CONFIG = """\
+accounts:
+  alice:
+    address: alice@example.test
+    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls,
+           username: alice@example.test, password: "${{ALICE_PASSWORD}}", connections: {connections}}}
+jobs:
+  merge:
+    schedule: {{cron: "0 6 1 * *"}}
+    account: alice
+    template: statement
+    for_each: customers
+    to: ["{{{{ row.email }}}}"]
+    data:
+      customers: {{sql: "SELECT name, email, balance FROM customers", database: "sqlite:///{db}"}}
+"""
+
+
+@dataclass
+class Side:
+    seconds: list[float]
+    rss_kib: list[int]
+
+    def rate(self, rows: int) -> list[float]:
+        return [rows / s for s in self.seconds]
+
+
+def seed_customers(db: Path, rows: int) -> dict[str, int]:
+    """An N-row customers table spread over bob/carol/dave; returns messages owed per user."""
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
+        con.executemany(
+            "INSERT INTO customers VALUES (?, ?, ?)",
+            [(f"Customer {i:05d}", f"{RECIPIENTS[i % 3]}@example.test", (i % 7 - 3) * 12.5 + i)
+             for i in range(rows)],
+        )
+    con.close()
+    return {user: len(range(k, rows, len(RECIPIENTS))) for k, user in enumerate(RECIPIENTS)}
+
+
+def prepare_messages(work: Path, env: dict[str, str]) -> list[NewMessage]:
+    """The smtplib side's messages: rendered by postroom beforehand (untimed), same bytes."""
+    settings = Settings(config=work / "postroom.yaml", templates=ROOT / "templates", state_dir=work / "state")
+    loaded, renderer = load_checked_with(settings, env)
+    runner = JobRunner(loaded.config, renderer, store=None)  # type: ignore[arg-type]  # build needs no store
+    built = asyncio.run(runner.build("merge", key_prefix="plain", now=utcnow()))
+    return built.messages
+
+
+def load_checked_with(settings: Settings, env: dict[str, str]):  # noqa: ANN201
+    saved = dict(os.environ)
+    os.environ.update(env)  # ${ALICE_PASSWORD} and SSL_CERT_FILE, as the CLI would see them
+    try:
+        return load_checked(settings)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def send_plain(lab: MailLab, messages: list[NewMessage]) -> float:
+    """One connection, STARTTLS (verified), AUTH, a sendmail loop, QUIT. Returns seconds."""
+    context = lab.ssl_context()
+    start = time.perf_counter()
+    smtp = smtplib.SMTP("127.0.0.1", lab.ports.smtp, timeout=30)
+    try:
+        smtp.starttls(context=context)
+        smtp.login(lab.address("alice"), lab.password("alice"))
+        for m in messages:
+            refused = smtp.sendmail(m.envelope_from, list(m.recipients), m.raw)
+            if refused:
+                raise RuntimeError(f"smtplib: refused {refused}")
+        smtp.quit()
+    finally:
+        smtp.close()
+    return time.perf_counter() - start
+
+
+def send_postroom(env: dict[str, str], work: Path, round_no: int) -> tuple[float, int]:
+    """`postroom send merge` end to end. Returns (seconds, peak RSS in KiB)."""
+    out_path = work / f"postroom-round{round_no}.log"
+    with open(out_path, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen([str(POSTROOM), "send", "merge"], env=env, cwd=work,
+                                stdout=out, stderr=subprocess.STDOUT)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = out_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"postroom send exited {proc.returncode}:\n{tail}")
+    return elapsed, usage.ru_maxrss  # KiB on Linux
+
+
+def wait_delivered(lab: MailLab, owed: dict[str, int]) -> None:
+    """Untimed: every message reached its mailbox (Postfix accepted it; now check Dovecot)."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    for user, count in owed.items():
+        with lab.imap_client(user) as client:
+            while True:
+                found = client.folder_status("INBOX", [b"MESSAGES"])[b"MESSAGES"]
+                if found == count:
+                    break
+                if found > count:
+                    raise RuntimeError(f"{user}: {found} messages, expected {count} (duplicates?)")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{user}: {found} of {count} messages after {DELIVERY_TIMEOUT:.0f}s")
+                time.sleep(0.1)
+
+
+def fmt(values: list[float]) -> str:
+    return "  ".join(f"{v:7.1f}" for v in values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/send", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1000, help="messages per side per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=4, help="postroom's SMTP connections")
+    parser.add_argument("--port-offset", type=int, default=20000, help="the bench lab's port offset")
+    parser.add_argument("--check", action="store_true", help="exit 1 if postroom/smtplib < 1.0")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, store)")
+    args = parser.parse_args(argv)
+
+    # mkdtemp under /tmp: the mail uid must be able to reach the lab root.
+    work = Path(tempfile.mkdtemp(prefix="postroom-bench-"))
+    work.chmod(0o755)
+    lab = MailLab(work / "lab", LabPorts().offset(args.port_offset))
+    try:
+        lab.start()
+        db = work / "shop.db"
+        owed = seed_customers(db, args.rows)
+        (work / "postroom.yaml").write_text(
+            CONFIG.format(smtp=lab.ports.smtp, connections=args.connections, db=db))
+        env = postroom_env(lab, work)
+        messages = prepare_messages(work, env)
+        size = statistics.mean(len(m.raw) for m in messages)
+        print(f"bench/send: {args.rows} messages per side, {args.rounds} rounds, "
+              f"~{size:.0f} bytes each; Postfix on 127.0.0.1:{lab.ports.smtp}, STARTTLS + AUTH; "
+              f"postroom connections: {args.connections}")
+        # Create the store once (untimed), as a user's daemon or earlier run would have.
+        subprocess.run([str(POSTROOM), "outbox"], env=env, cwd=work, check=True, capture_output=True)
+
+        plain, postroom = Side([], []), Side([], [])
+        for r in range(1, args.rounds + 1):
+            order = ("smtplib", "postroom") if r % 2 else ("postroom", "smtplib")
+            for side in order:
+                lab.clear_all()
+                if side == "smtplib":
+                    plain.seconds.append(send_plain(lab, messages))
+                else:
+                    seconds, rss = send_postroom(env, work, r)
+                    postroom.seconds.append(seconds)
+                    postroom.rss_kib.append(rss)
+                wait_delivered(lab, owed)
+            print(f"round {r}: smtplib {args.rows / plain.seconds[-1]:7.1f} msg/s ({plain.seconds[-1]:.2f} s)   "
+                  f"postroom {args.rows / postroom.seconds[-1]:7.1f} msg/s ({postroom.seconds[-1]:.2f} s, "
+                  f"peak RSS {postroom.rss_kib[-1] / 1024:.1f} MiB)")
+
+        plain_median = statistics.median(plain.rate(args.rows))
+        postroom_median = statistics.median(postroom.rate(args.rows))
+        ratio = postroom_median / plain_median
+        print()
+        print(f"smtplib loop, 1 connection     msg/s: {fmt(plain.rate(args.rows))}   median {plain_median:7.1f}")
+        print(f"postroom send, {args.connections} connection(s) msg/s: {fmt(postroom.rate(args.rows))}   "
+              f"median {postroom_median:7.1f}")
+        print(f"ratio postroom/smtplib (medians): {ratio:.2f}")
+        print(f"postroom peak RSS: max {max(postroom.rss_kib) / 1024:.1f} MiB "
+              f"(median {statistics.median(postroom.rss_kib) / 1024:.1f} MiB)")
+        if args.check and ratio < 1.0:
+            print("CHECK FAILED: postroom is slower than the smtplib loop", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        lab.stop()
+        if args.keep:
+            print(f"work dir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
