@@ -130,6 +130,10 @@ class Scheduler:
         log.info("scheduler reloaded", jobs=sorted(self._scheduled),
                  removed=sorted(set(self._enabled_jobs(old)) - set(wanted)))
 
+    @property
+    def running(self) -> bool:
+        return self._aps is not None and self._aps.running
+
     def next_fires(self) -> dict[str, datetime | None]:
         """Each enabled job's next fire time (None: nothing left to fire, e.g. a past `at`)."""
         now = self._clock()

@@ -121,7 +121,9 @@ class WebhookQueue:
 
     def __init__(self, ledger: LedgerStore, *, spec_lookup: SpecLookup,
                  clock: Callable[[], datetime] = utcnow, policy: RetryPolicy = RetryPolicy(),
-                 batch_size: int = 20, transport: httpx.AsyncBaseTransport | None = None):
+                 batch_size: int = 20, transport: httpx.AsyncBaseTransport | None = None,
+                 on_result: Callable[[str], None] = lambda result: None):
+        self.on_result = on_result  # delivered | retry | dead — metrics
         self.ledger = ledger
         self.spec_lookup = spec_lookup
         self.clock = clock
@@ -186,12 +188,14 @@ class WebhookQueue:
         except _Dead as exc:
             logger.warning("webhook dead", reason=str(exc))
             self.ledger.webhook_dead(delivery, now=self.clock(), error=str(exc))
+            self.on_result("dead")
             return
         except _Retry as exc:
             self._retry_or_kill(delivery, exc, logger)
             return
         logger.info("webhook delivered", status=status)
         self.ledger.webhook_done(delivery, now=self.clock())
+        self.on_result("delivered")
 
     async def _post(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> int:
         try:
@@ -240,9 +244,11 @@ class WebhookQueue:
         else:
             logger.info("webhook retry", reason=exc.reason, retry_at=retry_at.isoformat())
             self.ledger.webhook_retry(delivery, now=now, retry_at=retry_at, error=exc.reason)
+            self.on_result("retry")
             return
         logger.warning("webhook dead", reason=error)
         self.ledger.webhook_dead(delivery, now=now, error=error)
+        self.on_result("dead")
 
 
 def _action_index(action_key: str) -> int:

@@ -146,8 +146,9 @@ class ActionExecutor:
     def __init__(self, config: Config, ruleset: RuleSet, store: ExecutorStore,
                  renderer: TemplateRenderer, webhooks: WebhookSink, *,
                  clock: Callable[[], datetime] = utcnow, wake_sender: Callable[[], None] = lambda: None,
-                 dry_run: bool = False):
+                 dry_run: bool = False, on_action: Callable[[str, str], None] = lambda kind, result: None):
         self.config = config
+        self.on_action = on_action  # (kind, done|failed|dead) — metrics
         self.ruleset = ruleset
         self.outbox = store.outbox
         self.ledger = store.ledger
@@ -193,6 +194,7 @@ class ActionExecutor:
                                 for aid, (_, r) in phase.results.items()], now=self.clock())
             for aid, (work, result) in phase.results.items():
                 results[aid] = result
+                self.on_action(work.action.kind, result.status)
                 if result.status != "done":
                     blocked.add(work.item.key)
                     logger.warning("action failed", key=work.key, kind=work.action.kind,

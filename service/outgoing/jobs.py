@@ -41,7 +41,9 @@ class BuiltRun:
 class JobRunner:
     def __init__(self, config: Config, renderer: TemplateRenderer, store: Store, *,
                  wake_sender: Callable[[], None] = lambda: None,
-                 clock: Callable[[], datetime] = utcnow):
+                 clock: Callable[[], datetime] = utcnow,
+                 on_run: Callable[[str, str, float], None] = lambda job, status, seconds: None):
+        self.on_run = on_run  # (job, status, seconds) — metrics
         self.config = config
         self.renderer = renderer
         self.store = store
@@ -193,6 +195,7 @@ class JobRunner:
                 raise
         finally:
             done_at = self.clock()
+            self.on_run(job_id, status, (done_at - now).total_seconds())
             await asyncio.to_thread(runs.finish_run, run_id, now=done_at, status=status,
                                     messages=len(built.messages), error=detail)
             if claim and fire_time is not None:

@@ -223,6 +223,13 @@ class LedgerStore:
                                                     webhooks.c.status == "sending")
                              .values(status="queued", lease_owner=None, lease_until=None, updated_at=now))
 
+    def release_all_webhook_leases(self, *, now: datetime) -> int:
+        """Single-node recovery at start: every delivery left `sending` is due again now."""
+        with self.engine.begin() as conn:
+            return conn.execute(update(webhooks).where(webhooks.c.status == "sending").values(
+                status="queued", lease_owner=None, lease_until=None, next_attempt_at=now,
+                updated_at=now)).rowcount
+
     def _webhook_update(self, delivery: WebhookDelivery, now: datetime, **values: Any) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(webhooks).where(webhooks.c.webhook_id == delivery.webhook_id).values(
