@@ -1,0 +1,479 @@
+"""The IMAP edge: IMAPClient on one dedicated thread per connection.
+
+IMAPClient blocks, so every call of one connection runs on that connection's own single
+worker thread (never the loop's default executor: a parked IDLE would starve it). Async
+methods await that thread. Low-level errors are mapped to ``service.errors`` here and
+nowhere else; after a connection-level failure the connection is marked broken and the
+watcher opens a new one.
+
+UIDs go to the server as compact UID sets ("1:500,502") in chunks, one command per chunk:
+fetching or moving message by message is two orders of magnitude slower on big folders.
+Deleting and moving without MOVE use UID EXPUNGE (UIDPLUS) of just our UIDs; a plain
+EXPUNGE would also remove other clients' \\Deleted messages, so without UIDPLUS we refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import imaplib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import structlog
+from imapclient import IMAPClient
+from imapclient.exceptions import CapabilityError, IMAPClientAbortError, IMAPClientError, LoginError
+
+from service.config.model import ImapConfig
+from service.errors import (
+    AuthError,
+    PermanentError,
+    PostroomError,
+    ServerBusy,
+    ServerConnectError,
+    ServerRejected,
+    ServerTimeout,
+    TLSError,
+)
+from service.incoming.message import Attachment, decode_header_value
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+CHUNK = 500  # UIDs per FETCH/STORE/MOVE command
+IDLE_RENEW_SECONDS = 600.0  # RFC 2177: servers may drop an IDLE after 30 min; renew well before
+_IDLE_SLICE = 1.0  # how often a waiting IDLE looks at the wake-up flag
+_NEW_MAIL = {b"EXISTS", b"RECENT", b"FETCH"}
+
+
+@dataclass(frozen=True)
+class FolderState:
+    uidvalidity: int
+    uidnext: int
+    exists: int
+    highestmodseq: int | None = None
+
+
+@dataclass(frozen=True)
+class HeaderFetch:
+    """What ``fetch_headers`` returns per UID."""
+
+    header_bytes: bytes
+    size: int
+    internal_date: datetime | None
+    flags: frozenset[str]
+    attachments: list[Attachment] | None  # None unless BODYSTRUCTURE was asked for
+    raw: bytes | None = None  # the whole message, when asked for (body conditions)
+
+
+# -- UID sets ------------------------------------------------------------------------------
+
+def uid_set(uids: Iterable[int]) -> str:
+    """Sorted UIDs as an IMAP sequence set with ranges: [1,2,3,7] -> "1:3,7"."""
+    ordered = sorted(set(uids))
+    if not ordered:
+        raise ValueError("empty UID set")
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        parts.append(f"{start}:{prev}" if prev != start else str(start))
+        start = prev = uid
+    parts.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(parts)
+
+
+def chunks(uids: Collection[int], size: int = CHUNK) -> Iterator[list[int]]:
+    ordered = sorted(set(uids))
+    for i in range(0, len(ordered), size):
+        yield ordered[i:i + size]
+
+
+# -- BODYSTRUCTURE -------------------------------------------------------------------------
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _params(value: Any) -> dict[str, str]:
+    if not isinstance(value, tuple | list):
+        return {}
+    items = list(value)
+    return {_text(k).lower(): _text(v) for k, v in zip(items[::2], items[1::2], strict=False)}
+
+
+def attachments_from_bodystructure(structure: Any) -> list[Attachment]:
+    """Attachments as ``ParsedMessage`` counts them: a part with disposition attachment, or a
+    named non-text part. Parts inside an attached message are not ours."""
+    found: list[Attachment] = []
+
+    def walk(part: Any) -> None:
+        if getattr(part, "is_multipart", False) or (part and isinstance(part[0], list)):
+            for child in part[0]:
+                walk(child)
+            return
+        maintype, subtype = _text(part[0]).lower(), _text(part[1]).lower()
+        params = _params(part[2])
+        size = part[6] if len(part) > 6 and isinstance(part[6], int) else 0
+        # extension data (md5, disposition) follows the type-specific fields
+        if maintype == "text":
+            md5_at = 8
+        elif (maintype, subtype) == ("message", "rfc822"):
+            md5_at = 10
+        else:
+            md5_at = 7
+        disposition = part[md5_at + 1] if len(part) > md5_at + 1 else None
+        kind, disp_params = "", {}
+        if isinstance(disposition, tuple) and disposition:
+            kind, disp_params = _text(disposition[0]).lower(), _params(disposition[1] if len(disposition) > 1 else None)
+        name = disp_params.get("filename") or params.get("name")
+        filename = decode_header_value(name) if name else None
+        if kind == "attachment" or (filename and maintype not in ("text", "multipart")):
+            found.append(Attachment(filename, f"{maintype}/{subtype}", size))
+
+    try:
+        walk(structure)
+    except (IndexError, TypeError, ValueError) as exc:
+        log.warning("bodystructure unreadable", error=repr(exc))
+    return found
+
+
+# -- error mapping -------------------------------------------------------------------------
+
+def map_imap_error(exc: BaseException, where: str) -> PostroomError:
+    """One low-level IMAP/socket/TLS error as ours. ``where`` names the server and step."""
+    if isinstance(exc, PostroomError):
+        return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSError(f"{where}: certificate not trusted: {exc.verify_message or exc}")
+    if isinstance(exc, LoginError):
+        return AuthError(f"{where}: login refused: {_text(exc.args[0]) if exc.args else exc}")
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return ServerTimeout(f"{where}: no answer in time")
+    if isinstance(exc, IMAPClientAbortError | imaplib.IMAP4.abort | OSError | EOFError):
+        return ServerConnectError(f"{where}: connection lost: {exc}")
+    if isinstance(exc, CapabilityError):
+        return PermanentError(f"{where}: {exc}")
+    if isinstance(exc, IMAPClientError | imaplib.IMAP4.error):
+        text = str(exc)
+        if "[UNAVAILABLE]" in text or "[INUSE]" in text or "[LIMIT]" in text:
+            return ServerBusy(f"{where}: {text}")
+        return ServerRejected(f"{where}: {text}")
+    return ServerConnectError(f"{where}: {exc!r}")
+
+
+def _ssl_context(cfg: ImapConfig) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+
+
+# -- the connection ------------------------------------------------------------------------
+
+class ImapConnection:
+    """One logged-in IMAP session with its own worker thread. Also the ``MailboxOps`` of the
+    folder selected last (``folder``/``uidvalidity`` say which)."""
+
+    def __init__(self, account: str, cfg: ImapConfig, *, idle_renew: float = IDLE_RENEW_SECONDS):
+        self.account = account
+        self.cfg = cfg
+        self.idle_renew = idle_renew
+        self.folder = ""
+        self.uidvalidity = 0
+        self.capabilities: frozenset[str] = frozenset()
+        self._client: IMAPClient | None = None
+        self._broken = False
+        self._wake = threading.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"imap-{account}")
+        self._where = f"imap {account} ({cfg.host}:{cfg.port_or_default()})"
+
+    # -- running on the connection's thread --------------------------------------------
+
+    async def _run(self, step: str, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(self._guarded, step, fn, *args))
+
+    def _guarded(self, step: str, fn: Callable[..., T], *args: Any) -> T:
+        if self._broken and step != "connect":
+            raise ServerConnectError(f"{self._where}: connection is broken; reconnect")
+        try:
+            return fn(*args)
+        except BaseException as exc:
+            mapped = map_imap_error(exc, f"{self._where} {step}")
+            if isinstance(mapped, ServerConnectError | ServerTimeout):
+                self._broken = True
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    @property
+    def usable(self) -> bool:
+        return self._client is not None and not self._broken
+
+    def _c(self) -> IMAPClient:
+        if self._client is None:
+            raise ServerConnectError(f"{self._where}: not connected")
+        return self._client
+
+    def has(self, capability: str) -> bool:
+        return capability.upper() in self.capabilities
+
+    # -- connect / close -------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self._run("connect", self._connect)
+
+    def _connect(self) -> None:
+        cfg = self.cfg
+        context = _ssl_context(cfg)
+        host, port = cfg.host, cfg.port_or_default()
+        client = IMAPClient(host, port=port, ssl=cfg.security == "tls",
+                            ssl_context=context if cfg.security == "tls" else None,
+                            timeout=cfg.timeout)
+        try:
+            if cfg.security == "starttls":
+                if b"STARTTLS" not in client.capabilities():
+                    raise TLSError(f"{self._where}: server does not offer STARTTLS; refusing to log in in plaintext")
+                try:
+                    client.starttls(context)
+                except ssl.SSLCertVerificationError:
+                    raise
+                except ssl.SSLError as exc:
+                    raise TLSError(f"{self._where}: STARTTLS failed: {exc}") from exc
+            if cfg.username is not None and cfg.password is not None:
+                client.login(cfg.username, cfg.password.get_secret_value())
+            # Asked after login on purpose: the pre-login list lacks MOVE on Dovecot. imapclient
+            # caches nothing before login, and afterwards takes the login reply's CAPABILITY
+            # or sends CAPABILITY itself.
+            capabilities = client.capabilities()
+        except BaseException:
+            try:
+                client.shutdown()
+            except Exception:  # noqa: BLE001 - already failing; the original error matters
+                pass
+            raise
+        self._client = client
+        self._broken = False
+        self.capabilities = frozenset(_text(c).upper() for c in capabilities)
+        log.info("imap connected", account=self.account, host=host, port=port, security=cfg.security,
+                 idle=self.has("IDLE"), move=self.has("MOVE"), uidplus=self.has("UIDPLUS"))
+
+    async def close(self) -> None:
+        """LOGOUT within the socket timeout; on any trouble just drop the socket. Never hangs."""
+        self._wake.set()
+        client, self._client = self._client, None
+        if client is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                await asyncio.wait_for(loop.run_in_executor(self._executor, _logout_quietly, client),
+                                       timeout=self.cfg.timeout + 1)
+            except (TimeoutError, asyncio.CancelledError):
+                _shutdown_quietly(client)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- folders ---------------------------------------------------------------------------
+
+    async def select(self, folder: str) -> FolderState:
+        state = await self._run(f"select {folder!r}", self._select, folder)
+        self.folder, self.uidvalidity = folder, state.uidvalidity
+        return state
+
+    def _select(self, folder: str) -> FolderState:
+        info = self._c().select_folder(folder)
+        modseq = info.get(b"HIGHESTMODSEQ")
+        return FolderState(uidvalidity=int(info[b"UIDVALIDITY"]), uidnext=int(info[b"UIDNEXT"]),
+                           exists=int(info.get(b"EXISTS", 0)),
+                           highestmodseq=int(modseq) if modseq is not None else None)
+
+    async def create_folder(self, folder: str) -> None:
+        await self._run(f"create {folder!r}", lambda: self._c().create_folder(folder))
+
+    async def list_folders(self) -> list[str]:
+        return await self._run("list", lambda: [name for _, _, name in self._c().list_folders()])
+
+    # -- searching and fetching ----------------------------------------------------------
+
+    async def search_uids(self, criteria: list | str) -> list[int]:
+        return await self._run("search", lambda: sorted(int(u) for u in self._c().search(criteria)))
+
+    async def uids_from(self, min_uid: int) -> list[int]:
+        """UIDs >= min_uid. ``n:*`` also names the highest UID when nothing is newer: filtered."""
+        start = max(1, min_uid)
+        found = await self.search_uids(["UID", f"{start}:*"])
+        return [uid for uid in found if uid >= start]
+
+    async def fetch_headers(self, uids: Collection[int], fields: Iterable[str], *,
+                            bodystructure: bool = False, whole: bool = False) -> dict[int, HeaderFetch]:
+        """Header fields, size, internal date, flags (+ attachments from BODYSTRUCTURE, or the
+        whole message with ``whole``) for many UIDs, one FETCH per chunk. Nothing gets \\Seen."""
+        names = " ".join(sorted(set(fields), key=str.lower))
+        items = ["RFC822.SIZE", "INTERNALDATE", "FLAGS"]
+        items.append("BODY.PEEK[]" if whole else f"BODY.PEEK[HEADER.FIELDS ({names})]")
+        if bodystructure and not whole:
+            items.append("BODYSTRUCTURE")
+        result: dict[int, HeaderFetch] = {}
+        for part in chunks(uids):
+            data = await self._run("fetch", self._c_fetch, part, items)
+            for uid, row in data.items():
+                body = _body_item(row)
+                structure = row.get(b"BODYSTRUCTURE")
+                result[int(uid)] = HeaderFetch(
+                    header_bytes=body, size=int(row.get(b"RFC822.SIZE", len(body))),
+                    internal_date=_aware(row.get(b"INTERNALDATE")),
+                    flags=frozenset(_text(f) for f in row.get(b"FLAGS", ())),
+                    attachments=attachments_from_bodystructure(structure) if bodystructure and structure else
+                    ([] if bodystructure and not whole else None),
+                    raw=body if whole else None)
+        return result
+
+    def _c_fetch(self, part: list[int], items: list[str]) -> dict:
+        # a plain UID list, not a range set: imapclient filters the reply by these numbers
+        return self._c().fetch(part, items)
+
+    async def fetch_raw(self, uids: Collection[int]) -> dict[int, bytes]:
+        result: dict[int, bytes] = {}
+        for part in chunks(uids):
+            data = await self._run("fetch", self._c_fetch, part, ["BODY.PEEK[]"])
+            result.update({int(uid): _body_item(row) for uid, row in data.items()})
+        return result
+
+    async def message_ids(self, uids: Collection[int]) -> dict[int, str]:
+        fetched = await self.fetch_headers(uids, ["Message-ID"])
+        out: dict[int, str] = {}
+        for uid, row in fetched.items():
+            value = row.header_bytes.decode("utf-8", "replace").partition(":")[2]
+            out[uid] = " ".join(value.split())
+        return out
+
+    # -- MailboxOps ------------------------------------------------------------------------
+
+    async def existing_uids(self, uids: Collection[int]) -> set[int]:
+        found: set[int] = set()
+        for part in chunks(uids):
+            found.update(await self.search_uids(["UID", uid_set(part)]))
+        return found & set(uids)
+
+    async def flags(self, uids: Collection[int]) -> dict[int, frozenset[str]]:
+        result: dict[int, frozenset[str]] = {}
+        for part in chunks(uids):
+            data = await self._run("fetch flags", self._c_fetch, part, ["FLAGS"])
+            result.update({int(u): frozenset(_text(f) for f in row.get(b"FLAGS", ())) for u, row in data.items()})
+        return result
+
+    async def add_flags(self, uids: Collection[int], flags: Sequence[str]) -> None:
+        for part in chunks(uids):
+            await self._run("store +flags", lambda p=part: self._c().add_flags(uid_set(p), list(flags), silent=True))
+
+    async def remove_flags(self, uids: Collection[int], flags: Sequence[str]) -> None:
+        for part in chunks(uids):
+            await self._run("store -flags", lambda p=part: self._c().remove_flags(uid_set(p), list(flags), silent=True))
+
+    async def copy(self, uids: Collection[int], folder: str) -> None:
+        for part in chunks(uids):
+            await self._run(f"copy to {folder!r}", lambda p=part: self._c().copy(uid_set(p), folder))
+
+    async def move(self, uids: Collection[int], folder: str) -> None:
+        if not uids:
+            return
+        if self.has("MOVE"):
+            for part in chunks(uids):
+                await self._run(f"move to {folder!r}", lambda p=part: self._c().move(uid_set(p), folder))
+            return
+        self._require_uidplus(f"move to {folder!r}")
+        await self.copy(uids, folder)
+        await self.delete(uids)
+
+    async def delete(self, uids: Collection[int]) -> None:
+        """\\Deleted + UID EXPUNGE of exactly these UIDs; other messages marked \\Deleted stay."""
+        if not uids:
+            return
+        self._require_uidplus("delete")
+        for part in chunks(uids):
+            await self._run("delete", self._delete_chunk, part)
+
+    def _delete_chunk(self, part: list[int]) -> None:
+        client = self._c()
+        client.add_flags(uid_set(part), [b"\\Deleted"], silent=True)
+        client.uid_expunge(uid_set(part))
+
+    def _require_uidplus(self, what: str) -> None:
+        if not self.has("UIDPLUS"):
+            raise PermanentError(
+                f"{self._where}: can't {what}: the server offers neither MOVE nor UIDPLUS, and a plain"
+                " EXPUNGE would also remove other clients' messages marked \\Deleted")
+
+    # -- IDLE ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make a waiting ``idle_wait`` return now (thread-safe; used on stop)."""
+        self._wake.set()
+
+    async def idle_wait(self, timeout: float) -> bool:
+        """IDLE until the server reports new mail (True), or ``timeout`` / ``wake()`` (False).
+        Callers loop; each call is one IDLE, so keep ``timeout`` under ``idle_renew``."""
+        self._wake.clear()
+        return await self._run("idle", self._idle, min(timeout, self.idle_renew))
+
+    def _idle(self, timeout: float) -> bool:
+        client = self._c()
+        client.idle()
+        deadline = time.monotonic() + timeout
+        news = False
+        try:
+            while not news and not self._wake.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                slice_ = min(_IDLE_SLICE, left)
+                started = time.monotonic()
+                responses = client.idle_check(timeout=slice_)
+                for resp in responses:
+                    if len(resp) > 1 and resp[1] in _NEW_MAIL and not (resp[1] == b"RECENT" and resp[0] == 0):
+                        news = True
+                    if resp and resp[0] == b"BYE":
+                        raise ServerConnectError(f"{self._where}: server said BYE during IDLE")
+                if not responses and time.monotonic() - started < slice_ / 2:
+                    # readable but nothing parsed: imapclient swallows EOF in idle_check
+                    raise ServerConnectError(f"{self._where}: connection closed during IDLE")
+        finally:
+            if not self._broken:
+                client.idle_done()
+        return news
+
+
+def _body_item(row: dict) -> bytes:
+    for key, value in row.items():
+        if isinstance(key, bytes) and key.startswith(b"BODY[") and isinstance(value, bytes):
+            return value
+    return b""
+
+
+def _aware(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    # imapclient normalises INTERNALDATE to naive local time; astimezone reads naive as local
+    return value.astimezone(UTC)
+
+
+def _logout_quietly(client: IMAPClient) -> None:
+    try:
+        client.logout()
+    except Exception:  # noqa: BLE001 - closing: the server may be gone already
+        _shutdown_quietly(client)
+
+
+def _shutdown_quietly(client: IMAPClient) -> None:
+    try:
+        client.shutdown()
+    except Exception:  # noqa: BLE001
+        pass

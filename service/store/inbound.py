@@ -1,0 +1,172 @@
+"""Checkpoints and inbound messages: what each watcher has taken in, and what became of it.
+
+A checkpoint holds, per (account, folder), the UIDVALIDITY and the highest UID a watcher has
+looked at; messages above it are new. Each inbound message gets a row keyed
+"account/folder/uidvalidity/uid" (or "account/pop3/uidl"): pending while it is handled, then
+done, failed (retried with backoff, a bounded number of times) or set_aside (gave up; listed
+for a human). The row, not the checkpoint, is what keeps a message from being handled twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .engine import as_utc, to_utc
+from .tables import checkpoints, inbound
+
+PENDING, DONE, FAILED, SET_ASIDE = "pending", "done", "failed", "set_aside"
+SKIPPED = "skipped"  # there before the first start with start_from=new: never handled
+FINISHED = (DONE, SET_ASIDE, SKIPPED)
+_IN_CHUNK = 500  # values per IN (...) list
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    account: str
+    folder: str
+    uidvalidity: int
+    last_uid: int
+    start_from: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class InboundRow:
+    key: str
+    account: str
+    folder: str
+    uidvalidity: int | None
+    uid: int | None
+    uidl: str | None
+    message_id: str | None
+    status: str
+    attempts: int
+    error: str | None
+    updated_at: datetime
+
+
+def retry_delay(attempts: int, *, base: timedelta, cap: timedelta) -> timedelta:
+    """Backoff before retry number ``attempts`` (1, 2, ...): base, 2·base, 4·base … up to cap."""
+    return min(cap, base * (2 ** max(0, attempts - 1)))
+
+
+class InboundStore:
+    def __init__(self, engine: Engine, *, max_attempts: int = 5,
+                 retry_base: timedelta = timedelta(minutes=1), retry_cap: timedelta = timedelta(hours=1)):
+        self.engine = engine
+        self.max_attempts = max_attempts
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self, account: str, folder: str) -> Checkpoint | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(checkpoints).where(
+                checkpoints.c.account == account, checkpoints.c.folder == folder)).first()
+        if row is None:
+            return None
+        return Checkpoint(row.account, row.folder, int(row.uidvalidity), int(row.last_uid), row.start_from,
+                          as_utc(row.updated_at))
+
+    def set_checkpoint(self, account: str, folder: str, *, uidvalidity: int, last_uid: int,
+                       start_from: str, now: datetime) -> None:
+        values = {"uidvalidity": uidvalidity, "last_uid": last_uid, "start_from": start_from,
+                  "updated_at": to_utc(now)}
+        for _ in range(2):  # a concurrent insert between our update and insert: update again
+            with self.engine.begin() as conn:
+                changed = conn.execute(update(checkpoints).where(
+                    checkpoints.c.account == account, checkpoints.c.folder == folder).values(**values))
+                if changed.rowcount:
+                    return
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(checkpoints).values(account=account, folder=folder, **values))
+                return
+            except IntegrityError:
+                continue
+
+    # -- inbound rows ------------------------------------------------------------------------
+
+    def begin(self, key: str, *, account: str, folder: str, now: datetime, uidvalidity: int | None = None,
+              uid: int | None = None, uidl: str | None = None, message_id: str | None = None) -> str | None:
+        """Insert a pending row for a new message; None if it was new, else the status it has."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(inbound).values(
+                    key=key, account=account, folder=folder, uidvalidity=uidvalidity, uid=uid, uidl=uidl,
+                    message_id=(message_id or None) and message_id[:998], status=PENDING, attempts=0,
+                    created_at=to_utc(now), updated_at=to_utc(now)))
+            return None
+        except IntegrityError:
+            with self.engine.connect() as conn:
+                return conn.execute(select(inbound.c.status).where(inbound.c.key == key)).scalar_one()
+
+    def finish(self, key: str, status: str, *, now: datetime, error: str | None = None) -> str:
+        """Record the outcome; a failure past ``max_attempts`` becomes set_aside. Returns the
+        status stored."""
+        with self.engine.begin() as conn:
+            attempts = conn.execute(select(inbound.c.attempts).where(inbound.c.key == key)).scalar_one()
+            if status in (FAILED, SET_ASIDE):
+                attempts += 1
+            if status == FAILED and attempts >= self.max_attempts:
+                status = SET_ASIDE
+            conn.execute(update(inbound).where(inbound.c.key == key).values(
+                status=status, attempts=attempts, error=error, updated_at=to_utc(now)))
+        return status
+
+    def status(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(inbound.c.status).where(inbound.c.key == key)).scalar_one_or_none()
+
+    def retry_candidates(self, account: str, folder: str, *, now: datetime, limit: int = 500) -> list[InboundRow]:
+        """Failed rows of this account/folder whose backoff has passed, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(inbound).where(
+                inbound.c.account == account, inbound.c.folder == folder, inbound.c.status == FAILED,
+            ).order_by(inbound.c.updated_at)).all()
+        due = [r for r in map(_row, rows)
+               if r.updated_at + retry_delay(r.attempts, base=self.retry_base, cap=self.retry_cap) <= now]
+        return due[:limit]
+
+    def seen_message_ids(self, account: str, folder: str, message_ids: Iterable[str]) -> set[str]:
+        """Which of these Message-IDs were already handled (done or set aside) here."""
+        wanted = sorted({m for m in message_ids if m})
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), _IN_CHUNK):
+                found.update(conn.execute(select(inbound.c.message_id).where(
+                    inbound.c.account == account, inbound.c.folder == folder,
+                    inbound.c.status.in_(FINISHED), inbound.c.message_id.in_(wanted[i:i + _IN_CHUNK]),
+                )).scalars())
+        return found
+
+    def known_uidls(self, account: str) -> set[str]:
+        """UIDLs of this POP3 account that are not new: every row but a pending one (a crash
+        mid-handling: taken in again). Failed ones come back through ``retry_candidates``."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(inbound.c.uidl).where(
+                inbound.c.account == account, inbound.c.uidl.is_not(None), inbound.c.status != PENDING)).scalars())
+
+    def uidls_with_status(self, account: str, status: str) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(inbound.c.uidl).where(
+                inbound.c.account == account, inbound.c.uidl.is_not(None), inbound.c.status == status)).scalars())
+
+    def set_aside(self, account: str | None = None) -> list[InboundRow]:
+        """Messages given up on after ``max_attempts``, for `postroom` to list."""
+        query = select(inbound).where(inbound.c.status == SET_ASIDE)
+        if account is not None:
+            query = query.where(inbound.c.account == account)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(query.order_by(inbound.c.updated_at))]
+
+
+def _row(r) -> InboundRow:  # noqa: ANN001 (a SQLAlchemy Row)
+    return InboundRow(r.key, r.account, r.folder, r.uidvalidity, r.uid, r.uidl, r.message_id, r.status,
+                      int(r.attempts), r.error, as_utc(r.updated_at))

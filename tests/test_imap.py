@@ -1,0 +1,272 @@
+"""The IMAP edge against the lab's real Dovecot: TLS modes, errors, batched fetch/move/flags,
+UID EXPUNGE of only our UIDs, modified UTF-7 folder names, IDLE."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+
+import pytest
+from imapclient import IMAPClient
+
+from service.config.model import ImapConfig
+from service.errors import AuthError, PermanentError, TLSError
+from service.incoming.imap import ImapConnection, attachments_from_bodystructure, uid_set
+
+USER = "dave"
+
+
+def imap_cfg(lab, **overrides) -> ImapConfig:
+    values = {"host": "127.0.0.1", "port": lab.ports.imap, "security": "starttls",
+              "username": lab.address(USER), "password": lab.password(USER), "ca_file": lab.ca_file,
+              "timeout": 10}
+    values.update(overrides)
+    return ImapConfig.model_validate(values)
+
+
+def raw_message(i: int, subject: str | None = None, attachment: bool = False) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"sender{i}@vendor.test"
+    msg["To"] = "dave@example.test"
+    msg["Subject"] = subject or f"message {i}"
+    msg["Message-ID"] = f"<m{i}@lab.test>"
+    msg.set_content(f"body {i}\n")
+    if attachment:
+        msg.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="report.pdf")
+    return msg.as_bytes()
+
+
+class CountingConnection(ImapConnection):
+    """Records each command step it runs on its thread, to show UIDs go in batches."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps: list[str] = []
+
+    async def _run(self, step, fn, *args):
+        self.steps.append(step.split()[0])
+        return await super()._run(step, fn, *args)
+
+
+@pytest.fixture
+async def conn(clean_lab) -> AsyncIterator[CountingConnection]:
+    connection = CountingConnection("dave", imap_cfg(clean_lab))
+    await connection.connect()
+    yield connection
+    await connection.close()
+
+
+def test_uid_set_compresses_ranges():
+    assert uid_set([7, 1, 2, 3, 9, 10]) == "1:3,7,9:10"
+    assert uid_set([5]) == "5"
+    with pytest.raises(ValueError):
+        uid_set([])
+
+
+async def test_starttls_login_sees_post_login_capabilities(conn):
+    assert conn.has("MOVE") and conn.has("UIDPLUS") and conn.has("IDLE")
+    state = await conn.select("INBOX")
+    assert state.uidvalidity > 0 and state.exists == 0
+
+
+async def test_implicit_tls(clean_lab):
+    connection = ImapConnection("dave", imap_cfg(clean_lab, port=clean_lab.ports.imaps, security="tls"))
+    await connection.connect()
+    try:
+        assert (await connection.select("INBOX")).uidnext >= 1
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_untrusted_certificate_is_a_tls_error(lab, monkeypatch, security):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # the system store does not know the lab CA
+    port = lab.ports.imap if security == "starttls" else lab.ports.imaps
+    connection = ImapConnection("dave", imap_cfg(lab, ca_file=None, security=security, port=port))
+    with pytest.raises(TLSError, match="certificate"):
+        await connection.connect()
+    await connection.close()
+
+
+async def test_wrong_password_is_an_auth_error(lab):
+    connection = ImapConnection("dave", imap_cfg(lab, password="not-the-password"))
+    with pytest.raises(AuthError):
+        await connection.connect()
+    await connection.close()
+
+
+async def test_no_starttls_offered_refuses_before_login():
+    """Dovecot always offers STARTTLS; a tiny real socket server that doesn't shows we stop."""
+    server = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def serve() -> None:
+        client, _ = server.accept()
+        with client:
+            client.sendall(b"* OK plaintext only\r\n")
+            client.settimeout(3)
+            try:
+                for line in client.makefile("rb"):
+                    got.append(line)
+                    tag, _, command = line.strip().partition(b" ")
+                    if command.upper() == b"CAPABILITY":
+                        client.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + tag + b" OK done\r\n")
+                    else:
+                        client.sendall(tag + b" BAD not here\r\n")
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    cfg = ImapConfig(host="127.0.0.1", port=server.getsockname()[1], security="starttls",
+                     username="u", password="secret-pw", timeout=5)
+    connection = ImapConnection("x", cfg)
+    with pytest.raises(TLSError, match="STARTTLS"):
+        await connection.connect()
+    await connection.close()
+    thread.join(5)
+    server.close()
+    assert b"secret-pw" not in b"".join(got)
+
+
+async def test_fetch_headers_for_300_messages_in_one_fetch(clean_lab, conn):
+    clean_lab.seed_maildir(USER, "INBOX", [raw_message(i) for i in range(300)])
+    await conn.select("INBOX")
+    uids = await conn.uids_from(1)
+    assert len(uids) == 300
+    conn.steps.clear()
+    fetched = await conn.fetch_headers(uids, ["Subject", "Message-ID"])
+    assert conn.steps == ["fetch"]
+    assert sorted(fetched) == uids
+    first = fetched[uids[0]]
+    assert b"Subject: message 0" in first.header_bytes and b"body" not in first.header_bytes
+    assert all(row.size > 100 and row.internal_date is not None for row in fetched.values())
+    assert "\\Seen" not in first.flags  # BODY.PEEK leaves messages unread
+
+
+async def test_uids_from_beyond_the_last_is_empty(clean_lab, conn):
+    clean_lab.deliver(USER, raw_message(1))
+    state = await conn.select("INBOX")
+    assert await conn.uids_from(state.uidnext) == []  # "n:*" would name the last message
+
+
+async def test_bodystructure_attachments_and_raw(clean_lab, conn):
+    clean_lab.deliver(USER, raw_message(1, attachment=True))
+    clean_lab.deliver(USER, raw_message(2))
+    await conn.select("INBOX")
+    uids = await conn.uids_from(1)
+    fetched = await conn.fetch_headers(uids, ["Subject"], bodystructure=True)
+    with_pdf, plain = fetched[uids[0]], fetched[uids[1]]
+    assert [(a.filename, a.content_type) for a in with_pdf.attachments] == [("report.pdf", "application/pdf")]
+    assert plain.attachments == []
+    raws = await conn.fetch_raw(uids)
+    assert b"report.pdf" in raws[uids[0]]
+    assert "\\Seen" not in (await conn.flags(uids))[uids[0]]
+
+
+def test_bodystructure_parser_ignores_garbage():
+    assert attachments_from_bodystructure((b"weird",)) == []
+
+
+async def test_move_many_uids_in_one_command(clean_lab, conn):
+    clean_lab.seed_maildir(USER, "INBOX", [raw_message(i) for i in range(300)])
+    await conn.select("INBOX")
+    uids = await conn.uids_from(1)
+    conn.steps.clear()
+    await conn.move(uids[:200], "Archive")
+    assert conn.steps == ["move"]
+    assert await conn.existing_uids(uids) == set(uids[200:])
+    assert (await conn.select("Archive")).exists == 200
+
+
+async def test_move_without_move_capability_uses_uid_expunge(clean_lab, conn):
+    for i in range(3):
+        clean_lab.deliver(USER, raw_message(i))
+    await conn.select("INBOX")
+    uids = await conn.uids_from(1)
+    conn.capabilities = conn.capabilities - {"MOVE"}
+    await conn.move(uids[:2], "Archive")
+    assert await conn.existing_uids(uids) == {uids[2]}
+    assert (await conn.select("Archive")).exists == 2
+    conn.capabilities = conn.capabilities - {"UIDPLUS"}
+    await conn.select("INBOX")
+    with pytest.raises(PermanentError, match="UIDPLUS"):
+        await conn.move([uids[2]], "Archive")
+
+
+async def test_copy_and_flags(clean_lab, conn):
+    for i in range(4):
+        clean_lab.deliver(USER, raw_message(i))
+    await conn.select("INBOX")
+    uids = await conn.uids_from(1)
+    await conn.copy(uids[:3], "Archive")
+    await conn.add_flags(uids, ["\\Flagged", "\\Seen"])
+    await conn.remove_flags(uids[:1], ["\\Flagged"])
+    flags = await conn.flags(uids)
+    assert "\\Flagged" not in flags[uids[0]] and "\\Seen" in flags[uids[0]]
+    assert all("\\Flagged" in flags[u] for u in uids[1:])
+    assert await conn.existing_uids(uids) == set(uids)
+    assert (await conn.select("Archive")).exists == 3
+
+
+async def test_delete_expunges_only_our_uids(clean_lab, conn):
+    for i in range(3):
+        clean_lab.deliver(USER, raw_message(i))
+    await conn.select("INBOX")
+    uids = await conn.uids_from(1)
+    other = clean_lab.imap_client(USER)
+    try:
+        other.select_folder("INBOX")
+        other.add_flags([uids[0]], [b"\\Deleted"])  # another client's pending deletion
+    finally:
+        other.logout()
+    await conn.delete([uids[1]])
+    assert await conn.existing_uids(uids) == {uids[0], uids[2]}
+
+
+@pytest.fixture
+def utf7_folders(clean_lab):
+    names = ("Überweisungen", "Archiv/2026")
+    yield names
+    # removed over IMAP: the lab's cleanup hands Maildir (modified UTF-7) names to doveadm
+    client = clean_lab.imap_client(USER)
+    try:
+        for name in (*names, "Archiv"):
+            if client.folder_exists(name):
+                client.delete_folder(name)
+    finally:
+        client.logout()
+
+
+async def test_modified_utf7_folder_names(clean_lab, conn, utf7_folders):
+    for name in utf7_folders:
+        await conn.create_folder(name)
+    assert {"Überweisungen", "Archiv/2026"} <= set(await conn.list_folders())
+    clean_lab.deliver(USER, raw_message(1))
+    await conn.select("INBOX")
+    await conn.move(await conn.uids_from(1), "Überweisungen")
+    assert (await conn.select("Überweisungen")).exists == 1
+    raw = IMAPClient("127.0.0.1", port=clean_lab.ports.imaps, ssl=True, ssl_context=clean_lab.ssl_context())
+    try:
+        raw.login(clean_lab.address(USER), clean_lab.password(USER))
+        raw.folder_encode = False
+        on_wire = {name for _, _, name in raw.list_folders()}
+    finally:
+        raw.logout()
+    assert {b"&ANw-berweisungen", b"Archiv/2026"} <= {n if isinstance(n, bytes) else n.encode() for n in on_wire}
+
+
+async def test_idle_reports_new_mail_and_wakes_on_request(clean_lab, conn):
+    await conn.select("INBOX")
+    waiting = asyncio.create_task(conn.idle_wait(60))
+    await asyncio.sleep(0.3)
+    await asyncio.to_thread(clean_lab.deliver, USER, raw_message(1))
+    assert await asyncio.wait_for(waiting, 30) is True
+    waiting = asyncio.create_task(conn.idle_wait(60))
+    await asyncio.sleep(0.3)
+    conn.wake()
+    assert await asyncio.wait_for(waiting, 30) is False
+    assert len(await conn.uids_from(1)) == 1  # the connection is usable after IDLE
