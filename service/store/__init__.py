@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from .engine import migrate, open_engine, schema_is_current, utcnow
+from .inbound import InboundStore
 from .ledger import LedgerStore
 from .outbox import NewMessage, OutboxItem, OutboxStore
 from .runs import RunRecord, RunStore
@@ -22,6 +23,7 @@ class Store:
     outbox: OutboxStore
     runs: RunStore
     ledger: LedgerStore
+    inbound: InboundStore
 
     @classmethod
     def open(cls, url: str, *, owner: str, migrate_schema: bool = True) -> Store:
@@ -29,13 +31,14 @@ class Store:
         if migrate_schema:
             migrate(engine)
         return cls(engine=engine, outbox=OutboxStore(engine, owner=owner), runs=RunStore(engine, owner=owner),
-                   ledger=LedgerStore(engine, owner=owner))
+                   ledger=LedgerStore(engine, owner=owner), inbound=InboundStore(engine))
 
     def close(self) -> None:
         self.engine.dispose()
 
 
 __all__ = [
-    "LedgerStore", "NewMessage", "OutboxItem", "OutboxStore", "RunRecord", "RunStore", "Store", "migrate",
+    "InboundStore", "LedgerStore", "NewMessage", "OutboxItem", "OutboxStore", "RunRecord", "RunStore", "Store",
+    "migrate",
     "open_engine", "schema_is_current", "utcnow",
 ]

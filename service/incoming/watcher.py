@@ -1,0 +1,390 @@
+"""Watchers: one task per (account, folder) that finds new mail and hands it to the executor.
+
+Each watcher owns its own connection, so one account's trouble never stalls another's.
+Transient failures reconnect with exponential backoff; permanent ones (credentials, TLS) are
+logged loudly and retried slowly, since a human may fix them while we run.
+
+IMAP: a checkpoint (UIDVALIDITY, last UID) says what is new. Each cycle takes UIDs above it,
+narrowed by the rules' SEARCH prefilter when every rule has one, fetches only what the rules
+need, evaluates them, records an inbound row per message and hands batches to the handler.
+The checkpoint then moves past every message looked at: one that failed is retried later by
+its key from the inbound table and never blocks those behind it. After UIDVALIDITY changes,
+messages whose Message-ID was already handled here are recorded done instead of re-run.
+
+POP3: UIDL says what is new (not yet in the inbound table). With ``delete_after`` a message is
+DELEted only once its outcome is done; QUIT commits the deletions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from service.config.model import AccountConfig
+from service.errors import PermanentError, is_transient
+from service.incoming.imap import HeaderFetch, ImapConnection, chunks
+from service.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
+from service.incoming.message import ParsedMessage
+from service.incoming.pop3 import Pop3Connection
+from service.incoming.rules import RuleSet
+from service.store.engine import utcnow
+from service.store.inbound import DONE, FAILED, FINISHED, SKIPPED, InboundStore
+
+log = structlog.get_logger(__name__)
+
+BATCH = 500
+BACKOFF_START = 1.0
+BACKOFF_CAP = 300.0  # transient trouble: 1 s, 2 s, 4 s … 5 min
+PERMANENT_RETRY = 900.0  # bad password, untrusted certificate: try again every 15 min
+POP3_FOLDER = "INBOX"
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+class _Backoff:
+    def __init__(self) -> None:
+        self.delay = BACKOFF_START
+
+    def after(self, exc: BaseException) -> float:
+        if isinstance(exc, PermanentError):
+            return PERMANENT_RETRY
+        delay, self.delay = self.delay, min(BACKOFF_CAP, self.delay * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = BACKOFF_START
+
+
+def _outcome_status(outcome: ItemOutcome | None) -> tuple[str, str | None]:
+    if outcome is None:
+        return FAILED, "the handler returned no outcome for this message"
+    if outcome.done:
+        return DONE, None
+    return (FAILED if outcome.transient else SET_ASIDE), outcome.error
+
+
+class _Watcher:
+    """What IMAP and POP3 watchers share: the reconnect loop, evaluating, handing over."""
+
+    kind = ""
+
+    def __init__(self, account_name: str, ruleset: RuleSet, handler: BatchHandler, inbound: InboundStore, *,
+                 folder: str, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
+                 batch_size: int = BATCH):
+        self.account = account_name
+        self.folder = folder
+        self.rules = ruleset
+        self.handler = handler
+        self.inbound = inbound
+        self.clock = clock
+        self.dry_run = dry_run
+        self.batch_size = batch_size
+        self.log = log.bind(account=account_name, folder=folder, via=self.kind)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = _Backoff()
+        while not stop.is_set():
+            try:
+                await self._session(stop, backoff)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except PermanentError as exc:
+                self.log.error("watcher cannot work; fix the account settings", error=str(exc),
+                               retry_in=PERMANENT_RETRY)
+                delay = backoff.after(exc)
+            except Exception as exc:  # noqa: BLE001 - a watcher never dies of one bad cycle
+                delay = backoff.after(exc)
+                if is_transient(exc):
+                    self.log.warning("watcher connection trouble; reconnecting", error=str(exc), retry_in=delay)
+                else:
+                    self.log.exception("watcher cycle failed; reconnecting", retry_in=delay)
+            await sleep_or_stop(stop, delay)
+
+    async def _session(self, stop: asyncio.Event, backoff: _Backoff) -> None:
+        raise NotImplementedError
+
+    def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
+        raise NotImplementedError
+
+    def _item(self, key: str, build: Callable[[], ParsedMessage], begin: Callable[[str], str | None],
+              **ident: Any) -> InboundItem | None:
+        """Parse and evaluate one message into an item for the handler; None when there is
+        nothing to hand over (finished before, failed here, no rule matched, dry run)."""
+        try:
+            msg = build()
+            existing = None if self.dry_run else begin(msg.message_id)
+            if existing in FINISHED:
+                return None
+            planned = self.rules.evaluate(msg, now=self.clock())
+        except Exception as exc:  # noqa: BLE001 - one bad message must not block the rest
+            self.log.exception("message failed before its actions", key=key)
+            if not self.dry_run:
+                if self.inbound.status(key) is None:
+                    begin("")
+                self.inbound.finish(key, FAILED, now=self.clock(), error=f"evaluate: {exc!r}")
+            return None
+        if self.dry_run:
+            for action in planned:
+                self.log.info(f"would {action.kind}", key=key, rule=action.rule, params=action.params,
+                              subject=msg.subject)
+            if not planned:
+                self.log.info("would do nothing: no rule matches", key=key, subject=msg.subject)
+            return None
+        if not planned:
+            self.inbound.finish(key, DONE, now=self.clock())
+            return None
+        return InboundItem(key=key, message=msg, planned=planned, **ident)
+
+    async def _hand_over(self, mailbox: MailboxOps | None, items: Sequence[InboundItem]) -> dict[str, str]:
+        """handle_batch, then finish each row. A batch that raises is retried item by item so
+        one poisonous message fails alone. Returns key -> stored status."""
+        if not items:
+            return {}
+        try:
+            outcomes = await self.handler.handle_batch(self.account, self.folder, mailbox, items)
+        except Exception as exc:  # noqa: BLE001
+            if len(items) == 1:
+                self.log.error("handler failed for message", key=items[0].key, error=repr(exc))
+                outcomes = {items[0].key: ItemOutcome(done=False, error=f"handler: {exc!r}",
+                                                      transient=not isinstance(exc, PermanentError))}
+            else:
+                self.log.warning("handler failed for a batch; handing items over one by one",
+                                 count=len(items), error=repr(exc))
+                stored: dict[str, str] = {}
+                for item in items:
+                    stored.update(await self._hand_over(mailbox, [item]))
+                return stored
+        stored = {}
+        for item in items:
+            status, error = _outcome_status(outcomes.get(item.key))
+            stored[item.key] = self.inbound.finish(item.key, status, now=self.clock(), error=error)
+            if stored[item.key] != DONE:
+                self.log.warning("message not done", key=item.key, status=stored[item.key], error=error)
+        return stored
+
+
+class ImapWatcher(_Watcher):
+    kind = "imap"
+
+    def __init__(self, account_name: str, account_cfg: AccountConfig, folder: str, ruleset: RuleSet,
+                 handler: BatchHandler, inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow,
+                 dry_run: bool = False, batch_size: int = BATCH, idle_timeout: float | None = None):
+        if account_cfg.imap is None:
+            raise ValueError(f"account {account_name!r} has no imap: section")
+        super().__init__(account_name, ruleset.for_folder(account_name, folder), handler, inbound,
+                         folder=folder, clock=clock, dry_run=dry_run, batch_size=batch_size)
+        self.cfg = account_cfg.imap
+        self.idle_timeout = idle_timeout
+        self._dry_seen = 0  # dry run: the checkpoint stays put, so remember what was shown
+
+    def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
+        return f"{self.account}/{self.folder}/{uidvalidity}/{ident}"
+
+    async def _session(self, stop: asyncio.Event, backoff: _Backoff) -> None:
+        conn = ImapConnection(self.account, self.cfg)
+        waker = asyncio.create_task(stop.wait())
+        waker.add_done_callback(lambda _: conn.wake())
+        try:
+            await conn.connect()
+            backoff.reset()
+            use_idle = self.cfg.idle and conn.has("IDLE")
+            if not use_idle:
+                self.log.info("polling", every=self.cfg.poll_interval.total_seconds(),
+                              why="idle disabled" if not self.cfg.idle else "server offers no IDLE")
+            while not stop.is_set():
+                await self.cycle(conn)
+                if use_idle:
+                    await conn.idle_wait(self.idle_timeout or conn.idle_renew)
+                else:
+                    await sleep_or_stop(stop, self.cfg.poll_interval.total_seconds())
+        finally:
+            waker.cancel()
+            await conn.close()
+
+    async def cycle(self, conn: ImapConnection) -> None:
+        """Select the folder and take in everything new since the checkpoint."""
+        state = await conn.select(self.folder)
+        uidvalidity = state.uidvalidity
+        checkpoint = self.inbound.checkpoint(self.account, self.folder)
+        start_from = checkpoint.start_from if checkpoint else self.cfg.start_from
+        if checkpoint is None:
+            everything = await conn.uids_from(1)
+            if start_from == "new":
+                self.log.info("first start: start_from=new, skipping existing messages", count=len(everything))
+                self._save(uidvalidity, max(everything, default=state.uidnext - 1), start_from)
+                return
+            candidates = await conn.search_uids(["UNSEEN"]) if start_from == "unseen" else everything
+            self.log.info(f"first start: start_from={start_from}, taking in {len(candidates)} of "
+                          f"{len(everything)} messages")
+            last = 0
+        elif checkpoint.uidvalidity != uidvalidity:
+            everything = await conn.uids_from(1)
+            candidates = await self._after_uidvalidity_change(conn, checkpoint.uidvalidity, uidvalidity, everything)
+            last = 0
+        else:
+            last = max(checkpoint.last_uid, self._dry_seen)
+            everything = await conn.uids_from(last + 1)
+            candidates = await self._prefilter(conn, everything)
+        retries = [] if self.dry_run else [
+            row.uid for row in self.inbound.retry_candidates(self.account, self.folder, now=self.clock())
+            if row.uidvalidity == uidvalidity and row.uid is not None]
+        if retries:
+            retries = sorted(await conn.existing_uids(retries))
+        todo = sorted(set(candidates) | set(retries))
+        for batch in chunks(todo, self.batch_size):
+            await self._process(conn, uidvalidity, batch)
+            # everything up to this batch's end was looked at: skipped by the prefilter or handled
+            reached = max([last, *[u for u in everything if u <= batch[-1]]])
+            self._save(uidvalidity, reached, start_from)
+        self._save(uidvalidity, max([last, *everything]), start_from)
+
+    def _save(self, uidvalidity: int, last_uid: int, start_from: str) -> None:
+        if self.dry_run:
+            self._dry_seen = max(self._dry_seen, last_uid)
+            return
+        self.inbound.set_checkpoint(self.account, self.folder, uidvalidity=uidvalidity, last_uid=last_uid,
+                                    start_from=start_from, now=self.clock())
+
+    async def _prefilter(self, conn: ImapConnection, new_uids: list[int]) -> list[int]:
+        if not new_uids:
+            return []
+        criteria = self.rules.search_criteria(now=self.clock())
+        if criteria is None:
+            return new_uids
+        found = await conn.search_uids(["UID", f"{new_uids[0]}:{new_uids[-1]}", *criteria])
+        return [uid for uid in found if uid in set(new_uids)]
+
+    async def _after_uidvalidity_change(self, conn: ImapConnection, old: int, new: int,
+                                        everything: list[int]) -> list[int]:
+        """New UIDs for the same folder: messages handled before (same Message-ID) are done."""
+        message_ids = await conn.message_ids(everything) if everything else {}
+        seen = self.inbound.seen_message_ids(self.account, self.folder, message_ids.values())
+        already = [uid for uid, mid in message_ids.items() if mid and mid in seen]
+        self.log.warning("UIDVALIDITY changed: the server renumbered the folder", old=old, new=new,
+                         messages=len(everything), already_handled=len(already))
+        if not self.dry_run:
+            for uid in already:
+                key = self._key(uid, new)
+                now = self.clock()
+                if self.inbound.begin(key, account=self.account, folder=self.folder, now=now, uidvalidity=new,
+                                      uid=uid, message_id=message_ids[uid]) is None:
+                    self.inbound.finish(key, DONE, now=now,
+                                        error=f"handled before under UIDVALIDITY {old} (same Message-ID)")
+        return [uid for uid in everything if uid not in set(already)]
+
+    async def _process(self, conn: ImapConnection, uidvalidity: int, uids: list[int]) -> None:
+        needs = self.rules.needs()
+        fetched = await conn.fetch_headers(uids, needs.header_fields, bodystructure=needs.bodystructure,
+                                           whole=needs.body)
+        items: list[InboundItem] = []
+        for uid in uids:
+            row = fetched.get(uid)
+            if row is None:
+                continue  # expunged meanwhile: nothing to do
+            key = self._key(uid, uidvalidity)
+            item = self._item(
+                key, lambda r=row, k=key: _parsed(r, k),
+                lambda mid, u=uid, k=key: self.inbound.begin(
+                    k, account=self.account, folder=self.folder, now=self.clock(), uidvalidity=uidvalidity,
+                    uid=u, message_id=mid),
+                uid=uid, raw=row.raw)
+            if item is not None:
+                items.append(item)
+        await self._hand_over(conn, items)
+
+
+def _parsed(row: HeaderFetch, key: str) -> ParsedMessage:
+    if row.raw is not None:
+        return ParsedMessage.from_bytes(row.raw, key=key, internal_date=row.internal_date, flags=tuple(row.flags))
+    return ParsedMessage.from_headers(row.header_bytes, key=key, size=row.size, internal_date=row.internal_date,
+                                      flags=tuple(row.flags), attachments=row.attachments)
+
+
+class Pop3Watcher(_Watcher):
+    kind = "pop3"
+
+    def __init__(self, account_name: str, account_cfg: AccountConfig, ruleset: RuleSet, handler: BatchHandler,
+                 inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
+                 batch_size: int = BATCH):
+        if account_cfg.pop3 is None:
+            raise ValueError(f"account {account_name!r} has no pop3: section")
+        super().__init__(account_name, ruleset.for_account(account_name), handler, inbound, folder=POP3_FOLDER,
+                         clock=clock, dry_run=dry_run, batch_size=batch_size)
+        self.cfg = account_cfg.pop3
+
+    def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
+        return f"{self.account}/pop3/{ident}"
+
+    async def _session(self, stop: asyncio.Event, backoff: _Backoff) -> None:
+        await self.poll_once()
+        backoff.reset()
+        await sleep_or_stop(stop, self.cfg.poll_interval.total_seconds())
+
+    async def poll_once(self) -> None:
+        """One POP3 session: take in new messages, DELE done ones (delete_after), QUIT."""
+        conn = Pop3Connection(self.account, self.cfg)
+        await conn.connect()
+        try:
+            listing = await conn.uidl()
+            if self.inbound.checkpoint(self.account, "pop3") is None and not await self._first_start(listing):
+                await conn.quit()
+                return
+            known = self.inbound.known_uidls(self.account)
+            retry = {r.uidl for r in self.inbound.retry_candidates(self.account, self.folder, now=self.clock())}
+            new = sorted((num, uidl) for uidl, num in listing.items() if uidl not in known or uidl in retry)
+            for batch in chunks(range(len(new)), self.batch_size):
+                await self._take_in(conn, [new[i] for i in batch])
+            if self.cfg.delete_after and not self.dry_run:
+                done = self.inbound.uidls_with_status(self.account, DONE)
+                doomed = sorted(num for uidl, num in listing.items() if uidl in done)
+                for num in doomed:
+                    await conn.dele(num)
+                if doomed:
+                    self.log.info("deleting handled messages from the maildrop", count=len(doomed))
+        except BaseException:
+            await conn.close()  # no QUIT: nothing marked for deletion is committed
+            raise
+        await conn.quit()
+
+    async def _first_start(self, listing: dict[str, int]) -> bool:
+        """True to take in what is there (start_from all); for `new` remember it as skipped."""
+        start_from = self.cfg.start_from
+        self.log.info(f"first start: start_from={start_from}", messages=len(listing),
+                      skipping=len(listing) if start_from == "new" else 0)
+        if self.dry_run:
+            return start_from == "all"
+        if start_from == "new":
+            now = self.clock()
+            for uidl in listing:
+                key = self._key(uidl)
+                if self.inbound.begin(key, account=self.account, folder=self.folder, now=now, uidl=uidl) is None:
+                    self.inbound.finish(key, SKIPPED, now=now, error="first start: start_from=new")
+        self.inbound.set_checkpoint(self.account, "pop3", uidvalidity=0, last_uid=0, start_from=start_from,
+                                    now=self.clock())
+        return start_from == "all"
+
+    async def _take_in(self, conn: Pop3Connection, batch: list[tuple[int, str]]) -> None:
+        items: list[InboundItem] = []
+        for num, uidl in batch:
+            key = self._key(uidl)
+            raw = await conn.retr(num)
+            item = self._item(
+                key, lambda r=raw, k=key: ParsedMessage.from_bytes(r, key=k),
+                lambda mid, u=uidl, k=key: self.inbound.begin(
+                    k, account=self.account, folder=self.folder, now=self.clock(), uidl=u, message_id=mid),
+                uidl=uidl, raw=raw)
+            if item is not None:
+                items.append(item)
+        await self._hand_over(None, items)
+
+
+__all__ = ["ImapWatcher", "Pop3Watcher", "sleep_or_stop"]

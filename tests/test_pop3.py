@@ -1,0 +1,64 @@
+"""The POP3 edge against the lab's real Dovecot: implicit TLS, STLS, errors, UIDL/RETR/DELE."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config.model import Pop3Config
+from service.errors import AuthError, TLSError
+from service.incoming.pop3 import Pop3Connection
+from tests.test_imap import USER, raw_message
+
+
+def pop3_cfg(lab, **overrides) -> Pop3Config:
+    values = {"host": "127.0.0.1", "port": lab.ports.pop3s, "security": "tls", "username": lab.address(USER),
+              "password": lab.password(USER), "ca_file": lab.ca_file, "timeout": 10}
+    values.update(overrides)
+    return Pop3Config.model_validate(values)
+
+
+async def test_stls_uidl_retr_and_dele_committed_by_quit(clean_lab):
+    clean_lab.deliver_many(USER, [raw_message(1, subject="first"), raw_message(2, subject="second")])
+    conn = Pop3Connection(USER, pop3_cfg(clean_lab, port=clean_lab.ports.pop3, security="starttls"))
+    await conn.connect()
+    listing = await conn.uidl()
+    assert sorted(listing.values()) == [1, 2]
+    first = await conn.retr(1)
+    assert b"Subject: first" in first and first.endswith(b"\r\n")
+    await conn.dele(1)
+    await conn.quit()
+
+    again = Pop3Connection(USER, pop3_cfg(clean_lab))
+    await again.connect()
+    try:
+        left = await again.uidl()
+        assert len(left) == 1 and set(left) <= set(listing)
+        assert b"Subject: second" in await again.retr(1)
+    finally:
+        await again.close()
+
+
+async def test_dele_without_quit_is_not_committed(clean_lab):
+    clean_lab.deliver(USER, raw_message(1))
+    conn = Pop3Connection(USER, pop3_cfg(clean_lab))
+    await conn.connect()
+    await conn.dele(1)
+    await conn.close()
+    assert len(clean_lab.fetch_all(USER)) == 1
+
+
+async def test_wrong_password_is_an_auth_error(lab):
+    conn = Pop3Connection(USER, pop3_cfg(lab, password="wrong"))
+    with pytest.raises(AuthError):
+        await conn.connect()
+    await conn.close()
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+async def test_untrusted_certificate_is_a_tls_error(lab, monkeypatch, security):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    port = lab.ports.pop3s if security == "tls" else lab.ports.pop3
+    conn = Pop3Connection(USER, pop3_cfg(lab, ca_file=None, security=security, port=port))
+    with pytest.raises(TLSError, match="certificate"):
+        await conn.connect()
+    await conn.close()

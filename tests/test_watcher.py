@@ -1,0 +1,281 @@
+"""Watchers against the lab's real Dovecot, with a small recording handler standing in for the
+action executor: start_from, restarts, UIDVALIDITY changes, poison messages, prefilter, IDLE,
+a Dovecot restart under a running watcher, dry run, POP3 with and without delete_after."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+import pytest
+from structlog.testing import capture_logs
+
+from service.config.model import AccountConfig
+from service.config.rules import RuleConfig
+from service.incoming.imap import ImapConnection
+from service.incoming.mailbox import InboundItem, ItemOutcome, MailboxOps
+from service.incoming.pop3 import Pop3Connection
+from service.incoming.rules import compile_rules
+from service.incoming.watcher import ImapWatcher, Pop3Watcher
+from service.store.inbound import FAILED
+from tests.store_fixtures import sqlite_url, store  # noqa: F401
+from tests.test_imap import USER, imap_cfg, raw_message
+
+
+class Recorder:
+    """Records what it is handed; raises for a batch holding a subject in ``poison``; reports
+    not-done for subjects in ``refuse``."""
+
+    def __init__(self, poison: Sequence[str] = (), refuse: Sequence[str] = ()):
+        self.poison, self.refuse = set(poison), set(refuse)
+        self.subjects: list[str] = []
+        self.mailboxes: list[MailboxOps | None] = []
+
+    async def handle_batch(self, account: str, folder: str, mailbox: MailboxOps | None,
+                           items: Sequence[InboundItem]) -> dict[str, ItemOutcome]:
+        if any(item.message.subject in self.poison for item in items):
+            raise RuntimeError("poisoned batch")
+        self.mailboxes.append(mailbox)
+        self.subjects.extend(item.message.subject for item in items)
+        return {item.key: ItemOutcome(done=item.message.subject not in self.refuse, error="refused")
+                for item in items}
+
+
+def rules(match: dict | None = None, account: str = USER):
+    return compile_rules([RuleConfig.model_validate(
+        {"name": "r", "account": account, "match": match or {}, "actions": [{"flag": "\\Flagged"}]})])
+
+
+def account(lab, **imap) -> AccountConfig:
+    return AccountConfig.model_validate({"address": lab.address(USER), "imap": imap_cfg(lab, **imap).model_dump()})
+
+
+def watcher(lab, store, handler, *, match=None, dry_run=False, **imap) -> ImapWatcher:  # noqa: F811
+    return ImapWatcher(USER, account(lab, **imap), "INBOX", rules(match), handler, store.inbound, dry_run=dry_run)
+
+
+async def one_cycle(lab, w: ImapWatcher) -> None:
+    conn = ImapConnection(USER, w.cfg)
+    await conn.connect()
+    try:
+        await w.cycle(conn)
+    finally:
+        await conn.close()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait (generously) for a condition; a deadline for hangs, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.05)
+
+
+def server_uids(lab) -> list[int]:
+    """INBOX UIDs as the server has them (they keep counting across tests' clean-ups)."""
+    client = lab.imap_client(USER)
+    try:
+        client.select_folder("INBOX", readonly=True)
+        return sorted(client.search("ALL"))
+    finally:
+        client.logout()
+
+
+def deliver(lab, *subjects: str, start: int = 0) -> None:
+    lab.deliver_many(USER, [raw_message(start + i, subject=s) for i, s in enumerate(subjects)])
+
+
+async def test_start_from_new_skips_existing(clean_lab, store):  # noqa: F811
+    deliver(clean_lab, "old 1", "old 2")
+    rec = Recorder()
+    w = watcher(clean_lab, store, rec)
+    with capture_logs() as logs:
+        await one_cycle(clean_lab, w)
+    assert rec.subjects == []
+    assert any("start_from=new" in e["event"] for e in logs)
+    checkpoint = store.inbound.checkpoint(USER, "INBOX")
+    assert checkpoint.last_uid == server_uids(clean_lab)[-1] and checkpoint.start_from == "new"
+    deliver(clean_lab, "fresh", start=10)
+    await one_cycle(clean_lab, w)
+    assert rec.subjects == ["fresh"]
+
+
+async def test_start_from_unseen_and_all(clean_lab, store):  # noqa: F811
+    deliver(clean_lab, "a", "b", "c")
+    client = clean_lab.imap_client(USER)
+    try:
+        client.select_folder("INBOX")
+        client.add_flags([min(client.search("ALL"))], [b"\\Seen"])
+    finally:
+        client.logout()
+    rec = Recorder()
+    await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="unseen"))
+    assert rec.subjects == ["b", "c"]
+    assert store.inbound.checkpoint(USER, "INBOX").last_uid == server_uids(clean_lab)[-1]  # "a" looked at too
+
+    # the "all" case needs a checkpoint of its own: the same mailbox under another account name
+    rec_all = Recorder()
+    w_all = ImapWatcher(USER, account(clean_lab, start_from="all"), "INBOX", rules(), rec_all,
+                        type(store.inbound)(store.engine))
+    w_all.account = "dave-again"  # a separate checkpoint in the same store
+    w_all.rules = rules().for_folder(USER, "INBOX")
+    await one_cycle(clean_lab, w_all)
+    assert rec_all.subjects == ["a", "b", "c"]
+
+
+async def test_restart_does_not_hand_the_same_message_again(clean_lab, store):  # noqa: F811
+    rec = Recorder()
+    await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="all"))
+    deliver(clean_lab, "one", "two")
+    await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="all"))
+    await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="all"))  # a restart
+    assert rec.subjects == ["one", "two"]
+    # even with the checkpoint lost, the inbound rows keep them from being handled twice
+    store.inbound.set_checkpoint(USER, "INBOX", uidvalidity=store.inbound.checkpoint(USER, "INBOX").uidvalidity,
+                                 last_uid=0, start_from="all", now=store.inbound.checkpoint(USER, "INBOX").updated_at)
+    await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="all"))
+    assert rec.subjects == ["one", "two"]
+
+
+async def test_uidvalidity_change_does_not_rehandle(clean_lab, store):  # noqa: F811
+    deliver(clean_lab, "one", "two")
+    rec = Recorder()
+    await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="all"))
+    before = store.inbound.checkpoint(USER, "INBOX").uidvalidity
+    clean_lab.doveadm("mailbox", "update", "-u", USER, "--uid-validity", str(before + 1000), "INBOX")
+    deliver(clean_lab, "three", start=10)
+    with capture_logs() as logs:
+        await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="all"))
+    assert rec.subjects == ["one", "two", "three"]
+    assert store.inbound.checkpoint(USER, "INBOX").uidvalidity == before + 1000
+    assert any("UIDVALIDITY changed" in e["event"] for e in logs)
+
+
+async def test_a_failing_message_does_not_block_the_others(clean_lab, store):  # noqa: F811
+    deliver(clean_lab, "ok 1", "poison", "ok 2")
+    rec = Recorder(poison=["poison"])
+    await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="all"))
+    assert rec.subjects == ["ok 1", "ok 2"]
+    checkpoint = store.inbound.checkpoint(USER, "INBOX")
+    uids = server_uids(clean_lab)
+    assert checkpoint.last_uid == uids[-1]
+    assert store.inbound.status(f"{USER}/INBOX/{checkpoint.uidvalidity}/{uids[1]}") == FAILED
+
+
+async def test_failed_message_is_retried_then_set_aside(clean_lab, store):  # noqa: F811
+    from datetime import timedelta
+    deliver(clean_lab, "refused")
+    store.inbound.retry_base = timedelta(0)
+    store.inbound.max_attempts = 2
+    rec = Recorder(refuse=["refused"])
+    w = watcher(clean_lab, store, rec, start_from="all")
+    for _ in range(3):
+        await one_cycle(clean_lab, w)
+    assert rec.subjects == ["refused", "refused"]  # tried, retried once, then given up
+    assert [row.uid for row in store.inbound.set_aside(USER)] == server_uids(clean_lab)
+
+
+async def test_prefilter_skips_non_matching_but_advances(clean_lab, store):  # noqa: F811
+    rec = Recorder()
+    w = watcher(clean_lab, store, rec, match={"subject": {"contains": "[report]"}}, start_from="all")
+    await one_cycle(clean_lab, w)
+    deliver(clean_lab, "hello", "[report] daily", "bye")
+    await one_cycle(clean_lab, w)
+    assert rec.subjects == ["[report] daily"]
+    uids = server_uids(clean_lab)
+    checkpoint = store.inbound.checkpoint(USER, "INBOX")
+    assert checkpoint.last_uid == uids[-1]
+    assert store.inbound.status(f"{USER}/INBOX/{checkpoint.uidvalidity}/{uids[0]}") is None  # never fetched
+
+
+async def test_dry_run_acts_on_nothing(clean_lab, store):  # noqa: F811
+    deliver(clean_lab, "one")
+    rec = Recorder()
+    with capture_logs() as logs:
+        await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="all", dry_run=True))
+    assert rec.subjects == []
+    assert store.inbound.checkpoint(USER, "INBOX") is None
+    assert any(e["event"] == "would flag" for e in logs)
+
+
+async def run_watcher(w, until: Callable[[], bool], during: Callable[[], None] | None = None) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.run(stop))
+    try:
+        await eventually(lambda: w.inbound.checkpoint(USER, "INBOX") is not None)
+        if during:
+            await asyncio.to_thread(during)
+        await eventually(until, timeout=60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_idle_watcher_sees_delivered_mail(clean_lab, store):  # noqa: F811
+    rec = Recorder()
+    w = watcher(clean_lab, store, rec)
+    await run_watcher(w, lambda: rec.subjects == ["while idle"],
+                      during=lambda: (time.sleep(0.3), deliver(clean_lab, "while idle")))
+
+
+async def test_polling_watcher_sees_delivered_mail(clean_lab, store):  # noqa: F811
+    rec = Recorder()
+    w = watcher(clean_lab, store, rec, idle=False, poll_interval="1s")
+    await run_watcher(w, lambda: rec.subjects == ["polled"], during=lambda: deliver(clean_lab, "polled"))
+
+
+async def test_watcher_survives_a_dovecot_restart(clean_lab, store):  # noqa: F811
+    rec = Recorder()
+    w = watcher(clean_lab, store, rec)
+
+    def restart_and_deliver() -> None:
+        clean_lab.stop_dovecot()
+        time.sleep(0.5)
+        clean_lab.start_dovecot()
+        deliver(clean_lab, "after restart")
+
+    await run_watcher(w, lambda: rec.subjects == ["after restart"], during=restart_and_deliver)
+
+
+# -- POP3 ---------------------------------------------------------------------------------
+
+def pop3_account(lab, **pop3) -> AccountConfig:
+    values = {"host": "127.0.0.1", "port": lab.ports.pop3s, "security": "tls", "username": lab.address(USER),
+              "password": lab.password(USER), "ca_file": str(lab.ca_file), "timeout": 10, **pop3}
+    return AccountConfig.model_validate({"address": lab.address(USER), "pop3": values})
+
+
+async def maildrop_size(lab) -> int:
+    conn = Pop3Connection(USER, pop3_account(lab).pop3)
+    await conn.connect()
+    try:
+        return len(await conn.uidl())
+    finally:
+        await conn.quit()
+
+
+@pytest.mark.parametrize("delete_after", [False, True])
+async def test_pop3_watcher(clean_lab, store, delete_after):  # noqa: F811
+    deliver(clean_lab, "one", "two", "kept")
+    rec = Recorder(refuse=["kept"])
+    w = Pop3Watcher(USER, pop3_account(clean_lab, start_from="all", delete_after=delete_after), rules(), rec,
+                    store.inbound)
+    await w.poll_once()
+    assert sorted(rec.subjects) == ["kept", "one", "two"] and rec.mailboxes == [None]
+    await w.poll_once()
+    assert len(rec.subjects) == 3  # nothing new; "kept" waits for its retry backoff
+    # with delete_after only the done ones leave the maildrop; the not-done one stays
+    assert await maildrop_size(clean_lab) == (1 if delete_after else 3)
+
+
+async def test_pop3_first_start_new_skips_existing(clean_lab, store):  # noqa: F811
+    deliver(clean_lab, "old")
+    rec = Recorder()
+    w = Pop3Watcher(USER, pop3_account(clean_lab, delete_after=True), rules(), rec, store.inbound)
+    await w.poll_once()
+    deliver(clean_lab, "new", start=5)
+    await w.poll_once()
+    assert rec.subjects == ["new"]
+    assert await maildrop_size(clean_lab) == 1  # "old" was never handled, so never deleted
