@@ -18,8 +18,9 @@ from service.incoming.mailbox import InboundItem, ItemOutcome, MailboxOps
 from service.incoming.pop3 import Pop3Connection
 from service.incoming.rules import compile_rules
 from service.incoming.watcher import ImapWatcher, Pop3Watcher
+from service.store import Store
 from service.store.inbound import FAILED
-from tests.store_fixtures import sqlite_url, store  # noqa: F401
+from tests.store_fixtures import any_store, pg_url, sqlite_url, store  # noqa: F401
 from tests.test_imap import USER, imap_cfg, raw_message
 
 
@@ -102,7 +103,7 @@ async def test_start_from_new_skips_existing(clean_lab, store):  # noqa: F811
     assert rec.subjects == ["fresh"]
 
 
-async def test_start_from_unseen_and_all(clean_lab, store):  # noqa: F811
+async def test_start_from_unseen_and_all(clean_lab, store, tmp_path):  # noqa: F811
     deliver(clean_lab, "a", "b", "c")
     client = clean_lab.imap_client(USER)
     try:
@@ -115,14 +116,14 @@ async def test_start_from_unseen_and_all(clean_lab, store):  # noqa: F811
     assert rec.subjects == ["b", "c"]
     assert store.inbound.checkpoint(USER, "INBOX").last_uid == server_uids(clean_lab)[-1]  # "a" looked at too
 
-    # the "all" case needs a checkpoint of its own: the same mailbox under another account name
-    rec_all = Recorder()
-    w_all = ImapWatcher(USER, account(clean_lab, start_from="all"), "INBOX", rules(), rec_all,
-                        type(store.inbound)(store.engine))
-    w_all.account = "dave-again"  # a separate checkpoint in the same store
-    w_all.rules = rules().for_folder(USER, "INBOX")
-    await one_cycle(clean_lab, w_all)
-    assert rec_all.subjects == ["a", "b", "c"]
+    # the "all" case on the same mailbox needs a store of its own (no checkpoint yet)
+    other = Store.open(f"sqlite:///{tmp_path / 'other.db'}", owner="test")
+    try:
+        rec_all = Recorder()
+        await one_cycle(clean_lab, watcher(clean_lab, other, rec_all, start_from="all"))
+        assert rec_all.subjects == ["a", "b", "c"]
+    finally:
+        other.close()
 
 
 async def test_restart_does_not_hand_the_same_message_again(clean_lab, store):  # noqa: F811
@@ -236,7 +237,9 @@ async def test_watcher_survives_a_dovecot_restart(clean_lab, store):  # noqa: F8
         clean_lab.start_dovecot()
         deliver(clean_lab, "after restart")
 
-    await run_watcher(w, lambda: rec.subjects == ["after restart"], during=restart_and_deliver)
+    with capture_logs() as logs:
+        await run_watcher(w, lambda: rec.subjects == ["after restart"], during=restart_and_deliver)
+    assert any(e["event"].startswith("watcher connection trouble") for e in logs)
 
 
 # -- POP3 ---------------------------------------------------------------------------------
@@ -279,3 +282,51 @@ async def test_pop3_first_start_new_skips_existing(clean_lab, store):  # noqa: F
     await w.poll_once()
     assert rec.subjects == ["new"]
     assert await maildrop_size(clean_lab) == 1  # "old" was never handled, so never deleted
+
+
+async def test_one_accounts_trouble_does_not_stall_another(clean_lab, store):  # noqa: F811
+    rec_bad, rec_good = Recorder(), Recorder()
+    bad = watcher(clean_lab, store, rec_bad, password="wrong")
+    good = watcher(clean_lab, store, rec_good)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        bad_task = asyncio.create_task(bad.run(stop))
+        await run_watcher(good, lambda: rec_good.subjects == ["still flowing"],
+                          during=lambda: deliver(clean_lab, "still flowing"))
+        await eventually(lambda: any(e["event"].startswith("watcher cannot work") for e in logs))
+    stop.set()
+    await asyncio.wait_for(bad_task, 30)  # and it stops promptly, mid-way through its long wait
+    assert rec_bad.subjects == []
+
+
+# -- the inbound store, on SQLite and PostgreSQL ------------------------------------------
+
+async def test_inbound_store_rows_and_retries(any_store):  # noqa: F811
+    from datetime import UTC, datetime, timedelta
+
+    from service.store.inbound import DONE, SET_ASIDE, InboundStore
+    inbound = InboundStore(any_store.engine, max_attempts=3, retry_base=timedelta(minutes=1))
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    assert inbound.begin("a/INBOX/7/1", account="a", folder="INBOX", now=now, uidvalidity=7, uid=1,
+                         message_id="<x@t>") is None
+    assert inbound.begin("a/INBOX/7/1", account="a", folder="INBOX", now=now, uidvalidity=7, uid=1) == "pending"
+    assert inbound.finish("a/INBOX/7/1", DONE, now=now) == DONE
+    assert inbound.seen_message_ids("a", "INBOX", ["<x@t>", "<y@t>"]) == {"<x@t>"}
+    assert inbound.seen_message_ids("a", "Other", ["<x@t>"]) == set()
+
+    inbound.begin("a/pop3/U2", account="a", folder="INBOX", now=now, uidl="U2")
+    assert inbound.known_uidls("a") == set()  # pending: a crash mid-handling is taken in again
+    assert inbound.finish("a/pop3/U2", FAILED, now=now, error="boom") == FAILED
+    assert inbound.known_uidls("a") == {"U2"}
+    assert inbound.retry_candidates("a", "INBOX", now=now) == []  # backoff not over
+    later = now + timedelta(minutes=1)
+    assert [r.uidl for r in inbound.retry_candidates("a", "INBOX", now=later)] == ["U2"]
+    assert inbound.finish("a/pop3/U2", FAILED, now=later) == FAILED
+    assert inbound.retry_candidates("a", "INBOX", now=later + timedelta(minutes=1)) == []  # now 2 min
+    assert inbound.finish("a/pop3/U2", FAILED, now=later) == SET_ASIDE  # third failure: give up
+    assert [r.key for r in inbound.set_aside("a")] == ["a/pop3/U2"]
+
+    inbound.set_checkpoint("a", "INBOX", uidvalidity=7, last_uid=5, start_from="new", now=now)
+    inbound.set_checkpoint("a", "INBOX", uidvalidity=7, last_uid=9, start_from="new", now=later)
+    checkpoint = inbound.checkpoint("a", "INBOX")
+    assert (checkpoint.last_uid, checkpoint.updated_at) == (9, later)

@@ -237,9 +237,15 @@ class ImapConnection:
         cfg = self.cfg
         context = _ssl_context(cfg)
         host, port = cfg.host, cfg.port_or_default()
-        client = IMAPClient(host, port=port, ssl=cfg.security == "tls",
-                            ssl_context=context if cfg.security == "tls" else None,
-                            timeout=cfg.timeout)
+        try:
+            client = IMAPClient(host, port=port, ssl=cfg.security == "tls",
+                                ssl_context=context if cfg.security == "tls" else None,
+                                timeout=cfg.timeout)
+        except ssl.SSLError as exc:
+            if isinstance(exc, ssl.SSLCertVerificationError | ssl.SSLEOFError | ssl.SSLZeroReturnError):
+                raise
+            # e.g. implicit TLS against a plaintext port: a settings problem, not a blip
+            raise TLSError(f"{self._where}: TLS handshake failed: {exc}") from exc
         try:
             if cfg.security == "starttls":
                 if b"STARTTLS" not in client.capabilities():
@@ -277,8 +283,12 @@ class ImapConnection:
             try:
                 await asyncio.wait_for(loop.run_in_executor(self._executor, _logout_quietly, client),
                                        timeout=self.cfg.timeout + 1)
-            except (TimeoutError, asyncio.CancelledError):
+            except TimeoutError:
                 _shutdown_quietly(client)
+            except asyncio.CancelledError:
+                _shutdown_quietly(client)
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                raise
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- folders ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from service.config.model import AccountConfig
-from service.errors import PermanentError, is_transient
+from service.errors import PermanentError, ServerRejected, is_transient
 from service.incoming.imap import HeaderFetch, ImapConnection, chunks
 from service.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
 from service.incoming.message import ParsedMessage
@@ -260,8 +260,14 @@ class ImapWatcher(_Watcher):
         criteria = self.rules.search_criteria(now=self.clock())
         if criteria is None:
             return new_uids
-        found = await conn.search_uids(["UID", f"{new_uids[0]}:{new_uids[-1]}", *criteria])
-        return [uid for uid in found if uid in set(new_uids)]
+        try:
+            found = await conn.search_uids(["UID", f"{new_uids[0]}:{new_uids[-1]}", *criteria])
+        except ServerRejected as exc:
+            # only an optimisation: a server that dislikes the criteria gets every message fetched
+            self.log.warning("SEARCH prefilter refused; evaluating every new message", error=str(exc))
+            return new_uids
+        wanted = set(new_uids)
+        return [uid for uid in found if uid in wanted]
 
     async def _after_uidvalidity_change(self, conn: ImapConnection, old: int, new: int,
                                         everything: list[int]) -> list[int]:
