@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
 
 from .engine import as_utc
 from .tables import outbox
@@ -65,6 +65,20 @@ class OutboxItem:
             refused=dict(m["refused"] or {}), origin=m["origin"], created_at=as_utc(m["created_at"]),
             sent_at=as_utc(m["sent_at"]),
         )
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """One send's result to record: kind is "sent", "deferred" (needs retry_at) or "dead"."""
+
+    kind: str
+    item: OutboxItem
+    now: datetime
+    delivered: Sequence[str] = ()
+    refused: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    retry_at: datetime | None = None
+    remaining: Sequence[str] | None = None  # deferred: who is still owed (default: the rest)
 
 
 class OutboxStore:
@@ -120,33 +134,14 @@ class OutboxStore:
     def mark_sent(self, item: OutboxItem, *, now: datetime, delivered: Sequence[str],
                   refused: dict[str, str]) -> None:
         """Done: every recipient was accepted or permanently refused (recorded with the reply)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(outbox).where(outbox.c.id == item.id).values(
-                    status="sent", sent_at=now, updated_at=now, attempts=item.attempts + 1,
-                    delivered=sorted(set(item.delivered) | set(delivered)),
-                    refused={**item.refused, **refused}, recipients=[], lease_owner=None,
-                    lease_until=None, last_error=_refused_summary(refused),
-                )
-            )
+        self.settle_many([Settlement("sent", item, now, delivered=delivered, refused=refused)])
 
     def defer(self, item: OutboxItem, *, now: datetime, retry_at: datetime, error: str,
               delivered: Sequence[str] = (), refused: dict[str, str] | None = None,
               remaining: Sequence[str] | None = None) -> None:
         """Try again later; recipients already accepted are not sent to again."""
-        refused = refused or {}
-        left = list(remaining) if remaining is not None else [
-            r for r in item.recipients if r not in delivered and r not in refused
-        ]
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(outbox).where(outbox.c.id == item.id).values(
-                    status="queued", next_attempt_at=retry_at, updated_at=now,
-                    attempts=item.attempts + 1, last_error=error[:2000], recipients=left,
-                    delivered=sorted(set(item.delivered) | set(delivered)),
-                    refused={**item.refused, **refused}, lease_owner=None, lease_until=None,
-                )
-            )
+        self.settle_many([Settlement("deferred", item, now, delivered=delivered, refused=refused or {},
+                                     error=error, retry_at=retry_at, remaining=remaining)])
 
     def kill(self, item: OutboxItem, *, now: datetime, error: str,
              delivered: Sequence[str] = (), refused: dict[str, str] | None = None) -> None:
@@ -154,15 +149,28 @@ class OutboxStore:
 
         `recipients` keeps only those not yet accepted, so a retry never mails someone twice.
         """
-        left = [r for r in item.recipients if r not in delivered]
+        self.settle_many([Settlement("dead", item, now, delivered=delivered, refused=refused or {},
+                                     error=error)])
+
+    def settle_many(self, settlements: Sequence[Settlement]) -> None:
+        """Record several send results in one transaction (one commit, one fsync).
+
+        The sender batches the results of its parallel connections this way: a message is
+        marked sent only after the server took it, so a crash before this commit leaves those
+        rows `sending`, and they go out again with the same Message-ID.
+        """
+        if not settlements:
+            return
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for s in settlements:
+            values = _settled_values(s)
+            by_columns.setdefault(tuple(sorted(values)), []).append(
+                {"b_id": s.item.id, **{f"b_{k}": v for k, v in values.items()}})
         with self.engine.begin() as conn:
-            conn.execute(
-                update(outbox).where(outbox.c.id == item.id).values(
-                    status="dead", updated_at=now, attempts=item.attempts + 1, recipients=left,
-                    last_error=error[:2000], delivered=sorted(set(item.delivered) | set(delivered)),
-                    refused={**item.refused, **(refused or {})}, lease_owner=None, lease_until=None,
-                )
-            )
+            for columns, rows in by_columns.items():  # one executemany per kind of result
+                stmt = update(outbox).where(outbox.c.id == bindparam("b_id")).values(
+                    {c: bindparam(f"b_{c}", type_=outbox.c[c].type) for c in columns})
+                conn.execute(stmt, rows)
 
     def release(self, items: Iterable[OutboxItem], *, now: datetime) -> None:
         """Hand claimed rows back untouched (shutdown): they are due again at once."""
@@ -237,6 +245,29 @@ class OutboxStore:
             lease = conn.scalar(select(func.min(outbox.c.lease_until)).where(outbox.c.status == "sending"))
         candidates = [as_utc(v) for v in (value, lease) if v is not None]
         return min(candidates) if candidates else None
+
+
+def _settled_values(s: Settlement) -> dict[str, Any]:
+    """The columns a result changes: the row leaves `sending`, its lease is dropped."""
+    item, now = s.item, s.now
+    common = dict(updated_at=now, attempts=item.attempts + 1, lease_owner=None, lease_until=None,
+                  delivered=sorted(set(item.delivered) | set(s.delivered)),
+                  refused={**item.refused, **s.refused})
+    if s.kind == "sent":
+        return dict(common, status="sent", sent_at=now, recipients=[],
+                    last_error=_refused_summary(s.refused))
+    if s.kind == "deferred":
+        if s.retry_at is None:
+            raise ValueError("a deferred result needs retry_at")
+        left = list(s.remaining) if s.remaining is not None else [
+            r for r in item.recipients if r not in s.delivered and r not in s.refused
+        ]
+        return dict(common, status="queued", next_attempt_at=s.retry_at, last_error=(s.error or "")[:2000],
+                    recipients=left)
+    if s.kind == "dead":
+        return dict(common, status="dead", last_error=(s.error or "unknown error")[:2000],
+                    recipients=[r for r in item.recipients if r not in s.delivered])
+    raise ValueError(f"unknown result kind {s.kind!r}")
 
 
 def _refused_summary(refused: dict[str, str]) -> str | None:
