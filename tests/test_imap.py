@@ -14,7 +14,11 @@ from imapclient import IMAPClient
 
 from service.config.model import ImapConfig
 from service.errors import AuthError, PermanentError, TLSError
-from service.incoming.imap import ImapConnection, attachments_from_bodystructure, uid_set
+from service.incoming.imap import (
+    ImapConnection,
+    attachments_from_bodystructure,
+    uid_set,
+)
 
 USER = "dave"
 

@@ -28,8 +28,8 @@ class Recorder:
     """Records what it is handed; raises for a batch holding a subject in ``poison``; reports
     not-done for subjects in ``refuse``."""
 
-    def __init__(self, poison: Sequence[str] = (), refuse: Sequence[str] = ()):
-        self.poison, self.refuse = set(poison), set(refuse)
+    def __init__(self, poison: Sequence[str] = (), refuse: Sequence[str] = (), hopeless: Sequence[str] = ()):
+        self.poison, self.refuse, self.hopeless = set(poison), set(refuse), set(hopeless)
         self.subjects: list[str] = []
         self.mailboxes: list[MailboxOps | None] = []
 
@@ -39,7 +39,8 @@ class Recorder:
             raise RuntimeError("poisoned batch")
         self.mailboxes.append(mailbox)
         self.subjects.extend(item.message.subject for item in items)
-        return {item.key: ItemOutcome(done=item.message.subject not in self.refuse, error="refused")
+        return {item.key: ItemOutcome(done=item.message.subject not in self.refuse | self.hopeless,
+                                      error="refused", transient=item.message.subject not in self.hopeless)
                 for item in items}
 
 
@@ -176,6 +177,14 @@ async def test_failed_message_is_retried_then_set_aside(clean_lab, store):  # no
         await one_cycle(clean_lab, w)
     assert rec.subjects == ["refused", "refused"]  # tried, retried once, then given up
     assert [row.uid for row in store.inbound.set_aside(USER)] == server_uids(clean_lab)
+
+
+async def test_permanent_failure_is_set_aside_at_once(clean_lab, store):  # noqa: F811
+    deliver(clean_lab, "hopeless", "fine")
+    rec = Recorder(hopeless=["hopeless"])
+    await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="all"))
+    assert rec.subjects == ["hopeless", "fine"]
+    assert [row.uid for row in store.inbound.set_aside(USER)] == server_uids(clean_lab)[:1]
 
 
 async def test_prefilter_skips_non_matching_but_advances(clean_lab, store):  # noqa: F811

@@ -15,6 +15,7 @@ EXPUNGE would also remove other clients' \\Deleted messages, so without UIDPLUS 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import imaplib
 import socket
@@ -29,7 +30,12 @@ from typing import Any, TypeVar
 
 import structlog
 from imapclient import IMAPClient
-from imapclient.exceptions import CapabilityError, IMAPClientAbortError, IMAPClientError, LoginError
+from imapclient.exceptions import (
+    CapabilityError,
+    IMAPClientAbortError,
+    IMAPClientError,
+    LoginError,
+)
 
 from service.config.model import ImapConfig
 from service.errors import (
@@ -263,10 +269,7 @@ class ImapConnection:
             # or sends CAPABILITY itself.
             capabilities = client.capabilities()
         except BaseException:
-            try:
-                client.shutdown()
-            except Exception:  # noqa: BLE001 - already failing; the original error matters
-                pass
+            _shutdown_quietly(client)  # already failing: the original error is what matters
             raise
         self._client = client
         self._broken = False
@@ -483,7 +486,5 @@ def _logout_quietly(client: IMAPClient) -> None:
 
 
 def _shutdown_quietly(client: IMAPClient) -> None:
-    try:
+    with contextlib.suppress(Exception):  # closing: the socket may be gone already
         client.shutdown()
-    except Exception:  # noqa: BLE001
-        pass

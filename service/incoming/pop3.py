@@ -8,6 +8,7 @@ DELE only marks a message; the server removes it when QUIT commits the session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import poplib
 import socket
@@ -158,7 +159,5 @@ class Pop3Connection:
 
 
 def _close_quietly(pop: poplib.POP3) -> None:
-    try:
+    with contextlib.suppress(Exception):  # closing: the server may be gone already
         pop.close()
-    except Exception:  # noqa: BLE001 - closing: the server may be gone already
-        pass

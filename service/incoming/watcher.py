@@ -33,7 +33,14 @@ from service.incoming.message import ParsedMessage
 from service.incoming.pop3 import Pop3Connection
 from service.incoming.rules import RuleSet
 from service.store.engine import utcnow
-from service.store.inbound import DONE, FAILED, FINISHED, SKIPPED, InboundStore
+from service.store.inbound import (
+    DONE,
+    FAILED,
+    FINISHED,
+    SET_ASIDE,
+    SKIPPED,
+    InboundStore,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -101,7 +108,7 @@ class _Watcher:
                 self.log.error("watcher cannot work; fix the account settings", error=str(exc),
                                retry_in=PERMANENT_RETRY)
                 delay = backoff.after(exc)
-            except Exception as exc:  # noqa: BLE001 - a watcher never dies of one bad cycle
+            except Exception as exc:
                 delay = backoff.after(exc)
                 if is_transient(exc):
                     self.log.warning("watcher connection trouble; reconnecting", error=str(exc), retry_in=delay)
@@ -125,7 +132,7 @@ class _Watcher:
             if existing in FINISHED:
                 return None
             planned = self.rules.evaluate(msg, now=self.clock())
-        except Exception as exc:  # noqa: BLE001 - one bad message must not block the rest
+        except Exception as exc:
             self.log.exception("message failed before its actions", key=key)
             if not self.dry_run:
                 if self.inbound.status(key) is None:

@@ -167,6 +167,6 @@ class InboundStore:
             return [_row(r) for r in conn.execute(query.order_by(inbound.c.updated_at))]
 
 
-def _row(r) -> InboundRow:  # noqa: ANN001 (a SQLAlchemy Row)
+def _row(r) -> InboundRow:
     return InboundRow(r.key, r.account, r.folder, r.uidvalidity, r.uid, r.uidl, r.message_id, r.status,
                       int(r.attempts), r.error, as_utc(r.updated_at))
