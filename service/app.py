@@ -1,31 +1,41 @@
 """The composition root: builds every part from settings + config and runs the daemon.
 
-Start order: config → store (migrate, recover) → sender → scheduler → watchers. Stop order
-is the reverse, and every part hands unfinished work back to the store, so a restart
-resumes exactly there.
+Start: HTTP (so /healthz answers at once) → config → store (migrate, recover) → sender,
+webhook queue → scheduler → watchers → READY. Stop (SIGTERM/SIGINT): STOPPING, no new
+work, let in-flight sends and actions finish for a while, hand the rest back to the store,
+exit 0. Reload (SIGHUP): validate the new config and templates first; apply only if good.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
 from .checks import template_findings
-from .config import LoadedConfig, Settings, load_config
+from .config import Config, LoadedConfig, Settings, load_config
 from .errors import ConfigError, PostroomError
+from .http import HttpServer
+from .incoming.actions import ActionExecutor
+from .incoming.rules import RuleSet, compile_rules
+from .incoming.watcher import ImapWatcher, Pop3Watcher, WatcherHooks
+from .metrics import Metrics
+from .notify import Notifier, watchdog_loop
 from .outgoing.jobs import JobRunner
 from .outgoing.sender import OutboxSender
 from .outgoing.templates import TemplateRenderer
-from .store import Store, utcnow
+from .scheduler import Scheduler
+from .store import Store, schema_is_current, utcnow
+from .webhooks import WebhookQueue
 
 log = structlog.get_logger(__name__)
 
-STOP_TIMEOUT = 15.0  # seconds to let in-flight work finish before handing it back
+STOP_TIMEOUT = 15.0  # seconds in-flight work may take to finish at stop; systemd allows 45
 
 
 def load_checked(settings: Settings) -> tuple[LoadedConfig, TemplateRenderer]:
@@ -47,9 +57,30 @@ def recover_single_node(store: Store) -> None:
     (no need to wait for leases to run out). PostgreSQL replicas wait for the lease instead."""
     if store.engine.dialect.name != "sqlite":
         return
-    released = store.outbox.release_all_leases(now=utcnow())
-    if released:
-        log.info("outbox: took back messages in flight at the last stop", count=released)
+    now = utcnow()
+    released = store.outbox.release_all_leases(now=now)
+    hooks = store.ledger.release_all_webhook_leases(now=now)
+    if released or hooks:
+        log.info("took back work in flight at the last stop", messages=released, webhooks=hooks)
+
+
+@dataclass
+class Incoming:
+    """One generation of watchers (replaced whole on reload)."""
+
+    ruleset: RuleSet
+    executor: ActionExecutor
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    watchers: list[Any] = field(default_factory=list)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def close(self, timeout: float) -> None:
+        self.stop.set()
+        if self.tasks:
+            _done, late = await asyncio.wait(self.tasks, timeout=timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 @dataclass
@@ -58,72 +89,164 @@ class Daemon:
     dry_run: bool = False
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
-    on_ready: Callable[[], None] = lambda: None
+    metrics: Metrics = field(default_factory=Metrics)
+    notifier: Notifier = field(default_factory=Notifier)
 
     async def run(self) -> int:
+        self.http = HttpServer(self.settings.http, registry=self.metrics.registry, readiness=self.readiness)
+        await self.http.start()
+        try:
+            return await self._run()
+        finally:
+            await self.http.stop()
+            self.notifier.close()
+
+    async def _run(self) -> int:
         loaded, renderer = load_checked(self.settings)
         self.loaded = loaded
-        store = await asyncio.to_thread(open_store, self.settings)
-        self.store = store
-        await asyncio.to_thread(recover_single_node, store)
         config = loaded.config
+        self.store = store = await asyncio.to_thread(open_store, self.settings)
+        await asyncio.to_thread(recover_single_node, store)
+        self.metrics.watch_store(store.outbox.counts)
+        self.metrics.known_accounts(config.accounts)
 
-        self.sender = OutboxSender(store.outbox, config.accounts, config.outbox)
-        self.runner = JobRunner(config, renderer, store, wake_sender=self.sender.wake)
-        from .scheduler import Scheduler
-
+        self.sender = OutboxSender(store.outbox, config.accounts, config.outbox,
+                                   on_result=lambda kind, item: self.metrics.outbox_result(kind, item.account))
+        self.runner = JobRunner(config, renderer, store, wake_sender=self.sender.wake,
+                                on_run=self.metrics.job_run)
+        ruleset = compile_rules(config.rules)
+        self.webhooks = WebhookQueue(store.ledger, spec_lookup=ruleset.action_config,
+                                     on_result=self.metrics.webhook)
         self.scheduler = Scheduler(config, store.runs, self._on_fire)
         self._install_signals()
         if not self.dry_run:
             self.tasks.append(asyncio.create_task(self.sender.run(self.stop_event), name="sender"))
+            self.tasks.append(asyncio.create_task(self.webhooks.run(self.stop_event), name="webhooks"))
             await self.scheduler.start()
-            stale = await asyncio.to_thread(store.runs.unfinished_fires, now=utcnow(),
-                                            stale_after=self._stale_after(store))
-            for job_id, fire_time in stale:
-                if job_id in config.jobs:
-                    log.info("resuming a fire left unfinished", job=job_id, fire_time=fire_time.isoformat())
-                    self.tasks.append(asyncio.create_task(self.runner.run_fire(job_id, fire_time, "resume")))
-        log.info("postroom running", config=str(loaded.path), jobs=len(config.jobs),
-                 rules=len(config.rules), dry_run=self.dry_run)
-        self.on_ready()
+            await self._resume_unfinished_fires(config)
+        self.incoming = self._start_incoming(config, renderer, ruleset)
+        self.tasks.append(asyncio.create_task(watchdog_loop(self.notifier, self.stop_event), name="watchdog"))
+        self.metrics.set_jobs(self._next_fires(config))
+
+        self.http.mark_running()
+        status = self._status_line(config)
+        self.notifier.ready(status=status)
+        log.info("postroom running", config=str(loaded.path), status=status, dry_run=self.dry_run)
         await self.stop_event.wait()
         await self._shutdown()
         return 0
 
-    async def _on_fire(self, job_id: str, fire_time, trigger: str) -> None:  # noqa: ANN001
-        if self.stop_event.is_set():
-            return
-        await self.runner.run_fire(job_id, fire_time, trigger)
+    # -- parts -----------------------------------------------------------------------------
+    def _start_incoming(self, config: Config, renderer: TemplateRenderer, ruleset: RuleSet) -> Incoming:
+        executor = ActionExecutor(config, ruleset, self.store, renderer, self.webhooks,
+                                  wake_sender=self.sender.wake, dry_run=self.dry_run,
+                                  on_action=self.metrics.action)
+        incoming = Incoming(ruleset=ruleset, executor=executor)
+        hooks = WatcherHooks(processed=self.metrics.inbound, ok=self.metrics.watcher_ok)
+        pop3_started: set[str] = set()
+        for account_name, folder in ruleset.watch_targets():
+            account = config.accounts[account_name]
+            if account.imap is not None:
+                watcher = ImapWatcher(account_name, account, folder, ruleset, executor, self.store.inbound,
+                                      dry_run=self.dry_run, hooks=hooks)
+            elif account.pop3 is not None and account_name not in pop3_started:
+                pop3_started.add(account_name)  # a maildrop has one "folder"
+                watcher = Pop3Watcher(account_name, account, ruleset, executor, self.store.inbound,
+                                      dry_run=self.dry_run, hooks=hooks)
+            else:
+                continue
+            incoming.watchers.append(watcher)
+            incoming.tasks.append(asyncio.create_task(watcher.run(incoming.stop), name=f"watch {account_name}/{folder}"))
+        return incoming
 
-    @staticmethod
-    def _stale_after(store: Store) -> timedelta:
+    async def _resume_unfinished_fires(self, config: Config) -> None:
         # One process on SQLite: anything still "running" is from a process that is gone.
-        return timedelta(0) if store.engine.dialect.name == "sqlite" else timedelta(minutes=10)
+        stale = timedelta(0) if self.store.engine.dialect.name == "sqlite" else timedelta(minutes=10)
+        unfinished = await asyncio.to_thread(self.store.runs.unfinished_fires, now=utcnow(), stale_after=stale)
+        for job_id, fire_time in unfinished:
+            if job_id in config.jobs:
+                log.info("resuming a fire left unfinished", job=job_id, fire_time=fire_time.isoformat())
+                self.tasks.append(asyncio.create_task(self.runner.run_fire(job_id, fire_time, "resume")))
 
+    async def _on_fire(self, job_id: str, fire_time: datetime, trigger: str) -> None:
+        if self.stop_event.is_set():
+            return  # the claim is not taken: a restart within grace runs it
+        await self.runner.run_fire(job_id, fire_time, trigger)
+        self.metrics.set_jobs(self._next_fires(self.runner.config))
+
+    def _next_fires(self, config: Config) -> dict[str, datetime | None]:
+        upcoming = self.scheduler.next_fires() if not self.dry_run else {}
+        return {name: upcoming.get(name) for name in config.jobs}
+
+    def _status_line(self, config: Config) -> str:
+        return (f"{len(config.jobs)} jobs, {len(self.incoming.watchers)} watchers"
+                + (", dry run" if self.dry_run else ""))
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        store_ok = await asyncio.to_thread(schema_is_current, self.store.engine)
+        watchers = {f"{w.account}/{w.folder}": bool(getattr(w, "ready", True)) for w in self.incoming.watchers}
+        scheduler_ok = self.dry_run or self.scheduler.running
+        ok = store_ok and scheduler_ok and all(watchers.values())
+        return ok, {"store": store_ok, "scheduler": scheduler_ok, "watchers": watchers}
+
+    # -- signals ---------------------------------------------------------------------------
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.tasks.append(asyncio.create_task(self.reload())))
 
     def request_stop(self, why: str = "request") -> None:
         if not self.stop_event.is_set():
             log.info("stopping", signal=why)
+            self.http.mark_stopping()
+            self.notifier.stopping(status="stopping: finishing in-flight work")
             self.stop_event.set()
+
+    async def reload(self) -> None:
+        """SIGHUP: new config and templates, validated before anything changes."""
+        self.notifier.reloading()
+        started = time.monotonic()
+        try:
+            loaded, renderer = await asyncio.to_thread(load_checked, self.settings)
+        except PostroomError as exc:
+            self.metrics.reload("failed")
+            log.error("reload refused; still running the previous config", error=str(exc))
+            self.notifier.ready(status=f"reload failed; {self._status_line(self.loaded.config)}")
+            return
+        config = loaded.config
+        self.loaded = loaded
+        self.sender.accounts, self.sender.policy = config.accounts, config.outbox
+        self.runner.config, self.runner.renderer = config, renderer
+        self.metrics.known_accounts(config.accounts)
+        if not self.dry_run:
+            self.scheduler.replace(config)
+        ruleset = compile_rules(config.rules)
+        self.webhooks.spec_lookup = ruleset.action_config
+        old = self.incoming
+        # In-flight batches finish (the old watchers stop between batches), then the new
+        # generation starts from the checkpoints the old one left.
+        await old.close(timeout=STOP_TIMEOUT)
+        self.incoming = self._start_incoming(config, renderer, ruleset)
+        self.metrics.set_jobs(self._next_fires(config))
+        self.metrics.reload("ok")
+        status = self._status_line(config)
+        log.info("config reloaded", config=str(loaded.path), status=status,
+                 seconds=round(time.monotonic() - started, 3))
+        self.notifier.ready(status=status)
 
     async def _shutdown(self) -> None:
         await self.scheduler.shutdown()
+        await self.incoming.close(timeout=STOP_TIMEOUT)
         pending = [t for t in self.tasks if not t.done()]
         if pending:
-            done, still = await asyncio.wait(pending, timeout=STOP_TIMEOUT)
-            for task in still:
-                task.cancel()
-            await asyncio.gather(*still, return_exceptions=True)
+            _done, late = await asyncio.wait(pending, timeout=STOP_TIMEOUT)
+            for task in late:
+                task.cancel()  # the sender and webhook queue hand claimed rows back on cancel
+            await asyncio.gather(*late, return_exceptions=True)
         await asyncio.to_thread(self.store.close)
         log.info("stopped")
 
 
 def run_daemon(settings: Settings, *, dry_run: bool = False) -> int:
-    try:
-        return asyncio.run(Daemon(settings, dry_run=dry_run).run())
-    except PostroomError:
-        raise
+    return asyncio.run(Daemon(settings, dry_run=dry_run).run())

@@ -17,6 +17,8 @@ DELEted only once its outcome is done; QUIT commits the deletions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
@@ -78,6 +80,14 @@ def _outcome_status(outcome: ItemOutcome | None) -> tuple[str, str | None]:
     return (FAILED if outcome.transient else SET_ASIDE), outcome.error
 
 
+@dataclass(frozen=True)
+class WatcherHooks:
+    """Callbacks for metrics; the daemon passes them in so this module imports no metrics."""
+
+    processed: Callable[[str, str, str], None] = lambda account, folder, result: None
+    ok: Callable[[str, str, datetime], None] = lambda account, folder, at: None
+
+
 class _Watcher:
     """What IMAP and POP3 watchers share: the reconnect loop, evaluating, handing over."""
 
@@ -85,7 +95,9 @@ class _Watcher:
 
     def __init__(self, account_name: str, ruleset: RuleSet, handler: BatchHandler, inbound: InboundStore, *,
                  folder: str, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
-                 batch_size: int = BATCH):
+                 batch_size: int = BATCH, hooks: WatcherHooks | None = None):
+        self.hooks = hooks or WatcherHooks()
+        self.ready = False  # set after the first full pass over the folder (for /readyz)
         self.account = account_name
         self.folder = folder
         self.rules = ruleset
@@ -119,6 +131,11 @@ class _Watcher:
     async def _session(self, stop: asyncio.Event, backoff: _Backoff) -> None:
         raise NotImplementedError
 
+    def _pass_done(self) -> None:
+        """A full pass over the folder succeeded."""
+        self.ready = True
+        self.hooks.ok(self.account, self.folder, self.clock())
+
     def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
         raise NotImplementedError
 
@@ -148,6 +165,7 @@ class _Watcher:
             return None
         if not planned:
             self.inbound.finish(key, DONE, now=self.clock())
+            self.hooks.processed(self.account, self.folder, "no_match")
             return None
         return InboundItem(key=key, message=msg, planned=planned, **ident)
 
@@ -174,6 +192,7 @@ class _Watcher:
         for item in items:
             status, error = _outcome_status(outcomes.get(item.key))
             stored[item.key] = self.inbound.finish(item.key, status, now=self.clock(), error=error)
+            self.hooks.processed(self.account, self.folder, stored[item.key])
             if stored[item.key] != DONE:
                 self.log.warning("message not done", key=item.key, status=stored[item.key], error=error)
         return stored
@@ -184,11 +203,12 @@ class ImapWatcher(_Watcher):
 
     def __init__(self, account_name: str, account_cfg: AccountConfig, folder: str, ruleset: RuleSet,
                  handler: BatchHandler, inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow,
-                 dry_run: bool = False, batch_size: int = BATCH, idle_timeout: float | None = None):
+                 dry_run: bool = False, batch_size: int = BATCH, idle_timeout: float | None = None,
+                 hooks: WatcherHooks | None = None):
         if account_cfg.imap is None:
             raise ValueError(f"account {account_name!r} has no imap: section")
         super().__init__(account_name, ruleset.for_folder(account_name, folder), handler, inbound,
-                         folder=folder, clock=clock, dry_run=dry_run, batch_size=batch_size)
+                         folder=folder, clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks)
         self.cfg = account_cfg.imap
         self.idle_timeout = idle_timeout
         self._dry_seen = 0  # dry run: the checkpoint stays put, so remember what was shown
@@ -209,6 +229,7 @@ class ImapWatcher(_Watcher):
                               why="idle disabled" if not self.cfg.idle else "server offers no IDLE")
             while not stop.is_set():
                 await self.cycle(conn)
+                self._pass_done()
                 if use_idle:
                     await conn.idle_wait(self.idle_timeout or conn.idle_renew)
                 else:
@@ -327,11 +348,11 @@ class Pop3Watcher(_Watcher):
 
     def __init__(self, account_name: str, account_cfg: AccountConfig, ruleset: RuleSet, handler: BatchHandler,
                  inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
-                 batch_size: int = BATCH):
+                 batch_size: int = BATCH, hooks: WatcherHooks | None = None):
         if account_cfg.pop3 is None:
             raise ValueError(f"account {account_name!r} has no pop3: section")
         super().__init__(account_name, ruleset.for_account(account_name), handler, inbound, folder=POP3_FOLDER,
-                         clock=clock, dry_run=dry_run, batch_size=batch_size)
+                         clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks)
         self.cfg = account_cfg.pop3
 
     def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
@@ -339,6 +360,7 @@ class Pop3Watcher(_Watcher):
 
     async def _session(self, stop: asyncio.Event, backoff: _Backoff) -> None:
         await self.poll_once()
+        self._pass_done()
         backoff.reset()
         await sleep_or_stop(stop, self.cfg.poll_interval.total_seconds())
 
