@@ -12,7 +12,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-bash deploy/setup.sh >/dev/null
+bash deploy/setup.sh >/dev/null 2>&1 || bash deploy/setup.sh
 py=.venv/bin/python
 lab_dir="$root/.lab"
 work="$lab_dir/demo"
@@ -71,13 +71,18 @@ say "postroom run: the daemon, watching alice (IMAP), bob (POP3) and carol (IMAP
 $postroom run > "$work/daemon.log" 2>&1 &
 daemon=$!
 pids+=("$daemon")
-for _ in $(seq 50); do
-  curl -fsS http://127.0.0.1:9325/readyz >/dev/null 2>&1 && break || sleep 0.2
-done
+ready() { $py -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9325/$1', timeout=1).status != 200)" 2>/dev/null; }
+for _ in $(seq 100); do ready readyz && break || sleep 0.2; done
+ready readyz || { echo "daemon not ready; see $work/daemon.log"; exit 1; }
 
 say "delivering four messages: a [report], a vendor invoice, an X-Alert: critical, a personal note"
-$py deploy/demo/deliver.py "$lab_dir"
-sleep 4
+PYTHONPATH="$root" $py deploy/demo/deliver.py "$lab_dir"
+echo "waiting for the rules to act (bob's POP3 maildrop is polled every 15 s)…"
+for _ in $(seq 40); do
+  [[ -s "$DEMO_HOOK_LOG" ]] && $py -m tests.lab show --dir "$lab_dir" --folder Archive alice | grep -q '1 message' && break
+  sleep 0.5
+done
+sleep 1
 
 say "results"
 $py -m tests.lab show --dir "$lab_dir" --folder Archive alice
@@ -87,7 +92,8 @@ echo "webhooks received (signature checked with HOOK_SECRET):"
 cat "$DEMO_HOOK_LOG" 2>/dev/null || echo "  none"
 
 say "metrics (excerpt)"
-curl -fsS http://127.0.0.1:9325/metrics | grep -E '^postroom_(messages|actions|inbound|outbox|webhook)' | head -n 20 || true
+$py -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9325/metrics').read().decode())" \
+  | grep -E '^postroom_(messages|actions|inbound|outbox|webhook)' | head -n 20 || true
 
 say "stopping the daemon (SIGTERM: finishes in-flight work, exits 0)"
 kill -TERM "$daemon"

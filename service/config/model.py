@@ -68,7 +68,9 @@ class ImapConfig(ServerConfig):
 class Pop3Config(ServerConfig):
     _default_ports = {"tls": 995, "starttls": 110, "none": 110}
     delete_after: bool = False
-    poll_interval: Duration = timedelta(seconds=60)
+    # POP3 has no push; one short session every 15 s is light for a server and keeps mail
+    # from waiting long.
+    poll_interval: Duration = timedelta(seconds=15)
     start_from: Literal["new", "all"] = "new"
 
 

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flags", action="store_true", help="show: print each message's flags")
     parser.add_argument("--dir", type=Path, default=Path(".lab"), help="lab root (default .lab)")
     parser.add_argument("--port-offset", type=int, default=0, help="added to every default port")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     root = args.dir.absolute()
     try:
         if args.command == "up":
