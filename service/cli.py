@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import uuid
 from datetime import datetime
@@ -33,10 +34,14 @@ state = State()
 
 
 @app.callback()
-def _main(config: ConfigOpt = None) -> None:
+def _main(ctx: typer.Context, config: ConfigOpt = None) -> None:
     overrides = {"config": config} if config else {}
     state.settings = Settings(**overrides)
-    setup_logging(fmt=state.settings.log_format, level=state.settings.log_level)
+    level = state.settings.log_level
+    if ctx.invoked_subcommand != "run" and "POSTROOM_LOG_LEVEL" not in os.environ:
+        # One-shot commands speak through their own output; their logs are for trouble only.
+        level = "WARNING"
+    setup_logging(fmt=state.settings.log_format, level=level)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
