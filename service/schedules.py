@@ -153,10 +153,13 @@ def plan_catch_up(trigger: BaseTrigger, *, last_fire: datetime | None, started: 
 
     Missed means: after the job's last recorded fire (any replica's) and at or before
     `started` (the live scheduler takes over from there). A job with no recorded fire is
-    new and does not back-fill. A missed fire at most `grace` before `now` may run; several
-    such coalesce into the newest; the rest are skipped (and recorded so by the caller).
+    new and does not back-fill — except a one-off `at:`, whose single time can only have
+    been missed. A missed fire at most `grace` before `now` may run; several such coalesce
+    into the newest; the rest are skipped (and recorded so by the caller).
     """
     if last_fire is None:
+        if isinstance(trigger, DateTrigger) and _utc(trigger.run_date) <= _utc(started):
+            return triage([trigger.run_date], now=now, grace=grace)
         return CatchUp(run=None, skipped=[])
     cutoff = _utc(now) - grace  # a fire at or after the cutoff is within grace
     late = [f for f in fires_between(trigger, last_fire, min(_utc(started), cutoff), limit=MAX_LISTED_MISSES)

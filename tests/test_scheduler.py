@@ -231,3 +231,17 @@ async def test_scheduler_start_catches_up_and_records_skips(store: Store):
         assert scheduler.next_fires()["hourly"].astimezone(UTC) == hour + timedelta(hours=1)
     finally:
         await scheduler.shutdown()
+
+
+def test_one_off_missed_while_down_runs_within_grace_and_is_skipped_beyond():
+    at = trigger(at=datetime(2026, 11, 26, 9, 0))
+    started = utc(2026, 11, 26, 9, 30)
+    within = plan_catch_up(at, last_fire=None, started=started, now=started, grace=timedelta(hours=1))
+    assert within == CatchUp(run=utc(2026, 11, 26, 9, 0), skipped=[])
+    late = utc(2026, 11, 26, 11, 0)
+    beyond = plan_catch_up(at, last_fire=None, started=late, now=late, grace=timedelta(hours=1))
+    assert beyond == CatchUp(run=None, skipped=[utc(2026, 11, 26, 9, 0)])
+    # a cron job that never ran still does not back-fill
+    cron = trigger(cron="0 9 * * *")
+    assert plan_catch_up(cron, last_fire=None, started=started, now=started,
+                         grace=timedelta(hours=1)) == CatchUp(run=None, skipped=[])
