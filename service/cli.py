@@ -33,8 +33,21 @@ class State:
 state = State()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"postroom {version('postroom')}")
+        except PackageNotFoundError:
+            typer.echo("postroom (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(ctx: typer.Context, config: ConfigOpt = None) -> None:
+def _main(ctx: typer.Context, config: ConfigOpt = None,
+          _show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                      help="Print the version and exit.")] = False) -> None:
     overrides = {"config": config} if config else {}
     state.settings = Settings(**overrides)
     level = state.settings.log_level
