@@ -18,6 +18,7 @@ from service.outgoing.compose import (
     Attachment,
     check_header_value,
     compose,
+    compose_bytes,
     make_message_id,
     rows_to_csv,
     validate_address,
@@ -185,3 +186,39 @@ def test_rows_to_csv_shapes() -> None:
     assert rows_to_csv([]) == b""
     assert rows_to_csv([[1, "a"], (2, None)]) == b"1,a\r\n2,\r\n"
     assert rows_to_csv([{"a": 1}, {"b": 2}]) == b"a,b\r\n1,\r\n,2\r\n"
+
+
+def test_compose_bytes_is_what_compose_serialises() -> None:
+    raw = compose_bytes(sender="alice@example.test", to=["bob@example.test"], subject="Hi", text="Hello\n",
+                        html="<p>Hello</p>", message_id=MSG_ID, date=DATE)
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed.get_content_type() == "multipart/alternative"
+    boundary = parsed.get_boundary()
+    assert boundary is not None
+    again = build(html="<p>Hello</p>", subject="Hi", sender="alice@example.test").as_bytes()
+    other = email.message_from_bytes(again, policy=email.policy.default).get_boundary()
+    assert again.replace(str(other).encode(), boundary.encode()) == raw
+
+
+def test_long_ascii_subject_is_folded_and_non_ascii_body_is_7bit() -> None:
+    subject = " ".join(f"word{i}" for i in range(60))
+    raw = build(subject=subject, text="Grüße\n" * 3).as_bytes()
+    raw.decode("ascii")
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    parsed = parse(build(subject=subject, text="Grüße\n" * 3))
+    assert parsed["Subject"] == subject
+    assert content(parsed) == "Grüße\n" * 3
+
+
+def test_static_attachment_is_encoded_once_and_reused() -> None:
+    attachment = Attachment("r.csv", b"a,b\r\n1,2\r\n", "text/csv")
+    first = build(attachments=[attachment]).as_bytes()
+    assert attachment.mime_part is attachment.mime_part
+    second = build(attachments=[attachment]).as_bytes()
+    part = attachment.mime_part.head + b"\r\n\r\n" + attachment.mime_part.body
+    assert part in first and part in second
+
+
+def test_address_too_long_for_a_line_is_refused() -> None:
+    with pytest.raises(MessageRefused, match="too long"):
+        build(to=[f"{'Ü' * 400} <bob@example.test>"])

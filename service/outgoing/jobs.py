@@ -24,7 +24,13 @@ import structlog
 from ..config import Config, JobConfig
 from ..errors import DataSourceError, MessageRefused, PostroomError
 from ..store import NewMessage, Store, utcnow
-from .compose import Attachment, compose, make_message_id, rows_to_csv, validate_address
+from .compose import (
+    Attachment,
+    compose_bytes,
+    make_message_id,
+    rows_to_csv,
+    validate_address,
+)
 from .sources import load_data
 from .templates import TemplateRenderer
 
@@ -96,7 +102,7 @@ class JobRunner:
                 cc = self._recipients(job.cc, context, f"{where}.cc") if to_override is None else []
                 bcc = self._recipients(job.bcc, context, f"{where}.bcc") if to_override is None else []
                 message_id = make_message_id(domain)
-                msg = compose(
+                raw = compose_bytes(
                     sender=sender, to=to, cc=cc, subject=rendered.subject, text=rendered.text,
                     html=rendered.html, message_id=message_id, date=now,
                     reply_to=job.reply_to, attachments=attachments_static,
@@ -105,7 +111,7 @@ class JobRunner:
                 raise MessageRefused(f"{where}: {exc}") from exc
             out.append(NewMessage(
                 dedup_key=f"{key_prefix}:{i}", message_id=message_id, account=job.account,
-                envelope_from=account.address, recipients=[*to, *cc, *bcc], raw=msg.as_bytes(),
+                envelope_from=account.address, recipients=[*to, *cc, *bcc], raw=raw,
                 origin=job_id,
             ))
         return out
