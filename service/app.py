@@ -91,9 +91,13 @@ class Daemon:
     tasks: list[asyncio.Task] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     notifier: Notifier = field(default_factory=Notifier)
+    _started: bool = False  # every part is up: a SIGHUP may reload
 
     async def run(self) -> int:
         self.http = HttpServer(self.settings.http, registry=self.metrics.registry, readiness=self.readiness)
+        # Handlers first: a SIGTERM while starting (systemd's stop, or a restart loop) must
+        # end in an orderly exit 0, not Python's default death by signal.
+        self._install_signals()
         await self.http.start()
         try:
             return await self._run()
@@ -118,7 +122,6 @@ class Daemon:
         self.webhooks = WebhookQueue(store.ledger, spec_lookup=ruleset.action_config,
                                      on_result=self.metrics.webhook)
         self.scheduler = Scheduler(config, store.runs, self._on_fire)
-        self._install_signals()
         if not self.dry_run:
             self.tasks.append(asyncio.create_task(self.sender.run(self.stop_event), name="sender"))
             self.tasks.append(asyncio.create_task(self.webhooks.run(self.stop_event), name="webhooks"))
@@ -128,6 +131,10 @@ class Daemon:
         self.tasks.append(asyncio.create_task(watchdog_loop(self.notifier, self.stop_event), name="watchdog"))
         self.metrics.set_jobs(self._next_fires(config))
 
+        self._started = True
+        if self.stop_event.is_set():  # asked to stop while starting: no READY, straight to stop
+            await self._shutdown()
+            return 0
         self.http.mark_running()
         status = self._status_line(config)
         self.notifier.ready(status=status)
@@ -194,7 +201,14 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.tasks.append(asyncio.create_task(self.reload())))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        if not self._started or self.stop_event.is_set():
+            # Startup reads the config file anyway; a reload while stopping has nothing to change.
+            log.info("reload ignored while starting or stopping")
+            return
+        self.tasks.append(asyncio.create_task(self.reload(), name="reload"))
 
     def request_stop(self, why: str = "request") -> None:
         if not self.stop_event.is_set():
@@ -227,6 +241,8 @@ class Daemon:
         # In-flight batches finish (the old watchers stop between batches), then the new
         # generation starts from the checkpoints the old one left.
         await old.close(timeout=STOP_TIMEOUT)
+        if self.stop_event.is_set():
+            return  # a SIGTERM came meanwhile: _shutdown owns what is left; start nothing new
         self.incoming = self._start_incoming(config, renderer, ruleset)
         self.metrics.set_jobs(self._next_fires(config))
         self.metrics.reload("ok")

@@ -3,6 +3,8 @@ server, and the real `postroom` command run as a subprocess."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
 import signal
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -132,3 +135,19 @@ def iter_json_lines(path: Path) -> Iterator[dict]:
             yield json.loads(line)
         except ValueError:
             continue
+
+
+def assert_each_row_once(raws: list[bytes], *, rows: int, max_duplicates: int) -> None:
+    """A merge's mail as received: every "Row NNN" present, each under one Message-ID; any
+    duplicate is a resend of an in-flight message (same Message-ID), at most max_duplicates."""
+    by_row: dict[str, set[str]] = {}
+    ids: Counter[str] = Counter()
+    for raw in raws:
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        text = msg.get_body(("plain", "html")).get_content()
+        row = next(line for line in text.splitlines() if "Row " in line)
+        by_row.setdefault(row.strip(), set()).add(msg["Message-ID"])
+        ids[msg["Message-ID"]] += 1
+    assert len(by_row) == rows, f"{rows - len(by_row)} recipient rows missing"
+    assert all(len(found) == 1 for found in by_row.values()), "a duplicate with a new Message-ID"
+    assert sum(n - 1 for n in ids.values()) <= max_duplicates
