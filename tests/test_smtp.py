@@ -157,3 +157,17 @@ async def test_connection_refused_is_transient():
 
 async def _wait(lab, user: str, count: int) -> list[bytes]:
     return await asyncio.to_thread(lab.wait_for_messages, user, count)
+
+
+async def test_postfix_offers_pipelining_and_chunking_so_sends_are_pipelined(clean_lab):
+    # Postfix advertises PIPELINING and CHUNKING: one write per message (BDAT), replies read
+    # in order; several messages over the same connection all arrive, in full.
+    lab = clean_lab
+    sent = [make_raw(ALICE, [BOB], f"pipelined {i}") for i in range(3)]
+    async with SmtpConnection("alice", lab_smtp(lab, "alice")) as conn:
+        assert conn.pipelined
+        for _message_id, raw in sent:
+            result = await conn.send(ALICE, ["Bob <bob@example.test>"], raw)
+            assert result.accepted == ["Bob <bob@example.test>"]
+    arrived = await _wait(lab, "bob", 3)
+    assert sorted(message_ids(arrived)) == sorted(m for m, _ in sent)

@@ -18,6 +18,8 @@ connection is closed, and the next send() connects afresh.
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +39,8 @@ from service.errors import (
     ServerTimeout,
     TLSError,
 )
+
+from .smtp_pipeline import SmtpPipeline
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +78,9 @@ class SmtpConnection:
         self.account = account
         self.cfg = cfg
         self._smtp: aiosmtplib.SMTP | None = None
+        # After login, when the server offers PIPELINING and CHUNKING, the connection's
+        # transport is driven by this instead of aiosmtplib (one round trip per message).
+        self._pipe: SmtpPipeline | None = None
         self._context: ssl.SSLContext | None = None
         self.connects = 0  # how many times a connection was opened (for tests and metrics)
 
@@ -88,7 +95,14 @@ class SmtpConnection:
 
     @property
     def connected(self) -> bool:
+        if self._pipe is not None:
+            return not self._pipe.lost
         return self._smtp is not None and self._smtp.is_connected
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether messages go out pipelined (BDAT) on the current connection."""
+        return self._pipe is not None
 
     def _where(self) -> str:
         return f"{self.cfg.host}:{self.cfg.port_or_default()}"
@@ -129,6 +143,10 @@ class SmtpConnection:
         except BaseException:
             self.abort()
             raise
+        transport = smtp.transport
+        if (smtp.supports_extension("pipelining") and smtp.supports_extension("chunking")
+                and isinstance(transport, asyncio.Transport)):
+            self._pipe = SmtpPipeline(transport)
         log.debug("smtp connected", account=self.account, server=self._where(), security=cfg.security)
 
     async def _login(self, smtp: aiosmtplib.SMTP, username: str, password: str) -> None:
@@ -149,16 +167,22 @@ class SmtpConnection:
 
     async def close(self) -> None:
         """Say QUIT if we can (briefly), then drop the connection."""
-        smtp = self._smtp
-        if smtp is not None and smtp.is_connected:
-            try:
+        smtp, pipe = self._smtp, self._pipe
+        try:
+            if pipe is not None and not pipe.lost:
+                await pipe.write(b"QUIT\r\n")
+                await pipe.reply(min(self.cfg.timeout, 5.0))
+            elif pipe is None and smtp is not None and smtp.is_connected:
                 await smtp.quit(timeout=min(self.cfg.timeout, 5.0))
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                pass  # closing anyway; the server's opinion of our QUIT does not matter
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass  # closing anyway; the server's opinion of our QUIT does not matter
         self.abort()
 
     def abort(self) -> None:
         """Drop the connection without a word (after errors, on cancellation)."""
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
         if self._smtp is not None:
             self._smtp.close()
             self._smtp = None
@@ -194,6 +218,8 @@ class SmtpConnection:
             raise ServerConnectError(f"{self._where()}: not connected")
         where = self._where()
         mail_options, encoding = _mail_options(smtp, envelope_from, recipients, raw, where)
+        if self._pipe is not None:
+            return await self._pipelined(self._pipe, envelope_from, recipients, raw, mail_options, encoding)
         try:
             await smtp.mail(envelope_from, options=mail_options, encoding=encoding)
         except aiosmtplib.SMTPServerDisconnected as exc:
@@ -229,6 +255,55 @@ class SmtpConnection:
         return SendResult(accepted, temporary, permanent)
 
 
+    async def _pipelined(self, pipe: SmtpPipeline, envelope_from: str, recipients: Sequence[str], raw: bytes,
+                         mail_options: list[str], encoding: str) -> SendResult:
+        """The same transaction as the one-command-at-a-time path, in one write: MAIL FROM,
+        each RCPT TO, BDAT LAST with the message; then the replies, read in that order."""
+        where, timeout = self._where(), self.cfg.timeout
+        mail = " ".join([f"MAIL FROM:<{_envelope_address(envelope_from)}>", *mail_options])
+        commands = [mail, *(f"RCPT TO:<{_envelope_address(r)}>" for r in recipients), f"BDAT {len(raw)} LAST"]
+        head = "\r\n".join(commands).encode(encoding) + b"\r\n"
+        with _mapped(where, "MAIL FROM"):
+            try:
+                await pipe.write(head + raw)
+                code, text = await pipe.reply(timeout)
+            except ConnectionError as exc:
+                # No reply even to MAIL FROM: the server had dropped the (idle) connection
+                # before reading any of it, so nothing of this message went out.
+                raise _StaleConnection() from exc
+        if code >= 400:
+            raise _refusal(code, text, where, f"MAIL FROM:<{envelope_from}>")
+        accepted: list[str] = []
+        temporary: dict[str, str] = {}
+        permanent: dict[str, str] = {}
+        with _mapped(where, "RCPT TO"):
+            for rcpt in recipients:
+                code, text = await pipe.reply(timeout)
+                if code == 421:  # the server is closing the connection
+                    raise _refusal(code, text, where, f"RCPT TO:<{rcpt}>")
+                if code < 400:
+                    accepted.append(rcpt)
+                else:
+                    (temporary if code < 500 else permanent)[rcpt] = f"{code} {text}".strip()
+        with _mapped(where, "DATA"):
+            code, text = await pipe.reply(timeout)
+        if not accepted:
+            return SendResult([], temporary, permanent)  # the server refused the chunk: nothing sent
+        if code >= 400:
+            raise _refusal(code, text, where, "DATA")
+        return SendResult(accepted, temporary, permanent)
+
+
+def _envelope_address(address: str) -> str:
+    """The addr-spec of an outbox recipient (which may carry a display name), as aiosmtplib
+    would put it on the command line; no CR/LF can get through."""
+    if "<" in address or " " in address:
+        address = email.utils.parseaddr(address)[1] or address.strip()
+    if any(c in address for c in "\r\n\0<>"):
+        raise ValueError(f"address can't go on an SMTP command line: {address!r}")
+    return address
+
+
 def _mail_options(
     smtp: aiosmtplib.SMTP, envelope_from: str, recipients: Sequence[str], raw: bytes, where: str
 ) -> tuple[list[str], str]:
@@ -251,10 +326,14 @@ def _reply(exc: aiosmtplib.SMTPResponseException) -> str:
 
 
 def _reply_error(exc: aiosmtplib.SMTPResponseException, where: str, step: str) -> PostroomError:
-    text = f"{where} refused {step}: {_reply(exc)}"
-    if 400 <= exc.code < 500:
-        return ServerBusy(text, code=exc.code)
-    return ServerRejected(text, code=exc.code)
+    return _refusal(exc.code, exc.message, where, step)
+
+
+def _refusal(code: int, message: str, where: str, step: str) -> PostroomError:
+    text = f"{where} refused {step}: {f'{code} {message}'.strip()}"
+    if 400 <= code < 500:
+        return ServerBusy(text, code=code)
+    return ServerRejected(text, code=code)
 
 
 def _is_tls_failure(exc: BaseException) -> bool:
