@@ -245,19 +245,33 @@ class OutboxSender:
                                                recorder))
 
     async def _next(self, queue: _AccountQueue, unsettled: dict[int, OutboxItem]) -> OutboxItem | None:
-        """The account's next row; claims its next batch when the queue ran dry (None: all done)."""
+        """The account's next row; claims its next batch when the queue ran dry (None: all done).
+
+        The next claim starts in the background once the queue is half empty, so the
+        connections rarely stand idle waiting for one (a claim is a transaction with a
+        commit: tens of ms, i.e. dozens of messages)."""
         while not queue.rows:
             if queue.exhausted:
                 return None
-            if queue.claiming is None:
-                queue.claiming = asyncio.ensure_future(self._claim_more(queue, unsettled))
-            claiming = queue.claiming
+            claiming = self._claim(queue, unsettled)
             try:
                 await asyncio.shield(claiming)  # a cancelled worker must not cancel the claim
             finally:
                 if queue.claiming is claiming and claiming.done():
                     queue.claiming = None
-        return queue.rows.popleft()
+        item = queue.rows.popleft()
+        if len(queue.rows) < self.policy.batch_size // 2 and not queue.exhausted:
+            self._claim(queue, unsettled)
+        return item
+
+    def _claim(self, queue: _AccountQueue, unsettled: dict[int, OutboxItem]) -> asyncio.Future[None]:
+        """The account's claim in progress, started now if there is none."""
+        finished = queue.claiming is not None and queue.claiming.done() and not queue.claiming.cancelled()
+        if finished and queue.claiming.exception() is None:  # type: ignore[union-attr]
+            queue.claiming = None  # a finished prefetch; a failed one is raised by its next waiter
+        if queue.claiming is None:
+            queue.claiming = asyncio.ensure_future(self._claim_more(queue, unsettled))
+        return queue.claiming
 
     async def _claim_more(self, queue: _AccountQueue, unsettled: dict[int, OutboxItem]) -> None:
         items = await asyncio.to_thread(
@@ -273,7 +287,12 @@ class OutboxSender:
         self, conn: SmtpConnection, queue: _AccountQueue, unsettled: dict[int, OutboxItem],
         stats: DrainStats, recorder: _Recorder,
     ) -> None:
-        """Send rows one after another over one reused connection."""
+        """Send rows one after another over one reused connection.
+
+        A row's result is committed while the next row is being sent (a commit is an fsync:
+        waiting for it before each send would halve throughput), but never more than one:
+        at most two sent-but-unrecorded rows per connection if the process dies."""
+        recording: asyncio.Future[None] | None = None
         try:
             while (item := await self._next(queue, unsettled)) is not None:
                 try:
@@ -285,6 +304,8 @@ class OutboxSender:
                     rows = [item, *queue.rows]
                     queue.rows.clear()
                     queue.exhausted = True
+                    if recording is not None:
+                        await recording
                     for row in rows:
                         await self._settle(row, self._decide(row, exc), unsettled, stats, recorder)
                     return
@@ -297,11 +318,20 @@ class OutboxSender:
                 except Exception as exc:  # a bug, not the server: kill this row, keep draining
                     log.exception("unexpected error sending", outbox_id=item.id)
                     result = exc
-                await self._settle(item, self._decide(item, result), unsettled, stats, recorder)
+                if recording is not None:
+                    await recording  # the previous row's result is committed (or this raises)
+                recording = asyncio.ensure_future(
+                    self._settle(item, self._decide(item, result), unsettled, stats, recorder))
+            if recording is not None:
+                await recording
         except asyncio.CancelledError:
             conn.abort()  # no QUIT round trip while shutting down
             raise
         finally:
+            if recording is not None and not recording.done():
+                # A sent row's result is still being written: let it land (the write itself
+                # is shielded in the recorder) before the drain hands unsettled rows back.
+                await asyncio.wait([recording])
             await conn.close()
             self.connections_opened += conn.connects
 
@@ -313,8 +343,8 @@ class OutboxSender:
         recorder: _Recorder,
     ) -> None:
         """Write the outcome, then move on. The write is not cancelled with the worker, so a
-        message that went out is recorded even on shutdown; the worker sends its next row only
-        after this one is committed, so at most one sent-but-unrecorded row per connection."""
+        message that went out is recorded even on shutdown; the worker sends one more row
+        while this one is committed, no further (see _worker)."""
         await recorder.record(self._settlement(item, outcome))
         unsettled.pop(item.id, None)
         setattr(stats, outcome.kind, getattr(stats, outcome.kind) + 1)
