@@ -166,10 +166,13 @@ def send(
 
 
 async def _send(job: str, *, dry_run: bool, to: list[str] | None) -> None:
+    from collections import Counter
+
     from .app import load_checked, open_store
     from .outgoing.jobs import JobRunner
     from .outgoing.sender import OutboxSender
     from .store import utcnow
+    from .store.outbox import OutboxItem
 
     loaded, renderer = load_checked(state.settings)
     cfg = loaded.config
@@ -198,18 +201,24 @@ async def _send(job: str, *, dry_run: bool, to: list[str] | None) -> None:
         # The whole merge in one claim (up to 5,000 rows; the messages are in memory already):
         # each claim is a transaction scanning for due rows, ten cost a 1,000-row merge ~0.5 s.
         policy = cfg.outbox.model_copy(update={"batch_size": max(cfg.outbox.batch_size, min(total, 5000))})
-        sender = OutboxSender(store.outbox, cfg.accounts, policy)
         wanted = {m.message_id for m in built.messages}
         del built  # its raw bytes are in the store now
-        sent = deferred = dead = 0
+        outcomes: dict[str, str] = {}  # message_id -> its latest result in this process
+
+        def seen(kind: str, item: OutboxItem) -> None:
+            if item.message_id in wanted:
+                outcomes[item.message_id] = kind
+
+        sender = OutboxSender(store.outbox, cfg.accounts, policy, on_result=seen)
         while True:
             stats = await sender.drain_once()
-            items = await asyncio.to_thread(store.outbox.by_message_ids, wanted)
-            sent = sum(1 for i in items if i.status == "sent")
-            dead = sum(1 for i in items if i.status == "dead")
-            deferred = sum(1 for i in items if i.status == "queued" and i.attempts > 0)
-            if sent + dead + deferred >= total or (stats.sent + stats.deferred + stats.dead) == 0:
+            if len(outcomes) >= total or stats.total == 0:
                 break
+        counts = Counter(outcomes.values())
+        if len(outcomes) < total:  # some rows went out elsewhere (a running daemon): ask the store
+            items = await asyncio.to_thread(store.outbox.by_message_ids, wanted)
+            counts = Counter("deferred" if i.status == "queued" and i.attempts > 0 else i.status for i in items)
+        sent, deferred, dead = counts["sent"], counts["deferred"], counts["dead"]
         typer.echo(f"{job}: sent {sent}, deferred {deferred}, dead {dead} (of {total}); "
                    f"at {_fmt_time(utcnow())}")
         if deferred:
