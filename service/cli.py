@@ -179,6 +179,8 @@ async def _send(job: str, *, dry_run: bool, to: list[str] | None) -> None:
     if job not in cfg.jobs:
         raise PostroomError(f"no job named {job!r}; jobs: {', '.join(sorted(cfg.jobs)) or 'none'}")
     store = await asyncio.to_thread(open_store, state.settings)
+    sender: OutboxSender | None = None
+    warming: asyncio.Task[None] | None = None
     try:
         runner = JobRunner(cfg, renderer, store)
         if dry_run:
@@ -192,7 +194,18 @@ async def _send(job: str, *, dry_run: bool, to: list[str] | None) -> None:
                 sys.stdout.write(m.raw.decode("utf-8", "replace").replace("\r\n", "\n"))
                 sys.stdout.write("\n")
             return
+        wanted: set[str] = set()
+        outcomes: dict[str, str] = {}  # message_id -> its latest result in this process
+
+        def seen(kind: str, item: OutboxItem) -> None:
+            if item.message_id in wanted:
+                outcomes[item.message_id] = kind
+
+        sender = OutboxSender(store.outbox, cfg.accounts, cfg.outbox, on_result=seen)
+        # The SMTP handshakes (TCP, STARTTLS, AUTH per connection) overlap the rendering.
+        warming = asyncio.create_task(sender.prewarm(cfg.jobs[job].account))
         built = await runner.run_now(job, key_prefix=f"manual:{job}:{uuid.uuid4().hex}", to_override=to)
+        await warming
         if built.skipped:
             typer.echo(f"{job}: nothing to send ({built.skipped})")
             return
@@ -200,16 +213,9 @@ async def _send(job: str, *, dry_run: bool, to: list[str] | None) -> None:
         typer.echo(f"{job}: {total} message(s) queued; sending…")
         # The whole merge in one claim (up to 5,000 rows; the messages are in memory already):
         # each claim is a transaction scanning for due rows, ten cost a 1,000-row merge ~0.5 s.
-        policy = cfg.outbox.model_copy(update={"batch_size": max(cfg.outbox.batch_size, min(total, 5000))})
-        wanted = {m.message_id for m in built.messages}
+        sender.policy = cfg.outbox.model_copy(update={"batch_size": max(cfg.outbox.batch_size, min(total, 5000))})
+        wanted.update(m.message_id for m in built.messages)
         del built  # its raw bytes are in the store now
-        outcomes: dict[str, str] = {}  # message_id -> its latest result in this process
-
-        def seen(kind: str, item: OutboxItem) -> None:
-            if item.message_id in wanted:
-                outcomes[item.message_id] = kind
-
-        sender = OutboxSender(store.outbox, cfg.accounts, policy, on_result=seen)
         while True:
             stats = await sender.drain_once()
             if len(outcomes) >= total or stats.total == 0:
@@ -227,6 +233,11 @@ async def _send(job: str, *, dry_run: bool, to: list[str] | None) -> None:
             typer.echo("  see `postroom outbox --dead` for why")
             raise typer.Exit(1)
     finally:
+        if warming is not None:
+            warming.cancel()
+            await asyncio.gather(warming, return_exceptions=True)
+        if sender is not None:
+            await sender.close_idle()  # prewarmed connections no drain used (failed/skipped run)
         await asyncio.to_thread(store.close)
 
 

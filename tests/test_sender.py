@@ -199,6 +199,29 @@ async def test_one_drain_reuses_at_most_connections_connections(store, clock, cl
     assert sender.connections_opened == opened
 
 
+async def test_prewarmed_connections_are_the_ones_the_drain_uses(store, clock, clean_lab):
+    # prewarm() opens the account's connections before the rows exist (as `postroom send`
+    # does while rendering); the drain sends over them and opens none of its own.
+    lab = clean_lab
+    log = lab.layout.log_dir / "postfix.log"
+    before = _connects(log)
+    sender = sender_for(store, clock, lab_smtp(lab, "alice", connections=3))
+    await sender.prewarm("alice")
+    ids = enqueue(store, clock, [BOB], n=2)
+    assert await sender.drain_once() == DrainStats(sent=2)
+    await sender.close_idle()
+    assert sorted(message_ids(await arrived(lab, "bob", 2))) == sorted(ids)
+    for _ in range(100):  # Postfix logs through postlogd: let the lines land
+        if (opened := _connects(log) - before) >= 3:
+            break
+        await asyncio.sleep(0.02)
+    assert opened == 3  # two used by the drain, one closed unused; nothing reconnected
+    assert sender.connections_opened == 3
+    await sender.prewarm("nobody")  # an unknown account: nothing to open
+    await sender.close_idle()
+    assert sender.connections_opened == 3
+
+
 def _connects(log) -> int:
     return len(re.findall(r"smtpd\[\d+\]: connect from", log.read_text()))
 

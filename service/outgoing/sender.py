@@ -184,6 +184,33 @@ class OutboxSender:
         self.on_result = on_result
         self.connections_opened = 0  # SMTP connections opened so far (a counter to export)
         self._wake = asyncio.Event()
+        self._warm: dict[str, list[SmtpConnection]] = {}  # opened by prewarm(), used by the next drain
+
+    async def prewarm(self, account: str) -> None:
+        """Open the account's connections now (connect, STARTTLS, AUTH), for the next drain.
+
+        `postroom send` calls this while the merge renders, so the handshakes overlap the
+        rendering. A connection that fails here is dropped quietly: the drain connects
+        again and records the error against the messages as usual."""
+        cfg = self.accounts.get(account)
+        if cfg is None or cfg.smtp is None:
+            return
+        conns = [SmtpConnection(account, cfg.smtp) for _ in range(cfg.smtp.connections)]
+        results = await asyncio.gather(*(c.connect() for c in conns), return_exceptions=True)
+        for conn, result in zip(conns, results):
+            if result is None:
+                self._warm.setdefault(account, []).append(conn)
+            else:
+                conn.abort()
+                log.debug("prewarm connection failed", account=account, error=str(result))
+
+    async def close_idle(self) -> None:
+        """Close connections prewarm() opened that no drain has used."""
+        idle = [conn for conns in self._warm.values() for conn in conns]
+        self._warm.clear()
+        for conn in idle:
+            self.connections_opened += conn.connects
+        await asyncio.gather(*(conn.close() for conn in idle))
 
     def wake(self) -> None:
         """New mail was enqueued: drain now instead of at the next due time (loop thread only)."""
@@ -239,10 +266,14 @@ class OutboxSender:
                                    recorder)
             return
         workers = min(smtp.connections, len(queue.rows))
+        warm = self._warm.pop(account, [])
+        conns = warm[:workers] + [SmtpConnection(account, smtp) for _ in range(workers - len(warm))]
+        for extra in warm[workers:]:
+            self.connections_opened += extra.connects
+            await extra.close()
         async with asyncio.TaskGroup() as group:
-            for _ in range(workers):
-                group.create_task(self._worker(SmtpConnection(account, smtp), queue, unsettled, stats,
-                                               recorder))
+            for conn in conns:
+                group.create_task(self._worker(conn, queue, unsettled, stats, recorder))
 
     async def _next(self, queue: _AccountQueue, unsettled: dict[int, OutboxItem]) -> OutboxItem | None:
         """The account's next row; claims its next batch when the queue ran dry (None: all done).
