@@ -9,10 +9,14 @@ exit 0. Reload (SIGHUP): validate the new config and templates first; apply only
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -50,6 +54,34 @@ def load_checked(settings: Settings) -> tuple[LoadedConfig, TemplateRenderer]:
 
 def open_store(settings: Settings) -> Store:
     return Store.open(settings.database_url_or_default(), owner=settings.instance)
+
+
+# A migration imports alembic, mako and pygments (about 12 MiB resident) that a months-long
+# daemon would then carry to its end: the daemon migrates in a short-lived child instead.
+_MIGRATE = "import sys; from service.store import migrate, open_engine; migrate(open_engine(sys.stdin.read()))"
+MIGRATE_TIMEOUT = 300.0  # seconds; a large PostgreSQL migration may take a while
+
+
+def open_daemon_store(settings: Settings) -> Store:
+    """The store with its schema current, migrated (when needed) by a child process."""
+    url = settings.database_url_or_default()
+    store = Store.open(url, owner=settings.instance, migrate_schema=False)
+    if schema_is_current(store.engine):
+        return store
+    log.info("migrating the store schema")
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    # The URL (it may hold a password) goes through stdin, never argv where `ps` shows it.
+    try:
+        done = subprocess.run([sys.executable, "-c", _MIGRATE], input=url, env=env, capture_output=True,
+                              text=True, timeout=MIGRATE_TIMEOUT, check=False)
+        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    except subprocess.TimeoutExpired:
+        done, why = None, f"no end within {MIGRATE_TIMEOUT:.0f} s"
+    if done is None or done.returncode != 0 or not schema_is_current(store.engine):
+        store.close()
+        raise PostroomError(f"store schema migration failed: {why}")
+    return store
 
 
 def recover_single_node(store: Store) -> None:
@@ -109,7 +141,7 @@ class Daemon:
         loaded, renderer = load_checked(self.settings)
         self.loaded = loaded
         config = loaded.config
-        self.store = store = await asyncio.to_thread(open_store, self.settings)
+        self.store = store = await asyncio.to_thread(open_daemon_store, self.settings)
         await asyncio.to_thread(recover_single_node, store)
         self.metrics.watch_store(store.outbox.counts)
         self.metrics.known_accounts(config.accounts)

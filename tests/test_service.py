@@ -9,6 +9,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,7 +25,8 @@ from tests.lab import MailLab
 from tests.test_incoming_e2e import free_port, wait_until
 from tests.test_outgoing_e2e import MERGE_CONFIG
 
-SERVICE_CONFIG = """\
+# alice sends and is watched; format with smtp= and imap= (bench/footprint uses it too).
+ACCOUNT_CONFIG = """\
 accounts:
   alice:
     address: alice@example.test
@@ -32,6 +34,8 @@ accounts:
            username: alice@example.test, password: "${{ALICE_PASSWORD}}"}}
     imap: {{host: 127.0.0.1, port: {imap}, security: starttls,
            username: alice@example.test, password: "${{ALICE_PASSWORD}}"}}
+"""
+SERVICE_CONFIG = ACCOUNT_CONFIG + """\
 jobs:
 {jobs}
 rules:
@@ -206,7 +210,7 @@ def test_sighup_applies_a_new_job_and_keeps_the_old_config_when_broken(tmp_path,
 
 
 def test_sigterm_mid_batch_exits_in_time_and_a_restart_sends_the_rest_once(tmp_path, clean_lab, notify):
-    at = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%S")
+    at = (datetime.now(UTC) + timedelta(seconds=6)).strftime("%Y-%m-%dT%H:%M:%S")
     (tmp_path / "postroom.yaml").write_text(MERGE_CONFIG.format(smtp=clean_lab.ports.smtp, at=at))
     with sqlite3.connect(tmp_path / "shop.db") as db:
         db.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
@@ -246,3 +250,55 @@ def test_sigterm_mid_batch_exits_in_time_and_a_restart_sends_the_rest_once(tmp_p
     finally:
         stop(second)
     assert_each_row_once(raws, rows=500, max_duplicates=4)  # at most what was in flight on 2 connections
+
+
+# -- what stays resident: the footprint's import weight (bench/footprint measures the rest) ----
+
+RESIDENT_PROBE = """\
+import sys
+from service.cli import app  # the daemon's entry point, as `postroom run` imports it
+from service.app import open_daemon_store
+from service.config import Settings
+store = open_daemon_store(Settings(database_url=sys.argv[1], instance="probe"))
+store.close()
+print(" ".join(m for m in ("alembic", "mako", "pygments", "rich") if m in sys.modules) or "none")
+"""
+
+
+def test_daemon_migrates_in_a_child_and_keeps_alembic_and_rich_out_of_memory(tmp_path):
+    from tests.daemon_support import ROOT
+
+    url = f"sqlite:///{tmp_path / 'state' / 'postroom.db'}"
+    for _ in ("fresh database: migrated by a child", "current database: nothing to do"):
+        probe = subprocess.run([sys.executable, "-c", RESIDENT_PROBE, url], capture_output=True, text=True,
+                               cwd=ROOT, timeout=60, check=False)
+        assert probe.returncode == 0, probe.stderr
+        assert probe.stdout.splitlines()[-1] == "none"
+    from service.store import open_engine, schema_is_current
+
+    engine = open_engine(url)
+    assert schema_is_current(engine)
+    engine.dispose()
+
+
+def test_a_failed_migration_stops_the_start_with_the_reason(tmp_path):
+    from service.app import open_daemon_store
+    from service.config import Settings
+    from service.errors import PostroomError
+
+    db = tmp_path / "postroom.db"
+    with sqlite3.connect(db) as conn:  # a schema from a newer postroom than this one
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES ('9999_from_the_future')")
+    conn.close()
+    with pytest.raises(PostroomError, match="migration failed.*9999_from_the_future"):
+        open_daemon_store(Settings(database_url=f"sqlite:///{db}", instance="probe"))
+
+
+def test_head_revisions_read_from_the_files_match_alembic():
+    from alembic.script import ScriptDirectory
+
+    from service.store.engine import _alembic_config, head_revisions, open_engine
+
+    engine = open_engine("sqlite://")
+    assert head_revisions() == set(ScriptDirectory.from_config(_alembic_config(engine)).get_heads())

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -69,14 +70,50 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API object
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     return cfg
 
 
+# alembic (with mako and pygments, about 7 MiB resident) is imported only when a migration
+# has to run: a daemon whose schema is current never loads it (bench/footprint).
+def head_revisions() -> set[str]:
+    """The newest migration(s), read from the migration files' `revision`/`down_revision`."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign):
+                targets, value = node.targets, node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                targets, value = [node.target], node.value
+            else:
+                continue
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                    found = ast.literal_eval(value)  # a str, None, or a tuple for a merge
+                    names = {found} if isinstance(found, str) else set(found or ())
+                    (revisions if target.id == "revision" else parents).update(names)
+    return revisions - parents
+
+
+def current_revisions(engine: Engine) -> set[str]:
+    """What alembic_version says the schema is at (empty: never migrated)."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return set()
+        return {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration. Safe to run on every start."""
+    if current_revisions(engine) == head_revisions():
+        return
+    from alembic import command
+
     cfg = _alembic_config(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
@@ -85,9 +122,7 @@ def migrate(engine: Engine) -> None:
 
 def schema_is_current(engine: Engine) -> bool:
     try:
-        with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_heads()
+        current = current_revisions(engine)
     except SQLAlchemyError:
         return False
-    head = ScriptDirectory.from_config(_alembic_config(engine)).get_heads()
-    return set(current) == set(head)
+    return current == head_revisions()
