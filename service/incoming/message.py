@@ -63,6 +63,8 @@ def _to_text(data: bytes, charset: str | None) -> str:
 
 def decode_header_value(value: object) -> str:
     """An RFC 2047 header value (str or compat32 Header) as unfolded text; never raises."""
+    if isinstance(value, str) and value.isascii() and "=?" not in value and "\n" not in value:
+        return value.strip()  # the common case, and hot on big folders: nothing to decode
     try:
         if isinstance(value, str):
             # compat32 keeps raw 8-bit bytes as surrogates: recover and decode them as UTF-8

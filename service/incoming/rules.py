@@ -26,17 +26,24 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from service.config.rules import ActionConfig, Condition, HeaderTest, RuleConfig, StringTest
+from service.config.rules import (
+    ActionConfig,
+    Condition,
+    HeaderTest,
+    RuleConfig,
+    StringTest,
+)
 from service.incoming.message import ParsedMessage
 
-#: Header fields every fetch includes: rule fields, plus what the reply/loop guards read.
-BASE_HEADER_FIELDS: tuple[str, ...] = (
-    "Message-ID", "From", "To", "Cc", "Subject", "Date", "Auto-Submitted", "Precedence",
-    "List-Id", "Return-Path", "Reply-To", "Sender", "X-Auto-Response-Suppress",
-)
+#: Header fields every fetch includes: the rules' own fields and what a webhook payload shows.
+#: (Forward/redirect/reply read their guards - Auto-Submitted, Return-Path, Reply-To … - from
+#: the whole message, which they fetch anyway, so those fields need not be fetched for every
+#: message: on a big folder each extra field costs bytes on the wire and parse time.)
+BASE_HEADER_FIELDS: tuple[str, ...] = ("Message-ID", "From", "To", "Cc", "Subject", "Date")
 
 Predicate = Callable[[ParsedMessage, datetime], bool]
 
@@ -180,6 +187,15 @@ def compile_condition(cond: Condition) -> Predicate:
 class CompiledRule:
     config: RuleConfig
     predicate: Predicate
+    # built once: evaluate() runs for every message of a folder
+    _planned: tuple[PlannedAction, ...] = dataclass_field(init=False, repr=False, compare=False)
+    _stops: bool = dataclass_field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_planned", tuple(
+            PlannedAction(self.config.name, i, a.kind, a.params())
+            for i, a in enumerate(self.config.actions) if a.kind != "stop"))
+        object.__setattr__(self, "_stops", any(a.kind == "stop" for a in self.config.actions))
 
     @property
     def name(self) -> str:
@@ -191,9 +207,7 @@ class CompiledRule:
 
     def planned(self) -> tuple[list[PlannedAction], bool]:
         """(actions to take, whether the rule says stop)."""
-        actions = [PlannedAction(self.name, i, a.kind, a.params())
-                   for i, a in enumerate(self.config.actions) if a.kind != "stop"]
-        return actions, any(a.kind == "stop" for a in self.config.actions)
+        return list(self._planned), self._stops
 
 
 def _same_folder(a: str, b: str) -> bool:

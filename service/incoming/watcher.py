@@ -17,11 +17,10 @@ DELEted only once its outcome is done; QUIT commits the deletions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -46,7 +45,8 @@ from service.store.inbound import (
 
 log = structlog.get_logger(__name__)
 
-BATCH = 500
+BATCH = 5000  # messages per batch when only headers are fetched: few round trips, few commits
+BODY_BATCH = 200  # when rules need whole messages: bounds the memory a batch holds
 BACKOFF_START = 1.0
 BACKOFF_CAP = 300.0  # transient trouble: 1 s, 2 s, 4 s … 5 min
 PERMANENT_RETRY = 900.0  # bad password, untrusted certificate: try again every 15 min
@@ -78,6 +78,16 @@ def _outcome_status(outcome: ItemOutcome | None) -> tuple[str, str | None]:
     if outcome.done:
         return DONE, None
     return (FAILED if outcome.transient else SET_ASIDE), outcome.error
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One fetched message on its way to evaluation."""
+
+    key: str
+    build: Callable[[], ParsedMessage]
+    begin: dict[str, Any]  # the inbound row's identity: uidvalidity + uid, or uidl
+    ident: dict[str, Any]  # InboundItem fields: uid or uidl, raw
 
 
 @dataclass(frozen=True)
@@ -139,35 +149,52 @@ class _Watcher:
     def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
         raise NotImplementedError
 
-    def _item(self, key: str, build: Callable[[], ParsedMessage], begin: Callable[[str], str | None],
-              **ident: Any) -> InboundItem | None:
-        """Parse and evaluate one message into an item for the handler; None when there is
-        nothing to hand over (finished before, failed here, no rule matched, dry run)."""
-        try:
-            msg = build()
-            existing = None if self.dry_run else begin(msg.message_id)
-            if existing in FINISHED:
-                return None
-            planned = self.rules.evaluate(msg, now=self.clock())
-        except Exception as exc:
-            self.log.exception("message failed before its actions", key=key)
-            if not self.dry_run:
-                if self.inbound.status(key) is None:
-                    begin("")
-                self.inbound.finish(key, FAILED, now=self.clock(), error=f"evaluate: {exc!r}")
-            return None
-        if self.dry_run:
-            for action in planned:
-                self.log.info(f"would {action.kind}", key=key, rule=action.rule, params=action.params,
-                              subject=msg.subject)
-            if not planned:
-                self.log.info("would do nothing: no rule matches", key=key, subject=msg.subject)
-            return None
-        if not planned:
-            self.inbound.finish(key, DONE, now=self.clock())
-            self.hooks.processed(self.account, self.folder, "no_match")
-            return None
-        return InboundItem(key=key, message=msg, planned=planned, **ident)
+    def _evaluate(self, entries: Sequence[_Entry]) -> list[InboundItem]:
+        """Parse and evaluate a batch into items for the handler, with one store transaction to
+        record them pending and one to finish what needs no handler (no rule matched, failed
+        here). Messages finished before, and everything in a dry run, are not handed over."""
+        now = self.clock()
+        parsed: dict[str, ParsedMessage] = {}
+        finished: list[tuple[str, str, str | None]] = []
+        unreadable: list[tuple[str, str, str | None]] = []
+        for entry in entries:
+            try:
+                parsed[entry.key] = entry.build()
+            except Exception as exc:
+                self.log.exception("message failed before its actions", key=entry.key)
+                unreadable.append((entry.key, FAILED, f"evaluate: {exc!r}"))
+        existing: dict[str, str] = {}
+        if not self.dry_run:
+            existing = self.inbound.begin_many([
+                dict(key=e.key, account=self.account, folder=self.folder,
+                     message_id=parsed[e.key].message_id if e.key in parsed else None, **e.begin)
+                for e in entries], now=now)
+        finished.extend(row for row in unreadable if existing.get(row[0]) not in FINISHED)
+        items: list[InboundItem] = []
+        for entry in entries:
+            msg = parsed.get(entry.key)
+            if msg is None or existing.get(entry.key) in FINISHED:
+                continue
+            try:
+                planned = self.rules.evaluate(msg, now=now)
+            except Exception as exc:
+                self.log.exception("message failed before its actions", key=entry.key)
+                finished.append((entry.key, FAILED, f"evaluate: {exc!r}"))
+                continue
+            if self.dry_run:
+                for action in planned:
+                    self.log.info(f"would {action.kind}", key=entry.key, rule=action.rule, params=action.params,
+                                  subject=msg.subject)
+                if not planned:
+                    self.log.info("would do nothing: no rule matches", key=entry.key, subject=msg.subject)
+            elif not planned:
+                finished.append((entry.key, DONE, None))
+                self.hooks.processed(self.account, self.folder, "no_match")
+            else:
+                items.append(InboundItem(key=entry.key, message=msg, planned=planned, **entry.ident))
+        if not self.dry_run:
+            self.inbound.finish_many(finished, now=self.clock())
+        return items
 
     async def _hand_over(self, mailbox: MailboxOps | None, items: Sequence[InboundItem]) -> dict[str, str]:
         """handle_batch, then finish each row. A batch that raises is retried item by item so
@@ -188,13 +215,12 @@ class _Watcher:
                 for item in items:
                     stored.update(await self._hand_over(mailbox, [item]))
                 return stored
-        stored = {}
-        for item in items:
-            status, error = _outcome_status(outcomes.get(item.key))
-            stored[item.key] = self.inbound.finish(item.key, status, now=self.clock(), error=error)
-            self.hooks.processed(self.account, self.folder, stored[item.key])
-            if stored[item.key] != DONE:
-                self.log.warning("message not done", key=item.key, status=stored[item.key], error=error)
+        results = [(item.key, *_outcome_status(outcomes.get(item.key))) for item in items]
+        stored = self.inbound.finish_many(results, now=self.clock())
+        for key, _status, error in results:
+            self.hooks.processed(self.account, self.folder, stored[key])
+            if stored[key] != DONE:
+                self.log.warning("message not done", key=key, status=stored[key], error=error)
         return stored
 
 
@@ -251,6 +277,7 @@ class ImapWatcher(_Watcher):
                 self._save(uidvalidity, max(everything, default=state.uidnext - 1), start_from)
                 return
             candidates = await conn.search_uids(["UNSEEN"]) if start_from == "unseen" else everything
+            candidates = await self._prefilter(conn, candidates)
             self.log.info(f"first start: start_from={start_from}, taking in {len(candidates)} of "
                           f"{len(everything)} messages")
             last = 0
@@ -268,7 +295,8 @@ class ImapWatcher(_Watcher):
         if retries:
             retries = sorted(await conn.existing_uids(retries))
         todo = sorted(set(candidates) | set(retries))
-        for batch in chunks(todo, self.batch_size):
+        size = min(self.batch_size, BODY_BATCH) if self.rules.needs().body else self.batch_size
+        for batch in chunks(todo, size):
             await self._process(conn, uidvalidity, batch)
             # everything up to this batch's end was looked at: skipped by the prefilter or handled
             reached = max([last, *[u for u in everything if u <= batch[-1]]])
@@ -305,35 +333,27 @@ class ImapWatcher(_Watcher):
         already = [uid for uid, mid in message_ids.items() if mid and mid in seen]
         self.log.warning("UIDVALIDITY changed: the server renumbered the folder", old=old, new=new,
                          messages=len(everything), already_handled=len(already))
-        if not self.dry_run:
-            for uid in already:
-                key = self._key(uid, new)
-                now = self.clock()
-                if self.inbound.begin(key, account=self.account, folder=self.folder, now=now, uidvalidity=new,
-                                      uid=uid, message_id=message_ids[uid]) is None:
-                    self.inbound.finish(key, DONE, now=now,
-                                        error=f"handled before under UIDVALIDITY {old} (same Message-ID)")
+        if not self.dry_run and already:
+            now = self.clock()
+            existing = self.inbound.begin_many([
+                dict(key=self._key(uid, new), account=self.account, folder=self.folder, uidvalidity=new, uid=uid,
+                     message_id=message_ids[uid]) for uid in already], now=now)
+            reason = f"handled before under UIDVALIDITY {old} (same Message-ID)"
+            self.inbound.finish_many([(self._key(uid, new), DONE, reason) for uid in already
+                                      if self._key(uid, new) not in existing], now=now)
         return [uid for uid in everything if uid not in set(already)]
 
     async def _process(self, conn: ImapConnection, uidvalidity: int, uids: list[int]) -> None:
         needs = self.rules.needs()
         fetched = await conn.fetch_headers(uids, needs.header_fields, bodystructure=needs.bodystructure,
                                            whole=needs.body)
-        items: list[InboundItem] = []
-        for uid in uids:
-            row = fetched.get(uid)
-            if row is None:
-                continue  # expunged meanwhile: nothing to do
-            key = self._key(uid, uidvalidity)
-            item = self._item(
-                key, lambda r=row, k=key: _parsed(r, k),
-                lambda mid, u=uid, k=key: self.inbound.begin(
-                    k, account=self.account, folder=self.folder, now=self.clock(), uidvalidity=uidvalidity,
-                    uid=u, message_id=mid),
-                uid=uid, raw=row.raw)
-            if item is not None:
-                items.append(item)
-        await self._hand_over(conn, items)
+        entries = [
+            _Entry(key, lambda r=row, k=key: _parsed(r, k), dict(uidvalidity=uidvalidity, uid=uid),
+                   dict(uid=uid, raw=row.raw))
+            for uid in uids
+            if (row := fetched.get(uid)) is not None  # absent: expunged meanwhile, nothing to do
+            for key in [self._key(uid, uidvalidity)]]
+        await self._hand_over(conn, self._evaluate(entries))
 
 
 def _parsed(row: HeaderFetch, key: str) -> ParsedMessage:
@@ -408,18 +428,13 @@ class Pop3Watcher(_Watcher):
         return start_from == "all"
 
     async def _take_in(self, conn: Pop3Connection, batch: list[tuple[int, str]]) -> None:
-        items: list[InboundItem] = []
+        entries = []
         for num, uidl in batch:
             key = self._key(uidl)
             raw = await conn.retr(num)
-            item = self._item(
-                key, lambda r=raw, k=key: ParsedMessage.from_bytes(r, key=k),
-                lambda mid, u=uidl, k=key: self.inbound.begin(
-                    k, account=self.account, folder=self.folder, now=self.clock(), uidl=u, message_id=mid),
-                uidl=uidl, raw=raw)
-            if item is not None:
-                items.append(item)
-        await self._hand_over(None, items)
+            entries.append(_Entry(key, lambda r=raw, k=key: ParsedMessage.from_bytes(r, key=k),
+                                  dict(uidl=uidl), dict(uidl=uidl, raw=raw)))
+        await self._hand_over(None, self._evaluate(entries))
 
 
 __all__ = ["ImapWatcher", "Pop3Watcher", "sleep_or_stop"]

@@ -9,11 +9,12 @@ for a human). The row, not the checkpoint, is what keeps a message from being ha
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .engine import as_utc, to_utc
@@ -98,24 +99,74 @@ class InboundStore:
         """Insert a pending row for a new message; None if it was new, else the status it has."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(inbound).values(
-                    key=key, account=account, folder=folder, uidvalidity=uidvalidity, uid=uid, uidl=uidl,
-                    message_id=(message_id or None) and message_id[:998], status=PENDING, attempts=0,
-                    created_at=to_utc(now), updated_at=to_utc(now)))
+                conn.execute(insert(inbound).values(_new_row(
+                    dict(key=key, account=account, folder=folder, uidvalidity=uidvalidity, uid=uid, uidl=uidl,
+                         message_id=message_id), now)))
             return None
         except IntegrityError:
             with self.engine.connect() as conn:
                 return conn.execute(select(inbound.c.status).where(inbound.c.key == key)).scalar_one()
+
+    def begin_many(self, rows: Sequence[dict[str, Any]], *, now: datetime) -> dict[str, str]:
+        """``begin`` for a whole batch in one transaction. Each row: key, account, folder and
+        optionally uidvalidity, uid, uidl, message_id. Returns key -> status for the rows that
+        existed already (the rest were inserted as pending)."""
+        if not rows:
+            return {}
+        keys = [row["key"] for row in rows]
+        with self.engine.begin() as conn:
+            existing = self._statuses(conn, keys)
+            new = [_new_row(row, now) for row in rows if row["key"] not in existing]
+            if new:
+                conn.execute(insert(inbound), new)
+        return existing
+
+    def finish_many(self, results: Sequence[tuple[str, str, str | None]], *, now: datetime) -> dict[str, str]:
+        """``finish`` for a whole batch, one transaction: (key, status, error) each. Returns
+        key -> the status stored."""
+        if not results:
+            return {}
+        stored: dict[str, str] = {}
+        params = []
+        with self.engine.begin() as conn:
+            attempts_of: dict[str, int] = {}
+            keys = sorted({key for key, _, _ in results})
+            for i in range(0, len(keys), _IN_CHUNK):
+                attempts_of.update(conn.execute(select(inbound.c.key, inbound.c.attempts).where(
+                    inbound.c.key.in_(keys[i:i + _IN_CHUNK]))).all())
+            for key, status, error in results:
+                status, attempts = self._next(status, int(attempts_of[key]))
+                attempts_of[key] = attempts
+                stored[key] = status
+                params.append(dict(k=key, s=status, a=attempts, e=error))
+            conn.execute(update(inbound).where(inbound.c.key == bindparam("k")).values(
+                status=bindparam("s"), attempts=bindparam("a"), error=bindparam("e"), updated_at=to_utc(now)),
+                params)
+        return stored
+
+    def _next(self, status: str, attempts: int) -> tuple[str, int]:
+        """Status and attempts after an outcome: failures count; too many sets it aside."""
+        if status in (FAILED, SET_ASIDE):
+            attempts += 1
+        if status == FAILED and attempts >= self.max_attempts:
+            status = SET_ASIDE
+        return status, attempts
+
+    @staticmethod
+    def _statuses(conn: Any, keys: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        ordered = sorted(set(keys))
+        for i in range(0, len(ordered), _IN_CHUNK):
+            found.update(conn.execute(select(inbound.c.key, inbound.c.status).where(
+                inbound.c.key.in_(ordered[i:i + _IN_CHUNK]))).all())
+        return found
 
     def finish(self, key: str, status: str, *, now: datetime, error: str | None = None) -> str:
         """Record the outcome; a failure past ``max_attempts`` becomes set_aside. Returns the
         status stored."""
         with self.engine.begin() as conn:
             attempts = conn.execute(select(inbound.c.attempts).where(inbound.c.key == key)).scalar_one()
-            if status in (FAILED, SET_ASIDE):
-                attempts += 1
-            if status == FAILED and attempts >= self.max_attempts:
-                status = SET_ASIDE
+            status, attempts = self._next(status, int(attempts))
             conn.execute(update(inbound).where(inbound.c.key == key).values(
                 status=status, attempts=attempts, error=error, updated_at=to_utc(now)))
         return status
@@ -165,6 +216,13 @@ class InboundStore:
             query = query.where(inbound.c.account == account)
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(query.order_by(inbound.c.updated_at))]
+
+
+def _new_row(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    message_id = row.get("message_id") or None
+    return dict(key=row["key"], account=row["account"], folder=row["folder"], uidvalidity=row.get("uidvalidity"),
+                uid=row.get("uid"), uidl=row.get("uidl"), message_id=message_id and message_id[:998],
+                status=PENDING, attempts=0, created_at=to_utc(now), updated_at=to_utc(now))
 
 
 def _row(r) -> InboundRow:
