@@ -13,7 +13,7 @@ Both clocks stop when Postfix has accepted every message and the client is done.
 into the mailboxes (Postfix -> LMTP -> Dovecot) is checked after each side, untimed for both,
 and the mailboxes are cleared before the next side runs. Rounds alternate which side goes first.
 
-Run: bench/send [--rows 1000] [--rounds 3] [--connections 4] [--port-offset 20000] [--check]
+Run: bench/send [--rows 1000] [--rounds 3] [--connections 16] [--port-offset 20000] [--check]
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/send", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1000, help="messages per side per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=8, help="postroom's SMTP connections")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="postroom's SMTP connections (the config allows up to 16)")
     parser.add_argument("--port-offset", type=int, default=20000, help="the bench lab's port offset")
     parser.add_argument("--check", action="store_true", help="exit 1 if postroom/smtplib < 1.0")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, store)")
