@@ -346,7 +346,7 @@ class ImapWatcher(_Watcher):
     async def _process(self, conn: ImapConnection, uidvalidity: int, uids: list[int]) -> None:
         needs = self.rules.needs()
         fetched = await conn.fetch_headers(uids, needs.header_fields, bodystructure=needs.bodystructure,
-                                           whole=needs.body)
+                                           whole=needs.body, internal_date=needs.internal_date, flags=False)
         entries = [
             _Entry(key, lambda r=row, k=key: _parsed(r, k), dict(uidvalidity=uidvalidity, uid=uid),
                    dict(uid=uid, raw=row.raw))
