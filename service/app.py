@@ -9,21 +9,17 @@ exit 0. Reload (SIGHUP): validate the new config and templates first; apply only
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import structlog
 
-from .checks import template_findings
-from .config import Config, LoadedConfig, Settings, load_config
-from .errors import ConfigError, PostroomError
+from .bootstrap import load_checked, open_daemon_store, recover_single_node
+from .config import Config, Settings
+from .errors import PostroomError
 from .http import HttpServer
 from .incoming.actions import ActionExecutor
 from .incoming.rules import RuleSet, compile_rules
@@ -34,66 +30,12 @@ from .outgoing.jobs import JobRunner
 from .outgoing.sender import OutboxSender
 from .outgoing.templates import TemplateRenderer
 from .scheduler import Scheduler
-from .store import Store, schema_is_current, utcnow
+from .store import schema_is_current, utcnow
 from .webhooks import WebhookQueue
 
 log = structlog.get_logger(__name__)
 
 STOP_TIMEOUT = 15.0  # seconds in-flight work may take to finish at stop; systemd allows 45
-
-
-def load_checked(settings: Settings) -> tuple[LoadedConfig, TemplateRenderer]:
-    """Config plus templates, validated together; ConfigError lists every problem."""
-    loaded = load_config(settings)
-    renderer = TemplateRenderer(loaded.templates_dir)
-    bad = [f for f in template_findings(loaded.config, renderer) if not f.ok]
-    if bad:
-        raise ConfigError([(f.where, f.message) for f in bad], file=str(loaded.path))
-    return loaded, renderer
-
-
-def open_store(settings: Settings) -> Store:
-    return Store.open(settings.database_url_or_default(), owner=settings.instance)
-
-
-# A migration imports alembic, mako and pygments (about 12 MiB resident) that a months-long
-# daemon would then carry to its end: the daemon migrates in a short-lived child instead.
-_MIGRATE = "import sys; from service.store import migrate, open_engine; migrate(open_engine(sys.stdin.read()))"
-MIGRATE_TIMEOUT = 300.0  # seconds; a large PostgreSQL migration may take a while
-
-
-def open_daemon_store(settings: Settings) -> Store:
-    """The store with its schema current, migrated (when needed) by a child process."""
-    url = settings.database_url_or_default()
-    store = Store.open(url, owner=settings.instance, migrate_schema=False)
-    if schema_is_current(store.engine):
-        return store
-    log.info("migrating the store schema")
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    # The URL (it may hold a password) goes through stdin, never argv where `ps` shows it.
-    try:
-        done = subprocess.run([sys.executable, "-c", _MIGRATE], input=url, env=env, capture_output=True,
-                              text=True, timeout=MIGRATE_TIMEOUT, check=False)
-        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-    except subprocess.TimeoutExpired:
-        done, why = None, f"no end within {MIGRATE_TIMEOUT:.0f} s"
-    if done is None or done.returncode != 0 or not schema_is_current(store.engine):
-        store.close()
-        raise PostroomError(f"store schema migration failed: {why}")
-    return store
-
-
-def recover_single_node(store: Store) -> None:
-    """SQLite means one process: whatever a previous process left in flight is ours again now
-    (no need to wait for leases to run out). PostgreSQL replicas wait for the lease instead."""
-    if store.engine.dialect.name != "sqlite":
-        return
-    now = utcnow()
-    released = store.outbox.release_all_leases(now=now)
-    hooks = store.ledger.release_all_webhook_leases(now=now)
-    if released or hooks:
-        log.info("took back work in flight at the last stop", messages=released, webhooks=hooks)
 
 
 @dataclass

@@ -8,58 +8,42 @@ import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
 
-import typer
+import click
 
 from .config import Settings
 from .errors import ConfigError, PostroomError
 from .logs import setup_logging
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="postroom: scheduled template mail out, inbox rules in.")
-rules_app = typer.Typer(no_args_is_help=True, help="Inspect inbox rules.")
-outbox_app = typer.Typer(invoke_without_command=True, help="What waits to be sent, and what failed.")
-app.add_typer(rules_app, name="rules")
-app.add_typer(outbox_app, name="outbox")
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Config file (default: $POSTROOM_CONFIG, else ./postroom.yaml).", show_default=False)]
+class Failed(click.ClickException):
+    """A problem the user can fix: printed to stderr, exit 1."""
+
+    def show(self, file=None) -> None:  # noqa: ANN001 (click's signature)
+        click.secho(self.format_message(), fg="red", err=True)
 
 
-class State:
-    settings: Settings
+def settings(ctx: click.Context) -> Settings:
+    return ctx.find_root().obj
 
 
-state = State()
-
-
-def _version(value: bool) -> None:
-    if value:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            typer.echo(f"postroom {version('postroom')}")
-        except PackageNotFoundError:
-            typer.echo("postroom (not installed)")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(ctx: typer.Context, config: ConfigOpt = None,
-          _show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                      help="Print the version and exit.")] = False) -> None:
-    overrides = {"config": config} if config else {}
-    state.settings = Settings(**overrides)
-    level = state.settings.log_level
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False),
+              help="Config file (default: $POSTROOM_CONFIG, else ./postroom.yaml).")
+@click.version_option(package_name="postroom", message="%(prog)s %(version)s")
+@click.pass_context
+def app(ctx: click.Context, config: Path | None) -> None:
+    """postroom: scheduled template mail out, inbox rules in."""
+    ctx.obj = Settings(**({"config": config} if config else {}))
+    level = ctx.obj.log_level
     if ctx.invoked_subcommand != "run" and "POSTROOM_LOG_LEVEL" not in os.environ:
         # One-shot commands speak through their own output; their logs are for trouble only.
         level = "WARNING"
-    setup_logging(fmt=state.settings.log_format, level=level)
+    setup_logging(fmt=ctx.obj.log_format, level=level)
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
+def broken_config(exc: ConfigError) -> Failed:
+    return Failed(f"config is broken:\n{exc}")
 
 
 def _fmt_time(value: datetime | None, tz: str | None = None) -> str:
@@ -80,60 +64,65 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 # -- check ---------------------------------------------------------------------------------
 @app.command()
-def check(offline: Annotated[bool, typer.Option("--offline", help="Only validate; don't connect to servers.")] = False) -> None:
+@click.option("--offline", is_flag=True, help="Only validate; don't connect to servers.")
+@click.pass_context
+def check(ctx: click.Context, offline: bool) -> None:
     """Validate config, templates and rules; then log in to every server (unless --offline)."""
-    from .app import load_checked
+    from .bootstrap import load_checked
     from .checks import server_findings
 
     try:
-        loaded, _renderer = load_checked(state.settings)
+        loaded, _renderer = load_checked(settings(ctx))
     except ConfigError as exc:
-        raise fail(f"config is broken:\n{exc}") from None
+        raise broken_config(exc) from None
     cfg = loaded.config
-    typer.echo(f"{loaded.path}: OK — {len(cfg.accounts)} accounts, {len(cfg.jobs)} jobs, {len(cfg.rules)} rules; "
+    click.echo(f"{loaded.path}: OK — {len(cfg.accounts)} accounts, {len(cfg.jobs)} jobs, {len(cfg.rules)} rules; "
                f"templates in {loaded.templates_dir}")
     if offline:
         return
     findings = asyncio.run(server_findings(cfg))
     for f in findings:
-        mark = typer.style("ok  ", fg=typer.colors.GREEN) if f.ok else typer.style("FAIL", fg=typer.colors.RED)
-        typer.echo(f"  {mark} {f.where}: {f.message}")
+        mark = click.style("ok  ", fg="green") if f.ok else click.style("FAIL", fg="red")
+        click.echo(f"  {mark} {f.where}: {f.message}")
     if not all(f.ok for f in findings):
-        raise typer.Exit(1)
+        ctx.exit(1)
 
 
 # -- run -----------------------------------------------------------------------------------
 @app.command()
-def run(dry_run: Annotated[bool, typer.Option("--dry-run", help="Log every action it would take; perform none.")] = False) -> None:
+@click.option("--dry-run", is_flag=True, help="Log every action it would take; perform none.")
+@click.pass_context
+def run(ctx: click.Context, dry_run: bool) -> None:
     """Run the daemon in the foreground (for systemd, Docker, or a terminal)."""
     from .app import run_daemon
 
     try:
-        code = run_daemon(state.settings, dry_run=dry_run)
+        code = run_daemon(settings(ctx), dry_run=dry_run)
     except ConfigError as exc:
-        raise fail(f"config is broken:\n{exc}") from None
+        raise broken_config(exc) from None
     except PostroomError as exc:
-        raise fail(f"postroom: {exc}") from None
-    raise typer.Exit(code)
+        raise Failed(f"postroom: {exc}") from None
+    ctx.exit(code)
 
 
 # -- jobs ----------------------------------------------------------------------------------
 @app.command()
-def jobs() -> None:
+@click.pass_context
+def jobs(ctx: click.Context) -> None:
     """Each job with its schedule and next fire time."""
-    from .app import open_store
+    from .bootstrap import open_store
     from .config import load_config
     from .scheduler import jobs_overview
     from .store import utcnow
 
     try:
-        cfg = load_config(state.settings).config
+        cfg = load_config(settings(ctx)).config
     except ConfigError as exc:
-        raise fail(f"config is broken:\n{exc}") from None
+        raise broken_config(exc) from None
     overview = jobs_overview(cfg, now=utcnow())
     last = {}
     try:
-        store = open_store(state.settings)
+        store = open_store(settings(ctx))
         last = store.runs.last_runs()
         store.close()
     except Exception:  # the overview is still useful without run history
@@ -144,41 +133,42 @@ def jobs() -> None:
         last_text = f"{run_.status} {_fmt_time(run_.started_at, j.timezone)}" if run_ else "never"
         rows.append([j.name, j.schedule, j.timezone, _fmt_time(j.next_fire, j.timezone), last_text])
     if not rows:
-        typer.echo("no jobs configured")
+        click.echo("no jobs configured")
         return
-    typer.echo(_table(rows, ["JOB", "SCHEDULE", "ZONE", "NEXT FIRE", "LAST RUN"]))
+    click.echo(_table(rows, ["JOB", "SCHEDULE", "ZONE", "NEXT FIRE", "LAST RUN"]))
 
 
 # -- send ----------------------------------------------------------------------------------
 @app.command()
-def send(
-    job: Annotated[str, typer.Argument(help="The job to run now.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the MIME message(s); send nothing.")] = False,
-    to: Annotated[Optional[list[str]], typer.Option("--to", help="Send to this address instead (repeatable).")] = None,
-) -> None:
-    """Run a job now and send what it makes."""
+@click.argument("job")
+@click.option("--dry-run", is_flag=True, help="Print the MIME message(s); send nothing.")
+@click.option("--to", "to", multiple=True, metavar="ADDR", help="Send to this address instead (repeatable).")
+@click.pass_context
+def send(ctx: click.Context, job: str, dry_run: bool, to: tuple[str, ...]) -> None:
+    """Run JOB now and send what it makes."""
     try:
-        asyncio.run(_send(job, dry_run=dry_run, to=to or None))
+        code = asyncio.run(_send(settings(ctx), job, dry_run=dry_run, to=list(to) or None))
     except ConfigError as exc:
-        raise fail(f"config is broken:\n{exc}") from None
+        raise broken_config(exc) from None
     except PostroomError as exc:
-        raise fail(f"{job}: {exc}") from None
+        raise Failed(f"{job}: {exc}") from None
+    ctx.exit(code)
 
 
-async def _send(job: str, *, dry_run: bool, to: list[str] | None) -> None:
+async def _send(settings: Settings, job: str, *, dry_run: bool, to: list[str] | None) -> int:
     from collections import Counter
 
-    from .app import load_checked, open_store
+    from .bootstrap import load_checked, open_store
     from .outgoing.jobs import JobRunner
     from .outgoing.sender import OutboxSender
     from .store import utcnow
     from .store.outbox import OutboxItem
 
-    loaded, renderer = load_checked(state.settings)
+    loaded, renderer = load_checked(settings)
     cfg = loaded.config
     if job not in cfg.jobs:
         raise PostroomError(f"no job named {job!r}; jobs: {', '.join(sorted(cfg.jobs)) or 'none'}")
-    store = await asyncio.to_thread(open_store, state.settings)
+    store = await asyncio.to_thread(open_store, settings)
     sender: OutboxSender | None = None
     warming: asyncio.Task[None] | None = None
     try:
@@ -186,14 +176,14 @@ async def _send(job: str, *, dry_run: bool, to: list[str] | None) -> None:
         if dry_run:
             built = await runner.build(job, key_prefix="dry-run", now=utcnow(), to_override=to)
             if built.skipped:
-                typer.echo(f"{job}: nothing to send ({built.skipped})", err=True)
-                return
+                click.echo(f"{job}: nothing to send ({built.skipped})", err=True)
+                return 0
             for i, m in enumerate(built.messages):
-                typer.echo(f"--- message {i + 1} of {len(built.messages)}; envelope from <{m.envelope_from}> to "
+                click.echo(f"--- message {i + 1} of {len(built.messages)}; envelope from <{m.envelope_from}> to "
                            f"{', '.join(m.recipients)}", err=True)
                 sys.stdout.write(m.raw.decode("utf-8", "replace").replace("\r\n", "\n"))
                 sys.stdout.write("\n")
-            return
+            return 0
         wanted: set[str] = set()
         outcomes: dict[str, str] = {}  # message_id -> its latest result in this process
 
@@ -207,10 +197,10 @@ async def _send(job: str, *, dry_run: bool, to: list[str] | None) -> None:
         built = await runner.run_now(job, key_prefix=f"manual:{job}:{uuid.uuid4().hex}", to_override=to)
         await warming
         if built.skipped:
-            typer.echo(f"{job}: nothing to send ({built.skipped})")
-            return
+            click.echo(f"{job}: nothing to send ({built.skipped})")
+            return 0
         total = len(built.messages)
-        typer.echo(f"{job}: {total} message(s) queued; sending…")
+        click.echo(f"{job}: {total} message(s) queued; sending…")
         # The whole merge in one claim (up to 5,000 rows; the messages are in memory already):
         # each claim is a transaction scanning for due rows, ten cost a 1,000-row merge ~0.5 s.
         sender.policy = cfg.outbox.model_copy(update={"batch_size": max(cfg.outbox.batch_size, min(total, 5000))})
@@ -225,13 +215,14 @@ async def _send(job: str, *, dry_run: bool, to: list[str] | None) -> None:
             items = await asyncio.to_thread(store.outbox.by_message_ids, wanted)
             counts = Counter("deferred" if i.status == "queued" and i.attempts > 0 else i.status for i in items)
         sent, deferred, dead = counts["sent"], counts["deferred"], counts["dead"]
-        typer.echo(f"{job}: sent {sent}, deferred {deferred}, dead {dead} (of {total}); "
+        click.echo(f"{job}: sent {sent}, deferred {deferred}, dead {dead} (of {total}); "
                    f"at {_fmt_time(utcnow())}")
         if deferred:
-            typer.echo("  deferred messages stay in the outbox; `postroom run` retries them with backoff")
+            click.echo("  deferred messages stay in the outbox; `postroom run` retries them with backoff")
         if dead:
-            typer.echo("  see `postroom outbox --dead` for why")
-            raise typer.Exit(1)
+            click.echo("  see `postroom outbox --dead` for why")
+            return 1
+        return 0
     finally:
         if warming is not None:
             warming.cancel()
@@ -242,62 +233,68 @@ async def _send(job: str, *, dry_run: bool, to: list[str] | None) -> None:
 
 
 # -- rules test ----------------------------------------------------------------------------
-@rules_app.command("test")
-def rules_test(
-    file: Annotated[Path, typer.Argument(help="A message file (.eml).", exists=True, dir_okay=False)],
-    account: Annotated[Optional[str], typer.Option("--account", help="Only this account's rules.")] = None,
-) -> None:
-    """Which rules match this message and which actions they would take."""
+@app.group()
+def rules() -> None:
+    """Inspect inbox rules."""
+
+
+@rules.command("test")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--account", help="Only this account's rules.")
+@click.pass_context
+def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
+    """Which rules match the message in FILE (.eml) and which actions they would take."""
     from .config import load_config
     from .incoming.message import ParsedMessage
     from .incoming.rules import compile_rules
     from .store import utcnow
 
     try:
-        cfg = load_config(state.settings).config
+        cfg = load_config(settings(ctx)).config
     except ConfigError as exc:
-        raise fail(f"config is broken:\n{exc}") from None
+        raise broken_config(exc) from None
     if account is not None and account not in cfg.accounts:
-        raise fail(f"no account named {account!r}; accounts: {', '.join(sorted(cfg.accounts))}")
+        raise Failed(f"no account named {account!r}; accounts: {', '.join(sorted(cfg.accounts))}")
     rules = [r for r in cfg.rules if account is None or r.account == account]
     msg = ParsedMessage.from_bytes(file.read_bytes(), key=str(file))
-    typer.echo(f"message: {msg.subject!r} from {', '.join(a.display for a in msg.from_) or '-'}")
+    click.echo(f"message: {msg.subject!r} from {', '.join(a.display for a in msg.from_) or '-'}")
     any_match = False
     for ex in compile_rules(rules).explain(msg, now=utcnow()):
         if ex.skipped:
-            typer.echo(f"  -    {ex.rule}: not evaluated (an earlier rule said stop)")
+            click.echo(f"  -    {ex.rule}: not evaluated (an earlier rule said stop)")
         elif ex.matched:
             any_match = True
-            typer.echo(typer.style(f"  MATCH {ex.rule}", fg=typer.colors.GREEN))
+            click.secho(f"  MATCH {ex.rule}", fg="green")
             for a in ex.actions:
                 params = ", ".join(f"{k}={v}" for k, v in a.params.items())
-                typer.echo(f"        {a.index}: {a.kind}" + (f" ({params})" if params else ""))
+                click.echo(f"        {a.index}: {a.kind}" + (f" ({params})" if params else ""))
         else:
-            typer.echo(f"  no    {ex.rule}")
+            click.echo(f"  no    {ex.rule}")
     if not any_match:
-        typer.echo("no rule matches")
+        click.echo("no rule matches")
 
 
 # -- outbox --------------------------------------------------------------------------------
-@outbox_app.callback()
-def outbox(ctx: typer.Context,
-           dead: Annotated[bool, typer.Option("--dead", help="Show dead letters and why they failed.")] = False,
-           limit: Annotated[int, typer.Option(help="At most this many rows.")] = 50) -> None:
+@app.group(invoke_without_command=True)
+@click.option("--dead", is_flag=True, help="Show dead letters and why they failed.")
+@click.option("--limit", default=50, show_default=True, help="At most this many rows.")
+@click.pass_context
+def outbox(ctx: click.Context, dead: bool, limit: int) -> None:
     """What waits to be sent (or, with --dead, what failed and why)."""
     if ctx.invoked_subcommand is not None:
         return
-    from .app import open_store
+    from .bootstrap import open_store
 
-    store = open_store(state.settings)
+    store = open_store(settings(ctx))
     try:
         counts = store.outbox.counts()
         statuses = ["dead"] if dead else ["queued", "sending"]
         items = store.outbox.list(statuses=statuses, limit=limit)
     finally:
         store.close()
-    typer.echo("outbox: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
+    click.echo("outbox: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
     if not items:
-        typer.echo("no dead letters" if dead else "nothing waiting")
+        click.echo("no dead letters" if dead else "nothing waiting")
         return
     rows = []
     for i in items:
@@ -306,32 +303,34 @@ def outbox(ctx: typer.Context,
         rows.append([str(i.id), i.account, i.origin or "-", to[:40], str(i.attempts),
                      "" if dead else when, (i.last_error or "")[:80]])
     headers = ["ID", "ACCOUNT", "FROM JOB/RULE", "TO", "TRIES", "" if dead else "NEXT TRY", "LAST ERROR"]
-    typer.echo(_table(rows, headers))
+    click.echo(_table(rows, headers))
     if dead:
-        typer.echo("put one back with: postroom outbox retry ID")
+        click.echo("put one back with: postroom outbox retry ID")
 
 
-@outbox_app.command("retry")
-def outbox_retry(item_id: Annotated[int, typer.Argument(help="The dead letter's ID.")]) -> None:
-    """Put a dead letter back in the queue (same Message-ID; the daemon sends it)."""
-    from .app import open_store
+@outbox.command("retry")
+@click.argument("item_id", metavar="ID", type=int)
+@click.pass_context
+def outbox_retry(ctx: click.Context, item_id: int) -> None:
+    """Put dead letter ID back in the queue (same Message-ID; the daemon sends it)."""
+    from .bootstrap import open_store
     from .store import utcnow
 
-    store = open_store(state.settings)
+    store = open_store(settings(ctx))
     try:
         item = store.outbox.get(item_id)
         if item is None:
-            raise fail(f"no outbox message with ID {item_id}")
+            raise Failed(f"no outbox message with ID {item_id}")
         if item.status != "dead":
-            raise fail(f"message {item_id} is {item.status}, not dead; nothing to retry")
+            raise Failed(f"message {item_id} is {item.status}, not dead; nothing to retry")
         store.outbox.retry(item_id, now=utcnow())
     finally:
         store.close()
-    typer.echo(f"message {item_id} is queued again; a running daemon sends it at its next pass")
+    click.echo(f"message {item_id} is queued again; a running daemon sends it at its next pass")
 
 
 def main() -> None:
-    app()
+    app(prog_name="postroom")
 
 
 if __name__ == "__main__":

@@ -257,7 +257,7 @@ def test_sigterm_mid_batch_exits_in_time_and_a_restart_sends_the_rest_once(tmp_p
 RESIDENT_PROBE = """\
 import sys
 from service.cli import app  # the daemon's entry point, as `postroom run` imports it
-from service.app import open_daemon_store
+from service.bootstrap import open_daemon_store
 from service.config import Settings
 store = open_daemon_store(Settings(database_url=sys.argv[1], instance="probe"))
 store.close()
@@ -282,7 +282,7 @@ def test_daemon_migrates_in_a_child_and_keeps_alembic_and_rich_out_of_memory(tmp
 
 
 def test_a_failed_migration_stops_the_start_with_the_reason(tmp_path):
-    from service.app import open_daemon_store
+    from service.bootstrap import open_daemon_store
     from service.config import Settings
     from service.errors import PostroomError
 
