@@ -180,6 +180,22 @@ def _parse_date(value: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # "-0000": zone unknown
 
 
+_ADDR = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+"
+_BARE_ADDRESS = re.compile(rf"\s*({_ADDR})\s*\Z")
+_NAMED_ADDRESS = re.compile(rf"\s*([A-Za-z0-9'-]+(?: [A-Za-z0-9'-]+)*) <({_ADDR})>\s*\Z")
+
+
+def _simple_address(value: str) -> tuple[str, str] | None:
+    """(name, addr) of the two everyday shapes, ``a@b`` and ``Plain Name <a@b>``, exactly as
+    ``email.utils.getaddresses`` reads them but without its full RFC 5322 parse (the hot path
+    of address rules over a folder); None for anything else."""
+    match = _BARE_ADDRESS.match(value)
+    if match:
+        return "", match.group(1)
+    match = _NAMED_ADDRESS.match(value)
+    return (match.group(1), match.group(2)) if match else None
+
+
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")
 
 
@@ -268,7 +284,8 @@ class ParsedMessage:
             raw = [decode_header_value(v) if not isinstance(v, str) else
                    v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                    for v in self.headers.get_all(name) or []]
-            pairs = email.utils.getaddresses(raw)
+            simple = [_simple_address(v) for v in raw]
+            pairs = simple if None not in simple else email.utils.getaddresses(raw)
         except Exception:  # noqa: BLE001
             return []
         found = []
