@@ -31,6 +31,7 @@ from .compose import (
     rows_to_csv,
     validate_address,
 )
+from .sender import OutboxSender
 from .sources import load_data
 from .templates import TemplateRenderer
 
@@ -48,8 +49,12 @@ class JobRunner:
     def __init__(self, config: Config, renderer: TemplateRenderer, store: Store, *,
                  wake_sender: Callable[[], None] = lambda: None,
                  clock: Callable[[], datetime] = utcnow,
-                 on_run: Callable[[str, str, float], None] = lambda job, status, seconds: None):
+                 on_run: Callable[[str, str, float], None] = lambda job, status, seconds: None,
+                 sender: OutboxSender | None = None):
         self.on_run = on_run  # (job, status, seconds) — metrics
+        # The daemon's sender: a run's messages are stored already leased to it and handed
+        # over in memory (no claim reading them back), its connections opened while rendering.
+        self.sender = sender
         self.config = config
         self.renderer = renderer
         self.store = store
@@ -178,12 +183,25 @@ class JobRunner:
         run_id = await asyncio.to_thread(runs.start_run, job_id, fire_time=fire_time, trigger=trigger, now=now)
         bound = log.bind(job=job_id, trigger=trigger, fire_time=fire_time.isoformat() if fire_time else None)
         status, detail, built = "failed", None, BuiltRun(job=job_id)
+        sender = self.sender if self.sender is not None and self.sender.accepts_handoff else None
+        account = self.config.jobs[job_id].account if job_id in self.config.jobs else None
+        warming = asyncio.create_task(sender.prewarm(account)) if sender and account else None
         try:
             built = await self.build(job_id, key_prefix=key_prefix, now=now, fire_time=fire_time,
                                      to_override=to_override)
             if built.skipped:
                 status, detail = "skipped", built.skipped
                 bound.info("job skipped", reason=built.skipped)
+            elif sender is not None:
+                items = await asyncio.to_thread(self.store.outbox.enqueue_leased, built.messages,
+                                                now=self.clock(), lease=sender.lease)
+                status = "done"
+                bound.info("job run queued mail", messages=len(built.messages), new=len(items))
+                if warming is not None:
+                    await warming
+                    warming = None
+                sender.submit(items)
+                self.wake_sender()  # rows of an earlier try of this fire (not handed) are claimed
             else:
                 added = await asyncio.to_thread(self.store.outbox.enqueue, built.messages, now=self.clock())
                 status = "done"
@@ -200,6 +218,10 @@ class JobRunner:
             if not claim:
                 raise
         finally:
+            if warming is not None:  # nothing handed over: don't leave idle connections open
+                warming.cancel()
+                await asyncio.gather(warming, return_exceptions=True)
+                await sender.close_idle(account)  # type: ignore[union-attr]
             done_at = self.clock()
             self.on_run(job_id, status, (done_at - now).total_seconds())
             await asyncio.to_thread(runs.finish_run, run_id, now=done_at, status=status,

@@ -185,6 +185,8 @@ class OutboxSender:
         self.connections_opened = 0  # SMTP connections opened so far (a counter to export)
         self._wake = asyncio.Event()
         self._warm: dict[str, list[SmtpConnection]] = {}  # opened by prewarm(), used by the next drain
+        self._handed: dict[str, list[OutboxItem]] = {}  # submit()ted rows no drain has taken yet
+        self._running = False  # run() is draining: rows handed over now will be sent
 
     async def prewarm(self, account: str) -> None:
         """Open the account's connections now (connect, STARTTLS, AUTH), for the next drain.
@@ -204,13 +206,37 @@ class OutboxSender:
                 conn.abort()
                 log.debug("prewarm connection failed", account=account, error=str(result))
 
-    async def close_idle(self) -> None:
-        """Close connections prewarm() opened that no drain has used."""
-        idle = [conn for conns in self._warm.values() for conn in conns]
-        self._warm.clear()
+    async def close_idle(self, account: str | None = None) -> None:
+        """Close connections prewarm() opened (for `account`, or all) that no drain has used."""
+        if account is None:
+            idle = [conn for conns in self._warm.values() for conn in conns]
+            self._warm.clear()
+        else:
+            idle = self._warm.pop(account, [])
         for conn in idle:
             self.connections_opened += conn.connects
         await asyncio.gather(*(conn.close() for conn in idle))
+
+    @property
+    def accepts_handoff(self) -> bool:
+        """Whether rows passed to submit() will be sent: run() is draining in this process."""
+        return self._running
+
+    def submit(self, items: list[OutboxItem]) -> None:
+        """Send these rows, already stored and leased to this process (`enqueue_leased`).
+
+        They skip the claim: the drain running now takes them when its queue for their
+        account runs dry, or the next drain (woken now) starts with them. Loop thread only."""
+        for item in items:
+            self._handed.setdefault(item.account, []).append(item)
+        self._wake.set()
+
+    def _take_handed(self, account: str | None = None) -> list[OutboxItem]:
+        if account is None:
+            taken = [item for items in self._handed.values() for item in items]
+            self._handed.clear()
+            return taken
+        return self._handed.pop(account, [])
 
     def wake(self) -> None:
         """New mail was enqueued: drain now instead of at the next due time (loop thread only)."""
@@ -224,13 +250,22 @@ class OutboxSender:
         worker claims the account's next batch instead of ending the drain (a 1,000-row merge
         is then 4 logins, not 40). Results are written by a group commit (`_Recorder`).
         """
-        items = await asyncio.to_thread(
-            self.outbox.claim_due, now=self.clock(), limit=self.policy.batch_size, lease=self.lease
-        )
+        handed = self._take_handed()
+        try:
+            claimed = await asyncio.to_thread(
+                self.outbox.claim_due, now=self.clock(), limit=self.policy.batch_size, lease=self.lease
+            )
+        except BaseException:
+            for item in handed:  # not ours to drop: the next drain takes them
+                self._handed.setdefault(item.account, []).append(item)
+            raise
+        unsettled = {item.id: item for item in handed}
+        # A handed row whose lease ran out may be claimed too: it is the same row, sent once.
+        items = handed + [item for item in claimed if item.id not in unsettled]
+        unsettled.update((item.id, item) for item in items)
         stats = DrainStats()
         if not items:
             return stats
-        unsettled = {item.id: item for item in items}
         by_account: dict[str, _AccountQueue] = {}
         for item in items:
             by_account.setdefault(item.account, _AccountQueue(item.account)).rows.append(item)
@@ -281,6 +316,10 @@ class OutboxSender:
         The next claim starts in the background once the queue is half empty, so the
         connections rarely stand idle waiting for one (a claim is a transaction with a
         commit: tens of ms, i.e. dozens of messages)."""
+        handed = self._take_handed(queue.account) if self._handed else []
+        for row in handed:  # submitted while this drain runs: sent by its connections
+            unsettled[row.id] = row
+        queue.rows.extend(handed)
         while not queue.rows:
             if queue.exhausted:
                 return None
@@ -309,10 +348,13 @@ class OutboxSender:
             self.outbox.claim_due, now=self.clock(), limit=self.policy.batch_size, lease=self.lease,
             account=queue.account,
         )
+        queue.exhausted = not items
+        # A row this drain holds whose lease ran out before its turn (a long merge on a slow
+        # server) is claimed again: it is already queued here, so it must not be queued twice.
+        items = [item for item in items if item.id not in unsettled]
         for item in items:
             unsettled[item.id] = item
         queue.rows.extend(items)
-        queue.exhausted = not items
 
     async def _worker(
         self, conn: SmtpConnection, queue: _AccountQueue, unsettled: dict[int, OutboxItem],
@@ -407,6 +449,17 @@ class OutboxSender:
     # -- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Drain until stop is set; between drains sleep until the next row is due or wake()."""
+        self._running = True
+        try:
+            await self._run(stop)
+        finally:
+            self._running = False
+            left = self._take_handed()
+            if left:  # handed over but never taken by a drain: due again at once
+                await asyncio.shield(asyncio.to_thread(self.outbox.release, left, now=self.clock()))
+                log.info("outbox rows released", count=len(left))
+
+    async def _run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._wake.clear()
             try:
@@ -415,6 +468,10 @@ class OutboxSender:
                 log.exception("outbox drain failed; trying again shortly")
                 await self._idle(stop, ERROR_PAUSE)
                 continue
+            if self._warm and not self._handed:
+                # Prewarmed for rows a drain already took with its own connections: close them
+                # rather than leave them to the server's idle timeout.
+                await self.close_idle()
             if stats.total >= self.policy.batch_size:
                 continue  # a full batch: more is probably due right now
             try:

@@ -89,23 +89,48 @@ class OutboxStore:
     # -- writing ---------------------------------------------------------------------------
     def enqueue(self, messages: Iterable[NewMessage], *, now: datetime) -> int:
         """Store messages for sending, in one transaction. Returns how many were new."""
-        added = 0
+        new, _ids = self._insert(list(messages), now=now, lease=None)
+        return len(new)
+
+    def enqueue_leased(self, messages: Iterable[NewMessage], *, now: datetime,
+                       lease: timedelta) -> list[OutboxItem]:
+        """Store messages already claimed by this process (`sending`, leased until now + lease),
+        in one transaction, and return the new ones as items to send.
+
+        For a sender in this process that takes them straight from memory: no claim
+        transaction reading every row (and its raw body) back. They are stored before they are
+        handed over, so a crash leaves them `sending`, due again once recovered or the lease
+        runs out, like claimed rows. Rows already there (a fire re-run) are not returned: they
+        are claimed the usual way."""
+        new, ids = self._insert(list(messages), now=now, lease=lease)
+        return [_pending_item(i, m, now) for i, m in zip(ids, new, strict=True)]
+
+    def _insert(self, batch: list[NewMessage], *, now: datetime,
+                lease: timedelta | None) -> tuple[list[NewMessage], list[int]]:
+        """Insert the messages not there yet: (those, their ids if leased, else [])."""
+        leased = lease is not None
+        token = f"{self.owner}/{uuid.uuid4().hex[:12]}" if leased else None
+        lease_until = now + lease if lease is not None else None
         with self.engine.begin() as conn:
-            batch = list(messages)
             existing: set[str] = set()
             for chunk in _chunks([m.dedup_key for m in batch], 500):
                 existing |= set(conn.scalars(select(outbox.c.dedup_key).where(outbox.c.dedup_key.in_(chunk))))
+            new = [m for m in batch if m.dedup_key not in existing]
+            if not new:
+                return [], []
             rows = [
                 dict(dedup_key=m.dedup_key, message_id=m.message_id, account=m.account,
                      envelope_from=m.envelope_from, recipients=list(m.recipients), raw=m.raw,
-                     status="queued", attempts=0, next_attempt_at=now, delivered=[], refused={},
-                     origin=m.origin, created_at=now, updated_at=now)
-                for m in batch if m.dedup_key not in existing
+                     status="sending" if leased else "queued", attempts=0, next_attempt_at=now,
+                     delivered=[], refused={}, origin=m.origin, created_at=now, updated_at=now,
+                     lease_owner=token, lease_until=lease_until)
+                for m in new
             ]
-            if rows:
+            if not leased:
                 conn.execute(insert(outbox), rows)
-                added = len(rows)
-        return added
+                return new, []
+            ids = conn.scalars(insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True), rows).all()
+        return new, list(ids)
 
     def claim_due(self, *, now: datetime, limit: int, lease: timedelta,
                   account: str | None = None) -> list[OutboxItem]:
@@ -245,6 +270,16 @@ class OutboxStore:
             lease = conn.scalar(select(func.min(outbox.c.lease_until)).where(outbox.c.status == "sending"))
         candidates = [as_utc(v) for v in (value, lease) if v is not None]
         return min(candidates) if candidates else None
+
+
+def _pending_item(item_id: int, m: NewMessage, now: datetime) -> OutboxItem:
+    """The item a freshly inserted, leased row reads back as, built without reading it."""
+    return OutboxItem(
+        id=item_id, dedup_key=m.dedup_key, message_id=m.message_id, account=m.account,
+        envelope_from=m.envelope_from, recipients=list(m.recipients), raw=m.raw, status="sending",
+        attempts=0, next_attempt_at=now, last_error=None, delivered=[], refused={}, origin=m.origin,
+        created_at=now,
+    )
 
 
 def _settled_values(s: Settlement) -> dict[str, Any]:
