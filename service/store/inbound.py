@@ -9,7 +9,7 @@ for a human). The row, not the checkpoint, is what keeps a message from being ha
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -107,27 +107,20 @@ class InboundStore:
             with self.engine.connect() as conn:
                 return conn.execute(select(inbound.c.status).where(inbound.c.key == key)).scalar_one()
 
-    def begin_many(self, rows: Sequence[dict[str, Any]], *, now: datetime) -> dict[str, str]:
-        """``begin`` for a whole batch in one transaction. Each row: key, account, folder and
-        optionally uidvalidity, uid, uidl, message_id. Returns key -> status for the rows that
-        existed already (the rest were inserted as pending)."""
-        if not rows:
-            return {}
-        keys = [row["key"] for row in rows]
-        with self.engine.begin() as conn:
-            existing = self._statuses(conn, keys)
-            new = [_new_row(row, now) for row in rows if row["key"] not in existing]
-            if new:
-                conn.execute(insert(inbound), new)
-        return existing
+    def statuses(self, keys: Sequence[str]) -> dict[str, str]:
+        """key -> status of the rows that exist, in one query per 500 keys."""
+        with self.engine.connect() as conn:
+            return self._statuses(conn, keys)
 
-    def finish_many(self, results: Sequence[tuple[str, str, str | None]], *, now: datetime) -> dict[str, str]:
-        """``finish`` for a whole batch, one transaction: (key, status, error) each. Returns
-        key -> the status stored."""
+    def finish_many(self, results: Sequence[tuple[str, str, str | None]], *, now: datetime,
+                    rows: Mapping[str, dict[str, Any]] | None = None) -> dict[str, str]:
+        """``finish`` for a whole batch, one transaction: (key, status, error) each. A key with
+        no row yet gets one, from ``rows[key]`` (account, folder and optionally uidvalidity, uid,
+        uidl, message_id). Returns key -> the status stored."""
         if not results:
             return {}
         stored: dict[str, str] = {}
-        params = []
+        updates, inserts = [], []
         with self.engine.begin() as conn:
             attempts_of: dict[str, int] = {}
             keys = sorted({key for key, _, _ in results})
@@ -135,13 +128,23 @@ class InboundStore:
                 attempts_of.update(conn.execute(select(inbound.c.key, inbound.c.attempts).where(
                     inbound.c.key.in_(keys[i:i + _IN_CHUNK]))).all())
             for key, status, error in results:
-                status, attempts = self._next(status, int(attempts_of[key]))
+                is_new = key not in attempts_of
+                status, attempts = self._next(status, attempts_of.get(key, 0))
                 attempts_of[key] = attempts
                 stored[key] = status
-                params.append(dict(k=key, s=status, a=attempts, e=error))
-            conn.execute(update(inbound).where(inbound.c.key == bindparam("k")).values(
-                status=bindparam("s"), attempts=bindparam("a"), error=bindparam("e"), updated_at=to_utc(now)),
-                params)
+                if is_new:
+                    if rows is None or key not in rows:
+                        raise KeyError(f"inbound row {key!r} does not exist and no identity was given")
+                    inserts.append(_new_row({"key": key, **rows[key]}, now) | {
+                        "status": status, "attempts": attempts, "error": error})
+                else:
+                    updates.append({"k": key, "s": status, "a": attempts, "e": error})
+            if inserts:
+                conn.execute(insert(inbound), inserts)
+            if updates:
+                conn.execute(update(inbound).where(inbound.c.key == bindparam("k")).values(
+                    status=bindparam("s"), attempts=bindparam("a"), error=bindparam("e"),
+                    updated_at=to_utc(now)), updates)
         return stored
 
     def _next(self, status: str, attempts: int) -> tuple[str, int]:
