@@ -2,9 +2,11 @@
 
 A checkpoint holds, per (account, folder), the UIDVALIDITY and the highest UID a watcher has
 looked at; messages above it are new. Each inbound message gets a row keyed
-"account/folder/uidvalidity/uid" (or "account/pop3/uidl"): pending while it is handled, then
-done, failed (retried with backoff, a bounded number of times) or set_aside (gave up; listed
-for a human). The row, not the checkpoint, is what keeps a message from being handled twice.
+"account/folder/uidvalidity/uid" (or "account/pop3/uidl") once its outcome is known: done,
+failed (retried with backoff, a bounded number of times) or set_aside (gave up; listed for a
+human). Watchers write rows a batch at a time (``statuses`` before, ``finish_many`` after);
+``begin`` (a pending row) and ``finish`` are the one-message forms. The row, not the
+checkpoint, is what keeps a message from being handled twice.
 """
 
 from __future__ import annotations
