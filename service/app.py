@@ -90,7 +90,9 @@ class Daemon:
 
         self.sender = OutboxSender(store.outbox, config.accounts, config.outbox,
                                    on_result=lambda kind, item: self.metrics.outbox_result(kind, item.account))
-        self.runner = JobRunner(config, renderer, store, wake_sender=self.sender.wake,
+        # A fire's messages go straight to the running sender (already leased, already in
+        # memory) instead of being claimed back from the store.
+        self.runner = JobRunner(config, renderer, store, wake_sender=self.sender.wake, sender=self.sender,
                                 on_run=self.metrics.job_run)
         ruleset = compile_rules(config.rules)
         self.webhooks = WebhookQueue(store.ledger, spec_lookup=ruleset.action_config,
