@@ -279,6 +279,24 @@ async def test_cancelled_drain_hands_unsent_rows_back(store, clock):
     assert all(r.next_attempt_at <= clock.now for r in store.outbox.list(statuses=["queued"]))
 
 
+async def test_stop_finishes_what_is_on_the_wire_and_hands_back_the_rest(store, clock):
+    """SIGTERM mid-batch: no new row is started; the one in flight is settled; the rest go
+    back to the queue, due at once, for the next start."""
+    handler = FaultyHandler(data_gate=asyncio.Event())
+    enqueue(store, clock, [BOB], n=20)
+    async with fake_smtp(handler) as port:
+        sender = sender_for(store, clock, plain_smtp(port, security="none", connections=1))
+        stop = asyncio.Event()
+        loop = asyncio.create_task(sender.run(stop))
+        await asyncio.wait_for(handler.data_started.wait(), 10)
+        stop.set()
+        handler.data_gate.set()  # the message in flight is accepted after the stop
+        await asyncio.wait_for(loop, 10)
+    assert len(handler.received) == 1
+    assert store.outbox.counts() == {"sent": 1, "queued": 19}
+    assert all(r.next_attempt_at <= clock.now for r in store.outbox.list(statuses=["queued"]))
+
+
 async def test_run_sends_at_once_when_woken_and_stops(store, clock):
     handler = FaultyHandler()
     async with fake_smtp(handler) as port:

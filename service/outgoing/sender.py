@@ -187,6 +187,7 @@ class OutboxSender:
         self._warm: dict[str, list[SmtpConnection]] = {}  # opened by prewarm(), used by the next drain
         self._handed: dict[str, list[OutboxItem]] = {}  # submit()ted rows no drain has taken yet
         self._running = False  # run() is draining: rows handed over now will be sent
+        self._stop: asyncio.Event | None = None  # run()'s stop: once set, no new row is started
 
     async def prewarm(self, account: str) -> None:
         """Open the account's connections now (connect, STARTTLS, AUTH), for the next drain.
@@ -276,17 +277,23 @@ class OutboxSender:
                     group.create_task(self._drain_account(account, queue, unsettled, stats, recorder))
         except BaseException:
             # Cancelled (shutdown) or broken: rows not yet settled go back, due at once.
-            # Shielded like arq's final bookkeeping, so it happens even as we unwind; a claim
-            # still running is waited for first, so its rows are handed back too.
-            pending = [q.claiming for q in by_account.values() if q.claiming is not None]
-            if pending:
-                await asyncio.shield(asyncio.gather(*pending, return_exceptions=True))
-            left = list(unsettled.values())
-            if left:
-                await asyncio.shield(asyncio.to_thread(self.outbox.release, left, now=self.clock()))
-                log.info("outbox rows released", count=len(left))
+            # Shielded like arq's final bookkeeping, so it happens even as we unwind.
+            await self._hand_back(by_account, unsettled)
             raise
+        # Stopping: the workers finished what was on the wire and started nothing new.
+        await self._hand_back(by_account, unsettled)
         return stats
+
+    async def _hand_back(self, by_account: dict[str, _AccountQueue], unsettled: dict[int, OutboxItem]) -> None:
+        """Release what this drain holds but did not settle; a claim still running is waited
+        for first, so its rows are handed back too."""
+        pending = [q.claiming for q in by_account.values() if q.claiming is not None]
+        if pending:
+            await asyncio.shield(asyncio.gather(*pending, return_exceptions=True))
+        left = list(unsettled.values())
+        if left:
+            await asyncio.shield(asyncio.to_thread(self.outbox.release, left, now=self.clock()))
+            log.info("outbox rows released", count=len(left))
 
     async def _drain_account(
         self, account: str, queue: _AccountQueue, unsettled: dict[int, OutboxItem], stats: DrainStats,
@@ -316,6 +323,9 @@ class OutboxSender:
         The next claim starts in the background once the queue is half empty, so the
         connections rarely stand idle waiting for one (a claim is a transaction with a
         commit: tens of ms, i.e. dozens of messages)."""
+        if self._stop is not None and self._stop.is_set():
+            queue.exhausted = True  # stopping: rows not yet started are handed back
+            return None
         handed = self._take_handed(queue.account) if self._handed else []
         for row in handed:  # submitted while this drain runs: sent by its connections
             unsettled[row.id] = row
@@ -449,11 +459,11 @@ class OutboxSender:
     # -- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Drain until stop is set; between drains sleep until the next row is due or wake()."""
-        self._running = True
+        self._running, self._stop = True, stop
         try:
             await self._run(stop)
         finally:
-            self._running = False
+            self._running, self._stop = False, None
             left = self._take_handed()
             if left:  # handed over but never taken by a drain: due again at once
                 await asyncio.shield(asyncio.to_thread(self.outbox.release, left, now=self.clock()))
