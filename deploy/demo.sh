@@ -93,7 +93,7 @@ cat "$DEMO_HOOK_LOG" 2>/dev/null || echo "  none"
 
 say "metrics (excerpt)"
 $py -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9325/metrics').read().decode())" \
-  | grep -E '^postroom_(messages|actions|inbound|outbox|webhook)' | head -n 20 || true
+  | grep -E '^postroom_(messages_sent_total|actions_total|inbound_messages_total|outbox_depth|dead_letters|webhook_deliveries_total)' || true
 
 say "stopping the daemon (SIGTERM: finishes in-flight work, exits 0)"
 kill -TERM "$daemon"
