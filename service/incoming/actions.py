@@ -143,6 +143,10 @@ class _SendBatch:
 class ActionExecutor:
     """Implements BatchHandler (service.incoming.mailbox)."""
 
+    #: Actions done from the UID alone: a watcher may hand these over without fetching the
+    #: message (``ParsedMessage.unread``). Not copy: see the watcher on UIDVALIDITY changes.
+    kinds_without_message: frozenset[str] = frozenset({"move", "delete", "flag", "unflag", "mark_read"})
+
     def __init__(self, config: Config, ruleset: RuleSet, store: ExecutorStore,
                  renderer: TemplateRenderer, webhooks: WebhookSink, *,
                  clock: Callable[[], datetime] = utcnow, wake_sender: Callable[[], None] = lambda: None,

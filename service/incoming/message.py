@@ -265,6 +265,12 @@ class ParsedMessage:
         return cls(key=key, headers=parsed, size=size, internal_date=internal_date,
                    flags=frozenset(flags), known_attachments=known)
 
+    @classmethod
+    def unread(cls, key: str) -> ParsedMessage:
+        """A message known only by its key: the server's SEARCH already decided the rules and
+        every planned action is an IMAP one, so nothing of it was fetched (no headers, size 0)."""
+        return cls(key=key, headers=_empty_message(), size=0)
+
     # -- headers -------------------------------------------------------------------------
 
     def header(self, name: str) -> list[str]:

@@ -18,12 +18,25 @@ widened (``is x`` -> contains x; ``matches "*@vendor.test"`` -> contains "@vendo
 dropped from an ``all`` (fewer terms = more messages); an ``any`` with an unsayable branch, or
 a ``not`` whose inner part isn't exact, can't be prefiltered (None). Needles are kept to ASCII
 so the criteria work without a CHARSET argument.
+
+``exact_search`` goes further, for a watcher that may then skip fetching: one SEARCH per
+rule whose result IS that rule's match set, or None. It needs every test of every rule to be
+exact: a ``contains`` on subject or a header (IMAP SEARCH SUBJECT / HEADER is a
+case-insensitive substring match on the decoded, unfolded field, as our ``contains`` on the
+parsed header), sizes (LARGER/SMALLER are strict, as ours), and all/any/not of those. The
+needle must also be one where the server's comparator (Dovecot: decompose, then titlecase)
+and Python's ``casefold`` cannot disagree: printable ASCII without spaces, not ending in a
+letter that a precomposed character decomposes to ("cafe" finds "café" on the server, not
+here), and not touching what a non-ASCII character casefolds or uppercases to ("ss" finds
+"ß" here, not on the server; "i" finds "ı" there). Everything else stays a prefilter.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -269,6 +282,33 @@ class RuleSet:
             stopped = stopped or (matched and stops)
         return rows
 
+    def plan_for(self, matched: set[str]) -> list[PlannedAction]:
+        """``evaluate`` when which rules match is already known (by name), e.g. from SEARCH."""
+        planned: list[PlannedAction] = []
+        for rule in self.rules:
+            if rule.name in matched:
+                actions, stops = rule.planned()
+                planned.extend(actions)
+                if stops:
+                    break
+        return planned
+
+    def action_kinds(self) -> frozenset[str]:
+        """Every kind of action these rules can plan (``stop`` is not one)."""
+        return frozenset(a.kind for rule in self.rules for a in rule._planned)
+
+    def exact_search(self, *, now: datetime) -> list[tuple[str, list]] | None:
+        """(rule name, SEARCH criteria whose result is exactly the messages the rule matches)
+        for every rule here, or None when any rule needs the client to decide. Names are
+        unique per config, so they identify the rules."""
+        per_rule = []
+        for rule in self.rules:
+            translated = _translate(rule.config.match, now)
+            if not translated.certain:
+                return None
+            per_rule.append((rule.name, _group(translated.keys) or ["ALL"]))
+        return per_rule or None
+
     def search_criteria(self, *, now: datetime) -> list | None:
         """One prefilter for every rule here (OR of each rule's), or None if any can't."""
         per_rule = [search_criteria(rule.config, now=now) for rule in self.rules]
@@ -298,7 +338,8 @@ def condition_needs(cond: Condition) -> FetchNeeds:
 
 class _Keys(NamedTuple):
     keys: list[list]  # search keys (each a token list), ANDed; [] = no narrowing
-    exact: bool  # the keys select exactly the messages the condition matches
+    exact: bool  # the keys select exactly the messages the condition matches (as a prefilter)
+    certain: bool  # ... even for Unicode subjects: fit to decide without fetching (exact_search)
 
 
 _SEARCH_KEY = {"from_": "FROM", "to": "TO", "cc": "CC", "subject": "SUBJECT", "body": "BODY"}
@@ -312,7 +353,9 @@ def _glob_literal(pattern: str) -> str:
 
 
 def _needle(field: str, test: StringTest) -> list[tuple[str, bool]]:
-    """(substring the server can look for, exact?) for each operator that allows one."""
+    """(substring the server can look for, exact?) for each operator that allows one.
+    ``_casing_agrees`` is not asked here: the prefilter has always accepted that rare
+    disagreement; only ``exact_search`` must not."""
     needles = []
     for op, operand in test.operators():
         if op == "contains":
@@ -334,11 +377,49 @@ def _needle(field: str, test: StringTest) -> list[tuple[str, bool]]:
     return usable
 
 
+#: Unicode blocks holding every character with such a hazard (Latin, Greek punctuation, Latin
+#: Extended Additional + Greek Extended, letterlike symbols + operators, ligatures); the test
+#: compares the result against a scan of all of Unicode, which takes a second
+HAZARD_BLOCKS: tuple[range, ...] = (range(0x80, 0x300), range(0x370, 0x400), range(0x1E00, 0x2000),
+                                    range(0x2100, 0x2300), range(0xFB00, 0xFB50))
+
+
+@functools.cache
+def _unicode_hazards(blocks: tuple[range, ...] = HAZARD_BLOCKS) -> tuple[str, ...]:
+    """What non-ASCII characters turn into on one side but not the other, where either side
+    holds ASCII: Python's ``casefold`` vs the server's comparator (RFC 5051 i;unicode-casemap,
+    as Dovecot does it: canonical decomposition, then simple titlecase per character), with
+    the server's ASCII lowercased to compare. E.g. "é" is "e" + U+0301 there, "ß" is "ss" here,
+    "ı" is "i" there; "K" (Kelvin) and "ſ" agree. Computed once, on first use."""
+    hazards: set[str] = set()
+    for code in (code for block in blocks for code in block):
+        char = chr(code)
+        ours = char.casefold()
+        theirs = "".join(t if len(t := c.title()) == 1 else c for c in unicodedata.normalize("NFD", char))
+        theirs = "".join(c.lower() if c.isascii() else c for c in theirs)
+        if ours != theirs:
+            hazards.update(side for side in (ours, theirs) if any(c.isascii() for c in side))
+    return tuple(sorted(hazards))
+
+
+def _casing_agrees(needle: str) -> bool:
+    """True when no subject can match ``needle`` on the server but not here, or the reverse,
+    through Unicode decomposition or case mapping (see the module docstring)."""
+    text = needle.casefold()
+    for fold in _unicode_hazards():
+        if fold in text or text in fold:
+            return False
+        # the mapped string straddling either end of the needle
+        if any(text.startswith(fold[i:]) or text.endswith(fold[:i]) for i in range(1, len(fold))):
+            return False
+    return True
+
+
 def _string_keys(imap_key: list[str], field: str, test: StringTest) -> _Keys:
     usable = _needle(field, test)
     keys = [[*imap_key, text] for text, _ in usable]
     exact = len(usable) == len(test.operators()) and all(e for _, e in usable)
-    return _Keys(keys, exact)
+    return _Keys(keys, exact, exact and all(_casing_agrees(text) for text, _ in usable))
 
 
 def _group(keys: list[list]) -> list:
@@ -353,12 +434,13 @@ def _or_chain(groups: list[list]) -> list:
 
 def _translate(cond: Condition, now: datetime) -> _Keys:
     keys: list[list] = []
-    exact = True
+    exact = certain = True
 
     def add(part: _Keys) -> None:
-        nonlocal exact
+        nonlocal exact, certain
         keys.extend(part.keys)
         exact = exact and part.exact
+        certain = certain and part.certain
 
     for field, imap_key in _SEARCH_KEY.items():
         test = getattr(cond, field)
@@ -367,7 +449,7 @@ def _translate(cond: Condition, now: datetime) -> _Keys:
     if cond.header is not None:
         add(_header_keys(cond.header))
     if cond.has_attachment is not None or cond.attachment is not None:
-        exact = False
+        exact = certain = False
     if cond.size is not None:
         if cond.size.over is not None:
             keys.append(["LARGER", cond.size.over])
@@ -377,7 +459,7 @@ def _translate(cond: Condition, now: datetime) -> _Keys:
         # BEFORE compares whole days of INTERNALDATE in the server's zone (up to 14 h off UTC):
         # two days of slack keep the result a superset
         cutoff = (now.astimezone(UTC) - cond.older_than).date() + timedelta(days=2)
-        add(_Keys([["BEFORE", cutoff]], False))
+        add(_Keys([["BEFORE", cutoff]], False, False))
     for child in cond.all_ or []:
         add(_translate(child, now))
     if cond.any_ is not None:
@@ -386,9 +468,10 @@ def _translate(cond: Condition, now: datetime) -> _Keys:
         inner = _translate(cond.not_, now)
         if inner.exact and inner.keys:
             keys.append(["NOT", _group(inner.keys)])
+            certain = certain and inner.certain
         else:
-            exact = False  # NOT of a superset would wrongly exclude messages
-    return _Keys(keys, exact)
+            exact = certain = False  # NOT of a superset would wrongly exclude messages
+    return _Keys(keys, exact, certain)
 
 
 def _header_keys(test: HeaderTest) -> _Keys:
@@ -396,15 +479,17 @@ def _header_keys(test: HeaderTest) -> _Keys:
     if part.keys:
         return part
     # every string test needs the header to be present: HEADER name "" says just that
-    return _Keys([["HEADER", test.name, ""]], False)
+    return _Keys([["HEADER", test.name, ""]], False, False)
 
 
 def _translate_any(children: list[Condition], now: datetime) -> _Keys:
     parts = [_translate(child, now) for child in children]
     if any(not p.keys for p in parts):
         # a branch the server can't narrow makes the whole OR "anything"
-        return _Keys([], any(not p.keys and p.exact for p in parts))
-    return _Keys([_or_chain([_group(p.keys) for p in parts])], all(p.exact for p in parts))
+        everything = [p for p in parts if not p.keys]
+        return _Keys([], any(p.exact for p in everything), any(p.certain for p in everything))
+    return _Keys([_or_chain([_group(p.keys) for p in parts])], all(p.exact for p in parts),
+                 all(p.certain for p in parts))
 
 
 def search_criteria(rule: RuleConfig | CompiledRule, *, now: datetime) -> list | None:

@@ -11,6 +11,15 @@ The checkpoint then moves past every message looked at: one that failed is retri
 its key from the inbound table and never blocks those behind it. After UIDVALIDITY changes,
 messages whose Message-ID was already handled here are recorded done instead of re-run.
 
+No fetch at all when it can't change the outcome: if every rule's condition is one the
+server's SEARCH decides exactly (``RuleSet.exact_search``) and every action the rules can plan
+is one the handler does without the message (``kinds_without_message``: move, delete, flag,
+unflag, mark_read), one SEARCH per rule IS the match set, and the matched UIDs go to the
+handler with their planned actions and an unread message. Their inbound rows then have no
+Message-ID, so after a UIDVALIDITY change they are not recognised as handled: moved or
+deleted ones have left the folder anyway, flagged ones get the same flags again (idempotent).
+(Copy is left out for that reason: a second copy would be a duplicate.)
+
 POP3: UIDL says what is new (not yet in the inbound table). With ``delete_after`` a message is
 DELEted only once its outcome is done; QUIT commits the deletions.
 """
@@ -32,7 +41,7 @@ from service.incoming.imap import HeaderFetch, ImapConnection, chunks
 from service.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
 from service.incoming.message import ParsedMessage
 from service.incoming.pop3 import Pop3Connection
-from service.incoming.rules import RuleSet
+from service.incoming.rules import PlannedAction, RuleSet
 from service.store.engine import utcnow
 from service.store.inbound import (
     DONE,
@@ -279,18 +288,21 @@ class ImapWatcher(_Watcher):
                 self._save(uidvalidity, max(everything, default=state.uidnext - 1), start_from)
                 return
             candidates = await conn.search_uids(["UNSEEN"]) if start_from == "unseen" else everything
-            candidates = await self._prefilter(conn, candidates)
+            known = await self._exact_matches(conn, candidates)
+            candidates = sorted(known) if known is not None else await self._prefilter(conn, candidates)
             self.log.info(f"first start: start_from={start_from}, taking in {len(candidates)} of "
                           f"{len(everything)} messages")
             last = 0
         elif checkpoint.uidvalidity != uidvalidity:
+            known = None
             everything = await conn.uids_from(1)
             candidates = await self._after_uidvalidity_change(conn, checkpoint.uidvalidity, uidvalidity, everything)
             last = 0
         else:
             last = max(checkpoint.last_uid, self._dry_seen)
             everything = await conn.uids_from(last + 1)
-            candidates = await self._prefilter(conn, everything)
+            known = await self._exact_matches(conn, everything)
+            candidates = sorted(known) if known is not None else await self._prefilter(conn, everything)
         retries = [] if self.dry_run else [
             row.uid for row in self.inbound.retry_candidates(self.account, self.folder, now=self.clock())
             if row.uidvalidity == uidvalidity and row.uid is not None]
@@ -299,7 +311,7 @@ class ImapWatcher(_Watcher):
         todo = sorted(set(candidates) | set(retries))
         size = min(self.batch_size, BODY_BATCH) if self.rules.needs().body else self.batch_size
         for batch in chunks(todo, size):
-            await self._process(conn, uidvalidity, batch)
+            await self._process(conn, uidvalidity, batch, known or {})
             # everything up to this batch's end was looked at: skipped by the prefilter or handled
             reached = max([last, *[u for u in everything if u <= batch[-1]]])
             self._save(uidvalidity, reached, start_from)
@@ -327,6 +339,55 @@ class ImapWatcher(_Watcher):
         wanted = set(new_uids)
         return [uid for uid in found if uid in wanted]
 
+    def _exact_rules(self) -> list[tuple[str, list]] | None:
+        """The per-rule SEARCH criteria when SEARCH alone can decide (module docstring)."""
+        without_message = getattr(self.handler, "kinds_without_message", frozenset())
+        if self.dry_run or not len(self.rules) or not self.rules.action_kinds() <= without_message:
+            return None
+        return self.rules.exact_search(now=self.clock())
+
+    async def _exact_matches(self, conn: ImapConnection,
+                             new_uids: list[int]) -> dict[int, list[PlannedAction]] | None:
+        """uid -> planned actions of the messages among ``new_uids`` that the rules match, from
+        one SEARCH per rule; None when the rules (or the server) need messages fetched."""
+        per_rule = self._exact_rules()
+        if per_rule is None:
+            return None
+        if not new_uids:
+            return {}
+        wanted = set(new_uids)
+        matched: dict[int, set[str]] = {}
+        for name, criteria in per_rule:
+            try:
+                found = await conn.search_uids(["UID", f"{new_uids[0]}:{new_uids[-1]}", *criteria])
+            except ServerRejected as exc:
+                self.log.warning("SEARCH refused; fetching and evaluating instead", error=str(exc))
+                return None
+            for uid in found:
+                if uid in wanted:
+                    matched.setdefault(uid, set()).add(name)
+        plans: dict[frozenset[str], list[PlannedAction]] = {}
+        known = {}
+        for uid, names in matched.items():
+            names_key = frozenset(names)
+            if names_key not in plans:
+                plans[names_key] = self.rules.plan_for(names)
+            if plans[names_key]:
+                known[uid] = plans[names_key]
+        self.log.info("rules decided by SEARCH alone; nothing fetched", matched=len(known), of=len(new_uids))
+        return known
+
+    def _unfetched(self, uidvalidity: int, known: dict[int, list[PlannedAction]],
+                   uids: list[int]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
+        """Items for messages SEARCH matched: no fetch, no parse; finished ones are left out."""
+        keyed = {self._key(uid, uidvalidity): uid for uid in uids}
+        rows = {key: dict(account=self.account, folder=self.folder, message_id=None, uidvalidity=uidvalidity,
+                          uid=uid) for key, uid in keyed.items()}
+        existing = self.inbound.statuses(list(rows))
+        items = [InboundItem(key=key, message=ParsedMessage.unread(key), planned=known[uid], uid=uid)
+                 for key, uid in keyed.items() if existing.get(key) not in FINISHED]
+        return items, rows
+
     async def _after_uidvalidity_change(self, conn: ImapConnection, old: int, new: int,
                                         everything: list[int]) -> list[int]:
         """New UIDs for the same folder: messages handled before (same Message-ID) are done."""
@@ -345,7 +406,14 @@ class ImapWatcher(_Watcher):
                                      rows=rows)
         return [uid for uid in everything if uid not in set(already)]
 
-    async def _process(self, conn: ImapConnection, uidvalidity: int, uids: list[int]) -> None:
+    async def _process(self, conn: ImapConnection, uidvalidity: int, uids: list[int],
+                       known: dict[int, list[PlannedAction]]) -> None:
+        unfetched = [uid for uid in uids if uid in known]
+        if unfetched:
+            await self._hand_over(conn, *self._unfetched(uidvalidity, known, unfetched))
+            uids = [uid for uid in uids if uid not in known]  # retries: fetched and evaluated
+            if not uids:
+                return
         needs = self.rules.needs()
         fetched = await conn.fetch_headers(uids, needs.header_fields, bodystructure=needs.bodystructure,
                                            whole=needs.body, internal_date=needs.internal_date, flags=False)
