@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
 import shutil
@@ -63,6 +64,7 @@ from tests.daemon_support import postroom_env
 from tests.lab import LabPorts, MailLab
 
 POSTROOM = ROOT / ".venv" / "bin" / "postroom"
+PROFILE_DIR = os.environ.get("BENCH_RULES_PROFILE", "")  # a directory: cProfile each one-pass run there
 USER = "alice"
 ARCHIVE = "Archive"
 
@@ -207,7 +209,13 @@ def postroom_in_process(lab: MailLab, work: Path, env: dict[str, str], tag: str)
             return time.perf_counter() - start
 
         with environ(env):
-            return asyncio.run(one_pass())
+            if not PROFILE_DIR:
+                return asyncio.run(one_pass())
+            # main thread only: store writes, parsing, rules; the IMAP thread shows as waiting
+            profiler = cProfile.Profile()
+            took = profiler.runcall(asyncio.run, one_pass())
+            profiler.dump_stats(Path(PROFILE_DIR) / f"{tag}.prof")
+            return took
     finally:
         store.close()
 

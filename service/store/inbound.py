@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .bulk import insert_rows, update_rows
 from .engine import as_utc, to_utc
 from .tables import checkpoints, inbound
 
@@ -26,6 +27,8 @@ PENDING, DONE, FAILED, SET_ASIDE = "pending", "done", "failed", "set_aside"
 SKIPPED = "skipped"  # there before the first start with start_from=new: never handled
 FINISHED = (DONE, SET_ASIDE, SKIPPED)
 _IN_CHUNK = 500  # values per IN (...) list
+_FINISH_COLUMNS = ("key", "account", "folder", "uidvalidity", "uid", "uidl", "message_id", "status", "attempts",
+                   "error")
 
 
 @dataclass(frozen=True)
@@ -137,16 +140,16 @@ class InboundStore:
                 if is_new:
                     if rows is None or key not in rows:
                         raise KeyError(f"inbound row {key!r} does not exist and no identity was given")
-                    inserts.append(_new_row({"key": key, **rows[key]}, now) | {
-                        "status": status, "attempts": attempts, "error": error})
+                    row = rows[key]
+                    message_id = row.get("message_id") or None
+                    inserts.append((key, row["account"], row["folder"], row.get("uidvalidity"), row.get("uid"),
+                                    row.get("uidl"), message_id and message_id[:998], status, attempts, error))
                 else:
-                    updates.append({"k": key, "s": status, "a": attempts, "e": error})
-            if inserts:
-                conn.execute(insert(inbound), inserts)
-            if updates:
-                conn.execute(update(inbound).where(inbound.c.key == bindparam("k")).values(
-                    status=bindparam("s"), attempts=bindparam("a"), error=bindparam("e"),
-                    updated_at=to_utc(now)), updates)
+                    updates.append((status, attempts, error, key))
+            # thousands of rows: plain executemany (service.store.bulk), one transaction
+            stamp = to_utc(now)
+            insert_rows(conn, inbound, _FINISH_COLUMNS, inserts, {"created_at": stamp, "updated_at": stamp})
+            update_rows(conn, inbound, ["status", "attempts", "error"], ["key"], updates, {"updated_at": stamp})
         return stored
 
     def _next(self, status: str, attempts: int) -> tuple[str, int]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
 
+from .bulk import insert_rows, update_rows
 from .engine import as_utc
 from .tables import actions, replies, webhooks
 
@@ -89,11 +90,10 @@ class LedgerStore:
         ids = [aid for aid, _ in planned]
         with self.engine.begin() as conn:
             existing = self._existing(conn, ids)
-            new = [dict(message_key=a[0], rule=a[1], action_index=a[2], kind=kind, status="planned",
-                        attempts=1, updated_at=now)
-                   for a, kind in planned if a not in existing]
-            if new:
-                conn.execute(insert(actions), new)
+            # thousands of rows: plain executemany (service.store.bulk), one transaction
+            insert_rows(conn, actions, ("message_key", "rule", "action_index", "kind"),
+                        [(*a, kind) for a, kind in planned if a not in existing],
+                        {"status": "planned", "attempts": 1, "updated_at": now})
             again = [dict(k=a[0], r=a[1], i=a[2]) for a, _ in planned if a in existing]
             if again:
                 conn.execute(
@@ -108,13 +108,10 @@ class LedgerStore:
         """Record outcomes: (action id, status done|failed|dead, detail, error)."""
         if not results:
             return
-        params = [dict(k=a[0], r=a[1], i=a[2], s=status, d=detail, e=(error or None) and error[:2000])
-                  for a, status, detail, error in results]
+        rows = [(status, detail, (error or None) and error[:2000], *a) for a, status, detail, error in results]
         with self.engine.begin() as conn:
-            conn.execute(
-                update(actions).where(_id_match())
-                .values(status=bindparam("s"), detail=bindparam("d"), error=bindparam("e"), updated_at=now),
-                params)
+            update_rows(conn, actions, ("status", "detail", "error"), ("message_key", "rule", "action_index"),
+                        rows, {"updated_at": now})
 
     @staticmethod
     def _existing(conn: Any, ids: Sequence[ActionId]) -> set[ActionId]:
