@@ -58,6 +58,11 @@ from service.incoming.message import ParsedMessage
 #: message: on a big folder each extra field costs bytes on the wire and parse time.)
 BASE_HEADER_FIELDS: tuple[str, ...] = ("Message-ID", "From", "To", "Cc", "Subject", "Date")
 
+#: What every fetch needs even when no action reads the message: the inbound row's Message-ID.
+KEY_HEADER_FIELDS: tuple[str, ...] = ("Message-ID",)
+#: The header field each condition key reads (older_than falls back to Date).
+_CONDITION_FIELDS = {"from_": "From", "to": "To", "cc": "Cc", "subject": "Subject", "older_than": "Date"}
+
 Predicate = Callable[[ParsedMessage, datetime], bool]
 
 
@@ -259,10 +264,14 @@ class RuleSet:
                 return compiled.config.actions[index]
         raise KeyError(rule)
 
-    def needs(self) -> FetchNeeds:
-        needs = FetchNeeds(header_fields=frozenset(BASE_HEADER_FIELDS))
+    def needs(self, *, rules_only: bool = False) -> FetchNeeds:
+        """What to fetch. ``rules_only``: no action reads the message (the handler does every
+        planned kind from the UID), so only the conditions' fields and Message-ID (for the
+        inbound row) are fetched, not what webhook payloads show: fewer bytes to parse."""
+        base = KEY_HEADER_FIELDS if rules_only else BASE_HEADER_FIELDS
+        needs = FetchNeeds(header_fields=frozenset(base))
         for rule in self.rules:
-            needs = needs.merge(condition_needs(rule.config.match))
+            needs = needs.merge(condition_needs(rule.config.match, base=base))
         return needs
 
     def evaluate(self, msg: ParsedMessage, *, now: datetime) -> list[PlannedAction]:
@@ -321,10 +330,11 @@ def compile_rules(rules: Sequence[RuleConfig]) -> RuleSet:
     return RuleSet([CompiledRule(rule, compile_condition(rule.match)) for rule in rules])
 
 
-def condition_needs(cond: Condition) -> FetchNeeds:
-    fields = list(BASE_HEADER_FIELDS)
+def condition_needs(cond: Condition, *, base: Sequence[str] = BASE_HEADER_FIELDS) -> FetchNeeds:
+    fields = list(base)
     body = bodystructure = size = internal_date = False
     for node in cond.walk():
+        fields.extend(name for attr, name in _CONDITION_FIELDS.items() if getattr(node, attr) is not None)
         if node.header is not None:
             fields.append(node.header.name)
         body = body or node.body is not None

@@ -339,12 +339,15 @@ class ImapWatcher(_Watcher):
         wanted = set(new_uids)
         return [uid for uid in found if uid in wanted]
 
+    def _message_free(self) -> bool:
+        """Every action the rules can plan is one the handler does without the message (and
+        this is no dry run, which logs subjects)."""
+        without_message = getattr(self.handler, "kinds_without_message", frozenset())
+        return not self.dry_run and bool(len(self.rules)) and self.rules.action_kinds() <= without_message
+
     def _exact_rules(self) -> list[tuple[str, list]] | None:
         """The per-rule SEARCH criteria when SEARCH alone can decide (module docstring)."""
-        without_message = getattr(self.handler, "kinds_without_message", frozenset())
-        if self.dry_run or not len(self.rules) or not self.rules.action_kinds() <= without_message:
-            return None
-        return self.rules.exact_search(now=self.clock())
+        return self.rules.exact_search(now=self.clock()) if self._message_free() else None
 
     async def _exact_matches(self, conn: ImapConnection,
                              new_uids: list[int]) -> dict[int, list[PlannedAction]] | None:
@@ -414,7 +417,7 @@ class ImapWatcher(_Watcher):
             uids = [uid for uid in uids if uid not in known]  # retries: fetched and evaluated
             if not uids:
                 return
-        needs = self.rules.needs()
+        needs = self.rules.needs(rules_only=self._message_free())
         fetched = await conn.fetch_headers(uids, needs.header_fields, bodystructure=needs.bodystructure,
                                            whole=needs.body, internal_date=needs.internal_date, flags=False)
         entries = [
