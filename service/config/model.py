@@ -58,7 +58,6 @@ class SmtpConfig(ServerConfig):
 
 class ImapConfig(ServerConfig):
     _default_ports = {"tls": 993, "starttls": 143, "none": 143}
-    folders: list[str] | None = None  # folders to watch besides those the rules name
     idle: bool = True
     poll_interval: Duration = timedelta(seconds=60)
     # What to do with mail already in a folder the first time postroom sees it.
