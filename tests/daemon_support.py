@@ -25,6 +25,11 @@ REFERENCE = ROOT / "deploy" / "demo" / "postroom.yaml"
 POSTROOM = [sys.executable, "-m", "service.cli"]
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @dataclass
 class DataServer:
     """Serves /rates.json and records POSTs (webhooks) on 127.0.0.1:<ephemeral>."""
@@ -46,7 +51,10 @@ class DataServer:
                 self.wfile.write(body)
 
             def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if len(body) != length:  # the sender died mid-request (kill -9): not a delivery
+                    return
                 owner.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(owner.status)
                 self.send_header("Content-Length", "0")
@@ -55,7 +63,9 @@ class DataServer:
             def log_message(self, *_a: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # The daemon posts up to 20 webhooks at once; http.server's default backlog (5)
+        # would drop connections and turn a burst into retries.
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
