@@ -274,6 +274,35 @@ def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
         click.echo("no rule matches")
 
 
+@rules.command("failed")
+@click.option("--limit", default=50, show_default=True, help="At most this many rows of each kind.")
+@click.pass_context
+def rules_failed(ctx: click.Context, limit: int) -> None:
+    """Incoming messages set aside, and actions and webhooks given up on — with the reason."""
+    from .bootstrap import open_store
+
+    store = open_store(settings(ctx))
+    try:
+        aside = store.inbound.set_aside()[:limit]
+        actions = store.ledger.dead_actions(limit=limit)
+        hooks = store.ledger.dead_webhooks(limit=limit)
+    finally:
+        store.close()
+    click.echo(f"messages set aside: {len(aside)}")
+    if aside:
+        click.echo(_table([[r.key, r.message_id or "-", str(r.attempts), (r.error or "")[:80]] for r in aside],
+                          ["KEY", "MESSAGE-ID", "TRIES", "LAST ERROR"]))
+    click.echo(f"actions given up on: {len(actions)}")
+    if actions:
+        click.echo(_table([[key, f"{rule}#{index}", kind, (error or "")[:80]]
+                           for (key, rule, index), kind, error in actions],
+                          ["MESSAGE KEY", "RULE#ACTION", "KIND", "REASON"]))
+    click.echo(f"webhooks given up on: {len(hooks)}")
+    if hooks:
+        click.echo(_table([[h.webhook_id, h.rule, h.url[:40], str(h.attempts), (h.last_error or "")[:80]]
+                           for h in hooks], ["WEBHOOK-ID", "RULE", "URL", "TRIES", "LAST ERROR"]))
+
+
 # -- outbox --------------------------------------------------------------------------------
 @app.group(invoke_without_command=True)
 @click.option("--dead", is_flag=True, help="Show dead letters and why they failed.")

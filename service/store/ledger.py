@@ -237,6 +237,21 @@ class LedgerStore:
             row = conn.execute(select(webhooks).where(webhooks.c.webhook_id == webhook_id)).first()
         return WebhookDelivery.from_row(row) if row else None
 
+    def dead_webhooks(self, *, limit: int = 100) -> list[WebhookDelivery]:
+        """Webhook dead letters, oldest first, for `postroom rules failed`."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(webhooks).where(webhooks.c.status == "dead")
+                                .order_by(webhooks.c.updated_at).limit(limit))
+            return [WebhookDelivery.from_row(r) for r in rows]
+
+    def dead_actions(self, *, limit: int = 100) -> list[tuple[ActionId, str, str | None]]:
+        """(action id, kind, reason) of actions given up on, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(actions.c.message_key, actions.c.rule, actions.c.action_index,
+                                       actions.c.kind, actions.c.error)
+                                .where(actions.c.status == "dead").order_by(actions.c.updated_at).limit(limit))
+            return [((key, rule, index), kind, error) for key, rule, index, kind, error in rows]
+
     def webhook_counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(webhooks.c.status, func.count()).group_by(webhooks.c.status))
