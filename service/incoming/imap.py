@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import imaplib
+import re
 import socket
 import ssl
 import threading
@@ -36,6 +37,7 @@ from imapclient.exceptions import (
     IMAPClientError,
     LoginError,
 )
+from imapclient.response_parser import parse_fetch_response
 
 from service.config.model import ImapConfig
 from service.errors import (
@@ -355,8 +357,11 @@ class ImapConnection:
         return result
 
     def _c_fetch(self, part: list[int], items: list[str]) -> dict:
-        # a plain UID list, not a range set: imapclient filters the reply by these numbers
-        return self._c().fetch(part, items)
+        """uid -> {item: value} as ``IMAPClient.fetch`` returns it, read by ``parse_fetch_reply``
+        (the lean reader for header-field fetches, imapclient's parser for anything else)."""
+        wanted = set(part)
+        data = _uid_fetch_unparsed(self._c(), uid_set(part), items)
+        return {uid: row for uid, row in parse_fetch_reply(data).items() if uid in wanted}
 
     async def fetch_raw(self, uids: Collection[int]) -> dict[int, bytes]:
         result: dict[int, bytes] = {}
@@ -467,6 +472,70 @@ class ImapConnection:
             if not self._broken:
                 client.idle_done()
         return news
+
+
+# -- FETCH replies -------------------------------------------------------------------------
+
+def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str]) -> list:
+    """``UID FETCH uids (items)`` and its untagged FETCH data as imaplib hands it over: a
+    ``(b"seq (... {n}", literal)`` tuple per literal, plain bytes for the rest.
+
+    IMAPClient has no public call that returns a reply unparsed, and its generic parser is
+    most of the cost of fetching a big folder's header fields (a Python lexer, byte by byte).
+    So this one place goes through ``IMAPClient._imap``, the ``imaplib.IMAP4`` it wraps, and
+    from there uses only imaplib's public ``uid()`` - the same command, state checks and
+    response collection ``IMAPClient.fetch`` uses. Errors are imaplib's and imapclient's, as
+    from ``fetch`` (``map_imap_error`` knows both).
+    """
+    typ, data = client._imap.uid("FETCH", uids, "(" + " ".join(item.upper() for item in items) + ")")
+    if typ != "OK":
+        raise IMAPClientError(f"fetch failed: {_text(data[0]) if data else typ}")
+    return data
+
+
+# One message of a header-field fetch, as Dovecot (and most servers) answer it: sequence
+# number, UID, optionally the size, then the header block as a literal whose length ends the
+# line. imaplib has already taken off "* " and "FETCH".
+_LEAN_FETCH = re.compile(
+    rb'(\d+) \(UID (\d+)( RFC822\.SIZE (\d+))? (BODY\[HEADER\.FIELDS \([^()\[\]"\r\n]*\)\]) \{(\d+)\}\Z')
+
+
+def parse_fetch_reply(data: list) -> dict[int, dict[bytes, Any]]:
+    """A UID FETCH reply as ``imapclient.response_parser.parse_fetch_response`` reads it
+    (uid -> {b"SEQ": seq, item: value}), with a lean path for the one shape a folder's first
+    pass fetches in bulk: ``UID``, optional ``RFC822.SIZE`` and ``BODY[HEADER.FIELDS (...)]``.
+    Anything else anywhere in the reply - other items, another order, an unsolicited FETCH, a
+    repeated UID, a literal of the wrong length - and the whole reply goes to imapclient's
+    parser, so the lean path never guesses."""
+    lean = parse_lean_fetch(data)
+    return lean if lean is not None else dict(parse_fetch_response(data, True, True))
+
+
+def parse_lean_fetch(data: list) -> dict[int, dict[bytes, Any]] | None:
+    """The lean path of ``parse_fetch_reply``: None unless every message is in its one shape."""
+    if data == [None]:  # imaplib: no untagged FETCH at all (every UID expunged meanwhile)
+        return {}
+    if len(data) % 2:
+        return None
+    rows: dict[int, dict[bytes, Any]] = {}
+    match = _LEAN_FETCH.match
+    for i in range(0, len(data), 2):
+        item, closing = data[i], data[i + 1]
+        if type(item) is not tuple or len(item) != 2 or closing != b")":
+            return None
+        head, literal = item
+        found = match(head) if type(head) is bytes and type(literal) is bytes else None
+        if found is None or int(found[6]) != len(literal):
+            return None
+        seq, uid, has_size, size, body_key, _ = found.groups()
+        if int(uid) in rows:
+            return None
+        row: dict[bytes, Any] = {b"SEQ": int(seq)}
+        if has_size:
+            row[b"RFC822.SIZE"] = int(size)
+        row[body_key] = literal
+        rows[int(uid)] = row
+    return rows
 
 
 def _body_item(row: dict) -> bytes:

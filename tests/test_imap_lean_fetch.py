@@ -1,0 +1,121 @@
+"""The lean reader of header-field FETCH replies gives exactly what imapclient's generic
+parser gives, on replies from the lab's real Dovecot - including an empty header block,
+raw 8-bit and encoded non-ASCII headers, and a large literal - and steps aside otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from imapclient import IMAPClient
+from imapclient.exceptions import ProtocolError
+from imapclient.response_parser import parse_fetch_response
+
+from service.config.model import ImapConfig
+from service.incoming.imap import (
+    ImapConnection,
+    _uid_fetch_unparsed,
+    parse_fetch_reply,
+    parse_lean_fetch,
+    uid_set,
+)
+
+USER = "carol"
+LONG_NAME = "x" * 70
+MESSAGES = [
+    b"From: Reports <reports@example.test>\r\nMessage-ID: <plain@lab.test>\r\nSubject: plain\r\n\r\nbody\r\n",
+    # neither field present: the server answers an empty header block ("\r\n")
+    b"Subject: nothing asked for is here\r\n\r\nbody\r\n",
+    # raw UTF-8 in a header, and an RFC 2047 one
+    "From: Jürgen Größe <jg@example.test>\r\nMessage-ID: <umlaut@lab.test>\r\n\r\nbody\r\n".encode(),
+    b"From: =?utf-8?q?Ren=C3=A9e?= <renee@example.test>\r\nMessage-ID: <encoded@lab.test>\r\n\r\nb\r\n",
+    # a From folded over thousands of lines: a literal of ~300 KB
+    b"From: " + b",\r\n ".join(f"{LONG_NAME} {i} <p{i}@example.test>".encode() for i in range(3000))
+    + b"\r\nMessage-ID: <long@lab.test>\r\n\r\nbody\r\n",
+]
+ITEM_SETS = [
+    ["RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (From Message-ID)]"],
+    ["BODY.PEEK[HEADER.FIELDS (Message-ID)]"],
+]
+
+
+@pytest.fixture
+def client(clean_lab) -> Iterator[IMAPClient]:
+    clean_lab.seed_maildir(USER, "INBOX", MESSAGES)
+    imap = clean_lab.imap_client(USER)
+    imap.select_folder("INBOX")
+    try:
+        yield imap
+    finally:
+        imap.logout()
+
+
+@pytest.mark.parametrize("items", ITEM_SETS)
+def test_lean_reader_equals_generic_parser_on_dovecot_replies(client: IMAPClient, items: list[str]) -> None:
+    uids = sorted(client.search(["ALL"]))
+    data = _uid_fetch_unparsed(client, uid_set(uids), items)
+    lean = parse_lean_fetch(data)
+    assert lean is not None, "Dovecot's reply should take the lean path"
+    assert lean == dict(parse_fetch_response(data, True, True))
+    assert lean == client.fetch(uids, items)  # and what IMAPClient.fetch itself returns
+    bodies = {row[next(k for k in row if k.startswith(b"BODY["))] for row in lean.values()}
+    assert b"\r\n" in bodies  # the empty header block
+    if "From" in items[-1]:
+        assert any("Größe".encode() in body for body in bodies)
+        assert max(len(body) for body in bodies) > 200_000
+
+
+async def test_fetch_headers_matches_imapclient_fetch(clean_lab) -> None:
+    clean_lab.seed_maildir(USER, "INBOX", MESSAGES)
+    cfg = ImapConfig.model_validate({
+        "host": "127.0.0.1", "port": clean_lab.ports.imap, "security": "starttls",
+        "username": clean_lab.address(USER), "password": clean_lab.password(USER),
+        "ca_file": clean_lab.ca_file, "timeout": 10})
+    conn = ImapConnection(USER, cfg)
+    await conn.connect()
+    try:
+        await conn.select("INBOX")
+        uids = await conn.uids_from(1)
+        fetched = await conn.fetch_headers(uids, ["From", "Message-ID"], internal_date=False, flags=False)
+    finally:
+        await conn.close()
+    with clean_lab.imap_client(USER) as imap:
+        imap.select_folder("INBOX")
+        expected = imap.fetch(uids, ITEM_SETS[0])
+    assert sorted(fetched) == sorted(expected)
+    for uid, row in fetched.items():
+        assert row.header_bytes == expected[uid][b"BODY[HEADER.FIELDS (FROM MESSAGE-ID)]"]
+        assert row.size == expected[uid][b"RFC822.SIZE"]
+
+
+def test_other_shapes_go_to_the_generic_parser(client: IMAPClient) -> None:
+    uids = sorted(client.search(["ALL"]))
+    items = ["FLAGS", "BODY.PEEK[HEADER.FIELDS (From)]"]
+    data = _uid_fetch_unparsed(client, uid_set(uids), items)
+    assert parse_lean_fetch(data) is None
+    assert parse_fetch_reply(data) == client.fetch(uids, items)
+
+
+@pytest.mark.parametrize("data", [
+    # an unsolicited flag change for another message, among ours
+    [(b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"a\r\n\r"), b")", b"2 (FLAGS (\\Seen))"],
+    # items in another order
+    [(b"1 (RFC822.SIZE 5 UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"a\r\n\r"), b")"],
+    # the same UID twice
+    [(b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"a\r\n\r"), b")",
+     (b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"b\r\n\r"), b")"],
+])
+def test_unexpected_replies_are_not_read_leanly(data: list) -> None:
+    assert parse_lean_fetch(data) is None
+    assert parse_fetch_reply(data) == dict(parse_fetch_response(data, True, True))
+
+
+def test_a_literal_of_the_wrong_length_is_the_generic_parsers_error() -> None:
+    data = [(b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {9}", b"a\r\n\r"), b")"]
+    assert parse_lean_fetch(data) is None
+    with pytest.raises(ProtocolError):
+        parse_fetch_reply(data)
+
+
+def test_no_fetch_data_is_no_rows() -> None:
+    assert parse_lean_fetch([None]) == {} == parse_fetch_reply([None])
