@@ -229,6 +229,11 @@ def _empty_message() -> Message:
     return Message(policy=compat32)
 
 
+# What every unread message's headers are: one shared empty block, since a folder's first pass
+# may mark thousands of messages from SEARCH alone and nothing writes to a ParsedMessage's headers.
+_NO_HEADERS = _empty_message()
+
+
 @dataclass(eq=False)
 class ParsedMessage:
     key: str  # the idempotency key, chosen by the caller (account/folder/UIDVALIDITY/UID or UIDL)
@@ -269,7 +274,7 @@ class ParsedMessage:
     def unread(cls, key: str) -> ParsedMessage:
         """A message known only by its key: the server's SEARCH already decided the rules and
         every planned action is an IMAP one, so nothing of it was fetched (no headers, size 0)."""
-        return cls(key=key, headers=_empty_message(), size=0)
+        return cls(key=key, headers=_NO_HEADERS, size=0)
 
     # -- headers -------------------------------------------------------------------------
 
