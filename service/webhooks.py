@@ -30,6 +30,7 @@ import httpx
 import structlog
 
 from service.config.rules import ActionConfig
+from service.retry import doubling_delay
 from service.incoming.actions import WebhookRequest
 from service.store.engine import utcnow
 from service.store.ledger import LedgerStore, WebhookDelivery
@@ -99,7 +100,7 @@ class RetryPolicy:
 
     def backoff(self, attempts: int) -> timedelta:
         """Delay after the ``attempts``-th failure (1-based): base, 2*base, 4*base … maximum."""
-        return min(self.maximum, self.base * (2 ** max(0, attempts - 1)))
+        return doubling_delay(attempts, base=self.base, cap=self.maximum)
 
 
 class _Retry(Exception):

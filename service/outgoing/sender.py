@@ -27,6 +27,7 @@ import structlog
 
 from service.config.model import AccountConfig, OutboxConfig
 from service.errors import PostroomError, is_transient
+from service.retry import doubling_delay
 from service.store.engine import utcnow
 from service.store.outbox import OutboxItem, OutboxStore, Settlement
 
@@ -47,12 +48,9 @@ def backoff(
 ) -> timedelta:
     """Delay before the next try after `attempts` failed ones (0 for the first failure):
     retry_base * 2**attempts, capped at retry_max, then spread by ± jitter."""
-    base = policy.retry_base.total_seconds()
-    cap = policy.retry_max.total_seconds()
-    exponent = min(max(attempts, 0), 62)  # beyond this the cap wins anyway; avoids overflow
-    delay = min(base * 2.0**exponent, cap)
+    delay = doubling_delay(attempts + 1, base=policy.retry_base, cap=policy.retry_max)
     spread = 1.0 + jitter * (2.0 * rand() - 1.0)
-    return timedelta(seconds=max(delay * spread, 0.0))
+    return timedelta(seconds=max(delay.total_seconds() * spread, 0.0))
 
 
 @dataclass(frozen=True)

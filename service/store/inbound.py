@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..retry import doubling_delay
 from .bulk import insert_rows, update_rows
 from .engine import as_utc, to_utc
 from .tables import checkpoints, inbound
@@ -54,11 +55,6 @@ class InboundRow:
     attempts: int
     error: str | None
     updated_at: datetime
-
-
-def retry_delay(attempts: int, *, base: timedelta, cap: timedelta) -> timedelta:
-    """Backoff before retry number ``attempts`` (1, 2, ...): base, 2·base, 4·base … up to cap."""
-    return min(cap, base * (2 ** max(0, attempts - 1)))
 
 
 class InboundStore:
@@ -190,7 +186,7 @@ class InboundStore:
                 inbound.c.account == account, inbound.c.folder == folder, inbound.c.status == FAILED,
             ).order_by(inbound.c.updated_at)).all()
         due = [r for r in map(_row, rows)
-               if r.updated_at + retry_delay(r.attempts, base=self.retry_base, cap=self.retry_cap) <= now]
+               if r.updated_at + doubling_delay(r.attempts, base=self.retry_base, cap=self.retry_cap) <= now]
         return due[:limit]
 
     def seen_message_ids(self, account: str, folder: str, message_ids: Iterable[str]) -> set[str]:
