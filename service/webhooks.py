@@ -151,9 +151,14 @@ class WebhookQueue:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event, *, idle: float = 30.0) -> None:
-        """Deliver until ``stop`` is set: due rows now, then sleep until the next is due."""
+        """Deliver until ``stop`` is set: due rows now, then sleep until the next is due.
+        One HTTP client for the queue's life, so receivers' connections are reused."""
+        async with self._client() as client:
+            await self._run(stop, client, idle)
+
+    async def _run(self, stop: asyncio.Event, client: httpx.AsyncClient, idle: float) -> None:
         while not stop.is_set():
-            delivered = await self.deliver_due()
+            delivered = await self.deliver_due(client)
             if delivered:
                 continue
             due = self.ledger.next_webhook_due()
@@ -166,19 +171,27 @@ class WebhookQueue:
                 for waiter in waiters:
                     waiter.cancel()
 
-    async def deliver_due(self) -> int:
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(follow_redirects=False, transport=self._transport)
+
+    async def deliver_due(self, client: httpx.AsyncClient | None = None) -> int:
         """One pass: claim what is due and deliver it. Returns how many rows were handled."""
         now = self.clock()
         lease = timedelta(seconds=330)  # longer than the longest allowed timeout (300 s)
         claimed = self.ledger.claim_webhooks(now=now, limit=self.batch_size, lease=lease)
         if not claimed:
             return 0
-        async with httpx.AsyncClient(follow_redirects=False, transport=self._transport) as client:
-            try:
-                await asyncio.gather(*(self._deliver(client, d) for d in claimed))
-            except asyncio.CancelledError:
-                self.ledger.release_webhooks(claimed, now=self.clock())
-                raise
+        if client is None:
+            async with self._client() as own:
+                return await self._deliver_all(own, claimed)
+        return await self._deliver_all(client, claimed)
+
+    async def _deliver_all(self, client: httpx.AsyncClient, claimed: list[WebhookDelivery]) -> int:
+        try:
+            await asyncio.gather(*(self._deliver(client, d) for d in claimed))
+        except asyncio.CancelledError:
+            self.ledger.release_webhooks(claimed, now=self.clock())
+            raise
         return len(claimed)
 
     async def _deliver(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> None:
