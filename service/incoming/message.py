@@ -13,16 +13,15 @@ from __future__ import annotations
 import email.header
 import email.utils
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from functools import cached_property
 from html.parser import HTMLParser
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -199,12 +198,37 @@ def _simple_address(value: str) -> tuple[str, str] | None:
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")
 
 
-def _plain_headers(header_bytes: bytes) -> Message | None:
+class HeaderBlock:
+    """The fields of a well-formed header block, read-only, answering ``get_all`` and ``keys``
+    exactly as a compat32 ``Message`` holding them would. A folder's first pass builds one per
+    message and asks it for two or three fields: a ``Message`` costs more to make, and its
+    ``get_all`` runs the policy's sanitising on every value; here only a value with raw 8-bit
+    bytes in it is sanitised (into a ``Header``, as compat32 does)."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: list[tuple[str, str]] | None = None):
+        self._fields = fields or []
+
+    def get_all(self, name: str, failobj: Any = None) -> list[Any] | Any:
+        wanted = name.lower()
+        values = [value if value.isascii() else compat32.header_fetch_parse(stored, value)
+                  for stored, value in self._fields if stored.lower() == wanted]
+        return values or failobj
+
+    def keys(self) -> list[str]:
+        return [name for name, _ in self._fields]
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+
+def _plain_headers(header_bytes: bytes) -> HeaderBlock | None:
     """A well-formed header block as compat32's parser would store it, several times faster
     (a folder's worth of header fetches goes through here); None when anything looks unusual,
     and the full parser decides."""
     text = header_bytes.decode("ascii", "surrogateescape")
-    msg = Message(policy=compat32)
+    fields: list[tuple[str, str]] = []
     name, value = "", ""
     for line in text.split("\r\n"):
         if not line:
@@ -215,14 +239,14 @@ def _plain_headers(header_bytes: bytes) -> Message | None:
             value += "\r\n" + line  # folded: compat32 keeps the line break
             continue
         if name:
-            msg.set_raw(name, value)
+            fields.append((name, value))
         head, colon, rest = line.partition(":")
         if not colon or not _HEADER_NAME.match(head) or "\n" in line or "\r" in line:
             return None
         name, value = head, rest.lstrip(" \t")
     if name:
-        msg.set_raw(name, value)
-    return msg
+        fields.append((name, value))
+    return HeaderBlock(fields)
 
 
 def _empty_message() -> Message:
@@ -231,13 +255,33 @@ def _empty_message() -> Message:
 
 # What every unread message's headers are: one shared empty block, since a folder's first pass
 # may mark thousands of messages from SEARCH alone and nothing writes to a ParsedMessage's headers.
-_NO_HEADERS = _empty_message()
+_NO_HEADERS = HeaderBlock()
+
+
+class _once:  # noqa: N801 - used as a decorator, like the functools one it stands in for
+    """``functools.cached_property`` without the lock that Python 3.11's takes on every first
+    access (thousands of messages times several properties on a folder's first pass). The
+    values are pure functions of the message: two threads racing would just compute twice."""
+
+    def __init__(self, fn: Callable[[Any], Any]):
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
 
 
 @dataclass(eq=False)
 class ParsedMessage:
     key: str  # the idempotency key, chosen by the caller (account/folder/UIDVALIDITY/UID or UIDL)
-    headers: Message
+    headers: Message | HeaderBlock  # HeaderBlock: from_headers' fast path
     size: int
     internal_date: datetime | None = None
     raw: bytes | None = None
@@ -293,7 +337,7 @@ class ParsedMessage:
     def _addresses(self, name: str) -> list[Address]:
         try:
             raw = [decode_header_value(v) if not isinstance(v, str) else
-                   v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                   v if v.isascii() else v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                    for v in self.headers.get_all(name) or []]
             simple = [_simple_address(v) for v in raw]
             pairs = simple if None not in simple else email.utils.getaddresses(raw)
@@ -306,46 +350,46 @@ class ParsedMessage:
                 found.append(address)
         return found
 
-    @cached_property
+    @_once
     def message_id(self) -> str:
         return self.first("Message-ID")
 
-    @cached_property
+    @_once
     def subject(self) -> str:
         return self.first("Subject")
 
-    @cached_property
+    @_once
     def from_(self) -> list[Address]:
         return self._addresses("From")
 
-    @cached_property
+    @_once
     def to(self) -> list[Address]:
         return self._addresses("To")
 
-    @cached_property
+    @_once
     def cc(self) -> list[Address]:
         return self._addresses("Cc")
 
-    @cached_property
+    @_once
     def reply_to(self) -> list[Address]:
         return self._addresses("Reply-To")
 
-    @cached_property
+    @_once
     def sender(self) -> list[Address]:
         return self._addresses("Sender")
 
-    @cached_property
+    @_once
     def return_path(self) -> str:
         """The envelope sender as the MDA recorded it; "" for a bounce (``<>``) or when absent."""
         value = self.first("Return-Path").strip()
         return value[1:-1].strip() if value.startswith("<") and value.endswith(">") else value
 
-    @cached_property
+    @_once
     def date(self) -> datetime | None:
         """The Date header (aware), else the server's internal date."""
         return _parse_date(self.first("Date")) or self.internal_date
 
-    @cached_property
+    @_once
     def auto_generated(self) -> str | None:
         """Why this message looks machine-sent (never auto-reply to it), or None."""
         auto = self.first("Auto-Submitted").lower()
