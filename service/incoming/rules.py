@@ -124,6 +124,8 @@ def _string_matcher(test: StringTest) -> Callable[[str], bool]:
         else:  # regex, as written
             pattern = re.compile(operand)
             checks.append(lambda value, p=pattern: p.search(value) is not None)
+    if len(checks) == 1:
+        return checks[0]  # the usual case, called for every value of every message
     return lambda value: all(check(value) for check in checks)
 
 
@@ -145,7 +147,13 @@ _FIELD_VALUES: dict[str, Callable[[ParsedMessage], list[str]]] = {
 
 def _field_predicate(values_of: Callable[[ParsedMessage], list[str]], test: StringTest) -> Predicate:
     matches = _string_matcher(test)
-    return lambda msg, now: any(matches(v) for v in values_of(msg))
+
+    def check(msg: ParsedMessage, now: datetime) -> bool:
+        for value in values_of(msg):  # a loop, not any(genexpr): runs for every message of a folder
+            if matches(value):
+                return True
+        return False
+    return check
 
 
 def _attachment_predicate(cond: Condition) -> Predicate:
@@ -196,6 +204,8 @@ def compile_condition(cond: Condition) -> Predicate:
     if cond.not_ is not None:
         inner = compile_condition(cond.not_)
         parts.append(lambda msg, now: not inner(msg, now))
+    if len(parts) == 1:
+        return parts[0]
     return lambda msg, now: all(part(msg, now) for part in parts)
 
 
@@ -275,9 +285,14 @@ class RuleSet:
         return needs
 
     def evaluate(self, msg: ParsedMessage, *, now: datetime) -> list[PlannedAction]:
+        """The actions of ``explain``'s matching rules, without building its rows (this runs
+        for every message of a folder): rules in order, ending after a matching ``stop``."""
         planned: list[PlannedAction] = []
-        for row in self.explain(msg, now=now):
-            planned.extend(row.actions)
+        for rule in self.rules:
+            if rule.predicate(msg, now):
+                planned.extend(rule._planned)
+                if rule._stops:
+                    break
         return planned
 
     def explain(self, msg: ParsedMessage, *, now: datetime) -> list[Explanation]:
