@@ -4,7 +4,10 @@ raw 8-bit and encoded non-ASCII headers, and a large literal - and steps aside o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 from imapclient import IMAPClient
@@ -12,9 +15,11 @@ from imapclient.exceptions import ProtocolError
 from imapclient.response_parser import parse_fetch_response
 
 from service.config.model import ImapConfig
+from service.errors import ServerConnectError, ServerRejected
 from service.incoming.imap import (
     ImapConnection,
     _uid_fetch_unparsed,
+    map_imap_error,
     parse_fetch_reply,
     parse_lean_fetch,
     uid_set,
@@ -119,3 +124,67 @@ def test_a_literal_of_the_wrong_length_is_the_generic_parsers_error() -> None:
 
 def test_no_fetch_data_is_no_rows() -> None:
     assert parse_lean_fetch([None]) == {} == parse_fetch_reply([None])
+
+
+# -- faults a real server won't produce on demand: a tiny real socket server speaking IMAP ---
+
+@contextlib.contextmanager
+def scripted_server(reply: Callable[[bytes], bytes]) -> Iterator[IMAPClient]:
+    """An IMAP server on loopback that greets, answers CAPABILITY, then answers the next
+    command with ``reply(tag)`` and closes. Yields an IMAPClient connected to it (plain, no
+    login: the reader under test checks no state)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"* OK scripted\r\n")
+            conn.settimeout(5)
+            for line in conn.makefile("rb"):
+                tag, _, command = line.strip().partition(b" ")
+                if command.upper() != b"CAPABILITY":
+                    conn.sendall(reply(tag))
+                    return
+                conn.sendall(b"* CAPABILITY IMAP4rev1\r\n" + tag + b" OK done\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = IMAPClient("127.0.0.1", port=server.getsockname()[1], ssl=False, timeout=5)
+    try:
+        yield client
+    finally:
+        client.shutdown()
+        thread.join(5)
+        server.close()
+
+
+def test_untagged_responses_among_the_fetch_data_are_read_past() -> None:
+    def reply(tag: bytes) -> bytes:
+        return (b"* 1 FETCH (UID 7 BODY[HEADER.FIELDS (FROM)] {6}\r\nA: b\r\n)\r\n"
+                b"* 4 EXISTS\r\n* 2 EXPUNGE\r\n* OK [ALERT] {3}\r\nxyz\r\n"
+                b"* 2 FETCH (UID 9 BODY[HEADER.FIELDS (FROM)] {2}\r\n\r\n)\r\n"
+                + tag + b" OK Fetch completed.\r\n")
+
+    with scripted_server(reply) as client:
+        data = _uid_fetch_unparsed(client, "7,9", ["BODY.PEEK[HEADER.FIELDS (From)]"])
+    assert data == [(b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {6}", b"A: b\r\n"), b")",
+                    (b"2 (UID 9 BODY[HEADER.FIELDS (FROM)] {2}", b"\r\n"), b")"]
+    assert parse_fetch_reply(data) == {7: {b"SEQ": 1, b"BODY[HEADER.FIELDS (FROM)]": b"A: b\r\n"},
+                                       9: {b"SEQ": 2, b"BODY[HEADER.FIELDS (FROM)]": b"\r\n"}}
+
+
+@pytest.mark.parametrize(("reply", "error"), [
+    # the connection drops inside a literal
+    (lambda tag: b"* 1 FETCH (UID 7 BODY[HEADER.FIELDS (FROM)] {50}\r\nA: b\r\n", ServerConnectError),
+    # ... or between responses
+    (lambda tag: b"* 1 FETCH (UID 7 BODY[HEADER.FIELDS (FROM)] {2}\r\n\r\n)\r\n", ServerConnectError),
+    (lambda tag: b"* BYE shutting down\r\n", ServerConnectError),
+    (lambda tag: b"+ go on\r\n", ServerConnectError),  # no continuation was asked for
+    (lambda tag: tag + b" NO [SERVERBUG] oops\r\n", ServerRejected),
+    (lambda tag: tag + b" BAD no mailbox selected\r\n", ServerRejected),
+])
+def test_a_broken_fetch_reply_is_our_error(reply: Callable[[bytes], bytes], error: type[Exception]) -> None:
+    with scripted_server(reply) as client:
+        with pytest.raises(Exception) as raised:
+            _uid_fetch_unparsed(client, "7", ["BODY.PEEK[HEADER.FIELDS (From)]"])
+    assert isinstance(map_imap_error(raised.value, "imap test fetch"), error)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import imaplib
+import itertools
 import re
 import socket
 import ssl
@@ -477,20 +478,73 @@ class ImapConnection:
 # -- FETCH replies -------------------------------------------------------------------------
 
 def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str]) -> list:
-    """``UID FETCH uids (items)`` and its untagged FETCH data as imaplib hands it over: a
-    ``(b"seq (... {n}", literal)`` tuple per literal, plain bytes for the rest.
+    """``UID FETCH uids (items)`` and its untagged FETCH data in imaplib's own shape: per
+    FETCH response a ``(b"seq (... {n}", literal)`` tuple per literal, then the bytes after
+    the last one (``[None]`` when there were none, as imaplib says it).
 
-    IMAPClient has no public call that returns a reply unparsed, and its generic parser is
-    most of the cost of fetching a big folder's header fields (a Python lexer, byte by byte).
-    So this one place goes through ``IMAPClient._imap``, the ``imaplib.IMAP4`` it wraps, and
-    from there uses only imaplib's public ``uid()`` - the same command, state checks and
-    response collection ``IMAPClient.fetch`` uses. Errors are imaplib's and imapclient's, as
-    from ``fetch`` (``map_imap_error`` knows both).
-    """
-    typ, data = client._imap.uid("FETCH", uids, "(" + " ".join(item.upper() for item in items) + ")")
-    if typ != "OK":
-        raise IMAPClientError(f"fetch failed: {_text(data[0]) if data else typ}")
-    return data
+    IMAPClient has no public call that returns a reply unparsed, and both its generic parser
+    (a Python lexer, byte by byte) and imaplib's reader (per line: two regexes, a ``%r`` of the
+    line for its debug log, a dict append) cost more than the server's own work on a big
+    folder's header fields. So this one place takes ``IMAPClient._imap``, the ``imaplib.IMAP4``
+    it wraps, and speaks the command through that object's public ``send``/``readline``/``read``
+    (the methods imaplib documents for this) with a tag of its own: lower case, where imaplib's
+    are upper case, so the two never meet. Untagged responses other than FETCH (EXISTS,
+    EXPUNGE, OK) are read past: nothing here uses them, and the next SELECT, SEARCH or IDLE
+    asks the server again. Errors are imaplib's and imapclient's, as from ``IMAPClient.fetch``
+    (``map_imap_error`` knows both)."""
+    imap = client._imap
+    tag = b"pr%d" % next(_TAGS)
+    imap.send(b"%s UID FETCH %s (%s)\r\n" % (tag, uids.encode("ascii"),
+                                            " ".join(item.upper() for item in items).encode("ascii")))
+    data: list = []
+    tagged = tag + b" "
+    while True:
+        line = _reply_line(imap)
+        if line.startswith(b"* "):
+            first, _, rest = line[2:].partition(b" ")
+            if first.upper() == b"BYE":
+                raise imaplib.IMAP4.abort(f"server said BYE: {_text(rest)}")
+            kind, _, dat = rest.partition(b" ")
+            fetch = first.isdigit() and kind.upper() == b"FETCH"
+            dat = first + b" " + dat if fetch else rest
+            while (size := _literal_size(dat)) is not None:
+                literal = imap.read(size)
+                if len(literal) != size:
+                    raise imaplib.IMAP4.abort("socket error: EOF inside a literal")
+                if fetch:
+                    data.append((dat, literal))
+                dat = _reply_line(imap)
+            if fetch:
+                data.append(dat)
+        elif line.startswith(tagged):
+            status, _, text = line[len(tagged):].partition(b" ")
+            if status.upper() != b"OK":
+                raise IMAPClientError(f"fetch failed: {_text(status)} {_text(text)}")
+            return data or [None]
+        else:
+            raise imaplib.IMAP4.abort(f"unexpected response: {line[:200]!r}")
+
+
+_TAGS = itertools.count(1)
+_LITERAL_AT_END = re.compile(rb"\{(\d+)\}\Z")
+
+
+def _reply_line(imap: imaplib.IMAP4) -> bytes:
+    """One CRLF-terminated line of a reply, without the CRLF (imaplib's checks)."""
+    line = imap.readline()
+    if not line:
+        raise imaplib.IMAP4.abort("socket error: EOF")
+    if not line.endswith(b"\r\n"):
+        raise imaplib.IMAP4.abort(f"socket error: unterminated line: {line[:200]!r}")
+    return line[:-2]
+
+
+def _literal_size(line: bytes) -> int | None:
+    """n when ``line`` announces a literal ``{n}`` (what imaplib looks for), else None."""
+    if not line.endswith(b"}"):
+        return None
+    found = _LITERAL_AT_END.search(line, max(0, len(line) - 24))
+    return int(found[1]) if found else None
 
 
 # One message of a header-field fetch, as Dovecot (and most servers) answer it: sequence
