@@ -155,6 +155,39 @@ async def test_uidvalidity_change_does_not_rehandle(clean_lab, store):  # noqa: 
     assert any("UIDVALIDITY changed" in e["event"] for e in logs)
 
 
+class OverlapRecorder(Recorder):
+    """Holds the first batch until the second has arrived (so the two are in flight at once)
+    and notes the checkpoint while the first is still running."""
+
+    def __init__(self, store) -> None:  # noqa: F811
+        super().__init__()
+        self.store = store
+        self.second_arrived = asyncio.Event()
+        self.checkpoint_while_first_ran: int | None = None
+        self.batches = 0
+
+    async def handle_batch(self, account, folder, mailbox, items):
+        self.batches += 1
+        if self.batches == 1:
+            await asyncio.wait_for(self.second_arrived.wait(), 10)  # sequential batches: TimeoutError
+            await asyncio.sleep(0.2)  # the second one finishes first
+            checkpoint = self.store.inbound.checkpoint(USER, "INBOX")
+            self.checkpoint_while_first_ran = checkpoint.last_uid if checkpoint else 0
+        else:
+            self.second_arrived.set()
+        return await super().handle_batch(account, folder, mailbox, items)
+
+
+async def test_two_batches_in_flight_and_the_checkpoint_waits_for_the_older(clean_lab, store):  # noqa: F811
+    deliver(clean_lab, *(f"m{i}" for i in range(6)))
+    rec = OverlapRecorder(store)
+    w = ImapWatcher(USER, account(clean_lab, start_from="all"), "INBOX", rules(), rec, store.inbound, batch_size=2)
+    await one_cycle(clean_lab, w)
+    assert sorted(rec.subjects) == [f"m{i}" for i in range(6)] and rec.batches == 3
+    assert rec.checkpoint_while_first_ran == 0  # the second batch was done, but not the first
+    assert store.inbound.checkpoint(USER, "INBOX").last_uid == server_uids(clean_lab)[-1]
+
+
 async def test_a_failing_message_does_not_block_the_others(clean_lab, store):  # noqa: F811
     deliver(clean_lab, "ok 1", "poison", "ok 2")
     rec = Recorder(poison=["poison"])
