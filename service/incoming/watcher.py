@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -99,9 +99,8 @@ def _outcome_status(outcome: ItemOutcome | None) -> tuple[str, str | None]:
     return (FAILED if outcome.transient else SET_ASIDE), outcome.error
 
 
-@dataclass(frozen=True)
-class _Entry:
-    """One fetched message on its way to evaluation."""
+class _Entry(NamedTuple):
+    """One fetched message on its way to evaluation (a tuple: thousands per pass)."""
 
     key: str
     build: Callable[[], ParsedMessage]
