@@ -188,6 +188,29 @@ async def test_two_batches_in_flight_and_the_checkpoint_waits_for_the_older(clea
     assert store.inbound.checkpoint(USER, "INBOX").last_uid == server_uids(clean_lab)[-1]
 
 
+async def test_stop_lets_batches_in_flight_finish_and_starts_no_more(clean_lab, store):  # noqa: F811
+    deliver(clean_lab, *(f"m{i}" for i in range(6)))
+    stop = asyncio.Event()
+
+    class StopAfterFirst(Recorder):
+        async def handle_batch(self, account, folder, mailbox, items):
+            stop.set()  # SIGTERM while the first batch is being handled
+            return await super().handle_batch(account, folder, mailbox, items)
+
+    rec = StopAfterFirst()
+    w = ImapWatcher(USER, account(clean_lab, start_from="all"), "INBOX", rules(), rec, store.inbound, batch_size=2)
+    conn = ImapConnection(USER, w.cfg)
+    await conn.connect()
+    try:
+        assert await w.cycle(conn, stop) is False
+    finally:
+        await conn.close()
+    assert rec.subjects == ["m0", "m1", "m2", "m3"]  # the two batches in flight, not the third
+    assert store.inbound.checkpoint(USER, "INBOX").last_uid == server_uids(clean_lab)[3]
+    await one_cycle(clean_lab, w)  # the next start takes the rest
+    assert rec.subjects == [f"m{i}" for i in range(6)]
+
+
 async def test_a_failing_message_does_not_block_the_others(clean_lab, store):  # noqa: F811
     deliver(clean_lab, "ok 1", "poison", "ok 2")
     rec = Recorder(poison=["poison"])

@@ -274,7 +274,8 @@ class ImapWatcher(_Watcher):
                 self.log.info("polling", every=self.cfg.poll_interval.total_seconds(),
                               why="idle disabled" if not self.cfg.idle else "server offers no IDLE")
             while not stop.is_set():
-                await self.cycle(conn)
+                if not await self.cycle(conn, stop):
+                    break  # stopping: the rest of the folder waits for the next start
                 self._pass_done()
                 if use_idle:
                     await conn.idle_wait(self.idle_timeout or conn.idle_renew)
@@ -284,8 +285,10 @@ class ImapWatcher(_Watcher):
             waker.cancel()
             await conn.close()
 
-    async def cycle(self, conn: ImapConnection) -> None:
-        """Select the folder and take in everything new since the checkpoint."""
+    async def cycle(self, conn: ImapConnection, stop: asyncio.Event | None = None) -> bool:
+        """Select the folder and take in everything new since the checkpoint. Once ``stop``
+        is set no further batch starts; the ones in flight finish. True when the whole folder
+        was looked at."""
         state = await conn.select(self.folder)
         uidvalidity = state.uidvalidity
         checkpoint = self.inbound.checkpoint(self.account, self.folder)
@@ -295,7 +298,7 @@ class ImapWatcher(_Watcher):
             if start_from == "new":
                 self.log.info("first start: start_from=new, skipping existing messages", count=len(everything))
                 self._save(uidvalidity, max(everything, default=state.uidnext - 1), start_from)
-                return
+                return True
             candidates = await conn.search_uids(["UNSEEN"]) if start_from == "unseen" else everything
             known = await self._exact_matches(conn, candidates)
             candidates = sorted(known) if known is not None else await self._prefilter(conn, candidates)
@@ -320,10 +323,14 @@ class ImapWatcher(_Watcher):
         todo = sorted(set(candidates) | set(retries))
         size = min(self.batch_size, BODY_BATCH) if self.rules.needs().body else self.batch_size
         in_flight: deque[tuple[list[int], asyncio.Task[None]]] = deque()
+        stopped = False
         try:
             for batch in chunks(todo, size):
                 if len(in_flight) == PIPELINE:
                     await self._settle(in_flight.popleft(), uidvalidity, last, everything, start_from)
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
                 task = asyncio.create_task(self._process(conn, uidvalidity, batch, known or {}))
                 in_flight.append((batch, task))
             while in_flight:
@@ -335,7 +342,11 @@ class ImapWatcher(_Watcher):
                 task.cancel()
             await asyncio.gather(*(task for _, task in in_flight), return_exceptions=True)
             raise
+        if stopped:
+            self.log.info("stopping: the rest of this pass waits for the next start")
+            return False
         self._save(uidvalidity, max([last, *everything]), start_from)
+        return True
 
     async def _settle(self, flight: tuple[list[int], asyncio.Task[None]], uidvalidity: int, last: int,
                       everything: list[int], start_from: str) -> None:
