@@ -18,6 +18,7 @@ from imapclient import IMAPClient
 
 from service.config.model import Config
 from service.errors import ServerConnectError
+from service.incoming import actions
 from service.incoming.actions import ActionExecutor, WebhookRequest
 from service.incoming.forward import LOOP_HEADER
 from service.incoming.mailbox import InboundItem
@@ -471,7 +472,9 @@ def test_ledger_queries_on_both_backends(any_store):
     assert ledger.last_reply("carol", "ooo", "x@y.test") == START + timedelta(days=1)
 
 
-async def test_two_mails_from_one_sender_in_one_batch_get_one_reply(store, lab):
+@pytest.mark.parametrize("send_chunk", [actions.SEND_CHUNK, 1])  # 1: each mail in a chunk of its own
+async def test_two_mails_from_one_sender_in_one_batch_get_one_reply(store, lab, monkeypatch, send_chunk):
+    monkeypatch.setattr(actions, "SEND_CHUNK", send_chunk)
     rig = make_rig(store, make_config(lab, [OUT_OF_OFFICE]))
     items = [raw_item(rig, "carol", make_raw(f"n{i}", sender="Eve <eve@elsewhere.test>", to=CAROL,
                                              msgid=f"<e{i}@elsewhere.test>"), i) for i in range(2)]
@@ -479,6 +482,27 @@ async def test_two_mails_from_one_sender_in_one_batch_get_one_reply(store, lab):
     assert all(o.done for o in outcomes.values())
     assert [q.recipients for q in queued(rig)] == [["eve@elsewhere.test"]]
     assert rig.stores.ledger.last_reply("carol", "out-of-office", "eve@elsewhere.test") == START
+
+
+async def test_forwards_hold_a_chunk_of_raw_messages_at_a_time(mail, alice_inbox, store, monkeypatch):
+    monkeypatch.setattr(actions, "SEND_CHUNK", 2)
+    mail.seed_maildir("alice", "INBOX", [make_raw(f"n{i}", msgid=f"<n{i}@x.test>") for i in range(5)])
+    config = make_config(mail, [{"name": "fw", "account": "alice", "match": {},
+                                 "actions": [{"forward": {"to": CAROL}}]}])
+    rig = make_rig(store, config)
+    box = LabMailbox(alice_inbox, "alice", "INBOX")
+    fetched: list[int] = []
+    fetch_raw = box.fetch_raw
+
+    async def counting(uids: Collection[int]) -> dict[int, bytes]:
+        fetched.append(len(uids))
+        return await fetch_raw(uids)
+
+    box.fetch_raw = counting  # type: ignore[method-assign]
+    outcomes = await rig.executor.handle_batch("alice", "INBOX", box, items_from_server(rig, box))
+    assert all(o.done for o in outcomes.values()) and len(outcomes) == 5
+    assert fetched == [2, 2, 1]
+    assert sorted(q.raw.split(b"Subject: Fwd: ")[1][:2] for q in queued(rig)) == [b"n0", b"n1", b"n2", b"n3", b"n4"]
 
 
 async def test_encoded_line_breaks_in_a_subject_do_not_reach_our_headers(store, lab):

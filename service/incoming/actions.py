@@ -58,6 +58,7 @@ FLAGGING = ("flag", "unflag", "mark_read")
 TERMINAL = ("move", "delete")
 PHASES: tuple[tuple[str, ...], ...] = (SENDING, ("webhook",), ("copy",), FLAGGING, TERMINAL)
 SEEN = "\\Seen"
+SEND_CHUNK = 200  # forwards/redirects/replies whose raw messages are held at once
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,13 @@ class ActionExecutor:
 
     async def _send(self, todo: list[_Work], phase: _Phase, acct: AccountConfig, account: str,
                     mailbox: MailboxOps | None) -> None:
+        # whole messages are fetched, composed and queued SEND_CHUNK at a time: a forward-all
+        # rule over a big folder must not hold a whole batch of raw messages in memory
+        for start in range(0, len(todo), SEND_CHUNK):
+            await self._send_chunk(todo[start:start + SEND_CHUNK], phase, acct, account, mailbox)
+
+    async def _send_chunk(self, todo: list[_Work], phase: _Phase, acct: AccountConfig, account: str,
+                          mailbox: MailboxOps | None) -> None:
         raws = await self._raws(todo, phase, mailbox)
         now = self.clock()
         parsed = {key: ParsedMessage.from_bytes(raw, key=key) for key, raw in raws.items()}
