@@ -64,7 +64,8 @@ BODY_BATCH = 200  # when rules need whole messages: bounds the memory a batch ho
 # Batches in flight at once. While one waits on the server (FETCH, MOVE) the other is parsed,
 # evaluated and written to the store on the event loop's thread: a folder's first pass keeps
 # both the connection and the store busy instead of taking turns. The connection's single
-# worker thread runs the commands of both in the order they were asked for.
+# worker thread runs the commands of both in the order they were asked for. (Not when rules
+# need whole messages: BODY_BATCH bounds the memory of one batch, not of two.)
 PIPELINE = 2
 BACKOFF_START = 1.0
 BACKOFF_CAP = 300.0  # transient trouble: 1 s, 2 s, 4 s … 5 min
@@ -321,12 +322,14 @@ class ImapWatcher(_Watcher):
         if retries:
             retries = sorted(await conn.existing_uids(retries))
         todo = sorted(set(candidates) | set(retries))
-        size = min(self.batch_size, BODY_BATCH) if self.rules.needs().body else self.batch_size
+        whole = self.rules.needs().body
+        size = min(self.batch_size, BODY_BATCH) if whole else self.batch_size
+        depth = 1 if whole else PIPELINE  # whole messages: one batch's worth of memory at a time
         in_flight: deque[tuple[list[int], asyncio.Task[None]]] = deque()
         stopped = False
         try:
             for batch in chunks(todo, size):
-                if len(in_flight) == PIPELINE:
+                if len(in_flight) == depth:
                     await self._settle(in_flight.popleft(), uidvalidity, last, everything, start_from)
                 if stop is not None and stop.is_set():
                     stopped = True
