@@ -10,9 +10,9 @@ enqueue into the outbox with dedup_key = the action key and webhooks into the de
 keyed by a webhook id derived from it, so redoing either can't send twice.
 
 A batch runs in phases, each phase one ledger write before and one after, and IMAP actions
-grouped by (kind, argument) into ONE server call with every UID (5,000 moves = one UID MOVE):
+grouped by (kind, argument) into ONE server call with every UID (a 2,000-message batch = one UID MOVE):
 
-1. forward / redirect / reply (need the raw message: one fetch_raw for the whole batch)
+1. forward / redirect / reply (need the raw message: one fetch_raw per SEND_CHUNK messages)
 2. webhooks
 3. copy
 4. flag / unflag / mark_read
