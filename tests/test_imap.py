@@ -4,8 +4,6 @@ UID EXPUNGE of only our UIDs, modified UTF-7 folder names, IDLE."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 
@@ -19,6 +17,7 @@ from service.incoming.imap import (
     attachments_from_bodystructure,
     uid_set,
 )
+from tests.scripted_imap import Answer, capability, scripted_imap
 
 USER = "dave"
 
@@ -104,36 +103,19 @@ async def test_wrong_password_is_an_auth_error(lab):
 
 async def test_no_starttls_offered_refuses_before_login():
     """Dovecot always offers STARTTLS; a tiny real socket server that doesn't shows we stop."""
-    server = socket.create_server(("127.0.0.1", 0))
-    got: list[bytes] = []
+    def answer(tag: bytes, command: bytes) -> bytes:
+        if command.upper() == b"CAPABILITY":
+            return capability(tag, b"IMAP4rev1 AUTH=PLAIN")
+        return tag + b" BAD not here\r\n"
 
-    def serve() -> None:
-        client, _ = server.accept()
-        with client:
-            client.sendall(b"* OK plaintext only\r\n")
-            client.settimeout(3)
-            try:
-                for line in client.makefile("rb"):
-                    got.append(line)
-                    tag, _, command = line.strip().partition(b" ")
-                    if command.upper() == b"CAPABILITY":
-                        client.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + tag + b" OK done\r\n")
-                    else:
-                        client.sendall(tag + b" BAD not here\r\n")
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    cfg = ImapConfig(host="127.0.0.1", port=server.getsockname()[1], security="starttls",
-                     username="u", password="secret-pw", timeout=5)
-    connection = ImapConnection("x", cfg)
-    with pytest.raises(TLSError, match="STARTTLS"):
-        await connection.connect()
-    await connection.close()
-    thread.join(5)
-    server.close()
-    assert b"secret-pw" not in b"".join(got)
+    with scripted_imap(answer, b"* OK plaintext only\r\n") as server:
+        cfg = ImapConfig(host="127.0.0.1", port=server.port, security="starttls",
+                         username="u", password="secret-pw", timeout=5)
+        connection = ImapConnection("x", cfg)
+        with pytest.raises(TLSError, match="STARTTLS"):
+            await connection.connect()
+        await connection.close()
+    assert b"secret-pw" not in b"".join(server.lines)
 
 
 async def test_fetch_headers_for_300_messages_in_one_fetch(clean_lab, conn):
@@ -274,3 +256,46 @@ async def test_idle_reports_new_mail_and_wakes_on_request(clean_lab, conn):
     conn.wake()
     assert await asyncio.wait_for(waiting, 30) is False
     assert len(await conn.uids_from(1)) == 1  # the connection is usable after IDLE
+
+
+def folder_server(select_reply: bytes) -> Answer:
+    """Answers CAPABILITY, LOGIN, SELECT (with ``select_reply``'s untagged lines), UID SEARCH
+    (UIDs 1-3) and LOGOUT."""
+    def answer(tag: bytes, command: bytes) -> bytes | None:
+        verb = command.upper().split(b" ", 2)[:2]
+        if verb[0] == b"CAPABILITY":
+            return capability(tag, b"IMAP4rev1 IDLE MOVE UIDPLUS")
+        if verb[0] == b"LOGIN":
+            return tag + b" OK logged in\r\n"
+        if verb[0] == b"SELECT":
+            return select_reply + tag + b" OK [READ-WRITE] selected\r\n"
+        if verb == [b"UID", b"SEARCH"]:
+            return b"* SEARCH 1 2 3\r\n" + tag + b" OK done\r\n"
+        if verb[0] == b"LOGOUT":
+            return b"* BYE bye\r\n" + tag + b" OK done\r\n"
+        return tag + b" BAD not scripted\r\n"
+    return answer
+
+
+@pytest.mark.parametrize(("select_reply", "expected"), [
+    # no UIDNEXT: still usable
+    (b"* 3 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n", (7, 0, 3)),
+    # no UIDVALIDITY: a checkpoint by UID can't be trusted, and nothing will change that by itself
+    (b"* 3 EXISTS\r\n* OK [UIDNEXT 4] ok\r\n", PermanentError),
+], ids=["no-uidnext", "no-uidvalidity"])
+async def test_select_without_uidnext_or_uidvalidity(select_reply, expected):
+    with scripted_imap(folder_server(select_reply)) as server:
+        cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p",
+                         timeout=5)
+        connection = ImapConnection("x", cfg)
+        try:
+            await connection.connect()
+            if isinstance(expected, tuple):
+                state = await connection.select("INBOX")
+                assert (state.uidvalidity, state.uidnext, state.exists) == expected
+                assert await connection.uids_from(1) == [1, 2, 3]
+            else:
+                with pytest.raises(expected, match="UIDVALIDITY"):
+                    await connection.select("INBOX")
+        finally:
+            await connection.close()

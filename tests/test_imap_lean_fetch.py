@@ -5,8 +5,6 @@ raw 8-bit and encoded non-ASCII headers, and a large literal - and steps aside o
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -24,6 +22,7 @@ from service.incoming.imap import (
     parse_lean_fetch,
     uid_set,
 )
+from tests.scripted_imap import capability, scripted_imap
 
 USER = "carol"
 LONG_NAME = "x" * 70
@@ -130,32 +129,19 @@ def test_no_fetch_data_is_no_rows() -> None:
 
 @contextlib.contextmanager
 def scripted_server(reply: Callable[[bytes], bytes]) -> Iterator[IMAPClient]:
-    """An IMAP server on loopback that greets, answers CAPABILITY, then answers the next
-    command with ``reply(tag)`` and closes. Yields an IMAPClient connected to it (plain, no
-    login: the reader under test checks no state)."""
-    server = socket.create_server(("127.0.0.1", 0))
+    """An IMAPClient (plain, no login: the reader under test checks no state) connected to a
+    scripted server that answers CAPABILITY, then the next command with ``reply(tag)``."""
+    def answer(tag: bytes, command: bytes) -> bytes | tuple[bytes, bool]:
+        if command.upper() == b"CAPABILITY":
+            return capability(tag)
+        return reply(tag), True  # and close: the drops below are the end of the connection
 
-    def serve() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.sendall(b"* OK scripted\r\n")
-            conn.settimeout(5)
-            for line in conn.makefile("rb"):
-                tag, _, command = line.strip().partition(b" ")
-                if command.upper() != b"CAPABILITY":
-                    conn.sendall(reply(tag))
-                    return
-                conn.sendall(b"* CAPABILITY IMAP4rev1\r\n" + tag + b" OK done\r\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    client = IMAPClient("127.0.0.1", port=server.getsockname()[1], ssl=False, timeout=5)
-    try:
-        yield client
-    finally:
-        client.shutdown()
-        thread.join(5)
-        server.close()
+    with scripted_imap(answer) as server:
+        client = IMAPClient("127.0.0.1", port=server.port, ssl=False, timeout=5)
+        try:
+            yield client
+        finally:
+            client.shutdown()
 
 
 def test_untagged_responses_among_the_fetch_data_are_read_past() -> None:

@@ -307,8 +307,14 @@ class ImapConnection:
 
     def _select(self, folder: str) -> FolderState:
         info = self._c().select_folder(folder)
+        if b"UIDVALIDITY" not in info:
+            # without it a checkpoint by UID could silently point at other messages one day
+            raise PermanentError(f"{self._where}: the server gave no UIDVALIDITY for {folder!r}; "
+                                 "postroom needs UIDs it can trust (RFC 3501 requires it)")
         modseq = info.get(b"HIGHESTMODSEQ")
-        return FolderState(uidvalidity=int(info[b"UIDVALIDITY"]), uidnext=int(info[b"UIDNEXT"]),
+        # UIDNEXT is required too, but some servers leave it out; 0 = unknown (only used as a
+        # fallback when the folder is empty)
+        return FolderState(uidvalidity=int(info[b"UIDVALIDITY"]), uidnext=int(info.get(b"UIDNEXT", 0)),
                            exists=int(info.get(b"EXISTS", 0)),
                            highestmodseq=int(modseq) if modseq is not None else None)
 

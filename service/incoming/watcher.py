@@ -298,7 +298,7 @@ class ImapWatcher(_Watcher):
             everything = await conn.uids_from(1)
             if start_from == "new":
                 self.log.info("first start: start_from=new, skipping existing messages", count=len(everything))
-                self._save(uidvalidity, max(everything, default=state.uidnext - 1), start_from)
+                self._save(uidvalidity, max(everything, default=max(state.uidnext - 1, 0)), start_from)
                 return True
             candidates = await conn.search_uids(["UNSEEN"]) if start_from == "unseen" else everything
             known = await self._exact_matches(conn, candidates)
