@@ -1,12 +1,13 @@
 """The shared corpus of real, odd and broken mail (/work/shared/corpus) through every way in:
-``postroom rules test`` on each file, and a watcher on the lab's real Dovecot taking in all of
-them at once, with rules that read headers, bodies and attachments and actions that forward,
-call webhooks and flag. Nothing may crash; each message ends handled or set aside with a
+``postroom rules test`` on each file, and watchers on the lab's real Dovecot (IMAP, and POP3
+with delete_after) taking in all of them at once, with rules that read headers, bodies and
+attachments and actions that forward, call webhooks and flag. Nothing may crash; each message ends handled or set aside with a
 reason, and the checkpoint passes them all. (The parser's own answers for each file are
 pinned in tests/data/message_golden.json by tests/test_message.py.)"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,16 @@ import yaml
 from click.testing import CliRunner
 
 from service.cli import app
+from service.config.rules import RuleConfig
 from service.incoming.imap import ImapConnection
 from service.incoming.message import ParsedMessage
-from service.incoming.watcher import ImapWatcher
+from service.incoming.rules import compile_rules
+from service.incoming.watcher import ImapWatcher, Pop3Watcher
 from service.store.inbound import DONE, FINISHED
 from tests.test_actions import make_config, make_rig, queued
 from tests.test_message import CORPUS, corpus_files
+from tests.test_watcher import USER as POP3_USER
+from tests.test_watcher import Recorder, maildrop_size, pop3_account
 
 RULES = [
     {"name": "attachments", "account": "alice",
@@ -40,6 +45,7 @@ CONFIG = yaml.safe_dump({
     "rules": RULES})
 
 FILES = corpus_files()
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 needs_corpus = pytest.mark.skipif(not FILES, reason=f"no corpus at {CORPUS}")
 
 
@@ -85,3 +91,18 @@ async def test_a_watcher_takes_in_the_whole_corpus(clean_lab, store):
     assert len(rig.webhooks.requests) == sum("bodies" in rules for rules in planned) > 0
     forwards = sum("attachments" in rules for rules in planned)
     assert 0 < len(queued(rig)) <= forwards  # bounces among them are rightly not forwarded
+
+
+@needs_corpus
+async def test_a_pop3_watcher_takes_in_the_whole_corpus_and_empties_the_maildrop(clean_lab, store):
+    raws = [path.read_bytes() for path in FILES]
+    clean_lab.seed_maildir(POP3_USER, "INBOX", raws)
+    ruleset = compile_rules([RuleConfig.model_validate({**rule, "account": POP3_USER}) for rule in RULES[:2]])
+    recorder = Recorder()
+    watcher = Pop3Watcher(POP3_USER, pop3_account(clean_lab, start_from="all", delete_after=True), ruleset,
+                          recorder, store.inbound)
+    await watcher.poll_once()
+    matched = [ruleset.evaluate(ParsedMessage.from_bytes(raw, key="k"), now=NOW) for raw in raws]
+    assert len(recorder.subjects) == sum(1 for planned in matched if planned) > 0
+    await watcher.poll_once()  # the second session deletes what the first recorded done
+    assert await maildrop_size(clean_lab) == 0
