@@ -4,6 +4,7 @@ UID EXPUNGE of only our UIDs, modified UTF-7 folder names, IDLE."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 
@@ -13,6 +14,10 @@ from imapclient import IMAPClient
 from service.config.model import ImapConfig
 from service.errors import AuthError, PermanentError, TLSError
 from service.incoming.imap import (
+    IDLE_RENEW_SECONDS,
+    KEEPALIVE_IDLE,
+    KEEPALIVE_INTERVAL,
+    KEEPALIVE_PROBES,
     ImapConnection,
     attachments_from_bodystructure,
     uid_set,
@@ -73,6 +78,17 @@ async def test_starttls_login_sees_post_login_capabilities(conn):
     assert conn.has("MOVE") and conn.has("UIDPLUS") and conn.has("IDLE")
     state = await conn.select("INBOX")
     assert state.uidvalidity > 0 and state.exists == 0
+
+
+async def test_the_connection_probes_a_silent_peer(conn):
+    """A watcher parked in IDLE reads nothing for minutes: TCP keepalive notices a peer that
+    vanished without closing the connection long before the IDLE renewal would."""
+    sock = conn._c().socket()
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == KEEPALIVE_PROBES
+    assert KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES < IDLE_RENEW_SECONDS / 4
 
 
 async def test_implicit_tls(clean_lab):

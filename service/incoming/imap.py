@@ -272,6 +272,7 @@ class ImapConnection:
             # caches nothing before login, and afterwards takes the login reply's CAPABILITY
             # or sends CAPABILITY itself.
             capabilities = client.capabilities()
+            _keep_alive(client.socket())
         except BaseException:
             _shutdown_quietly(client)  # already failing: the original error is what matters
             raise
@@ -610,6 +611,25 @@ def _aware(value: Any) -> datetime | None:
         return None
     # imapclient normalises INTERNALDATE to naive local time; astimezone reads naive as local
     return value.astimezone(UTC)
+
+
+# TCP keepalive on the IMAP socket: a connection parked in IDLE reads nothing for minutes, so
+# a peer that vanished without a FIN or RST (a NAT entry dropped, a server powered off) would
+# go unnoticed until the IDLE renewal; the kernel's probes notice it in about 2 minutes.
+KEEPALIVE_IDLE = 60  # seconds of silence before the first probe
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_PROBES = 4
+
+
+def _keep_alive(sock: socket.socket) -> None:
+    """Turn on keepalive probes (IMAPClient calls its socket "for polling only"; setting
+    options on it changes nothing of what IMAPClient reads or writes)."""
+    with contextlib.suppress(OSError):  # an option this kernel lacks: the IDLE renewal still bounds it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                            ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def _logout_quietly(client: IMAPClient) -> None:
