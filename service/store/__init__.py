@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from .engine import migrate, open_engine, schema_is_current, utcnow
 from .inbound import InboundStore
+from .leases import WatchLeases
 from .ledger import LedgerStore
 from .outbox import NewMessage, OutboxItem, OutboxStore
 from .runs import RunRecord, RunStore
@@ -24,6 +25,7 @@ class Store:
     runs: RunStore
     ledger: LedgerStore
     inbound: InboundStore
+    leases: WatchLeases
 
     @classmethod
     def open(cls, url: str, *, owner: str, migrate_schema: bool = True) -> Store:
@@ -31,7 +33,8 @@ class Store:
         if migrate_schema:
             migrate(engine)
         return cls(engine=engine, outbox=OutboxStore(engine, owner=owner), runs=RunStore(engine, owner=owner),
-                   ledger=LedgerStore(engine, owner=owner), inbound=InboundStore(engine))
+                   ledger=LedgerStore(engine, owner=owner), inbound=InboundStore(engine),
+                   leases=WatchLeases(engine, owner=owner))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -39,6 +42,7 @@ class Store:
 
 __all__ = [
     "InboundStore", "LedgerStore", "NewMessage", "OutboxItem", "OutboxStore", "RunRecord", "RunStore", "Store",
+    "WatchLeases",
     "migrate",
     "open_engine", "schema_is_current", "utcnow",
 ]

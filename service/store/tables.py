@@ -160,7 +160,16 @@ webhooks = Table(
 )
 Index("ix_webhooks_due", webhooks.c.status, webhooks.c.next_attempt_at)
 
+# Which replica watches a mailbox folder: one row per watch, held while renewed.
+watch_leases = Table(
+    "watch_leases",
+    metadata,
+    Column("watch", String(1300), primary_key=True),  # "account/folder", or "account/pop3"
+    Column("owner", String(255), nullable=False),  # POSTROOM_INSTANCE of the holder
+    Column("expires_at", TS, nullable=False),
+)
+
 __all__ = [
     "metadata", "outbox", "fire_claims", "job_runs", "checkpoints", "inbound", "actions",
-    "replies", "webhooks",
+    "replies", "webhooks", "watch_leases",
 ]

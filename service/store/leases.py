@@ -1,0 +1,62 @@
+"""Watch leases: which replica watches a mailbox folder.
+
+Replicas sharing one PostgreSQL run the same config, so each would start a watcher for every
+folder. One row per watch ("account/folder", or "account/pop3") names the replica that holds
+it until ``expires_at``; the holder renews it well before then, the others stand by and claim
+it once it has run out (a replica that died) or was released (one that stopped). On SQLite
+there is one process, and it takes back its own leftover leases at start.
+
+A claim is one UPDATE that succeeds when the row is ours or expired, else one INSERT that
+fails on the primary key when another replica holds the row: both databases decide it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .engine import as_utc, to_utc
+from .tables import watch_leases
+
+
+class WatchLeases:
+    def __init__(self, engine: Engine, *, owner: str):
+        self.engine = engine
+        self.owner = owner
+
+    def claim(self, watch: str, *, now: datetime, ttl: timedelta) -> bool:
+        """Take or renew ``watch`` until now + ttl. False when another replica holds it."""
+        now, until = to_utc(now), to_utc(now + ttl)
+        table = watch_leases
+        with self.engine.begin() as conn:
+            renewed = conn.execute(update(table).where(
+                table.c.watch == watch, or_(table.c.owner == self.owner, table.c.expires_at < now),
+            ).values(owner=self.owner, expires_at=until)).rowcount
+        if renewed:
+            return True
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(table).values(watch=watch, owner=self.owner, expires_at=until))
+        except IntegrityError:
+            return False  # held by another replica (or claimed by one a moment ago)
+        return True
+
+    def holder(self, watch: str) -> tuple[str, datetime] | None:
+        """(owner, expires_at) of the lease, or None when nobody holds one."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(watch_leases.c.owner, watch_leases.c.expires_at)
+                               .where(watch_leases.c.watch == watch)).first()
+        return (row.owner, as_utc(row.expires_at)) if row else None  # type: ignore[return-value]
+
+    def release(self, watch: str) -> None:
+        """Give ``watch`` up at once (a clean stop), if it is ours."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(watch_leases).where(watch_leases.c.watch == watch,
+                                                    watch_leases.c.owner == self.owner))
+
+    def release_all(self) -> int:
+        """Every lease, whoever holds it: only for a single-node store taking back its own."""
+        with self.engine.begin() as conn:
+            return conn.execute(delete(watch_leases)).rowcount
