@@ -127,15 +127,17 @@ class Daemon:
         incoming = Incoming(ruleset=ruleset, executor=executor)
         hooks = WatcherHooks(processed=self.metrics.inbound, ok=self.metrics.watcher_ok)
         pop3_started: set[str] = set()
+        # replicas: one watches each folder; a dry run takes no lease (it must not keep a real one out)
+        leases = None if self.dry_run else self.store.leases
         for account_name, folder in ruleset.watch_targets():
             account = config.accounts[account_name]
             if account.imap is not None:
                 watcher = ImapWatcher(account_name, account, folder, ruleset, executor, self.store.inbound,
-                                      dry_run=self.dry_run, hooks=hooks)
+                                      dry_run=self.dry_run, hooks=hooks, leases=leases)
             elif account.pop3 is not None and account_name not in pop3_started:
                 pop3_started.add(account_name)  # a maildrop has one "folder"
                 watcher = Pop3Watcher(account_name, account, ruleset, executor, self.store.inbound,
-                                      dry_run=self.dry_run, hooks=hooks)
+                                      dry_run=self.dry_run, hooks=hooks, leases=leases)
             else:
                 continue
             incoming.watchers.append(watcher)

@@ -11,13 +11,14 @@ stop and systemd restarts the service — which is the point of WatchdogSec=.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
 from collections.abc import Mapping
 
 import structlog
+
+from .retry import sleep_or_stop
 
 log = structlog.get_logger(__name__)
 
@@ -126,5 +127,4 @@ async def watchdog_loop(notifier: Notifier, stop: asyncio.Event) -> None:
     period = interval / 2
     while not stop.is_set():
         notifier.watchdog()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=period)
+        await sleep_or_stop(stop, period)

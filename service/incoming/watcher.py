@@ -31,7 +31,6 @@ DELEted only once its outcome is done; QUIT commits the deletions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ from service.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, Mai
 from service.incoming.message import ParsedMessage
 from service.incoming.pop3 import Pop3Connection
 from service.incoming.rules import PlannedAction, RuleSet
+from service.incoming.watch_lease import LEASE_TTL, WatchLease
+from service.retry import sleep_or_stop
 from service.store.engine import utcnow
 from service.store.inbound import (
     DONE,
@@ -56,6 +57,7 @@ from service.store.inbound import (
     SKIPPED,
     InboundStore,
 )
+from service.store.leases import WatchLeases
 
 log = structlog.get_logger(__name__)
 
@@ -71,11 +73,6 @@ BACKOFF_START = 1.0
 BACKOFF_CAP = 300.0  # transient trouble: 1 s, 2 s, 4 s … 5 min
 PERMANENT_RETRY = 900.0  # bad password, untrusted certificate: try again every 15 min
 POP3_FOLDER = "INBOX"
-
-
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 class _Backoff:
@@ -124,7 +121,8 @@ class _Watcher:
 
     def __init__(self, account_name: str, ruleset: RuleSet, handler: BatchHandler, inbound: InboundStore, *,
                  folder: str, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
-                 batch_size: int = BATCH, hooks: WatcherHooks | None = None):
+                 batch_size: int = BATCH, hooks: WatcherHooks | None = None,
+                 leases: WatchLeases | None = None, lease_ttl: float = LEASE_TTL):
         self.hooks = hooks or WatcherHooks()
         self.ready = False  # set after the first full pass over the folder (for /readyz)
         self.account = account_name
@@ -136,26 +134,45 @@ class _Watcher:
         self.dry_run = dry_run
         self.batch_size = batch_size
         self.log = log.bind(account=account_name, folder=folder, via=self.kind)
+        # replicas: only the holder of this watch's lease works it (service.incoming.watch_lease)
+        self.lease = WatchLease(leases, self.watch_name(), self.log, ttl=lease_ttl, clock=clock) if leases else None
+
+    def watch_name(self) -> str:
+        return f"{self.account}/{self.folder}"
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = _Backoff()
-        while not stop.is_set():
-            try:
-                await self._session(stop, backoff)
-                continue
-            except asyncio.CancelledError:
-                raise
-            except PermanentError as exc:
-                self.log.error("watcher cannot work; fix the account settings", error=str(exc),
-                               retry_in=PERMANENT_RETRY)
-                delay = backoff.after(exc)
-            except Exception as exc:
-                delay = backoff.after(exc)
-                if is_transient(exc):
-                    self.log.warning("watcher connection trouble; reconnecting", error=str(exc), retry_in=delay)
-                else:
-                    self.log.exception("watcher cycle failed; reconnecting", retry_in=delay)
-            await sleep_or_stop(stop, delay)
+        try:
+            while not stop.is_set():
+                working = stop
+                if self.lease is not None:
+                    if not await self.lease.acquire(stop, on_standby=self._standing_by):
+                        break
+                    working = self.lease.ended  # set on stop, and when the lease is lost
+                try:
+                    await self._session(working, backoff)
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except PermanentError as exc:
+                    self.log.error("watcher cannot work; fix the account settings", error=str(exc),
+                                   retry_in=PERMANENT_RETRY)
+                    delay = backoff.after(exc)
+                except Exception as exc:
+                    delay = backoff.after(exc)
+                    if is_transient(exc):
+                        self.log.warning("watcher connection trouble; reconnecting", error=str(exc), retry_in=delay)
+                    else:
+                        self.log.exception("watcher cycle failed; reconnecting", retry_in=delay)
+                await sleep_or_stop(working, delay)
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+
+    def _standing_by(self) -> None:
+        """Another replica works this folder: this watcher is healthy, just not the one."""
+        self.ready = True
+        self.hooks.ok(self.account, self.folder, self.clock())
 
     async def _session(self, stop: asyncio.Event, backoff: _Backoff) -> None:
         raise NotImplementedError
@@ -251,11 +268,13 @@ class ImapWatcher(_Watcher):
     def __init__(self, account_name: str, account_cfg: AccountConfig, folder: str, ruleset: RuleSet,
                  handler: BatchHandler, inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow,
                  dry_run: bool = False, batch_size: int = BATCH, idle_timeout: float | None = None,
-                 hooks: WatcherHooks | None = None):
+                 hooks: WatcherHooks | None = None, leases: WatchLeases | None = None,
+                 lease_ttl: float = LEASE_TTL):
         if account_cfg.imap is None:
             raise ValueError(f"account {account_name!r} has no imap: section")
         super().__init__(account_name, ruleset.for_folder(account_name, folder), handler, inbound,
-                         folder=folder, clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks)
+                         folder=folder, clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks,
+                         leases=leases, lease_ttl=lease_ttl)
         self.cfg = account_cfg.imap
         self.idle_timeout = idle_timeout
         self._dry_seen = 0  # dry run: the checkpoint stays put, so remember what was shown
@@ -485,12 +504,17 @@ class Pop3Watcher(_Watcher):
 
     def __init__(self, account_name: str, account_cfg: AccountConfig, ruleset: RuleSet, handler: BatchHandler,
                  inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
-                 batch_size: int = BATCH, hooks: WatcherHooks | None = None):
+                 batch_size: int = BATCH, hooks: WatcherHooks | None = None, leases: WatchLeases | None = None,
+                 lease_ttl: float = LEASE_TTL):
         if account_cfg.pop3 is None:
             raise ValueError(f"account {account_name!r} has no pop3: section")
         super().__init__(account_name, ruleset.for_account(account_name), handler, inbound, folder=POP3_FOLDER,
-                         clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks)
+                         clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks, leases=leases,
+                         lease_ttl=lease_ttl)
         self.cfg = account_cfg.pop3
+
+    def watch_name(self) -> str:
+        return f"{self.account}/pop3"
 
     def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
         return f"{self.account}/pop3/{ident}"
@@ -554,4 +578,4 @@ class Pop3Watcher(_Watcher):
         await self._hand_over(None, *self._evaluate(entries))
 
 
-__all__ = ["ImapWatcher", "Pop3Watcher", "sleep_or_stop"]
+__all__ = ["ImapWatcher", "Pop3Watcher"]

@@ -1,0 +1,114 @@
+"""One replica per mailbox folder: a watcher works only while it holds the folder's lease.
+
+Replicas on one PostgreSQL start the same watchers. Each watcher first claims its watch
+(``service.store.leases``); the others stand by, trying again every third of the lease, and
+take over when the holder stops (it releases) or dies (its lease runs out, ``LEASE_TTL``).
+The holder renews every third of the lease from the event loop; if a renewal finds the lease
+taken, or the store stays unreachable until the lease may have run out, the watcher stops
+between batches and goes back to standing by, so two replicas never work one folder for long.
+(What one of them leaves half done is in the action ledger, as after a crash.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from service.retry import sleep_or_stop
+from service.store.engine import utcnow
+from service.store.leases import WatchLeases
+
+LEASE_TTL = 60.0  # seconds a claim lasts; a replica that died is replaced after at most this
+
+
+class WatchLease:
+    def __init__(self, leases: WatchLeases, watch: str, log: Any, *, ttl: float = LEASE_TTL,
+                 clock: Callable[[], datetime] = utcnow):
+        self.leases = leases
+        self.watch = watch
+        self.log = log
+        self.ttl = ttl
+        self.clock = clock
+        self.held = False
+        self.ended = asyncio.Event()  # work must stop now: asked to, or the lease is gone
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def acquire(self, stop: asyncio.Event, on_standby: Callable[[], None]) -> bool:
+        """Hold the watch, standing by while another replica does. False when ``stop`` came
+        first. Already held: True at once."""
+        if self.held and not self.ended.is_set():
+            return True
+        self._drop()
+        standing_by = False
+        while not stop.is_set():
+            if self._claim():
+                if standing_by:
+                    self.log.info("taking over the watch from the replica that held it")
+                self.held = True
+                self.ended = asyncio.Event()
+                self._renewer = asyncio.create_task(self._renew(stop), name=f"lease {self.watch}")
+                return True
+            if not standing_by:
+                holder = self._holder()
+                self.log.info("standing by: another replica watches this folder", holder=holder)
+                standing_by = True
+            on_standby()
+            await sleep_or_stop(stop, self.ttl / 3)
+        return False
+
+    def release(self) -> None:
+        """Stop renewing and give the watch up (another replica may take it at once)."""
+        was_held = self.held
+        self._drop()
+        if was_held:
+            try:
+                self.leases.release(self.watch)
+            except Exception as exc:  # noqa: BLE001 - it runs out by itself anyway
+                self.log.warning("could not release the watch lease; it runs out by itself", error=repr(exc))
+
+    def _drop(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
+        self.held = False
+
+    def _claim(self) -> bool:
+        try:
+            return self.leases.claim(self.watch, now=self.clock(), ttl=timedelta(seconds=self.ttl))
+        except Exception as exc:  # noqa: BLE001 - a store that is down: not ours to take yet
+            self.log.warning("could not claim the watch lease", error=repr(exc))
+            return False
+
+    def _holder(self) -> str | None:
+        try:
+            found = self.leases.holder(self.watch)
+        except Exception:  # noqa: BLE001 - only for the log line
+            return None
+        return found[0] if found else None
+
+    async def _renew(self, stop: asyncio.Event) -> None:
+        surely_held_until = time.monotonic() + self.ttl
+        try:
+            while True:
+                await sleep_or_stop(stop, self.ttl / 3)
+                if stop.is_set():
+                    return
+                started = time.monotonic()
+                try:
+                    renewed: bool | None = self.leases.claim(self.watch, now=self.clock(),
+                                                             ttl=timedelta(seconds=self.ttl))
+                except Exception as exc:  # noqa: BLE001 - retried until the lease may be gone
+                    self.log.warning("could not renew the watch lease", error=repr(exc))
+                    renewed = None
+                if renewed:
+                    surely_held_until = started + self.ttl
+                elif renewed is False or time.monotonic() + self.ttl / 3 >= surely_held_until:
+                    self.log.warning("lost the watch lease; this replica stops watching the folder",
+                                     holder=self._holder())
+                    self.held = False
+                    return
+        finally:
+            self.ended.set()
