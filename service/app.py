@@ -127,8 +127,10 @@ class Daemon:
         incoming = Incoming(ruleset=ruleset, executor=executor)
         hooks = WatcherHooks(processed=self.metrics.inbound, ok=self.metrics.watcher_ok)
         pop3_started: set[str] = set()
-        # replicas: one watches each folder; a dry run takes no lease (it must not keep a real one out)
-        leases = None if self.dry_run else self.store.leases
+        # replicas on PostgreSQL: one watches each folder. SQLite is one process, nothing to
+        # share; a dry run takes no lease (it must not keep a real replica out).
+        shared = self.store.engine.dialect.name != "sqlite"
+        leases = self.store.leases if shared and not self.dry_run else None
         for account_name, folder in ruleset.watch_targets():
             account = config.accounts[account_name]
             if account.imap is not None:

@@ -72,8 +72,5 @@ def recover_single_node(store: Store) -> None:
     now = utcnow()
     released = store.outbox.release_all_leases(now=now)
     hooks = store.ledger.release_all_webhook_leases(now=now)
-    watches = store.leases.release_all()  # else each folder would wait for its lease to run out
     if released or hooks:
         log.info("took back work in flight at the last stop", messages=released, webhooks=hooks)
-    if watches:
-        log.info("took back the mailbox watches of the last process", watches=watches)

@@ -3,8 +3,8 @@
 Replicas sharing one PostgreSQL run the same config, so each would start a watcher for every
 folder. One row per watch ("account/folder", or "account/pop3") names the replica that holds
 it until ``expires_at``; the holder renews it well before then, the others stand by and claim
-it once it has run out (a replica that died) or was released (one that stopped). On SQLite
-there is one process, and it takes back its own leftover leases at start.
+it once it has run out (a replica that died) or was released (one that stopped). The daemon
+uses them only on PostgreSQL: SQLite is one process, with nothing to share.
 
 A claim is one UPDATE that succeeds when the row is ours or expired, else one INSERT that
 fails on the primary key when another replica holds the row: both databases decide it.
@@ -55,8 +55,3 @@ class WatchLeases:
         with self.engine.begin() as conn:
             conn.execute(delete(watch_leases).where(watch_leases.c.watch == watch,
                                                     watch_leases.c.owner == self.owner))
-
-    def release_all(self) -> int:
-        """Every lease, whoever holds it: only for a single-node store taking back its own."""
-        with self.engine.begin() as conn:
-            return conn.execute(delete(watch_leases)).rowcount
