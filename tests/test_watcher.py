@@ -286,6 +286,26 @@ async def test_idle_watcher_sees_delivered_mail(clean_lab, store):  # noqa: F811
                       during=lambda: (time.sleep(0.3), deliver(clean_lab, "while idle")))
 
 
+async def test_mail_announced_during_a_pass_is_taken_without_waiting_for_idle(clean_lab, store):  # noqa: F811
+    """Mail that arrives while a pass runs is announced (EXISTS) in the reply to one of the
+    pass's own commands, once; IDLE would not announce it again. The watcher must look."""
+    deliver(clean_lab, "first")
+
+    class DeliversDuringThePass(Recorder):
+        async def handle_batch(self, account, folder, mailbox, items):
+            if not self.subjects:
+                await asyncio.to_thread(deliver, clean_lab, "during 1", "during 2", start=10)
+                await mailbox.flags([items[0].uid])  # a command whose reply carries the EXISTS
+            return await super().handle_batch(account, folder, mailbox, items)
+
+    rec = DeliversDuringThePass()
+    w = ImapWatcher(USER, account(clean_lab, start_from="all"), "INBOX", rules(), rec, store.inbound,
+                    idle_timeout=120)  # without the look, "during" would wait for IDLE's renewal
+    started = time.monotonic()
+    await run_watcher(w, lambda: len(rec.subjects) == 3)
+    assert rec.subjects == ["first", "during 1", "during 2"] and time.monotonic() - started < 30
+
+
 async def test_polling_watcher_sees_delivered_mail(clean_lab, store):  # noqa: F811
     rec = Recorder()
     w = watcher(clean_lab, store, rec, idle=False, poll_interval="1s")

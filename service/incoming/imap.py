@@ -203,6 +203,7 @@ class ImapConnection:
         self.capabilities: frozenset[str] = frozenset()
         self._client: IMAPClient | None = None
         self._broken = False
+        self._news = False  # EXISTS/RECENT read past by our FETCH reader since the last SELECT
         self._wake = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"imap-{account}")
         self._where = f"imap {account} ({cfg.host}:{cfg.port_or_default()})"
@@ -308,6 +309,7 @@ class ImapConnection:
 
     def _select(self, folder: str) -> FolderState:
         info = self._c().select_folder(folder)
+        self._drain_news()  # what SELECT reports, the SEARCH that follows it sees
         if b"UIDVALIDITY" not in info:
             # without it a checkpoint by UID could silently point at other messages one day
             raise PermanentError(f"{self._where}: the server gave no UIDVALIDITY for {folder!r}; "
@@ -318,6 +320,19 @@ class ImapConnection:
         return FolderState(uidvalidity=int(info[b"UIDVALIDITY"]), uidnext=int(info.get(b"UIDNEXT", 0)),
                            exists=int(info.get(b"EXISTS", 0)),
                            highestmodseq=int(modseq) if modseq is not None else None)
+
+    async def news_since_select(self) -> bool:
+        """Did the server announce new mail (EXISTS, RECENT) while other commands ran since the
+        last SELECT? It announces each arrival once: a watcher that then waits in IDLE without
+        asking would not hear of those messages until the next one comes."""
+        return await self._run("news", self._drain_news)
+
+    def _drain_news(self) -> bool:
+        imap = self._c()._imap  # imaplib keeps untagged responses; its public response() takes them
+        exists = imap.response("EXISTS")[1]
+        recent = imap.response("RECENT")[1]
+        news, self._news = self._news, False
+        return news or exists != [None] or any(value not in (None, b"0") for value in recent)
 
     async def create_folder(self, folder: str) -> None:
         await self._run(f"create {folder!r}", lambda: self._c().create_folder(folder))
@@ -368,7 +383,9 @@ class ImapConnection:
         """uid -> {item: value} as ``IMAPClient.fetch`` returns it, read by ``parse_fetch_reply``
         (the lean reader for header-field fetches, imapclient's parser for anything else)."""
         wanted = set(part)
-        data = _uid_fetch_unparsed(self._c(), uid_set(part), items)
+        untagged: list[bytes] = []
+        data = _uid_fetch_unparsed(self._c(), uid_set(part), items, untagged)
+        self._news = self._news or any(_announces_mail(line) for line in untagged)
         return {uid: row for uid, row in parse_fetch_reply(data).items() if uid in wanted}
 
     async def fetch_raw(self, uids: Collection[int]) -> dict[int, bytes]:
@@ -484,7 +501,8 @@ class ImapConnection:
 
 # -- FETCH replies -------------------------------------------------------------------------
 
-def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str]) -> list:
+def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str],
+                        untagged: list[bytes] | None = None) -> list:
     """``UID FETCH uids (items)`` and its untagged FETCH data in imaplib's own shape: per
     FETCH response a ``(b"seq (... {n}", literal)`` tuple per literal, then the bytes after
     the last one (``[None]`` when there were none, as imaplib says it).
@@ -496,9 +514,8 @@ def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str]) -> 
     it wraps, and speaks the command through that object's public ``send``/``readline``/``read``
     (the methods imaplib documents for this) with a tag of its own: lower case, where imaplib's
     are upper case, so the two never meet. Untagged responses other than FETCH (EXISTS,
-    EXPUNGE, OK) are read past: nothing here uses them, and the next SELECT, SEARCH or IDLE
-    asks the server again. Errors are imaplib's and imapclient's, as from ``IMAPClient.fetch``
-    (``map_imap_error`` knows both)."""
+    EXPUNGE, OK) go to ``untagged`` when given (without "* "), else are read past. Errors are
+    imaplib's and imapclient's, as from ``IMAPClient.fetch`` (``map_imap_error`` knows both)."""
     imap = client._imap
     tag = b"pr%d" % next(_TAGS)
     imap.send(b"%s UID FETCH %s (%s)\r\n" % (tag, uids.encode("ascii"),
@@ -523,6 +540,8 @@ def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str]) -> 
                 dat = _reply_line(imap)
             if fetch:
                 data.append(dat)
+            elif untagged is not None:
+                untagged.append(line[2:])
         elif line.startswith(tagged):
             status, _, text = line[len(tagged):].partition(b" ")
             if status.upper() != b"OK":
@@ -533,6 +552,13 @@ def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str]) -> 
 
 
 _TAGS = itertools.count(1)
+
+
+def _announces_mail(untagged: bytes) -> bool:
+    """``n EXISTS``, or ``n RECENT`` with n > 0."""
+    number, _, kind = untagged.partition(b" ")
+    kind = kind.strip().upper()
+    return number.isdigit() and (kind == b"EXISTS" or (kind == b"RECENT" and int(number) > 0))
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\}\Z")
 
 

@@ -298,6 +298,8 @@ class ImapWatcher(_Watcher):
                     break  # stopping: the rest of the folder waits for the next start
                 self._pass_done()
                 if use_idle:
+                    if await conn.news_since_select():
+                        continue  # mail came during the pass: IDLE would not announce it again
                     await conn.idle_wait(self.idle_timeout or conn.idle_renew)
                 else:
                     await sleep_or_stop(stop, self.cfg.poll_interval.total_seconds())
