@@ -1,8 +1,8 @@
 """One replica per mailbox folder: a watcher works only while it holds the folder's lease.
 
 Replicas on one PostgreSQL start the same watchers. Each watcher first claims its watch
-(``service.store.leases``); the others stand by, trying again every third of the lease, and
-take over when the holder stops (it releases) or dies (its lease runs out, ``LEASE_TTL``).
+(``service.store.leases``); the others stand by, trying again every few seconds, and take
+over when the holder stops (it releases) or dies (its lease runs out, ``LEASE_TTL``).
 The holder renews every third of the lease from the event loop; if a renewal finds the lease
 taken, or the store stays unreachable until the lease may have run out, the watcher stops
 between batches and goes back to standing by, so two replicas never work one folder for long.
@@ -22,6 +22,7 @@ from service.store.engine import utcnow
 from service.store.leases import WatchLeases
 
 LEASE_TTL = 60.0  # seconds a claim lasts; a replica that died is replaced after at most this
+STANDBY_RETRY = 5.0  # seconds between a standby's claims: a clean handover takes about this
 
 
 class WatchLease:
@@ -56,7 +57,7 @@ class WatchLease:
                 self.log.info("standing by: another replica watches this folder", holder=holder)
                 standing_by = True
             on_standby()
-            await sleep_or_stop(stop, self.ttl / 3)
+            await sleep_or_stop(stop, min(STANDBY_RETRY, self.ttl / 3))
         return False
 
     def release(self) -> None:
