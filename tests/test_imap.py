@@ -12,7 +12,7 @@ import pytest
 from imapclient import IMAPClient
 
 from service.config.model import ImapConfig
-from service.errors import AuthError, PermanentError, TLSError
+from service.errors import AuthError, PermanentError, ServerBusy, ServerConnectError, TLSError, is_transient
 from service.incoming.imap import (
     IDLE_RENEW_SECONDS,
     KEEPALIVE_IDLE,
@@ -315,3 +315,24 @@ async def test_select_without_uidnext_or_uidvalidity(select_reply, expected):
                     await connection.select("INBOX")
         finally:
             await connection.close()
+
+
+@pytest.mark.parametrize(("login_reply", "error"), [
+    (None, ServerConnectError),  # the connection drops at LOGIN (a server restarting): retry soon
+    (b" NO [UNAVAILABLE] Temporary authentication failure\r\n", ServerBusy),
+    (b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", AuthError),  # fix the password
+], ids=["dropped", "unavailable", "refused"])
+async def test_a_failed_login_is_permanent_only_when_the_server_refuses_it(login_reply, error):
+    def answer(tag: bytes, command: bytes) -> bytes | None:
+        if command.upper().startswith(b"CAPABILITY"):
+            return capability(tag)
+        return None if login_reply is None else tag + login_reply
+
+    with scripted_imap(answer) as server:
+        cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p",
+                         timeout=5)
+        connection = ImapConnection("x", cfg)
+        with pytest.raises(error) as raised:
+            await connection.connect()
+        await connection.close()
+    assert is_transient(raised.value) is (error is not AuthError)

@@ -169,7 +169,14 @@ def map_imap_error(exc: BaseException, where: str) -> PostroomError:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return TLSError(f"{where}: certificate not trusted: {exc.verify_message or exc}")
     if isinstance(exc, LoginError):
-        return AuthError(f"{where}: login refused: {_text(exc.args[0]) if exc.args else exc}")
+        # imapclient turns every failure during LOGIN into LoginError, a dropped connection too
+        # (a server restarting): only the server's own refusal is a settings problem
+        text = _text(exc.args[0]) if exc.args else str(exc)
+        if isinstance(exc.__context__, imaplib.IMAP4.abort | OSError | EOFError):
+            return ServerConnectError(f"{where}: connection lost during login: {text}")
+        if "[UNAVAILABLE]" in text or "[INUSE]" in text:
+            return ServerBusy(f"{where}: login put off by the server: {text}")
+        return AuthError(f"{where}: login refused: {text}")
     if isinstance(exc, TimeoutError | socket.timeout):
         return ServerTimeout(f"{where}: no answer in time")
     if isinstance(exc, IMAPClientAbortError | imaplib.IMAP4.abort | OSError | EOFError):
