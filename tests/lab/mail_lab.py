@@ -182,6 +182,7 @@ class MailLab:
             self.stop_dovecot()
             raise LabError(f"dovecot did not greet on its ports; log tail:\n{log_tail(log)}")
         self._write_pids()
+        self.flush_queue()  # Postfix may have marked LMTP dead while Dovecot was down
 
     def stop_dovecot(self) -> None:
         pid = self.dovecot_pid()
@@ -326,6 +327,15 @@ class MailLab:
                 ["postsuper", "-c", str(self.layout.postfix_etc), "-d", "ALL"],
                 check=True, capture_output=True,
             )  # fmt: skip
+            self.flush_queue()
+
+    def flush_queue(self) -> None:
+        """Deliver deferred mail now, and make Postfix forget destinations it marked dead: a
+        delivery that failed while Dovecot restarted suspends LMTP for minutes, and the mail of
+        the tests after it would wait in the queue."""
+        if self.postfix_running():
+            subprocess.run(["postqueue", "-c", str(self.layout.postfix_etc), "-f"],
+                           check=False, capture_output=True)
 
     def doveadm(self, *args: str) -> str:
         result = subprocess.run(
