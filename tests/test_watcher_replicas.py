@@ -52,7 +52,7 @@ class Replica:
 
     async def close(self) -> None:
         self.stop.set()
-        await asyncio.wait_for(self.task, 15)
+        await asyncio.wait_for(self.task, 30)  # IDLE DONE and LOGOUT may each take the 10 s IMAP timeout
         self.store.close()
 
 
