@@ -271,6 +271,7 @@ async def test_idle_reports_new_mail_and_wakes_on_request(clean_lab, conn):
     await asyncio.sleep(0.3)
     conn.wake()
     assert await asyncio.wait_for(waiting, 30) is False
+    assert await asyncio.wait_for(conn.idle_wait(60), 5) is False  # a wake-up (a stop) is never lost
     assert len(await conn.uids_from(1)) == 1  # the connection is usable after IDLE
 
 

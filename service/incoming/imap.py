@@ -470,13 +470,16 @@ class ImapConnection:
     # -- IDLE ------------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Make a waiting ``idle_wait`` return now (thread-safe; used on stop)."""
+        """Make a waiting ``idle_wait`` return now, and every later one at once (thread-safe;
+        used on stop). It stays set: a stop that comes just before an IDLE starts must not be
+        lost, or the watcher would sit in that IDLE until its timeout."""
         self._wake.set()
 
     async def idle_wait(self, timeout: float) -> bool:
         """IDLE until the server reports new mail (True), or ``timeout`` / ``wake()`` (False).
         Callers loop; each call is one IDLE, so keep ``timeout`` under ``idle_renew``."""
-        self._wake.clear()
+        if self._wake.is_set():
+            return False
         return await self._run("idle", self._idle, min(timeout, self.idle_renew))
 
     def _idle(self, timeout: float) -> bool:

@@ -300,6 +300,8 @@ class ImapWatcher(_Watcher):
                 if use_idle:
                     if await conn.news_since_select():
                         continue  # mail came during the pass: IDLE would not announce it again
+                    if stop.is_set():
+                        break  # before idle_wait, which clears a wake-up the stop already gave
                     await conn.idle_wait(self.idle_timeout or conn.idle_renew)
                 else:
                     await sleep_or_stop(stop, self.cfg.poll_interval.total_seconds())
