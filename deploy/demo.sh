@@ -79,7 +79,8 @@ say "delivering four messages: a [report], a vendor invoice, an X-Alert: critica
 PYTHONPATH="$root" $py deploy/demo/deliver.py "$lab_dir"
 echo "waiting for the rules to act (bob's POP3 maildrop is polled every 15 s)…"
 for _ in $(seq 40); do
-  [[ -s "$DEMO_HOOK_LOG" ]] && $py -m tests.lab show --dir "$lab_dir" --folder Archive alice | grep -q '1 message' && break
+  # read the whole listing before matching: `| grep -q` would close the pipe on the first match
+  [[ -s "$DEMO_HOOK_LOG" ]] && [[ "$($py -m tests.lab show --dir "$lab_dir" --folder Archive alice)" == *"1 message"* ]] && break
   sleep 0.5
 done
 sleep 1
