@@ -76,12 +76,14 @@ class WatchLease:
             self._renewer = None
         self.held = False
 
-    def _claim(self) -> bool:
+    def _claim(self) -> bool | None:
+        """Take or renew the lease: True, False (another replica holds it), or None when the
+        store could not say (it is down: try again later)."""
         try:
             return self.leases.claim(self.watch, now=self.clock(), ttl=timedelta(seconds=self.ttl))
-        except Exception as exc:  # noqa: BLE001 - a store that is down: not ours to take yet
-            self.log.warning("could not claim the watch lease", error=repr(exc))
-            return False
+        except Exception as exc:  # noqa: BLE001 - a store that is down is not a lost lease yet
+            self.log.warning("could not claim or renew the watch lease", error=repr(exc))
+            return None
 
     def _holder(self) -> str | None:
         try:
@@ -98,12 +100,7 @@ class WatchLease:
                 if stop.is_set():
                     return
                 started = time.monotonic()
-                try:
-                    renewed: bool | None = self.leases.claim(self.watch, now=self.clock(),
-                                                             ttl=timedelta(seconds=self.ttl))
-                except Exception as exc:  # noqa: BLE001 - retried until the lease may be gone
-                    self.log.warning("could not renew the watch lease", error=repr(exc))
-                    renewed = None
+                renewed = self._claim()
                 if renewed:
                     surely_held_until = started + self.ttl
                 elif renewed is False or time.monotonic() + self.ttl / 3 >= surely_held_until:
