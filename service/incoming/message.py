@@ -219,9 +219,6 @@ class HeaderBlock:
     def keys(self) -> list[str]:
         return [name for name, _ in self._fields]
 
-    def __len__(self) -> int:
-        return len(self._fields)
-
 
 def _plain_headers(header_bytes: bytes) -> HeaderBlock | None:
     """A well-formed header block as compat32's parser would store it, several times faster
