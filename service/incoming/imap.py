@@ -335,7 +335,7 @@ class ImapConnection:
         return await self._run("news", self._drain_news)
 
     def _drain_news(self) -> bool:
-        imap = self._c()._imap  # imaplib keeps untagged responses; its public response() takes them
+        imap = _imaplib(self._c())  # imaplib keeps untagged responses; its public response() takes them
         exists = imap.response("EXISTS")[1]
         recent = imap.response("RECENT")[1]
         news, self._news = self._news, False
@@ -520,13 +520,13 @@ def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str],
     IMAPClient has no public call that returns a reply unparsed, and both its generic parser
     (a Python lexer, byte by byte) and imaplib's reader (per line: two regexes, a ``%r`` of the
     line for its debug log, a dict append) cost more than the server's own work on a big
-    folder's header fields. So this one place takes ``IMAPClient._imap``, the ``imaplib.IMAP4``
-    it wraps, and speaks the command through that object's public ``send``/``readline``/``read``
+    folder's header fields. So this takes the ``imaplib.IMAP4`` that IMAPClient wraps
+    (``_imaplib``) and speaks the command through that object's public ``send``/``readline``/``read``
     (the methods imaplib documents for this) with a tag of its own: lower case, where imaplib's
     are upper case, so the two never meet. Untagged responses other than FETCH (EXISTS,
     EXPUNGE, OK) go to ``untagged`` when given (without "* "), else are read past. Errors are
     imaplib's and imapclient's, as from ``IMAPClient.fetch`` (``map_imap_error`` knows both)."""
-    imap = client._imap
+    imap = _imaplib(client)
     tag = b"pr%d" % next(_TAGS)
     imap.send(b"%s UID FETCH %s (%s)\r\n" % (tag, uids.encode("ascii"),
                                             " ".join(item.upper() for item in items).encode("ascii")))
@@ -559,6 +559,14 @@ def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str],
             return data or [None]
         else:
             raise imaplib.IMAP4.abort(f"unexpected response: {line[:200]!r}")
+
+
+def _imaplib(client: IMAPClient) -> imaplib.IMAP4:
+    """The ``imaplib.IMAP4`` inside an IMAPClient: its one private attribute we read, and only
+    here. IMAPClient offers no call that returns a reply unparsed, nor one for the untagged
+    responses a command left behind; imaplib's own public methods (``send``, ``readline``,
+    ``read``, ``response``) do both."""
+    return client._imap
 
 
 _TAGS = itertools.count(1)
