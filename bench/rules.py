@@ -51,15 +51,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.bootstrap import load_checked
-from service.config import Settings
-from service.incoming.actions import ActionExecutor
-from service.incoming.imap import ImapConnection
-from service.incoming.rules import compile_rules
-from service.incoming.watcher import ImapWatcher
-from service.logs import setup_logging
-from service.store import Store
-from service.webhooks import WebhookQueue
+from postroom.bootstrap import load_checked
+from postroom.config import Settings
+from postroom.incoming.actions import ActionExecutor
+from postroom.incoming.imap import ImapConnection
+from postroom.incoming.rules import compile_rules
+from postroom.incoming.watcher import ImapWatcher
+from postroom.logs import setup_logging
+from postroom.store import Store
+from postroom.webhooks import WebhookQueue
 from tests.daemon_support import postroom_env
 from tests.lab import LabPorts, MailLab
 

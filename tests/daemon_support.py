@@ -22,7 +22,7 @@ from tests.lab import MailLab
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "deploy" / "demo" / "postroom.yaml"
-POSTROOM = [sys.executable, "-m", "service.cli"]
+POSTROOM = [sys.executable, "-m", "postroom.cli"]
 
 
 class _Server(ThreadingHTTPServer):

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from service.config.model import SmtpConfig
+from postroom.config.model import SmtpConfig
 from tests.lab.tls import ensure_certificates
 
 

@@ -16,20 +16,20 @@ from typing import Any
 import pytest
 from imapclient import IMAPClient
 
-from service.config.model import Config
-from service.errors import ServerConnectError
-from service.incoming import actions
-from service.incoming.actions import ActionExecutor, WebhookRequest
-from service.incoming.forward import LOOP_HEADER
-from service.incoming.mailbox import InboundItem
-from service.incoming.message import ParsedMessage
-from service.incoming.replies import reply_refusal
-from service.incoming.rules import RuleSet, compile_rules
-from service.outgoing.sender import OutboxSender
-from service.outgoing.templates import TemplateRenderer
-from service.store import Store
-from service.store.ledger import LedgerEntry, LedgerStore
-from service.store.outbox import OutboxItem, OutboxStore
+from postroom.config.model import Config
+from postroom.errors import ServerConnectError
+from postroom.incoming import actions
+from postroom.incoming.actions import ActionExecutor, WebhookRequest
+from postroom.incoming.forward import LOOP_HEADER
+from postroom.incoming.mailbox import InboundItem
+from postroom.incoming.message import ParsedMessage
+from postroom.incoming.replies import reply_refusal
+from postroom.incoming.rules import RuleSet, compile_rules
+from postroom.outgoing.sender import OutboxSender
+from postroom.outgoing.templates import TemplateRenderer
+from postroom.store import Store
+from postroom.store.ledger import LedgerEntry, LedgerStore
+from postroom.store.outbox import OutboxItem, OutboxStore
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

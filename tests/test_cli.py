@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from click.testing import CliRunner
 
-from service.cli import app
-from service.store import NewMessage, Store
+from postroom.cli import app
+from postroom.store import NewMessage, Store
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CONFIG = """\

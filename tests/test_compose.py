@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from service.errors import MessageRefused
-from service.outgoing.compose import (
+from postroom.errors import MessageRefused
+from postroom.outgoing.compose import (
     Attachment,
     check_header_value,
     compose,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings, load_config
-from service.errors import ConfigError
+from postroom.config import Settings, load_config
+from postroom.errors import ConfigError
 
 REFERENCE = Path(__file__).parent.parent / "deploy" / "demo" / "postroom.yaml"
 DESIGN = Path(__file__).parent.parent.parent / "shared" / "design.md"

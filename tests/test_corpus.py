@@ -14,13 +14,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from service.cli import app
-from service.config.rules import RuleConfig
-from service.incoming.imap import ImapConnection
-from service.incoming.message import ParsedMessage
-from service.incoming.rules import compile_rules
-from service.incoming.watcher import ImapWatcher, Pop3Watcher
-from service.store.inbound import DONE, FINISHED
+from postroom.cli import app
+from postroom.config.rules import RuleConfig
+from postroom.incoming.imap import ImapConnection
+from postroom.incoming.message import ParsedMessage
+from postroom.incoming.rules import compile_rules
+from postroom.incoming.watcher import ImapWatcher, Pop3Watcher
+from postroom.store.inbound import DONE, FINISHED
 from tests.test_actions import make_config, make_rig, queued
 from tests.test_message import CORPUS, corpus_files
 from tests.test_watcher import USER as POP3_USER

@@ -121,10 +121,10 @@ MDWE_PROBE = textwrap.dedent("""
     except OSError:
         pass
     import css_inline, jinja2, psycopg, pydantic
-    import service.app  # the whole daemon's import graph
+    import postroom.app  # the whole daemon's import graph
     from prometheus_client import generate_latest
-    from service.metrics import Metrics
-    from service.store.engine import migrate, open_engine
+    from postroom.metrics import Metrics
+    from postroom.store.engine import migrate, open_engine
 
     class Probe(pydantic.BaseModel):
         n: int

@@ -7,9 +7,9 @@ import httpx
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.errors import ConfigError
-from service.http import HttpServer, Phase, parse_listen
-from service.metrics import Metrics
+from postroom.errors import ConfigError
+from postroom.http import HttpServer, Phase, parse_listen
+from postroom.metrics import Metrics
 
 
 class Readiness:

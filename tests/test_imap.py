@@ -11,9 +11,9 @@ from email.message import EmailMessage
 import pytest
 from imapclient import IMAPClient
 
-from service.config.model import ImapConfig
-from service.errors import AuthError, PermanentError, ServerBusy, ServerConnectError, TLSError, is_transient
-from service.incoming.imap import (
+from postroom.config.model import ImapConfig
+from postroom.errors import AuthError, PermanentError, ServerBusy, ServerConnectError, TLSError, is_transient
+from postroom.incoming.imap import (
     IDLE_RENEW_SECONDS,
     KEEPALIVE_IDLE,
     KEEPALIVE_INTERVAL,

@@ -12,9 +12,9 @@ from imapclient import IMAPClient
 from imapclient.exceptions import ProtocolError
 from imapclient.response_parser import parse_fetch_response
 
-from service.config.model import ImapConfig
-from service.errors import ServerConnectError, ServerRejected
-from service.incoming.imap import (
+from postroom.config.model import ImapConfig
+from postroom.errors import ServerConnectError, ServerRejected
+from postroom.incoming.imap import (
     ImapConnection,
     _uid_fetch_unparsed,
     map_imap_error,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.incoming.message import Attachment, ParsedMessage, decode_header_value
+from postroom.incoming.message import Attachment, ParsedMessage, decode_header_value
 
 CORPUS = Path(os.environ.get("POSTROOM_CORPUS", "/work/shared/corpus"))
 GOLDEN = Path(__file__).parent / "data" / "message_golden.json"

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from service.metrics import Metrics
+from postroom.metrics import Metrics
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.notify import Notifier, watchdog_loop
+from postroom.notify import Notifier, watchdog_loop
 
 
 class FakeManager:

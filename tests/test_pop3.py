@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.config.model import Pop3Config
-from service.errors import AuthError, TLSError
-from service.incoming.pop3 import Pop3Connection
+from postroom.config.model import Pop3Config
+from postroom.errors import AuthError, TLSError
+from postroom.incoming.pop3 import Pop3Connection
 from tests.test_imap import USER, raw_message
 
 

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from service.config.rules import RuleConfig
-from service.incoming.message import Attachment, ParsedMessage
-from service.incoming.rules import BASE_HEADER_FIELDS, compile_rules, search_criteria
+from postroom.config.rules import RuleConfig
+from postroom.incoming.message import Attachment, ParsedMessage
+from postroom.incoming.rules import BASE_HEADER_FIELDS, compile_rules, search_criteria
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DESIGN = Path("/work/shared/design.md")

@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from service.config.model import Config, ScheduleConfig
-from service.scheduler import Scheduler, jobs_overview
-from service.schedules import CatchUp, fires_between, make_trigger, next_fire, plan_catch_up
-from service.store import Store
+from postroom.config.model import Config, ScheduleConfig
+from postroom.scheduler import Scheduler, jobs_overview
+from postroom.schedules import CatchUp, fires_between, make_trigger, next_fire, plan_catch_up
+from postroom.store import Store
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

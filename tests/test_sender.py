@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from service.config.model import AccountConfig, OutboxConfig, SmtpConfig
-from service.errors import AuthError, ServerBusy, ServerConnectError
-from service.outgoing.sender import DrainStats, OutboxSender, backoff, decide
-from service.outgoing.smtp import SendResult
-from service.store.outbox import NewMessage, OutboxItem
+from postroom.config.model import AccountConfig, OutboxConfig, SmtpConfig
+from postroom.errors import AuthError, ServerBusy, ServerConnectError
+from postroom.outgoing.sender import DrainStats, OutboxSender, backoff, decide
+from postroom.outgoing.smtp import SendResult
+from postroom.store.outbox import NewMessage, OutboxItem
 from tests.fake_smtp import FaultyHandler, fake_smtp, lab_smtp, make_raw, message_ids, plain_smtp
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from service.outgoing.sender import DrainStats
-from service.store.outbox import NewMessage
+from postroom.outgoing.sender import DrainStats
+from postroom.store.outbox import NewMessage
 from tests.fake_smtp import lab_smtp, make_raw, message_ids
 from tests.test_sender import ALICE, BOB, Clock, arrived, sender_for
 

@@ -256,9 +256,9 @@ def test_sigterm_mid_batch_exits_in_time_and_a_restart_sends_the_rest_once(tmp_p
 
 RESIDENT_PROBE = """\
 import sys
-from service.cli import app  # the daemon's entry point, as `postroom run` imports it
-from service.bootstrap import open_daemon_store
-from service.config import Settings
+from postroom.cli import app  # the daemon's entry point, as `postroom run` imports it
+from postroom.bootstrap import open_daemon_store
+from postroom.config import Settings
 store = open_daemon_store(Settings(database_url=sys.argv[1], instance="probe"))
 store.close()
 print(" ".join(m for m in ("alembic", "mako", "pygments", "rich") if m in sys.modules) or "none")
@@ -274,7 +274,7 @@ def test_daemon_migrates_in_a_child_and_keeps_alembic_and_rich_out_of_memory(tmp
                                cwd=ROOT, timeout=60, check=False)
         assert probe.returncode == 0, probe.stderr
         assert probe.stdout.splitlines()[-1] == "none"
-    from service.store import open_engine, schema_is_current
+    from postroom.store import open_engine, schema_is_current
 
     engine = open_engine(url)
     assert schema_is_current(engine)
@@ -282,9 +282,9 @@ def test_daemon_migrates_in_a_child_and_keeps_alembic_and_rich_out_of_memory(tmp
 
 
 def test_a_failed_migration_stops_the_start_with_the_reason(tmp_path):
-    from service.bootstrap import open_daemon_store
-    from service.config import Settings
-    from service.errors import PostroomError
+    from postroom.bootstrap import open_daemon_store
+    from postroom.config import Settings
+    from postroom.errors import PostroomError
 
     db = tmp_path / "postroom.db"
     with sqlite3.connect(db) as conn:  # a schema from a newer postroom than this one
@@ -298,7 +298,7 @@ def test_a_failed_migration_stops_the_start_with_the_reason(tmp_path):
 def test_head_revisions_read_from_the_files_match_alembic():
     from alembic.script import ScriptDirectory
 
-    from service.store.engine import _alembic_config, head_revisions, open_engine
+    from postroom.store.engine import _alembic_config, head_revisions, open_engine
 
     engine = open_engine("sqlite://")
     assert head_revisions() == set(ScriptDirectory.from_config(_alembic_config(engine)).get_heads())

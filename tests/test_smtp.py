@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from service.errors import AuthError, ServerBusy, ServerConnectError, ServerRejected, TLSError
-from service.outgoing.smtp import SmtpConnection
+from postroom.errors import AuthError, ServerBusy, ServerConnectError, ServerRejected, TLSError
+from postroom.outgoing.smtp import SmtpConnection
 from tests.fake_smtp import (
     FaultyHandler,
     fake_smtp,

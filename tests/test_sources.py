@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import create_engine, text
 
-from service.config.model import DataSourceConfig
-from service.errors import DataSourceError, TransientError, is_transient
-from service.outgoing.sources import load_data
+from postroom.config.model import DataSourceConfig
+from postroom.errors import DataSourceError, TransientError, is_transient
+from postroom.outgoing.sources import load_data
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import inspect
 
-from service.store import NewMessage, Store, schema_is_current
-from service.store.tables import metadata
+from postroom.store import NewMessage, Store, schema_is_current
+from postroom.store.tables import metadata
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

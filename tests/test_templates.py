@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from service.errors import TemplateError
-from service.outgoing import templates as templates_mod
-from service.outgoing.templates import RenderedEmail, TemplateRenderer
-from service.outgoing.text import html_to_text
+from postroom.errors import TemplateError
+from postroom.outgoing import templates as templates_mod
+from postroom.outgoing.templates import RenderedEmail, TemplateRenderer
+from postroom.outgoing.text import html_to_text
 
 REPO_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 

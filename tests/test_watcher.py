@@ -11,15 +11,15 @@ from collections.abc import Callable, Sequence
 import pytest
 from structlog.testing import capture_logs
 
-from service.config.model import AccountConfig
-from service.config.rules import RuleConfig
-from service.incoming.imap import ImapConnection
-from service.incoming.mailbox import InboundItem, ItemOutcome, MailboxOps
-from service.incoming.pop3 import Pop3Connection
-from service.incoming.rules import compile_rules
-from service.incoming.watcher import ImapWatcher, Pop3Watcher
-from service.store import Store
-from service.store.inbound import FAILED
+from postroom.config.model import AccountConfig
+from postroom.config.rules import RuleConfig
+from postroom.incoming.imap import ImapConnection
+from postroom.incoming.mailbox import InboundItem, ItemOutcome, MailboxOps
+from postroom.incoming.pop3 import Pop3Connection
+from postroom.incoming.rules import compile_rules
+from postroom.incoming.watcher import ImapWatcher, Pop3Watcher
+from postroom.store import Store
+from postroom.store.inbound import FAILED
 from tests.store_fixtures import any_store, pg_url, sqlite_url, store  # noqa: F401
 from tests.test_imap import USER, imap_cfg, raw_message
 
@@ -389,7 +389,7 @@ async def test_one_accounts_trouble_does_not_stall_another(clean_lab, store):  #
 async def test_inbound_store_rows_and_retries(any_store):  # noqa: F811
     from datetime import UTC, datetime, timedelta
 
-    from service.store.inbound import DONE, SET_ASIDE, InboundStore
+    from postroom.store.inbound import DONE, SET_ASIDE, InboundStore
     inbound = InboundStore(any_store.engine, max_attempts=3, retry_base=timedelta(minutes=1))
     now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     assert inbound.begin("a/INBOX/7/1", account="a", folder="INBOX", now=now, uidvalidity=7, uid=1,

@@ -7,16 +7,16 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from service.config.model import Config
-from service.incoming.imap import ImapConnection
-from service.incoming.message import decode_header_value
-from service.incoming.rules import (
+from postroom.config.model import Config
+from postroom.incoming.imap import ImapConnection
+from postroom.incoming.message import decode_header_value
+from postroom.incoming.rules import (
     HAZARD_BLOCKS,
     _casing_agrees,
     _unicode_hazards,
     compile_rules,
 )
-from service.incoming.watcher import ImapWatcher
+from postroom.incoming.watcher import ImapWatcher
 from tests.store_fixtures import sqlite_url, store  # noqa: F401
 from tests.test_actions import make_rig
 from tests.test_imap import USER, raw_message

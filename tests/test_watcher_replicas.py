@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.incoming.watcher import ImapWatcher
-from service.store import Store
+from postroom.incoming.watcher import ImapWatcher
+from postroom.store import Store
 from tests.test_watcher import USER, Recorder, account, deliver, eventually, rules
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

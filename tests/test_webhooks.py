@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.config.rules import RuleConfig
-from service.incoming.actions import WebhookRequest
-from service.incoming.rules import compile_rules
-from service.store import Store
-from service.store.ledger import LedgerStore
-from service.webhooks import (
+from postroom.config.rules import RuleConfig
+from postroom.incoming.actions import WebhookRequest
+from postroom.incoming.rules import compile_rules
+from postroom.store import Store
+from postroom.store.ledger import LedgerStore
+from postroom.webhooks import (
     RetryPolicy,
     WebhookQueue,
     WebhookVerifyError,

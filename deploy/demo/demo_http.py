@@ -26,7 +26,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_POST(self) -> None:  # noqa: N802
-        from service.webhooks import WebhookVerifyError, verify
+        from postroom.webhooks import WebhookVerifyError, verify
 
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         try:

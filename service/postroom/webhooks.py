@@ -29,11 +29,11 @@ from typing import Any
 import httpx
 import structlog
 
-from service.config.rules import ActionConfig
-from service.retry import doubling_delay
-from service.incoming.actions import WebhookRequest
-from service.store.engine import utcnow
-from service.store.ledger import LedgerStore, WebhookDelivery
+from postroom.config.rules import ActionConfig
+from postroom.retry import doubling_delay
+from postroom.incoming.actions import WebhookRequest
+from postroom.store.engine import utcnow
+from postroom.store.ledger import LedgerStore, WebhookDelivery
 
 log = structlog.get_logger(__name__)
 

@@ -142,7 +142,7 @@ class InboundStore:
                                     row.get("uidl"), message_id and message_id[:998], status, attempts, error))
                 else:
                     updates.append((status, attempts, error, key))
-            # thousands of rows: plain executemany (service.store.bulk), one transaction
+            # thousands of rows: plain executemany (postroom.store.bulk), one transaction
             stamp = to_utc(now)
             insert_rows(conn, inbound, _FINISH_COLUMNS, inserts, {"created_at": stamp, "updated_at": stamp})
             update_rows(conn, inbound, ["status", "attempts", "error"], ["key"], updates, {"updated_at": stamp})

@@ -2,7 +2,7 @@
 
 IMAPClient blocks, so every call of one connection runs on that connection's own single
 worker thread (never the loop's default executor: a parked IDLE would starve it). Async
-methods await that thread. Low-level errors are mapped to ``service.errors`` here and
+methods await that thread. Low-level errors are mapped to ``postroom.errors`` here and
 nowhere else; after a connection-level failure the connection is marked broken and the
 watcher opens a new one.
 
@@ -40,8 +40,8 @@ from imapclient.exceptions import (
 )
 from imapclient.response_parser import parse_fetch_response
 
-from service.config.model import ImapConfig
-from service.errors import (
+from postroom.config.model import ImapConfig
+from postroom.errors import (
     AuthError,
     PermanentError,
     PostroomError,
@@ -51,7 +51,7 @@ from service.errors import (
     ServerTimeout,
     TLSError,
 )
-from service.incoming.message import Attachment, decode_header_value
+from postroom.incoming.message import Attachment, decode_header_value
 
 log = structlog.get_logger(__name__)
 

@@ -48,7 +48,7 @@ class StoreCollector(Collector):
     """`postroom_outbox_depth` and `postroom_dead_letters`, read from the store on each scrape.
 
     `counts` returns {outbox status: rows} (e.g. OutboxStore.counts). It does blocking I/O:
-    scrape from a thread (service.http does). If it fails the gauges are left out of that
+    scrape from a thread (postroom.http does). If it fails the gauges are left out of that
     scrape rather than failing /metrics — the failure shows in /readyz and the logs.
     """
 

@@ -1,6 +1,6 @@
 """Schedule maths, pure: config schedule -> trigger -> fire times. No clock, no I/O.
 
-Every function takes the times it needs as arguments; `service.scheduler` wires the result to
+Every function takes the times it needs as arguments; `postroom.scheduler` wires the result to
 APScheduler and the store. A fire time is the claim key for (job, fire) in the store, so it
 must come out identical on every replica and after every restart:
 

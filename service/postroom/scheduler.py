@@ -2,7 +2,7 @@
 
 APScheduler 3 must not share a job store between processes, so each replica schedules every
 job itself and the fire is claimed in our store under (job id, fire time) by the `on_fire`
-callback; the fire times come from `service.schedules` and agree across replicas.
+callback; the fire times come from `postroom.schedules` and agree across replicas.
 
 APScheduler's own executors call the job function without telling it which fire it is
 running, so `_FireExecutor` (an executor is APScheduler's extension point for "how a due job

@@ -1,7 +1,7 @@
 """The POP3 edge: stdlib poplib on one dedicated thread per connection.
 
 There is no maintained async POP3 client; poplib blocks, so each connection owns a single
-worker thread and its async methods await it. Errors are mapped to ``service.errors`` here.
+worker thread and its async methods await it. Errors are mapped to ``postroom.errors`` here.
 DELE only marks a message; the server removes it when QUIT commits the session.
 """
 
@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from service.config.model import Pop3Config
-from service.errors import (
+from postroom.config.model import Pop3Config
+from postroom.errors import (
     AuthError,
     PostroomError,
     ServerConnectError,

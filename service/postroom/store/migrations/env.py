@@ -1,8 +1,8 @@
-"""Alembic environment: the engine comes from postroom (service.store.engine.migrate)."""
+"""Alembic environment: the engine comes from postroom (postroom.store.engine.migrate)."""
 
 from alembic import context
 
-from service.store.tables import metadata
+from postroom.store.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # `alembic revision --autogenerate` during development

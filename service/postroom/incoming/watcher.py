@@ -39,17 +39,17 @@ from typing import Any, NamedTuple
 
 import structlog
 
-from service.config.model import AccountConfig
-from service.errors import PermanentError, ServerRejected, is_transient
-from service.incoming.imap import HeaderFetch, ImapConnection, chunks
-from service.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
-from service.incoming.message import ParsedMessage
-from service.incoming.pop3 import Pop3Connection
-from service.incoming.rules import PlannedAction, RuleSet
-from service.incoming.watch_lease import LEASE_TTL, WatchLease
-from service.retry import sleep_or_stop
-from service.store.engine import utcnow
-from service.store.inbound import (
+from postroom.config.model import AccountConfig
+from postroom.errors import PermanentError, ServerRejected, is_transient
+from postroom.incoming.imap import HeaderFetch, ImapConnection, chunks
+from postroom.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
+from postroom.incoming.message import ParsedMessage
+from postroom.incoming.pop3 import Pop3Connection
+from postroom.incoming.rules import PlannedAction, RuleSet
+from postroom.incoming.watch_lease import LEASE_TTL, WatchLease
+from postroom.retry import sleep_or_stop
+from postroom.store.engine import utcnow
+from postroom.store.inbound import (
     DONE,
     FAILED,
     FINISHED,
@@ -57,7 +57,7 @@ from service.store.inbound import (
     SKIPPED,
     InboundStore,
 )
-from service.store.leases import WatchLeases
+from postroom.store.leases import WatchLeases
 
 log = structlog.get_logger(__name__)
 
@@ -134,7 +134,7 @@ class _Watcher:
         self.dry_run = dry_run
         self.batch_size = batch_size
         self.log = log.bind(account=account_name, folder=folder, via=self.kind)
-        # replicas: only the holder of this watch's lease works it (service.incoming.watch_lease)
+        # replicas: only the holder of this watch's lease works it (postroom.incoming.watch_lease)
         self.lease = WatchLease(leases, self.watch_name(), self.log, ttl=lease_ttl, clock=clock) if leases else None
 
     def watch_name(self) -> str:

@@ -43,14 +43,14 @@ from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from service.config.rules import (
+from postroom.config.rules import (
     ActionConfig,
     Condition,
     HeaderTest,
     RuleConfig,
     StringTest,
 )
-from service.incoming.message import ParsedMessage
+from postroom.incoming.message import ParsedMessage
 
 #: Header fields every fetch includes: the rules' own fields and what a webhook payload shows.
 #: (Forward/redirect/reply read their guards - Auto-Submitted, Return-Path, Reply-To … - from

@@ -90,7 +90,7 @@ class LedgerStore:
         ids = [aid for aid, _ in planned]
         with self.engine.begin() as conn:
             existing = self._existing(conn, ids)
-            # thousands of rows: plain executemany (service.store.bulk), one transaction
+            # thousands of rows: plain executemany (postroom.store.bulk), one transaction
             insert_rows(conn, actions, ("message_key", "rule", "action_index", "kind"),
                         [(*a, kind) for a, kind in planned if a not in existing],
                         {"status": "planned", "attempts": 1, "updated_at": now})

@@ -1,7 +1,7 @@
 """SMTP submission: one live connection per account, reused for many messages.
 
 The I/O edge of outgoing mail. Every aiosmtplib / ssl / socket error is mapped here to the
-error tree in service.errors, so the sender decides retry vs dead letter by type alone:
+error tree in postroom.errors, so the sender decides retry vs dead letter by type alone:
 
     connect refused / dropped        -> ServerConnectError   (transient)
     timeouts                         -> ServerTimeout        (transient)
@@ -29,8 +29,8 @@ from types import TracebackType
 import aiosmtplib
 import structlog
 
-from service.config.model import SmtpConfig
-from service.errors import (
+from postroom.config.model import SmtpConfig
+from postroom.errors import (
     AuthError,
     PostroomError,
     ServerBusy,

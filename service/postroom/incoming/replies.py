@@ -16,9 +16,9 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from service.errors import MessageRefused
-from service.outgoing.compose import compose, validate_address
-from service.outgoing.templates import RenderedEmail
+from postroom.errors import MessageRefused
+from postroom.outgoing.compose import compose, validate_address
+from postroom.outgoing.templates import RenderedEmail
 
 from .forward import LOOP_HEADER, bounce_reason, one_line
 from .message import ParsedMessage

@@ -38,7 +38,7 @@ def open_store(settings: Settings) -> Store:
 
 # A migration imports alembic, mako and pygments (about 12 MiB resident) that a months-long
 # daemon would then carry to its end: the daemon migrates in a short-lived child instead.
-_MIGRATE = "import sys; from service.store import migrate, open_engine; migrate(open_engine(sys.stdin.read()))"
+_MIGRATE = "import sys; from postroom.store import migrate, open_engine; migrate(open_engine(sys.stdin.read()))"
 MIGRATE_TIMEOUT = 300.0  # seconds; a large PostgreSQL migration may take a while
 
 
@@ -53,7 +53,7 @@ def open_daemon_store(settings: Settings) -> Store:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     # The URL (it may hold a password) goes through stdin, never argv where `ps` shows it.
     try:
-        done = subprocess.run([sys.executable, "-c", _MIGRATE], input=url, env=env, capture_output=True,
+        done = subprocess.run([sys.executable, "-P", "-c", _MIGRATE], input=url, env=env, capture_output=True,
                               text=True, timeout=MIGRATE_TIMEOUT, check=False)
         why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
     except subprocess.TimeoutExpired:

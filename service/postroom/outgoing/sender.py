@@ -25,11 +25,11 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from service.config.model import AccountConfig, OutboxConfig
-from service.errors import PostroomError, is_transient
-from service.retry import doubling_delay
-from service.store.engine import utcnow
-from service.store.outbox import OutboxItem, OutboxStore, Settlement
+from postroom.config.model import AccountConfig, OutboxConfig
+from postroom.errors import PostroomError, is_transient
+from postroom.retry import doubling_delay
+from postroom.store.engine import utcnow
+from postroom.store.outbox import OutboxItem, OutboxStore, Settlement
 
 from .smtp import SendResult, SmtpConnection
 

@@ -1,7 +1,7 @@
 """One replica per mailbox folder: a watcher works only while it holds the folder's lease.
 
 Replicas on one PostgreSQL start the same watchers. Each watcher first claims its watch
-(``service.store.leases``); the others stand by, trying again every few seconds, and take
+(``postroom.store.leases``); the others stand by, trying again every few seconds, and take
 over when the holder stops (it releases) or dies (its lease runs out, ``LEASE_TTL``).
 The holder renews every third of the lease from the event loop; if a renewal finds the lease
 taken, or the store stays unreachable until the lease may have run out, the watcher stops
@@ -17,9 +17,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from service.retry import sleep_or_stop
-from service.store.engine import utcnow
-from service.store.leases import WatchLeases
+from postroom.retry import sleep_or_stop
+from postroom.store.engine import utcnow
+from postroom.store.leases import WatchLeases
 
 LEASE_TTL = 60.0  # seconds a claim lasts; a replica that died is replaced after at most this
 STANDBY_RETRY = 5.0  # seconds between a standby's claims: a clean handover takes about this

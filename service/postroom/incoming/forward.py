@@ -22,8 +22,8 @@ import secrets
 from collections.abc import Sequence
 from datetime import datetime
 
-from service.errors import MessageRefused
-from service.outgoing.compose import check_header_value, compose, validate_address
+from postroom.errors import MessageRefused
+from postroom.outgoing.compose import check_header_value, compose, validate_address
 
 from .message import ParsedMessage
 

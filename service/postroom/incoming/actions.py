@@ -37,13 +37,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from service.config.model import AccountConfig, Config
-from service.errors import PostroomError, TransientError, is_transient
-from service.outgoing.compose import make_message_id
-from service.outgoing.templates import TemplateRenderer
-from service.store.engine import utcnow
-from service.store.ledger import ActionId, LedgerEntry, LedgerStore
-from service.store.outbox import NewMessage, OutboxStore
+from postroom.config.model import AccountConfig, Config
+from postroom.errors import PostroomError, TransientError, is_transient
+from postroom.outgoing.compose import make_message_id
+from postroom.outgoing.templates import TemplateRenderer
+from postroom.store.engine import utcnow
+from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
+from postroom.store.outbox import NewMessage, OutboxStore
 
 from .forward import forward_message, redirect_message, refusal
 from .mailbox import InboundItem, ItemOutcome, MailboxOps
@@ -72,7 +72,7 @@ class WebhookRequest:
 
 
 class WebhookSink(Protocol):
-    """The webhook delivery queue as the executor sees it (service.webhooks.WebhookQueue)."""
+    """The webhook delivery queue as the executor sees it (postroom.webhooks.WebhookQueue)."""
 
     def enqueue(self, requests: Sequence[WebhookRequest]) -> int: ...
 
@@ -142,7 +142,7 @@ class _SendBatch:
 
 
 class ActionExecutor:
-    """Implements BatchHandler (service.incoming.mailbox)."""
+    """Implements BatchHandler (postroom.incoming.mailbox)."""
 
     #: Actions done from the UID alone: a watcher may hand these over without fetching the
     #: message (``ParsedMessage.unread``). Not copy: see the watcher on UIDVALIDITY changes.

@@ -26,7 +26,7 @@ from email.message import EmailMessage
 from functools import cached_property
 from typing import Any, NamedTuple
 
-from service.errors import MessageRefused
+from postroom.errors import MessageRefused
 
 __all__ = [
     "Attachment",

@@ -30,8 +30,8 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from service.errors import TemplateError
-from service.outgoing.text import html_to_text
+from postroom.errors import TemplateError
+from postroom.outgoing.text import html_to_text
 
 __all__ = [
     "MAX_BLOCK_CHARS",
