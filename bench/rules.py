@@ -60,6 +60,7 @@ from postroom.incoming.watcher import ImapWatcher
 from postroom.logs import setup_logging
 from postroom.store import Store
 from postroom.webhooks import WebhookQueue
+
 from tests.daemon_support import postroom_env
 from tests.lab import LabPorts, MailLab
 
@@ -259,7 +260,7 @@ class RunningDaemon:
 
 
 def start_daemon(work: Path, env: dict[str, str], tag: str, port: int) -> RunningDaemon:
-    out = open(work / f"daemon-{tag}.log", "wb")  # noqa: SIM115 (closed in stop())
+    out = open(work / f"daemon-{tag}.log", "wb")
     daemon_env = {**env, "POSTROOM_STATE_DIR": str(work / f"state-{tag}"), "POSTROOM_HTTP": f"127.0.0.1:{port}"}
     started = time.perf_counter()
     proc = subprocess.Popen([str(POSTROOM), "run"], env=daemon_env, cwd=work, stdout=out, stderr=subprocess.STDOUT)

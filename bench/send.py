@@ -29,13 +29,13 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import smtplib
+import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
-import signal
-import socket
 import tempfile
 import time
 import urllib.error
@@ -51,6 +51,7 @@ from postroom.bootstrap import load_checked  # noqa: E402
 from postroom.config import Settings  # noqa: E402
 from postroom.outgoing.jobs import JobRunner  # noqa: E402
 from postroom.store import NewMessage, utcnow  # noqa: E402
+
 from tests.daemon_support import postroom_env  # noqa: E402  (the e2e tests' CLI environment)
 from tests.lab import LabPorts, MailLab  # noqa: E402
 
@@ -110,7 +111,7 @@ def prepare_messages(work: Path, env: dict[str, str]) -> list[NewMessage]:
     return built.messages
 
 
-def load_checked_with(settings: Settings, env: dict[str, str]):  # noqa: ANN201
+def load_checked_with(settings: Settings, env: dict[str, str]):
     saved = dict(os.environ)
     os.environ.update(env)  # ${ALICE_PASSWORD} and SSL_CERT_FILE, as the CLI would see them
     try:

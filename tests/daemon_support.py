@@ -42,7 +42,7 @@ class DataServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 body = json.dumps(owner.rates).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -50,7 +50,7 @@ class DataServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 if len(body) != length:  # the sender died mid-request (kill -9): not a delivery
@@ -111,7 +111,7 @@ class Daemon:
 
     def __init__(self, env: dict[str, str], *args: str, log: Path):
         self.log = log
-        self._out = open(log, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+        self._out = open(log, "ab")
         self.proc = subprocess.Popen([*POSTROOM, "run", *args], env=env, stdout=self._out,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
 

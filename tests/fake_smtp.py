@@ -18,8 +18,8 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-
 from postroom.config.model import SmtpConfig
+
 from tests.lab.tls import ensure_certificates
 
 

@@ -6,9 +6,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
-
 from postroom.store import Store
+from sqlalchemy import create_engine, text
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from imapclient import IMAPClient
-
 from postroom.config.model import Config
 from postroom.errors import ServerConnectError
 from postroom.incoming import actions

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from click.testing import CliRunner
-
 from postroom.cli import app
 from postroom.store import NewMessage, Store
 

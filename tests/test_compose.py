@@ -12,7 +12,6 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-
 from postroom.errors import MessageRefused
 from postroom.outgoing.compose import (
     Attachment,

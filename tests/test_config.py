@@ -6,7 +6,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from postroom.config import Settings, load_config
 from postroom.errors import ConfigError
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from postroom.cli import app
 from postroom.config.rules import RuleConfig
 from postroom.incoming.imap import ImapConnection
@@ -21,6 +20,7 @@ from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import compile_rules
 from postroom.incoming.watcher import ImapWatcher, Pop3Watcher
 from postroom.store.inbound import DONE, FINISHED
+
 from tests.test_actions import make_config, make_rig, queued
 from tests.test_message import CORPUS, corpus_files
 from tests.test_watcher import USER as POP3_USER

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+
 import httpx
 import pytest
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from postroom.errors import ConfigError
 from postroom.http import HttpServer, Phase, parse_listen
 from postroom.metrics import Metrics
+from prometheus_client import CONTENT_TYPE_LATEST
 
 
 class Readiness:

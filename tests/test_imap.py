@@ -10,7 +10,6 @@ from email.message import EmailMessage
 
 import pytest
 from imapclient import IMAPClient
-
 from postroom.config.model import ImapConfig
 from postroom.errors import AuthError, PermanentError, ServerBusy, ServerConnectError, TLSError, is_transient
 from postroom.incoming.imap import (
@@ -22,6 +21,7 @@ from postroom.incoming.imap import (
     attachments_from_bodystructure,
     uid_set,
 )
+
 from tests.scripted_imap import Answer, capability, scripted_imap
 
 USER = "dave"

@@ -11,7 +11,6 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import ProtocolError
 from imapclient.response_parser import parse_fetch_response
-
 from postroom.config.model import ImapConfig
 from postroom.errors import ServerConnectError, ServerRejected
 from postroom.incoming.imap import (
@@ -22,6 +21,7 @@ from postroom.incoming.imap import (
     parse_lean_fetch,
     uid_set,
 )
+
 from tests.scripted_imap import capability, scripted_imap
 
 USER = "carol"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from postroom.webhooks import verify
-from tests.daemon_support import REFERENCE, DataServer, Daemon, lab_config_text, postroom_env
+
+from tests.daemon_support import REFERENCE, Daemon, DataServer, lab_config_text, postroom_env
 
 HOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tz"
 

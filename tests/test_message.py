@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
 from postroom.incoming.message import Attachment, ParsedMessage, decode_header_value
 
 CORPUS = Path(os.environ.get("POSTROOM_CORPUS", "/work/shared/corpus"))

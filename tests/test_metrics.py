@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-
 from postroom.metrics import Metrics
 
 
@@ -35,7 +34,7 @@ def test_job_runs_and_schedule():
     assert value(metrics, "postroom_job_run_duration_seconds_count", job="digest") == 2
     assert value(metrics, "postroom_job_run_duration_seconds_sum", job="digest") == pytest.approx(1.7)
 
-    at = datetime(2030, 1, 1, 9, tzinfo=timezone.utc)
+    at = datetime(2030, 1, 1, 9, tzinfo=UTC)
     metrics.set_jobs({"digest": at, "old": at, "once": None})
     assert value(metrics, "postroom_jobs") == 3
     assert value(metrics, "postroom_job_next_fire_timestamp_seconds", job="digest") == at.timestamp()
@@ -48,7 +47,7 @@ def test_job_runs_and_schedule():
 
 def test_incoming_side():
     metrics = Metrics()
-    seen = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    seen = datetime(2030, 1, 1, tzinfo=UTC)
     metrics.inbound("alice", "INBOX", "matched")
     metrics.action("move", "ok")
     metrics.webhook("delivered")

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from postroom.notify import Notifier, watchdog_loop
 
 

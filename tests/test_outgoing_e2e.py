@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_support import REFERENCE, DataServer, Daemon, lab_config_text, postroom_env, run_cli
+from tests.daemon_support import REFERENCE, Daemon, DataServer, lab_config_text, postroom_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 

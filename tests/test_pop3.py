@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from postroom.config.model import Pop3Config
 from postroom.errors import AuthError, TLSError
 from postroom.incoming.pop3 import Pop3Connection
+
 from tests.test_imap import USER, raw_message
 
 

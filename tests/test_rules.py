@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import ValidationError
-
 from postroom.config.rules import RuleConfig
 from postroom.incoming.message import Attachment, ParsedMessage
 from postroom.incoming.rules import BASE_HEADER_FIELDS, compile_rules, search_criteria
+from pydantic import ValidationError
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DESIGN = Path("/work/shared/design.md")

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-
 from postroom.config.model import Config, ScheduleConfig
 from postroom.scheduler import Scheduler, jobs_overview
 from postroom.schedules import CatchUp, fires_between, make_trigger, next_fire, plan_catch_up

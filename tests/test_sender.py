@@ -9,13 +9,13 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from structlog.testing import capture_logs
-
 from postroom.config.model import AccountConfig, OutboxConfig, SmtpConfig
 from postroom.errors import AuthError, ServerBusy, ServerConnectError
 from postroom.outgoing.sender import DrainStats, OutboxSender, backoff, decide
 from postroom.outgoing.smtp import SendResult
 from postroom.store.outbox import NewMessage, OutboxItem
+from structlog.testing import capture_logs
+
 from tests.fake_smtp import FaultyHandler, fake_smtp, lab_smtp, make_raw, message_ids, plain_smtp
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"

@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-
 from postroom.outgoing.sender import DrainStats
 from postroom.store.outbox import NewMessage
+
 from tests.fake_smtp import lab_smtp, make_raw, message_ids
 from tests.test_sender import ALICE, BOB, Clock, arrived, sender_for
 

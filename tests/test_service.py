@@ -297,7 +297,6 @@ def test_a_failed_migration_stops_the_start_with_the_reason(tmp_path):
 
 def test_head_revisions_read_from_the_files_match_alembic():
     from alembic.script import ScriptDirectory
-
     from postroom.store.engine import _alembic_config, head_revisions, open_engine
 
     engine = open_engine("sqlite://")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from postroom.errors import AuthError, ServerBusy, ServerConnectError, ServerRejected, TLSError
 from postroom.outgoing.smtp import SmtpConnection
+
 from tests.fake_smtp import (
     FaultyHandler,
     fake_smtp,

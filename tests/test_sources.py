@@ -12,11 +12,10 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from sqlalchemy import create_engine, text
-
 from postroom.config.model import DataSourceConfig
 from postroom.errors import DataSourceError, TransientError, is_transient
 from postroom.outgoing.sources import load_data
+from sqlalchemy import create_engine, text
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -156,7 +155,7 @@ async def test_unreachable_database_is_transient():
 class _Handler(BaseHTTPRequestHandler):
     release: threading.Event
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         if self.path == "/slow":
             self.release.wait(10)
         routes = {

@@ -5,10 +5,9 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import inspect
-
 from postroom.store import NewMessage, Store, schema_is_current
 from postroom.store.tables import metadata
+from sqlalchemy import inspect
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from postroom.errors import TemplateError
 from postroom.outgoing import templates as templates_mod
 from postroom.outgoing.templates import RenderedEmail, TemplateRenderer
@@ -245,7 +244,7 @@ def test_shipped_example_templates_render() -> None:
             "orders": [{"id": 1, "customer": "Acme & Co", "total": 12.5}, {"id": 2, "customer": "Bolt", "total": 1000}],
             "rates": {"EUR": 1.0, "USD": 1.08},
             "job": "orders-report",
-            "now": datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc),
+            "now": datetime(2026, 1, 5, 8, 0, tzinfo=UTC),
             "today": "2026-01-05",
         },
     )

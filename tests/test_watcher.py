@@ -9,8 +9,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import pytest
-from structlog.testing import capture_logs
-
 from postroom.config.model import AccountConfig
 from postroom.config.rules import RuleConfig
 from postroom.incoming.imap import ImapConnection
@@ -20,6 +18,8 @@ from postroom.incoming.rules import compile_rules
 from postroom.incoming.watcher import ImapWatcher, Pop3Watcher
 from postroom.store import Store
 from postroom.store.inbound import FAILED
+from structlog.testing import capture_logs
+
 from tests.store_fixtures import any_store, pg_url, sqlite_url, store  # noqa: F401
 from tests.test_imap import USER, imap_cfg, raw_message
 

@@ -5,8 +5,6 @@ the server can't decide, an action that needs the message) the watcher fetches a
 from __future__ import annotations
 
 import pytest
-from structlog.testing import capture_logs
-
 from postroom.config.model import Config
 from postroom.incoming.imap import ImapConnection
 from postroom.incoming.message import decode_header_value
@@ -17,6 +15,8 @@ from postroom.incoming.rules import (
     compile_rules,
 )
 from postroom.incoming.watcher import ImapWatcher
+from structlog.testing import capture_logs
+
 from tests.store_fixtures import sqlite_url, store  # noqa: F401
 from tests.test_actions import make_rig
 from tests.test_imap import USER, raw_message

@@ -10,9 +10,9 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from postroom.incoming.watcher import ImapWatcher
 from postroom.store import Store
+
 from tests.test_watcher import USER, Recorder, account, deliver, eventually, rules
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -12,7 +12,6 @@ import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from postroom.config.rules import RuleConfig
 from postroom.incoming.actions import WebhookRequest
 from postroom.incoming.rules import compile_rules
@@ -26,6 +25,7 @@ from postroom.webhooks import (
     verify,
     webhook_id_for,
 )
+
 from tests.webhook_receiver import Reply, WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"postroom-test-key-0123456789").decode()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.lab.__main__ import _running_lab

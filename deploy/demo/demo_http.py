@@ -14,7 +14,7 @@ RATES = {"EUR": 1.0, "USD": 1.08, "GBP": 0.86, "CHF": 0.94}
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         if self.path != "/rates.json":
             self.send_error(404)
             return
@@ -25,7 +25,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         from postroom.webhooks import WebhookVerifyError, verify
 
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))

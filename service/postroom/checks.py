@@ -44,13 +44,13 @@ async def server_findings(config: Config, *, timeout: float = 15.0) -> list[Find
     from .incoming.pop3 import Pop3Connection
     from .outgoing.smtp import SmtpConnection
 
-    async def probe(where: str, make) -> Finding:  # noqa: ANN001
+    async def probe(where: str, make) -> Finding:
         try:
             conn = make()
             await asyncio.wait_for(conn.connect(), timeout)
             await conn.close()
             return Finding(where, True, "connected and logged in")
-        except (PostroomError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, PostroomError, OSError) as exc:
             return Finding(where, False, f"{type(exc).__name__}: {exc}")
 
     probes = []

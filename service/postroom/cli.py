@@ -19,7 +19,7 @@ from .logs import setup_logging
 class Failed(click.ClickException):
     """A problem the user can fix: printed to stderr, exit 1."""
 
-    def show(self, file=None) -> None:  # noqa: ANN001 (click's signature)
+    def show(self, file=None) -> None:
         click.secho(self.format_message(), fg="red", err=True)
 
 

@@ -126,7 +126,7 @@ class HttpServer:
                 await self._serve_one(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client went away or stalled; nothing more to say to it
-        except Exception:  # noqa: BLE001 — whatever happens, only this connection ends
+        except Exception:
             log.exception("http handler failed")
         finally:
             writer.close()
@@ -169,7 +169,7 @@ class HttpServer:
             ready, details = await asyncio.wait_for(self.readiness(), READINESS_TIMEOUT)
         except TimeoutError:
             return False, {"phase": self.phase.value, "error": "readiness check timed out"}
-        except Exception as exc:  # noqa: BLE001 — not ready, and say why without secrets
+        except Exception as exc:
             log.warning("readiness check failed", error=type(exc).__name__)
             return False, {"phase": self.phase.value, "error": type(exc).__name__}
         return bool(ready), {"phase": self.phase.value, **details}

@@ -30,8 +30,8 @@ import httpx
 import structlog
 
 from postroom.config.rules import ActionConfig
-from postroom.retry import doubling_delay
 from postroom.incoming.actions import WebhookRequest
+from postroom.retry import doubling_delay
 from postroom.store.engine import utcnow
 from postroom.store.ledger import LedgerStore, WebhookDelivery
 

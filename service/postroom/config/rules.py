@@ -37,8 +37,8 @@ message after this rule's actions; it may sit anywhere in the list.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 

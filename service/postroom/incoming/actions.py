@@ -257,7 +257,7 @@ class ActionExecutor:
         if missing:
             try:
                 fetched = await mailbox.fetch_raw(list(missing))  # type: ignore[union-attr]
-            except Exception as exc:  # noqa: BLE001 - mapped to transient/permanent below
+            except Exception as exc:
                 phase.fail_all((w for ws in missing.values() for w in ws), exc)
                 return raws
             for uid, works in missing.items():
@@ -289,7 +289,7 @@ class ActionExecutor:
                 continue
             try:
                 new = self._compose(work, parsed[work.item.key], raws[work.item.key], batch)
-            except Exception as exc:  # noqa: BLE001 - hostile mail must not stop the batch
+            except Exception as exc:
                 phase.failed(work, exc)  # ours decide retry vs dead; anything else is dead
                 continue
             if isinstance(new, str):
@@ -304,7 +304,7 @@ class ActionExecutor:
             # after the enqueue: a crash in between re-enqueues (deduplicated), never loses it
             self.ledger.record_replies(account, [(w.action.rule, new.recipients[0].lower())
                                                  for w, new in queued if w.action.kind == "reply"], now=now)
-        except Exception as exc:  # noqa: BLE001 - the store failing is worth a retry
+        except Exception as exc:
             phase.fail_all((w for w, _ in queued), _transient(exc))
             return
         for work, new in queued:
@@ -349,7 +349,7 @@ class ActionExecutor:
                     for work in todo]
         try:
             self.webhooks.enqueue(requests)
-        except Exception as exc:  # noqa: BLE001 - the store failing is worth a retry
+        except Exception as exc:
             phase.fail_all(todo, _transient(exc))
             return
         for work in todo:
@@ -367,7 +367,7 @@ class ActionExecutor:
         for (kind, args), works in groups.items():
             try:
                 await self._imap_group(kind, args, works, phase, mailbox)
-            except Exception as exc:  # noqa: BLE001 - mapped to transient/permanent
+            except Exception as exc:
                 phase.fail_all((w for w in works if w.aid not in phase.results), exc)
 
     async def _imap_group(self, kind: str, args: tuple[str, ...], works: list[_Work], phase: _Phase,

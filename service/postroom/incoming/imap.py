@@ -679,7 +679,7 @@ def _keep_alive(sock: socket.socket) -> None:
 def _logout_quietly(client: IMAPClient) -> None:
     try:
         client.logout()
-    except Exception:  # noqa: BLE001 - closing: the server may be gone already
+    except Exception:
         _shutdown_quietly(client)
 
 

@@ -78,7 +78,7 @@ def decode_header_value(value: object) -> str:
         except (LookupError, UnicodeError):
             pass  # an unknown or lying charset: decode chunk by chunk, lossily
         return "".join(c if isinstance(c, str) else _to_text(c, cs) for c, cs in chunks).strip()
-    except Exception:  # noqa: BLE001 - a header must never break parsing
+    except Exception:
         return str(value).strip()
 
 
@@ -113,7 +113,7 @@ def html_to_text(html: str) -> str:
     try:
         parser.feed(html)
         parser.close()
-    except Exception:  # noqa: BLE001 - broken HTML still has text worth matching
+    except Exception:
         return re.sub(r"<[^>]*>", " ", html)
     text = "".join(parser.parts)
     return re.sub(r"[ \t\r\f\v]+", " ", re.sub(r"\n\s*\n+", "\n\n", text)).strip()
@@ -122,7 +122,7 @@ def html_to_text(html: str) -> str:
 def _part_text(part: Message) -> str:
     try:
         payload = part.get_payload(decode=True)
-    except Exception:  # noqa: BLE001
+    except Exception:
         payload = None
     if not isinstance(payload, bytes):
         raw = part.get_payload()
@@ -140,7 +140,7 @@ def _is_attachment(part: Message) -> bool:
 def _filename(part: Message) -> str | None:
     try:
         name = part.get_filename()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     return decode_header_value(name) if name else None
 
@@ -150,7 +150,7 @@ def _walk(part: Message, attachments: list[Attachment], texts: list[Message], ht
     if _is_attachment(part):
         try:
             payload = part.get_payload(decode=True)
-        except Exception:  # noqa: BLE001
+        except Exception:
             payload = None
         size = len(payload) if isinstance(payload, bytes) else len(str(part.get_payload()))
         attachments.append(Attachment(_filename(part), part.get_content_type().lower(), size))
@@ -255,7 +255,7 @@ def _empty_message() -> Message:
 _NO_HEADERS = HeaderBlock()
 
 
-class _once:  # noqa: N801 - used as a decorator, like the functools one it stands in for
+class _once:
     """``functools.cached_property`` without the lock that Python 3.11's takes on every first
     access (thousands of messages times several properties on a folder's first pass). The
     values are pure functions of the message: two threads racing would just compute twice."""
@@ -291,7 +291,7 @@ class ParsedMessage:
                    flags: Sequence[str] = ()) -> ParsedMessage:
         try:
             parsed = message_from_bytes(raw, policy=compat32)
-        except Exception as exc:  # noqa: BLE001 - the parser is lenient, but be certain
+        except Exception as exc:
             log.warning("message unparsable", key=key, error=repr(exc))
             parsed = _empty_message()
         return cls(key=key, headers=parsed, size=len(raw), internal_date=internal_date,
@@ -304,7 +304,7 @@ class ParsedMessage:
         """Header bytes only; ``attachments`` as the IMAP layer read them from BODYSTRUCTURE."""
         try:
             parsed = _plain_headers(header_bytes) or BytesHeaderParser(policy=compat32).parsebytes(header_bytes)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("headers unparsable", key=key, error=repr(exc))
             parsed = _empty_message()
         known = tuple(Attachment(*a) for a in attachments) if attachments is not None else None
@@ -323,7 +323,7 @@ class ParsedMessage:
         """Every value of header ``name``, decoded; [] when absent."""
         try:
             values = self.headers.get_all(name) or []
-        except Exception:  # noqa: BLE001
+        except Exception:
             return []
         return [decode_header_value(v) for v in values]
 
@@ -338,7 +338,7 @@ class ParsedMessage:
                    for v in self.headers.get_all(name) or []]
             simple = [_simple_address(v) for v in raw]
             pairs = simple if None not in simple else email.utils.getaddresses(raw)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return []
         found = []
         for name_part, addr in pairs:
@@ -418,7 +418,7 @@ class ParsedMessage:
                         body = "\n".join(_part_text(p) for p in texts)
                     else:
                         body = "\n".join(html_to_text(_part_text(p)) for p in htmls)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     log.warning("message body unreadable", key=self.key, error=repr(exc))
                     body = ""
             else:

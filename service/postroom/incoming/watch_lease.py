@@ -67,7 +67,7 @@ class WatchLease:
         if was_held:
             try:
                 self.leases.release(self.watch)
-            except Exception as exc:  # noqa: BLE001 - it runs out by itself anyway
+            except Exception as exc:
                 self.log.warning("could not release the watch lease; it runs out by itself", error=repr(exc))
 
     def _drop(self) -> None:
@@ -81,14 +81,14 @@ class WatchLease:
         store could not say (it is down: try again later)."""
         try:
             return self.leases.claim(self.watch, now=self.clock(), ttl=timedelta(seconds=self.ttl))
-        except Exception as exc:  # noqa: BLE001 - a store that is down is not a lost lease yet
+        except Exception as exc:
             self.log.warning("could not claim or renew the watch lease", error=repr(exc))
             return None
 
     def _holder(self) -> str | None:
         try:
             found = self.leases.holder(self.watch)
-        except Exception:  # noqa: BLE001 - only for the log line
+        except Exception:
             return None
         return found[0] if found else None
 

@@ -241,7 +241,7 @@ class _Watcher:
             return {}
         try:
             outcomes = await self.handler.handle_batch(self.account, self.folder, mailbox, items)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if len(items) == 1:
                 self.log.error("handler failed for message", key=items[0].key, error=repr(exc))
                 outcomes = {items[0].key: ItemOutcome(done=False, error=f"handler: {exc!r}",

@@ -313,7 +313,7 @@ class TemplateRenderer:
             return exc
         try:
             env.handle_exception()  # re-raises exc with its traceback mapped to template lines
-        except Exception as mapped:  # noqa: BLE001 - it is exc again, rewritten
+        except Exception as mapped:
             frames = traceback.extract_tb(mapped.__traceback__)
         else:  # pragma: no cover - handle_exception always raises
             frames = []

@@ -111,7 +111,7 @@ class _TextMaker(HTMLParser):
         if self.skip_depth:
             return
         attr = dict(attrs)
-        if tag in _PARAGRAPH or tag in ("ul", "ol") and not self.lists:
+        if tag in _PARAGRAPH or (tag in ("ul", "ol") and not self.lists):
             self.sink.breaks(2)
         elif tag in _LINE:
             self.sink.breaks(1)

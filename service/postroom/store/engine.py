@@ -59,7 +59,7 @@ def open_engine(url: str) -> Engine:
     raise ConfigError(f"POSTROOM_DATABASE_URL: unsupported database {backend!r}; use sqlite or postgresql")
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API objects)
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None  # autocommit at the driver; "begin" listener starts txns
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

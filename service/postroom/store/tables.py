@@ -170,6 +170,14 @@ watch_leases = Table(
 )
 
 __all__ = [
-    "metadata", "outbox", "fire_claims", "job_runs", "checkpoints", "inbound", "actions",
-    "replies", "webhooks", "watch_leases",
+    "actions",
+    "checkpoints",
+    "fire_claims",
+    "inbound",
+    "job_runs",
+    "metadata",
+    "outbox",
+    "replies",
+    "watch_leases",
+    "webhooks",
 ]

@@ -1,7 +1,6 @@
 """Alembic environment: the engine comes from postroom (postroom.store.engine.migrate)."""
 
 from alembic import context
-
 from postroom.store.tables import metadata
 
 connection = context.config.attributes.get("connection")
