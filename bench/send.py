@@ -48,9 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from postroom.bootstrap import load_checked  # noqa: E402
+from postroom.clock import utcnow  # noqa: E402
 from postroom.config import Settings  # noqa: E402
 from postroom.outgoing.jobs import JobRunner  # noqa: E402
-from postroom.store import NewMessage, utcnow  # noqa: E402
+from postroom.store import NewMessage  # noqa: E402
 
 from tests.daemon_support import postroom_env  # noqa: E402  (the e2e tests' CLI environment)
 from tests.lab import LabPorts, MailLab  # noqa: E402

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from .bootstrap import load_checked, open_daemon_store, recover_single_node
+from .clock import utcnow
 from .config import Config, Settings
 from .errors import PostroomError
 from .http import HttpServer
@@ -30,7 +31,7 @@ from .outgoing.jobs import JobRunner
 from .outgoing.sender import OutboxSender
 from .outgoing.templates import TemplateRenderer
 from .scheduler import Scheduler
-from .store import schema_is_current, utcnow
+from .store import schema_is_current
 from .webhooks import WebhookQueue
 
 log = structlog.get_logger(__name__)

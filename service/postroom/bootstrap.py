@@ -14,10 +14,11 @@ from pathlib import Path
 import structlog
 
 from .checks import template_findings
+from .clock import utcnow
 from .config import LoadedConfig, Settings, load_config
 from .errors import ConfigError, PostroomError
 from .outgoing.templates import TemplateRenderer
-from .store import Store, schema_is_current, utcnow
+from .store import Store, schema_is_current
 
 log = structlog.get_logger(__name__)
 

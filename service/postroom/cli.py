@@ -111,9 +111,9 @@ def run(ctx: click.Context, dry_run: bool) -> None:
 def jobs(ctx: click.Context) -> None:
     """Each job with its schedule and next fire time."""
     from .bootstrap import open_store
+    from .clock import utcnow
     from .config import load_config
     from .scheduler import jobs_overview
-    from .store import utcnow
 
     try:
         cfg = load_config(settings(ctx)).config
@@ -159,9 +159,9 @@ async def _send(settings: Settings, job: str, *, dry_run: bool, to: list[str] | 
     from collections import Counter
 
     from .bootstrap import load_checked, open_store
+    from .clock import utcnow
     from .outgoing.jobs import JobRunner
     from .outgoing.sender import OutboxSender
-    from .store import utcnow
     from .store.outbox import OutboxItem
 
     loaded, renderer = load_checked(settings)
@@ -244,10 +244,10 @@ def rules() -> None:
 @click.pass_context
 def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
     """Which rules match the message in FILE (.eml) and which actions they would take."""
+    from .clock import utcnow
     from .config import load_config
     from .incoming.message import ParsedMessage
     from .incoming.rules import compile_rules
-    from .store import utcnow
 
     try:
         cfg = load_config(settings(ctx)).config
@@ -343,7 +343,7 @@ def outbox(ctx: click.Context, dead: bool, limit: int) -> None:
 def outbox_retry(ctx: click.Context, item_id: int) -> None:
     """Put dead letter ID back in the queue (same Message-ID; the daemon sends it)."""
     from .bootstrap import open_store
-    from .store import utcnow
+    from .clock import utcnow
 
     store = open_store(settings(ctx))
     try:

@@ -15,11 +15,15 @@
         └── ServerRejected             the server said no for good (SMTP 5xx)
 
 Low-level errors (aiosmtplib, imaplib, poplib, httpx, ssl) are mapped to these at the edge
-that talks to the server (``raise ServerConnectError(...) from exc``). Everything above the
-edges decides retry vs dead letter by one test: ``isinstance(exc, TransientError)``.
+that talks to the server, by one table per edge (``ErrorTable``, read with ``map_errors``), as
+httpx maps httpcore's. Everything above the edges decides retry vs dead letter by one test:
+``isinstance(exc, TransientError)``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 
 class PostroomError(Exception):
@@ -115,3 +119,31 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, PermanentError | PostroomError):
         return False
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
+
+
+# One edge's foreign errors and what each becomes; read in order, so list a subclass before
+# its base (``ssl.SSLError`` before ``OSError``).
+ErrorTable = Mapping[type[BaseException], type[PostroomError]]
+
+
+def mapped_error(exc: BaseException, table: ErrorTable, context: str = "") -> PostroomError | None:
+    """Ours for ``exc`` by ``table`` (None when no row matches); the message keeps the
+    foreign one, after ``context`` ("imap.example.org:993: ")."""
+    for foreign, ours in table.items():
+        if isinstance(exc, foreign):
+            return ours(f"{context}{exc or type(exc).__name__}")
+    return None
+
+
+@contextmanager
+def map_errors(table: ErrorTable, context: str = "") -> Iterator[None]:
+    """Raise ours ``from`` the foreign error for any row of ``table``; let the rest through."""
+    try:
+        yield
+    except PostroomError:
+        raise
+    except Exception as exc:
+        ours = mapped_error(exc, table, context)
+        if ours is None:
+            raise
+        raise ours from exc

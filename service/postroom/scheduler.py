@@ -23,9 +23,9 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
+from .clock import utcnow
 from .config.model import Config, JobConfig
 from .schedules import CatchUp, JobOverview, jobs_overview, make_trigger, next_fire, plan_catch_up, triage
-from .store.engine import utcnow
 from .store.runs import RunStore
 
 log = structlog.get_logger(__name__)

@@ -29,10 +29,10 @@ from typing import Any
 import httpx
 import structlog
 
+from postroom.clock import utcnow
 from postroom.config.rules import ActionConfig
 from postroom.incoming.actions import WebhookRequest
 from postroom.retry import doubling_delay
-from postroom.store.engine import utcnow
 from postroom.store.ledger import LedgerStore, WebhookDelivery
 
 log = structlog.get_logger(__name__)

@@ -37,11 +37,11 @@ from typing import Any, Protocol
 
 import structlog
 
+from postroom.clock import utcnow
 from postroom.config.model import AccountConfig, Config
 from postroom.errors import PostroomError, TransientError, is_transient
 from postroom.outgoing.compose import make_message_id
 from postroom.outgoing.templates import TemplateRenderer
-from postroom.store.engine import utcnow
 from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
 from postroom.store.outbox import NewMessage, OutboxStore
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from postroom.clock import utcnow
 from postroom.retry import sleep_or_stop
-from postroom.store.engine import utcnow
 from postroom.store.leases import WatchLeases
 
 LEASE_TTL = 60.0  # seconds a claim lasts; a replica that died is replaced after at most this

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 
 import structlog
 
+from postroom.clock import utcnow
 from postroom.config.model import AccountConfig
 from postroom.errors import PermanentError, ServerRejected, is_transient
 from postroom.incoming.imap import HeaderFetch, ImapConnection, chunks
@@ -48,7 +49,6 @@ from postroom.incoming.pop3 import Pop3Connection
 from postroom.incoming.rules import PlannedAction, RuleSet
 from postroom.incoming.watch_lease import LEASE_TTL, WatchLease
 from postroom.retry import sleep_or_stop
-from postroom.store.engine import utcnow
 from postroom.store.inbound import (
     DONE,
     FAILED,

@@ -21,9 +21,10 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from ..clock import utcnow
 from ..config import Config, JobConfig
 from ..errors import DataSourceError, MessageRefused, PostroomError
-from ..store import NewMessage, Store, utcnow
+from ..store import NewMessage, Store
 from .compose import (
     Attachment,
     compose_bytes,

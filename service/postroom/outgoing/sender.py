@@ -25,10 +25,10 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from postroom.clock import utcnow
 from postroom.config.model import AccountConfig, OutboxConfig
 from postroom.errors import PostroomError, is_transient
 from postroom.retry import doubling_delay
-from postroom.store.engine import utcnow
 from postroom.store.outbox import OutboxItem, OutboxStore, Settlement
 
 from .smtp import SendResult, SmtpConnection

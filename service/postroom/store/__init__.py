@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from .engine import migrate, open_engine, schema_is_current, utcnow
+from .engine import migrate, open_engine, schema_is_current
 from .inbound import InboundStore
 from .leases import WatchLeases
 from .ledger import LedgerStore
@@ -44,5 +44,5 @@ __all__ = [
     "InboundStore", "LedgerStore", "NewMessage", "OutboxItem", "OutboxStore", "RunRecord", "RunStore", "Store",
     "WatchLeases",
     "migrate",
-    "open_engine", "schema_is_current", "utcnow",
+    "open_engine", "schema_is_current",
 ]

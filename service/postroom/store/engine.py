@@ -19,10 +19,6 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; everything we store is UTC."""
     if value is None or value.tzinfo is not None:
