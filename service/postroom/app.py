@@ -47,7 +47,7 @@ class Incoming:
     executor: ActionExecutor
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     watchers: list[Any] = field(default_factory=list)
-    tasks: list[asyncio.Task] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self, timeout: float) -> None:
         self.stop.set()
@@ -63,7 +63,7 @@ class Daemon:
     settings: Settings
     dry_run: bool = False
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     notifier: Notifier = field(default_factory=Notifier)
     _started: bool = False  # every part is up: a SIGHUP may reload

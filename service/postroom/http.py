@@ -19,6 +19,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from enum import Enum
+from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -27,7 +28,7 @@ from .errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
-Readiness = Callable[[], Awaitable[tuple[bool, dict]]]
+Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 READ_TIMEOUT = 5.0  # seconds for a client to send its whole request head
 WRITE_TIMEOUT = 10.0  # seconds for a client to take the response
@@ -78,7 +79,7 @@ class HttpServer:
         self.readiness = readiness
         self.phase = Phase.STARTING
         self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def start(self) -> tuple[str, int] | None:
@@ -162,7 +163,7 @@ class HttpServer:
             return 200, body, CONTENT_TYPE_LATEST
         return 404, b"not found\n", _TEXT
 
-    async def _ready(self) -> tuple[bool, dict]:
+    async def _ready(self) -> tuple[bool, dict[str, Any]]:
         if self.phase is not Phase.RUNNING:
             return False, {"phase": self.phase.value}
         try:
@@ -209,5 +210,5 @@ async def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, ctype
     await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
 
-def _json(data: dict) -> bytes:
+def _json(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, default=str, sort_keys=True) + "\n").encode()

@@ -12,7 +12,7 @@ is run") hands the scheduled run times to `Scheduler._due` instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -42,7 +42,7 @@ class _FireExecutor(BaseExecutor):
     """Runs a due job as `on_due(job_id, run_times, grace)` on the scheduler's event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 on_due: Callable[[str, list[datetime], timedelta], Awaitable[None]],
+                 on_due: Callable[[str, list[datetime], timedelta], Coroutine[Any, Any, None]],
                  track: Callable[[asyncio.Task[None]], None]):
         super().__init__()
         self._loop = loop

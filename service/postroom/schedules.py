@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.base import BaseTrigger
@@ -49,15 +50,15 @@ class DstSafeCronTrigger(CronTrigger):
     the repeated hour makes the same choice as one that ran through it.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         hour = next(f for f in self.fields if f.name == "hour")
         # RangeExpression and friends subclass AllExpression: test the exact type.
         self.fixed_hour = not any(type(e) is AllExpression for e in hour.expressions)
 
-    def get_next_fire_time(self, previous_fire_time, now):
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         while True:
-            fire = super().get_next_fire_time(previous_fire_time, now)
+            fire: datetime | None = super().get_next_fire_time(previous_fire_time, now)
             if fire is None:
                 return None
             fire = fire.astimezone(UTC).astimezone(self.timezone)
@@ -93,7 +94,7 @@ class AnchoredIntervalTrigger(BaseTrigger):
         self.timezone = timezone
         self.anchor = (anchor if anchor.tzinfo else anchor.replace(tzinfo=timezone)).astimezone(UTC)
 
-    def get_next_fire_time(self, previous_fire_time, now):
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime:
         # APScheduler asks for the fire after the previous one, or the first at or after now.
         lower = _utc(previous_fire_time) + _TICK if previous_fire_time is not None else _utc(now)
         steps = -((self.anchor - lower) // self.interval)  # ceiling division
@@ -119,7 +120,7 @@ def next_fire(trigger: BaseTrigger, after: datetime, now: datetime) -> datetime 
     """The first fire strictly after `after` and not before `now` (pass the same for both to
     ask "what comes next"). Aware, in the trigger's zone."""
     lower = max(_utc(after) + _TICK, _utc(now))
-    fire = trigger.get_next_fire_time(None, lower)
+    fire: datetime | None = trigger.get_next_fire_time(None, lower)
     # DateTrigger answers its one date whatever `now` is; keep it only if it is still ahead.
     if fire is not None and _utc(fire) < lower:
         return None

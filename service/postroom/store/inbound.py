@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..retry import doubling_delay
@@ -106,7 +106,8 @@ class InboundStore:
             return None
         except IntegrityError:
             with self.engine.connect() as conn:
-                return conn.execute(select(inbound.c.status).where(inbound.c.key == key)).scalar_one()
+                status: str = conn.execute(select(inbound.c.status).where(inbound.c.key == key)).scalar_one()
+                return status
 
     def statuses(self, keys: Sequence[str]) -> dict[str, str]:
         """key -> status of the rows that exist, in one query per 500 keys."""
@@ -229,6 +230,6 @@ def _new_row(row: dict[str, Any], now: datetime) -> dict[str, Any]:
                 status=PENDING, attempts=0, created_at=to_utc(now), updated_at=to_utc(now))
 
 
-def _row(r) -> InboundRow:
+def _row(r: Row[Any]) -> InboundRow:
     return InboundRow(r.key, r.account, r.folder, r.uidvalidity, r.uid, r.uidl, r.message_id, r.status,
                       int(r.attempts), r.error, as_utc(r.updated_at))

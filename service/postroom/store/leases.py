@@ -48,7 +48,7 @@ class WatchLeases:
         with self.engine.connect() as conn:
             row = conn.execute(select(watch_leases.c.owner, watch_leases.c.expires_at)
                                .where(watch_leases.c.watch == watch)).first()
-        return (row.owner, as_utc(row.expires_at)) if row else None  # type: ignore[return-value]
+        return (row.owner, as_utc(row.expires_at)) if row else None
 
     def release(self, watch: str) -> None:
         """Give ``watch`` up at once (a clean stop), if it is ours."""

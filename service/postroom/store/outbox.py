@@ -118,7 +118,7 @@ class OutboxStore:
             new = [m for m in batch if m.dedup_key not in existing]
             if not new:
                 return [], []
-            rows = [
+            rows: list[dict[str, Any]] = [
                 dict(dedup_key=m.dedup_key, message_id=m.message_id, account=m.account,
                      envelope_from=m.envelope_from, recipients=list(m.recipients), raw=m.raw,
                      status="sending" if leased else "queued", attempts=0, next_attempt_at=now,

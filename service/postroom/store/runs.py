@@ -86,9 +86,10 @@ class RunStore:
     def last_fire(self, job_id: str) -> datetime | None:
         """The newest fire time any process claimed or skipped for this job."""
         with self.engine.connect() as conn:
-            return as_utc(conn.scalar(
+            last: datetime | None = conn.scalar(
                 select(func.max(fire_claims.c.fire_time)).where(fire_claims.c.job_id == job_id)
-            ))
+            )
+        return as_utc(last)
 
     def unfinished_fires(self, *, now: datetime, stale_after: timedelta) -> list[tuple[str, datetime]]:
         """Fires left `running` by a process that died, oldest first."""
@@ -109,7 +110,10 @@ class RunStore:
                 job_id=job_id, fire_time=fire_time, trigger=trigger, started_at=now,
                 status="running", messages=0,
             ))
-            return result.inserted_primary_key[0]
+            key = result.inserted_primary_key
+            if key is None:  # every dialect we support returns the new id
+                raise RuntimeError("the store did not return the new run's id")
+            return int(key[0])
 
     def finish_run(self, run_id: int, *, now: datetime, status: str, messages: int = 0,
                    error: str | None = None) -> None:
