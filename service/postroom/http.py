@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import structlog
@@ -44,7 +44,7 @@ _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"

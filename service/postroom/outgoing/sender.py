@@ -198,7 +198,7 @@ class OutboxSender:
             return
         conns = [SmtpConnection(account, cfg.smtp) for _ in range(cfg.smtp.connections)]
         results = await asyncio.gather(*(c.connect() for c in conns), return_exceptions=True)
-        for conn, result in zip(conns, results):
+        for conn, result in zip(conns, results, strict=True):
             if result is None:
                 self._warm.setdefault(account, []).append(conn)
             else:

@@ -1,7 +1,7 @@
 """initial store
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-26 16:17:43.264265
 """
 
