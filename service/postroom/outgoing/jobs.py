@@ -143,8 +143,7 @@ class JobRunner:
                     content=rows_to_csv(data[att.data] or []),
                     content_type=att.content_type or "text/csv",
                 ))
-            else:
-                path = att.file
+            elif (path := att.file) is not None:  # the config allows exactly one of data, file
                 try:
                     content = path.read_bytes()
                 except OSError as exc:
