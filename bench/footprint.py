@@ -30,11 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.daemon_support import POSTROOM, postroom_env
 from tests.lab import LabPorts, MailLab
 from tests.lab.maildir import ensure_folder
-from tests.test_incoming_e2e import free_port
-from tests.test_service import ACCOUNT_CONFIG
+from tests.support.daemon import ACCOUNT_CONFIG, POSTROOM, free_port, postroom_env
 
 JOBS = 50
 FOLDERS = 10

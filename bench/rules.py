@@ -61,8 +61,8 @@ from postroom.logs import setup_logging
 from postroom.store import Store
 from postroom.webhooks import WebhookQueue
 
-from tests.daemon_support import postroom_env
 from tests.lab import LabPorts, MailLab
+from tests.support.daemon import postroom_env
 
 POSTROOM = ROOT / ".venv" / "bin" / "postroom"
 PROFILE_DIR = os.environ.get("BENCH_RULES_PROFILE", "")  # a directory: cProfile each one-pass run there

@@ -53,8 +53,8 @@ from postroom.config import Settings  # noqa: E402
 from postroom.outgoing.jobs import JobRunner  # noqa: E402
 from postroom.store import NewMessage  # noqa: E402
 
-from tests.daemon_support import postroom_env  # noqa: E402  (the e2e tests' CLI environment)
 from tests.lab import LabPorts, MailLab  # noqa: E402
+from tests.support.daemon import postroom_env  # noqa: E402  (the e2e tests' CLI environment)
 
 POSTROOM = ROOT / ".venv" / "bin" / "postroom"
 RECIPIENTS = ("bob", "carol", "dave")

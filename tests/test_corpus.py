@@ -21,10 +21,10 @@ from postroom.incoming.rules import compile_rules
 from postroom.incoming.watcher import ImapWatcher, Pop3Watcher
 from postroom.store.inbound import DONE, FINISHED
 
+from tests.support.action_rig import make_config, make_rig, queued
 from tests.support.data import CORPUS, corpus_files
-from tests.test_actions import make_config, make_rig, queued
-from tests.test_watcher import USER as POP3_USER
-from tests.test_watcher import Recorder, maildrop_size, pop3_account
+from tests.support.inbox import USER as POP3_USER
+from tests.support.inbox import Recorder, maildrop_size, pop3_account
 
 RULES = [
     {"name": "attachments", "account": "alice",

@@ -9,7 +9,7 @@ import pytest
 from postroom.errors import AuthError, ServerBusy, ServerConnectError, ServerRejected, TLSError
 from postroom.outgoing.smtp import SmtpConnection
 
-from tests.fake_smtp import (
+from tests.support.fake_smtp import (
     FaultyHandler,
     fake_smtp,
     lab_smtp,

@@ -26,7 +26,7 @@ from postroom.webhooks import (
     webhook_id_for,
 )
 
-from tests.webhook_receiver import Reply, WebhookReceiver
+from tests.support.webhook_receiver import Reply, WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"postroom-test-key-0123456789").decode()
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -1,0 +1,34 @@
+"""An OutboxSender for the lab's alice with a clock the test moves (it is never patched)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from postroom.config.model import AccountConfig, OutboxConfig, SmtpConfig
+from postroom.outgoing.sender import OutboxSender
+
+ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
+POLICY = OutboxConfig(retry_base=timedelta(seconds=30), retry_max=timedelta(hours=1),
+                      max_age=timedelta(days=2), max_attempts=5, batch_size=100)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+def sender_for(store, clock: Clock, smtp: SmtpConfig, **kw) -> OutboxSender:
+    accounts = {"alice": AccountConfig(address=ALICE, smtp=smtp)}
+    return OutboxSender(store.outbox, accounts, kw.pop("policy", POLICY), clock=clock, **kw)
+
+
+async def arrived(lab, user: str, count: int) -> list[bytes]:
+    return await asyncio.to_thread(lab.wait_for_messages, user, count)
+
