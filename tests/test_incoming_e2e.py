@@ -121,7 +121,8 @@ def test_out_of_office_once_per_sender_and_never_to_machines(running, clean_lab)
     # the same person again within `days`: no second reply
     lab.deliver("carol", mail("dave@example.test", "carol@example.test", "lunch, really?").as_bytes())
     # machines and lists: never
-    lab.deliver("carol", mail("dave@example.test", "carol@example.test", "list", List_Id="<ops.example.test>").as_bytes())
+    lab.deliver("carol", mail("dave@example.test", "carol@example.test", "list",
+                              List_Id="<ops.example.test>").as_bytes())
     lab.deliver("carol", mail("dave@example.test", "carol@example.test", "bulk", Precedence="bulk").as_bytes())
     lab.deliver("carol", mail("bob@example.test", "carol@example.test", "Auto: away",
                               Auto_Submitted="auto-replied").as_bytes())

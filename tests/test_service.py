@@ -288,7 +288,7 @@ def test_a_failed_migration_stops_the_start_with_the_reason(tmp_path):
         conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
         conn.execute("INSERT INTO alembic_version VALUES ('9999_from_the_future')")
     conn.close()
-    with pytest.raises(PostroomError, match="migration failed.*9999_from_the_future"):
+    with pytest.raises(PostroomError, match=r"migration failed.*9999_from_the_future"):
         open_daemon_store(Settings(database_url=f"sqlite:///{db}", instance="probe"))
 
 
