@@ -17,6 +17,8 @@ from postroom.store import Store
 from postroom.store.ledger import LedgerStore
 from postroom.store.outbox import OutboxItem, OutboxStore
 
+from tests.lab import MailLab
+
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -44,8 +46,8 @@ class RecordingWebhooks:
         return len(requests)
 
 
-def make_config(lab: Any, rules: list[dict]) -> Config:
-    def account(user: str) -> dict:
+def make_config(lab: MailLab, rules: list[dict[str, Any]]) -> Config:
+    def account(user: str) -> dict[str, Any]:
         server = {"host": "127.0.0.1", "security": "starttls", "username": f"{user}@example.test",
                   "password": lab.password(user), "ca_file": str(lab.ca_file)}
         return {"address": f"{user}@example.test", "name": user.title(),
@@ -73,5 +75,6 @@ def make_rig(store: Store, config: Config, **kw: Any) -> Rig:
 
 
 def queued(rig: Rig) -> list[OutboxItem]:
-    return rig.stores.outbox.list(statuses=["queued"], limit=1000)
+    items: list[OutboxItem] = rig.stores.outbox.list(statuses=["queued"], limit=1000)
+    return items
 

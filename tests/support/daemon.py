@@ -14,12 +14,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "deploy" / "demo" / "postroom.yaml"
 POSTROOM = [sys.executable, "-m", "postroom.cli"]
 HOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tz"
+T = TypeVar("T")
 
 
 class _Server(ThreadingHTTPServer):
@@ -40,7 +42,7 @@ class _Server(ThreadingHTTPServer):
 class DataServer:
     """Serves /rates.json and records POSTs (webhooks) on 127.0.0.1:<ephemeral>."""
 
-    rates: dict = field(default_factory=lambda: {"EUR": 1.0, "USD": 1.08})
+    rates: dict[str, float] = field(default_factory=lambda: {"EUR": 1.0, "USD": 1.08})
     posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     status: int = 204
 
@@ -145,7 +147,7 @@ class Daemon:
         self._out.close()
 
 
-def iter_json_lines(path: Path) -> Iterator[dict]:
+def iter_json_lines(path: Path) -> Iterator[dict[str, Any]]:
     for line in path.read_text(errors="replace").splitlines():
         try:
             yield json.loads(line)
@@ -160,7 +162,10 @@ def assert_each_row_once(raws: list[bytes], *, rows: int, max_duplicates: int) -
     ids: Counter[str] = Counter()
     for raw in raws:
         msg = email.message_from_bytes(raw, policy=email.policy.default)
-        text = msg.get_body(("plain", "html")).get_content()
+        body = msg.get_body(("plain", "html"))
+        if body is None:
+            raise AssertionError(f"no text body in {msg['Message-ID']}")
+        text = body.get_content()
         row = next(line for line in text.splitlines() if "Row " in line)
         by_row.setdefault(row.strip(), set()).add(msg["Message-ID"])
         ids[msg["Message-ID"]] += 1
@@ -172,10 +177,11 @@ def assert_each_row_once(raws: list[bytes], *, rows: int, max_duplicates: int) -
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def wait_until(predicate, timeout: float = 20, what: str = "condition"):
+def wait_until(predicate: Callable[[], T], timeout: float = 20, what: str = "condition") -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -7,17 +7,20 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
+from typing import Any
 
-from postroom.config.model import AccountConfig, ImapConfig
+from postroom.config.model import AccountConfig, ImapConfig, Pop3Config
 from postroom.config.rules import RuleConfig
 from postroom.incoming.mailbox import InboundItem, ItemOutcome, MailboxOps
 from postroom.incoming.pop3 import Pop3Connection
-from postroom.incoming.rules import compile_rules
+from postroom.incoming.rules import RuleSet, compile_rules
+
+from tests.lab import MailLab
 
 USER = "dave"
 
 
-def imap_cfg(lab, **overrides) -> ImapConfig:
+def imap_cfg(lab: MailLab, **overrides: Any) -> ImapConfig:
     values = {"host": "127.0.0.1", "port": lab.ports.imap, "security": "starttls",
               "username": lab.address(USER), "password": lab.password(USER), "ca_file": lab.ca_file,
               "timeout": 10}
@@ -57,12 +60,12 @@ class Recorder:
                 for item in items}
 
 
-def rules(match: dict | None = None, account: str = USER):
+def rules(match: dict[str, Any] | None = None, account: str = USER) -> RuleSet:
     return compile_rules([RuleConfig.model_validate(
         {"name": "r", "account": account, "match": match or {}, "actions": [{"flag": "\\Flagged"}]})])
 
 
-def account(lab, **imap) -> AccountConfig:
+def account(lab: MailLab, **imap: Any) -> AccountConfig:
     return AccountConfig.model_validate({"address": lab.address(USER), "imap": imap_cfg(lab, **imap).model_dump()})
 
 
@@ -75,18 +78,21 @@ async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None: 
         await asyncio.sleep(0.05)
 
 
-def deliver(lab, *subjects: str, start: int = 0) -> None:
+def deliver(lab: MailLab, *subjects: str, start: int = 0) -> None:
     lab.deliver_many(USER, [raw_message(start + i, subject=s) for i, s in enumerate(subjects)])
 
 
-def pop3_account(lab, **pop3) -> AccountConfig:
-    values = {"host": "127.0.0.1", "port": lab.ports.pop3s, "security": "tls", "username": lab.address(USER),
-              "password": lab.password(USER), "ca_file": str(lab.ca_file), "timeout": 10, **pop3}
-    return AccountConfig.model_validate({"address": lab.address(USER), "pop3": values})
+def pop3_settings(lab: MailLab, **pop3: Any) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": lab.ports.pop3s, "security": "tls", "username": lab.address(USER),
+            "password": lab.password(USER), "ca_file": str(lab.ca_file), "timeout": 10, **pop3}
 
 
-async def maildrop_size(lab) -> int:
-    conn = Pop3Connection(USER, pop3_account(lab).pop3)
+def pop3_account(lab: MailLab, **pop3: Any) -> AccountConfig:
+    return AccountConfig.model_validate({"address": lab.address(USER), "pop3": pop3_settings(lab, **pop3)})
+
+
+async def maildrop_size(lab: MailLab) -> int:
+    conn = Pop3Connection(USER, Pop3Config.model_validate(pop3_settings(lab)))
     await conn.connect()
     try:
         return len(await conn.uidl())

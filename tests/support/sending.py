@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from postroom.config.model import AccountConfig, OutboxConfig, SmtpConfig
 from postroom.outgoing.sender import OutboxSender
+from postroom.store import Store
+
+from tests.lab import MailLab
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
 POLICY = OutboxConfig(retry_base=timedelta(seconds=30), retry_max=timedelta(hours=1),
@@ -24,11 +28,11 @@ class Clock:
         self.now += delta
 
 
-def sender_for(store, clock: Clock, smtp: SmtpConfig, **kw) -> OutboxSender:
+def sender_for(store: Store, clock: Clock, smtp: SmtpConfig, **kw: Any) -> OutboxSender:
     accounts = {"alice": AccountConfig(address=ALICE, smtp=smtp)}
     return OutboxSender(store.outbox, accounts, kw.pop("policy", POLICY), clock=clock, **kw)
 
 
-async def arrived(lab, user: str, count: int) -> list[bytes]:
+async def arrived(lab: MailLab, user: str, count: int) -> list[bytes]:
     return await asyncio.to_thread(lab.wait_for_messages, user, count)
 
