@@ -22,7 +22,8 @@ from postroom.incoming.replies import reply_refusal
 from postroom.outgoing.sender import OutboxSender
 from postroom.store.ledger import LedgerEntry, LedgerStore
 
-from tests.support.action_rig import START, Rig, make_config, make_rig, queued
+from tests.support.action_rig import Rig, make_config, make_rig, queued
+from tests.support.clock import START
 
 ALICE, CAROL = "alice@example.test", "carol@example.test"
 

@@ -15,13 +15,14 @@ from postroom.outgoing.smtp import SendResult
 from postroom.store.outbox import NewMessage, OutboxItem
 from structlog.testing import capture_logs
 
+from tests.support.clock import Clock
 from tests.support.fake_smtp import FaultyHandler, fake_smtp, lab_smtp, make_raw, message_ids, plain_smtp
-from tests.support.sending import ALICE, BOB, CAROL, POLICY, Clock, arrived, sender_for
+from tests.support.sending import ALICE, BOB, CAROL, POLICY, SENDER_START, arrived, sender_for
 
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(SENDER_START)
 
 
 def enqueue(store, clock: Clock, recipients: list[str], *, n: int = 1, account: str = "alice",

@@ -1,11 +1,11 @@
-"""The action executor wired to a store, a clock the test moves and a webhook recorder, with
-the lab's alice and carol as accounts: what a watcher would run rules and actions with."""
+"""The action executor wired to a store, a clock the test moves (from clock.START) and a
+webhook recorder, with the lab's alice and carol as accounts: what a watcher would run rules
+and actions with."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,9 @@ from postroom.store.ledger import LedgerStore
 from postroom.store.outbox import OutboxItem, OutboxStore
 
 from tests.lab import MailLab
+from tests.support.clock import Clock
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
-START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass

@@ -11,21 +11,15 @@ from postroom.outgoing.sender import OutboxSender
 from postroom.store import Store
 
 from tests.lab import MailLab
+from tests.support.clock import Clock
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
 POLICY = OutboxConfig(retry_base=timedelta(seconds=30), retry_max=timedelta(hours=1),
                       max_age=timedelta(days=2), max_attempts=5, batch_size=100)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
+# Where the sender tests' clock starts: Clock(SENDER_START).
+SENDER_START = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
 
 
 def sender_for(store: Store, clock: Clock, smtp: SmtpConfig, **kw: Any) -> OutboxSender:
