@@ -2,8 +2,8 @@
 ``postroom rules test`` on each file, and watchers on the lab's real Dovecot (IMAP, and POP3
 with delete_after) taking in all of them at once, with rules that read headers, bodies and
 attachments and actions that forward, call webhooks and flag. Nothing may crash; each message
-ends handled or set aside with a reason, and the checkpoint passes them all. (The parser's own answers for each file are
-pinned in tests/data/message_golden.json by tests/test_message.py.)"""
+ends handled or set aside with a reason, and the checkpoint passes them all. (The parser's own
+answers for each file are pinned in tests/data/message_golden.json by tests/test_message.py.)"""
 
 from __future__ import annotations
 
