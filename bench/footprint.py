@@ -28,13 +28,12 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tests' helpers are not installed: import them from this checkout (hence the E402s below).
 sys.path.insert(0, str(ROOT))
 
-from tests.daemon_support import POSTROOM, postroom_env
-from tests.lab import LabPorts, MailLab
-from tests.lab.maildir import ensure_folder
-from tests.test_incoming_e2e import free_port
-from tests.test_service import ACCOUNT_CONFIG
+from tests.lab import LabPorts, MailLab  # noqa: E402
+from tests.lab.maildir import ensure_folder  # noqa: E402
+from tests.support.daemon import ACCOUNT_CONFIG, POSTROOM, free_port, postroom_env  # noqa: E402
 
 JOBS = 50
 FOLDERS = 10

@@ -48,9 +48,6 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from postroom.bootstrap import load_checked
 from postroom.config import Settings
 from postroom.incoming.actions import ActionExecutor
@@ -61,8 +58,12 @@ from postroom.logs import setup_logging
 from postroom.store import Store
 from postroom.webhooks import WebhookQueue
 
-from tests.daemon_support import postroom_env
-from tests.lab import LabPorts, MailLab
+ROOT = Path(__file__).resolve().parent.parent
+# The tests' helpers are not installed: import them from this checkout (hence the E402s below).
+sys.path.insert(0, str(ROOT))
+
+from tests.lab import LabPorts, MailLab  # noqa: E402
+from tests.support.daemon import postroom_env  # noqa: E402
 
 POSTROOM = ROOT / ".venv" / "bin" / "postroom"
 PROFILE_DIR = os.environ.get("BENCH_RULES_PROFILE", "")  # a directory: cProfile each one-pass run there

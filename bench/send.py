@@ -44,17 +44,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from postroom.bootstrap import load_checked
+from postroom.clock import utcnow
+from postroom.config import Settings
+from postroom.outgoing.jobs import JobRunner
+from postroom.store import NewMessage
+
 ROOT = Path(__file__).resolve().parent.parent
+# The tests' helpers are not installed: import them from this checkout (hence the E402s below).
 sys.path.insert(0, str(ROOT))
 
-from postroom.bootstrap import load_checked  # noqa: E402
-from postroom.clock import utcnow  # noqa: E402
-from postroom.config import Settings  # noqa: E402
-from postroom.outgoing.jobs import JobRunner  # noqa: E402
-from postroom.store import NewMessage  # noqa: E402
-
-from tests.daemon_support import postroom_env  # noqa: E402  (the e2e tests' CLI environment)
 from tests.lab import LabPorts, MailLab  # noqa: E402
+from tests.support.daemon import postroom_env  # noqa: E402
 
 POSTROOM = ROOT / ".venv" / "bin" / "postroom"
 RECIPIENTS = ("bob", "carol", "dave")

@@ -8,54 +8,24 @@ import email
 import email.policy
 from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from imapclient import IMAPClient
-from postroom.config.model import Config
 from postroom.errors import ServerConnectError
 from postroom.incoming import actions
-from postroom.incoming.actions import ActionExecutor, WebhookRequest
 from postroom.incoming.forward import LOOP_HEADER
 from postroom.incoming.mailbox import InboundItem
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.replies import reply_refusal
-from postroom.incoming.rules import RuleSet, compile_rules
 from postroom.outgoing.sender import OutboxSender
-from postroom.outgoing.templates import TemplateRenderer
-from postroom.store import Store
 from postroom.store.ledger import LedgerEntry, LedgerStore
-from postroom.store.outbox import OutboxItem, OutboxStore
 
-TEMPLATES = Path(__file__).parent.parent / "templates"
-START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+from tests.support.action_rig import Rig, make_config, make_rig, queued
+from tests.support.clock import START
+
 ALICE, CAROL = "alice@example.test", "carol@example.test"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class Stores:
-    outbox: OutboxStore
-    ledger: LedgerStore
-
-
-class RecordingWebhooks:
-    def __init__(self) -> None:
-        self.requests: list[WebhookRequest] = []
-
-    def enqueue(self, requests: Sequence[WebhookRequest]) -> int:
-        self.requests.extend(requests)
-        return len(requests)
 
 
 class LabMailbox:
@@ -107,33 +77,6 @@ class LabMailbox:
 
 # -- helpers ---------------------------------------------------------------------------
 
-def make_config(lab: Any, rules: list[dict]) -> Config:
-    def account(user: str) -> dict:
-        server = {"host": "127.0.0.1", "security": "starttls", "username": f"{user}@example.test",
-                  "password": lab.password(user), "ca_file": str(lab.ca_file)}
-        return {"address": f"{user}@example.test", "name": user.title(),
-                "smtp": {**server, "port": lab.ports.smtp}, "imap": {**server, "port": lab.ports.imap}}
-    return Config.model_validate({"accounts": {"alice": account("alice"), "carol": account("carol")},
-                                  "rules": rules})
-
-
-@dataclass
-class Rig:
-    config: Config
-    rules: RuleSet
-    stores: Stores
-    executor: ActionExecutor
-    clock: Clock
-    webhooks: RecordingWebhooks
-
-
-def make_rig(store: Store, config: Config, **kw: Any) -> Rig:
-    rules = compile_rules(config.rules)
-    stores = Stores(store.outbox, LedgerStore(store.engine, owner="test"))
-    clock, hooks = Clock(), RecordingWebhooks()
-    executor = ActionExecutor(config, rules, stores, TemplateRenderer(TEMPLATES), hooks, clock=clock, **kw)
-    return Rig(config, rules, stores, executor, clock, hooks)
-
 
 def items_from_server(rig: Rig, box: LabMailbox) -> list[InboundItem]:
     """What a watcher would hand over: header-only messages with the rules' plan."""
@@ -167,10 +110,6 @@ def folder_count(lab: Any, user: str, folder: str, flag: str | None = None) -> i
     with lab.imap_client(user) as client:
         client.select_folder(folder, readonly=True)
         return len(client.search(["FLAGGED"] if flag == "flagged" else "ALL"))
-
-
-def queued(rig: Rig) -> list[OutboxItem]:
-    return rig.stores.outbox.list(statuses=["queued"], limit=1000)
 
 
 @pytest.fixture

@@ -170,7 +170,8 @@ def test_validate_address_and_check_header_value() -> None:
 
 
 def test_extra_headers_and_auto_submitted_value() -> None:
-    parsed = parse(build(extra_headers={"In-Reply-To": "<a@b.test>", "X-Postroom-Job": "orders"}, auto_submitted="auto-replied"))
+    parsed = parse(build(extra_headers={"In-Reply-To": "<a@b.test>", "X-Postroom-Job": "orders"},
+                         auto_submitted="auto-replied"))
     assert parsed["In-Reply-To"] == "<a@b.test>"
     assert parsed["X-Postroom-Job"] == "orders"
     assert parsed["Auto-Submitted"] == "auto-replied"

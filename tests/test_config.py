@@ -9,8 +9,9 @@ import pytest
 from postroom.config import Settings, load_config
 from postroom.errors import ConfigError
 
+from tests.support.data import DESIGN_REFERENCE
+
 REFERENCE = Path(__file__).parent.parent / "deploy" / "demo" / "postroom.yaml"
-DESIGN = Path(__file__).parent.parent.parent / "shared" / "design.md"
 SECRETS = {"ALICE_PASSWORD": "a", "BOB_PASSWORD": "b", "CAROL_PASSWORD": "c", "HOOK_SECRET": "whsec_dGVzdA=="}
 
 
@@ -134,9 +135,4 @@ def test_missing_file_says_how_to_point_at_one(tmp_path):
 
 def test_demo_config_is_the_reference_config_verbatim():
     """The demo runs design.md's reference config exactly as written."""
-    import re
-
-    if not DESIGN.is_file():
-        pytest.skip("shared/design.md is not beside the project")
-    block = re.search(r"```yaml\n(timezone: UTC.*?)```", DESIGN.read_text(), re.S).group(1)
-    assert REFERENCE.read_text() == block
+    assert REFERENCE.read_text() == DESIGN_REFERENCE.read_text()

@@ -1,9 +1,9 @@
-"""The shared corpus of real, odd and broken mail (/work/shared/corpus) through every way in:
+"""The corpus of real, odd and broken mail (tests/data/corpus) through every way in:
 ``postroom rules test`` on each file, and watchers on the lab's real Dovecot (IMAP, and POP3
 with delete_after) taking in all of them at once, with rules that read headers, bodies and
-attachments and actions that forward, call webhooks and flag. Nothing may crash; each message ends handled or set aside with a
-reason, and the checkpoint passes them all. (The parser's own answers for each file are
-pinned in tests/data/message_golden.json by tests/test_message.py.)"""
+attachments and actions that forward, call webhooks and flag. Nothing may crash; each message
+ends handled or set aside with a reason, and the checkpoint passes them all. (The parser's own
+answers for each file are pinned in tests/data/message_golden.json by tests/test_message.py.)"""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from postroom.incoming.rules import compile_rules
 from postroom.incoming.watcher import ImapWatcher, Pop3Watcher
 from postroom.store.inbound import DONE, FINISHED
 
-from tests.test_actions import make_config, make_rig, queued
-from tests.test_message import CORPUS, corpus_files
-from tests.test_watcher import USER as POP3_USER
-from tests.test_watcher import Recorder, maildrop_size, pop3_account
+from tests.support.action_rig import make_config, make_rig, queued
+from tests.support.data import CORPUS, corpus_files
+from tests.support.inbox import USER as POP3_USER
+from tests.support.inbox import Recorder, maildrop_size, pop3_account
 
 RULES = [
     {"name": "attachments", "account": "alice",
@@ -46,10 +46,8 @@ CONFIG = yaml.safe_dump({
 
 FILES = corpus_files()
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-needs_corpus = pytest.mark.skipif(not FILES, reason=f"no corpus at {CORPUS}")
 
 
-@needs_corpus
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(Path(p).relative_to(CORPUS)))
 def test_rules_test_reads_every_corpus_message(tmp_path, path):
     (tmp_path / "postroom.yaml").write_text(CONFIG)
@@ -61,7 +59,6 @@ def test_rules_test_reads_every_corpus_message(tmp_path, path):
     assert all(rule["name"] in result.output for rule in RULES)
 
 
-@needs_corpus
 async def test_a_watcher_takes_in_the_whole_corpus(clean_lab, store):
     raws = [path.read_bytes() for path in FILES]
     clean_lab.seed_maildir("alice", "INBOX", raws)
@@ -93,7 +90,6 @@ async def test_a_watcher_takes_in_the_whole_corpus(clean_lab, store):
     assert 0 < len(queued(rig)) <= forwards  # bounces among them are rightly not forwarded
 
 
-@needs_corpus
 async def test_a_pop3_watcher_takes_in_the_whole_corpus_and_empties_the_maildrop(clean_lab, store):
     raws = [path.read_bytes() for path in FILES]
     clean_lab.seed_maildir(POP3_USER, "INBOX", raws)

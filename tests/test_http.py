@@ -45,7 +45,7 @@ async def test_healthz_answers_ok(served):
 
 
 async def test_readyz_follows_the_readiness_callable(served):
-    server, client, _, readiness, _ = served
+    _server, client, _, readiness, _ = served
     ok = await client.get("/readyz")
     assert ok.status_code == 200
     assert ok.json() == {"ready": True, "phase": "running", "store": "ok"}

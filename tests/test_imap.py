@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from email.message import EmailMessage
 
 import pytest
 from imapclient import IMAPClient
@@ -22,29 +21,8 @@ from postroom.incoming.imap import (
     uid_set,
 )
 
-from tests.scripted_imap import Answer, capability, scripted_imap
-
-USER = "dave"
-
-
-def imap_cfg(lab, **overrides) -> ImapConfig:
-    values = {"host": "127.0.0.1", "port": lab.ports.imap, "security": "starttls",
-              "username": lab.address(USER), "password": lab.password(USER), "ca_file": lab.ca_file,
-              "timeout": 10}
-    values.update(overrides)
-    return ImapConfig.model_validate(values)
-
-
-def raw_message(i: int, subject: str | None = None, attachment: bool = False) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = f"sender{i}@vendor.test"
-    msg["To"] = "dave@example.test"
-    msg["Subject"] = subject or f"message {i}"
-    msg["Message-ID"] = f"<m{i}@lab.test>"
-    msg.set_content(f"body {i}\n")
-    if attachment:
-        msg.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="report.pdf")
-    return msg.as_bytes()
+from tests.support.inbox import USER, imap_cfg, raw_message
+from tests.support.scripted_imap import Answer, capability, scripted_imap
 
 
 class CountingConnection(ImapConnection):

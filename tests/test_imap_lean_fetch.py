@@ -22,7 +22,7 @@ from postroom.incoming.imap import (
     uid_set,
 )
 
-from tests.scripted_imap import capability, scripted_imap
+from tests.support.scripted_imap import capability, scripted_imap
 
 USER = "carol"
 LONG_NAME = "x" * 70

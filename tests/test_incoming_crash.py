@@ -15,8 +15,8 @@ from collections import Counter, defaultdict
 from email.utils import formatdate
 from pathlib import Path
 
-from tests.daemon_support import Daemon, DataServer, postroom_env
 from tests.lab import MailLab
+from tests.support.daemon import Daemon, DataServer, postroom_env
 
 SEEDED = 1000
 LATE = 20  # delivered while Dovecot restarts under the second daemon

@@ -5,58 +5,26 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 import sqlite3
 import time
-from email.message import EmailMessage
-from email.utils import make_msgid
 from pathlib import Path
 
 import httpx
 import pytest
 from postroom.webhooks import verify
 
-from tests.daemon_support import REFERENCE, Daemon, DataServer, lab_config_text, postroom_env
-
-HOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tz"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def wait_ready(port: int, daemon: Daemon, timeout: float = 30) -> None:
-    def ready() -> bool:
-        if daemon.proc.poll() is not None:
-            raise AssertionError(f"daemon exited:\n{daemon.log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-    wait_until(ready, timeout, "readyz")
-
-
-def mail(sender: str, to: str, subject: str, body: str = "hello", **headers: str) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = sender, to, subject
-    msg["Message-ID"] = make_msgid(domain="example.test")
-    msg["Date"] = email.utils.formatdate()
-    for name, value in headers.items():
-        msg[name.replace("_", "-")] = value
-    msg.set_content(body)
-    return msg
+from tests.support.daemon import (
+    HOOK_SECRET,
+    REFERENCE,
+    Daemon,
+    DataServer,
+    free_port,
+    lab_config_text,
+    mail,
+    postroom_env,
+    wait_ready,
+    wait_until,
+)
 
 
 def outbox_origins(db: Path) -> dict[str, int]:
@@ -153,7 +121,8 @@ def test_out_of_office_once_per_sender_and_never_to_machines(running, clean_lab)
     # the same person again within `days`: no second reply
     lab.deliver("carol", mail("dave@example.test", "carol@example.test", "lunch, really?").as_bytes())
     # machines and lists: never
-    lab.deliver("carol", mail("dave@example.test", "carol@example.test", "list", List_Id="<ops.example.test>").as_bytes())
+    lab.deliver("carol", mail("dave@example.test", "carol@example.test", "list",
+                              List_Id="<ops.example.test>").as_bytes())
     lab.deliver("carol", mail("dave@example.test", "carol@example.test", "bulk", Precedence="bulk").as_bytes())
     lab.deliver("carol", mail("bob@example.test", "carol@example.test", "Auto: away",
                               Auto_Submitted="auto-replied").as_bytes())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_support import REFERENCE, Daemon, DataServer, lab_config_text, postroom_env, run_cli
+from tests.support.daemon import MERGE_CONFIG, REFERENCE, Daemon, DataServer, lab_config_text, postroom_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,24 +143,6 @@ def test_wrong_password_fails_check_naming_the_server(workdir, clean_lab):
     result = run_cli(["check"], env)
     assert result.returncode == 1
     assert "FAIL accounts.alice.smtp" in result.stdout and "FAIL accounts.alice.imap" in result.stdout
-
-
-MERGE_CONFIG = """\
-accounts:
-  alice:
-    address: alice@example.test
-    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls,
-           username: alice@example.test, password: "${{ALICE_PASSWORD}}", connections: 2}}
-jobs:
-  merge:
-    schedule: {{at: "{at}"}}
-    account: alice
-    template: statement
-    for_each: customers
-    to: ["{{{{ row.email }}}}"]
-    data:
-      customers: {{sql: "SELECT name, email, balance FROM customers", database: "sqlite:///shop.db"}}
-"""
 
 
 def merge_rows(raws: list[bytes]) -> dict[str, set[str]]:

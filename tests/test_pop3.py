@@ -7,7 +7,7 @@ from postroom.config.model import Pop3Config
 from postroom.errors import AuthError, TLSError
 from postroom.incoming.pop3 import Pop3Connection
 
-from tests.test_imap import USER, raw_message
+from tests.support.inbox import USER, raw_message
 
 
 def pop3_cfg(lab, **overrides) -> Pop3Config:

@@ -12,8 +12,7 @@ from collections import Counter
 
 import pytest
 
-from tests.daemon_support import Daemon, DataServer, postroom_env
-from tests.test_incoming_e2e import HOOK_SECRET, free_port, mail, wait_ready, wait_until
+from tests.support.daemon import HOOK_SECRET, Daemon, DataServer, free_port, mail, postroom_env, wait_ready, wait_until
 
 CONFIG = """\
 accounts:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import yaml
@@ -13,8 +11,9 @@ from postroom.incoming.message import Attachment, ParsedMessage
 from postroom.incoming.rules import BASE_HEADER_FIELDS, compile_rules, search_criteria
 from pydantic import ValidationError
 
+from tests.support.data import DESIGN_REFERENCE
+
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-DESIGN = Path("/work/shared/design.md")
 
 
 def rule(match: dict | None = None, actions: list | None = None, **fields) -> RuleConfig:
@@ -35,10 +34,7 @@ def matches(match: dict, msg: ParsedMessage, now: datetime = NOW) -> bool:
 
 
 def reference_rules() -> list[dict]:
-    if DESIGN.exists():
-        text = DESIGN.read_text()
-        return yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1))["rules"]
-    pytest.skip("design.md not present")
+    return yaml.safe_load(DESIGN_REFERENCE.read_text())["rules"]
 
 
 # -- schema --------------------------------------------------------------------------------

@@ -9,34 +9,20 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from postroom.config.model import AccountConfig, OutboxConfig, SmtpConfig
 from postroom.errors import AuthError, ServerBusy, ServerConnectError
-from postroom.outgoing.sender import DrainStats, OutboxSender, backoff, decide
+from postroom.outgoing.sender import DrainStats, backoff, decide
 from postroom.outgoing.smtp import SendResult
 from postroom.store.outbox import NewMessage, OutboxItem
 from structlog.testing import capture_logs
 
-from tests.fake_smtp import FaultyHandler, fake_smtp, lab_smtp, make_raw, message_ids, plain_smtp
-
-ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
-POLICY = OutboxConfig(retry_base=timedelta(seconds=30), retry_max=timedelta(hours=1),
-                      max_age=timedelta(days=2), max_attempts=5, batch_size=100)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
+from tests.support.clock import Clock
+from tests.support.fake_smtp import FaultyHandler, fake_smtp, lab_smtp, make_raw, message_ids, plain_smtp
+from tests.support.sending import ALICE, BOB, CAROL, POLICY, SENDER_START, arrived, sender_for
 
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(SENDER_START)
 
 
 def enqueue(store, clock: Clock, recipients: list[str], *, n: int = 1, account: str = "alice",
@@ -52,19 +38,10 @@ def enqueue(store, clock: Clock, recipients: list[str], *, n: int = 1, account: 
     return ids
 
 
-def sender_for(store, clock: Clock, smtp: SmtpConfig, **kw) -> OutboxSender:
-    accounts = {"alice": AccountConfig(address=ALICE, smtp=smtp)}
-    return OutboxSender(store.outbox, accounts, kw.pop("policy", POLICY), clock=clock, **kw)
-
-
 def only_row(store) -> OutboxItem:
     rows = store.outbox.list(statuses=["queued", "sending", "sent", "dead"])
     assert len(rows) == 1
     return rows[0]
-
-
-async def arrived(lab, user: str, count: int) -> list[bytes]:
-    return await asyncio.to_thread(lab.wait_for_messages, user, count)
 
 
 async def until(condition, tries: int = 500) -> None:

@@ -9,13 +9,14 @@ import pytest
 from postroom.outgoing.sender import DrainStats
 from postroom.store.outbox import NewMessage
 
-from tests.fake_smtp import lab_smtp, make_raw, message_ids
-from tests.test_sender import ALICE, BOB, Clock, arrived, sender_for
+from tests.support.clock import Clock
+from tests.support.fake_smtp import lab_smtp, make_raw, message_ids
+from tests.support.sending import ALICE, BOB, SENDER_START, arrived, sender_for
 
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(SENDER_START)
 
 
 def leased(store, clock, n: int, lease: timedelta) -> list:

@@ -20,21 +20,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.daemon_support import Daemon, assert_each_row_once, postroom_env, run_cli
 from tests.lab import MailLab
-from tests.test_incoming_e2e import free_port, wait_until
-from tests.test_outgoing_e2e import MERGE_CONFIG
+from tests.support.daemon import (
+    ACCOUNT_CONFIG,
+    MERGE_CONFIG,
+    Daemon,
+    assert_each_row_once,
+    free_port,
+    postroom_env,
+    run_cli,
+    wait_until,
+)
 
-# alice sends and is watched; format with smtp= and imap= (bench/footprint uses it too).
-ACCOUNT_CONFIG = """\
-accounts:
-  alice:
-    address: alice@example.test
-    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls,
-           username: alice@example.test, password: "${{ALICE_PASSWORD}}"}}
-    imap: {{host: 127.0.0.1, port: {imap}, security: starttls,
-           username: alice@example.test, password: "${{ALICE_PASSWORD}}"}}
-"""
 SERVICE_CONFIG = ACCOUNT_CONFIG + """\
 jobs:
 {jobs}
@@ -266,7 +263,7 @@ print(" ".join(m for m in ("alembic", "mako", "pygments", "rich") if m in sys.mo
 
 
 def test_daemon_migrates_in_a_child_and_keeps_alembic_and_rich_out_of_memory(tmp_path):
-    from tests.daemon_support import ROOT
+    from tests.support.daemon import ROOT
 
     url = f"sqlite:///{tmp_path / 'state' / 'postroom.db'}"
     for _ in ("fresh database: migrated by a child", "current database: nothing to do"):
@@ -291,7 +288,7 @@ def test_a_failed_migration_stops_the_start_with_the_reason(tmp_path):
         conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
         conn.execute("INSERT INTO alembic_version VALUES ('9999_from_the_future')")
     conn.close()
-    with pytest.raises(PostroomError, match="migration failed.*9999_from_the_future"):
+    with pytest.raises(PostroomError, match=r"migration failed.*9999_from_the_future"):
         open_daemon_store(Settings(database_url=f"sqlite:///{db}", instance="probe"))
 
 

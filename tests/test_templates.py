@@ -104,7 +104,8 @@ def test_html_to_text_paragraphs_lists_links_and_skipped_parts() -> None:
 
 
 def test_missing_variable_names_template_and_line(tmp_path: Path) -> None:
-    renderer = write(tmp_path, mail="{% block subject %}s{% endblock %}\n{% block text %}\nline two\n{{ nope }}\n{% endblock %}")
+    renderer = write(tmp_path,
+                     mail="{% block subject %}s{% endblock %}\n{% block text %}\nline two\n{{ nope }}\n{% endblock %}")
     with pytest.raises(TemplateError) as info:
         renderer.render("mail", {})
     assert info.value.template == "mail.j2"
@@ -178,7 +179,8 @@ def test_sandbox_blocks_unsafe_attribute_access(tmp_path: Path) -> None:
 
 
 def test_sandbox_refuses_mutating_job_data(tmp_path: Path) -> None:
-    renderer = write(tmp_path, mail="{% block subject %}{{ rows.append(1) }}{% endblock %}{% block text %}t{% endblock %}")
+    renderer = write(tmp_path,
+                     mail="{% block subject %}{{ rows.append(1) }}{% endblock %}{% block text %}t{% endblock %}")
     rows: list[int] = []
     with pytest.raises(TemplateError):
         renderer.render("mail", {"rows": rows})
@@ -195,14 +197,16 @@ def test_sandbox_refuses_mutating_job_data(tmp_path: Path) -> None:
     ],
 )
 def test_size_bounds(tmp_path: Path, expression: str) -> None:
-    renderer = write(tmp_path, mail=f"{{% block subject %}}s{{% endblock %}}{{% block text %}}{{{{ {expression} }}}}{{% endblock %}}")
+    renderer = write(tmp_path, mail=f"{{% block subject %}}s{{% endblock %}}"
+                                    f"{{% block text %}}{{{{ {expression} }}}}{{% endblock %}}")
     with pytest.raises(TemplateError, match="limit"):
         renderer.render("mail", {})
 
 
 def test_output_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(templates_mod, "MAX_BLOCK_CHARS", 1000)
-    renderer = write(tmp_path, mail="{% block subject %}s{% endblock %}{% block text %}{% for i in range(200) %}0123456789{% endfor %}{% endblock %}")
+    renderer = write(tmp_path, mail="{% block subject %}s{% endblock %}"
+                                    "{% block text %}{% for i in range(200) %}0123456789{% endfor %}{% endblock %}")
     with pytest.raises(TemplateError, match="size limit"):
         renderer.render("mail", {})
 
@@ -217,9 +221,11 @@ def test_time_limit(tmp_path: Path) -> None:
 def test_money_and_number_filters(tmp_path: Path) -> None:
     renderer = write(
         tmp_path,
-        mail="{% block subject %}{{ a|money }} {{ a|money('EUR') }} {{ b|number }} {{ c|number(2) }}{% endblock %}{% block text %}t{% endblock %}",
+        mail="{% block subject %}{{ a|money }} {{ a|money('EUR') }} {{ b|number }} {{ c|number(2) }}{% endblock %}"
+             "{% block text %}t{% endblock %}",
     )
-    assert renderer.render("mail", {"a": 1234.5, "b": 1234567, "c": 0.125}).subject == "1,234.50 1,234.50 EUR 1,234,567 0.13"
+    subject = renderer.render("mail", {"a": 1234.5, "b": 1234567, "c": 0.125}).subject
+    assert subject == "1,234.50 1,234.50 EUR 1,234,567 0.13"
 
 
 def test_render_string_for_config_values(tmp_path: Path) -> None:
@@ -251,7 +257,8 @@ def test_shipped_example_templates_render() -> None:
     assert report.subject == "[report] Orders for 2026-01-05"
     assert report.html is not None and "Acme &amp; Co" in report.html and "<style" not in report.html
     assert "1,012.50" in report.html and "1,012.50" in report.text and "Acme & Co" in report.text
-    statement = renderer.render("statement", {"row": {"name": "Zoë", "email": "z@x.test", "balance": 42}, "today": "2026-02-01"})
+    statement = renderer.render("statement", {"row": {"name": "Zoë", "email": "z@x.test", "balance": 42},
+                                              "today": "2026-02-01"})
     assert "42.00" in statement.text
     reply = renderer.render("out_of_office", {"message": SimpleNamespace(subject="Lunch?", from_="A <a@x.test>")})
     assert reply == RenderedEmail(subject="Auto: Lunch?", text=reply.text, html=None)

@@ -6,51 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
-from postroom.config.model import AccountConfig
-from postroom.config.rules import RuleConfig
 from postroom.incoming.imap import ImapConnection
-from postroom.incoming.mailbox import InboundItem, ItemOutcome, MailboxOps
-from postroom.incoming.pop3 import Pop3Connection
-from postroom.incoming.rules import compile_rules
 from postroom.incoming.watcher import ImapWatcher, Pop3Watcher
 from postroom.store import Store
 from postroom.store.inbound import FAILED
 from structlog.testing import capture_logs
 
-from tests.store_fixtures import any_store, pg_url, sqlite_url, store  # noqa: F401
-from tests.test_imap import USER, imap_cfg, raw_message
-
-
-class Recorder:
-    """Records what it is handed; raises for a batch holding a subject in ``poison``; reports
-    not-done for subjects in ``refuse``."""
-
-    def __init__(self, poison: Sequence[str] = (), refuse: Sequence[str] = (), hopeless: Sequence[str] = ()):
-        self.poison, self.refuse, self.hopeless = set(poison), set(refuse), set(hopeless)
-        self.subjects: list[str] = []
-        self.mailboxes: list[MailboxOps | None] = []
-
-    async def handle_batch(self, account: str, folder: str, mailbox: MailboxOps | None,
-                           items: Sequence[InboundItem]) -> dict[str, ItemOutcome]:
-        if any(item.message.subject in self.poison for item in items):
-            raise RuntimeError("poisoned batch")
-        self.mailboxes.append(mailbox)
-        self.subjects.extend(item.message.subject for item in items)
-        return {item.key: ItemOutcome(done=item.message.subject not in self.refuse | self.hopeless,
-                                      error="refused", transient=item.message.subject not in self.hopeless)
-                for item in items}
-
-
-def rules(match: dict | None = None, account: str = USER):
-    return compile_rules([RuleConfig.model_validate(
-        {"name": "r", "account": account, "match": match or {}, "actions": [{"flag": "\\Flagged"}]})])
-
-
-def account(lab, **imap) -> AccountConfig:
-    return AccountConfig.model_validate({"address": lab.address(USER), "imap": imap_cfg(lab, **imap).model_dump()})
+from tests.support.inbox import USER, Recorder, account, deliver, eventually, maildrop_size, pop3_account, rules
+from tests.support.store_fixtures import any_store, pg_url, sqlite_url, store  # noqa: F401
 
 
 def watcher(lab, store, handler, *, match=None, dry_run=False, **imap) -> ImapWatcher:  # noqa: F811
@@ -66,15 +32,6 @@ async def one_cycle(lab, w: ImapWatcher) -> None:
         await conn.close()
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait (generously) for a condition; a deadline for hangs, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.05)
-
-
 def server_uids(lab) -> list[int]:
     """INBOX UIDs as the server has them (they keep counting across tests' clean-ups)."""
     client = lab.imap_client(USER)
@@ -83,10 +40,6 @@ def server_uids(lab) -> list[int]:
         return sorted(client.search("ALL"))
     finally:
         client.logout()
-
-
-def deliver(lab, *subjects: str, start: int = 0) -> None:
-    lab.deliver_many(USER, [raw_message(start + i, subject=s) for i, s in enumerate(subjects)])
 
 
 async def test_start_from_new_skips_existing(clean_lab, store):  # noqa: F811
@@ -328,20 +281,6 @@ async def test_watcher_survives_a_dovecot_restart(clean_lab, store):  # noqa: F8
 
 
 # -- POP3 ---------------------------------------------------------------------------------
-
-def pop3_account(lab, **pop3) -> AccountConfig:
-    values = {"host": "127.0.0.1", "port": lab.ports.pop3s, "security": "tls", "username": lab.address(USER),
-              "password": lab.password(USER), "ca_file": str(lab.ca_file), "timeout": 10, **pop3}
-    return AccountConfig.model_validate({"address": lab.address(USER), "pop3": values})
-
-
-async def maildrop_size(lab) -> int:
-    conn = Pop3Connection(USER, pop3_account(lab).pop3)
-    await conn.connect()
-    try:
-        return len(await conn.uidl())
-    finally:
-        await conn.quit()
 
 
 @pytest.mark.parametrize("delete_after", [False, True])

@@ -17,10 +17,9 @@ from postroom.incoming.rules import (
 from postroom.incoming.watcher import ImapWatcher
 from structlog.testing import capture_logs
 
-from tests.store_fixtures import sqlite_url, store  # noqa: F401
-from tests.test_actions import make_rig
-from tests.test_imap import USER, raw_message
-from tests.test_watcher import account
+from tests.support.action_rig import make_rig
+from tests.support.inbox import USER, account, raw_message
+from tests.support.store_fixtures import sqlite_url, store  # noqa: F401
 
 NOFETCH = "rules decided by SEARCH alone; nothing fetched"
 

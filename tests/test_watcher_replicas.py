@@ -13,7 +13,7 @@ import pytest
 from postroom.incoming.watcher import ImapWatcher
 from postroom.store import Store
 
-from tests.test_watcher import USER, Recorder, account, deliver, eventually, rules
+from tests.support.inbox import USER, Recorder, account, deliver, eventually, rules
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 TTL = 1.5  # seconds: short, so a takeover after a crash is quick to see

@@ -26,21 +26,10 @@ from postroom.webhooks import (
     webhook_id_for,
 )
 
-from tests.webhook_receiver import Reply, WebhookReceiver
+from tests.support.clock import START, Clock
+from tests.support.webhook_receiver import Reply, WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"postroom-test-key-0123456789").decode()
-START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
 
 
 # -- signing ---------------------------------------------------------------------------

@@ -216,7 +216,7 @@ class MailLab:
             terminate_group(pid)
         self._write_pids()
 
-    def _postfix(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _postfix(self, command: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
         # Output to a file, not a pipe: the daemonized master would keep a pipe open.
         out_file = self.layout.log_dir / "postfix-command.out"
         with out_file.open("w+") as out:

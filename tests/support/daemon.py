@@ -1,5 +1,5 @@
 """Helpers for end-to-end tests: the reference config on the lab's ports, a data/hook HTTP
-server, and the real `postroom` command run as a subprocess."""
+server, the real `postroom` command run as a subprocess, and ways to wait for it."""
 
 from __future__ import annotations
 
@@ -8,21 +8,29 @@ import email.policy
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import make_msgid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
 
 from tests.lab import MailLab
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "deploy" / "demo" / "postroom.yaml"
 POSTROOM = [sys.executable, "-m", "postroom.cli"]
+HOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tz"
+T = TypeVar("T")
 
 
 class _Server(ThreadingHTTPServer):
@@ -34,7 +42,7 @@ class _Server(ThreadingHTTPServer):
 class DataServer:
     """Serves /rates.json and records POSTs (webhooks) on 127.0.0.1:<ephemeral>."""
 
-    rates: dict = field(default_factory=lambda: {"EUR": 1.0, "USD": 1.08})
+    rates: dict[str, float] = field(default_factory=lambda: {"EUR": 1.0, "USD": 1.08})
     posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     status: int = 204
 
@@ -89,7 +97,7 @@ def postroom_env(lab: MailLab, workdir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
     env.update(lab.env())
     env.update({
-        "HOOK_SECRET": "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tz",
+        "HOOK_SECRET": HOOK_SECRET,
         "POSTROOM_CONFIG": str(workdir / "postroom.yaml"),
         "POSTROOM_TEMPLATES": str(ROOT / "templates"),
         "POSTROOM_STATE_DIR": str(workdir / "state"),
@@ -139,7 +147,7 @@ class Daemon:
         self._out.close()
 
 
-def iter_json_lines(path: Path) -> Iterator[dict]:
+def iter_json_lines(path: Path) -> Iterator[dict[str, Any]]:
     for line in path.read_text(errors="replace").splitlines():
         try:
             yield json.loads(line)
@@ -154,10 +162,82 @@ def assert_each_row_once(raws: list[bytes], *, rows: int, max_duplicates: int) -
     ids: Counter[str] = Counter()
     for raw in raws:
         msg = email.message_from_bytes(raw, policy=email.policy.default)
-        text = msg.get_body(("plain", "html")).get_content()
+        body = msg.get_body(("plain", "html"))
+        if body is None:
+            raise AssertionError(f"no text body in {msg['Message-ID']}")
+        text = body.get_content()
         row = next(line for line in text.splitlines() if "Row " in line)
         by_row.setdefault(row.strip(), set()).add(msg["Message-ID"])
         ids[msg["Message-ID"]] += 1
     assert len(by_row) == rows, f"{rows - len(by_row)} recipient rows missing"
     assert all(len(found) == 1 for found in by_row.values()), "a duplicate with a new Message-ID"
     assert sum(n - 1 for n in ids.values()) <= max_duplicates
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 20, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_ready(port: int, daemon: Daemon, timeout: float = 30) -> None:
+    def ready() -> bool:
+        if daemon.proc.poll() is not None:
+            raise AssertionError(f"daemon exited:\n{daemon.log.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+    wait_until(ready, timeout, "readyz")
+
+
+def mail(sender: str, to: str, subject: str, body: str = "hello", **headers: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, to, subject
+    msg["Message-ID"] = make_msgid(domain="example.test")
+    msg["Date"] = email.utils.formatdate()
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg
+
+
+# alice sends and is watched; format with smtp= and imap= (bench/footprint uses it too).
+ACCOUNT_CONFIG = """\
+accounts:
+  alice:
+    address: alice@example.test
+    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls,
+           username: alice@example.test, password: "${{ALICE_PASSWORD}}"}}
+    imap: {{host: 127.0.0.1, port: {imap}, security: starttls,
+           username: alice@example.test, password: "${{ALICE_PASSWORD}}"}}
+"""
+
+# A mail merge: one message per row of shop.db's customers table, at {at}, two SMTP connections.
+MERGE_CONFIG = """\
+accounts:
+  alice:
+    address: alice@example.test
+    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls,
+           username: alice@example.test, password: "${{ALICE_PASSWORD}}", connections: 2}}
+jobs:
+  merge:
+    schedule: {{at: "{at}"}}
+    account: alice
+    template: statement
+    for_each: customers
+    to: ["{{{{ row.email }}}}"]
+    data:
+      customers: {{sql: "SELECT name, email, balance FROM customers", database: "sqlite:///shop.db"}}
+"""
