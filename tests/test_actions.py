@@ -24,8 +24,8 @@ from postroom.incoming.mailbox import InboundItem
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.replies import reply_refusal
 from postroom.incoming.rules import RuleSet, compile_rules
+from postroom.mail.templates import TemplateRenderer
 from postroom.outgoing.sender import OutboxSender
-from postroom.outgoing.templates import TemplateRenderer
 from postroom.store import Store
 from postroom.store.ledger import LedgerEntry, LedgerStore
 from postroom.store.outbox import OutboxItem, OutboxStore

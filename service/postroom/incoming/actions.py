@@ -40,8 +40,8 @@ import structlog
 from postroom.clock import utcnow
 from postroom.config.model import AccountConfig, Config
 from postroom.errors import PostroomError, TransientError, is_transient
-from postroom.outgoing.compose import make_message_id
-from postroom.outgoing.templates import TemplateRenderer
+from postroom.mail.compose import make_message_id
+from postroom.mail.templates import TemplateRenderer
 from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
 from postroom.store.outbox import NewMessage, OutboxStore
 
