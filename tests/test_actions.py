@@ -18,7 +18,7 @@ from imapclient import IMAPClient
 from postroom.config.model import Config
 from postroom.errors import ServerConnectError
 from postroom.incoming import actions
-from postroom.incoming.actions import ActionExecutor, WebhookRequest
+from postroom.incoming.actions import ActionExecutor
 from postroom.incoming.forward import LOOP_HEADER
 from postroom.incoming.mailbox import InboundItem
 from postroom.incoming.message import ParsedMessage
@@ -29,6 +29,7 @@ from postroom.outgoing.sender import OutboxSender
 from postroom.store import Store
 from postroom.store.ledger import LedgerEntry, LedgerStore
 from postroom.store.outbox import OutboxItem, OutboxStore
+from postroom.webhooks import WebhookRequest
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

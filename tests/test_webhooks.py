@@ -13,13 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from postroom.config.rules import RuleConfig
-from postroom.incoming.actions import WebhookRequest
 from postroom.incoming.rules import compile_rules
 from postroom.store import Store
 from postroom.store.ledger import LedgerStore
 from postroom.webhooks import (
     RetryPolicy,
     WebhookQueue,
+    WebhookRequest,
     WebhookVerifyError,
     sign,
     verify,

@@ -31,7 +31,6 @@ import structlog
 
 from postroom.clock import utcnow
 from postroom.config.rules import ActionConfig
-from postroom.incoming.actions import WebhookRequest
 from postroom.retry import doubling_delay
 from postroom.store.ledger import LedgerStore, WebhookDelivery
 
@@ -90,6 +89,17 @@ def webhook_id_for(action_key: str) -> str:
 
 
 # -- queue ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """One POST a rule's webhook action asks the queue to make (durably). Defined here, by
+    the queue that takes it: the incoming half imports it, never the other way round."""
+
+    action_key: str  # "message key|rule|index": the webhook id is derived from it
+    rule: str
+    url: str
+    payload: dict[str, Any]
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
