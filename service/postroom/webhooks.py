@@ -1,8 +1,9 @@
 """Webhooks: Standard Webhooks signing and a durable delivery queue.
 
 Signing (https://www.standardwebhooks.com): the signed content is ``{id}.{timestamp}.{body}``,
-HMAC-SHA256 with the secret, sent as ``webhook-signature: v1,<base64>``. A ``whsec_<base64>``
-secret is the base64-decoded key; any other secret is used as its UTF-8 bytes.
+HMAC-SHA256 keyed with the secret's bytes, sent as ``webhook-signature: v1,<base64>``. A secret
+is ``whsec_`` + the key in base64, as the spec's own libraries expect; the config refuses any
+other (``config.types.webhook_key``).
 
 Delivery: the executor enqueues a row per webhook action (``enqueue``); ``run`` claims due rows
 with a lease (like the outbox), POSTs them and records the outcome. The ``webhook-id`` is derived
@@ -31,6 +32,7 @@ import structlog
 
 from postroom.clock import utcnow
 from postroom.config.rules import ActionConfig
+from postroom.config.types import webhook_key
 from postroom.retry import doubling_delay
 from postroom.store.ledger import LedgerStore, WebhookDelivery
 
@@ -50,16 +52,11 @@ class WebhookVerifyError(ValueError):
 
 # -- signing -------------------------------------------------------------------------------
 
-def secret_key(secret: str) -> bytes:
-    if secret.startswith("whsec_"):
-        return base64.b64decode(secret[len("whsec_"):])
-    return secret.encode("utf-8")
-
-
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}." + body>``."""
+    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}." + body>``. ``secret`` is ``whsec_<base64>``
+    (ValueError otherwise)."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    digest = hmac.new(webhook_key(secret), signed, hashlib.sha256).digest()
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
 
 
