@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from postroom.config.rules import RuleConfig
+from postroom.errors import WebhookVerifyError
 from postroom.incoming.rules import compile_rules
 from postroom.store import Store
 from postroom.store.ledger import LedgerStore
@@ -20,7 +21,6 @@ from postroom.webhooks import (
     RetryPolicy,
     WebhookQueue,
     WebhookRequest,
-    WebhookVerifyError,
     sign,
     verify,
     webhook_id_for,
@@ -204,7 +204,7 @@ async def test_connection_refused_is_retried(store):
     queue.enqueue([request(url)])
     await queue.deliver_due()
     row = queue.ledger.webhook(webhook_id_for(request(url).action_key))
-    assert row.status == "queued" and "connection failed" in row.last_error
+    assert row.status == "queued" and f"POST {url}/hook: All connection attempts failed" == row.last_error
 
 
 async def test_restart_continues_pending_deliveries(store, receiver):
