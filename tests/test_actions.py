@@ -382,7 +382,7 @@ async def test_missing_reply_template_is_a_dead_action_not_a_retry(store, lab):
 
 async def test_webhook_action_is_queued_with_the_message_payload(store, lab):
     rule = {"name": "alerts", "account": "alice", "match": {"header": {"name": "X-Alert", "is": "high"}},
-            "actions": [{"webhook": {"url": "http://127.0.0.1:9/hook", "secret": "s3cret"}}]}
+            "actions": [{"webhook": {"url": "http://127.0.0.1:9/hook", "secret": "whsec_dGVzdA=="}}]}
     rig = make_rig(store, make_config(lab, [rule]))
     item = raw_item(rig, "alice", make_raw("disk full", extra="X-Alert: high\n"), 1)
     [outcome] = (await rig.executor.handle_batch("alice", "INBOX", None, [item])).values()

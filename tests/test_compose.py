@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from postroom.errors import MessageRefused
-from postroom.outgoing.compose import (
+from postroom.mail.compose import (
     Attachment,
     check_header_value,
     compose,

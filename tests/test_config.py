@@ -38,6 +38,15 @@ def test_reference_config_loads_as_written():
     assert loaded.templates_dir == REFERENCE.parent / "templates"
 
 
+def test_webhook_secret_without_whsec_prefix_is_refused_with_how_to_make_one():
+    with pytest.raises(ConfigError) as err:
+        load_config(Settings(config=REFERENCE), environ={**SECRETS, "HOOK_SECRET": "plain-words"})
+    text = str(err.value)
+    assert str(REFERENCE) in text and "rules.2.actions.0.webhook.secret" in text
+    assert "'whsec_' followed by base64" in text and "base64.b64encode(os.urandom(24))" in text
+    assert "plain-words" not in text  # never echo a secret
+
+
 def test_unset_variable_names_it_and_the_key(tmp_path):
     env = dict(SECRETS)
     del env["BOB_PASSWORD"]

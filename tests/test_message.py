@@ -103,3 +103,14 @@ def test_html_only_body_is_stripped_and_attachments_are_leaves():
     assert msg.body_text() == "Total:\xa042 & more"
     assert [(a.filename, a.content_type) for a in msg.attachments()] == [(None, "message/rfc822")]
     assert msg.has_attachment and isinstance(msg.attachments()[0], Attachment)
+
+
+def test_html_body_reads_like_the_text_twin_of_html_we_send():
+    """One html_to_text for both halves: links keep their target, lists their markers, and
+    markup html.parser gives up on (``<![x[``) still yields its text, entities decoded."""
+    raw = (b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+           b"<p>See <a href='https://x.test/i/7'>invoice 7</a>:</p><ul><li>due&nbsp;Friday</li></ul>")
+    assert ParsedMessage.from_bytes(raw, key="k").body_text() == (
+        "See invoice 7 (https://x.test/i/7):\n\n- due\xa0Friday")
+    broken = b"Content-Type: text/html\r\n\r\n<p>Tom &amp; Jerry</p><![foo[ x ]]><p>after</p>"
+    assert ParsedMessage.from_bytes(broken, key="k").body_text() == "Tom & Jerry after"

@@ -34,7 +34,7 @@ def matches(match: dict, msg: ParsedMessage, now: datetime = NOW) -> bool:
 
 
 def reference_rules() -> list[dict]:
-    return yaml.safe_load(DESIGN_REFERENCE.read_text())["rules"]
+    return yaml.safe_load(DESIGN_REFERENCE.read_text().replace("${HOOK_SECRET}", "whsec_dGVzdA=="))["rules"]
 
 
 # -- schema --------------------------------------------------------------------------------
@@ -74,6 +74,7 @@ def test_pop3_problems_name_imap_only_actions():
     ({"actions": [{"reply": {"template": "t", "days": 0}}]}, "actions.0.reply.days"),
     ({"actions": [{"webhook": {"url": "ftp://x/"}}]}, "actions.0.webhook.url"),
     ({"actions": [{"webhook": {"url": "http://x/", "secret": "whsec_!!"}}]}, "actions.0.webhook.secret"),
+    ({"actions": [{"webhook": {"url": "http://x/", "secret": "plain-words"}}]}, "actions.0.webhook.secret"),
     ({"actions": [{"mark_read": False}]}, "actions.0.mark_read"),
     ({"actions": []}, "actions"),
     ({"folder": "A", "folders": ["B"]}, ""),

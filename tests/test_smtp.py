@@ -7,7 +7,7 @@ import asyncio
 import re
 
 import pytest
-from postroom.errors import AuthError, ServerBusy, ServerConnectError, ServerRejected, TLSError
+from postroom.errors import AuthError, ServerBusy, ServerConnectError, ServerRejected, TLSError, is_transient
 from postroom.outgoing.smtp import SmtpConnection
 
 from tests.support.fake_smtp import (
@@ -154,6 +154,19 @@ async def test_connection_refused_is_transient():
     conn = SmtpConnection("alice", plain_smtp(port, security="none"))
     with pytest.raises(ServerConnectError):
         await conn.connect()
+
+
+async def test_unknown_host_is_a_transient_connect_error_and_a_missing_ca_file_is_not(tmp_path):
+    # A DNS failure is an OSError but no ConnectionError: only this edge's table keeps it a
+    # retry (is_transient no longer takes any OSError). A CA file that isn't there stays so.
+    conn = SmtpConnection("alice", plain_smtp(25, host="no-such-host.invalid", security="none"))
+    with pytest.raises(ServerConnectError) as unknown:
+        await conn.connect()
+    assert is_transient(unknown.value) and "no-such-host.invalid" in str(unknown.value)
+    conn = SmtpConnection("alice", plain_smtp(25, security="starttls", ca_file=tmp_path / "gone.pem"))
+    with pytest.raises(TLSError, match=r"gone\.pem") as missing:
+        await conn.connect()
+    assert not is_transient(missing.value) and isinstance(missing.value.__cause__, FileNotFoundError)
 
 
 async def _wait(lab, user: str, count: int) -> list[bytes]:

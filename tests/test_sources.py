@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from postroom.config.model import DataSourceConfig
-from postroom.errors import DataSourceError, TransientError, is_transient
+from postroom.errors import DataSourceError, PermanentSourceError, TransientError, is_transient
 from postroom.outgoing.sources import load_data
 from sqlalchemy import create_engine, text
 
@@ -220,7 +220,7 @@ async def test_http_invalid_json_is_permanent(http_base):
 
 async def test_http_timeout_is_transient(http_base):
     err = await failure({"rates": src(http=f"{http_base}/slow", timeout=0.3)})
-    assert err.transient and "timed out" in str(err)
+    assert err.transient and "ReadTimeout" in str(err) and "timeout 0.3s" in str(err)
 
 
 async def test_one_failure_fails_the_load_and_names_its_key(http_base, shop_db):
@@ -256,3 +256,10 @@ async def test_unknown_file_format_is_refused(tmp_path):
     (tmp_path / "data.xml").write_text("<a/>", encoding="utf-8")
     err = await failure({"x": src(file=tmp_path / "data.xml")})
     assert "format" in str(err)
+
+
+async def test_missing_file_is_a_permanent_source_error_naming_the_key(tmp_path):
+    err = await failure({"terms": src(file=tmp_path / "gone.json")})
+    assert isinstance(err, PermanentSourceError) and not is_transient(err)
+    assert err.source == "terms" and str(err).startswith("data source 'terms': cannot read ")
+    assert isinstance(err.__cause__, FileNotFoundError)

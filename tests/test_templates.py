@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 from postroom.errors import TemplateError
-from postroom.outgoing import templates as templates_mod
-from postroom.outgoing.templates import RenderedEmail, TemplateRenderer
-from postroom.outgoing.text import html_to_text
+from postroom.mail import templates as templates_mod
+from postroom.mail.templates import RenderedEmail, TemplateRenderer
+from postroom.mail.text import html_to_text
 
 REPO_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 

@@ -97,7 +97,8 @@ async def test_stop_and_several_rules_plan_as_evaluate_would(clean_lab, store): 
 
 
 @pytest.mark.parametrize("rule", [
-    archive_rule(actions=[{"move": "Archive"}, {"webhook": {"url": "http://127.0.0.1:9/h", "secret": "s" * 32}}]),
+    archive_rule(actions=[{"move": "Archive"},
+                          {"webhook": {"url": "http://127.0.0.1:9/h", "secret": "whsec_c2VjcmV0"}}]),
     archive_rule(match={"subject": {"regex": r"(?i)\[report\]"}}),
     archive_rule(match={"subject": {"contains": "report"}}),  # 'report' can meet 'ſ'/'ﬅ'-style folds
     archive_rule(actions=[{"copy": "Archive"}]),  # a repeated copy would duplicate

@@ -13,14 +13,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from postroom.config.rules import RuleConfig
-from postroom.incoming.actions import WebhookRequest
+from postroom.errors import WebhookVerifyError
 from postroom.incoming.rules import compile_rules
 from postroom.store import Store
 from postroom.store.ledger import LedgerStore
 from postroom.webhooks import (
     RetryPolicy,
     WebhookQueue,
-    WebhookVerifyError,
+    WebhookRequest,
     sign,
     verify,
     webhook_id_for,
@@ -44,9 +44,10 @@ def test_sign_matches_the_standard_webhooks_vector():
     assert sign(secret, msg_id, ts, body) == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
-def test_raw_secret_is_used_as_utf8_bytes():
-    digest = hmac.new("sécret".encode(), b"id.5.{}", hashlib.sha256).digest()
-    assert sign("sécret", "id", 5, b"{}") == "v1," + base64.b64encode(digest).decode()
+def test_secret_without_whsec_prefix_is_refused_not_used_as_utf8():
+    # As UTF-8 bytes it would sign what no Standard Webhooks verifier accepts.
+    with pytest.raises(ValueError, match="whsec_"):
+        sign("s\u00e9cret", "id", 5, b"{}")
 
 
 def test_verify_accepts_genuine_and_refuses_tampered_or_stale():
@@ -95,6 +96,12 @@ async def test_delivery_is_signed_and_verifies_on_the_receiver(store, receiver):
     assert got.headers["webhook-id"] == webhook_id_for("bob/pop3/uidl1|hook|0")
     assert got.headers["webhook-timestamp"] == str(int(START.timestamp()))
     verify(SECRET, got.headers, got.body, now=START)
+    # The spec's algorithm, computed here without postroom: HMAC-SHA256 keyed with the
+    # base64-decoded part after whsec_, over "{id}.{timestamp}.{body}", sent as v1,<base64>.
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    signed = f"{got.headers['webhook-id']}.{got.headers['webhook-timestamp']}.".encode() + got.body
+    expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert got.headers["webhook-signature"] == expected
     payload = json.loads(got.body)
     assert payload["type"] == "message.matched" and payload["subject"] == "alert 1"
     assert payload["timestamp"] == START.isoformat()
@@ -186,7 +193,7 @@ async def test_connection_refused_is_retried(store):
     queue.enqueue([request(url)])
     await queue.deliver_due()
     row = queue.ledger.webhook(webhook_id_for(request(url).action_key))
-    assert row.status == "queued" and "connection failed" in row.last_error
+    assert row.status == "queued" and f"POST {url}/hook: All connection attempts failed" == row.last_error
 
 
 async def test_restart_continues_pending_deliveries(store, receiver):

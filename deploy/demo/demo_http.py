@@ -26,7 +26,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_POST(self) -> None:
-        from postroom.webhooks import WebhookVerifyError, verify
+        from postroom.errors import WebhookVerifyError
+        from postroom.webhooks import verify
 
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         try:

@@ -25,11 +25,11 @@ from .http import HttpServer
 from .incoming.actions import ActionExecutor
 from .incoming.rules import RuleSet, compile_rules
 from .incoming.watcher import ImapWatcher, Pop3Watcher, WatcherHooks
+from .mail.templates import TemplateRenderer
 from .metrics import Metrics
 from .notify import Notifier, watchdog_loop
 from .outgoing.jobs import JobRunner
 from .outgoing.sender import OutboxSender
-from .outgoing.templates import TemplateRenderer
 from .scheduler import Scheduler
 from .store import schema_is_current
 from .webhooks import WebhookQueue

@@ -17,7 +17,7 @@ from .checks import template_findings
 from .clock import utcnow
 from .config import LoadedConfig, Settings, load_config
 from .errors import ConfigError, PostroomError
-from .outgoing.templates import TemplateRenderer
+from .mail.templates import TemplateRenderer
 from .store import Store, schema_is_current
 
 log = structlog.get_logger(__name__)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .config import Config
 from .errors import PostroomError, TemplateError
-from .outgoing.templates import TemplateRenderer
+from .mail.templates import TemplateRenderer
 
 
 @dataclass(frozen=True)

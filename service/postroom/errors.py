@@ -3,27 +3,36 @@
     PostroomError                      root: catch this to catch everything of ours
     ├── ConfigError                    bad YAML / settings / reference; names file, key, fix
     ├── TemplateError                  a template failed to load or render; names template, line
-    ├── DataSourceError                a job's sql/http/file source failed (.source)
     ├── MessageRefused                 a composed message is unsafe (CR/LF in a header, ...)
+    ├── WebhookVerifyError             a received webhook's signature or timestamp is wrong
+    ├── DataSourceError                a job's sql/http/file source failed (.source)
+    │   ├── TransientSourceError       also a TransientError (below)
+    │   └── PermanentSourceError       also a PermanentError (below)
     ├── TransientError                 worth retrying later with backoff
-    │   ├── ServerConnectError         also a ConnectionError: refused, reset, dropped
+    │   ├── ServerConnectError         also a ConnectionError: refused, reset, dropped, unreachable
     │   ├── ServerTimeout              also a TimeoutError
-    │   └── ServerBusy                 the server said "try later" (SMTP 4xx, IMAP [UNAVAILABLE])
+    │   ├── ServerBusy                 the server said "try later" (SMTP 4xx, HTTP 5xx/429,
+    │   │                              IMAP [UNAVAILABLE]); .retry_after when it said when
+    │   └── TransientSourceError       the database or server may be back soon
     └── PermanentError                 retrying will not help: goes to the dead letters
         ├── AuthError                  credentials refused
         ├── TLSError                   certificate not trusted, STARTTLS not offered, ...
-        └── ServerRejected             the server said no for good (SMTP 5xx)
+        ├── ServerRejected             the server said no for good (SMTP 5xx, HTTP 4xx)
+        └── PermanentSourceError       bad SQL, HTTP 4xx, missing file, bad JSON
 
-Low-level errors (aiosmtplib, imaplib, poplib, httpx, ssl) are mapped to these at the edge
-that talks to the server, by one table per edge (``ErrorTable``, read with ``map_errors``), as
-httpx maps httpcore's. Everything above the edges decides retry vs dead letter by one test:
-``isinstance(exc, TransientError)``.
+Low-level errors (aiosmtplib, imaplib, poplib, httpx, SQLAlchemy, ssl, file and socket errors)
+are mapped to these at the edge that meets them, by one table per edge (``ErrorTable``, read
+with ``map_errors``), as httpx maps httpcore's. Everything above the edges decides retry vs
+dead letter by one test, ``is_transient``: ours marked transient, or a bare connection or
+timeout error. Any other OSError (a missing file, a bad certificate) is not worth a retry
+unless its edge said so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
 
 
 class PostroomError(Exception):
@@ -61,15 +70,26 @@ class TemplateError(PostroomError):
 
 
 class DataSourceError(PostroomError):
-    """A job's data source failed. ``source`` is the data key in the job."""
+    """A job's data source failed. ``source`` is the data key in the job; a loader that does
+    not know it leaves it None and the caller that does sets it (the message follows)."""
+
+    transient = False
 
     def __init__(self, message: str, *, source: str | None = None):
+        self.message = message
         self.source = source
-        super().__init__(f"data source {source!r}: {message}" if source else message)
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"data source {self.source!r}: {self.message}" if self.source else self.message
 
 
 class MessageRefused(PostroomError):
     """A message we were about to send is unsafe or malformed; it is never sent."""
+
+
+class WebhookVerifyError(PostroomError, ValueError):
+    """A received webhook's signature or timestamp did not check out (``webhooks.verify``)."""
 
 
 class TransientError(PostroomError):
@@ -85,11 +105,19 @@ class ServerTimeout(TransientError, TimeoutError):
 
 
 class ServerBusy(TransientError):
-    """The server answered with a temporary failure (SMTP 4xx and the like)."""
+    """The server answered with a temporary failure (SMTP 4xx and the like); ``retry_after``
+    when it said how long to wait (HTTP ``Retry-After``)."""
 
-    def __init__(self, message: str, *, code: int | None = None):
+    def __init__(self, message: str, *, code: int | None = None, retry_after: timedelta | None = None):
         self.code = code
+        self.retry_after = retry_after
         super().__init__(message)
+
+
+class TransientSourceError(DataSourceError, TransientError):
+    """A data source failed in a way that may pass (connection, timeout, 5xx, locked)."""
+
+    transient = True
 
 
 class PermanentError(PostroomError):
@@ -112,13 +140,19 @@ class ServerRejected(PermanentError):
         super().__init__(message)
 
 
+class PermanentSourceError(DataSourceError, PermanentError):
+    """A data source failed for good (bad SQL, 4xx, missing file, bad JSON)."""
+
+    transient = False
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True when ``exc`` is worth a retry: ours marked transient, or a bare network error."""
-    if isinstance(exc, TransientError):
-        return True
-    if isinstance(exc, PermanentError | PostroomError):
-        return False
-    return isinstance(exc, ConnectionError | TimeoutError | OSError)
+    """True when ``exc`` is worth a retry: ours marked transient, or a bare connection or
+    timeout error. Not any OSError: a missing file or an untrusted certificate stays so; an
+    edge whose OSErrors are network trouble maps them (``ServerConnectError``) first."""
+    if isinstance(exc, PostroomError):
+        return isinstance(exc, TransientError)
+    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 # One edge's foreign errors and what each becomes; read in order, so list a subclass before
@@ -131,7 +165,7 @@ def mapped_error(exc: BaseException, table: ErrorTable, context: str = "") -> Po
     foreign one, after ``context`` ("imap.example.org:993: ")."""
     for foreign, ours in table.items():
         if isinstance(exc, foreign):
-            return ours(f"{context}{exc or type(exc).__name__}")
+            return ours(f"{context}{str(exc) or type(exc).__name__}")
     return None
 
 

@@ -1,8 +1,9 @@
 """Webhooks: Standard Webhooks signing and a durable delivery queue.
 
 Signing (https://www.standardwebhooks.com): the signed content is ``{id}.{timestamp}.{body}``,
-HMAC-SHA256 with the secret, sent as ``webhook-signature: v1,<base64>``. A ``whsec_<base64>``
-secret is the base64-decoded key; any other secret is used as its UTF-8 bytes.
+HMAC-SHA256 keyed with the secret's bytes, sent as ``webhook-signature: v1,<base64>``. A secret
+is ``whsec_`` + the key in base64, as the spec's own libraries expect; the config refuses any
+other (``config.types.webhook_key``).
 
 Delivery: the executor enqueues a row per webhook action (``enqueue``); ``run`` claims due rows
 with a lease (like the outbox), POSTs them and records the outcome. The ``webhook-id`` is derived
@@ -31,7 +32,19 @@ import structlog
 
 from postroom.clock import utcnow
 from postroom.config.rules import ActionConfig
-from postroom.incoming.actions import WebhookRequest
+from postroom.config.types import webhook_key
+from postroom.errors import (
+    ErrorTable,
+    PermanentError,
+    PostroomError,
+    ServerBusy,
+    ServerConnectError,
+    ServerRejected,
+    ServerTimeout,
+    WebhookVerifyError,
+    is_transient,
+    map_errors,
+)
 from postroom.retry import doubling_delay
 from postroom.store.ledger import LedgerStore, WebhookDelivery
 
@@ -45,29 +58,20 @@ _RETRY_STATUSES = frozenset({408, 429})  # plus every 5xx
 _BODY_EXCERPT = 300
 
 
-class WebhookVerifyError(ValueError):
-    """A signature or timestamp did not check out (``verify``)."""
-
-
 # -- signing -------------------------------------------------------------------------------
 
-def secret_key(secret: str) -> bytes:
-    if secret.startswith("whsec_"):
-        return base64.b64decode(secret[len("whsec_"):])
-    return secret.encode("utf-8")
-
-
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}." + body>``."""
+    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}." + body>``. ``secret`` is ``whsec_<base64>``
+    (ValueError otherwise)."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    digest = hmac.new(webhook_key(secret), signed, hashlib.sha256).digest()
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes, *, now: datetime | None = None,
            tolerance: timedelta = TOLERANCE) -> None:
     """Check a received webhook's signature (any of the space-separated ones) and timestamp.
-    Raises WebhookVerifyError; returns None when it is genuine."""
+    Raises WebhookVerifyError (``postroom.errors``); returns None when it is genuine."""
     lower = {k.lower(): v for k, v in headers.items()}
     try:
         msg_id, stamp, signatures = lower["webhook-id"], lower["webhook-timestamp"], lower["webhook-signature"]
@@ -92,6 +96,17 @@ def webhook_id_for(action_key: str) -> str:
 # -- queue ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class WebhookRequest:
+    """One POST a rule's webhook action asks the queue to make (durably). Defined here, by
+    the queue that takes it: the incoming half imports it, never the other way round."""
+
+    action_key: str  # "message key|rule|index": the webhook id is derived from it
+    rule: str
+    url: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     base: timedelta = timedelta(seconds=10)
     maximum: timedelta = timedelta(hours=1)
@@ -103,14 +118,11 @@ class RetryPolicy:
         return doubling_delay(attempts, base=self.base, cap=self.maximum)
 
 
-class _Retry(Exception):
-    def __init__(self, reason: str, retry_after: timedelta | None = None):
-        self.reason, self.retry_after = reason, retry_after
-        super().__init__(reason)
-
-
-class _Dead(Exception):
-    pass
+# httpx's errors on a POST, by one table: all of them may pass (a receiver down or slow).
+_HTTP_ERRORS: ErrorTable = {
+    httpx.TimeoutException: ServerTimeout,
+    httpx.TransportError: ServerConnectError,  # refused, reset, DNS, TLS, protocol errors
+}
 
 
 SpecLookup = Callable[[str, int], ActionConfig]
@@ -199,38 +211,35 @@ class WebhookQueue:
                           attempt=delivery.attempts + 1)
         try:
             status = await self._post(client, delivery)
-        except _Dead as exc:
+        except PostroomError as exc:
+            if is_transient(exc):
+                self._retry_or_kill(delivery, exc, logger)
+                return
             logger.warning("webhook dead", reason=str(exc))
             self.ledger.webhook_dead(delivery, now=self.clock(), error=str(exc))
             self.on_result("dead")
-            return
-        except _Retry as exc:
-            self._retry_or_kill(delivery, exc, logger)
             return
         logger.info("webhook delivered", status=status)
         self.ledger.webhook_done(delivery, now=self.clock())
         self.on_result("delivered")
 
     async def _post(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> int:
+        """The status of a 2xx answer; anything else raises ours (transient: retry later)."""
         try:
             spec = self.spec_lookup(delivery.rule, _action_index(delivery.action_key)).webhook
         except (KeyError, IndexError, ValueError):
             spec = None
         if spec is None:
-            raise _Dead("the rule's webhook action is no longer configured")
+            raise PermanentError("the rule's webhook action is no longer configured")
         timestamp = int(self.clock().timestamp())
         headers = {"webhook-id": delivery.webhook_id, "webhook-timestamp": str(timestamp),
                    "content-type": "application/json", "user-agent": "postroom"}
         if spec.secret is not None:
             headers["webhook-signature"] = sign(spec.secret.get_secret_value(), delivery.webhook_id,
                                                 timestamp, delivery.payload)
-        try:
+        with map_errors(_HTTP_ERRORS, f"POST {delivery.url}: "):
             response = await client.post(delivery.url, content=delivery.payload, headers=headers,
                                          timeout=spec.timeout)
-        except httpx.TimeoutException as exc:
-            raise _Retry(f"timeout: {type(exc).__name__}") from exc
-        except httpx.TransportError as exc:  # connect errors, resets, protocol errors
-            raise _Retry(f"connection failed: {type(exc).__name__}: {exc}") from exc
         code = response.status_code
         if 200 <= code < 300:
             return code
@@ -238,26 +247,26 @@ class WebhookQueue:
         reason = f"HTTP {code}: {excerpt}" if excerpt else f"HTTP {code}"
         if 300 <= code < 400:
             location = response.headers.get("location", "")
-            raise _Retry(f"HTTP {code} redirect to {location!r} not followed")
+            raise ServerBusy(f"HTTP {code} redirect to {location!r} not followed", code=code)
         if code in _RETRY_STATUSES or code >= 500:
             after = None
             if code in (429, 503):
                 after = _retry_after(response.headers.get("retry-after"), self.clock())
-            raise _Retry(reason, after)
-        raise _Dead(reason)
+            raise ServerBusy(reason, code=code, retry_after=after)
+        raise ServerRejected(reason, code=code)
 
-    def _retry_or_kill(self, delivery: WebhookDelivery, exc: _Retry, logger: Any) -> None:
+    def _retry_or_kill(self, delivery: WebhookDelivery, exc: PostroomError, logger: Any) -> None:
         now = self.clock()
         attempts = delivery.attempts + 1
-        retry_at = now + (exc.retry_after if exc.retry_after is not None
-                          else self.policy.backoff(attempts))
+        retry_after = exc.retry_after if isinstance(exc, ServerBusy) else None
+        retry_at = now + (retry_after if retry_after is not None else self.policy.backoff(attempts))
         if attempts >= self.policy.max_attempts:
-            error = f"gave up after {attempts} attempts; last: {exc.reason}"
+            error = f"gave up after {attempts} attempts; last: {exc}"
         elif retry_at - delivery.created_at > self.policy.max_age:
-            error = f"gave up after {now - delivery.created_at}; last: {exc.reason}"
+            error = f"gave up after {now - delivery.created_at}; last: {exc}"
         else:
-            logger.info("webhook retry", reason=exc.reason, retry_at=retry_at.isoformat())
-            self.ledger.webhook_retry(delivery, now=now, retry_at=retry_at, error=exc.reason)
+            logger.info("webhook retry", reason=str(exc), retry_at=retry_at.isoformat())
+            self.ledger.webhook_retry(delivery, now=now, retry_at=retry_at, error=str(exc))
             self.on_result("retry")
             return
         logger.warning("webhook dead", reason=error)

@@ -257,7 +257,7 @@ class MailLab:
         """Environment for configs like the reference one: ${ALICE_PASSWORD}, SSL_CERT_FILE…"""
         values = {f"{_env_name(user)}_PASSWORD": pw for user, pw in self.users.items()}
         values["SSL_CERT_FILE"] = str(self.ca_file)
-        values["HOOK_SECRET"] = "lab-hook-secret"  # the reference config's webhook secret
+        values["HOOK_SECRET"] = "whsec_cG9zdHJvb20tbGFiLWhvb2stc2VjcmV0"  # the reference config's webhook secret
         return values
 
     def ssl_context(self) -> ssl.SSLContext:

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from postroom.config.model import Config
-from postroom.incoming.actions import ActionExecutor, WebhookRequest
+from postroom.incoming.actions import ActionExecutor
 from postroom.incoming.rules import RuleSet, compile_rules
-from postroom.outgoing.templates import TemplateRenderer
+from postroom.mail.templates import TemplateRenderer
 from postroom.store import Store
 from postroom.store.ledger import LedgerStore
 from postroom.store.outbox import OutboxItem, OutboxStore
+from postroom.webhooks import WebhookRequest
 
 from tests.lab import MailLab
 from tests.support.clock import Clock

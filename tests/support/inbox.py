@@ -69,7 +69,7 @@ def account(lab: MailLab, **imap: Any) -> AccountConfig:
     return AccountConfig.model_validate({"address": lab.address(USER), "imap": imap_cfg(lab, **imap).model_dump()})
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:  # noqa: ASYNC109  (fails as an assertion)
+async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
     """Wait (generously) for a condition; a deadline for hangs, not a timing assertion."""
     deadline = time.monotonic() + timeout
     while not check():

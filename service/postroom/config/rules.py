@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from .types import parse_duration, parse_size
+from .types import parse_duration, parse_size, webhook_key
 
 #: Actions only an IMAP account can perform (POP3 can only read and, at most, delete all).
 IMAP_ONLY_ACTIONS: frozenset[str] = frozenset(
@@ -186,7 +186,7 @@ class ReplySpec(_Strict):
 
 class WebhookSpec(_Strict):
     url: str
-    secret: SecretStr | None = None  # "whsec_<base64>" (Standard Webhooks) or a raw key
+    secret: SecretStr | None = None  # "whsec_<base64>" (Standard Webhooks)
     timeout: float = Field(default=10.0, gt=0, le=300)
 
     @field_validator("url")
@@ -200,19 +200,8 @@ class WebhookSpec(_Strict):
     @field_validator("secret")
     @classmethod
     def _secret_usable(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        raw = value.get_secret_value()
-        if not raw:
-            raise ValueError("is empty")
-        if raw.startswith("whsec_"):
-            import base64
-            import binascii
-
-            try:
-                base64.b64decode(raw[len("whsec_"):], validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError("whsec_ secret is not valid base64") from None
+        if value is not None:
+            webhook_key(value.get_secret_value())  # raises ValueError saying how to make one
         return value
 
 

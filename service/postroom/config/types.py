@@ -1,7 +1,10 @@
-"""Small value types shared by the config schema: durations, sizes, time zones, addresses."""
+"""Small value types shared by the config schema: durations, sizes, time zones, addresses,
+webhook secrets."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from datetime import timedelta
 from email.utils import getaddresses
@@ -59,6 +62,36 @@ def parse_address(value: Any) -> str:
     if len(pairs) != 1 or not _ADDR_SPEC.match(pairs[0][1] or ""):
         raise ValueError(f"{value!r} is not one mail address like name@example.org")
     return value.strip()
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"
+# What a secret error tells the user to run (24 random bytes, as Standard Webhooks suggests).
+MAKE_WEBHOOK_SECRET = "python -c \"import base64,os;print('whsec_'+base64.b64encode(os.urandom(24)).decode())\""
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: ``whsec_`` + the key's bytes in base64.
+
+    Anything else is a ValueError saying how to make one (the message never holds the
+    secret). A secret without the prefix is refused rather than guessed at: used as UTF-8
+    bytes it signs what no Standard Webhooks verifier accepts, and read as bare base64 a
+    typo could still decode to some other key."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError(
+            f"a webhook secret is {WEBHOOK_SECRET_PREFIX!r} followed by base64 (Standard Webhooks);"
+            f" make one with: {MAKE_WEBHOOK_SECRET}"
+        )
+    try:
+        key = base64.b64decode(secret[len(WEBHOOK_SECRET_PREFIX):], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            f"the part after {WEBHOOK_SECRET_PREFIX!r} is not valid base64; make a secret with:"
+            f" {MAKE_WEBHOOK_SECRET}"
+        ) from None
+    if not key:
+        raise ValueError(f"the secret has no key after {WEBHOOK_SECRET_PREFIX!r}; make one with:"
+                         f" {MAKE_WEBHOOK_SECRET}")
+    return key
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]

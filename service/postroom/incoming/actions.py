@@ -40,10 +40,11 @@ import structlog
 from postroom.clock import utcnow
 from postroom.config.model import AccountConfig, Config
 from postroom.errors import PostroomError, TransientError, is_transient
-from postroom.outgoing.compose import make_message_id
-from postroom.outgoing.templates import TemplateRenderer
+from postroom.mail.compose import make_message_id
+from postroom.mail.templates import TemplateRenderer
 from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
 from postroom.store.outbox import NewMessage, OutboxStore
+from postroom.webhooks import WebhookRequest
 
 from .forward import forward_message, redirect_message, refusal
 from .mailbox import InboundItem, ItemOutcome, MailboxOps
@@ -59,16 +60,6 @@ TERMINAL = ("move", "delete")
 PHASES: tuple[tuple[str, ...], ...] = (SENDING, ("webhook",), ("copy",), FLAGGING, TERMINAL)
 SEEN = "\\Seen"
 SEND_CHUNK = 200  # forwards/redirects/replies whose raw messages are held at once
-
-
-@dataclass(frozen=True)
-class WebhookRequest:
-    """One POST the executor asks the webhook queue to make (durably)."""
-
-    action_key: str  # "message key|rule|index": the webhook id is derived from it
-    rule: str
-    url: str
-    payload: dict[str, Any]
 
 
 class WebhookSink(Protocol):

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from postroom.errors import MessageRefused
-from postroom.outgoing.compose import check_header_value, compose, validate_address
+from postroom.mail.compose import check_header_value, compose, validate_address
 
 from .message import ParsedMessage
 

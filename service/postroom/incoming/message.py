@@ -20,10 +20,11 @@ from email import message_from_bytes
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from html.parser import HTMLParser
 from typing import Any, NamedTuple
 
 import structlog
+
+from postroom.mail.text import html_to_text
 
 log = structlog.get_logger(__name__)
 
@@ -80,43 +81,6 @@ def decode_header_value(value: object) -> str:
         return "".join(c if isinstance(c, str) else _to_text(c, cs) for c, cs in chunks).strip()
     except Exception:
         return str(value).strip()
-
-
-class _TextExtractor(HTMLParser):
-    """Text content of an HTML part: tags dropped, script/style skipped, entities decoded."""
-
-    _SKIP = {"script", "style", "head", "title"}
-    _BREAK = {"br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skipping = 0
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag in self._SKIP:
-            self._skipping += 1
-        elif tag in self._BREAK:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP and self._skipping:
-            self._skipping -= 1
-
-    def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self.parts.append(data)
-
-
-def html_to_text(html: str) -> str:
-    parser = _TextExtractor()
-    try:
-        parser.feed(html)
-        parser.close()
-    except Exception:
-        return re.sub(r"<[^>]*>", " ", html)
-    text = "".join(parser.parts)
-    return re.sub(r"[ \t\r\f\v]+", " ", re.sub(r"\n\s*\n+", "\n\n", text)).strip()
 
 
 def _part_text(part: Message) -> str:
@@ -417,7 +381,7 @@ class ParsedMessage:
                     if texts:
                         body = "\n".join(_part_text(p) for p in texts)
                     else:
-                        body = "\n".join(html_to_text(_part_text(p)) for p in htmls)
+                        body = "\n".join(html_to_text(_part_text(p)).rstrip("\n") for p in htmls)
                 except Exception as exc:
                     log.warning("message body unreadable", key=self.key, error=repr(exc))
                     body = ""

@@ -17,8 +17,8 @@ from functools import cached_property
 from typing import Any
 
 from postroom.errors import MessageRefused
-from postroom.outgoing.compose import compose, validate_address
-from postroom.outgoing.templates import RenderedEmail
+from postroom.mail.compose import compose, validate_address
+from postroom.mail.templates import RenderedEmail
 
 from .forward import LOOP_HEADER, bounce_reason, one_line
 from .message import ParsedMessage

@@ -24,17 +24,17 @@ import structlog
 from ..clock import utcnow
 from ..config import Config, JobConfig
 from ..errors import DataSourceError, MessageRefused, PostroomError
-from ..store import NewMessage, Store
-from .compose import (
+from ..mail.compose import (
     Attachment,
     compose_bytes,
     make_message_id,
     rows_to_csv,
     validate_address,
 )
+from ..mail.templates import TemplateRenderer
+from ..store import NewMessage, Store
 from .sender import OutboxSender
 from .sources import load_data
-from .templates import TemplateRenderer
 
 log = structlog.get_logger(__name__)
 

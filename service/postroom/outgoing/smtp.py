@@ -1,14 +1,15 @@
 """SMTP submission: one live connection per account, reused for many messages.
 
 The I/O edge of outgoing mail. Every aiosmtplib / ssl / socket error is mapped here to the
-error tree in postroom.errors, so the sender decides retry vs dead letter by type alone:
+error tree in postroom.errors, so the sender decides retry vs dead letter by type alone. A
+reply with a code goes by its code (4xx ServerBusy, else ServerRejected); everything else by
+the one table ``_SMTP_ERRORS``:
 
-    connect refused / dropped        -> ServerConnectError   (transient)
-    timeouts                         -> ServerTimeout        (transient)
-    421 and other 4xx replies        -> ServerBusy(code=)    (transient)
-    535 and other AUTH refusals      -> AuthError            (permanent)
-    untrusted cert, no STARTTLS      -> TLSError             (permanent)
-    5xx replies                      -> ServerRejected(code=) (permanent)
+    untrusted cert, TLS to a plain port  -> TLSError             (permanent)
+    535 and other AUTH refusals          -> AuthError            (permanent)
+    timeouts                             -> ServerTimeout        (transient)
+    refused, reset, unreachable, DNS     -> ServerConnectError   (transient)
+    what the server can't do (no AUTH)   -> ServerRejected       (permanent)
 
 Recipients are sent one RCPT at a time so a partly refused list is known exactly (see
 SendResult). A 4xx or 5xx on MAIL FROM or on DATA concerns the whole message: it is raised
@@ -32,12 +33,15 @@ import structlog
 from postroom.config.model import SmtpConfig
 from postroom.errors import (
     AuthError,
+    ErrorTable,
     PostroomError,
     ServerBusy,
     ServerConnectError,
     ServerRejected,
     ServerTimeout,
     TLSError,
+    map_errors,
+    mapped_error,
 )
 
 from .smtp_pipeline import SmtpPipeline
@@ -61,10 +65,8 @@ def tls_context(cfg: SmtpConfig) -> ssl.SSLContext:
 
     The system store honours SSL_CERT_FILE / SSL_CERT_DIR.
     """
-    try:
+    with map_errors({OSError: TLSError}, f"cannot load CA file {cfg.ca_file}: "):  # ssl.SSLError too
         return ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSError(f"cannot load CA file {cfg.ca_file}: {exc}") from exc
 
 
 class _StaleConnection(Exception):
@@ -336,40 +338,44 @@ def _refusal(code: int, message: str, where: str, step: str) -> PostroomError:
     return ServerRejected(text, code=code)
 
 
-def _is_tls_failure(exc: BaseException) -> bool:
+# aiosmtplib's and the socket's errors, read in order (a subclass before its base). The first
+# row is looked up on the ssl error found in the chain: aiosmtplib wraps it in SMTPConnectError.
+_SMTP_ERRORS: ErrorTable = {
+    ssl.SSLError: TLSError,  # untrusted or mismatched certificate, TLS spoken to a plain port
+    aiosmtplib.SMTPAuthenticationError: AuthError,
+    TimeoutError: ServerTimeout,  # aiosmtplib's timeouts are TimeoutErrors (a connect one too)
+    OSError: ServerConnectError,  # refused, reset, unreachable, DNS; SMTPServerDisconnected
+    # aiosmtplib's plain SMTPException means "the server can't do what we asked" (no AUTH
+    # mechanism we share, SMTPNotSupported ...): retrying will not change it.
+    aiosmtplib.SMTPException: ServerRejected,
+}
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLError | ssl.CertificateError):
-            return True
+        if isinstance(current, ssl.SSLError):  # ssl.CertificateError is one too
+            return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return False
+    return None
 
 
 def _map(exc: BaseException, where: str, step: str) -> PostroomError:
-    """One low-level error -> ours. Order matters: a connect timeout is also a connect error."""
+    """One low-level error -> ours: a reply by its code, the rest by ``_SMTP_ERRORS``."""
     if isinstance(exc, PostroomError):
         return exc
-    if _is_tls_failure(exc):
-        return TLSError(f"{where} TLS failed at {step}: {exc}")
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return AuthError(f"{where} refused login: {_reply(exc)}")
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        if exc.code == -1 or exc.code >= 500 or exc.code < 400:
-            return ServerRejected(f"{where} {step}: {_reply(exc)}", code=exc.code)
-        return ServerBusy(f"{where} {step}: {_reply(exc)}", code=exc.code)
-    if isinstance(exc, TimeoutError):
-        return ServerTimeout(f"{where} timed out at {step}: {exc}")
-    if isinstance(exc, ConnectionError | OSError):
-        return ServerConnectError(f"{where} connection failed at {step}: {exc}")
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
-        return ServerRejected(f"{where} {step}: {exc}")
-    if isinstance(exc, aiosmtplib.SMTPException):
-        # aiosmtplib's plain SMTPException means "the server can't do what we asked"
-        # (no STARTTLS, no AUTH...): retrying will not change it.
-        return ServerRejected(f"{where} {step}: {exc}")
-    raise TypeError(f"unmapped error {exc!r}")  # callers only pass aiosmtplib/OS errors
+    tls = _tls_cause(exc)
+    if tls is not None:
+        ours = mapped_error(tls, _SMTP_ERRORS, f"{where} TLS failed at {step}: ")
+    elif isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return _reply_error(exc, where, step)
+    else:
+        ours = mapped_error(exc, _SMTP_ERRORS, f"{where} {step}: ")
+    if ours is None:
+        raise TypeError(f"unmapped error {exc!r}")  # callers only pass aiosmtplib/OS errors
+    return ours
 
 
 @contextmanager

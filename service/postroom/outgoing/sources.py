@@ -3,7 +3,9 @@
 Every failure becomes a `DataSourceError` naming the data key, and is either a
 `TransientSourceError` (also a TransientError: the database or server may be back soon) or
 a `PermanentSourceError` (bad SQL, 4xx, missing file, bad JSON: retrying will not help).
-`.transient` says which without an isinstance test.
+`.transient` says which without an isinstance test. Foreign errors are mapped by a table per
+edge (httpx, files, content, engine set-up); a database's own errors by their SQLSTATE, which
+says more than their type.
 
 SQL runs with read-only intent: nothing is ever committed (every transaction is rolled back),
 SQLite files are opened read-only, PostgreSQL transactions are READ ONLY with a
@@ -31,7 +33,13 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.pool import NullPool
 
 from ..config.model import DataSourceConfig
-from ..errors import DataSourceError, PermanentError, TransientError
+from ..errors import (
+    DataSourceError,
+    ErrorTable,
+    PermanentSourceError,
+    TransientSourceError,
+    map_errors,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -41,12 +49,35 @@ _PG_TRANSIENT_CLASSES = ("08", "57", "40", "53")
 _HTTP_TRANSIENT_STATUS = {408, 425, 429}
 
 
-class TransientSourceError(DataSourceError, TransientError):
-    transient = True
-
-
-class PermanentSourceError(DataSourceError, PermanentError):
-    transient = False
+# httpx's errors on a GET: a timeout or a broken connection may pass, a URL we can't use won't.
+_HTTP_ERRORS: ErrorTable = {
+    httpx.InvalidURL: PermanentSourceError,
+    httpx.UnsupportedProtocol: PermanentSourceError,  # a TransportError: listed before it
+    httpx.TransportError: TransientSourceError,  # timeouts, refused, reset, DNS
+}
+# Reading a file: what is missing or forbidden stays so; other I/O errors (EIO, a network
+# file system gone stale) may pass.
+_FILE_ERRORS: ErrorTable = {
+    FileNotFoundError: PermanentSourceError,
+    IsADirectoryError: PermanentSourceError,
+    NotADirectoryError: PermanentSourceError,
+    PermissionError: PermanentSourceError,
+    UnicodeDecodeError: PermanentSourceError,
+    OSError: TransientSourceError,
+}
+# Content that does not parse will not parse next time either.
+_CONTENT_ERRORS: ErrorTable = {
+    UnicodeDecodeError: PermanentSourceError,
+    json.JSONDecodeError: PermanentSourceError,
+    csv.Error: PermanentSourceError,
+}
+# Setting up a SQLAlchemy engine: a URL, dialect or driver problem is the config's.
+_ENGINE_ERRORS: ErrorTable = {
+    ArgumentError: PermanentSourceError,
+    NoSuchModuleError: PermanentSourceError,
+    ImportError: PermanentSourceError,  # the dialect's driver is not installed
+    ValueError: PermanentSourceError,
+}
 
 
 def _fail(key: str, message: str, *, transient: bool) -> DataSourceError:
@@ -84,12 +115,16 @@ async def _load_all(sources: Mapping[str, DataSourceConfig], http: httpx.AsyncCl
 
 async def _load_one(key: str, cfg: DataSourceConfig, http: httpx.AsyncClient | None) -> Any:
     started = time.monotonic()
-    if cfg.kind == "sql":
-        value = await _load_sql(key, cfg)
-    elif cfg.kind == "http":
-        value = await _load_http(key, cfg, http)
-    else:
-        value = await _load_file(key, cfg)
+    try:
+        if cfg.kind == "sql":
+            value = await _load_sql(key, cfg)
+        elif cfg.kind == "http":
+            value = await _load_http(key, cfg, http)
+        else:
+            value = await _load_file(key, cfg)
+    except DataSourceError as exc:
+        exc.source = exc.source or key  # the edges' tables don't know the key
+        raise
     log.debug("data source loaded", source=key, kind=cfg.kind,
               rows=len(value) if isinstance(value, list) else None,
               seconds=round(time.monotonic() - started, 3))
@@ -113,12 +148,8 @@ def _run_sql(key: str, cfg: DataSourceConfig, deadline: float) -> list[dict[str,
     except (ArgumentError, ValueError):
         raise _fail(key, "database: is not a SQLAlchemy URL", transient=False) from None
     where = url.render_as_string(hide_password=True)  # never put a password in a message
-    try:
+    with map_errors(_ENGINE_ERRORS, f"cannot use {where} (URL, dialect, driver): "):
         engine = _engine(url, cfg.timeout, deadline)
-    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
-        raise _fail(key, f"{where} is not usable: {exc}", transient=False) from None
-    except ImportError as exc:
-        raise _fail(key, f"no database driver installed for {where}: {exc}", transient=False) from None
     try:
         try:
             conn = engine.connect()
@@ -201,14 +232,8 @@ async def _load_http(key: str, cfg: DataSourceConfig, client: httpx.AsyncClient 
     if client is None:  # load_data always passes one; kept total for direct callers
         async with httpx.AsyncClient(follow_redirects=False) as own:
             return await _load_http(key, cfg, own)
-    try:
+    with map_errors(_HTTP_ERRORS, f"GET {url} failed (timeout {cfg.timeout:g}s): "):
         response = await client.get(url, headers=cfg.headers, timeout=cfg.timeout, follow_redirects=False)
-    except httpx.TimeoutException:
-        raise _fail(key, f"GET {url} timed out after {cfg.timeout:g}s", transient=True) from None
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        raise _fail(key, f"GET {url}: {exc}", transient=False) from None
-    except httpx.TransportError as exc:
-        raise _fail(key, f"GET {url} failed: {exc or type(exc).__name__}", transient=True) from None
     status = response.status_code
     if not 200 <= status < 300:
         hint = ""
@@ -216,10 +241,8 @@ async def _load_http(key: str, cfg: DataSourceConfig, client: httpx.AsyncClient 
             hint = f" (redirects are not followed; use {response.headers['location']})"
         raise _fail(key, f"GET {url} answered HTTP {status} {response.reason_phrase}{hint}",
                     transient=status >= 500 or status in _HTTP_TRANSIENT_STATUS)
-    try:
+    with map_errors(_CONTENT_ERRORS, f"GET {url} did not return valid JSON: "):
         return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(key, f"GET {url} did not return valid JSON: {exc}", transient=False) from None
 
 
 # -- file -----------------------------------------------------------------------------------
@@ -230,18 +253,18 @@ async def _load_file(key: str, cfg: DataSourceConfig) -> Any:
         raise _fail(key, f"cannot tell the format of {path}; name it .csv or .json or set format:",
                     transient=False)
     try:
-        content = await asyncio.wait_for(asyncio.to_thread(path.read_text, encoding="utf-8-sig"), cfg.timeout)
+        content = await asyncio.wait_for(asyncio.to_thread(_read_text, path), cfg.timeout)
     except TimeoutError:
         raise _fail(key, f"reading {path} took longer than {cfg.timeout:g}s", transient=True) from None
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        raise _fail(key, f"cannot read {path}: {exc.strerror or exc}", transient=False) from None
-    except UnicodeDecodeError as exc:
-        raise _fail(key, f"{path} is not UTF-8 text: {exc}", transient=False) from None
-    except OSError as exc:
-        raise _fail(key, f"cannot read {path}: {exc.strerror or exc}", transient=True) from None
-    try:
+    with map_errors(_CONTENT_ERRORS, f"{path} is not valid {fmt}: "):
         if fmt == "json":
             return json.loads(content)
         return list(csv.DictReader(io.StringIO(content, newline="")))
-    except (json.JSONDecodeError, csv.Error) as exc:
-        raise _fail(key, f"{path} is not valid {fmt}: {exc}", transient=False) from None
+
+
+
+def _read_text(path: Path) -> str:
+    # Mapped here, in the worker thread: TimeoutError is an OSError too, and the caller's
+    # deadline must not read as the file's error.
+    with map_errors(_FILE_ERRORS, f"cannot read {path} as UTF-8 text: "):
+        return path.read_text(encoding="utf-8-sig")

@@ -31,7 +31,7 @@ from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from postroom.errors import TemplateError
-from postroom.outgoing.text import html_to_text
+from postroom.mail.text import html_to_text
 
 __all__ = [
     "MAX_BLOCK_CHARS",

@@ -1,13 +1,18 @@
-"""HTML → readable plain text, for the text/plain twin of an html-only email.
+"""HTML → readable plain text: the text/plain twin of an html-only email we send, and the body
+rules and reply templates see of an html-only message we receive. One function for both.
 
 Small on purpose (stdlib ``html.parser``): paragraphs and line breaks, lists as ``- item``
 (``1. item`` when ordered), links as ``text (url)``, tables as aligned rows with cells
-separated by `` | ``. Whatever sits in ``<head>``, ``<style>`` or ``<script>`` is dropped.
+separated by `` | ``. Whatever sits in ``<head>``, ``<style>``, ``<script>`` and the like is
+dropped. Whitespace collapses as HTML's does (ASCII whitespace only: ``&nbsp;`` stays). It
+never raises: incoming HTML is hostile, and a part html.parser gives up on is returned with
+its tags stripped instead.
 """
 
 from __future__ import annotations
 
 import re
+from html import unescape
 from html.parser import HTMLParser
 
 __all__ = ["html_to_text"]
@@ -23,7 +28,9 @@ _PARAGRAPH = frozenset(
 _LINE = frozenset({"dt", "dd", "caption", "figcaption", "tbody", "thead", "tfoot"})
 # Columns wider than this are not padded: aligning them would push every row off screen.
 _MAX_PAD_WIDTH = 40
-_WHITESPACE = re.compile(r"\s+")
+# HTML collapses ASCII whitespace only; a no-break space (&nbsp;) is meant to stay.
+_WHITESPACE = re.compile(r"[ \t\n\r\f]+")
+_TAG = re.compile(r"<[^>]*>")
 
 
 class _Sink:
@@ -84,7 +91,7 @@ class _Table:
             if not any(c for c in row):
                 continue
             cells = row + [""] * (columns - len(row))
-            lines.append(" | ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+            lines.append(" | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
             if index in self.header_rows:
                 lines.append("-+-".join("-" * max(w, 1) for w in widths))
         return "\n".join(lines)
@@ -234,9 +241,15 @@ class _TextMaker(HTMLParser):
 
 
 def html_to_text(html: str) -> str:
-    """A plain-text rendering of ``html`` for a reader, ending with one newline."""
+    """A plain-text rendering of ``html`` for a reader, ending with one newline ("" when
+    there is no text)."""
     maker = _TextMaker()
-    maker.feed(html)
-    maker.close()
-    text = maker.result()
+    try:
+        maker.feed(html)
+        maker.close()
+        text = maker.result()
+    except Exception:  # html.parser still raises on some broken markup (``<![x[``)
+        stripped = unescape(_TAG.sub(" ", html))
+        lines = (_WHITESPACE.sub(" ", line).strip() for line in stripped.splitlines())
+        text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
     return text + "\n" if text else ""
