@@ -15,6 +15,7 @@ from typing import Any, Literal
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ..credentials import Credentials, PasswordCredentials
 from .rules import RuleConfig
 from .types import Address, Duration, TimeZoneName
 
@@ -42,6 +43,12 @@ class ServerConfig(_Strict):
         if self.port:
             return self.port
         return self._default_ports[self.security]
+
+    def credentials(self) -> Credentials | None:
+        """How to log in to this server; None: it takes us without a login."""
+        if self.username is None or self.password is None:
+            return None
+        return PasswordCredentials(self.username, self.password)
 
     @model_validator(mode="after")
     def _auth_pair(self) -> ServerConfig:
