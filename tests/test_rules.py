@@ -61,8 +61,10 @@ def test_pop3_problems_name_imap_only_actions():
     alerts, invoices = (RuleConfig.model_validate(r) for r in reference_rules()[2:0:-1])
     assert not alerts.needs_imap_only_actions() and alerts.pop3_problems() == []
     assert invoices.needs_imap_only_actions()
-    assert invoices.pop3_problems() == [("actions.1.flag", "flag needs an IMAP account (this one is POP3)")]
-    assert rule(folders=["INBOX", "Lists"]).pop3_problems()[-1][0] == "folders"
+    assert invoices.pop3_problems() == [(("actions", 1, "flag"), "flag needs IMAP; a POP3 account can only read its mail")]
+    assert rule(folders=["INBOX", "Lists"]).pop3_problems()[-1][0] == ("folders",)
+    assert rule(folder="Archive").pop3_problems()[-1][0] == ("folder",)
+    assert rule(folder="inbox", actions=[{"stop": True}]).pop3_problems() == []
 
 
 @pytest.mark.parametrize(("data", "where"), [

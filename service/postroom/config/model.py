@@ -232,10 +232,8 @@ class Config(_Strict):
             if account.imap is None and account.pop3 is None:
                 problems.append((at + ("account",), f"account {rule.account!r} has no imap: or pop3: section to watch"))
             if account.pop3 is not None:
-                for j, kind in rule.imap_only_actions():
-                    problems.append(
-                        (at + ("actions", j, kind), f"{kind} needs IMAP; account {rule.account!r} reads POP3")
-                    )
+                problems.extend(((*at, *where), f"{what} (account {rule.account!r} reads POP3)")
+                                for where, what in rule.pop3_problems())
             if account.smtp is None:
                 sending = [(j, a.kind) for j, a in enumerate(rule.actions) if a.kind in SENDING_ACTIONS]
                 for j, kind in sending:

@@ -316,11 +316,13 @@ class RuleConfig(_Strict):
     def needs_imap_only_actions(self) -> bool:
         return bool(self.imap_only_actions())
 
-    def pop3_problems(self) -> list[tuple[str, str]]:
-        """(location inside this rule, message) for what a POP3 account can't do; [] if fine."""
-        problems = [(f"actions.{i}.{kind}", f"{kind} needs an IMAP account (this one is POP3)")
-                    for i, kind in self.imap_only_actions()]
+    def pop3_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """(key path inside this rule, message) for what a POP3 account can't do; [] if fine."""
+        problems: list[tuple[tuple[str | int, ...], str]] = [
+            (("actions", i, kind), f"{kind} needs IMAP; a POP3 account can only read its mail")
+            for i, kind in self.imap_only_actions()]
         if [f.upper() for f in self.watched_folders()] != ["INBOX"]:
-            problems.append(("folders" if self.folders is not None else "folder",
-                             "a POP3 account has only INBOX"))
+            # a POP3 maildrop has no folders: a rule watching one would silently never match
+            problems.append((("folders",) if self.folders is not None else ("folder",),
+                             "a POP3 account has only INBOX; leave folder out or use an IMAP account"))
         return problems
