@@ -107,6 +107,12 @@ class _Result:
     detail: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
+    @property
+    def outcome(self) -> str:
+        """What metrics count: done | skipped | failed | dead. A skip (a reply guard, a delete
+        after a move) is recorded done so it is never retried, but nothing was done."""
+        return "skipped" if self.status == "done" and "skipped" in self.detail else self.status
+
 
 class _Phase:
     """Results of one phase, written to the ledger in one go."""
@@ -153,7 +159,7 @@ class ActionExecutor:
                  clock: Callable[[], datetime] = utcnow, wake_sender: Callable[[], None] = lambda: None,
                  dry_run: bool = False, on_action: Callable[[str, str], None] = lambda kind, result: None):
         self.config = config
-        self.on_action = on_action  # (kind, done|failed|dead) — metrics
+        self.on_action = on_action  # (kind, done|skipped|failed|dead) — metrics
         self.ruleset = ruleset
         self.outbox = store.outbox
         self.ledger = store.ledger
@@ -199,7 +205,7 @@ class ActionExecutor:
                                 for aid, (_, r) in phase.results.items()], now=self.clock())
             for aid, (work, result) in phase.results.items():
                 results[aid] = result
-                self.on_action(work.action.kind, result.status)
+                self.on_action(work.action.kind, result.outcome)
                 if result.status != "done":
                     blocked.add(work.item.key)
                     logger.warning("action failed", key=work.key, kind=work.action.kind,
@@ -226,6 +232,7 @@ class ActionExecutor:
                                      f"({first.rule}#{first.index})"}
                 results[work.aid] = _Result("done", detail)
                 finished.append((work.aid, "done", detail, None))
+                self.on_action(work.action.kind, "skipped")
             self.ledger.plan([(w.aid, w.action.kind) for w in skipped], now=self.clock())
             self.ledger.finish(finished, now=self.clock())
         return todo
