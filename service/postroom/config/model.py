@@ -15,12 +15,12 @@ from typing import Any, Literal
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ..action_kinds import SENDING
 from ..credentials import Credentials, PasswordCredentials
 from .rules import RuleConfig
 from .types import Address, Duration, TimeZoneName
 
 Security = Literal["tls", "starttls", "none"]
-SENDING_ACTIONS = frozenset({"forward", "redirect", "reply"})
 
 
 class _Strict(BaseModel):
@@ -235,7 +235,7 @@ class Config(_Strict):
                 problems.extend(((*at, *where), f"{what} (account {rule.account!r} reads POP3)")
                                 for where, what in rule.pop3_problems())
             if account.smtp is None:
-                sending = [(j, a.kind) for j, a in enumerate(rule.actions) if a.kind in SENDING_ACTIONS]
+                sending = [(j, a.kind) for j, a in enumerate(rule.actions) if a.kind in SENDING]
                 for j, kind in sending:
                     problems.append(
                         (at + ("actions", j, kind), f"{kind} sends mail; account {rule.account!r} has no smtp: section")

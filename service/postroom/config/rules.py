@@ -44,12 +44,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ..action_kinds import ACTION_KINDS, IMAP_ONLY
 from .types import parse_duration, parse_size
 
-#: Actions only an IMAP account can perform (POP3 can only read and, at most, delete all).
-IMAP_ONLY_ACTIONS: frozenset[str] = frozenset(
-    {"move", "copy", "flag", "unflag", "mark_read", "delete"}
-)
 #: The system flags a client may set (RFC 3501 2.3.2); \Recent is the server's alone.
 SYSTEM_FLAGS: frozenset[str] = frozenset({"\\seen", "\\answered", "\\flagged", "\\deleted", "\\draft"})
 # atom-specials of RFC 3501 that may not appear in a keyword
@@ -263,8 +260,7 @@ class ActionConfig(_Strict):
 
     @staticmethod
     def _kinds() -> list[str]:
-        return ["forward", "redirect", "reply", "move", "copy", "flag", "unflag",
-                "mark_read", "delete", "webhook", "stop"]
+        return list(ACTION_KINDS)
 
     def _value(self, kind: str) -> Any:
         return getattr(self, "copy_" if kind == "copy" else kind)
@@ -311,7 +307,7 @@ class RuleConfig(_Strict):
 
     def imap_only_actions(self) -> list[tuple[int, str]]:
         """(index, kind) of each action a POP3 account cannot do."""
-        return [(i, a.kind) for i, a in enumerate(self.actions) if a.kind in IMAP_ONLY_ACTIONS]
+        return [(i, a.kind) for i, a in enumerate(self.actions) if a.kind in IMAP_ONLY]
 
     def needs_imap_only_actions(self) -> bool:
         return bool(self.imap_only_actions())
