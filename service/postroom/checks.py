@@ -10,6 +10,7 @@ from typing import Any
 
 from .config import Config
 from .config.model import ServerConfig
+from .config.rules import ReplyAction
 from .errors import PostroomError, TemplateError
 from .outgoing.templates import TemplateRenderer
 
@@ -26,7 +27,7 @@ def template_findings(config: Config, renderer: TemplateRenderer) -> list[Findin
     wanted: list[tuple[str, str]] = [(f"jobs.{name}.template", job.template) for name, job in config.jobs.items()]
     for i, rule in enumerate(config.rules):
         for j, action in enumerate(rule.actions):
-            if action.kind == "reply":
+            if isinstance(action, ReplyAction):
                 wanted.append((f"rules.{i}.actions.{j}.reply.template", action.reply.template))
     out = []
     known = set(renderer.names())

@@ -30,7 +30,7 @@ import httpx
 import structlog
 
 from postroom.clock import utcnow
-from postroom.config.rules import ActionConfig
+from postroom.config.rules import ActionConfig, WebhookAction
 from postroom.incoming.actions import WebhookRequest
 from postroom.retry import doubling_delay
 from postroom.store.ledger import LedgerStore, WebhookDelivery
@@ -213,7 +213,8 @@ class WebhookQueue:
 
     async def _post(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> int:
         try:
-            spec = self.spec_lookup(delivery.rule, _action_index(delivery.action_key)).webhook
+            action = self.spec_lookup(delivery.rule, _action_index(delivery.action_key))
+            spec = action.webhook if isinstance(action, WebhookAction) else None
         except (KeyError, IndexError, ValueError):
             spec = None
         if spec is None:
