@@ -183,15 +183,15 @@ def _ssl_context(cfg: ImapConfig) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
 
 
-def _login(client: IMAPClient, login: Login) -> None:
+def _login(client: IMAPClient, login: Login, where: str) -> None:
     try:
         _LOGINS[login.mechanism](client, login.username, login.secret)
     except LoginError as exc:
         # imapclient turns every failure during LOGIN into LoginError, a dropped connection
         # too (a server restarting): only the server's own refusal is a settings problem
         if isinstance(exc.__context__, imaplib.IMAP4.abort | OSError | EOFError):
-            raise ServerConnectError(f"connection lost during login: {_text(exc.args[0]) if exc.args else exc}") \
-                from exc
+            text = _text(exc.args[0]) if exc.args else str(exc)
+            raise ServerConnectError(f"{where}: connection lost during login: {text}") from exc
         raise
 
 
@@ -248,7 +248,7 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
                 except ssl.SSLError as exc:
                     raise TLSError(f"{self._where}: STARTTLS failed: {exc}") from exc
             if login is not None:
-                _login(client, login)
+                _login(client, login, self._where)
             # Asked after login on purpose: the pre-login list lacks MOVE on Dovecot. imapclient
             # caches nothing before login, and afterwards takes the login reply's CAPABILITY
             # or sends CAPABILITY itself.

@@ -14,6 +14,7 @@ bounded by that timeout plus a second, after which the socket is just dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,7 +55,8 @@ def map_server_error(exc: BaseException, where: str, table: ErrorTable,
     if isinstance(exc, PostroomError):
         return exc
     if exc.args and isinstance(exc.args[0], bytes):  # poplib's and imaplib's replies are bytes
-        exc = type(exc)(exc.args[0].decode("utf-8", "replace"))
+        with contextlib.suppress(TypeError):  # a class that takes other arguments: keep it as is
+            exc = type(exc)(exc.args[0].decode("utf-8", "replace"))
     ours = mapped_error(exc, table, f"{where}: ") or ServerConnectError(f"{where}: {exc!r}")
     if not isinstance(ours, TransientError) and any(code in str(exc) for code in busy_codes):
         return ServerBusy(f"{where}: put off by the server: {exc}")
