@@ -176,10 +176,12 @@ async def test_move_then_delete_moves_and_skips_the_delete(mail, alice_inbox, st
     mail.seed_maildir("alice", "INBOX", [make_raw("[report] x")])
     config = make_config(mail, [{"name": "r", "account": "alice", "match": {"subject": "[report]"},
                                  "actions": [{"move": "Archive"}, {"delete": True}]}])
-    rig = make_rig(store, config)
+    counted: list[tuple[str, str]] = []
+    rig = make_rig(store, config, on_action=lambda *kr: counted.append(kr))
     box = LabMailbox(alice_inbox, "alice", "INBOX")
     [outcome] = (await rig.executor.handle_batch("alice", "INBOX", box, items_from_server(rig, box))).values()
     assert outcome.done and "already left the folder by move" in outcome.details["r#1:delete"]
+    assert sorted(counted) == [("delete", "skipped"), ("move", "done")]
     assert box.calls == {"move": 1}
     assert folder_count(mail, "alice", "Archive") == 1
 
@@ -413,12 +415,15 @@ def test_ledger_queries_on_both_backends(any_store):
 @pytest.mark.parametrize("send_chunk", [actions.SEND_CHUNK, 1])  # 1: each mail in a chunk of its own
 async def test_two_mails_from_one_sender_in_one_batch_get_one_reply(store, lab, monkeypatch, send_chunk):
     monkeypatch.setattr(actions, "SEND_CHUNK", send_chunk)
-    rig = make_rig(store, make_config(lab, [OUT_OF_OFFICE]))
+    counted: list[tuple[str, str]] = []
+    rig = make_rig(store, make_config(lab, [OUT_OF_OFFICE]), on_action=lambda *kr: counted.append(kr))
     items = [raw_item(rig, "carol", make_raw(f"n{i}", sender="Eve <eve@elsewhere.test>", to=CAROL,
                                              msgid=f"<e{i}@elsewhere.test>"), i) for i in range(2)]
     outcomes = await rig.executor.handle_batch("carol", "INBOX", None, items)
     assert all(o.done for o in outcomes.values())
     assert [q.recipients for q in queued(rig)] == [["eve@elsewhere.test"]]
+    # postroom_actions_total: one reply sent, one skipped by the guard (not two "done")
+    assert sorted(counted) == [("reply", "done"), ("reply", "skipped")]
     assert rig.stores.ledger.last_reply("carol", "out-of-office", "eve@elsewhere.test") == START
 
 

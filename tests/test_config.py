@@ -136,6 +136,29 @@ rules:
     assert "rules.0.actions.0.move" in str(err.value) and "needs IMAP" in str(err.value)
 
 
+@pytest.mark.parametrize(("where", "key"), [
+    ("folder: Archive", "rules.0.folder"),
+    ("folders: [INBOX, Lists]", "rules.0.folders"),
+])
+def test_pop3_account_refuses_a_rule_on_a_folder(tmp_path, where, key):
+    """A POP3 maildrop has no folders: such a rule would never see a message, so it is refused."""
+    text = f"""\
+accounts:
+  b:
+    address: b@example.test
+    pop3: {{host: 127.0.0.1}}
+rules:
+  - name: r
+    account: b
+    {where}
+    actions: [{{webhook: {{url: "https://hooks.example.test/x"}}}}]
+"""
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, text)
+    msg = str(err.value)
+    assert "postroom.yaml: line 8" in msg and key in msg and "only INBOX" in msg, msg
+
+
 def test_missing_file_says_how_to_point_at_one(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(Settings(config=tmp_path / "nope.yaml"), environ={})

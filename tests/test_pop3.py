@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 from postroom.config.model import Pop3Config
-from postroom.errors import AuthError, TLSError
+from postroom.errors import AuthError, ServerBusy, ServerConnectError, TLSError, is_transient
 from postroom.incoming.pop3 import Pop3Connection
 
 from tests.support.inbox import USER, raw_message
+from tests.support.scripted_pop3 import scripted_pop3
 
 
 def pop3_cfg(lab, **overrides) -> Pop3Config:
@@ -62,3 +63,25 @@ async def test_untrusted_certificate_is_a_tls_error(lab, monkeypatch, security):
     with pytest.raises(TLSError, match="certificate"):
         await conn.connect()
     await conn.close()
+
+
+@pytest.mark.parametrize(("pass_reply", "error"), [
+    (b"-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n", ServerBusy),  # retry soon
+    (b"-ERR [SYS/TEMP] Temporary server failure\r\n", ServerBusy),
+    (b"-ERR [AUTH] Authentication failed.\r\n", AuthError),  # fix the password
+    (None, ServerConnectError),  # the connection drops at PASS (a server restarting)
+], ids=["in-use", "sys-temp", "refused", "dropped"])
+async def test_a_failed_login_is_permanent_only_when_the_server_refuses_it(pass_reply, error):
+    def answer(command: bytes) -> bytes | None:
+        if command.upper().startswith(b"USER"):
+            return b"+OK\r\n"
+        return pass_reply
+
+    with scripted_pop3(answer) as server:
+        cfg = Pop3Config(host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5)
+        conn = Pop3Connection("x", cfg)
+        with pytest.raises(error) as raised:
+            await conn.connect()
+        await conn.close()
+    assert [line.split()[0] for line in server.lines] == [b"USER", b"PASS"]
+    assert is_transient(raised.value) is (error is not AuthError)

@@ -6,7 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import yaml
-from postroom.config.rules import RuleConfig
+from postroom.action_kinds import ACTION_KINDS
+from postroom.config.rules import ACTION_MODELS, RuleConfig
 from postroom.incoming.message import Attachment, ParsedMessage
 from postroom.incoming.rules import BASE_HEADER_FIELDS, compile_rules, search_criteria
 from pydantic import ValidationError
@@ -57,8 +58,11 @@ def test_pop3_problems_name_imap_only_actions():
     alerts, invoices = (RuleConfig.model_validate(r) for r in reference_rules()[2:0:-1])
     assert not alerts.needs_imap_only_actions() and alerts.pop3_problems() == []
     assert invoices.needs_imap_only_actions()
-    assert invoices.pop3_problems() == [("actions.1.flag", "flag needs an IMAP account (this one is POP3)")]
-    assert rule(folders=["INBOX", "Lists"]).pop3_problems()[-1][0] == "folders"
+    assert invoices.pop3_problems() == [
+        (("actions", 1, "flag"), "flag needs IMAP; a POP3 account can only read its mail")]
+    assert rule(folders=["INBOX", "Lists"]).pop3_problems()[-1][0] == ("folders",)
+    assert rule(folder="Archive").pop3_problems()[-1][0] == ("folder",)
+    assert rule(folder="inbox", actions=[{"stop": True}]).pop3_problems() == []
 
 
 @pytest.mark.parametrize(("data", "where"), [
@@ -83,8 +87,14 @@ def test_config_errors_name_the_key(data, where):
     base = {"name": "r", "account": "alice", "actions": [{"stop": True}]}
     with pytest.raises(ValidationError) as info:
         RuleConfig.model_validate({**base, **data})
-    locations = [".".join(str(p) for p in e["loc"]) for e in info.value.errors()]
+    # as the loader shows them: without pydantic's union plumbing
+    locations = [".".join(str(p) for p in e["loc"] if not str(p).startswith("tagged-union"))
+                 for e in info.value.errors()]
     assert where in locations
+
+
+def test_every_action_kind_has_a_schema_and_only_those():
+    assert set(ACTION_MODELS) == set(ACTION_KINDS)
 
 
 def test_sizes_durations_and_shorthands():

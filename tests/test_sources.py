@@ -15,13 +15,14 @@ import pytest
 from postroom.config.model import DataSourceConfig
 from postroom.errors import DataSourceError, PermanentSourceError, TransientError, is_transient
 from postroom.outgoing.sources import load_data
+from pydantic import TypeAdapter
 from sqlalchemy import create_engine, text
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def src(**kw) -> DataSourceConfig:
-    return DataSourceConfig(**kw)
+    return TypeAdapter(DataSourceConfig).validate_python(kw)
 
 
 async def failure(sources: dict[str, DataSourceConfig]) -> DataSourceError:

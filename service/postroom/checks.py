@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .config import Config
+from .config.model import ServerConfig
+from .config.rules import ReplyAction
 from .errors import PostroomError, TemplateError
 from .mail.templates import TemplateRenderer
 
@@ -22,7 +27,7 @@ def template_findings(config: Config, renderer: TemplateRenderer) -> list[Findin
     wanted: list[tuple[str, str]] = [(f"jobs.{name}.template", job.template) for name, job in config.jobs.items()]
     for i, rule in enumerate(config.rules):
         for j, action in enumerate(rule.actions):
-            if action.kind == "reply":
+            if isinstance(action, ReplyAction):
                 wanted.append((f"rules.{i}.actions.{j}.reply.template", action.reply.template))
     out = []
     known = set(renderer.names())
@@ -38,27 +43,33 @@ def template_findings(config: Config, renderer: TemplateRenderer) -> list[Findin
     return out
 
 
-async def server_findings(config: Config, *, timeout: float = 15.0) -> list[Finding]:
-    """Connect and log in to every configured server, concurrently."""
+async def server_findings(config: Config, *, within: float = 15.0) -> list[Finding]:
+    """Connect and log in to every configured server, concurrently, each ``within`` seconds."""
     from .incoming.imap import ImapConnection
     from .incoming.pop3 import Pop3Connection
     from .outgoing.smtp import SmtpConnection
 
-    async def probe(where: str, make) -> Finding:
+    async def probe(where: str, server: ServerConfig, make: Callable[[], Any]) -> Finding:
+        credentials = server.credentials()
         try:
             conn = make()
-            await asyncio.wait_for(conn.connect(), timeout)
+            await asyncio.wait_for(conn.connect(), within)
             await conn.close()
-            return Finding(where, True, "connected and logged in")
         except (TimeoutError, PostroomError, OSError) as exc:
             return Finding(where, False, f"{type(exc).__name__}: {exc}")
+        if credentials is None:
+            return Finding(where, True, "connected (no login configured)")
+        return Finding(where, True, f"connected and logged in as {credentials.username}")
 
     probes = []
     for name, account in config.accounts.items():
         if account.smtp:
-            probes.append(probe(f"accounts.{name}.smtp", lambda n=name, c=account.smtp: SmtpConnection(n, c)))
+            probes.append(probe(f"accounts.{name}.smtp", account.smtp,
+                                functools.partial(SmtpConnection, name, account.smtp)))
         if account.imap:
-            probes.append(probe(f"accounts.{name}.imap", lambda n=name, c=account.imap: ImapConnection(n, c)))
+            probes.append(probe(f"accounts.{name}.imap", account.imap,
+                                functools.partial(ImapConnection, name, account.imap)))
         if account.pop3:
-            probes.append(probe(f"accounts.{name}.pop3", lambda n=name, c=account.pop3: Pop3Connection(n, c)))
+            probes.append(probe(f"accounts.{name}.pop3", account.pop3,
+                                functools.partial(Pop3Connection, name, account.pop3)))
     return list(await asyncio.gather(*probes))

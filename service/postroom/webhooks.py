@@ -31,7 +31,7 @@ import httpx
 import structlog
 
 from postroom.clock import utcnow
-from postroom.config.rules import ActionConfig
+from postroom.config.rules import ActionConfig, WebhookAction
 from postroom.config.types import webhook_key
 from postroom.errors import (
     ErrorTable,
@@ -226,7 +226,8 @@ class WebhookQueue:
     async def _post(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> int:
         """The status of a 2xx answer; anything else raises ours (transient: retry later)."""
         try:
-            spec = self.spec_lookup(delivery.rule, _action_index(delivery.action_key)).webhook
+            action = self.spec_lookup(delivery.rule, _action_index(delivery.action_key))
+            spec = action.webhook if isinstance(action, WebhookAction) else None
         except (KeyError, IndexError, ValueError):
             spec = None
         if spec is None:

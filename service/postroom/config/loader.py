@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from ..errors import ConfigError
-from .model import Config
+from .model import Config, FileSource, SqlSource
 from .settings import Settings
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -181,9 +181,9 @@ def _resolve_relative_paths(config: Config, base: Path) -> None:
     """Files and SQLite databases named relative to the config mean beside the config."""
     for job in config.jobs.values():
         for source in job.data.values():
-            if source.file is not None and not source.file.is_absolute():
+            if isinstance(source, FileSource) and not source.file.is_absolute():
                 source.file = base / source.file
-            if source.database:
+            if isinstance(source, SqlSource) and source.database:
                 source.database = resolve_sqlite_url(source.database, base)
         for att in job.attachments:
             if att.file is not None and not att.file.is_absolute():

@@ -10,16 +10,26 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
+from ..action_kinds import SENDING
+from ..credentials import Credentials, PasswordCredentials
 from .rules import RuleConfig
 from .types import Address, Duration, TimeZoneName
 
 Security = Literal["tls", "starttls", "none"]
-SENDING_ACTIONS = frozenset({"forward", "redirect", "reply"})
 
 
 class _Strict(BaseModel):
@@ -42,6 +52,12 @@ class ServerConfig(_Strict):
         if self.port:
             return self.port
         return self._default_ports[self.security]
+
+    def credentials(self) -> Credentials | None:
+        """How to log in to this server; None: it takes us without a login."""
+        if self.username is None or self.password is None:
+            return None
+        return PasswordCredentials(self.username, self.password)
 
     @model_validator(mode="after")
     def _auth_pair(self) -> ServerConfig:
@@ -120,29 +136,64 @@ class ScheduleConfig(_Strict):
         return self
 
 
-class DataSourceConfig(_Strict):
-    sql: str | None = None
-    database: str | None = None  # any SQLAlchemy URL; relative sqlite paths: beside the config
-    http: str | None = None
-    headers: dict[str, str] = {}
-    file: Path | None = None  # .csv or .json; relative: beside the config
-    format: Literal["csv", "json"] | None = None  # default: from the file's suffix
+class _DataSource(_Strict):
+    kind: ClassVar[str]
     timeout: float = Field(default=30.0, gt=0)
 
+
+class SqlSource(_DataSource):
+    kind: ClassVar[str] = "sql"
+    sql: str
+    database: str | None = None  # any SQLAlchemy URL; relative sqlite paths: beside the config
+
     @model_validator(mode="after")
-    def _one_kind(self) -> DataSourceConfig:
-        kinds = [k for k in ("sql", "http", "file") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError("give exactly one of sql, http, file")
-        if self.sql is not None and not self.database:
+    def _has_database(self) -> SqlSource:
+        if not self.database:
             raise ValueError("a sql source needs database: (a SQLAlchemy URL such as sqlite:///shop.db)")
-        if self.http is not None and not self.http.startswith(("http://", "https://")):
-            raise ValueError("http: must be an http:// or https:// URL")
         return self
 
-    @property
-    def kind(self) -> str:
-        return "sql" if self.sql is not None else "http" if self.http is not None else "file"
+
+class HttpSource(_DataSource):
+    kind: ClassVar[str] = "http"
+    http: str
+    headers: dict[str, str] = {}
+
+    @field_validator("http")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("http: must be an http:// or https:// URL")
+        return value
+
+
+class FileSource(_DataSource):
+    kind: ClassVar[str] = "file"
+    file: Path  # .csv or .json; relative: beside the config
+    format: Literal["csv", "json"] | None = None  # default: from the file's suffix
+
+
+_SOURCE_KINDS = ("sql", "http", "file")
+# pydantic puts a tagged union's tag in each error's location; the loader leaves out location
+# parts starting "tagged-union", so errors name the YAML keys a user wrote (data.orders.sql)
+_TAG = "tagged-union:"
+
+
+def _source_tag(value: Any) -> str | None:
+    """Which model reads a ``data:`` entry: the one its single kind key names (None: an error)."""
+    if isinstance(value, _DataSource):
+        return _TAG + value.kind
+    kinds = [key for key in value if key in _SOURCE_KINDS] if isinstance(value, dict) else []
+    return _TAG + kinds[0] if len(kinds) == 1 else None
+
+
+# One entry of a job's ``data:``, by the key that names its kind: sql, http or file.
+DataSourceConfig = Annotated[
+    Annotated[SqlSource, Tag(_TAG + "sql")]
+    | Annotated[HttpSource, Tag(_TAG + "http")]
+    | Annotated[FileSource, Tag(_TAG + "file")],
+    Discriminator(_source_tag, custom_error_type="source_kind",
+                  custom_error_message="give exactly one of sql, http, file"),
+]
 
 
 class AttachmentConfig(_Strict):
@@ -199,41 +250,39 @@ class Config(_Strict):
         """Names that point nowhere, each with the key path that holds it."""
         problems: list[tuple[tuple[Any, ...], str]] = []
         for name, job in self.jobs.items():
-            at = ("jobs", name)
+            at: tuple[str | int, ...] = ("jobs", name)
             account = self.accounts.get(job.account)
             if account is None:
-                problems.append((at + ("account",), _unknown("account", job.account, self.accounts)))
+                problems.append(((*at, "account"), _unknown("account", job.account, self.accounts)))
             elif account.smtp is None:
-                problems.append((at + ("account",), f"account {job.account!r} has no smtp: section to send with"))
+                problems.append(((*at, "account"), f"account {job.account!r} has no smtp: section to send with"))
             for key in ("for_each", "skip_if_empty"):
                 ref = getattr(job, key)
                 if ref is not None and ref not in job.data:
-                    problems.append((at + (key,), _unknown("data key", ref, job.data)))
+                    problems.append(((*at, key), _unknown("data key", ref, job.data)))
             for i, att in enumerate(job.attachments):
                 if att.data is not None and att.data not in job.data:
-                    problems.append((at + ("attachments", i, "data"), _unknown("data key", att.data, job.data)))
+                    problems.append(((*at, "attachments", i, "data"), _unknown("data key", att.data, job.data)))
         seen: set[str] = set()
         for i, rule in enumerate(self.rules):
             at = ("rules", i)
             if rule.name in seen:
-                problems.append((at + ("name",), f"rule name {rule.name!r} is used twice; names must be unique"))
+                problems.append(((*at, "name"), f"rule name {rule.name!r} is used twice; names must be unique"))
             seen.add(rule.name)
             account = self.accounts.get(rule.account)
             if account is None:
-                problems.append((at + ("account",), _unknown("account", rule.account, self.accounts)))
+                problems.append(((*at, "account"), _unknown("account", rule.account, self.accounts)))
                 continue
             if account.imap is None and account.pop3 is None:
-                problems.append((at + ("account",), f"account {rule.account!r} has no imap: or pop3: section to watch"))
+                problems.append(((*at, "account"), f"account {rule.account!r} has no imap: or pop3: section to watch"))
             if account.pop3 is not None:
-                for j, kind in rule.imap_only_actions():
-                    problems.append(
-                        (at + ("actions", j, kind), f"{kind} needs IMAP; account {rule.account!r} reads POP3")
-                    )
+                problems.extend(((*at, *where), f"{what} (account {rule.account!r} reads POP3)")
+                                for where, what in rule.pop3_problems())
             if account.smtp is None:
-                sending = [(j, a.kind) for j, a in enumerate(rule.actions) if a.kind in SENDING_ACTIONS]
+                sending = [(j, a.kind) for j, a in enumerate(rule.actions) if a.kind in SENDING]
                 for j, kind in sending:
                     problems.append(
-                        (at + ("actions", j, kind), f"{kind} sends mail; account {rule.account!r} has no smtp: section")
+                        ((*at, "actions", j, kind), f"{kind} sends mail; account {rule.account!r} has no smtp: section")
                     )
         return problems
 

@@ -39,17 +39,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator, model_validator
 
+from ..action_kinds import IMAP_ONLY
 from .types import parse_duration, parse_size, webhook_key
 
-#: Actions only an IMAP account can perform (POP3 can only read and, at most, delete all).
-IMAP_ONLY_ACTIONS: frozenset[str] = frozenset(
-    {"move", "copy", "flag", "unflag", "mark_read", "delete"}
-)
 #: The system flags a client may set (RFC 3501 2.3.2); \Recent is the server's alone.
 SYSTEM_FLAGS: frozenset[str] = frozenset({"\\seen", "\\answered", "\\flagged", "\\deleted", "\\draft"})
 # atom-specials of RFC 3501 that may not appear in a keyword
@@ -221,59 +218,155 @@ def _check_flags(value: Any) -> Any:
     return flags
 
 
-class ActionConfig(_Strict):
-    """One action: a mapping with exactly one of these keys."""
+class _Action(_Strict):
+    """One action: a mapping with a single key, its kind (``{move: Archive}``)."""
 
-    forward: ForwardSpec | None = None
-    redirect: RedirectSpec | None = None
-    reply: ReplySpec | None = None
-    move: str | None = Field(default=None, min_length=1)
-    copy_: str | None = Field(default=None, alias="copy", min_length=1)
-    flag: list[str] | None = None
-    unflag: list[str] | None = None
-    mark_read: Literal[True] | None = None
-    delete: Literal[True] | None = None
-    webhook: WebhookSpec | None = None
-    stop: Literal[True] | None = None
+    kind: ClassVar[str]
 
-    @field_validator("flag", "unflag", mode="before")
+    def params(self) -> dict[str, Any]:
+        """JSON-safe parameters, without secrets."""
+        return {}
+
+
+class ForwardAction(_Action):
+    kind: ClassVar[str] = "forward"
+    forward: ForwardSpec
+
+    def params(self) -> dict[str, Any]:
+        return self.forward.model_dump(by_alias=True)
+
+
+class RedirectAction(_Action):
+    kind: ClassVar[str] = "redirect"
+    redirect: RedirectSpec
+
+    def params(self) -> dict[str, Any]:
+        return self.redirect.model_dump(by_alias=True)
+
+
+class ReplyAction(_Action):
+    kind: ClassVar[str] = "reply"
+    reply: ReplySpec
+
+    def params(self) -> dict[str, Any]:
+        return self.reply.model_dump(by_alias=True)
+
+
+class MoveAction(_Action):
+    kind: ClassVar[str] = "move"
+    move: str = Field(min_length=1)
+
+    def params(self) -> dict[str, Any]:
+        return {"folder": self.move}
+
+
+class CopyAction(_Action):
+    kind: ClassVar[str] = "copy"
+    copy_: str = Field(alias="copy", min_length=1)
+
+    def params(self) -> dict[str, Any]:
+        return {"folder": self.copy_}
+
+
+class FlagAction(_Action):
+    kind: ClassVar[str] = "flag"
+    flag: list[str]
+
+    @field_validator("flag", mode="before")
     @classmethod
     def _flags(cls, value: Any) -> Any:
         return _check_flags(value)
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> ActionConfig:
-        given = [name for name in self._kinds() if self._value(name) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "an action is a mapping with exactly one of: " + ", ".join(self._kinds())
-                + (f" (got {', '.join(given)})" if given else ""))
-        return self
+    def params(self) -> dict[str, Any]:
+        return {"flags": list(self.flag)}
 
-    @staticmethod
-    def _kinds() -> list[str]:
-        return ["forward", "redirect", "reply", "move", "copy", "flag", "unflag",
-                "mark_read", "delete", "webhook", "stop"]
 
-    def _value(self, kind: str) -> Any:
-        return getattr(self, "copy_" if kind == "copy" else kind)
+class UnflagAction(_Action):
+    kind: ClassVar[str] = "unflag"
+    unflag: list[str]
 
-    @property
-    def kind(self) -> str:
-        return next(k for k in self._kinds() if self._value(k) is not None)
+    @field_validator("unflag", mode="before")
+    @classmethod
+    def _flags(cls, value: Any) -> Any:
+        return _check_flags(value)
 
     def params(self) -> dict[str, Any]:
-        """JSON-safe parameters, without secrets (a webhook says only whether it signs)."""
-        value = self._value(self.kind)
-        if self.kind == "webhook":
-            return {"url": value.url, "timeout": value.timeout, "signed": value.secret is not None}
-        if isinstance(value, BaseModel):
-            return value.model_dump(by_alias=True)
-        if isinstance(value, str):
-            return {"folder": value}
-        if isinstance(value, list):
-            return {"flags": list(value)}
-        return {}
+        return {"flags": list(self.unflag)}
+
+
+class MarkReadAction(_Action):
+    kind: ClassVar[str] = "mark_read"
+    mark_read: Literal[True]
+
+
+class DeleteAction(_Action):
+    kind: ClassVar[str] = "delete"
+    delete: Literal[True]
+
+
+class WebhookAction(_Action):
+    kind: ClassVar[str] = "webhook"
+    webhook: WebhookSpec
+
+    def params(self) -> dict[str, Any]:
+        # only whether it signs: params go to logs and the ledger
+        return {"url": self.webhook.url, "timeout": self.webhook.timeout, "signed": self.webhook.secret is not None}
+
+
+class StopAction(_Action):
+    kind: ClassVar[str] = "stop"
+    stop: Literal[True]
+
+
+class _NoKind(_Action):
+    """A mapping naming no known kind: each of its keys is reported unknown (``mvoe:``)."""
+
+    kind: ClassVar[str] = ""
+
+    @model_validator(mode="after")
+    def _refuse(self) -> _NoKind:
+        raise ValueError(_ONE_KIND)
+
+
+#: The schema of each action kind, by the key that names it (``postroom.action_kinds`` says
+#: what each kind does).
+ACTION_MODELS: dict[str, type[_Action]] = {model.kind: model for model in (
+    ForwardAction, RedirectAction, ReplyAction, MoveAction, CopyAction, FlagAction, UnflagAction,
+    MarkReadAction, DeleteAction, WebhookAction, StopAction)}
+_ONE_KIND = "an action is a mapping with exactly one of: " + ", ".join(ACTION_MODELS)
+# pydantic puts a tagged union's tag in each error's location; the loader leaves out location
+# parts starting "tagged-union", so errors name the YAML keys a user wrote (actions.0.move)
+_TAG = "tagged-union:"
+
+
+def _action_tag(value: Any) -> str | None:
+    """Which model reads ``value``: the one its single kind key names. None (an error) when
+    it names several kinds, or is no mapping."""
+    if isinstance(value, _Action):
+        return _TAG + value.kind
+    if not isinstance(value, dict):
+        return None
+    kinds = [key for key in value if key in ACTION_MODELS]
+    if len(kinds) > 1:
+        return None
+    return _TAG + (kinds[0] if kinds else "")
+
+
+ActionConfig = Annotated[
+    Annotated[ForwardAction, Tag(_TAG + "forward")]
+    | Annotated[RedirectAction, Tag(_TAG + "redirect")]
+    | Annotated[ReplyAction, Tag(_TAG + "reply")]
+    | Annotated[MoveAction, Tag(_TAG + "move")]
+    | Annotated[CopyAction, Tag(_TAG + "copy")]
+    | Annotated[FlagAction, Tag(_TAG + "flag")]
+    | Annotated[UnflagAction, Tag(_TAG + "unflag")]
+    | Annotated[MarkReadAction, Tag(_TAG + "mark_read")]
+    | Annotated[DeleteAction, Tag(_TAG + "delete")]
+    | Annotated[WebhookAction, Tag(_TAG + "webhook")]
+    | Annotated[StopAction, Tag(_TAG + "stop")]
+    | Annotated[_NoKind, Tag(_TAG)],
+    Discriminator(_action_tag, custom_error_type="action_kind", custom_error_message=_ONE_KIND),
+]
 
 
 class RuleConfig(_Strict):
@@ -300,16 +393,18 @@ class RuleConfig(_Strict):
 
     def imap_only_actions(self) -> list[tuple[int, str]]:
         """(index, kind) of each action a POP3 account cannot do."""
-        return [(i, a.kind) for i, a in enumerate(self.actions) if a.kind in IMAP_ONLY_ACTIONS]
+        return [(i, a.kind) for i, a in enumerate(self.actions) if a.kind in IMAP_ONLY]
 
     def needs_imap_only_actions(self) -> bool:
         return bool(self.imap_only_actions())
 
-    def pop3_problems(self) -> list[tuple[str, str]]:
-        """(location inside this rule, message) for what a POP3 account can't do; [] if fine."""
-        problems = [(f"actions.{i}.{kind}", f"{kind} needs an IMAP account (this one is POP3)")
-                    for i, kind in self.imap_only_actions()]
+    def pop3_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """(key path inside this rule, message) for what a POP3 account can't do; [] if fine."""
+        problems: list[tuple[tuple[str | int, ...], str]] = [
+            (("actions", i, kind), f"{kind} needs IMAP; a POP3 account can only read its mail")
+            for i, kind in self.imap_only_actions()]
         if [f.upper() for f in self.watched_folders()] != ["INBOX"]:
-            problems.append(("folders" if self.folders is not None else "folder",
-                             "a POP3 account has only INBOX"))
+            # a POP3 maildrop has no folders: a rule watching one would silently never match
+            problems.append((("folders",) if self.folders is not None else ("folder",),
+                             "a POP3 account has only INBOX; leave folder out or use an IMAP account"))
         return problems

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import email.utils
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
+from postroom.action_kinds import ACTION_KINDS, PHASES, WITHOUT_FETCH, Phase
 from postroom.clock import utcnow
 from postroom.config.model import AccountConfig, Config
 from postroom.errors import PostroomError, TransientError, is_transient
@@ -54,11 +55,6 @@ from .rules import PlannedAction, RuleSet
 
 log = structlog.get_logger(__name__)
 
-SENDING = ("forward", "redirect", "reply")
-FLAGGING = ("flag", "unflag", "mark_read")
-TERMINAL = ("move", "delete")
-PHASES: tuple[tuple[str, ...], ...] = (SENDING, ("webhook",), ("copy",), FLAGGING, TERMINAL)
-SEEN = "\\Seen"
 SEND_CHUNK = 200  # forwards/redirects/replies whose raw messages are held at once
 
 
@@ -97,6 +93,12 @@ class _Result:
     status: str  # done | failed | dead
     detail: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """What metrics count: done | skipped | failed | dead. A skip (a reply guard, a delete
+        after a move) is recorded done so it is never retried, but nothing was done."""
+        return "skipped" if self.status == "done" and "skipped" in self.detail else self.status
 
 
 class _Phase:
@@ -137,14 +139,14 @@ class ActionExecutor:
 
     #: Actions done from the UID alone: a watcher may hand these over without fetching the
     #: message (``ParsedMessage.unread``). Not copy: see the watcher on UIDVALIDITY changes.
-    kinds_without_message: frozenset[str] = frozenset({"move", "delete", "flag", "unflag", "mark_read"})
+    kinds_without_message: frozenset[str] = WITHOUT_FETCH  # what the watcher may hand over unfetched
 
     def __init__(self, config: Config, ruleset: RuleSet, store: ExecutorStore,
                  renderer: TemplateRenderer, webhooks: WebhookSink, *,
                  clock: Callable[[], datetime] = utcnow, wake_sender: Callable[[], None] = lambda: None,
                  dry_run: bool = False, on_action: Callable[[str, str], None] = lambda kind, result: None):
         self.config = config
-        self.on_action = on_action  # (kind, done|failed|dead) — metrics
+        self.on_action = on_action  # (kind, done|skipped|failed|dead) — metrics
         self.ruleset = ruleset
         self.outbox = store.outbox
         self.ledger = store.ledger
@@ -172,25 +174,25 @@ class ActionExecutor:
                 results[entry_id] = _Result(entry.status, entry.detail or {}, entry.error)
         # Items with a failure (this batch, or a dead action before): later phases wait.
         blocked: set[str] = {aid[0] for aid, entry in entries.items() if entry.status == "dead"}
-        for kinds in PHASES:
+        for phase_of, kinds in PHASES:
             works = [
                 _Work(item, action, entries.get((item.key, action.rule, action.index)))
                 for item in items if item.key not in blocked
                 for action in item.planned if action.kind in kinds
             ]
             todo = [w for w in works if w.aid not in results]
-            if kinds == TERMINAL:
+            if phase_of is Phase.TERMINAL:
                 todo = self._first_terminal(works, results)
             if not todo:
                 continue
             phase = _Phase()
             self.ledger.plan([(w.aid, w.action.kind) for w in todo], now=self.clock())
-            await self._run_phase(kinds, todo, phase, acct, account, folder, mailbox)
+            await self._run_phase(phase_of, todo, phase, acct, account, folder, mailbox)
             self.ledger.finish([(aid, r.status, r.detail or None, r.error)
                                 for aid, (_, r) in phase.results.items()], now=self.clock())
             for aid, (work, result) in phase.results.items():
                 results[aid] = result
-                self.on_action(work.action.kind, result.status)
+                self.on_action(work.action.kind, result.outcome)
                 if result.status != "done":
                     blocked.add(work.item.key)
                     logger.warning("action failed", key=work.key, kind=work.action.kind,
@@ -210,22 +212,23 @@ class ActionExecutor:
                 todo.append(first)
             skipped.extend(w for w in later if w.aid not in results)
         if skipped:
-            finished = []
+            finished: list[tuple[ActionId, str, dict[str, Any] | None, str | None]] = []
             for work in skipped:
-                first = by_item[work.item.key][0].action
-                detail = {"skipped": f"the message already left the folder by {first.kind} "
-                                     f"({first.rule}#{first.index})"}
+                left_by = by_item[work.item.key][0].action
+                detail = {"skipped": f"the message already left the folder by {left_by.kind} "
+                                     f"({left_by.rule}#{left_by.index})"}
                 results[work.aid] = _Result("done", detail)
                 finished.append((work.aid, "done", detail, None))
+                self.on_action(work.action.kind, "skipped")
             self.ledger.plan([(w.aid, w.action.kind) for w in skipped], now=self.clock())
             self.ledger.finish(finished, now=self.clock())
         return todo
 
-    async def _run_phase(self, kinds: tuple[str, ...], todo: list[_Work], phase: _Phase,
+    async def _run_phase(self, phase_of: Phase, todo: list[_Work], phase: _Phase,
                          acct: AccountConfig, account: str, folder: str, mailbox: MailboxOps | None) -> None:
-        if kinds == SENDING:
+        if phase_of is Phase.SEND:
             await self._send(todo, phase, acct, account, mailbox)
-        elif kinds == ("webhook",):
+        elif phase_of is Phase.WEBHOOK:
             self._webhooks(todo, phase, account, folder)
         elif mailbox is None:
             phase.fail_all(todo, f"{todo[0].action.kind} needs an IMAP folder; this is POP3")
@@ -351,10 +354,11 @@ class ActionExecutor:
     async def _imap(self, todo: list[_Work], phase: _Phase, mailbox: MailboxOps) -> None:
         groups: dict[tuple[str, tuple[str, ...]], list[_Work]] = defaultdict(list)
         for work in todo:
-            if work.item.uid is None:
+            group = ACTION_KINDS[work.action.kind].group
+            if work.item.uid is None or group is None:
                 phase.failed(work, f"{work.action.kind} needs an IMAP UID")
                 continue
-            groups[_group_key(work.action)].append(work)
+            groups[group(work.action.params)].append(work)
         for (kind, args), works in groups.items():
             try:
                 await self._imap_group(kind, args, works, phase, mailbox)
@@ -363,54 +367,22 @@ class ActionExecutor:
 
     async def _imap_group(self, kind: str, args: tuple[str, ...], works: list[_Work], phase: _Phase,
                           mailbox: MailboxOps) -> None:
-        doubtful = {w.item.uid for w in works if w.in_doubt}
+        spec = ACTION_KINDS[kind]
+        if spec.call is None:
+            raise ValueError(f"{kind} has no folder call")  # a gap in the ACTION_KINDS table
+        doubtful = {w.item.uid for w in works if w.in_doubt and w.item.uid is not None}
         settled: set[int] = set()
-        if doubtful:
-            settled = await _already_done(kind, args, doubtful, mailbox)  # type: ignore[arg-type]
-        uids = sorted({w.item.uid for w in works} - settled)  # type: ignore[misc]
-        call = _IMAP_CALLS[kind]
+        if doubtful and spec.check is not None:
+            settled = await spec.check(mailbox, doubtful, args)
+        uids = sorted({w.item.uid for w in works if w.item.uid is not None} - settled)
         if uids:
-            await call(mailbox, uids, args)
+            await spec.call(mailbox, uids, args)
         log.info("imap action", kind=kind, args=list(args), uids=len(uids), verified=len(settled))
         for work in works:
             if work.item.uid in settled:
                 phase.done(work, verified="already done on the server")
             else:
                 phase.done(work)
-
-
-def _group_key(action: PlannedAction) -> tuple[str, tuple[str, ...]]:
-    if action.kind in ("move", "copy"):
-        return action.kind, (action.params["folder"],)
-    if action.kind == "mark_read":
-        return "flag", (SEEN,)
-    if action.kind in ("flag", "unflag"):
-        return action.kind, tuple(action.params["flags"])
-    return action.kind, ()
-
-
-async def _already_done(kind: str, args: tuple[str, ...], uids: Collection[int],
-                        mailbox: MailboxOps) -> set[int]:
-    """Of these in-doubt UIDs, those whose action the server shows as done."""
-    if kind in ("move", "delete"):
-        return set(uids) - await mailbox.existing_uids(uids)
-    if kind in ("flag", "unflag"):
-        flags = await mailbox.flags(uids)
-        wanted = {f.lower() for f in args}
-        if kind == "flag":
-            return {uid for uid, has in flags.items() if wanted <= {f.lower() for f in has}}
-        return {uid for uid, has in flags.items() if not wanted & {f.lower() for f in has}}
-    return set()  # copy: redone (at most one duplicate copy after a crash mid-copy)
-
-
-_ImapCall = Callable[[MailboxOps, list[int], tuple[str, ...]], Awaitable[None]]
-_IMAP_CALLS: dict[str, _ImapCall] = {
-    "move": lambda box, uids, args: box.move(uids, args[0]),
-    "copy": lambda box, uids, args: box.copy(uids, args[0]),
-    "flag": lambda box, uids, args: box.add_flags(uids, list(args)),
-    "unflag": lambda box, uids, args: box.remove_flags(uids, list(args)),
-    "delete": lambda box, uids, args: box.delete(uids),
-}
 
 
 def webhook_payload(item: InboundItem, account: str, folder: str, rule: str) -> dict[str, Any]:

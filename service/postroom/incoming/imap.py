@@ -1,10 +1,9 @@
 """The IMAP edge: IMAPClient on one dedicated thread per connection.
 
 IMAPClient blocks, so every call of one connection runs on that connection's own single
-worker thread (never the loop's default executor: a parked IDLE would starve it). Async
-methods await that thread. Low-level errors are mapped to ``postroom.errors`` here and
-nowhere else; after a connection-level failure the connection is marked broken and the
-watcher opens a new one.
+worker thread (``threaded.ThreadedConnection``). Low-level errors are mapped to
+``postroom.errors`` by one table here (``IMAP_ERRORS``) and nowhere else; after a
+connection-level failure the connection is marked broken and the watcher opens a new one.
 
 UIDs go to the server as compact UID sets ("1:500,502") in chunks, one command per chunk:
 fetching or moving message by message is two orders of magnitude slower on big folders.
@@ -14,9 +13,7 @@ EXPUNGE would also remove other clients' \\Deleted messages, so without UIDPLUS 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import imaplib
 import itertools
 import re
@@ -24,11 +21,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import structlog
 from imapclient import IMAPClient
@@ -41,21 +37,21 @@ from imapclient.exceptions import (
 from imapclient.response_parser import parse_fetch_response
 
 from postroom.config.model import ImapConfig
+from postroom.credentials import Mechanism
 from postroom.errors import (
     AuthError,
+    ErrorTable,
     PermanentError,
     PostroomError,
-    ServerBusy,
     ServerConnectError,
     ServerRejected,
     ServerTimeout,
     TLSError,
 )
 from postroom.incoming.message import Attachment, decode_header_value
+from postroom.incoming.threaded import Login, ThreadedConnection, map_server_error
 
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
 
 # UIDs per FETCH/STORE/MOVE command: each command costs Dovecot an index sync, so few big
 # ones; 2,000 UIDs of 6 digits stay far under its 64 KiB command-line limit
@@ -162,101 +158,78 @@ def attachments_from_bodystructure(structure: Any) -> list[Attachment]:
 
 # -- error mapping -------------------------------------------------------------------------
 
+# IMAPClient's and imaplib's errors as ours, read in order (a subclass before its base).
+IMAP_ERRORS: ErrorTable = {
+    ssl.SSLCertVerificationError: TLSError,
+    TimeoutError: ServerTimeout,
+    IMAPClientAbortError: ServerConnectError,
+    imaplib.IMAP4.abort: ServerConnectError,
+    OSError: ServerConnectError,
+    EOFError: ServerConnectError,
+    CapabilityError: PermanentError,
+    LoginError: AuthError,
+    IMAPClientError: ServerRejected,  # imaplib.IMAP4.error: a NO or BAD
+}
+# RFC 5530 response codes that mean "not now": the refusal is ServerBusy, tried again soon.
+IMAP_BUSY_CODES = ("[UNAVAILABLE]", "[INUSE]", "[LIMIT]")
+
+
 def map_imap_error(exc: BaseException, where: str) -> PostroomError:
     """One low-level IMAP/socket/TLS error as ours. ``where`` names the server and step."""
-    if isinstance(exc, PostroomError):
-        return exc
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return TLSError(f"{where}: certificate not trusted: {exc.verify_message or exc}")
-    if isinstance(exc, LoginError):
-        # imapclient turns every failure during LOGIN into LoginError, a dropped connection too
-        # (a server restarting): only the server's own refusal is a settings problem
-        text = _text(exc.args[0]) if exc.args else str(exc)
-        if isinstance(exc.__context__, imaplib.IMAP4.abort | OSError | EOFError):
-            return ServerConnectError(f"{where}: connection lost during login: {text}")
-        if "[UNAVAILABLE]" in text or "[INUSE]" in text:
-            return ServerBusy(f"{where}: login put off by the server: {text}")
-        return AuthError(f"{where}: login refused: {text}")
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return ServerTimeout(f"{where}: no answer in time")
-    if isinstance(exc, IMAPClientAbortError | imaplib.IMAP4.abort | OSError | EOFError):
-        return ServerConnectError(f"{where}: connection lost: {exc}")
-    if isinstance(exc, CapabilityError):
-        return PermanentError(f"{where}: {exc}")
-    if isinstance(exc, IMAPClientError | imaplib.IMAP4.error):
-        text = str(exc)
-        if "[UNAVAILABLE]" in text or "[INUSE]" in text or "[LIMIT]" in text:
-            return ServerBusy(f"{where}: {text}")
-        return ServerRejected(f"{where}: {text}")
-    return ServerConnectError(f"{where}: {exc!r}")
+    return map_server_error(exc, where, IMAP_ERRORS, IMAP_BUSY_CODES)
 
 
 def _ssl_context(cfg: ImapConfig) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
 
 
+def _login(client: IMAPClient, login: Login, where: str) -> None:
+    try:
+        _LOGINS[login.mechanism](client, login.username, login.secret)
+    except LoginError as exc:
+        # imapclient turns every failure during LOGIN into LoginError, a dropped connection
+        # too (a server restarting): only the server's own refusal is a settings problem
+        if isinstance(exc.__context__, imaplib.IMAP4.abort | OSError | EOFError):
+            text = _text(exc.args[0]) if exc.args else str(exc)
+            raise ServerConnectError(f"{where}: connection lost during login: {text}") from exc
+        raise
+
+
+# How each login mechanism is spoken over IMAP.
+_LOGINS: Mapping[Mechanism, Callable[[IMAPClient, str, str], object]] = {
+    "password": lambda client, username, password: client.login(username, password),
+}
+
+
 # -- the connection ------------------------------------------------------------------------
 
-class ImapConnection:
+class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
     """One logged-in IMAP session with its own worker thread. Also the ``MailboxOps`` of the
     folder selected last (``folder``/``uidvalidity`` say which)."""
 
+    protocol = "imap"
+    errors = IMAP_ERRORS
+    busy_codes = IMAP_BUSY_CODES
+
     def __init__(self, account: str, cfg: ImapConfig, *, idle_renew: float = IDLE_RENEW_SECONDS):
-        self.account = account
-        self.cfg = cfg
+        super().__init__(account, cfg)
         self.idle_renew = idle_renew
         self.folder = ""
         self.uidvalidity = 0
         self.capabilities: frozenset[str] = frozenset()
-        self._client: IMAPClient | None = None
-        self._broken = False
         self._news = False  # EXISTS/RECENT read past by our FETCH reader since the last SELECT
         self._wake = threading.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"imap-{account}")
-        self._where = f"imap {account} ({cfg.host}:{cfg.port_or_default()})"
-
-    # -- running on the connection's thread --------------------------------------------
-
-    async def _run(self, step: str, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(self._guarded, step, fn, *args))
-
-    def _guarded(self, step: str, fn: Callable[..., T], *args: Any) -> T:
-        if self._broken and step != "connect":
-            raise ServerConnectError(f"{self._where}: connection is broken; reconnect")
-        try:
-            return fn(*args)
-        except BaseException as exc:
-            mapped = map_imap_error(exc, f"{self._where} {step}")
-            if isinstance(mapped, ServerConnectError | ServerTimeout):
-                self._broken = True
-            if mapped is exc:
-                raise
-            raise mapped from exc
-
-    @property
-    def usable(self) -> bool:
-        return self._client is not None and not self._broken
-
-    def _c(self) -> IMAPClient:
-        if self._client is None:
-            raise ServerConnectError(f"{self._where}: not connected")
-        return self._client
 
     def has(self, capability: str) -> bool:
         return capability.upper() in self.capabilities
 
     # -- connect / close -------------------------------------------------------------------
 
-    async def connect(self) -> None:
-        await self._run("connect", self._connect)
-
-    def _connect(self) -> None:
+    def _open(self, login: Login | None) -> IMAPClient:
         cfg = self.cfg
         context = _ssl_context(cfg)
-        host, port = cfg.host, cfg.port_or_default()
         try:
-            client = IMAPClient(host, port=port, ssl=cfg.security == "tls",
+            client = IMAPClient(cfg.host, port=cfg.port_or_default(), ssl=cfg.security == "tls",
                                 ssl_context=context if cfg.security == "tls" else None,
                                 timeout=cfg.timeout)
         except ssl.SSLError as exc:
@@ -274,38 +247,33 @@ class ImapConnection:
                     raise
                 except ssl.SSLError as exc:
                     raise TLSError(f"{self._where}: STARTTLS failed: {exc}") from exc
-            if cfg.username is not None and cfg.password is not None:
-                client.login(cfg.username, cfg.password.get_secret_value())
+            if login is not None:
+                _login(client, login, self._where)
             # Asked after login on purpose: the pre-login list lacks MOVE on Dovecot. imapclient
             # caches nothing before login, and afterwards takes the login reply's CAPABILITY
             # or sends CAPABILITY itself.
-            capabilities = client.capabilities()
+            self.capabilities = frozenset(_text(c).upper() for c in client.capabilities())
             _keep_alive(client.socket())
         except BaseException:
             _shutdown_quietly(client)  # already failing: the original error is what matters
             raise
-        self._client = client
-        self._broken = False
-        self.capabilities = frozenset(_text(c).upper() for c in capabilities)
-        log.info("imap connected", account=self.account, host=host, port=port, security=cfg.security,
-                 idle=self.has("IDLE"), move=self.has("MOVE"), uidplus=self.has("UIDPLUS"))
+        return client
+
+    def _opened(self, client: IMAPClient) -> None:
+        cfg = self.cfg
+        log.info("imap connected", account=self.account, host=cfg.host, port=cfg.port_or_default(),
+                 security=cfg.security, idle=self.has("IDLE"), move=self.has("MOVE"), uidplus=self.has("UIDPLUS"))
+
+    def _goodbye(self, client: IMAPClient) -> None:
+        _logout_quietly(client)
+
+    def _drop(self, client: IMAPClient) -> None:
+        _shutdown_quietly(client)
 
     async def close(self) -> None:
         """LOGOUT within the socket timeout; on any trouble just drop the socket. Never hangs."""
         self._wake.set()
-        client, self._client = self._client, None
-        if client is not None:
-            loop = asyncio.get_running_loop()
-            try:
-                await asyncio.wait_for(loop.run_in_executor(self._executor, _logout_quietly, client),
-                                       timeout=self.cfg.timeout + 1)
-            except TimeoutError:
-                _shutdown_quietly(client)
-            except asyncio.CancelledError:
-                _shutdown_quietly(client)
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                raise
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await super().close()
 
     # -- folders ---------------------------------------------------------------------------
 
@@ -349,7 +317,7 @@ class ImapConnection:
 
     # -- searching and fetching ----------------------------------------------------------
 
-    async def search_uids(self, criteria: list | str) -> list[int]:
+    async def search_uids(self, criteria: list[Any] | str) -> list[int]:
         return await self._run("search", lambda: sorted(int(u) for u in self._c().search(criteria)))
 
     async def uids_from(self, min_uid: int) -> list[int]:
@@ -386,7 +354,7 @@ class ImapConnection:
                     raw=body if whole else None)
         return result
 
-    def _c_fetch(self, part: list[int], items: list[str]) -> dict:
+    def _c_fetch(self, part: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
         """uid -> {item: value} as ``IMAPClient.fetch`` returns it, read by ``parse_fetch_reply``
         (the lean reader for header-field fetches, imapclient's parser for anything else)."""
         wanted = set(part)
@@ -512,7 +480,7 @@ class ImapConnection:
 # -- FETCH replies -------------------------------------------------------------------------
 
 def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str],
-                        untagged: list[bytes] | None = None) -> list:
+                        untagged: list[bytes] | None = None) -> list[Any]:
     """``UID FETCH uids (items)`` and its untagged FETCH data in imaplib's own shape: per
     FETCH response a ``(b"seq (... {n}", literal)`` tuple per literal, then the bytes after
     the last one (``[None]`` when there were none, as imaplib says it).
@@ -530,7 +498,7 @@ def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str],
     tag = b"pr%d" % next(_TAGS)
     imap.send(b"%s UID FETCH %s (%s)\r\n" % (tag, uids.encode("ascii"),
                                             " ".join(item.upper() for item in items).encode("ascii")))
-    data: list = []
+    data: list[Any] = []
     tagged = tag + b" "
     while True:
         line = _reply_line(imap)
@@ -566,7 +534,8 @@ def _imaplib(client: IMAPClient) -> imaplib.IMAP4:
     here. IMAPClient offers no call that returns a reply unparsed, nor one for the untagged
     responses a command left behind; imaplib's own public methods (``send``, ``readline``,
     ``read``, ``response``) do both."""
-    return client._imap
+    imap: imaplib.IMAP4 = client._imap
+    return imap
 
 
 _TAGS = itertools.count(1)
@@ -605,7 +574,7 @@ _LEAN_FETCH = re.compile(
     rb'(\d+) \(UID (\d+)( RFC822\.SIZE (\d+))? (BODY\[HEADER\.FIELDS \([^()\[\]"\r\n]*\)\]) \{(\d+)\}\Z')
 
 
-def parse_fetch_reply(data: list) -> dict[int, dict[bytes, Any]]:
+def parse_fetch_reply(data: list[Any]) -> dict[int, dict[bytes, Any]]:
     """A UID FETCH reply as ``imapclient.response_parser.parse_fetch_response`` reads it
     (uid -> {b"SEQ": seq, item: value}), with a lean path for the one shape a folder's first
     pass fetches in bulk: ``UID``, optional ``RFC822.SIZE`` and ``BODY[HEADER.FIELDS (...)]``.
@@ -616,7 +585,7 @@ def parse_fetch_reply(data: list) -> dict[int, dict[bytes, Any]]:
     return lean if lean is not None else dict(parse_fetch_response(data, True, True))
 
 
-def parse_lean_fetch(data: list) -> dict[int, dict[bytes, Any]] | None:
+def parse_lean_fetch(data: list[Any]) -> dict[int, dict[bytes, Any]] | None:
     """The lean path of ``parse_fetch_reply``: None unless every message is in its one shape."""
     if data == [None]:  # imaplib: no untagged FETCH at all (every UID expunged meanwhile)
         return {}
@@ -643,7 +612,7 @@ def parse_lean_fetch(data: list) -> dict[int, dict[bytes, Any]] | None:
     return rows
 
 
-def _body_item(row: dict) -> bytes:
+def _body_item(row: dict[bytes, Any]) -> bytes:
     for key, value in row.items():
         if isinstance(key, bytes) and key.startswith(b"BODY[") and isinstance(value, bytes):
             return value

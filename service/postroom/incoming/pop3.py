@@ -1,86 +1,94 @@
 """The POP3 edge: stdlib poplib on one dedicated thread per connection.
 
 There is no maintained async POP3 client; poplib blocks, so each connection owns a single
-worker thread and its async methods await it. Errors are mapped to ``postroom.errors`` here.
-DELE only marks a message; the server removes it when QUIT commits the session.
+worker thread (``threaded.ThreadedConnection``). Errors are mapped to ``postroom.errors`` by
+one table here (``POP3_ERRORS``). DELE only marks a message; the server removes it when QUIT
+commits the session, so ``close`` drops the socket without QUIT and ``quit`` commits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import poplib
-import socket
 import ssl
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
 
 import structlog
 
 from postroom.config.model import Pop3Config
+from postroom.credentials import Mechanism
 from postroom.errors import (
     AuthError,
+    ErrorTable,
     PostroomError,
     ServerConnectError,
     ServerRejected,
     ServerTimeout,
     TLSError,
 )
+from postroom.incoming.threaded import Login, ThreadedConnection, map_server_error
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
+
+class LoginRefused(poplib.error_proto):
+    """poplib's -ERR to USER/PASS (or AUTH): told apart so the table can call it an AuthError."""
+
+
+# poplib's and the socket's errors as ours, read in order (a subclass before its base).
+POP3_ERRORS: ErrorTable = {
+    ssl.SSLCertVerificationError: TLSError,
+    TimeoutError: ServerTimeout,
+    OSError: ServerConnectError,
+    EOFError: ServerConnectError,
+    LoginRefused: AuthError,
+    poplib.error_proto: ServerRejected,
+}
+# RFC 2449/3206 response codes that mean "not now" (another session holds the maildrop, the
+# server is short of something): the refusal is ServerBusy, tried again soon.
+POP3_BUSY_CODES = ("[IN-USE]", "[SYS/TEMP]")
 
 
 def map_pop3_error(exc: BaseException, where: str) -> PostroomError:
-    if isinstance(exc, PostroomError):
-        return exc
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return TLSError(f"{where}: certificate not trusted: {exc.verify_message or exc}")
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return ServerTimeout(f"{where}: no answer in time")
-    if isinstance(exc, OSError | EOFError):
-        return ServerConnectError(f"{where}: connection lost: {exc}")
-    if isinstance(exc, poplib.error_proto):
-        text = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        if "[SYS/TEMP]" in text or "[IN-USE]" in text:
-            return ServerConnectError(f"{where}: {text}")
-        return ServerRejected(f"{where}: {text}")
-    return ServerConnectError(f"{where}: {exc!r}")
+    """One low-level POP3/socket/TLS error as ours. ``where`` names the server and step."""
+    if isinstance(exc, poplib.error_proto) and exc.args and exc.args[0] in _POPLIB_EOF:
+        # poplib reports a connection closed under it as if the server had said -ERR
+        exc = EOFError(f"connection closed by the server ({exc.args[0]!r})")
+    return map_server_error(exc, where, POP3_ERRORS, POP3_BUSY_CODES)
 
 
-class Pop3Connection:
-    def __init__(self, account: str, cfg: Pop3Config):
-        self.account = account
-        self.cfg = cfg
-        self._pop: poplib.POP3 | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pop3-{account}")
-        self._where = f"pop3 {account} ({cfg.host}:{cfg.port_or_default()})"
+_POPLIB_EOF = ("-ERR EOF", b"-ERR EOF")
 
-    async def _run(self, step: str, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(self._guarded, step, fn, *args))
 
-    def _guarded(self, step: str, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return fn(*args)
-        except BaseException as exc:
-            mapped = map_pop3_error(exc, f"{self._where} {step}")
-            if mapped is exc:
-                raise
-            raise mapped from exc
+def _user_pass(pop: poplib.POP3, username: str, password: str) -> None:
+    pop.user(username)
+    pop.pass_(password)
 
-    def _p(self) -> poplib.POP3:
-        if self._pop is None:
-            raise ServerConnectError(f"{self._where}: not connected")
-        return self._pop
 
-    async def connect(self) -> None:
-        await self._run("connect", self._connect)
+# How each login mechanism is spoken over POP3.
+_LOGINS: Mapping[Mechanism, Callable[[poplib.POP3, str, str], None]] = {
+    "password": _user_pass,
+}
 
-    def _connect(self) -> None:
+
+def _login(pop: poplib.POP3, login: Login) -> None:
+    try:
+        _LOGINS[login.mechanism](pop, login.username, login.secret)
+    except poplib.error_proto as exc:
+        raise LoginRefused(*exc.args) from exc
+
+
+class Pop3Connection(ThreadedConnection[poplib.POP3, Pop3Config]):
+    protocol = "pop3"
+    errors = POP3_ERRORS
+    busy_codes = POP3_BUSY_CODES
+    # closing must not say QUIT: QUIT commits the DELEs of the session
+    says_goodbye = False
+
+    def _map_error(self, exc: BaseException, where: str) -> PostroomError:
+        return map_pop3_error(exc, where)
+
+    def _open(self, login: Login | None) -> poplib.POP3:
         cfg = self.cfg
         context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
         host, port = cfg.host, cfg.port_or_default()
@@ -91,17 +99,20 @@ class Pop3Connection:
         try:
             if cfg.security == "starttls":
                 self._stls(pop, context)
-            if cfg.username is not None and cfg.password is not None:
-                try:
-                    pop.user(cfg.username)
-                    pop.pass_(cfg.password.get_secret_value())
-                except poplib.error_proto as exc:
-                    raise AuthError(f"{self._where}: login refused: {exc}") from exc
+            if login is not None:
+                _login(pop, login)
         except BaseException:
             _close_quietly(pop)
             raise
-        self._pop = pop
-        log.info("pop3 connected", account=self.account, host=host, port=port, security=cfg.security)
+        return pop
+
+    def _opened(self, client: poplib.POP3) -> None:
+        cfg = self.cfg
+        log.info("pop3 connected", account=self.account, host=cfg.host, port=cfg.port_or_default(),
+                 security=cfg.security)
+
+    def _drop(self, client: poplib.POP3) -> None:
+        _close_quietly(client)
 
     def _stls(self, pop: poplib.POP3, context: ssl.SSLContext) -> None:
         try:
@@ -122,7 +133,7 @@ class Pop3Connection:
         return await self._run("uidl", self._uidl)
 
     def _uidl(self) -> dict[str, int]:
-        _, lines, _ = self._p().uidl()
+        _, lines, _ = self._c().uidl()
         found: dict[str, int] = {}
         for line in lines:
             num, _, uidl = line.decode("ascii", "replace").partition(" ")
@@ -133,15 +144,15 @@ class Pop3Connection:
         return await self._run(f"retr {num}", self._retr, num)
 
     def _retr(self, num: int) -> bytes:
-        _, lines, _ = self._p().retr(num)
+        _, lines, _ = self._c().retr(num)
         return b"\r\n".join(lines) + b"\r\n"
 
     async def dele(self, num: int) -> None:
-        await self._run(f"dele {num}", lambda: self._p().dele(num))
+        await self._run(f"dele {num}", lambda: self._c().dele(num))
 
     async def quit(self) -> None:
         """QUIT commits DELEs. Raises (mapped) if the server did not confirm."""
-        pop, self._pop = self._pop, None
+        pop, self._client = self._client, None
         try:
             if pop is not None:
                 await self._run("quit", pop.quit)
@@ -149,13 +160,6 @@ class Pop3Connection:
             if pop is not None:
                 _close_quietly(pop)
             self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def close(self) -> None:
-        """Drop the connection without QUIT: marked deletions are not committed."""
-        pop, self._pop = self._pop, None
-        if pop is not None:
-            _close_quietly(pop)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _close_quietly(pop: poplib.POP3) -> None:

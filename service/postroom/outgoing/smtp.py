@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -31,6 +31,7 @@ import aiosmtplib
 import structlog
 
 from postroom.config.model import SmtpConfig
+from postroom.credentials import Credentials, Mechanism
 from postroom.errors import (
     AuthError,
     ErrorTable,
@@ -67,6 +68,12 @@ def tls_context(cfg: SmtpConfig) -> ssl.SSLContext:
     """
     with map_errors({OSError: TLSError}, f"cannot load CA file {cfg.ca_file}: "):  # ssl.SSLError too
         return ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+
+
+# How each login mechanism is spoken over SMTP (aiosmtplib picks AUTH PLAIN or LOGIN for a password).
+_LOGINS: Mapping[Mechanism, Callable[[aiosmtplib.SMTP, str, str], Awaitable[object]]] = {
+    "password": lambda smtp, username, password: smtp.login(username, password),
+}
 
 
 class _StaleConnection(Exception):
@@ -140,8 +147,9 @@ class SmtpConnection:
                             " nothing was sent"
                         )
                     await smtp.starttls(tls_context=self._context, server_hostname=cfg.host)
-                if cfg.username is not None and cfg.password is not None:
-                    await self._login(smtp, cfg.username, cfg.password.get_secret_value())
+                credentials = cfg.credentials()
+                if credentials is not None:
+                    await self._login(smtp, credentials)
         except BaseException:
             self.abort()
             raise
@@ -151,12 +159,13 @@ class SmtpConnection:
             self._pipe = SmtpPipeline(transport)
         log.debug("smtp connected", account=self.account, server=self._where(), security=cfg.security)
 
-    async def _login(self, smtp: aiosmtplib.SMTP, username: str, password: str) -> None:
+    async def _login(self, smtp: aiosmtplib.SMTP, credentials: Credentials) -> None:
+        username = credentials.username
         await smtp.ehlo()
         if not smtp.supports_extension("auth"):
             raise AuthError(f"{self._where()} offers no AUTH; cannot log in as {username}")
         try:
-            await smtp.login(username, password)
+            await _LOGINS[credentials.mechanism](smtp, username, await credentials.secret())
         except aiosmtplib.SMTPAuthenticationError as exc:
             reply = _reply(exc)
             if 400 <= exc.code < 500:

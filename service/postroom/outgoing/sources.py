@@ -32,7 +32,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from ..config.model import DataSourceConfig
+from ..config.model import DataSourceConfig, FileSource, HttpSource, SqlSource
 from ..errors import (
     DataSourceError,
     ErrorTable,
@@ -116,9 +116,9 @@ async def _load_all(sources: Mapping[str, DataSourceConfig], http: httpx.AsyncCl
 async def _load_one(key: str, cfg: DataSourceConfig, http: httpx.AsyncClient | None) -> Any:
     started = time.monotonic()
     try:
-        if cfg.kind == "sql":
+        if isinstance(cfg, SqlSource):
             value = await _load_sql(key, cfg)
-        elif cfg.kind == "http":
+        elif isinstance(cfg, HttpSource):
             value = await _load_http(key, cfg, http)
         else:
             value = await _load_file(key, cfg)
@@ -132,7 +132,7 @@ async def _load_one(key: str, cfg: DataSourceConfig, http: httpx.AsyncClient | N
 
 
 # -- sql ------------------------------------------------------------------------------------
-async def _load_sql(key: str, cfg: DataSourceConfig) -> list[dict[str, Any]]:
+async def _load_sql(key: str, cfg: SqlSource) -> list[dict[str, Any]]:
     deadline = time.monotonic() + cfg.timeout
     try:
         return await asyncio.wait_for(asyncio.to_thread(_run_sql, key, cfg, deadline), cfg.timeout)
@@ -142,7 +142,7 @@ async def _load_sql(key: str, cfg: DataSourceConfig) -> list[dict[str, Any]]:
         raise _fail(key, f"sql query took longer than {cfg.timeout:g}s", transient=True) from None
 
 
-def _run_sql(key: str, cfg: DataSourceConfig, deadline: float) -> list[dict[str, Any]]:
+def _run_sql(key: str, cfg: SqlSource, deadline: float) -> list[dict[str, Any]]:
     try:
         url = make_url(cfg.database or "")
     except (ArgumentError, ValueError):
@@ -227,7 +227,7 @@ def _sql_error(key: str, what: str, exc: SQLAlchemyError, *, connecting: bool) -
 
 
 # -- http -----------------------------------------------------------------------------------
-async def _load_http(key: str, cfg: DataSourceConfig, client: httpx.AsyncClient | None) -> Any:
+async def _load_http(key: str, cfg: HttpSource, client: httpx.AsyncClient | None) -> Any:
     url = cfg.http or ""
     if client is None:  # load_data always passes one; kept total for direct callers
         async with httpx.AsyncClient(follow_redirects=False) as own:
@@ -246,7 +246,7 @@ async def _load_http(key: str, cfg: DataSourceConfig, client: httpx.AsyncClient 
 
 
 # -- file -----------------------------------------------------------------------------------
-async def _load_file(key: str, cfg: DataSourceConfig) -> Any:
+async def _load_file(key: str, cfg: FileSource) -> Any:
     path = Path(cfg.file or "")
     fmt = cfg.format or path.suffix.lower().lstrip(".")
     if fmt not in ("csv", "json"):

@@ -1,0 +1,293 @@
+"""The IMAP watcher: one folder, its checkpoint, IDLE or polling.
+
+A checkpoint (UIDVALIDITY, last UID) says what is new. Each cycle takes UIDs above it,
+narrowed by the rules' SEARCH prefilter when every rule has one, fetches only what the rules
+need, evaluates them, records an inbound row per message and hands batches to the handler.
+The checkpoint then moves past every message looked at: one that failed is retried later by
+its key from the inbound table and never blocks those behind it. After UIDVALIDITY changes,
+messages whose Message-ID was already handled here are recorded done instead of re-run.
+Two batches are in flight at once (``PIPELINE``): while the server works on one batch's FETCH
+or MOVE, the other is parsed, evaluated and written to the store. The checkpoint still moves
+batch by batch in UID order, so after a crash everything from the oldest unfinished batch on is
+looked at again (the inbound rows and the action ledger keep that from repeating anything).
+
+No fetch at all when it can't change the outcome: if every rule's condition is one the
+server's SEARCH decides exactly (``RuleSet.exact_search``) and every action the rules can plan
+is one the handler does without the message (``kinds_without_message``: move, delete, flag,
+unflag, mark_read), one SEARCH per rule IS the match set, and the matched UIDs go to the
+handler with their planned actions and an unread message. Their inbound rows then have no
+Message-ID, so after a UIDVALIDITY change they are not recognised as handled: moved or
+deleted ones have left the folder anyway, flagged ones get the same flags again (idempotent).
+(Copy is left out for that reason: a second copy would be a duplicate.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from postroom.clock import utcnow
+from postroom.config.model import AccountConfig
+from postroom.errors import ServerRejected
+from postroom.incoming.imap import HeaderFetch, ImapConnection, chunks
+from postroom.incoming.mailbox import BatchHandler, InboundItem
+from postroom.incoming.message import ParsedMessage
+from postroom.incoming.rules import PlannedAction, RuleSet
+from postroom.incoming.watch_lease import LEASE_TTL
+from postroom.incoming.watch_loop import BATCH, Backoff, Entry, Watcher, WatcherHooks
+from postroom.retry import sleep_or_stop
+from postroom.store.inbound import DONE, FINISHED, InboundStore
+from postroom.store.leases import WatchLeases
+
+BODY_BATCH = 200  # when rules need whole messages: bounds the memory a batch holds
+# Batches in flight at once. While one waits on the server (FETCH, MOVE) the other is parsed,
+# evaluated and written to the store on the event loop's thread: a folder's first pass keeps
+# both the connection and the store busy instead of taking turns. The connection's single
+# worker thread runs the commands of both in the order they were asked for. (Not when rules
+# need whole messages: BODY_BATCH bounds the memory of one batch, not of two.)
+PIPELINE = 2
+
+
+class ImapWatcher(Watcher):
+    kind = "imap"
+
+    def __init__(self, account_name: str, account_cfg: AccountConfig, folder: str, ruleset: RuleSet,
+                 handler: BatchHandler, inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow,
+                 dry_run: bool = False, batch_size: int = BATCH, idle_timeout: float | None = None,
+                 hooks: WatcherHooks | None = None, leases: WatchLeases | None = None,
+                 lease_ttl: float = LEASE_TTL):
+        if account_cfg.imap is None:
+            raise ValueError(f"account {account_name!r} has no imap: section")
+        super().__init__(account_name, ruleset.for_folder(account_name, folder), handler, inbound,
+                         folder=folder, clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks,
+                         leases=leases, lease_ttl=lease_ttl)
+        self.cfg = account_cfg.imap
+        self.idle_timeout = idle_timeout
+        self._dry_seen = 0  # dry run: the checkpoint stays put, so remember what was shown
+
+    def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
+        return f"{self.account}/{self.folder}/{uidvalidity}/{ident}"
+
+    async def _session(self, stop: asyncio.Event, backoff: Backoff) -> None:
+        conn = ImapConnection(self.account, self.cfg)
+        waker = asyncio.create_task(stop.wait())
+        waker.add_done_callback(lambda _: conn.wake())
+        try:
+            await conn.connect()
+            backoff.reset()
+            use_idle = self.cfg.idle and conn.has("IDLE")
+            if not use_idle:
+                self.log.info("polling", every=self.cfg.poll_interval.total_seconds(),
+                              why="idle disabled" if not self.cfg.idle else "server offers no IDLE")
+            while not stop.is_set():
+                if not await self.cycle(conn, stop):
+                    break  # stopping: the rest of the folder waits for the next start
+                self._pass_done()
+                if use_idle:
+                    if await conn.news_since_select():
+                        continue  # mail came during the pass: IDLE would not announce it again
+                    if stop.is_set():
+                        break  # before idle_wait, which clears a wake-up the stop already gave
+                    await conn.idle_wait(self.idle_timeout or conn.idle_renew)
+                else:
+                    await sleep_or_stop(stop, self.cfg.poll_interval.total_seconds())
+        finally:
+            waker.cancel()
+            await conn.close()
+
+    async def cycle(self, conn: ImapConnection, stop: asyncio.Event | None = None) -> bool:
+        """Select the folder and take in everything new since the checkpoint. Once ``stop``
+        is set no further batch starts; the ones in flight finish. True when the whole folder
+        was looked at."""
+        state = await conn.select(self.folder)
+        uidvalidity = state.uidvalidity
+        checkpoint = self.inbound.checkpoint(self.account, self.folder)
+        start_from = checkpoint.start_from if checkpoint else self.cfg.start_from
+        if checkpoint is None:
+            everything = await conn.uids_from(1)
+            if start_from == "new":
+                self.log.info("first start: start_from=new, skipping existing messages", count=len(everything))
+                self._save(uidvalidity, max(everything, default=max(state.uidnext - 1, 0)), start_from)
+                return True
+            candidates = await conn.search_uids(["UNSEEN"]) if start_from == "unseen" else everything
+            known = await self._exact_matches(conn, candidates)
+            candidates = sorted(known) if known is not None else await self._prefilter(conn, candidates)
+            self.log.info(f"first start: start_from={start_from}, taking in {len(candidates)} of "
+                          f"{len(everything)} messages")
+            last = 0
+        elif checkpoint.uidvalidity != uidvalidity:
+            known = None
+            everything = await conn.uids_from(1)
+            candidates = await self._after_uidvalidity_change(conn, checkpoint.uidvalidity, uidvalidity, everything)
+            last = 0
+        else:
+            last = max(checkpoint.last_uid, self._dry_seen)
+            everything = await conn.uids_from(last + 1)
+            known = await self._exact_matches(conn, everything)
+            candidates = sorted(known) if known is not None else await self._prefilter(conn, everything)
+        retries = [] if self.dry_run else [
+            row.uid for row in self.inbound.retry_candidates(self.account, self.folder, now=self.clock())
+            if row.uidvalidity == uidvalidity and row.uid is not None]
+        if retries:
+            retries = sorted(await conn.existing_uids(retries))
+        todo = sorted(set(candidates) | set(retries))
+        whole = self.rules.needs().body
+        size = min(self.batch_size, BODY_BATCH) if whole else self.batch_size
+        depth = 1 if whole else PIPELINE  # whole messages: one batch's worth of memory at a time
+        in_flight: deque[tuple[list[int], asyncio.Task[None]]] = deque()
+        stopped = False
+        try:
+            for batch in chunks(todo, size):
+                if len(in_flight) == depth:
+                    await self._settle(in_flight.popleft(), uidvalidity, last, everything, start_from)
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
+                task = asyncio.create_task(self._process(conn, uidvalidity, batch, known or {}))
+                in_flight.append((batch, task))
+            while in_flight:
+                await self._settle(in_flight.popleft(), uidvalidity, last, everything, start_from)
+        except BaseException:
+            # the batch behind a failed one stops at its next await; what it left planned in
+            # the ledger is "in doubt" and checked on the server next time, like after a crash
+            for _, task in in_flight:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in in_flight), return_exceptions=True)
+            raise
+        if stopped:
+            self.log.info("stopping: the rest of this pass waits for the next start")
+            return False
+        self._save(uidvalidity, max([last, *everything]), start_from)
+        return True
+
+    async def _settle(self, flight: tuple[list[int], asyncio.Task[None]], uidvalidity: int, last: int,
+                      everything: list[int], start_from: str) -> None:
+        """Wait for the oldest batch in flight, then move the checkpoint past it. Batches are
+        settled in order, so the checkpoint never passes a batch that is still running."""
+        batch, task = flight
+        await task
+        # everything up to this batch's end was looked at: skipped by the prefilter or handled
+        reached = max([last, *[u for u in everything if u <= batch[-1]]])
+        self._save(uidvalidity, reached, start_from)
+
+    def _save(self, uidvalidity: int, last_uid: int, start_from: str) -> None:
+        if self.dry_run:
+            self._dry_seen = max(self._dry_seen, last_uid)
+            return
+        self.inbound.set_checkpoint(self.account, self.folder, uidvalidity=uidvalidity, last_uid=last_uid,
+                                    start_from=start_from, now=self.clock())
+
+    async def _prefilter(self, conn: ImapConnection, new_uids: list[int]) -> list[int]:
+        if not new_uids:
+            return []
+        criteria = self.rules.search_criteria(now=self.clock())
+        if criteria is None:
+            return new_uids
+        try:
+            found = await conn.search_uids(["UID", f"{new_uids[0]}:{new_uids[-1]}", *criteria])
+        except ServerRejected as exc:
+            # only an optimisation: a server that dislikes the criteria gets every message fetched
+            self.log.warning("SEARCH prefilter refused; evaluating every new message", error=str(exc))
+            return new_uids
+        wanted = set(new_uids)
+        return [uid for uid in found if uid in wanted]
+
+    def _message_free(self) -> bool:
+        """Every action the rules can plan is one the handler does without the message (and
+        this is no dry run, which logs subjects)."""
+        without_message: frozenset[str] = getattr(self.handler, "kinds_without_message", frozenset())
+        return not self.dry_run and bool(len(self.rules)) and self.rules.action_kinds() <= without_message
+
+    def _exact_rules(self) -> list[tuple[str, list[Any]]] | None:
+        """The per-rule SEARCH criteria when SEARCH alone can decide (module docstring)."""
+        return self.rules.exact_search(now=self.clock()) if self._message_free() else None
+
+    async def _exact_matches(self, conn: ImapConnection,
+                             new_uids: list[int]) -> dict[int, list[PlannedAction]] | None:
+        """uid -> planned actions of the messages among ``new_uids`` that the rules match, from
+        one SEARCH per rule; None when the rules (or the server) need messages fetched."""
+        per_rule = self._exact_rules()
+        if per_rule is None:
+            return None
+        if not new_uids:
+            return {}
+        wanted = set(new_uids)
+        matched: dict[int, set[str]] = {}
+        for name, criteria in per_rule:
+            try:
+                found = await conn.search_uids(["UID", f"{new_uids[0]}:{new_uids[-1]}", *criteria])
+            except ServerRejected as exc:
+                self.log.warning("SEARCH refused; fetching and evaluating instead", error=str(exc))
+                return None
+            for uid in found:
+                if uid in wanted:
+                    matched.setdefault(uid, set()).add(name)
+        plans: dict[frozenset[str], list[PlannedAction]] = {}
+        known = {}
+        for uid, names in matched.items():
+            names_key = frozenset(names)
+            if names_key not in plans:
+                plans[names_key] = self.rules.plan_for(names)
+            if plans[names_key]:
+                known[uid] = plans[names_key]
+        self.log.info("rules decided by SEARCH alone; nothing fetched", matched=len(known), of=len(new_uids))
+        return known
+
+    def _unfetched(self, uidvalidity: int, known: dict[int, list[PlannedAction]],
+                   uids: list[int]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
+        """Items for messages SEARCH matched: no fetch, no parse; finished ones are left out."""
+        keyed = {self._key(uid, uidvalidity): uid for uid in uids}
+        rows = {key: dict(account=self.account, folder=self.folder, message_id=None, uidvalidity=uidvalidity,
+                          uid=uid) for key, uid in keyed.items()}
+        existing = self.inbound.statuses(list(rows))
+        items = [InboundItem(key=key, message=ParsedMessage.unread(key), planned=known[uid], uid=uid)
+                 for key, uid in keyed.items() if existing.get(key) not in FINISHED]
+        return items, rows
+
+    async def _after_uidvalidity_change(self, conn: ImapConnection, old: int, new: int,
+                                        everything: list[int]) -> list[int]:
+        """New UIDs for the same folder: messages handled before (same Message-ID) are done."""
+        message_ids = await conn.message_ids(everything) if everything else {}
+        seen = self.inbound.seen_message_ids(self.account, self.folder, message_ids.values())
+        already = [uid for uid, mid in message_ids.items() if mid and mid in seen]
+        self.log.warning("UIDVALIDITY changed: the server renumbered the folder", old=old, new=new,
+                         messages=len(everything), already_handled=len(already))
+        if not self.dry_run and already:
+            now = self.clock()
+            rows = {self._key(uid, new): dict(account=self.account, folder=self.folder, uidvalidity=new, uid=uid,
+                                              message_id=message_ids[uid]) for uid in already}
+            existing = self.inbound.statuses(list(rows))
+            reason = f"handled before under UIDVALIDITY {old} (same Message-ID)"
+            self.inbound.finish_many([(key, DONE, reason) for key in rows if key not in existing], now=now,
+                                     rows=rows)
+        return [uid for uid in everything if uid not in set(already)]
+
+    async def _process(self, conn: ImapConnection, uidvalidity: int, uids: list[int],
+                       known: dict[int, list[PlannedAction]]) -> None:
+        unfetched = [uid for uid in uids if uid in known]
+        if unfetched:
+            await self._hand_over(conn, *self._unfetched(uidvalidity, known, unfetched))
+            uids = [uid for uid in uids if uid not in known]  # retries: fetched and evaluated
+            if not uids:
+                return
+        needs = self.rules.needs(rules_only=self._message_free())
+        fetched = await conn.fetch_headers(uids, needs.header_fields, bodystructure=needs.bodystructure,
+                                           whole=needs.body, internal_date=needs.internal_date, flags=False)
+        entries = [
+            Entry(key, functools.partial(_parsed, row, key), dict(uidvalidity=uidvalidity, uid=uid),
+                  dict(uid=uid, raw=row.raw))
+            for uid in uids
+            if (row := fetched.get(uid)) is not None  # absent: expunged meanwhile, nothing to do
+            for key in [self._key(uid, uidvalidity)]]
+        await self._hand_over(conn, *self._evaluate(entries))
+
+
+def _parsed(row: HeaderFetch, key: str) -> ParsedMessage:
+    if row.raw is not None:
+        return ParsedMessage.from_bytes(row.raw, key=key, internal_date=row.internal_date, flags=tuple(row.flags))
+    return ParsedMessage.from_headers(row.header_bytes, key=key, size=row.size, internal_date=row.internal_date,
+                                      flags=tuple(row.flags), attachments=row.attachments)

@@ -1,0 +1,233 @@
+"""The loop every mailbox watcher shares: one task per (account, folder) that finds new mail
+and hands it to the executor.
+
+Each watcher owns its own connection, so one account's trouble never stalls another's.
+Transient failures reconnect with exponential backoff; permanent ones (credentials, TLS) are
+logged loudly and retried slowly, since a human may fix them while we run. With replicas only
+the holder of a watch's lease works it (``watch_lease``); stopping ends the session at the
+next batch boundary.
+
+What is protocol-specific (what counts as new, how it is fetched, the checkpoint) lives in
+``imap_watcher`` and ``pop3_watcher``: a watcher subclass runs one connected ``_session`` and
+builds ``Entry`` rows; ``_evaluate`` and ``_hand_over`` here record and hand them over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import structlog
+
+from postroom.clock import utcnow
+from postroom.errors import PermanentError, is_transient
+from postroom.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
+from postroom.incoming.message import ParsedMessage
+from postroom.incoming.rules import RuleSet
+from postroom.incoming.watch_lease import LEASE_TTL, WatchLease
+from postroom.retry import sleep_or_stop
+from postroom.store.inbound import (
+    DONE,
+    FAILED,
+    FINISHED,
+    SET_ASIDE,
+    InboundStore,
+)
+from postroom.store.leases import WatchLeases
+
+log = structlog.get_logger(__name__)
+
+BATCH = 2000  # messages per batch when only headers are fetched (one FETCH/MOVE chunk each)
+BACKOFF_START = 1.0
+BACKOFF_CAP = 300.0  # transient trouble: 1 s, 2 s, 4 s … 5 min
+PERMANENT_RETRY = 900.0  # bad password, untrusted certificate: try again every 15 min
+
+
+class Backoff:
+    def __init__(self) -> None:
+        self.delay = BACKOFF_START
+
+    def after(self, exc: BaseException) -> float:
+        if isinstance(exc, PermanentError):
+            return PERMANENT_RETRY
+        delay, self.delay = self.delay, min(BACKOFF_CAP, self.delay * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = BACKOFF_START
+
+
+def _outcome_status(outcome: ItemOutcome | None) -> tuple[str, str | None]:
+    if outcome is None:
+        return FAILED, "the handler returned no outcome for this message"
+    if outcome.done:
+        return DONE, None
+    return (FAILED if outcome.transient else SET_ASIDE), outcome.error
+
+
+class Entry(NamedTuple):
+    """One fetched message on its way to evaluation (a tuple: thousands per pass)."""
+
+    key: str
+    build: Callable[[], ParsedMessage]
+    begin: dict[str, Any]  # the inbound row's identity: uidvalidity + uid, or uidl
+    ident: dict[str, Any]  # InboundItem fields: uid or uidl, raw
+
+
+@dataclass(frozen=True)
+class WatcherHooks:
+    """Callbacks for metrics; the daemon passes them in so this module imports no metrics."""
+
+    processed: Callable[[str, str, str], None] = lambda account, folder, result: None
+    ok: Callable[[str, str, datetime], None] = lambda account, folder, at: None
+
+
+class Watcher:
+    """What IMAP and POP3 watchers share: the reconnect loop, evaluating, handing over."""
+
+    kind = ""
+
+    def __init__(self, account_name: str, ruleset: RuleSet, handler: BatchHandler, inbound: InboundStore, *,
+                 folder: str, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
+                 batch_size: int = BATCH, hooks: WatcherHooks | None = None,
+                 leases: WatchLeases | None = None, lease_ttl: float = LEASE_TTL):
+        self.hooks = hooks or WatcherHooks()
+        self.ready = False  # set after the first full pass over the folder (for /readyz)
+        self.account = account_name
+        self.folder = folder
+        self.rules = ruleset
+        self.handler = handler
+        self.inbound = inbound
+        self.clock = clock
+        self.dry_run = dry_run
+        self.batch_size = batch_size
+        self.log = log.bind(account=account_name, folder=folder, via=self.kind)
+        # replicas: only the holder of this watch's lease works it (postroom.incoming.watch_lease)
+        self.lease = WatchLease(leases, self.watch_name(), self.log, ttl=lease_ttl, clock=clock) if leases else None
+
+    def watch_name(self) -> str:
+        return f"{self.account}/{self.folder}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = Backoff()
+        try:
+            while not stop.is_set():
+                working = stop
+                if self.lease is not None:
+                    if not await self.lease.acquire(stop, on_standby=self._standing_by):
+                        break
+                    working = self.lease.ended  # set on stop, and when the lease is lost
+                try:
+                    await self._session(working, backoff)
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except PermanentError as exc:
+                    self.log.error("watcher cannot work; fix the account settings", error=str(exc),
+                                   retry_in=PERMANENT_RETRY)
+                    delay = backoff.after(exc)
+                except Exception as exc:
+                    delay = backoff.after(exc)
+                    if is_transient(exc):
+                        self.log.warning("watcher connection trouble; reconnecting", error=str(exc), retry_in=delay)
+                    else:
+                        self.log.exception("watcher cycle failed; reconnecting", retry_in=delay)
+                await sleep_or_stop(working, delay)
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+
+    def _standing_by(self) -> None:
+        """Another replica works this folder: this watcher is healthy, just not the one."""
+        self.ready = True
+        self.hooks.ok(self.account, self.folder, self.clock())
+
+    async def _session(self, stop: asyncio.Event, backoff: Backoff) -> None:
+        raise NotImplementedError
+
+    def _pass_done(self) -> None:
+        """A full pass over the folder succeeded."""
+        self.ready = True
+        self.hooks.ok(self.account, self.folder, self.clock())
+
+    def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
+        raise NotImplementedError
+
+    def _evaluate(self, entries: Sequence[Entry]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
+        """Parse and evaluate a batch into items for the handler, with one store read for what
+        was finished before and one write to finish what needs no handler (no rule matched,
+        failed here). Returns the items and every entry's inbound row identity. Messages
+        finished before, and everything in a dry run, are not handed over. (No ``pending`` row
+        is written first: nothing reads one, a crash re-fetches from the checkpoint anyway, and
+        on a big folder that write was a tenth of the pass.)"""
+        now = self.clock()
+        parsed: dict[str, ParsedMessage] = {}
+        finished: list[tuple[str, str, str | None]] = []
+        unreadable: list[tuple[str, str, str | None]] = []
+        for entry in entries:
+            try:
+                parsed[entry.key] = entry.build()
+            except Exception as exc:
+                self.log.exception("message failed before its actions", key=entry.key)
+                unreadable.append((entry.key, FAILED, f"evaluate: {exc!r}"))
+        rows = {e.key: dict(account=self.account, folder=self.folder,
+                            message_id=parsed[e.key].message_id if e.key in parsed else None, **e.begin)
+                for e in entries}
+        existing = {} if self.dry_run else self.inbound.statuses(list(rows))
+        finished.extend(row for row in unreadable if existing.get(row[0]) not in FINISHED)
+        items: list[InboundItem] = []
+        for entry in entries:
+            msg = parsed.get(entry.key)
+            if msg is None or existing.get(entry.key) in FINISHED:
+                continue
+            try:
+                planned = self.rules.evaluate(msg, now=now)
+            except Exception as exc:
+                self.log.exception("message failed before its actions", key=entry.key)
+                finished.append((entry.key, FAILED, f"evaluate: {exc!r}"))
+                continue
+            if self.dry_run:
+                for action in planned:
+                    self.log.info(f"would {action.kind}", key=entry.key, rule=action.rule, params=action.params,
+                                  subject=msg.subject)
+                if not planned:
+                    self.log.info("would do nothing: no rule matches", key=entry.key, subject=msg.subject)
+            elif not planned:
+                finished.append((entry.key, DONE, None))
+                self.hooks.processed(self.account, self.folder, "no_match")
+            else:
+                items.append(InboundItem(key=entry.key, message=msg, planned=planned, **entry.ident))
+        if not self.dry_run:
+            self.inbound.finish_many(finished, now=self.clock(), rows=rows)
+        return items, rows
+
+    async def _hand_over(self, mailbox: MailboxOps | None, items: Sequence[InboundItem],
+                         rows: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """handle_batch, then finish each row. A batch that raises is retried item by item so
+        one poisonous message fails alone. Returns key -> stored status."""
+        if not items:
+            return {}
+        try:
+            outcomes = await self.handler.handle_batch(self.account, self.folder, mailbox, items)
+        except Exception as exc:
+            if len(items) == 1:
+                self.log.error("handler failed for message", key=items[0].key, error=repr(exc))
+                outcomes = {items[0].key: ItemOutcome(done=False, error=f"handler: {exc!r}",
+                                                      transient=not isinstance(exc, PermanentError))}
+            else:
+                self.log.warning("handler failed for a batch; handing items over one by one",
+                                 count=len(items), error=repr(exc))
+                stored: dict[str, str] = {}
+                for item in items:
+                    stored.update(await self._hand_over(mailbox, [item], rows))
+                return stored
+        results = [(item.key, *_outcome_status(outcomes.get(item.key))) for item in items]
+        stored = self.inbound.finish_many(results, now=self.clock(), rows=rows)
+        for key, _status, error in results:
+            self.hooks.processed(self.account, self.folder, stored[key])
+            if stored[key] != DONE:
+                self.log.warning("message not done", key=key, status=stored[key], error=error)
+        return stored
