@@ -72,7 +72,7 @@ class MailLab:
         make_owned_dirs(layout.mail_dir)
         self._certs = ensure_certificates(self.root / "tls")
         cert, key = self._certs.cert_file, self._certs.key_file
-        layout.dovecot_conf.write_text(config.dovecot_conf(layout, self.ports, cert, key))
+        layout.dovecot_conf.write_text(config.dovecot_conf(layout, self.ports, cert, key, self.dovecot_auth()))
         (layout.postfix_etc / "main.cf").write_text(
             config.postfix_main_cf(layout, self.ports, cert, key)
         )
@@ -81,6 +81,10 @@ class MailLab:
         (self.root / "lab.json").write_text(
             json.dumps({"ports": self.ports.as_dict(), "users": sorted(self.users)}, indent=2)
         )
+
+    def dovecot_auth(self) -> config.DovecotAuth:
+        """How Dovecot authenticates: passwords here; OAuth2Lab adds bearer tokens."""
+        return config.DovecotAuth()
 
     def _check_root(self) -> None:
         # Dovecot's mail processes (uid 8) and Postfix's (uid postfix) must reach the root.
