@@ -13,8 +13,9 @@ import pytest
 
 from tests.lab import LabPorts, MailLab
 
-# Store fixtures (store, sqlite_url, pg_url, any_store) live in their own module.
-pytest_plugins = ["tests.store_fixtures"]
+# Store fixtures (store, sqlite_url, pg_url, any_store) and OAuth2 fixtures (oauth2_lab,
+# token_server) live in their own modules.
+pytest_plugins = ["tests.store_fixtures", "tests.oauth2_fixtures"]
 
 # Tests use ports shifted from the reference config's, so a demo lab (`python -m tests.lab up`)
 # can run at the same time. POSTROOM_LAB_PORT_OFFSET moves them if something else sits there.

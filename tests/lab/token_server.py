@@ -29,10 +29,12 @@ scope (the lab's own ``mail`` or a Microsoft or Google one), so provider-shaped 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 from collections import Counter
@@ -410,7 +412,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = authority.fault
         if fault is not None and (url.path == "/token" or MICROSOFT_PATH.match(url.path)):
             time.sleep(fault.delay)  # a slow endpoint; the handler thread waits, not the server
-        reply = authority.handle(method, url.path, dict(parse_qsl(url.query)), form, _basic_auth(self.headers.get("Authorization")))
+        basic_auth = _basic_auth(self.headers.get("Authorization"))
+        reply = authority.handle(method, url.path, dict(parse_qsl(url.query)), form, basic_auth)
         body = json.dumps(reply.body).encode()
         self.send_response(reply.status)
         self.send_header("Content-Type", "application/json")
@@ -438,7 +441,23 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, port: int, authority: TokenAuthority):
         self.authority = authority
+        self.connections: set[socket.socket] = set()
         super().__init__(("127.0.0.1", port), _Handler)
+
+    # Clients keep connections alive (Dovecot does): an outage must cut those too, not only
+    # stop accepting new ones.
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        for connection in list(self.connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class TokenServer:
@@ -478,6 +497,7 @@ class TokenServer:
         if server is not None:
             server.shutdown()
             server.server_close()
+            server.cut_connections()
         if thread is not None:
             thread.join(timeout=5)
 

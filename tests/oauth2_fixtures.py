@@ -1,0 +1,52 @@
+"""OAuth2 fixtures: the OAuth2 lab (Dovecot + Postfix + token server), and a bare token server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab import LabPorts
+from tests.lab.oauth2 import OAuth2Lab
+from tests.lab.token_server import DEFAULT_LIFETIME, TokenServer
+
+# Its own ports, next to the password lab's: a wrong password costs the OAuth2 lab an
+# introspection, and a token-server outage turns its password failures temporary.
+OAUTH2_LAB_OFFSET = int(os.environ.get("POSTROOM_LAB_PORT_OFFSET", "10000")) + 100
+BARE_TOKEN_SERVER_PORT = LabPorts().offset(OAUTH2_LAB_OFFSET).oauth2 + 1
+
+
+@pytest.fixture(scope="session")
+def oauth2_lab_session() -> Iterator[OAuth2Lab]:
+    if shutil.which("dovecot") is None or shutil.which("postfix") is None:
+        pytest.fail("the OAuth2 lab needs dovecot and postfix; run `bash deploy/setup.sh` as root", pytrace=False)
+    # mkdtemp, not tmp_path_factory: pytest's base dir is 0700, which the mail uid can't enter.
+    root = Path(tempfile.mkdtemp(prefix="postroom-oauth2-lab-"))
+    lab = OAuth2Lab(root, LabPorts().offset(OAUTH2_LAB_OFFSET))
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def oauth2_lab(oauth2_lab_session: OAuth2Lab) -> OAuth2Lab:
+    """The session OAuth2 lab, all three servers up, token server knobs back to normal."""
+    lab = oauth2_lab_session
+    lab.start()
+    authority = lab.authority
+    authority.fault, authority.rotate, authority.access_lifetime = None, False, DEFAULT_LIFETIME
+    return lab
+
+
+@pytest.fixture
+def token_server() -> Iterator[TokenServer]:
+    """A token server of its own for one test (fresh state), without mail servers."""
+    with TokenServer(BARE_TOKEN_SERVER_PORT) as server:
+        yield server
