@@ -156,6 +156,7 @@ class TokenAuthority:
         self.rotate = False  # generic /token: rotate refresh tokens (Microsoft's always do)
         self.fault: Fault | None = None
         self.signed_in_user = "alice"  # who consents at the Google authorize endpoint
+        self.base_url = ""  # set by the TokenServer serving this authority
         self.counters: Counter[str] = Counter()
         self.requests: list[RecordedRequest] = []
         self._refresh: dict[str, Grant] = {}
@@ -291,9 +292,9 @@ class TokenAuthority:
             client.client_id, form.get("scope", LAB_SCOPE), user_code, time.time() + 900
         )
         return Reply(200, {
-            "device_code": device_code, "user_code": user_code, "verification_uri": "/lab/device",
+            "device_code": device_code, "user_code": user_code, "verification_uri": f"{self.base_url}/lab/device",
             "expires_in": 900, "interval": 1,
-            "message": f"To sign in, open /lab/device and enter the code {user_code}.",
+            "message": f"To sign in, open {self.base_url}/lab/device and enter the code {user_code}.",
         })
 
     def _device_poll(self, form: dict[str, str], client: LabClient, lifetime: float | None) -> Reply:
@@ -467,6 +468,7 @@ class TokenServer:
     def __init__(self, port: int, authority: TokenAuthority | None = None):
         self.port = port
         self.authority = authority or TokenAuthority()
+        self.authority.base_url = self.url
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 

@@ -59,6 +59,8 @@ class Provider:
     app_only_scopes: tuple[str, ...] = ()
     scope_on_refresh: bool = True  # send `scope` again with grant_type=refresh_token
     needs_tenant: bool = False
+    # Extra query parameters of the browser flow's authorize URL.
+    authorize_params: Mapping[str, str] = field(default_factory=dict)
 
 
 _OUTLOOK = "https://outlook.office.com"
@@ -91,6 +93,8 @@ PROVIDERS: Mapping[ProviderName, Provider] = {
         ),
         delegated_scopes={protocol: ("https://mail.google.com/",) for protocol in MailProtocol},
         scope_on_refresh=False,
+        # Without these Google returns no refresh token (offline), or only on the first consent.
+        authorize_params={"access_type": "offline", "prompt": "consent"},
     ),
     ProviderName.GENERIC: Provider(ProviderName.GENERIC, Endpoints(token_url="")),
 }

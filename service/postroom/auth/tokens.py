@@ -280,15 +280,23 @@ class TokenProvider:
         return TokenReply(reply.access)
 
     async def _post(self, form: dict[str, str], now: datetime) -> TokenReply:
-        context = f"{self.account}: token endpoint {self.client.token_url}: "
-        with map_errors(_TRANSPORT_ERRORS, context):
-            async with asyncio.timeout(self._deadline):
-                if self._http is not None:
-                    response = await self._http.post(self.client.token_url, data=form, headers=_HEADERS)
-                else:
-                    async with httpx.AsyncClient(follow_redirects=False) as http:
-                        response = await http.post(self.client.token_url, data=form, headers=_HEADERS)
+        response = await post_form(self._http, self.client.token_url, form, deadline=self._deadline,
+                                   context=f"{self.account}: ")
         return read_token_reply(self.account, response.status_code, response.content, now)
+
+
+async def post_form(
+    http: httpx.AsyncClient | None, url: str, form: Mapping[str, str], *,
+    deadline: float = REQUEST_DEADLINE, context: str = "",
+) -> httpx.Response:
+    """POST a form to an OAuth2 endpoint within ``deadline`` seconds; network trouble becomes
+    ours (transient). The URL may appear in errors: tokens only ever travel in the body."""
+    with map_errors(_TRANSPORT_ERRORS, f"{context}token endpoint {url}: "):
+        async with asyncio.timeout(deadline):
+            if http is not None:
+                return await http.post(url, data=dict(form), headers=_HEADERS)
+            async with httpx.AsyncClient(follow_redirects=False) as own:
+                return await own.post(url, data=dict(form), headers=_HEADERS)
 
 
 _HEADERS = {"Accept": "application/json"}
