@@ -289,7 +289,8 @@ async def test_no_token_or_secret_reaches_any_log_line(
     first = authority.issue_refresh_token("alice")
     keeper = MemoryKeeper(first)
     provider = TokenProvider(generic(token_server), keeper)
-    caplog.set_level(logging.DEBUG)  # httpx and httpcore at their chattiest too
+    for name in ("", "httpx", "httpcore"):  # the libraries at their chattiest too (setup_logging
+        caplog.set_level(logging.DEBUG, logger=name)  # of an earlier test may have quieted them)
 
     with capture_logs() as events:
         access = await provider.token(NOW)
