@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.lab import LabPorts
+from tests.lab.mail_lab import running_lab
 from tests.lab.oauth2 import OAuth2Lab
 from tests.lab.token_server import DEFAULT_LIFETIME, TokenServer
 
@@ -24,15 +23,8 @@ BARE_TOKEN_SERVER_PORT = LabPorts().offset(OAUTH2_LAB_OFFSET).oauth2 + 1
 def oauth2_lab_session() -> Iterator[OAuth2Lab]:
     if shutil.which("dovecot") is None or shutil.which("postfix") is None:
         pytest.fail("the OAuth2 lab needs dovecot and postfix; run `bash deploy/setup.sh` as root", pytrace=False)
-    # mkdtemp, not tmp_path_factory: pytest's base dir is 0700, which the mail uid can't enter.
-    root = Path(tempfile.mkdtemp(prefix="postroom-oauth2-lab-"))
-    lab = OAuth2Lab(root, LabPorts().offset(OAUTH2_LAB_OFFSET))
-    try:
-        lab.start()
+    with running_lab(lambda root: OAuth2Lab(root, LabPorts().offset(OAUTH2_LAB_OFFSET)), "postroom-oauth2-lab-") as lab:
         yield lab
-    finally:
-        lab.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
