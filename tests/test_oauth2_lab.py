@@ -9,6 +9,8 @@ import base64
 import imaplib
 import smtplib
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
@@ -18,6 +20,7 @@ import pytest
 from postroom.auth.sasl import Mechanism, challenge_answer, encoded, error_challenge, initial_response
 
 from tests.lab.oauth2 import OAuth2Lab
+from tests.oauth2_fixtures import BARE_TOKEN_SERVER_PORT
 
 MECHANISMS = list(Mechanism)
 REFUSED_STATUS = ("401", "invalid_token")  # XOAUTH2 says it Google's way, OAUTHBEARER RFC 7628's
@@ -224,3 +227,23 @@ def test_an_app_only_token_opens_the_app_s_mailbox(oauth2_lab: OAuth2Lab) -> Non
     assert _imap_login(oauth2_lab, Mechanism.XOAUTH2, "carol", answer["access_token"]).startswith("OK")
     assert _imap_login(oauth2_lab, Mechanism.XOAUTH2, "alice", answer["access_token"]).startswith("NO")
 
+
+
+def test_the_token_server_runs_on_its_own_for_a_demo_lab() -> None:
+    port = BARE_TOKEN_SERVER_PORT + 1
+    server = subprocess.Popen([sys.executable, "-m", "tests.lab.token_server", "--port", str(port)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and "token server on" in server.stdout.readline()
+        base = f"http://127.0.0.1:{port}"
+        httpx.post(f"{base}/lab/settings", data={"access_lifetime": "20", "rotate": "yes"}).raise_for_status()
+        refresh = httpx.post(f"{base}/lab/issue", data={"user": "alice"}).json()["refresh_token"]
+        answer = httpx.post(f"{base}/token", data={"grant_type": "refresh_token", "refresh_token": refresh,
+                                                   "client_id": "maillab", "client_secret": "maillab-secret"}).json()
+        introspected = httpx.post(f"{base}/introspect", data={"token": answer["access_token"]}).json()
+    finally:
+        server.terminate()
+        assert server.wait(timeout=10) == 0
+
+    assert answer["expires_in"] == 20 and answer["refresh_token"] != refresh  # rotated
+    assert introspected["active"] is True and introspected["username"] == "alice@example.test"

@@ -15,7 +15,12 @@ at and bend its state directly (``server.authority``). Endpoints:
     POST /revoke                         RFC 7009; revoking a refresh token revokes its access
                                          tokens too
     POST /lab/device                     the person at the verification URL: user_code, user
+    POST /lab/issue                      a refresh token for user (scope, client_id), as if they
+                                         had signed in: for a demo lab in another process
+    POST /lab/settings                   access_lifetime (seconds), rotate (yes/no)
     GET  /lab/counters                   how often each thing happened, as JSON
+
+``python -m tests.lab.token_server --port N`` serves it on its own until SIGTERM or Ctrl-C.
 
 Test hooks: a form field ``expires_in=N`` on /token asks for a token living N seconds;
 ``authority.access_lifetime`` sets the default; ``authority.rotate`` makes /token rotate
@@ -28,12 +33,14 @@ scope (the lab's own ``mail`` or a Microsoft or Google one), so provider-shaped 
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import hashlib
 import json
 import re
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -234,6 +241,13 @@ class TokenAuthority:
         if method == "POST" and path == "/lab/device":
             self._approve(form.get("user_code", ""), form.get("user", ""))
             return Reply(200, {"approved": True})
+        if method == "POST" and path == "/lab/issue":
+            grant = Grant(form.get("user", ""), form.get("client_id", "maillab"), form.get("scope", LAB_SCOPE))
+            return Reply(200, {"refresh_token": self._new_refresh(grant)})
+        if method == "POST" and path == "/lab/settings":
+            self.access_lifetime = int(form.get("access_lifetime", self.access_lifetime))
+            self.rotate = form.get("rotate", "yes" if self.rotate else "no") == "yes"
+            return Reply(200, {"access_lifetime": self.access_lifetime, "rotate": self.rotate})
         if method == "GET" and path == "/lab/counters":
             return Reply(200, dict(self.counters))
         return Reply(404, {"error": "not_found"})
@@ -516,3 +530,28 @@ class TokenServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.lab.token_server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=10080, help="on 127.0.0.1 (default 10080)")
+    parser.add_argument("--access-lifetime", type=int, default=DEFAULT_LIFETIME, help="seconds")
+    args = parser.parse_args(argv)
+    server = TokenServer(args.port)
+    server.authority.access_lifetime = args.access_lifetime
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    server.start()
+    print(f"token server on {server.url} (token {server.token_url}, introspection {server.introspection_url})",
+          flush=True)
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
