@@ -264,6 +264,8 @@ class TokenAuthority:
         grant_type = form.get("grant_type", "")
         self.counters[f"token.{grant_type}"] += 1
         client = self._client(form, basic_auth)
+        if self.fault is not None and self.fault.status:  # before anything changes: no token lost
+            raise OAuthRefusal("temporarily_unavailable", "lab fault", self.fault.status)
         lifetime = float(form["expires_in"]) if "expires_in" in form else None
         if grant_type == "refresh_token":
             grant = self._refresh.get(form.get("refresh_token", ""))
@@ -288,8 +290,6 @@ class TokenAuthority:
         raise OAuthRefusal("unsupported_grant_type", f"grant_type {grant_type!r}")
 
     def _tokens(self, grant: Grant, lifetime: float | None, refresh: str | None = None) -> Reply:
-        if self.fault is not None and self.fault.status:
-            raise OAuthRefusal("temporarily_unavailable", "lab fault", self.fault.status)
         access = self._new_access(grant, lifetime)
         body: dict[str, Any] = {
             "access_token": access, "token_type": "Bearer", "scope": grant.scope,
