@@ -5,17 +5,18 @@ from __future__ import annotations
 # ==== mail lab fixtures (owner: tests/lab) ================================================
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.lab import LabPorts, MailLab
+from tests.lab.mail_lab import running_lab
 
-# Store fixtures (store, sqlite_url, pg_url, any_store) live in their own module; no_skips
-# turns every skip not marked may_skip into a failure.
-pytest_plugins = ["tests.support.store_fixtures", "tests.support.no_skips"]
+# Store fixtures (store, sqlite_url, pg_url, any_store) and OAuth2 fixtures (oauth2_lab,
+# token_server) live in their own modules; no_skips turns every skip not marked may_skip
+# into a failure.
+pytest_plugins = ["tests.support.store_fixtures", "tests.support.oauth2_fixtures", "tests.support.no_skips"]
 
 # Tests use ports shifted from the reference config's, so a demo lab (`python -m tests.lab up`)
 # can run at the same time. POSTROOM_LAB_PORT_OFFSET moves them if something else sits there.
@@ -31,15 +32,8 @@ def lab() -> Iterator[MailLab]:
             f"mail lab needs {', '.join(missing) or 'dovecot'} installed; run `bash deploy/setup.sh` as root",
             pytrace=False,
         )
-    # mkdtemp, not tmp_path_factory: pytest's base dir is 0700, which the mail uid can't enter.
-    root = Path(tempfile.mkdtemp(prefix="postroom-lab-"))
-    mail_lab = MailLab(root, LabPorts().offset(LAB_PORT_OFFSET))
-    try:
-        mail_lab.start()
+    with running_lab(lambda root: MailLab(root, LabPorts().offset(LAB_PORT_OFFSET))) as mail_lab:
         yield mail_lab
-    finally:
-        mail_lab.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

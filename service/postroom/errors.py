@@ -16,6 +16,8 @@
     │   └── TransientSourceError       the database or server may be back soon
     └── PermanentError                 retrying will not help: goes to the dead letters
         ├── AuthError                  credentials refused
+        │   └── OAuth2Error            the token endpoint refused the client or the request
+        │       └── TokenRevoked       the refresh token is no good: a person must sign in
         ├── TLSError                   certificate not trusted, STARTTLS not offered, ...
         ├── ServerRejected             the server said no for good (SMTP 5xx, HTTP 4xx)
         └── PermanentSourceError       bad SQL, HTTP 4xx, missing file, bad JSON
@@ -126,6 +128,22 @@ class PermanentError(PostroomError):
 
 class AuthError(PermanentError):
     """The server refused our credentials."""
+
+
+class OAuth2Error(AuthError):
+    """An OAuth2 token endpoint refused for good (invalid_client, invalid_scope …): the
+    account's ``oauth2:`` settings need fixing. ``account`` and ``error`` (the RFC 6749 code)
+    say whose and what; the message never holds a token."""
+
+    def __init__(self, message: str, *, account: str | None = None, error: str | None = None):
+        self.account = account
+        self.error = error
+        super().__init__(message)
+
+
+class TokenRevoked(OAuth2Error):
+    """The refresh token was revoked, expired or its consent withdrawn (``invalid_grant``):
+    only a new sign-in (``postroom auth login ACCOUNT``) brings the account back."""
 
 
 class TLSError(PermanentError):

@@ -23,6 +23,7 @@ class LabPorts:
     pop3: int = 10110  # STARTTLS (STLS)
     pop3s: int = 10995
     lmtp: int = 10024  # Dovecot LMTP over TCP, for fast direct delivery in tests
+    oauth2: int = 10080  # the OAuth2 token server (tests/lab/oauth2.py), when the lab has one
 
     def offset(self, n: int) -> LabPorts:
         """The same set shifted by n, so a second lab does not clash with the first."""
@@ -74,7 +75,20 @@ class LabLayout:
         return self.mail_dir / user / "Maildir"
 
 
-def dovecot_conf(layout: LabLayout, ports: LabPorts, cert: Path, key: Path) -> str:
+@dataclass(frozen=True)
+class DovecotAuth:
+    """The SASL mechanisms Dovecot offers and the passdbs behind them. The default is the
+    password lab; tests/lab/oauth2.py builds the one that also takes bearer tokens."""
+
+    mechanisms: str = "plain login"
+    password_file: str | None = None  # the password passdb's file (default: layout.passwd_file)
+    extra_passdbs: str = ""
+
+
+def dovecot_conf(
+    layout: LabLayout, ports: LabPorts, cert: Path, key: Path, auth: DovecotAuth | None = None
+) -> str:
+    auth = auth or DovecotAuth()
     auto = "\n".join(
         f"  mailbox {name} {{\n    auto = subscribe\n    special_use = \\{name}\n  }}"
         for name in AUTO_FOLDERS
@@ -91,7 +105,7 @@ ssl = required
 ssl_cert = <{cert}
 ssl_key = <{key}
 ssl_min_protocol = TLSv1.2
-auth_mechanisms = plain login
+auth_mechanisms = {auth.mechanisms}
 auth_username_format = %Ln
 # Failed-login tests must not slow down the good logins that follow.
 auth_failure_delay = 0
@@ -100,9 +114,9 @@ mail_location = maildir:~/Maildir
 mail_fsync = never
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%n {layout.passwd_file}
+  args = scheme=PLAIN username_format=%n {auth.password_file or layout.passwd_file}
 }}
-userdb {{
+{auth.extra_passdbs}userdb {{
   driver = passwd-file
   args = username_format=%n {layout.passwd_file}
   default_fields = uid={MAIL_UID} gid={MAIL_UID} home={layout.mail_dir}/%n

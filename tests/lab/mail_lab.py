@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import smtplib
 import ssl
 import stat
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from imapclient import IMAPClient
 
@@ -72,7 +76,7 @@ class MailLab:
         make_owned_dirs(layout.mail_dir)
         self._certs = ensure_certificates(self.root / "tls")
         cert, key = self._certs.cert_file, self._certs.key_file
-        layout.dovecot_conf.write_text(config.dovecot_conf(layout, self.ports, cert, key))
+        layout.dovecot_conf.write_text(config.dovecot_conf(layout, self.ports, cert, key, self.dovecot_auth()))
         (layout.postfix_etc / "main.cf").write_text(
             config.postfix_main_cf(layout, self.ports, cert, key)
         )
@@ -81,6 +85,10 @@ class MailLab:
         (self.root / "lab.json").write_text(
             json.dumps({"ports": self.ports.as_dict(), "users": sorted(self.users)}, indent=2)
         )
+
+    def dovecot_auth(self) -> config.DovecotAuth:
+        """How Dovecot authenticates: passwords here; OAuth2Lab adds bearer tokens."""
+        return config.DovecotAuth()
 
     def _check_root(self) -> None:
         # Dovecot's mail processes (uid 8) and Postfix's (uid postfix) must reach the root.
@@ -344,6 +352,23 @@ class MailLab:
         if result.returncode != 0:
             raise LabError(f"doveadm {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result.stdout
+
+
+LabT = TypeVar("LabT", bound=MailLab)
+
+
+@contextmanager
+def running_lab(make: Callable[[Path], LabT], prefix: str = "postroom-lab-") -> Iterator[LabT]:
+    """A lab made in a new directory, started, then stopped and removed. mkdtemp, not pytest's
+    tmp_path_factory: pytest's base dir is 0700, which the mail uid can't enter."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    lab = make(root)
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _fetch_folder(client: IMAPClient, folder: str) -> list[bytes]:

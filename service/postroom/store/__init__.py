@@ -16,6 +16,7 @@ from .leases import WatchLeases
 from .ledger import LedgerStore
 from .outbox import NewMessage, OutboxItem, OutboxStore
 from .runs import RunRecord, RunStore
+from .tokens import OAuth2TokenStore, StoredGrant
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Store:
     ledger: LedgerStore
     inbound: InboundStore
     leases: WatchLeases
+    tokens: OAuth2TokenStore
 
     @classmethod
     def open(cls, url: str, *, owner: str, migrate_schema: bool = True) -> Store:
@@ -34,14 +36,15 @@ class Store:
             migrate(engine)
         return cls(engine=engine, outbox=OutboxStore(engine, owner=owner), runs=RunStore(engine, owner=owner),
                    ledger=LedgerStore(engine, owner=owner), inbound=InboundStore(engine),
-                   leases=WatchLeases(engine, owner=owner))
+                   leases=WatchLeases(engine, owner=owner), tokens=OAuth2TokenStore(engine))
 
     def close(self) -> None:
         self.engine.dispose()
 
 
 __all__ = [
-    "InboundStore", "LedgerStore", "NewMessage", "OutboxItem", "OutboxStore", "RunRecord", "RunStore", "Store",
+    "InboundStore", "LedgerStore", "NewMessage", "OAuth2TokenStore", "OutboxItem", "OutboxStore", "RunRecord",
+    "RunStore", "Store", "StoredGrant",
     "WatchLeases",
     "migrate",
     "open_engine", "schema_is_current",

@@ -10,6 +10,7 @@ Each table holds one kind of unit of work with its idempotency key:
 - actions:      the action ledger; key (message_key, rule, action_index)
 - replies:      when an auto-reply last went to a sender (once per `days`)
 - webhooks:     a webhook delivery; key `webhook_id`, stable across retries
+- oauth2_tokens: per OAuth2 account: its refresh token (encrypted) and refresh state
 """
 
 from __future__ import annotations
@@ -169,6 +170,22 @@ watch_leases = Table(
     Column("expires_at", TS, nullable=False),
 )
 
+# One row per OAuth2 account, shared by every replica. The refresh token is sealed by
+# auth/vault.py before it gets here: the store never holds it in the clear.
+oauth2_tokens = Table(
+    "oauth2_tokens",
+    metadata,
+    Column("account", String(255), primary_key=True),
+    Column("sealed_refresh_token", LargeBinary),  # Fernet; None: not signed in (or forgotten)
+    # Where that refresh token descends from: "login", or "config:" + a digest of the token
+    # the config gave (a new one in the config then wins over the stored rotations of the old).
+    Column("origin", String(80), nullable=False),
+    Column("expires_at", TS),  # of the access token last obtained (status, metrics)
+    Column("refreshed_at", TS),
+    Column("last_error", Text),
+    Column("updated_at", TS, nullable=False),
+)
+
 __all__ = [
     "actions",
     "checkpoints",
@@ -176,6 +193,7 @@ __all__ = [
     "inbound",
     "job_runs",
     "metadata",
+    "oauth2_tokens",
     "outbox",
     "replies",
     "watch_leases",

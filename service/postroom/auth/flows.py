@@ -1,0 +1,195 @@
+"""Signing in once, to get the first refresh token (what ``postroom auth login`` will run):
+
+- the device code flow (RFC 8628), Microsoft's for delegated access: ask for a code, show the
+  person the URL and the code, poll the token endpoint until they have signed in;
+- the installed-app flow with a loopback redirect (RFC 8252, PKCE per RFC 7636), Google's (its
+  device flow does not allow the mail scope): open the authorize URL in a browser, receive the
+  redirect on 127.0.0.1 with a one-shot listener, exchange the code.
+
+Both legs are a few standard HTTP requests, done with httpx like every other token request
+(and against the lab's token server in tests); the answers are read by ``read_token_reply``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import httpx
+
+from ..clock import utcnow
+from ..errors import OAuth2Error, ServerBusy
+from .tokens import OAuth2Client, TokenReply, post_form, read_token_reply
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+SLOW_DOWN_STEP = 5.0  # RFC 8628 §3.5: add five seconds to the interval on slow_down
+LOOPBACK_TIMEOUT = 300.0  # how long a person has to finish signing in in the browser
+
+@dataclass(frozen=True)
+class DeviceCode:
+    """What the person is shown (``message``, or the URL and code), and what we poll with."""
+
+    device_code: str = field(repr=False)
+    user_code: str
+    verification_uri: str
+    message: str
+    interval: float
+    expires_at: datetime
+
+
+def _client_fields(client: OAuth2Client) -> dict[str, str]:
+    fields = {"client_id": client.client_id}
+    if client.client_secret:
+        fields["client_secret"] = client.client_secret
+    return fields
+
+
+async def start_device_flow(
+    http: httpx.AsyncClient, client: OAuth2Client, device_code_url: str, now: datetime
+) -> DeviceCode:
+    response = await post_form(http, device_code_url, {**_client_fields(client), "scope": " ".join(client.scopes)})
+    if response.status_code != 200:
+        read_token_reply(client.account, response.status_code, response.content, now)  # raises ours
+        raise ServerBusy(f"{device_code_url}: HTTP {response.status_code}", code=response.status_code)
+    answer = response.json()
+    # Microsoft says verification_uri (RFC 8628); Google's older endpoint verification_url.
+    uri = str(answer.get("verification_uri") or answer.get("verification_url") or "")
+    user_code = str(answer["user_code"])
+    return DeviceCode(
+        device_code=str(answer["device_code"]), user_code=user_code, verification_uri=uri,
+        message=str(answer.get("message") or f"To sign in, open {uri} and enter the code {user_code}."),
+        interval=float(answer.get("interval", 5)),
+        expires_at=now + timedelta(seconds=float(answer.get("expires_in", 900))),
+    )
+
+
+async def finish_device_flow(
+    http: httpx.AsyncClient, client: OAuth2Client, code: DeviceCode, *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], datetime] = utcnow,
+) -> TokenReply:
+    """Poll until the person signed in (their refresh token comes back), refused, or the code
+    expired. ``sleep`` and ``clock`` are the edges a test may replace."""
+    form = {**_client_fields(client), "grant_type": DEVICE_GRANT, "device_code": code.device_code}
+    interval = code.interval
+    while True:
+        now = clock()
+        if now >= code.expires_at:
+            raise OAuth2Error(f"{client.account}: the sign-in code expired before it was used; run the login again",
+                              account=client.account, error="expired_token")
+        response = await post_form(http, client.token_url, form)
+        try:
+            return _with_refresh_token(client, read_token_reply(client.account, response.status_code,
+                                                                response.content, now))
+        except OAuth2Error as exc:
+            if exc.error == "slow_down":
+                interval += SLOW_DOWN_STEP
+            elif exc.error != "authorization_pending":
+                raise
+        await sleep(interval)
+
+
+def _with_refresh_token(client: OAuth2Client, reply: TokenReply) -> TokenReply:
+    if reply.refresh_token is None:
+        raise OAuth2Error(
+            f"{client.account}: signed in, but no refresh token came back (Microsoft: add the offline_access "
+            "scope; Google: access_type=offline)", account=client.account, error="no_refresh_token",
+        )
+    return reply
+
+
+def pkce_pair() -> tuple[str, str]:
+    """(code_verifier, S256 code_challenge), RFC 7636."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def authorize_url(
+    base: str, client: OAuth2Client, *, redirect_uri: str, state: str, challenge: str,
+    extra: Mapping[str, str] | None = None,
+) -> str:
+    params = {
+        "client_id": client.client_id, "redirect_uri": redirect_uri, "response_type": "code",
+        "scope": " ".join(client.scopes), "state": state,
+        "code_challenge": challenge, "code_challenge_method": "S256", **(extra or {}),
+    }
+    return f"{base}?{urlencode(params)}"
+
+
+_PAGE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n"
+         b"<!doctype html><title>postroom</title><p>Signed in. You can close this window.</p>\n")
+_NOT_HERE = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class _LoopbackReceiver:
+    """A one-shot HTTP listener on 127.0.0.1 for the authorization redirect."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = (await reader.readline()).decode("latin-1").split()
+            while (await reader.readline()).strip():
+                pass  # headers: nothing in them matters here
+            target = urlsplit(request_line[1]) if len(request_line) > 1 else None
+            query = dict(parse_qsl(target.query)) if target is not None else {}
+            if target is None or target.path != "/" or not ({"code", "error"} & query.keys()):
+                writer.write(_NOT_HERE)  # a browser's favicon request and the like
+                return
+            writer.write(_PAGE)
+            if not self.answer.done():
+                self.answer.set_result(query)
+        finally:
+            await writer.drain()
+            writer.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def loopback_login(
+    http: httpx.AsyncClient, client: OAuth2Client, authorize_base: str, *,
+    open_browser: Callable[[str], None], extra: Mapping[str, str] | None = None,
+    wait_for_person: float = LOOPBACK_TIMEOUT, clock: Callable[[], datetime] = utcnow,
+) -> TokenReply:
+    """Send the person to the authorize URL (``open_browser``: the CLI prints it and tries a
+    browser), take the code from the redirect to 127.0.0.1, exchange it with the PKCE verifier."""
+    receiver = _LoopbackReceiver()
+    redirect_uri = await receiver.start()
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(16)
+    try:
+        open_browser(authorize_url(authorize_base, client, redirect_uri=redirect_uri, state=state,
+                                   challenge=challenge, extra=extra))
+        try:
+            answer = await asyncio.wait_for(receiver.answer, wait_for_person)
+        except TimeoutError:
+            raise OAuth2Error(f"{client.account}: nobody finished signing in within {wait_for_person:.0f} s",
+                              account=client.account, error="timeout") from None
+    finally:
+        receiver.close()
+    if answer.get("state") != state:
+        raise OAuth2Error(f"{client.account}: the sign-in answer does not match our request (state)",
+                          account=client.account, error="state_mismatch")
+    if "error" in answer:
+        said = f"{answer['error']}: {answer.get('error_description', '')}"
+        raise OAuth2Error(f"{client.account}: sign-in refused ({said})", account=client.account, error=answer["error"])
+    form = {**_client_fields(client), "grant_type": "authorization_code", "code": answer["code"],
+            "redirect_uri": redirect_uri, "code_verifier": verifier}
+    response = await post_form(http, client.token_url, form)
+    return _with_refresh_token(client, read_token_reply(client.account, response.status_code, response.content,
+                                                        clock()))

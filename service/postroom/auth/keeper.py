@@ -1,0 +1,61 @@
+"""An account's refresh token, kept in the store, sealed by the vault: the ``RefreshTokenKeeper``
+that ``TokenProvider`` loads from before each refresh and saves a rotated token to at once.
+
+Which token counts, when the config may give one too (``oauth2.refresh_token``):
+- none in the config: the stored one (from ``postroom auth login``, or a rotation of it);
+- one in the config: the stored one only if it descends from that very token (a rotation,
+  recorded with the config token's digest as its origin); else the config's — an operator
+  who pastes a new token into the config means it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import datetime
+
+from ..store.tokens import OAuth2TokenStore, StoredGrant
+from .vault import TokenVault
+
+LOGIN_ORIGIN = "login"
+
+
+def origin_of(configured: str | None) -> str:
+    """The origin recorded with tokens descending from ``configured`` (a digest, not the token)."""
+    if configured is None:
+        return LOGIN_ORIGIN
+    return "config:" + hashlib.sha256(configured.encode()).hexdigest()[:32]
+
+
+def current_sealed(configured: str | None, stored: StoredGrant | None) -> bytes | None:
+    """The stored sealed token when it is the one to use (see the module doc), else None."""
+    if stored is None or stored.sealed_refresh_token is None:
+        return None
+    if configured is not None and stored.origin != origin_of(configured):
+        return None
+    return stored.sealed_refresh_token
+
+
+class StoredRefreshToken:
+    """One account's refresh token, read from the store at each refresh (another replica may
+    have rotated it since) and written there before the new one is used."""
+
+    def __init__(self, store: OAuth2TokenStore, vault: TokenVault, account: str, configured: str | None = None):
+        self._store = store
+        self._vault = vault
+        self._account = account
+        self._configured = configured
+
+    def __repr__(self) -> str:
+        return f"StoredRefreshToken({self._account!r})"
+
+    async def load(self) -> str | None:
+        stored = await asyncio.to_thread(self._store.get, self._account)
+        sealed = current_sealed(self._configured, stored)
+        return self._configured if sealed is None else self._vault.open(sealed, account=self._account)
+
+    async def save(self, refresh_token: str, now: datetime) -> None:
+        sealed = self._vault.seal(refresh_token)
+        await asyncio.to_thread(
+            self._store.save_refresh_token, self._account, sealed, origin=origin_of(self._configured), now=now
+        )
