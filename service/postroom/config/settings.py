@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .dburl import sqlite_file
+
 
 def _default_state_dir() -> Path:
     # systemd's StateDirectory= exports STATE_DIRECTORY; honour it so the unit needs no extra env.
@@ -48,6 +50,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.state_dir / 'postroom.db').resolve()}"
+
+    def sqlite_path(self) -> Path | None:
+        """The store's file when the store is SQLite; None for a server database."""
+        return sqlite_file(self.database_url_or_default())
 
     def templates_dir(self) -> Path:
         if self.templates is not None:
