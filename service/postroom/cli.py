@@ -99,8 +99,10 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 @click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite starter files already there (never .env).")
 def init(directory: Path, force: bool) -> None:
-    """Start a project in DIRECTORY (default: here): a commented postroom.yaml, .env.example
-    (copied to .env if there is none), templates/layout.j2 and templates/hello.j2."""
+    """Write a starter project into DIRECTORY (default: here).
+
+    A commented postroom.yaml with postroom.schema.json, .env.example (copied to .env if
+    there is none), templates/layout.j2 and templates/hello.j2."""
     from .config.schema import config_schema
     from .starter import write_starter
 
@@ -121,13 +123,14 @@ def init(directory: Path, force: bool) -> None:
               ("postroom run", "the daemon")]
     click.echo("next:")
     for command, why in steps:
-        click.echo(f"  {command:<32}" + (f"# {why}" if why else "").rstrip())
+        click.echo(f"  {command:<32}# {why}" if why else f"  {command}")
 
 
 @app.command()
 def schema() -> None:
-    """Print the config's JSON Schema, for editor completion:
-    `postroom schema > postroom.schema.json`."""
+    """Print the config's JSON Schema (for editor completion).
+
+    postroom schema > postroom.schema.json"""
     from .config.schema import config_schema
 
     click.echo(_json(config_schema()))
