@@ -136,14 +136,16 @@ jobs:
 """
 
 
-def test_check_dry_run_and_jobs_write_nothing(tmp_path):
+def test_check_dry_run_and_reading_commands_write_nothing(tmp_path):
     (tmp_path / "postroom.yaml").write_text(JOB_CONFIG)
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "note.j2").write_text("{% block subject %}note{% endblock %}"
                                                       "{% block text %}hello{% endblock %}")
     before = files_under(tmp_path)
-    for args in (["check", "--offline"], ["send", "note", "--dry-run"], ["jobs"]):
+    for args in (["check", "--offline"], ["send", "note", "--dry-run"], ["jobs"], ["outbox"], ["rules", "failed"],
+                 ["outbox", "retry", "1"]):
         result = postroom(tmp_path, *args)
-        assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"
+        assert result.returncode == (1 if "retry" in args else 0), f"{args}: {result.stdout}{result.stderr}"
         assert files_under(tmp_path) == before, f"{args} wrote {files_under(tmp_path) - before}"
     assert "Subject: note" in postroom(tmp_path, "send", "note", "--dry-run").stdout
+    assert "no store yet" in postroom(tmp_path, "outbox").stdout

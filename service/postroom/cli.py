@@ -233,6 +233,15 @@ def _existing_store(settings: Settings) -> Store | None:
     return open_store(settings) if store_exists(settings) else None
 
 
+def _reading_store(ctx: click.Context) -> Store | None:
+    """The store for a command that only reads it; where there is none yet, None and a line
+    that says so (such a command never creates one)."""
+    store = _existing_store(settings(ctx))
+    if store is None:
+        click.echo(f"no store yet at {settings(ctx).sqlite_path()}: nothing has run with these settings")
+    return store
+
+
 # -- send ----------------------------------------------------------------------------------
 @app.command()
 @click.argument("job")
@@ -391,9 +400,9 @@ def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
 @click.pass_context
 def rules_failed(ctx: click.Context, limit: int) -> None:
     """Incoming messages set aside, and actions and webhooks given up on — with the reason."""
-    from .bootstrap import open_store
-
-    store = open_store(settings(ctx))
+    store = _reading_store(ctx)
+    if store is None:
+        return
     try:
         aside = store.inbound.set_aside()[:limit]
         actions = store.ledger.dead_actions(limit=limit)
@@ -425,9 +434,9 @@ def outbox(ctx: click.Context, dead: bool, limit: int) -> None:
     """What waits to be sent (or, with --dead, what failed and why)."""
     if ctx.invoked_subcommand is not None:
         return
-    from .bootstrap import open_store
-
-    store = open_store(settings(ctx))
+    store = _reading_store(ctx)
+    if store is None:
+        return
     try:
         counts = store.outbox.counts()
         statuses = ["dead"] if dead else ["queued", "sending"]
@@ -456,10 +465,11 @@ def outbox(ctx: click.Context, dead: bool, limit: int) -> None:
 @click.pass_context
 def outbox_retry(ctx: click.Context, item_id: int) -> None:
     """Put dead letter ID back in the queue (same Message-ID; the daemon sends it)."""
-    from .bootstrap import open_store
     from .clock import utcnow
 
-    store = open_store(settings(ctx))
+    store = _existing_store(settings(ctx))
+    if store is None:
+        raise Failed(f"no outbox message with ID {item_id} (there is no store yet)")
     try:
         item = store.outbox.get(item_id)
         if item is None:
