@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dotenv import dotenv_values
 from pydantic import ValidationError
 
 from ..errors import ConfigError
 from .dburl import sqlite_beside
 from .model import Config
-from .settings import Settings
+from .settings import Settings, read_dotenv
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -50,7 +49,7 @@ class SecretLookup:
         self._environ = os.environ if environ is None else environ
         self._dirs = settings.secret_dirs()
         path = dotenv_path or Path(".env")
-        self._dotenv = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
+        self._dotenv = read_dotenv(path)
 
     def get(self, name: str) -> str | None:
         if name in self._environ:
