@@ -148,4 +148,5 @@ def test_check_dry_run_and_reading_commands_write_nothing(tmp_path):
         assert result.returncode == (1 if "retry" in args else 0), f"{args}: {result.stdout}{result.stderr}"
         assert files_under(tmp_path) == before, f"{args} wrote {files_under(tmp_path) - before}"
     assert "Subject: note" in postroom(tmp_path, "send", "note", "--dry-run").stdout
-    assert "no store yet" in postroom(tmp_path, "outbox").stdout
+    assert "nothing waiting" in postroom(tmp_path, "outbox").stdout
+    assert "messages set aside: 0" in postroom(tmp_path, "rules", "failed").stdout

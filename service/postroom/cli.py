@@ -227,19 +227,11 @@ def jobs(ctx: click.Context) -> None:
 
 
 def _existing_store(settings: Settings) -> Store | None:
-    """The store if there is one; a command that only reads (`jobs`) never creates it."""
+    """The store if there is one: commands that only read it (`jobs`, `outbox`, `rules
+    failed`) never create it; none yet reads as empty."""
     from .bootstrap import open_store, store_exists
 
     return open_store(settings) if store_exists(settings) else None
-
-
-def _reading_store(ctx: click.Context) -> Store | None:
-    """The store for a command that only reads it; where there is none yet, None and a line
-    that says so (such a command never creates one)."""
-    store = _existing_store(settings(ctx))
-    if store is None:
-        click.echo(f"no store yet at {settings(ctx).sqlite_path()}: nothing has run with these settings")
-    return store
 
 
 # -- send ----------------------------------------------------------------------------------
@@ -400,15 +392,16 @@ def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
 @click.pass_context
 def rules_failed(ctx: click.Context, limit: int) -> None:
     """Incoming messages set aside, and actions and webhooks given up on — with the reason."""
-    store = _reading_store(ctx)
-    if store is None:
-        return
-    try:
-        aside = store.inbound.set_aside()[:limit]
-        actions = store.ledger.dead_actions(limit=limit)
-        hooks = store.ledger.dead_webhooks(limit=limit)
-    finally:
-        store.close()
+    store = _existing_store(settings(ctx))
+    if store is not None:
+        try:
+            aside = store.inbound.set_aside()[:limit]
+            actions = store.ledger.dead_actions(limit=limit)
+            hooks = store.ledger.dead_webhooks(limit=limit)
+        finally:
+            store.close()
+    else:  # nothing has run here yet, so nothing has failed
+        aside, actions, hooks = [], [], []
     click.echo(f"messages set aside: {len(aside)}")
     if aside:
         click.echo(_table([[r.key, r.message_id or "-", str(r.attempts), (r.error or "")[:80]] for r in aside],
@@ -434,15 +427,15 @@ def outbox(ctx: click.Context, dead: bool, limit: int) -> None:
     """What waits to be sent (or, with --dead, what failed and why)."""
     if ctx.invoked_subcommand is not None:
         return
-    store = _reading_store(ctx)
-    if store is None:
-        return
-    try:
-        counts = store.outbox.counts()
-        statuses = ["dead"] if dead else ["queued", "sending"]
-        items = store.outbox.list(statuses=statuses, limit=limit)
-    finally:
-        store.close()
+    store = _existing_store(settings(ctx))
+    if store is not None:
+        try:
+            counts = store.outbox.counts()
+            items = store.outbox.list(statuses=["dead"] if dead else ["queued", "sending"], limit=limit)
+        finally:
+            store.close()
+    else:  # nothing has run here yet: an empty outbox
+        counts, items = {}, []
     click.echo("outbox: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
     if not items:
         click.echo("no dead letters" if dead else "nothing waiting")
