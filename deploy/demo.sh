@@ -55,8 +55,11 @@ say "postroom jobs"
 $postroom jobs
 
 say "postroom send orders-report --dry-run (prints the MIME message, sends nothing)"
-$postroom send orders-report --dry-run 2>/dev/null | head -n 40
-echo "[…]"
+# Into a file first: under pipefail, `postroom … | head` fails whenever head closes the pipe
+# while postroom is still writing (EPIPE), which depends only on timing.
+$postroom send orders-report --dry-run > "$work/dry-run.eml" 2>/dev/null
+head -n 40 "$work/dry-run.eml"
+echo "[… $(wc -l < "$work/dry-run.eml") lines in all: $work/dry-run.eml]"
 
 say "postroom send orders-report"
 $postroom send orders-report

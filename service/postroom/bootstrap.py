@@ -1,7 +1,8 @@
 """Getting a process started: config + templates checked together, the store opened.
 
 Kept apart from app.py so one-shot commands (`postroom send`, `outbox`, `jobs`) load only
-what they use, not the daemon's HTTP server, watchers and metrics.
+what they use, not the daemon's HTTP server, watchers and metrics. The store (SQLAlchemy,
+about 0.2 s of imports) is imported only by the functions that open it: `check` needs none.
 """
 
 from __future__ import annotations
@@ -10,17 +11,23 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from .checks import template_findings
 from .clock import utcnow
 from .config import LoadedConfig, Settings, load_config
 from .errors import ConfigError, PostroomError
 from .mail.templates import TemplateRenderer
-from .store import Store, schema_is_current
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    from .store import Store
+
+
+def _log() -> Any:
+    # structlog (with asyncio, ~20 ms) is imported by the paths that log, not by `check --offline`.
+    import structlog
+
+    return structlog.get_logger(__name__)
 
 
 def load_checked(settings: Settings) -> tuple[LoadedConfig, TemplateRenderer]:
@@ -34,7 +41,17 @@ def load_checked(settings: Settings) -> tuple[LoadedConfig, TemplateRenderer]:
 
 
 def open_store(settings: Settings) -> Store:
+    """The store, created and migrated if it does not exist yet."""
+    from .store import Store
+
     return Store.open(settings.database_url_or_default(), owner=settings.instance)
+
+
+def store_exists(settings: Settings) -> bool:
+    """False only for a SQLite store whose file is not there yet (a server database is
+    assumed to exist; opening it creates nothing on this machine)."""
+    path = settings.sqlite_path()
+    return path is None or path.is_file()
 
 
 # A migration imports alembic, mako and pygments (about 12 MiB resident) that a months-long
@@ -45,11 +62,13 @@ MIGRATE_TIMEOUT = 300.0  # seconds; a large PostgreSQL migration may take a whil
 
 def open_daemon_store(settings: Settings) -> Store:
     """The store with its schema current, migrated (when needed) by a child process."""
+    from .store import Store, schema_is_current
+
     url = settings.database_url_or_default()
     store = Store.open(url, owner=settings.instance, migrate_schema=False)
     if schema_is_current(store.engine):
         return store
-    log.info("migrating the store schema")
+    _log().info("migrating the store schema")
     package_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     # The URL (it may hold a password) goes through stdin, never argv where `ps` shows it.
@@ -74,4 +93,4 @@ def recover_single_node(store: Store) -> None:
     released = store.outbox.release_all_leases(now=now)
     hooks = store.ledger.release_all_webhook_leases(now=now)
     if released or hooks:
-        log.info("took back work in flight at the last stop", messages=released, webhooks=hooks)
+        _log().info("took back work in flight at the last stop", messages=released, webhooks=hooks)

@@ -1,45 +1,74 @@
-"""The `postroom` command. Each command is a thin shell over the same parts the daemon uses."""
+"""The `postroom` command. Each command is a thin shell over the same parts the daemon uses.
+
+Start-up matters for a command typed by hand or run from cron: this module imports only
+click at the top, and each command imports what it uses when it runs (`postroom --version`
+loads no config code; `check --offline` no store, no SQLAlchemy).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from .config import Settings
 from .errors import ConfigError, PostroomError
-from .logs import setup_logging
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .store import Store
 
 
 class Failed(click.ClickException):
     """A problem the user can fix: printed to stderr, exit 1."""
 
-    def show(self, file=None) -> None:
+    def show(self, file: IO[Any] | None = None) -> None:
         click.secho(self.format_message(), fg="red", err=True)
 
 
-def settings(ctx: click.Context) -> Settings:
-    return ctx.find_root().obj
+def _remember_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_root().meta["postroom.config"] = value
+
+
+# `--config` is taken before the command name and after it: `postroom -c FILE check` and
+# `postroom check -c FILE` mean the same.
+config_option = click.option(
+    "--config", "-c", type=click.Path(path_type=Path, dir_okay=False), expose_value=False,
+    callback=_remember_config, help="Config file (default: $POSTROOM_CONFIG, else ./postroom.yaml).")
+
+
+def settings(ctx: click.Context, *, logs: bool = True) -> Settings:
+    """The process settings, made on first use, so commands that need none (`init`, `schema`,
+    `--version`) pay for none. `logs=False`: a command that only reads files and prints
+    (`check --offline`) leaves logging (structlog, ~20 ms of imports) unconfigured."""
+    root = ctx.find_root()
+    made: Settings | None = root.meta.get("postroom.settings")
+    if made is None:
+        from .config.settings import Settings
+
+        config: Path | None = root.meta.get("postroom.config")
+        made = root.meta["postroom.settings"] = Settings(config=config) if config is not None else Settings()
+    if logs and not root.meta.get("postroom.logging"):
+        from .logs import setup_logging
+
+        level = made.log_level
+        if root.invoked_subcommand != "run" and "POSTROOM_LOG_LEVEL" not in os.environ:
+            # One-shot commands speak through their own output; their logs are for trouble only.
+            level = "WARNING"
+        setup_logging(fmt=made.log_format, level=level)
+        root.meta["postroom.logging"] = True
+    return made
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False),
-              help="Config file (default: $POSTROOM_CONFIG, else ./postroom.yaml).")
+@config_option
 @click.version_option(package_name="postroom", message="%(prog)s %(version)s")
-@click.pass_context
-def app(ctx: click.Context, config: Path | None) -> None:
+def app() -> None:
     """postroom: scheduled template mail out, inbox rules in."""
-    ctx.obj = Settings(**({"config": config} if config else {}))
-    level = ctx.obj.log_level
-    if ctx.invoked_subcommand != "run" and "POSTROOM_LOG_LEVEL" not in os.environ:
-        # One-shot commands speak through their own output; their logs are for trouble only.
-        level = "WARNING"
-    setup_logging(fmt=ctx.obj.log_format, level=level)
 
 
 def broken_config(exc: ConfigError) -> Failed:
@@ -58,21 +87,74 @@ def _fmt_time(value: datetime | None, tz: str | None = None) -> str:
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+
+    def line(r: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
+
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+# -- init, schema --------------------------------------------------------------------------
+@app.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite starter files already there (never .env).")
+def init(directory: Path, force: bool) -> None:
+    """Write a starter project into DIRECTORY (default: here).
+
+    A commented postroom.yaml with postroom.schema.json, .env.example (copied to .env if
+    there is none), templates/layout.j2 and templates/hello.j2."""
+    from .config.schema import config_schema
+    from .starter import write_starter
+
+    try:
+        written = write_starter(directory, force=force, schema=_json(config_schema()))
+    except PostroomError as exc:
+        raise Failed(str(exc)) from None
+    except OSError as exc:
+        raise Failed(f"cannot write into {directory}: {exc.strerror}") from None
+    click.echo(f"wrote into {directory.resolve()}:")
+    for w in written:
+        click.echo(f"  {w.path.relative_to(directory)}" + (f"  ({w.note})" if w.note else ""))
+    steps = [] if directory.resolve() == Path.cwd() else [(f"cd {directory}", "")]
+    steps += [("postroom check --offline", "the starter is valid as written"),
+              ("$EDITOR postroom.yaml .env", "your servers, addresses and password"),
+              ("postroom check", "logs in to every server"),
+              ("postroom send hello --dry-run", "the example job's message, sent nowhere"),
+              ("postroom run", "the daemon")]
+    click.echo("next:")
+    for command, why in steps:
+        click.echo(f"  {command:<32}# {why}" if why else f"  {command}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the config's JSON Schema (for editor completion).
+
+    postroom schema > postroom.schema.json"""
+    from .config.schema import config_schema
+
+    click.echo(_json(config_schema()))
+
+
+def _json(value: object) -> str:
+    import json
+
+    return json.dumps(value, indent=2, ensure_ascii=False)
 
 
 # -- check ---------------------------------------------------------------------------------
 @app.command()
 @click.option("--offline", is_flag=True, help="Only validate; don't connect to servers.")
+@config_option
 @click.pass_context
 def check(ctx: click.Context, offline: bool) -> None:
-    """Validate config, templates and rules; then log in to every server (unless --offline)."""
+    """Validate config, templates and rules; then log in to every server (unless --offline).
+
+    Reads files only: it opens no store and writes nothing."""
     from .bootstrap import load_checked
-    from .checks import server_findings
 
     try:
-        loaded, _renderer = load_checked(settings(ctx))
+        loaded, _renderer = load_checked(settings(ctx, logs=not offline))
     except ConfigError as exc:
         raise broken_config(exc) from None
     cfg = loaded.config
@@ -80,6 +162,10 @@ def check(ctx: click.Context, offline: bool) -> None:
                f"templates in {loaded.templates_dir}")
     if offline:
         return
+    import asyncio
+
+    from .checks import server_findings
+
     findings = asyncio.run(server_findings(cfg))
     for f in findings:
         mark = click.style("ok  ", fg="green") if f.ok else click.style("FAIL", fg="red")
@@ -91,6 +177,7 @@ def check(ctx: click.Context, offline: bool) -> None:
 # -- run -----------------------------------------------------------------------------------
 @app.command()
 @click.option("--dry-run", is_flag=True, help="Log every action it would take; perform none.")
+@config_option
 @click.pass_context
 def run(ctx: click.Context, dry_run: bool) -> None:
     """Run the daemon in the foreground (for systemd, Docker, or a terminal)."""
@@ -107,10 +194,10 @@ def run(ctx: click.Context, dry_run: bool) -> None:
 
 # -- jobs ----------------------------------------------------------------------------------
 @app.command()
+@config_option
 @click.pass_context
 def jobs(ctx: click.Context) -> None:
     """Each job with its schedule and next fire time."""
-    from .bootstrap import open_store
     from .clock import utcnow
     from .config import load_config
     from .scheduler import jobs_overview
@@ -122,9 +209,10 @@ def jobs(ctx: click.Context) -> None:
     overview = jobs_overview(cfg, now=utcnow())
     last = {}
     try:
-        store = open_store(settings(ctx))
-        last = store.runs.last_runs()
-        store.close()
+        store = _existing_store(settings(ctx))
+        if store is not None:
+            last = store.runs.last_runs()
+            store.close()
     except Exception:  # the overview is still useful without run history
         pass
     rows = []
@@ -138,16 +226,28 @@ def jobs(ctx: click.Context) -> None:
     click.echo(_table(rows, ["JOB", "SCHEDULE", "ZONE", "NEXT FIRE", "LAST RUN"]))
 
 
+def _existing_store(settings: Settings) -> Store | None:
+    """The store if there is one: commands that only read it (`jobs`, `outbox`, `rules
+    failed`) never create it; none yet reads as empty."""
+    from .bootstrap import open_store, store_exists
+
+    return open_store(settings) if store_exists(settings) else None
+
+
 # -- send ----------------------------------------------------------------------------------
 @app.command()
 @click.argument("job")
-@click.option("--dry-run", is_flag=True, help="Print the MIME message(s); send nothing.")
+@click.option("--dry-run", is_flag=True, help="Print the MIME message(s); send nothing, store nothing.")
 @click.option("--to", "to", multiple=True, metavar="ADDR", help="Send to this address instead (repeatable).")
+@config_option
 @click.pass_context
 def send(ctx: click.Context, job: str, dry_run: bool, to: tuple[str, ...]) -> None:
     """Run JOB now and send what it makes."""
+    import asyncio
+
+    make = _dry_run if dry_run else _send
     try:
-        code = asyncio.run(_send(settings(ctx), job, dry_run=dry_run, to=list(to) or None))
+        code = asyncio.run(make(settings(ctx), job, to=list(to) or None))
     except ConfigError as exc:
         raise broken_config(exc) from None
     except PostroomError as exc:
@@ -155,7 +255,29 @@ def send(ctx: click.Context, job: str, dry_run: bool, to: tuple[str, ...]) -> No
     ctx.exit(code)
 
 
-async def _send(settings: Settings, job: str, *, dry_run: bool, to: list[str] | None) -> int:
+async def _dry_run(settings: Settings, job: str, *, to: list[str] | None) -> int:
+    """Build JOB's messages and print them. Needs no store, so it opens none (writes nothing)."""
+    from .bootstrap import load_checked
+    from .clock import utcnow
+    from .outgoing.jobs import JobRunner
+
+    loaded, renderer = load_checked(settings)
+    runner = JobRunner(loaded.config, renderer, store=None)
+    built = await runner.build(job, key_prefix="dry-run", now=utcnow(), to_override=to)
+    if built.skipped:
+        click.echo(f"{job}: nothing to send ({built.skipped})", err=True)
+        return 0
+    for i, m in enumerate(built.messages):
+        click.echo(f"--- message {i + 1} of {len(built.messages)}; envelope from <{m.envelope_from}> to "
+                   f"{', '.join(m.recipients)}", err=True)
+        sys.stdout.write(m.raw.decode("utf-8", "replace").replace("\r\n", "\n"))
+        sys.stdout.write("\n")
+    return 0
+
+
+async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
+    import asyncio
+    import uuid
     from collections import Counter
 
     from .bootstrap import load_checked, open_store
@@ -173,17 +295,6 @@ async def _send(settings: Settings, job: str, *, dry_run: bool, to: list[str] | 
     warming: asyncio.Task[None] | None = None
     try:
         runner = JobRunner(cfg, renderer, store)
-        if dry_run:
-            built = await runner.build(job, key_prefix="dry-run", now=utcnow(), to_override=to)
-            if built.skipped:
-                click.echo(f"{job}: nothing to send ({built.skipped})", err=True)
-                return 0
-            for i, m in enumerate(built.messages):
-                click.echo(f"--- message {i + 1} of {len(built.messages)}; envelope from <{m.envelope_from}> to "
-                           f"{', '.join(m.recipients)}", err=True)
-                sys.stdout.write(m.raw.decode("utf-8", "replace").replace("\r\n", "\n"))
-                sys.stdout.write("\n")
-            return 0
         wanted: set[str] = set()
         outcomes: dict[str, str] = {}  # message_id -> its latest result in this process
 
@@ -241,6 +352,7 @@ def rules() -> None:
 @rules.command("test")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--account", help="Only this account's rules.")
+@config_option
 @click.pass_context
 def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
     """Which rules match the message in FILE (.eml) and which actions they would take."""
@@ -276,18 +388,20 @@ def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
 
 @rules.command("failed")
 @click.option("--limit", default=50, show_default=True, help="At most this many rows of each kind.")
+@config_option
 @click.pass_context
 def rules_failed(ctx: click.Context, limit: int) -> None:
     """Incoming messages set aside, and actions and webhooks given up on — with the reason."""
-    from .bootstrap import open_store
-
-    store = open_store(settings(ctx))
-    try:
-        aside = store.inbound.set_aside()[:limit]
-        actions = store.ledger.dead_actions(limit=limit)
-        hooks = store.ledger.dead_webhooks(limit=limit)
-    finally:
-        store.close()
+    store = _existing_store(settings(ctx))
+    if store is not None:
+        try:
+            aside = store.inbound.set_aside()[:limit]
+            actions = store.ledger.dead_actions(limit=limit)
+            hooks = store.ledger.dead_webhooks(limit=limit)
+        finally:
+            store.close()
+    else:  # nothing has run here yet, so nothing has failed
+        aside, actions, hooks = [], [], []
     click.echo(f"messages set aside: {len(aside)}")
     if aside:
         click.echo(_table([[r.key, r.message_id or "-", str(r.attempts), (r.error or "")[:80]] for r in aside],
@@ -307,20 +421,21 @@ def rules_failed(ctx: click.Context, limit: int) -> None:
 @app.group(invoke_without_command=True)
 @click.option("--dead", is_flag=True, help="Show dead letters and why they failed.")
 @click.option("--limit", default=50, show_default=True, help="At most this many rows.")
+@config_option
 @click.pass_context
 def outbox(ctx: click.Context, dead: bool, limit: int) -> None:
     """What waits to be sent (or, with --dead, what failed and why)."""
     if ctx.invoked_subcommand is not None:
         return
-    from .bootstrap import open_store
-
-    store = open_store(settings(ctx))
-    try:
-        counts = store.outbox.counts()
-        statuses = ["dead"] if dead else ["queued", "sending"]
-        items = store.outbox.list(statuses=statuses, limit=limit)
-    finally:
-        store.close()
+    store = _existing_store(settings(ctx))
+    if store is not None:
+        try:
+            counts = store.outbox.counts()
+            items = store.outbox.list(statuses=["dead"] if dead else ["queued", "sending"], limit=limit)
+        finally:
+            store.close()
+    else:  # nothing has run here yet: an empty outbox
+        counts, items = {}, []
     click.echo("outbox: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
     if not items:
         click.echo("no dead letters" if dead else "nothing waiting")
@@ -339,13 +454,15 @@ def outbox(ctx: click.Context, dead: bool, limit: int) -> None:
 
 @outbox.command("retry")
 @click.argument("item_id", metavar="ID", type=int)
+@config_option
 @click.pass_context
 def outbox_retry(ctx: click.Context, item_id: int) -> None:
     """Put dead letter ID back in the queue (same Message-ID; the daemon sends it)."""
-    from .bootstrap import open_store
     from .clock import utcnow
 
-    store = open_store(settings(ctx))
+    store = _existing_store(settings(ctx))
+    if store is None:
+        raise Failed(f"no outbox message with ID {item_id} (there is no store yet)")
     try:
         item = store.outbox.get(item_id)
         if item is None:

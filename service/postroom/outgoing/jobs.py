@@ -47,7 +47,7 @@ class BuiltRun:
 
 
 class JobRunner:
-    def __init__(self, config: Config, renderer: TemplateRenderer, store: Store, *,
+    def __init__(self, config: Config, renderer: TemplateRenderer, store: Store | None, *,
                  wake_sender: Callable[[], None] = lambda: None,
                  clock: Callable[[], datetime] = utcnow,
                  on_run: Callable[[str, str, float], None] = lambda job, status, seconds: None,
@@ -58,7 +58,7 @@ class JobRunner:
         self.sender = sender
         self.config = config
         self.renderer = renderer
-        self.store = store
+        self._store = store  # None: this runner only builds (`send --dry-run` opens no store)
         self.wake_sender = wake_sender
         self.clock = clock
 
@@ -161,6 +161,12 @@ class JobRunner:
             raise PostroomError(f"no job named {job_id!r}; jobs: {known}") from None
 
     # -- running ---------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise PostroomError("this job runner was made without a store; it can build, not run")
+        return self._store
+
     async def run_fire(self, job_id: str, fire_time: datetime, trigger: str) -> None:
         """The scheduler's callback: claim the fire, build, enqueue, record. Never raises."""
         runs = self.store.runs
