@@ -24,7 +24,7 @@ from .errors import PostroomError
 from .http import HttpServer
 from .incoming.actions import ActionExecutor
 from .incoming.rules import RuleSet, compile_rules
-from .incoming.watcher import ImapWatcher, Pop3Watcher, WatcherHooks
+from .incoming.watcher import ImapWatcher, Pop3Watcher, Watcher, WatcherHooks
 from .mail.templates import TemplateRenderer
 from .metrics import Metrics
 from .notify import Notifier, watchdog_loop
@@ -46,7 +46,7 @@ class Incoming:
     ruleset: RuleSet
     executor: ActionExecutor
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    watchers: list[Any] = field(default_factory=list)
+    watchers: list[Watcher] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self, timeout: float) -> None:
@@ -134,6 +134,7 @@ class Daemon:
         leases = self.store.leases if shared and not self.dry_run else None
         for account_name, folder in ruleset.watch_targets():
             account = config.accounts[account_name]
+            watcher: Watcher
             if account.imap is not None:
                 watcher = ImapWatcher(account_name, account, folder, ruleset, executor, self.store.inbound,
                                       dry_run=self.dry_run, hooks=hooks, leases=leases)
@@ -144,7 +145,8 @@ class Daemon:
             else:
                 continue
             incoming.watchers.append(watcher)
-            incoming.tasks.append(asyncio.create_task(watcher.run(incoming.stop), name=f"watch {account_name}/{folder}"))
+            incoming.tasks.append(
+                asyncio.create_task(watcher.run(incoming.stop), name=f"watch {account_name}/{folder}"))
         return incoming
 
     async def _resume_unfinished_fires(self, config: Config) -> None:

@@ -124,7 +124,8 @@ def attach_original(composed: bytes, raw: bytes) -> bytes:
     message/rfc822, byte for byte. Built by hand: the email package re-serialises embedded
     messages and cannot carry 8-bit bytes through a nested generator."""
     head, _, body = composed.partition(_HEADER_BLOCK_END)
-    outer, part = [], []
+    outer: list[bytes] = []
+    part: list[bytes] = []
     for field in _header_fields(head):
         name = field.split(b":", 1)[0].strip().lower()
         (part if name in (b"content-type", b"content-transfer-encoding") else outer).append(field)

@@ -20,7 +20,7 @@ from email import message_from_bytes
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar, overload
 
 import structlog
 
@@ -61,7 +61,7 @@ def _to_text(data: bytes, charset: str | None) -> str:
     return data.decode("latin-1")  # maps every byte: lossy but never fails
 
 
-def decode_header_value(value: object) -> str:
+def decode_header_value(value: str | email.header.Header) -> str:
     """An RFC 2047 header value (str or compat32 Header) as unfolded text; never raises."""
     if isinstance(value, str) and value.isascii() and "=?" not in value and "\n" not in value:
         return value.strip()  # the common case, and hot on big folders: nothing to decode
@@ -73,7 +73,7 @@ def decode_header_value(value: object) -> str:
             value = "".join(c if isinstance(c, str) else _to_text(c, cs)
                             for c, cs in email.header.decode_header(value))
         value = _FOLDING_RE.sub("", value)
-        chunks = email.header.decode_header(value)  # type: ignore[arg-type]
+        chunks = email.header.decode_header(value)
         try:
             return str(email.header.make_header(chunks)).strip()
         except (LookupError, UnicodeError):
@@ -137,9 +137,7 @@ def _parse_date(value: str) -> datetime | None:
     try:
         parsed = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed is None:
-        return None
+        return None  # since Python 3.10 an unparsable date raises instead of returning None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # "-0000": zone unknown
 
 
@@ -157,6 +155,17 @@ def _simple_address(value: str) -> tuple[str, str] | None:
         return "", match.group(1)
     match = _NAMED_ADDRESS.match(value)
     return (match.group(1), match.group(2)) if match else None
+
+
+def _simple_addresses(values: list[str]) -> list[tuple[str, str]] | None:
+    """``_simple_address`` of every value, or None when any is of another shape."""
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        pair = _simple_address(value)
+        if pair is None:
+            return None
+        pairs.append(pair)
+    return pairs
 
 
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")
@@ -219,12 +228,15 @@ def _empty_message() -> Message:
 _NO_HEADERS = HeaderBlock()
 
 
-class _once:
+_T = TypeVar("_T")
+
+
+class _once(Generic[_T]):
     """``functools.cached_property`` without the lock that Python 3.11's takes on every first
     access (thousands of messages times several properties on a folder's first pass). The
     values are pure functions of the message: two threads racing would just compute twice."""
 
-    def __init__(self, fn: Callable[[Any], Any]):
+    def __init__(self, fn: Callable[[Any], _T]):
         self.fn = fn
         self.name = fn.__name__
         self.__doc__ = fn.__doc__
@@ -232,7 +244,12 @@ class _once:
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _once[_T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> _T: ...
+
+    def __get__(self, obj: object, owner: type | None = None) -> _once[_T] | _T:
         if obj is None:
             return self
         value = obj.__dict__[self.name] = self.fn(obj)
@@ -300,8 +317,9 @@ class ParsedMessage:
             raw = [decode_header_value(v) if not isinstance(v, str) else
                    v if v.isascii() else v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                    for v in self.headers.get_all(name) or []]
-            simple = [_simple_address(v) for v in raw]
-            pairs = simple if None not in simple else email.utils.getaddresses(raw)
+            pairs = _simple_addresses(raw)
+            if pairs is None:
+                pairs = email.utils.getaddresses(raw)
         except Exception:
             return []
         found = []
@@ -375,7 +393,8 @@ class ParsedMessage:
             attachments: list[Attachment] = []
             texts: list[Message] = []
             htmls: list[Message] = []
-            if self.raw is not None:
+            # raw means from_bytes parsed it into a Message (a HeaderBlock holds headers only)
+            if self.raw is not None and isinstance(self.headers, Message):
                 try:
                     _walk(self.headers, attachments, texts, htmls)
                     if texts:

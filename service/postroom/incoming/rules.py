@@ -40,17 +40,18 @@ import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple, TypeAlias
 
 from postroom.config.rules import (
     ActionConfig,
+    AttachmentTest,
     Condition,
     HeaderTest,
     RuleConfig,
     StringTest,
 )
-from postroom.incoming.message import ParsedMessage
+from postroom.incoming.message import Address, ParsedMessage
 
 #: Header fields every fetch includes: the rules' own fields and what a webhook payload shows.
 #: (Forward/redirect/reply read their guards - Auto-Submitted, Return-Path, Reply-To … - from
@@ -64,6 +65,12 @@ KEY_HEADER_FIELDS: tuple[str, ...] = ("Message-ID",)
 _CONDITION_FIELDS = {"from_": "From", "to": "To", "cc": "Cc", "subject": "Subject", "older_than": "Date"}
 
 Predicate = Callable[[ParsedMessage, datetime], bool]
+
+#: IMAP SEARCH criteria in imapclient's list form: tokens (keys and needles as text, sizes for
+#: LARGER / SMALLER as numbers, days for BEFORE as dates) and, as the operands of OR and NOT,
+#: nested criteria lists.
+SearchCriteria: TypeAlias = list["SearchToken"]
+SearchToken: TypeAlias = "str | int | date | SearchCriteria"
 
 
 @dataclass(frozen=True)
@@ -109,28 +116,30 @@ def _dedupe_fields(names: Sequence[str]) -> frozenset[str]:
 
 # -- compiling conditions ------------------------------------------------------------------
 
+def _operator_check(op: str, operand: str) -> Callable[[str], bool]:
+    """One operator of a string test, its operand prepared once."""
+    if op == "contains":
+        needle = operand.casefold()
+        return lambda value: needle in value.casefold()
+    if op == "is":
+        wanted = operand.strip().casefold()
+        return lambda value: value.strip().casefold() == wanted
+    if op == "matches":
+        glob = re.compile(fnmatch.translate(operand), re.IGNORECASE)
+        return lambda value: glob.match(value) is not None
+    pattern = re.compile(operand)  # regex, as written
+    return lambda value: pattern.search(value) is not None
+
+
 def _string_matcher(test: StringTest) -> Callable[[str], bool]:
-    checks: list[Callable[[str], bool]] = []
-    for op, operand in test.operators():
-        if op == "contains":
-            needle = operand.casefold()
-            checks.append(lambda value, n=needle: n in value.casefold())
-        elif op == "is":
-            wanted = operand.strip().casefold()
-            checks.append(lambda value, w=wanted: value.strip().casefold() == w)
-        elif op == "matches":
-            glob = re.compile(fnmatch.translate(operand), re.IGNORECASE)
-            checks.append(lambda value, g=glob: g.match(value) is not None)
-        else:  # regex, as written
-            pattern = re.compile(operand)
-            checks.append(lambda value, p=pattern: p.search(value) is not None)
+    checks = [_operator_check(op, operand) for op, operand in test.operators()]
     if len(checks) == 1:
         return checks[0]  # the usual case, called for every value of every message
     return lambda value: all(check(value) for check in checks)
 
 
-def _address_values(addresses: list) -> list[str]:
-    values = []
+def _address_values(addresses: Sequence[Address]) -> list[str]:
+    values: list[str] = []
     for address in addresses:
         values.extend(v for v in (address.addr, address.name, address.display) if v)
     return values
@@ -156,8 +165,7 @@ def _field_predicate(values_of: Callable[[ParsedMessage], list[str]], test: Stri
     return check
 
 
-def _attachment_predicate(cond: Condition) -> Predicate:
-    spec = cond.attachment
+def _attachment_predicate(spec: AttachmentTest) -> Predicate:
     name_ok = _string_matcher(spec.filename) if spec.filename else None
     type_ok = _string_matcher(spec.content_type) if spec.content_type else None
 
@@ -189,7 +197,7 @@ def compile_condition(cond: Condition) -> Predicate:
         wanted = cond.has_attachment
         parts.append(lambda msg, now: msg.has_attachment == wanted)
     if cond.attachment is not None:
-        parts.append(_attachment_predicate(cond))
+        parts.append(_attachment_predicate(cond.attachment))
     if cond.size is not None:
         over, under = cond.size.over, cond.size.under
         parts.append(lambda msg, now: (over is None or msg.size > over)
@@ -321,11 +329,11 @@ class RuleSet:
         """Every kind of action these rules can plan (``stop`` is not one)."""
         return frozenset(a.kind for rule in self.rules for a in rule._planned)
 
-    def exact_search(self, *, now: datetime) -> list[tuple[str, list]] | None:
+    def exact_search(self, *, now: datetime) -> list[tuple[str, SearchCriteria]] | None:
         """(rule name, SEARCH criteria whose result is exactly the messages the rule matches)
         for every rule here, or None when any rule needs the client to decide. Names are
         unique per config, so they identify the rules."""
-        per_rule = []
+        per_rule: list[tuple[str, SearchCriteria]] = []
         for rule in self.rules:
             translated = _translate(rule.config.match, now)
             if not translated.certain:
@@ -333,12 +341,15 @@ class RuleSet:
             per_rule.append((rule.name, _group(translated.keys) or ["ALL"]))
         return per_rule or None
 
-    def search_criteria(self, *, now: datetime) -> list | None:
+    def search_criteria(self, *, now: datetime) -> SearchCriteria | None:
         """One prefilter for every rule here (OR of each rule's), or None if any can't."""
-        per_rule = [search_criteria(rule.config, now=now) for rule in self.rules]
-        if not per_rule or any(c is None for c in per_rule):
-            return None
-        return _or_chain(per_rule)
+        per_rule: list[SearchCriteria] = []
+        for rule in self.rules:
+            criteria = search_criteria(rule.config, now=now)
+            if criteria is None:
+                return None
+            per_rule.append(criteria)
+        return _or_chain(per_rule) if per_rule else None
 
 
 def compile_rules(rules: Sequence[RuleConfig]) -> RuleSet:
@@ -362,7 +373,7 @@ def condition_needs(cond: Condition, *, base: Sequence[str] = BASE_HEADER_FIELDS
 # -- IMAP SEARCH prefilter -----------------------------------------------------------------
 
 class _Keys(NamedTuple):
-    keys: list[list]  # search keys (each a token list), ANDed; [] = no narrowing
+    keys: list[SearchCriteria]  # search keys (each a token list), ANDed; [] = no narrowing
     exact: bool  # the keys select exactly the messages the condition matches (as a prefilter)
     certain: bool  # ... even for Unicode subjects: fit to decide without fetching (exact_search)
 
@@ -440,25 +451,25 @@ def _casing_agrees(needle: str) -> bool:
     return True
 
 
-def _string_keys(imap_key: list[str], field: str, test: StringTest) -> _Keys:
+def _string_keys(imap_key: Sequence[str], field: str, test: StringTest) -> _Keys:
     usable = _needle(field, test)
-    keys = [[*imap_key, text] for text, _ in usable]
+    keys: list[SearchCriteria] = [[*imap_key, text] for text, _ in usable]
     exact = len(usable) == len(test.operators()) and all(e for _, e in usable)
     return _Keys(keys, exact, exact and all(_casing_agrees(text) for text, _ in usable))
 
 
-def _group(keys: list[list]) -> list:
+def _group(keys: list[SearchCriteria]) -> SearchCriteria:
     return [token for key in keys for token in key]
 
 
-def _or_chain(groups: list[list]) -> list:
+def _or_chain(groups: list[SearchCriteria]) -> SearchCriteria:
     if len(groups) == 1:
         return groups[0]
     return ["OR", groups[0], _or_chain(groups[1:])]
 
 
 def _translate(cond: Condition, now: datetime) -> _Keys:
-    keys: list[list] = []
+    keys: list[SearchCriteria] = []
     exact = certain = True
 
     def add(part: _Keys) -> None:
@@ -517,7 +528,7 @@ def _translate_any(children: list[Condition], now: datetime) -> _Keys:
                  all(p.certain for p in parts))
 
 
-def search_criteria(rule: RuleConfig | CompiledRule, *, now: datetime) -> list | None:
+def search_criteria(rule: RuleConfig | CompiledRule, *, now: datetime) -> SearchCriteria | None:
     """IMAP SEARCH criteria selecting a superset of the messages ``rule`` can match, or None
     when the server can't narrow it (then every message is fetched and evaluated)."""
     config = rule.config if isinstance(rule, CompiledRule) else rule

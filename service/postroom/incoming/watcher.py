@@ -7,6 +7,6 @@ The loop they share (reconnect, backoff, leases, stop, evaluating and handing ov
 
 from postroom.incoming.imap_watcher import ImapWatcher
 from postroom.incoming.pop3_watcher import Pop3Watcher
-from postroom.incoming.watch_loop import WatcherHooks
+from postroom.incoming.watch_loop import Watcher, WatcherHooks
 
-__all__ = ["ImapWatcher", "Pop3Watcher", "WatcherHooks"]
+__all__ = ["ImapWatcher", "Pop3Watcher", "Watcher", "WatcherHooks"]

@@ -231,7 +231,9 @@ class TemplateRenderer:
     def _chain(self, env: jinja2.Environment, name: str) -> list[jinja2.Template]:
         """``name``'s template followed by the layouts it extends, nearest first."""
         chain: list[jinja2.Template] = []
-        current, referrer, ref_line = name + SUFFIX, None, None
+        current: str | None = name + SUFFIX
+        referrer: str | None = None
+        ref_line: int | None = None
         while current is not None:
             if len(chain) >= MAX_EXTENDS_DEPTH:
                 raise TemplateError(
@@ -313,10 +315,8 @@ class TemplateRenderer:
             return exc
         try:
             env.handle_exception()  # re-raises exc with its traceback mapped to template lines
-        except Exception as mapped:
+        except Exception as mapped:  # handle_exception always raises (typed NoReturn)
             frames = traceback.extract_tb(mapped.__traceback__)
-        else:  # pragma: no cover - handle_exception always raises
-            frames = []
         where, line = fallback, None
         root = self.template_dir.resolve()
         for frame in frames:
