@@ -25,11 +25,16 @@ from pydantic import (
 )
 
 from ..action_kinds import SENDING
+from ..auth.providers import PROVIDERS, Grant, ProviderName
 from ..credentials import Credentials, PasswordCredentials
 from .rules import RuleConfig
 from .types import Address, Duration, TimeZoneName
 
 Security = Literal["tls", "starttls", "none"]
+# How a server is logged in to: a password (LOGIN, USER/PASS, AUTH PLAIN) or an OAuth2 access
+# token from the account's `oauth2:` block, sent as XOAUTH2 or OAUTHBEARER (RFC 7628).
+AuthKind = Literal["password", "xoauth2", "oauthbearer"]
+TOKEN_AUTH: frozenset[str] = frozenset({"xoauth2", "oauthbearer"})
 
 
 class _Strict(BaseModel):
@@ -43,6 +48,9 @@ class ServerConfig(_Strict):
     security: Security = "tls"
     username: str | None = None
     password: SecretStr | None = None
+    # Default: password when a password is given. xoauth2/oauthbearer need the account's
+    # `oauth2:` block and a username, and no password.
+    auth: AuthKind | None = None
     ca_file: Path | None = None
     timeout: float = Field(default=30.0, gt=0)
 
@@ -53,14 +61,29 @@ class ServerConfig(_Strict):
             return self.port
         return self._default_ports[self.security]
 
+    def auth_kind(self) -> AuthKind | None:
+        """How this server is logged in to; None: it takes us without a login."""
+        if self.auth is not None:
+            return self.auth
+        return "password" if self.password is not None else None
+
     def credentials(self) -> Credentials | None:
-        """How to log in to this server; None: it takes us without a login."""
+        """How to log in to this server with a password; None: no login, or a token login
+        (whose credentials the account's token provider gives)."""
         if self.username is None or self.password is None:
             return None
         return PasswordCredentials(self.username, self.password)
 
     @model_validator(mode="after")
     def _auth_pair(self) -> ServerConfig:
+        if self.auth in TOKEN_AUTH:
+            if self.password is not None:
+                raise ValueError(f"auth: {self.auth} logs in with a token; drop the password")
+            if self.username is None:
+                raise ValueError(f"auth: {self.auth} needs a username (the mailbox to log in to)")
+            return self
+        if self.auth == "password" and self.password is None:
+            raise ValueError("auth: password needs a password")
         if (self.username is None) != (self.password is None):
             raise ValueError("give both username and password, or neither")
         return self
@@ -89,17 +112,60 @@ class Pop3Config(ServerConfig):
     start_from: Literal["new", "all"] = "new"
 
 
+class OAuth2Config(_Strict):
+    """Where and how an account gets OAuth2 access tokens (one token provider per account,
+    shared by its SMTP, IMAP and POP3 logins)."""
+
+    provider: ProviderName = ProviderName.GENERIC
+    token_url: str | None = None  # generic only: microsoft and google know theirs
+    tenant: str | None = None  # microsoft: the tenant id or domain
+    # Replaces scheme and host of the provider's URLs: a national cloud
+    # (https://login.microsoftonline.us), or a local test server.
+    authority: str | None = None
+    client_id: str
+    client_secret: SecretStr | None = None  # optional for public clients
+    # Optional: else the one `postroom auth login ACCOUNT` stored.
+    refresh_token: SecretStr | None = None
+    grant: Grant = Grant.REFRESH_TOKEN
+    scopes: list[str] | None = None  # default: the provider's, for the protocols used
+
+    @model_validator(mode="after")
+    def _provider_needs(self) -> OAuth2Config:
+        known = PROVIDERS[self.provider]
+        if known.needs_tenant and not self.tenant:
+            raise ValueError(f"provider {self.provider.value} needs `tenant` (a tenant id or domain)")
+        if known.endpoints.token_url and self.token_url:
+            raise ValueError(f"provider {self.provider.value} knows its token URL; drop `token_url`")
+        if not known.endpoints.token_url and not self.token_url:
+            raise ValueError(f"provider {self.provider.value} needs `token_url`")
+        if self.grant is Grant.CLIENT_CREDENTIALS and self.client_secret is None:
+            raise ValueError("grant: client_credentials needs a client_secret")
+        return self
+
+
 class AccountConfig(_Strict):
     address: Address
     name: str | None = None  # display name for mail we send
+    oauth2: OAuth2Config | None = None
     smtp: SmtpConfig | None = None
     imap: ImapConfig | None = None
     pop3: Pop3Config | None = None
+
+    def servers(self) -> dict[str, ServerConfig]:
+        """The servers this account names, by protocol."""
+        found = {"smtp": self.smtp, "imap": self.imap, "pop3": self.pop3}
+        return {protocol: server for protocol, server in found.items() if server is not None}
+
+    def token_servers(self) -> dict[str, ServerConfig]:
+        """The servers this account logs in to with an OAuth2 token."""
+        return {p: s for p, s in self.servers().items() if s.auth_kind() in TOKEN_AUTH}
 
     @model_validator(mode="after")
     def _one_inbox(self) -> AccountConfig:
         if self.imap and self.pop3:
             raise ValueError("an account reads mail over imap or pop3, not both; split it in two")
+        if self.token_servers() and self.oauth2 is None:
+            raise ValueError("auth: xoauth2/oauthbearer needs an `oauth2:` block on the account")
         return self
 
 
