@@ -9,7 +9,7 @@ from postroom.errors import ConfigError
 from postroom.store import open_engine
 
 
-def test_a_postgresql_url_without_psycopg_is_a_config_error_naming_the_extra(monkeypatch):
+def test_a_postgresql_url_without_psycopg_is_a_config_error_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # None in sys.modules makes `import psycopg` fail as it does when psycopg is not installed.
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(ConfigError, match=r"'psycopg'.*pip install 'postroom\[postgres\]'"):
