@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh Debian 12 machine for postroom's development and CI, run as root:
-# the mail servers the test lab starts (never as system services), then .venv with the project.
+# the mail servers the test lab starts (never as system services), then .venv with the project
+# and its test and lint tools.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,6 +26,9 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-echo "setup: pip install -e '.[test]'"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# The dev extra: the test tools (with the postgres extra: the tests use PostgreSQL too) and
+# the linters .ci/run runs (ruff, mypy). The runtime dependencies at the versions the Docker
+# image and the systemd install get (deploy/constraints.txt): the tests run on what ships.
+echo "setup: pip install -c deploy/constraints.txt -e '.[dev]'"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c deploy/constraints.txt -e '.[dev]'
 echo "setup: done"

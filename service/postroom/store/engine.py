@@ -55,7 +55,13 @@ def open_engine(url: str) -> Engine:
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        try:
+            return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        except ModuleNotFoundError as exc:  # SQLAlchemy imports the driver here
+            # The core install is SQLite only; psycopg comes with the `postgres` extra.
+            raise ConfigError(
+                f"POSTROOM_DATABASE_URL: {parsed.drivername} needs the module {exc.name!r}, which is not "
+                "installed: pip install 'postroom[postgres]' (in a checkout: '.[postgres]')") from None
     raise ConfigError(f"POSTROOM_DATABASE_URL: unsupported database {backend!r}; use sqlite or postgresql")
 
 
