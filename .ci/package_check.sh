@@ -33,3 +33,7 @@ if "$work/venv/bin/python" -c "import service" 2>/dev/null; then fail "the wheel
 ALICE_PASSWORD=x BOB_PASSWORD=x CAROL_PASSWORD=x HOOK_SECRET="whsec_$(printf 'demo' | base64)" \
   POSTROOM_TEMPLATES="$root/templates" POSTROOM_STATE_DIR="$work/state" \
   "$work/venv/bin/postroom" --config "$root/deploy/demo/postroom.yaml" check --offline
+# A newcomer's first steps from the wheel alone: a starter project that checks clean as written.
+"$work/venv/bin/postroom" init demo
+(cd demo && "$work/venv/bin/postroom" check --offline) || fail "postroom init's project does not pass check --offline"
+[[ ! -e "$work/state" && ! -e demo/state ]] || fail "check --offline wrote a store"
