@@ -45,7 +45,7 @@ class WatchLease:
         self._drop()
         standing_by = False
         while not stop.is_set():
-            if self._claim():
+            if await self._claim():
                 if standing_by:
                     self.log.info("taking over the watch from the replica that held it")
                 self.held = True
@@ -53,7 +53,7 @@ class WatchLease:
                 self._renewer = asyncio.create_task(self._renew(stop), name=f"lease {self.watch}")
                 return True
             if not standing_by:
-                holder = self._holder()
+                holder = await self._holder()
                 self.log.info("standing by: another replica watches this folder", holder=holder)
                 standing_by = True
             on_standby()
@@ -76,18 +76,20 @@ class WatchLease:
             self._renewer = None
         self.held = False
 
-    def _claim(self) -> bool | None:
+    async def _claim(self) -> bool | None:
         """Take or renew the lease: True, False (another replica holds it), or None when the
-        store could not say (it is down: try again later)."""
+        store could not say (it is down: try again later). The store is asked off the event
+        loop: a slow database must not stall every other watcher's IMAP traffic."""
         try:
-            return self.leases.claim(self.watch, now=self.clock(), ttl=timedelta(seconds=self.ttl))
+            return await asyncio.to_thread(self.leases.claim, self.watch, now=self.clock(),
+                                           ttl=timedelta(seconds=self.ttl))
         except Exception as exc:
             self.log.warning("could not claim or renew the watch lease", error=repr(exc))
             return None
 
-    def _holder(self) -> str | None:
+    async def _holder(self) -> str | None:
         try:
-            found = self.leases.holder(self.watch)
+            found = await asyncio.to_thread(self.leases.holder, self.watch)
         except Exception:
             return None
         return found[0] if found else None
@@ -100,12 +102,12 @@ class WatchLease:
                 if stop.is_set():
                     return
                 started = time.monotonic()
-                renewed = self._claim()
+                renewed = await self._claim()
                 if renewed:
                     surely_held_until = started + self.ttl
                 elif renewed is False or time.monotonic() + self.ttl / 3 >= surely_held_until:
                     self.log.warning("lost the watch lease; this replica stops watching the folder",
-                                     holder=self._holder())
+                                     holder=await self._holder())
                     self.held = False
                     return
         finally:
