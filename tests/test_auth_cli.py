@@ -242,9 +242,14 @@ def test_google_loopback_login_prints_the_url_and_opens_no_browser_unasked(
     assert "scope" not in refresh.form  # Google's refresh carries none
 
 
-def test_google_login_with_browser_flag_opens_one(tmp_path: Path, token_server: TokenServer) -> None:
+def test_google_login_with_browser_flag_opens_one_and_finds_the_key_as_a_secret_file(
+    tmp_path: Path, token_server: TokenServer
+) -> None:
     root = project(tmp_path, token_server, GOOGLE)
-    env = environment(root) | {"BROWSER": str(fake_browser(root))}
+    (root / "secrets").mkdir()
+    (root / "secrets" / "POSTROOM_TOKEN_KEY").write_text(KEY + "\n")  # as systemd's LoadCredential= gives it
+    env = environment(root, key=None) | {"BROWSER": str(fake_browser(root)),
+                                         "POSTROOM_SECRETS_DIR": str(root / "secrets")}
 
     done = postroom(root, "auth", "login", "alice", "--browser", env=env)
 

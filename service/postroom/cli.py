@@ -512,13 +512,13 @@ class _Terminal:
         return sys.stdin.readline()
 
 
-def _token_vault() -> TokenVault:
-    """The refresh-token key, from the environment or `.env` (like the POSTROOM_* settings)."""
+def _token_vault(settings: Settings) -> TokenVault:
+    """The refresh-token key, found as the daemon finds it: like any ${NAME} secret."""
     from .auth.vault import TokenVault
-    from .config.settings import DOTENV, read_dotenv
+    from .config.loader import SecretLookup
 
     try:
-        return TokenVault.from_environ({**read_dotenv(DOTENV), **os.environ})
+        return TokenVault.from_secrets(SecretLookup(settings).get)
     except ConfigError as exc:
         raise Failed(str(exc)) from None
 
@@ -558,7 +558,7 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
     if oauth2.refresh_token is not None:
         raise Failed(f"{account}'s config gives its refresh token (oauth2.refresh_token), so a signed-in one would "
                      "not be used: drop that key to sign in here, or put the new refresh token there")
-    vault = _token_vault()  # before the person signs in: a missing key must not waste that
+    vault = _token_vault(settings(ctx))  # before the person signs in: a missing key must not waste that
     store = open_store(settings(ctx))
     try:
         signed = asyncio.run(sign_in(account, cfg.accounts[account], store.tokens, vault, _Terminal(browser),
