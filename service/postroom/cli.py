@@ -19,7 +19,7 @@ from .errors import ConfigError, PostroomError
 
 if TYPE_CHECKING:
     from .auth.vault import TokenVault
-    from .config import Settings
+    from .config import Config, Settings
     from .store import Store
 
 
@@ -74,6 +74,16 @@ def app() -> None:
 
 def broken_config(exc: ConfigError) -> Failed:
     return Failed(f"config is broken:\n{exc}")
+
+
+def loaded_config(ctx: click.Context) -> Config:
+    """The config (not its templates), or the command fails listing every problem."""
+    from .config import load_config
+
+    try:
+        return load_config(settings(ctx)).config
+    except ConfigError as exc:
+        raise broken_config(exc) from None
 
 
 def _fmt_time(value: datetime | None, tz: str | None = None) -> str:
@@ -200,13 +210,9 @@ def run(ctx: click.Context, dry_run: bool) -> None:
 def jobs(ctx: click.Context) -> None:
     """Each job with its schedule and next fire time."""
     from .clock import utcnow
-    from .config import load_config
     from .scheduler import jobs_overview
 
-    try:
-        cfg = load_config(settings(ctx)).config
-    except ConfigError as exc:
-        raise broken_config(exc) from None
+    cfg = loaded_config(ctx)
     overview = jobs_overview(cfg, now=utcnow())
     last = {}
     try:
@@ -358,14 +364,10 @@ def rules() -> None:
 def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
     """Which rules match the message in FILE (.eml) and which actions they would take."""
     from .clock import utcnow
-    from .config import load_config
     from .incoming.message import ParsedMessage
     from .incoming.rules import compile_rules
 
-    try:
-        cfg = load_config(settings(ctx)).config
-    except ConfigError as exc:
-        raise broken_config(exc) from None
+    cfg = loaded_config(ctx)
     if account is not None and account not in cfg.accounts:
         raise Failed(f"no account named {account!r}; accounts: {', '.join(sorted(cfg.accounts))}")
     rules = [r for r in cfg.rules if account is None or r.account == account]
@@ -540,13 +542,9 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
 
     from .auth.providers import Grant
     from .bootstrap import open_store
-    from .config import load_config
     from .signin import RELOAD_HINT, oauth2_of, sign_in
 
-    try:
-        cfg = load_config(settings(ctx)).config
-    except ConfigError as exc:
-        raise broken_config(exc) from None
+    cfg = loaded_config(ctx)
     try:
         oauth2 = oauth2_of(account, cfg)
     except PostroomError as exc:
@@ -577,13 +575,9 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
 @click.pass_context
 def auth_status(ctx: click.Context) -> None:
     """Each OAuth2 account: provider, grant, refresh token, token expiry, last refresh, last error."""
-    from .config import load_config
     from .signin import token_states
 
-    try:
-        cfg = load_config(settings(ctx)).config
-    except ConfigError as exc:
-        raise broken_config(exc) from None
+    cfg = loaded_config(ctx)
     store = _existing_store(settings(ctx))
     if store is not None:
         try:
