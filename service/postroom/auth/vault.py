@@ -3,8 +3,8 @@ with a key from the secrets, never from the config file or the store.
 
 The key comes from ``POSTROOM_TOKEN_KEY`` or the file named by ``POSTROOM_TOKEN_KEY_FILE``,
 found where the config's ${NAME} secrets are (``from_secrets``): the environment, a systemd
-credential or Docker secret of that name, ``.env``. Several keys separated by commas or whitespace rotate them:
-the first encrypts, any of them decrypts. Make one with
+credential or Docker secret of that name, ``.env``. Several keys separated by commas or
+whitespace rotate them: the first encrypts, any of them decrypts. Make one with
 ``python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"``.
 """
 
