@@ -18,7 +18,8 @@ import click
 from .errors import ConfigError, PostroomError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from .auth.vault import TokenVault
+    from .config import Config, Settings
     from .store import Store
 
 
@@ -73,6 +74,16 @@ def app() -> None:
 
 def broken_config(exc: ConfigError) -> Failed:
     return Failed(f"config is broken:\n{exc}")
+
+
+def loaded_config(ctx: click.Context) -> Config:
+    """The config (not its templates), or the command fails listing every problem."""
+    from .config import load_config
+
+    try:
+        return load_config(settings(ctx)).config
+    except ConfigError as exc:
+        raise broken_config(exc) from None
 
 
 def _fmt_time(value: datetime | None, tz: str | None = None) -> str:
@@ -199,13 +210,9 @@ def run(ctx: click.Context, dry_run: bool) -> None:
 def jobs(ctx: click.Context) -> None:
     """Each job with its schedule and next fire time."""
     from .clock import utcnow
-    from .config import load_config
     from .scheduler import jobs_overview
 
-    try:
-        cfg = load_config(settings(ctx)).config
-    except ConfigError as exc:
-        raise broken_config(exc) from None
+    cfg = loaded_config(ctx)
     overview = jobs_overview(cfg, now=utcnow())
     last = {}
     try:
@@ -357,14 +364,10 @@ def rules() -> None:
 def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
     """Which rules match the message in FILE (.eml) and which actions they would take."""
     from .clock import utcnow
-    from .config import load_config
     from .incoming.message import ParsedMessage
     from .incoming.rules import compile_rules
 
-    try:
-        cfg = load_config(settings(ctx)).config
-    except ConfigError as exc:
-        raise broken_config(exc) from None
+    cfg = loaded_config(ctx)
     if account is not None and account not in cfg.accounts:
         raise Failed(f"no account named {account!r}; accounts: {', '.join(sorted(cfg.accounts))}")
     rules = [r for r in cfg.rules if account is None or r.account == account]
@@ -473,6 +476,126 @@ def outbox_retry(ctx: click.Context, item_id: int) -> None:
     finally:
         store.close()
     click.echo(f"message {item_id} is queued again; a running daemon sends it at its next pass")
+
+
+# -- auth ----------------------------------------------------------------------------------
+@app.group()
+def auth() -> None:
+    """OAuth2 sign-in (Microsoft 365, Gmail, any OAuth2 server): refresh tokens per account."""
+
+
+class _Terminal:
+    """The person signing in, as `postroom auth login` meets them (signin.Person)."""
+
+    def __init__(self, browser: bool):
+        self.browser = browser
+
+    def tell(self, text: str) -> None:
+        click.echo(text)
+
+    def open_in_browser(self, url: str) -> None:
+        if self.browser:
+            import threading
+
+            # In a thread: a browser command may wait for its browser to close, and the
+            # redirect it follows must reach our listener meanwhile.
+            threading.Thread(target=self._open, args=(url,), daemon=True).start()
+
+    @staticmethod
+    def _open(url: str) -> None:
+        import webbrowser
+
+        if not webbrowser.open(url):
+            click.echo("(no browser could be opened here: open the URL above yourself)")
+
+    def paste_secret(self, prompt: str) -> str:
+        if sys.stdin.isatty():
+            return str(click.prompt(prompt, hide_input=True, default="", show_default=False))
+        return sys.stdin.readline()
+
+
+def _token_vault(settings: Settings) -> TokenVault:
+    """The refresh-token key, found as the daemon finds it: like any ${NAME} secret."""
+    from .auth.vault import TokenVault
+    from .config.loader import SecretLookup
+
+    try:
+        return TokenVault.from_secrets(SecretLookup(settings).get)
+    except ConfigError as exc:
+        raise Failed(str(exc)) from None
+
+
+@auth.command("login")
+@click.argument("account")
+@click.option("--browser", is_flag=True, help="Google: also open the sign-in URL in a browser on this machine.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default="any free port",
+              help="Google: the port on 127.0.0.1 the browser is sent back to (to forward it over SSH).")
+@config_option
+@click.pass_context
+def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> None:
+    """Sign ACCOUNT in once and store its refresh token, encrypted.
+
+    Microsoft: a device code (open a URL on any device, enter the code). Google: a URL to open
+    in a browser, which comes back to 127.0.0.1 here. Generic: paste a refresh token (stdin).
+    Needs POSTROOM_TOKEN_KEY."""
+    import asyncio
+
+    from .auth.providers import Grant
+    from .bootstrap import open_store
+    from .signin import RELOAD_HINT, oauth2_of, sign_in
+
+    cfg = loaded_config(ctx)
+    try:
+        oauth2 = oauth2_of(account, cfg)
+    except PostroomError as exc:
+        raise Failed(str(exc)) from None
+    if oauth2.grant is Grant.CLIENT_CREDENTIALS:
+        click.echo(f"{account} uses grant client_credentials: postroom gets its tokens with the app's own client "
+                   "secret, so there is nothing to sign in to. `postroom check` gets a token and logs in.")
+        return
+    if oauth2.refresh_token is not None:
+        raise Failed(f"{account}'s config gives its refresh token (oauth2.refresh_token), so a signed-in one would "
+                     "not be used: drop that key to sign in here, or put the new refresh token there")
+    vault = _token_vault(settings(ctx))  # before the person signs in: a missing key must not waste that
+    store = open_store(settings(ctx))
+    try:
+        signed = asyncio.run(sign_in(account, cfg.accounts[account], store.tokens, vault, _Terminal(browser),
+                                     port=port))
+    except PostroomError as exc:
+        raise Failed(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"{account}: signed in; the refresh token is stored encrypted, and a refresh with it worked "
+               f"(access token good until {_fmt_time(signed.expires_at)}).")
+    click.echo(RELOAD_HINT)
+
+
+@auth.command("status")
+@config_option
+@click.pass_context
+def auth_status(ctx: click.Context) -> None:
+    """Each OAuth2 account: provider, grant, refresh token, token expiry, last refresh, last error."""
+    from .signin import token_states
+
+    cfg = loaded_config(ctx)
+    store = _existing_store(settings(ctx))
+    if store is not None:
+        try:
+            stored = {grant.account: grant for grant in store.tokens.all()}
+        finally:
+            store.close()
+    else:  # nothing has signed in or run here yet
+        stored = {}
+    states = token_states(cfg, stored)
+    if not states:
+        click.echo("no OAuth2 accounts configured")
+        return
+    click.echo(_table([[s.account, s.provider, s.grant, s.refresh_token, _fmt_time(s.expires_at),
+                        _fmt_time(s.refreshed_at), s.last_error or "-"] for s in states],
+                      ["ACCOUNT", "PROVIDER", "GRANT", "REFRESH TOKEN", "TOKEN EXPIRES", "LAST REFRESH", "LAST ERROR"]))
+    for s in states:
+        if s.needs_login:
+            click.echo(f"sign {s.account} in with: postroom auth login {s.account}")
 
 
 def main() -> None:

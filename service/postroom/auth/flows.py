@@ -53,7 +53,8 @@ def _client_fields(client: OAuth2Client) -> dict[str, str]:
 async def start_device_flow(
     http: httpx.AsyncClient, client: OAuth2Client, device_code_url: str, now: datetime
 ) -> DeviceCode:
-    response = await post_form(http, device_code_url, {**_client_fields(client), "scope": " ".join(client.scopes)})
+    response = await post_form(http, device_code_url, {**_client_fields(client), "scope": " ".join(client.scopes)},
+                               context=f"{client.account}: ")
     if response.status_code != 200:
         read_token_reply(client.account, response.status_code, response.content, now)  # raises ours
         raise ServerBusy(f"{device_code_url}: HTTP {response.status_code}", code=response.status_code)
@@ -82,7 +83,7 @@ async def finish_device_flow(
         if now >= code.expires_at:
             raise OAuth2Error(f"{client.account}: the sign-in code expired before it was used; run the login again",
                               account=client.account, error="expired_token")
-        response = await post_form(http, client.token_url, form)
+        response = await post_form(http, client.token_url, form, context=f"{client.account}: ")
         try:
             return _with_refresh_token(client, read_token_reply(client.account, response.status_code,
                                                                 response.content, now))
@@ -94,12 +95,18 @@ async def finish_device_flow(
         await sleep(interval)
 
 
-def _with_refresh_token(client: OAuth2Client, reply: TokenReply) -> TokenReply:
+def signed_in_refresh_token(client: OAuth2Client, reply: TokenReply) -> str:
+    """The refresh token a sign-in gave; without one the sign-in is of no use to a daemon."""
     if reply.refresh_token is None:
         raise OAuth2Error(
             f"{client.account}: signed in, but no refresh token came back (Microsoft: add the offline_access "
             "scope; Google: access_type=offline)", account=client.account, error="no_refresh_token",
         )
+    return reply.refresh_token
+
+
+def _with_refresh_token(client: OAuth2Client, reply: TokenReply) -> TokenReply:
+    signed_in_refresh_token(client, reply)
     return reply
 
 
@@ -134,8 +141,8 @@ class _LoopbackReceiver:
         self.answer: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
         self.server: asyncio.Server | None = None
 
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         port = self.server.sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}/"
 
@@ -164,12 +171,14 @@ class _LoopbackReceiver:
 async def loopback_login(
     http: httpx.AsyncClient, client: OAuth2Client, authorize_base: str, *,
     open_browser: Callable[[str], None], extra: Mapping[str, str] | None = None,
-    wait_for_person: float = LOOPBACK_TIMEOUT, clock: Callable[[], datetime] = utcnow,
+    wait_for_person: float = LOOPBACK_TIMEOUT, clock: Callable[[], datetime] = utcnow, port: int = 0,
 ) -> TokenReply:
-    """Send the person to the authorize URL (``open_browser``: the CLI prints it and tries a
-    browser), take the code from the redirect to 127.0.0.1, exchange it with the PKCE verifier."""
+    """Send the person to the authorize URL (``open_browser``: the CLI prints it, and opens a
+    browser if asked), take the code from the redirect to 127.0.0.1, exchange it with the PKCE
+    verifier. ``port``: the listener's (0: any free one); a fixed one can be forwarded over SSH
+    from the person's machine to a server without a browser."""
     receiver = _LoopbackReceiver()
-    redirect_uri = await receiver.start()
+    redirect_uri = await receiver.start(port)
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(16)
     try:
@@ -190,6 +199,6 @@ async def loopback_login(
         raise OAuth2Error(f"{client.account}: sign-in refused ({said})", account=client.account, error=answer["error"])
     form = {**_client_fields(client), "grant_type": "authorization_code", "code": answer["code"],
             "redirect_uri": redirect_uri, "code_verifier": verifier}
-    response = await post_form(http, client.token_url, form)
+    response = await post_form(http, client.token_url, form, context=f"{client.account}: ")
     return _with_refresh_token(client, read_token_reply(client.account, response.status_code, response.content,
                                                         clock()))

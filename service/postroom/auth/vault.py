@@ -1,16 +1,17 @@
 """Refresh tokens encrypted at rest: Fernet (AES-128-CBC + HMAC-SHA256, from ``cryptography``)
 with a key from the secrets, never from the config file or the store.
 
-The key comes from ``POSTROOM_TOKEN_KEY`` or the file named by ``POSTROOM_TOKEN_KEY_FILE``
-(a Docker or systemd secret). Several keys separated by commas or whitespace rotate them:
-the first encrypts, any of them decrypts. Make one with
+The key comes from ``POSTROOM_TOKEN_KEY`` or the file named by ``POSTROOM_TOKEN_KEY_FILE``,
+found where the config's ${NAME} secrets are (``from_secrets``): the environment, a systemd
+credential or Docker secret of that name, ``.env``. Several keys separated by commas or
+whitespace rotate them: the first encrypts, any of them decrypts. Make one with
 ``python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -49,9 +50,17 @@ class TokenVault:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> TokenVault:
-        if environ.get(KEY_VARIABLE):
-            return cls.from_text(environ[KEY_VARIABLE])
-        path = environ.get(KEY_FILE_VARIABLE)
+        return cls.from_secrets(environ.get)
+
+    @classmethod
+    def from_secrets(cls, lookup: Callable[[str], str | None]) -> TokenVault:
+        """The key where ``lookup`` finds it: the config's ${NAME} lookup
+        (``config.loader.SecretLookup.get``: the environment, a secret file of that name from
+        systemd's LoadCredential= or Docker, then .env), so the key is kept like any secret."""
+        key = lookup(KEY_VARIABLE)
+        if key:
+            return cls.from_text(key)
+        path = lookup(KEY_FILE_VARIABLE)
         if path:
             try:
                 text = Path(path).read_text()
@@ -59,8 +68,9 @@ class TokenVault:
                 raise ConfigError(f"{KEY_FILE_VARIABLE}: cannot read {path}: {exc.strerror}") from None
             return cls.from_text(text, source=f"{KEY_FILE_VARIABLE} ({path})")
         raise ConfigError(
-            f"OAuth2 accounts keep refresh tokens encrypted: set {KEY_VARIABLE} (or {KEY_FILE_VARIABLE}); "
-            f"make a key with {MAKE_KEY}"
+            f"OAuth2 accounts keep refresh tokens encrypted: set {KEY_VARIABLE} (in the environment, .env or a "
+            f"secret file of that name; or {KEY_FILE_VARIABLE}, naming a file that holds it); make a key with "
+            f"{MAKE_KEY}"
         )
 
     def seal(self, secret: str) -> bytes:

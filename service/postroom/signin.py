@@ -1,0 +1,233 @@
+"""What `postroom auth login ACCOUNT` and `postroom auth status` do, apart from click.
+
+Signing in gets an account its first refresh token; which way depends on the provider (one
+table, ``SIGN_INS``):
+
+- microsoft: the device code flow (RFC 8628), delegated access: the person opens a URL on any
+  device, enters a code and signs in as the mailbox's user while we poll;
+- google: the installed-app flow with a loopback redirect (RFC 8252, PKCE): the person opens
+  the printed URL, and Google sends the browser back to our one-shot listener on 127.0.0.1
+  (Google's device flow does not allow the mail scope);
+- generic: the person pastes a refresh token their OAuth2 server issued.
+
+The token is sealed by the vault and stored where the daemon reads it (``StoredRefreshToken``),
+then used at once for one refresh, exactly as the daemon will use it: a token that does not
+work is reported now, not at the daemon's next login. A rotated token is stored before use.
+
+The person-facing side (printing, opening a browser, reading a pasted secret) is a ``Person``
+the CLI provides. No token is ever printed or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+from .auth.flows import finish_device_flow, loopback_login, signed_in_refresh_token, start_device_flow
+from .auth.keeper import StoredRefreshToken, current_sealed
+from .auth.providers import PROVIDERS, Endpoints, Grant, MailProtocol, Provider, ProviderName, endpoints
+from .auth.tokens import OAuth2Client, TokenProvider
+from .auth.vault import TokenVault
+from .clock import utcnow
+from .config.model import AccountConfig, Config, OAuth2Config
+from .errors import ConfigError, ErrorTable, PostroomError, map_errors
+from .store.tokens import OAuth2TokenStore, StoredGrant
+
+RELOAD_HINT = "a running daemon uses it after a reload: `systemctl reload postroom` (or SIGHUP), or a restart"
+
+
+class Person(Protocol):
+    """The one signing in, at the terminal."""
+
+    def tell(self, text: str) -> None: ...
+
+    def open_in_browser(self, url: str) -> None:
+        """Open ``url`` in a browser on this machine, if the person asked for that (else nothing)."""
+        ...
+
+    def paste_secret(self, prompt: str) -> str:
+        """A secret the person pastes, not echoed (blocking: called in a thread)."""
+        ...
+
+
+def oauth2_of(name: str, config: Config) -> OAuth2Config:
+    """ACCOUNT's ``oauth2:`` block; an error naming the choices when there is none."""
+    account = config.accounts.get(name)
+    with_oauth2 = sorted(n for n, a in config.accounts.items() if a.oauth2 is not None)
+    choices = f"OAuth2 accounts: {', '.join(with_oauth2) or 'none'}"
+    if account is None:
+        raise PostroomError(f"no account named {name!r}; {choices}")
+    if account.oauth2 is None:
+        raise PostroomError(f"account {name!r} has no `oauth2:` block, so nothing to sign in to; {choices}")
+    return account.oauth2
+
+
+def oauth2_client(name: str, account: AccountConfig, oauth2: OAuth2Config) -> tuple[OAuth2Client, Endpoints]:
+    """What the token endpoint hears from ACCOUNT, and the provider's URLs for it. One token
+    serves every server the account logs in to with a token (or, with none yet, all of them)."""
+    provider = PROVIDERS[oauth2.provider]
+    servers = account.token_servers() or account.servers()
+    client = OAuth2Client.for_provider(
+        name, provider, client_id=oauth2.client_id,
+        client_secret=oauth2.client_secret.get_secret_value() if oauth2.client_secret else None,
+        grant=oauth2.grant, scopes=tuple(oauth2.scopes or ()), protocols=tuple(MailProtocol(p) for p in servers),
+        tenant=oauth2.tenant, token_url=oauth2.token_url, authority=oauth2.authority,
+    )
+    return client, endpoints(provider, tenant=oauth2.tenant, token_url=oauth2.token_url, authority=oauth2.authority)
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """One sign-in under way: who, against what, through which person and HTTP client."""
+
+    client: OAuth2Client
+    urls: Endpoints
+    provider: Provider
+    person: Person
+    http: httpx.AsyncClient
+    port: int = 0  # the loopback listener's port; 0: any free one
+
+
+async def _device_code(sign_in: SignIn) -> str:
+    client, person = sign_in.client, sign_in.person
+    if sign_in.urls.device_code_url is None:
+        raise ConfigError(f"{client.account}: provider {sign_in.provider.name} has no device code endpoint")
+    code = await start_device_flow(sign_in.http, client, sign_in.urls.device_code_url, utcnow())
+    person.tell(
+        f"{client.account}: sign in as the mailbox's user, in a browser on any device:\n"
+        f"  open   {code.verification_uri}\n"
+        f"  enter  {code.user_code}\n"
+        f"waiting for the sign-in (the code is good until {code.expires_at:%H:%M} UTC; Ctrl-C gives up)…"
+    )
+    return signed_in_refresh_token(client, await finish_device_flow(sign_in.http, client, code))
+
+
+_LISTENER_ERRORS: ErrorTable = {OSError: PostroomError}  # the loopback port is taken
+
+
+async def _loopback(sign_in: SignIn) -> str:
+    client, person = sign_in.client, sign_in.person
+    if sign_in.urls.authorize_url is None:
+        raise ConfigError(f"{client.account}: provider {sign_in.provider.name} has no authorize endpoint")
+
+    def show(url: str) -> None:
+        redirect = parse_qs(urlsplit(url).query).get("redirect_uri", ["http://127.0.0.1/"])[0]
+        port = urlsplit(redirect).port
+        person.tell(
+            f"{client.account}: open this URL in a browser and sign in as the mailbox's user:\n"
+            f"  {url}\n"
+            f"It sends the browser back to {redirect}, on this machine. A browser on another machine\n"
+            f"needs that port forwarded first: ssh -L {port}:127.0.0.1:{port} THIS-HOST (`--port N` fixes it).\n"
+            "waiting for the sign-in (Ctrl-C gives up)…"
+        )
+        person.open_in_browser(url)
+
+    with map_errors(_LISTENER_ERRORS, f"{client.account}: the sign-in listener on 127.0.0.1:{sign_in.port}: "):
+        reply = await loopback_login(sign_in.http, client, sign_in.urls.authorize_url, open_browser=show,
+                                     extra=sign_in.provider.authorize_params, port=sign_in.port)
+    return signed_in_refresh_token(client, reply)
+
+
+async def _pasted(sign_in: SignIn) -> str:
+    account = sign_in.client.account
+    sign_in.person.tell(f"{account}: paste the refresh token your OAuth2 server issued for this mailbox "
+                        "(it is not shown), then Enter")
+    token = (await asyncio.to_thread(sign_in.person.paste_secret, "refresh token")).strip()
+    if not token:
+        raise PostroomError(f"{account}: no refresh token given; nothing stored")
+    return token
+
+
+SIGN_INS: Mapping[ProviderName, Callable[[SignIn], Awaitable[str]]] = {
+    ProviderName.MICROSOFT: _device_code,
+    ProviderName.GOOGLE: _loopback,
+    ProviderName.GENERIC: _pasted,
+}
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    account: str
+    expires_at: datetime | None  # of the access token the proving refresh got
+
+
+async def sign_in(
+    name: str, account: AccountConfig, store: OAuth2TokenStore, vault: TokenVault, person: Person, *,
+    port: int = 0, http: httpx.AsyncClient | None = None,
+) -> SignedIn:
+    """Sign ACCOUNT in (its provider's way), store the refresh token sealed, prove it with one
+    refresh and record that in the store. The account must have a refresh_token grant and no
+    refresh token in the config (the CLI says so before anything starts)."""
+    oauth2 = account.oauth2
+    if oauth2 is None or oauth2.grant is not Grant.REFRESH_TOKEN or oauth2.refresh_token is not None:
+        raise ValueError(f"{name}: not an account `postroom auth login` signs in")
+    client, urls = oauth2_client(name, account, oauth2)
+    async with contextlib.AsyncExitStack() as closing:
+        if http is None:
+            http = await closing.enter_async_context(httpx.AsyncClient(follow_redirects=False))
+        attempt = SignIn(client, urls, PROVIDERS[oauth2.provider], person, http, port)
+        refresh_token = await SIGN_INS[oauth2.provider](attempt)
+        keeper = StoredRefreshToken(store, vault, name)
+        await keeper.save(refresh_token, utcnow())
+        now = utcnow()
+        tokens = TokenProvider(client, keeper, http=http)
+        try:
+            await tokens.token(now)
+        except PostroomError as exc:
+            await asyncio.to_thread(store.record_error, name, str(exc), now=now)
+            raise
+    expires_at = tokens.status.expires_at
+    if expires_at is not None:
+        await asyncio.to_thread(store.record_refresh, name, expires_at=expires_at, now=now)
+    return SignedIn(name, expires_at)
+
+
+# -- status --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenState:
+    """One OAuth2 account as `postroom auth status` shows it: never a token, only where it is."""
+
+    account: str
+    provider: str
+    grant: str
+    refresh_token: str  # where the one in use comes from, or what to do
+    expires_at: datetime | None
+    refreshed_at: datetime | None
+    last_error: str | None
+    needs_login: bool
+
+
+def token_states(config: Config, stored: Mapping[str, StoredGrant]) -> list[TokenState]:
+    """Each OAuth2 account of ``config`` with what the store knows of it (``stored``: by account)."""
+    states: list[TokenState] = []
+    for name, account in sorted(config.accounts.items()):
+        oauth2 = account.oauth2
+        if oauth2 is None:
+            continue
+        grant = stored.get(name)
+        source, needs_login = _refresh_token_source(oauth2, grant)
+        states.append(TokenState(
+            account=name, provider=oauth2.provider.value, grant=oauth2.grant.value, refresh_token=source,
+            expires_at=grant.expires_at if grant else None, refreshed_at=grant.refreshed_at if grant else None,
+            last_error=grant.last_error if grant else None, needs_login=needs_login,
+        ))
+    return states
+
+
+def _refresh_token_source(oauth2: OAuth2Config, grant: StoredGrant | None) -> tuple[str, bool]:
+    """Which refresh token the daemon uses (the rule of auth/keeper.py), and whether there is none."""
+    if oauth2.grant is Grant.CLIENT_CREDENTIALS:
+        return "not used (app-only)", False
+    configured = oauth2.refresh_token.get_secret_value() if oauth2.refresh_token else None
+    if current_sealed(configured, grant) is not None:
+        return ("stored (signed in)" if configured is None else "stored (rotated from config)"), False
+    if configured is not None:
+        return "from config", False
+    return "none", True
