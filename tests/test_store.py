@@ -98,3 +98,20 @@ def test_fire_claimed_once_and_stale_claim_taken_over(any_store: Store):
     runs.finish_fire("j", fire, now=NOW, status="done")
     assert not runs.claim_fire("j", fire, now=NOW + timedelta(hours=1))
     assert runs.last_fire("j") == fire
+
+
+def test_migration_child_ignores_a_postroom_folder_in_the_working_directory(tmp_path, monkeypatch):
+    """The daemon migrates in a child process. A folder named like the package in the working
+    directory (say `postroom init postroom` was run there) must not be imported instead."""
+    from postroom.bootstrap import open_daemon_store
+    from postroom.config import Settings
+
+    decoy = tmp_path / "postroom"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise SystemExit('the decoy package was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    store = open_daemon_store(Settings(database_url=f"sqlite:///{tmp_path / 'state.db'}", instance="probe"))
+    try:
+        assert schema_is_current(store.engine)
+    finally:
+        store.close()
