@@ -72,6 +72,8 @@ def open_daemon_store(settings: Settings) -> Store:
     package_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     # The URL (it may hold a password) goes through stdin, never argv where `ps` shows it.
+    # -P: the working directory is not put on sys.path, so a postroom/ folder there can't
+    # shadow the package.
     try:
         done = subprocess.run([sys.executable, "-P", "-c", _MIGRATE], input=url, env=env, capture_output=True,
                               text=True, timeout=MIGRATE_TIMEOUT, check=False)
