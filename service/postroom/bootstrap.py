@@ -20,6 +20,8 @@ from .errors import ConfigError, PostroomError
 from .mail.templates import TemplateRenderer
 
 if TYPE_CHECKING:
+    from .auth.accounts import AccountLogins, RefreshHook
+    from .config import Config
     from .store import Store
 
 
@@ -45,6 +47,30 @@ def open_store(settings: Settings) -> Store:
     from .store import Store
 
     return Store.open(settings.database_url_or_default(), owner=settings.instance)
+
+
+def build_logins(config: Config, store: Store | None, *, on_refresh: RefreshHook | None = None,
+                 keep: AccountLogins | None = None) -> AccountLogins:
+    """Every account's credentials: one token provider per account with an ``oauth2:`` block
+    (auth/accounts.py), its refresh token in ``store`` sealed with the key from the
+    environment (``POSTROOM_TOKEN_KEY``). ``keep``: the previous generation, on reload."""
+    from .auth.accounts import AccountLogins, needs_vault
+    from .auth.vault import TokenVault
+
+    vault = TokenVault.from_environ(os.environ) if needs_vault(config) else None
+    if vault is not None and store is None:
+        raise PostroomError("OAuth2 accounts keep their refresh tokens in the store; none was opened")
+    hooks = {} if on_refresh is None else {"on_refresh": on_refresh}
+    return AccountLogins.build(config, store=store.tokens if store is not None else None, vault=vault,
+                               keep=keep, **hooks)
+
+
+def needs_token_store(config: Config) -> bool:
+    """Whether logging in needs the store: an account keeps its OAuth2 refresh token there
+    (and a rotated one must be saved at once, or the next login has none)."""
+    from .auth.accounts import needs_vault
+
+    return needs_vault(config)
 
 
 def store_exists(settings: Settings) -> bool:

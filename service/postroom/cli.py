@@ -18,7 +18,8 @@ import click
 from .errors import ConfigError, PostroomError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from .checks import Finding
+    from .config import Config, Settings
     from .store import Store
 
 
@@ -150,11 +151,13 @@ def _json(value: object) -> str:
 def check(ctx: click.Context, offline: bool) -> None:
     """Validate config, templates and rules; then log in to every server (unless --offline).
 
-    Reads files only: it opens no store and writes nothing."""
+    Reads files only: it opens no store and writes nothing (except for OAuth2 accounts: their
+    refresh tokens live in the store, and one the server rotated must be kept)."""
     from .bootstrap import load_checked
 
+    checking = settings(ctx, logs=not offline)
     try:
-        loaded, _renderer = load_checked(settings(ctx, logs=not offline))
+        loaded, _renderer = load_checked(checking)
     except ConfigError as exc:
         raise broken_config(exc) from None
     cfg = loaded.config
@@ -164,14 +167,31 @@ def check(ctx: click.Context, offline: bool) -> None:
         return
     import asyncio
 
-    from .checks import server_findings
-
-    findings = asyncio.run(server_findings(cfg))
+    try:
+        findings = asyncio.run(_server_findings(checking, cfg))
+    except ConfigError as exc:  # an OAuth2 account without POSTROOM_TOKEN_KEY
+        raise broken_config(exc) from None
     for f in findings:
         mark = click.style("ok  ", fg="green") if f.ok else click.style("FAIL", fg="red")
         click.echo(f"  {mark} {f.where}: {f.message}")
     if not all(f.ok for f in findings):
         ctx.exit(1)
+
+
+async def _server_findings(settings: Settings, cfg: Config) -> list[Finding]:
+    """Log in everywhere; OAuth2 accounts with their token providers (and the store they keep
+    refresh tokens in, opened only for them)."""
+    import asyncio
+
+    from .bootstrap import build_logins, needs_token_store, open_store
+    from .checks import server_findings
+
+    store = await asyncio.to_thread(open_store, settings) if needs_token_store(cfg) else None
+    try:
+        return await server_findings(cfg, logins=build_logins(cfg, store))
+    finally:
+        if store is not None:
+            store.close()
 
 
 # -- run -----------------------------------------------------------------------------------
@@ -280,7 +300,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
     import uuid
     from collections import Counter
 
-    from .bootstrap import load_checked, open_store
+    from .bootstrap import build_logins, load_checked, open_store
     from .clock import utcnow
     from .outgoing.jobs import JobRunner
     from .outgoing.sender import OutboxSender
@@ -302,7 +322,8 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
             if item.message_id in wanted:
                 outcomes[item.message_id] = kind
 
-        sender = OutboxSender(store.outbox, cfg.accounts, cfg.outbox, on_result=seen)
+        sender = OutboxSender(store.outbox, cfg.accounts, cfg.outbox, on_result=seen,
+                              logins=build_logins(cfg, store))
         # The SMTP handshakes (TCP, STARTTLS, AUTH per connection) overlap the rendering.
         warming = asyncio.create_task(sender.prewarm(cfg.jobs[job].account))
         built = await runner.run_now(job, key_prefix=f"manual:{job}:{uuid.uuid4().hex}", to_override=to)
