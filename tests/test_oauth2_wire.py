@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import poplib
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,10 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 from postroom.auth.accounts import REFRESH_OK, REFRESH_REVOKED, REFRESH_TRANSIENT, AccountLogins, AccountTokens
-from postroom.auth.providers import Grant
+from postroom.auth.providers import Grant, ProviderName
 from postroom.auth.sasl import Mechanism
 from postroom.auth.tokens import OAuth2Client, TokenProvider
-from postroom.config.model import ImapConfig, OAuth2Config, Pop3Config, SmtpConfig
+from postroom.config.model import ImapConfig, OAuth2Config, Pop3Config, ServerConfig, SmtpConfig
 from postroom.credentials import OAuth2Credentials
 from postroom.errors import AuthError, ServerConnectError, TokenRevoked, is_transient
 from postroom.incoming.imap import ImapConnection
@@ -34,7 +35,7 @@ SECRET = "maillab-secret"
 
 
 def _settings(lab: OAuth2Lab) -> OAuth2Config:
-    return OAuth2Config(provider="generic", token_url=lab.token_server.token_url, client_id="maillab",
+    return OAuth2Config(provider=ProviderName.GENERIC, token_url=lab.token_server.token_url, client_id="maillab",
                         client_secret=SecretStr(SECRET), scopes=["mail"])
 
 
@@ -74,6 +75,12 @@ def _pop3(lab: OAuth2Lab, user: str, mechanism: str) -> Pop3Config:
                       auth=mechanism, ca_file=lab.ca_file, timeout=10)  # type: ignore[arg-type]
 
 
+def _edges(lab: OAuth2Lab, user: str, mechanism: str) -> list[tuple[Callable[..., Any], ServerConfig]]:
+    """Each edge's connection class with its server config."""
+    return [(SmtpConnection, _smtp(lab, user, mechanism)), (ImapConnection, _imap(lab, user, mechanism)),
+            (Pop3Connection, _pop3(lab, user, mechanism))]
+
+
 def _refreshes(lab: OAuth2Lab) -> int:
     return lab.authority.counters["token.refresh_token"]
 
@@ -84,9 +91,7 @@ def test_every_edge_logs_in_with_one_shared_token(oauth2_lab: OAuth2Lab, mechani
     before = _refreshes(oauth2_lab)
 
     async def scenario() -> None:
-        for make, cfg in ((SmtpConnection, _smtp(oauth2_lab, "alice", mechanism)),
-                          (ImapConnection, _imap(oauth2_lab, "alice", mechanism)),
-                          (Pop3Connection, _pop3(oauth2_lab, "alice", mechanism))):
+        for make, cfg in _edges(oauth2_lab, "alice", mechanism):
             credentials = OAuth2Credentials(cfg.username or "", mechanism, tokens)
             conn: Any = make("alice", cfg, credentials)
             await conn.connect()
@@ -103,9 +108,7 @@ def test_a_refused_token_is_renewed_once_and_the_login_retried(oauth2_lab: OAuth
     tokens, _keeper = _tokens(oauth2_lab)
 
     async def scenario() -> None:
-        for make, cfg in ((SmtpConnection, _smtp(oauth2_lab, "alice", mechanism)),
-                          (ImapConnection, _imap(oauth2_lab, "alice", mechanism)),
-                          (Pop3Connection, _pop3(oauth2_lab, "alice", mechanism))):
+        for make, cfg in _edges(oauth2_lab, "alice", mechanism):
             oauth2_lab.authority.expire(await tokens.token())  # cached as fresh, dead on the server
             before = _refreshes(oauth2_lab)
             conn: Any = make("alice", cfg, OAuth2Credentials(cfg.username or "", mechanism, tokens))
