@@ -67,6 +67,9 @@ class AccountTokens:
         self._on_refresh = on_refresh
         self._clock = clock
         self._recorded: datetime | None = None  # the expiry last reported: one report per refresh
+        # Callers queue here, not inside the provider: one that waited while another's refresh
+        # was refused for good sees ``stopped`` and does not ask the endpoint again.
+        self._turn = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"AccountTokens({self.account!r}, stopped={self.stopped is not None})"
@@ -77,6 +80,10 @@ class AccountTokens:
 
     async def token(self, *, refused: str | None = None) -> str:
         """A fresh access token (``refused``: one a server just refused, see TokenProvider)."""
+        async with self._turn:
+            return await self._token(refused)
+
+    async def _token(self, refused: str | None) -> str:
         if self.stopped is not None:
             raise type(self.stopped)(str(self.stopped), account=self.account, error=self.stopped.error)
         now = self._clock()

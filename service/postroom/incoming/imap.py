@@ -33,6 +33,7 @@ from imapclient.exceptions import (
     IMAPClientAbortError,
     IMAPClientError,
     LoginError,
+    ProtocolError,
 )
 from imapclient.response_parser import parse_fetch_response
 
@@ -166,6 +167,9 @@ IMAP_ERRORS: ErrorTable = {
     imaplib.IMAP4.abort: ServerConnectError,
     OSError: ServerConnectError,
     EOFError: ServerConnectError,
+    # A reply IMAPClient cannot parse (seen in idle_check over TLS, whose non-blocking reads
+    # can split a line): the session is out of step, and only a new one is safe.
+    ProtocolError: ServerConnectError,
     CapabilityError: PermanentError,
     LoginError: AuthError,
     IMAPClientError: ServerRejected,  # imaplib.IMAP4.error: a NO or BAD
