@@ -261,3 +261,49 @@ def test_check_gets_a_token_and_logs_in_everywhere(oauth2_lab: OAuth2Lab, tmp_pa
     del env["POSTROOM_TOKEN_KEY"]
     done = run_cli(["check"], env)
     assert done.returncode != 0 and "POSTROOM_TOKEN_KEY" in done.stderr
+
+
+LOGINS_CONFIG = {
+    "accounts": {
+        "alice": {"address": "alice@example.test",
+                  "oauth2": {"token_url": "http://127.0.0.1:9/token", "client_id": "maillab"},
+                  "imap": {"host": "127.0.0.1", "username": "alice@example.test", "auth": "oauthbearer"}},
+        "bob": {"address": "bob@example.test",
+                "smtp": {"host": "127.0.0.1", "username": "bob@example.test", "password": "pw"}},
+    },
+}
+
+
+def test_reload_keeps_a_healthy_accounts_tokens_and_rebuilds_a_stopped_or_changed_one(tmp_path: Path) -> None:
+    from postroom.auth.vault import TokenVault
+    from postroom.config.model import Config
+    from postroom.credentials import PasswordCredentials
+    from postroom.store import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'p.db'}", owner="test")
+    vault = TokenVault([Fernet.generate_key().decode()])
+    try:
+        config = Config.model_validate(LOGINS_CONFIG)
+        first = AccountLogins.build(config, store=store.tokens, vault=vault)
+        assert set(first.tokens) == {"alice"}  # bob logs in with a password
+        bob_smtp = config.accounts["bob"].smtp
+        assert bob_smtp is not None and isinstance(first.credentials("bob", bob_smtp), PasswordCredentials)
+        imap = config.accounts["alice"].imap
+        assert imap is not None
+        alice = first.credentials("alice", imap)
+        assert isinstance(alice, OAuth2Credentials) and alice.mechanism == "oauthbearer"
+        assert alice.tokens is first.tokens["alice"]
+
+        same = AccountLogins.build(config, store=store.tokens, vault=vault, keep=first)
+        assert same.tokens["alice"] is first.tokens["alice"]  # its cached token stays good
+        first.tokens["alice"].stopped = TokenRevoked("revoked", account="alice", error="invalid_grant")
+        assert first.stopped() == {"alice": "revoked"}
+        again = AccountLogins.build(config, store=store.tokens, vault=vault, keep=first)
+        assert again.tokens["alice"] is not first.tokens["alice"] and again.stopped() == {}
+        changed = Config.model_validate({**LOGINS_CONFIG, "accounts": {**LOGINS_CONFIG["accounts"], "alice": {
+            **LOGINS_CONFIG["accounts"]["alice"],
+            "oauth2": {"token_url": "http://127.0.0.1:9/token", "client_id": "maillab", "refresh_token": "new"}}}})
+        assert AccountLogins.build(changed, store=store.tokens, vault=vault, keep=again).tokens["alice"] is not (
+            again.tokens["alice"])
+    finally:
+        store.close()
