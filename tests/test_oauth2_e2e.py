@@ -72,6 +72,8 @@ accounts:
     imap: {{host: 127.0.0.1, port: {imap}, security: starttls, username: carol@example.test,
            auth: xoauth2}}
 
+outbox: {{retry_base: 1s, retry_max: 4s}}  # mail deferred in an outage goes soon after it
+
 jobs:
   ping:
     schedule: {{every: 2s}}
