@@ -217,12 +217,6 @@ class Daemon:
         started = time.monotonic()
         try:
             loaded, renderer = await asyncio.to_thread(load_checked, self.settings)
-        except PostroomError as exc:
-            self.metrics.reload("failed")
-            log.error("reload refused; still running the previous config", error=str(exc))
-            self.notifier.ready(status=f"reload failed; {self._status_line(self.loaded.config)}")
-            return
-        try:
             # A stopped account (or one whose oauth2: changed) is built anew: it reads the
             # refresh token stored by `postroom auth login` (or configured) since.
             logins = await asyncio.to_thread(build_logins, loaded.config, self.store,

@@ -60,9 +60,8 @@ def build_logins(config: Config, store: Store | None, *, on_refresh: RefreshHook
     vault = TokenVault.from_environ(os.environ) if needs_vault(config) else None
     if vault is not None and store is None:
         raise PostroomError("OAuth2 accounts keep their refresh tokens in the store; none was opened")
-    hooks = {} if on_refresh is None else {"on_refresh": on_refresh}
     return AccountLogins.build(config, store=store.tokens if store is not None else None, vault=vault,
-                               keep=keep, **hooks)
+                               on_refresh=on_refresh, keep=keep)
 
 
 def needs_token_store(config: Config) -> bool:

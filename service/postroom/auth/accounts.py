@@ -146,14 +146,14 @@ def needs_vault(config: Config) -> bool:
 
 class AccountLogins:
     """Every account's credentials for each of its servers; the OAuth2 ones share the
-    account's ``AccountTokens``. Built at start, and again on reload (``rebuilt``)."""
+    account's ``AccountTokens``. Built at start, and again on reload (``build(keep=…)``)."""
 
     def __init__(self, tokens: Mapping[str, AccountTokens] | None = None):
         self.tokens: dict[str, AccountTokens] = dict(tokens or {})
 
     @classmethod
     def build(cls, config: Config, *, store: OAuth2TokenStore | None = None, vault: TokenVault | None = None,
-              on_refresh: RefreshHook = _no_hook, keep: AccountLogins | None = None) -> AccountLogins:
+              on_refresh: RefreshHook | None = None, keep: AccountLogins | None = None) -> AccountLogins:
         """One AccountTokens per account with an ``oauth2:`` block. From ``keep`` (the previous
         generation, on reload) an account's tokens are kept when its settings are the same and
         it has not stopped: its cached access token stays good, and a stopped account reads
@@ -167,7 +167,7 @@ class AccountLogins:
                 tokens[name] = old
                 continue
             provider = provider_for(name, account, account.oauth2, store=store, vault=vault)
-            tokens[name] = AccountTokens(provider, account.oauth2, store=store, on_refresh=on_refresh)
+            tokens[name] = AccountTokens(provider, account.oauth2, store=store, on_refresh=on_refresh or _no_hook)
         return cls(tokens)
 
     def credentials(self, account: str, server: ServerConfig) -> Credentials | None:
