@@ -351,6 +351,10 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
                    f"at {_fmt_time(utcnow())}")
         if deferred:
             click.echo("  deferred messages stay in the outbox; `postroom run` retries them with backoff")
+        if counts["held"]:
+            account = cfg.jobs[job].account
+            click.echo(f"  {counts['held']} held: account {account} must sign in again "
+                       f"(`postroom auth login {account}`); they go out after that")
         if dead:
             click.echo("  see `postroom outbox --dead` for why")
             return 1
