@@ -4,6 +4,8 @@ There is no maintained async POP3 client; poplib blocks, so each connection owns
 worker thread (``threaded.ThreadedConnection``). Errors are mapped to ``postroom.errors`` by
 one table here (``POP3_ERRORS``). DELE only marks a message; the server removes it when QUIT
 commits the session, so ``close`` drops the socket without QUIT and ``quit`` commits.
+A login is USER/PASS, or for an OAuth2 account AUTH XOAUTH2 / OAUTHBEARER (RFC 5034), which
+poplib lacks: ``sasl_login`` speaks it.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def _user_pass(pop: poplib.POP3, username: str, password: str) -> None:
     pop.pass_(password)
 
 
-# RFC 5034 §4: an AUTH command line with its initial response must fit in 255 octets; a
+# RFC 5034 §4: an AUTH command line with its initial response must fit in 255 octets (CRLF
+# included); a
 # longer one (a Microsoft access token is about 1.5 KB) goes in the two-step form instead:
 # ``AUTH XOAUTH2``, the server's empty "+ ", then the response on a line of its own.
 INITIAL_RESPONSE_MAX = 255
@@ -93,7 +96,7 @@ def sasl_login(pop: poplib.POP3, mechanism: sasl.Mechanism, username: str, token
     error challenge ("+ eyJ…"), answered as the mechanism wants, before the final -ERR."""
     response = sasl.encoded(sasl.initial_response(mechanism, username, token)).encode("ascii")
     command = b"AUTH " + mechanism.sasl_name.encode("ascii")
-    if len(command) + 1 + len(response) <= initial_response_max:
+    if len(command) + 1 + len(response) + 2 <= initial_response_max:
         reply = _command(pop, command + b" " + response)
     else:
         reply = _command(pop, command)
