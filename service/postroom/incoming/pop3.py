@@ -68,10 +68,9 @@ def _user_pass(pop: poplib.POP3, username: str, password: str) -> None:
     pop.pass_(password)
 
 
-# RFC 5034 §4: an AUTH command line with its initial response must fit in 255 octets (CRLF
-# included); a
-# longer one (a Microsoft access token is about 1.5 KB) goes in the two-step form instead:
-# ``AUTH XOAUTH2``, the server's empty "+ ", then the response on a line of its own.
+# RFC 5034 §4: an AUTH command line with its initial response must fit in 255 octets, CRLF
+# included; a longer one (a Microsoft access token is about 1.5 KB) goes in the two-step form
+# instead: ``AUTH XOAUTH2``, the server's empty "+ ", then the response on a line of its own.
 INITIAL_RESPONSE_MAX = 255
 _MAX_LINE = 2048
 
