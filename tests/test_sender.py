@@ -9,10 +9,10 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from postroom.errors import AuthError, ServerBusy, ServerConnectError
-from postroom.outgoing.sender import DrainStats, backoff, decide
+from postroom.errors import AuthError, ServerBusy, ServerConnectError, TokenRevoked
+from postroom.outgoing.sender import HOLD, DrainStats, backoff, decide
 from postroom.outgoing.smtp import SendResult
-from postroom.store.outbox import NewMessage, OutboxItem
+from postroom.store.outbox import NewMessage, OutboxItem, Settlement
 from structlog.testing import capture_logs
 
 from tests.support.clock import Clock
@@ -99,6 +99,27 @@ def test_decide_gives_up_after_max_attempts_or_max_age():
     assert old.kind == "dead" and "connection refused" in (old.error or "")
     partly = decide(_item(attempts=4), SendResult([BOB], {CAROL: "451 later"}, {}), now=now, policy=POLICY)
     assert (partly.kind, partly.delivered) == ("dead", [BOB])
+
+
+def test_an_account_stopped_for_a_token_holds_its_mail_untried(store, clock):
+    """A revoked refresh token is the account's trouble, not the message's: held (queued, due
+    again after HOLD), the try not counted, never dead however old; `bring_forward` makes it
+    due now once the account signs in again."""
+    now = datetime(2030, 1, 7, 1, tzinfo=UTC)
+    revoked = TokenRevoked("alice: sign in again with `postroom auth login alice`", account="alice")
+    for item in (_item(attempts=4), _item(created=now - timedelta(days=30))):
+        held = decide(item, revoked, now=now, policy=POLICY)
+        assert (held.kind, held.retry_at) == ("held", now + HOLD) and "auth login alice" in (held.error or "")
+
+    enqueue(store, clock, [BOB])
+    (row,) = store.outbox.claim_due(now=clock(), limit=10, lease=timedelta(minutes=5))
+    store.outbox.settle_many([Settlement("held", row, clock(), error="stopped", retry_at=clock() + HOLD)])
+    (kept,) = store.outbox.list(statuses=["queued"])
+    assert (kept.attempts, kept.next_attempt_at, kept.last_error) == (0, clock() + HOLD, "stopped")
+    assert store.outbox.claim_due(now=clock(), limit=10, lease=timedelta(minutes=5)) == []
+    assert store.outbox.bring_forward(["bob"], now=clock(), within=HOLD) == 0  # another account's
+    assert store.outbox.bring_forward(["alice"], now=clock(), within=HOLD) == 1
+    assert [r.id for r in store.outbox.claim_due(now=clock(), limit=10, lease=timedelta(minutes=5))] == [row.id]
 
 
 async def test_unknown_account_is_a_dead_letter(store, clock):

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from .bootstrap import load_checked, open_daemon_store, recover_single_node
+from .bootstrap import build_logins, load_checked, open_daemon_store, recover_single_node
 from .clock import utcnow
 from .config import Config, Settings
 from .errors import PostroomError
@@ -29,7 +29,7 @@ from .mail.templates import TemplateRenderer
 from .metrics import Metrics
 from .notify import Notifier, watchdog_loop
 from .outgoing.jobs import JobRunner
-from .outgoing.sender import OutboxSender
+from .outgoing.sender import HOLD, OutboxSender
 from .scheduler import Scheduler
 from .store import schema_is_current
 from .webhooks import WebhookQueue
@@ -88,8 +88,10 @@ class Daemon:
         await asyncio.to_thread(recover_single_node, store)
         self.metrics.watch_store(store.outbox.counts)
         self.metrics.known_accounts(config.accounts)
+        # One token provider per OAuth2 account, shared by the sender and the watchers.
+        self.logins = build_logins(self.settings, config, store, on_refresh=self.metrics.oauth2_refresh)
 
-        self.sender = OutboxSender(store.outbox, config.accounts, config.outbox,
+        self.sender = OutboxSender(store.outbox, config.accounts, config.outbox, logins=self.logins,
                                    on_result=lambda kind, item: self.metrics.outbox_result(kind, item.account))
         # A fire's messages go straight to the running sender (already leased, already in
         # memory) instead of being claimed back from the store.
@@ -137,11 +139,13 @@ class Daemon:
             watcher: Watcher
             if account.imap is not None:
                 watcher = ImapWatcher(account_name, account, folder, ruleset, executor, self.store.inbound,
-                                      dry_run=self.dry_run, hooks=hooks, leases=leases)
+                                      dry_run=self.dry_run, hooks=hooks, leases=leases,
+                                      credentials=self.logins.credentials(account_name, account.imap))
             elif account.pop3 is not None and account_name not in pop3_started:
                 pop3_started.add(account_name)  # a maildrop has one "folder"
                 watcher = Pop3Watcher(account_name, account, ruleset, executor, self.store.inbound,
-                                      dry_run=self.dry_run, hooks=hooks, leases=leases)
+                                      dry_run=self.dry_run, hooks=hooks, leases=leases,
+                                      credentials=self.logins.credentials(account_name, account.pop3))
             else:
                 continue
             incoming.watchers.append(watcher)
@@ -176,8 +180,15 @@ class Daemon:
         store_ok = await asyncio.to_thread(schema_is_current, self.store.engine)
         watchers = {f"{w.account}/{w.folder}": bool(getattr(w, "ready", True)) for w in self.incoming.watchers}
         scheduler_ok = self.dry_run or self.scheduler.running
-        ok = store_ok and scheduler_ok and all(watchers.values())
-        return ok, {"store": store_ok, "scheduler": scheduler_ok, "watchers": watchers}
+        # An OAuth2 account stopped for want of a token (revoked) is not ready until a person
+        # signs in again; the others go on, and say so.
+        stopped = self.logins.stopped()
+        accounts = {name: name not in stopped for name in self.logins.tokens}
+        ok = store_ok and scheduler_ok and all(watchers.values()) and not stopped
+        details: dict[str, Any] = {"store": store_ok, "scheduler": scheduler_ok, "watchers": watchers}
+        if accounts:
+            details["oauth2_accounts"] = accounts
+        return ok, details
 
     # -- signals ---------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -206,6 +217,10 @@ class Daemon:
         started = time.monotonic()
         try:
             loaded, renderer = await asyncio.to_thread(load_checked, self.settings)
+            # A stopped account (or one whose oauth2: changed) is built anew: it reads the
+            # refresh token stored by `postroom auth login` (or configured) since.
+            logins = await asyncio.to_thread(build_logins, self.settings, loaded.config, self.store,
+                                             on_refresh=self.metrics.oauth2_refresh, keep=self.logins)
         except PostroomError as exc:
             self.metrics.reload("failed")
             log.error("reload refused; still running the previous config", error=str(exc))
@@ -213,7 +228,9 @@ class Daemon:
             return
         config = loaded.config
         self.loaded = loaded
-        self.sender.accounts, self.sender.policy = config.accounts, config.outbox
+        resumed = [name for name in self.logins.stopped() if logins.tokens.get(name) is not self.logins.tokens[name]]
+        self.logins = logins
+        self.sender.accounts, self.sender.policy, self.sender.logins = config.accounts, config.outbox, logins
         self.runner.config, self.runner.renderer = config, renderer
         self.metrics.known_accounts(config.accounts)
         if not self.dry_run:
@@ -227,6 +244,10 @@ class Daemon:
         if self.stop_event.is_set():
             return  # a SIGTERM came meanwhile: _shutdown owns what is left; start nothing new
         self.incoming = self._start_incoming(config, renderer, ruleset)
+        if resumed and not self.dry_run:
+            # Held rows of an account built anew (maybe signed in again) are tried now.
+            await asyncio.to_thread(self.store.outbox.bring_forward, resumed, now=utcnow(), within=HOLD)
+            self.sender.wake()
         self.metrics.set_jobs(self._next_fires(config))
         self.metrics.reload("ok")
         status = self._status_line(config)

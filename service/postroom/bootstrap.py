@@ -20,6 +20,9 @@ from .errors import ConfigError, PostroomError
 from .mail.templates import TemplateRenderer
 
 if TYPE_CHECKING:
+    from .auth.accounts import AccountLogins, RefreshHook
+    from .auth.vault import TokenVault
+    from .config import Config
     from .store import Store
 
 
@@ -45,6 +48,38 @@ def open_store(settings: Settings) -> Store:
     from .store import Store
 
     return Store.open(settings.database_url_or_default(), owner=settings.instance)
+
+
+def token_vault(settings: Settings) -> TokenVault:
+    """The refresh-token key (``POSTROOM_TOKEN_KEY``), found as any ${NAME} secret is: the
+    environment, then secret files (systemd credentials, Docker secrets), then `.env`; so
+    `postroom auth login` and the daemon always agree on it."""
+    from .auth.vault import TokenVault
+    from .config.loader import SecretLookup
+
+    return TokenVault.from_secrets(SecretLookup(settings).get)
+
+
+def build_logins(settings: Settings, config: Config, store: Store | None, *,
+                 on_refresh: RefreshHook | None = None, keep: AccountLogins | None = None) -> AccountLogins:
+    """Every account's credentials: one token provider per account with an ``oauth2:`` block
+    (auth/accounts.py), its refresh token in ``store`` sealed with the key ``token_vault``
+    finds. ``keep``: the previous generation, on reload."""
+    from .auth.accounts import AccountLogins, needs_vault
+
+    vault = token_vault(settings) if needs_vault(config) else None
+    if vault is not None and store is None:
+        raise PostroomError("OAuth2 accounts keep their refresh tokens in the store; none was opened")
+    return AccountLogins.build(config, store=store.tokens if store is not None else None, vault=vault,
+                               on_refresh=on_refresh, keep=keep)
+
+
+def needs_token_store(config: Config) -> bool:
+    """Whether logging in needs the store: an account keeps its OAuth2 refresh token there
+    (and a rotated one must be saved at once, or the next login has none)."""
+    from .auth.accounts import needs_vault
+
+    return needs_vault(config)
 
 
 def store_exists(settings: Settings) -> bool:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .config.model import ServerConfig
 from .config.rules import ReplyAction
 from .errors import PostroomError, TemplateError
 from .mail.templates import TemplateRenderer
+
+if TYPE_CHECKING:
+    from .auth.accounts import AccountLogins
 
 
 @dataclass(frozen=True)
@@ -42,35 +44,34 @@ def template_findings(config: Config, renderer: TemplateRenderer) -> list[Findin
     return out
 
 
-async def server_findings(config: Config, *, within: float = 15.0) -> list[Finding]:
-    """Connect and log in to every configured server, concurrently, each ``within`` seconds."""
+async def server_findings(config: Config, *, within: float = 15.0,
+                          logins: AccountLogins | None = None) -> list[Finding]:
+    """Connect and log in to every configured server, concurrently, each ``within`` seconds
+    (an OAuth2 account's token is got first, once for all its servers: ``logins``)."""
     import asyncio  # here, not at the top: `check --offline` never needs it (~15 ms of start-up)
 
+    from .auth.accounts import AccountLogins
     from .incoming.imap import ImapConnection
     from .incoming.pop3 import Pop3Connection
     from .outgoing.smtp import SmtpConnection
 
-    async def probe(where: str, server: ServerConfig, make: Callable[[], Any]) -> Finding:
-        credentials = server.credentials()
+    known = logins if logins is not None else AccountLogins()
+    edges: dict[str, Callable[..., Any]] = {"smtp": SmtpConnection, "imap": ImapConnection, "pop3": Pop3Connection}
+
+    async def probe(account: str, protocol: str, server: ServerConfig) -> Finding:
+        where = f"accounts.{account}.{protocol}"
         try:
-            conn = make()
+            credentials = known.credentials(account, server)
+            conn = edges[protocol](account, server, credentials)
             await asyncio.wait_for(conn.connect(), within)
             await conn.close()
         except (TimeoutError, PostroomError, OSError) as exc:
             return Finding(where, False, f"{type(exc).__name__}: {exc}")
         if credentials is None:
             return Finding(where, True, "connected (no login configured)")
-        return Finding(where, True, f"connected and logged in as {credentials.username}")
+        how = "" if credentials.mechanism == "password" else f" ({credentials.mechanism.upper()}, OAuth2 token)"
+        return Finding(where, True, f"connected and logged in as {credentials.username}{how}")
 
-    probes = []
-    for name, account in config.accounts.items():
-        if account.smtp:
-            probes.append(probe(f"accounts.{name}.smtp", account.smtp,
-                                functools.partial(SmtpConnection, name, account.smtp)))
-        if account.imap:
-            probes.append(probe(f"accounts.{name}.imap", account.imap,
-                                functools.partial(ImapConnection, name, account.imap)))
-        if account.pop3:
-            probes.append(probe(f"accounts.{name}.pop3", account.pop3,
-                                functools.partial(Pop3Connection, name, account.pop3)))
+    probes = [probe(name, protocol, server)
+              for name, account in config.accounts.items() for protocol, server in account.servers().items()]
     return list(await asyncio.gather(*probes))

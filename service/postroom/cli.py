@@ -19,6 +19,7 @@ from .errors import ConfigError, PostroomError
 
 if TYPE_CHECKING:
     from .auth.vault import TokenVault
+    from .checks import Finding
     from .config import Config, Settings
     from .store import Store
 
@@ -161,11 +162,13 @@ def _json(value: object) -> str:
 def check(ctx: click.Context, offline: bool) -> None:
     """Validate config, templates and rules; then log in to every server (unless --offline).
 
-    Reads files only: it opens no store and writes nothing."""
+    Reads files only: it opens no store and writes nothing (except for OAuth2 accounts: their
+    refresh tokens live in the store, and one the server rotated must be kept)."""
     from .bootstrap import load_checked
 
+    checking = settings(ctx, logs=not offline)
     try:
-        loaded, _renderer = load_checked(settings(ctx, logs=not offline))
+        loaded, _renderer = load_checked(checking)
     except ConfigError as exc:
         raise broken_config(exc) from None
     cfg = loaded.config
@@ -175,14 +178,31 @@ def check(ctx: click.Context, offline: bool) -> None:
         return
     import asyncio
 
-    from .checks import server_findings
-
-    findings = asyncio.run(server_findings(cfg))
+    try:
+        findings = asyncio.run(_server_findings(checking, cfg))
+    except ConfigError as exc:  # an OAuth2 account without POSTROOM_TOKEN_KEY
+        raise broken_config(exc) from None
     for f in findings:
         mark = click.style("ok  ", fg="green") if f.ok else click.style("FAIL", fg="red")
         click.echo(f"  {mark} {f.where}: {f.message}")
     if not all(f.ok for f in findings):
         ctx.exit(1)
+
+
+async def _server_findings(settings: Settings, cfg: Config) -> list[Finding]:
+    """Log in everywhere; OAuth2 accounts with their token providers (and the store they keep
+    refresh tokens in, opened only for them)."""
+    import asyncio
+
+    from .bootstrap import build_logins, needs_token_store, open_store
+    from .checks import server_findings
+
+    store = await asyncio.to_thread(open_store, settings) if needs_token_store(cfg) else None
+    try:
+        return await server_findings(cfg, logins=build_logins(settings, cfg, store))
+    finally:
+        if store is not None:
+            store.close()
 
 
 # -- run -----------------------------------------------------------------------------------
@@ -287,7 +307,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
     import uuid
     from collections import Counter
 
-    from .bootstrap import load_checked, open_store
+    from .bootstrap import build_logins, load_checked, open_store
     from .clock import utcnow
     from .outgoing.jobs import JobRunner
     from .outgoing.sender import OutboxSender
@@ -309,7 +329,8 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
             if item.message_id in wanted:
                 outcomes[item.message_id] = kind
 
-        sender = OutboxSender(store.outbox, cfg.accounts, cfg.outbox, on_result=seen)
+        sender = OutboxSender(store.outbox, cfg.accounts, cfg.outbox, on_result=seen,
+                              logins=build_logins(settings, cfg, store))
         # The SMTP handshakes (TCP, STARTTLS, AUTH per connection) overlap the rendering.
         warming = asyncio.create_task(sender.prewarm(cfg.jobs[job].account))
         built = await runner.run_now(job, key_prefix=f"manual:{job}:{uuid.uuid4().hex}", to_override=to)
@@ -337,6 +358,10 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
                    f"at {_fmt_time(utcnow())}")
         if deferred:
             click.echo("  deferred messages stay in the outbox; `postroom run` retries them with backoff")
+        if counts["held"]:
+            account = cfg.jobs[job].account
+            click.echo(f"  {counts['held']} held: account {account} must sign in again "
+                       f"(`postroom auth login {account}`); they go out after that")
         if dead:
             click.echo("  see `postroom outbox --dead` for why")
             return 1
@@ -516,11 +541,10 @@ class _Terminal:
 
 def _token_vault(settings: Settings) -> TokenVault:
     """The refresh-token key, found as the daemon finds it: like any ${NAME} secret."""
-    from .auth.vault import TokenVault
-    from .config.loader import SecretLookup
+    from .bootstrap import token_vault
 
     try:
-        return TokenVault.from_secrets(SecretLookup(settings).get)
+        return token_vault(settings)
     except ConfigError as exc:
         raise Failed(str(exc)) from None
 

@@ -1,24 +1,31 @@
 """How postroom logs in to a mail server: one seam for every protocol.
 
-A server config gives a ``Credentials`` (``ServerConfig.credentials()``); each edge (SMTP,
-IMAP, POP3) asks it for the user name, the mechanism and the secret, and logs in by one table
-of mechanism -> login call. Today the only mechanism is a password; OAuth2 (XOAUTH2 /
-OAUTHBEARER with a token from a token provider) will be another ``Credentials`` whose
-``secret()`` fetches a fresh token, plus one row in each edge's table.
+Each edge (SMTP, IMAP, POP3) is given a ``Credentials`` (a password from the server's config,
+``ServerConfig.credentials()``, or an OAuth2 access token from the account's token provider,
+``auth.accounts.AccountLogins``), asks it for the user name, the mechanism and the secret,
+and logs in by one table of mechanism -> login call.
 
 The secret is asked for on the event loop, just before each login (a token may have expired
-since the last one), never kept on the connection.
+since the last one), never kept on the connection. ``log_in`` is the one retry rule every edge
+shares: when the server refuses a token, ask for a renewed one once and try again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeVar
 
 from pydantic import SecretStr
 
-# The SASL mechanisms postroom can log in with, by the name each edge's login table uses.
-Mechanism = Literal["password"]
+from .errors import AuthError
+
+# The SASL mechanisms postroom can log in with, by the name each edge's login table uses:
+# a password (LOGIN, USER/PASS, AUTH PLAIN or LOGIN), or an OAuth2 bearer token sent as
+# XOAUTH2 or OAUTHBEARER (RFC 7628).
+Mechanism = Literal["password", "xoauth2", "oauthbearer"]
+
+T = TypeVar("T")
 
 
 class Credentials(Protocol):
@@ -31,7 +38,12 @@ class Credentials(Protocol):
     def mechanism(self) -> Mechanism: ...
 
     async def secret(self) -> str:
-        """The secret for one login: a password, later an access token."""
+        """The secret for one login: a password, or a fresh (or still fresh cached) access token."""
+        ...
+
+    async def renewed(self, refused: str) -> str | None:
+        """After the server refused ``refused``: a different secret worth one more try, or
+        None (a password stays what it is)."""
         ...
 
 
@@ -45,3 +57,42 @@ class PasswordCredentials:
 
     async def secret(self) -> str:
         return self.password.get_secret_value()
+
+    async def renewed(self, refused: str) -> str | None:
+        return None
+
+
+class TokenSource(Protocol):
+    """An account's access tokens (``auth.accounts.AccountTokens``)."""
+
+    async def token(self, *, refused: str | None = None) -> str: ...
+
+
+@dataclass(frozen=True)
+class OAuth2Credentials:
+    """A mailbox logged in to with the account's OAuth2 access token (XOAUTH2 / OAUTHBEARER)."""
+
+    username: str
+    mechanism: Mechanism
+    tokens: TokenSource = field(repr=False)
+
+    async def secret(self) -> str:
+        return await self.tokens.token()
+
+    async def renewed(self, refused: str) -> str | None:
+        # The server may know better than our clock (revoked, or expired early): refresh once.
+        return await self.tokens.token(refused=refused)
+
+
+async def log_in(credentials: Credentials, attempt: Callable[[str], Awaitable[T]]) -> T:
+    """``attempt(secret)`` logs in; when the server refuses (``AuthError``), try once more
+    with a renewed secret if the credentials have one. An error getting the secret (a token
+    endpoint down, a revoked refresh token) is raised as is."""
+    secret = await credentials.secret()
+    try:
+        return await attempt(secret)
+    except AuthError:
+        fresh = await credentials.renewed(secret)
+        if fresh is None:
+            raise
+    return await attempt(fresh)

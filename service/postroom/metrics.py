@@ -32,7 +32,7 @@ log = structlog.get_logger(__name__)
 
 # Jobs range from a quick digest to a large mail merge.
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
-OUTBOX_RESULTS = ("sent", "deferred", "dead")
+OUTBOX_RESULTS = ("sent", "deferred", "dead", "held")
 # Outbox rows waiting to go out: queued, or leased by a sender right now.
 _DEPTH_STATUSES = ("queued", "sending")
 
@@ -112,7 +112,16 @@ class Metrics:
         self.deferred = Counter("postroom_messages_deferred_total",
                                 "Send attempts that failed transiently and will be retried.",
                                 ["account"], registry=r)
-        self._outbox = {"sent": self.sent, "dead": self.failed, "deferred": self.deferred}
+        self.held = Counter("postroom_messages_held_total",
+                            "Messages put off, untried, while their account waits for an OAuth2 sign-in.",
+                            ["account"], registry=r)
+        self._outbox = {"sent": self.sent, "dead": self.failed, "deferred": self.deferred, "held": self.held}
+        self.oauth2_refreshes = Counter("postroom_oauth2_refreshes_total",
+                                        "OAuth2 access token refreshes, by result (ok, transient, revoked, refused).",
+                                        ["account", "result"], registry=r)
+        self.oauth2_expiry = Gauge("postroom_oauth2_token_expiry_timestamp_seconds",
+                                   "When each OAuth2 account's current access token expires.",
+                                   ["account"], registry=r)
 
         self.inbound_messages = Counter("postroom_inbound_messages_total", "Incoming messages handled, by result.",
                                ["account", "folder", "result"], registry=r)
@@ -146,6 +155,12 @@ class Metrics:
         if counter is None:
             raise ValueError(f"unknown outbox result {result!r}; expected one of {OUTBOX_RESULTS}")
         counter.labels(account).inc()
+
+    def oauth2_refresh(self, account: str, result: str, expires_at: datetime | None) -> None:
+        """One token refresh of ``account`` (``auth.accounts.RefreshHook``)."""
+        self.oauth2_refreshes.labels(account, result).inc()
+        if expires_at is not None:
+            self.oauth2_expiry.labels(account).set(expires_at.timestamp())
 
     def job_run(self, job: str, status: str, seconds: float) -> None:
         self.job_runs.labels(job, status).inc()

@@ -30,9 +30,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from .auth import accounts
 from .auth.flows import finish_device_flow, loopback_login, signed_in_refresh_token, start_device_flow
 from .auth.keeper import StoredRefreshToken, current_sealed
-from .auth.providers import PROVIDERS, Endpoints, Grant, MailProtocol, Provider, ProviderName, endpoints
+from .auth.providers import PROVIDERS, Endpoints, Grant, Provider, ProviderName, endpoints
 from .auth.tokens import OAuth2Client, TokenProvider
 from .auth.vault import TokenVault
 from .clock import utcnow
@@ -72,15 +73,9 @@ def oauth2_of(name: str, config: Config) -> OAuth2Config:
 def oauth2_client(name: str, account: AccountConfig, oauth2: OAuth2Config) -> tuple[OAuth2Client, Endpoints]:
     """What the token endpoint hears from ACCOUNT, and the provider's URLs for it. One token
     serves every server the account logs in to with a token (or, with none yet, all of them)."""
-    provider = PROVIDERS[oauth2.provider]
-    servers = account.token_servers() or account.servers()
-    client = OAuth2Client.for_provider(
-        name, provider, client_id=oauth2.client_id,
-        client_secret=oauth2.client_secret.get_secret_value() if oauth2.client_secret else None,
-        grant=oauth2.grant, scopes=tuple(oauth2.scopes or ()), protocols=tuple(MailProtocol(p) for p in servers),
-        tenant=oauth2.tenant, token_url=oauth2.token_url, authority=oauth2.authority,
-    )
-    return client, endpoints(provider, tenant=oauth2.tenant, token_url=oauth2.token_url, authority=oauth2.authority)
+    urls = endpoints(PROVIDERS[oauth2.provider], tenant=oauth2.tenant, token_url=oauth2.token_url,
+                     authority=oauth2.authority)
+    return accounts.oauth2_client(name, account, oauth2), urls
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,12 @@ from imapclient.exceptions import (
     IMAPClientAbortError,
     IMAPClientError,
     LoginError,
+    ProtocolError,
 )
 from imapclient.response_parser import parse_fetch_response
 
 from postroom.config.model import ImapConfig
-from postroom.credentials import Mechanism
+from postroom.credentials import Credentials, Mechanism
 from postroom.errors import (
     AuthError,
     ErrorTable,
@@ -166,6 +167,9 @@ IMAP_ERRORS: ErrorTable = {
     imaplib.IMAP4.abort: ServerConnectError,
     OSError: ServerConnectError,
     EOFError: ServerConnectError,
+    # A reply IMAPClient cannot parse (seen in idle_check over TLS, whose non-blocking reads
+    # can split a line): the session is out of step, and only a new one is safe.
+    ProtocolError: ServerConnectError,
     CapabilityError: PermanentError,
     LoginError: AuthError,
     IMAPClientError: ServerRejected,  # imaplib.IMAP4.error: a NO or BAD
@@ -185,7 +189,13 @@ def _ssl_context(cfg: ImapConfig) -> ssl.SSLContext:
 
 def _login(client: IMAPClient, login: Login, where: str) -> None:
     try:
-        _LOGINS[login.mechanism](client, login.username, login.secret)
+        try:
+            _LOGINS[login.mechanism](client, login.username, login.secret)
+        except IMAPClientError as exc:
+            if login.mechanism == "password" or isinstance(exc, LoginError | imaplib.IMAP4.abort):
+                raise
+            # IMAPClient reports a refused AUTHENTICATE as a plain NO: a refused login all the same
+            raise LoginError(*exc.args) from exc
     except LoginError as exc:
         # imapclient turns every failure during LOGIN into LoginError, a dropped connection
         # too (a server restarting): only the server's own refusal is a settings problem
@@ -198,6 +208,9 @@ def _login(client: IMAPClient, login: Login, where: str) -> None:
 # How each login mechanism is spoken over IMAP.
 _LOGINS: Mapping[Mechanism, Callable[[IMAPClient, str, str], object]] = {
     "password": lambda client, username, password: client.login(username, password),
+    # IMAPClient answers a refusal's error challenge itself (imaplib's authenticate loop)
+    "xoauth2": lambda client, username, token: client.oauth2_login(username, token),
+    "oauthbearer": lambda client, username, token: client.oauthbearer_login(username, token),
 }
 
 
@@ -211,8 +224,9 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
     errors = IMAP_ERRORS
     busy_codes = IMAP_BUSY_CODES
 
-    def __init__(self, account: str, cfg: ImapConfig, *, idle_renew: float = IDLE_RENEW_SECONDS):
-        super().__init__(account, cfg)
+    def __init__(self, account: str, cfg: ImapConfig, credentials: Credentials | None = None, *,
+                 idle_renew: float = IDLE_RENEW_SECONDS):
+        super().__init__(account, cfg, credentials)
         self.idle_renew = idle_renew
         self.folder = ""
         self.uidvalidity = 0

@@ -32,6 +32,7 @@ from typing import Any
 
 from postroom.clock import utcnow
 from postroom.config.model import AccountConfig
+from postroom.credentials import Credentials
 from postroom.errors import ServerRejected
 from postroom.incoming.imap import HeaderFetch, ImapConnection, chunks
 from postroom.incoming.mailbox import BatchHandler, InboundItem
@@ -59,13 +60,14 @@ class ImapWatcher(Watcher):
                  handler: BatchHandler, inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow,
                  dry_run: bool = False, batch_size: int = BATCH, idle_timeout: float | None = None,
                  hooks: WatcherHooks | None = None, leases: WatchLeases | None = None,
-                 lease_ttl: float = LEASE_TTL):
+                 lease_ttl: float = LEASE_TTL, credentials: Credentials | None = None):
         if account_cfg.imap is None:
             raise ValueError(f"account {account_name!r} has no imap: section")
         super().__init__(account_name, ruleset.for_folder(account_name, folder), handler, inbound,
                          folder=folder, clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks,
                          leases=leases, lease_ttl=lease_ttl)
         self.cfg = account_cfg.imap
+        self.credentials = credentials  # None: the config's password (or no login)
         self.idle_timeout = idle_timeout
         self._dry_seen = 0  # dry run: the checkpoint stays put, so remember what was shown
 
@@ -73,7 +75,7 @@ class ImapWatcher(Watcher):
         return f"{self.account}/{self.folder}/{uidvalidity}/{ident}"
 
     async def _session(self, stop: asyncio.Event, backoff: Backoff) -> None:
-        conn = ImapConnection(self.account, self.cfg)
+        conn = ImapConnection(self.account, self.cfg, self.credentials)
         waker = asyncio.create_task(stop.wait())
         waker.add_done_callback(lambda _: conn.wake())
         try:

@@ -4,6 +4,8 @@ There is no maintained async POP3 client; poplib blocks, so each connection owns
 worker thread (``threaded.ThreadedConnection``). Errors are mapped to ``postroom.errors`` by
 one table here (``POP3_ERRORS``). DELE only marks a message; the server removes it when QUIT
 commits the session, so ``close`` drops the socket without QUIT and ``quit`` commits.
+A login is USER/PASS, or for an OAuth2 account AUTH XOAUTH2 / OAUTHBEARER (RFC 5034), which
+poplib lacks: ``sasl_login`` speaks it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
+from postroom.auth import sasl
 from postroom.config.model import Pop3Config
 from postroom.credentials import Mechanism
 from postroom.errors import (
@@ -65,9 +68,50 @@ def _user_pass(pop: poplib.POP3, username: str, password: str) -> None:
     pop.pass_(password)
 
 
+# RFC 5034 §4: an AUTH command line with its initial response must fit in 255 octets, CRLF
+# included; a longer one (a Microsoft access token is about 1.5 KB) goes in the two-step form
+# instead: ``AUTH XOAUTH2``, the server's empty "+ ", then the response on a line of its own.
+INITIAL_RESPONSE_MAX = 255
+_MAX_LINE = 2048
+
+
+def _command(pop: poplib.POP3, line: bytes) -> bytes:
+    """Send one line and read one reply line, over the socket poplib opened and secured.
+
+    poplib has no SASL and no public call for a raw command: this writes to and reads from
+    its public ``sock`` and ``file`` attributes (replaced by ``stls`` with the TLS ones), the
+    one place postroom does so. A reply line longer than poplib's own limit (2048) is cut there."""
+    pop.sock.sendall(line + b"\r\n")
+    reply = pop.file.readline(_MAX_LINE + 1)
+    if not reply:
+        raise EOFError("connection closed by the server during AUTH")
+    return reply.rstrip(b"\r\n")
+
+
+def sasl_login(pop: poplib.POP3, mechanism: sasl.Mechanism, username: str, token: str, *,
+               initial_response_max: int = INITIAL_RESPONSE_MAX) -> None:
+    """AUTH XOAUTH2 / OAUTHBEARER (RFC 5034): the initial response on the AUTH line, or the
+    two-step form when that line would be too long. A refused token first gets a base64 JSON
+    error challenge ("+ eyJ…"), answered as the mechanism wants, before the final -ERR."""
+    response = sasl.encoded(sasl.initial_response(mechanism, username, token)).encode("ascii")
+    command = b"AUTH " + mechanism.sasl_name.encode("ascii")
+    if len(command) + 1 + len(response) + 2 <= initial_response_max:
+        reply = _command(pop, command + b" " + response)
+    else:
+        reply = _command(pop, command)
+        if reply.startswith(b"+"):
+            reply = _command(pop, response)
+    if reply.startswith(b"+ ") or reply == b"+":  # the error challenge: answer, then the -ERR comes
+        reply = _command(pop, sasl.encoded(sasl.challenge_answer(mechanism)).encode("ascii"))
+    if not reply.startswith(b"+OK"):
+        raise poplib.error_proto(reply)
+
+
 # How each login mechanism is spoken over POP3.
 _LOGINS: Mapping[Mechanism, Callable[[poplib.POP3, str, str], None]] = {
     "password": _user_pass,
+    "xoauth2": lambda pop, username, token: sasl_login(pop, sasl.Mechanism.XOAUTH2, username, token),
+    "oauthbearer": lambda pop, username, token: sasl_login(pop, sasl.Mechanism.OAUTHBEARER, username, token),
 }
 
 

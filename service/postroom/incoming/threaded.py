@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from postroom.config.model import ServerConfig
-from postroom.credentials import Mechanism
+from postroom.config.model import TOKEN_AUTH, ServerConfig
+from postroom.credentials import Credentials, Mechanism, log_in
 from postroom.errors import (
     ErrorTable,
     PostroomError,
@@ -76,9 +76,14 @@ class ThreadedConnection(Generic[ClientT, ConfigT]):
     busy_codes: ClassVar[tuple[str, ...]] = ()
     says_goodbye: ClassVar[bool] = True  # close() runs ``_goodbye`` first; False: just drop
 
-    def __init__(self, account: str, cfg: ConfigT):
+    def __init__(self, account: str, cfg: ConfigT, credentials: Credentials | None = None):
+        """``credentials``: how to log in (``AccountLogins.credentials``); default: the
+        config's password, or no login. A token login must be given its credentials."""
+        if credentials is None and cfg.auth_kind() in TOKEN_AUTH:
+            raise ValueError(f"{account}: auth: {cfg.auth} needs the account's OAuth2 credentials")
         self.account = account
         self.cfg = cfg
+        self.credentials = credentials if credentials is not None else cfg.credentials()
         self._client: ClientT | None = None
         self._broken = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.protocol}-{account}")
@@ -135,11 +140,15 @@ class ThreadedConnection(Generic[ClientT, ConfigT]):
     # -- connect / close ---------------------------------------------------------------
 
     async def connect(self) -> None:
-        credentials = self.cfg.credentials()
-        login = None
-        if credentials is not None:
-            login = Login(credentials.username, credentials.mechanism, await credentials.secret())
-        await self._run("connect", self._connect, login)
+        """Connect and log in, with the secret asked for now: a reconnect (or an IDLE renewal
+        that reconnects) logs in with a token that is fresh now. A refused token is renewed
+        once and a new session tried (servers may close the refused one)."""
+        credentials = self.credentials
+        if credentials is None:
+            await self._run("connect", self._connect, None)
+            return
+        await log_in(credentials, lambda secret: self._run(
+            "connect", self._connect, Login(credentials.username, credentials.mechanism, secret)))
 
     def _connect(self, login: Login | None) -> None:
         client = self._open(login)

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import structlog
 
 from postroom.clock import utcnow
-from postroom.errors import PermanentError, is_transient
+from postroom.errors import OAuth2Error, PermanentError, is_transient
 from postroom.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import RuleSet
@@ -125,6 +125,11 @@ class Watcher:
                     continue
                 except asyncio.CancelledError:
                     raise
+                except OAuth2Error as exc:
+                    # The account has stopped (auth/accounts.py logged the one error that says
+                    # what to run); a reload or restart after the new sign-in starts it again.
+                    self.log.info("watcher waits for the account to sign in again", reason=exc.error)
+                    delay = backoff.after(exc)
                 except PermanentError as exc:
                     self.log.error("watcher cannot work; fix the account settings", error=str(exc),
                                    retry_in=PERMANENT_RETRY)

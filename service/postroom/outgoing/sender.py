@@ -6,6 +6,9 @@ Every claimed row ends a drain in exactly one state, written to the store:
             4xx; retried after `backoff()`, only to the recipients still owed;
 - dead:     a permanent failure (5xx at MAIL/DATA, bad credentials, TLS), or a transient one
             once the message is past `max_attempts` tries or `max_age` old;
+- held:     the account has stopped for want of an OAuth2 token (revoked: a person must sign
+            in again): the message is not at fault, so it waits, not counted as a try and never
+            too old, and goes out once the account signs in again (checked every `HOLD`);
 - released: claimed but not tried when the sender was cancelled (shutdown): due again at once.
 
 A failure to connect or log in is the account's, not the message's: it is applied to every
@@ -25,9 +28,10 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from postroom.auth.accounts import AccountLogins
 from postroom.clock import utcnow
-from postroom.config.model import AccountConfig, OutboxConfig
-from postroom.errors import PostroomError, is_transient
+from postroom.config.model import AccountConfig, OutboxConfig, SmtpConfig
+from postroom.errors import OAuth2Error, PostroomError, is_transient
 from postroom.retry import doubling_delay
 from postroom.store.outbox import OutboxItem, OutboxStore, Settlement
 
@@ -41,6 +45,9 @@ __all__ = ["DrainStats", "OutboxSender", "Outcome", "backoff", "decide"]
 MAX_IDLE = timedelta(seconds=60)
 # After drain_once itself failed (store down...), wait this long before the next try.
 ERROR_PAUSE = timedelta(seconds=5)
+# How often the rows of an account stopped for want of a token are looked at again: after a
+# new sign-in and a reload they go out within this (the look costs no network while stopped).
+HOLD = timedelta(seconds=60)
 
 
 def backoff(
@@ -70,6 +77,8 @@ def decide(
     rand: Callable[[], float] = random.random,
 ) -> Outcome:
     """Pure: one send's result (or error) -> the outcome to record."""
+    if isinstance(result, OAuth2Error):  # the account's sign-in, not this message: wait for it
+        return Outcome("held", error=_describe(result), retry_at=now + HOLD)
     if isinstance(result, SendResult):
         delivered, refused = list(result.accepted), dict(result.refused_permanent)
         if not result.refused_temporary:
@@ -105,10 +114,11 @@ class DrainStats:
     sent: int = 0
     deferred: int = 0
     dead: int = 0
+    held: int = 0
 
     @property
     def total(self) -> int:
-        return self.sent + self.deferred + self.dead
+        return self.sent + self.deferred + self.dead + self.held
 
 
 ResultHook = Callable[[str, OutboxItem], None]
@@ -173,9 +183,11 @@ class OutboxSender:
         lease: timedelta = timedelta(minutes=5),
         clock: Callable[[], datetime] = utcnow,
         on_result: ResultHook | None = None,
+        logins: AccountLogins | None = None,
     ):
         self.outbox = outbox
         self.accounts = accounts
+        self.logins = logins if logins is not None else AccountLogins()  # replaced on reload too
         self.policy = policy
         self.lease = lease
         self.clock = clock
@@ -196,7 +208,7 @@ class OutboxSender:
         cfg = self.accounts.get(account)
         if cfg is None or cfg.smtp is None:
             return
-        conns = [SmtpConnection(account, cfg.smtp) for _ in range(cfg.smtp.connections)]
+        conns = [self._connection(account, cfg.smtp) for _ in range(cfg.smtp.connections)]
         results = await asyncio.gather(*(c.connect() for c in conns), return_exceptions=True)
         for conn, result in zip(conns, results, strict=True):
             if result is None:
@@ -204,6 +216,9 @@ class OutboxSender:
             else:
                 conn.abort()
                 log.debug("prewarm connection failed", account=account, error=str(result))
+
+    def _connection(self, account: str, smtp: SmtpConfig) -> SmtpConnection:
+        return SmtpConnection(account, smtp, self.logins.credentials(account, smtp))
 
     async def close_idle(self, account: str | None = None) -> None:
         """Close connections prewarm() opened (for `account`, or all) that no drain has used."""
@@ -307,7 +322,7 @@ class OutboxSender:
             return
         workers = min(smtp.connections, len(queue.rows))
         warm = self._warm.pop(account, [])
-        conns = warm[:workers] + [SmtpConnection(account, smtp) for _ in range(workers - len(warm))]
+        conns = warm[:workers] + [self._connection(account, smtp) for _ in range(workers - len(warm))]
         for extra in warm[workers:]:
             self.connections_opened += extra.connects
             await extra.close()
@@ -435,6 +450,8 @@ class OutboxSender:
         elif outcome.kind == "deferred":
             log.warning("message deferred", **fields, retry_at=outcome.retry_at, error=outcome.error,
                         remaining=outcome.remaining)
+        elif outcome.kind == "held":  # the account's one error line said why, and what to run
+            log.info("message held until the account signs in again", **fields, retry_at=outcome.retry_at)
         else:
             log.error("message dead", **fields, error=outcome.error)
         if self.on_result is not None:
@@ -445,7 +462,7 @@ class OutboxSender:
 
     def _settlement(self, item: OutboxItem, outcome: Outcome) -> Settlement:
         kind = outcome.kind
-        if kind == "deferred" and outcome.retry_at is None:
+        if kind in ("deferred", "held") and outcome.retry_at is None:
             kind = "dead"  # decide() always sets retry_at; never leave a row without a next try
         return Settlement(kind, item, self.clock(), delivered=outcome.delivered, refused=outcome.refused,
                           error=outcome.error or ("" if kind == "deferred" else "unknown error"),

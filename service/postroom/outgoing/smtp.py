@@ -30,8 +30,9 @@ from types import TracebackType
 import aiosmtplib
 import structlog
 
-from postroom.config.model import SmtpConfig
-from postroom.credentials import Credentials, Mechanism
+from postroom.auth import sasl
+from postroom.config.model import TOKEN_AUTH, SmtpConfig
+from postroom.credentials import Credentials, Mechanism, log_in
 from postroom.errors import (
     AuthError,
     ErrorTable,
@@ -70,9 +71,26 @@ def tls_context(cfg: SmtpConfig) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
 
 
-# How each login mechanism is spoken over SMTP (aiosmtplib picks AUTH PLAIN or LOGIN for a password).
+async def _oauthbearer(smtp: aiosmtplib.SMTP, username: str, token: str) -> aiosmtplib.SMTPResponse:
+    """AUTH OAUTHBEARER (RFC 7628) through aiosmtplib's public ``execute_command``, which has
+    no helper for it: the initial response, and after a refusal's error challenge (334) the
+    answer RFC 7628 wants before the final 535."""
+    mechanism = sasl.Mechanism.OAUTHBEARER
+    first = sasl.encoded(sasl.initial_response(mechanism, username, token))
+    response = await smtp.execute_command(b"AUTH", mechanism.sasl_name.encode(), first.encode("ascii"))
+    if response.code == aiosmtplib.SMTPStatus.auth_continue:
+        response = await smtp.execute_command(sasl.encoded(sasl.challenge_answer(mechanism)).encode("ascii"))
+    if response.code != aiosmtplib.SMTPStatus.auth_successful:
+        raise aiosmtplib.SMTPAuthenticationError(response.code, response.message)
+    return response
+
+
+# How each login mechanism is spoken over SMTP (aiosmtplib picks AUTH PLAIN or LOGIN for a
+# password; its auth_xoauth2 answers XOAUTH2's error challenge itself).
 _LOGINS: Mapping[Mechanism, Callable[[aiosmtplib.SMTP, str, str], Awaitable[object]]] = {
     "password": lambda smtp, username, password: smtp.login(username, password),
+    "xoauth2": lambda smtp, username, token: smtp.auth_xoauth2(username, token),
+    "oauthbearer": _oauthbearer,
 }
 
 
@@ -83,9 +101,14 @@ class _StaleConnection(Exception):
 class SmtpConnection:
     """One account's connection. Not safe for concurrent sends: use one per task."""
 
-    def __init__(self, account: str, cfg: SmtpConfig):
+    def __init__(self, account: str, cfg: SmtpConfig, credentials: Credentials | None = None):
+        """``credentials``: how to log in (``AccountLogins.credentials``); default: the
+        config's password, or no login. A token login must be given its credentials."""
+        if credentials is None and cfg.auth_kind() in TOKEN_AUTH:
+            raise ValueError(f"{account}: auth: {cfg.auth} needs the account's OAuth2 credentials")
         self.account = account
         self.cfg = cfg
+        self.credentials = credentials if credentials is not None else cfg.credentials()
         self._smtp: aiosmtplib.SMTP | None = None
         # After login, when the server offers PIPELINING and CHUNKING, the connection's
         # transport is driven by this instead of aiosmtplib (one round trip per message).
@@ -147,7 +170,7 @@ class SmtpConnection:
                             " nothing was sent"
                         )
                     await smtp.starttls(tls_context=self._context, server_hostname=cfg.host)
-                credentials = cfg.credentials()
+                credentials = self.credentials
                 if credentials is not None:
                     await self._login(smtp, credentials)
         except BaseException:
@@ -164,8 +187,12 @@ class SmtpConnection:
         await smtp.ehlo()
         if not smtp.supports_extension("auth"):
             raise AuthError(f"{self._where()} offers no AUTH; cannot log in as {username}")
+        # A refused token leaves the connection usable: a renewed one is tried on it.
+        await log_in(credentials, lambda secret: self._auth(smtp, credentials.mechanism, username, secret))
+
+    async def _auth(self, smtp: aiosmtplib.SMTP, mechanism: Mechanism, username: str, secret: str) -> None:
         try:
-            await _LOGINS[credentials.mechanism](smtp, username, await credentials.secret())
+            await _LOGINS[mechanism](smtp, username, secret)
         except aiosmtplib.SMTPAuthenticationError as exc:
             reply = _reply(exc)
             if 400 <= exc.code < 500:

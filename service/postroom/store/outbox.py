@@ -69,7 +69,8 @@ class OutboxItem:
 
 @dataclass(frozen=True)
 class Settlement:
-    """One send's result to record: kind is "sent", "deferred" (needs retry_at) or "dead"."""
+    """One send's result to record: kind is "sent", "deferred" (needs retry_at), "held" (not
+    tried: the account waits for a sign-in; needs retry_at) or "dead"."""
 
     kind: str
     item: OutboxItem
@@ -208,6 +209,19 @@ class OutboxStore:
                 .values(status="queued", lease_owner=None, lease_until=None, updated_at=now)
             )
 
+    def bring_forward(self, accounts: Sequence[str], *, now: datetime, within: timedelta) -> int:
+        """Rows of ``accounts`` waiting to be due within ``within`` are due now (an account
+        that signed in again: its held rows need not wait out the hold)."""
+        if not accounts:
+            return 0
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox).where(outbox.c.account.in_(list(accounts)), outbox.c.status == "queued",
+                                     outbox.c.next_attempt_at <= now + within)
+                .values(next_attempt_at=now, updated_at=now)
+            )
+            return result.rowcount
+
     def release_all_leases(self, *, now: datetime) -> int:
         """Single-node recovery at start: every row left `sending` is due again now."""
         with self.engine.begin() as conn:
@@ -299,6 +313,11 @@ def _settled_values(s: Settlement) -> dict[str, Any]:
         ]
         return dict(common, status="queued", next_attempt_at=s.retry_at, last_error=(s.error or "")[:2000],
                     recipients=left)
+    if s.kind == "held":  # not a try: the attempts stay what they were
+        if s.retry_at is None:
+            raise ValueError("a held result needs retry_at")
+        return dict(common, attempts=item.attempts, status="queued", next_attempt_at=s.retry_at,
+                    last_error=(s.error or "")[:2000])
     if s.kind == "dead":
         return dict(common, status="dead", last_error=(s.error or "unknown error")[:2000],
                     recipients=[r for r in item.recipients if r not in s.delivered])
