@@ -9,13 +9,14 @@ the suite time 20 s tokens would cost.
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import json
 import re
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +25,6 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.fernet import Fernet
-from postroom.auth.keeper import StoredRefreshToken
-from postroom.auth.vault import TokenVault
-from postroom.clock import utcnow
-from postroom.store import Store
 
 from tests.lab.oauth2 import OAuth2Lab
 from tests.support.daemon import (
@@ -148,15 +145,12 @@ class Run:
         return 0.0
 
     def sign_in(self, user: str) -> str:
-        """What `postroom auth login` does for a generic account: a new refresh token, sealed
-        in the store."""
+        """`postroom auth login USER` as an operator runs it for a generic account: a new
+        refresh token from the token server, pasted on standard input."""
         token = self.lab.refresh_token(user)
-        store = Store.open(f"sqlite:///{self.db}", owner="test")
-        try:
-            keeper = StoredRefreshToken(store.tokens, TokenVault.from_text(self.env["POSTROOM_TOKEN_KEY"]), user)
-            asyncio.run(keeper.save(token, utcnow()))
-        finally:
-            store.close()
+        done = subprocess.run([sys.executable, "-m", "postroom.cli", "auth", "login", user], input=token + "\n",
+                              env=self.env, cwd=self.workdir, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
         return token
 
     def outbox(self) -> dict[str, int]:
