@@ -62,10 +62,33 @@ async def test_sqlite_source_cannot_write(shop_db, statement):
     err = await failure({"orders": src(sql=statement, database=shop_db)})
     assert err.source == "orders"
     assert not err.transient
-    assert "readonly" in str(err)
+    assert "only reads" in str(err)
     assert order_count(shop_db) == 2
     with sqlite3.connect(shop_db.removeprefix("sqlite:///")) as conn:
         assert conn.execute("SELECT total FROM orders WHERE id = 1").fetchone()[0] == 12.5
+
+
+@pytest.mark.parametrize("statement", [
+    "ATTACH DATABASE '{out}' AS side",
+    "VACUUM INTO '{out}'",
+])
+async def test_sqlite_source_creates_no_file(shop_db, tmp_path, statement):
+    """mode=ro and query_only do not stop these: both write a new file beside the read-only one."""
+    out = tmp_path / "side.db"
+    err = await failure({"orders": src(sql=statement.format(out=out), database=shop_db)})
+    assert not err.transient and "not authorized" in str(err)
+    assert not out.exists()
+
+
+async def test_sqlite_source_cannot_set_a_pragma_but_can_read_one(shop_db):
+    err = await failure({"p": src(sql="PRAGMA query_only = OFF", database=shop_db)})
+    assert not err.transient and "not authorized" in str(err)
+    data = await load_data({"cols": src(sql="PRAGMA table_info(orders)", database=shop_db),
+                            "version": src(sql="PRAGMA user_version", database=shop_db),
+                            "cte": src(sql="WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                                           "WHERE i < 3) SELECT count(*) AS c FROM n", database=shop_db)})
+    assert [c["name"] for c in data["cols"]] == ["id", "customer", "total"]
+    assert data["version"] == [{"user_version": 0}] and data["cte"] == [{"c": 3}]
 
 
 async def test_sqlite_missing_file_is_permanent_and_not_created(tmp_path):
@@ -133,6 +156,24 @@ async def test_postgresql_source_is_read_only(pg_schema):
     assert "read-only" in str(err)
     assert not err.transient
     assert pg_count(pg_schema) == 2
+
+
+@pytest.mark.parametrize("statement", [
+    "COMMIT; INSERT INTO \"{schema}\".orders VALUES (3, 1, now())",
+    "COMMIT; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; COMMIT; "
+    "INSERT INTO \"{schema}\".orders VALUES (3, 1, now())",
+])
+async def test_postgresql_source_runs_one_statement(pg_schema, statement):
+    """A simple-protocol query runs every statement in it: a COMMIT ends the read-only
+    transaction, and the session's read-only default can be set back in the same text."""
+    err = await failure({"w": src(sql=statement.format(schema=pg_schema), database=PG_URL)})
+    assert not err.transient and "one statement only" in str(err)
+    assert pg_count(pg_schema) == 2
+
+
+async def test_postgresql_source_needs_psycopg():
+    err = await failure({"db": src(sql="SELECT 1", database="postgresql+pg8000://postgres@127.0.0.1:5432/test")})
+    assert not err.transient and "psycopg" in str(err)
 
 
 async def test_postgresql_statement_timeout_is_transient():

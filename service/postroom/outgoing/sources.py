@@ -7,9 +7,13 @@ a `PermanentSourceError` (bad SQL, 4xx, missing file, bad JSON: retrying will no
 edge (httpx, files, content, engine set-up); a database's own errors by their SQLSTATE, which
 says more than their type.
 
-SQL runs with read-only intent: nothing is ever committed (every transaction is rolled back),
-SQLite files are opened read-only, PostgreSQL transactions are READ ONLY with a
-statement_timeout.
+SQL is read-only by construction, not by intent: one statement per load, on a connection that
+cannot write. SQLite files are opened read-only, with `query_only` on and an authorizer that
+lets a statement read and nothing else (no ATTACH, which would create a file, no VACUUM INTO,
+no pragma that sets anything). PostgreSQL connections start with `default_transaction_read_only`
+and a `statement_timeout` as connection options, and every statement goes through the extended
+protocol, which refuses a second statement (`COMMIT; INSERT …` is an error, not a commit).
+Every transaction is rolled back all the same.
 """
 
 from __future__ import annotations
@@ -157,9 +161,6 @@ def _run_sql(key: str, cfg: SqlSource, deadline: float) -> list[dict[str, Any]]:
             raise _sql_error(key, f"cannot connect to {where}", exc, connecting=True) from None
         with conn:
             try:
-                if url.get_backend_name() == "postgresql":
-                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(int(cfg.timeout * 1000), 1)}")
                 result = conn.execute(text(cfg.sql or ""))
                 if not result.returns_rows:
                     raise _fail(key, "the sql statement returned no rows; a data source is a SELECT",
@@ -183,7 +184,8 @@ def _roll_back(conn: Any) -> None:
 
 
 def _engine(url: URL, timeout: float, deadline: float) -> Engine:
-    """A throwaway engine (no pool) for one load, opened read-only where the backend allows."""
+    """A throwaway engine (no pool) for one load, on connections that cannot write where the
+    backend allows (SQLite and PostgreSQL; elsewhere give the source a read-only user)."""
     backend = url.get_backend_name()
     if backend == "sqlite":
         database = url.database or ":memory:"
@@ -195,16 +197,67 @@ def _engine(url: URL, timeout: float, deadline: float) -> Engine:
         @event.listens_for(engine, "connect")
         def _guard(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
             dbapi_conn.execute("PRAGMA query_only = ON")
+            dbapi_conn.set_authorizer(_sqlite_read_only)
             # Abort the query at the deadline (returning True from the handler interrupts it).
             dbapi_conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
 
         return engine
-    connect_args: dict[str, Any] = {}
     if backend == "postgresql":
-        if url.drivername == "postgresql":
-            url = url.set(drivername="postgresql+psycopg")
-        connect_args["connect_timeout"] = max(int(timeout), 1)
-    return create_engine(url, poolclass=NullPool, connect_args=connect_args)
+        return create_engine(_psycopg_url(url), poolclass=NullPool,
+                             connect_args=_pg_read_only_args(url, timeout))
+    return create_engine(url, poolclass=NullPool)
+
+
+def _psycopg_url(url: URL) -> URL:
+    """PostgreSQL through psycopg only: its extended protocol is what refuses a second
+    statement; other drivers send the text as a simple query, which runs every statement."""
+    if url.drivername == "postgresql":
+        return url.set(drivername="postgresql+psycopg")
+    if url.drivername != "postgresql+psycopg":
+        raise ValueError(f"a PostgreSQL source runs through psycopg (postgresql:// or postgresql+psycopg://), "
+                         f"not {url.drivername}")
+    return url
+
+
+def _pg_read_only_args(url: URL, timeout: float) -> dict[str, Any]:
+    """psycopg connect arguments: a session that cannot write, with the source's timeout as
+    statement_timeout, and every statement prepared (prepare_threshold 0: the extended
+    protocol, one statement per execute). Our options go after any the URL gives, so they win."""
+    settings = f"-c default_transaction_read_only=on -c statement_timeout={max(int(timeout * 1000), 1)}"
+    given = url.query.get("options")
+    options = " ".join([*([given] if isinstance(given, str) else given or ()), settings])
+    return {"connect_timeout": max(int(timeout), 1), "prepare_threshold": 0, "options": options}
+
+
+# What a data source's statement may do in SQLite: read. Pragmas only those that report and
+# change nothing: the ones below that take a table or index name, or any in _READ_PRAGMAS
+# asked without a value (PRAGMA user_version reads; PRAGMA user_version = 3 would set it).
+_SQLITE_READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                                  sqlite3.SQLITE_RECURSIVE, sqlite3.SQLITE_TRANSACTION})
+_NAMED_PRAGMAS = frozenset({"table_info", "table_xinfo", "table_list", "index_list", "index_info",
+                            "index_xinfo", "foreign_key_list", "foreign_key_check", "integrity_check",
+                            "quick_check"})
+_READ_PRAGMAS = _NAMED_PRAGMAS | {
+    "application_id", "collation_list", "compile_options", "data_version", "database_list",
+    "encoding", "foreign_keys", "freelist_count", "function_list", "journal_mode", "module_list",
+    "page_count", "page_size", "pragma_list", "query_only", "read_uncommitted", "schema_version",
+    "user_version",
+}
+
+
+def _sqlite_read_only(action: int, arg1: str | None, arg2: str | None, _db: str | None,
+                      _trigger: str | None) -> int:
+    """sqlite3 authorizer: SQLITE_OK for reading, SQLITE_DENY (the statement fails to prepare,
+    "not authorized") for everything else, so nothing runs, not even in part."""
+    if action in _SQLITE_READ_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS:
+        if arg2 is None or (arg1 or "").lower() in _NAMED_PRAGMAS:
+            return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+_READ_ONLY_HINT = "not authorized: a data source only reads (no ATTACH, no writes, no pragma that sets anything)"
 
 
 def _sql_error(key: str, what: str, exc: SQLAlchemyError, *, connecting: bool) -> DataSourceError:
@@ -212,7 +265,10 @@ def _sql_error(key: str, what: str, exc: SQLAlchemyError, *, connecting: bool) -
     first_line = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     message = f"{what}: {first_line}"
     sqlstate = getattr(orig, "sqlstate", None) or ""
-    if isinstance(orig, sqlite3.OperationalError):
+    if getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_AUTH:  # our authorizer said no
+        transient = False
+        message = f"{what}: {_READ_ONLY_HINT}"
+    elif isinstance(orig, sqlite3.OperationalError):
         # "unable to open database file": the file is missing or unreadable; "locked": busy.
         transient = "locked" in first_line or "busy" in first_line or "interrupted" in first_line
         if "interrupted" in first_line:
@@ -221,6 +277,8 @@ def _sql_error(key: str, what: str, exc: SQLAlchemyError, *, connecting: bool) -
         transient = sqlstate.startswith(_PG_TRANSIENT_CLASSES)
         if sqlstate == "57014":
             message = f"{what}: took longer than the timeout (statement_timeout)"
+        elif sqlstate == "42601" and "multiple commands" in first_line:
+            message = f"{what}: one statement only ({first_line})"
     else:
         transient = connecting or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
     return _fail(key, message, transient=transient)
