@@ -231,7 +231,7 @@ def test_size_is_refused_before_it_is_built(tmp_path: Path, expression: str) -> 
     """Each of these allocates a gigabyte or more, all of it before the output limit looks."""
     renderer = write(tmp_path, mail=f"{{% block subject %}}s{{% endblock %}}"
                                     f"{{% block text %}}{{{{ {expression} }}}}{{% endblock %}}")
-    with pytest.raises(TemplateError, match="would make .* characters, over the limit"):
+    with pytest.raises(TemplateError, match=r"would make .* characters, over the limit"):
         renderer.render("mail", {"big": "a " * 600_000})
 
 
@@ -247,7 +247,7 @@ def test_size_is_refused_before_it_is_built(tmp_path: Path, expression: str) -> 
 )
 def test_doubling_a_string_stops_at_the_limit(tmp_path: Path, body: str) -> None:
     renderer = write(tmp_path, mail=f"{{% block subject %}}s{{% endblock %}}{{% block text %}}{body}{{% endblock %}}")
-    with pytest.raises(TemplateError, match="would make .* characters, over the limit"):
+    with pytest.raises(TemplateError, match=r"would make .* characters, over the limit"):
         renderer.render("mail", {"big": "a " * 600_000})
 
 
