@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -200,6 +201,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/slow":
             self.release.wait(10)
+        if self.path.startswith("/drip"):
+            return self._drip()
+        if self.path.startswith("/big"):
+            return self._big()
         routes = {
             "/rates.json": (200, json.dumps({"EUR": 1.0, "USD": 1.08}).encode()),
             "/headers": (200, json.dumps({"token": self.headers.get("X-Token")}).encode()),
@@ -217,6 +222,43 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # /slow: the client timed out and left, as the test wants
+
+    def _drip(self):
+        """A valid JSON answer, one byte every 0.2 s: each read is quick, the whole is not."""
+        body = json.dumps({"pad": "x" * 100}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for i in range(len(body)):
+                if self.release.wait(0.2):
+                    return
+                self.wfile.write(body[i:i + 1])
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _big(self):
+        """/big/N: N MiB of valid JSON; /big/N/chunked: the same without a Content-Length."""
+        size = int(self.path.split("/")[2]) * 1024 * 1024
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        chunked = self.path.endswith("/chunked")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        piece = b"[" + b" " * (1024 * 1024 - 2) + b"]"  # the first MiB; then spaces
+        try:
+            for i in range(size // len(piece)):
+                data = piece if i == 0 else b" " * len(piece)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused part-way, as the test wants
 
     def log_message(self, *args):
         pass
@@ -262,7 +304,38 @@ async def test_http_invalid_json_is_permanent(http_base):
 
 async def test_http_timeout_is_transient(http_base):
     err = await failure({"rates": src(http=f"{http_base}/slow", timeout=0.3)})
-    assert err.transient and "ReadTimeout" in str(err) and "timeout 0.3s" in str(err)
+    assert err.transient and "longer than its timeout (0.3s" in str(err)
+
+
+async def test_http_timeout_is_a_deadline_for_the_whole_request(http_base):
+    """A server that drips a byte every 0.2 s never trips a per-read timeout of 1 s."""
+    started = time.monotonic()
+    err = await failure({"rates": src(http=f"{http_base}/drip", timeout=1)})
+    assert time.monotonic() - started < 3
+    assert err.transient and "longer than its timeout (1s" in str(err)
+
+
+@pytest.mark.parametrize("path", ["/big/17", "/big/17/chunked"])
+async def test_http_body_over_the_default_16_mib_is_refused(http_base, path):
+    err = await failure({"rates": src(http=f"{http_base}{path}")})
+    assert not err.transient and "more than max_size (16,777,216 bytes)" in str(err)
+
+
+async def test_http_max_size_is_configurable(http_base):
+    err = await failure({"rates": src(http=f"{http_base}/big/2/chunked", max_size="1M")})
+    assert not err.transient and "max_size (1,048,576 bytes)" in str(err)
+    data = await load_data({"rates": src(http=f"{http_base}/big/2/chunked", max_size="3M")})
+    assert data == {"rates": []}
+
+
+async def test_a_password_in_a_url_is_never_shown(http_base):
+    host = http_base.removeprefix("http://")
+    err = await failure({"rates": src(http=f"http://feed:s3cret@{host}/broken?api_key=k3y&day=1")})
+    assert f"http://feed:***@{host}/broken?api_key=***&day=1" in str(err)
+    assert "s3cret" not in str(err) and "k3y" not in str(err)
+    err = await failure({"db": src(sql="SELECT 1", database="postgresql+psycopg://postgres:s3cret@127.0.0.1:1/test",
+                                   timeout=2)})
+    assert "postgres:***@127.0.0.1:1" in str(err) and "s3cret" not in str(err)
 
 
 async def test_one_failure_fails_the_load_and_names_its_key(http_base, shop_db):

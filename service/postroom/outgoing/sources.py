@@ -1,5 +1,8 @@
 """A job's data: sql / http / file sources, loaded concurrently, each bounded by its timeout.
 
+An http source's timeout is a deadline for the whole request, body included, and its body is
+capped at max_size. URLs and DSNs appear in messages with their passwords masked.
+
 Every failure becomes a `DataSourceError` naming the data key, and is either a
 `TransientSourceError` (also a TransientError: the database or server may be back soon) or
 a `PermanentSourceError` (bad SQL, 4xx, missing file, bad JSON: retrying will not help).
@@ -44,6 +47,7 @@ from ..errors import (
     TransientSourceError,
     map_errors,
 )
+from ..redact import shown_url
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +60,7 @@ _HTTP_TRANSIENT_STATUS = {408, 425, 429}
 # httpx's errors on a GET: a timeout or a broken connection may pass, a URL we can't use won't.
 _HTTP_ERRORS: ErrorTable = {
     httpx.InvalidURL: PermanentSourceError,
+    httpx.DecodingError: PermanentSourceError,  # a body its Content-Encoding does not decode
     httpx.UnsupportedProtocol: PermanentSourceError,  # a TransportError: listed before it
     httpx.TransportError: TransientSourceError,  # timeouts, refused, reset, DNS
 }
@@ -151,7 +156,7 @@ def _run_sql(key: str, cfg: SqlSource, deadline: float) -> list[dict[str, Any]]:
         url = make_url(cfg.database or "")
     except (ArgumentError, ValueError):
         raise _fail(key, "database: is not a SQLAlchemy URL", transient=False) from None
-    where = url.render_as_string(hide_password=True)  # never put a password in a message
+    where = shown_url(url.render_as_string(hide_password=False))  # never put a password in a message
     with map_errors(_ENGINE_ERRORS, f"cannot use {where} (URL, dialect, driver): "):
         engine = _engine(url, cfg.timeout, deadline)
     try:
@@ -286,21 +291,52 @@ def _sql_error(key: str, what: str, exc: SQLAlchemyError, *, connecting: bool) -
 
 # -- http -----------------------------------------------------------------------------------
 async def _load_http(key: str, cfg: HttpSource, client: httpx.AsyncClient | None) -> Any:
-    url = cfg.http or ""
     if client is None:  # load_data always passes one; kept total for direct callers
         async with httpx.AsyncClient(follow_redirects=False) as own:
             return await _load_http(key, cfg, own)
-    with map_errors(_HTTP_ERRORS, f"GET {url} failed (timeout {cfg.timeout:g}s): "):
-        response = await client.get(url, headers=cfg.headers, timeout=cfg.timeout, follow_redirects=False)
+    url = cfg.http or ""
+    shown = shown_url(url)
+    # httpx's timeout bounds each read, so a server sending a byte now and then never trips
+    # it: the whole request, body included, runs under one deadline.
+    try:
+        async with asyncio.timeout(cfg.timeout):
+            with map_errors(_HTTP_ERRORS, f"GET {shown} failed (timeout {cfg.timeout:g}s): "):
+                async with client.stream("GET", url, headers=cfg.headers, timeout=cfg.timeout,
+                                         follow_redirects=False) as response:
+                    _check_status(key, shown, response)
+                    body = await _read_capped(key, shown, response, cfg.max_size)
+    except TimeoutError:
+        raise _fail(key, f"GET {shown} took longer than its timeout ({cfg.timeout:g}s, the whole request)",
+                    transient=True) from None
+    with map_errors(_CONTENT_ERRORS, f"GET {shown} did not return valid JSON: "):
+        return json.loads(body)
+
+
+def _check_status(key: str, shown: str, response: httpx.Response) -> None:
     status = response.status_code
     if not 200 <= status < 300:
         hint = ""
         if 300 <= status < 400 and "location" in response.headers:
-            hint = f" (redirects are not followed; use {response.headers['location']})"
-        raise _fail(key, f"GET {url} answered HTTP {status} {response.reason_phrase}{hint}",
+            hint = f" (redirects are not followed; use {shown_url(response.headers['location'])})"
+        raise _fail(key, f"GET {shown} answered HTTP {status} {response.reason_phrase}{hint}",
                     transient=status >= 500 or status in _HTTP_TRANSIENT_STATUS)
-    with map_errors(_CONTENT_ERRORS, f"GET {url} did not return valid JSON: "):
-        return response.json()
+
+
+async def _read_capped(key: str, shown: str, response: httpx.Response, limit: int) -> bytes:
+    """The body, decoded (so a compressed bomb counts at its real size), refused past `limit`
+    bytes: by its Content-Length before reading, else as soon as it grows past it."""
+    too_big = _fail(key, f"GET {shown} answered more than max_size ({limit:,} bytes)", transient=False)
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and "content-encoding" not in response.headers and int(declared) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # -- file -----------------------------------------------------------------------------------
