@@ -194,18 +194,7 @@ def test_sandbox_refuses_mutating_job_data(tmp_path: Path) -> None:
         "range(1000000)|list",
         "'a'|center(100000000)",
         "10 ** 100000",
-    ],
-)
-def test_size_bounds(tmp_path: Path, expression: str) -> None:
-    renderer = write(tmp_path, mail=f"{{% block subject %}}s{{% endblock %}}"
-                                    f"{{% block text %}}{{{{ {expression} }}}}{{% endblock %}}")
-    with pytest.raises(TemplateError, match="limit"):
-        renderer.render("mail", {})
-
-
-@pytest.mark.parametrize(
-    "expression",
-    [
+        # each of these allocates a gigabyte or more before the output limit could look
         "'%999999999s'|format(1)",
         "'%999999999s' % 1",
         "'%.999999999f' % 1.5",
@@ -227,11 +216,11 @@ def test_size_bounds(tmp_path: Path, expression: str) -> None:
         "lipsum(999999)",
     ],
 )
-def test_size_is_refused_before_it_is_built(tmp_path: Path, expression: str) -> None:
-    """Each of these allocates a gigabyte or more, all of it before the output limit looks."""
+def test_size_bounds(tmp_path: Path, expression: str) -> None:
+    """Refused before the value is built: "over the limit", not the output's "over the size limit"."""
     renderer = write(tmp_path, mail=f"{{% block subject %}}s{{% endblock %}}"
                                     f"{{% block text %}}{{{{ {expression} }}}}{{% endblock %}}")
-    with pytest.raises(TemplateError, match=r"would make .* characters, over the limit"):
+    with pytest.raises(TemplateError, match="over the limit"):
         renderer.render("mail", {"big": "a " * 600_000})
 
 
