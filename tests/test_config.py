@@ -168,3 +168,51 @@ def test_missing_file_says_how_to_point_at_one(tmp_path):
 def test_demo_config_is_the_reference_config_verbatim():
     """The demo runs design.md's reference config exactly as written."""
     assert REFERENCE.read_text() == DESIGN_REFERENCE.read_text()
+
+
+# -- bounded input --------------------------------------------------------------------------
+def _laughs(levels: int) -> str:
+    """Billion laughs: each level is ten aliases of the one before, so `levels` levels of a
+    few hundred bytes expand to 10**levels strings."""
+    lines = ['l0: &l0 "lol"']
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]" for n in range(1, levels + 1)]
+    return BASE + "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_is_refused_in_bounded_memory(tmp_path):
+    """`postroom check` on the bomb, with its address space capped at 1 GiB: it must say why it
+    refuses, at once. (Unbounded, it grows past 2.9 GB; the daemon runs the same loader on
+    SIGHUP.)"""
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / "postroom.yaml"
+    path.write_text(_laughs(9))
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    postroom = Path(sys.executable).with_name("postroom")
+    done = subprocess.run([str(postroom), "check", "--offline", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60, preexec_fn=cap, cwd=tmp_path)
+    assert done.returncode != 0
+    assert f"{path}: line 17: this expands to more than 200,000 values" in done.stderr, done.stderr
+
+
+def test_yaml_alias_that_contains_itself_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, BASE + "loop: &loop [1, *loop]\n")
+    assert "line 11" in str(err.value) and "contains it" in str(err.value)
+
+
+def test_a_few_aliases_still_load(tmp_path):
+    loaded = load(tmp_path, BASE.replace("smtp: {host", "smtp: &relay {host").replace(
+        "jobs:", "  b:\n    address: b@example.test\n    smtp: *relay\njobs:"))
+    assert loaded.config.accounts["b"].smtp.port == 10025
+
+
+def test_oversized_config_file_is_refused_unread(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, BASE + ("# padding\n" * 500_000))
+    assert "larger than 4 MiB" in str(err.value)

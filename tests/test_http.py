@@ -183,10 +183,22 @@ async def test_empty_listen_disables_the_server():
     await server.stop()
 
 
+async def test_a_port_alone_listens_on_loopback_only():
+    server = HttpServer(":0", registry=Metrics().registry, readiness=Readiness())
+    host, port = await server.start()
+    try:
+        assert host == "127.0.0.1"
+        async with httpx.AsyncClient(timeout=5) as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+    finally:
+        await server.stop()
+
+
 def test_parse_listen():
     assert parse_listen("127.0.0.1:9325") == ("127.0.0.1", 9325)
     assert parse_listen("[::1]:80") == ("::1", 80)
-    assert parse_listen(":9325") == ("0.0.0.0", 9325)
+    assert parse_listen(":9325") == ("127.0.0.1", 9325)
+    assert parse_listen("0.0.0.0:9325") == ("0.0.0.0", 9325)
     assert parse_listen("  ") is None
     for bad in ("localhost", "host:port", "h:70000"):
         with pytest.raises(ConfigError, match="POSTROOM_HTTP"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -62,10 +63,33 @@ async def test_sqlite_source_cannot_write(shop_db, statement):
     err = await failure({"orders": src(sql=statement, database=shop_db)})
     assert err.source == "orders"
     assert not err.transient
-    assert "readonly" in str(err)
+    assert "only reads" in str(err)
     assert order_count(shop_db) == 2
     with sqlite3.connect(shop_db.removeprefix("sqlite:///")) as conn:
         assert conn.execute("SELECT total FROM orders WHERE id = 1").fetchone()[0] == 12.5
+
+
+@pytest.mark.parametrize("statement", [
+    "ATTACH DATABASE '{out}' AS side",
+    "VACUUM INTO '{out}'",
+])
+async def test_sqlite_source_creates_no_file(shop_db, tmp_path, statement):
+    """mode=ro and query_only do not stop these: both write a new file beside the read-only one."""
+    out = tmp_path / "side.db"
+    err = await failure({"orders": src(sql=statement.format(out=out), database=shop_db)})
+    assert not err.transient and "not authorized" in str(err)
+    assert not out.exists()
+
+
+async def test_sqlite_source_cannot_set_a_pragma_but_can_read_one(shop_db):
+    err = await failure({"p": src(sql="PRAGMA query_only = OFF", database=shop_db)})
+    assert not err.transient and "not authorized" in str(err)
+    data = await load_data({"cols": src(sql="PRAGMA table_info(orders)", database=shop_db),
+                            "version": src(sql="PRAGMA user_version", database=shop_db),
+                            "cte": src(sql="WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                                           "WHERE i < 3) SELECT count(*) AS c FROM n", database=shop_db)})
+    assert [c["name"] for c in data["cols"]] == ["id", "customer", "total"]
+    assert data["version"] == [{"user_version": 0}] and data["cte"] == [{"c": 3}]
 
 
 async def test_sqlite_missing_file_is_permanent_and_not_created(tmp_path):
@@ -135,6 +159,24 @@ async def test_postgresql_source_is_read_only(pg_schema):
     assert pg_count(pg_schema) == 2
 
 
+@pytest.mark.parametrize("statement", [
+    "COMMIT; INSERT INTO \"{schema}\".orders VALUES (3, 1, now())",
+    "COMMIT; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; COMMIT; "
+    "INSERT INTO \"{schema}\".orders VALUES (3, 1, now())",
+])
+async def test_postgresql_source_runs_one_statement(pg_schema, statement):
+    """A simple-protocol query runs every statement in it: a COMMIT ends the read-only
+    transaction, and the session's read-only default can be set back in the same text."""
+    err = await failure({"w": src(sql=statement.format(schema=pg_schema), database=PG_URL)})
+    assert not err.transient and "one statement only" in str(err)
+    assert pg_count(pg_schema) == 2
+
+
+async def test_postgresql_source_needs_psycopg():
+    err = await failure({"db": src(sql="SELECT 1", database="postgresql+pg8000://postgres@127.0.0.1:5432/test")})
+    assert not err.transient and "psycopg" in str(err)
+
+
 async def test_postgresql_statement_timeout_is_transient():
     err = await failure({"slow": src(sql="SELECT pg_sleep(5)", database=PG_URL, timeout=0.5)})
     assert err.transient and "longer than" in str(err)
@@ -159,6 +201,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/slow":
             self.release.wait(10)
+        if self.path.startswith("/drip"):
+            return self._drip()
+        if self.path.startswith("/big"):
+            return self._big()
         routes = {
             "/rates.json": (200, json.dumps({"EUR": 1.0, "USD": 1.08}).encode()),
             "/headers": (200, json.dumps({"token": self.headers.get("X-Token")}).encode()),
@@ -176,6 +222,43 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # /slow: the client timed out and left, as the test wants
+
+    def _drip(self):
+        """A valid JSON answer, one byte every 0.2 s: each read is quick, the whole is not."""
+        body = json.dumps({"pad": "x" * 100}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for i in range(len(body)):
+                if self.release.wait(0.2):
+                    return
+                self.wfile.write(body[i:i + 1])
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _big(self):
+        """/big/N: N MiB of valid JSON; /big/N/chunked: the same without a Content-Length."""
+        size = int(self.path.split("/")[2]) * 1024 * 1024
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        chunked = self.path.endswith("/chunked")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        piece = b"[" + b" " * (1024 * 1024 - 2) + b"]"  # the first MiB; then spaces
+        try:
+            for i in range(size // len(piece)):
+                data = piece if i == 0 else b" " * len(piece)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused part-way, as the test wants
 
     def log_message(self, *args):
         pass
@@ -221,7 +304,38 @@ async def test_http_invalid_json_is_permanent(http_base):
 
 async def test_http_timeout_is_transient(http_base):
     err = await failure({"rates": src(http=f"{http_base}/slow", timeout=0.3)})
-    assert err.transient and "ReadTimeout" in str(err) and "timeout 0.3s" in str(err)
+    assert err.transient and "longer than its timeout (0.3s" in str(err)
+
+
+async def test_http_timeout_is_a_deadline_for_the_whole_request(http_base):
+    """A server that drips a byte every 0.2 s never trips a per-read timeout of 1 s."""
+    started = time.monotonic()
+    err = await failure({"rates": src(http=f"{http_base}/drip", timeout=1)})
+    assert time.monotonic() - started < 3
+    assert err.transient and "longer than its timeout (1s" in str(err)
+
+
+@pytest.mark.parametrize("path", ["/big/17", "/big/17/chunked"])
+async def test_http_body_over_the_default_16_mib_is_refused(http_base, path):
+    err = await failure({"rates": src(http=f"{http_base}{path}")})
+    assert not err.transient and "more than max_size (16,777,216 bytes)" in str(err)
+
+
+async def test_http_max_size_is_configurable(http_base):
+    err = await failure({"rates": src(http=f"{http_base}/big/2/chunked", max_size="1M")})
+    assert not err.transient and "max_size (1,048,576 bytes)" in str(err)
+    data = await load_data({"rates": src(http=f"{http_base}/big/2/chunked", max_size="3M")})
+    assert data == {"rates": []}
+
+
+async def test_a_password_in_a_url_is_never_shown(http_base):
+    host = http_base.removeprefix("http://")
+    err = await failure({"rates": src(http=f"http://feed:s3cret@{host}/broken?api_key=k3y&day=1")})
+    assert f"http://feed:***@{host}/broken?api_key=***&day=1" in str(err)
+    assert "s3cret" not in str(err) and "k3y" not in str(err)
+    err = await failure({"db": src(sql="SELECT 1", database="postgresql+psycopg://postgres:s3cret@127.0.0.1:1/test",
+                                   timeout=2)})
+    assert "postgres:***@127.0.0.1:1" in str(err) and "s3cret" not in str(err)
 
 
 async def test_one_failure_fails_the_load_and_names_its_key(http_base, shop_db):

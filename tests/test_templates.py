@@ -194,13 +194,63 @@ def test_sandbox_refuses_mutating_job_data(tmp_path: Path) -> None:
         "range(1000000)|list",
         "'a'|center(100000000)",
         "10 ** 100000",
+        # each of these allocates a gigabyte or more before the output limit could look
+        "'%999999999s'|format(1)",
+        "'%999999999s' % 1",
+        "'%.999999999f' % 1.5",
+        "'%*d' % (999999999, 1)",
+        "'{:999999999}'.format(1)",
+        "'{:{w}}'.format(1, w=999999999)",
+        "'{x:>999999999}'.format_map({'x': 1})",
+        "('{0:1999999}' * 2).format(1)",
+        "'x'.ljust(999999999)",
+        "'\t'.expandtabs(999999999)",
+        "big|wordwrap(1, wrapstring='xxxxxxxxxx')",
+        "big|replace('a', big)",
+        "big.replace('a', big)",
+        "([big] * 5)|join(big)",
+        "big.join(range(1000)|map('string'))",
+        "big|indent(big)",
+        "[1]|slice(999999999)|list|length",
+        "range(2)|batch(999999999, 'x')|list|length",
+        "lipsum(999999)",
     ],
 )
 def test_size_bounds(tmp_path: Path, expression: str) -> None:
+    """Refused before the value is built: "over the limit", not the output's "over the size limit"."""
     renderer = write(tmp_path, mail=f"{{% block subject %}}s{{% endblock %}}"
                                     f"{{% block text %}}{{{{ {expression} }}}}{{% endblock %}}")
-    with pytest.raises(TemplateError, match="limit"):
-        renderer.render("mail", {})
+    with pytest.raises(TemplateError, match="over the limit"):
+        renderer.render("mail", {"big": "a " * 600_000})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{% set ns = namespace(x=big) %}{% for i in range(40) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}",
+        "{% set ns = namespace(x=big) %}{% for i in range(40) %}{% set ns.x = ns.x + ns.x %}{% endfor %}",
+        "{% set a = big ~ big %}{% set b = a ~ a %}{% set c = b ~ b %}{% set d = c ~ c %}{% set e = d ~ d %}"
+        "{% set f = e ~ e %}{% set g = f ~ f %}{% set h = g ~ g %}{% set i = h ~ h %}{{ i|length }}",
+        "{% macro grow(s, n) %}{{ grow(s ~ s, n - 1) if n else s|length }}{% endmacro %}{{ grow(big, 40) }}",
+    ],
+)
+def test_doubling_a_string_stops_at_the_limit(tmp_path: Path, body: str) -> None:
+    renderer = write(tmp_path, mail=f"{{% block subject %}}s{{% endblock %}}{{% block text %}}{body}{{% endblock %}}")
+    with pytest.raises(TemplateError, match=r"would make .* characters, over the limit"):
+        renderer.render("mail", {"big": "a " * 600_000})
+
+
+def test_bounded_operations_still_work(tmp_path: Path) -> None:
+    renderer = write(tmp_path, mail="{% block subject %}s{% endblock %}{% block text %}"
+                                    "{{ '%5s|%-3d|%.2f' % ('ab', 7, 3.14159) }} {{ '%(a)s'|format(a=1) }} "
+                                    "{{ '{:>4}|{:.1f}'.format('x', 2.25) }} {{ '{n}'.format_map({'n': 3}) }} "
+                                    "{{ 'a b c d'|wordwrap(3, wrapstring='/') }} {{ 'abc'|replace('b', 'xx') }} "
+                                    "{{ range(3)|join(',') }} {{ '-'.join(['p', 'q']) }} {{ 'ab'.ljust(4) ~ '|' }} "
+                                    "{{ 'x'|center(5) ~ '|' }} {{ range(5)|batch(2, 0)|list|length }} "
+                                    "{{ 'a' + 'b' }} {{ ([1] + [2])|length }} {{ 'x\ny'|indent(2) }}"
+                                    "{% endblock %}")
+    assert renderer.render("mail", {}).text == (
+        "   ab|7  |3.14 1    x|2.2 3 a b/c d axxc 0,1,2 p-q ab  |   x  | 3 ab 2 x\n  y\n")
 
 
 def test_output_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,14 +57,16 @@ class BadRequest(Exception):
 
 
 def parse_listen(listen: str) -> tuple[str, int] | None:
-    """'host:port', '[v6]:port' or '' (disabled) -> (host, port) or None."""
+    """'host:port', '[v6]:port', ':port' (loopback) or '' (disabled) -> (host, port) or None.
+    Every interface only when asked for by name (0.0.0.0, [::]): metrics and readiness are
+    for this machine unless the operator says otherwise."""
     listen = listen.strip()
     if not listen:
         return None
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"POSTROOM_HTTP: expected host:port (or empty to disable), got {listen!r}")
-    host = host.strip("[]") or "0.0.0.0"
+    host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
 
 

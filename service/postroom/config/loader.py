@@ -66,15 +66,7 @@ def load_config(settings: Settings | None = None, *, path: Path | None = None,
     settings = settings or Settings()
     path = (path or settings.config).resolve()
     shown = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            "file not found; pass --config PATH or set POSTROOM_CONFIG", file=shown
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=shown) from None
-    raw, lines = _parse_yaml(text, shown)
+    raw, lines = _parse_yaml(_read_config(path, shown), shown)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -96,6 +88,32 @@ def load_config(settings: Settings | None = None, *, path: Path | None = None,
     return LoadedConfig(config=config, path=path, settings=settings)
 
 
+# What a config may cost to read, whatever is in it (the daemon rereads it on SIGHUP). A real
+# one is a few hundred lines. Aliases are counted expanded: ten nested aliases of ten each are
+# a few hundred bytes of YAML and a billion values for everything that walks the result.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_NODES = 200_000
+
+
+def _read_config(path: Path, shown: str) -> str:
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(
+            "file not found; pass --config PATH or set POSTROOM_CONFIG", file=shown
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=shown) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; is this the config file?",
+                          file=shown)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=shown) from None
+
+
 # libyaml's parser when PyYAML has it (its wheels do): a tenth of the pure-Python parse time.
 _YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -105,6 +123,8 @@ def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, int]]:
     loader = _YamlLoader(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _check_expanded_size(node, shown)
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -117,6 +137,39 @@ def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, int]]:
     if node is not None:
         _collect_lines(node, (), lines)
     return data, lines
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expanded_size(root: yaml.Node, shown: str) -> None:
+    """Refuse a node graph that expands (aliases written out) beyond MAX_CONFIG_NODES, or that
+    contains itself. Each node is sized once (an alias is the same node object as its anchor),
+    so this costs the size of the YAML, not of its expansion."""
+    sizes: dict[int, int] = {}
+    started: set[int] = set()  # sized when their children are: the path from the root
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_sized = stack.pop()
+        if children_sized:
+            started.discard(id(node))
+            sizes[id(node)] = size = 1 + sum(sizes[id(child)] for child in _children(node))
+            if size > MAX_CONFIG_NODES:
+                raise ConfigError([(f"line {node.start_mark.line + 1}",
+                                    f"this expands to more than {MAX_CONFIG_NODES:,} values with its aliases "
+                                    f"written out; use fewer aliases")], file=shown)
+        elif id(node) not in sizes:
+            if id(node) in started:
+                raise ConfigError([(f"line {node.start_mark.line + 1}", "an alias refers to a value that "
+                                    "contains it; a config cannot contain itself")], file=shown)
+            started.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
 
 
 def _collect_lines(node: yaml.Node, at: Path_, lines: dict[Path_, int]) -> None:

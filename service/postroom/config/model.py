@@ -28,7 +28,7 @@ from ..action_kinds import SENDING
 from ..auth.providers import PROVIDERS, Grant, ProviderName
 from ..credentials import Credentials, PasswordCredentials
 from .rules import RuleConfig
-from .types import Address, Duration, TimeZoneName
+from .types import Address, ByteSize, Duration, TimeZoneName
 
 Security = Literal["tls", "starttls", "none"]
 # How a server is logged in to: a password (LOGIN, USER/PASS, AUTH PLAIN) or an OAuth2 access
@@ -223,6 +223,7 @@ class HttpSource(_DataSource):
     kind: ClassVar[str] = "http"
     http: str
     headers: dict[str, str] = {}
+    max_size: ByteSize = Field(default=16 * 1024 * 1024, gt=0)  # the answer's body, decoded
 
     @field_validator("http")
     @classmethod

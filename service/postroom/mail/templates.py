@@ -9,7 +9,8 @@ one at a time through the whole chain, so a layout wraps its page in a block of 
 ``{% block html %}<html>…{% block content %}{% endblock %}…</html>{% endblock %}``; content
 outside blocks, in a child or a layout, is not rendered (import macros inside the block).
 
-Rendering is bounded (see the ``MAX_*`` constants). The bounds are guards against runaway
+Rendering is bounded (see the ``MAX_*`` constants; sizes are checked before a value is built,
+by the sizers in bounds.py). The bounds are guards against runaway
 templates and hostile data, not a hard CPU limit: the time budget is checked at every call,
 attribute access and output chunk, not between bare loop iterations.
 """
@@ -19,18 +20,34 @@ from __future__ import annotations
 import contextvars
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import css_inline
 import jinja2
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from postroom.errors import TemplateError
+from postroom.mail.bounds import (
+    FILTER_SIZES,
+    GLOBAL_SIZES,
+    MAX_BLOCK_CHARS,
+    MAX_INT_BITS,
+    MAX_RANGE,
+    bounded,
+    bounded_str_format,
+    check_str_method,
+    concat_size,
+    printf_size,
+    refuse_over,
+    repeat_size,
+)
+from postroom.mail.bounds import LimitExceeded as _LimitExceeded
 from postroom.mail.text import html_to_text
 
 __all__ = [
@@ -42,9 +59,6 @@ __all__ = [
     "TemplateRenderer",
 ]
 
-MAX_BLOCK_CHARS = 2_000_000  # one rendered block (subject, text or html), in characters
-MAX_RANGE = 10_000  # items one range() may yield
-MAX_INT_BITS = 4_096  # size of an integer ** may produce
 MAX_RENDER_SECONDS = 10.0  # one render() / render_string() call
 MAX_EXTENDS_DEPTH = 10  # layout chain length; also stops an extends cycle
 _MAX_CACHED_STRINGS = 256  # compiled render_string() sources kept
@@ -53,10 +67,6 @@ SUFFIX = ".j2"
 BLOCKS = ("subject", "text", "html")
 
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("template_deadline")
-
-
-class _LimitExceeded(jinja2.exceptions.SecurityError):
-    """A template went over one of the MAX_* bounds."""
 
 
 def _check_deadline() -> None:
@@ -70,22 +80,6 @@ def _bounded_range(*args: int) -> range:
     if len(rng) > MAX_RANGE:
         raise _LimitExceeded(f"range() of {len(rng)} items is over the limit ({MAX_RANGE})")
     return rng
-
-
-def _checked_width(name: str, width: Any) -> None:
-    if isinstance(width, int) and width > MAX_BLOCK_CHARS:
-        raise _LimitExceeded(f"{name} width {width} is over the limit ({MAX_BLOCK_CHARS})")
-
-
-def _wrap_width_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-    """Refuse padding filters (center, indent) asked to build a gigantic string."""
-
-    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
-        for width in (*args, *kwargs.values()):
-            _checked_width(name, width)
-        return original(value, *args, **kwargs)
-
-    return bounded
 
 
 def _money(value: Any, currency: str = "", places: int = 2) -> str:
@@ -104,10 +98,23 @@ def _number(value: Any, places: int = 0) -> str:
     return f"{amount.quantize(quantum, rounding=ROUND_HALF_UP):,}"
 
 
+class _BoundedCodeGenerator(CodeGenerator):
+    """``a ~ b`` compiles to a string join the sandbox never sees, so repeated ``{% set a = a ~ a
+    %}`` would double a string past any limit. Each one is wrapped in the environment's
+    ``bounded_concat``. The one place leaning on Jinja's compiler internals (``visit_Concat``,
+    Jinja 3.1); test_templates fails if a Jinja upgrade stops calling it."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
 class _BoundedEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox plus size and time bounds; immutable so templates can't alter job data."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "%", "+", "**"})
+    code_generator_class = _BoundedCodeGenerator
 
     def __init__(self, loader: jinja2.BaseLoader, *, autoescape: bool) -> None:
         super().__init__(
@@ -119,25 +126,41 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
             auto_reload=True,
         )
         self.globals["range"] = _bounded_range
-        for name in ("center", "indent"):
-            self.filters[name] = _wrap_width_filter(name, self.filters[name])
+        for name, sizer in FILTER_SIZES.items():
+            self.filters[name] = bounded(name, self.filters[name], sizer)
+        for name, sizer in GLOBAL_SIZES.items():
+            self.globals[name] = bounded(name, cast("Callable[..., Any]", self.globals[name]), sizer)
         self.filters["money"] = _money
         self.filters["number"] = _number
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         _check_deadline()
         if operator == "*":
-            for seq, count in ((left, right), (right, left)):
-                if isinstance(seq, Sized) and not isinstance(seq, int) and isinstance(count, int):
-                    if len(seq) * count > MAX_BLOCK_CHARS:
-                        raise _LimitExceeded("repetition result is over the size limit")
+            refuse_over("repetition", repeat_size(left, right))
+        elif operator == "+":
+            refuse_over("concatenation", concat_size(left, right))
+        elif operator == "%" and isinstance(left, str):
+            refuse_over("%-formatting", printf_size(left, right))
         elif operator == "**" and isinstance(left, int) and isinstance(right, int):
             if right > 0 and abs(left) > 1 and left.bit_length() * right > MAX_INT_BITS:
                 raise _LimitExceeded(f"power result is over the limit ({MAX_INT_BITS} bits)")
         return super().call_binop(context, operator, left, right)
 
+    @staticmethod
+    def bounded_concat(joined: str) -> str:
+        """Called by templates compiled with _BoundedCodeGenerator on every ``~`` result."""
+        refuse_over("~", len(joined))
+        return joined
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """``s.format`` / ``s.format_map`` as the sandbox wraps them, with widths bounded."""
+        if super().wrap_str_format(value) is None:
+            return None
+        return bounded_str_format(self, value)
+
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _check_deadline()
+        args = check_str_method(__obj, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
     def getattr(self, obj: Any, attribute: str) -> Any:

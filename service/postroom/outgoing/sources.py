@@ -1,5 +1,8 @@
 """A job's data: sql / http / file sources, loaded concurrently, each bounded by its timeout.
 
+An http source's timeout is a deadline for the whole request, body included, and its body is
+capped at max_size. URLs and DSNs appear in messages with their passwords masked.
+
 Every failure becomes a `DataSourceError` naming the data key, and is either a
 `TransientSourceError` (also a TransientError: the database or server may be back soon) or
 a `PermanentSourceError` (bad SQL, 4xx, missing file, bad JSON: retrying will not help).
@@ -7,9 +10,13 @@ a `PermanentSourceError` (bad SQL, 4xx, missing file, bad JSON: retrying will no
 edge (httpx, files, content, engine set-up); a database's own errors by their SQLSTATE, which
 says more than their type.
 
-SQL runs with read-only intent: nothing is ever committed (every transaction is rolled back),
-SQLite files are opened read-only, PostgreSQL transactions are READ ONLY with a
-statement_timeout.
+SQL is read-only by construction, not by intent: one statement per load, on a connection that
+cannot write. SQLite files are opened read-only, with `query_only` on and an authorizer that
+lets a statement read and nothing else (no ATTACH, which would create a file, no VACUUM INTO,
+no pragma that sets anything). PostgreSQL connections start with `default_transaction_read_only`
+and a `statement_timeout` as connection options, and every statement goes through the extended
+protocol, which refuses a second statement (`COMMIT; INSERT …` is an error, not a commit).
+Every transaction is rolled back all the same.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from ..errors import (
     TransientSourceError,
     map_errors,
 )
+from ..redact import shown_url
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +60,7 @@ _HTTP_TRANSIENT_STATUS = {408, 425, 429}
 # httpx's errors on a GET: a timeout or a broken connection may pass, a URL we can't use won't.
 _HTTP_ERRORS: ErrorTable = {
     httpx.InvalidURL: PermanentSourceError,
+    httpx.DecodingError: PermanentSourceError,  # a body its Content-Encoding does not decode
     httpx.UnsupportedProtocol: PermanentSourceError,  # a TransportError: listed before it
     httpx.TransportError: TransientSourceError,  # timeouts, refused, reset, DNS
 }
@@ -147,7 +156,7 @@ def _run_sql(key: str, cfg: SqlSource, deadline: float) -> list[dict[str, Any]]:
         url = make_url(cfg.database or "")
     except (ArgumentError, ValueError):
         raise _fail(key, "database: is not a SQLAlchemy URL", transient=False) from None
-    where = url.render_as_string(hide_password=True)  # never put a password in a message
+    where = shown_url(url.render_as_string(hide_password=False))  # never put a password in a message
     with map_errors(_ENGINE_ERRORS, f"cannot use {where} (URL, dialect, driver): "):
         engine = _engine(url, cfg.timeout, deadline)
     try:
@@ -157,9 +166,6 @@ def _run_sql(key: str, cfg: SqlSource, deadline: float) -> list[dict[str, Any]]:
             raise _sql_error(key, f"cannot connect to {where}", exc, connecting=True) from None
         with conn:
             try:
-                if url.get_backend_name() == "postgresql":
-                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(int(cfg.timeout * 1000), 1)}")
                 result = conn.execute(text(cfg.sql or ""))
                 if not result.returns_rows:
                     raise _fail(key, "the sql statement returned no rows; a data source is a SELECT",
@@ -183,7 +189,8 @@ def _roll_back(conn: Any) -> None:
 
 
 def _engine(url: URL, timeout: float, deadline: float) -> Engine:
-    """A throwaway engine (no pool) for one load, opened read-only where the backend allows."""
+    """A throwaway engine (no pool) for one load, on connections that cannot write where the
+    backend allows (SQLite and PostgreSQL; elsewhere give the source a read-only user)."""
     backend = url.get_backend_name()
     if backend == "sqlite":
         database = url.database or ":memory:"
@@ -195,16 +202,67 @@ def _engine(url: URL, timeout: float, deadline: float) -> Engine:
         @event.listens_for(engine, "connect")
         def _guard(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
             dbapi_conn.execute("PRAGMA query_only = ON")
+            dbapi_conn.set_authorizer(_sqlite_read_only)
             # Abort the query at the deadline (returning True from the handler interrupts it).
             dbapi_conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
 
         return engine
-    connect_args: dict[str, Any] = {}
     if backend == "postgresql":
-        if url.drivername == "postgresql":
-            url = url.set(drivername="postgresql+psycopg")
-        connect_args["connect_timeout"] = max(int(timeout), 1)
-    return create_engine(url, poolclass=NullPool, connect_args=connect_args)
+        return create_engine(_psycopg_url(url), poolclass=NullPool,
+                             connect_args=_pg_read_only_args(url, timeout))
+    return create_engine(url, poolclass=NullPool)
+
+
+def _psycopg_url(url: URL) -> URL:
+    """PostgreSQL through psycopg only: its extended protocol is what refuses a second
+    statement; other drivers send the text as a simple query, which runs every statement."""
+    if url.drivername == "postgresql":
+        return url.set(drivername="postgresql+psycopg")
+    if url.drivername != "postgresql+psycopg":
+        raise ValueError(f"a PostgreSQL source runs through psycopg (postgresql:// or postgresql+psycopg://), "
+                         f"not {url.drivername}")
+    return url
+
+
+def _pg_read_only_args(url: URL, timeout: float) -> dict[str, Any]:
+    """psycopg connect arguments: a session that cannot write, with the source's timeout as
+    statement_timeout, and every statement prepared (prepare_threshold 0: the extended
+    protocol, one statement per execute). Our options go after any the URL gives, so they win."""
+    settings = f"-c default_transaction_read_only=on -c statement_timeout={max(int(timeout * 1000), 1)}"
+    given = url.query.get("options")
+    options = " ".join([*([given] if isinstance(given, str) else given or ()), settings])
+    return {"connect_timeout": max(int(timeout), 1), "prepare_threshold": 0, "options": options}
+
+
+# What a data source's statement may do in SQLite: read. Pragmas only those that report and
+# change nothing: the ones below that take a table or index name, or any in _READ_PRAGMAS
+# asked without a value (PRAGMA user_version reads; PRAGMA user_version = 3 would set it).
+_SQLITE_READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                                  sqlite3.SQLITE_RECURSIVE, sqlite3.SQLITE_TRANSACTION})
+_NAMED_PRAGMAS = frozenset({"table_info", "table_xinfo", "table_list", "index_list", "index_info",
+                            "index_xinfo", "foreign_key_list", "foreign_key_check", "integrity_check",
+                            "quick_check"})
+_READ_PRAGMAS = _NAMED_PRAGMAS | {
+    "application_id", "collation_list", "compile_options", "data_version", "database_list",
+    "encoding", "foreign_keys", "freelist_count", "function_list", "journal_mode", "module_list",
+    "page_count", "page_size", "pragma_list", "query_only", "read_uncommitted", "schema_version",
+    "user_version",
+}
+
+
+def _sqlite_read_only(action: int, arg1: str | None, arg2: str | None, _db: str | None,
+                      _trigger: str | None) -> int:
+    """sqlite3 authorizer: SQLITE_OK for reading, SQLITE_DENY (the statement fails to prepare,
+    "not authorized") for everything else, so nothing runs, not even in part."""
+    if action in _SQLITE_READ_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS:
+        if arg2 is None or (arg1 or "").lower() in _NAMED_PRAGMAS:
+            return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+_READ_ONLY_HINT = "not authorized: a data source only reads (no ATTACH, no writes, no pragma that sets anything)"
 
 
 def _sql_error(key: str, what: str, exc: SQLAlchemyError, *, connecting: bool) -> DataSourceError:
@@ -212,7 +270,10 @@ def _sql_error(key: str, what: str, exc: SQLAlchemyError, *, connecting: bool) -
     first_line = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     message = f"{what}: {first_line}"
     sqlstate = getattr(orig, "sqlstate", None) or ""
-    if isinstance(orig, sqlite3.OperationalError):
+    if getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_AUTH:  # our authorizer said no
+        transient = False
+        message = f"{what}: {_READ_ONLY_HINT}"
+    elif isinstance(orig, sqlite3.OperationalError):
         # "unable to open database file": the file is missing or unreadable; "locked": busy.
         transient = "locked" in first_line or "busy" in first_line or "interrupted" in first_line
         if "interrupted" in first_line:
@@ -221,6 +282,8 @@ def _sql_error(key: str, what: str, exc: SQLAlchemyError, *, connecting: bool) -
         transient = sqlstate.startswith(_PG_TRANSIENT_CLASSES)
         if sqlstate == "57014":
             message = f"{what}: took longer than the timeout (statement_timeout)"
+        elif sqlstate == "42601" and "multiple commands" in first_line:
+            message = f"{what}: one statement only ({first_line})"
     else:
         transient = connecting or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
     return _fail(key, message, transient=transient)
@@ -228,21 +291,52 @@ def _sql_error(key: str, what: str, exc: SQLAlchemyError, *, connecting: bool) -
 
 # -- http -----------------------------------------------------------------------------------
 async def _load_http(key: str, cfg: HttpSource, client: httpx.AsyncClient | None) -> Any:
-    url = cfg.http or ""
     if client is None:  # load_data always passes one; kept total for direct callers
         async with httpx.AsyncClient(follow_redirects=False) as own:
             return await _load_http(key, cfg, own)
-    with map_errors(_HTTP_ERRORS, f"GET {url} failed (timeout {cfg.timeout:g}s): "):
-        response = await client.get(url, headers=cfg.headers, timeout=cfg.timeout, follow_redirects=False)
+    url = cfg.http or ""
+    shown = shown_url(url)
+    # httpx's timeout bounds each read, so a server sending a byte now and then never trips
+    # it: the whole request, body included, runs under one deadline.
+    try:
+        async with asyncio.timeout(cfg.timeout):
+            with map_errors(_HTTP_ERRORS, f"GET {shown} failed (timeout {cfg.timeout:g}s): "):
+                async with client.stream("GET", url, headers=cfg.headers, timeout=cfg.timeout,
+                                         follow_redirects=False) as response:
+                    _check_status(key, shown, response)
+                    body = await _read_capped(key, shown, response, cfg.max_size)
+    except TimeoutError:
+        raise _fail(key, f"GET {shown} took longer than its timeout ({cfg.timeout:g}s, the whole request)",
+                    transient=True) from None
+    with map_errors(_CONTENT_ERRORS, f"GET {shown} did not return valid JSON: "):
+        return json.loads(body)
+
+
+def _check_status(key: str, shown: str, response: httpx.Response) -> None:
     status = response.status_code
     if not 200 <= status < 300:
         hint = ""
         if 300 <= status < 400 and "location" in response.headers:
-            hint = f" (redirects are not followed; use {response.headers['location']})"
-        raise _fail(key, f"GET {url} answered HTTP {status} {response.reason_phrase}{hint}",
+            hint = f" (redirects are not followed; use {shown_url(response.headers['location'])})"
+        raise _fail(key, f"GET {shown} answered HTTP {status} {response.reason_phrase}{hint}",
                     transient=status >= 500 or status in _HTTP_TRANSIENT_STATUS)
-    with map_errors(_CONTENT_ERRORS, f"GET {url} did not return valid JSON: "):
-        return response.json()
+
+
+async def _read_capped(key: str, shown: str, response: httpx.Response, limit: int) -> bytes:
+    """The body, decoded (so a compressed bomb counts at its real size), refused past `limit`
+    bytes: by its Content-Length before reading, else as soon as it grows past it."""
+    too_big = _fail(key, f"GET {shown} answered more than max_size ({limit:,} bytes)", transient=False)
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and "content-encoding" not in response.headers and int(declared) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # -- file -----------------------------------------------------------------------------------
