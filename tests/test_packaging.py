@@ -14,3 +14,9 @@ def test_a_postgresql_url_without_psycopg_is_a_config_error_naming_the_extra(mon
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(ConfigError, match=r"'psycopg'.*pip install 'postroom\[postgres\]'"):
         open_engine("postgresql://postgres@127.0.0.1:5432/test")
+
+
+def test_a_bad_database_url_is_refused_without_its_password():
+    with pytest.raises(ConfigError) as caught:
+        open_engine("postgresql://user:sekret@db.example:5432:oops/postroom")
+    assert "sekret" not in str(caught.value) and "POSTROOM_DATABASE_URL" in str(caught.value)

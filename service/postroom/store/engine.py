@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ConfigError
+from ..redact import shown_url
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -41,7 +42,8 @@ def open_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except Exception:
-        raise ConfigError(f"POSTROOM_DATABASE_URL: {url!r} is not a database URL") from None
+        # Never echo the value: a URL that does not parse may still hold a password.
+        raise ConfigError(f"POSTROOM_DATABASE_URL: {shown_url(url)!r} is not a database URL") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
