@@ -61,11 +61,15 @@ MIGRATE_TIMEOUT = 300.0  # seconds; a large PostgreSQL migration may take a whil
 
 
 def open_daemon_store(settings: Settings) -> Store:
-    """The store with its schema current, migrated (when needed) by a child process."""
+    """The store with its schema current, migrated (when needed) by a child process; a SQLite
+    store is locked to this process first (``store.owner``: one daemon per SQLite file)."""
     from .store import Store, schema_is_current
+    from .store.owner import claim_store
 
     url = settings.database_url_or_default()
+    lock = claim_store(sqlite) if (sqlite := settings.sqlite_path()) is not None else None
     store = Store.open(url, owner=settings.instance, migrate_schema=False)
+    store.lock = lock
     if schema_is_current(store.engine):
         return store
     _log().info("migrating the store schema")
