@@ -14,7 +14,7 @@ costs a handful of statements, not thousands of round trips.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -180,12 +180,17 @@ class LedgerStore:
                 conn.execute(insert(webhooks), new)
         return len(new)
 
-    def claim_webhooks(self, *, now: datetime, limit: int, lease: timedelta) -> list[WebhookDelivery]:
+    def claim_webhooks(self, *, now: datetime, limit: int, lease: timedelta,
+                       skip_urls: Collection[str] = ()) -> list[WebhookDelivery]:
+        """Lease up to ``limit`` due deliveries, none to a URL in ``skip_urls`` (receivers the
+        caller is still busy with)."""
         token = f"{self.owner}/{uuid.uuid4().hex[:12]}"
         due = or_(
             and_(webhooks.c.status == "queued", webhooks.c.next_attempt_at <= now),
             and_(webhooks.c.status == "sending", webhooks.c.lease_until < now),
         )
+        if skip_urls:
+            due = and_(due, webhooks.c.url.not_in(list(skip_urls)))
         with self.engine.begin() as conn:
             pick = (select(webhooks.c.webhook_id).where(due)
                     .order_by(webhooks.c.next_attempt_at, webhooks.c.webhook_id).limit(limit))
