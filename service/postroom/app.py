@@ -32,6 +32,7 @@ from .outgoing.jobs import JobRunner
 from .outgoing.sender import OutboxSender
 from .scheduler import Scheduler
 from .store import schema_is_current
+from .supervise import supervised
 from .webhooks import WebhookQueue
 
 log = structlog.get_logger(__name__)
@@ -101,7 +102,8 @@ class Daemon:
         self.scheduler = Scheduler(config, store.runs, self._on_fire)
         if not self.dry_run:
             self.tasks.append(asyncio.create_task(self.sender.run(self.stop_event), name="sender"))
-            self.tasks.append(asyncio.create_task(self.webhooks.run(self.stop_event), name="webhooks"))
+            self.tasks.append(asyncio.create_task(
+                supervised("webhooks", lambda: self.webhooks.run(self.stop_event), self.stop_event), name="webhooks"))
             await self.scheduler.start()
             await self._resume_unfinished_fires(config)
         self.incoming = self._start_incoming(config, renderer, ruleset)
