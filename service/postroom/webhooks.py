@@ -187,7 +187,8 @@ class WebhookQueue:
                     lanes.pop(url).result()  # a store error ends the run (its supervisor restarts it)
                 if self._start_lanes(client, lanes):
                     continue
-                due = self.ledger.next_webhook_due()
+                # a busy receiver's waiting rows are due, but only its own lane's end frees them
+                due = self.ledger.next_webhook_due(skip_urls=[url for url, lane in lanes.items() if not lane.done()])
                 wait = idle if due is None else max(0.05, min(idle, (due - self.clock()).total_seconds()))
                 self._wake.clear()
                 waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
