@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.support.daemon import (
+    ACCOUNT_CONFIG,
     Daemon,
     free_port,
     iter_json_lines,
@@ -19,20 +20,9 @@ from tests.support.daemon import (
     wait_until,
 )
 
-RING_CONFIG = """\
-accounts:
-  alice:
-    address: alice@example.test
-    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls,
-           username: alice@example.test, password: "${{ALICE_PASSWORD}}"}}
-    imap: {{host: 127.0.0.1, port: {imap}, security: starttls,
-           username: alice@example.test, password: "${{ALICE_PASSWORD}}"}}
-  carol:
-    address: carol@example.test
-    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls,
-           username: carol@example.test, password: "${{CAROL_PASSWORD}}"}}
-    imap: {{host: 127.0.0.1, port: {imap}, security: starttls,
-           username: carol@example.test, password: "${{CAROL_PASSWORD}}"}}
+# alice as every end-to-end test has her, and carol the same way; each forwards all to the other
+CAROL_ACCOUNT = ACCOUNT_CONFIG.removeprefix("accounts:\n").replace("alice", "carol").replace("ALICE", "CAROL")
+RING_CONFIG = ACCOUNT_CONFIG + CAROL_ACCOUNT + """\
 rules:
   - name: alice-to-carol
     account: alice
