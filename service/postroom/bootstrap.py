@@ -7,6 +7,7 @@ about 0.2 s of imports) is imported only by the functions that open it: `check` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -90,11 +91,16 @@ def open_daemon_store(settings: Settings) -> Store:
 
 def recover_single_node(store: Store) -> None:
     """SQLite means one process: whatever a previous process left in flight is ours again now
-    (no need to wait for leases to run out). PostgreSQL replicas wait for the lease instead."""
+    (no need to wait for leases to run out), unless a `postroom send` is running beside us
+    (``store.owner``). PostgreSQL replicas wait for the lease instead."""
     if store.engine.dialect.name != "sqlite":
         return
-    now = utcnow()
-    released = store.outbox.release_all_leases(now=now)
-    hooks = store.ledger.release_all_webhook_leases(now=now)
+    with store.lock.alone() if store.lock is not None else contextlib.nullcontext(True) as alone:
+        if not alone:  # a `postroom send` is sending its rows now: they are not left over
+            _log().info("a postroom send is running; leases are left to run out, not taken back")
+            return
+        now = utcnow()
+        released = store.outbox.release_all_leases(now=now)
+        hooks = store.ledger.release_all_webhook_leases(now=now)
     if released or hooks:
         _log().info("took back work in flight at the last stop", messages=released, webhooks=hooks)
