@@ -32,7 +32,7 @@ from .outgoing.jobs import JobRunner
 from .outgoing.sender import OutboxSender
 from .scheduler import Scheduler
 from .store import schema_is_current
-from .supervise import supervised
+from .supervise import TaskHealth, supervised
 from .webhooks import WebhookQueue
 
 log = structlog.get_logger(__name__)
@@ -67,6 +67,7 @@ class Daemon:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     notifier: Notifier = field(default_factory=Notifier)
+    task_health: TaskHealth = field(default_factory=TaskHealth)  # supervised tasks down now
     _started: bool = False  # every part is up: a SIGHUP may reload
 
     async def run(self) -> int:
@@ -103,7 +104,8 @@ class Daemon:
         if not self.dry_run:
             self.tasks.append(asyncio.create_task(self.sender.run(self.stop_event), name="sender"))
             self.tasks.append(asyncio.create_task(
-                supervised("webhooks", lambda: self.webhooks.run(self.stop_event), self.stop_event), name="webhooks"))
+                supervised("webhooks", lambda: self.webhooks.run(self.stop_event), self.stop_event,
+                           health=self.task_health), name="webhooks"))
             await self.scheduler.start()
             await self._resume_unfinished_fires(config)
         self.incoming = self._start_incoming(config, renderer, ruleset)
@@ -178,8 +180,9 @@ class Daemon:
         store_ok = await asyncio.to_thread(schema_is_current, self.store.engine)
         watchers = {f"{w.account}/{w.folder}": bool(getattr(w, "ready", True)) for w in self.incoming.watchers}
         scheduler_ok = self.dry_run or self.scheduler.running
-        ok = store_ok and scheduler_ok and all(watchers.values())
-        return ok, {"store": store_ok, "scheduler": scheduler_ok, "watchers": watchers}
+        ok = store_ok and scheduler_ok and all(watchers.values()) and not self.task_health.down
+        return ok, {"store": store_ok, "scheduler": scheduler_ok, "watchers": watchers,
+                    "tasks_down": dict(self.task_health.down)}
 
     # -- signals ---------------------------------------------------------------------------
     def _install_signals(self) -> None:
