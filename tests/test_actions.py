@@ -15,7 +15,7 @@ import pytest
 from imapclient import IMAPClient
 from postroom.errors import ServerConnectError
 from postroom.incoming import actions
-from postroom.incoming.forward import LOOP_HEADER
+from postroom.incoming.forward import LOOP_HEADER, MAX_HOPS, forward_message, loop_reason, loop_trail
 from postroom.incoming.mailbox import InboundItem
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.replies import reply_refusal
@@ -308,6 +308,34 @@ async def test_forward_and_redirect_refuse_loops_and_bounces(store, lab, extra, 
     [outcome] = (await rig.executor.handle_batch("alice", "INBOX", None, [item])).values()
     assert outcome.done and why in outcome.details["fw#0:redirect"] and why in outcome.details["fw#1:forward"]
     assert queued(rig) == []
+
+
+def forward_of(raw: bytes, sender: str, to: str, as_: str = "attachment") -> bytes:
+    msg = ParsedMessage.from_bytes(raw, key="k")
+    return forward_message(raw, msg, sender=sender, to=[to], as_=as_, rule="ring",
+                           message_id="<f@example.test>", now=START)
+
+
+def test_the_loop_trail_survives_forwards_and_is_read_inside_attached_messages():
+    """A forward is a new message: the marker of the one before is inside its attachment (or
+    gone, inline). The trail is carried on the outside, so a ring of accounts ends."""
+    once = forward_of(make_raw(), ALICE, CAROL)
+    twice = forward_of(once, CAROL, ALICE, as_="inline")
+    assert loop_trail(ParsedMessage.from_bytes(twice, key="k")) == [ALICE, CAROL]
+    assert "already carries" in loop_reason(ParsedMessage.from_bytes(twice, key="k"), ALICE)
+    # wrapped as an attachment by something that is not postroom (its own headers only): the
+    # marker inside still counts, at any depth
+    wrapper = email.message.EmailMessage()
+    wrapper["From"], wrapper["To"], wrapper["Subject"] = "Hugo <hugo@elsewhere.test>", ALICE, "look"
+    wrapper.set_content("see below")
+    wrapper.add_attachment(email.message_from_bytes(once, policy=email.policy.default))
+    assert "already carries" in loop_reason(ParsedMessage.from_bytes(wrapper.as_bytes(), key="k"), ALICE)
+    # a chain of distinct accounts: each forward adds one hop, past MAX_HOPS it stops
+    raw = make_raw()
+    for n in range(MAX_HOPS + 1):
+        assert loop_reason(ParsedMessage.from_bytes(raw, key="k"), f"a{n}@example.test") is None
+        raw = forward_of(raw, f"a{n}@example.test", f"a{n + 1}@example.test")
+    assert "hops" in loop_reason(ParsedMessage.from_bytes(raw, key="k"), "z@example.test")
 
 
 # -- auto-reply ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from postroom.webhooks import (
 )
 
 from tests.support.clock import START, Clock
-from tests.support.webhook_receiver import Reply, WebhookReceiver
+from tests.support.webhook_receiver import DrippingReceiver, Reply, WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"postroom-test-key-0123456789").decode()
 
@@ -233,3 +233,52 @@ async def test_run_delivers_until_stopped(store, receiver):
 
 def datetime_now() -> datetime:
     return datetime.now(UTC)
+
+
+# -- hostile receivers -------------------------------------------------------------------
+
+async def test_a_huge_retry_after_is_capped_and_retried_later(store, receiver):
+    clock = Clock()
+    queue = make_queue(store, receiver.url, clock)
+    receiver.answer(Reply(429, (("Retry-After", "99999999999999999999"),)))
+    queue.enqueue([request(receiver.url)])
+    assert await queue.deliver_due() == 1
+    row = queue.ledger.webhook(webhook_id_for(request(receiver.url).action_key))
+    assert row.status == "queued" and row.next_attempt_at == START + queue.policy.maximum
+    clock.advance(hours=1)
+    assert await queue.deliver_due() == 1
+    assert queue.ledger.webhook_counts() == {"done": 1}
+
+
+async def test_a_dripping_receiver_delays_only_its_own_deliveries(store, receiver):
+    """One receiver answers a byte every 0.3 s (no single read ever times out): a delivery to
+    another receiver queued meanwhile goes out at once, and the slow one ends at its 5 s
+    deadline (a timeout, retried), not never."""
+    with DrippingReceiver() as slow:
+        queue = make_queue(store, receiver.url, datetime_now)
+        stop = asyncio.Event()
+        task = asyncio.create_task(queue.run(stop, idle=5))
+        try:
+            slow_request = WebhookRequest(action_key="bob/pop3/slow|hook|0", rule="hook",
+                                          url=slow.url + "/hook", payload={"subject": "slow"})
+            queue.enqueue([slow_request])
+            await wait_for(lambda: slow.requests == 1, 5, "the slow receiver's request")
+            started = asyncio.get_running_loop().time()
+            queue.enqueue([request(receiver.url)])
+            await wait_for(lambda: len(receiver.received) == 1, 3, "the fast receiver's delivery")
+            assert asyncio.get_running_loop().time() - started < 2
+            slow_row = lambda: queue.ledger.webhook(webhook_id_for(slow_request.action_key))  # noqa: E731
+            await wait_for(lambda: slow_row().attempts == 1, 8, "the slow delivery's deadline")
+            assert slow_row().status == "queued" and "no complete answer within 5 s" in slow_row().last_error
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)

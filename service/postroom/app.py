@@ -32,6 +32,7 @@ from .outgoing.jobs import JobRunner
 from .outgoing.sender import HOLD, OutboxSender
 from .scheduler import Scheduler
 from .store import schema_is_current
+from .supervise import TaskHealth, supervised
 from .webhooks import WebhookQueue
 
 log = structlog.get_logger(__name__)
@@ -66,6 +67,7 @@ class Daemon:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     notifier: Notifier = field(default_factory=Notifier)
+    task_health: TaskHealth = field(default_factory=TaskHealth)  # supervised tasks down now
     _started: bool = False  # every part is up: a SIGHUP may reload
 
     async def run(self) -> int:
@@ -103,7 +105,9 @@ class Daemon:
         self.scheduler = Scheduler(config, store.runs, self._on_fire)
         if not self.dry_run:
             self.tasks.append(asyncio.create_task(self.sender.run(self.stop_event), name="sender"))
-            self.tasks.append(asyncio.create_task(self.webhooks.run(self.stop_event), name="webhooks"))
+            self.tasks.append(asyncio.create_task(
+                supervised("webhooks", lambda: self.webhooks.run(self.stop_event), self.stop_event,
+                           health=self.task_health), name="webhooks"))
             await self.scheduler.start()
             await self._resume_unfinished_fires(config)
         self.incoming = self._start_incoming(config, renderer, ruleset)
@@ -184,8 +188,9 @@ class Daemon:
         # signs in again; the others go on, and say so.
         stopped = self.logins.stopped()
         accounts = {name: name not in stopped for name in self.logins.tokens}
-        ok = store_ok and scheduler_ok and all(watchers.values()) and not stopped
-        details: dict[str, Any] = {"store": store_ok, "scheduler": scheduler_ok, "watchers": watchers}
+        ok = store_ok and scheduler_ok and all(watchers.values()) and not stopped and not self.task_health.down
+        details: dict[str, Any] = {"store": store_ok, "scheduler": scheduler_ok, "watchers": watchers,
+                                   "tasks_down": dict(self.task_health.down)}
         if accounts:
             details["oauth2_accounts"] = accounts
         return ok, details

@@ -7,6 +7,7 @@ about 0.2 s of imports) is imported only by the functions that open it: `check` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -96,11 +97,15 @@ MIGRATE_TIMEOUT = 300.0  # seconds; a large PostgreSQL migration may take a whil
 
 
 def open_daemon_store(settings: Settings) -> Store:
-    """The store with its schema current, migrated (when needed) by a child process."""
+    """The store with its schema current, migrated (when needed) by a child process; a SQLite
+    store is locked to this process first (``store.owner``: one daemon per SQLite file)."""
     from .store import Store, schema_is_current
+    from .store.owner import claim_store
 
     url = settings.database_url_or_default()
+    lock = claim_store(sqlite) if (sqlite := settings.sqlite_path()) is not None else None
     store = Store.open(url, owner=settings.instance, migrate_schema=False)
+    store.lock = lock
     if schema_is_current(store.engine):
         return store
     _log().info("migrating the store schema")
@@ -123,11 +128,16 @@ def open_daemon_store(settings: Settings) -> Store:
 
 def recover_single_node(store: Store) -> None:
     """SQLite means one process: whatever a previous process left in flight is ours again now
-    (no need to wait for leases to run out). PostgreSQL replicas wait for the lease instead."""
+    (no need to wait for leases to run out), unless a `postroom send` is running beside us
+    (``store.owner``). PostgreSQL replicas wait for the lease instead."""
     if store.engine.dialect.name != "sqlite":
         return
-    now = utcnow()
-    released = store.outbox.release_all_leases(now=now)
-    hooks = store.ledger.release_all_webhook_leases(now=now)
+    with store.lock.alone() if store.lock is not None else contextlib.nullcontext(True) as alone:
+        if not alone:  # a `postroom send` is sending its rows now: they are not left over
+            _log().info("a postroom send is running; leases are left to run out, not taken back")
+            return
+        now = utcnow()
+        released = store.outbox.release_all_leases(now=now)
+        hooks = store.ledger.release_all_webhook_leases(now=now)
     if released or hooks:
         _log().info("took back work in flight at the last stop", messages=released, webhooks=hooks)

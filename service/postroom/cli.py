@@ -7,6 +7,7 @@ loads no config code; `check --offline` no store, no SQLAlchemy).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from datetime import datetime
@@ -274,12 +275,22 @@ def send(ctx: click.Context, job: str, dry_run: bool, to: tuple[str, ...]) -> No
 
     make = _dry_run if dry_run else _send
     try:
-        code = asyncio.run(make(settings(ctx), job, to=list(to) or None))
+        with contextlib.nullcontext() if dry_run else _writing(settings(ctx)):
+            code = asyncio.run(make(settings(ctx), job, to=list(to) or None))
     except ConfigError as exc:
         raise broken_config(exc) from None
     except PostroomError as exc:
         raise Failed(f"{job}: {exc}") from None
     ctx.exit(code)
+
+
+def _writing(settings: Settings) -> contextlib.AbstractContextManager[None]:
+    """While `send` has rows in flight, a daemon starting on the same SQLite store must not
+    take them back as left over (``store.owner``); a server database needs nothing."""
+    from .store.owner import writing
+
+    sqlite = settings.sqlite_path()
+    return writing(sqlite) if sqlite is not None else contextlib.nullcontext()
 
 
 async def _dry_run(settings: Settings, job: str, *, to: list[str] | None) -> int:

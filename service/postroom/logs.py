@@ -1,4 +1,5 @@
 """Logging: structlog over the stdlib, JSON in production, console on a TTY, secrets redacted.
+In JSON every value is JSON: a datetime is an ISO 8601 string, not a Python repr.
 
 The pipeline is a list of small processors over the event dict; the renderer is the last.
 Library loggers (aiosmtplib, apscheduler, httpx …) go through the same pipeline.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import structlog
@@ -25,6 +27,17 @@ def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str,
     return event
 
 
+def json_value(obj: Any) -> Any:
+    """What a log value json.dumps cannot write becomes: times as ISO 8601, durations in
+    seconds, anything else its ``__structlog__`` or repr (structlog's own fallback)."""
+    if isinstance(obj, datetime | date | time):
+        return obj.isoformat()
+    if isinstance(obj, timedelta):
+        return obj.total_seconds()
+    structlog_value = getattr(obj, "__structlog__", None)
+    return structlog_value() if callable(structlog_value) else repr(obj)
+
+
 def setup_logging(*, fmt: str | None = None, level: str = "INFO", stream: Any = None) -> None:
     stream = stream or sys.stderr
     if fmt is None:
@@ -38,7 +51,7 @@ def setup_logging(*, fmt: str | None = None, level: str = "INFO", stream: Any = 
     ]
     renderer: Any
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(default=json_value)
         shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())

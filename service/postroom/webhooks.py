@@ -10,8 +10,15 @@ with a lease (like the outbox), POSTs them and records the outcome. The ``webhoo
 from the action key, so every retry - after a 500, a timeout, or a crash mid-request - carries
 the same id and the receiver can deduplicate. Only 2xx is success (redirects are not followed:
 a 3xx is a failure). 408/429/5xx, timeouts and connection errors are retried with exponential
-backoff (``Retry-After`` honoured on 429/503); other 4xx are dead letters at once. Every state
-lives in the store, so a restart continues where it stopped.
+backoff (``Retry-After`` honoured on 429/503, read defensively and capped at the longest
+backoff); other 4xx are dead letters at once. Every state lives in the store, so a restart
+continues where it stopped.
+
+Isolation: a receiver is one URL. ``run`` delivers each receiver's rows in its own task, at
+most ``PER_RECEIVER`` at a time, and does not claim more for a receiver it is still busy with,
+so a slow or dead receiver delays only its own deliveries. Each request has a total deadline
+(the action's ``timeout``), not just a per-read one: a receiver that drips a byte at a time
+still ends in a timeout (retried).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import email.utils
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,6 +63,10 @@ EVENT_TYPE = "message.matched"
 TOLERANCE = timedelta(minutes=5)
 _RETRY_STATUSES = frozenset({408, 429})  # plus every 5xx
 _BODY_EXCERPT = 300
+#: Deliveries in flight to one receiver at once. More rows for it wait in the store (not
+#: leased), so the lease only has to cover one round of requests.
+PER_RECEIVER = 4
+_LEASE = timedelta(seconds=330)  # longer than the longest allowed timeout (300 s)
 
 
 # -- signing -------------------------------------------------------------------------------
@@ -169,34 +180,62 @@ class WebhookQueue:
             await self._run(stop, client, idle)
 
     async def _run(self, stop: asyncio.Event, client: httpx.AsyncClient, idle: float) -> None:
-        while not stop.is_set():
-            delivered = await self.deliver_due(client)
-            if delivered:
-                continue
-            due = self.ledger.next_webhook_due()
-            wait = idle if due is None else max(0.05, min(idle, (due - self.clock()).total_seconds()))
-            self._wake.clear()
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-            try:
-                await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
+        lanes: dict[str, asyncio.Task[int]] = {}  # receiver URL -> the task delivering to it
+        try:
+            while not stop.is_set():
+                for url in [url for url, lane in lanes.items() if lane.done()]:
+                    lanes.pop(url).result()  # a store error ends the run (its supervisor restarts it)
+                if self._start_lanes(client, lanes):
+                    continue
+                # a busy receiver's waiting rows are due, but only its own lane's end frees them
+                due = self.ledger.next_webhook_due(skip_urls=[url for url, lane in lanes.items() if not lane.done()])
+                wait = idle if due is None else max(0.05, min(idle, (due - self.clock()).total_seconds()))
+                self._wake.clear()
+                waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+                try:
+                    await asyncio.wait([*waiters, *lanes.values()], timeout=wait,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
+            if lanes:  # stopping: what is in flight finishes (or is handed back if cancelled)
+                await asyncio.gather(*lanes.values())
+        finally:
+            for lane in lanes.values():
+                lane.cancel()
+            await asyncio.gather(*lanes.values(), return_exceptions=True)
+
+    def _start_lanes(self, client: httpx.AsyncClient, lanes: dict[str, asyncio.Task[int]]) -> int:
+        """Claim what is due for receivers not busy now; one task per receiver."""
+        busy = [url for url, lane in lanes.items() if not lane.done()]
+        for url, group in self._claim(skip_urls=busy).items():
+            lanes[url] = asyncio.create_task(self._deliver_all(client, group), name=f"webhooks to {url}")
+        return sum(1 for url in lanes if url not in busy)
 
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(follow_redirects=False, transport=self._transport)
 
+    def _claim(self, skip_urls: Collection[str] = ()) -> dict[str, list[WebhookDelivery]]:
+        """Due rows by receiver, at most PER_RECEIVER each: the rest go back at once, due."""
+        claimed = self.ledger.claim_webhooks(now=self.clock(), limit=self.batch_size, lease=_LEASE,
+                                             skip_urls=skip_urls)
+        groups: dict[str, list[WebhookDelivery]] = {}
+        extra: list[WebhookDelivery] = []
+        for delivery in claimed:
+            group = groups.setdefault(delivery.url, [])
+            (group if len(group) < PER_RECEIVER else extra).append(delivery)
+        self.ledger.release_webhooks(extra, now=self.clock())
+        return groups
+
     async def deliver_due(self, client: httpx.AsyncClient | None = None) -> int:
         """One pass: claim what is due and deliver it. Returns how many rows were handled."""
-        now = self.clock()
-        lease = timedelta(seconds=330)  # longer than the longest allowed timeout (300 s)
-        claimed = self.ledger.claim_webhooks(now=now, limit=self.batch_size, lease=lease)
-        if not claimed:
+        groups = self._claim()
+        if not groups:
             return 0
         if client is None:
             async with self._client() as own:
-                return await self._deliver_all(own, claimed)
-        return await self._deliver_all(client, claimed)
+                return sum(await asyncio.gather(*(self._deliver_all(own, g) for g in groups.values())))
+        return sum(await asyncio.gather(*(self._deliver_all(client, g) for g in groups.values())))
 
     async def _deliver_all(self, client: httpx.AsyncClient, claimed: list[WebhookDelivery]) -> int:
         try:
@@ -238,9 +277,14 @@ class WebhookQueue:
         if spec.secret is not None:
             headers["webhook-signature"] = sign(spec.secret.get_secret_value(), delivery.webhook_id,
                                                 timestamp, delivery.payload)
-        with map_errors(_HTTP_ERRORS, f"POST {delivery.url}: "):
-            response = await client.post(delivery.url, content=delivery.payload, headers=headers,
-                                         timeout=spec.timeout)
+        # httpx's timeout is per read: a receiver dripping a byte a second would never end it.
+        try:
+            async with asyncio.timeout(spec.timeout):
+                with map_errors(_HTTP_ERRORS, f"POST {delivery.url}: "):
+                    response = await client.post(delivery.url, content=delivery.payload, headers=headers,
+                                                 timeout=spec.timeout)
+        except TimeoutError:
+            raise ServerTimeout(f"POST {delivery.url}: no complete answer within {spec.timeout:g} s") from None
         code = response.status_code
         if 200 <= code < 300:
             return code
@@ -252,7 +296,7 @@ class WebhookQueue:
         if code in _RETRY_STATUSES or code >= 500:
             after = None
             if code in (429, 503):
-                after = _retry_after(response.headers.get("retry-after"), self.clock())
+                after = _retry_after(response.headers.get("retry-after"), self.clock(), cap=self.policy.maximum)
             raise ServerBusy(reason, code=code, retry_after=after)
         raise ServerRejected(reason, code=code)
 
@@ -279,17 +323,19 @@ def _action_index(action_key: str) -> int:
     return int(action_key.rsplit("|", 1)[1])
 
 
-def _retry_after(value: str | None, now: datetime) -> timedelta | None:
-    """``Retry-After`` as seconds or an HTTP date; None when absent or unreadable."""
+def _retry_after(value: str | None, now: datetime, *, cap: timedelta) -> timedelta | None:
+    """``Retry-After`` as seconds or an HTTP date, at most ``cap``; None when absent or
+    unreadable. A receiver's header is not trusted to fit a timedelta (``99999999999999999999``)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return timedelta(seconds=int(value))
+    if value.isascii() and value.isdigit():
+        digits = value.lstrip("0")[:20] or "0"  # 20 digits already exceed any cap
+        return timedelta(seconds=min(int(digits), int(cap.total_seconds())))
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None or when.tzinfo is None:
         return None
-    return max(timedelta(0), when - now)
+    return min(cap, max(timedelta(0), when - now))

@@ -4,6 +4,7 @@ used up it answers 204. Runs on its own thread; use as a context manager."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -73,3 +74,52 @@ class WebhookReceiver:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
+
+
+class DrippingReceiver:
+    """A receiver that reads each request, then answers one byte every ``interval`` seconds
+    and never finishes: every single read is quick, the answer never completes. Records how
+    many requests it took. A real socket server: no HTTP library misbehaves on purpose."""
+
+    def __init__(self, interval: float = 0.3) -> None:
+        self.interval = interval
+        self.requests = 0
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._listener.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            self.requests += 1
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000:
+                if self._stop.wait(self.interval):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def __enter__(self) -> DrippingReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()

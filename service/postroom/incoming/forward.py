@@ -9,9 +9,14 @@ redirect (RFC 5322 3.6.6 "resent" fields): the original bytes unchanged, with ``
 ``Resent-To``, ``Resent-Date``, ``Resent-Message-ID`` prepended and line endings normalised to
 CRLF; the envelope is ours (from our account, to the targets).
 
-Both refuse bounces (they would bounce back and forth) and stop loops: every message we forward
-or redirect carries ``X-Postroom-Loop: <account address>``, and a message that already carries
-ours for this account, or has travelled more than ``MAX_HOPS`` hops, is not sent on again.
+Both refuse bounces (they would bounce back and forth) and stop loops. A message's loop trail
+is every postroom account it has been sent on from: the ``X-Postroom-Loop`` values on it and on
+every message attached inside it (a forward wraps the one before, so its marker is in there).
+What we forward or redirect carries the whole trail plus our own address, so the trail survives
+any number of forwards (``Received`` does not: a forward is a new message). A message whose
+trail already holds this account, or that has travelled more than ``MAX_HOPS`` hops (Received
+fields plus trail), is not sent on again: no ring of postroom accounts, of any length or mix of
+forward and redirect, can go round twice.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ MAX_HOPS = 20  # Received + our loop headers; RFC 5321 6.3 suggests at least 100
 _FWD_PREFIX = re.compile(r"^\s*((fwd?|wg|tr)\s*:\s*)+", re.IGNORECASE)
 _HEADER_BLOCK_END = b"\r\n\r\n"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3: the longest path
 
 
 def bounce_reason(msg: ParsedMessage) -> str | None:
@@ -50,16 +56,30 @@ def bounce_reason(msg: ParsedMessage) -> str | None:
     return None
 
 
+def loop_trail(msg: ParsedMessage) -> list[str]:
+    """The postroom accounts ``msg`` was sent on from, oldest first, lower-case, each once:
+    from its own loop headers and those of the messages attached inside it."""
+    found = (address.strip().lower() for value in msg.nested_header(LOOP_HEADER) for address in value.split(","))
+    return list(dict.fromkeys(address for address in found if address))
+
+
 def loop_reason(msg: ParsedMessage, account_address: str) -> str | None:
     """Why sending ``msg`` on from ``account_address`` could loop, or None."""
-    ours = account_address.lower()
-    loop_values = [v.strip().lower() for v in msg.header(LOOP_HEADER)]
-    if ours in loop_values:
-        return f"already carries {LOOP_HEADER}: {account_address}"
-    hops = len(msg.header("Received")) + len(loop_values)
+    trail = loop_trail(msg)
+    if account_address.lower() in trail:
+        return f"already carries {LOOP_HEADER}: {account_address} (it went round)"
+    hops = len(msg.header("Received")) + len(trail)
     if hops > MAX_HOPS:
         return f"{hops} hops (limit {MAX_HOPS})"
     return None
+
+
+def _loop_value(msg: ParsedMessage, sender: str) -> str:
+    """Our loop header: the trail so far, then our address (``sender`` may have a name)."""
+    ours = check_header_value(email.utils.parseaddr(sender)[1], what="loop header")
+    # entries came from mail anyone can send: made one-line and address-sized, never refused
+    trail = [one_line(a) for a in loop_trail(msg) if a != ours.lower() and len(a) <= _MAX_ADDRESS]
+    return ", ".join([*filter(None, trail), ours])
 
 
 def refusal(msg: ParsedMessage, account_address: str) -> str | None:
@@ -105,10 +125,9 @@ def _summary(msg: ParsedMessage) -> list[str]:
 def forward_message(raw: bytes, msg: ParsedMessage, *, sender: str, to: Sequence[str], as_: str,
                     rule: str, message_id: str, now: datetime) -> bytes:
     """The bytes of a forward of ``raw`` from ``sender`` (our account) to ``to``."""
-    loop_value = check_header_value(email.utils.parseaddr(sender)[1], what="loop header")
     common = dict(sender=sender, to=list(to), subject=fwd_subject(msg.subject),
                   reply_to=_original_sender(msg), message_id=message_id, date=now,
-                  extra_headers={LOOP_HEADER: loop_value}, auto_submitted="auto-generated")
+                  extra_headers={LOOP_HEADER: _loop_value(msg, sender)}, auto_submitted="auto-generated")
     if as_ == "inline":
         quoted = "\n".join("> " + line if line else ">" for line in msg.body_text().splitlines())
         text = ("---------- Forwarded message ----------\n" + "\n".join(_summary(msg))

@@ -312,6 +312,23 @@ class ParsedMessage:
         values = self.header(name)
         return values[0] if values else ""
 
+    def nested_header(self, name: str) -> list[str]:
+        """Every value of header ``name`` here and in every message attached inside this one
+        (message/rfc822 parts, at any depth), decoded; only the top level when only headers
+        were fetched. A forward wraps the message before it: its headers live on in there."""
+        values = self.header(name)
+        if self.raw is None or not isinstance(self.headers, Message):
+            return values
+        try:
+            for part in self.headers.walk():
+                if part.get_content_type() == "message/rfc822" and part.is_multipart():
+                    for inner in part.get_payload():
+                        if isinstance(inner, Message):
+                            values.extend(decode_header_value(v) for v in inner.get_all(name) or [])
+        except Exception as exc:  # a broken MIME tree: what was read so far still counts
+            log.warning("attached message unreadable", key=self.key, error=repr(exc))
+        return values
+
     def _addresses(self, name: str) -> list[Address]:
         try:
             raw = [decode_header_value(v) if not isinstance(v, str) else

@@ -15,6 +15,7 @@ from .inbound import InboundStore
 from .leases import WatchLeases
 from .ledger import LedgerStore
 from .outbox import NewMessage, OutboxItem, OutboxStore
+from .owner import StoreOwner
 from .runs import RunRecord, RunStore
 from .tokens import OAuth2TokenStore, StoredGrant
 
@@ -28,6 +29,7 @@ class Store:
     inbound: InboundStore
     leases: WatchLeases
     tokens: OAuth2TokenStore
+    lock: StoreOwner | None = None  # the daemon's hold on a SQLite store (store.owner)
 
     @classmethod
     def open(cls, url: str, *, owner: str, migrate_schema: bool = True) -> Store:
@@ -40,6 +42,8 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.lock is not None:
+            self.lock.release()
 
 
 __all__ = [

@@ -14,12 +14,12 @@ costs a handful of statements, not thousands of round trips.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, true, update
 
 from .bulk import insert_rows, update_rows
 from .engine import as_utc
@@ -180,12 +180,17 @@ class LedgerStore:
                 conn.execute(insert(webhooks), new)
         return len(new)
 
-    def claim_webhooks(self, *, now: datetime, limit: int, lease: timedelta) -> list[WebhookDelivery]:
+    def claim_webhooks(self, *, now: datetime, limit: int, lease: timedelta,
+                       skip_urls: Collection[str] = ()) -> list[WebhookDelivery]:
+        """Lease up to ``limit`` due deliveries, none to a URL in ``skip_urls`` (receivers the
+        caller is still busy with)."""
         token = f"{self.owner}/{uuid.uuid4().hex[:12]}"
         due = or_(
             and_(webhooks.c.status == "queued", webhooks.c.next_attempt_at <= now),
             and_(webhooks.c.status == "sending", webhooks.c.lease_until < now),
         )
+        if skip_urls:
+            due = and_(due, webhooks.c.url.not_in(list(skip_urls)))
         with self.engine.begin() as conn:
             pick = (select(webhooks.c.webhook_id).where(due)
                     .order_by(webhooks.c.next_attempt_at, webhooks.c.webhook_id).limit(limit))
@@ -257,12 +262,14 @@ class LedgerStore:
             rows = conn.execute(select(webhooks.c.status, func.count()).group_by(webhooks.c.status))
             return {status: n for status, n in rows}
 
-    def next_webhook_due(self) -> datetime | None:
+    def next_webhook_due(self, *, skip_urls: Collection[str] = ()) -> datetime | None:
+        """When the next delivery falls due, none to a URL in ``skip_urls`` counted."""
+        others = webhooks.c.url.not_in(list(skip_urls)) if skip_urls else true()
         with self.engine.connect() as conn:
             queued = conn.scalar(select(func.min(webhooks.c.next_attempt_at))
-                                 .where(webhooks.c.status == "queued"))
+                                 .where(webhooks.c.status == "queued", others))
             lease = conn.scalar(select(func.min(webhooks.c.lease_until))
-                                .where(webhooks.c.status == "sending"))
+                                .where(webhooks.c.status == "sending", others))
         candidates = [as_utc(v) for v in (queued, lease) if v is not None]
         return min(candidates) if candidates else None
 
