@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -27,6 +26,7 @@ from pydantic import (
 from ..action_kinds import SENDING
 from ..auth.providers import PROVIDERS, Grant, ProviderName
 from ..credentials import Credentials, PasswordCredentials
+from .cron import cron_problem
 from .rules import RuleConfig
 from .types import Address, ByteSize, Duration, TimeZoneName
 
@@ -178,13 +178,9 @@ class ScheduleConfig(_Strict):
     @field_validator("cron")
     @classmethod
     def _cron_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                CronTrigger.from_crontab(value, timezone="UTC")
-            except ValueError as exc:
-                raise ValueError(
-                    f"bad cron expression {value!r} ({exc}); five fields: minute hour day month weekday"
-                ) from None
+        problem = None if value is None else cron_problem(value)
+        if problem is not None:
+            raise ValueError(f"bad cron expression {value!r} ({problem}); five fields: minute hour day month weekday")
         return value
 
     @field_validator("every")
