@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -270,6 +271,35 @@ def folder_server(select_reply: bytes) -> Answer:
             return b"* BYE bye\r\n" + tag + b" OK done\r\n"
         return tag + b" BAD not scripted\r\n"
     return answer
+
+
+async def test_mail_announced_with_the_idle_continuation_is_not_missed():
+    """Mail that arrives just before IDLE: the server announces it right after "+ idling",
+    often in the same packet, so it sits in the client's read buffer where a poll of the socket
+    can't see it. The watcher must hear of it at once, not at the next renewal."""
+    base = folder_server(b"* 3 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 4] ok\r\n")
+    idle_tag: list[bytes] = []
+
+    def answer(tag: bytes, command: bytes) -> bytes | None:
+        if command.upper() == b"IDLE":
+            idle_tag.append(tag)
+            return b"+ idling\r\n* 4 EXISTS\r\n"  # one send: one packet on loopback
+        if tag.upper() == b"DONE":
+            return idle_tag[-1] + b" OK idle done\r\n"
+        return base(tag, command)
+
+    with scripted_imap(answer) as server:
+        cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p",
+                         timeout=5)
+        connection = ImapConnection("x", cfg)
+        try:
+            await connection.connect()
+            await connection.select("INBOX")
+            started = time.monotonic()
+            assert await connection.idle_wait(20) is True
+            assert time.monotonic() - started < 5  # not the IDLE's own timeout
+        finally:
+            await connection.close()
 
 
 @pytest.mark.parametrize(("select_reply", "expected"), [

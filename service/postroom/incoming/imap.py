@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import io
 import itertools
 import re
 import socket
@@ -468,7 +469,10 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         client = self._c()
         client.idle()
         deadline = time.monotonic() + timeout
-        news = False
+        # Mail that came just before IDLE is announced with its continuation, often in the
+        # same packet: those lines already sit in imaplib's read buffer, where idle_check's
+        # poll of the socket never sees them (the watcher then slept until the renewal).
+        news = _buffered_news(_imaplib(client))
         try:
             while not news and not self._wake.is_set():
                 left = deadline - time.monotonic()
@@ -551,6 +555,33 @@ def _imaplib(client: IMAPClient) -> imaplib.IMAP4:
     imap: imaplib.IMAP4 = client._imap
     return imap
 
+
+def _buffered_news(imap: imaplib.IMAP4) -> bool:
+    """Read the untagged lines imaplib has already buffered (without waiting for more) and
+    say whether one announces new mail."""
+    news = False
+    sock = imap.socket()
+    timeout = sock.gettimeout()
+    buffered = imap.file  # the socket's makefile("rb"): a BufferedReader
+    if not isinstance(buffered, io.BufferedReader):
+        return False
+    while True:
+        sock.settimeout(0.0)  # peek at what is buffered: with nothing there, read nothing
+        try:
+            waiting = buffered.peek(1)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            waiting = b""
+        finally:
+            sock.settimeout(timeout)
+        if not waiting:
+            return news
+        line = imap.readline()  # the rest of a started line follows at once (socket timeout)
+        match = _UNTAGGED_COUNT.match(line)
+        if match and match.group(2) in _NEW_MAIL and not (match.group(2) == b"RECENT" and match.group(1) == b"0"):
+            news = True
+
+
+_UNTAGGED_COUNT = re.compile(rb"\* (\d+) ([A-Z]+)")
 
 _TAGS = itertools.count(1)
 
