@@ -74,6 +74,15 @@ class ServerConfig(_Strict):
             return None
         return PasswordCredentials(self.username, self.password)
 
+    def login(self, account: str, given: Credentials | None) -> Credentials | None:
+        """What a connection logs in with: ``given`` (an OAuth2 account's, from
+        ``AccountLogins``), else the config's password, or no login."""
+        if given is not None:
+            return given
+        if self.auth_kind() in TOKEN_AUTH:
+            raise ValueError(f"{account}: auth: {self.auth} needs the account's OAuth2 credentials")
+        return self.credentials()
+
     @model_validator(mode="after")
     def _auth_pair(self) -> ServerConfig:
         if self.auth in TOKEN_AUTH:

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from postroom.config.model import TOKEN_AUTH, ServerConfig
+from postroom.config.model import ServerConfig
 from postroom.credentials import Credentials, Mechanism, log_in
 from postroom.errors import (
     ErrorTable,
@@ -79,11 +79,9 @@ class ThreadedConnection(Generic[ClientT, ConfigT]):
     def __init__(self, account: str, cfg: ConfigT, credentials: Credentials | None = None):
         """``credentials``: how to log in (``AccountLogins.credentials``); default: the
         config's password, or no login. A token login must be given its credentials."""
-        if credentials is None and cfg.auth_kind() in TOKEN_AUTH:
-            raise ValueError(f"{account}: auth: {cfg.auth} needs the account's OAuth2 credentials")
         self.account = account
         self.cfg = cfg
-        self.credentials = credentials if credentials is not None else cfg.credentials()
+        self.credentials = cfg.login(account, credentials)
         self._client: ClientT | None = None
         self._broken = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.protocol}-{account}")

@@ -31,7 +31,7 @@ import aiosmtplib
 import structlog
 
 from postroom.auth import sasl
-from postroom.config.model import TOKEN_AUTH, SmtpConfig
+from postroom.config.model import SmtpConfig
 from postroom.credentials import Credentials, Mechanism, log_in
 from postroom.errors import (
     AuthError,
@@ -104,11 +104,9 @@ class SmtpConnection:
     def __init__(self, account: str, cfg: SmtpConfig, credentials: Credentials | None = None):
         """``credentials``: how to log in (``AccountLogins.credentials``); default: the
         config's password, or no login. A token login must be given its credentials."""
-        if credentials is None and cfg.auth_kind() in TOKEN_AUTH:
-            raise ValueError(f"{account}: auth: {cfg.auth} needs the account's OAuth2 credentials")
         self.account = account
         self.cfg = cfg
-        self.credentials = credentials if credentials is not None else cfg.credentials()
+        self.credentials = cfg.login(account, credentials)
         self._smtp: aiosmtplib.SMTP | None = None
         # After login, when the server offers PIPELINING and CHUNKING, the connection's
         # transport is driven by this instead of aiosmtplib (one round trip per message).
