@@ -85,3 +85,25 @@ async def test_a_failed_login_is_permanent_only_when_the_server_refuses_it(pass_
         await conn.close()
     assert [line.split()[0] for line in server.lines] == [b"USER", b"PASS"]
     assert is_transient(raised.value) is (error is not AuthError)
+
+
+@pytest.mark.parametrize("drop_at", [b"DELE", b"QUIT"])
+async def test_a_connection_dropped_after_dele_is_transient(drop_at):
+    """A server that goes away in the middle of a session (a restart) is a lost connection to
+    retry soon, not a refusal to fix by hand: the maildrop must not stop for 15 minutes."""
+    def answer(command: bytes) -> bytes | None:
+        verb = command.upper().split(b" ")[0]
+        if verb == drop_at:
+            return None  # close without a word
+        return b"+OK\r\n"
+
+    with scripted_pop3(answer) as server:
+        cfg = Pop3Config(host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5)
+        conn = Pop3Connection("x", cfg)
+        await conn.connect()
+        with pytest.raises(ServerConnectError) as raised:
+            await conn.dele(1)
+            await conn.quit()
+        await conn.close()
+    assert is_transient(raised.value)
+    assert drop_at in [line.split()[0] for line in server.lines]
