@@ -273,17 +273,22 @@ def folder_server(select_reply: bytes) -> Answer:
     return answer
 
 
-async def test_mail_announced_with_the_idle_continuation_is_not_missed():
-    """Mail that arrives just before IDLE: the server announces it right after "+ idling",
-    often in the same packet, so it sits in the client's read buffer where a poll of the socket
-    can't see it. The watcher must hear of it at once, not at the next renewal."""
+@pytest.mark.parametrize("idle_reply", [
+    b"+ idling\r\n* 4 EXISTS\r\n",  # one send: one packet on loopback, read into one buffer
+    b"* 4 EXISTS\r\n+ idling\r\n",  # RFC 2177 lets the server speak before its continuation
+], ids=["after-continuation", "before-continuation"])
+async def test_mail_announced_with_the_idle_continuation_is_not_missed(idle_reply):
+    """Mail that arrives just before IDLE: the server announces it with "+ idling", often in
+    the same packet, so it sits in the client's read buffer where a poll of the socket can't
+    see it, or even before it, which IMAPClient takes for a failed IDLE. The watcher must hear
+    of it at once, not at the next renewal (nor wait 15 minutes as after a refusal)."""
     base = folder_server(b"* 3 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 4] ok\r\n")
     idle_tag: list[bytes] = []
 
     def answer(tag: bytes, command: bytes) -> bytes | None:
         if command.upper() == b"IDLE":
             idle_tag.append(tag)
-            return b"+ idling\r\n* 4 EXISTS\r\n"  # one send: one packet on loopback
+            return idle_reply
         if tag.upper() == b"DONE":
             return idle_tag[-1] + b" OK idle done\r\n"
         return base(tag, command)
@@ -298,6 +303,7 @@ async def test_mail_announced_with_the_idle_continuation_is_not_missed():
             started = time.monotonic()
             assert await connection.idle_wait(20) is True
             assert time.monotonic() - started < 5  # not the IDLE's own timeout
+            assert await connection.uids_from(1) == [1, 2, 3]  # and the session is still in step
         finally:
             await connection.close()
 

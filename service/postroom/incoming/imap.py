@@ -465,14 +465,33 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
             return False
         return await self._run("idle", self._idle, min(timeout, self.idle_renew))
 
+    def _begin_idle(self, client: IMAPClient) -> bool:
+        """Start IDLE. RFC 2177 lets a server announce changes before its "+" continuation;
+        IMAPClient (< 5) takes such a line for the answer and raises "Unexpected IDLE response"
+        with it (which would read as a refusal). imaplib has kept the line; the continuation
+        is still to come: read up to it. True when something on the way announced new mail."""
+        try:
+            client.idle()
+            return False
+        except IMAPClientError as exc:
+            if _EARLY_IDLE_LINE not in str(exc):
+                raise  # a tagged NO or BAD: IDLE really was refused
+        imap = _imaplib(client)
+        news = self._drain_news()
+        while not (line := imap.readline()).startswith(b"+"):  # the socket timeout bounds each line
+            if not line:
+                raise EOFError("connection closed while starting IDLE")
+            news = _announces_news(line) or news
+        return news
+
     def _idle(self, timeout: float) -> bool:
         client = self._c()
-        client.idle()
+        news = self._begin_idle(client)
         deadline = time.monotonic() + timeout
         # Mail that came just before IDLE is announced with its continuation, often in the
         # same packet: those lines already sit in imaplib's read buffer, where idle_check's
         # poll of the socket never sees them (the watcher then slept until the renewal).
-        news = _buffered_news(_imaplib(client))
+        news = _buffered_news(_imaplib(client)) or news
         try:
             while not news and not self._wake.is_set():
                 left = deadline - time.monotonic()
@@ -576,12 +595,19 @@ def _buffered_news(imap: imaplib.IMAP4) -> bool:
         if not waiting:
             return news
         line = imap.readline()  # the rest of a started line follows at once (socket timeout)
-        match = _UNTAGGED_COUNT.match(line)
-        if match and match.group(2) in _NEW_MAIL and not (match.group(2) == b"RECENT" and match.group(1) == b"0"):
-            news = True
+        news = _announces_news(line) or news
+
+
+def _announces_news(line: bytes) -> bool:
+    """An untagged ``* n EXISTS`` / ``* n RECENT`` (n > 0) / ``* n FETCH`` line."""
+    match = _UNTAGGED_COUNT.match(line)
+    return bool(match and match.group(2) in _NEW_MAIL
+                and not (match.group(2) == b"RECENT" and match.group(1) == b"0"))
 
 
 _UNTAGGED_COUNT = re.compile(rb"\* (\d+) ([A-Z]+)")
+# How IMAPClient's idle() reports an untagged line that came before the continuation.
+_EARLY_IDLE_LINE = "Unexpected IDLE response: b'* "
 
 _TAGS = itertools.count(1)
 
