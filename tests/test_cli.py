@@ -150,3 +150,15 @@ def test_check_dry_run_and_reading_commands_write_nothing(tmp_path):
     assert "Subject: note" in postroom(tmp_path, "send", "note", "--dry-run").stdout
     assert "nothing waiting" in postroom(tmp_path, "outbox").stdout
     assert "messages set aside: 0" in postroom(tmp_path, "rules", "failed").stdout
+
+
+def test_a_broken_config_exits_78_so_systemd_stops_restarting_it(tmp_path):
+    (tmp_path / "postroom.yaml").write_text(CONFIG.replace("port: 1,", "port: 0,"))
+    env = {**os.environ, "POSTROOM_CONFIG": str(tmp_path / "postroom.yaml"),
+           "POSTROOM_STATE_DIR": str(tmp_path / "state"), "POSTROOM_HTTP": ""}
+    for command in (["run"], ["check", "--offline"], ["send", "x", "--dry-run"]):
+        done = subprocess.run([sys.executable, "-m", "postroom.cli", *command], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 78, (command, done.stderr)  # EX_CONFIG
+        assert "accounts.alice.smtp.port" in done.stderr
+    assert not (tmp_path / "state").exists()  # the daemon opened no store for a broken config

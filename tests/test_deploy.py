@@ -56,6 +56,7 @@ def test_systemd_unit_says_what_the_daemon_relies_on():
     assert unit["ExecStart"] == ["/opt/postroom/.venv/bin/postroom run"]
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert unit["Restart"] == ["on-failure"]
+    assert unit["RestartPreventExitStatus"] == ["78"]  # a broken config exits 78 (EX_CONFIG)
     assert "WatchdogSec" in unit
     assert unit["DynamicUser"] == ["yes"]
     assert unit["StateDirectory"] == ["postroom"]

@@ -124,7 +124,7 @@ def test_check_names_broken_config_and_template(workdir, clean_lab, tmp_path):
     cfg = workdir / "postroom.yaml"
     cfg.write_text(cfg.read_text().replace('cron: "0 6 1 * *"', 'cron: "0 6 32 * *"'))
     result = run_cli(["check", "--offline"], env)
-    assert result.returncode == 1
+    assert result.returncode == 78  # EX_CONFIG: systemd does not restart on it
     assert "jobs.statements.schedule.cron" in result.stderr and "postroom.yaml: line 38" in result.stderr
 
     cfg.write_text(lab_config_text(clean_lab, REFERENCE.read_text()))
@@ -134,7 +134,7 @@ def test_check_names_broken_config_and_template(workdir, clean_lab, tmp_path):
         (templates / src.name).write_text(src.read_text())
     (templates / "statement.j2").write_text("{% block subject %}Hi {{ row.name }{% endblock %}\n")
     result = run_cli(["check", "--offline"], {**env, "POSTROOM_TEMPLATES": str(templates)})
-    assert result.returncode == 1
+    assert result.returncode == 78
     assert "statement.j2:1" in result.stderr
 
 

@@ -74,8 +74,19 @@ def app() -> None:
     """postroom: scheduled template mail out, inbox rules in."""
 
 
+# sysexits.h's EX_CONFIG: systemd's unit stops restarting on it (RestartPreventExitStatus=78),
+# since the same config would fail the same way every 5 s until a person fixes it.
+EX_CONFIG = 78
+
+
+class BrokenConfig(Failed):
+    """The config (or its templates) can't be used: printed to stderr, exit 78."""
+
+    exit_code = EX_CONFIG
+
+
 def broken_config(exc: ConfigError) -> Failed:
-    return Failed(f"config is broken:\n{exc}")
+    return BrokenConfig(f"config is broken:\n{exc}")
 
 
 def loaded_config(ctx: click.Context) -> Config:
