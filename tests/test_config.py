@@ -71,6 +71,30 @@ def test_secret_from_a_secrets_dir(tmp_path):
     assert cfg.accounts["a"].smtp.password.get_secret_value() == "from-file"
 
 
+def test_name_file_variables_are_read_as_secret_files(tmp_path, monkeypatch):
+    (tmp_path / "pw").write_text("from-docker-secret\n")
+    path = tmp_path / "postroom.yaml"
+    path.write_text("accounts:\n  a:\n    address: a@example.test\n"
+                    "    smtp: {host: h, username: u, password: '${PW}'}\n")
+    cfg = load_config(Settings(config=path), environ={"PW_FILE": str(tmp_path / "pw")}).config
+    assert cfg.accounts["a"].smtp.password.get_secret_value() == "from-docker-secret"
+
+    with pytest.raises(ConfigError) as err:
+        load_config(Settings(config=path), environ={"PW_FILE": str(tmp_path / "missing")})
+    assert "PW_FILE=" in str(err.value) and "can't read it" in str(err.value)
+    assert "accounts.a.smtp.password" in str(err.value)
+    with pytest.raises(ConfigError, match="both PW and PW_FILE are set"):
+        load_config(Settings(config=path), environ={"PW": "x", "PW_FILE": str(tmp_path / "pw")})
+
+    # the process settings too: POSTROOM_DATABASE_URL_FILE, as a compose file would pass it
+    (tmp_path / "url").write_text(f"sqlite:///{tmp_path / 'elsewhere.db'}\n")
+    monkeypatch.setenv("POSTROOM_DATABASE_URL_FILE", str(tmp_path / "url"))
+    assert Settings().database_url == f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("POSTROOM_DATABASE_URL", "sqlite:///x.db")
+    with pytest.raises(ConfigError, match="POSTROOM_DATABASE_URL_FILE are set"):
+        Settings()
+
+
 BASE = """\
 accounts:
   a:

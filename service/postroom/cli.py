@@ -54,7 +54,11 @@ def settings(ctx: click.Context, *, logs: bool = True) -> Settings:
         from .config.settings import Settings
 
         config: Path | None = root.meta.get("postroom.config")
-        made = root.meta["postroom.settings"] = Settings(config=config) if config is not None else Settings()
+        try:
+            made = Settings(config=config) if config is not None else Settings()
+        except ConfigError as exc:  # a POSTROOM_*_FILE that can't be read
+            raise broken_config(exc) from None
+        root.meta["postroom.settings"] = made
     if logs and not root.meta.get("postroom.logging"):
         from .logs import setup_logging
 

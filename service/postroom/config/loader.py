@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from ..errors import ConfigError
 from .dburl import sqlite_beside
 from .model import Config, FileSource, SqlSource
-from .settings import Settings, read_dotenv
+from .settings import FILE_SUFFIX, Settings, read_dotenv, read_secret_file
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -52,6 +52,14 @@ class SecretLookup:
         self._dotenv = read_dotenv(path)
 
     def get(self, name: str) -> str | None:
+        """NAME's value; ConfigError when NAME_FILE names a file that can't be read, or when
+        both NAME and NAME_FILE are set (which one was meant?)."""
+        pointer = f"{name}{FILE_SUFFIX}"
+        for source in (self._environ, self._dotenv):
+            if pointer in source:
+                if name in self._environ or name in self._dotenv:
+                    raise ConfigError(f"both {name} and {pointer} are set; keep one")
+                return read_secret_file(source[pointer], pointer)
         if name in self._environ:
             return self._environ[name]
         for folder in self._dirs:
@@ -197,7 +205,11 @@ def _interpolate(value: Any, at: Path_, lookup: SecretLookup, problems: list[tup
         if m.group(0) == "$$":
             return "$"
         name = m.group(1)
-        found = lookup.get(name)
+        try:
+            found = lookup.get(name)
+        except ConfigError as exc:
+            problems.extend((at, what) for _where, what in exc.problems)
+            return ""
         if found is None:
             problems.append((at, f"${{{name}}} is not set; export {name}, put it in .env, "
                                  f"or add a secret file named {name}"))

@@ -31,6 +31,27 @@ def _default_instance() -> str:
 
 ENV_PREFIX = "POSTROOM_"
 DOTENV = Path(".env")  # in the working directory
+# NAME_FILE=/run/secrets/x gives NAME the file's content: the convention of official Docker
+# images, so a secret never has to sit in the environment.
+FILE_SUFFIX = "_FILE"
+MAX_SECRET_FILE = 64 * 1024  # bytes; a secret, not a data file
+
+
+def read_secret_file(path: str, variable: str) -> str:
+    """The content of the file ``variable`` (a NAME_FILE) names, without its final line end."""
+    from ..errors import ConfigError
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"{variable}={path}: can't read it ({exc.strerror})") from None
+    if len(data) > MAX_SECRET_FILE:
+        raise ConfigError(f"{variable}={path}: over {MAX_SECRET_FILE} bytes; is it the right file?")
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable}={path}: not UTF-8 text") from None
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -71,8 +92,15 @@ class Settings(BaseModel):
         for source in (read_dotenv(DOTENV), os.environ):  # the environment wins over .env
             upper = {key.upper(): value for key, value in source.items()}
             for name in cls.model_fields:
-                if f"{ENV_PREFIX}{name.upper()}" in upper:
-                    found[name] = upper[f"{ENV_PREFIX}{name.upper()}"]
+                variable = f"{ENV_PREFIX}{name.upper()}"
+                if variable in upper and variable + FILE_SUFFIX in upper:
+                    from ..errors import ConfigError
+
+                    raise ConfigError(f"both {variable} and {variable}{FILE_SUFFIX} are set; keep one")
+                if variable in upper:
+                    found[name] = upper[variable]
+                elif variable + FILE_SUFFIX in upper:  # e.g. POSTROOM_DATABASE_URL_FILE
+                    found[name] = read_secret_file(upper[variable + FILE_SUFFIX], variable + FILE_SUFFIX)
         return {**found, **given}
 
     def database_url_or_default(self) -> str:
