@@ -259,5 +259,6 @@ def _resolve_relative_paths(config: Config, base: Path) -> None:
             if isinstance(source, SqlSource) and source.database:
                 source.database = sqlite_beside(source.database, base)
         for att in job.attachments:
-            if att.file is not None and not att.file.is_absolute():
-                att.file = base / att.file
+            if att.file is not None and "{" not in att.file and not Path(att.file).is_absolute():
+                att.file = str(base / att.file)
+    config.attachments_dir = base / (config.attachments_dir or ".")

@@ -26,6 +26,7 @@ from pydantic import (
 from ..action_kinds import SENDING
 from ..auth.providers import PROVIDERS, Grant, ProviderName
 from ..credentials import Credentials, PasswordCredentials
+from ..mail.headers import job_header_problem
 from .cron import cron_problem
 from .rules import RuleConfig
 from .types import Address, ByteSize, Duration, TimeZoneName
@@ -270,14 +271,34 @@ DataSourceConfig = Annotated[
 
 class AttachmentConfig(_Strict):
     data: str | None = None  # a data key: its rows become CSV
-    file: Path | None = None  # a file on disk; relative: beside the config
-    filename: str | None = None
+    # A file on disk; relative: beside the config. A template ("invoices/{{ row.id }}.pdf") is
+    # rendered per message, relative to the config's attachments_dir and confined to it.
+    file: str | None = None
+    filename: str | None = None  # may be a template
     content_type: str | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> AttachmentConfig:
         if (self.data is None) == (self.file is None):
             raise ValueError("give exactly one of data, file")
+        return self
+
+
+class ListUnsubscribeConfig(_Strict):
+    """RFC 2369 List-Unsubscribe (+ RFC 8058 one-click): what bulk senders must offer."""
+
+    url: str | None = None  # a template: "https://shop.example/u/{{ row.id }}"
+    mailto: str | None = None  # a template: the address unsubscribe requests go to
+    one_click: bool = False  # List-Unsubscribe-Post; needs an https:// url
+
+    @model_validator(mode="after")
+    def _usable(self) -> ListUnsubscribeConfig:
+        if self.url is None and self.mailto is None:
+            raise ValueError("give url, mailto, or both")
+        if self.one_click and (self.url is None or not self.url.startswith("https://")):
+            raise ValueError("one_click needs a url starting https:// (RFC 8058)")
+        if self.url is not None and not self.url.startswith(("https://", "http://")):
+            raise ValueError("url must start with https:// (or http://)")
         return self
 
 
@@ -288,7 +309,10 @@ class JobConfig(_Strict):
     to: list[str] = Field(min_length=1)  # each may be a template: "{{ row.email }}"
     cc: list[str] = []
     bcc: list[str] = []
-    reply_to: str | None = None
+    reply_to: str | None = None  # may be a template
+    # Extra headers, values may be templates: {X-Campaign: "statements-{{ today }}"}.
+    headers: dict[str, str] = {}
+    list_unsubscribe: ListUnsubscribeConfig | None = None
     data: dict[str, DataSourceConfig] = {}
     attachments: list[AttachmentConfig] = []
     for_each: str | None = None  # a data key: one message per row, the row is `row`
@@ -296,6 +320,14 @@ class JobConfig(_Strict):
     # A fire missed while the daemon was down runs once at start if it is at most this late.
     misfire_grace: Duration = timedelta(hours=1)
     enabled: bool = True
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = [p for name in value if (p := job_header_problem(name)) is not None]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
 
 class OutboxConfig(_Strict):
@@ -310,6 +342,9 @@ class OutboxConfig(_Strict):
 
 class Config(_Strict):
     timezone: TimeZoneName = "UTC"
+    # Where per-row attachment paths (file: templates) are looked up, and the only place they
+    # may read from. Default: the config's folder; relative: beside the config.
+    attachments_dir: Path | None = None
     accounts: dict[str, AccountConfig] = Field(min_length=1)
     jobs: dict[str, JobConfig] = {}
     rules: list[RuleConfig] = []

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 from postroom.errors import MessageRefused
 
+from .headers import header_name_problem
+
 __all__ = [
     "Attachment",
     "check_header_value",
@@ -38,12 +40,6 @@ __all__ = [
     "validate_address",
 ]
 
-# Headers compose() sets itself; extra_headers may not replace (or smuggle in) these.
-_OWN_HEADERS = frozenset(
-    {"from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "mime-version",
-     "auto-submitted", "content-type", "content-transfer-encoding", "content-disposition", "sender"}
-)
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
 _FORBIDDEN_IN_HEADER = ("\r", "\n", "\0")
 _DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
@@ -349,9 +345,8 @@ def _normal_newlines(body: str) -> str:
 def _checked_extra_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     checked = []
     for name, value in headers.items():
-        if not _HEADER_NAME.match(name):
-            raise MessageRefused(f"extra header name is not valid: {name!r}")
-        if name.lower() in _OWN_HEADERS:
-            raise MessageRefused(f"extra header {name!r} would replace one compose sets itself")
+        problem = header_name_problem(name)
+        if problem is not None:
+            raise MessageRefused(f"extra header: {problem}")
         checked.append((name, check_header_value(value, what=f"header {name}")))
     return checked

@@ -11,11 +11,12 @@ what is missing, so every recipient gets the message once.
 from __future__ import annotations
 
 import asyncio
-import mimetypes
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import formataddr
+from functools import partial
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,15 +25,11 @@ import structlog
 from ..clock import utcnow
 from ..config import Config, JobConfig
 from ..errors import DataSourceError, MessageRefused, PostroomError
-from ..mail.compose import (
-    Attachment,
-    compose_bytes,
-    make_message_id,
-    rows_to_csv,
-    validate_address,
-)
+from ..mail.compose import compose_bytes, make_message_id, validate_address
+from ..mail.headers import list_unsubscribe_headers, list_unsubscribe_problem
 from ..mail.templates import TemplateRenderer
 from ..store import NewMessage, Store
+from .attachments import is_per_message, message_attachments, static_attachments
 from .sender import OutboxSender
 from .sources import load_data
 
@@ -97,7 +94,9 @@ class JobRunner:
             rows = [None]
         sender = formataddr((account.name, account.address)) if account.name else account.address
         domain = account.address.rpartition("@")[2].strip(">").strip() or "localhost"
-        attachments_static = self._static_attachments(job, data)
+        shared = static_attachments(job.attachments, data)
+        per_message = any(is_per_message(att) for att in job.attachments)
+        folder = self.config.attachments_dir or Path(".")
         out: list[NewMessage] = []
         for i, row in enumerate(rows):
             context = {**base, "row": row} if job.for_each else base
@@ -107,19 +106,54 @@ class JobRunner:
                 to = self._recipients(job.to, context, f"{where}.to") if to_override is None else list(to_override)
                 cc = self._recipients(job.cc, context, f"{where}.cc") if to_override is None else []
                 bcc = self._recipients(job.bcc, context, f"{where}.bcc") if to_override is None else []
+                reply_to = self._rendered(job.reply_to, context, f"{where}.reply_to")
+                attachments = shared
+                if per_message:
+                    attachments = shared + message_attachments(
+                        job.attachments, data, folder, partial(self._render_in, context), where=where)
                 message_id = make_message_id(domain)
                 raw = compose_bytes(
                     sender=sender, to=to, cc=cc, subject=rendered.subject, text=rendered.text,
                     html=rendered.html, message_id=message_id, date=now,
-                    reply_to=job.reply_to, attachments=attachments_static,
+                    reply_to=reply_to or None, attachments=attachments,
+                    extra_headers=self._extra_headers(job, context, where),
                 )
             except MessageRefused as exc:
                 raise MessageRefused(f"{where}: {exc}") from exc
+            except DataSourceError as exc:  # a per-row attachment file that isn't there
+                raise DataSourceError(f"{where}: {exc}", source=exc.source) from exc
             out.append(NewMessage(
                 dedup_key=f"{key_prefix}:{i}", message_id=message_id, account=job.account,
                 envelope_from=account.address, recipients=[*to, *cc, *bcc], raw=raw,
                 origin=job_id,
             ))
+        return out
+
+    def _render_in(self, context: Mapping[str, Any], source: str, what: str) -> str:
+        return self.renderer.render_string(source, context, what=what)
+
+    def _rendered(self, value: str | None, context: Mapping[str, Any], what: str) -> str | None:
+        """A config value that may be a template, rendered for this message (stripped)."""
+        if value is None or "{" not in value:
+            return value
+        return self.renderer.render_string(value, context, what=what).strip()
+
+    def _extra_headers(self, job: JobConfig, context: Mapping[str, Any], where: str) -> dict[str, str]:
+        """The job's ``headers:`` and List-Unsubscribe, rendered for this message. An empty
+        value leaves its header out (as a row without a cc address has no Cc)."""
+        out: dict[str, str] = {}
+        for name, value in job.headers.items():
+            rendered = self._rendered(value, context, f"{where}.headers.{name}")
+            if rendered:
+                out[name] = rendered
+        unsubscribe = job.list_unsubscribe
+        if unsubscribe is not None:
+            url = self._rendered(unsubscribe.url, context, f"{where}.list_unsubscribe.url") or None
+            mailto = self._rendered(unsubscribe.mailto, context, f"{where}.list_unsubscribe.mailto") or None
+            problem = list_unsubscribe_problem(url, mailto, one_click=unsubscribe.one_click)
+            if problem is not None:
+                raise MessageRefused(problem)
+            out.update(list_unsubscribe_headers(url, mailto, one_click=unsubscribe.one_click))
         return out
 
     def _recipients(self, entries: Sequence[str], context: Mapping[str, Any], what: str) -> list[str]:
@@ -131,26 +165,6 @@ class JobRunner:
             if not value:
                 continue  # a row without an address is skipped for that field, like an empty cc
             out.append(validate_address(value, what=f"{what}[{j}]"))
-        return out
-
-    @staticmethod
-    def _static_attachments(job: JobConfig, data: Mapping[str, Any]) -> list[Attachment]:
-        out = []
-        for att in job.attachments:
-            if att.data is not None:
-                out.append(Attachment(
-                    filename=att.filename or f"{att.data}.csv",
-                    content=rows_to_csv(data[att.data] or []),
-                    content_type=att.content_type or "text/csv",
-                ))
-            elif (path := att.file) is not None:  # the config allows exactly one of data, file
-                try:
-                    content = path.read_bytes()
-                except OSError as exc:
-                    raise DataSourceError(f"attachment {str(path)!r}: {exc.strerror}") from None
-                guessed = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-                out.append(Attachment(filename=att.filename or path.name, content=content,
-                                      content_type=att.content_type or guessed))
         return out
 
     def _job(self, job_id: str) -> JobConfig:
