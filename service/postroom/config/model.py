@@ -29,7 +29,7 @@ from ..credentials import Credentials, PasswordCredentials
 from ..mail.headers import job_header_problem
 from .cron import cron_problem
 from .rules import RuleConfig
-from .types import Address, ByteSize, Duration, TimeZoneName
+from .types import Address, ByteSize, Duration, LocaleName, TimeZoneName
 
 Security = Literal["tls", "starttls", "none"]
 # How a server is logged in to: a password (LOGIN, USER/PASS, AUTH PLAIN) or an OAuth2 access
@@ -320,6 +320,8 @@ class JobConfig(_Strict):
     # A fire missed while the daemon was down runs once at start if it is at most this late.
     misfire_grace: Duration = timedelta(hours=1)
     enabled: bool = True
+    # How money, number and date filters write (de_DE: 1.234,50 €); default: the config's.
+    locale: LocaleName | None = None
 
     @field_validator("headers")
     @classmethod
@@ -345,6 +347,7 @@ class Config(_Strict):
     # Where per-row attachment paths (file: templates) are looked up, and the only place they
     # may read from. Default: the config's folder; relative: beside the config.
     attachments_dir: Path | None = None
+    locale: LocaleName | None = None  # for every job without its own; none: English forms
     accounts: dict[str, AccountConfig] = Field(min_length=1)
     jobs: dict[str, JobConfig] = {}
     rules: list[RuleConfig] = []
@@ -352,6 +355,9 @@ class Config(_Strict):
 
     def job_timezone(self, job: JobConfig) -> str:
         return job.schedule.timezone or self.timezone
+
+    def job_locale(self, job: JobConfig) -> str | None:
+        return job.locale or self.locale
 
     def reference_problems(self) -> list[tuple[tuple[Any, ...], str]]:
         """Names that point nowhere, each with the key path that holds it."""

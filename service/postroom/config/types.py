@@ -54,6 +54,18 @@ def parse_timezone(value: Any) -> str:
     return value
 
 
+def parse_locale(value: Any) -> str:
+    """A locale Babel knows (de_DE, fr, pt-BR); Babel is imported only when a config names one."""
+    if not isinstance(value, str):
+        raise ValueError("a locale is a name like en_US, de_DE or fr")
+    from ..mail.locale_filters import locale_problem
+
+    problem = locale_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 def parse_address(value: Any) -> str:
     """Exactly one mail address (a display name is allowed); returned as written, trimmed."""
     if not isinstance(value, str) or "\r" in value or "\n" in value:
@@ -97,4 +109,5 @@ def webhook_key(secret: str) -> bytes:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 TimeZoneName = Annotated[str, BeforeValidator(parse_timezone)]
+LocaleName = Annotated[str, BeforeValidator(parse_locale)]
 Address = Annotated[str, BeforeValidator(parse_address)]

@@ -22,7 +22,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,6 +32,7 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from postroom.errors import TemplateError
+from postroom.mail import locale_filters
 from postroom.mail.bounds import (
     FILTER_SIZES,
     GLOBAL_SIZES,
@@ -82,22 +82,6 @@ def _bounded_range(*args: int) -> range:
     return rng
 
 
-def _money(value: Any, currency: str = "", places: int = 2) -> str:
-    """``1234.5|money`` → ``1,234.50``; ``|money("EUR")`` → ``1,234.50 EUR``."""
-    text = _number(value, places)
-    return f"{text} {currency}" if currency else text
-
-
-def _number(value: Any, places: int = 0) -> str:
-    """``1234567|number`` → ``1,234,567``; ``0.125|number(2)`` → ``0.13`` (half up)."""
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation as exc:
-        raise ValueError(f"not a number: {value!r}") from exc
-    quantum = Decimal(1).scaleb(-int(places))
-    return f"{amount.quantize(quantum, rounding=ROUND_HALF_UP):,}"
-
-
 class _BoundedCodeGenerator(CodeGenerator):
     """``a ~ b`` compiles to a string join the sandbox never sees, so repeated ``{% set a = a ~ a
     %}`` would double a string past any limit. Each one is wrapped in the environment's
@@ -130,8 +114,10 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
             self.filters[name] = bounded(name, self.filters[name], sizer)
         for name, sizer in GLOBAL_SIZES.items():
             self.globals[name] = bounded(name, cast("Callable[..., Any]", self.globals[name]), sizer)
-        self.filters["money"] = _money
-        self.filters["number"] = _number
+        self.filters["money"] = locale_filters.money
+        self.filters["number"] = locale_filters.number
+        self.filters["date"] = locale_filters.date
+        self.filters["datetime"] = locale_filters.datetime
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         _check_deadline()

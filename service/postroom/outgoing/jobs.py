@@ -27,6 +27,7 @@ from ..config import Config, JobConfig
 from ..errors import DataSourceError, MessageRefused, PostroomError
 from ..mail.compose import compose_bytes, make_message_id, validate_address
 from ..mail.headers import list_unsubscribe_headers, list_unsubscribe_problem
+from ..mail.locale_filters import rendering_locale
 from ..mail.templates import TemplateRenderer
 from ..store import NewMessage, Store
 from .attachments import is_per_message, message_attachments, static_attachments
@@ -76,6 +77,13 @@ class JobRunner:
     def render_messages(self, job_id: str, job: JobConfig, data: Mapping[str, Any], *, key_prefix: str,
                         now: datetime, fire_time: datetime | None,
                         to_override: Sequence[str] | None) -> list[NewMessage]:
+        with rendering_locale(self.config.job_locale(job)):  # for money, number and date filters
+            return self._render_rows(job_id, job, data, key_prefix=key_prefix, now=now, fire_time=fire_time,
+                                     to_override=to_override)
+
+    def _render_rows(self, job_id: str, job: JobConfig, data: Mapping[str, Any], *, key_prefix: str,
+                     now: datetime, fire_time: datetime | None,
+                     to_override: Sequence[str] | None) -> list[NewMessage]:
         account = self.config.accounts[job.account]
         tz = ZoneInfo(self.config.job_timezone(job))
         local_now = now.astimezone(tz)
