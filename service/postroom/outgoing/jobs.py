@@ -78,7 +78,8 @@ class JobRunner:
 
     def render_messages(self, job_id: str, job: JobConfig, data: Mapping[str, Any], *, key_prefix: str,
                         now: datetime, fire_time: datetime | None,
-                        to_override: Sequence[str] | None) -> list[NewMessage]:
+                        to_override: Sequence[str] | None, only_row: int | None = None) -> list[NewMessage]:
+        """The run's messages; ``only_row``: just that row's (`postroom preview` shows one)."""
         account = self.config.accounts[job.account]
         tz = ZoneInfo(self.config.job_timezone(job))
         local_now = now.astimezone(tz)
@@ -100,6 +101,8 @@ class JobRunner:
         attachments_static = self._static_attachments(job, data)
         out: list[NewMessage] = []
         for i, row in enumerate(rows):
+            if only_row is not None and i != only_row:
+                continue
             context = {**base, "row": row} if job.for_each else base
             where = f"jobs.{job_id}" + (f" row {i}" if job.for_each else "")
             try:
