@@ -17,7 +17,7 @@ from postroom.config import Config, Settings, load_config
 from postroom.console.preview import FRAME_CSP, files_signature, preview_app
 from postroom.console.preview_render import build_preview
 
-from tests.support.daemon import DataServer
+from tests.support.daemon import DataServer, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2027, 3, 1, 9, 30, tzinfo=UTC)
@@ -190,3 +190,13 @@ async def test_the_html_part_is_served_sandboxed_and_assets_only_by_name(client)
     assert (await client.get("/frame/unknown")).status_code == 404
     assert (await client.get("/assets/preview.js")).headers["content-type"].startswith("text/javascript")
     assert (await client.get("/assets/preview.py")).status_code == 404
+
+
+def test_the_command_refuses_a_job_that_is_not_there(work):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
+    env.update(SECRETS, POSTROOM_CONFIG=str(work / "postroom.yaml"), POSTROOM_TEMPLATES=str(work / "templates"),
+               POSTROOM_STATE_DIR=str(work / "state"))
+    result = run_cli(["preview", "nope"], env)
+    assert result.returncode == 1
+    assert "no job named 'nope'; jobs: orders-report, statements" in result.stderr
+    assert "http://" not in result.stdout  # it never listened

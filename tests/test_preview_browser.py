@@ -159,7 +159,7 @@ def test_saving_the_template_changes_the_open_page_without_a_reload(driver, prev
     assert console_errors(driver) == []
 
 
-def test_a_template_syntax_error_shows_template_line_and_message(driver, preview, statement):
+def test_a_template_syntax_error_shows_template_line_and_message(driver, preview, statement, tmp_path):
     _open_row(driver, preview, 1)
     lines = statement.read_text().splitlines()
     broken = next(i for i, line in enumerate(lines) if "<p>Dear {{ row.name }},</p>" in line)
@@ -173,6 +173,7 @@ def test_a_template_syntax_error_shows_template_line_and_message(driver, preview
     assert driver.find_elements(By.ID, "html-frame") == []  # in place of the email
     bad = driver.find_element(By.CSS_SELECTOR, ".excerpt .bad").text
     assert "{{ row.name }</p>" in bad
+    driver.save_screenshot(str(screenshot_path("preview-error.png", tmp_path)))
     # Fixed and saved: the email is back.
     lines[broken] = "<p>Dear {{ row.name }},</p>"
     statement.write_text("\n".join(lines) + "\n")
