@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -107,20 +108,34 @@ def statement(preview: Preview) -> Iterator[Path]:
 def _open_row(driver: webdriver.Chrome, preview: Preview, row: int) -> None:
     driver.get(f"{preview.base}/?job=statements")
     Select(driver.find_element(By.NAME, "row")).select_by_value(str(row))  # submits the choice
-    WebDriverWait(driver, WAIT).until(lambda d: f"row={row}" in d.current_url and d.find_elements(By.ID, "subject"))
+    _wait(driver).until(lambda d: f"row={row}" in d.current_url and d.find_elements(By.ID, "subject"))
+
+
+def _wait(driver: webdriver.Chrome) -> WebDriverWait[webdriver.Chrome]:
+    # The page swaps its content when a rendering is pushed: an element found just before may
+    # be gone when read, which is a reason to look again, not a failure.
+    return WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def _text_part(driver: webdriver.Chrome) -> str:
-    found = driver.find_elements(By.ID, "text-part")
-    return found[0].text if found else ""
+    """The text part as shown, read in one step (no element to go stale in between)."""
+    text = driver.execute_script("const e = document.getElementById('text-part'); return e ? e.innerText : ''")
+    return str(text)
 
 
-def _frame_text(driver: webdriver.Chrome) -> str:
-    driver.switch_to.frame(driver.find_element(By.ID, "html-frame"))
-    try:
-        return driver.find_element(By.TAG_NAME, "body").text
-    finally:
-        driver.switch_to.default_content()
+def _frame_text(driver: webdriver.Chrome, showing: str) -> str:
+    """The html part's text as its frame shows it, once it shows ``showing`` (a frame swapped
+    in with a pushed rendering loads after the page has it)."""
+    def read(d: webdriver.Chrome) -> str | None:
+        d.switch_to.frame(d.find_element(By.ID, "html-frame"))
+        try:
+            text = str(d.find_element(By.TAG_NAME, "body").text)
+        finally:
+            d.switch_to.default_content()
+        return text if showing in text else None
+
+    found: str = _wait(driver).until(read)
+    return found
 
 
 def test_second_row_shows_that_customers_email(driver, preview, tmp_path):
@@ -131,7 +146,7 @@ def test_second_row_shows_that_customers_email(driver, preview, tmp_path):
     assert "Bob Builder" not in text
     summary = driver.find_element(By.CSS_SELECTOR, ".summary").text
     assert "carol@example.test" in summary and "bytes" in summary
-    assert "Statement for Carol Client" in _frame_text(driver)  # the html part, in its frame
+    assert "Dear Carol Client," in _frame_text(driver, "Statement for Carol Client")  # the html part
     raw = driver.find_element(By.ID, "raw").get_attribute("textContent")
     assert "To: carol@example.test" in raw and "Content-Type: multipart/alternative" in raw
     driver.save_screenshot(str(screenshot_path("preview.png", tmp_path)))
@@ -140,7 +155,7 @@ def test_second_row_shows_that_customers_email(driver, preview, tmp_path):
 
 def test_attachments_are_listed_with_their_sizes(driver, preview):
     driver.get(f"{preview.base}/?job=orders-report")
-    rows = WebDriverWait(driver, WAIT).until(
+    rows = _wait(driver).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, "#attachments tbody tr"))
     assert rows[0].text.startswith("orders.csv text/csv")
     assert re.search(r"\d+ bytes$", rows[0].text)
@@ -152,10 +167,10 @@ def test_saving_the_template_changes_the_open_page_without_a_reload(driver, prev
     driver.execute_script("window.sameDocument = true")  # gone if the page were loaded again
     statement.write_text(statement.read_text().replace("Questions? Just reply to this email.",
                                                        "Questions? Call us on 555-0100."))
-    WebDriverWait(driver, WAIT).until(lambda d: "Call us on 555-0100" in _text_part(d))
+    _wait(driver).until(lambda d: "Call us on 555-0100" in _text_part(d))
     assert driver.execute_script("return window.sameDocument") is True
     assert "Carol Client" in _text_part(driver)  # still the row that was picked
-    assert "Call us on 555-0100" in _frame_text(driver)
+    assert "Carol Client" in _frame_text(driver, "Call us on 555-0100")
     assert console_errors(driver) == []
 
 
@@ -165,7 +180,7 @@ def test_a_template_syntax_error_shows_template_line_and_message(driver, preview
     broken = next(i for i, line in enumerate(lines) if "<p>Dear {{ row.name }},</p>" in line)
     lines[broken] = "<p>Dear {{ row.name }</p>"
     statement.write_text("\n".join(lines) + "\n")
-    WebDriverWait(driver, WAIT).until(lambda d: d.find_elements(By.ID, "problem"))
+    _wait(driver).until(lambda d: d.find_elements(By.ID, "problem"))
     assert driver.find_element(By.ID, "problem-template").text == STATEMENT
     assert driver.find_element(By.ID, "problem-line").text == str(broken + 1)
     assert "unexpected '}'" in driver.find_element(By.ID, "problem-message").text
@@ -177,7 +192,7 @@ def test_a_template_syntax_error_shows_template_line_and_message(driver, preview
     # Fixed and saved: the email is back.
     lines[broken] = "<p>Dear {{ row.name }},</p>"
     statement.write_text("\n".join(lines) + "\n")
-    WebDriverWait(driver, WAIT).until(lambda d: "Dear Carol Client," in _text_part(d))
+    _wait(driver).until(lambda d: "Dear Carol Client," in _text_part(d))
     assert console_errors(driver) == []
 
 
@@ -214,7 +229,7 @@ def test_the_html_part_runs_no_script_and_loads_nothing_remote(driver, preview, 
         "try { parent.document.title = 'SCRIPT RAN'; } catch (e) {}</script>"
         f"<img src='{image}' alt='tracker'>"))
     _open_row(driver, preview, 1)
-    body = _frame_text(driver)
+    body = _frame_text(driver, "Statement for Carol Client")
     assert "Dear Carol Client," in body and "SCRIPT RAN" not in body
     assert "SCRIPT RAN" not in driver.title
     assert tracker.hits == 0

@@ -20,6 +20,7 @@ import os
 import secrets
 import signal
 import socket
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -119,19 +120,22 @@ class _Frames:
     def __init__(self) -> None:
         self._items: OrderedDict[str, bytes] = OrderedDict()
         self._size = 0
+        self._lock = threading.Lock()  # panes are rendered in worker threads
 
     def add(self, html: str) -> str:
         key = secrets.token_urlsafe(12)
         body = html.encode("utf-8")
-        self._items[key] = body
-        self._size += len(body)
-        while len(self._items) > 1 and (len(self._items) > MAX_FRAMES or self._size > MAX_FRAME_BYTES):
-            _, dropped = self._items.popitem(last=False)
-            self._size -= len(dropped)
+        with self._lock:
+            self._items[key] = body
+            self._size += len(body)
+            while len(self._items) > 1 and (len(self._items) > MAX_FRAMES or self._size > MAX_FRAME_BYTES):
+                _, dropped = self._items.popitem(last=False)
+                self._size -= len(dropped)
         return key
 
     def get(self, key: str) -> bytes | None:
-        return self._items.get(key)
+        with self._lock:
+            return self._items.get(key)
 
 
 def _choice(request: Request) -> tuple[str | None, int | None]:
@@ -170,9 +174,11 @@ def preview_routes(load_config: Callable[[], Config], *, templates_dir: Path,
         signature = await asyncio.to_thread(files_signature, watched)
         preview = await build(job, row)
         query = {"job": preview.job or "", "row": "" if preview.row is None else str(preview.row), "w": signature}
-        body = _pages.get_template("preview.html").render(p=preview, pane=pane(preview, signature),
-                                                          events="events?" + urlencode(query))
+        body = await asyncio.to_thread(whole_page, preview, signature, "events?" + urlencode(query))
         return _secured(HTMLResponse(body))
+
+    def whole_page(preview: Preview, signature: str, events: str) -> str:
+        return _pages.get_template("preview.html").render(p=preview, pane=pane(preview, signature), events=events)
 
     async def events(request: Request) -> Response:
         job, row = _choice(request)
@@ -186,7 +192,7 @@ def preview_routes(load_config: Callable[[], Config], *, templates_dir: Path,
             signature = await asyncio.to_thread(files_signature, watched)
             if signature != seen:
                 seen = signature
-                html = pane(await build(job, row), signature)
+                html = await asyncio.to_thread(pane, await build(job, row), signature)  # a 2 MB text part…
                 yield f"event: render\nid: {signature}\n" + "".join(f"data: {line}\n" for line in html.split("\n"))
                 yield "\n"
                 last_sent = monotonic()

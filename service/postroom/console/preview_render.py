@@ -18,7 +18,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+from ..config import Config, JobConfig
 from ..errors import ConfigError, DataSourceError, MessageRefused, PostroomError, TemplateError
 from ..mail.templates import SUFFIX, TemplateRenderer
 from ..outgoing.jobs import JobRunner
@@ -128,10 +128,9 @@ async def build_preview(load_config: Callable[[], Config], templates_dir: Path, 
         shown = _with(shown, notice=notice)
     runner = JobRunner(config, TemplateRenderer(templates_dir), store=None)
     try:
-        # Rendering is CPU work (and reads template files): off the event loop, as a run does.
-        messages = await asyncio.to_thread(
-            runner.render_messages, job, job_cfg, data, key_prefix="preview", now=now, fire_time=None,
-            to_override=None, only_row=shown.row)
+        # Rendering and taking the message apart are CPU work (rendering reads template files
+        # too): off the event loop, as a run renders.
+        view = await asyncio.to_thread(_render_one, runner, job, job_cfg, data, now=now, row=shown.row)
     except TemplateError as exc:
         return _with(shown, problem=_template_problem(exc, templates_dir))
     except MessageRefused as exc:
@@ -140,9 +139,15 @@ async def build_preview(load_config: Callable[[], Config], templates_dir: Path, 
         return _with(shown, problem=Problem("data", str(exc)))
     except PostroomError as exc:
         return _with(shown, problem=Problem("message", str(exc)))
-    (message,) = messages
-    return _with(shown, email=email_view(message.raw, envelope_from=message.envelope_from,
-                                         recipients=list(message.recipients)))
+    return _with(shown, email=view)
+
+
+def _render_one(runner: JobRunner, job: str, job_cfg: JobConfig, data: Mapping[str, Any], *, now: datetime,
+                row: int | None) -> EmailView:
+    """The one message (``row``'s, for a merge) exactly as `send --dry-run` builds it."""
+    (message,) = runner.render_messages(job, job_cfg, data, key_prefix="preview", now=now, fire_time=None,
+                                        to_override=None, only_row=row)
+    return email_view(message.raw, envelope_from=message.envelope_from, recipients=list(message.recipients))
 
 
 def _with(preview: Preview, **changes: Any) -> Preview:
