@@ -401,6 +401,42 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
         await asyncio.to_thread(store.close)
 
 
+# -- preview -------------------------------------------------------------------------------
+@app.command()
+@click.argument("job", required=False)
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default="any free port",
+              help="The port on 127.0.0.1 to serve the page on.")
+@config_option
+@click.pass_context
+def preview(ctx: click.Context, job: str | None, port: int) -> None:
+    """Show JOB's email (default: the first job) in a browser, re-rendered when a template or
+    the config is saved.
+
+    Serves a page on 127.0.0.1 and prints its URL, with a token only that URL carries. Pick a
+    job and, for a mail merge, a row. Sends nothing and writes nothing (no store is opened).
+    Stop it with Ctrl-C."""
+    from .config import load_config
+    from .console.preview import serve_preview
+
+    preview_settings = settings(ctx)
+    try:
+        jobs = load_config(preview_settings).config.jobs
+    except ConfigError as exc:  # the page shows it, and the fix, live
+        click.secho(f"config is broken (the page shows where):\n{exc}", fg="yellow", err=True)
+    else:
+        if job is not None and job not in jobs:
+            raise Failed(f"no job named {job!r}; jobs: {', '.join(sorted(jobs)) or 'none'}")
+
+    def announce(url: str) -> None:
+        click.echo(f"postroom preview: open {url}")
+        click.echo("(Ctrl-C stops it; nothing is sent and nothing is stored)")
+
+    try:
+        serve_preview(preview_settings, port=port, job=job, announce=announce)
+    except OSError as exc:
+        raise Failed(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}") from None
+
+
 # -- rules test ----------------------------------------------------------------------------
 @app.group()
 def rules() -> None:

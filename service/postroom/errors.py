@@ -65,6 +65,7 @@ class TemplateError(PostroomError):
     def __init__(self, message: str, *, template: str | None = None, lineno: int | None = None):
         self.template = template
         self.lineno = lineno
+        self.message = message  # without the place: `postroom preview` shows that apart
         where = ""
         if template:
             where = f"{template}:{lineno}: " if lineno else f"{template}: "

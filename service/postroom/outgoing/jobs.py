@@ -76,14 +76,15 @@ class JobRunner:
 
     def render_messages(self, job_id: str, job: JobConfig, data: Mapping[str, Any], *, key_prefix: str,
                         now: datetime, fire_time: datetime | None,
-                        to_override: Sequence[str] | None) -> list[NewMessage]:
+                        to_override: Sequence[str] | None, only_row: int | None = None) -> list[NewMessage]:
+        """The run's messages; ``only_row``: just that row's (`postroom preview` shows one)."""
         with rendering_locale(self.config.job_locale(job)):  # for money, number and date filters
             return self._render_rows(job_id, job, data, key_prefix=key_prefix, now=now, fire_time=fire_time,
-                                     to_override=to_override)
+                                     to_override=to_override, only_row=only_row)
 
     def _render_rows(self, job_id: str, job: JobConfig, data: Mapping[str, Any], *, key_prefix: str,
                      now: datetime, fire_time: datetime | None,
-                     to_override: Sequence[str] | None) -> list[NewMessage]:
+                     to_override: Sequence[str] | None, only_row: int | None) -> list[NewMessage]:
         account = self.config.accounts[job.account]
         tz = ZoneInfo(self.config.job_timezone(job))
         local_now = now.astimezone(tz)
@@ -107,6 +108,8 @@ class JobRunner:
         folder = self.config.attachments_dir or Path(".")
         out: list[NewMessage] = []
         for i, row in enumerate(rows):
+            if only_row is not None and i != only_row:
+                continue
             context = {**base, "row": row} if job.for_each else base
             where = f"jobs.{job_id}" + (f" row {i}" if job.for_each else "")
             try:

@@ -1,0 +1,1 @@
+"""The web pages postroom serves on loopback: the console and the template preview."""
