@@ -1,7 +1,7 @@
 """``save: {maildir|mbox}`` end to end: `postroom run` saves dave's mail (read over IMAP, or
 over POP3 with delete_after) into a Maildir and an mbox, and is killed with SIGKILL halfway
 through writing a message - once inside a Maildir save, once inside an mbox append (the
-test-only ``POSTROOM_TEST_STALL_SAVE`` knob holds it exactly there). After a clean third run,
+test-only ``POSTROOM_TEST_STALL`` knob holds it exactly there). After a clean third run,
 Python's ``mailbox`` reads every message back once, byte for byte (Unix line endings; in the
 mbox, lines starting "From " quoted as ">From "), with no partial message left behind."""
 
@@ -13,7 +13,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
-from postroom.incoming.local_save import STALL_ENV
+from postroom.incoming.stall import STALL_ENV
 
 from tests.lab import MailLab
 from tests.support.daemon import Daemon, postroom_env, wait_until

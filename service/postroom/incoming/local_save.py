@@ -42,16 +42,13 @@ from pathlib import Path
 
 from postroom.errors import PermanentError, TransientError
 
+from .stall import stall_point
+
 #: How long to wait for another program's mbox lock before giving up (retried later).
 LOCK_WAIT = 30.0
 #: A dotlock older than this is stale whoever made it (procmail's and mutt's default rule).
 STALE_DOTLOCK = 300.0
 _LOCK_POLL = 0.1
-# Test-only: "KIND:N:PATH" (KIND maildir or mbox): the Nth save of that kind in this process
-# stops halfway through writing, creates PATH and waits to be killed, so a crash test can
-# SIGKILL postroom at exactly that point.
-STALL_ENV = "POSTROOM_TEST_STALL_SAVE"
-_saves_seen: dict[str, int] = {}
 _HEADER_LIMIT = 256 * 1024  # header bytes read for the envelope sender
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a From line's date is not compared
 _HOST = socket.gethostname().replace("/", "_").replace(":", "_")
@@ -87,19 +84,15 @@ def _os_errors(where: Path) -> Iterator[None]:
 
 
 def _stall_if_asked(kind: str, fd: int, data: bytes) -> bytes:
-    """Test-only (``STALL_ENV``): write half of ``data`` durably, then wait to be killed.
-    Returns what to write (all of it when not asked)."""
-    wanted, _, rest = os.environ.get(STALL_ENV, "").partition(":")
-    count, _, marker = rest.partition(":")
-    if wanted != kind or not marker:
-        return data
-    _saves_seen[kind] = _saves_seen.get(kind, 0) + 1
-    if str(_saves_seen[kind]) != count:
+    """Test-only (``postroom.incoming.stall``): write half of ``data`` durably, then wait to
+    be killed. Returns what to write (all of it when not asked)."""
+    marker = stall_point(kind)
+    if marker is None:
         return data
     half = len(data) // 2
     os.write(fd, data[:half])
     os.fsync(fd)
-    Path(marker).touch()
+    marker.touch()
     while True:  # only a signal ends this; the knob exists for crash tests alone
         time.sleep(60)
 
