@@ -249,31 +249,45 @@ def _lock_fd(fd: int, path: Path, deadline: float) -> None:
                 time.sleep(_LOCK_POLL)
 
 
-def _tail_state(fd: int, size: int, prefix: bytes, body: bytes) -> tuple[str, int]:
-    """("done", _) when the file ends with this entry (``prefix`` = ``From sender ``, any date);
-    ("cut", offset) when it ends with a beginning of it (a crashed append: truncate at offset);
-    ("none", _) otherwise."""
-    window = min(size, len(prefix) + 32 + len(body) + 2)
+def _tail_state(fd: int, size: int, candidates: list[tuple[bytes, bytes]]) -> tuple[str, int, int]:
+    """Which of the candidate entries, given as (``From sender `` prefix, body), the file's
+    tail holds: ("done", i, _) when it ends with entry i whole (its From line of any date);
+    ("cut", i, offset) when it ends with a beginning of it (a crashed append: truncate at
+    offset); ("none", -1, 0) otherwise. Whole From lines are looked at first, for every
+    candidate: a tail ending in a bare "\n\nF" may be a cut From line or a cut paragraph."""
+    longest = max(len(prefix) + len(body) for prefix, body in candidates)
+    window = min(size, longest + 32 + 2)
     tail = os.pread(fd, window, size - window)
-    pos = tail.rfind(b"\nFrom ")
+    for i, (prefix, body) in enumerate(candidates):
+        state, offset = _last_entry(tail, size, window, prefix, body)
+        if state != "none":
+            return state, i, offset
+    for i, (prefix, _) in enumerate(candidates):
+        for k in range(len(prefix) - 1, 0, -1):  # cut inside "From sender " itself
+            if tail.endswith(b"\n\n" + prefix[:k]) or (size == k and tail == prefix[:k]):
+                return "cut", i, size - k
+    return "none", -1, 0
+
+
+def _last_entry(tail: bytes, size: int, window: int, prefix: bytes, body: bytes) -> tuple[str, int]:
+    """``_tail_state`` for the last whole From line in ``tail`` (after a blank line, or first
+    in the file)."""
+    pos = tail.rfind(b"\n\nFrom ")
     if pos >= 0:
-        idx = pos + 1
+        idx = pos + 2
     elif size == window and tail.startswith(b"From "):
         idx = 0
-    else:  # cut inside "From " itself?
-        for k in range(len(prefix) - 1, 0, -1):
-            if tail.endswith(b"\n" + prefix[:k]):
-                return "cut", size - k
+    else:
         return "none", 0
     written = tail[idx:]
     line_end = written.find(b"\n")
     if line_end < 0:  # cut inside the From line
-        if prefix.startswith(written) or written.startswith(prefix):
+        if written.startswith(prefix):
             return "cut", size - len(written)
         return "none", 0
     if not written.startswith(prefix):
         return "none", 0
-    rest = written[line_end + 1 :]
+    rest = written[line_end + 1:]
     if rest == body:
         return "done", 0
     if body.startswith(rest):
@@ -319,17 +333,16 @@ class Mbox:
         ends with (done), if any. One the file ends with a beginning of is cut away."""
         with _os_errors(self.path):
             size = os.fstat(self._fd).st_size
-            for i, (sender, raw) in enumerate(entries):
-                if not size:
-                    return None
-                _, body = mbox_entry(raw, sender, _EPOCH)
-                state, offset = _tail_state(self._fd, size, f"From {mbox_sender(sender)} ".encode(), body)
-                if state == "done":
-                    return i
-                if state == "cut":
-                    os.ftruncate(self._fd, offset)
-                    os.fsync(self._fd)
-                    return None
+            if not size or not entries:
+                return None
+            candidates = [(f"From {mbox_sender(sender)} ".encode(), mbox_entry(raw, sender, _EPOCH)[1])
+                          for sender, raw in entries]
+            state, i, offset = _tail_state(self._fd, size, candidates)
+            if state == "done":
+                return i
+            if state == "cut":
+                os.ftruncate(self._fd, offset)
+                os.fsync(self._fd)
         return None
 
     def append(self, raw: bytes, *, sender: str, now: datetime) -> dict[str, str]:
