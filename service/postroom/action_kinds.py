@@ -59,6 +59,11 @@ class ActionKind:
     group: GroupKey | None = None  # folder kinds only
     call: FolderCall | None = None
     check: DoneCheck | None = None  # None: redone when in doubt
+    written_as: str | None = None  # the action key in the config, when it is not ``name``
+
+    @property
+    def key(self) -> str:
+        return self.written_as or self.name
 
 
 async def _gone(box: MailboxOps, uids: Collection[int], args: Args) -> set[int]:
@@ -107,8 +112,8 @@ ACTION_KINDS: dict[str, ActionKind] = {kind.name: kind for kind in [
     # to another account: APPEND there with an X-Postroom-Id marker, searched for when in doubt
     # (postroom.incoming.transfer); move_to then deletes from this folder. Never without_fetch:
     # after a UIDVALIDITY change the marker differs, so a second APPEND would be a duplicate
-    ActionKind("copy_to", Phase.COPY, imap_only=True),
-    ActionKind("move_to", Phase.TERMINAL, imap_only=True),
+    ActionKind("copy_to", Phase.COPY, imap_only=True, written_as="copy"),
+    ActionKind("move_to", Phase.TERMINAL, imap_only=True, written_as="move"),
     ActionKind("stop", None),
 ]}
 
