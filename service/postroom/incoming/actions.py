@@ -386,21 +386,26 @@ class ActionExecutor:
         await asyncio.to_thread(box.__enter__)
         try:
             doubtful = [w for w in works if w.in_doubt]
+            found = None
             if doubtful:
                 found = await asyncio.to_thread(
                     box.settle, [(envelope_sender(raws[w.item.key]), raws[w.item.key]) for w in doubtful])
-                if found is not None:
-                    phase.done(doubtful[found], mbox=str(path), verified="already saved")
+            # each recorded done now, not at the end of the phase: the next append hides this
+            # one from the tail check, so it must not be left in doubt too
+            if found is not None:
+                self._done_now(phase, doubtful[found], {"mbox": str(path), "verified": "already saved"})
             for work in works:
                 if work.aid in phase.results:
                     continue
                 raw = raws[work.item.key]
                 detail = await asyncio.to_thread(box.append, raw, sender=envelope_sender(raw), now=self.clock())
-                phase.done(work, **detail)
-                # now, not at the end of the phase: the next append must not be in doubt too
-                self.ledger.finish([(work.aid, "done", detail, None)], now=self.clock())
+                self._done_now(phase, work, detail)
         finally:
             await asyncio.to_thread(box.__exit__)
+
+    def _done_now(self, phase: _Phase, work: _Work, detail: dict[str, Any]) -> None:
+        phase.done(work, **detail)
+        self.ledger.finish([(work.aid, "done", detail, None)], now=self.clock())
 
     # -- another account -----------------------------------------------------------------
 
