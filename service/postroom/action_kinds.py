@@ -6,7 +6,9 @@ move or flag) or an SMTP account (it sends mail), whether it may run on a messag
 and, for the kinds done on an IMAP folder, how actions are grouped into one server
 call, how an action left in doubt by a crash is checked on the server, and the call itself.
 Adding an action is one entry here plus, if it acts on the folder, one ``MailboxOps`` method
-(and its schema in ``config.rules``).
+(and its schema in ``config.rules``). A kind here is what the executor runs: the YAML key,
+except ``copy_to``/``move_to``, a ``copy``/``move`` to another account
+(``config.rules._Action.planned_kind``).
 
 Pure data: the calls are written against ``MailboxOps``, imported for type checking only, so
 the config layer can read this table without importing the incoming edge.
@@ -30,10 +32,11 @@ class Phase(IntEnum):
     sending goes first so a forward is stored before a move carries the message away."""
 
     SEND = 1  # forward / redirect / reply: need the raw message
-    WEBHOOK = 2
-    COPY = 3
-    FLAG = 4
-    TERMINAL = 5  # the message leaves the folder: the first such action of a message runs
+    SAVE = 2  # into a local Maildir / mbox: needs the raw message
+    WEBHOOK = 3
+    COPY = 4  # copy, and copy_to (APPEND to another account)
+    FLAG = 5
+    TERMINAL = 6  # the message leaves the folder: the first such action of a message runs
 
 
 Args = tuple[str, ...]
@@ -56,6 +59,11 @@ class ActionKind:
     group: GroupKey | None = None  # folder kinds only
     call: FolderCall | None = None
     check: DoneCheck | None = None  # None: redone when in doubt
+    written_as: str | None = None  # the action key in the config, when it is not ``name``
+
+    @property
+    def key(self) -> str:
+        return self.written_as or self.name
 
 
 async def _gone(box: MailboxOps, uids: Collection[int], args: Args) -> set[int]:
@@ -84,6 +92,7 @@ ACTION_KINDS: dict[str, ActionKind] = {kind.name: kind for kind in [
     ActionKind("forward", Phase.SEND, sends=True),
     ActionKind("redirect", Phase.SEND, sends=True),
     ActionKind("reply", Phase.SEND, sends=True),
+    ActionKind("save", Phase.SAVE),  # checked on disk when in doubt (postroom.incoming.local_save)
     ActionKind("webhook", Phase.WEBHOOK),
     # a copy can't be checked cheaply: redone when in doubt (at worst one duplicate copy);
     # not without_fetch, since a second copy after a UIDVALIDITY change would be a duplicate
@@ -100,6 +109,11 @@ ACTION_KINDS: dict[str, ActionKind] = {kind.name: kind for kind in [
                call=lambda box, uids, args: box.move(uids, args[0]), check=_gone),
     ActionKind("delete", Phase.TERMINAL, imap_only=True, without_fetch=True,
                group=lambda params: ("delete", ()), call=lambda box, uids, args: box.delete(uids), check=_gone),
+    # to another account: APPEND there with an X-Postroom-Id marker, searched for when in doubt
+    # (postroom.incoming.transfer); move_to then deletes from this folder. Never without_fetch:
+    # after a UIDVALIDITY change the marker differs, so a second APPEND would be a duplicate
+    ActionKind("copy_to", Phase.COPY, imap_only=True, written_as="copy"),
+    ActionKind("move_to", Phase.TERMINAL, imap_only=True, written_as="move"),
     ActionKind("stop", None),
 ]}
 

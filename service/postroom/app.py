@@ -24,6 +24,7 @@ from .errors import PostroomError
 from .http import HttpServer
 from .incoming.actions import ActionExecutor
 from .incoming.rules import RuleSet, compile_rules
+from .incoming.transfer import imap_opener
 from .incoming.watcher import ImapWatcher, Pop3Watcher, Watcher, WatcherHooks
 from .mail.templates import TemplateRenderer
 from .metrics import Metrics
@@ -130,7 +131,8 @@ class Daemon:
     def _start_incoming(self, config: Config, renderer: TemplateRenderer, ruleset: RuleSet) -> Incoming:
         executor = ActionExecutor(config, ruleset, self.store, renderer, self.webhooks,
                                   wake_sender=self.sender.wake, dry_run=self.dry_run,
-                                  on_action=self.metrics.action)
+                                  on_action=self.metrics.action,
+                                  open_account=imap_opener(config, self.logins.credentials))
         incoming = Incoming(ruleset=ruleset, executor=executor)
         hooks = WatcherHooks(processed=self.metrics.inbound, ok=self.metrics.watcher_ok)
         pop3_started: set[str] = set()

@@ -391,6 +391,16 @@ class Config(_Strict):
             if account.pop3 is not None:
                 problems.extend(((*at, *where), f"{what} (account {rule.account!r} reads POP3)")
                                 for where, what in rule.pop3_problems())
+            for j, action in enumerate(rule.actions):
+                other = action.other_account()
+                if other is None:
+                    continue
+                where = (*at, "actions", j, action.kind, "account")
+                if other not in self.accounts:
+                    problems.append((where, _unknown("account", other, self.accounts)))
+                elif self.accounts[other].imap is None:
+                    problems.append((where, f"{action.kind} to account {other!r} needs its imap: section "
+                                            "(postroom APPENDs the message there)"))
             if account.smtp is None:
                 sending = [(j, a.kind) for j, a in enumerate(rule.actions) if a.kind in SENDING]
                 for j, kind in sending:

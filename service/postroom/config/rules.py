@@ -30,12 +30,15 @@ is a config error naming its key. A plain string is short for ``{contains: s}``.
 operators in one test must all hold for the same value.
 
 Actions (each a single-key mapping): forward, redirect, reply, move, copy, flag, unflag,
-mark_read, delete, webhook, stop. ``stop: true`` ends evaluation of later rules for the
+mark_read, delete, webhook, save, stop. ``move``/``copy`` take a folder of the same account or
+``{account: archive, folder: "2026"}`` (another IMAP account); ``save`` takes ``{maildir: PATH}``
+or ``{mbox: PATH}``. ``stop: true`` ends evaluation of later rules for the
 message after this rule's actions; it may sit anywhere in the list.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -181,10 +184,22 @@ class ReplySpec(_Strict):
     days: int = Field(default=7, ge=1)  # at most one reply per sender per this many days
 
 
+#: A webhook body's content cap when ``include`` is given without ``max_bytes``.
+WEBHOOK_MAX_BYTES = 5 * 1024 * 1024
+
+
 class WebhookSpec(_Strict):
     url: str
     secret: SecretStr | None = None  # "whsec_<base64>" (Standard Webhooks)
     timeout: float = Field(default=10.0, gt=0, le=300)
+    include: list[Literal["text", "html", "attachments", "raw"]] = []
+    # the included content's cap (as encoded in the JSON); what does not fit is listed, not sent
+    max_bytes: int = Field(default=WEBHOOK_MAX_BYTES, ge=0, le=64 * 1024 * 1024)
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value)
 
     @field_validator("url")
     @classmethod
@@ -227,6 +242,15 @@ class _Action(_Strict):
         """JSON-safe parameters, without secrets."""
         return {}
 
+    def planned_kind(self) -> str:
+        """The kind the executor runs (``postroom.action_kinds``): the YAML key, except for a
+        move or copy to another account."""
+        return self.kind
+
+    def other_account(self) -> str | None:
+        """The account this action acts on besides the rule's own, if any."""
+        return None
+
 
 class ForwardAction(_Action):
     kind: ClassVar[str] = "forward"
@@ -252,20 +276,89 @@ class ReplyAction(_Action):
         return self.reply.model_dump(by_alias=True)
 
 
+class OtherAccount(_Strict):
+    """``{account: archive, folder: "2026"}``: a folder of another (IMAP) account."""
+
+    account: str = Field(min_length=1)
+    folder: str = Field(default="INBOX", min_length=1)
+
+
+def _target(value: str | OtherAccount) -> str | OtherAccount:
+    if isinstance(value, str) and not value:
+        raise ValueError("a folder name can't be empty")
+    return value
+
+
+def _target_params(target: str | OtherAccount) -> dict[str, Any]:
+    if isinstance(target, OtherAccount):
+        return {"account": target.account, "folder": target.folder}
+    return {"folder": target}
+
+
 class MoveAction(_Action):
     kind: ClassVar[str] = "move"
-    move: str = Field(min_length=1)
+    move: str | OtherAccount
+
+    @field_validator("move")
+    @classmethod
+    def _folder(cls, value: str | OtherAccount) -> str | OtherAccount:
+        return _target(value)
 
     def params(self) -> dict[str, Any]:
-        return {"folder": self.move}
+        return _target_params(self.move)
+
+    def planned_kind(self) -> str:
+        return "move_to" if isinstance(self.move, OtherAccount) else self.kind
+
+    def other_account(self) -> str | None:
+        return self.move.account if isinstance(self.move, OtherAccount) else None
 
 
 class CopyAction(_Action):
     kind: ClassVar[str] = "copy"
-    copy_: str = Field(alias="copy", min_length=1)
+    copy_: str | OtherAccount = Field(alias="copy")
+
+    @field_validator("copy_")
+    @classmethod
+    def _folder(cls, value: str | OtherAccount) -> str | OtherAccount:
+        return _target(value)
 
     def params(self) -> dict[str, Any]:
-        return {"folder": self.copy_}
+        return _target_params(self.copy_)
+
+    def planned_kind(self) -> str:
+        return "copy_to" if isinstance(self.copy_, OtherAccount) else self.kind
+
+    def other_account(self) -> str | None:
+        return self.copy_.account if isinstance(self.copy_, OtherAccount) else None
+
+
+class SaveSpec(_Strict):
+    """``{maildir: PATH}`` or ``{mbox: PATH}``: a local mailbox, created when missing."""
+
+    maildir: str | None = None
+    mbox: str | None = None
+
+    @field_validator("maildir", "mbox")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isabs(os.path.expanduser(value)):
+            raise ValueError(f"{value!r} is not an absolute path (the service's working directory is not yours)")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SaveSpec:
+        if (self.maildir is None) == (self.mbox is None):
+            raise ValueError("give maildir or mbox (one of them)")
+        return self
+
+
+class SaveAction(_Action):
+    kind: ClassVar[str] = "save"
+    save: SaveSpec
+
+    def params(self) -> dict[str, Any]:
+        return self.save.model_dump(exclude_none=True)
 
 
 class FlagAction(_Action):
@@ -310,7 +403,11 @@ class WebhookAction(_Action):
 
     def params(self) -> dict[str, Any]:
         # only whether it signs: params go to logs and the ledger
-        return {"url": self.webhook.url, "timeout": self.webhook.timeout, "signed": self.webhook.secret is not None}
+        params: dict[str, Any] = {"url": self.webhook.url, "timeout": self.webhook.timeout,
+                                  "signed": self.webhook.secret is not None}
+        if self.webhook.include:
+            params.update(include=list(self.webhook.include), max_bytes=self.webhook.max_bytes)
+        return params
 
 
 class StopAction(_Action):
@@ -332,7 +429,7 @@ class _NoKind(_Action):
 #: what each kind does).
 ACTION_MODELS: dict[str, type[_Action]] = {model.kind: model for model in (
     ForwardAction, RedirectAction, ReplyAction, MoveAction, CopyAction, FlagAction, UnflagAction,
-    MarkReadAction, DeleteAction, WebhookAction, StopAction)}
+    MarkReadAction, DeleteAction, WebhookAction, SaveAction, StopAction)}
 _ONE_KIND = "an action is a mapping with exactly one of: " + ", ".join(ACTION_MODELS)
 # pydantic puts a tagged union's tag in each error's location; the loader leaves out location
 # parts starting "tagged-union", so errors name the YAML keys a user wrote (actions.0.move)
@@ -363,6 +460,7 @@ ActionConfig = Annotated[
     | Annotated[MarkReadAction, Tag(_TAG + "mark_read")]
     | Annotated[DeleteAction, Tag(_TAG + "delete")]
     | Annotated[WebhookAction, Tag(_TAG + "webhook")]
+    | Annotated[SaveAction, Tag(_TAG + "save")]
     | Annotated[StopAction, Tag(_TAG + "stop")]
     | Annotated[_NoKind, Tag(_TAG)],
     Discriminator(_action_tag, custom_error_type="action_kind", custom_error_message=_ONE_KIND),

@@ -28,11 +28,15 @@ item is reported not done, not transient, so the watcher sets it aside.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import email.utils
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -48,10 +52,13 @@ from postroom.store.outbox import NewMessage, OutboxStore
 from postroom.webhooks import WebhookRequest
 
 from .forward import forward_message, redirect_message, refusal
+from .local_save import Mbox, envelope_sender, save_id, save_maildir
 from .mailbox import InboundItem, ItemOutcome, MailboxOps
-from .message import ParsedMessage
+from .message import ParsedMessage, message_parts
 from .replies import compose_reply, reply_context, reply_refusal, reply_to_address
 from .rules import PlannedAction, RuleSet
+from .stall import stall_point
+from .transfer import Opener, already_there, imap_opener, marked, transfer_id
 
 log = structlog.get_logger(__name__)
 
@@ -144,8 +151,11 @@ class ActionExecutor:
     def __init__(self, config: Config, ruleset: RuleSet, store: ExecutorStore,
                  renderer: TemplateRenderer, webhooks: WebhookSink, *,
                  clock: Callable[[], datetime] = utcnow, wake_sender: Callable[[], None] = lambda: None,
-                 dry_run: bool = False, on_action: Callable[[str, str], None] = lambda kind, result: None):
+                 dry_run: bool = False, on_action: Callable[[str, str], None] = lambda kind, result: None,
+                 open_account: Opener | None = None):
         self.config = config
+        # sessions to the accounts a copy_to / move_to APPENDs into, opened per batch
+        self.open_account = open_account or imap_opener(config)
         self.on_action = on_action  # (kind, done|skipped|failed|dead) — metrics
         self.ruleset = ruleset
         self.outbox = store.outbox
@@ -228,12 +238,19 @@ class ActionExecutor:
                          acct: AccountConfig, account: str, folder: str, mailbox: MailboxOps | None) -> None:
         if phase_of is Phase.SEND:
             await self._send(todo, phase, acct, account, mailbox)
+        elif phase_of is Phase.SAVE:
+            await self._save(todo, phase, mailbox)
         elif phase_of is Phase.WEBHOOK:
-            self._webhooks(todo, phase, account, folder)
+            await self._webhooks(todo, phase, account, folder, mailbox)
         elif mailbox is None:
             phase.fail_all(todo, f"{todo[0].action.kind} needs an IMAP folder; this is POP3")
         else:
-            await self._imap(todo, phase, mailbox)
+            elsewhere = [w for w in todo if w.action.kind in _TRANSFERS]
+            if elsewhere:
+                await self._transfer(elsewhere, phase, mailbox, moving=phase_of is Phase.TERMINAL)
+            here = [w for w in todo if w.action.kind not in _TRANSFERS]
+            if here:
+                await self._imap(here, phase, mailbox)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -335,12 +352,132 @@ class ActionExecutor:
         batch.last_replies[(action.rule, target.lower())] = now  # a second mail in this batch: no
         return NewMessage(envelope_from="", recipients=[target], raw=data, **common)
 
+    # -- local mailboxes -----------------------------------------------------------------
+
+    async def _save(self, todo: list[_Work], phase: _Phase, mailbox: MailboxOps | None) -> None:
+        """Maildir saves are idempotent by file name; mbox appends are recorded done one by one
+        (``local_save``), so at most one per mbox is ever in doubt: the one at its tail."""
+        for start in range(0, len(todo), SEND_CHUNK):
+            chunk = todo[start:start + SEND_CHUNK]
+            raws = await self._raws(chunk, phase, mailbox)
+            mboxes: dict[str, list[_Work]] = defaultdict(list)
+            for work in chunk:
+                if work.aid in phase.results:
+                    continue
+                if "mbox" in work.action.params:
+                    mboxes[work.action.params["mbox"]].append(work)
+                    continue
+                try:
+                    detail = await asyncio.to_thread(
+                        save_maildir, _local_path(work.action.params["maildir"]), raws[work.item.key],
+                        unique=save_id(work.key), now=self.clock(), in_doubt=work.in_doubt)
+                except Exception as exc:
+                    phase.failed(work, exc)
+                else:
+                    phase.done(work, **detail)
+            for path, works in mboxes.items():
+                try:
+                    await self._append_mbox(_local_path(path), works, raws, phase)
+                except Exception as exc:
+                    phase.fail_all((w for w in works if w.aid not in phase.results), exc)
+
+    async def _append_mbox(self, path: Path, works: list[_Work], raws: dict[str, bytes], phase: _Phase) -> None:
+        box = Mbox(path)
+        await asyncio.to_thread(box.__enter__)
+        try:
+            doubtful = [w for w in works if w.in_doubt]
+            found = None
+            if doubtful:
+                found = await asyncio.to_thread(
+                    box.settle, [(envelope_sender(raws[w.item.key]), raws[w.item.key]) for w in doubtful])
+            # each recorded done now, not at the end of the phase: the next append hides this
+            # one from the tail check, so it must not be left in doubt too
+            if found is not None:
+                self._done_now(phase, doubtful[found], {"mbox": str(path), "verified": "already saved"})
+            for work in works:
+                if work.aid in phase.results:
+                    continue
+                raw = raws[work.item.key]
+                detail = await asyncio.to_thread(box.append, raw, sender=envelope_sender(raw), now=self.clock())
+                self._done_now(phase, work, detail)
+        finally:
+            await asyncio.to_thread(box.__exit__)
+
+    def _done_now(self, phase: _Phase, work: _Work, detail: dict[str, Any]) -> None:
+        phase.done(work, **detail)
+        self.ledger.finish([(work.aid, "done", detail, None)], now=self.clock())
+
+    # -- another account -----------------------------------------------------------------
+
+    async def _transfer(self, todo: list[_Work], phase: _Phase, mailbox: MailboxOps, *, moving: bool) -> None:
+        groups: dict[tuple[str, str], list[_Work]] = defaultdict(list)
+        for work in todo:
+            if work.item.uid is None:
+                phase.failed(work, f"{work.action.kind} needs an IMAP UID")
+                continue
+            groups[(work.action.params["account"], work.action.params["folder"])].append(work)
+        for (account, folder), works in groups.items():
+            try:
+                await self._transfer_group(account, folder, works, phase, mailbox, moving=moving)
+            except Exception as exc:
+                phase.fail_all((w for w in works if w.aid not in phase.results), exc)
+
+    async def _transfer_group(self, account: str, folder: str, works: list[_Work], phase: _Phase,
+                              mailbox: MailboxOps, *, moving: bool) -> None:
+        where = {"account": account, "folder": folder}
+        uid_of = {w.aid: w.item.uid for w in works if w.item.uid is not None}
+        if moving:  # the source goes only after the APPEND: an in-doubt UID that is gone was appended
+            doubtful = {uid_of[w.aid] for w in works if w.in_doubt}
+            gone = doubtful - await mailbox.existing_uids(doubtful) if doubtful else set()
+            for work in works:
+                if uid_of[work.aid] in gone:
+                    phase.done(work, **where, verified="already moved")
+        works = [w for w in works if w.aid not in phase.results]
+        if not works:
+            return
+        raws = await self._raws(works, phase, mailbox)
+        flags = await mailbox.flags([uid_of[w.aid] for w in works])
+        dest = await self.open_account(account)
+        appended: list[tuple[_Work, dict[str, Any]]] = []
+        try:
+            await dest.ensure_folder(folder)
+            await dest.select(folder)
+            for work in works:
+                if work.aid in phase.results:
+                    continue
+                marker = transfer_id(work.key)
+                if work.in_doubt and await already_there(dest, marker):
+                    appended.append((work, {**where, "marker": marker, "verified": "already appended"}))
+                    continue
+                await dest.append(folder, marked(raws[work.item.key], marker),
+                                  sorted(flags.get(uid_of[work.aid], ())), work.item.message.internal_date)
+                appended.append((work, {**where, "marker": marker}))
+                if (stall := stall_point("append")) is not None:  # crash tests only
+                    stall.touch()
+                    await asyncio.Event().wait()
+        finally:
+            await dest.close()
+            if moving and appended:
+                # what reached the destination leaves the source, even when a later APPEND failed
+                await mailbox.delete([uid_of[w.aid] for w, _ in appended])
+            for work, detail in appended:
+                phase.done(work, **detail)
+        log.info("copied to another account", account=account, folder=folder, count=len(appended), moved=moving)
+
     # -- webhooks ------------------------------------------------------------------------
 
-    def _webhooks(self, todo: list[_Work], phase: _Phase, account: str, folder: str) -> None:
-        requests = [WebhookRequest(work.key, work.action.rule, work.action.params["url"],
-                                   webhook_payload(work.item, account, folder, work.action.rule))
-                    for work in todo]
+    async def _webhooks(self, todo: list[_Work], phase: _Phase, account: str, folder: str,
+                        mailbox: MailboxOps | None) -> None:
+        with_content = [w for w in todo if w.action.params.get("include")]
+        raws = await self._raws(with_content, phase, mailbox) if with_content else {}
+        todo = [w for w in todo if w.aid not in phase.results]
+        requests = []
+        for work in todo:
+            payload = webhook_payload(work.item, account, folder, work.action.rule)
+            if work.action.params.get("include"):
+                payload["content"] = webhook_content(raws[work.item.key], work.action.params["include"],
+                                                     int(work.action.params["max_bytes"]))
+            requests.append(WebhookRequest(work.key, work.action.rule, work.action.params["url"], payload))
         try:
             self.webhooks.enqueue(requests)
         except Exception as exc:
@@ -402,6 +539,50 @@ def webhook_payload(item: InboundItem, account: str, folder: str, rule: str) -> 
         "attachments": [a.filename or "" for a in msg.attachments()],
         "rule": rule,
     }
+
+
+def webhook_content(raw: bytes, include: Sequence[str], max_bytes: int) -> dict[str, Any]:
+    """The ``content`` of a webhook with ``include``: the parts asked for, in the order text,
+    html, attachments (each), raw, as long as they fit in ``max_bytes`` (counted as encoded in
+    the JSON body). What does not fit is left out and listed under ``omitted`` with its size,
+    and ``truncated`` is true: the receiver knows, and can fetch the message itself."""
+    parts = message_parts(raw)
+    candidates: list[tuple[str, Any, dict[str, Any]]] = []  # (key, value, what to list if omitted)
+    if "text" in include and parts.text is not None:
+        candidates.append(("text", parts.text, {"part": "text", "size": len(parts.text.encode())}))
+    if "html" in include and parts.html is not None:
+        candidates.append(("html", parts.html, {"part": "html", "size": len(parts.html.encode())}))
+    if "attachments" in include:
+        for filename, content_type, data in parts.attachments:
+            about = {"filename": filename, "content_type": content_type, "size": len(data)}
+            candidates.append(("attachments", {**about, "content_base64": base64.b64encode(data).decode()},
+                               {"part": "attachment", **about}))
+    if "raw" in include:
+        candidates.append(("raw_base64", base64.b64encode(raw).decode(), {"part": "raw", "size": len(raw)}))
+    content: dict[str, Any] = {"attachments": []} if "attachments" in include else {}
+    omitted: list[dict[str, Any]] = []
+    used = 0
+    for key, value, about in candidates:
+        cost = len(json.dumps(value))
+        if used + cost > max_bytes:
+            omitted.append(about)
+            continue
+        used += cost
+        if key == "attachments":
+            content["attachments"].append(value)
+        else:
+            content[key] = value
+    content["truncated"] = bool(omitted)
+    if omitted:
+        content.update(omitted=omitted, max_bytes=max_bytes)
+    return content
+
+
+def _local_path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+_TRANSFERS = frozenset({"copy_to", "move_to"})
 
 
 def _transient(exc: BaseException) -> BaseException:

@@ -327,6 +327,20 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
     async def create_folder(self, folder: str) -> None:
         await self._run(f"create {folder!r}", lambda: self._c().create_folder(folder))
 
+    async def ensure_folder(self, folder: str) -> None:
+        """Create ``folder`` unless it exists (an APPEND into a missing one is refused)."""
+        def ensure() -> None:
+            client = self._c()
+            if not client.folder_exists(folder):
+                client.create_folder(folder)
+        await self._run(f"create {folder!r}", ensure)
+
+    async def append(self, folder: str, raw: bytes, flags: Sequence[str], when: datetime | None) -> None:
+        """APPEND one message with these flags (\\Recent is the server's) and internal date."""
+        kept = [f for f in flags if f.lower() != "\\recent"]
+        await self._run(f"append to {folder!r}",
+                        lambda: self._c().append(folder, raw, flags=kept, msg_time=when))
+
     async def list_folders(self) -> list[str]:
         return await self._run("list", lambda: [name for _, _, name in self._c().list_folders()])
 

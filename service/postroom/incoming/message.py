@@ -109,15 +109,10 @@ def _filename(part: Message) -> str | None:
     return decode_header_value(name) if name else None
 
 
-def _walk(part: Message, attachments: list[Attachment], texts: list[Message], htmls: list[Message]) -> None:
+def _walk(part: Message, attachments: list[Message], texts: list[Message], htmls: list[Message]) -> None:
     """Collect attachments and inline text parts; attachments and embedded messages are leaves."""
     if _is_attachment(part):
-        try:
-            payload = part.get_payload(decode=True)
-        except Exception:
-            payload = None
-        size = len(payload) if isinstance(payload, bytes) else len(str(part.get_payload()))
-        attachments.append(Attachment(_filename(part), part.get_content_type().lower(), size))
+        attachments.append(part)
         return
     content_type = part.get_content_type().lower()
     if part.is_multipart():
@@ -131,6 +126,42 @@ def _walk(part: Message, attachments: list[Attachment], texts: list[Message], ht
         texts.append(part)
     elif content_type == "text/html":
         htmls.append(part)
+
+
+def _payload(part: Message) -> bytes:
+    """An attachment's decoded bytes (its text as UTF-8 when it can't be decoded)."""
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    return payload if isinstance(payload, bytes) else str(part.get_payload()).encode("utf-8", "replace")
+
+
+def _attachment(part: Message) -> Attachment:
+    return Attachment(_filename(part), part.get_content_type().lower(), len(_payload(part)))
+
+
+class MessageParts(NamedTuple):
+    text: str | None  # the inline text/plain parts, joined; None when there are none
+    html: str | None
+    attachments: list[tuple[str, str, bytes]]  # (filename or "", content type, decoded bytes)
+
+
+def message_parts(raw: bytes) -> MessageParts:
+    """What a webhook can carry of a message: its text, its HTML and its attachments. Never
+    raises: an unreadable message has no parts."""
+    attachments: list[Message] = []
+    texts: list[Message] = []
+    htmls: list[Message] = []
+    try:
+        _walk(message_from_bytes(raw, policy=compat32), attachments, texts, htmls)
+        return MessageParts(
+            "\n".join(_part_text(p) for p in texts).replace("\r\n", "\n") if texts else None,
+            "\n".join(_part_text(p) for p in htmls).replace("\r\n", "\n") if htmls else None,
+            [(_filename(p) or "", p.get_content_type().lower(), _payload(p)) for p in attachments])
+    except Exception as exc:
+        log.warning("message parts unreadable", error=repr(exc))
+        return MessageParts(None, None, [])
 
 
 def _parse_date(value: str) -> datetime | None:
@@ -408,12 +439,14 @@ class ParsedMessage:
     def _walk_raw(self) -> tuple[tuple[Attachment, ...], str]:
         if self._walked is None:
             attachments: list[Attachment] = []
+            parts: list[Message] = []
             texts: list[Message] = []
             htmls: list[Message] = []
             # raw means from_bytes parsed it into a Message (a HeaderBlock holds headers only)
             if self.raw is not None and isinstance(self.headers, Message):
                 try:
-                    _walk(self.headers, attachments, texts, htmls)
+                    _walk(self.headers, parts, texts, htmls)
+                    attachments = [_attachment(p) for p in parts]
                     if texts:
                         body = "\n".join(_part_text(p) for p in texts)
                     else:

@@ -229,7 +229,7 @@ class CompiledRule:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_planned", tuple(
-            PlannedAction(self.config.name, i, a.kind, a.params())
+            PlannedAction(self.config.name, i, a.planned_kind(), a.params())
             for i, a in enumerate(self.config.actions) if a.kind != "stop"))
         object.__setattr__(self, "_stops", any(a.kind == "stop" for a in self.config.actions))
 
