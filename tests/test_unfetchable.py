@@ -164,7 +164,7 @@ def poisoned_maildrop(command: bytes) -> bytes | None:
 
 async def test_a_pop3_message_that_drops_the_connection_is_set_aside(store, monkeypatch):  # noqa: F811
     store.inbound.max_attempts = MAX_ATTEMPTS
-    store.inbound.retry_base = timedelta(seconds=0.2)
+    store.inbound.retry_base = timedelta(seconds=0.2)  # retries come at once: new mail must still pass them
     timeline = Timeline(monkeypatch)
     rec = Recorder()
     with scripted_pop3(poisoned_maildrop) as server:
@@ -172,7 +172,7 @@ async def test_a_pop3_message_that_drops_the_connection_is_set_aside(store, monk
             host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5,
             start_from="all", poll_interval=0.05)})
         w = Pop3Watcher(USER, acct, rules(), rec, store.inbound, hooks=timeline.hooks)
-        await run_until(w, lambda: store.inbound.status(f"{USER}/pop3/u2") == SET_ASIDE)
+        await run_until(w, lambda: store.inbound.status(f"{USER}/pop3/u2") == SET_ASIDE and len(rec.subjects) == 2)
 
     assert sorted(rec.subjects) == ["m1", "m3"]  # message 3 is not stuck behind message 2
     [aside] = store.inbound.set_aside(USER)

@@ -69,7 +69,10 @@ class Pop3Watcher(Watcher):
                 return
             known = self.inbound.known_uidls(self.account)
             retry = {r.uidl for r in self.inbound.retry_candidates(self.account, self.folder, now=self.clock())}
-            new = sorted((num, uidl) for uidl, num in listing.items() if uidl not in known or uidl in retry)
+            # new messages before retries: a retry whose RETR breaks the connection again then
+            # costs only itself, not the new mail behind it
+            new = sorted((num, uidl) for uidl, num in listing.items() if uidl not in known)
+            new += sorted((num, uidl) for uidl, num in listing.items() if uidl in known and uidl in retry)
             for batch in chunks(range(len(new)), self.batch_size):
                 await self._take_in(conn, [new[i] for i in batch])
             if self.cfg.delete_after and not self.dry_run:
