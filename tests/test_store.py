@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+from postroom.bootstrap import recover_single_node
 from postroom.store import NewMessage, Store, schema_is_current
 from postroom.store.tables import metadata
 from sqlalchemy import inspect
@@ -115,3 +116,18 @@ def test_migration_child_ignores_a_postroom_folder_in_the_working_directory(tmp_
         assert schema_is_current(store.engine)
     finally:
         store.close()
+
+
+def test_a_fire_left_running_by_a_killed_daemon_is_claimed_again_at_the_next_start(store: Store):
+    """SQLite is one process: a fire still `running` at start was a killed daemon's. It is
+    resumed at once, by one claimant only, not after the ten-minute lease (the soak lost a
+    whole merge to a kill -9 while it was being built)."""
+    runs = store.runs
+    fire = datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
+    assert runs.claim_fire("j", fire, now=NOW)  # the daemon that is then killed
+    restart = NOW + timedelta(seconds=5)
+    assert not runs.claim_fire("j", fire, now=restart)
+    recover_single_node(store)
+    assert runs.unfinished_fires(now=restart, stale_after=timedelta(0)) == [("j", fire)]
+    assert runs.claim_fire("j", fire, now=restart)  # the resume (or the scheduler's catch-up)
+    assert not runs.claim_fire("j", fire, now=restart + timedelta(seconds=1))  # not both

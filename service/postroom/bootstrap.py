@@ -139,5 +139,6 @@ def recover_single_node(store: Store) -> None:
         now = utcnow()
         released = store.outbox.release_all_leases(now=now)
         hooks = store.ledger.release_all_webhook_leases(now=now)
-    if released or hooks:
-        _log().info("took back work in flight at the last stop", messages=released, webhooks=hooks)
+        fires = store.runs.release_running_fires()
+    if released or hooks or fires:
+        _log().info("took back work in flight at the last stop", messages=released, webhooks=hooks, fires=fires)

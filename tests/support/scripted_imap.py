@@ -1,9 +1,10 @@
 """A real-socket IMAP server for the faults the lab's Dovecot can't be made to produce: no
 STARTTLS offered, no UIDNEXT or UIDVALIDITY in a SELECT reply, a reply that breaks off inside
-a literal, a BYE in the middle of a FETCH. Plaintext, loopback, one connection; each command
-line goes to ``answer(tag, command)``, which returns the bytes to send back, ``(bytes, True)``
-to send them and then close, or None to close at once. The lines received are kept in
-``lines`` so a test can check what was sent.
+a literal, a BYE in the middle of a FETCH. Plaintext, loopback, one connection at a time, as many in a
+row as the client opens (a watcher reconnects); each command line goes to ``answer(tag,
+command)``, which returns the bytes to send back, ``(bytes, True)`` to send them and then
+close, or None to close at once. The lines received are kept in ``lines`` so a test can check
+what was sent; ``connections`` counts the connections accepted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ Answer = Callable[[bytes, bytes], "bytes | tuple[bytes, bool] | None"]
 class ScriptedImap:
     port: int
     lines: list[bytes] = field(default_factory=list)
+    connections: int = 0
 
 
 def capability(tag: bytes, caps: bytes = b"IMAP4rev1") -> bytes:
@@ -32,8 +34,10 @@ def scripted_imap(answer: Answer, greeting: bytes = b"* OK scripted\r\n") -> Ite
     server = socket.create_server(("127.0.0.1", 0))
     scripted = ScriptedImap(server.getsockname()[1])
 
-    def serve() -> None:
-        conn, _ = server.accept()
+    closing = threading.Event()
+    server.settimeout(0.1)  # look at ``closing`` between accepts
+
+    def converse(conn: socket.socket) -> None:
         with conn:
             conn.sendall(greeting)
             conn.settimeout(5)
@@ -50,10 +54,22 @@ def scripted_imap(answer: Answer, greeting: bytes = b"* OK scripted\r\n") -> Ite
             except OSError:
                 pass  # the client went away: the test says what that means
 
+    def serve() -> None:
+        while not closing.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            scripted.connections += 1
+            converse(conn)
+
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         yield scripted
     finally:
+        closing.set()
         thread.join(5)
         server.close()

@@ -10,6 +10,8 @@ Two batches are in flight at once (``PIPELINE``): while the server works on one 
 or MOVE, the other is parsed, evaluated and written to the store. The checkpoint still moves
 batch by batch in UID order, so after a crash everything from the oldest unfinished batch on is
 looked at again (the inbound rows and the action ledger keep that from repeating anything).
+A batch whose FETCH breaks the connection (a BYE in the middle of it) is narrowed down to the
+one message that does it, which is then retried with backoff and set aside (``suspects``).
 
 No fetch at all when it can't change the outcome: if every rule's condition is one the
 server's SEARCH decides exactly (``RuleSet.exact_search``) and every action the rules can plan
@@ -34,10 +36,11 @@ from postroom.clock import utcnow
 from postroom.config.model import AccountConfig
 from postroom.credentials import Credentials
 from postroom.errors import ServerRejected
-from postroom.incoming.imap import HeaderFetch, ImapConnection, chunks
+from postroom.incoming.imap import HeaderFetch, ImapConnection
 from postroom.incoming.mailbox import BatchHandler, InboundItem
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import PlannedAction, RuleSet
+from postroom.incoming.suspects import Suspects
 from postroom.incoming.watch_lease import LEASE_TTL
 from postroom.incoming.watch_loop import BATCH, Backoff, Entry, Watcher, WatcherHooks
 from postroom.retry import sleep_or_stop
@@ -70,6 +73,7 @@ class ImapWatcher(Watcher):
         self.credentials = credentials  # None: the config's password (or no login)
         self.idle_timeout = idle_timeout
         self._dry_seen = 0  # dry run: the checkpoint stays put, so remember what was shown
+        self._suspects = Suspects()  # UIDs of batches whose FETCH broke the connection
 
     def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
         return f"{self.account}/{self.folder}/{uidvalidity}/{ident}"
@@ -80,7 +84,6 @@ class ImapWatcher(Watcher):
         waker.add_done_callback(lambda _: conn.wake())
         try:
             await conn.connect()
-            backoff.reset()
             use_idle = self.cfg.idle and conn.has("IDLE")
             if not use_idle:
                 self.log.info("polling", every=self.cfg.poll_interval.total_seconds(),
@@ -89,6 +92,9 @@ class ImapWatcher(Watcher):
                 if not await self.cycle(conn, stop):
                     break  # stopping: the rest of the folder waits for the next start
                 self._pass_done()
+                # only now: a session that connects and then breaks off (a BYE in the middle of
+                # a FETCH) every time must back off, not reconnect every second
+                backoff.reset()
                 if use_idle:
                     if await conn.news_since_select():
                         continue  # mail came during the pass: IDLE would not announce it again
@@ -140,19 +146,22 @@ class ImapWatcher(Watcher):
         whole = self.rules.needs().body
         size = min(self.batch_size, BODY_BATCH) if whole else self.batch_size
         depth = 1 if whole else PIPELINE  # whole messages: one batch's worth of memory at a time
+        if self._suspects.any_among(uidvalidity, todo):
+            depth = 1  # the next FETCH to break off is then its own batch's, not one behind it
+        broke: set[int] = set()  # first UIDs of batches whose own FETCH broke off
         in_flight: deque[tuple[list[int], asyncio.Task[None]]] = deque()
         stopped = False
         try:
-            for batch in chunks(todo, size):
+            for batch in self._suspects.batches(uidvalidity, todo, size):
                 if len(in_flight) == depth:
-                    await self._settle(in_flight.popleft(), uidvalidity, last, everything, start_from)
+                    await self._settle(in_flight.popleft(), uidvalidity, last, everything, start_from, broke)
                 if stop is not None and stop.is_set():
                     stopped = True
                     break
-                task = asyncio.create_task(self._process(conn, uidvalidity, batch, known or {}))
+                task = asyncio.create_task(self._process(conn, uidvalidity, batch, known or {}, broke))
                 in_flight.append((batch, task))
             while in_flight:
-                await self._settle(in_flight.popleft(), uidvalidity, last, everything, start_from)
+                await self._settle(in_flight.popleft(), uidvalidity, last, everything, start_from, broke)
         except BaseException:
             # the batch behind a failed one stops at its next await; what it left planned in
             # the ledger is "in doubt" and checked on the server next time, like after a crash
@@ -167,14 +176,31 @@ class ImapWatcher(Watcher):
         return True
 
     async def _settle(self, flight: tuple[list[int], asyncio.Task[None]], uidvalidity: int, last: int,
-                      everything: list[int], start_from: str) -> None:
+                      everything: list[int], start_from: str, broke: set[int]) -> None:
         """Wait for the oldest batch in flight, then move the checkpoint past it. Batches are
         settled in order, so the checkpoint never passes a batch that is still running."""
         batch, task = flight
-        await task
         # everything up to this batch's end was looked at: skipped by the prefilter or handled
         reached = max([last, *[u for u in everything if u <= batch[-1]]])
+        try:
+            await task
+        except Exception as exc:
+            # the oldest batch whose FETCH broke off is the one to blame (those behind it
+            # only found the connection gone)
+            if batch[0] in broke and self._fetch_broke(uidvalidity, batch, exc):
+                self._save(uidvalidity, reached, start_from)  # its failure is on its row now
+            raise
         self._save(uidvalidity, reached, start_from)
+
+    def _fetch_broke(self, uidvalidity: int, batch: list[int], exc: Exception) -> bool:
+        """Narrow a broken FETCH down (``suspects``); a single message is the culprit and has
+        the failure counted on its inbound row. True when that row was written."""
+        size = self._suspects.broke(uidvalidity, batch)
+        if len(batch) > 1:
+            self.log.warning("a FETCH broke off; fetching its messages in smaller batches", count=len(batch),
+                             next_batch=size, error=repr(exc))
+            return False
+        return self._unfetchable(self._key(batch[0], uidvalidity), dict(uidvalidity=uidvalidity, uid=batch[0]), exc)
 
     def _save(self, uidvalidity: int, last_uid: int, start_from: str) -> None:
         if self.dry_run:
@@ -269,7 +295,8 @@ class ImapWatcher(Watcher):
         return [uid for uid in everything if uid not in set(already)]
 
     async def _process(self, conn: ImapConnection, uidvalidity: int, uids: list[int],
-                       known: dict[int, list[PlannedAction]]) -> None:
+                       known: dict[int, list[PlannedAction]], broke: set[int]) -> None:
+        batch_start = uids[0]
         unfetched = [uid for uid in uids if uid in known]
         if unfetched:
             await self._hand_over(conn, *self._unfetched(uidvalidity, known, unfetched))
@@ -277,8 +304,13 @@ class ImapWatcher(Watcher):
             if not uids:
                 return
         needs = self.rules.needs(rules_only=self._message_free())
-        fetched = await conn.fetch_headers(uids, needs.header_fields, bodystructure=needs.bodystructure,
-                                           whole=needs.body, internal_date=needs.internal_date, flags=False)
+        try:
+            fetched = await conn.fetch_headers(uids, needs.header_fields, bodystructure=needs.bodystructure,
+                                               whole=needs.body, internal_date=needs.internal_date, flags=False)
+        except Exception:
+            broke.add(batch_start)
+            raise
+        self._suspects.cleared(uidvalidity, uids)
         entries = [
             Entry(key, functools.partial(_parsed, row, key), dict(uidvalidity=uidvalidity, uid=uid),
                   dict(uid=uid, raw=row.raw))

@@ -1,7 +1,10 @@
 """The POP3 watcher: one maildrop, polled.
 
 UIDL says what is new (not yet in the inbound table). With ``delete_after`` a message is
-DELEted only once its outcome is done; QUIT commits the deletions.
+DELEted only once its outcome is done; QUIT commits the deletions. A message whose RETR breaks
+the connection has that counted on its row: retried with backoff, then set aside, so the
+maildrop is not stuck behind it. The backoff between sessions is reset only after a whole
+poll went through.
 """
 
 from __future__ import annotations
@@ -66,7 +69,10 @@ class Pop3Watcher(Watcher):
                 return
             known = self.inbound.known_uidls(self.account)
             retry = {r.uidl for r in self.inbound.retry_candidates(self.account, self.folder, now=self.clock())}
-            new = sorted((num, uidl) for uidl, num in listing.items() if uidl not in known or uidl in retry)
+            # new messages before retries: a retry whose RETR breaks the connection again then
+            # costs only itself, not the new mail behind it
+            new = sorted((num, uidl) for uidl, num in listing.items() if uidl not in known)
+            new += sorted((num, uidl) for uidl, num in listing.items() if uidl in known and uidl in retry)
             for batch in chunks(range(len(new)), self.batch_size):
                 await self._take_in(conn, [new[i] for i in batch])
             if self.cfg.delete_after and not self.dry_run:
@@ -99,10 +105,18 @@ class Pop3Watcher(Watcher):
         return start_from == "all"
 
     async def _take_in(self, conn: Pop3Connection, batch: list[tuple[int, str]]) -> None:
-        entries = []
+        entries: list[Entry] = []
         for num, uidl in batch:
             key = self._key(uidl)
-            raw = await conn.retr(num)
+            try:
+                raw = await conn.retr(num)
+            except Exception as exc:
+                # the connection broke on this message: what came before it is handled, this
+                # one is counted (retried with backoff, then set aside), and the next poll
+                # goes on past it instead of stopping at it every time
+                await self._hand_over(None, *self._evaluate(entries))
+                self._unfetchable(key, dict(uidl=uidl), exc)
+                raise
             entries.append(Entry(key, functools.partial(ParsedMessage.from_bytes, raw, key=key),
                                  dict(uidl=uidl), dict(uidl=uidl, raw=raw)))
         await self._hand_over(None, *self._evaluate(entries))

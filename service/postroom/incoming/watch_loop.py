@@ -161,6 +161,24 @@ class Watcher:
     def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
         raise NotImplementedError
 
+    def _unfetchable(self, key: str, begin: dict[str, Any], exc: Exception) -> bool:
+        """Fetching this one message broke the connection: count it on its inbound row (so the
+        count survives restarts) as a failure, retried with backoff and set aside after
+        ``max_attempts``, so the rest of the folder is not stuck behind it. True when written."""
+        if self.dry_run:
+            return False
+        row = dict(account=self.account, folder=self.folder, message_id=None, **begin)
+        stored = self.inbound.finish_many([(key, FAILED, f"fetch: the connection broke on this message: {exc!r}")],
+                                          now=self.clock(), rows={key: row})[key]
+        self.hooks.processed(self.account, self.folder, stored)
+        if stored == SET_ASIDE:
+            self.log.error("message set aside: fetching it breaks the connection every time", key=key,
+                           error=repr(exc))
+        else:
+            self.log.warning("fetching this message breaks the connection; retried later, the rest go on",
+                             key=key, error=repr(exc))
+        return True
+
     def _evaluate(self, entries: Sequence[Entry]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
         """Parse and evaluate a batch into items for the handler, with one store read for what
         was finished before and one write to finish what needs no handler (no rule matched,

@@ -8,13 +8,15 @@ after its lease, and re-running it is safe because the outbox dedups on (job, fi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .engine import as_utc, to_utc
 from .tables import fire_claims, job_runs
+
+_RELEASED = datetime(2000, 1, 1, tzinfo=UTC)  # a claim time older than any lease
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,15 @@ class RunStore:
                 ).values(claimed_by=self.owner, claimed_at=now)
             )
             return taken.rowcount == 1
+
+    def release_running_fires(self) -> int:
+        """Single-node recovery at start: a fire left `running` belongs to a process that is
+        gone, so it can be claimed again at once instead of after ``stale_after`` (a kill -9 in
+        the middle of building a merge would otherwise leave it unsent for ten minutes, and
+        for good when nothing resumes it later). It stays `running` for ``unfinished_fires``."""
+        with self.engine.begin() as conn:
+            return conn.execute(update(fire_claims).where(fire_claims.c.status == "running")
+                                .values(claimed_at=_RELEASED)).rowcount
 
     def finish_fire(self, job_id: str, fire_time: datetime, *, now: datetime, status: str,
                     detail: str | None = None) -> None:

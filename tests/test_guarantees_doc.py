@@ -1,0 +1,64 @@
+"""docs/guarantees.md names, for each risk, the test that shows postroom's guard: every test
+named there must exist (read from the test files with ``ast``, not imported), so the page and
+the suite stay in step. A test marked (pending) is written on another branch; once it exists
+the mark must go."""
+
+from __future__ import annotations
+
+import ast
+import re
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "guarantees.md"
+TEST_ID = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`(\s*\*\*\(pending\)\*\*)?")
+
+
+def table_rows(text: str) -> list[str]:
+    """The body rows of the page's Markdown tables (not the header or the rule under it)."""
+    rows = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [line for line in block.splitlines() if line.startswith("|")]
+        rows.extend(lines[2:])
+    return rows
+
+
+@cache
+def defined_tests(path: str) -> frozenset[str]:
+    """Names of the test functions in a file, module level or in a class."""
+    file = ROOT / path
+    if not file.is_file():
+        return frozenset()
+    tree = ast.parse(file.read_text(), filename=path)
+    return frozenset(node.name for node in ast.walk(tree)
+                     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_"))
+
+
+def test_every_row_names_a_test_and_every_named_test_exists() -> None:
+    rows = table_rows(DOC.read_text())
+    assert len(rows) >= 25  # both tables were read
+    missing, no_longer_pending, without_test = [], [], []
+    for row in rows:
+        risk = row.strip("|").split("|")[0].strip()
+        found = TEST_ID.findall(row)
+        if not found:
+            without_test.append(risk)
+        for path, name, pending in found:
+            exists = name in defined_tests(path)
+            if pending and exists:
+                no_longer_pending.append(f"{path}::{name}")
+            elif not pending and not exists:
+                missing.append(f"{path}::{name}")
+    assert without_test == [], "rows of docs/guarantees.md that name no test"
+    assert missing == [], "tests named in docs/guarantees.md that do not exist"
+    assert no_longer_pending == [], "tests that exist now: take the (pending) mark off in docs/guarantees.md"
+
+
+def test_the_check_sees_a_missing_test() -> None:
+    """The parser itself: a made-up name is missing, a real one is found."""
+    assert "test_the_check_sees_a_missing_test" in defined_tests("tests/test_guarantees_doc.py")
+    assert "test_no_such_thing" not in defined_tests("tests/test_guarantees_doc.py")
+    assert defined_tests("tests/test_no_such_file.py") == frozenset()
+    row = "| r | w | `tests/a.py::test_b`, `tests/c.py::test_d` **(pending)** |"
+    assert TEST_ID.findall(row) == [("tests/a.py", "test_b", ""), ("tests/c.py", "test_d", " **(pending)**")]
