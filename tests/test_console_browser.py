@@ -28,7 +28,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from tests.lab import MailLab
-from tests.support.daemon import Daemon, DataServer, free_port, mail, postroom_env, wait_until
+from tests.support.daemon import ACCOUNT_CONFIG, Daemon, DataServer, free_port, mail, postroom_env, wait_until
 from tests.support.fake_smtp import FaultyHandler, fake_smtp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,14 +37,8 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PROBES = ("/healthz", "/readyz", "/metrics")
 PAGES = ("/", "/jobs", "/jobs/hello/preview", "/outbox", "/mailboxes", "/webhooks", "/nope", "/preview")
 
-CONFIG = """\
-accounts:
-  alice:
-    address: alice@example.test
-    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls,
-           username: alice@example.test, password: "${{ALICE_PASSWORD}}"}}
-    imap: {{host: 127.0.0.1, port: {imap}, security: starttls,
-           username: alice@example.test, password: "${{ALICE_PASSWORD}}"}}
+# alice from the shared ACCOUNT_CONFIG (lab SMTP + IMAP), then the rest.
+CONFIG = ACCOUNT_CONFIG + """\
   mallory:
     address: mallory@example.test
     smtp: {{host: 127.0.0.1, port: {fake}, security: none, timeout: 10}}
