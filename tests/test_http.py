@@ -179,6 +179,39 @@ async def test_a_slow_client_gets_408():
         await server.stop()
 
 
+async def test_the_next_request_on_a_kept_alive_connection_has_its_own_deadline():
+    server = HttpServer("127.0.0.1:0", registry=Metrics().registry, readiness=Readiness(), read_timeout=0.2)
+    address = await server.start()
+    try:
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"ok\n"), 10)
+        assert first.startswith(b"HTTP/1.1 200")
+        writer.write(b"GET /healthz HTTP/1.1\r\n")  # the second request stalls in its head
+        await writer.drain()
+        second = await asyncio.wait_for(reader.read(), 10)
+        assert second.startswith(b"HTTP/1.1 408")
+        writer.close()
+    finally:
+        await server.stop()
+
+
+async def test_without_a_console_other_paths_say_why():
+    server = HttpServer("127.0.0.1:0", registry=Metrics().registry, readiness=Readiness())
+    host, port = await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=5) as client:
+            assert (await client.get("/")).status_code == 503  # starting: the console comes with the store
+            server.mark_running()
+            server.attach_console(None, "the console is off: set POSTROOM_CONSOLE_TOKEN")
+            answer = await client.get("/")
+            assert answer.status_code == 404 and "POSTROOM_CONSOLE_TOKEN" in answer.text
+            assert (await client.get("/healthz")).status_code == 200
+    finally:
+        await server.stop()
+
+
 async def test_empty_listen_disables_the_server():
     server = HttpServer("", registry=Metrics().registry, readiness=Readiness())
     assert await server.start() is None
