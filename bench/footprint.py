@@ -2,8 +2,10 @@
 
 `postroom run` with 50 jobs (cron schedules that don't fire in the window) and 10 IMAP
 folders watched with IDLE (one rule each, on alice, against the lab's Dovecot). Once
-/readyz says 200 (every watcher connected and idling, the scheduler running) the process is
-left alone for `--seconds` (default 60): nothing is delivered, nothing scraped.
+/readyz says 200 (every watcher connected and idling, the scheduler running) each console
+page is loaded once (POSTROOM_CONSOLE_TOKEN set: the console is on, its code imported and
+its templates compiled), then the process is left alone for `--seconds` (default 60):
+nothing is delivered, nothing scraped, no page open.
 
 - CPU: utime + stime from /proc/PID/stat at the start and the end of the idle window, as a
   share of one core over the window's wall time.
@@ -40,6 +42,8 @@ FOLDERS = 10
 MAX_RSS_MIB = 80.0
 MAX_CPU_PERCENT = 1.0
 READY_TIMEOUT = 60.0
+CONSOLE_TOKEN = "footprint-bench-console-token"
+CONSOLE_PAGES = ("/", "/jobs", "/outbox", "/mailboxes", "/webhooks")
 
 # 05:00 on 1 January: no fire while the bench runs (unless run then; the numbers would show it).
 JOB = """\
@@ -96,15 +100,26 @@ def wait_ready(port: int, proc: subprocess.Popen, log: Path) -> float:
     raise SystemExit(f"/readyz not 200 within {READY_TIMEOUT:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+def open_console(port: int) -> None:
+    """Each console page once (its code imported, its template compiled): the peak counts them."""
+    for path in CONSOLE_PAGES:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                         headers={"Authorization": f"Bearer {CONSOLE_TOKEN}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            if response.status != 200:
+                raise SystemExit(f"console page {path}: HTTP {response.status}")
+
+
 def measure(lab: MailLab, workdir: Path, seconds: float) -> dict[str, float]:
     (workdir / "postroom.yaml").write_text(config_text(lab))
     port = free_port()
-    env = postroom_env(lab, workdir, POSTROOM_HTTP=f"127.0.0.1:{port}")
+    env = postroom_env(lab, workdir, POSTROOM_HTTP=f"127.0.0.1:{port}", POSTROOM_CONSOLE_TOKEN=CONSOLE_TOKEN)
     log = workdir / "daemon.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([*POSTROOM, "run"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             ready_after = wait_ready(port, proc, log)
+            open_console(port)
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             time.sleep(seconds)
             cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()

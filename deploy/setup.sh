@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# chromium + chromium-driver: the browser tests (tests/support/chromium.py) drive a real one.
-packages=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix openssl imapfilter swaks python3-venv chromium chromium-driver)
+# chromium + chromium-driver: the console's browser tests (selenium drives them headless).
+packages=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix openssl imapfilter swaks python3-venv
+  chromium chromium-driver)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

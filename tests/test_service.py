@@ -278,6 +278,14 @@ def test_daemon_migrates_in_a_child_and_keeps_alembic_and_rich_out_of_memory(tmp
     engine.dispose()
 
 
+def test_the_daemon_imports_no_cryptography_until_an_oauth2_account_needs_the_vault():
+    # cryptography (the refresh-token vault's Fernet) is ~7 MiB resident: only OAuth2 accounts pay it.
+    probe = "import sys, postroom.app; print('cryptography' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
 def test_a_failed_migration_stops_the_start_with_the_reason(tmp_path):
     from postroom.bootstrap import open_daemon_store
     from postroom.config import Settings

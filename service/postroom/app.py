@@ -20,6 +20,8 @@ import structlog
 from .bootstrap import build_logins, load_checked, open_daemon_store, recover_single_node
 from .clock import utcnow
 from .config import Config, Settings
+from .console.source import ReloadOutcome
+from .daemon_console import build_daemon_console, console_token
 from .errors import PostroomError
 from .http import HttpServer
 from .incoming.actions import ActionExecutor
@@ -70,9 +72,11 @@ class Daemon:
     notifier: Notifier = field(default_factory=Notifier)
     task_health: TaskHealth = field(default_factory=TaskHealth)  # supervised tasks down now
     _started: bool = False  # every part is up: a SIGHUP may reload
+    last_reload: ReloadOutcome | None = None  # for the console
 
     async def run(self) -> int:
         self.http = HttpServer(self.settings.http, registry=self.metrics.registry, readiness=self.readiness)
+        self.console_token = console_token(self.settings)  # a bad token fails here, before anything starts
         # Handlers first: a SIGTERM while starting (systemd's stop, or a restart loop) must
         # end in an orderly exit 0, not Python's default death by signal.
         self._install_signals()
@@ -85,7 +89,7 @@ class Daemon:
 
     async def _run(self) -> int:
         loaded, renderer = load_checked(self.settings)
-        self.loaded = loaded
+        self.loaded, self.loaded_at = loaded, utcnow()
         config = loaded.config
         self.store = store = await asyncio.to_thread(open_daemon_store, self.settings)
         await asyncio.to_thread(recover_single_node, store)
@@ -114,6 +118,10 @@ class Daemon:
         self.incoming = self._start_incoming(config, renderer, ruleset)
         self.tasks.append(asyncio.create_task(watchdog_loop(self.notifier, self.stop_event), name="watchdog"))
         self.metrics.set_jobs(self._next_fires(config))
+        if self.console_token is not None:
+            self.http.attach_console(build_daemon_console(self, self.console_token))
+        else:
+            self.http.attach_console(None, "the console is off: set POSTROOM_CONSOLE_TOKEN (README, 'The console')")
 
         self._started = True
         if self.stop_event.is_set():  # asked to stop while starting: no READY, straight to stop
@@ -174,6 +182,9 @@ class Daemon:
         await self.runner.run_fire(job_id, fire_time, trigger)
         self.metrics.set_jobs(self._next_fires(self.runner.config))
 
+    def next_fires(self) -> dict[str, datetime | None]:
+        return self._next_fires(self.runner.config)
+
     def _next_fires(self, config: Config) -> dict[str, datetime | None]:
         upcoming = self.scheduler.next_fires() if not self.dry_run else {}
         return {name: upcoming.get(name) for name in config.jobs}
@@ -230,11 +241,12 @@ class Daemon:
                                              on_refresh=self.metrics.oauth2_refresh, keep=self.logins)
         except PostroomError as exc:
             self.metrics.reload("failed")
+            self.last_reload = ReloadOutcome(utcnow(), ok=False, error=str(exc))
             log.error("reload refused; still running the previous config", error=str(exc))
             self.notifier.ready(status=f"reload failed; {self._status_line(self.loaded.config)}")
             return
         config = loaded.config
-        self.loaded = loaded
+        self.loaded, self.loaded_at = loaded, utcnow()
         resumed = [name for name in self.logins.stopped() if logins.tokens.get(name) is not self.logins.tokens[name]]
         self.logins = logins
         self.sender.accounts, self.sender.policy, self.sender.logins = config.accounts, config.outbox, logins
@@ -257,6 +269,7 @@ class Daemon:
             self.sender.wake()
         self.metrics.set_jobs(self._next_fires(config))
         self.metrics.reload("ok")
+        self.last_reload = ReloadOutcome(utcnow(), ok=True)
         status = self._status_line(config)
         log.info("config reloaded", config=str(loaded.path), status=status,
                  seconds=round(time.monotonic() - started, 3))

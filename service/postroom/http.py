@@ -1,28 +1,40 @@
-"""The operator's HTTP endpoint: /healthz, /readyz and /metrics on POSTROOM_HTTP.
+"""The operator's HTTP endpoint on POSTROOM_HTTP: the probes, /metrics and the console.
 
-A deliberately tiny HTTP/1.1 server on asyncio.start_server (no web framework to install or
-patch): one request per connection, answered and closed. It runs on the daemon's own event
-loop, so a /healthz answer proves the loop is turning.
+Starlette served by uvicorn (plain, h11), on the daemon's own event loop, so a /healthz
+answer proves the loop is turning:
 
     /healthz  200 "ok" whenever the loop answers (liveness)
     /readyz   200 when `readiness()` says so, else 503 with JSON details; always 503 while
               starting or stopping, so a load balancer drains us before we go
     /metrics  Prometheus text exposition of the registry
+    anything else: the console (``postroom.console``) once the daemon attaches it, behind its
+              token; 503 while starting, 404 when there is no console
 
-Bad input never reaches the daemon: each connection has a read deadline, bounded request
-size and a cap on how many are open at once; every failure ends that connection only.
+Bad input never reaches the daemon: the request head has a deadline (408) and a size bound
+(431), at most MAX_HEADERS headers (431), at most MAX_CONNECTIONS connections open (503 past
+that: shed, not queued); idle keep-alive connections close after KEEP_ALIVE seconds; every
+failure ends that connection only. The first two are ``_BoundedH11``: uvicorn has neither.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
 import structlog
+import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import ConfigError
 
@@ -31,29 +43,24 @@ log = structlog.get_logger(__name__)
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 READ_TIMEOUT = 5.0  # seconds for a client to send its whole request head
-WRITE_TIMEOUT = 10.0  # seconds for a client to take the response
+KEEP_ALIVE = 5.0  # seconds an idle keep-alive connection stays open
+STOP_TIMEOUT = 5.0  # seconds requests in progress may take to finish at stop
 READINESS_TIMEOUT = 5.0  # a readiness check slower than this counts as not ready
-MAX_LINE = 8192
+MAX_HEAD = 16 * 1024  # bytes of request line + headers
 MAX_HEADERS = 100
 MAX_CONNECTIONS = 64
+PROBES = ("/healthz", "/readyz", "/metrics")
+_NO_STORE = {"Cache-Control": "no-store"}
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 503: "Service Unavailable"}
-_TEXT = "text/plain; charset=utf-8"
-_JSON = "application/json"
+# uvicorn speaks through stdlib logging ("Shutting down", "Waiting for connections…"): only
+# its warnings are worth a line in the daemon's log.
+logging.getLogger("uvicorn").setLevel(logging.WARNING)
 
 
 class Phase(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, why: str):
-        self.status = status
-        super().__init__(why)
 
 
 def parse_listen(listen: str) -> tuple[str, int] | None:
@@ -70,32 +77,79 @@ def parse_listen(listen: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-class HttpServer:
-    """Serve health and metrics. Lifecycle: `start()`, `mark_running()`, `mark_stopping()`, `stop()`."""
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach an address like this (127.0.0.0/8, ::1)."""
+    import ipaddress
 
-    def __init__(self, listen: str, *, registry: CollectorRegistry, readiness: Readiness,
-                 read_timeout: float = READ_TIMEOUT):
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpServer:
+    """Serve the probes, metrics and (once attached) the console.
+    Lifecycle: `start()`, `attach_console()`, `mark_running()`, `mark_stopping()`, `stop()`."""
+
+    def __init__(
+        self, listen: str, *, registry: CollectorRegistry, readiness: Readiness, read_timeout: float = READ_TIMEOUT
+    ):
         self.address = parse_listen(listen)
         self.read_timeout = read_timeout
         self.registry = registry
         self.readiness = readiness
         self.phase = Phase.STARTING
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self.console: ASGIApp | None = None
+        self.console_note = ""  # what / says when there is no console
+        self._probes = Starlette(
+            routes=[
+                Route("/healthz", self._healthz, methods=["GET"]),
+                Route("/readyz", self._readyz, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
+            ]
+        )
+        self._server: uvicorn.Server | None = None
 
     async def start(self) -> tuple[str, int] | None:
         """Listen; returns the bound (host, port) — port 0 picks one — or None when disabled."""
         if self.address is None:
             return None
         host, port = self.address
+        # Bound here, not by uvicorn: it ends the process (sys.exit) when it cannot listen.
         try:
-            self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_LINE)
+            sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         except OSError as exc:
             raise ConfigError(f"POSTROOM_HTTP: cannot listen on {host}:{port}: {exc.strerror}") from exc
-        bound = self._server.sockets[0].getsockname()
+        sock.setblocking(False)
+        config = uvicorn.Config(
+            self,
+            http=_bounded_h11(self.read_timeout),
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            log_config=None,
+            access_log=False,
+            limit_concurrency=MAX_CONNECTIONS,
+            h11_max_incomplete_event_size=MAX_HEAD * 2,
+            timeout_keep_alive=int(KEEP_ALIVE),
+            timeout_graceful_shutdown=int(STOP_TIMEOUT),
+            server_header=False,
+            date_header=False,
+        )
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        # Not server.serve(): that would take the signals (the daemon has its own) and tick
+        # ten times a second (for a Date header we do without); startup/shutdown are enough.
+        await server.startup(sockets=[sock])
+        self._server = server
+        bound = sock.getsockname()
         log.info("http listening", host=bound[0], port=bound[1])
         return bound[0], bound[1]
+
+    def attach_console(self, app: ASGIApp | None, note: str = "") -> None:
+        """Serve ``app`` for every path but the probes (None: answer 404 with ``note``)."""
+        self.console, self.console_note = app, note
 
     def mark_running(self) -> None:
         self.phase = Phase.RUNNING
@@ -107,63 +161,39 @@ class HttpServer:
         self.phase = Phase.STOPPING
         if self._server is None:
             return
-        self._server.close()
-        # Python 3.11's wait_closed does not wait for open connections: end them ourselves.
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
+        server, self._server = self._server, None
+        await server.shutdown()
+        for sock in (s for srv in server.servers for s in (srv.sockets or ())):
+            sock.close()
 
-    # -- one connection ---------------------------------------------------------------------
+    # -- requests ---------------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        try:
-            if self._slots.locked():  # too many open: shed this one instead of queueing it
-                await _respond(writer, 503, b"busy\n", _TEXT)
-                return
-            async with self._slots:
-                await self._serve_one(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # the client went away or stalled; nothing more to say to it
-        except Exception:
-            log.exception("http handler failed")
-        finally:
-            writer.close()
-            if task is not None:
-                self._handlers.discard(task)
-
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            method, path = await asyncio.wait_for(_read_head(reader), self.read_timeout)
-        except TimeoutError:
-            await _respond(writer, 408, b"request timeout\n", _TEXT)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
             return
-        except BadRequest as exc:
-            await _respond(writer, exc.status, f"{exc}\n".encode(), _TEXT)
-            return
-        head_only = method == "HEAD"
-        if method not in ("GET", "HEAD"):
-            await _respond(writer, 405, b"method not allowed\n", _TEXT, extra={"Allow": "GET, HEAD"})
-            return
-        status, body, ctype = await self._route(path)
-        await _respond(writer, status, body, ctype, head_only=head_only)
+        if len(scope["headers"]) > MAX_HEADERS:
+            await PlainTextResponse("too many headers\n", 431)(scope, receive, send)
+        elif scope["path"] in PROBES:
+            await self._probes(scope, receive, send)
+        elif self.console is not None:
+            await self.console(scope, receive, send)
+        elif self.phase is Phase.STARTING:  # the console comes once the store is open
+            await PlainTextResponse("starting\n", 503, headers=_NO_STORE)(scope, receive, send)
+        else:
+            await PlainTextResponse(f"not found\n{self.console_note}\n", 404)(scope, receive, send)
 
-    async def _route(self, path: str) -> tuple[int, bytes, str]:
-        path = path.split("?", 1)[0]
-        if path == "/healthz":
-            return 200, b"ok\n", _TEXT
-        if path == "/readyz":
-            ready, details = await self._ready()
-            return (200 if ready else 503), _json({"ready": ready, **details}), _JSON
-        if path == "/metrics":
-            # Collectors may query the store: keep that blocking I/O off the event loop.
-            body = await asyncio.to_thread(generate_latest, self.registry)
-            return 200, body, CONTENT_TYPE_LATEST
-        return 404, b"not found\n", _TEXT
+    async def _healthz(self, _request: Request) -> Response:
+        return PlainTextResponse("ok\n", headers=_NO_STORE)
+
+    async def _readyz(self, _request: Request) -> Response:
+        ready, details = await self._ready()
+        body = (json.dumps({"ready": ready, **details}, default=str, sort_keys=True) + "\n").encode()
+        return Response(body, 200 if ready else 503, media_type="application/json", headers=_NO_STORE)
+
+    async def _metrics(self, _request: Request) -> Response:
+        # Collectors may query the store: keep that blocking I/O off the event loop.
+        body = await asyncio.to_thread(generate_latest, self.registry)
+        return Response(body, headers={**_NO_STORE, "Content-Type": CONTENT_TYPE_LATEST})
 
     async def _ready(self) -> tuple[bool, dict[str, Any]]:
         if self.phase is not Phase.RUNNING:
@@ -178,39 +208,63 @@ class HttpServer:
         return bool(ready), {"phase": self.phase.value, **details}
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """Read the request line and headers (ignored); return (method, target)."""
-    line = await _read_line(reader)
-    parts = line.split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
-        raise BadRequest(400, "malformed request line")
-    for _ in range(MAX_HEADERS):
-        if not await _read_line(reader):
-            return parts[0], parts[1]
-    raise BadRequest(431, "too many headers")
+def _bounded_h11(read_timeout: float) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol with what it lacks: a deadline for each request head (a
+    client that opens a connection and trickles, or sends nothing, gets 408 and is closed) and
+    a bound on the head's size answered with 431 (h11 itself would answer 400)."""
+
+    class BoundedH11(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _waiting_after: object = None  # the cycle before the head we wait for
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request on this connection has its own deadline
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is not None:
+                pending = self.conn.trailing_data[0] + data
+                if len(pending) > MAX_HEAD and not _has_blank_line(pending[:MAX_HEAD]):
+                    self._refuse(b"431 Request Header Fields Too Large", b"request head too large\n")
+                    return
+            super().data_received(data)
+            if self._deadline is not None and self.cycle is not self._waiting_after:
+                self._disarm()  # the head is in
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._waiting_after = self.cycle
+            self._deadline = self.loop.call_later(read_timeout, self._timed_out)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _timed_out(self) -> None:
+            self._deadline = None
+            if self.cycle is self._waiting_after and not self.transport.is_closing():
+                self._refuse(b"408 Request Timeout", b"request timeout\n")
+
+        def _refuse(self, status: bytes, body: bytes) -> None:
+            self._disarm()
+            self.transport.write(
+                b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+            )
+            self.transport.close()
+
+    return BoundedH11
 
 
-async def _read_line(reader: asyncio.StreamReader) -> str:
-    try:
-        raw = await reader.readuntil(b"\n")
-    except asyncio.LimitOverrunError as exc:
-        raise BadRequest(431, "line too long") from exc
-    try:
-        return raw.decode("ascii").rstrip("\r\n")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(400, "non-ASCII request head") from exc
-
-
-async def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str, *,
-                   head_only: bool = False, extra: dict[str, str] | None = None) -> None:
-    headers = {"Content-Type": ctype, "Content-Length": str(len(body)), "Connection": "close",
-               "Cache-Control": "no-store", **(extra or {})}
-    head = f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-    writer.write(head.encode("ascii") + (b"" if head_only else body))
-    # A client that never reads must not hold a connection slot for ever.
-    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
-
-
-def _json(data: dict[str, Any]) -> bytes:
-    return (json.dumps(data, default=str, sort_keys=True) + "\n").encode()
+def _has_blank_line(head: bytes) -> bool:
+    return b"\n\r\n" in head or b"\n\n" in head

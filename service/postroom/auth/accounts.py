@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -30,7 +31,9 @@ from ..store.tokens import OAuth2TokenStore
 from .keeper import StoredRefreshToken
 from .providers import PROVIDERS, Grant, MailProtocol
 from .tokens import OAuth2Client, TokenProvider
-from .vault import TokenVault
+
+if TYPE_CHECKING:  # the vault imports cryptography (~7 MiB): only where one is built
+    from .vault import TokenVault
 
 log = structlog.get_logger(__name__)
 

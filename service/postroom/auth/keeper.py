@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ..store.tokens import OAuth2TokenStore, StoredGrant
-from .vault import TokenVault
+
+if TYPE_CHECKING:  # the vault imports cryptography (~7 MiB): only where one is built
+    from .vault import TokenVault
 
 LOGIN_ORIGIN = "login"
 

@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from .dburl import sqlite_file
 
@@ -76,6 +76,8 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     # host:port for /healthz, /readyz and /metrics; empty disables the listener.
     http: str = "127.0.0.1:9325"
+    # The console's token (pages beyond the probes on POSTROOM_HTTP); no token, no console.
+    console_token: SecretStr | None = None
     # Where ${NAME} secrets may live as files (systemd credentials, Docker secrets).
     secrets_dir: Path | None = None
     # Names this process in fire claims and leases; unique per replica.

@@ -1,1 +1,7 @@
-"""The web pages postroom serves on loopback: the console and the template preview."""
+"""The web pages postroom serves: the operator's console (status pages on the daemon's HTTP
+listener, ``http.py``) and the template preview (``preview.py``, mounted in the console at
+``/preview`` and served alone by `postroom preview`).
+
+``app.build_console`` makes the Starlette app; ``security.require_token`` guards it (and any
+mounted app): token, session cookie, CSRF, CSP.
+"""

@@ -80,6 +80,9 @@ _pages = jinja2.Environment(
 def _secured(response: Response, csp: str = PAGE_CSP) -> Response:
     response.headers["Content-Security-Policy"] = csp
     response.headers.update(COMMON_HEADERS)
+    # Mounted in the console, whose middleware adds X-Frame-Options: DENY where a response has
+    # none: the email's frame is framed by its own page.
+    response.headers["X-Frame-Options"] = "SAMEORIGIN" if csp == FRAME_CSP else "DENY"
     return response
 
 

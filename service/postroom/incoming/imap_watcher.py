@@ -42,7 +42,7 @@ from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import PlannedAction, RuleSet
 from postroom.incoming.suspects import Suspects
 from postroom.incoming.watch_lease import LEASE_TTL
-from postroom.incoming.watch_loop import BATCH, Backoff, Entry, Watcher, WatcherHooks
+from postroom.incoming.watch_loop import BATCH, Backoff, Entry, Watcher, WatcherHooks, WatchState
 from postroom.retry import sleep_or_stop
 from postroom.store.inbound import DONE, FINISHED, InboundStore
 from postroom.store.leases import WatchLeases
@@ -85,6 +85,7 @@ class ImapWatcher(Watcher):
         try:
             await conn.connect()
             use_idle = self.cfg.idle and conn.has("IDLE")
+            self.waits_with = WatchState.IDLE if use_idle else WatchState.POLLING
             if not use_idle:
                 self.log.info("polling", every=self.cfg.poll_interval.total_seconds(),
                               why="idle disabled" if not self.cfg.idle else "server offers no IDLE")

@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 import structlog
@@ -85,10 +86,21 @@ class WatcherHooks:
     ok: Callable[[str, str, datetime], None] = lambda account, folder, at: None
 
 
+class WatchState(StrEnum):
+    """What a watcher is doing now, as the console shows it."""
+
+    STARTING = "starting"
+    IDLE = "IDLE"
+    POLLING = "polling"
+    STANDING_BY = "standing by"  # another replica holds this watch's lease
+    FAILING = "failing"
+
+
 class Watcher:
     """What IMAP and POP3 watchers share: the reconnect loop, evaluating, handing over."""
 
     kind = ""
+    waits_with = WatchState.POLLING  # what a finished pass waits in (IMAP: IDLE when the server has it)
 
     def __init__(self, account_name: str, ruleset: RuleSet, handler: BatchHandler, inbound: InboundStore, *,
                  folder: str, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
@@ -96,6 +108,11 @@ class Watcher:
                  leases: WatchLeases | None = None, lease_ttl: float = LEASE_TTL):
         self.hooks = hooks or WatcherHooks()
         self.ready = False  # set after the first full pass over the folder (for /readyz)
+        # For the console: read from the loop, written only by this watcher's task.
+        self.state = WatchState.STARTING
+        self.last_ok: datetime | None = None
+        self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
         self.account = account_name
         self.folder = folder
         self.rules = ruleset
@@ -126,15 +143,18 @@ class Watcher:
                 except asyncio.CancelledError:
                     raise
                 except OAuth2Error as exc:
+                    self._failed(exc)
                     # The account has stopped (auth/accounts.py logged the one error that says
                     # what to run); a reload or restart after the new sign-in starts it again.
                     self.log.info("watcher waits for the account to sign in again", reason=exc.error)
                     delay = backoff.after(exc)
                 except PermanentError as exc:
+                    self._failed(exc)
                     self.log.error("watcher cannot work; fix the account settings", error=str(exc),
                                    retry_in=PERMANENT_RETRY)
                     delay = backoff.after(exc)
                 except Exception as exc:
+                    self._failed(exc)
                     delay = backoff.after(exc)
                     if is_transient(exc):
                         self.log.warning("watcher connection trouble; reconnecting", error=str(exc), retry_in=delay)
@@ -145,9 +165,15 @@ class Watcher:
             if self.lease is not None:
                 self.lease.release()
 
+    def _failed(self, exc: BaseException) -> None:
+        self.state = WatchState.FAILING
+        self.last_error = (str(exc) or type(exc).__name__)[:500]
+        self.last_error_at = self.clock()
+
     def _standing_by(self) -> None:
         """Another replica works this folder: this watcher is healthy, just not the one."""
         self.ready = True
+        self.state = WatchState.STANDING_BY
         self.hooks.ok(self.account, self.folder, self.clock())
 
     async def _session(self, stop: asyncio.Event, backoff: Backoff) -> None:
@@ -156,7 +182,9 @@ class Watcher:
     def _pass_done(self) -> None:
         """A full pass over the folder succeeded."""
         self.ready = True
-        self.hooks.ok(self.account, self.folder, self.clock())
+        self.state = self.waits_with
+        self.last_ok = self.clock()
+        self.hooks.ok(self.account, self.folder, self.last_ok)
 
     def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
         raise NotImplementedError

@@ -214,6 +214,14 @@ class InboundStore:
             return set(conn.execute(select(inbound.c.uidl).where(
                 inbound.c.account == account, inbound.c.uidl.is_not(None), inbound.c.status == status)).scalars())
 
+    def retry_set_aside(self, key: str, *, now: datetime) -> bool:
+        """Take a set-aside message in again: `failed` with no attempts counted and its backoff
+        already over, so its watcher's next pass retries it (``retry_candidates``)."""
+        due = to_utc(now) - self.retry_cap - timedelta(seconds=1)
+        with self.engine.begin() as conn:
+            return conn.execute(update(inbound).where(inbound.c.key == key, inbound.c.status == SET_ASIDE)
+                                .values(status=FAILED, attempts=0, updated_at=due)).rowcount == 1
+
     def set_aside(self, account: str | None = None) -> list[InboundRow]:
         """Messages given up on after ``max_attempts``, for `postroom` to list."""
         query = select(inbound).where(inbound.c.status == SET_ASIDE)

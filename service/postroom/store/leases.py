@@ -50,6 +50,13 @@ class WatchLeases:
                                .where(watch_leases.c.watch == watch)).first()
         return (row.owner, as_utc(row.expires_at)) if row else None
 
+    def all(self, *, now: datetime) -> list[tuple[str, str]]:
+        """(watch, owner) of every lease held now: which replica watches what."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(watch_leases.c.watch, watch_leases.c.owner)
+                                .where(watch_leases.c.expires_at >= to_utc(now)).order_by(watch_leases.c.watch))
+            return [(row.watch, row.owner) for row in rows]
+
     def release(self, watch: str) -> None:
         """Give ``watch`` up at once (a clean stop), if it is ours."""
         with self.engine.begin() as conn:

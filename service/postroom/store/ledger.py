@@ -249,6 +249,21 @@ class LedgerStore:
                                 .order_by(webhooks.c.updated_at).limit(limit))
             return [WebhookDelivery.from_row(r) for r in rows]
 
+    def webhooks(self, *, statuses: Sequence[str], limit: int = 100) -> list[WebhookDelivery]:
+        """Deliveries in these states, oldest first (the console's webhooks page)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(webhooks).where(webhooks.c.status.in_(list(statuses)))
+                                .order_by(webhooks.c.created_at).limit(limit))
+            return [WebhookDelivery.from_row(r) for r in rows]
+
+    def retry_webhook(self, webhook_id: str, *, now: datetime) -> bool:
+        """Put a dead delivery back in the queue, due now, with a fresh count of attempts."""
+        with self.engine.begin() as conn:
+            return conn.execute(update(webhooks).where(webhooks.c.webhook_id == webhook_id,
+                                                       webhooks.c.status == "dead")
+                                .values(status="queued", attempts=0, next_attempt_at=now,
+                                        updated_at=now)).rowcount == 1
+
     def dead_actions(self, *, limit: int = 100) -> list[tuple[ActionId, str, str | None]]:
         """(action id, kind, reason) of actions given up on, oldest first."""
         with self.engine.connect() as conn:

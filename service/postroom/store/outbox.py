@@ -249,6 +249,15 @@ class OutboxStore:
             )
             return True
 
+    def discard(self, item_id: int, *, now: datetime) -> bool:
+        """Give up on a dead letter for good (the console's "discard"): kept as `discarded`,
+        so what was given up on stays on record, and never sent."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(outbox).where(outbox.c.id == item_id, outbox.c.status == "dead")
+                .values(status="discarded", updated_at=now)
+            ).rowcount == 1
+
     # -- reading ---------------------------------------------------------------------------
     def get(self, item_id: int) -> OutboxItem | None:
         with self.engine.connect() as conn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -133,17 +134,22 @@ class RunStore:
                 finished_at=now, status=status, messages=messages, error=error,
             ))
 
+    def recent_runs(self, *, limit: int = 50) -> list[RunRecord]:
+        """The newest runs of every job, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(job_runs).order_by(job_runs.c.id.desc()).limit(limit))
+            return [_record(r) for r in rows]
+
     def last_runs(self) -> dict[str, RunRecord]:
         """The newest run of each job."""
         newest = select(job_runs.c.job_id, func.max(job_runs.c.id).label("id")).group_by(job_runs.c.job_id).subquery()
         with self.engine.connect() as conn:
             rows = conn.execute(select(job_runs).join(newest, job_runs.c.id == newest.c.id))
-            out = {}
-            for r in rows:
-                m = r._mapping
-                out[m["job_id"]] = RunRecord(
-                    job_id=m["job_id"], fire_time=as_utc(m["fire_time"]), trigger=m["trigger"],
-                    started_at=as_utc(m["started_at"]), finished_at=as_utc(m["finished_at"]),
-                    status=m["status"], messages=m["messages"], error=m["error"],
-                )
-            return out
+            return {r.job_id: _record(r) for r in rows}
+
+
+def _record(row: Any) -> RunRecord:
+    m = row._mapping
+    return RunRecord(job_id=m["job_id"], fire_time=as_utc(m["fire_time"]), trigger=m["trigger"],
+                     started_at=as_utc(m["started_at"]), finished_at=as_utc(m["finished_at"]),
+                     status=m["status"], messages=m["messages"], error=m["error"])
