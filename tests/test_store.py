@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-from postroom.store import NewMessage, Store, schema_is_current
+from postroom.store import NewMessage, RunStore, Store, schema_is_current
 from postroom.store.tables import metadata
 from sqlalchemy import inspect
 
@@ -98,6 +98,18 @@ def test_fire_claimed_once_and_stale_claim_taken_over(any_store: Store):
     runs.finish_fire("j", fire, now=NOW, status="done")
     assert not runs.claim_fire("j", fire, now=NOW + timedelta(hours=1))
     assert runs.last_fire("j") == fire
+
+
+def test_a_retry_takes_back_its_own_running_claim_never_anothers(any_store: Store):
+    runs = any_store.runs
+    fire = datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
+    assert runs.claim_fire("j", fire, now=NOW)  # then the store went away mid-run
+    assert not runs.claim_fire("j", fire, now=NOW)  # a second fire of the same time is not a retry
+    assert runs.claim_fire("j", fire, now=NOW, again=True)  # our retry: the claim is ours
+    other = RunStore(any_store.engine, owner="other-replica")
+    assert not other.claim_fire("j", fire, now=NOW, again=True)
+    runs.finish_fire("j", fire, now=NOW, status="done")
+    assert not runs.claim_fire("j", fire, now=NOW, again=True)  # done is done
 
 
 def test_migration_child_ignores_a_postroom_folder_in_the_working_directory(tmp_path, monkeypatch):
