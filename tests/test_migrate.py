@@ -5,8 +5,11 @@ Real `postroom` processes on a fresh database of the machine's PostgreSQL."""
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 
-from postroom.store.engine import _alembic_config, head_revisions, open_engine
+import pytest
+from postroom.store.engine import _alembic_config, head_revisions, open_engine, schema_is_current
 from sqlalchemy import create_engine, text
 
 from tests.support.daemon import POSTROOM, ROOT, Daemon, free_port, postroom_env, run_cli, wait_ready
@@ -34,6 +37,34 @@ def set_revision(url: str, revision: str) -> None:
     engine.dispose()
 
 
+# What the daemon's migration child runs, held back until the test says go: the race as close
+# as processes can make it.
+RACE = """
+import sys, time
+from pathlib import Path
+from postroom.store import migrate, open_engine
+engine = open_engine(sys.argv[1])
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.005)
+migrate(engine)
+"""
+
+
+def test_migrations_started_together_take_turns_under_the_lock(tmp_path, pg_url):
+    go = tmp_path / "go"
+    children = [subprocess.Popen([sys.executable, "-c", RACE, pg_url, str(go)], cwd=ROOT, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(6)]
+    time.sleep(3)  # every child has imported and connected
+    go.touch()
+    failures = [err for child in children if (err := child.communicate(timeout=90)[1]) and child.returncode != 0]
+    assert not failures, failures[0][-2000:]
+    engine = open_engine(pg_url)
+    assert schema_is_current(engine)
+    engine.dispose()
+
+
+@pytest.mark.timeout(300)
 def test_three_replicas_started_at_once_on_an_empty_database_all_start(tmp_path, lab, pg_url):
     daemons: list[tuple[Daemon, int]] = []
     try:

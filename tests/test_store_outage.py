@@ -91,6 +91,7 @@ def not_ready(port: int) -> dict | None:
     return response.json() if response.status_code == 503 else None
 
 
+@pytest.mark.timeout(400)  # three starts, a 20 s outage and its mail, on a shared machine
 def test_fires_of_a_postgresql_outage_run_once_each_when_it_returns(tmp_path, clean_lab, pg_url, proxy):
     write_config(tmp_path, clean_lab)
     url = proxy.url(pg_url)
