@@ -24,7 +24,7 @@ from postroom.config.model import ScheduleConfig
 from postroom.schedules import fires_between, make_trigger
 from sqlalchemy import create_engine, text
 
-from tests.support.daemon import Daemon, free_port, iter_json_lines, postroom_env, wait_ready, wait_until
+from tests.support.daemon import Daemon, free_port, iter_json_lines, mail, postroom_env, wait_ready, wait_until
 from tests.support.tcp_proxy import TcpProxy
 
 CONFIG = """\
@@ -44,6 +44,18 @@ jobs:
 TEMPLATE = """{% block subject %}tick {{ fire_time.strftime('%H:%M:%S') }}{% endblock %}
 {% block text %}fired at {{ fire_time }}{% endblock %}
 """
+# The stalled store's daemon also watches alice's INBOX: a message arriving while the store
+# hangs makes the watcher reach for it, which must not stop the event loop either.
+WATCHED = CONFIG.replace("jobs:", """\
+    imap: {{host: 127.0.0.1, port: {imap}, security: starttls, username: alice@example.test,
+           password: "${{ALICE_PASSWORD}}"}}
+jobs:""") + """\
+rules:
+  - name: flag
+    account: alice
+    match: {{subject: {{contains: "[stall]"}}}}
+    actions: [{{mark_read: true}}]
+"""
 OUTAGE = 20.0  # seconds PostgreSQL is unreachable
 
 
@@ -54,10 +66,10 @@ def proxy() -> Iterator[TcpProxy]:
     forwarder.close()
 
 
-def write_config(tmp_path, lab) -> None:
+def write_config(tmp_path, lab, config: str = CONFIG) -> None:
     (tmp_path / "templates").mkdir(exist_ok=True)
     (tmp_path / "templates" / "tick.j2").write_text(TEMPLATE)
-    (tmp_path / "postroom.yaml").write_text(CONFIG.format(smtp=lab.ports.smtp))
+    (tmp_path / "postroom.yaml").write_text(config.format(smtp=lab.ports.smtp, imap=lab.ports.imap))
 
 
 def start(tmp_path, lab, url: str, name: str, *, wait: bool = True) -> tuple[Daemon, int]:
@@ -141,11 +153,12 @@ def test_fires_of_a_postgresql_outage_run_once_each_when_it_returns(tmp_path, cl
     assert waited, "the outage was not seen by any replica"
 
 
-def test_a_stalled_store_leaves_the_loop_turning_and_makes_readyz_503(tmp_path, lab, pg_url, proxy):
-    write_config(tmp_path, lab)
-    daemon, port = start(tmp_path, lab, proxy.url(pg_url), "stalled")
+def test_a_stalled_store_leaves_the_loop_turning_and_makes_readyz_503(tmp_path, clean_lab, pg_url, proxy):
+    write_config(tmp_path, clean_lab, WATCHED)
+    daemon, port = start(tmp_path, clean_lab, proxy.url(pg_url), "stalled")
     try:
-        proxy.stall()
+        proxy.stall()  # ready: the watcher is in IDLE on alice's INBOX
+        clean_lab.deliver("alice", mail("carol@example.test", "alice@example.test", "[stall] hello").as_bytes())
 
         details = wait_until(lambda: not_ready(port), 30, "/readyz 503")
         assert details["store"] is False and "did not answer" in details["store_problem"]

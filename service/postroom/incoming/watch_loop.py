@@ -29,6 +29,7 @@ from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import RuleSet
 from postroom.incoming.watch_lease import LEASE_TTL, WatchLease
 from postroom.retry import sleep_or_stop
+from postroom.store.calls import store_call
 from postroom.store.inbound import (
     DONE,
     FAILED,
@@ -161,7 +162,7 @@ class Watcher:
     def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
         raise NotImplementedError
 
-    def _evaluate(self, entries: Sequence[Entry]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
+    async def _evaluate(self, entries: Sequence[Entry]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
         """Parse and evaluate a batch into items for the handler, with one store read for what
         was finished before and one write to finish what needs no handler (no rule matched,
         failed here). Returns the items and every entry's inbound row identity. Messages
@@ -181,7 +182,7 @@ class Watcher:
         rows = {e.key: dict(account=self.account, folder=self.folder,
                             message_id=parsed[e.key].message_id if e.key in parsed else None, **e.begin)
                 for e in entries}
-        existing = {} if self.dry_run else self.inbound.statuses(list(rows))
+        existing = {} if self.dry_run else await store_call(self.inbound.statuses, list(rows))
         finished.extend(row for row in unreadable if existing.get(row[0]) not in FINISHED)
         items: list[InboundItem] = []
         for entry in entries:
@@ -206,7 +207,7 @@ class Watcher:
             else:
                 items.append(InboundItem(key=entry.key, message=msg, planned=planned, **entry.ident))
         if not self.dry_run:
-            self.inbound.finish_many(finished, now=self.clock(), rows=rows)
+            await store_call(self.inbound.finish_many, finished, now=self.clock(), rows=rows)
         return items, rows
 
     async def _hand_over(self, mailbox: MailboxOps | None, items: Sequence[InboundItem],
@@ -230,7 +231,7 @@ class Watcher:
                     stored.update(await self._hand_over(mailbox, [item], rows))
                 return stored
         results = [(item.key, *_outcome_status(outcomes.get(item.key))) for item in items]
-        stored = self.inbound.finish_many(results, now=self.clock(), rows=rows)
+        stored = await store_call(self.inbound.finish_many, results, now=self.clock(), rows=rows)
         for key, _status, error in results:
             self.hooks.processed(self.account, self.folder, stored[key])
             if stored[key] != DONE:
