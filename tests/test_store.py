@@ -5,9 +5,13 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from postroom.errors import StoreUnavailable, is_transient
 from postroom.store import NewMessage, RunStore, Store, schema_is_current
+from postroom.store.calls import gate, store_call
 from postroom.store.tables import metadata
 from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -127,3 +131,21 @@ def test_migration_child_ignores_a_postroom_folder_in_the_working_directory(tmp_
         assert schema_is_current(store.engine)
     finally:
         store.close()
+
+
+async def test_store_calls_run_off_the_loop_and_driver_errors_come_back_transient(store: Store):
+    assert await store_call(threading.current_thread) is not threading.current_thread()
+
+    def lost() -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionError("server closed the connection unexpectedly"))
+
+    with pytest.raises(StoreUnavailable, match="server closed the connection") as raised:
+        await store_call(lost)
+    assert is_transient(raised.value)
+    gate.close("the store file /x/postroom.db is gone")
+    try:
+        with pytest.raises(StoreUnavailable, match="is gone"):
+            await store_call(store.runs.last_fire, "j")  # never reaches the store
+    finally:
+        gate.open()
+    assert await store_call(store.runs.last_fire, "j") is None

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import shutil
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -173,11 +175,16 @@ def test_a_stalled_store_leaves_the_loop_turning_and_makes_readyz_503(tmp_path, 
         assert daemon.terminate() == 0, daemon.log.read_text()[-3000:]
 
 
-def test_a_deleted_sqlite_store_makes_the_daemon_not_ready_and_is_not_recreated(tmp_path, lab):
+def test_a_deleted_sqlite_store_makes_the_daemon_not_ready_until_it_is_restored(tmp_path, lab):
     write_config(tmp_path, lab)
     db = tmp_path / "state" / "postroom.db"
     daemon, port = start(tmp_path, lab, f"sqlite:///{db}", "sqlite")
+    backup = tmp_path / "backup.db"
     try:
+        with sqlite3.connect(db) as live, sqlite3.connect(backup) as copy:
+            live.backup(copy)
+        live.close()
+        copy.close()
         db.unlink()
 
         details = wait_until(lambda: not_ready(port), 30, "/readyz 503")
@@ -186,6 +193,12 @@ def test_a_deleted_sqlite_store_makes_the_daemon_not_ready_and_is_not_recreated(
         time.sleep(6)  # a fire or two of `every: 5s` would write to the store now
         assert not db.exists(), "the daemon made a new, empty store in place of the lost one"
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+
+        for stale in (db.with_name("postroom.db-wal"), db.with_name("postroom.db-shm")):
+            stale.unlink(missing_ok=True)  # restoring as the README says: the backup alone
+        shutil.copyfile(backup, db)
+        wait_ready(port, daemon, timeout=30)  # back on the restored file
+        daemon.wait_log("store available again")
     finally:
         assert daemon.terminate() == 0, daemon.log.read_text()[-3000:]
     unavailable = [e for e in iter_json_lines(daemon.log) if e.get("event") == "store unavailable"]
