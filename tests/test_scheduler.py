@@ -12,7 +12,16 @@ import pytest
 from postroom.config.model import Config, ScheduleConfig
 from postroom.errors import StoreUnavailable
 from postroom.scheduler import Scheduler, jobs_overview
-from postroom.schedules import CatchUp, fire_retry_delay, fires_between, make_trigger, next_fire, plan_catch_up, without
+from postroom.schedules import (
+    CatchUp,
+    each_within_grace,
+    fire_retry_delay,
+    fires_between,
+    make_trigger,
+    next_fire,
+    plan_catch_up,
+    without,
+)
 from postroom.store import Store
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -299,3 +308,13 @@ async def test_fires_the_store_failed_run_once_each_when_it_is_back(store: Store
         assert len(ran) == len(set(ran))
     finally:
         await scheduler.shutdown()
+
+
+def test_when_the_store_is_back_every_missed_fire_within_grace_runs_not_only_the_newest():
+    t = trigger(every="5m")
+    now = utc(2026, 11, 29, 8, 20)
+    plan = plan_catch_up(t, last_fire=utc(2026, 11, 29, 7, 0), started=now, now=now, grace=timedelta(minutes=12))
+    runs, rest = each_within_grace(plan, now=now, grace=timedelta(minutes=12))
+    assert runs == [utc(2026, 11, 29, 8, 10), utc(2026, 11, 29, 8, 15), utc(2026, 11, 29, 8, 20)]
+    assert rest.run is None and rest.skipped[0] == utc(2026, 11, 29, 7, 5)
+    assert rest.skipped[-1] == utc(2026, 11, 29, 8, 5) and len(rest.skipped) == 13

@@ -31,6 +31,7 @@ from .schedules import (
     RETRY,
     CatchUp,
     JobOverview,
+    each_within_grace,
     fire_retry_delay,
     jobs_overview,
     make_trigger,
@@ -116,8 +117,9 @@ class Scheduler:
         """Take no new fires; give running ones `shutdown_timeout` seconds, then cancel them."""
         if self._aps is not None and self._aps.running:
             self._aps.shutdown(wait=False)
-        # A fire waiting for the store runs nothing yet: no need to wait for it. Its claim is
-        # not taken, so another replica (or this one's next start) still runs it.
+        # A fire waiting for the store runs nothing now: no need to wait for it. Its claim is
+        # not taken (another replica, or the next start's catch-up, runs it) or left
+        # `running` by a try that lost the store (taken over once stale, at a start).
         for task in list(self._retries.values()):
             task.cancel()
         pending = {t for t in self._tasks if not t.done()}
@@ -164,7 +166,7 @@ class Scheduler:
             if job_id not in self._scheduled:
                 continue
             try:
-                await self._catch_up(job_id, job, self._scheduled[job_id][1], now, why="the store was unavailable")
+                await self._catch_up(job_id, job, self._scheduled[job_id][1], now, store_was_away=True)
             except StoreUnavailable as exc:  # gone again: its next return tries once more
                 log.warning("catch-up after the store outage failed", job=job_id, error=str(exc))
                 return
@@ -221,16 +223,20 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _catch_up(self, job_id: str, job: JobConfig, trigger: BaseTrigger, started: datetime, *,
-                        why: str = "postroom was down") -> None:
+                        store_was_away: bool = False) -> None:
         last = await store_call(self._runs.last_fire, job_id)
         plan = plan_catch_up(trigger, last_fire=last, started=started, now=started, grace=job.misfire_grace)
-        plan = without(plan, {fire for job, fire in self._retries if job == job_id})
+        plan = without(plan, {fire for waiting, fire in self._retries if waiting == job_id})
+        runs = [plan.run] if plan.run is not None else []
+        if store_was_away:
+            runs, plan = each_within_grace(plan, now=started, grace=job.misfire_grace)
+        why = "the store was unavailable" if store_was_away else "postroom was down"
         await self._record_skips(job_id, plan, now=started, reason=f"missed while {why}")
-        if plan.run is not None:
-            log.info("missed run caught up", job=job_id, fire_time=_utc(plan.run).isoformat(),
-                     late_s=round((_utc(started) - _utc(plan.run)).total_seconds()))
+        for fire in runs:
+            log.info("missed run caught up", job=job_id, fire_time=_utc(fire).isoformat(),
+                     late_s=round((_utc(started) - _utc(fire)).total_seconds()))
             self._track(asyncio.get_running_loop().create_task(
-                self._fire(job_id, plan.run, "catch-up", job.misfire_grace)))
+                self._fire(job_id, fire, "catch-up", job.misfire_grace)))
 
     async def _due(self, job_id: str, run_times: list[datetime], grace: timedelta) -> None:
         """A live fire (run_times: one, or several APScheduler coalesced)."""

@@ -184,6 +184,16 @@ def without(plan: CatchUp, pending: set[datetime]) -> CatchUp:
     return CatchUp(run=run, skipped=[f for f in plan.skipped if _utc(f) not in pending], truncated=plan.truncated)
 
 
+def each_within_grace(plan: CatchUp, *, now: datetime, grace: timedelta) -> tuple[list[datetime], CatchUp]:
+    """The catch-up when the store is back: every missed fire still within ``grace`` runs
+    (oldest first), not only the newest — they were missed for want of a store, not of a
+    process, and a replica may still be trying one of them; only those beyond grace are
+    skipped (their own retries have given up by then too)."""
+    fires = sorted([*plan.skipped, *([plan.run] if plan.run is not None else [])], key=_utc)
+    runnable = [f for f in fires if _utc(now) - _utc(f) <= grace]
+    return runnable, CatchUp(run=None, skipped=[f for f in fires if f not in runnable], truncated=plan.truncated)
+
+
 # A fire whose store call failed is tried again after 1, 2, 4 … seconds, at most 30 apart
 # (sooner when the store is seen back), for as long as its misfire grace lasts.
 FIRE_RETRY_FIRST = timedelta(seconds=1)
