@@ -81,6 +81,7 @@ class StoreMonitor:
         self.state = StoreState()
         self._inode = self._current_inode()
         self._probe: asyncio.Future[None] | None = None
+        self._last_logged: str | None = None  # a problem is logged once, and again when it changes
 
     def _current_inode(self) -> int | None:
         if self.sqlite_path is None:
@@ -91,12 +92,16 @@ class StoreMonitor:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.check()
+            try:
+                await self.check()
+            except Exception as exc:  # a bug here must not leave /readyz reporting an old answer
+                log.exception("store probe failed")
+                self.state = StoreState(ok=False, why=f"store probe failed: {exc!r}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.every)
 
     async def check(self) -> StoreState:
-        why = self._file_problem()
+        why = await self._file_problem()
         if why is None:
             why = await self._query_problem()
         was_ok = self.state.ok
@@ -110,20 +115,20 @@ class StoreMonitor:
         self._last_logged = why
         return self.state
 
-    _last_logged: str | None = None
-
-    def _file_problem(self) -> str | None:
+    async def _file_problem(self) -> str | None:
         if self.sqlite_path is None:
             return None
-        why = sqlite_file_problem(self.sqlite_path, None if gate.closed_because else self._inode)
+        # A stat is file I/O (the state directory may be a network mount): off the loop too.
+        why = await asyncio.to_thread(sqlite_file_problem, self.sqlite_path,
+                                      None if gate.closed_because else self._inode)
         if why is not None:
             gate.close(f"{why}; no work is taken until it is back")
             return why
         if gate.closed_because is not None:
             # Back (restored or made writable): the pooled connections may hold the old,
             # unlinked file; new ones open the file that is there now.
-            self.engine.dispose()
-            self._inode = self._current_inode()
+            await asyncio.to_thread(self.engine.dispose)
+            self._inode = await asyncio.to_thread(self._current_inode)
             gate.open()
         return None
 
