@@ -26,8 +26,14 @@ HEAD = ", ".join(sorted(head_revisions()))
 
 def env_for(tmp_path, lab, url: str, name: str = "cli", **extra: str) -> dict[str, str]:
     (tmp_path / "postroom.yaml").write_text(CONFIG.format(smtp=lab.ports.smtp))
-    return postroom_env(lab, tmp_path, POSTROOM_DATABASE_URL=url, POSTROOM_INSTANCE=name,
-                        POSTROOM_STATE_DIR=str(tmp_path / name), **extra)
+    return postroom_env(
+        lab,
+        tmp_path,
+        POSTROOM_DATABASE_URL=url,
+        POSTROOM_INSTANCE=name,
+        POSTROOM_STATE_DIR=str(tmp_path / name),
+        **extra,
+    )
 
 
 def set_revision(url: str, revision: str) -> None:
@@ -53,8 +59,10 @@ migrate(engine)
 
 def test_migrations_started_together_take_turns_under_the_lock(tmp_path, pg_url):
     go = tmp_path / "go"
-    children = [subprocess.Popen([sys.executable, "-c", RACE, pg_url, str(go)], cwd=ROOT, stderr=subprocess.PIPE,
-                                 text=True) for _ in range(6)]
+    children = [
+        subprocess.Popen([sys.executable, "-c", RACE, pg_url, str(go)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
     time.sleep(3)  # every child has imported and connected
     go.touch()
     failures = [err for child in children if (err := child.communicate(timeout=90)[1]) and child.returncode != 0]

@@ -48,16 +48,22 @@ TEMPLATE = """{% block subject %}tick {{ fire_time.strftime('%H:%M:%S') }}{% end
 """
 # The stalled store's daemon also watches alice's INBOX: a message arriving while the store
 # hangs makes the watcher reach for it, which must not stop the event loop either.
-WATCHED = CONFIG.replace("jobs:", """\
+WATCHED = (
+    CONFIG.replace(
+        "jobs:",
+        """\
     imap: {{host: 127.0.0.1, port: {imap}, security: starttls, username: alice@example.test,
            password: "${{ALICE_PASSWORD}}"}}
-jobs:""") + """\
+jobs:""",
+    )
+    + """\
 rules:
   - name: flag
     account: alice
     match: {{subject: {{contains: "[stall]"}}}}
     actions: [{{mark_read: true}}]
 """
+)
 OUTAGE = 20.0  # seconds PostgreSQL is unreachable
 
 
@@ -76,9 +82,15 @@ def write_config(tmp_path, lab, config: str = CONFIG) -> None:
 
 def start(tmp_path, lab, url: str, name: str, *, wait: bool = True) -> tuple[Daemon, int]:
     port = free_port()
-    env = postroom_env(lab, tmp_path, POSTROOM_HTTP=f"127.0.0.1:{port}", POSTROOM_DATABASE_URL=url,
-                       POSTROOM_INSTANCE=name, POSTROOM_TEMPLATES=str(tmp_path / "templates"),
-                       POSTROOM_STATE_DIR=str(tmp_path / name))
+    env = postroom_env(
+        lab,
+        tmp_path,
+        POSTROOM_HTTP=f"127.0.0.1:{port}",
+        POSTROOM_DATABASE_URL=url,
+        POSTROOM_INSTANCE=name,
+        POSTROOM_TEMPLATES=str(tmp_path / "templates"),
+        POSTROOM_STATE_DIR=str(tmp_path / name),
+    )
     daemon = Daemon(env, log=tmp_path / f"{name}.log")
     if wait:
         try:
@@ -123,8 +135,10 @@ def test_fires_of_a_postgresql_outage_run_once_each_when_it_returns(tmp_path, cl
         # The fires of the outage (a second's margin at each end: a fire at the very edge may
         # have been claimed before the cut or fired after the return).
         trigger = make_trigger(ScheduleConfig(every="5s"), "UTC")
-        missed = [f.astimezone(UTC) for f in fires_between(trigger, cut_at + timedelta(seconds=1),
-                                                            restored_at - timedelta(seconds=1))]
+        missed = [
+            f.astimezone(UTC)
+            for f in fires_between(trigger, cut_at + timedelta(seconds=1), restored_at - timedelta(seconds=1))
+        ]
         assert len(missed) >= 3
 
         def all_done() -> bool:
@@ -135,14 +149,18 @@ def test_fires_of_a_postgresql_outage_run_once_each_when_it_returns(tmp_path, cl
             wait_until(all_done, 60, "every fire of the outage done")
         except AssertionError:
             states = fire_states(pg_url)
-            raise AssertionError(f"fires of the outage not run: {[f.isoformat() for f in missed]} -> "
-                                 f"{ {f.isoformat(): states.get(f) for f in missed} }") from None
+            raise AssertionError(
+                f"fires of the outage not run: {[f.isoformat() for f in missed]} -> "
+                f"{ {f.isoformat(): states.get(f) for f in missed} }"
+            ) from None
         subjects = {f"tick {f.strftime('%H:%M:%S')}" for f in missed}
         clean_lab.wait_for_messages("bob", len(missed), timeout=60)
 
         def received() -> Counter[str]:
-            return Counter(email.message_from_bytes(raw, policy=email.policy.default)["Subject"]
-                           for raw in clean_lab.fetch_all("bob"))
+            return Counter(
+                email.message_from_bytes(raw, policy=email.policy.default)["Subject"]
+                for raw in clean_lab.fetch_all("bob")
+            )
 
         wait_until(lambda: subjects <= set(received()), 60, "the outage's fires' mail")
         time.sleep(3)  # time for a duplicate to show up

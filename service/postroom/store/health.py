@@ -119,8 +119,9 @@ class StoreMonitor:
         if self.sqlite_path is None:
             return None
         # A stat is file I/O (the state directory may be a network mount): off the loop too.
-        why = await asyncio.to_thread(sqlite_file_problem, self.sqlite_path,
-                                      None if gate.closed_because else self._inode)
+        why = await asyncio.to_thread(
+            sqlite_file_problem, self.sqlite_path, None if gate.closed_because else self._inode
+        )
         if why is not None:
             gate.close(f"{why}; no work is taken until it is back")
             return why
