@@ -10,8 +10,18 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from postroom.config.model import Config, ScheduleConfig
+from postroom.errors import StoreUnavailable
 from postroom.scheduler import Scheduler, jobs_overview
-from postroom.schedules import CatchUp, fires_between, make_trigger, next_fire, plan_catch_up
+from postroom.schedules import (
+    CatchUp,
+    each_within_grace,
+    fire_retry_delay,
+    fires_between,
+    make_trigger,
+    next_fire,
+    plan_catch_up,
+    without,
+)
 from postroom.store import Store
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -246,3 +256,65 @@ def test_one_off_missed_while_down_runs_within_grace_and_is_skipped_beyond():
     cron = trigger(cron="0 9 * * *")
     assert plan_catch_up(cron, last_fire=None, started=started, now=started,
                          grace=timedelta(hours=1)) == CatchUp(run=None, skipped=[])
+
+
+# -- fires the store failed -------------------------------------------------------------------
+def test_a_fire_the_store_failed_is_retried_with_backoff_until_its_grace_ends():
+    fire, grace = utc(2026, 11, 29, 8, 0), timedelta(minutes=2)
+    delays = [fire_retry_delay(fire, attempt=n, now=fire + timedelta(seconds=1), grace=grace) for n in range(7)]
+    assert delays == [timedelta(seconds=s) for s in (1, 2, 4, 8, 16, 30, 30)]
+    assert fire_retry_delay(fire, attempt=3, now=fire + timedelta(seconds=115), grace=grace) == timedelta(seconds=5)
+    assert fire_retry_delay(fire, attempt=0, now=fire + grace, grace=grace) is None
+    assert fire_retry_delay(fire, attempt=10**6, now=fire, grace=grace) == timedelta(seconds=30)
+
+
+def test_a_catch_up_leaves_the_fires_already_waiting_for_the_store_alone():
+    t = trigger(every="5m")
+    plan = plan_catch_up(t, last_fire=utc(2026, 11, 29, 8, 0), started=utc(2026, 11, 29, 8, 20),
+                         now=utc(2026, 11, 29, 8, 20), grace=timedelta(hours=1))
+    assert plan.run == utc(2026, 11, 29, 8, 20) and len(plan.skipped) == 3
+    left = without(plan, {utc(2026, 11, 29, 8, 20), utc(2026, 11, 29, 8, 10)})
+    assert left.run is None and left.skipped == [utc(2026, 11, 29, 8, 5), utc(2026, 11, 29, 8, 15)]
+
+
+async def test_fires_the_store_failed_run_once_each_when_it_is_back(store: Store):
+    """The real scheduler, every 1s, while the store is unavailable: each failed fire waits,
+    the next fires are not held up, and on the store's return every one of them runs."""
+    down = True
+    tried: Counter[datetime] = Counter()
+    ran: list[datetime] = []
+
+    async def on_fire(job_id: str, fire_time: datetime, trig: str) -> None:
+        tried[fire_time] += 1
+        if down:
+            raise StoreUnavailable("store: connection refused")
+        ran.append(fire_time)
+
+    scheduler = Scheduler(config({"tick": {"schedule": {"every": "1s"}}}), store.runs, on_fire)
+    await scheduler.start()
+    try:
+        for _ in range(100):  # three fires failed, each with a retry of its own waiting
+            await asyncio.sleep(0.05)
+            if len(tried) >= 3:
+                break
+        failed = sorted(tried)[:3]
+        down = False
+        await scheduler.store_back()
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if set(failed) <= set(ran):
+                break
+        assert set(failed) <= set(ran)
+        assert len(ran) == len(set(ran))
+    finally:
+        await scheduler.shutdown()
+
+
+def test_when_the_store_is_back_every_missed_fire_within_grace_runs_not_only_the_newest():
+    t = trigger(every="5m")
+    now = utc(2026, 11, 29, 8, 20)
+    plan = plan_catch_up(t, last_fire=utc(2026, 11, 29, 7, 0), started=now, now=now, grace=timedelta(minutes=12))
+    runs, rest = each_within_grace(plan, now=now, grace=timedelta(minutes=12))
+    assert runs == [utc(2026, 11, 29, 8, 10), utc(2026, 11, 29, 8, 15), utc(2026, 11, 29, 8, 20)]
+    assert rest.run is None and rest.skipped[0] == utc(2026, 11, 29, 7, 5)
+    assert rest.skipped[-1] == utc(2026, 11, 29, 8, 5) and len(rest.skipped) == 13

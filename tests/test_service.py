@@ -286,7 +286,7 @@ def test_the_daemon_imports_no_cryptography_until_an_oauth2_account_needs_the_va
     assert result.stdout.strip() == "False"
 
 
-def test_a_failed_migration_stops_the_start_with_the_reason(tmp_path):
+def test_a_schema_from_a_newer_postroom_stops_the_start_naming_both_versions(tmp_path):
     from postroom.bootstrap import open_daemon_store
     from postroom.config import Settings
     from postroom.errors import PostroomError
@@ -296,7 +296,11 @@ def test_a_failed_migration_stops_the_start_with_the_reason(tmp_path):
         conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
         conn.execute("INSERT INTO alembic_version VALUES ('9999_from_the_future')")
     conn.close()
-    with pytest.raises(PostroomError, match=r"migration failed.*9999_from_the_future"):
+    from postroom.store.engine import head_revisions
+
+    head = ", ".join(sorted(head_revisions()))
+    newer = rf"store schema 9999_from_the_future is newer than this postroom \({head}\); upgrade postroom"
+    with pytest.raises(PostroomError, match=newer):
         open_daemon_store(Settings(database_url=f"sqlite:///{db}", instance="probe"))
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from postroom.bootstrap import recover_single_node
-from postroom.store import NewMessage, Store, schema_is_current
+from postroom.errors import StoreUnavailable, is_transient
+from postroom.store import NewMessage, RunStore, Store, schema_is_current
+from postroom.store.calls import gate, store_call
 from postroom.store.tables import metadata
 from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -101,6 +105,18 @@ def test_fire_claimed_once_and_stale_claim_taken_over(any_store: Store):
     assert runs.last_fire("j") == fire
 
 
+def test_a_retry_takes_back_its_own_running_claim_never_anothers(any_store: Store):
+    runs = any_store.runs
+    fire = datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
+    assert runs.claim_fire("j", fire, now=NOW)  # then the store went away mid-run
+    assert not runs.claim_fire("j", fire, now=NOW)  # a second fire of the same time is not a retry
+    assert runs.claim_fire("j", fire, now=NOW, again=True)  # our retry: the claim is ours
+    other = RunStore(any_store.engine, owner="other-replica")
+    assert not other.claim_fire("j", fire, now=NOW, again=True)
+    runs.finish_fire("j", fire, now=NOW, status="done")
+    assert not runs.claim_fire("j", fire, now=NOW, again=True)  # done is done
+
+
 def test_migration_child_ignores_a_postroom_folder_in_the_working_directory(tmp_path, monkeypatch):
     """The daemon migrates in a child process. A folder named like the package in the working
     directory (say `postroom init postroom` was run there) must not be imported instead."""
@@ -131,3 +147,21 @@ def test_a_fire_left_running_by_a_killed_daemon_is_claimed_again_at_the_next_sta
     assert runs.unfinished_fires(now=restart, stale_after=timedelta(0)) == [("j", fire)]
     assert runs.claim_fire("j", fire, now=restart)  # the resume (or the scheduler's catch-up)
     assert not runs.claim_fire("j", fire, now=restart + timedelta(seconds=1))  # not both
+
+
+async def test_store_calls_run_off_the_loop_and_driver_errors_come_back_transient(store: Store):
+    assert await store_call(threading.current_thread) is not threading.current_thread()
+
+    def lost() -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionError("server closed the connection unexpectedly"))
+
+    with pytest.raises(StoreUnavailable, match="server closed the connection") as raised:
+        await store_call(lost)
+    assert is_transient(raised.value)
+    gate.close("the store file /x/postroom.db is gone")
+    try:
+        with pytest.raises(StoreUnavailable, match="is gone"):
+            await store_call(store.runs.last_fire, "j")  # never reaches the store
+    finally:
+        gate.open()
+    assert await store_call(store.runs.last_fire, "j") is None

@@ -34,7 +34,8 @@ from .notify import Notifier, watchdog_loop
 from .outgoing.jobs import JobRunner
 from .outgoing.sender import HOLD, OutboxSender
 from .scheduler import Scheduler
-from .store import schema_is_current
+from .store.calls import gate, store_call
+from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
 from .webhooks import WebhookQueue
 
@@ -66,6 +67,7 @@ class Incoming:
 class Daemon:
     settings: Settings
     dry_run: bool = False
+    migrate: bool = True  # False: `run --no-migrate`, an old schema is refused
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
@@ -91,8 +93,9 @@ class Daemon:
         loaded, renderer = load_checked(self.settings)
         self.loaded, self.loaded_at = loaded, utcnow()
         config = loaded.config
-        self.store = store = await asyncio.to_thread(open_daemon_store, self.settings)
-        await asyncio.to_thread(recover_single_node, store)
+        gate.open()  # a new daemon in this process starts with the store in use
+        self.store = store = await asyncio.to_thread(open_daemon_store, self.settings, migrate=self.migrate)
+        await store_call(recover_single_node, store)
         self.metrics.watch_store(store.outbox.counts)
         self.metrics.known_accounts(config.accounts)
         # One token provider per OAuth2 account, shared by the sender and the watchers.
@@ -108,6 +111,10 @@ class Daemon:
         self.webhooks = WebhookQueue(store.ledger, spec_lookup=ruleset.action_config,
                                      on_result=self.metrics.webhook)
         self.scheduler = Scheduler(config, store.runs, self._on_fire)
+        # Fires the store failed wait for it; when it answers again they run, and the catch-up too.
+        self.store_monitor = StoreMonitor(store.engine, sqlite_path=self.settings.sqlite_path(),
+                                          on_back=None if self.dry_run else self.scheduler.store_back)
+        self.tasks.append(asyncio.create_task(self.store_monitor.run(self.stop_event), name="store monitor"))
         if not self.dry_run:
             self.tasks.append(asyncio.create_task(self.sender.run(self.stop_event), name="sender"))
             self.tasks.append(asyncio.create_task(
@@ -170,7 +177,7 @@ class Daemon:
     async def _resume_unfinished_fires(self, config: Config) -> None:
         # One process on SQLite: anything still "running" is from a process that is gone.
         stale = timedelta(0) if self.store.engine.dialect.name == "sqlite" else timedelta(minutes=10)
-        unfinished = await asyncio.to_thread(self.store.runs.unfinished_fires, now=utcnow(), stale_after=stale)
+        unfinished = await store_call(self.store.runs.unfinished_fires, now=utcnow(), stale_after=stale)
         for job_id, fire_time in unfinished:
             if job_id in config.jobs:
                 log.info("resuming a fire left unfinished", job=job_id, fire_time=fire_time.isoformat())
@@ -194,7 +201,9 @@ class Daemon:
                 + (", dry run" if self.dry_run else ""))
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        store_ok = await asyncio.to_thread(schema_is_current, self.store.engine)
+        # The monitor's last probe (a query with a deadline, and for SQLite the file itself):
+        # a stalled store makes us not ready without a /readyz waiting on it.
+        store_ok, store_problem = self.store_monitor.state.ok, self.store_monitor.state.why
         watchers = {f"{w.account}/{w.folder}": bool(getattr(w, "ready", True)) for w in self.incoming.watchers}
         scheduler_ok = self.dry_run or self.scheduler.running
         # An OAuth2 account stopped for want of a token (revoked) is not ready until a person
@@ -204,6 +213,8 @@ class Daemon:
         ok = store_ok and scheduler_ok and all(watchers.values()) and not stopped and not self.task_health.down
         details: dict[str, Any] = {"store": store_ok, "scheduler": scheduler_ok, "watchers": watchers,
                                    "tasks_down": dict(self.task_health.down)}
+        if store_problem is not None:
+            details["store_problem"] = store_problem
         if accounts:
             details["oauth2_accounts"] = accounts
         return ok, details
@@ -265,7 +276,7 @@ class Daemon:
         self.incoming = self._start_incoming(config, renderer, ruleset)
         if resumed and not self.dry_run:
             # Held rows of an account built anew (maybe signed in again) are tried now.
-            await asyncio.to_thread(self.store.outbox.bring_forward, resumed, now=utcnow(), within=HOLD)
+            await store_call(self.store.outbox.bring_forward, resumed, now=utcnow(), within=HOLD)
             self.sender.wake()
         self.metrics.set_jobs(self._next_fires(config))
         self.metrics.reload("ok")
@@ -288,5 +299,5 @@ class Daemon:
         log.info("stopped")
 
 
-def run_daemon(settings: Settings, *, dry_run: bool = False) -> int:
-    return asyncio.run(Daemon(settings, dry_run=dry_run).run())
+def run_daemon(settings: Settings, *, dry_run: bool = False, migrate: bool = True) -> int:
+    return asyncio.run(Daemon(settings, dry_run=dry_run, migrate=migrate).run())

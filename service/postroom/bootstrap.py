@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .checks import template_findings
 from .clock import utcnow
 from .config import LoadedConfig, Settings, load_config
-from .errors import ConfigError, PostroomError
+from .errors import ConfigError, PostroomError, map_errors
 from .mail.templates import TemplateRenderer
 
 if TYPE_CHECKING:
@@ -96,18 +96,41 @@ _MIGRATE = "import sys; from postroom.store import migrate, open_engine; migrate
 MIGRATE_TIMEOUT = 300.0  # seconds; a large PostgreSQL migration may take a while
 
 
-def open_daemon_store(settings: Settings) -> Store:
+def open_daemon_store(settings: Settings, *, migrate: bool = True) -> Store:
     """The store with its schema current, migrated (when needed) by a child process; a SQLite
-    store is locked to this process first (``store.owner``: one daemon per SQLite file)."""
-    from .store import Store, schema_is_current
+    store is locked to this process first (``store.owner``: one daemon per SQLite file).
+    ``migrate=False`` (`postroom run --no-migrate`): an old schema is refused instead, naming
+    `postroom migrate`. A schema from a newer postroom is always refused."""
+    from .store import Store
+    from .store.calls import STORE_ERRORS
+    from .store.engine import current_revisions, head_revisions, refuse_newer
     from .store.owner import claim_store
 
     url = settings.database_url_or_default()
     lock = claim_store(sqlite) if (sqlite := settings.sqlite_path()) is not None else None
     store = Store.open(url, owner=settings.instance, migrate_schema=False)
     store.lock = lock
-    if schema_is_current(store.engine):
-        return store
+    try:
+        with map_errors(STORE_ERRORS, "store: "):
+            current = current_revisions(store.engine)
+        refuse_newer(current)
+        if current == head_revisions():
+            return store
+        if not migrate:
+            raise PostroomError(
+                f"store schema {', '.join(sorted(current)) or 'none (empty database)'} is older than this "
+                f"postroom ({', '.join(sorted(head_revisions()))}) and --no-migrate was given: "
+                "run `postroom migrate` first")
+        _migrate_in_child(url)
+        if current_revisions(store.engine) != head_revisions():
+            raise PostroomError("store schema migration failed: the schema is still not current after it")
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _migrate_in_child(url: str) -> None:
     _log().info("migrating the store schema")
     package_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
@@ -117,13 +140,19 @@ def open_daemon_store(settings: Settings) -> Store:
     try:
         done = subprocess.run([sys.executable, "-P", "-c", _MIGRATE], input=url, env=env, capture_output=True,
                               text=True, timeout=MIGRATE_TIMEOUT, check=False)
-        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
     except subprocess.TimeoutExpired:
-        done, why = None, f"no end within {MIGRATE_TIMEOUT:.0f} s"
-    if done is None or done.returncode != 0 or not schema_is_current(store.engine):
-        store.close()
-        raise PostroomError(f"store schema migration failed: {why}")
-    return store
+        raise PostroomError(f"store schema migration failed: no end within {MIGRATE_TIMEOUT:.0f} s") from None
+    if done.returncode != 0:
+        raise PostroomError(f"store schema migration failed: {_last_error_line(done.stderr, done.returncode)}")
+
+
+def _last_error_line(stderr: str, code: int) -> str:
+    """The error a child's traceback ends with; SQLAlchemy closes its messages with a line
+    that is only a link ("(Background on this error at: https://sqlalche.me/...)"), which
+    says nothing by itself."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("(Background on this error")]
+    return lines[-1] if lines else f"exit {code}"
 
 
 def recover_single_node(store: Store) -> None:

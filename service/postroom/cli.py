@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from .errors import ConfigError, PostroomError
+from .errors import ConfigError, PostroomError, map_errors
 
 if TYPE_CHECKING:
     from .auth.vault import TokenVault
@@ -224,19 +224,47 @@ async def _server_findings(settings: Settings, cfg: Config) -> list[Finding]:
 # -- run -----------------------------------------------------------------------------------
 @app.command()
 @click.option("--dry-run", is_flag=True, help="Log every action it would take; perform none.")
+@click.option("--no-migrate", is_flag=True,
+              help="Never change the store schema; refuse to start on an old one (run `postroom migrate`).")
 @config_option
 @click.pass_context
-def run(ctx: click.Context, dry_run: bool) -> None:
+def run(ctx: click.Context, dry_run: bool, no_migrate: bool) -> None:
     """Run the daemon in the foreground (for systemd, Docker, or a terminal)."""
     from .app import run_daemon
 
     try:
-        code = run_daemon(settings(ctx), dry_run=dry_run)
+        code = run_daemon(settings(ctx), dry_run=dry_run, migrate=not no_migrate)
     except ConfigError as exc:
         raise broken_config(exc) from None
     except PostroomError as exc:
         raise Failed(f"postroom: {exc}") from None
     ctx.exit(code)
+
+
+# -- migrate -------------------------------------------------------------------------------
+@app.command()
+@config_option
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Bring the store schema up to this postroom's (creating the store if there is none)."""
+    from .store import migrate as migrate_store
+    from .store import open_engine
+    from .store.calls import STORE_ERRORS
+
+    url = settings(ctx).database_url_or_default()
+    engine = open_engine(url)
+    try:
+        with map_errors(STORE_ERRORS, "store: "):
+            before, after = migrate_store(engine)
+    except PostroomError as exc:
+        raise Failed(f"postroom migrate: {exc}") from None
+    finally:
+        engine.dispose()
+    shown_before, shown_after = ", ".join(sorted(before)) or "none", ", ".join(sorted(after))
+    if before == after:
+        click.echo(f"store schema {shown_after} is current; nothing to do")
+    else:
+        click.echo(f"store schema migrated from {shown_before} to {shown_after}")
 
 
 # -- jobs ----------------------------------------------------------------------------------

@@ -13,7 +13,8 @@
     │   ├── ServerTimeout              also a TimeoutError
     │   ├── ServerBusy                 the server said "try later" (SMTP 4xx, HTTP 5xx/429,
     │   │                              IMAP [UNAVAILABLE]); .retry_after when it said when
-    │   └── TransientSourceError       the database or server may be back soon
+    │   ├── TransientSourceError       the database or server may be back soon
+    │   └── StoreUnavailable           our own store is unreachable, stalled or its file gone
     └── PermanentError                 retrying will not help: goes to the dead letters
         ├── AuthError                  credentials refused
         │   └── OAuth2Error            the token endpoint refused the client or the request
@@ -121,6 +122,11 @@ class TransientSourceError(DataSourceError, TransientError):
     """A data source failed in a way that may pass (connection, timeout, 5xx, locked)."""
 
     transient = True
+
+
+class StoreUnavailable(TransientError):
+    """postroom's own store could not be used just now (PostgreSQL unreachable or too slow,
+    a SQLite file gone or unwritable): the work waits and is tried again, never dropped."""
 
 
 class PermanentError(PostroomError):

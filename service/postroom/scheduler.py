@@ -12,6 +12,7 @@ is run") hands the scheduled run times to `Scheduler._due` instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +26,21 @@ from apscheduler.triggers.base import BaseTrigger
 
 from .clock import utcnow
 from .config.model import Config, JobConfig
-from .schedules import CatchUp, JobOverview, jobs_overview, make_trigger, next_fire, plan_catch_up, triage
+from .errors import StoreUnavailable
+from .schedules import (
+    RETRY,
+    CatchUp,
+    JobOverview,
+    each_within_grace,
+    fire_retry_delay,
+    jobs_overview,
+    make_trigger,
+    next_fire,
+    plan_catch_up,
+    triage,
+    without,
+)
+from .store.calls import store_call
 from .store.runs import RunStore
 
 log = structlog.get_logger(__name__)
@@ -75,6 +90,9 @@ class Scheduler:
         self._aps: AsyncIOScheduler | None = None
         self._scheduled: dict[str, tuple[str, BaseTrigger]] = {}  # job id -> (fingerprint, trigger)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Fires waiting for the store to come back: (job id, fire time UTC) -> their task.
+        self._retries: dict[tuple[str, datetime], asyncio.Task[None]] = {}
+        self._store_back = asyncio.Event()  # replaced each time it is set: wakes the waiting
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -99,6 +117,11 @@ class Scheduler:
         """Take no new fires; give running ones `shutdown_timeout` seconds, then cancel them."""
         if self._aps is not None and self._aps.running:
             self._aps.shutdown(wait=False)
+        # A fire waiting for the store runs nothing now: no need to wait for it. Its claim is
+        # not taken (another replica, or the next start's catch-up, runs it) or left
+        # `running` by a try that lost the store (taken over once stale, at a start).
+        for task in list(self._retries.values()):
+            task.cancel()
         pending = {t for t in self._tasks if not t.done()}
         if pending:
             _, late = await asyncio.wait(pending, timeout=self._shutdown_timeout)
@@ -129,6 +152,24 @@ class Scheduler:
                 self._schedule(job_id, job, make_trigger(job.schedule, config.timezone), after=now)
         log.info("scheduler reloaded", jobs=sorted(self._scheduled),
                  removed=sorted(set(self._enabled_jobs(old)) - set(wanted)))
+
+    async def store_back(self) -> None:
+        """The store answers again after an outage: fires waiting for it are tried now, and
+        the catch-up a start does runs again for fires no attempt of ours is waiting on (a
+        fire whose first try never got as far as a claim)."""
+        woken, self._store_back = self._store_back, asyncio.Event()
+        woken.set()
+        if self._aps is None:
+            return
+        now = self._clock()
+        for job_id, job in self._enabled_jobs(self._config).items():
+            if job_id not in self._scheduled:
+                continue
+            try:
+                await self._catch_up(job_id, job, self._scheduled[job_id][1], now, store_was_away=True)
+            except StoreUnavailable as exc:  # gone again: its next return tries once more
+                log.warning("catch-up after the store outage failed", job=job_id, error=str(exc))
+                return
 
     @property
     def running(self) -> bool:
@@ -181,30 +222,70 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _catch_up(self, job_id: str, job: JobConfig, trigger: BaseTrigger, started: datetime) -> None:
-        last = await asyncio.to_thread(self._runs.last_fire, job_id)
+    async def _catch_up(self, job_id: str, job: JobConfig, trigger: BaseTrigger, started: datetime, *,
+                        store_was_away: bool = False) -> None:
+        last = await store_call(self._runs.last_fire, job_id)
         plan = plan_catch_up(trigger, last_fire=last, started=started, now=started, grace=job.misfire_grace)
-        await self._record_skips(job_id, plan, now=started, reason="missed while postroom was down")
-        if plan.run is not None:
-            log.info("missed run caught up", job=job_id, fire_time=_utc(plan.run).isoformat(),
-                     late_s=round((_utc(started) - _utc(plan.run)).total_seconds()))
-            self._track(asyncio.get_running_loop().create_task(self._fire(job_id, plan.run, "catch-up")))
+        plan = without(plan, {fire for waiting, fire in self._retries if waiting == job_id})
+        runs = [plan.run] if plan.run is not None else []
+        if store_was_away:
+            runs, plan = each_within_grace(plan, now=started, grace=job.misfire_grace)
+        why = "the store was unavailable" if store_was_away else "postroom was down"
+        await self._record_skips(job_id, plan, now=started, reason=f"missed while {why}")
+        for fire in runs:
+            log.info("missed run caught up", job=job_id, fire_time=_utc(fire).isoformat(),
+                     late_s=round((_utc(started) - _utc(fire)).total_seconds()))
+            self._track(asyncio.get_running_loop().create_task(
+                self._fire(job_id, fire, "catch-up", job.misfire_grace)))
 
     async def _due(self, job_id: str, run_times: list[datetime], grace: timedelta) -> None:
         """A live fire (run_times: one, or several APScheduler coalesced)."""
         now = self._clock()
         plan = triage(run_times, now=now, grace=grace)
-        await self._record_skips(job_id, plan, now=now, reason="fired too late (process busy or suspended)")
-        if plan.run is not None:
-            await self._fire(job_id, plan.run, "schedule")
-
-    async def _fire(self, job_id: str, fire_time: datetime, trigger: str) -> None:
         try:
-            await self._on_fire(job_id, _utc(fire_time), trigger)
+            await self._record_skips(job_id, plan, now=now, reason="fired too late (process busy or suspended)")
+        except StoreUnavailable as exc:  # the fire to run matters more than the note of those skipped
+            log.warning("skipped fires not recorded: the store is unavailable", job=job_id, error=str(exc))
+        if plan.run is not None:
+            await self._fire(job_id, plan.run, "schedule", grace)
+
+    async def _fire(self, job_id: str, fire_time: datetime, trigger: str, grace: timedelta) -> None:
+        """One try now; if the store failed it, the fire waits for the store in a task of its
+        own (so the job's next fires are not held up) until its grace runs out. Trying again
+        is safe: the fire's claim in the store lets one attempt of one replica run it."""
+        fire_time = _utc(fire_time)
+        if await self._attempt(job_id, fire_time, trigger) or (job_id, fire_time) in self._retries:
+            return
+        task = asyncio.get_running_loop().create_task(self._retry(job_id, fire_time, grace))
+        self._retries[(job_id, fire_time)] = task
+        task.add_done_callback(lambda _t: self._retries.pop((job_id, fire_time), None))
+        self._track(task)
+
+    async def _attempt(self, job_id: str, fire_time: datetime, trigger: str) -> bool:
+        """True when the fire is done with (run, or failed for a reason a retry won't fix)."""
+        try:
+            await self._on_fire(job_id, fire_time, trigger)
         except asyncio.CancelledError:
             raise
+        except StoreUnavailable as exc:
+            log.warning("job fire waits for the store", job=job_id, fire_time=fire_time.isoformat(),
+                        trigger=trigger, error=str(exc))
+            return False
         except Exception:
-            log.exception("job fire failed", job=job_id, fire_time=_utc(fire_time).isoformat(), trigger=trigger)
+            log.exception("job fire failed", job=job_id, fire_time=fire_time.isoformat(), trigger=trigger)
+        return True
+
+    async def _retry(self, job_id: str, fire_time: datetime, grace: timedelta) -> None:
+        attempt = 0
+        while (delay := fire_retry_delay(fire_time, attempt=attempt, now=self._clock(), grace=grace)) is not None:
+            back = self._store_back
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(back.wait(), delay.total_seconds())
+            if await self._attempt(job_id, fire_time, RETRY):
+                return
+            attempt += 1
+        log.error("job fire not run: the store was unavailable for all of its misfire grace", job=job_id,
+                  fire_time=fire_time.isoformat(), grace_s=grace.total_seconds())
 
     async def _record_skips(self, job_id: str, plan: CatchUp, *, now: datetime, reason: str) -> None:
         skipped = plan.skipped
@@ -218,7 +299,7 @@ class Scheduler:
         if plan.run is not None:
             reason = f"{reason}; the newer fire {_utc(plan.run).isoformat()} runs instead"
         for fire in skipped:
-            recorded = await asyncio.to_thread(self._runs.record_skip, job_id, _utc(fire), now=now, detail=reason)
+            recorded = await store_call(self._runs.record_skip, job_id, _utc(fire), now=now, detail=reason)
             if recorded and not quiet:
                 log.warning("missed run skipped", job=job_id, fire_time=_utc(fire).isoformat(),
                             late_s=round((_utc(now) - _utc(fire)).total_seconds()), reason=reason)

@@ -177,6 +177,40 @@ def triage(fires: list[datetime], *, now: datetime, grace: timedelta, truncated:
     return CatchUp(run=run, skipped=[f for f in fires if f != run], truncated=truncated)
 
 
+def without(plan: CatchUp, pending: set[datetime]) -> CatchUp:
+    """``plan`` minus the fires in ``pending`` (UTC): fires this process already tries again
+    on its own are neither run a second time by a catch-up nor recorded as skipped by it."""
+    run = plan.run if plan.run is not None and _utc(plan.run) not in pending else None
+    return CatchUp(run=run, skipped=[f for f in plan.skipped if _utc(f) not in pending], truncated=plan.truncated)
+
+
+def each_within_grace(plan: CatchUp, *, now: datetime, grace: timedelta) -> tuple[list[datetime], CatchUp]:
+    """The catch-up when the store is back: every missed fire still within ``grace`` runs
+    (oldest first), not only the newest — they were missed for want of a store, not of a
+    process, and a replica may still be trying one of them; only those beyond grace are
+    skipped (their own retries have given up by then too)."""
+    fires = sorted([*plan.skipped, *([plan.run] if plan.run is not None else [])], key=_utc)
+    runnable = [f for f in fires if _utc(now) - _utc(f) <= grace]
+    return runnable, CatchUp(run=None, skipped=[f for f in fires if f not in runnable], truncated=plan.truncated)
+
+
+# A fire whose store call failed is tried again after 1, 2, 4 … seconds, at most 30 apart
+# (sooner when the store is seen back), for as long as its misfire grace lasts.
+FIRE_RETRY_FIRST = timedelta(seconds=1)
+RETRY = "retry"  # the trigger a fire's retry runs under (job_runs.trigger); its claim may be ours already
+FIRE_RETRY_MAX = timedelta(seconds=30)
+
+
+def fire_retry_delay(fire_time: datetime, *, attempt: int, now: datetime, grace: timedelta) -> timedelta | None:
+    """How long to wait before try ``attempt`` (0 for the first retry) of a fire the store
+    failed; None once the fire is beyond its grace (it would not run at a start either)."""
+    deadline = _utc(fire_time) + grace
+    if _utc(now) >= deadline:
+        return None
+    backoff: timedelta = FIRE_RETRY_FIRST * (2 ** min(attempt, 16))  # a bounded exponent: no overflow
+    return min(backoff, FIRE_RETRY_MAX, deadline - _utc(now))
+
+
 # -- `postroom jobs` ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class JobOverview:

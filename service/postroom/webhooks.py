@@ -53,6 +53,7 @@ from postroom.errors import (
     map_errors,
 )
 from postroom.retry import doubling_delay
+from postroom.store.calls import store_call
 from postroom.store.ledger import LedgerStore, WebhookDelivery
 
 log = structlog.get_logger(__name__)
@@ -156,8 +157,21 @@ class WebhookQueue:
         self._transport = transport
         self._wake = asyncio.Event()
 
+    async def submit(self, requests: Sequence[WebhookRequest]) -> int:
+        """``enqueue`` from async code: stored on a store thread, the queue woken here."""
+        added = await store_call(self._store_requests, requests)
+        if added:
+            self._wake.set()
+        return added
+
     def enqueue(self, requests: Sequence[WebhookRequest]) -> int:
         """Store deliveries; idempotent on the webhook id. Returns how many were new."""
+        added = self._store_requests(requests)
+        if added:
+            self._wake.set()
+        return added
+
+    def _store_requests(self, requests: Sequence[WebhookRequest]) -> int:
         now = self.clock()
         rows = []
         for request in requests:
@@ -165,10 +179,7 @@ class WebhookQueue:
             payload = {"type": EVENT_TYPE, "timestamp": now.isoformat(), **request.payload}
             rows.append(dict(webhook_id=webhook_id, action_key=request.action_key, rule=request.rule,
                              url=request.url, payload=json.dumps(payload, sort_keys=True).encode()))
-        added = self.ledger.enqueue_webhooks(rows, now=now)
-        if added:
-            self._wake.set()
-        return added
+        return self.ledger.enqueue_webhooks(rows, now=now)
 
     def wake(self) -> None:
         self._wake.set()
@@ -185,10 +196,11 @@ class WebhookQueue:
             while not stop.is_set():
                 for url in [url for url, lane in lanes.items() if lane.done()]:
                     lanes.pop(url).result()  # a store error ends the run (its supervisor restarts it)
-                if self._start_lanes(client, lanes):
+                if await self._start_lanes(client, lanes):
                     continue
                 # a busy receiver's waiting rows are due, but only its own lane's end frees them
-                due = self.ledger.next_webhook_due(skip_urls=[url for url, lane in lanes.items() if not lane.done()])
+                due = await store_call(self.ledger.next_webhook_due,
+                                       skip_urls=[url for url, lane in lanes.items() if not lane.done()])
                 wait = idle if due is None else max(0.05, min(idle, (due - self.clock()).total_seconds()))
                 self._wake.clear()
                 waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
@@ -205,31 +217,31 @@ class WebhookQueue:
                 lane.cancel()
             await asyncio.gather(*lanes.values(), return_exceptions=True)
 
-    def _start_lanes(self, client: httpx.AsyncClient, lanes: dict[str, asyncio.Task[int]]) -> int:
+    async def _start_lanes(self, client: httpx.AsyncClient, lanes: dict[str, asyncio.Task[int]]) -> int:
         """Claim what is due for receivers not busy now; one task per receiver."""
         busy = [url for url, lane in lanes.items() if not lane.done()]
-        for url, group in self._claim(skip_urls=busy).items():
+        for url, group in (await self._claim(skip_urls=busy)).items():
             lanes[url] = asyncio.create_task(self._deliver_all(client, group), name=f"webhooks to {url}")
         return sum(1 for url in lanes if url not in busy)
 
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(follow_redirects=False, transport=self._transport)
 
-    def _claim(self, skip_urls: Collection[str] = ()) -> dict[str, list[WebhookDelivery]]:
+    async def _claim(self, skip_urls: Collection[str] = ()) -> dict[str, list[WebhookDelivery]]:
         """Due rows by receiver, at most PER_RECEIVER each: the rest go back at once, due."""
-        claimed = self.ledger.claim_webhooks(now=self.clock(), limit=self.batch_size, lease=_LEASE,
-                                             skip_urls=skip_urls)
+        claimed = await store_call(self.ledger.claim_webhooks, now=self.clock(), limit=self.batch_size, lease=_LEASE,
+                                   skip_urls=skip_urls)
         groups: dict[str, list[WebhookDelivery]] = {}
         extra: list[WebhookDelivery] = []
         for delivery in claimed:
             group = groups.setdefault(delivery.url, [])
             (group if len(group) < PER_RECEIVER else extra).append(delivery)
-        self.ledger.release_webhooks(extra, now=self.clock())
+        await store_call(self.ledger.release_webhooks, extra, now=self.clock())
         return groups
 
     async def deliver_due(self, client: httpx.AsyncClient | None = None) -> int:
         """One pass: claim what is due and deliver it. Returns how many rows were handled."""
-        groups = self._claim()
+        groups = await self._claim()
         if not groups:
             return 0
         if client is None:
@@ -241,7 +253,7 @@ class WebhookQueue:
         try:
             await asyncio.gather(*(self._deliver(client, d) for d in claimed))
         except asyncio.CancelledError:
-            self.ledger.release_webhooks(claimed, now=self.clock())
+            await asyncio.shield(store_call(self.ledger.release_webhooks, claimed, now=self.clock()))
             raise
         return len(claimed)
 
@@ -252,14 +264,14 @@ class WebhookQueue:
             status = await self._post(client, delivery)
         except PostroomError as exc:
             if is_transient(exc):
-                self._retry_or_kill(delivery, exc, logger)
+                await self._retry_or_kill(delivery, exc, logger)
                 return
             logger.warning("webhook dead", reason=str(exc))
-            self.ledger.webhook_dead(delivery, now=self.clock(), error=str(exc))
+            await store_call(self.ledger.webhook_dead, delivery, now=self.clock(), error=str(exc))
             self.on_result("dead")
             return
         logger.info("webhook delivered", status=status)
-        self.ledger.webhook_done(delivery, now=self.clock())
+        await store_call(self.ledger.webhook_done, delivery, now=self.clock())
         self.on_result("delivered")
 
     async def _post(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> int:
@@ -300,7 +312,7 @@ class WebhookQueue:
             raise ServerBusy(reason, code=code, retry_after=after)
         raise ServerRejected(reason, code=code)
 
-    def _retry_or_kill(self, delivery: WebhookDelivery, exc: PostroomError, logger: Any) -> None:
+    async def _retry_or_kill(self, delivery: WebhookDelivery, exc: PostroomError, logger: Any) -> None:
         now = self.clock()
         attempts = delivery.attempts + 1
         retry_after = exc.retry_after if isinstance(exc, ServerBusy) else None
@@ -311,11 +323,11 @@ class WebhookQueue:
             error = f"gave up after {now - delivery.created_at}; last: {exc}"
         else:
             logger.info("webhook retry", reason=str(exc), retry_at=retry_at.isoformat())
-            self.ledger.webhook_retry(delivery, now=now, retry_at=retry_at, error=str(exc))
+            await store_call(self.ledger.webhook_retry, delivery, now=now, retry_at=retry_at, error=str(exc))
             self.on_result("retry")
             return
         logger.warning("webhook dead", reason=error)
-        self.ledger.webhook_dead(delivery, now=now, error=error)
+        await store_call(self.ledger.webhook_dead, delivery, now=now, error=error)
         self.on_result("dead")
 
 

@@ -38,6 +38,9 @@ class RecordingWebhooks:
         self.requests.extend(requests)
         return len(requests)
 
+    async def submit(self, requests: Sequence[WebhookRequest]) -> int:
+        return self.enqueue(requests)
+
 
 def make_config(lab: MailLab, rules: list[dict[str, Any]]) -> Config:
     def account(user: str) -> dict[str, Any]:

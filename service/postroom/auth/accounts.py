@@ -27,6 +27,7 @@ from ..clock import utcnow
 from ..config.model import TOKEN_AUTH, AccountConfig, Config, OAuth2Config, ServerConfig
 from ..credentials import Credentials, Mechanism, OAuth2Credentials
 from ..errors import OAuth2Error, PostroomError, TokenRevoked
+from ..store.calls import store_call
 from ..store.tokens import OAuth2TokenStore
 from .keeper import StoredRefreshToken
 from .providers import PROVIDERS, Grant, MailProtocol
@@ -118,7 +119,7 @@ class AccountTokens:
             return
         store = self._store
         try:
-            await asyncio.to_thread(record, store)
+            await store_call(record, store)
         except Exception as exc:
             log.warning("oauth2 token state not recorded", account=self.account, error=repr(exc))
 

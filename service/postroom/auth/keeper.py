@@ -10,11 +10,11 @@ Which token counts, when the config may give one too (``oauth2.refresh_token``):
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ..store.calls import store_call
 from ..store.tokens import OAuth2TokenStore, StoredGrant
 
 if TYPE_CHECKING:  # the vault imports cryptography (~7 MiB): only where one is built
@@ -53,12 +53,12 @@ class StoredRefreshToken:
         return f"StoredRefreshToken({self._account!r})"
 
     async def load(self) -> str | None:
-        stored = await asyncio.to_thread(self._store.get, self._account)
+        stored = await store_call(self._store.get, self._account)
         sealed = current_sealed(self._configured, stored)
         return self._configured if sealed is None else self._vault.open(sealed, account=self._account)
 
     async def save(self, refresh_token: str, now: datetime) -> None:
         sealed = self._vault.seal(refresh_token)
-        await asyncio.to_thread(
+        await store_call(
             self._store.save_refresh_token, self._account, sealed, origin=origin_of(self._configured), now=now
         )

@@ -47,6 +47,7 @@ from postroom.config.model import AccountConfig, Config
 from postroom.errors import PostroomError, TransientError, is_transient
 from postroom.mail.compose import make_message_id
 from postroom.mail.templates import TemplateRenderer
+from postroom.store.calls import store_call
 from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
 from postroom.store.outbox import NewMessage, OutboxStore
 from postroom.webhooks import WebhookRequest
@@ -68,7 +69,7 @@ SEND_CHUNK = 200  # forwards/redirects/replies whose raw messages are held at on
 class WebhookSink(Protocol):
     """The webhook delivery queue as the executor sees it (postroom.webhooks.WebhookQueue)."""
 
-    def enqueue(self, requests: Sequence[WebhookRequest]) -> int: ...
+    async def submit(self, requests: Sequence[WebhookRequest]) -> int: ...
 
 
 class ExecutorStore(Protocol):
@@ -177,7 +178,7 @@ class ActionExecutor:
             return {item.key: ItemOutcome(done=True, details={"dry_run": "nothing recorded"})
                     for item in items}
         acct = self.config.accounts[account]
-        entries = self.ledger.entries(item.key for item in items)
+        entries = await store_call(self.ledger.entries, [item.key for item in items])
         results: dict[ActionId, _Result] = {}
         for entry_id, entry in entries.items():
             if entry.status in ("done", "dead"):
@@ -192,14 +193,14 @@ class ActionExecutor:
             ]
             todo = [w for w in works if w.aid not in results]
             if phase_of is Phase.TERMINAL:
-                todo = self._first_terminal(works, results)
+                todo = await self._first_terminal(works, results)
             if not todo:
                 continue
             phase = _Phase()
-            self.ledger.plan([(w.aid, w.action.kind) for w in todo], now=self.clock())
+            await store_call(self.ledger.plan, [(w.aid, w.action.kind) for w in todo], now=self.clock())
             await self._run_phase(phase_of, todo, phase, acct, account, folder, mailbox)
-            self.ledger.finish([(aid, r.status, r.detail or None, r.error)
-                                for aid, (_, r) in phase.results.items()], now=self.clock())
+            await store_call(self.ledger.finish, [(aid, r.status, r.detail or None, r.error)
+                                                  for aid, (_, r) in phase.results.items()], now=self.clock())
             for aid, (work, result) in phase.results.items():
                 results[aid] = result
                 self.on_action(work.action.kind, result.outcome)
@@ -209,7 +210,7 @@ class ActionExecutor:
                                    status=result.status, error=result.error)
         return {item.key: _outcome(item, results) for item in items}
 
-    def _first_terminal(self, works: list[_Work], results: dict[ActionId, _Result]) -> list[_Work]:
+    async def _first_terminal(self, works: list[_Work], results: dict[ActionId, _Result]) -> list[_Work]:
         """Of each message's move/delete actions (in written order) the first runs; the later
         ones are impossible once it has, and are recorded done as skipped right here."""
         by_item: dict[str, list[_Work]] = defaultdict(list)
@@ -230,8 +231,8 @@ class ActionExecutor:
                 results[work.aid] = _Result("done", detail)
                 finished.append((work.aid, "done", detail, None))
                 self.on_action(work.action.kind, "skipped")
-            self.ledger.plan([(w.aid, w.action.kind) for w in skipped], now=self.clock())
-            self.ledger.finish(finished, now=self.clock())
+            await store_call(self.ledger.plan, [(w.aid, w.action.kind) for w in skipped], now=self.clock())
+            await store_call(self.ledger.finish, finished, now=self.clock())
         return todo
 
     async def _run_phase(self, phase_of: Phase, todo: list[_Work], phase: _Phase,
@@ -290,7 +291,7 @@ class ActionExecutor:
         raws = await self._raws(todo, phase, mailbox)
         now = self.clock()
         parsed = {key: ParsedMessage.from_bytes(raw, key=key) for key, raw in raws.items()}
-        batch = _SendBatch(account, acct, now, self.ledger.last_replies(account, [
+        batch = _SendBatch(account, acct, now, await store_call(self.ledger.last_replies, account, [
             (w.action.rule, target.lower()) for w in todo
             if w.action.kind == "reply" and w.item.key in parsed
             and (target := reply_to_address(parsed[w.item.key])) is not None]))
@@ -311,10 +312,10 @@ class ActionExecutor:
         if not queued:
             return
         try:
-            self.outbox.enqueue([new for _, new in queued], now=now)
+            await store_call(self.outbox.enqueue, [new for _, new in queued], now=now)
             # after the enqueue: a crash in between re-enqueues (deduplicated), never loses it
-            self.ledger.record_replies(account, [(w.action.rule, new.recipients[0].lower())
-                                                 for w, new in queued if w.action.kind == "reply"], now=now)
+            await store_call(self.ledger.record_replies, account, [
+                (w.action.rule, new.recipients[0].lower()) for w, new in queued if w.action.kind == "reply"], now=now)
         except Exception as exc:
             phase.fail_all((w for w, _ in queued), _transient(exc))
             return
@@ -393,19 +394,19 @@ class ActionExecutor:
             # each recorded done now, not at the end of the phase: the next append hides this
             # one from the tail check, so it must not be left in doubt too
             if found is not None:
-                self._done_now(phase, doubtful[found], {"mbox": str(path), "verified": "already saved"})
+                await self._done_now(phase, doubtful[found], {"mbox": str(path), "verified": "already saved"})
             for work in works:
                 if work.aid in phase.results:
                     continue
                 raw = raws[work.item.key]
                 detail = await asyncio.to_thread(box.append, raw, sender=envelope_sender(raw), now=self.clock())
-                self._done_now(phase, work, detail)
+                await self._done_now(phase, work, detail)
         finally:
             await asyncio.to_thread(box.__exit__)
 
-    def _done_now(self, phase: _Phase, work: _Work, detail: dict[str, Any]) -> None:
+    async def _done_now(self, phase: _Phase, work: _Work, detail: dict[str, Any]) -> None:
         phase.done(work, **detail)
-        self.ledger.finish([(work.aid, "done", detail, None)], now=self.clock())
+        await store_call(self.ledger.finish, [(work.aid, "done", detail, None)], now=self.clock())
 
     # -- another account -----------------------------------------------------------------
 
@@ -479,7 +480,7 @@ class ActionExecutor:
                                                      int(work.action.params["max_bytes"]))
             requests.append(WebhookRequest(work.key, work.action.rule, work.action.params["url"], payload))
         try:
-            self.webhooks.enqueue(requests)
+            await self.webhooks.submit(requests)
         except Exception as exc:
             phase.fail_all(todo, _transient(exc))
             return

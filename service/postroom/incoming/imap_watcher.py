@@ -44,6 +44,7 @@ from postroom.incoming.suspects import Suspects
 from postroom.incoming.watch_lease import LEASE_TTL
 from postroom.incoming.watch_loop import BATCH, Backoff, Entry, Watcher, WatcherHooks, WatchState
 from postroom.retry import sleep_or_stop
+from postroom.store.calls import store_call
 from postroom.store.inbound import DONE, FINISHED, InboundStore
 from postroom.store.leases import WatchLeases
 
@@ -114,13 +115,13 @@ class ImapWatcher(Watcher):
         was looked at."""
         state = await conn.select(self.folder)
         uidvalidity = state.uidvalidity
-        checkpoint = self.inbound.checkpoint(self.account, self.folder)
+        checkpoint = await store_call(self.inbound.checkpoint, self.account, self.folder)
         start_from = checkpoint.start_from if checkpoint else self.cfg.start_from
         if checkpoint is None:
             everything = await conn.uids_from(1)
             if start_from == "new":
                 self.log.info("first start: start_from=new, skipping existing messages", count=len(everything))
-                self._save(uidvalidity, max(everything, default=max(state.uidnext - 1, 0)), start_from)
+                await self._save(uidvalidity, max(everything, default=max(state.uidnext - 1, 0)), start_from)
                 return True
             candidates = await conn.search_uids(["UNSEEN"]) if start_from == "unseen" else everything
             known = await self._exact_matches(conn, candidates)
@@ -139,7 +140,8 @@ class ImapWatcher(Watcher):
             known = await self._exact_matches(conn, everything)
             candidates = sorted(known) if known is not None else await self._prefilter(conn, everything)
         retries = [] if self.dry_run else [
-            row.uid for row in self.inbound.retry_candidates(self.account, self.folder, now=self.clock())
+            row.uid for row in await store_call(self.inbound.retry_candidates, self.account, self.folder,
+                                                now=self.clock())
             if row.uidvalidity == uidvalidity and row.uid is not None]
         if retries:
             retries = sorted(await conn.existing_uids(retries))
@@ -173,7 +175,7 @@ class ImapWatcher(Watcher):
         if stopped:
             self.log.info("stopping: the rest of this pass waits for the next start")
             return False
-        self._save(uidvalidity, max([last, *everything]), start_from)
+        await self._save(uidvalidity, max([last, *everything]), start_from)
         return True
 
     async def _settle(self, flight: tuple[list[int], asyncio.Task[None]], uidvalidity: int, last: int,
@@ -188,12 +190,12 @@ class ImapWatcher(Watcher):
         except Exception as exc:
             # the oldest batch whose FETCH broke off is the one to blame (those behind it
             # only found the connection gone)
-            if batch[0] in broke and self._fetch_broke(uidvalidity, batch, exc):
-                self._save(uidvalidity, reached, start_from)  # its failure is on its row now
+            if batch[0] in broke and await self._fetch_broke(uidvalidity, batch, exc):
+                await self._save(uidvalidity, reached, start_from)  # its failure is on its row now
             raise
-        self._save(uidvalidity, reached, start_from)
+        await self._save(uidvalidity, reached, start_from)
 
-    def _fetch_broke(self, uidvalidity: int, batch: list[int], exc: Exception) -> bool:
+    async def _fetch_broke(self, uidvalidity: int, batch: list[int], exc: Exception) -> bool:
         """Narrow a broken FETCH down (``suspects``); a single message is the culprit and has
         the failure counted on its inbound row. True when that row was written."""
         size = self._suspects.broke(uidvalidity, batch)
@@ -201,14 +203,15 @@ class ImapWatcher(Watcher):
             self.log.warning("a FETCH broke off; fetching its messages in smaller batches", count=len(batch),
                              next_batch=size, error=repr(exc))
             return False
-        return self._unfetchable(self._key(batch[0], uidvalidity), dict(uidvalidity=uidvalidity, uid=batch[0]), exc)
+        key = self._key(batch[0], uidvalidity)
+        return await self._unfetchable(key, dict(uidvalidity=uidvalidity, uid=batch[0]), exc)
 
-    def _save(self, uidvalidity: int, last_uid: int, start_from: str) -> None:
+    async def _save(self, uidvalidity: int, last_uid: int, start_from: str) -> None:
         if self.dry_run:
             self._dry_seen = max(self._dry_seen, last_uid)
             return
-        self.inbound.set_checkpoint(self.account, self.folder, uidvalidity=uidvalidity, last_uid=last_uid,
-                                    start_from=start_from, now=self.clock())
+        await store_call(self.inbound.set_checkpoint, self.account, self.folder, uidvalidity=uidvalidity,
+                         last_uid=last_uid, start_from=start_from, now=self.clock())
 
     async def _prefilter(self, conn: ImapConnection, new_uids: list[int]) -> list[int]:
         if not new_uids:
@@ -266,13 +269,13 @@ class ImapWatcher(Watcher):
         self.log.info("rules decided by SEARCH alone; nothing fetched", matched=len(known), of=len(new_uids))
         return known
 
-    def _unfetched(self, uidvalidity: int, known: dict[int, list[PlannedAction]],
+    async def _unfetched(self, uidvalidity: int, known: dict[int, list[PlannedAction]],
                    uids: list[int]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
         """Items for messages SEARCH matched: no fetch, no parse; finished ones are left out."""
         keyed = {self._key(uid, uidvalidity): uid for uid in uids}
         rows = {key: dict(account=self.account, folder=self.folder, message_id=None, uidvalidity=uidvalidity,
                           uid=uid) for key, uid in keyed.items()}
-        existing = self.inbound.statuses(list(rows))
+        existing = await store_call(self.inbound.statuses, list(rows))
         items = [InboundItem(key=key, message=ParsedMessage.unread(key), planned=known[uid], uid=uid)
                  for key, uid in keyed.items() if existing.get(key) not in FINISHED]
         return items, rows
@@ -281,7 +284,7 @@ class ImapWatcher(Watcher):
                                         everything: list[int]) -> list[int]:
         """New UIDs for the same folder: messages handled before (same Message-ID) are done."""
         message_ids = await conn.message_ids(everything) if everything else {}
-        seen = self.inbound.seen_message_ids(self.account, self.folder, message_ids.values())
+        seen = await store_call(self.inbound.seen_message_ids, self.account, self.folder, list(message_ids.values()))
         already = [uid for uid, mid in message_ids.items() if mid and mid in seen]
         self.log.warning("UIDVALIDITY changed: the server renumbered the folder", old=old, new=new,
                          messages=len(everything), already_handled=len(already))
@@ -289,10 +292,10 @@ class ImapWatcher(Watcher):
             now = self.clock()
             rows = {self._key(uid, new): dict(account=self.account, folder=self.folder, uidvalidity=new, uid=uid,
                                               message_id=message_ids[uid]) for uid in already}
-            existing = self.inbound.statuses(list(rows))
+            existing = await store_call(self.inbound.statuses, list(rows))
             reason = f"handled before under UIDVALIDITY {old} (same Message-ID)"
-            self.inbound.finish_many([(key, DONE, reason) for key in rows if key not in existing], now=now,
-                                     rows=rows)
+            await store_call(self.inbound.finish_many, [(key, DONE, reason) for key in rows if key not in existing],
+                             now=now, rows=rows)
         return [uid for uid in everything if uid not in set(already)]
 
     async def _process(self, conn: ImapConnection, uidvalidity: int, uids: list[int],
@@ -300,7 +303,7 @@ class ImapWatcher(Watcher):
         batch_start = uids[0]
         unfetched = [uid for uid in uids if uid in known]
         if unfetched:
-            await self._hand_over(conn, *self._unfetched(uidvalidity, known, unfetched))
+            await self._hand_over(conn, *await self._unfetched(uidvalidity, known, unfetched))
             uids = [uid for uid in uids if uid not in known]  # retries: fetched and evaluated
             if not uids:
                 return
@@ -318,7 +321,7 @@ class ImapWatcher(Watcher):
             for uid in uids
             if (row := fetched.get(uid)) is not None  # absent: expunged meanwhile, nothing to do
             for key in [self._key(uid, uidvalidity)]]
-        await self._hand_over(conn, *self._evaluate(entries))
+        await self._hand_over(conn, *await self._evaluate(entries))
 
 
 def _parsed(row: HeaderFetch, key: str) -> ParsedMessage:

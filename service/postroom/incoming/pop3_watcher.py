@@ -25,6 +25,7 @@ from postroom.incoming.rules import RuleSet
 from postroom.incoming.watch_lease import LEASE_TTL
 from postroom.incoming.watch_loop import BATCH, Backoff, Entry, Watcher, WatcherHooks
 from postroom.retry import sleep_or_stop
+from postroom.store.calls import store_call
 from postroom.store.inbound import DONE, SKIPPED, InboundStore
 from postroom.store.leases import WatchLeases
 
@@ -64,11 +65,13 @@ class Pop3Watcher(Watcher):
         await conn.connect()
         try:
             listing = await conn.uidl()
-            if self.inbound.checkpoint(self.account, "pop3") is None and not await self._first_start(listing):
+            checkpoint = await store_call(self.inbound.checkpoint, self.account, "pop3")
+            if checkpoint is None and not await self._first_start(listing):
                 await conn.quit()
                 return
-            known = self.inbound.known_uidls(self.account)
-            retry = {r.uidl for r in self.inbound.retry_candidates(self.account, self.folder, now=self.clock())}
+            known = await store_call(self.inbound.known_uidls, self.account)
+            retry = {r.uidl for r in await store_call(self.inbound.retry_candidates, self.account, self.folder,
+                                                      now=self.clock())}
             # new messages before retries: a retry whose RETR breaks the connection again then
             # costs only itself, not the new mail behind it
             new = sorted((num, uidl) for uidl, num in listing.items() if uidl not in known)
@@ -76,7 +79,7 @@ class Pop3Watcher(Watcher):
             for batch in chunks(range(len(new)), self.batch_size):
                 await self._take_in(conn, [new[i] for i in batch])
             if self.cfg.delete_after and not self.dry_run:
-                done = self.inbound.uidls_with_status(self.account, DONE)
+                done = await store_call(self.inbound.uidls_with_status, self.account, DONE)
                 doomed = sorted(num for uidl, num in listing.items() if uidl in done)
                 for num in doomed:
                     await conn.dele(num)
@@ -95,14 +98,17 @@ class Pop3Watcher(Watcher):
         if self.dry_run:
             return start_from == "all"
         if start_from == "new":
-            now = self.clock()
-            for uidl in listing:
-                key = self._key(uidl)
-                if self.inbound.begin(key, account=self.account, folder=self.folder, now=now, uidl=uidl) is None:
-                    self.inbound.finish(key, SKIPPED, now=now, error="first start: start_from=new")
-        self.inbound.set_checkpoint(self.account, "pop3", uidvalidity=0, last_uid=0, start_from=start_from,
-                                    now=self.clock())
+            await store_call(self._skip_all, list(listing), now=self.clock())
+        await store_call(self.inbound.set_checkpoint, self.account, "pop3", uidvalidity=0, last_uid=0,
+                         start_from=start_from, now=self.clock())
         return start_from == "all"
+
+    def _skip_all(self, uidls: list[str], *, now: datetime) -> None:
+        """Store side of a first start with start_from new: every message there is skipped."""
+        for uidl in uidls:
+            key = self._key(uidl)
+            if self.inbound.begin(key, account=self.account, folder=self.folder, now=now, uidl=uidl) is None:
+                self.inbound.finish(key, SKIPPED, now=now, error="first start: start_from=new")
 
     async def _take_in(self, conn: Pop3Connection, batch: list[tuple[int, str]]) -> None:
         entries: list[Entry] = []
@@ -114,9 +120,9 @@ class Pop3Watcher(Watcher):
                 # the connection broke on this message: what came before it is handled, this
                 # one is counted (retried with backoff, then set aside), and the next poll
                 # goes on past it instead of stopping at it every time
-                await self._hand_over(None, *self._evaluate(entries))
-                self._unfetchable(key, dict(uidl=uidl), exc)
+                await self._hand_over(None, *await self._evaluate(entries))
+                await self._unfetchable(key, dict(uidl=uidl), exc)
                 raise
             entries.append(Entry(key, functools.partial(ParsedMessage.from_bytes, raw, key=key),
                                  dict(uidl=uidl), dict(uidl=uidl, raw=raw)))
-        await self._hand_over(None, *self._evaluate(entries))
+        await self._hand_over(None, *await self._evaluate(entries))

@@ -30,6 +30,7 @@ from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import RuleSet
 from postroom.incoming.watch_lease import LEASE_TTL, WatchLease
 from postroom.retry import sleep_or_stop
+from postroom.store.calls import store_call
 from postroom.store.inbound import (
     DONE,
     FAILED,
@@ -189,15 +190,16 @@ class Watcher:
     def _key(self, ident: int | str, uidvalidity: int | None = None) -> str:
         raise NotImplementedError
 
-    def _unfetchable(self, key: str, begin: dict[str, Any], exc: Exception) -> bool:
+    async def _unfetchable(self, key: str, begin: dict[str, Any], exc: Exception) -> bool:
         """Fetching this one message broke the connection: count it on its inbound row (so the
         count survives restarts) as a failure, retried with backoff and set aside after
         ``max_attempts``, so the rest of the folder is not stuck behind it. True when written."""
         if self.dry_run:
             return False
         row = dict(account=self.account, folder=self.folder, message_id=None, **begin)
-        stored = self.inbound.finish_many([(key, FAILED, f"fetch: the connection broke on this message: {exc!r}")],
-                                          now=self.clock(), rows={key: row})[key]
+        why = f"fetch: the connection broke on this message: {exc!r}"
+        finished = await store_call(self.inbound.finish_many, [(key, FAILED, why)], now=self.clock(), rows={key: row})
+        stored = finished[key]
         self.hooks.processed(self.account, self.folder, stored)
         if stored == SET_ASIDE:
             self.log.error("message set aside: fetching it breaks the connection every time", key=key,
@@ -207,7 +209,7 @@ class Watcher:
                              key=key, error=repr(exc))
         return True
 
-    def _evaluate(self, entries: Sequence[Entry]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
+    async def _evaluate(self, entries: Sequence[Entry]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
         """Parse and evaluate a batch into items for the handler, with one store read for what
         was finished before and one write to finish what needs no handler (no rule matched,
         failed here). Returns the items and every entry's inbound row identity. Messages
@@ -227,7 +229,7 @@ class Watcher:
         rows = {e.key: dict(account=self.account, folder=self.folder,
                             message_id=parsed[e.key].message_id if e.key in parsed else None, **e.begin)
                 for e in entries}
-        existing = {} if self.dry_run else self.inbound.statuses(list(rows))
+        existing = {} if self.dry_run else await store_call(self.inbound.statuses, list(rows))
         finished.extend(row for row in unreadable if existing.get(row[0]) not in FINISHED)
         items: list[InboundItem] = []
         for entry in entries:
@@ -252,7 +254,7 @@ class Watcher:
             else:
                 items.append(InboundItem(key=entry.key, message=msg, planned=planned, **entry.ident))
         if not self.dry_run:
-            self.inbound.finish_many(finished, now=self.clock(), rows=rows)
+            await store_call(self.inbound.finish_many, finished, now=self.clock(), rows=rows)
         return items, rows
 
     async def _hand_over(self, mailbox: MailboxOps | None, items: Sequence[InboundItem],
@@ -276,7 +278,7 @@ class Watcher:
                     stored.update(await self._hand_over(mailbox, [item], rows))
                 return stored
         results = [(item.key, *_outcome_status(outcomes.get(item.key))) for item in items]
-        stored = self.inbound.finish_many(results, now=self.clock(), rows=rows)
+        stored = await store_call(self.inbound.finish_many, results, now=self.clock(), rows=rows)
         for key, _status, error in results:
             self.hooks.processed(self.account, self.folder, stored[key])
             if stored[key] != DONE:

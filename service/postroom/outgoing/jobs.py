@@ -24,12 +24,14 @@ import structlog
 
 from ..clock import utcnow
 from ..config import Config, JobConfig
-from ..errors import DataSourceError, MessageRefused, PostroomError
+from ..errors import DataSourceError, MessageRefused, PostroomError, StoreUnavailable
 from ..mail.compose import compose_bytes, make_message_id, validate_address
 from ..mail.headers import list_unsubscribe_headers, list_unsubscribe_problem
 from ..mail.locale_filters import rendering_locale
 from ..mail.templates import TemplateRenderer
+from ..schedules import RETRY
 from ..store import NewMessage, Store
+from ..store.calls import store_call
 from .attachments import is_per_message, message_attachments, static_attachments
 from .sender import OutboxSender
 from .sources import load_data
@@ -196,7 +198,7 @@ class JobRunner:
         """The scheduler's callback: claim the fire, build, enqueue, record. Never raises."""
         runs = self.store.runs
         now = self.clock()
-        claimed = await asyncio.to_thread(runs.claim_fire, job_id, fire_time, now=now)
+        claimed = await store_call(runs.claim_fire, job_id, fire_time, now=now, again=trigger == RETRY)
         if not claimed:
             log.info("fire already claimed", job=job_id, fire_time=fire_time.isoformat())
             return
@@ -211,9 +213,9 @@ class JobRunner:
     async def _run(self, job_id: str, *, key_prefix: str, fire_time: datetime | None, trigger: str,
                    now: datetime, claim: bool, to_override: Sequence[str] | None = None) -> BuiltRun:
         runs = self.store.runs
-        run_id = await asyncio.to_thread(runs.start_run, job_id, fire_time=fire_time, trigger=trigger, now=now)
+        run_id = await store_call(runs.start_run, job_id, fire_time=fire_time, trigger=trigger, now=now)
         bound = log.bind(job=job_id, trigger=trigger, fire_time=fire_time.isoformat() if fire_time else None)
-        status, detail, built = "failed", None, BuiltRun(job=job_id)
+        status, detail, built, store_lost = "failed", None, BuiltRun(job=job_id), False
         sender = self.sender if self.sender is not None and self.sender.accepts_handoff else None
         account = self.config.jobs[job_id].account if job_id in self.config.jobs else None
         warming = asyncio.create_task(sender.prewarm(account)) if sender and account else None
@@ -224,8 +226,8 @@ class JobRunner:
                 status, detail = "skipped", built.skipped
                 bound.info("job skipped", reason=built.skipped)
             elif sender is not None:
-                items = await asyncio.to_thread(self.store.outbox.enqueue_leased, built.messages,
-                                                now=self.clock(), lease=sender.lease)
+                items = await store_call(self.store.outbox.enqueue_leased, built.messages,
+                                         now=self.clock(), lease=sender.lease)
                 status = "done"
                 bound.info("job run queued mail", messages=len(built.messages), new=len(items))
                 if warming is not None:
@@ -234,10 +236,17 @@ class JobRunner:
                 sender.submit(items)
                 self.wake_sender()  # rows of an earlier try of this fire (not handed) are claimed
             else:
-                added = await asyncio.to_thread(self.store.outbox.enqueue, built.messages, now=self.clock())
+                added = await store_call(self.store.outbox.enqueue, built.messages, now=self.clock())
                 status = "done"
                 bound.info("job run queued mail", messages=len(built.messages), new=added)
                 self.wake_sender()
+        except StoreUnavailable:
+            if claim:
+                # Nothing is recorded (the store is away): the fire stays claimed by us and
+                # `running`, the scheduler tries it again, and the outbox's dedup keeps a
+                # second try from queueing what the first one did.
+                store_lost = True
+            raise
         except PostroomError as exc:
             detail = str(exc)
             bound.error("job run failed", error=detail)
@@ -255,9 +264,10 @@ class JobRunner:
                 await sender.close_idle(account)  # type: ignore[union-attr]
             done_at = self.clock()
             self.on_run(job_id, status, (done_at - now).total_seconds())
-            await asyncio.to_thread(runs.finish_run, run_id, now=done_at, status=status,
-                                    messages=len(built.messages), error=detail)
-            if claim and fire_time is not None:
-                await asyncio.to_thread(runs.finish_fire, job_id, fire_time, now=done_at,
-                                        status=status, detail=detail)
+            if not store_lost:
+                await store_call(runs.finish_run, run_id, now=done_at, status=status,
+                                 messages=len(built.messages), error=detail)
+                if claim and fire_time is not None:
+                    await store_call(runs.finish_fire, job_id, fire_time, now=done_at,
+                                     status=status, detail=detail)
         return built

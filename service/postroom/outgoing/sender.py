@@ -33,6 +33,7 @@ from postroom.clock import utcnow
 from postroom.config.model import AccountConfig, OutboxConfig, SmtpConfig
 from postroom.errors import OAuth2Error, PostroomError, is_transient
 from postroom.retry import doubling_delay
+from postroom.store.calls import store_call
 from postroom.store.outbox import OutboxItem, OutboxStore, Settlement
 
 from .smtp import SendResult, SmtpConnection
@@ -159,7 +160,7 @@ class _Recorder:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await asyncio.to_thread(self._write, [s for s, _ in batch])
+                await store_call(self._write, [s for s, _ in batch])
             except Exception as exc:
                 for _, done in batch:
                     if not done.cancelled():
@@ -266,7 +267,7 @@ class OutboxSender:
         """
         handed = self._take_handed()
         try:
-            claimed = await asyncio.to_thread(
+            claimed = await store_call(
                 self.outbox.claim_due, now=self.clock(), limit=self.policy.batch_size, lease=self.lease
             )
         except BaseException:
@@ -305,7 +306,7 @@ class OutboxSender:
             await asyncio.shield(asyncio.gather(*pending, return_exceptions=True))
         left = list(unsettled.values())
         if left:
-            await asyncio.shield(asyncio.to_thread(self.outbox.release, left, now=self.clock()))
+            await asyncio.shield(store_call(self.outbox.release, left, now=self.clock()))
             log.info("outbox rows released", count=len(left))
 
     async def _drain_account(
@@ -367,7 +368,7 @@ class OutboxSender:
         return queue.claiming
 
     async def _claim_more(self, queue: _AccountQueue, unsettled: dict[int, OutboxItem]) -> None:
-        items = await asyncio.to_thread(
+        items = await store_call(
             self.outbox.claim_due, now=self.clock(), limit=self.policy.batch_size, lease=self.lease,
             account=queue.account,
         )
@@ -481,7 +482,7 @@ class OutboxSender:
             self._running, self._stop = False, None
             left = self._take_handed()
             if left:  # handed over but never taken by a drain: due again at once
-                await asyncio.shield(asyncio.to_thread(self.outbox.release, left, now=self.clock()))
+                await asyncio.shield(store_call(self.outbox.release, left, now=self.clock()))
                 log.info("outbox rows released", count=len(left))
 
     async def _run(self, stop: asyncio.Event) -> None:
@@ -500,7 +501,7 @@ class OutboxSender:
             if stats.total >= self.policy.batch_size:
                 continue  # a full batch: more is probably due right now
             try:
-                due = await asyncio.to_thread(self.outbox.next_due)
+                due = await store_call(self.outbox.next_due)
             except Exception:
                 log.exception("outbox next_due failed")
                 due = None

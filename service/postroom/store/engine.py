@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PostroomError
 from ..redact import shown_url
 
 if TYPE_CHECKING:
@@ -58,13 +59,33 @@ def open_engine(url: str) -> Engine:
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         try:
-            return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                                 pool_timeout=POOL_TIMEOUT, connect_args=_pg_timeouts(parsed.query))
         except ModuleNotFoundError as exc:  # SQLAlchemy imports the driver here
             # The core install is SQLite only; psycopg comes with the `postgres` extra.
             raise ConfigError(
                 f"POSTROOM_DATABASE_URL: {parsed.drivername} needs the module {exc.name!r}, which is not "
                 "installed: pip install 'postroom[postgres]' (in a checkout: '.[postgres]')") from None
     raise ConfigError(f"POSTROOM_DATABASE_URL: unsupported database {backend!r}; use sqlite or postgresql")
+
+
+# A store that does not answer must not hold a thread (and the work behind it) for ever: a
+# connection attempt gives up after CONNECT_TIMEOUT, a statement after STATEMENT_TIMEOUT (the
+# server cancels it), a wait for a free pooled connection after POOL_TIMEOUT. Both server
+# settings can be changed in POSTROOM_DATABASE_URL (`?connect_timeout=5`,
+# `?options=-c statement_timeout=60000`); what the URL sets wins.
+CONNECT_TIMEOUT = 10  # seconds
+STATEMENT_TIMEOUT_MS = 30_000
+POOL_TIMEOUT = 15.0  # seconds
+
+
+def _pg_timeouts(query: Mapping[str, Any]) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = CONNECT_TIMEOUT
+    if "options" not in query:
+        args["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    return args
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: object) -> None:
@@ -90,6 +111,16 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
 # has to run: a daemon whose schema is current never loads it (bench/footprint).
 def head_revisions() -> set[str]:
     """The newest migration(s), read from the migration files' `revision`/`down_revision`."""
+    revisions, parents = _revisions()
+    return revisions - parents
+
+
+def known_revisions() -> set[str]:
+    """Every revision this postroom's migration files know."""
+    return _revisions()[0]
+
+
+def _revisions() -> tuple[set[str], set[str]]:
     revisions: set[str] = set()
     parents: set[str] = set()
     for path in (MIGRATIONS / "versions").glob("*.py"):
@@ -105,27 +136,63 @@ def head_revisions() -> set[str]:
                     found = ast.literal_eval(value)  # a str, None, or a tuple for a merge
                     names = {found} if isinstance(found, str) else set(found or ())
                     (revisions if target.id == "revision" else parents).update(names)
-    return revisions - parents
+    return revisions, parents
 
 
 def current_revisions(engine: Engine) -> set[str]:
     """What alembic_version says the schema is at (empty: never migrated)."""
     with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
-            return set()
-        return {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
+        return _revisions_on(conn)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration. Safe to run on every start."""
-    if current_revisions(engine) == head_revisions():
-        return
+def _revisions_on(conn: Connection) -> set[str]:
+    if not inspect(conn).has_table("alembic_version"):
+        return set()
+    return {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
+
+
+def _shown(revisions: set[str]) -> str:
+    return ", ".join(sorted(revisions)) or "none"
+
+
+def refuse_newer(current: set[str]) -> None:
+    """A schema written by a newer postroom (a revision these migration files don't know) is
+    never touched: this code would misread it, and alembic cannot downgrade to us."""
+    if current - known_revisions():
+        raise PostroomError(f"store schema {_shown(current)} is newer than this postroom "
+                            f"({_shown(head_revisions())}); upgrade postroom")
+
+
+# Any fixed number all postroom processes agree on: the key of the PostgreSQL advisory lock
+# migrations run under, so replicas started together migrate one at a time.
+MIGRATION_LOCK = 0x706F7374726F6F6D  # "postroom"
+
+
+def migrate(engine: Engine) -> tuple[set[str], set[str]]:
+    """Bring the schema to the newest migration; returns (revisions before, after). Safe to
+    run on every start and from several processes at once: on PostgreSQL the work is done
+    under an advisory lock, so the others wait, then find the schema current."""
+    before = current_revisions(engine)
+    refuse_newer(before)
+    head = head_revisions()
+    if before == head:
+        return before, head
     from alembic import command
 
     cfg = _alembic_config(engine)
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # A migration may take longer than a normal statement may, and the lock wait too.
+            conn.execute(text("SET LOCAL statement_timeout = 0"))
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            # Read again under the lock: another process may have migrated while we waited.
+            before = _revisions_on(conn)
+            refuse_newer(before)
+            if before == head:
+                return before, head
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+    return before, head
 
 
 def schema_is_current(engine: Engine) -> bool:

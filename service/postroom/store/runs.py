@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Engine, and_, false, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from .engine import as_utc, to_utc
@@ -38,11 +38,13 @@ class RunStore:
         self.owner = owner
 
     def claim_fire(self, job_id: str, fire_time: datetime, *, now: datetime,
-                   stale_after: timedelta = timedelta(minutes=10)) -> bool:
+                   stale_after: timedelta = timedelta(minutes=10), again: bool = False) -> bool:
         """True if this process now owns the fire; False if another has or had it.
 
         A claim still `running` after `stale_after` belonged to a process that died; it is
-        taken over (its messages are deduplicated in the outbox).
+        taken over (its messages are deduplicated in the outbox). ``again``: this process tries
+        again a fire whose earlier try lost the store; a claim still `running` under our own
+        name is that try's (it lost the store mid-run, or never heard its claim committed).
         """
         fire_time = to_utc(fire_time)
         try:
@@ -58,7 +60,9 @@ class RunStore:
             taken = conn.execute(
                 update(fire_claims).where(
                     fire_claims.c.job_id == job_id, fire_claims.c.fire_time == fire_time,
-                    fire_claims.c.status == "running", fire_claims.c.claimed_at < now - stale_after,
+                    fire_claims.c.status == "running",
+                    or_(fire_claims.c.claimed_at < now - stale_after,
+                        and_(fire_claims.c.claimed_by == self.owner, true() if again else false())),
                 ).values(claimed_by=self.owner, claimed_at=now)
             )
             return taken.rowcount == 1
