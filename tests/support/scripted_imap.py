@@ -1,9 +1,11 @@
 """A real-socket IMAP server for the faults the lab's Dovecot can't be made to produce: no
 STARTTLS offered, no UIDNEXT or UIDVALIDITY in a SELECT reply, a reply that breaks off inside
-a literal, a BYE in the middle of a FETCH. Plaintext, loopback, one connection; each command
-line goes to ``answer(tag, command)``, which returns the bytes to send back, ``(bytes, True)``
-to send them and then close, or None to close at once. The lines received are kept in
-``lines`` so a test can check what was sent.
+a literal, a BYE in the middle of a FETCH, a server that drips. Plaintext, loopback, one
+connection; each command line goes to ``answer(tag, command)``, which returns the bytes to
+send back, ``(bytes, True)`` to send them and then close, or None to close at once. The lines
+received are kept in ``lines`` so a test can check what was sent. Bytes given as ``Drip``
+(an answer, or the greeting) go out one at a time, ``every`` seconds apart: each read of the
+client is quick, the reply takes ``len(data) * every`` seconds.
 """
 
 from __future__ import annotations
@@ -14,13 +16,34 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-Answer = Callable[[bytes, bytes], "bytes | tuple[bytes, bool] | None"]
+
+@dataclass(frozen=True)
+class Drip:
+    """Bytes a server sends one at a time, ``every`` seconds apart."""
+
+    data: bytes
+    every: float = 0.1
+
+
+Reply = bytes | Drip
+Answer = Callable[[bytes, bytes], "Reply | tuple[Reply, bool] | None"]
 
 
 @dataclass
 class ScriptedImap:
     port: int
     lines: list[bytes] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)  # the test is over: stop dripping
+    closed: threading.Event = field(default_factory=threading.Event)  # the connection is over
+
+    def send(self, conn: socket.socket, data: Reply) -> None:
+        if isinstance(data, bytes):
+            conn.sendall(data)
+            return
+        for byte in data.data:
+            if self.done.wait(data.every):
+                raise ConnectionAbortedError("the test is over")
+            conn.sendall(bytes([byte]))
 
 
 def capability(tag: bytes, caps: bytes = b"IMAP4rev1") -> bytes:
@@ -28,32 +51,35 @@ def capability(tag: bytes, caps: bytes = b"IMAP4rev1") -> bytes:
 
 
 @contextlib.contextmanager
-def scripted_imap(answer: Answer, greeting: bytes = b"* OK scripted\r\n") -> Iterator[ScriptedImap]:
+def scripted_imap(answer: Answer, greeting: Reply = b"* OK scripted\r\n") -> Iterator[ScriptedImap]:
     server = socket.create_server(("127.0.0.1", 0))
     scripted = ScriptedImap(server.getsockname()[1])
 
     def serve() -> None:
         conn, _ = server.accept()
         with conn:
-            conn.sendall(greeting)
             conn.settimeout(5)
             try:
+                scripted.send(conn, greeting)
                 for line in conn.makefile("rb"):
                     scripted.lines.append(line)
                     tag, _, command = line.strip().partition(b" ")
                     reply = answer(tag, command)
                     data, close = reply if isinstance(reply, tuple) else (reply, reply is None)
                     if data:
-                        conn.sendall(data)
+                        scripted.send(conn, data)
                     if close:
                         return
             except OSError:
                 pass  # the client went away: the test says what that means
+            finally:
+                scripted.closed.set()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         yield scripted
     finally:
+        scripted.done.set()
         thread.join(5)
         server.close()
