@@ -34,6 +34,7 @@ class ScriptedImap:
     port: int
     lines: list[bytes] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)  # the test is over: stop dripping
+    connected: threading.Event = field(default_factory=threading.Event)  # a client came
     closed: threading.Event = field(default_factory=threading.Event)  # the connection is over
 
     def send(self, conn: socket.socket, data: Reply) -> None:
@@ -57,6 +58,7 @@ def scripted_imap(answer: Answer, greeting: Reply = b"* OK scripted\r\n") -> Ite
 
     def serve() -> None:
         conn, _ = server.accept()
+        scripted.connected.set()
         with conn:
             conn.settimeout(5)
             try:
