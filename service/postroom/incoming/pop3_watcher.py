@@ -58,8 +58,8 @@ class Pop3Watcher(Watcher):
     async def poll_once(self) -> None:
         """One POP3 session: take in new messages, DELE done ones (delete_after), QUIT."""
         conn = Pop3Connection(self.account, self.cfg, self.credentials)
-        await conn.connect()
         try:
+            await conn.connect()  # inside: a connect that failed or was cut is closed too
             listing = await conn.uidl()
             if self.inbound.checkpoint(self.account, "pop3") is None and not await self._first_start(listing):
                 await conn.quit()
