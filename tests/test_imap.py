@@ -33,9 +33,9 @@ class CountingConnection(ImapConnection):
         super().__init__(*args, **kwargs)
         self.steps: list[str] = []
 
-    async def _run(self, step, fn, *args):
+    async def _run(self, step, fn, *args, **kwargs):
         self.steps.append(step.split()[0])
-        return await super()._run(step, fn, *args)
+        return await super()._run(step, fn, *args, **kwargs)
 
 
 @pytest.fixture

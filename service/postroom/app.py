@@ -110,7 +110,7 @@ class Daemon:
         ruleset = compile_rules(config.rules)
         self.webhooks = WebhookQueue(store.ledger, spec_lookup=ruleset.action_config,
                                      on_result=self.metrics.webhook)
-        self.scheduler = Scheduler(config, store.runs, self._on_fire)
+        self.scheduler = Scheduler(config, store.runs, self._on_fire, shutdown_timeout=STOP_TIMEOUT)
         # Fires the store failed wait for it; when it answers again they run, and the catch-up too.
         self.store_monitor = StoreMonitor(store.engine, sqlite_path=self.settings.sqlite_path(),
                                           on_back=None if self.dry_run else self.scheduler.store_back)
@@ -287,16 +287,23 @@ class Daemon:
         self.notifier.ready(status=status)
 
     async def _shutdown(self) -> None:
-        await self.scheduler.shutdown()
-        await self.incoming.close(timeout=STOP_TIMEOUT)
+        # One grace period for all, counted from the stop: running fires, watchers' batches,
+        # sends and webhooks finish side by side, and whatever still runs after STOP_TIMEOUT
+        # is cancelled. A cancelled mail command cuts its connection (incoming/threaded.py), so
+        # no thread blocked on a slow server holds the process past the grace period.
+        await asyncio.gather(self.scheduler.shutdown(), self.incoming.close(timeout=STOP_TIMEOUT),
+                             self._finish_tasks())
+        await asyncio.to_thread(self.store.close)
+        log.info("stopped")
+
+
+    async def _finish_tasks(self) -> None:
         pending = [t for t in self.tasks if not t.done()]
         if pending:
             _done, late = await asyncio.wait(pending, timeout=STOP_TIMEOUT)
             for task in late:
                 task.cancel()  # the sender and webhook queue hand claimed rows back on cancel
             await asyncio.gather(*late, return_exceptions=True)
-        await asyncio.to_thread(self.store.close)
-        log.info("stopped")
 
 
 def run_daemon(settings: Settings, *, dry_run: bool = False, migrate: bool = True) -> int:

@@ -1,6 +1,7 @@
 """A real-socket SMTP server (aiosmtpd) for the faults the lab's Postfix can't be made to produce:
 no STARTTLS offered, implicit TLS, a 451 on one RCPT then success, a 554 at DATA, a DATA that
-never answers. It runs in the test's own event loop on an ephemeral port, and records what
+never answers (and ``dripping_smtp``, a raw-socket one that answers a byte at a time). It runs
+in the test's own event loop on an ephemeral port, and records what
 it got so tests can check that nothing was sent.
 """
 
@@ -11,8 +12,8 @@ import email
 import email.policy
 import email.utils
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -21,6 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from postroom.config.model import SmtpConfig
 
 from tests.lab.tls import ensure_certificates
+from tests.support.scripted_imap import Drip, Reply, ScriptedImap, scripted_imap
 
 
 @dataclass
@@ -92,6 +94,39 @@ async def fake_smtp(
         if handler.data_gate is not None:
             handler.data_gate.set()  # let a held DATA finish so the server can close
         await server.wait_closed()
+
+
+@contextmanager
+def dripping_smtp(*, greeting_every: float = 0.0, reply_every: float = 0.0) -> Iterator[ScriptedImap]:
+    """A plaintext SMTP server (one connection, the scripted IMAP server's machinery) that says
+    yes to everything, slowly: the greeting and/or every reply after EHLO a byte at a time,
+    ``*_every`` seconds apart (0: at once). Each reply is whole well within a per-reply
+    timeout; only a deadline for the whole exchange notices."""
+    in_data = False
+
+    def slow(reply: bytes, every: float) -> Reply:
+        return Drip(reply, every) if every else reply
+
+    def answer(verb: bytes, rest: bytes) -> Reply | tuple[Reply, bool] | None:
+        nonlocal in_data
+        if in_data:
+            if verb == b"." and not rest:
+                in_data = False
+                return slow(b"250 2.0.0 queued\r\n", reply_every)
+            return b""
+        command = verb.upper()
+        if command in (b"EHLO", b"HELO"):
+            return b"250-fake.test\r\n250 8BITMIME\r\n"
+        if command == b"DATA":
+            in_data = True
+            return slow(b"354 go ahead\r\n", reply_every)
+        if command == b"QUIT":
+            return b"221 bye\r\n", True
+        return slow(b"250 OK\r\n", reply_every)
+
+    greeting = slow(b"220 fake.test ESMTP, slowly\r\n", greeting_every)
+    with scripted_imap(answer, greeting) as server:
+        yield server
 
 
 # -- helpers shared by the SMTP and sender tests ---------------------------------------------

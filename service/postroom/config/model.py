@@ -53,7 +53,12 @@ class ServerConfig(_Strict):
     # `oauth2:` block and a username, and no password.
     auth: AuthKind | None = None
     ca_file: Path | None = None
+    # Seconds of silence a read may wait (connect included): a dead peer is noticed by this.
     timeout: float = Field(default=30.0, gt=0)
+    # Seconds one whole command may take: an IMAP or POP3 command (a FETCH or RETR with all its
+    # data, a login), an SMTP connect-and-login or one message's transaction. A server dripping
+    # a byte now and then never trips ``timeout``; this cuts it off (a transient error).
+    deadline: float = Field(default=300.0, gt=0)
 
     _default_ports: dict[str, int] = {}
 

@@ -50,6 +50,7 @@ from postroom.errors import (
     ServerTimeout,
     TLSError,
 )
+from postroom.incoming.cutoff import Cutoff
 from postroom.incoming.message import Attachment, decode_header_value
 from postroom.incoming.threaded import Login, ThreadedConnection, map_server_error
 
@@ -217,6 +218,31 @@ _LOGINS: Mapping[Mechanism, Callable[[IMAPClient, str, str], object]] = {
 
 # -- the connection ------------------------------------------------------------------------
 
+class _Client(IMAPClient):  # type: ignore[misc]  # imapclient ships no type hints mypy reads
+    """IMAPClient over a connection a ``Cutoff`` opened, so the deadline watchdog and a stop
+    can cut it from the event loop (``threaded``)."""
+
+    def __init__(self, cutoff: Cutoff, host: str, **kwargs: Any) -> None:
+        self._cutoff = cutoff
+        super().__init__(host, **kwargs)
+
+    def _create_IMAP4(self) -> imaplib.IMAP4:
+        # IMAPClient's one seam for opening its imaplib connection; its own TLS and timeout
+        # classes differ from imaplib's only in the socket they open, as ours does.
+        return _Imap4(self._cutoff, self.host, self.port, self._timeout.connect,
+                      self.ssl_context if self.ssl else None)
+
+
+class _Imap4(imaplib.IMAP4):
+    def __init__(self, cutoff: Cutoff, host: str, port: int, timeout: float | None,
+                 context: ssl.SSLContext | None) -> None:
+        self._cutoff, self._context = cutoff, context
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        return self._cutoff.connect(self.host, self.port, timeout, self._context)
+
+
 class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
     """One logged-in IMAP session with its own worker thread. Also the ``MailboxOps`` of the
     folder selected last (``folder``/``uidvalidity`` say which)."""
@@ -244,9 +270,8 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         cfg = self.cfg
         context = _ssl_context(cfg)
         try:
-            client = IMAPClient(cfg.host, port=cfg.port_or_default(), ssl=cfg.security == "tls",
-                                ssl_context=context if cfg.security == "tls" else None,
-                                timeout=cfg.timeout)
+            client = _Client(self._cutoff, cfg.host, port=cfg.port_or_default(), ssl=cfg.security == "tls",
+                             ssl_context=context if cfg.security == "tls" else None, timeout=cfg.timeout)
         except ssl.SSLError as exc:
             if isinstance(exc, ssl.SSLCertVerificationError | ssl.SSLEOFError | ssl.SSLZeroReturnError):
                 raise
@@ -477,7 +502,8 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         Callers loop; each call is one IDLE, so keep ``timeout`` under ``idle_renew``."""
         if self._wake.is_set():
             return False
-        return await self._run("idle", self._idle, min(timeout, self.idle_renew))
+        wait = min(timeout, self.idle_renew)
+        return await self._run("idle", self._idle, wait, deadline=wait + self.cfg.deadline)
 
     def _begin_idle(self, client: IMAPClient) -> bool:
         """Start IDLE. RFC 2177 lets a server announce changes before its "+" continuation;

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import poplib
+import socket
 import ssl
 from collections.abc import Callable, Mapping
 
@@ -29,6 +30,7 @@ from postroom.errors import (
     ServerTimeout,
     TLSError,
 )
+from postroom.incoming.cutoff import Cutoff
 from postroom.incoming.threaded import Login, ThreadedConnection, map_server_error
 
 log = structlog.get_logger(__name__)
@@ -136,10 +138,7 @@ class Pop3Connection(ThreadedConnection[poplib.POP3, Pop3Config]):
         cfg = self.cfg
         context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
         host, port = cfg.host, cfg.port_or_default()
-        if cfg.security == "tls":
-            pop: poplib.POP3 = poplib.POP3_SSL(host, port, timeout=cfg.timeout, context=context)
-        else:
-            pop = poplib.POP3(host, port, timeout=cfg.timeout)
+        pop = _Pop3(self._cutoff, host, port, cfg.timeout, context if cfg.security == "tls" else None)
         try:
             if cfg.security == "starttls":
                 self._stls(pop, context)
@@ -197,13 +196,21 @@ class Pop3Connection(ThreadedConnection[poplib.POP3, Pop3Config]):
     async def quit(self) -> None:
         """QUIT commits DELEs. Raises (mapped) if the server did not confirm."""
         pop, self._client = self._client, None
-        try:
-            if pop is not None:
-                await self._run("quit", pop.quit)
-        finally:
-            if pop is not None:
-                _close_quietly(pop)
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        await self._end(pop, "quit", poplib.POP3.quit, deadline=self.cfg.deadline)
+
+
+class _Pop3(poplib.POP3):
+    """poplib over a connection a ``Cutoff`` opened (implicit TLS when ``context``), so the
+    deadline watchdog and a stop can cut it from the event loop (``threaded``)."""
+
+    def __init__(self, cutoff: Cutoff, host: str, port: int, timeout: float,
+                 context: ssl.SSLContext | None) -> None:
+        self._cutoff, self._context = cutoff, context
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        # poplib's one seam for the socket it talks over (POP3_SSL overrides it too)
+        return self._cutoff.connect(self.host, self.port, timeout, self._context)
 
 
 def _close_quietly(pop: poplib.POP3) -> None:

@@ -62,8 +62,8 @@ class Pop3Watcher(Watcher):
     async def poll_once(self) -> None:
         """One POP3 session: take in new messages, DELE done ones (delete_after), QUIT."""
         conn = Pop3Connection(self.account, self.cfg, self.credentials)
-        await conn.connect()
         try:
+            await conn.connect()  # inside: a connect that failed or was cut is closed too
             listing = await conn.uidl()
             checkpoint = await store_call(self.inbound.checkpoint, self.account, "pop3")
             if checkpoint is None and not await self._first_start(listing):

@@ -7,14 +7,16 @@ the one table ``_SMTP_ERRORS``:
 
     untrusted cert, TLS to a plain port  -> TLSError             (permanent)
     535 and other AUTH refusals          -> AuthError            (permanent)
-    timeouts                             -> ServerTimeout        (transient)
+    timeouts, the deadline passed        -> ServerTimeout        (transient)
     refused, reset, unreachable, DNS     -> ServerConnectError   (transient)
     what the server can't do (no AUTH)   -> ServerRejected       (permanent)
 
 Recipients are sent one RCPT at a time so a partly refused list is known exactly (see
 SendResult). A 4xx or 5xx on MAIL FROM or on DATA concerns the whole message: it is raised
 (ServerBusy / ServerRejected), not folded into the result. After any raised error the
-connection is closed, and the next send() connects afresh.
+connection is closed, and the next send() connects afresh. Connecting (with STARTTLS and
+AUTH) and each message's transaction each have the server's ``deadline`` as a whole, on top
+of aiosmtplib's per-reply ``timeout``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -157,20 +159,21 @@ class SmtpConnection:
         )
         self._smtp = smtp
         try:
-            with _mapped(self._where(), "connect"):
-                await smtp.connect()
-                self.connects += 1
-                if cfg.security == "starttls":
-                    await smtp.ehlo()
-                    if not smtp.supports_extension("starttls"):
-                        raise TLSError(
-                            f"{self._where()} does not offer STARTTLS, which the config requires;"
-                            " nothing was sent"
-                        )
-                    await smtp.starttls(tls_context=self._context, server_hostname=cfg.host)
-                credentials = self.credentials
-                if credentials is not None:
-                    await self._login(smtp, credentials)
+            async with self._deadline("connect and login"):
+                with _mapped(self._where(), "connect"):
+                    await smtp.connect()
+                    self.connects += 1
+                    if cfg.security == "starttls":
+                        await smtp.ehlo()
+                        if not smtp.supports_extension("starttls"):
+                            raise TLSError(
+                                f"{self._where()} does not offer STARTTLS, which the config requires;"
+                                " nothing was sent"
+                            )
+                        await smtp.starttls(tls_context=self._context, server_hostname=cfg.host)
+                    credentials = self.credentials
+                    if credentials is not None:
+                        await self._login(smtp, credentials)
         except BaseException:
             self.abort()
             raise
@@ -248,7 +251,27 @@ class SmtpConnection:
             self.abort()
             raise
 
+    @asynccontextmanager
+    async def _deadline(self, step: str) -> AsyncIterator[None]:
+        """``step`` as a whole within the server's ``deadline``: aiosmtplib's timeout bounds each
+        reply, and a server dripping a byte now and then would hold a connect or a transaction
+        (MAIL, every RCPT, DATA) for ever. Cut off, it is a ServerTimeout (the caller aborts)."""
+        limit = self.cfg.deadline
+        scope = asyncio.timeout(limit)
+        try:
+            async with scope:
+                yield
+        except TimeoutError:
+            if not scope.expired():
+                raise  # aiosmtplib's own, already ours
+            raise ServerTimeout(f"{self._where()} {step}: not done within its deadline ({limit:g} s); "
+                                "cut off") from None
+
     async def _transaction(self, envelope_from: str, recipients: Sequence[str], raw: bytes) -> SendResult:
+        async with self._deadline("transaction"):
+            return await self._exchange(envelope_from, recipients, raw)
+
+    async def _exchange(self, envelope_from: str, recipients: Sequence[str], raw: bytes) -> SendResult:
         smtp = self._smtp
         if smtp is None:
             raise ServerConnectError(f"{self._where()}: not connected")
