@@ -15,6 +15,11 @@ A failure to connect or log in is the account's, not the message's: it is applie
 row of that account still waiting in the drain, without trying them one by one (a server
 that is down would otherwise cost a connect timeout per message).
 Rows are sent as stored (`item.raw`, same Message-ID) and never re-rendered.
+
+Leases are short (`lease`, POSTROOM_LEASE_SECONDS) and claimed a batch at a time; while a drain
+runs, a heartbeat renews the leases of every row it holds and has not settled, every third of
+the lease. A sender that dies (kill -9) stops renewing: its rows run out within one lease and
+another replica's sender takes them (same Message-ID), instead of waiting minutes.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ __all__ = ["DrainStats", "OutboxSender", "Outcome", "backoff", "decide"]
 
 # Upper bound on one idle wait, so a clock jump or another replica's enqueue is noticed.
 MAX_IDLE = timedelta(seconds=60)
+# How long a claim lasts unless renewed: the heartbeat renews it every third of this.
+LEASE = timedelta(seconds=20)
 # After drain_once itself failed (store down...), wait this long before the next try.
 ERROR_PAUSE = timedelta(seconds=5)
 # How often the rows of an account stopped for want of a token are looked at again: after a
@@ -180,16 +187,22 @@ class OutboxSender:
         accounts: Mapping[str, AccountConfig],
         policy: OutboxConfig,
         *,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = LEASE,
         clock: Callable[[], datetime] = utcnow,
         on_result: ResultHook | None = None,
         logins: AccountLogins | None = None,
+        handoff_limit: int | None = None,
+        max_idle: timedelta = MAX_IDLE,
     ):
         self.outbox = outbox
         self.accounts = accounts
         self.logins = logins if logins is not None else AccountLogins()  # replaced on reload too
         self.policy = policy
         self.lease = lease
+        # Replicas: a fire hands this many of its rows to this sender in memory, the rest wait
+        # `queued` for any replica to claim (None: all, one process on SQLite).
+        self.handoff_limit = handoff_limit
+        self.max_idle = max_idle  # replicas look for rows queued or left by others this often
         self.clock = clock
         self.on_result = on_result
         self.connections_opened = 0  # SMTP connections opened so far (a counter to export)
@@ -280,6 +293,32 @@ class OutboxSender:
         stats = DrainStats()
         if not items:
             return stats
+        heartbeat = asyncio.create_task(self._heartbeat(unsettled), name="outbox lease heartbeat")
+        try:
+            return await self._drain(items, unsettled, stats)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+
+    async def _heartbeat(self, unsettled: dict[int, OutboxItem]) -> None:
+        """Renew the leases of the rows this drain holds (claimed, handed, not settled yet)
+        every third of the lease, until the drain ends (it cancels this)."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            ids = sorted(set(unsettled) | {item.id for items in self._handed.values() for item in items})
+            try:
+                renewed = await asyncio.to_thread(self.outbox.renew, ids, now=self.clock(), lease=self.lease)
+            except Exception as exc:  # the store is down: the leases may run out, rows go again
+                log.warning("could not renew the outbox leases", rows=len(ids), error=repr(exc))
+                continue
+            if renewed < len(ids):
+                log.info(
+                    "some outbox rows are no longer leased here (settled meanwhile, or taken by "
+                    "another replica after their lease ran out: then sent again, same Message-ID)",
+                    rows=len(ids) - renewed,
+                )
+
+    async def _drain(self, items: list[OutboxItem], unsettled: dict[int, OutboxItem], stats: DrainStats) -> DrainStats:
         by_account: dict[str, _AccountQueue] = {}
         for item in items:
             by_account.setdefault(item.account, _AccountQueue(item.account)).rows.append(item)
@@ -508,8 +547,8 @@ class OutboxSender:
 
     def _wait_for(self, due: datetime | None) -> timedelta:
         if due is None:
-            return MAX_IDLE
-        return min(max(due - self.clock(), timedelta(0)), MAX_IDLE)
+            return self.max_idle
+        return min(max(due - self.clock(), timedelta(0)), self.max_idle)
 
     async def _idle(self, stop: asyncio.Event, delay: timedelta) -> None:
         if delay <= timedelta(0) or stop.is_set() or self._wake.is_set():
