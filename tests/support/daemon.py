@@ -45,6 +45,7 @@ class DataServer:
     rates: dict[str, float] = field(default_factory=lambda: {"EUR": 1.0, "USD": 1.08})
     posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     status: int = 204
+    delay: float = 0.0  # seconds each POST takes to answer (a slow receiver: deliveries in flight)
 
     def __post_init__(self) -> None:
         owner = self
@@ -63,6 +64,8 @@ class DataServer:
                 body = self.rfile.read(length)
                 if len(body) != length:  # the sender died mid-request (kill -9): not a delivery
                     return
+                if owner.delay:
+                    time.sleep(owner.delay)
                 owner.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(owner.status)
                 self.send_header("Content-Length", "0")

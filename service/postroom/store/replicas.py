@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .dbtime import db_later, db_now
 from .engine import as_utc
-from .tables import replicas, watch_leases
+from .tables import outbox, replicas, watch_leases, webhooks
 
 
 @dataclass(frozen=True)
@@ -91,3 +91,17 @@ class ReplicaRegistry:
                 )
             )
             return [(w, o, as_utc(e)) for w, o, e in rows]
+
+    def in_flight(self) -> dict[str, tuple[int, int]]:
+        """Per holder: (outbox rows, webhook deliveries) leased to it now (``sending``)."""
+        found: dict[str, tuple[int, int]] = {}
+        with self.engine.connect() as conn:
+            for position, table in enumerate((outbox, webhooks)):
+                rows = conn.execute(select(table.c.lease_owner, func.count()).where(table.c.status == "sending")
+                                    .group_by(table.c.lease_owner))
+                for token, count in rows:
+                    holder = (token or "?").rsplit("/", 1)[0]  # "instance/claim"
+                    counts = list(found.get(holder, (0, 0)))
+                    counts[position] += count
+                    found[holder] = (counts[0], counts[1])
+        return found
