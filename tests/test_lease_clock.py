@@ -65,13 +65,13 @@ def test_outbox_leases_renewed_by_a_heartbeat_run_out_when_it_stops(pg_url):
         assert other.claim_due(now=now() + SKEW, limit=10, lease=LEASE) == []  # skew: still held
         for _ in range(4):  # the holder works on past its first lease, renewing it
             time.sleep(LEASE.total_seconds() / 3)
-            assert mine.renew([i.id for i in held], now=now(), lease=LEASE) == 2
+            assert mine.renew([i.id for i in held], now=now(), lease=LEASE) == {i.id for i in held}
             assert other.claim_due(now=now(), limit=10, lease=LEASE) == []
         mine.mark_sent(held[0], now=now(), delivered=held[0].recipients, refused={})
         # the holder dies (no more renewals): the row it had not sent is taken, same Message-ID
         taken = eventually(lambda: other.claim_due(now=now(), limit=10, lease=LEASE))
         assert [i.message_id for i in taken] == [held[1].message_id]
-        assert mine.renew([held[1].id], now=now(), lease=LEASE) == 0  # not ours any more
+        assert mine.renew([held[1].id], now=now(), lease=LEASE) == set()  # not ours any more
     finally:
         store.close()
 

@@ -211,6 +211,7 @@ class OutboxSender:
         self._handed: dict[str, list[OutboxItem]] = {}  # submit()ted rows no drain has taken yet
         self._running = False  # run() is draining: rows handed over now will be sent
         self._stop: asyncio.Event | None = None  # run()'s stop: once set, no new row is started
+        self._lost: set[int] = set()  # rows whose lease another replica took: not to be sent here
 
     async def prewarm(self, account: str) -> None:
         """Open the account's connections now (connect, STARTTLS, AUTH), for the next drain.
@@ -299,24 +300,26 @@ class OutboxSender:
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
+            self._lost.clear()
 
     async def _heartbeat(self, unsettled: dict[int, OutboxItem]) -> None:
         """Renew the leases of the rows this drain holds (claimed, handed, not settled yet)
         every third of the lease, until the drain ends (it cancels this)."""
-        while True:
-            await asyncio.sleep(self.lease.total_seconds() / 3)
+        while True:  # at once first: handed rows were leased before this drain started
             ids = sorted(set(unsettled) | {item.id for items in self._handed.values() for item in items})
             try:
                 renewed = await asyncio.to_thread(self.outbox.renew, ids, now=self.clock(), lease=self.lease)
             except Exception as exc:  # the store is down: the leases may run out, rows go again
                 log.warning("could not renew the outbox leases", rows=len(ids), error=repr(exc))
-                continue
-            if renewed < len(ids):
-                log.info(
-                    "some outbox rows are no longer leased here (settled meanwhile, or taken by "
-                    "another replica after their lease ran out: then sent again, same Message-ID)",
-                    rows=len(ids) - renewed,
-                )
+            else:
+                # Not renewed and not settled meanwhile: another replica took the row after its
+                # lease ran out (this one stalled). Rows not started yet are left to it.
+                lost = {i for i in ids if i not in renewed and i in unsettled}
+                if lost:
+                    log.warning("outbox leases ran out and were taken by another replica; leaving "
+                                "those rows to it", rows=len(lost))
+                    self._lost |= lost
+            await asyncio.sleep(self.lease.total_seconds() / 3)
 
     async def _drain(self, items: list[OutboxItem], unsettled: dict[int, OutboxItem], stats: DrainStats) -> DrainStats:
         by_account: dict[str, _AccountQueue] = {}
@@ -382,6 +385,12 @@ class OutboxSender:
         for row in handed:  # submitted while this drain runs: sent by its connections
             unsettled[row.id] = row
         queue.rows.extend(handed)
+        if self._lost:  # rows another replica took over (the heartbeat found): not sent here
+            dropped = [row for row in queue.rows if row.id in self._lost]
+            for row in dropped:
+                queue.rows.remove(row)
+                unsettled.pop(row.id, None)
+            self._lost.difference_update(row.id for row in dropped)
         while not queue.rows:
             if queue.exhausted:
                 return None

@@ -172,21 +172,18 @@ class OutboxStore:
             rows = conn.execute(select(outbox).where(outbox.c.lease_owner == token).order_by(outbox.c.id))
             return [OutboxItem.from_row(r) for r in rows]
 
-    def renew(self, item_ids: Sequence[int], *, now: datetime, lease: timedelta) -> int:
+    def renew(self, item_ids: Sequence[int], *, now: datetime, lease: timedelta) -> set[int]:
         """Heartbeat: extend this process's leases on these rows (still `sending`, still ours)
-        to now + lease. Returns how many were renewed; a row missing from the count was settled
-        meanwhile, or taken by another replica after its lease ran out (it sends it again, same
-        Message-ID)."""
-        if not item_ids:
-            return 0
-        renewed = 0
+        to now + lease. Returns the ids renewed; a row missing was settled meanwhile, or taken by
+        another replica after its lease ran out (the sender then leaves it to that one)."""
+        renewed: set[int] = set()
         with self.engine.begin() as conn:
             for chunk in _chunks(sorted(item_ids), 500):
-                renewed += conn.execute(
+                renewed.update(conn.scalars(
                     update(outbox).where(outbox.c.id.in_(chunk), outbox.c.status == "sending",
                                          outbox.c.lease_owner.startswith(f"{self.owner}/", autoescape=True))
-                    .values(lease_until=db_later(conn, now, lease))
-                ).rowcount
+                    .values(lease_until=db_later(conn, now, lease)).returning(outbox.c.id)
+                ))
         return renewed
 
     def mark_sent(self, item: OutboxItem, *, now: datetime, delivered: Sequence[str],
@@ -236,8 +233,9 @@ class OutboxStore:
         if not ids:
             return
         with self.engine.begin() as conn:
-            conn.execute(
-                update(outbox).where(outbox.c.id.in_(ids), outbox.c.status == "sending")
+            conn.execute(  # only rows still ours: one another replica took meanwhile stays its
+                update(outbox).where(outbox.c.id.in_(ids), outbox.c.status == "sending",
+                                     outbox.c.lease_owner.startswith(f"{self.owner}/", autoescape=True))
                 .values(status="queued", lease_owner=None, lease_until=None, updated_at=now)
             )
 
