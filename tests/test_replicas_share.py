@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.support.daemon import (
+    REPLICAS_CONFIG,
     Daemon,
     DataServer,
     assert_each_row_once,
@@ -38,31 +39,6 @@ from tests.support.daemon import (
 FOLDERS = [f"f{i}" for i in range(1, 7)]
 LEASE = "4"  # seconds: heartbeats every 1.3 s; a dead replica's work moves within a few
 RESUME = 30  # seconds: the most a dead replica's work may wait for another
-
-CONFIG = """\
-accounts:
-  alice:
-    address: alice@example.test
-    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls, username: alice@example.test,
-           password: "${{ALICE_PASSWORD}}", connections: 2}}
-    imap: {{host: 127.0.0.1, port: {imap}, security: starttls, username: alice@example.test,
-           password: "${{ALICE_PASSWORD}}", start_from: all}}
-jobs:
-  merge:
-    schedule: {{at: "{at}"}}
-    account: alice
-    template: statement
-    for_each: customers
-    to: ["{{{{ row.email }}}}"]
-    data:
-      customers: {{sql: "SELECT name, email, balance FROM customers", database: "sqlite:///{shop}"}}
-rules:
-  - name: hooks
-    account: alice
-    folders: [{folders}]
-    match: {{subject: {{contains: "[hook]"}}}}
-    actions: [{{webhook: {{url: "{hooks}/hook", secret: "${{HOOK_SECRET}}"}}}}]
-"""
 
 
 @pytest.fixture
@@ -86,7 +62,7 @@ class Replicas:
             db.executemany("INSERT INTO customers VALUES (?, ?, ?)",
                            [(f"Row {i:04d}", "bob@example.test", float(i)) for i in range(merge_rows)])
         at = (datetime.now(UTC) + timedelta(seconds=merge_in)).strftime("%Y-%m-%dT%H:%M:%S")
-        (tmp_path / "postroom.yaml").write_text(CONFIG.format(
+        (tmp_path / "postroom.yaml").write_text(REPLICAS_CONFIG.format(
             smtp=lab.ports.smtp, imap=lab.ports.imap, at=at, shop=shop, folders=", ".join(FOLDERS),
             hooks=hooks.url))
         self.daemons: dict[str, Daemon] = {}
@@ -102,7 +78,7 @@ class Replicas:
         port = free_port()
         daemon = Daemon(self.env(name, port), log=self.tmp / f"{name}.log")
         self.daemons[name], self.ports[name] = daemon, port
-        wait_ready(port, daemon, timeout=60)
+        wait_ready(port, daemon, timeout=120)  # a loaded host starts slowly
         return daemon
 
     def holders(self) -> Counter[str]:

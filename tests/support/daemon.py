@@ -244,3 +244,30 @@ jobs:
     data:
       customers: {{sql: "SELECT name, email, balance FROM customers", database: "sqlite:///shop.db"}}
 """
+
+# Replicas sharing work (tests/test_replicas_share.py, bench/replicas): a merge at {at} from the
+# rows of {shop}, and a webhook to {hooks} for every message in the folders {folders}.
+REPLICAS_CONFIG = """\
+accounts:
+  alice:
+    address: alice@example.test
+    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls, username: alice@example.test,
+           password: "${{ALICE_PASSWORD}}", connections: 2}}
+    imap: {{host: 127.0.0.1, port: {imap}, security: starttls, username: alice@example.test,
+           password: "${{ALICE_PASSWORD}}", start_from: all}}
+jobs:
+  merge:
+    schedule: {{at: "{at}"}}
+    account: alice
+    template: statement
+    for_each: customers
+    to: ["{{{{ row.email }}}}"]
+    data:
+      customers: {{sql: "SELECT name, email, balance FROM customers", database: "sqlite:///{shop}"}}
+rules:
+  - name: hooks
+    account: alice
+    folders: [{folders}]
+    match: {{}}
+    actions: [{{webhook: {{url: "{hooks}/hook", secret: "${{HOOK_SECRET}}"}}}}]
+"""
