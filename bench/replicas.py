@@ -100,7 +100,7 @@ class Run:
                 return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
-        wait(ready, 60, f"{name} ready", step=0.2)
+        wait(ready, 300, f"{name} ready", step=0.2)  # a loaded host starts slowly
 
     def scalar(self, sql: str, **params: object) -> object:
         with self.engine.connect() as conn:
