@@ -143,7 +143,7 @@ def test_check_dry_run_and_reading_commands_write_nothing(tmp_path):
                                                       "{% block text %}hello{% endblock %}")
     before = files_under(tmp_path)
     for args in (["check", "--offline"], ["send", "note", "--dry-run"], ["jobs"], ["outbox"], ["rules", "failed"],
-                 ["outbox", "retry", "1"]):
+                 ["status"], ["outbox", "retry", "1"]):
         result = postroom(tmp_path, *args)
         assert result.returncode == (1 if "retry" in args else 0), f"{args}: {result.stdout}{result.stderr}"
         assert files_under(tmp_path) == before, f"{args} wrote {files_under(tmp_path) - before}"

@@ -20,9 +20,10 @@ TTL = 3.0  # seconds: short, so a takeover after a crash is quick to see; not so
 # renewal delayed by a loaded machine (it runs every TTL/3) counts the lease as lost
 
 
-def test_lease_claim_renew_expire_release(any_store: Store):
-    other = type(any_store.leases)(any_store.engine, owner="replica-b")
-    mine, ttl = any_store.leases, timedelta(seconds=60)
+def test_lease_claim_renew_expire_release(store: Store):
+    # SQLite: the caller's (fake) clock; PostgreSQL keeps its own (tests/test_lease_clock.py)
+    other = type(store.leases)(store.engine, owner="replica-b")
+    mine, ttl = store.leases, timedelta(seconds=60)
     assert mine.claim("alice/INBOX", now=NOW, ttl=ttl)
     assert not other.claim("alice/INBOX", now=NOW + timedelta(seconds=30), ttl=ttl)  # held
     assert mine.claim("alice/INBOX", now=NOW + timedelta(seconds=30), ttl=ttl)  # renewed

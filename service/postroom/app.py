@@ -25,6 +25,7 @@ from .daemon_console import build_daemon_console, console_token
 from .errors import PostroomError
 from .http import HttpServer
 from .incoming.actions import ActionExecutor
+from .incoming.balance import FolderBalance
 from .incoming.rules import RuleSet, compile_rules
 from .incoming.transfer import imap_opener
 from .incoming.watcher import ImapWatcher, Pop3Watcher, Watcher, WatcherHooks
@@ -32,7 +33,8 @@ from .mail.templates import TemplateRenderer
 from .metrics import Metrics
 from .notify import Notifier, watchdog_loop
 from .outgoing.jobs import JobRunner
-from .outgoing.sender import HOLD, OutboxSender
+from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
+from .retry import sleep_or_stop
 from .scheduler import Scheduler
 from .store.calls import gate, store_call
 from .store.health import StoreMonitor
@@ -42,6 +44,7 @@ from .webhooks import WebhookQueue
 log = structlog.get_logger(__name__)
 
 STOP_TIMEOUT = 15.0  # seconds in-flight work may take to finish at stop; systemd allows 45
+FORGET_DEAD = timedelta(hours=1)  # a dead replica's row stays this long (for `postroom status`)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Incoming:
     ruleset: RuleSet
     executor: ActionExecutor
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    balance: FolderBalance | None = None  # replicas: this one's share of the watches
     watchers: list[Watcher] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -73,6 +77,8 @@ class Daemon:
     metrics: Metrics = field(default_factory=Metrics)
     notifier: Notifier = field(default_factory=Notifier)
     task_health: TaskHealth = field(default_factory=TaskHealth)  # supervised tasks down now
+    shared: bool = False  # replicas on PostgreSQL share the work
+    replicas_alive: int = 1  # by the replica heartbeat
     _started: bool = False  # every part is up: a SIGHUP may reload
     last_reload: ReloadOutcome | None = None  # for the console
 
@@ -101,15 +107,22 @@ class Daemon:
         # One token provider per OAuth2 account, shared by the sender and the watchers.
         self.logins = build_logins(self.settings, config, store, on_refresh=self.metrics.oauth2_refresh)
 
+        # Replicas on PostgreSQL share the work: short leases renewed while held; a fire keeps
+        # one batch for itself and leaves the rest for any replica; idle senders look for rows
+        # queued or left by others every third of a lease.
+        self.shared = store.engine.dialect.name != "sqlite"
+        self.lease = lease = timedelta(seconds=self.settings.lease_seconds)
         self.sender = OutboxSender(store.outbox, config.accounts, config.outbox, logins=self.logins,
-                                   on_result=lambda kind, item: self.metrics.outbox_result(kind, item.account))
+                                   on_result=lambda kind, item: self.metrics.outbox_result(kind, item.account),
+                                   lease=lease, handoff_limit=config.outbox.batch_size if self.shared else None,
+                                   max_idle=min(MAX_IDLE, lease / 3) if self.shared else MAX_IDLE)
         # A fire's messages go straight to the running sender (already leased, already in
         # memory) instead of being claimed back from the store.
         self.runner = JobRunner(config, renderer, store, wake_sender=self.sender.wake, sender=self.sender,
                                 on_run=self.metrics.job_run)
         ruleset = compile_rules(config.rules)
         self.webhooks = WebhookQueue(store.ledger, spec_lookup=ruleset.action_config,
-                                     on_result=self.metrics.webhook)
+                                     on_result=self.metrics.webhook, lease=lease)
         self.scheduler = Scheduler(config, store.runs, self._on_fire, shutdown_timeout=STOP_TIMEOUT)
         # Fires the store failed wait for it; when it answers again they run, and the catch-up too.
         self.store_monitor = StoreMonitor(store.engine, sqlite_path=self.settings.sqlite_path(),
@@ -122,6 +135,9 @@ class Daemon:
                            health=self.task_health), name="webhooks"))
             await self.scheduler.start()
             await self._resume_unfinished_fires(config)
+        if self.shared and not self.dry_run:  # counted before the watchers claim their share
+            self.replicas_alive = await store_call(store.replicas.beat, now=utcnow(), ttl=lease)
+            self.tasks.append(asyncio.create_task(self._replica_heartbeat(), name="replica heartbeat"))
         self.incoming = self._start_incoming(config, renderer, ruleset)
         self.tasks.append(asyncio.create_task(watchdog_loop(self.notifier, self.stop_event), name="watchdog"))
         self.metrics.set_jobs(self._next_fires(config))
@@ -153,19 +169,31 @@ class Daemon:
         pop3_started: set[str] = set()
         # replicas on PostgreSQL: one watches each folder. SQLite is one process, nothing to
         # share; a dry run takes no lease (it must not keep a real replica out).
-        shared = self.store.engine.dialect.name != "sqlite"
-        leases = self.store.leases if shared and not self.dry_run else None
+        leases = self.store.leases if self.shared and not self.dry_run else None
+        targets = []  # (account, folder); a maildrop has one "folder", watched once
         for account_name, folder in ruleset.watch_targets():
+            account = config.accounts[account_name]
+            if account.imap is not None:
+                targets.append((account_name, folder))
+            elif account.pop3 is not None and account_name not in pop3_started:
+                pop3_started.add(account_name)
+                targets.append((account_name, folder))
+        # each replica holds at most its share of the watches (incoming.balance)
+        balance = FolderBalance(len(targets), alive=self.replicas_alive) if leases is not None else None
+        incoming.balance = balance
+        ttl = self.settings.lease_seconds
+        for account_name, folder in targets:
             account = config.accounts[account_name]
             watcher: Watcher
             if account.imap is not None:
                 watcher = ImapWatcher(account_name, account, folder, ruleset, executor, self.store.inbound,
-                                      dry_run=self.dry_run, hooks=hooks, leases=leases,
+                                      dry_run=self.dry_run, hooks=hooks, leases=leases, lease_ttl=ttl,
+                                      balance=balance,
                                       credentials=self.logins.credentials(account_name, account.imap))
-            elif account.pop3 is not None and account_name not in pop3_started:
-                pop3_started.add(account_name)  # a maildrop has one "folder"
+            elif account.pop3 is not None:
                 watcher = Pop3Watcher(account_name, account, ruleset, executor, self.store.inbound,
-                                      dry_run=self.dry_run, hooks=hooks, leases=leases,
+                                      dry_run=self.dry_run, hooks=hooks, leases=leases, lease_ttl=ttl,
+                                      balance=balance,
                                       credentials=self.logins.credentials(account_name, account.pop3))
             else:
                 continue
@@ -173,6 +201,23 @@ class Daemon:
             incoming.tasks.append(
                 asyncio.create_task(watcher.run(incoming.stop), name=f"watch {account_name}/{folder}"))
         return incoming
+
+    async def _replica_heartbeat(self) -> None:
+        """Renew this replica's row every third of a lease and learn how many are alive: the
+        folders' shares follow (incoming.balance). Rows of replicas long dead are dropped."""
+        store, lease = self.store, self.lease
+        while not self.stop_event.is_set():
+            await sleep_or_stop(self.stop_event, lease.total_seconds() / 3)
+            if self.stop_event.is_set():
+                break
+            try:
+                self.replicas_alive = await store_call(store.replicas.beat, now=utcnow(), ttl=lease)
+                await store_call(store.replicas.forget_dead, now=utcnow(), after=FORGET_DEAD)
+            except Exception as exc:  # the store is down: the leases say what happens meanwhile
+                log.warning("replica heartbeat failed", error=repr(exc))
+                continue
+            if self.incoming.balance is not None:
+                self.incoming.balance.alive = self.replicas_alive
 
     async def _resume_unfinished_fires(self, config: Config) -> None:
         # One process on SQLite: anything still "running" is from a process that is gone.
@@ -217,6 +262,14 @@ class Daemon:
             details["store_problem"] = store_problem
         if accounts:
             details["oauth2_accounts"] = accounts
+        balance = self.incoming.balance
+        if balance is not None:  # replicas: who this is and which watches it holds
+            details["replica"] = {
+                "instance": self.settings.instance,
+                "replicas_alive": balance.alive,
+                "share": balance.share,
+                "holds": sorted(balance.held),
+            }
         return ok, details
 
     # -- signals ---------------------------------------------------------------------------
@@ -293,9 +346,13 @@ class Daemon:
         # no thread blocked on a slow server holds the process past the grace period.
         await asyncio.gather(self.scheduler.shutdown(), self.incoming.close(timeout=STOP_TIMEOUT),
                              self._finish_tasks())
+        if self.shared and not self.dry_run:  # the others count one fewer at once
+            try:
+                await store_call(self.store.replicas.leave)
+            except Exception as exc:
+                log.warning("could not remove this replica's heartbeat row; it runs out", error=repr(exc))
         await asyncio.to_thread(self.store.close)
         log.info("stopped")
-
 
     async def _finish_tasks(self) -> None:
         pending = [t for t in self.tasks if not t.done()]

@@ -113,6 +113,10 @@ def _fmt_time(value: datetime | None, tz: str | None = None) -> str:
     return value.strftime("%Y-%m-%d %H:%M %Z")
 
 
+def _fmt_seconds(value: datetime) -> str:
+    return value.strftime("%H:%M:%S %Z")  # leases and heartbeats move in seconds
+
+
 def _table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
 
@@ -303,6 +307,38 @@ def _existing_store(settings: Settings) -> Store | None:
     from .bootstrap import open_store, store_exists
 
     return open_store(settings) if store_exists(settings) else None
+
+
+# -- status --------------------------------------------------------------------------------
+@app.command()
+@config_option
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Replicas sharing the store: which are alive, what each holds (folders, work in flight)."""
+    from .clock import utcnow
+
+    store = _existing_store(settings(ctx))
+    if store is None:
+        click.echo("no store yet: nothing has run here")
+        return
+    try:
+        now = utcnow()
+        members, watches, flight = store.replicas.rows(now=now), store.replicas.watches(), store.replicas.in_flight()
+    finally:
+        store.close()
+    if not members and not watches:
+        click.echo("no replicas: a single daemon (SQLite) keeps no replica rows")
+        return
+    held: dict[str, list[str]] = {}
+    for watch, holder, _expires in watches:
+        held.setdefault(holder, []).append(watch)
+    rows = [[m.instance, "alive" if m.alive else "gone", _fmt_seconds(m.seen_at), str(len(held.get(m.instance, []))),
+             str(flight.get(m.instance, (0, 0))[0]), str(flight.get(m.instance, (0, 0))[1])] for m in members]
+    click.echo(_table(rows, ["REPLICA", "STATE", "LAST HEARTBEAT", "FOLDERS", "SENDING", "WEBHOOKS"]))
+    if watches:
+        click.echo("")
+        click.echo(_table([[watch, holder, _fmt_seconds(expires)] for watch, holder, expires in watches],
+                          ["FOLDER", "HELD BY", "LEASE UNTIL"]))
 
 
 # -- send ----------------------------------------------------------------------------------

@@ -67,7 +67,10 @@ _BODY_EXCERPT = 300
 #: Deliveries in flight to one receiver at once. More rows for it wait in the store (not
 #: leased), so the lease only has to cover one round of requests.
 PER_RECEIVER = 4
-_LEASE = timedelta(seconds=330)  # longer than the longest allowed timeout (300 s)
+#: How long a claim lasts unless renewed. A request may take up to its timeout (300 s at most):
+#: while it runs, ``run`` renews the lease every third of this, so a replica that dies
+#: mid-request gives its deliveries up to another within one lease, not one timeout.
+LEASE = timedelta(seconds=20)
 
 
 # -- signing -------------------------------------------------------------------------------
@@ -147,8 +150,10 @@ class WebhookQueue:
     def __init__(self, ledger: LedgerStore, *, spec_lookup: SpecLookup,
                  clock: Callable[[], datetime] = utcnow, policy: RetryPolicy = RetryPolicy(),
                  batch_size: int = 20, transport: httpx.AsyncBaseTransport | None = None,
-                 on_result: Callable[[str], None] = lambda result: None):
+                 on_result: Callable[[str], None] = lambda result: None, lease: timedelta = LEASE):
         self.on_result = on_result  # delivered | retry | dead — metrics
+        self.lease = lease
+        self._inflight: set[str] = set()  # webhook ids being delivered now (leases to renew)
         self.ledger = ledger
         self.spec_lookup = spec_lookup
         self.clock = clock
@@ -187,8 +192,26 @@ class WebhookQueue:
     async def run(self, stop: asyncio.Event, *, idle: float = 30.0) -> None:
         """Deliver until ``stop`` is set: due rows now, then sleep until the next is due.
         One HTTP client for the queue's life, so receivers' connections are reused."""
-        async with self._client() as client:
-            await self._run(stop, client, idle)
+        heartbeat = asyncio.create_task(self._heartbeat(), name="webhook lease heartbeat")
+        try:
+            async with self._client() as client:
+                await self._run(stop, client, idle)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of the deliveries in flight every third of the lease."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            if not self._inflight:
+                continue
+            try:
+                await store_call(
+                    self.ledger.renew_webhooks, set(self._inflight), now=self.clock(), lease=self.lease
+                )
+            except Exception as exc:  # the store is down: the leases may run out, rows go again
+                log.warning("could not renew the webhook leases", error=repr(exc))
 
     async def _run(self, stop: asyncio.Event, client: httpx.AsyncClient, idle: float) -> None:
         lanes: dict[str, asyncio.Task[int]] = {}  # receiver URL -> the task delivering to it
@@ -229,8 +252,8 @@ class WebhookQueue:
 
     async def _claim(self, skip_urls: Collection[str] = ()) -> dict[str, list[WebhookDelivery]]:
         """Due rows by receiver, at most PER_RECEIVER each: the rest go back at once, due."""
-        claimed = await store_call(self.ledger.claim_webhooks, now=self.clock(), limit=self.batch_size, lease=_LEASE,
-                                   skip_urls=skip_urls)
+        claimed = await store_call(self.ledger.claim_webhooks, now=self.clock(), limit=self.batch_size,
+                                   lease=self.lease, skip_urls=skip_urls)
         groups: dict[str, list[WebhookDelivery]] = {}
         extra: list[WebhookDelivery] = []
         for delivery in claimed:
@@ -260,9 +283,11 @@ class WebhookQueue:
     async def _deliver(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> None:
         logger = log.bind(webhook_id=delivery.webhook_id, rule=delivery.rule, url=delivery.url,
                           attempt=delivery.attempts + 1)
+        self._inflight.add(delivery.webhook_id)
         try:
             status = await self._post(client, delivery)
         except PostroomError as exc:
+            self._inflight.discard(delivery.webhook_id)
             if is_transient(exc):
                 await self._retry_or_kill(delivery, exc, logger)
                 return
@@ -270,6 +295,10 @@ class WebhookQueue:
             await store_call(self.ledger.webhook_dead, delivery, now=self.clock(), error=str(exc))
             self.on_result("dead")
             return
+        except BaseException:  # cancelled: handed back by _deliver_all
+            self._inflight.discard(delivery.webhook_id)
+            raise
+        self._inflight.discard(delivery.webhook_id)
         logger.info("webhook delivered", status=status)
         await store_call(self.ledger.webhook_done, delivery, now=self.clock())
         self.on_result("delivered")

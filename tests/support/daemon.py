@@ -45,6 +45,7 @@ class DataServer:
     rates: dict[str, float] = field(default_factory=lambda: {"EUR": 1.0, "USD": 1.08})
     posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     status: int = 204
+    delay: float = 0.0  # seconds each POST takes to answer (a slow receiver: deliveries in flight)
 
     def __post_init__(self) -> None:
         owner = self
@@ -63,6 +64,8 @@ class DataServer:
                 body = self.rfile.read(length)
                 if len(body) != length:  # the sender died mid-request (kill -9): not a delivery
                     return
+                if owner.delay:
+                    time.sleep(owner.delay)
                 owner.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(owner.status)
                 self.send_header("Content-Length", "0")
@@ -240,4 +243,31 @@ jobs:
     to: ["{{{{ row.email }}}}"]
     data:
       customers: {{sql: "SELECT name, email, balance FROM customers", database: "sqlite:///shop.db"}}
+"""
+
+# Replicas sharing work (tests/test_replicas_share.py, bench/replicas): a merge at {at} from the
+# rows of {shop}, and a webhook to {hooks} for every message in the folders {folders}.
+REPLICAS_CONFIG = """\
+accounts:
+  alice:
+    address: alice@example.test
+    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls, username: alice@example.test,
+           password: "${{ALICE_PASSWORD}}", connections: 2}}
+    imap: {{host: 127.0.0.1, port: {imap}, security: starttls, username: alice@example.test,
+           password: "${{ALICE_PASSWORD}}", start_from: all}}
+jobs:
+  merge:
+    schedule: {{at: "{at}"}}
+    account: alice
+    template: statement
+    for_each: customers
+    to: ["{{{{ row.email }}}}"]
+    data:
+      customers: {{sql: "SELECT name, email, balance FROM customers", database: "sqlite:///{shop}"}}
+rules:
+  - name: hooks
+    account: alice
+    folders: [{folders}]
+    match: {{}}
+    actions: [{{webhook: {{url: "{hooks}/hook", secret: "${{HOOK_SECRET}}"}}}}]
 """

@@ -82,6 +82,10 @@ class Settings(BaseModel):
     secrets_dir: Path | None = None
     # Names this process in fire claims and leases; unique per replica.
     instance: str = Field(default_factory=_default_instance)
+    # Replicas: how long a lease (a folder, outbox rows, webhook deliveries, the replica's own
+    # heartbeat row) lasts unless its holder renews it, which it does every third of this.
+    # Work of a replica that died resumes on another within about this (plus a few seconds).
+    lease_seconds: float = Field(default=20.0, gt=0.5, le=600)
 
     @model_validator(mode="before")
     @classmethod

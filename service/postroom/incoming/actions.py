@@ -50,7 +50,7 @@ from postroom.mail.templates import TemplateRenderer
 from postroom.store.calls import store_call
 from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
 from postroom.store.outbox import NewMessage, OutboxStore
-from postroom.webhooks import WebhookRequest
+from postroom.webhooks import WebhookRequest, webhook_id_for
 
 from .forward import forward_message, redirect_message, refusal
 from .local_save import Mbox, envelope_sender, save_id, save_maildir
@@ -484,8 +484,8 @@ class ActionExecutor:
         except Exception as exc:
             phase.fail_all(todo, _transient(exc))
             return
-        for work in todo:
-            phase.done(work, queued=True)
+        for work in todo:  # stored for delivery, not yet delivered: the queue records that later
+            phase.done(work, webhook="queued", webhook_id=webhook_id_for(work.key))
 
     # -- IMAP ----------------------------------------------------------------------------
 

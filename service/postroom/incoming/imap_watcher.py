@@ -36,6 +36,7 @@ from postroom.clock import utcnow
 from postroom.config.model import AccountConfig
 from postroom.credentials import Credentials
 from postroom.errors import ServerRejected
+from postroom.incoming.balance import FolderBalance
 from postroom.incoming.imap import HeaderFetch, ImapConnection
 from postroom.incoming.mailbox import BatchHandler, InboundItem
 from postroom.incoming.message import ParsedMessage
@@ -64,12 +65,13 @@ class ImapWatcher(Watcher):
                  handler: BatchHandler, inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow,
                  dry_run: bool = False, batch_size: int = BATCH, idle_timeout: float | None = None,
                  hooks: WatcherHooks | None = None, leases: WatchLeases | None = None,
-                 lease_ttl: float = LEASE_TTL, credentials: Credentials | None = None):
+                 lease_ttl: float = LEASE_TTL, credentials: Credentials | None = None,
+                 balance: FolderBalance | None = None):
         if account_cfg.imap is None:
             raise ValueError(f"account {account_name!r} has no imap: section")
         super().__init__(account_name, ruleset.for_folder(account_name, folder), handler, inbound,
                          folder=folder, clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks,
-                         leases=leases, lease_ttl=lease_ttl)
+                         leases=leases, lease_ttl=lease_ttl, balance=balance)
         self.cfg = account_cfg.imap
         self.credentials = credentials  # None: the config's password (or no login)
         self.idle_timeout = idle_timeout

@@ -7,6 +7,10 @@ The holder renews every third of the lease from the event loop; if a renewal fin
 taken, or the store stays unreachable until the lease may have run out, the watcher stops
 between batches and goes back to standing by, so two replicas never work one folder for long.
 (What one of them leaves half done is in the action ledger, as after a crash.)
+
+With a ``FolderBalance`` (replicas on PostgreSQL) a watcher claims a free watch only while its
+replica holds less than its share, and hands a held one over when the replica holds more:
+after the session stops at its next safe point, the lease is released (``incoming.balance``).
 """
 
 from __future__ import annotations
@@ -18,17 +22,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from postroom.clock import utcnow
+from postroom.incoming.balance import FolderBalance
 from postroom.retry import sleep_or_stop
 from postroom.store.leases import WatchLeases
 
-LEASE_TTL = 60.0  # seconds a claim lasts; a replica that died is replaced after at most this
+LEASE_TTL = 20.0  # seconds a claim lasts; a replica that died is replaced after at most this
 STANDBY_RETRY = 5.0  # seconds between a standby's claims: a clean handover takes about this
 
 
 class WatchLease:
     def __init__(self, leases: WatchLeases, watch: str, log: Any, *, ttl: float = LEASE_TTL,
-                 clock: Callable[[], datetime] = utcnow):
+                 clock: Callable[[], datetime] = utcnow, balance: FolderBalance | None = None):
         self.leases = leases
+        self.balance = balance
+        self._handing_over = False  # the session stops, then the lease is released
         self.watch = watch
         self.log = log
         self.ttl = ttl
@@ -42,10 +49,16 @@ class WatchLease:
         first. Already held: True at once."""
         if self.held and not self.ended.is_set():
             return True
+        handing_over, self._handing_over = self._handing_over, False
         self._drop()
+        if handing_over:  # the session has stopped: now the watch goes to another replica
+            try:
+                await asyncio.to_thread(self.leases.release, self.watch)
+            except Exception as exc:
+                self.log.warning("could not release the watch lease; it runs out by itself", error=repr(exc))
         standing_by = False
         while not stop.is_set():
-            if await self._claim():
+            if await self._take():
                 if standing_by:
                     self.log.info("taking over the watch from the replica that held it")
                 self.held = True
@@ -62,7 +75,7 @@ class WatchLease:
 
     def release(self) -> None:
         """Stop renewing and give the watch up (another replica may take it at once)."""
-        was_held = self.held
+        was_held = self.held or self._handing_over
         self._drop()
         if was_held:
             try:
@@ -75,6 +88,20 @@ class WatchLease:
             self._renewer.cancel()
             self._renewer = None
         self.held = False
+        if self.balance is not None:
+            self.balance.held.discard(self.watch)
+
+    async def _take(self) -> bool | None:
+        """Claim the watch if this replica may hold one more (always, without a balance)."""
+        if self.balance is None:
+            return await self._claim()
+        async with self.balance.lock:
+            if not self.balance.may_take():
+                return False
+            claimed = await self._claim()
+            if claimed:
+                self.balance.held.add(self.watch)
+            return claimed
 
     async def _claim(self) -> bool | None:
         """Take or renew the lease: True, False (another replica holds it), or None when the
@@ -103,6 +130,15 @@ class WatchLease:
                     return
                 started = time.monotonic()
                 renewed = await self._claim()
+                if renewed and self.balance is not None and self.balance.should_hand_over(self.watch):
+                    self.log.info(
+                        "handing the watch over to balance the replicas",
+                        replicas=self.balance.alive,
+                        share=self.balance.share,
+                    )
+                    self._handing_over = True
+                    self.held = False
+                    return
                 if renewed:
                     surely_held_until = started + self.ttl
                 elif renewed is False or time.monotonic() + self.ttl / 3 >= surely_held_until:

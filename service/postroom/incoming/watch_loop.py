@@ -25,6 +25,7 @@ import structlog
 
 from postroom.clock import utcnow
 from postroom.errors import OAuth2Error, PermanentError, is_transient
+from postroom.incoming.balance import FolderBalance
 from postroom.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import RuleSet
@@ -106,7 +107,8 @@ class Watcher:
     def __init__(self, account_name: str, ruleset: RuleSet, handler: BatchHandler, inbound: InboundStore, *,
                  folder: str, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
                  batch_size: int = BATCH, hooks: WatcherHooks | None = None,
-                 leases: WatchLeases | None = None, lease_ttl: float = LEASE_TTL):
+                 leases: WatchLeases | None = None, lease_ttl: float = LEASE_TTL,
+                 balance: FolderBalance | None = None):
         self.hooks = hooks or WatcherHooks()
         self.ready = False  # set after the first full pass over the folder (for /readyz)
         # For the console: read from the loop, written only by this watcher's task.
@@ -124,7 +126,11 @@ class Watcher:
         self.batch_size = batch_size
         self.log = log.bind(account=account_name, folder=folder, via=self.kind)
         # replicas: only the holder of this watch's lease works it (postroom.incoming.watch_lease)
-        self.lease = WatchLease(leases, self.watch_name(), self.log, ttl=lease_ttl, clock=clock) if leases else None
+        self.lease = (
+            WatchLease(leases, self.watch_name(), self.log, ttl=lease_ttl, clock=clock, balance=balance)
+            if leases
+            else None
+        )
 
     def watch_name(self) -> str:
         return f"{self.account}/{self.folder}"

@@ -227,7 +227,7 @@ class JobRunner:
                 bound.info("job skipped", reason=built.skipped)
             elif sender is not None:
                 items = await store_call(self.store.outbox.enqueue_leased, built.messages,
-                                         now=self.clock(), lease=sender.lease)
+                                         now=self.clock(), lease=sender.lease, keep=sender.handoff_limit)
                 status = "done"
                 bound.info("job run queued mail", messages=len(built.messages), new=len(items))
                 if warming is not None:

@@ -15,6 +15,11 @@ A failure to connect or log in is the account's, not the message's: it is applie
 row of that account still waiting in the drain, without trying them one by one (a server
 that is down would otherwise cost a connect timeout per message).
 Rows are sent as stored (`item.raw`, same Message-ID) and never re-rendered.
+
+Leases are short (`lease`, POSTROOM_LEASE_SECONDS) and claimed a batch at a time; while a drain
+runs, a heartbeat renews the leases of every row it holds and has not settled, every third of
+the lease. A sender that dies (kill -9) stops renewing: its rows run out within one lease and
+another replica's sender takes them (same Message-ID), instead of waiting minutes.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ __all__ = ["DrainStats", "OutboxSender", "Outcome", "backoff", "decide"]
 
 # Upper bound on one idle wait, so a clock jump or another replica's enqueue is noticed.
 MAX_IDLE = timedelta(seconds=60)
+# How long a claim lasts unless renewed: the heartbeat renews it every third of this.
+LEASE = timedelta(seconds=20)
 # After drain_once itself failed (store down...), wait this long before the next try.
 ERROR_PAUSE = timedelta(seconds=5)
 # How often the rows of an account stopped for want of a token are looked at again: after a
@@ -181,16 +188,22 @@ class OutboxSender:
         accounts: Mapping[str, AccountConfig],
         policy: OutboxConfig,
         *,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = LEASE,
         clock: Callable[[], datetime] = utcnow,
         on_result: ResultHook | None = None,
         logins: AccountLogins | None = None,
+        handoff_limit: int | None = None,
+        max_idle: timedelta = MAX_IDLE,
     ):
         self.outbox = outbox
         self.accounts = accounts
         self.logins = logins if logins is not None else AccountLogins()  # replaced on reload too
         self.policy = policy
         self.lease = lease
+        # Replicas: a fire hands this many of its rows to this sender in memory, the rest wait
+        # `queued` for any replica to claim (None: all, one process on SQLite).
+        self.handoff_limit = handoff_limit
+        self.max_idle = max_idle  # replicas look for rows queued or left by others this often
         self.clock = clock
         self.on_result = on_result
         self.connections_opened = 0  # SMTP connections opened so far (a counter to export)
@@ -199,6 +212,7 @@ class OutboxSender:
         self._handed: dict[str, list[OutboxItem]] = {}  # submit()ted rows no drain has taken yet
         self._running = False  # run() is draining: rows handed over now will be sent
         self._stop: asyncio.Event | None = None  # run()'s stop: once set, no new row is started
+        self._lost: set[int] = set()  # rows whose lease another replica took: not to be sent here
 
     async def prewarm(self, account: str) -> None:
         """Open the account's connections now (connect, STARTTLS, AUTH), for the next drain.
@@ -281,6 +295,34 @@ class OutboxSender:
         stats = DrainStats()
         if not items:
             return stats
+        heartbeat = asyncio.create_task(self._heartbeat(unsettled), name="outbox lease heartbeat")
+        try:
+            return await self._drain(items, unsettled, stats)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            self._lost.clear()
+
+    async def _heartbeat(self, unsettled: dict[int, OutboxItem]) -> None:
+        """Renew the leases of the rows this drain holds (claimed, handed, not settled yet)
+        every third of the lease, until the drain ends (it cancels this)."""
+        while True:  # at once first: handed rows were leased before this drain started
+            ids = sorted(set(unsettled) | {item.id for items in self._handed.values() for item in items})
+            try:
+                renewed = await store_call(self.outbox.renew, ids, now=self.clock(), lease=self.lease)
+            except Exception as exc:  # the store is down: the leases may run out, rows go again
+                log.warning("could not renew the outbox leases", rows=len(ids), error=repr(exc))
+            else:
+                # Not renewed and not settled meanwhile: another replica took the row after its
+                # lease ran out (this one stalled). Rows not started yet are left to it.
+                lost = {i for i in ids if i not in renewed and i in unsettled}
+                if lost:
+                    log.warning("outbox leases ran out and were taken by another replica; leaving "
+                                "those rows to it", rows=len(lost))
+                    self._lost |= lost
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+
+    async def _drain(self, items: list[OutboxItem], unsettled: dict[int, OutboxItem], stats: DrainStats) -> DrainStats:
         by_account: dict[str, _AccountQueue] = {}
         for item in items:
             by_account.setdefault(item.account, _AccountQueue(item.account)).rows.append(item)
@@ -344,6 +386,12 @@ class OutboxSender:
         for row in handed:  # submitted while this drain runs: sent by its connections
             unsettled[row.id] = row
         queue.rows.extend(handed)
+        if self._lost:  # rows another replica took over (the heartbeat found): not sent here
+            dropped = [row for row in queue.rows if row.id in self._lost]
+            for row in dropped:
+                queue.rows.remove(row)
+                unsettled.pop(row.id, None)
+            self._lost.difference_update(row.id for row in dropped)
         while not queue.rows:
             if queue.exhausted:
                 return None
@@ -509,8 +557,8 @@ class OutboxSender:
 
     def _wait_for(self, due: datetime | None) -> timedelta:
         if due is None:
-            return MAX_IDLE
-        return min(max(due - self.clock(), timedelta(0)), MAX_IDLE)
+            return self.max_idle
+        return min(max(due - self.clock(), timedelta(0)), self.max_idle)
 
     async def _idle(self, stop: asyncio.Event, delay: timedelta) -> None:
         if delay <= timedelta(0) or stop.is_set() or self._wake.is_set():

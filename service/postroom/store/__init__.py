@@ -16,6 +16,7 @@ from .leases import WatchLeases
 from .ledger import LedgerStore
 from .outbox import NewMessage, OutboxItem, OutboxStore
 from .owner import StoreOwner
+from .replicas import ReplicaRegistry
 from .runs import RunRecord, RunStore
 from .tokens import OAuth2TokenStore, StoredGrant
 
@@ -29,6 +30,7 @@ class Store:
     inbound: InboundStore
     leases: WatchLeases
     tokens: OAuth2TokenStore
+    replicas: ReplicaRegistry
     lock: StoreOwner | None = None  # the daemon's hold on a SQLite store (store.owner)
 
     @classmethod
@@ -38,7 +40,8 @@ class Store:
             migrate(engine)
         return cls(engine=engine, outbox=OutboxStore(engine, owner=owner), runs=RunStore(engine, owner=owner),
                    ledger=LedgerStore(engine, owner=owner), inbound=InboundStore(engine),
-                   leases=WatchLeases(engine, owner=owner), tokens=OAuth2TokenStore(engine))
+                   leases=WatchLeases(engine, owner=owner), tokens=OAuth2TokenStore(engine),
+                   replicas=ReplicaRegistry(engine, owner=owner))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -47,8 +50,8 @@ class Store:
 
 
 __all__ = [
-    "InboundStore", "LedgerStore", "NewMessage", "OAuth2TokenStore", "OutboxItem", "OutboxStore", "RunRecord",
-    "RunStore", "Store", "StoredGrant",
+    "InboundStore", "LedgerStore", "NewMessage", "OAuth2TokenStore", "OutboxItem", "OutboxStore",
+    "ReplicaRegistry", "RunRecord", "RunStore", "Store", "StoredGrant",
     "WatchLeases",
     "migrate",
     "open_engine", "schema_is_current",

@@ -6,6 +6,9 @@ it until ``expires_at``; the holder renews it well before then, the others stand
 it once it has run out (a replica that died) or was released (one that stopped). The daemon
 uses them only on PostgreSQL: SQLite is one process, with nothing to share.
 
+Expiry is measured by PostgreSQL's clock there (``dbtime``): a replica whose clock runs fast
+cannot see a live holder's lease as run out. SQLite (one host) keeps the caller's ``now``.
+
 A claim is one UPDATE that succeeds when the row is ours or expired, else one INSERT that
 fails on the primary key when another replica holds the row: both databases decide it.
 """
@@ -17,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .dbtime import db_later, db_now
 from .engine import as_utc, to_utc
 from .tables import watch_leases
 
@@ -28,17 +32,18 @@ class WatchLeases:
 
     def claim(self, watch: str, *, now: datetime, ttl: timedelta) -> bool:
         """Take or renew ``watch`` until now + ttl. False when another replica holds it."""
-        now, until = to_utc(now), to_utc(now + ttl)
+        now = to_utc(now)
         table = watch_leases
         with self.engine.begin() as conn:
             renewed = conn.execute(update(table).where(
-                table.c.watch == watch, or_(table.c.owner == self.owner, table.c.expires_at < now),
-            ).values(owner=self.owner, expires_at=until)).rowcount
+                table.c.watch == watch, or_(table.c.owner == self.owner, table.c.expires_at < db_now(conn, now)),
+            ).values(owner=self.owner, expires_at=db_later(conn, now, ttl))).rowcount
         if renewed:
             return True
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(table).values(watch=watch, owner=self.owner, expires_at=until))
+                conn.execute(insert(table).values(watch=watch, owner=self.owner,
+                                                  expires_at=db_later(conn, now, ttl)))
         except IntegrityError:
             return False  # held by another replica (or claimed by one a moment ago)
         return True

@@ -6,6 +6,10 @@
 - ``replies``: when an auto-reply last went to a sender, for "once per sender per N days".
 - ``webhooks``: a delivery queue keyed by ``webhook_id`` (stable across retries), leased like
   the outbox: ``queued`` → ``sending`` (lease) → ``done`` | back to ``queued`` later | ``dead``.
+  Leases are short and renewed by the holder while a request runs (``renew_webhooks``), and
+  expire by PostgreSQL's clock there (``dbtime``). A webhook action's ledger row is ``done``
+  with ``{"webhook": "queued"}`` once its delivery is stored, and says ``"delivered"`` (or turns
+  ``dead``) when the delivery ends, in the same transaction: "queued" is never read as "sent".
 
 All writes for a batch happen in one transaction each, so a batch of thousands of messages
 costs a handful of statements, not thousands of round trips.
@@ -22,6 +26,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, true, update
 
 from .bulk import insert_rows, update_rows
+from .dbtime import db_later, db_now
 from .engine import as_utc
 from .tables import actions, replies, webhooks
 
@@ -110,8 +115,10 @@ class LedgerStore:
             return
         rows = [(status, detail, (error or None) and error[:2000], *a) for a, status, detail, error in results]
         with self.engine.begin() as conn:
+            # only rows still planned/failed: a webhook delivered meanwhile (by any replica)
+            # already wrote its row as done + delivered, which "queued" must not overwrite
             update_rows(conn, actions, ("status", "detail", "error"), ("message_key", "rule", "action_index"),
-                        rows, {"updated_at": now})
+                        rows, {"updated_at": now}, where="status IN ('planned', 'failed')")
 
     @staticmethod
     def _existing(conn: Any, ids: Sequence[ActionId]) -> set[ActionId]:
@@ -185,13 +192,13 @@ class LedgerStore:
         """Lease up to ``limit`` due deliveries, none to a URL in ``skip_urls`` (receivers the
         caller is still busy with)."""
         token = f"{self.owner}/{uuid.uuid4().hex[:12]}"
-        due = or_(
-            and_(webhooks.c.status == "queued", webhooks.c.next_attempt_at <= now),
-            and_(webhooks.c.status == "sending", webhooks.c.lease_until < now),
-        )
-        if skip_urls:
-            due = and_(due, webhooks.c.url.not_in(list(skip_urls)))
         with self.engine.begin() as conn:
+            due = or_(
+                and_(webhooks.c.status == "queued", webhooks.c.next_attempt_at <= now),
+                and_(webhooks.c.status == "sending", webhooks.c.lease_until < db_now(conn, now)),
+            )
+            if skip_urls:
+                due = and_(due, webhooks.c.url.not_in(list(skip_urls)))
             pick = (select(webhooks.c.webhook_id).where(due)
                     .order_by(webhooks.c.next_attempt_at, webhooks.c.webhook_id).limit(limit))
             if conn.dialect.name == "postgresql":
@@ -200,10 +207,23 @@ class LedgerStore:
             if not ids:
                 return []
             conn.execute(update(webhooks).where(webhooks.c.webhook_id.in_(ids), due).values(
-                status="sending", lease_owner=token, lease_until=now + lease, updated_at=now))
+                status="sending", lease_owner=token, lease_until=db_later(conn, now, lease), updated_at=now))
             rows = conn.execute(select(webhooks).where(webhooks.c.lease_owner == token)
                                 .order_by(webhooks.c.next_attempt_at))
             return [WebhookDelivery.from_row(r) for r in rows]
+
+    def renew_webhooks(self, webhook_ids: Collection[str], *, now: datetime, lease: timedelta) -> int:
+        """Heartbeat: extend this process's leases on these deliveries (still `sending`, still
+        ours) to now + lease. Returns how many were renewed."""
+        ids = sorted(webhook_ids)
+        renewed = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(ids):
+                renewed += conn.execute(update(webhooks).where(
+                    webhooks.c.webhook_id.in_(chunk), webhooks.c.status == "sending",
+                    webhooks.c.lease_owner.startswith(f"{self.owner}/", autoescape=True),
+                ).values(lease_until=db_later(conn, now, lease))).rowcount
+        return renewed
 
     def webhook_done(self, delivery: WebhookDelivery, *, now: datetime) -> None:
         self._webhook_update(delivery, now, status="done", attempts=delivery.attempts + 1, last_error=None)
@@ -236,6 +256,26 @@ class LedgerStore:
         with self.engine.begin() as conn:
             conn.execute(update(webhooks).where(webhooks.c.webhook_id == delivery.webhook_id).values(
                 lease_owner=None, lease_until=None, updated_at=now, **values))
+            if values["status"] in ("done", "dead"):  # the action's ledger row says how it ended
+                self._webhook_action_ended(conn, delivery, now, values)
+
+    @staticmethod
+    def _webhook_action_ended(conn: Any, delivery: WebhookDelivery, now: datetime, values: dict[str, Any]) -> None:
+        """The action stays ``done`` (its part, storing the delivery, is done; a dead delivery
+        is listed by `rules failed` from the webhooks table); its detail says how it ended.
+        Written ``done`` here too: if this comes before the executor's own ``finish`` (another
+        replica delivered it first), that finish leaves the row alone (it only moves rows out
+        of planned/failed)."""
+        head, _, index = delivery.action_key.rpartition("|")
+        suffix = f"|{delivery.rule}"
+        if not index.isdigit() or not head.endswith(suffix):
+            return  # not an action key (a hand-made delivery): no ledger row to update
+        ended = "delivered" if values["status"] == "done" else "dead"
+        conn.execute(update(actions).where(
+            actions.c.message_key == head[: -len(suffix)], actions.c.rule == delivery.rule,
+            actions.c.action_index == int(index),
+        ).values(status="done", detail={"webhook": ended, "webhook_id": delivery.webhook_id},
+                 error=values.get("last_error"), updated_at=now))
 
     def webhook(self, webhook_id: str) -> WebhookDelivery | None:
         with self.engine.connect() as conn:

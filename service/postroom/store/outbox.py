@@ -1,9 +1,11 @@
 """The outbox: every outgoing message is a row before it is a connection.
 
 Life of a row: `queued` → (claimed with a lease) `sending` → `sent` | back to `queued` with a
-later `next_attempt_at` | `dead`. A sender that dies mid-send leaves `sending` with a lease
-that runs out; the row is then claimed again and sent with the same Message-ID, so the only
-possible duplicate is a message that was in flight at the crash, and it is recognisable.
+later `next_attempt_at` | `dead`. Leases are short (POSTROOM_LEASE_SECONDS) and the holder
+renews them while it works (``renew``): a sender that dies mid-send leaves `sending` with a
+lease that runs out within seconds; the row is then claimed again, by any replica, and sent with
+the same Message-ID, so the only possible duplicate is a message that was in flight at the
+crash, and it is recognisable. Lease expiry is PostgreSQL's clock there (``dbtime``).
 
 Enqueueing is idempotent on `dedup_key`: re-running a half-finished job fire enqueues nothing
 that is already there.
@@ -19,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
 
+from .dbtime import db_later, db_now
 from .engine import as_utc
 from .tables import outbox
 
@@ -94,54 +97,65 @@ class OutboxStore:
         return len(new)
 
     def enqueue_leased(self, messages: Iterable[NewMessage], *, now: datetime,
-                       lease: timedelta) -> list[OutboxItem]:
-        """Store messages already claimed by this process (`sending`, leased until now + lease),
-        in one transaction, and return the new ones as items to send.
+                       lease: timedelta, keep: int | None = None) -> list[OutboxItem]:
+        """Store messages, the first ``keep`` new ones (default: all) already claimed by this
+        process (`sending`, leased until now + lease), in one transaction, and return those
+        as items to send. The others are stored `queued`, due now: any replica's sender claims
+        them a chunk at a time, so a large merge is shared out and never waits on one holder.
 
         For a sender in this process that takes them straight from memory: no claim
         transaction reading every row (and its raw body) back. They are stored before they are
         handed over, so a crash leaves them `sending`, due again once recovered or the lease
         runs out, like claimed rows. Rows already there (a fire re-run) are not returned: they
         are claimed the usual way."""
-        new, ids = self._insert(list(messages), now=now, lease=lease)
+        new, ids = self._insert(list(messages), now=now, lease=lease, keep=keep)
         return [_pending_item(i, m, now) for i, m in zip(ids, new, strict=True)]
 
-    def _insert(self, batch: list[NewMessage], *, now: datetime,
-                lease: timedelta | None) -> tuple[list[NewMessage], list[int]]:
-        """Insert the messages not there yet: (those, their ids if leased, else [])."""
+    def _insert(self, batch: list[NewMessage], *, now: datetime, lease: timedelta | None,
+                keep: int | None = None) -> tuple[list[NewMessage], list[int]]:
+        """Insert the messages not there yet: (those, the ids of the first ``keep`` if leased,
+        else [])."""
         leased = lease is not None
         token = f"{self.owner}/{uuid.uuid4().hex[:12]}" if leased else None
-        lease_until = now + lease if lease is not None else None
         with self.engine.begin() as conn:
+            lease_until = db_later(conn, now, lease) if lease is not None else None
             existing: set[str] = set()
             for chunk in _chunks([m.dedup_key for m in batch], 500):
                 existing |= set(conn.scalars(select(outbox.c.dedup_key).where(outbox.c.dedup_key.in_(chunk))))
             new = [m for m in batch if m.dedup_key not in existing]
             if not new:
                 return [], []
+            kept = len(new) if keep is None or not leased else min(keep, len(new))
             rows: list[dict[str, Any]] = [
                 dict(dedup_key=m.dedup_key, message_id=m.message_id, account=m.account,
                      envelope_from=m.envelope_from, recipients=list(m.recipients), raw=m.raw,
-                     status="sending" if leased else "queued", attempts=0, next_attempt_at=now,
-                     delivered=[], refused={}, origin=m.origin, created_at=now, updated_at=now,
-                     lease_owner=token, lease_until=lease_until)
+                     status="queued", attempts=0, next_attempt_at=now, delivered=[], refused={},
+                     origin=m.origin, created_at=now, updated_at=now, lease_owner=None, lease_until=None)
                 for m in new
             ]
             if not leased:
                 conn.execute(insert(outbox), rows)
                 return new, []
-            ids = conn.scalars(insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True), rows).all()
-        return new, list(ids)
+            # the kept rows as `sending` with the lease (an SQL expression: one statement each way)
+            sending = [dict(r, status="sending", lease_owner=token) for r in rows[:kept]]
+            ids: list[int] = []
+            if sending:
+                stmt = insert(outbox).values(lease_until=lease_until)
+                ids = list(conn.scalars(stmt.returning(outbox.c.id, sort_by_parameter_order=True),
+                                        [{k: v for k, v in r.items() if k != "lease_until"} for r in sending]))
+            if rows[kept:]:
+                conn.execute(insert(outbox), rows[kept:])
+        return new[:kept], ids
 
     def claim_due(self, *, now: datetime, limit: int, lease: timedelta,
                   account: str | None = None) -> list[OutboxItem]:
         """Take up to `limit` due rows for this process, leased until now + lease."""
         token = f"{self.owner}/{uuid.uuid4().hex[:12]}"
-        due = or_(
-            and_(outbox.c.status == "queued", outbox.c.next_attempt_at <= now),
-            and_(outbox.c.status == "sending", outbox.c.lease_until < now),
-        )
         with self.engine.begin() as conn:
+            due = or_(
+                and_(outbox.c.status == "queued", outbox.c.next_attempt_at <= now),
+                and_(outbox.c.status == "sending", outbox.c.lease_until < db_now(conn, now)),
+            )
             pick = select(outbox.c.id).where(due).order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit)
             if account is not None:
                 pick = pick.where(outbox.c.account == account)
@@ -152,10 +166,25 @@ class OutboxStore:
                 return []
             conn.execute(
                 update(outbox).where(outbox.c.id.in_(ids), due)
-                .values(status="sending", lease_owner=token, lease_until=now + lease, updated_at=now)
+                .values(status="sending", lease_owner=token, lease_until=db_later(conn, now, lease),
+                        updated_at=now)
             )
             rows = conn.execute(select(outbox).where(outbox.c.lease_owner == token).order_by(outbox.c.id))
             return [OutboxItem.from_row(r) for r in rows]
+
+    def renew(self, item_ids: Sequence[int], *, now: datetime, lease: timedelta) -> set[int]:
+        """Heartbeat: extend this process's leases on these rows (still `sending`, still ours)
+        to now + lease. Returns the ids renewed; a row missing was settled meanwhile, or taken by
+        another replica after its lease ran out (the sender then leaves it to that one)."""
+        renewed: set[int] = set()
+        with self.engine.begin() as conn:
+            for chunk in _chunks(sorted(item_ids), 500):
+                renewed.update(conn.scalars(
+                    update(outbox).where(outbox.c.id.in_(chunk), outbox.c.status == "sending",
+                                         outbox.c.lease_owner.startswith(f"{self.owner}/", autoescape=True))
+                    .values(lease_until=db_later(conn, now, lease)).returning(outbox.c.id)
+                ))
+        return renewed
 
     def mark_sent(self, item: OutboxItem, *, now: datetime, delivered: Sequence[str],
                   refused: dict[str, str]) -> None:
@@ -204,8 +233,9 @@ class OutboxStore:
         if not ids:
             return
         with self.engine.begin() as conn:
-            conn.execute(
-                update(outbox).where(outbox.c.id.in_(ids), outbox.c.status == "sending")
+            conn.execute(  # only rows still ours: one another replica took meanwhile stays its
+                update(outbox).where(outbox.c.id.in_(ids), outbox.c.status == "sending",
+                                     outbox.c.lease_owner.startswith(f"{self.owner}/", autoescape=True))
                 .values(status="queued", lease_owner=None, lease_until=None, updated_at=now)
             )
 
@@ -339,6 +369,6 @@ def _refused_summary(refused: dict[str, str]) -> str | None:
     return "; ".join(f"{rcpt}: {reply}" for rcpt, reply in sorted(refused.items()))[:2000]
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]

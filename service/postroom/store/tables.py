@@ -10,6 +10,8 @@ Each table holds one kind of unit of work with its idempotency key:
 - actions:      the action ledger; key (message_key, rule, action_index)
 - replies:      when an auto-reply last went to a sender (once per `days`)
 - webhooks:     a webhook delivery; key `webhook_id`, stable across retries
+- watch_leases: which replica watches a folder (or maildrop), until its lease runs out
+- replicas:     the replicas alive now (heartbeat rows), to share folders out evenly
 - oauth2_tokens: per OAuth2 account: its refresh token (encrypted) and refresh state
 """
 
@@ -170,6 +172,17 @@ watch_leases = Table(
     Column("expires_at", TS, nullable=False),
 )
 
+# Replicas alive now: each renews its row while it runs (heartbeat), so the others can count
+# themselves and share the folders out evenly. A row past expires_at is a replica that died.
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("instance", String(255), primary_key=True),  # POSTROOM_INSTANCE
+    Column("started_at", TS, nullable=False),
+    Column("seen_at", TS, nullable=False),  # its last heartbeat (the database's clock)
+    Column("expires_at", TS, nullable=False),
+)
+
 # One row per OAuth2 account, shared by every replica. The refresh token is sealed by
 # auth/vault.py before it gets here: the store never holds it in the clear.
 oauth2_tokens = Table(
@@ -195,6 +208,7 @@ __all__ = [
     "metadata",
     "oauth2_tokens",
     "outbox",
+    "replicas",
     "replies",
     "watch_leases",
     "webhooks",

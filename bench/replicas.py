@@ -1,0 +1,271 @@
+"""bench/replicas: 1, 2 and 3 replicas (`postroom run`, one config, one PostgreSQL, the lab's
+Dovecot and Postfix); what sharing the work buys, and how fast a dead replica's work resumes.
+
+1. Incoming. 6 watched folders, each replica's share settled first (6, 3 or 2 folders each).
+   Then 1,000 messages are seeded across the 6 folders at once (Maildir files + doveadm index:
+   the watchers hear of them by IDLE); a rule posts a webhook for each to a local receiver.
+   Timed from the seeding to every message taken in (its webhook action recorded in the
+   ledger: fetched, matched, delivery stored), and to the 1,000th distinct webhook-id received.
+2. Merge. A 3,000-row mail merge to bob fires at a set time on the same replicas; timed from
+   the fire time to the 3,000th row `sent` in the outbox (every replica's sender claims
+   batches of the rows the firing replica did not keep).
+3. Healing (3 replicas, default leases: POSTROOM_LEASE_SECONDS=20). Mid-merge, with busy
+   folders, the replica holding the most merge rows is killed with SIGKILL. Timed from the kill
+   to the first of its leased rows being sent by another replica, and to its folders being
+   held by the others.
+Each run on a fresh PostgreSQL database and empty mailboxes. Medians over --rounds.
+Target: 3 replicas >= 1.5x one replica on the incoming run.
+
+Run: bench/replicas [--rounds 3] [--messages 1000] [--rows 3000] [--port-offset 14500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+# The tests' helpers are not installed: import them from this checkout (hence the E402s below).
+sys.path.insert(0, str(ROOT))
+
+from tests.lab import LabPorts, MailLab  # noqa: E402
+from tests.support.daemon import REPLICAS_CONFIG, DataServer, free_port, postroom_env  # noqa: E402
+
+POSTROOM = ROOT / ".venv" / "bin" / "postroom"
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+FOLDERS = [f"f{i}" for i in range(1, 7)]
+
+
+def wait(predicate: Callable[[], object], timeout: float, what: str, step: float = 0.05) -> float:
+    """Poll until predicate() is true; returns the monotonic time it became so."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(step)
+    raise SystemExit(f"bench/replicas: timed out waiting for {what}")
+
+
+class Run:
+    """N replicas on a fresh database, the merge firing at ``at``."""
+
+    def __init__(self, lab: MailLab, work: Path, hooks: DataServer, *, rows: int, merge_at: datetime,
+                 lease: str | None):
+        self.lab, self.work = lab, work
+        self.db = f"bench_replicas_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.db}"'))
+        admin.dispose()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.db}"
+        self.engine = create_engine(self.url)
+        shop = work / "shop.db"
+        shop.unlink(missing_ok=True)
+        with sqlite3.connect(shop) as db:
+            db.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
+            db.executemany("INSERT INTO customers VALUES (?, ?, ?)",
+                           [(f"Row {i:05d}", "bob@example.test", float(i)) for i in range(rows)])
+        (work / "postroom.yaml").write_text(REPLICAS_CONFIG.format(
+            smtp=lab.ports.smtp, imap=lab.ports.imap, at=merge_at.strftime("%Y-%m-%dT%H:%M:%S"), shop=shop,
+            folders=", ".join(FOLDERS), hooks=hooks.url))
+        self.lease = lease
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        port = free_port()
+        extra = {"POSTROOM_LEASE_SECONDS": self.lease} if self.lease else {}
+        env = postroom_env(self.lab, self.work, POSTROOM_HTTP=f"127.0.0.1:{port}", POSTROOM_DATABASE_URL=self.url,
+                           POSTROOM_INSTANCE=name, POSTROOM_STATE_DIR=str(self.work / name),
+                           POSTROOM_TEMPLATES=str(ROOT / "templates"), POSTROOM_LOG_LEVEL="WARNING", **extra)
+        log = open(self.work / f"{name}.log", "ab")  # the process writes it until it ends
+        self.procs[name] = subprocess.Popen([str(POSTROOM), "run"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=self.work)
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait(ready, 300, f"{name} ready", step=0.2)  # a loaded host starts slowly
+
+    def scalar(self, sql: str, **params: object) -> object:
+        with self.engine.connect() as conn:
+            return conn.execute(text(sql), params).scalar()
+
+    def holders(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT owner, count(*) FROM watch_leases WHERE expires_at > now() "
+                                     "GROUP BY owner")).all()
+        return {owner: n for owner, n in rows}
+
+    def settle(self, n: int) -> None:
+        share = -(-len(FOLDERS) // n)
+        wait(lambda: (h := self.holders()) and len(h) == n and max(h.values()) <= share
+             and sum(h.values()) == len(FOLDERS), 120, "the folders shared out", step=0.2)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.engine.dispose()
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                         {"n": self.db})
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.db}"'))
+        admin.dispose()
+
+
+def messages(n: int) -> dict[str, list[bytes]]:
+    date, by_folder = formatdate(), {f: [] for f in FOLDERS}
+    for i in range(n):
+        by_folder[FOLDERS[i % len(FOLDERS)]].append(
+            (f"From: Person {i} <p{i}@example.test>\r\nTo: alice@example.test\r\nSubject: hello {i}\r\n"
+             f"Date: {date}\r\nMessage-ID: <bench-{uuid.uuid4().hex}@example.test>\r\n\r\nbody {i}\r\n").encode())
+    return by_folder
+
+
+def fresh_mailboxes(lab: MailLab) -> None:
+    lab.clear_all()
+    for folder in FOLDERS:
+        lab.doveadm("mailbox", "create", "-u", "alice", folder)
+
+
+def one_round(lab: MailLab, work: Path, n: int, *, count: int, rows: int) -> tuple[float, float, float]:
+    """(incoming seconds, webhooks seconds, merge seconds) with n replicas."""
+    fresh_mailboxes(lab)
+    hooks = DataServer()
+    merge_at = datetime.now(UTC) + timedelta(days=1)  # set below, once the incoming run is over
+    run = Run(lab, work, hooks, rows=0, merge_at=merge_at, lease=None)
+    try:
+        for i in range(n):
+            run.start(f"r{i + 1}")
+        run.settle(n)
+        started = time.monotonic()
+        for folder, raws in messages(count).items():
+            lab.seed_maildir("alice", folder, raws)
+        taken = wait(lambda: run.scalar("SELECT count(*) FROM actions WHERE status = 'done'") == count, 600,
+                     "every message taken in")
+        done = wait(lambda: len({h["webhook-id"] for h, _ in hooks.posts}) >= count, 900, "every webhook")
+        incoming, delivered = taken - started, done - started
+    finally:
+        run.close()
+        hooks.close()
+    fresh_mailboxes(lab)
+    hooks = DataServer()
+    fire = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=8 + 4 * n)
+    run = Run(lab, work, hooks, rows=rows, merge_at=fire, lease=None)
+    try:
+        for i in range(n):
+            run.start(f"r{i + 1}")
+        wait(lambda: run.scalar("SELECT count(*) FROM outbox WHERE status = 'sent'") == rows, 900, "the merge")
+        last = run.scalar("SELECT max(sent_at) FROM outbox")
+        merge = (last - fire).total_seconds()  # type: ignore[operator]
+    finally:
+        run.close()
+        hooks.close()
+    return incoming, delivered, merge
+
+
+def healing(lab: MailLab, work: Path, *, rows: int, count: int) -> tuple[float, float]:
+    """(seconds from kill -9 to the first of its rows sent by another, to its folders held by others)."""
+    fresh_mailboxes(lab)
+    hooks = DataServer()
+    hooks.delay = 0.2
+    fire = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=25)
+    run = Run(lab, work, hooks, rows=rows, merge_at=fire, lease=None)
+    try:
+        for name in ("r1", "r2", "r3"):
+            run.start(name)
+        run.settle(3)
+        for folder, raws in messages(count).items():
+            lab.seed_maildir("alice", folder, raws)
+
+        def busiest() -> str | None:
+            sent = run.scalar("SELECT count(*) FROM outbox WHERE status = 'sent'") or 0
+            with run.engine.connect() as conn:
+                held = conn.execute(text("SELECT split_part(lease_owner, '/', 1), count(*) FROM outbox "
+                                         "WHERE status = 'sending' GROUP BY 1 ORDER BY 2 DESC")).first()
+            return held[0] if held and 100 <= sent <= rows // 2 else None  # type: ignore[operator]
+        wait(lambda: busiest(), 300, "the merge under way")
+        victim = busiest() or "r1"
+        with run.engine.connect() as conn:
+            ids = list(conn.execute(text("SELECT id FROM outbox WHERE status = 'sending' AND lease_owner LIKE :o"),
+                                    {"o": f"{victim}/%"}).scalars())
+        run.procs[victim].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        run.procs[victim].wait(10)
+        others = [n for n in run.procs if n != victim]
+        rows_back = wait(lambda: run.scalar("SELECT count(*) FROM outbox WHERE id = ANY(:ids) AND "
+                                            "(status = 'sent' OR lease_owner NOT LIKE :o)",
+                                            ids=ids, o=f"{victim}/%"), 120, "its rows resumed")
+        folders_back = wait(lambda: set(run.holders()) <= set(others) and sum(run.holders().values()) == 6,
+                            120, "its folders taken over")
+        return rows_back - killed, folders_back - killed
+    finally:
+        run.close()
+        hooks.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--port-offset", type=int, default=14500, help="the bench lab's port offset")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)  # the mail uid must reach the lab root
+        lab = MailLab(work / "lab", LabPorts().offset(args.port_offset))
+        lab.prepare()
+        lab.start()
+        try:
+            results: dict[int, list[tuple[float, float, float]]] = {1: [], 2: [], 3: []}
+            heals: list[tuple[float, float]] = []
+            for r in range(args.rounds):
+                for n in (1, 2, 3):
+                    results[n].append(one_round(lab, work, n, count=args.messages, rows=args.rows))
+                    inc, hooked, merge = results[n][-1]
+                    print(f"round {r + 1}, {n} replica(s): incoming {inc:.2f} s, webhooks {hooked:.2f} s, "
+                          f"merge {merge:.2f} s", flush=True)
+                heals.append(healing(lab, work, rows=args.rows, count=args.messages))
+                print(f"round {r + 1}, kill -9: rows resumed after {heals[-1][0]:.1f} s, "
+                      f"folders after {heals[-1][1]:.1f} s", flush=True)
+        finally:
+            lab.stop()
+    print(f"\nbench/replicas: {args.messages} messages over {len(FOLDERS)} folders, a {args.rows}-row merge; "
+          f"medians of {args.rounds} round(s)")
+    print("replicas  incoming s  msg/s  speedup  webhooks s  speedup  merge s  rows/s  speedup")
+    base = [statistics.median(r[i] for r in results[1]) for i in range(3)]
+    for n in (1, 2, 3):
+        inc, hooked, merge = (statistics.median(r[i] for r in results[n]) for i in range(3))
+        print(f"{n:>8}  {inc:>10.2f}  {args.messages / inc:>5.0f}  {base[0] / inc:>6.2f}x  {hooked:>10.2f}  "
+              f"{base[1] / hooked:>6.2f}x  {merge:>7.2f}  {args.rows / merge:>6.0f}  {base[2] / merge:>6.2f}x")
+    rows_back, folders_back = (statistics.median(h[i] for h in heals) for i in (0, 1))
+    print(f"kill -9 of the busiest of 3 (POSTROOM_LEASE_SECONDS=20): its rows resume after {rows_back:.1f} s, "
+          f"its folders after {folders_back:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
