@@ -23,6 +23,7 @@ from .config import Config, Settings
 from .errors import PostroomError
 from .http import HttpServer
 from .incoming.actions import ActionExecutor
+from .incoming.bounces import BounceIntake, watch_targets
 from .incoming.rules import RuleSet, compile_rules
 from .incoming.watcher import ImapWatcher, Pop3Watcher, Watcher, WatcherHooks
 from .mail.templates import TemplateRenderer
@@ -98,7 +99,7 @@ class Daemon:
         # A fire's messages go straight to the running sender (already leased, already in
         # memory) instead of being claimed back from the store.
         self.runner = JobRunner(config, renderer, store, wake_sender=self.sender.wake, sender=self.sender,
-                                on_run=self.metrics.job_run)
+                                on_run=self.metrics.job_run, on_suppressed=self.metrics.suppressed)
         ruleset = compile_rules(config.rules)
         self.webhooks = WebhookQueue(store.ledger, spec_lookup=ruleset.action_config,
                                      on_result=self.metrics.webhook)
@@ -138,17 +139,18 @@ class Daemon:
         # share; a dry run takes no lease (it must not keep a real replica out).
         shared = self.store.engine.dialect.name != "sqlite"
         leases = self.store.leases if shared and not self.dry_run else None
-        for account_name, folder in ruleset.watch_targets():
+        for account_name, folder in watch_targets(config, ruleset):
             account = config.accounts[account_name]
+            intake = self._bounce_intake(account_name, config, folder)
             watcher: Watcher
             if account.imap is not None:
                 watcher = ImapWatcher(account_name, account, folder, ruleset, executor, self.store.inbound,
-                                      dry_run=self.dry_run, hooks=hooks, leases=leases,
+                                      dry_run=self.dry_run, hooks=hooks, leases=leases, bounces=intake,
                                       credentials=self.logins.credentials(account_name, account.imap))
             elif account.pop3 is not None and account_name not in pop3_started:
                 pop3_started.add(account_name)  # a maildrop has one "folder"
                 watcher = Pop3Watcher(account_name, account, ruleset, executor, self.store.inbound,
-                                      dry_run=self.dry_run, hooks=hooks, leases=leases,
+                                      dry_run=self.dry_run, hooks=hooks, leases=leases, bounces=intake,
                                       credentials=self.logins.credentials(account_name, account.pop3))
             else:
                 continue
@@ -156,6 +158,14 @@ class Daemon:
             incoming.tasks.append(
                 asyncio.create_task(watcher.run(incoming.stop), name=f"watch {account_name}/{folder}"))
         return incoming
+
+    def _bounce_intake(self, account_name: str, config: Config, folder: str) -> BounceIntake | None:
+        """The account's bounce intake when ``folder`` is its bounce folder."""
+        bounces = config.accounts[account_name].bounces
+        if bounces is None or bounces.folder != folder:
+            return None
+        return BounceIntake(account_name, config.accounts[account_name], self.store.outbox, self.store.bounces,
+                            on_bounce=self.metrics.bounce)
 
     async def _resume_unfinished_fires(self, config: Config) -> None:
         # One process on SQLite: anything still "running" is from a process that is gone.

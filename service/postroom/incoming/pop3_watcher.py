@@ -14,6 +14,7 @@ from datetime import datetime
 from postroom.clock import utcnow
 from postroom.config.model import AccountConfig
 from postroom.credentials import Credentials
+from postroom.incoming.bounces import BounceIntake
 from postroom.incoming.imap import chunks
 from postroom.incoming.mailbox import BatchHandler
 from postroom.incoming.message import ParsedMessage
@@ -34,12 +35,13 @@ class Pop3Watcher(Watcher):
     def __init__(self, account_name: str, account_cfg: AccountConfig, ruleset: RuleSet, handler: BatchHandler,
                  inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
                  batch_size: int = BATCH, hooks: WatcherHooks | None = None, leases: WatchLeases | None = None,
-                 lease_ttl: float = LEASE_TTL, credentials: Credentials | None = None):
+                 lease_ttl: float = LEASE_TTL, credentials: Credentials | None = None,
+                 bounces: BounceIntake | None = None):
         if account_cfg.pop3 is None:
             raise ValueError(f"account {account_name!r} has no pop3: section")
         super().__init__(account_name, ruleset.for_account(account_name), handler, inbound, folder=POP3_FOLDER,
                          clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks, leases=leases,
-                         lease_ttl=lease_ttl)
+                         lease_ttl=lease_ttl, bounces=bounces)
         self.cfg = account_cfg.pop3
         self.credentials = credentials  # None: the config's password (or no login)
 
@@ -105,4 +107,10 @@ class Pop3Watcher(Watcher):
             raw = await conn.retr(num)
             entries.append(Entry(key, functools.partial(ParsedMessage.from_bytes, raw, key=key),
                                  dict(uidl=uidl), dict(uidl=uidl, raw=raw)))
+        entries = await self._take_bounces(entries, _whole)
         await self._hand_over(None, *self._evaluate(entries))
+
+
+async def _whole(entries: list[Entry]) -> dict[str, bytes]:
+    """POP3 entries hold the whole message already."""
+    return {e.key: e.ident["raw"] for e in entries}

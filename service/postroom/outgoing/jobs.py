@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from email.utils import formataddr
+from email.utils import formataddr, parseaddr
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,6 +32,7 @@ from ..mail.compose import (
     validate_address,
 )
 from ..mail.templates import TemplateRenderer
+from ..mail.verp import return_path
 from ..store import NewMessage, Store
 from .sender import OutboxSender
 from .sources import load_data
@@ -44,6 +45,7 @@ class BuiltRun:
     job: str
     messages: list[NewMessage] = field(default_factory=list)
     skipped: str | None = None  # why nothing is sent (skip_if_empty)
+    suppressed: int = 0  # recipients left out: on the account's suppression list (hard bounces)
 
 
 class JobRunner:
@@ -51,8 +53,10 @@ class JobRunner:
                  wake_sender: Callable[[], None] = lambda: None,
                  clock: Callable[[], datetime] = utcnow,
                  on_run: Callable[[str, str, float], None] = lambda job, status, seconds: None,
-                 sender: OutboxSender | None = None):
+                 sender: OutboxSender | None = None,
+                 on_suppressed: Callable[[str, str, int], None] = lambda job, account, count: None):
         self.on_run = on_run  # (job, status, seconds) — metrics
+        self.on_suppressed = on_suppressed  # (job, account, recipients left out) — metrics
         # The daemon's sender: a run's messages are stored already leased to it and handed
         # over in memory (no claim reading them back), its connections opened while rendering.
         self.sender = sender
@@ -96,6 +100,7 @@ class JobRunner:
         else:
             rows = [None]
         sender = formataddr((account.name, account.address)) if account.name else account.address
+        verp = account.bounces if account.bounces is not None and account.bounces.verp else None
         domain = account.address.rpartition("@")[2].strip(">").strip() or "localhost"
         attachments_static = self._static_attachments(job, data)
         out: list[NewMessage] = []
@@ -115,9 +120,11 @@ class JobRunner:
                 )
             except MessageRefused as exc:
                 raise MessageRefused(f"{where}: {exc}") from exc
+            envelope_from = account.address if verp is None else return_path(
+                account.address, message_id, verp.delimiter)
             out.append(NewMessage(
                 dedup_key=f"{key_prefix}:{i}", message_id=message_id, account=job.account,
-                envelope_from=account.address, recipients=[*to, *cc, *bcc], raw=raw,
+                envelope_from=envelope_from, recipients=[*to, *cc, *bcc], raw=raw,
                 origin=job_id,
             ))
         return out
@@ -167,6 +174,32 @@ class JobRunner:
             raise PostroomError("this job runner was made without a store; it can build, not run")
         return self._store
 
+    async def _leave_out_suppressed(self, built: BuiltRun, bound: Any) -> BuiltRun:
+        """The run without the account's suppressed addresses (hard bounces): a message keeps
+        its other recipients (its headers unchanged), one left with none is not queued. Each
+        address left out is logged and counted; `postroom suppressions` lists them."""
+        account = self.config.jobs[built.job].account
+        suppressed = await asyncio.to_thread(self.store.bounces.suppressed, account)
+        if not suppressed:
+            return built
+        kept: list[NewMessage] = []
+        left_out = 0
+        for message in built.messages:
+            rest = [r for r in message.recipients if parseaddr(r)[1].lower() not in suppressed]
+            for recipient in message.recipients:
+                if recipient not in rest:
+                    bound.info("recipient suppressed (hard bounce): not sent", recipient=recipient,
+                               account=account, key=message.dedup_key)
+            left_out += len(message.recipients) - len(rest)
+            if rest:
+                kept.append(message if len(rest) == len(message.recipients) else replace(message, recipients=rest))
+        if not left_out:
+            return built
+        self.on_suppressed(built.job, account, left_out)
+        bound.warning("suppressed recipients left out of the run", count=left_out, messages_dropped=len(
+            built.messages) - len(kept), see="postroom suppressions")
+        return replace(built, messages=kept, suppressed=left_out)
+
     async def run_fire(self, job_id: str, fire_time: datetime, trigger: str) -> None:
         """The scheduler's callback: claim the fire, build, enqueue, record. Never raises."""
         runs = self.store.runs
@@ -195,6 +228,8 @@ class JobRunner:
         try:
             built = await self.build(job_id, key_prefix=key_prefix, now=now, fire_time=fire_time,
                                      to_override=to_override)
+            if not built.skipped:
+                built = await self._leave_out_suppressed(built, bound)
             if built.skipped:
                 status, detail = "skipped", built.skipped
                 bound.info("job skipped", reason=built.skipped)

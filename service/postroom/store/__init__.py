@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from .bounces import BounceStore
 from .engine import migrate, open_engine, schema_is_current
 from .inbound import InboundStore
 from .leases import WatchLeases
@@ -29,6 +30,7 @@ class Store:
     inbound: InboundStore
     leases: WatchLeases
     tokens: OAuth2TokenStore
+    bounces: BounceStore
     lock: StoreOwner | None = None  # the daemon's hold on a SQLite store (store.owner)
 
     @classmethod
@@ -38,7 +40,8 @@ class Store:
             migrate(engine)
         return cls(engine=engine, outbox=OutboxStore(engine, owner=owner), runs=RunStore(engine, owner=owner),
                    ledger=LedgerStore(engine, owner=owner), inbound=InboundStore(engine),
-                   leases=WatchLeases(engine, owner=owner), tokens=OAuth2TokenStore(engine))
+                   leases=WatchLeases(engine, owner=owner), tokens=OAuth2TokenStore(engine),
+                   bounces=BounceStore(engine))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -47,6 +50,7 @@ class Store:
 
 
 __all__ = [
+    "BounceStore",
     "InboundStore", "LedgerStore", "NewMessage", "OAuth2TokenStore", "OutboxItem", "OutboxStore", "RunRecord",
     "RunStore", "Store", "StoredGrant",
     "WatchLeases",
