@@ -39,6 +39,8 @@ from .sources import load_data
 
 log = structlog.get_logger(__name__)
 
+LOGGED_SUPPRESSED = 50  # addresses a run's "suppressed recipients" line names (the count is whole)
+
 
 @dataclass
 class BuiltRun:
@@ -183,22 +185,19 @@ class JobRunner:
         if not suppressed:
             return built
         kept: list[NewMessage] = []
-        left_out = 0
+        left_out: list[str] = []
         for message in built.messages:
             rest = [r for r in message.recipients if parseaddr(r)[1].lower() not in suppressed]
-            for recipient in message.recipients:
-                if recipient not in rest:
-                    bound.info("recipient suppressed (hard bounce): not sent", recipient=recipient,
-                               account=account, key=message.dedup_key)
-            left_out += len(message.recipients) - len(rest)
+            left_out.extend(r for r in message.recipients if r not in rest)
             if rest:
                 kept.append(message if len(rest) == len(message.recipients) else replace(message, recipients=rest))
         if not left_out:
             return built
-        self.on_suppressed(built.job, account, left_out)
-        bound.warning("suppressed recipients left out of the run", count=left_out, messages_dropped=len(
-            built.messages) - len(kept), see="postroom suppressions")
-        return replace(built, messages=kept, suppressed=left_out)
+        self.on_suppressed(built.job, account, len(left_out))
+        bound.warning("suppressed recipients left out of the run", account=account, count=len(left_out),
+                      recipients=left_out[:LOGGED_SUPPRESSED], messages_dropped=len(built.messages) - len(kept),
+                      see="postroom suppressions")
+        return replace(built, messages=kept, suppressed=len(left_out))
 
     async def run_fire(self, job_id: str, fire_time: datetime, trigger: str) -> None:
         """The scheduler's callback: claim the fire, build, enqueue, record. Never raises."""
