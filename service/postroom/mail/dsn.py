@@ -11,8 +11,9 @@ Pure: bytes in, a `Bounce` (or None: not a bounce) out; it never raises on hosti
   an enhanced code or a 5xx/4xx reply in the text, the original Message-ID from a returned
   message or a ``Message-ID:`` line in the text. Without a code the status is "" (not hard).
 
-Why not flufl.bounce: it returns bare addresses (no status, no diagnostic, no original
-Message-ID), and both are what the outbox row and the suppression list record.
+Why not flufl.bounce (6.0.0 runs on Python 3.11): it returns bare addresses, with no status,
+diagnostic or original Message-ID — what the outbox row and the suppression list record — and
+one of its detectors raises on three messages of tests/data/corpus.
 """
 
 from __future__ import annotations
