@@ -59,6 +59,7 @@ async def test_imap_bounce_is_read_even_where_search_decides_the_rules(clean_lab
     cfg = AccountConfig.model_validate({"address": clean_lab.address(USER), "bounces": {"folder": "INBOX"},
                                         "imap": imap_cfg(clean_lab, start_from="all").model_dump()})
     rec = Recorder()
+    rec.kinds_without_message = frozenset({"flag"})  # as the executor: flags need no message
     # a rule SEARCH decides exactly with a flag action: alone, nothing would be fetched at all
     watcher = ImapWatcher(USER, cfg, "INBOX", rules({"subject": {"contains": "[report]"}}), rec, store.inbound,
                           bounces=intake(store, cfg))
