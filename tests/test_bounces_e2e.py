@@ -11,8 +11,19 @@ import json
 import sqlite3
 from pathlib import Path
 
+import httpx
+
 from tests.lab.config import DEAD_DOMAIN
-from tests.support.daemon import ACCOUNT_CONFIG, Daemon, iter_json_lines, mail, postroom_env, run_cli, wait_until
+from tests.support.daemon import (
+    ACCOUNT_CONFIG,
+    Daemon,
+    free_port,
+    iter_json_lines,
+    mail,
+    postroom_env,
+    run_cli,
+    wait_until,
+)
 
 DEAD = f"nobody@{DEAD_DOMAIN}"
 
@@ -74,11 +85,15 @@ def test_a_hard_bounce_marks_the_row_suppresses_the_address_and_the_next_run_ski
     assert b"Status: 5.1.1" in dsn and b"Final-Recipient: rfc822; " + DEAD.encode() in dsn
     clean_lab.deliver("alice", mail("bob@example.test", "alice@example.test", "a person writes").as_bytes())
 
-    daemon = Daemon(env, log=tmp_path / "daemon.log")
+    port = free_port()
+    daemon = Daemon({**env, "POSTROOM_HTTP": f"127.0.0.1:{port}"}, log=tmp_path / "daemon.log")
     try:
         daemon.wait_log("message bounced")
         # the person's mail got the rule; the DSN, consumed as a bounce, did not
         wait_until(lambda: flagged(clean_lab).get("a person writes"), what="the rule's flag")
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert 'postroom_bounces_total{account="alice",kind="hard"} 1.0' in metrics
+        assert 'postroom_inbound_messages_total{account="alice",folder="INBOX",result="bounce"} 1.0' in metrics
     finally:
         assert daemon.terminate() == 0
     subjects = flagged(clean_lab)

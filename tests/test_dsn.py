@@ -201,3 +201,35 @@ def test_reports_that_are_not_ours_go_to_the_rules(store):  # noqa: F811
     assert consume(intake, EXIM) is not None  # one recipient each way: an alias rewrote it
     assert store.bounces.suppressed("alice") == {"someone@example.org"}
     assert store.bounces.suppressed("carol") == set()
+
+
+# -- jobs leave suppressed addresses out --------------------------------------------------------
+async def test_a_run_leaves_suppressed_recipients_out_and_counts_them(store, tmp_path):  # noqa: F811
+    from postroom.config import Config
+    from postroom.mail.templates import TemplateRenderer
+    from postroom.outgoing.jobs import JobRunner
+    from postroom.store.bounces import BounceLine
+
+    (tmp_path / "t.j2").write_text("{% block subject %}hi{% endblock %}{% block text %}hello{% endblock %}")
+    (tmp_path / "people.json").write_text(
+        '[{"to": "Gone@Dead.Example.Test", "cc": "bob@example.test"}, {"to": "gone@dead.example.test", "cc": ""},'
+        ' {"to": "carol@example.test", "cc": ""}]')
+    cfg = Config.model_validate({
+        "accounts": {"alice": {"address": "alice@example.test", "smtp": {"host": "127.0.0.1"},
+                               "imap": {"host": "127.0.0.1"}, "bounces": {"verp": True}}},
+        "jobs": {"merge": {"schedule": {"every": "1h"}, "account": "alice", "template": "t", "for_each": "people",
+                           "to": ["{{ row.to }}"], "cc": ["{{ row.cc }}"],
+                           "data": {"people": {"file": str(tmp_path / "people.json")}}}},
+    })
+    store.bounces.record("alice/<r@x>", account="alice", outbox_id=None, now=NOW, lines=[
+        BounceLine("gone@dead.example.test", "failed", "5.1.1", "user unknown", hard=True)])
+    counted: list[tuple[str, str, int]] = []
+    runner = JobRunner(cfg, TemplateRenderer(tmp_path), store, clock=lambda: NOW,
+                       on_suppressed=lambda *args: counted.append(args))
+    built = await runner.run_now("merge", key_prefix="manual:merge:1")
+    assert built.suppressed == 2 and counted == [("merge", "alice", 2)]
+    # row 0 keeps its cc (headers unchanged), row 1 had nobody else and is not queued
+    assert [m.recipients for m in built.messages] == [["bob@example.test"], ["carol@example.test"]]
+    assert b"To: Gone@Dead.Example.Test" in built.messages[0].raw
+    assert all(m.envelope_from == return_path("alice@example.test", m.message_id) for m in built.messages)
+    assert store.outbox.counts() == {"queued": 2}
