@@ -26,6 +26,7 @@ from .errors import PostroomError
 from .http import HttpServer
 from .incoming.actions import ActionExecutor
 from .incoming.balance import FolderBalance
+from .incoming.bounces import BounceIntake, watch_targets
 from .incoming.rules import RuleSet, compile_rules
 from .incoming.transfer import imap_opener
 from .incoming.watcher import ImapWatcher, Pop3Watcher, Watcher, WatcherHooks
@@ -119,7 +120,7 @@ class Daemon:
         # A fire's messages go straight to the running sender (already leased, already in
         # memory) instead of being claimed back from the store.
         self.runner = JobRunner(config, renderer, store, wake_sender=self.sender.wake, sender=self.sender,
-                                on_run=self.metrics.job_run)
+                                on_run=self.metrics.job_run, on_suppressed=self.metrics.suppressed)
         ruleset = compile_rules(config.rules)
         self.webhooks = WebhookQueue(store.ledger, spec_lookup=ruleset.action_config,
                                      on_result=self.metrics.webhook, lease=lease)
@@ -171,7 +172,7 @@ class Daemon:
         # share; a dry run takes no lease (it must not keep a real replica out).
         leases = self.store.leases if self.shared and not self.dry_run else None
         targets = []  # (account, folder); a maildrop has one "folder", watched once
-        for account_name, folder in ruleset.watch_targets():
+        for account_name, folder in watch_targets(config, ruleset):  # rules' folders, then bounce folders
             account = config.accounts[account_name]
             if account.imap is not None:
                 targets.append((account_name, folder))
@@ -184,16 +185,17 @@ class Daemon:
         ttl = self.settings.lease_seconds
         for account_name, folder in targets:
             account = config.accounts[account_name]
+            intake = self._bounce_intake(account_name, config, folder)
             watcher: Watcher
             if account.imap is not None:
                 watcher = ImapWatcher(account_name, account, folder, ruleset, executor, self.store.inbound,
                                       dry_run=self.dry_run, hooks=hooks, leases=leases, lease_ttl=ttl,
-                                      balance=balance,
+                                      balance=balance, bounces=intake,
                                       credentials=self.logins.credentials(account_name, account.imap))
             elif account.pop3 is not None:
                 watcher = Pop3Watcher(account_name, account, ruleset, executor, self.store.inbound,
                                       dry_run=self.dry_run, hooks=hooks, leases=leases, lease_ttl=ttl,
-                                      balance=balance,
+                                      balance=balance, bounces=intake,
                                       credentials=self.logins.credentials(account_name, account.pop3))
             else:
                 continue
@@ -218,6 +220,14 @@ class Daemon:
                 continue
             if self.incoming.balance is not None:
                 self.incoming.balance.alive = self.replicas_alive
+
+    def _bounce_intake(self, account_name: str, config: Config, folder: str) -> BounceIntake | None:
+        """The account's bounce intake when ``folder`` is its bounce folder."""
+        bounces = config.accounts[account_name].bounces
+        if bounces is None or bounces.folder != folder:
+            return None
+        return BounceIntake(account_name, config.accounts[account_name], self.store.outbox, self.store.bounces,
+                            on_bounce=self.metrics.bounce)
 
     async def _resume_unfinished_fires(self, config: Config) -> None:
         # One process on SQLite: anything still "running" is from a process that is gone.

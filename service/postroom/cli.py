@@ -428,6 +428,9 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
         if built.skipped:
             click.echo(f"{job}: nothing to send ({built.skipped})")
             return 0
+        if built.suppressed:
+            click.echo(f"{job}: {built.suppressed} suppressed recipient(s) left out (hard bounces; "
+                       "see `postroom suppressions`)")
         total = len(built.messages)
         click.echo(f"{job}: {total} message(s) queued; sending…")
         # The whole merge in one claim (up to 5,000 rows; the messages are in memory already):
@@ -574,12 +577,16 @@ def rules_failed(ctx: click.Context, limit: int) -> None:
 # -- outbox --------------------------------------------------------------------------------
 @app.group(invoke_without_command=True)
 @click.option("--dead", is_flag=True, help="Show dead letters and why they failed.")
+@click.option("--bounced", is_flag=True, help="Show messages that bounced, with the status that came back.")
 @click.option("--limit", default=50, show_default=True, help="At most this many rows.")
 @config_option
 @click.pass_context
-def outbox(ctx: click.Context, dead: bool, limit: int) -> None:
-    """What waits to be sent (or, with --dead, what failed and why)."""
+def outbox(ctx: click.Context, dead: bool, bounced: bool, limit: int) -> None:
+    """What waits to be sent (or, with --dead, what failed and why; --bounced, what bounced)."""
     if ctx.invoked_subcommand is not None:
+        return
+    if bounced:
+        _show_bounced(settings(ctx), limit)
         return
     store = _existing_store(settings(ctx))
     if store is not None:
@@ -627,6 +634,69 @@ def outbox_retry(ctx: click.Context, item_id: int) -> None:
     finally:
         store.close()
     click.echo(f"message {item_id} is queued again; a running daemon sends it at its next pass")
+
+
+def _show_bounced(settings: Settings, limit: int) -> None:
+    store = _existing_store(settings)
+    if store is None:
+        click.echo("no bounced messages")
+        return
+    try:
+        rows = store.bounces.bounced(limit=limit)
+    finally:
+        store.close()
+    if not rows:
+        click.echo("no bounced messages")
+        return
+    table = [[str(r.outbox_id), r.account, r.origin or "-", line.recipient[:40], line.status or "-",
+              "yes" if line.hard else "no", line.diagnostic[:70]]
+             for r in rows for line in (r.lines or [])]
+    click.echo(_table(table, ["ID", "ACCOUNT", "FROM JOB/RULE", "RECIPIENT", "STATUS", "SUPPRESSED", "DIAGNOSTIC"]))
+
+
+# -- suppressions --------------------------------------------------------------------------
+@app.command(context_settings={"ignore_unknown_options": False})
+@click.argument("args", nargs=-1, metavar="[ACCOUNT] | remove ADDR")
+@click.option("--account", "only", help="remove: only from this account's list (default: every account's).")
+@config_option
+@click.pass_context
+def suppressions(ctx: click.Context, args: tuple[str, ...], only: str | None) -> None:
+    """Addresses jobs no longer send to (hard bounces): `suppressions [ACCOUNT]` lists them,
+    `suppressions remove ADDR` takes one off."""
+    if args and args[0] == "remove":
+        if len(args) != 2:
+            raise click.UsageError("usage: postroom suppressions remove ADDR [--account ACCOUNT]")
+        _remove_suppression(settings(ctx), args[1], only)
+        return
+    if len(args) > 1:
+        raise click.UsageError("usage: postroom suppressions [ACCOUNT]")
+    store = _existing_store(settings(ctx))
+    listed = []
+    if store is not None:
+        try:
+            listed = store.bounces.suppressions(args[0] if args else None)
+        finally:
+            store.close()
+    if not listed:
+        click.echo("no suppressed addresses")
+        return
+    click.echo(_table([[s.account, s.address, s.status or "-", _fmt_time(s.created_at),
+                        str(s.outbox_id or "-"), s.diagnostic[:60]] for s in listed],
+                      ["ACCOUNT", "ADDRESS", "STATUS", "SINCE", "OUTBOX ID", "DIAGNOSTIC"]))
+    click.echo("take one off with: postroom suppressions remove ADDR")
+
+
+def _remove_suppression(settings: Settings, address: str, account: str | None) -> None:
+    store = _existing_store(settings)
+    removed = 0
+    if store is not None:
+        try:
+            removed = store.bounces.remove(address, account=account)
+        finally:
+            store.close()
+    if not removed:
+        raise Failed(f"{address} is not on " + (f"{account}'s" if account else "any") + " suppression list")
+    click.echo(f"{address} removed from {removed} suppression list(s); jobs send to it again")
 
 
 # -- auth ----------------------------------------------------------------------------------

@@ -134,6 +134,12 @@ class Metrics:
                                      ["account", "folder"], registry=r)
         self.config_reloads = Counter("postroom_config_reloads_total", "Configuration reloads (SIGHUP), by result.",
                                ["result"], registry=r)
+        self.bounces = Counter("postroom_bounces_total",
+                               "Bounce reports for our mail consumed, by kind (hard: 5.x.x, soft, other).",
+                               ["account", "kind"], registry=r)
+        self.suppressed_recipients = Counter("postroom_suppressed_recipients_total",
+                                             "Recipients a job left out: on the account's suppression list.",
+                                             ["job", "account"], registry=r)
 
     # -- what the daemon calls -------------------------------------------------------------
 
@@ -191,3 +197,10 @@ class Metrics:
 
     def reload(self, result: str) -> None:
         self.config_reloads.labels(result).inc()
+
+    def bounce(self, account: str, kind: str) -> None:
+        """A bounce report consumed (``incoming.bounces.BounceHook``)."""
+        self.bounces.labels(account, kind).inc()
+
+    def suppressed(self, job: str, account: str, count: int) -> None:
+        self.suppressed_recipients.labels(job, account).inc(count)

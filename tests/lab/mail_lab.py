@@ -103,11 +103,13 @@ class MailLab:
     def _write_user_files(self) -> None:
         self.layout.passwd_file.write_text(config.passwd_file(self.users))
         self.layout.vmailbox_file.write_text(config.vmailbox_map(self.users))
+        self.layout.transport_file.write_text(config.transport_map())
+        self.layout.recipient_access_file.write_text(config.dead_domain_access())
         for user in self.users:
             ensure_folder(self.layout.maildir(user), "INBOX")
         # Postfix waits ~2 s at start when main.cf or a map is younger than ~2 s.
         past = time.time() - 60
-        for name in ("main.cf", "master.cf", "vmailbox"):
+        for name in ("main.cf", "master.cf", "vmailbox", "transport", "recipient_access"):
             os.utime(self.layout.postfix_etc / name, (past, past))
 
     def add_user(self, user: str, password: str) -> None:

@@ -158,6 +158,17 @@ class OAuth2Config(_Strict):
         return self
 
 
+class BouncesConfig(_Strict):
+    """Bounce tracking: where the account's bounce reports arrive, read before the rules."""
+
+    folder: str = "INBOX"  # an IMAP folder; a POP3 account: its maildrop (INBOX)
+    # Jobs' envelope sender: local+bounce-<id>@domain of the account's address (its mailbox
+    # must take the address extension: Postfix recipient_delimiter, Gmail, Microsoft 365 do),
+    # so a bounce names the message even when it quotes nothing of it.
+    verp: bool = False
+    delimiter: Literal["+", "-", "="] = "+"
+
+
 class AccountConfig(_Strict):
     address: Address
     name: str | None = None  # display name for mail we send
@@ -165,6 +176,7 @@ class AccountConfig(_Strict):
     smtp: SmtpConfig | None = None
     imap: ImapConfig | None = None
     pop3: Pop3Config | None = None
+    bounces: BouncesConfig | None = None  # off unless given
 
     def servers(self) -> dict[str, ServerConfig]:
         """The servers this account names, by protocol."""
@@ -181,6 +193,11 @@ class AccountConfig(_Strict):
             raise ValueError("an account reads mail over imap or pop3, not both; split it in two")
         if self.token_servers() and self.oauth2 is None:
             raise ValueError("auth: xoauth2/oauthbearer needs an `oauth2:` block on the account")
+        if self.bounces is not None:
+            if self.imap is None and self.pop3 is None:
+                raise ValueError("bounces: needs an imap: or pop3: section to read the reports from")
+            if self.pop3 is not None and self.bounces.folder != "INBOX":
+                raise ValueError("bounces: a POP3 account reads its maildrop; leave folder out (or INBOX)")
         return self
 
 

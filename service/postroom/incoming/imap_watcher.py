@@ -36,11 +36,13 @@ from postroom.clock import utcnow
 from postroom.config.model import AccountConfig
 from postroom.credentials import Credentials
 from postroom.errors import ServerRejected
+from postroom.incoming import bounces as bounce_intake
 from postroom.incoming.balance import FolderBalance
+from postroom.incoming.bounces import BounceIntake
 from postroom.incoming.imap import HeaderFetch, ImapConnection
 from postroom.incoming.mailbox import BatchHandler, InboundItem
 from postroom.incoming.message import ParsedMessage
-from postroom.incoming.rules import PlannedAction, RuleSet
+from postroom.incoming.rules import FetchNeeds, PlannedAction, RuleSet
 from postroom.incoming.suspects import Suspects
 from postroom.incoming.watch_lease import LEASE_TTL
 from postroom.incoming.watch_loop import BATCH, Backoff, Entry, Watcher, WatcherHooks, WatchState
@@ -66,12 +68,12 @@ class ImapWatcher(Watcher):
                  dry_run: bool = False, batch_size: int = BATCH, idle_timeout: float | None = None,
                  hooks: WatcherHooks | None = None, leases: WatchLeases | None = None,
                  lease_ttl: float = LEASE_TTL, credentials: Credentials | None = None,
-                 balance: FolderBalance | None = None):
+                 balance: FolderBalance | None = None, bounces: BounceIntake | None = None):
         if account_cfg.imap is None:
             raise ValueError(f"account {account_name!r} has no imap: section")
         super().__init__(account_name, ruleset.for_folder(account_name, folder), handler, inbound,
                          folder=folder, clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks,
-                         leases=leases, lease_ttl=lease_ttl, balance=balance)
+                         leases=leases, lease_ttl=lease_ttl, balance=balance, bounces=bounces)
         self.cfg = account_cfg.imap
         self.credentials = credentials  # None: the config's password (or no login)
         self.idle_timeout = idle_timeout
@@ -218,6 +220,8 @@ class ImapWatcher(Watcher):
     async def _prefilter(self, conn: ImapConnection, new_uids: list[int]) -> list[int]:
         if not new_uids:
             return []
+        if self.bounces is not None:
+            return new_uids  # a bounce report matches no rule's SEARCH, yet must be looked at
         criteria = self.rules.search_criteria(now=self.clock())
         if criteria is None:
             return new_uids
@@ -234,7 +238,8 @@ class ImapWatcher(Watcher):
         """Every action the rules can plan is one the handler does without the message (and
         this is no dry run, which logs subjects)."""
         without_message: frozenset[str] = getattr(self.handler, "kinds_without_message", frozenset())
-        return not self.dry_run and bool(len(self.rules)) and self.rules.action_kinds() <= without_message
+        return (not self.dry_run and self.bounces is None and bool(len(self.rules))
+                and self.rules.action_kinds() <= without_message)
 
     def _exact_rules(self) -> list[tuple[str, list[Any]]] | None:
         """The per-rule SEARCH criteria when SEARCH alone can decide (module docstring)."""
@@ -310,6 +315,8 @@ class ImapWatcher(Watcher):
             if not uids:
                 return
         needs = self.rules.needs(rules_only=self._message_free())
+        if self.bounces is not None:
+            needs = needs.merge(FetchNeeds(header_fields=frozenset(bounce_intake.HEADER_FIELDS)))
         try:
             fetched = await conn.fetch_headers(uids, needs.header_fields, bodystructure=needs.bodystructure,
                                                whole=needs.body, internal_date=needs.internal_date, flags=False)
@@ -323,6 +330,14 @@ class ImapWatcher(Watcher):
             for uid in uids
             if (row := fetched.get(uid)) is not None  # absent: expunged meanwhile, nothing to do
             for key in [self._key(uid, uidvalidity)]]
+
+        async def whole(candidates: list[Entry]) -> dict[str, bytes]:
+            have = {e.key: e.ident["raw"] for e in candidates if e.ident["raw"] is not None}
+            by_uid = {e.ident["uid"]: e.key for e in candidates if e.key not in have}
+            fetched_raw = await conn.fetch_raw(list(by_uid)) if by_uid else {}
+            return {**have, **{by_uid[uid]: raw for uid, raw in fetched_raw.items() if uid in by_uid}}
+
+        entries = await self._take_bounces(entries, whole)
         await self._hand_over(conn, *await self._evaluate(entries))
 
 

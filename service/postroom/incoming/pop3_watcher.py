@@ -18,6 +18,7 @@ from postroom.clock import utcnow
 from postroom.config.model import AccountConfig
 from postroom.credentials import Credentials
 from postroom.incoming.balance import FolderBalance
+from postroom.incoming.bounces import BounceIntake
 from postroom.incoming.imap import chunks
 from postroom.incoming.mailbox import BatchHandler
 from postroom.incoming.message import ParsedMessage
@@ -40,12 +41,12 @@ class Pop3Watcher(Watcher):
                  inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
                  batch_size: int = BATCH, hooks: WatcherHooks | None = None, leases: WatchLeases | None = None,
                  lease_ttl: float = LEASE_TTL, credentials: Credentials | None = None,
-                 balance: FolderBalance | None = None):
+                 balance: FolderBalance | None = None, bounces: BounceIntake | None = None):
         if account_cfg.pop3 is None:
             raise ValueError(f"account {account_name!r} has no pop3: section")
         super().__init__(account_name, ruleset.for_account(account_name), handler, inbound, folder=POP3_FOLDER,
                          clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks, leases=leases,
-                         lease_ttl=lease_ttl, balance=balance)
+                         lease_ttl=lease_ttl, balance=balance, bounces=bounces)
         self.cfg = account_cfg.pop3
         self.credentials = credentials  # None: the config's password (or no login)
 
@@ -122,9 +123,15 @@ class Pop3Watcher(Watcher):
                 # the connection broke on this message: what came before it is handled, this
                 # one is counted (retried with backoff, then set aside), and the next poll
                 # goes on past it instead of stopping at it every time
-                await self._hand_over(None, *await self._evaluate(entries))
+                await self._hand_over(None, *await self._evaluate(await self._take_bounces(entries, _whole)))
                 await self._unfetchable(key, dict(uidl=uidl), exc)
                 raise
             entries.append(Entry(key, functools.partial(ParsedMessage.from_bytes, raw, key=key),
                                  dict(uidl=uidl), dict(uidl=uidl, raw=raw)))
+        entries = await self._take_bounces(entries, _whole)
         await self._hand_over(None, *await self._evaluate(entries))
+
+
+async def _whole(entries: list[Entry]) -> dict[str, bytes]:
+    """POP3 entries hold the whole message already."""
+    return {e.key: e.ident["raw"] for e in entries}

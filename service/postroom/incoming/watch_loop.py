@@ -15,7 +15,7 @@ builds ``Entry`` rows; ``_evaluate`` and ``_hand_over`` here record and hand the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -26,6 +26,7 @@ import structlog
 from postroom.clock import utcnow
 from postroom.errors import OAuth2Error, PermanentError, is_transient
 from postroom.incoming.balance import FolderBalance
+from postroom.incoming.bounces import BounceIntake
 from postroom.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import RuleSet
@@ -71,6 +72,10 @@ def _outcome_status(outcome: ItemOutcome | None) -> tuple[str, str | None]:
     return (FAILED if outcome.transient else SET_ASIDE), outcome.error
 
 
+def _ready(msg: ParsedMessage) -> Callable[[], ParsedMessage]:
+    return lambda: msg
+
+
 class Entry(NamedTuple):
     """One fetched message on its way to evaluation (a tuple: thousands per pass)."""
 
@@ -108,8 +113,11 @@ class Watcher:
                  folder: str, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
                  batch_size: int = BATCH, hooks: WatcherHooks | None = None,
                  leases: WatchLeases | None = None, lease_ttl: float = LEASE_TTL,
-                 balance: FolderBalance | None = None):
+                 balance: FolderBalance | None = None, bounces: BounceIntake | None = None):
         self.hooks = hooks or WatcherHooks()
+        # This folder is the account's bounce folder: bounce reports for our mail are taken
+        # out of each batch before the rules (postroom.incoming.bounces). Not in a dry run.
+        self.bounces = bounces if not dry_run else None
         self.ready = False  # set after the first full pass over the folder (for /readyz)
         # For the console: read from the loop, written only by this watcher's task.
         self.state = WatchState.STARTING
@@ -214,6 +222,51 @@ class Watcher:
             self.log.warning("fetching this message breaks the connection; retried later, the rest go on",
                              key=key, error=repr(exc))
         return True
+
+    async def _take_bounces(self, entries: Sequence[Entry],
+                            fetch_raw: Callable[[list[Entry]], Awaitable[dict[str, bytes]]]) -> list[Entry]:
+        """The entries left for the rules once bounce reports for our mail are consumed: those
+        are recorded (``BounceIntake.consume``) and their inbound rows finished as done here,
+        so no rule acts on them. ``fetch_raw`` reads candidates whole (key -> bytes)."""
+        intake = self.bounces
+        if intake is None or not entries:
+            return list(entries)
+        parsed: dict[str, ParsedMessage] = {}
+        for entry in entries:
+            try:
+                parsed[entry.key] = entry.build()
+            except Exception:  # unreadable: _evaluate reports it
+                continue
+        # Parsed once: the rules reuse it.
+        entries = [e._replace(build=_ready(parsed[e.key])) if e.key in parsed else e for e in entries]
+        maybe = [e for e in entries if e.key in parsed and intake.candidate(parsed[e.key])]
+        if maybe:
+            existing = await store_call(self.inbound.statuses, [e.key for e in maybe])
+            maybe = [e for e in maybe if existing.get(e.key) not in FINISHED]
+        if not maybe:
+            return entries
+        raws = await fetch_raw(maybe)
+        todo = [(e, raws[e.key]) for e in maybe if e.key in raws]
+        consumed = await store_call(self._consume, intake, todo, parsed)
+        if consumed:
+            rows = {e.key: dict(account=self.account, folder=self.folder, message_id=parsed[e.key].message_id,
+                                **e.begin) for e, _ in todo if e.key in consumed}
+            await store_call(self.inbound.finish_many, [(key, DONE, reason) for key, reason in consumed.items()],
+                             now=self.clock(), rows=rows)
+            for _key in consumed:
+                self.hooks.processed(self.account, self.folder, "bounce")
+        return [e for e in entries if e.key not in consumed]
+
+    @staticmethod
+    def _consume(intake: BounceIntake, todo: list[tuple[Entry, bytes]],
+                 parsed: dict[str, ParsedMessage]) -> dict[str, str]:
+        # A store error raises: the batch is taken again (never handed to the rules instead).
+        consumed: dict[str, str] = {}
+        for entry, raw in todo:
+            reason = intake.consume(entry.key, parsed[entry.key], raw)
+            if reason is not None:
+                consumed[entry.key] = reason
+        return consumed
 
     async def _evaluate(self, entries: Sequence[Entry]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
         """Parse and evaluate a batch into items for the handler, with one store read for what

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from email.utils import formataddr
+from email.utils import formataddr, parseaddr
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from ..mail.compose import compose_bytes, make_message_id, validate_address
 from ..mail.headers import list_unsubscribe_headers, list_unsubscribe_problem
 from ..mail.locale_filters import rendering_locale
 from ..mail.templates import TemplateRenderer
+from ..mail.verp import return_path
 from ..schedules import RETRY
 from ..store import NewMessage, Store
 from ..store.calls import store_call
@@ -38,12 +39,15 @@ from .sources import load_data
 
 log = structlog.get_logger(__name__)
 
+LOGGED_SUPPRESSED = 50  # addresses a run's "suppressed recipients" line names (the count is whole)
+
 
 @dataclass
 class BuiltRun:
     job: str
     messages: list[NewMessage] = field(default_factory=list)
     skipped: str | None = None  # why nothing is sent (skip_if_empty)
+    suppressed: int = 0  # recipients left out: on the account's suppression list (hard bounces)
 
 
 class JobRunner:
@@ -51,8 +55,10 @@ class JobRunner:
                  wake_sender: Callable[[], None] = lambda: None,
                  clock: Callable[[], datetime] = utcnow,
                  on_run: Callable[[str, str, float], None] = lambda job, status, seconds: None,
-                 sender: OutboxSender | None = None):
+                 sender: OutboxSender | None = None,
+                 on_suppressed: Callable[[str, str, int], None] = lambda job, account, count: None):
         self.on_run = on_run  # (job, status, seconds) — metrics
+        self.on_suppressed = on_suppressed  # (job, account, recipients left out) — metrics
         # The daemon's sender: a run's messages are stored already leased to it and handed
         # over in memory (no claim reading them back), its connections opened while rendering.
         self.sender = sender
@@ -104,6 +110,7 @@ class JobRunner:
         else:
             rows = [None]
         sender = formataddr((account.name, account.address)) if account.name else account.address
+        verp = account.bounces if account.bounces is not None and account.bounces.verp else None
         domain = account.address.rpartition("@")[2].strip(">").strip() or "localhost"
         shared = static_attachments(job.attachments, data)
         per_message = any(is_per_message(att) for att in job.attachments)
@@ -135,9 +142,11 @@ class JobRunner:
                 raise MessageRefused(f"{where}: {exc}") from exc
             except DataSourceError as exc:  # a per-row attachment file that isn't there
                 raise DataSourceError(f"{where}: {exc}", source=exc.source) from exc
+            envelope_from = account.address if verp is None else return_path(
+                account.address, message_id, verp.delimiter)
             out.append(NewMessage(
                 dedup_key=f"{key_prefix}:{i}", message_id=message_id, account=job.account,
-                envelope_from=account.address, recipients=[*to, *cc, *bcc], raw=raw,
+                envelope_from=envelope_from, recipients=[*to, *cc, *bcc], raw=raw,
                 origin=job_id,
             ))
         return out
@@ -194,6 +203,29 @@ class JobRunner:
             raise PostroomError("this job runner was made without a store; it can build, not run")
         return self._store
 
+    async def _leave_out_suppressed(self, built: BuiltRun, bound: Any) -> BuiltRun:
+        """The run without the account's suppressed addresses (hard bounces): a message keeps
+        its other recipients (its headers unchanged), one left with none is not queued. Each
+        address left out is logged and counted; `postroom suppressions` lists them."""
+        account = self.config.jobs[built.job].account
+        suppressed = await asyncio.to_thread(self.store.bounces.suppressed, account)
+        if not suppressed:
+            return built
+        kept: list[NewMessage] = []
+        left_out: list[str] = []
+        for message in built.messages:
+            rest = [r for r in message.recipients if parseaddr(r)[1].lower() not in suppressed]
+            left_out.extend(r for r in message.recipients if r not in rest)
+            if rest:
+                kept.append(message if len(rest) == len(message.recipients) else replace(message, recipients=rest))
+        if not left_out:
+            return built
+        self.on_suppressed(built.job, account, len(left_out))
+        bound.warning("suppressed recipients left out of the run", account=account, count=len(left_out),
+                      recipients=left_out[:LOGGED_SUPPRESSED], messages_dropped=len(built.messages) - len(kept),
+                      see="postroom suppressions")
+        return replace(built, messages=kept, suppressed=len(left_out))
+
     async def run_fire(self, job_id: str, fire_time: datetime, trigger: str) -> None:
         """The scheduler's callback: claim the fire, build, enqueue, record. Never raises."""
         runs = self.store.runs
@@ -222,6 +254,8 @@ class JobRunner:
         try:
             built = await self.build(job_id, key_prefix=key_prefix, now=now, fire_time=fire_time,
                                      to_override=to_override)
+            if not built.skipped:
+                built = await self._leave_out_suppressed(built, bound)
             if built.skipped:
                 status, detail = "skipped", built.skipped
                 bound.info("job skipped", reason=built.skipped)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from .bounces import BounceStore
 from .engine import migrate, open_engine, schema_is_current
 from .inbound import InboundStore
 from .leases import WatchLeases
@@ -31,6 +32,7 @@ class Store:
     leases: WatchLeases
     tokens: OAuth2TokenStore
     replicas: ReplicaRegistry
+    bounces: BounceStore
     lock: StoreOwner | None = None  # the daemon's hold on a SQLite store (store.owner)
 
     @classmethod
@@ -41,7 +43,7 @@ class Store:
         return cls(engine=engine, outbox=OutboxStore(engine, owner=owner), runs=RunStore(engine, owner=owner),
                    ledger=LedgerStore(engine, owner=owner), inbound=InboundStore(engine),
                    leases=WatchLeases(engine, owner=owner), tokens=OAuth2TokenStore(engine),
-                   replicas=ReplicaRegistry(engine, owner=owner))
+                   replicas=ReplicaRegistry(engine, owner=owner), bounces=BounceStore(engine))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -50,7 +52,7 @@ class Store:
 
 
 __all__ = [
-    "InboundStore", "LedgerStore", "NewMessage", "OAuth2TokenStore", "OutboxItem", "OutboxStore",
+    "BounceStore", "InboundStore", "LedgerStore", "NewMessage", "OAuth2TokenStore", "OutboxItem", "OutboxStore",
     "ReplicaRegistry", "RunRecord", "RunStore", "Store", "StoredGrant",
     "WatchLeases",
     "migrate",

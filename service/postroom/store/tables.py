@@ -13,6 +13,8 @@ Each table holds one kind of unit of work with its idempotency key:
 - watch_leases: which replica watches a folder (or maildrop), until its lease runs out
 - replicas:     the replicas alive now (heartbeat rows), to share folders out evenly
 - oauth2_tokens: per OAuth2 account: its refresh token (encrypted) and refresh state
+- bounces:      the bounce ledger; key (report_key, recipient): a bounce report read once
+- suppressions: per (account, address): a hard bounce; jobs send that account nothing there
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -46,6 +49,7 @@ outbox = Table(
     Column("recipients", JSON, nullable=False),  # still to deliver to
     Column("raw", LargeBinary, nullable=False),
     # queued → sending → sent | dead; sending with an expired lease is taken again.
+    # sent → bounced when a bounce report for it comes back (details in `bounces`).
     Column("status", String(16), nullable=False, default="queued"),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", TS, nullable=False),
@@ -199,8 +203,39 @@ oauth2_tokens = Table(
     Column("updated_at", TS, nullable=False),
 )
 
+# One row per recipient of each bounce report consumed. report_key names the report
+# ("account/" + its Message-ID, or its inbound key), so a report seen twice (a retry, a
+# UIDVALIDITY change, a copy in two folders) is recorded once.
+bounces = Table(
+    "bounces",
+    metadata,
+    Column("report_key", String(1300), primary_key=True),
+    Column("recipient", String(512), primary_key=True),
+    Column("account", String(255), nullable=False),
+    Column("outbox_id", Integer),  # the message that bounced (None: not one of ours)
+    Column("action", String(16), nullable=False),  # failed | delayed | …, as the report says
+    Column("status", String(16), nullable=False),  # "5.1.1"; "" when the report gives none
+    Column("diagnostic", Text),
+    Column("hard", Boolean, nullable=False),  # 5.x.x failed: the address was suppressed
+    Column("created_at", TS, nullable=False),
+)
+Index("ix_bounces_outbox", bounces.c.outbox_id)
+
+# Addresses an account's jobs no longer send to (a hard bounce), until `suppressions remove`.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("account", String(255), primary_key=True),
+    Column("address", String(512), primary_key=True),  # lower-cased
+    Column("status", String(16), nullable=False),
+    Column("diagnostic", Text),
+    Column("outbox_id", Integer),  # the message whose bounce put it here
+    Column("created_at", TS, nullable=False),
+)
+
 __all__ = [
     "actions",
+    "bounces",
     "checkpoints",
     "fire_claims",
     "inbound",
@@ -210,6 +245,7 @@ __all__ = [
     "outbox",
     "replicas",
     "replies",
+    "suppressions",
     "watch_leases",
     "webhooks",
 ]
