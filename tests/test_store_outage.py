@@ -185,6 +185,9 @@ def test_a_stalled_store_leaves_the_loop_turning_and_makes_readyz_503(tmp_path, 
         for _ in range(5):  # the loop goes on: each answer comes at once, not after the store
             assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).text == "ok\n"
             assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 503
+            # /metrics leaves the store's gauges out instead of waiting on the store
+            scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+            assert scraped.status_code == 200 and "postroom_outbox_depth" not in scraped.text
             time.sleep(0.5)
         proxy.restore()
         wait_ready(port, daemon)  # and back once the store answers

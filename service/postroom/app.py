@@ -22,7 +22,7 @@ from .clock import utcnow
 from .config import Config, Settings
 from .console.source import ReloadOutcome
 from .daemon_console import build_daemon_console, console_token
-from .errors import PostroomError
+from .errors import PostroomError, StoreUnavailable
 from .http import HttpServer
 from .incoming.actions import ActionExecutor
 from .incoming.balance import FolderBalance
@@ -103,7 +103,7 @@ class Daemon:
         gate.open()  # a new daemon in this process starts with the store in use
         self.store = store = await asyncio.to_thread(open_daemon_store, self.settings, migrate=self.migrate)
         await store_call(recover_single_node, store)
-        self.metrics.watch_store(store.outbox.counts)
+        self.metrics.watch_store(self._outbox_counts)
         self.metrics.known_accounts(config.accounts)
         # One token provider per OAuth2 account, shared by the sender and the watchers.
         self.logins = build_logins(self.settings, config, store, on_refresh=self.metrics.oauth2_refresh)
@@ -348,6 +348,14 @@ class Daemon:
         log.info("config reloaded", config=str(loaded.path), status=status,
                  seconds=round(time.monotonic() - started, 3))
         self.notifier.ready(status=status)
+
+    def _outbox_counts(self) -> dict[str, int]:
+        """For /metrics: the outbox gauges, left out while the store is known to be down — a
+        stalled database would hold the scrape's thread (and the next scrape's) until it answers."""
+        monitor = getattr(self, "store_monitor", None)
+        if gate.closed_because is not None or (monitor is not None and not monitor.state.ok):
+            raise StoreUnavailable("store unavailable: outbox gauges left out of this scrape")
+        return self.store.outbox.counts()
 
     async def _shutdown(self) -> None:
         # One grace period for all, counted from the stop: running fires, watchers' batches,
