@@ -17,7 +17,6 @@ served from ``static/``. Actions take the same store paths as the CLI (`outbox r
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from starlette.types import ASGIApp
 
 from ..clock import utcnow
 from ..errors import PostroomError
+from ..store.calls import store_call
 from . import pages
 from .security import require_token
 from .source import DaemonView
@@ -139,7 +139,7 @@ class Console:
 
     async def retry_letter(self, request: Request) -> Response:
         item = request.path_params["item"]
-        done = await asyncio.to_thread(self.view.store.outbox.retry, item, now=utcnow())
+        done = await store_call(self.view.store.outbox.retry, item, now=utcnow())
         if done:
             log.info("console: dead letter queued again", id=item)
             self.view.wake_sender()
@@ -147,7 +147,7 @@ class Console:
 
     async def discard_letter(self, request: Request) -> Response:
         item = request.path_params["item"]
-        done = await asyncio.to_thread(self.view.store.outbox.discard, item, now=utcnow())
+        done = await store_call(self.view.store.outbox.discard, item, now=utcnow())
         if done:
             log.info("console: dead letter discarded", id=item)
         return _back("/outbox", f"message {item} discarded" if done else f"message {item} is not a dead letter")
@@ -156,7 +156,7 @@ class Console:
         key = await _field(request, "key")
         if not key:
             return PlainTextResponse("which message? (form field key)\n", 400)
-        done = await asyncio.to_thread(self.view.store.inbound.retry_set_aside, key, now=utcnow())
+        done = await store_call(self.view.store.inbound.retry_set_aside, key, now=utcnow())
         if done:
             log.info("console: set-aside message taken in again", key=key)
         note = "taken in again at the watcher's next pass" if done else "is not set aside"
@@ -166,7 +166,7 @@ class Console:
         webhook_id = await _field(request, "id")
         if not webhook_id:
             return PlainTextResponse("which delivery? (form field id)\n", 400)
-        done = await asyncio.to_thread(self.view.store.ledger.retry_webhook, webhook_id, now=utcnow())
+        done = await store_call(self.view.store.ledger.retry_webhook, webhook_id, now=utcnow())
         if done:
             log.info("console: dead webhook queued again", webhook=webhook_id)
             self.view.wake_webhooks()

@@ -1,14 +1,14 @@
 """What each console page shows, gathered from the daemon: pure shaping of what was read.
 
 Each page has one ``*_page`` coroutine: the in-memory parts (config, watchers, next fires)
-are read on the loop, everything from the store in one worker thread (``asyncio.to_thread``).
+are read on the loop, everything from the store in one store thread (``store_call``, as every
+store call from async code).
 Nothing here shows a secret: webhook URLs go through ``shown_url``, errors are the servers'
 own replies, and no message body is shown (subjects and addresses are).
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.parser
 import email.policy
 from collections import Counter
@@ -20,6 +20,7 @@ from ..clock import utcnow
 from ..incoming.watch_loop import WatchState
 from ..redact import shown_url
 from ..schedules import jobs_overview
+from ..store.calls import store_call
 from ..store.outbox import OutboxItem
 from .source import DaemonView
 
@@ -81,7 +82,7 @@ async def overview_page(view: DaemonView) -> dict[str, Any]:
                 "webhooks": store.ledger.webhook_counts(),
                 "leases": store.leases.all(now=now) if shared else None, "backend": store.engine.dialect.name}
 
-    got = await asyncio.to_thread(read)
+    got = await store_call(read)
     config = view.config()
     attention = Attention(dead_letters=got["outbox"].get("dead", 0), set_aside=got["set_aside"],
                           dead_webhooks=got["webhooks"].get("dead", 0), failing_accounts=failing_accounts(view))
@@ -104,7 +105,7 @@ def _replicas(view: DaemonView, leases: list[tuple[str, str]] | None) -> list[Re
 
 
 async def jobs_page(view: DaemonView) -> dict[str, Any]:
-    runs = await asyncio.to_thread(view.store.runs.recent_runs, limit=RECENT_RUNS)
+    runs = await store_call(view.store.runs.recent_runs, limit=RECENT_RUNS)
     config = view.config()
     upcoming = view.next_fires()
     jobs = []
@@ -130,7 +131,7 @@ async def outbox_page(view: DaemonView) -> dict[str, Any]:
         return (outbox.counts(), outbox.list(statuses=["queued", "sending"], limit=LIST_LIMIT),
                 outbox.list(statuses=["dead"], limit=LIST_LIMIT))
 
-    counts, waiting, dead = await asyncio.to_thread(read)
+    counts, waiting, dead = await store_call(read)
     return {"counts": counts, "waiting": [_message_row(i) for i in waiting], "dead": [_message_row(i) for i in dead]}
 
 
@@ -159,7 +160,7 @@ async def mailboxes_page(view: DaemonView) -> dict[str, Any]:
         marks = [inbound.checkpoint(w.account, w.folder) for w in watchers]
         return marks, inbound.set_aside()[:LIST_LIMIT]
 
-    marks, aside = await asyncio.to_thread(read)
+    marks, aside = await store_call(read)
     rows = [{"w": w, "checkpoint": mark} for w, mark in zip(watchers, marks, strict=True)]
     states = Counter(str(w.state) for w in watchers)
     return {"watchers": rows, "set_aside": aside, "states": states, "failing": failing_accounts(view)}
@@ -172,7 +173,7 @@ async def webhooks_page(view: DaemonView) -> dict[str, Any]:
         return (ledger.webhook_counts(), ledger.webhooks(statuses=["queued", "sending"], limit=LIST_LIMIT),
                 ledger.webhooks(statuses=["dead"], limit=LIST_LIMIT))
 
-    counts, pending, dead = await asyncio.to_thread(read)
+    counts, pending, dead = await store_call(read)
 
     def row(d: Any) -> dict[str, Any]:
         return {"id": d.webhook_id, "rule": d.rule, "url": shown_url(d.url), "attempts": d.attempts,

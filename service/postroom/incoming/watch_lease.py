@@ -24,6 +24,7 @@ from typing import Any
 from postroom.clock import utcnow
 from postroom.incoming.balance import FolderBalance
 from postroom.retry import sleep_or_stop
+from postroom.store.calls import store_call
 from postroom.store.leases import WatchLeases
 
 LEASE_TTL = 20.0  # seconds a claim lasts; a replica that died is replaced after at most this
@@ -53,7 +54,7 @@ class WatchLease:
         self._drop()
         if handing_over:  # the session has stopped: now the watch goes to another replica
             try:
-                await asyncio.to_thread(self.leases.release, self.watch)
+                await store_call(self.leases.release, self.watch)
             except Exception as exc:
                 self.log.warning("could not release the watch lease; it runs out by itself", error=repr(exc))
         standing_by = False
@@ -108,15 +109,14 @@ class WatchLease:
         store could not say (it is down: try again later). The store is asked off the event
         loop: a slow database must not stall every other watcher's IMAP traffic."""
         try:
-            return await asyncio.to_thread(self.leases.claim, self.watch, now=self.clock(),
-                                           ttl=timedelta(seconds=self.ttl))
+            return await store_call(self.leases.claim, self.watch, now=self.clock(), ttl=timedelta(seconds=self.ttl))
         except Exception as exc:
             self.log.warning("could not claim or renew the watch lease", error=repr(exc))
             return None
 
     async def _holder(self) -> str | None:
         try:
-            found = await asyncio.to_thread(self.leases.holder, self.watch)
+            found = await store_call(self.leases.holder, self.watch)
         except Exception:
             return None
         return found[0] if found else None

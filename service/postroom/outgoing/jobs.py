@@ -158,7 +158,7 @@ class JobRunner:
         """A config value that may be a template, rendered for this message (stripped)."""
         if value is None or "{" not in value:
             return value
-        return self.renderer.render_string(value, context, what=what).strip()
+        return self._render_in(context, value, what).strip()
 
     def _extra_headers(self, job: JobConfig, context: Mapping[str, Any], where: str) -> dict[str, str]:
         """The job's ``headers:`` and List-Unsubscribe, rendered for this message. An empty
