@@ -68,8 +68,9 @@ def main(args: list[str]) -> int:
     text = render(runtime_closure(TOP))
     if args == ["--check"]:
         if LOCK.read_text() != text:
-            print(f"lock: {LOCK.relative_to(ROOT)} differs from the installed versions; run .ci/lock.py",
-                  file=sys.stderr)
+            print(
+                f"lock: {LOCK.relative_to(ROOT)} differs from the installed versions; run .ci/lock.py", file=sys.stderr
+            )
             return 1
         return 0
     if args:

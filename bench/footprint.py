@@ -71,7 +71,7 @@ def config_text(lab: MailLab) -> str:
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the process (all its threads), in seconds."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
     ticks = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
     return ticks / os.sysconf("SC_CLK_TCK")
 
@@ -103,8 +103,9 @@ def wait_ready(port: int, proc: subprocess.Popen, log: Path) -> float:
 def open_console(port: int) -> None:
     """Each console page once (its code imported, its template compiled): the peak counts them."""
     for path in CONSOLE_PAGES:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                         headers={"Authorization": f"Bearer {CONSOLE_TOKEN}"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {CONSOLE_TOKEN}"}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             if response.status != 200:
                 raise SystemExit(f"console page {path}: HTTP {response.status}")
@@ -132,17 +133,26 @@ def measure(lab: MailLab, workdir: Path, seconds: float) -> dict[str, float]:
             code = proc.wait(30)
     if code != 0:
         raise SystemExit(f"daemon exited {code} on SIGTERM:\n{log.read_text()[-3000:]}")
-    return {"ready_s": ready_after, "window_s": t1 - t0, "cpu_s": cpu1 - cpu0,
-            "cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0), "hwm_mib": mem["VmHWM"] / 1024,
-            "rss_mib": mem["VmRSS"] / 1024, "threads": mem["Threads"]}
+    return {
+        "ready_s": ready_after,
+        "window_s": t1 - t0,
+        "cpu_s": cpu1 - cpu0,
+        "cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0),
+        "hwm_mib": mem["VmHWM"] / 1024,
+        "rss_mib": mem["VmRSS"] / 1024,
+        "threads": mem["Threads"],
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="idle window after readiness")
     parser.add_argument("--port-offset", type=int, default=23000, help="the bench lab's port offset")
-    parser.add_argument("--check", action="store_true",
-                        help=f"exit 1 unless peak RSS <= {MAX_RSS_MIB:.0f} MiB and CPU <= {MAX_CPU_PERCENT} %%")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit 1 unless peak RSS <= {MAX_RSS_MIB:.0f} MiB and CPU <= {MAX_CPU_PERCENT} %%",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, lab)")
     args = parser.parse_args()
 
@@ -155,8 +165,10 @@ def main() -> int:
             ensure_folder(lab.layout.maildir("alice"), f"Watch{i:02d}")
         workdir = base / "work"
         workdir.mkdir()
-        print(f"postroom run: {JOBS} jobs, {FOLDERS} IMAP folders watched (IDLE); idle {args.seconds:.0f} s "
-              f"after /readyz 200")
+        print(
+            f"postroom run: {JOBS} jobs, {FOLDERS} IMAP folders watched (IDLE); idle {args.seconds:.0f} s "
+            f"after /readyz 200"
+        )
         m = measure(lab, workdir, args.seconds)
     finally:
         lab.stop()
@@ -167,10 +179,14 @@ def main() -> int:
     rss_ok = m["hwm_mib"] <= MAX_RSS_MIB
     cpu_ok = m["cpu_percent"] <= MAX_CPU_PERCENT
     print(f"ready after {m['ready_s']:.1f} s; {m['threads']:.0f} threads")
-    print(f"peak RSS (VmHWM) {m['hwm_mib']:.1f} MiB (now {m['rss_mib']:.1f} MiB)   "
-          f"limit {MAX_RSS_MIB:.0f} MiB   {'ok' if rss_ok else 'OVER'}")
-    print(f"CPU {m['cpu_percent']:.2f} % of one core ({m['cpu_s']:.2f} s in {m['window_s']:.1f} s)   "
-          f"limit {MAX_CPU_PERCENT} %   {'ok' if cpu_ok else 'OVER'}")
+    print(
+        f"peak RSS (VmHWM) {m['hwm_mib']:.1f} MiB (now {m['rss_mib']:.1f} MiB)   "
+        f"limit {MAX_RSS_MIB:.0f} MiB   {'ok' if rss_ok else 'OVER'}"
+    )
+    print(
+        f"CPU {m['cpu_percent']:.2f} % of one core ({m['cpu_s']:.2f} s in {m['window_s']:.1f} s)   "
+        f"limit {MAX_CPU_PERCENT} %   {'ok' if cpu_ok else 'OVER'}"
+    )
     if args.check and not (rss_ok and cpu_ok):
         return 1
     return 0

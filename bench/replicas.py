@@ -63,8 +63,9 @@ def wait(predicate: Callable[[], object], timeout: float, what: str, step: float
 class Run:
     """N replicas on a fresh database, the merge firing at ``at``."""
 
-    def __init__(self, lab: MailLab, work: Path, hooks: DataServer, *, rows: int, merge_at: datetime,
-                 lease: str | None):
+    def __init__(
+        self, lab: MailLab, work: Path, hooks: DataServer, *, rows: int, merge_at: datetime, lease: str | None
+    ):
         self.lab, self.work = lab, work
         self.db = f"bench_replicas_{uuid.uuid4().hex[:8]}"
         admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
@@ -77,29 +78,48 @@ class Run:
         shop.unlink(missing_ok=True)
         with sqlite3.connect(shop) as db:
             db.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
-            db.executemany("INSERT INTO customers VALUES (?, ?, ?)",
-                           [(f"Row {i:05d}", "bob@example.test", float(i)) for i in range(rows)])
-        (work / "postroom.yaml").write_text(REPLICAS_CONFIG.format(
-            smtp=lab.ports.smtp, imap=lab.ports.imap, at=merge_at.strftime("%Y-%m-%dT%H:%M:%S"), shop=shop,
-            folders=", ".join(FOLDERS), hooks=hooks.url))
+            db.executemany(
+                "INSERT INTO customers VALUES (?, ?, ?)",
+                [(f"Row {i:05d}", "bob@example.test", float(i)) for i in range(rows)],
+            )
+        (work / "postroom.yaml").write_text(
+            REPLICAS_CONFIG.format(
+                smtp=lab.ports.smtp,
+                imap=lab.ports.imap,
+                at=merge_at.strftime("%Y-%m-%dT%H:%M:%S"),
+                shop=shop,
+                folders=", ".join(FOLDERS),
+                hooks=hooks.url,
+            )
+        )
         self.lease = lease
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str) -> None:
         port = free_port()
         extra = {"POSTROOM_LEASE_SECONDS": self.lease} if self.lease else {}
-        env = postroom_env(self.lab, self.work, POSTROOM_HTTP=f"127.0.0.1:{port}", POSTROOM_DATABASE_URL=self.url,
-                           POSTROOM_INSTANCE=name, POSTROOM_STATE_DIR=str(self.work / name),
-                           POSTROOM_TEMPLATES=str(ROOT / "templates"), POSTROOM_LOG_LEVEL="WARNING", **extra)
+        env = postroom_env(
+            self.lab,
+            self.work,
+            POSTROOM_HTTP=f"127.0.0.1:{port}",
+            POSTROOM_DATABASE_URL=self.url,
+            POSTROOM_INSTANCE=name,
+            POSTROOM_STATE_DIR=str(self.work / name),
+            POSTROOM_TEMPLATES=str(ROOT / "templates"),
+            POSTROOM_LOG_LEVEL="WARNING",
+            **extra,
+        )
         log = open(self.work / f"{name}.log", "ab")  # the process writes it until it ends
-        self.procs[name] = subprocess.Popen([str(POSTROOM), "run"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            cwd=self.work)
+        self.procs[name] = subprocess.Popen(
+            [str(POSTROOM), "run"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.work
+        )
 
         def ready() -> bool:
             try:
                 return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
+
         wait(ready, 300, f"{name} ready", step=0.2)  # a loaded host starts slowly
 
     def scalar(self, sql: str, **params: object) -> object:
@@ -108,14 +128,21 @@ class Run:
 
     def holders(self) -> dict[str, int]:
         with self.engine.connect() as conn:
-            rows = conn.execute(text("SELECT owner, count(*) FROM watch_leases WHERE expires_at > now() "
-                                     "GROUP BY owner")).all()
+            rows = conn.execute(
+                text("SELECT owner, count(*) FROM watch_leases WHERE expires_at > now() GROUP BY owner")
+            ).all()
         return {owner: n for owner, n in rows}
 
     def settle(self, n: int) -> None:
         share = -(-len(FOLDERS) // n)
-        wait(lambda: (h := self.holders()) and len(h) == n and max(h.values()) <= share
-             and sum(h.values()) == len(FOLDERS), 120, "the folders shared out", step=0.2)
+        wait(
+            lambda: (
+                (h := self.holders()) and len(h) == n and max(h.values()) <= share and sum(h.values()) == len(FOLDERS)
+            ),
+            120,
+            "the folders shared out",
+            step=0.2,
+        )
 
     def close(self) -> None:
         for proc in self.procs.values():
@@ -129,8 +156,9 @@ class Run:
         self.engine.dispose()
         admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                         {"n": self.db})
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": self.db}
+            )
             conn.execute(text(f'DROP DATABASE IF EXISTS "{self.db}"'))
         admin.dispose()
 
@@ -139,8 +167,11 @@ def messages(n: int) -> dict[str, list[bytes]]:
     date, by_folder = formatdate(), {f: [] for f in FOLDERS}
     for i in range(n):
         by_folder[FOLDERS[i % len(FOLDERS)]].append(
-            (f"From: Person {i} <p{i}@example.test>\r\nTo: alice@example.test\r\nSubject: hello {i}\r\n"
-             f"Date: {date}\r\nMessage-ID: <bench-{uuid.uuid4().hex}@example.test>\r\n\r\nbody {i}\r\n").encode())
+            (
+                f"From: Person {i} <p{i}@example.test>\r\nTo: alice@example.test\r\nSubject: hello {i}\r\n"
+                f"Date: {date}\r\nMessage-ID: <bench-{uuid.uuid4().hex}@example.test>\r\n\r\nbody {i}\r\n"
+            ).encode()
+        )
     return by_folder
 
 
@@ -163,8 +194,11 @@ def one_round(lab: MailLab, work: Path, n: int, *, count: int, rows: int) -> tup
         started = time.monotonic()
         for folder, raws in messages(count).items():
             lab.seed_maildir("alice", folder, raws)
-        taken = wait(lambda: run.scalar("SELECT count(*) FROM actions WHERE status = 'done'") == count, 600,
-                     "every message taken in")
+        taken = wait(
+            lambda: run.scalar("SELECT count(*) FROM actions WHERE status = 'done'") == count,
+            600,
+            "every message taken in",
+        )
         done = wait(lambda: len({h["webhook-id"] for h, _ in hooks.posts}) >= count, 900, "every webhook")
         incoming, delivered = taken - started, done - started
     finally:
@@ -203,23 +237,40 @@ def healing(lab: MailLab, work: Path, *, rows: int, count: int) -> tuple[float, 
         def busiest() -> str | None:
             sent = run.scalar("SELECT count(*) FROM outbox WHERE status = 'sent'") or 0
             with run.engine.connect() as conn:
-                held = conn.execute(text("SELECT split_part(lease_owner, '/', 1), count(*) FROM outbox "
-                                         "WHERE status = 'sending' GROUP BY 1 ORDER BY 2 DESC")).first()
+                held = conn.execute(
+                    text(
+                        "SELECT split_part(lease_owner, '/', 1), count(*) FROM outbox "
+                        "WHERE status = 'sending' GROUP BY 1 ORDER BY 2 DESC"
+                    )
+                ).first()
             return held[0] if held and 100 <= sent <= rows // 2 else None  # type: ignore[operator]
+
         wait(lambda: busiest(), 300, "the merge under way")
         victim = busiest() or "r1"
         with run.engine.connect() as conn:
-            ids = list(conn.execute(text("SELECT id FROM outbox WHERE status = 'sending' AND lease_owner LIKE :o"),
-                                    {"o": f"{victim}/%"}).scalars())
+            ids = list(
+                conn.execute(
+                    text("SELECT id FROM outbox WHERE status = 'sending' AND lease_owner LIKE :o"), {"o": f"{victim}/%"}
+                ).scalars()
+            )
         run.procs[victim].send_signal(signal.SIGKILL)
         killed = time.monotonic()
         run.procs[victim].wait(10)
         others = [n for n in run.procs if n != victim]
-        rows_back = wait(lambda: run.scalar("SELECT count(*) FROM outbox WHERE id = ANY(:ids) AND "
-                                            "(status = 'sent' OR lease_owner NOT LIKE :o)",
-                                            ids=ids, o=f"{victim}/%"), 120, "its rows resumed")
-        folders_back = wait(lambda: set(run.holders()) <= set(others) and sum(run.holders().values()) == 6,
-                            120, "its folders taken over")
+        rows_back = wait(
+            lambda: run.scalar(
+                "SELECT count(*) FROM outbox WHERE id = ANY(:ids) AND (status = 'sent' OR lease_owner NOT LIKE :o)",
+                ids=ids,
+                o=f"{victim}/%",
+            ),
+            120,
+            "its rows resumed",
+        )
+        folders_back = wait(
+            lambda: set(run.holders()) <= set(others) and sum(run.holders().values()) == 6,
+            120,
+            "its folders taken over",
+        )
         return rows_back - killed, folders_back - killed
     finally:
         run.close()
@@ -246,24 +297,36 @@ def main() -> int:
                 for n in (1, 2, 3):
                     results[n].append(one_round(lab, work, n, count=args.messages, rows=args.rows))
                     inc, hooked, merge = results[n][-1]
-                    print(f"round {r + 1}, {n} replica(s): incoming {inc:.2f} s, webhooks {hooked:.2f} s, "
-                          f"merge {merge:.2f} s", flush=True)
+                    print(
+                        f"round {r + 1}, {n} replica(s): incoming {inc:.2f} s, webhooks {hooked:.2f} s, "
+                        f"merge {merge:.2f} s",
+                        flush=True,
+                    )
                 heals.append(healing(lab, work, rows=args.rows, count=args.messages))
-                print(f"round {r + 1}, kill -9: rows resumed after {heals[-1][0]:.1f} s, "
-                      f"folders after {heals[-1][1]:.1f} s", flush=True)
+                print(
+                    f"round {r + 1}, kill -9: rows resumed after {heals[-1][0]:.1f} s, "
+                    f"folders after {heals[-1][1]:.1f} s",
+                    flush=True,
+                )
         finally:
             lab.stop()
-    print(f"\nbench/replicas: {args.messages} messages over {len(FOLDERS)} folders, a {args.rows}-row merge; "
-          f"medians of {args.rounds} round(s)")
+    print(
+        f"\nbench/replicas: {args.messages} messages over {len(FOLDERS)} folders, a {args.rows}-row merge; "
+        f"medians of {args.rounds} round(s)"
+    )
     print("replicas  incoming s  msg/s  speedup  webhooks s  speedup  merge s  rows/s  speedup")
     base = [statistics.median(r[i] for r in results[1]) for i in range(3)]
     for n in (1, 2, 3):
         inc, hooked, merge = (statistics.median(r[i] for r in results[n]) for i in range(3))
-        print(f"{n:>8}  {inc:>10.2f}  {args.messages / inc:>5.0f}  {base[0] / inc:>6.2f}x  {hooked:>10.2f}  "
-              f"{base[1] / hooked:>6.2f}x  {merge:>7.2f}  {args.rows / merge:>6.0f}  {base[2] / merge:>6.2f}x")
+        print(
+            f"{n:>8}  {inc:>10.2f}  {args.messages / inc:>5.0f}  {base[0] / inc:>6.2f}x  {hooked:>10.2f}  "
+            f"{base[1] / hooked:>6.2f}x  {merge:>7.2f}  {args.rows / merge:>6.0f}  {base[2] / merge:>6.2f}x"
+        )
     rows_back, folders_back = (statistics.median(h[i] for h in heals) for i in (0, 1))
-    print(f"kill -9 of the busiest of 3 (POSTROOM_LEASE_SECONDS=20): its rows resume after {rows_back:.1f} s, "
-          f"its folders after {folders_back:.1f} s")
+    print(
+        f"kill -9 of the busiest of 3 (POSTROOM_LEASE_SECONDS=20): its rows resume after {rows_back:.1f} s, "
+        f"its folders after {folders_back:.1f} s"
+    )
     return 0
 
 

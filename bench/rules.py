@@ -119,6 +119,7 @@ account.INBOX:contain_subject('[report]'):move_messages(account.{archive})
 
 # -- the mailbox ---------------------------------------------------------------------------
 
+
 def mailbox(n: int) -> list[bytes]:
     """n small messages; every second one a report (subject and sender both say so)."""
     date = formatdate()
@@ -128,9 +129,13 @@ def mailbox(n: int) -> list[bytes]:
             sender, subject = "Reports <reports@example.test>", f"[report] nightly #{i}"
         else:
             sender, subject = f"Person {i} <person{i}@example.test>", f"hello number {i}"
-        raws.append((f"From: {sender}\r\nTo: alice@example.test\r\nSubject: {subject}\r\n"
-                     f"Date: {date}\r\nMessage-ID: <bench-{i}@example.test>\r\nMIME-Version: 1.0\r\n"
-                     f"Content-Type: text/plain; charset=utf-8\r\n\r\nMessage body {i}.\r\n").encode())
+        raws.append(
+            (
+                f"From: {sender}\r\nTo: alice@example.test\r\nSubject: {subject}\r\n"
+                f"Date: {date}\r\nMessage-ID: <bench-{i}@example.test>\r\nMIME-Version: 1.0\r\n"
+                f"Content-Type: text/plain; charset=utf-8\r\n\r\nMessage body {i}.\r\n"
+            ).encode()
+        )
     return raws
 
 
@@ -152,13 +157,19 @@ def expect_archived(lab: MailLab, side: str, wanted: int) -> None:
 
 # -- imapfilter ----------------------------------------------------------------------------
 
+
 def run_imapfilter(lab: MailLab, work: Path) -> float:
     config = work / "imapfilter.lua"
     config.write_text(IMAPFILTER.format(port=lab.ports.imap, password=lab.password(USER), archive=ARCHIVE))
     config.chmod(0o600)
     start = time.perf_counter()
-    result = subprocess.run(["imapfilter", "-c", str(config), "-t", str(lab.ca_file)], check=False,
-                            capture_output=True, text=True, env={**os.environ, "HOME": str(work)})
+    result = subprocess.run(
+        ["imapfilter", "-c", str(config), "-t", str(lab.ca_file)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(work)},
+    )
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"imapfilter exited {result.returncode}: {result.stderr[-2000:]}")
@@ -166,6 +177,7 @@ def run_imapfilter(lab: MailLab, work: Path) -> float:
 
 
 # -- postroom ------------------------------------------------------------------------------
+
 
 def write_config(lab: MailLab, work: Path, rule: str, *, start_from: str = "all") -> Path:
     path = work / "postroom.yaml"
@@ -188,8 +200,7 @@ def environ(env: dict[str, str]) -> Iterator[None]:
 def postroom_in_process(lab: MailLab, work: Path, env: dict[str, str], tag: str) -> float:
     """One watcher pass (connect .. logout) on a fresh store; store creation is untimed."""
     state = work / f"state-{tag}"
-    settings = Settings(config=work / "postroom.yaml", templates=ROOT / "templates", state_dir=state,
-                        instance="bench")
+    settings = Settings(config=work / "postroom.yaml", templates=ROOT / "templates", state_dir=state, instance="bench")
     with environ(env):
         loaded, renderer = load_checked(settings)
     config = loaded.config
@@ -291,6 +302,7 @@ def postroom_daemon(work: Path, env: dict[str, str], tag: str) -> tuple[float, i
 
 # -- latency -------------------------------------------------------------------------------
 
+
 class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # http.server's default of 5 drops SYNs under bursts: 1 s retransmits
     daemon_threads = True
@@ -346,9 +358,11 @@ def latency(lab: MailLab, work: Path, env: dict[str, str], count: int, gap: floa
             smtp.login(lab.address("bob"), lab.password("bob"))
             for i in range(count):
                 subject = f"latency probe {i}"
-                raw = (f"From: bob@example.test\r\nTo: alice@example.test\r\nSubject: {subject}\r\n"
-                       f"Date: {formatdate()}\r\nMessage-ID: <latency-{i}-{time.time_ns()}@example.test>\r\n"
-                       f"X-Sent-At: {time.time():.6f}\r\n\r\nprobe {i}\r\n").encode()
+                raw = (
+                    f"From: bob@example.test\r\nTo: alice@example.test\r\nSubject: {subject}\r\n"
+                    f"Date: {formatdate()}\r\nMessage-ID: <latency-{i}-{time.time_ns()}@example.test>\r\n"
+                    f"X-Sent-At: {time.time():.6f}\r\n\r\nprobe {i}\r\n"
+                ).encode()
                 smtp.sendmail("bob@example.test", ["alice@example.test"], raw)
                 sent[subject] = time.time()  # Postfix has accepted it: the clock starts
                 time.sleep(gap)
@@ -369,6 +383,7 @@ def latency(lab: MailLab, work: Path, env: dict[str, str], count: int, gap: floa
 
 
 # -- main ----------------------------------------------------------------------------------
+
 
 def fmt(values: list[float]) -> str:
     return " ".join(f"{v:6.2f}" for v in values)
@@ -395,10 +410,13 @@ def main(argv: list[str] | None = None) -> int:
         env.pop("POSTROOM_HTTP", None)
         raws = mailbox(args.messages)
         reports = len(raws[::2])
-        print(f"bench/rules: {args.messages} messages in INBOX, {reports} with [report]; "
-              f"{args.rounds} rounds; Dovecot on 127.0.0.1:{lab.ports.imap} (STARTTLS)")
-        sides: dict[str, list[float]] = {k: [] for k in
-                                         ("imapfilter", "archive", "archive-daemon", "regex", "regex-daemon")}
+        print(
+            f"bench/rules: {args.messages} messages in INBOX, {reports} with [report]; "
+            f"{args.rounds} rounds; Dovecot on 127.0.0.1:{lab.ports.imap} (STARTTLS)"
+        )
+        sides: dict[str, list[float]] = {
+            k: [] for k in ("imapfilter", "archive", "archive-daemon", "regex", "regex-daemon")
+        }
         rss: list[int] = []
         for r in range(1, args.rounds + 1):
             reseed(lab, raws)
@@ -420,9 +438,13 @@ def main(argv: list[str] | None = None) -> int:
         archive_ratio = med["archive"] / med["imapfilter"]
         regex_ratio = med["regex"] / med["imapfilter"]
         print()
-        labels = {"imapfilter": "imapfilter move_messages", "archive": "postroom archive, one pass",
-                  "archive-daemon": "postroom archive, daemon", "regex": "postroom regex, one pass",
-                  "regex-daemon": "postroom regex, daemon"}
+        labels = {
+            "imapfilter": "imapfilter move_messages",
+            "archive": "postroom archive, one pass",
+            "archive-daemon": "postroom archive, daemon",
+            "regex": "postroom regex, one pass",
+            "regex-daemon": "postroom regex, daemon",
+        }
         for key, label in labels.items():
             print(f"{label:28s} s: {fmt(sides[key])}   median {med[key]:6.2f}")
         print(f"ratio archive/imapfilter (one pass): {archive_ratio:.2f}  (target <= 1.0)")
@@ -437,8 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.latency:
             values, peak = latency(lab, work, env, args.latency, args.gap)
             p50, p99 = percentile(values, 50), percentile(values, 99)
-            print(f"latency over {len(values)} messages (Postfix accept -> webhook): p50 {p50:.3f} s  "
-                  f"p99 {p99:.3f} s  max {max(values):.3f} s  (targets 0.5 s / 2 s)")
+            print(
+                f"latency over {len(values)} messages (Postfix accept -> webhook): p50 {p50:.3f} s  "
+                f"p99 {p99:.3f} s  max {max(values):.3f} s  (targets 0.5 s / 2 s)"
+            )
             print(f"postroom daemon peak RSS (latency): {peak / 1024:.1f} MiB")
             if p50 > 0.5:
                 missed.append("latency p50 over 0.5 s")

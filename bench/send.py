@@ -97,8 +97,7 @@ def seed_customers(db: Path, rows: int) -> dict[str, int]:
         con.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
         con.executemany(
             "INSERT INTO customers VALUES (?, ?, ?)",
-            [(f"Customer {i:05d}", f"{RECIPIENTS[i % 3]}@example.test", (i % 7 - 3) * 12.5 + i)
-             for i in range(rows)],
+            [(f"Customer {i:05d}", f"{RECIPIENTS[i % 3]}@example.test", (i % 7 - 3) * 12.5 + i) for i in range(rows)],
         )
     con.close()
     return {user: len(range(k, rows, len(RECIPIENTS))) for k, user in enumerate(RECIPIENTS)}
@@ -146,8 +145,9 @@ def send_postroom(env: dict[str, str], work: Path, round_no: int) -> tuple[float
     out_path = work / f"postroom-round{round_no}.log"
     with open(out_path, "wb") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen([str(POSTROOM), "send", "merge"], env=env, cwd=work,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(POSTROOM), "send", "merge"], env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT
+        )
         _pid, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -192,30 +192,32 @@ def fire_results(store: Path, key_prefix: str) -> tuple[int, int, datetime | Non
     try:
         total, sent, last = con.execute(
             "SELECT count(*), sum(status = 'sent'), max(sent_at) FROM outbox WHERE dedup_key LIKE ?",
-            (key_prefix + "%",)).fetchone()
+            (key_prefix + "%",),
+        ).fetchone()
     finally:
         con.close()
     when = datetime.fromisoformat(last) if last else None
     return total, sent or 0, (when.replace(tzinfo=UTC) if when and when.tzinfo is None else when)
 
 
-def send_daemon(env: dict[str, str], work: Path, round_no: int, rows: int, connections: int,
-                db: Path, smtp_port: int, lead: float) -> tuple[float, int]:
+def send_daemon(
+    env: dict[str, str], work: Path, round_no: int, rows: int, connections: int, db: Path, smtp_port: int, lead: float
+) -> tuple[float, int]:
     """`postroom run` with the merge scheduled `lead` seconds ahead. Returns (seconds from the
     fire time to Postfix accepting the last message, the daemon's peak RSS in KiB)."""
     fire = (datetime.now(UTC) + timedelta(seconds=lead)).replace(microsecond=0) + timedelta(seconds=1)
     config = work / f"daemon-round{round_no}.yaml"
     at = fire.strftime("%Y-%m-%dT%H:%M:%S")
-    config.write_text(CONFIG.format(smtp=smtp_port, connections=connections, db=db,
-                                    schedule=f'{{at: "{at}", timezone: UTC}}'))
+    config.write_text(
+        CONFIG.format(smtp=smtp_port, connections=connections, db=db, schedule=f'{{at: "{at}", timezone: UTC}}')
+    )
     port = free_port()
     daemon_env = {**env, "POSTROOM_CONFIG": str(config), "POSTROOM_HTTP": f"127.0.0.1:{port}"}
     log = work / f"daemon-round{round_no}.log"
     key_prefix = f"job:merge:{fire.strftime('%Y%m%dT%H%M%SZ')}:"
     store = work / "state" / "postroom.db"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([str(POSTROOM), "run"], env=daemon_env, cwd=work,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([str(POSTROOM), "run"], env=daemon_env, cwd=work, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_ready(port, proc, log)
         if datetime.now(UTC) >= fire:
@@ -264,13 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/send", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1000, help="messages per side per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=16,
-                        help="postroom's SMTP connections (the config allows up to 16)")
+    parser.add_argument(
+        "--connections", type=int, default=16, help="postroom's SMTP connections (the config allows up to 16)"
+    )
     parser.add_argument("--port-offset", type=int, default=20000, help="the bench lab's port offset")
-    parser.add_argument("--daemon-lead", type=float, default=5.0,
-                        help="seconds between starting the daemon and its merge's fire time")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if the daemon's median msg/s is below the loop's")
+    parser.add_argument(
+        "--daemon-lead", type=float, default=5.0, help="seconds between starting the daemon and its merge's fire time"
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if the daemon's median msg/s is below the loop's")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, store)")
     args = parser.parse_args(argv)
 
@@ -283,13 +286,16 @@ def main(argv: list[str] | None = None) -> int:
         db = work / "shop.db"
         owed = seed_customers(db, args.rows)
         (work / "postroom.yaml").write_text(
-            CONFIG.format(smtp=lab.ports.smtp, connections=args.connections, db=db, schedule=CLI_SCHEDULE))
+            CONFIG.format(smtp=lab.ports.smtp, connections=args.connections, db=db, schedule=CLI_SCHEDULE)
+        )
         env = postroom_env(lab, work)
         messages = prepare_messages(work, env)
         size = statistics.mean(len(m.raw) for m in messages)
-        print(f"bench/send: {args.rows} messages per side, {args.rounds} rounds, "
-              f"~{size:.0f} bytes each; Postfix on 127.0.0.1:{lab.ports.smtp}, STARTTLS + AUTH; "
-              f"postroom connections: {args.connections}")
+        print(
+            f"bench/send: {args.rows} messages per side, {args.rounds} rounds, "
+            f"~{size:.0f} bytes each; Postfix on 127.0.0.1:{lab.ports.smtp}, STARTTLS + AUTH; "
+            f"postroom connections: {args.connections}"
+        )
         # Create the store once (untimed), as a user's daemon or earlier run would have.
         subprocess.run([str(POSTROOM), "outbox"], env=env, cwd=work, check=True, capture_output=True)
 
@@ -304,33 +310,45 @@ def main(argv: list[str] | None = None) -> int:
                 elif name == "send":
                     seconds, rss = send_postroom(env, work, r)
                 else:
-                    seconds, rss = send_daemon(env, work, r, args.rows, args.connections, db,
-                                               lab.ports.smtp, args.daemon_lead)
+                    seconds, rss = send_daemon(
+                        env, work, r, args.rows, args.connections, db, lab.ports.smtp, args.daemon_lead
+                    )
                 sides[name].seconds.append(seconds)
                 sides[name].rss_kib.append(rss)
                 wait_delivered(lab, owed)
             plain, cli, daemon = sides["smtplib"], sides["send"], sides["daemon"]
-            print(f"round {r}: smtplib {args.rows / plain.seconds[-1]:7.1f} msg/s ({plain.seconds[-1]:.2f} s)   "
-                  f"postroom send {args.rows / cli.seconds[-1]:7.1f} msg/s ({cli.seconds[-1]:.2f} s, "
-                  f"peak RSS {cli.rss_kib[-1] / 1024:.1f} MiB)   "
-                  f"daemon {args.rows / daemon.seconds[-1]:7.1f} msg/s ({daemon.seconds[-1]:.2f} s, "
-                  f"peak RSS {daemon.rss_kib[-1] / 1024:.1f} MiB)")
+            print(
+                f"round {r}: smtplib {args.rows / plain.seconds[-1]:7.1f} msg/s ({plain.seconds[-1]:.2f} s)   "
+                f"postroom send {args.rows / cli.seconds[-1]:7.1f} msg/s ({cli.seconds[-1]:.2f} s, "
+                f"peak RSS {cli.rss_kib[-1] / 1024:.1f} MiB)   "
+                f"daemon {args.rows / daemon.seconds[-1]:7.1f} msg/s ({daemon.seconds[-1]:.2f} s, "
+                f"peak RSS {daemon.rss_kib[-1] / 1024:.1f} MiB)"
+            )
 
         plain, cli, daemon = sides["smtplib"], sides["send"], sides["daemon"]
         plain_median = statistics.median(plain.rate(args.rows))
         cli_median = statistics.median(cli.rate(args.rows))
         daemon_median = statistics.median(daemon.rate(args.rows))
         print()
-        print(f"smtplib loop, 1 connection              msg/s: {fmt(plain.rate(args.rows))}   "
-              f"median {plain_median:7.1f}")
-        print(f"postroom send (CLI, spawn to exit), {args.connections:2d} conn. msg/s: "
-              f"{fmt(cli.rate(args.rows))}   median {cli_median:7.1f}")
-        print(f"postroom run (daemon, fire to last accepted) msg/s: {fmt(daemon.rate(args.rows))}   "
-              f"median {daemon_median:7.1f}")
-        print(f"ratio postroom/smtplib (medians): daemon {daemon_median / plain_median:.2f}   "
-              f"CLI {cli_median / plain_median:.2f}")
-        print(f"peak RSS: daemon max {max(daemon.rss_kib) / 1024:.1f} MiB (VmHWM)   "
-              f"CLI max {max(cli.rss_kib) / 1024:.1f} MiB (ru_maxrss)")
+        print(
+            f"smtplib loop, 1 connection              msg/s: {fmt(plain.rate(args.rows))}   median {plain_median:7.1f}"
+        )
+        print(
+            f"postroom send (CLI, spawn to exit), {args.connections:2d} conn. msg/s: "
+            f"{fmt(cli.rate(args.rows))}   median {cli_median:7.1f}"
+        )
+        print(
+            f"postroom run (daemon, fire to last accepted) msg/s: {fmt(daemon.rate(args.rows))}   "
+            f"median {daemon_median:7.1f}"
+        )
+        print(
+            f"ratio postroom/smtplib (medians): daemon {daemon_median / plain_median:.2f}   "
+            f"CLI {cli_median / plain_median:.2f}"
+        )
+        print(
+            f"peak RSS: daemon max {max(daemon.rss_kib) / 1024:.1f} MiB (VmHWM)   "
+            f"CLI max {max(cli.rss_kib) / 1024:.1f} MiB (ru_maxrss)"
+        )
         if args.check and daemon_median < plain_median:
             print("CHECK FAILED: the daemon's merge is slower than the smtplib loop", file=sys.stderr)
             return 1

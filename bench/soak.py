@@ -141,9 +141,11 @@ class Mail:
     def raw(self) -> bytes:
         tags = (" [fwd]" if self.forwarded else "") + (" [reply]" if self.sender else "")
         sender = f"{self.sender}@example.test" if self.sender else f"sender{self.n}@elsewhere.test"
-        return (f"From: Sender {self.n} <{sender}>\r\nTo: {self.user}@example.test\r\n"
-                f"Subject: soak {self.user} {self.n}{tags}\r\nDate: {formatdate()}\r\n"
-                f"Message-ID: {self.message_id}\r\n\r\nbody of {self.n}\r\n").encode()
+        return (
+            f"From: Sender {self.n} <{sender}>\r\nTo: {self.user}@example.test\r\n"
+            f"Subject: soak {self.user} {self.n}{tags}\r\nDate: {formatdate()}\r\n"
+            f"Message-ID: {self.message_id}\r\n\r\nbody of {self.n}\r\n"
+        ).encode()
 
 
 def plan_mail(total: int) -> list[Mail]:
@@ -166,9 +168,11 @@ class Figures:
     notes: list[str] = field(default_factory=list)
 
     def line(self, name: str) -> str:
-        return (f"{name:<22} expected {self.expected:>5}   lost {self.lost:>3}   ran twice {self.ran_twice:>3}   "
-                f"duplicates at the edge {self.edge_duplicates:>3}" + (f"   ({'; '.join(self.notes)})"
-                                                                         if self.notes else ""))
+        return (
+            f"{name:<22} expected {self.expected:>5}   lost {self.lost:>3}   ran twice {self.ran_twice:>3}   "
+            f"duplicates at the edge {self.edge_duplicates:>3}"
+            + (f"   ({'; '.join(self.notes)})" if self.notes else "")
+        )
 
 
 def by_identity(pairs: list[tuple[str, str]], expected: set[str]) -> Figures:
@@ -233,14 +237,22 @@ class Soak:
         con = sqlite3.connect(db)
         with con:
             con.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
-            con.executemany("INSERT INTO customers VALUES (?, ?, ?)",
-                            [(f"Customer {i:05d}", "dave@example.test", (i % 7 - 3) * 12.5 + i)
-                             for i in range(self.args.rows)])
+            con.executemany(
+                "INSERT INTO customers VALUES (?, ?, ?)",
+                [(f"Customer {i:05d}", "dave@example.test", (i % 7 - 3) * 12.5 + i) for i in range(self.args.rows)],
+            )
         con.close()
         ports = self.lab.ports
-        (self.work / "postroom.yaml").write_text(CONFIG.format(
-            smtp=ports.smtp, imap=ports.imap, pop3=ports.pop3, hook=self.hooks.url, db=db,
-            merge_at=merge_at.strftime("%Y-%m-%dT%H:%M:%S")))
+        (self.work / "postroom.yaml").write_text(
+            CONFIG.format(
+                smtp=ports.smtp,
+                imap=ports.imap,
+                pop3=ports.pop3,
+                hook=self.hooks.url,
+                db=db,
+                merge_at=merge_at.strftime("%Y-%m-%dT%H:%M:%S"),
+            )
+        )
 
     def start_daemon(self) -> None:
         self.daemon = Daemon(self.env, log=self.log)
@@ -255,7 +267,7 @@ class Soak:
         """Deliveries, kills and server restarts on one timeline over --duration seconds."""
         duration = self.args.duration
         events: list[tuple[float, str, object]] = []
-        chunks = [self.mails[i:i + CHUNK] for i in range(0, len(self.mails), CHUNK)]
+        chunks = [self.mails[i : i + CHUNK] for i in range(0, len(self.mails), CHUNK)]
         for i, chunk in enumerate(chunks):
             events.append((2.0 + (duration / 2) * i / max(1, len(chunks)), "deliver", chunk))
         # a fifth of the kills while the merge runs (its first seconds), the rest anywhere
@@ -312,8 +324,9 @@ class Soak:
             mid = b" ".join(row[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"].split()[1:]).decode()
             archived[mid] += 1
             unflagged += b"\\Flagged" not in row[b"FLAGS"]
-        move = Figures(expected=len(alice), lost=len(alice - set(archived)),
-                       ran_twice=sum(n - 1 for n in archived.values()))
+        move = Figures(
+            expected=len(alice), lost=len(alice - set(archived)), ran_twice=sum(n - 1 for n in archived.values())
+        )
         move.notes.append(f"{inbox_left} left in INBOX, {unflagged} in Archive not flagged")
         figures["IMAP move + flag"] = move
         figures["IMAP move + flag"].lost += unflagged
@@ -382,16 +395,20 @@ class Soak:
         self.merge_offset = max(10.0, self.args.duration / 10)
         merge_at = datetime.now(UTC) + timedelta(seconds=self.merge_offset)
         self.write_config(merge_at)
-        print(f"bench/soak: {self.args.duration:.0f} s, {len(self.mails)} mails in (IMAP alice + POP3 bob), "
-              f"{self.args.rows}-row merge at {merge_at:%H:%M:%S} UTC, {self.args.kills} kill -9, seed "
-              f"{self.args.seed}; work dir {self.work}")
+        print(
+            f"bench/soak: {self.args.duration:.0f} s, {len(self.mails)} mails in (IMAP alice + POP3 bob), "
+            f"{self.args.rows}-row merge at {merge_at:%H:%M:%S} UTC, {self.args.kills} kill -9, seed "
+            f"{self.args.seed}; work dir {self.work}"
+        )
         started = time.monotonic()
         self.start_daemon()
         try:
             self.chaos()
-            print(f"chaos over after {time.monotonic() - started:.0f} s: {self.kills} kills, "
-                  f"{', '.join(self.restarts)}; {self.redelivered} LMTP chunks delivered again "
-                  f"(a repeat there would be the lab's, not postroom's); draining")
+            print(
+                f"chaos over after {time.monotonic() - started:.0f} s: {self.kills} kills, "
+                f"{', '.join(self.restarts)}; {self.redelivered} LMTP chunks delivered again "
+                f"(a repeat there would be the lab's, not postroom's); draining"
+            )
             drain_until = time.monotonic() + self.args.drain
             while time.monotonic() < drain_until and not self.done():
                 self.lab.flush_queue()
@@ -408,11 +425,15 @@ class Soak:
         figures = self.measure()
         for name, fig in figures.items():
             print(fig.line(name))
-        total = Figures(lost=sum(f.lost for f in figures.values()),
-                        ran_twice=sum(f.ran_twice for f in figures.values()),
-                        edge_duplicates=sum(f.edge_duplicates for f in figures.values()))
-        print(f"TOTAL: lost {total.lost}, ran twice {total.ran_twice}, duplicates at the edge (same id) "
-              f"{total.edge_duplicates}")
+        total = Figures(
+            lost=sum(f.lost for f in figures.values()),
+            ran_twice=sum(f.ran_twice for f in figures.values()),
+            edge_duplicates=sum(f.edge_duplicates for f in figures.values()),
+        )
+        print(
+            f"TOTAL: lost {total.lost}, ran twice {total.ran_twice}, duplicates at the edge (same id) "
+            f"{total.edge_duplicates}"
+        )
         print(self.store_counts())
         return 1 if total.lost or total.ran_twice or code != 0 else 0
 

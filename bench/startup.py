@@ -71,21 +71,24 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--check", action="store_true",
-                        help=f"exit 1 unless check --offline's median is <= {TARGET_S} s")
+    parser.add_argument(
+        "--check", action="store_true", help=f"exit 1 unless check --offline's median is <= {TARGET_S} s"
+    )
     args = parser.parse_args()
 
     names = list(COMMANDS)
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     # An empty working directory: no stray .env is read, and nothing may appear in it.
-    with tempfile.TemporaryDirectory(prefix="pr-startup-") as cwd, \
-            tempfile.TemporaryDirectory(prefix="pr-startup-pyc-") as pycache:
+    with (
+        tempfile.TemporaryDirectory(prefix="pr-startup-") as cwd,
+        tempfile.TemporaryDirectory(prefix="pr-startup-pyc-") as pycache,
+    ):
         env = demo_env(Path(pycache))
         for name in names:  # warm the page cache and the .pyc files, untimed
             timed(COMMANDS[name], env, Path(cwd))
         for r in range(args.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 wall, used = timed(COMMANDS[name], env, Path(cwd))
                 times[name].append(wall)
                 cpu[name].append(used)
@@ -99,12 +102,16 @@ def main() -> int:
     print(f"{args.rounds} rounds, wall clock spawn to exit, {sys.version.split()[0]}")
     for name in names:
         xs = times[name]
-        print(f"{name:<26} median {medians[name] * 1000:6.1f} ms   min {min(xs) * 1000:6.1f}   "
-              f"max {max(xs) * 1000:6.1f}   {medians[name] / floor:5.1f}x python -c pass   "
-              f"CPU median {statistics.median(cpu[name]) * 1000:6.1f} ms")
+        print(
+            f"{name:<26} median {medians[name] * 1000:6.1f} ms   min {min(xs) * 1000:6.1f}   "
+            f"max {max(xs) * 1000:6.1f}   {medians[name] / floor:5.1f}x python -c pass   "
+            f"CPU median {statistics.median(cpu[name]) * 1000:6.1f} ms"
+        )
     check_s = medians["postroom check --offline"]
-    print(f"check --offline / --version: {check_s / medians['postroom --version']:.1f}x; "
-          f"target check --offline <= {TARGET_S * 1000:.0f} ms: {'met' if check_s <= TARGET_S else 'MISSED'}")
+    print(
+        f"check --offline / --version: {check_s / medians['postroom --version']:.1f}x; "
+        f"target check --offline <= {TARGET_S * 1000:.0f} ms: {'met' if check_s <= TARGET_S else 'MISSED'}"
+    )
     return 1 if args.check and check_s > TARGET_S else 0
 
 

@@ -49,8 +49,7 @@ class LabMailbox:
         return {uid: d[b"BODY[]"] for uid, d in data.items()}
 
     async def existing_uids(self, uids: Collection[int]) -> set[int]:
-        return set(await self._do("existing_uids", self.client.search,
-                                  ["UID", ",".join(map(str, uids))]))
+        return set(await self._do("existing_uids", self.client.search, ["UID", ",".join(map(str, uids))]))
 
     async def flags(self, uids: Collection[int]) -> dict[int, frozenset[str]]:
         data = await self._do("flags", self.client.get_flags, list(uids))
@@ -72,6 +71,7 @@ class LabMailbox:
         def expunge() -> None:
             self.client.add_flags(list(uids), [b"\\Deleted"])
             self.client.uid_expunge(list(uids))
+
         await self._do("delete", expunge)
 
 
@@ -95,15 +95,28 @@ def raw_item(rig: Rig, account: str, raw: bytes, n: int) -> InboundItem:
     """A message with its bytes at hand (as POP3 hands them over)."""
     key = f"{account}/pop3/uidl{n}"
     msg = ParsedMessage.from_bytes(raw, key=key)
-    return InboundItem(key=key, message=msg, planned=rig.rules.for_account(account).evaluate(msg, now=rig.clock()),
-                       uidl=f"uidl{n}", raw=raw)
+    return InboundItem(
+        key=key,
+        message=msg,
+        planned=rig.rules.for_account(account).evaluate(msg, now=rig.clock()),
+        uidl=f"uidl{n}",
+        raw=raw,
+    )
 
 
-def make_raw(subject: str = "hello", sender: str = "Dora <dora@elsewhere.test>", to: str = ALICE,
-             extra: str = "", body: str = "Hi there,\nsee you.\n", msgid: str = "<m1@elsewhere.test>") -> bytes:
-    return (f"Return-Path: <dora@elsewhere.test>\nFrom: {sender}\nTo: {to}\nSubject: {subject}\n"
-            f"Date: Thu, 26 Nov 2026 10:00:00 +0000\nMessage-ID: {msgid}\n{extra}"
-            f"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n{body}").encode()
+def make_raw(
+    subject: str = "hello",
+    sender: str = "Dora <dora@elsewhere.test>",
+    to: str = ALICE,
+    extra: str = "",
+    body: str = "Hi there,\nsee you.\n",
+    msgid: str = "<m1@elsewhere.test>",
+) -> bytes:
+    return (
+        f"Return-Path: <dora@elsewhere.test>\nFrom: {sender}\nTo: {to}\nSubject: {subject}\n"
+        f"Date: Thu, 26 Nov 2026 10:00:00 +0000\nMessage-ID: {msgid}\n{extra}"
+        f"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n{body}"
+    ).encode()
 
 
 def folder_count(lab: Any, user: str, folder: str, flag: str | None = None) -> int:
@@ -129,11 +142,25 @@ def alice_inbox(mail):
 
 # -- IMAP batching and the ledger ------------------------------------------------------
 
+
 async def test_batch_of_200_is_one_call_per_action_and_never_redone(mail, alice_inbox, store):
-    mail.seed_maildir("alice", "INBOX", [make_raw(f"[report] {i}", msgid=f"<r{i}@x.test>") for i in range(200)]
-                      + [make_raw("personal", msgid="<p@x.test>")])
-    config = make_config(mail, [{"name": "reports", "account": "alice", "match": {"subject": "[report]"},
-                                 "actions": [{"move": "Archive"}, {"flag": "\\Flagged"}, {"copy": "Junk"}]}])
+    mail.seed_maildir(
+        "alice",
+        "INBOX",
+        [make_raw(f"[report] {i}", msgid=f"<r{i}@x.test>") for i in range(200)]
+        + [make_raw("personal", msgid="<p@x.test>")],
+    )
+    config = make_config(
+        mail,
+        [
+            {
+                "name": "reports",
+                "account": "alice",
+                "match": {"subject": "[report]"},
+                "actions": [{"move": "Archive"}, {"flag": "\\Flagged"}, {"copy": "Junk"}],
+            }
+        ],
+    )
     rig = make_rig(store, config)
     box = LabMailbox(alice_inbox, "alice", "INBOX")
     items = items_from_server(rig, box)
@@ -153,8 +180,17 @@ async def test_batch_of_200_is_one_call_per_action_and_never_redone(mail, alice_
 
 async def test_in_doubt_move_and_flag_are_checked_on_the_server(mail, alice_inbox, store):
     mail.seed_maildir("alice", "INBOX", [make_raw(f"[report] {i}", msgid=f"<d{i}@x.test>") for i in range(3)])
-    config = make_config(mail, [{"name": "reports", "account": "alice", "match": {"subject": "[report]"},
-                                 "actions": [{"flag": "\\Flagged"}, {"move": "Archive"}]}])
+    config = make_config(
+        mail,
+        [
+            {
+                "name": "reports",
+                "account": "alice",
+                "match": {"subject": "[report]"},
+                "actions": [{"flag": "\\Flagged"}, {"move": "Archive"}],
+            }
+        ],
+    )
     rig = make_rig(store, config)
     box = LabMailbox(alice_inbox, "alice", "INBOX")
     items = items_from_server(rig, box)
@@ -174,8 +210,17 @@ async def test_in_doubt_move_and_flag_are_checked_on_the_server(mail, alice_inbo
 
 async def test_move_then_delete_moves_and_skips_the_delete(mail, alice_inbox, store):
     mail.seed_maildir("alice", "INBOX", [make_raw("[report] x")])
-    config = make_config(mail, [{"name": "r", "account": "alice", "match": {"subject": "[report]"},
-                                 "actions": [{"move": "Archive"}, {"delete": True}]}])
+    config = make_config(
+        mail,
+        [
+            {
+                "name": "r",
+                "account": "alice",
+                "match": {"subject": "[report]"},
+                "actions": [{"move": "Archive"}, {"delete": True}],
+            }
+        ],
+    )
     counted: list[tuple[str, str]] = []
     rig = make_rig(store, config, on_action=lambda *kr: counted.append(kr))
     box = LabMailbox(alice_inbox, "alice", "INBOX")
@@ -188,8 +233,17 @@ async def test_move_then_delete_moves_and_skips_the_delete(mail, alice_inbox, st
 
 async def test_transient_failure_leaves_it_to_retry_and_blocks_later_phases(mail, alice_inbox, store):
     mail.seed_maildir("alice", "INBOX", [make_raw("[report] x")])
-    config = make_config(mail, [{"name": "r", "account": "alice", "match": {"subject": "[report]"},
-                                 "actions": [{"move": "Archive"}, {"flag": "\\Flagged"}]}])
+    config = make_config(
+        mail,
+        [
+            {
+                "name": "r",
+                "account": "alice",
+                "match": {"subject": "[report]"},
+                "actions": [{"move": "Archive"}, {"flag": "\\Flagged"}],
+            }
+        ],
+    )
     rig = make_rig(store, config)
     box = LabMailbox(alice_inbox, "alice", "INBOX")
     items = items_from_server(rig, box)
@@ -203,8 +257,9 @@ async def test_transient_failure_leaves_it_to_retry_and_blocks_later_phases(mail
 
 async def test_dry_run_records_and_does_nothing(mail, alice_inbox, store):
     mail.seed_maildir("alice", "INBOX", [make_raw("[report] x")])
-    config = make_config(mail, [{"name": "r", "account": "alice", "match": {"subject": "[report]"},
-                                 "actions": [{"move": "Archive"}]}])
+    config = make_config(
+        mail, [{"name": "r", "account": "alice", "match": {"subject": "[report]"}, "actions": [{"move": "Archive"}]}]
+    )
     rig = make_rig(store, config, dry_run=True)
     box = LabMailbox(alice_inbox, "alice", "INBOX")
     items = items_from_server(rig, box)
@@ -215,16 +270,22 @@ async def test_dry_run_records_and_does_nothing(mail, alice_inbox, store):
 
 # -- forward / redirect ----------------------------------------------------------------
 
-VENDOR_MAIL = (b"From: Vendor Billing <billing@vendor.test>\r\nTo: alice@example.test\r\n"
-               b"Subject: Invoice 42\r\nDate: Thu, 26 Nov 2026 09:00:00 +0000\r\n"
-               b"Message-ID: <inv42@vendor.test>\r\nMIME-Version: 1.0\r\n"
-               b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
-               b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nYour invoice \xe2\x82\xac 10.\r\n"
-               b"--b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=inv.pdf\r\n"
-               b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n")
+VENDOR_MAIL = (
+    b"From: Vendor Billing <billing@vendor.test>\r\nTo: alice@example.test\r\n"
+    b"Subject: Invoice 42\r\nDate: Thu, 26 Nov 2026 09:00:00 +0000\r\n"
+    b"Message-ID: <inv42@vendor.test>\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+    b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nYour invoice \xe2\x82\xac 10.\r\n"
+    b"--b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=inv.pdf\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n"
+)
 
-OUT_OF_OFFICE = {"name": "out-of-office", "account": "carol", "match": {},
-                 "actions": [{"reply": {"template": "out_of_office", "days": 7}}]}
+OUT_OF_OFFICE = {
+    "name": "out-of-office",
+    "account": "carol",
+    "match": {},
+    "actions": [{"reply": {"template": "out_of_office", "days": 7}}],
+}
 
 
 async def send_outbox(rig: Rig) -> None:
@@ -236,10 +297,18 @@ async def send_outbox(rig: Rig) -> None:
 
 async def test_forward_as_attachment_reaches_carol_who_does_not_auto_reply(mail, alice_inbox, store):
     mail.deliver("alice", VENDOR_MAIL)
-    config = make_config(mail, [
-        {"name": "invoices", "account": "alice", "match": {"from": {"matches": "*@vendor.test"}},
-         "actions": [{"forward": {"to": [CAROL], "as": "attachment"}}, {"flag": "\\Flagged"}]},
-        OUT_OF_OFFICE])
+    config = make_config(
+        mail,
+        [
+            {
+                "name": "invoices",
+                "account": "alice",
+                "match": {"from": {"matches": "*@vendor.test"}},
+                "actions": [{"forward": {"to": [CAROL], "as": "attachment"}}, {"flag": "\\Flagged"}],
+            },
+            OUT_OF_OFFICE,
+        ],
+    )
     woken = []
     rig = make_rig(store, config, wake_sender=lambda: woken.append(1))
     box = LabMailbox(alice_inbox, "alice", "INBOX")
@@ -277,8 +346,9 @@ async def test_forward_as_attachment_reaches_carol_who_does_not_auto_reply(mail,
 
 
 async def test_redirect_keeps_the_original_bytes_and_adds_resent_fields(store, lab):
-    config = make_config(lab, [{"name": "fw", "account": "alice", "match": {},
-                                "actions": [{"redirect": {"to": CAROL}}]}])
+    config = make_config(
+        lab, [{"name": "fw", "account": "alice", "match": {}, "actions": [{"redirect": {"to": CAROL}}]}]
+    )
     rig = make_rig(store, config)
     raw = make_raw("bare LF lines")  # LF line endings on purpose
     item = raw_item(rig, "alice", raw, 1)
@@ -294,14 +364,26 @@ async def test_redirect_keeps_the_original_bytes_and_adds_resent_fields(store, l
     assert resent[LOOP_HEADER] == ALICE
 
 
-@pytest.mark.parametrize("extra, why", [
-    (f"{LOOP_HEADER}: alice@example.test\n", "already carries"),
-    ("Received: from x by y\n" * 21, "hops"),
-    ("", "MAILER-DAEMON"),
-])
+@pytest.mark.parametrize(
+    "extra, why",
+    [
+        (f"{LOOP_HEADER}: alice@example.test\n", "already carries"),
+        ("Received: from x by y\n" * 21, "hops"),
+        ("", "MAILER-DAEMON"),
+    ],
+)
 async def test_forward_and_redirect_refuse_loops_and_bounces(store, lab, extra, why):
-    config = make_config(lab, [{"name": "fw", "account": "alice", "match": {},
-                                "actions": [{"redirect": {"to": CAROL}}, {"forward": {"to": CAROL}}]}])
+    config = make_config(
+        lab,
+        [
+            {
+                "name": "fw",
+                "account": "alice",
+                "match": {},
+                "actions": [{"redirect": {"to": CAROL}}, {"forward": {"to": CAROL}}],
+            }
+        ],
+    )
     rig = make_rig(store, config)
     sender = "MAILER-DAEMON@mx.test" if why == "MAILER-DAEMON" else "dora@elsewhere.test"
     item = raw_item(rig, "alice", make_raw(sender=sender, extra=extra), 1)
@@ -312,8 +394,9 @@ async def test_forward_and_redirect_refuse_loops_and_bounces(store, lab, extra, 
 
 def forward_of(raw: bytes, sender: str, to: str, as_: str = "attachment") -> bytes:
     msg = ParsedMessage.from_bytes(raw, key="k")
-    return forward_message(raw, msg, sender=sender, to=[to], as_=as_, rule="ring",
-                           message_id="<f@example.test>", now=START)
+    return forward_message(
+        raw, msg, sender=sender, to=[to], as_=as_, rule="ring", message_id="<f@example.test>", now=START
+    )
 
 
 def test_the_loop_trail_survives_forwards_and_is_read_inside_attached_messages():
@@ -372,13 +455,14 @@ def test_reply_guard_empty_return_path():
 
 async def test_reply_once_per_sender_per_days(store, lab):
     rig = make_rig(store, make_config(lab, [OUT_OF_OFFICE]))
-    refused = [raw_item(rig, "carol", make_raw(**{"to": CAROL, **NO_REPLY_CASES[c]}), i)
-               for i, c in enumerate(sorted(NO_REPLY_CASES))]
+    refused = [
+        raw_item(rig, "carol", make_raw(**{"to": CAROL, **NO_REPLY_CASES[c]}), i)
+        for i, c in enumerate(sorted(NO_REPLY_CASES))
+    ]
     outcomes = await rig.executor.handle_batch("carol", "INBOX", None, refused)
     assert all(o.done for o in outcomes.values()) and queued(rig) == []
 
-    first = raw_item(rig, "carol", make_raw("Auto: meeting", to=CAROL,
-                                            extra="References: <old@elsewhere.test>\n"), 100)
+    first = raw_item(rig, "carol", make_raw("Auto: meeting", to=CAROL, extra="References: <old@elsewhere.test>\n"), 100)
     [outcome] = (await rig.executor.handle_batch("carol", "INBOX", None, [first])).values()
     assert outcome.done
     [reply] = queued(rig)
@@ -411,8 +495,12 @@ async def test_missing_reply_template_is_a_dead_action_not_a_retry(store, lab):
 
 
 async def test_webhook_action_is_queued_with_the_message_payload(store, lab):
-    rule = {"name": "alerts", "account": "alice", "match": {"header": {"name": "X-Alert", "is": "high"}},
-            "actions": [{"webhook": {"url": "http://127.0.0.1:9/hook", "secret": "whsec_dGVzdA=="}}]}
+    rule = {
+        "name": "alerts",
+        "account": "alice",
+        "match": {"header": {"name": "X-Alert", "is": "high"}},
+        "actions": [{"webhook": {"url": "http://127.0.0.1:9/hook", "secret": "whsec_dGVzdA=="}}],
+    }
     rig = make_rig(store, make_config(lab, [rule]))
     item = raw_item(rig, "alice", make_raw("disk full", extra="X-Alert: high\n"), 1)
     [outcome] = (await rig.executor.handle_batch("alice", "INBOX", None, [item])).values()
@@ -445,8 +533,15 @@ async def test_two_mails_from_one_sender_in_one_batch_get_one_reply(store, lab, 
     monkeypatch.setattr(actions, "SEND_CHUNK", send_chunk)
     counted: list[tuple[str, str]] = []
     rig = make_rig(store, make_config(lab, [OUT_OF_OFFICE]), on_action=lambda *kr: counted.append(kr))
-    items = [raw_item(rig, "carol", make_raw(f"n{i}", sender="Eve <eve@elsewhere.test>", to=CAROL,
-                                             msgid=f"<e{i}@elsewhere.test>"), i) for i in range(2)]
+    items = [
+        raw_item(
+            rig,
+            "carol",
+            make_raw(f"n{i}", sender="Eve <eve@elsewhere.test>", to=CAROL, msgid=f"<e{i}@elsewhere.test>"),
+            i,
+        )
+        for i in range(2)
+    ]
     outcomes = await rig.executor.handle_batch("carol", "INBOX", None, items)
     assert all(o.done for o in outcomes.values())
     assert [q.recipients for q in queued(rig)] == [["eve@elsewhere.test"]]
@@ -458,8 +553,9 @@ async def test_two_mails_from_one_sender_in_one_batch_get_one_reply(store, lab, 
 async def test_forwards_hold_a_chunk_of_raw_messages_at_a_time(mail, alice_inbox, store, monkeypatch):
     monkeypatch.setattr(actions, "SEND_CHUNK", 2)
     mail.seed_maildir("alice", "INBOX", [make_raw(f"n{i}", msgid=f"<n{i}@x.test>") for i in range(5)])
-    config = make_config(mail, [{"name": "fw", "account": "alice", "match": {},
-                                 "actions": [{"forward": {"to": CAROL}}]}])
+    config = make_config(
+        mail, [{"name": "fw", "account": "alice", "match": {}, "actions": [{"forward": {"to": CAROL}}]}]
+    )
     rig = make_rig(store, config)
     box = LabMailbox(alice_inbox, "alice", "INBOX")
     fetched: list[int] = []
@@ -477,8 +573,9 @@ async def test_forwards_hold_a_chunk_of_raw_messages_at_a_time(mail, alice_inbox
 
 
 async def test_encoded_line_breaks_in_a_subject_do_not_reach_our_headers(store, lab):
-    config = make_config(lab, [{"name": "fw", "account": "alice", "match": {},
-                                "actions": [{"forward": {"to": CAROL, "as": "inline"}}]}])
+    config = make_config(
+        lab, [{"name": "fw", "account": "alice", "match": {}, "actions": [{"forward": {"to": CAROL, "as": "inline"}}]}]
+    )
     rig = make_rig(store, config)
     item = raw_item(rig, "alice", make_raw("=?utf-8?q?Hi=0D=0ABcc:_victim@x.test?="), 1)
     [outcome] = (await rig.executor.handle_batch("alice", "INBOX", None, [item])).values()

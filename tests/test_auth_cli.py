@@ -87,10 +87,19 @@ def environment(root: Path, *, key: str | None = KEY) -> dict[str, str]:
     return env
 
 
-def postroom(root: Path, *args: str, env: dict[str, str] | None = None,
-             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "postroom.cli", *args], cwd=root, env=env or environment(root),
-                          input=stdin, capture_output=True, text=True, timeout=60, check=False)
+def postroom(
+    root: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "postroom.cli", *args],
+        cwd=root,
+        env=env or environment(root),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 class Running:
@@ -98,8 +107,13 @@ class Running:
 
     def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "postroom.cli", *args], cwd=root, env=env or environment(root),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "postroom.cli", *args],
+            cwd=root,
+            env=env or environment(root),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
@@ -116,8 +130,9 @@ class Running:
         while True:
             line = self.lines.get(timeout=timeout)
             if line is None:
-                raise AssertionError(f"the command ended without printing {text!r}:\n{''.join(self.seen)}"
-                                     f"{self.stderr()}")
+                raise AssertionError(
+                    f"the command ended without printing {text!r}:\n{''.join(self.seen)}{self.stderr()}"
+                )
             self.seen.append(line)
             if text in line:
                 return line.strip()
@@ -183,8 +198,9 @@ def test_microsoft_device_code_login_stores_the_rotated_token_encrypted(
     assert authority.counters["devicecode"] == 1 and authority.counters["token.refresh_token"] == 1
     # The proving refresh rotated the signed-in token (Microsoft's do): the new one is stored,
     # the one it replaced is dead at the server.
-    [proof] = [r for r in authority.requests_to("/organizations/oauth2/v2.0/token")
-               if r.form["grant_type"] == "refresh_token"]
+    [proof] = [
+        r for r in authority.requests_to("/organizations/oauth2/v2.0/token") if r.form["grant_type"] == "refresh_token"
+    ]
     stored = stored_refresh_token(root)
     assert stored is not None and stored != proof.form["refresh_token"]
     assert authority.refresh_token_is_valid(stored)
@@ -248,8 +264,10 @@ def test_google_login_with_browser_flag_opens_one_and_finds_the_key_as_a_secret_
     root = project(tmp_path, token_server, GOOGLE)
     (root / "secrets").mkdir()
     (root / "secrets" / "POSTROOM_TOKEN_KEY").write_text(KEY + "\n")  # as systemd's LoadCredential= gives it
-    env = environment(root, key=None) | {"BROWSER": str(fake_browser(root)),
-                                         "POSTROOM_SECRETS_DIR": str(root / "secrets")}
+    env = environment(root, key=None) | {
+        "BROWSER": str(fake_browser(root)),
+        "POSTROOM_SECRETS_DIR": str(root / "secrets"),
+    }
 
     done = postroom(root, "auth", "login", "alice", "--browser", env=env)
 
@@ -277,9 +295,7 @@ def test_generic_login_reads_the_token_from_stdin_and_the_key_from_dotenv(
     assert refresh.form["refresh_token"] == pasted
 
 
-def test_a_token_the_server_refuses_is_reported_at_once_and_recorded(
-    tmp_path: Path, token_server: TokenServer
-) -> None:
+def test_a_token_the_server_refuses_is_reported_at_once_and_recorded(tmp_path: Path, token_server: TokenServer) -> None:
     root = project(tmp_path, token_server, GENERIC)
 
     done = postroom(root, "auth", "login", "alice", stdin="not-a-token-the-server-knows\n")
@@ -331,8 +347,12 @@ def test_login_refuses_an_account_whose_config_gives_the_refresh_token(
     tmp_path: Path, token_server: TokenServer
 ) -> None:
     root = project(tmp_path, token_server, GENERIC + "\n      refresh_token: ${{ALICE_REFRESH_TOKEN}}")
-    env = {"POSTROOM_CONFIG": str(root / "postroom.yaml"), "POSTROOM_STATE_DIR": str(root / "state"),
-           "ALICE_REFRESH_TOKEN": "from-the-config", "POSTROOM_TOKEN_KEY": KEY}
+    env = {
+        "POSTROOM_CONFIG": str(root / "postroom.yaml"),
+        "POSTROOM_STATE_DIR": str(root / "state"),
+        "ALICE_REFRESH_TOKEN": "from-the-config",
+        "POSTROOM_TOKEN_KEY": KEY,
+    }
 
     refused = CliRunner().invoke(app, ["auth", "login", "alice"], env=env)
 

@@ -27,7 +27,9 @@ from tests.support.daemon import (
 
 DEAD = f"nobody@{DEAD_DOMAIN}"
 
-CONFIG = ACCOUNT_CONFIG + """\
+CONFIG = (
+    ACCOUNT_CONFIG
+    + """\
     bounces: {{folder: INBOX, verp: true}}
 jobs:
   merge:
@@ -44,6 +46,7 @@ rules:
     match: {{}}
     actions: [{{flag: "\\\\Flagged"}}]
 """
+)
 
 
 def setup(workdir: Path, lab) -> dict[str, str]:
@@ -54,9 +57,10 @@ def setup(workdir: Path, lab) -> dict[str, str]:
     db = sqlite3.connect(workdir / "shop.db")
     with db:
         db.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
-        db.executemany("INSERT INTO customers VALUES (?, ?, ?)",
-                       [("A Bob", "bob@example.test", 10.0), ("B Nobody", DEAD, 20.0),
-                        ("C Carol", "carol@example.test", 30.0)])
+        db.executemany(
+            "INSERT INTO customers VALUES (?, ?, ?)",
+            [("A Bob", "bob@example.test", 10.0), ("B Nobody", DEAD, 20.0), ("C Carol", "carol@example.test", 30.0)],
+        )
     db.close()
     return postroom_env(lab, workdir)
 
@@ -67,8 +71,10 @@ def flagged(lab, user: str = "alice") -> dict[str, bool]:
         client.select_folder("INBOX", readonly=True)
         uids = client.search("ALL")
         rows = client.fetch(uids, ["FLAGS", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]) if uids else {}
-    return {row[b"BODY[HEADER.FIELDS (SUBJECT)]"].decode().partition(":")[2].strip():
-            b"\\Flagged" in row[b"FLAGS"] for row in rows.values()}
+    return {
+        row[b"BODY[HEADER.FIELDS (SUBJECT)]"].decode().partition(":")[2].strip(): b"\\Flagged" in row[b"FLAGS"]
+        for row in rows.values()
+    }
 
 
 def test_a_hard_bounce_marks_the_row_suppresses_the_address_and_the_next_run_skips_it(tmp_path, clean_lab):
@@ -113,8 +119,11 @@ def test_a_hard_bounce_marks_the_row_suppresses_the_address_and_the_next_run_ski
     assert second.returncode == 0, second.stdout + second.stderr
     assert "1 suppressed recipient(s) left out" in second.stdout
     assert "sent 2, deferred 0, dead 0 (of 2)" in second.stdout
-    (skipped,) = [e for e in map(json.loads, filter(None, second.stderr.splitlines()))
-                  if e["event"] == "suppressed recipients left out of the run"]
+    (skipped,) = [
+        e
+        for e in map(json.loads, filter(None, second.stderr.splitlines()))
+        if e["event"] == "suppressed recipients left out of the run"
+    ]
     assert (skipped["count"], skipped["recipients"]) == (1, [DEAD])
     clean_lab.wait_for_messages("bob", 2)
     clean_lab.wait_for_messages("carol", 2)

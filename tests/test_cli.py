@@ -36,13 +36,26 @@ def test_rules_failed_lists_set_aside_messages_dead_actions_and_webhooks(tmp_pat
     store = open_store(tmp_path)
     key = "alice/INBOX/7/42"
     for _ in range(store.inbound.max_attempts):
-        store.inbound.finish_many([(key, "failed", "parse: boom")], now=NOW,
-                                  rows={key: {"account": "alice", "folder": "INBOX", "message_id": "<m@x>"}})
+        store.inbound.finish_many(
+            [(key, "failed", "parse: boom")],
+            now=NOW,
+            rows={key: {"account": "alice", "folder": "INBOX", "message_id": "<m@x>"}},
+        )
     aid = (key, "invoices", 0)
     store.ledger.plan([(aid, "forward")], now=NOW)
     store.ledger.finish([(aid, "dead", None, "ServerRejected: 554 no")], now=NOW)
-    store.ledger.enqueue_webhooks([{"webhook_id": "msg_1", "action_key": f"{key}|alerts|0", "rule": "alerts",
-                                    "url": "http://127.0.0.1:9/hook", "payload": b"{}"}], now=NOW)
+    store.ledger.enqueue_webhooks(
+        [
+            {
+                "webhook_id": "msg_1",
+                "action_key": f"{key}|alerts|0",
+                "rule": "alerts",
+                "url": "http://127.0.0.1:9/hook",
+                "payload": b"{}",
+            }
+        ],
+        now=NOW,
+    )
     (delivery,) = store.ledger.claim_webhooks(now=NOW, limit=5, lease=timedelta(minutes=1))
     store.ledger.webhook_dead(delivery, now=NOW, error="HTTP 410: gone")
     store.close()
@@ -74,8 +87,15 @@ def test_outbox_dead_then_retry_puts_it_back(tmp_path):
 def postroom(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real command in a fresh process, in `cwd`, with no POSTROOM_* settings inherited."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
-    return subprocess.run([sys.executable, "-m", "postroom.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "postroom.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def files_under(root: Path) -> set[str]:
@@ -86,8 +106,14 @@ def test_init_writes_a_starter_that_check_offline_accepts_as_is(tmp_path):
     made = postroom(tmp_path, "init", "proj")
     assert made.returncode == 0, made.stderr
     project = tmp_path / "proj"
-    assert {"postroom.yaml", ".env.example", ".env", "postroom.schema.json", "templates/layout.j2",
-            "templates/hello.j2"} <= files_under(project)
+    assert {
+        "postroom.yaml",
+        ".env.example",
+        ".env",
+        "postroom.schema.json",
+        "templates/layout.j2",
+        "templates/hello.j2",
+    } <= files_under(project)
     assert "postroom check --offline" in made.stdout and "cd proj" in made.stdout
     assert (project / ".env").stat().st_mode & 0o077 == 0  # it will hold the password
     first_line = (project / "postroom.yaml").read_text().splitlines()[0]
@@ -126,7 +152,9 @@ def test_schema_prints_the_config_json_schema():
     assert "15m" in every  # durations as written in the YAML, not ISO 8601
 
 
-JOB_CONFIG = CONFIG + """\
+JOB_CONFIG = (
+    CONFIG
+    + """\
 jobs:
   note:
     schedule: {every: 1h}
@@ -134,16 +162,25 @@ jobs:
     template: note
     to: [bob@example.test]
 """
+)
 
 
 def test_check_dry_run_and_reading_commands_write_nothing(tmp_path):
     (tmp_path / "postroom.yaml").write_text(JOB_CONFIG)
     (tmp_path / "templates").mkdir()
-    (tmp_path / "templates" / "note.j2").write_text("{% block subject %}note{% endblock %}"
-                                                      "{% block text %}hello{% endblock %}")
+    (tmp_path / "templates" / "note.j2").write_text(
+        "{% block subject %}note{% endblock %}{% block text %}hello{% endblock %}"
+    )
     before = files_under(tmp_path)
-    for args in (["check", "--offline"], ["send", "note", "--dry-run"], ["jobs"], ["outbox"], ["rules", "failed"],
-                 ["status"], ["outbox", "retry", "1"]):
+    for args in (
+        ["check", "--offline"],
+        ["send", "note", "--dry-run"],
+        ["jobs"],
+        ["outbox"],
+        ["rules", "failed"],
+        ["status"],
+        ["outbox", "retry", "1"],
+    ):
         result = postroom(tmp_path, *args)
         assert result.returncode == (1 if "retry" in args else 0), f"{args}: {result.stdout}{result.stderr}"
         assert files_under(tmp_path) == before, f"{args} wrote {files_under(tmp_path) - before}"
@@ -154,11 +191,21 @@ def test_check_dry_run_and_reading_commands_write_nothing(tmp_path):
 
 def test_a_broken_config_exits_78_so_systemd_stops_restarting_it(tmp_path):
     (tmp_path / "postroom.yaml").write_text(CONFIG.replace("port: 1,", "port: 0,"))
-    env = {**os.environ, "POSTROOM_CONFIG": str(tmp_path / "postroom.yaml"),
-           "POSTROOM_STATE_DIR": str(tmp_path / "state"), "POSTROOM_HTTP": ""}
+    env = {
+        **os.environ,
+        "POSTROOM_CONFIG": str(tmp_path / "postroom.yaml"),
+        "POSTROOM_STATE_DIR": str(tmp_path / "state"),
+        "POSTROOM_HTTP": "",
+    }
     for command in (["run"], ["check", "--offline"], ["send", "x", "--dry-run"]):
-        done = subprocess.run([sys.executable, "-m", "postroom.cli", *command], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "postroom.cli", *command],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 78, (command, done.stderr)  # EX_CONFIG
         assert "accounts.alice.smtp.port" in done.stderr
     assert not (tmp_path / "state").exists()  # the daemon opened no store for a broken config

@@ -170,8 +170,9 @@ def test_validate_address_and_check_header_value() -> None:
 
 
 def test_extra_headers_and_auto_submitted_value() -> None:
-    parsed = parse(build(extra_headers={"In-Reply-To": "<a@b.test>", "X-Postroom-Job": "orders"},
-                         auto_submitted="auto-replied"))
+    parsed = parse(
+        build(extra_headers={"In-Reply-To": "<a@b.test>", "X-Postroom-Job": "orders"}, auto_submitted="auto-replied")
+    )
     assert parsed["In-Reply-To"] == "<a@b.test>"
     assert parsed["X-Postroom-Job"] == "orders"
     assert parsed["Auto-Submitted"] == "auto-replied"
@@ -189,8 +190,15 @@ def test_rows_to_csv_shapes() -> None:
 
 
 def test_compose_bytes_is_what_compose_serialises() -> None:
-    raw = compose_bytes(sender="alice@example.test", to=["bob@example.test"], subject="Hi", text="Hello\n",
-                        html="<p>Hello</p>", message_id=MSG_ID, date=DATE)
+    raw = compose_bytes(
+        sender="alice@example.test",
+        to=["bob@example.test"],
+        subject="Hi",
+        text="Hello\n",
+        html="<p>Hello</p>",
+        message_id=MSG_ID,
+        date=DATE,
+    )
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed.get_content_type() == "multipart/alternative"
     boundary = parsed.get_boundary()

@@ -64,8 +64,7 @@ def test_secret_from_a_secrets_dir(tmp_path):
     (secrets / "PW").write_text("from-file\n")
     path = tmp_path / "postroom.yaml"
     path.write_text(
-        "accounts:\n  a:\n    address: a@example.test\n"
-        "    smtp: {host: h, username: u, password: '${PW}'}\n"
+        "accounts:\n  a:\n    address: a@example.test\n    smtp: {host: h, username: u, password: '${PW}'}\n"
     )
     cfg = load_config(Settings(config=path, secrets_dir=secrets), environ={}).config
     assert cfg.accounts["a"].smtp.password.get_secret_value() == "from-file"
@@ -74,8 +73,9 @@ def test_secret_from_a_secrets_dir(tmp_path):
 def test_name_file_variables_are_read_as_secret_files(tmp_path, monkeypatch):
     (tmp_path / "pw").write_text("from-docker-secret\n")
     path = tmp_path / "postroom.yaml"
-    path.write_text("accounts:\n  a:\n    address: a@example.test\n"
-                    "    smtp: {host: h, username: u, password: '${PW}'}\n")
+    path.write_text(
+        "accounts:\n  a:\n    address: a@example.test\n    smtp: {host: h, username: u, password: '${PW}'}\n"
+    )
     cfg = load_config(Settings(config=path), environ={"PW_FILE": str(tmp_path / "pw")}).config
     assert cfg.accounts["a"].smtp.password.get_secret_value() == "from-docker-secret"
 
@@ -118,7 +118,7 @@ jobs:
         ("template: t", "template: t\n    colour: red", "jobs.j.colour", "unknown key 'colour'"),
         ("security: starttls", "security: startls", "accounts.a.smtp.security", "'tls', 'starttls' or 'none'"),
         ('cron: "0 8 * * *"', 'cron: "0 8 * * *", every: 5m', "jobs.j.schedule", "exactly one of cron, every, at"),
-        ('{cron: "0 8 * * *"}', '{every: 5m, timezone: Mars/Olympus}', "jobs.j.schedule.timezone", "unknown time zone"),
+        ('{cron: "0 8 * * *"}', "{every: 5m, timezone: Mars/Olympus}", "jobs.j.schedule.timezone", "unknown time zone"),
         ("template: t", "template: t\n    for_each: rows", "jobs.j.for_each", "unknown data key 'rows'"),
     ],
 )
@@ -140,7 +140,8 @@ def test_yaml_syntax_error_has_a_line(tmp_path):
 
 def test_all_problems_reported_at_once(tmp_path):
     text = BASE.replace("account: a\n    template", "account: zed\n    template").replace(
-        "to: [b@example.test]", "to: [b@example.test]\n    skip_if_empty: nothing")
+        "to: [b@example.test]", "to: [b@example.test]\n    skip_if_empty: nothing"
+    )
     with pytest.raises(ConfigError) as err:
         load(tmp_path, text)
     assert len(err.value.problems) == 2
@@ -160,10 +161,13 @@ rules:
     assert "rules.0.actions.0.move" in str(err.value) and "needs IMAP" in str(err.value)
 
 
-@pytest.mark.parametrize(("where", "key"), [
-    ("folder: Archive", "rules.0.folder"),
-    ("folders: [INBOX, Lists]", "rules.0.folders"),
-])
+@pytest.mark.parametrize(
+    ("where", "key"),
+    [
+        ("folder: Archive", "rules.0.folder"),
+        ("folders: [INBOX, Lists]", "rules.0.folders"),
+    ],
+)
 def test_pop3_account_refuses_a_rule_on_a_folder(tmp_path, where, key):
     """A POP3 maildrop has no folders: such a rule would never see a message, so it is refused."""
     text = f"""\
@@ -218,8 +222,14 @@ def test_yaml_alias_bomb_is_refused_in_bounded_memory(tmp_path):
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
     postroom = Path(sys.executable).with_name("postroom")
-    done = subprocess.run([str(postroom), "check", "--offline", "-c", str(path)],
-                          capture_output=True, text=True, timeout=60, preexec_fn=cap, cwd=tmp_path)
+    done = subprocess.run(
+        [str(postroom), "check", "--offline", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=cap,
+        cwd=tmp_path,
+    )
     assert done.returncode != 0
     assert f"{path}: line 17: this expands to more than 200,000 values" in done.stderr, done.stderr
 
@@ -231,8 +241,12 @@ def test_yaml_alias_that_contains_itself_is_a_config_error(tmp_path):
 
 
 def test_a_few_aliases_still_load(tmp_path):
-    loaded = load(tmp_path, BASE.replace("smtp: {host", "smtp: &relay {host").replace(
-        "jobs:", "  b:\n    address: b@example.test\n    smtp: *relay\njobs:"))
+    loaded = load(
+        tmp_path,
+        BASE.replace("smtp: {host", "smtp: &relay {host").replace(
+            "jobs:", "  b:\n    address: b@example.test\n    smtp: *relay\njobs:"
+        ),
+    )
     assert loaded.config.accounts["b"].smtp.port == 10025
 
 

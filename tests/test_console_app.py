@@ -57,5 +57,6 @@ def test_the_navigation_links_the_extra_mounts():
     assert nav[: len(NAV)] == list(NAV) and nav[-1] == ("/preview", "Preview")
     console = Console(object(), nav=nav)  # type: ignore[arg-type]
     page: Any = console.env.get_template("base.html").render(
-        nav=console.nav, path="/", title="t", live_only=False, note=None, csrf="c", refresh=5, now=None)
+        nav=console.nav, path="/", title="t", live_only=False, note=None, csrf="c", refresh=5, now=None
+    )
     assert '<a href="/preview">Preview</a>' in page

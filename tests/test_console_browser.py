@@ -38,7 +38,9 @@ PROBES = ("/healthz", "/readyz", "/metrics")
 PAGES = ("/", "/jobs", "/jobs/hello/preview", "/outbox", "/mailboxes", "/webhooks", "/nope", "/preview")
 
 # alice from the shared ACCOUNT_CONFIG (lab SMTP + IMAP), then the rest.
-CONFIG = ACCOUNT_CONFIG + """\
+CONFIG = (
+    ACCOUNT_CONFIG
+    + """\
   mallory:
     address: mallory@example.test
     smtp: {{host: 127.0.0.1, port: {fake}, security: none, timeout: 10}}
@@ -67,6 +69,7 @@ rules:
     match: {{}}
     actions: [{{flag: "\\\\Seen"}}]
 """
+)
 
 TEMPLATE = """\
 {% block subject %}Hello from the console{% endblock %}
@@ -125,8 +128,9 @@ def hooks() -> Iterator[DataServer]:
 
 
 @pytest.fixture(scope="module")
-def console(lab: MailLab, smtp_fault: FakeSmtpThread, hooks: DataServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def console(
+    lab: MailLab, smtp_fault: FakeSmtpThread, hooks: DataServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """The daemon with its console on 127.0.0.1:<free port>; yields the base URL."""
     lab.start_dovecot()
     lab.start_postfix()
@@ -135,11 +139,17 @@ def console(lab: MailLab, smtp_fault: FakeSmtpThread, hooks: DataServer,
     work = tmp_path_factory.mktemp("console")
     (work / "templates").mkdir()
     (work / "templates" / "console_hello.j2").write_text(TEMPLATE)
-    (work / "postroom.yaml").write_text(CONFIG.format(smtp=lab.ports.smtp, imap=lab.ports.imap,
-                                                      fake=smtp_fault.port, hook=hooks.url))
+    (work / "postroom.yaml").write_text(
+        CONFIG.format(smtp=lab.ports.smtp, imap=lab.ports.imap, fake=smtp_fault.port, hook=hooks.url)
+    )
     port = free_port()
-    env = postroom_env(lab, work, POSTROOM_HTTP=f"127.0.0.1:{port}", POSTROOM_CONSOLE_TOKEN=TOKEN,
-                       POSTROOM_TEMPLATES=str(work / "templates"))
+    env = postroom_env(
+        lab,
+        work,
+        POSTROOM_HTTP=f"127.0.0.1:{port}",
+        POSTROOM_CONSOLE_TOKEN=TOKEN,
+        POSTROOM_TEMPLATES=str(work / "templates"),
+    )
     daemon = Daemon(env, log=work / "daemon.log")
     try:
         daemon.wait_log("postroom running", timeout=40)
@@ -151,8 +161,9 @@ def console(lab: MailLab, smtp_fault: FakeSmtpThread, hooks: DataServer,
 @pytest.fixture(scope="module")
 def browser(console: str) -> Iterator[webdriver.Chrome]:
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail("the browser tests need Debian's chromium and chromium-driver: run `bash deploy/setup.sh`",
-                    pytrace=False)
+        pytest.fail(
+            "the browser tests need Debian's chromium and chromium-driver: run `bash deploy/setup.sh`", pytrace=False
+        )
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
         options.add_argument(arg)  # --no-sandbox: the tests run as root
@@ -194,6 +205,7 @@ def signed_in_client(base: str) -> Iterator[tuple[httpx.Client, str]]:
 
 # -- security against the daemon -------------------------------------------------------------
 
+
 def test_without_the_token_every_page_but_the_probes_is_refused(console):
     with httpx.Client(base_url=console, timeout=10) as client:
         for path in PROBES:
@@ -219,6 +231,7 @@ def test_an_action_without_its_csrf_token_is_refused(console, smtp_fault):
 
 
 # -- pages in the browser ------------------------------------------------------------------------
+
 
 def test_sign_in_through_the_login_form(console, browser, screenshots):
     browser.get(console + "/")
@@ -247,8 +260,7 @@ def test_run_now_shows_a_dry_run_then_delivers_the_jobs_mail(console, browser, s
     wait_until(lambda: "done" in text_of(browser, 'tr[data-job="hello"]'), 20, "the run in the table")
 
 
-def test_a_dead_letter_shows_the_servers_reply_and_is_retried_from_the_page(console, browser, screenshots,
-                                                                           smtp_fault):
+def test_a_dead_letter_shows_the_servers_reply_and_is_retried_from_the_page(console, browser, screenshots, smtp_fault):
     # The job whose server refuses (a 554 at DATA): one dead letter.
     with signed_in_client(console) as (client, csrf):
         assert client.post("/jobs/bounce/run", data={"csrf": csrf}).status_code == 303
@@ -282,8 +294,10 @@ def test_the_overview_counts_what_needs_a_person(console, browser, screenshots, 
 
     def counts() -> dict[str, str]:
         browser.get(console + "/")
-        return {e.get_attribute("data-count"): e.find_element(By.TAG_NAME, "b").text
-                for e in browser.find_elements(By.CSS_SELECTOR, "[data-count]")}
+        return {
+            e.get_attribute("data-count"): e.find_element(By.TAG_NAME, "b").text
+            for e in browser.find_elements(By.CSS_SELECTOR, "[data-count]")
+        }
 
     expected = {"dead-letters": "1", "set-aside": "0", "dead-webhooks": "1", "failing-accounts": "1"}
     wait_until(lambda: counts() == expected, 30, f"the overview's counts to be {expected}")

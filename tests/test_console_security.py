@@ -31,8 +31,9 @@ async def act(request: Request) -> PlainTextResponse:
 
 @pytest.fixture
 async def client():
-    app = require_token(Starlette(routes=[Route("/", page), Route("/act", act, methods=["POST"]),
-                                          Route("/static/x.css", asset)]), TOKEN)
+    app = require_token(
+        Starlette(routes=[Route("/", page), Route("/act", act, methods=["POST"]), Route("/static/x.css", asset)]), TOKEN
+    )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://console") as c:
         yield c
 

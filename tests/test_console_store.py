@@ -13,9 +13,20 @@ NOW = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
 
 
 def dead_letter(store, key: str = "k1") -> int:
-    store.outbox.enqueue([NewMessage(dedup_key=key, message_id=f"<{key}@t>", account="alice",
-                                     envelope_from="alice@example.test", recipients=["bob@example.test"],
-                                     raw=b"Subject: hi\r\n\r\nhello\r\n", origin="job")], now=NOW)
+    store.outbox.enqueue(
+        [
+            NewMessage(
+                dedup_key=key,
+                message_id=f"<{key}@t>",
+                account="alice",
+                envelope_from="alice@example.test",
+                recipients=["bob@example.test"],
+                raw=b"Subject: hi\r\n\r\nhello\r\n",
+                origin="job",
+            )
+        ],
+        now=NOW,
+    )
     (item,) = store.outbox.claim_due(now=NOW, limit=10, lease=timedelta(minutes=5))
     store.outbox.kill(item, now=NOW, error="554 5.7.1 refused")
     return item.id
@@ -33,8 +44,18 @@ def test_discard_keeps_a_dead_letter_on_record_and_never_sends_it(any_store):
 
 def test_a_dead_webhook_is_listed_and_queued_again_by_retry(any_store):
     ledger = any_store.ledger
-    ledger.enqueue_webhooks([{"webhook_id": "msg_1", "action_key": "m/r/0", "rule": "r",
-                              "url": "http://127.0.0.1:9/hook", "payload": b"{}"}], now=NOW)
+    ledger.enqueue_webhooks(
+        [
+            {
+                "webhook_id": "msg_1",
+                "action_key": "m/r/0",
+                "rule": "r",
+                "url": "http://127.0.0.1:9/hook",
+                "payload": b"{}",
+            }
+        ],
+        now=NOW,
+    )
     (delivery,) = ledger.claim_webhooks(now=NOW, limit=10, lease=timedelta(minutes=5))
     ledger.webhook_dead(delivery, now=NOW, error="HTTP 410")
     assert ledger.webhooks(statuses=["queued", "sending"]) == []

@@ -27,22 +27,45 @@ from tests.support.inbox import USER as POP3_USER
 from tests.support.inbox import Recorder, maildrop_size, pop3_account
 
 RULES = [
-    {"name": "attachments", "account": "alice",
-     "match": {"any": [{"has_attachment": True}, {"attachment": {"filename": {"matches": "*.*"}}}]},
-     "actions": [{"forward": {"to": ["carol@example.test"]}}]},
-    {"name": "bodies", "account": "alice", "match": {"body": {"regex": r"(?i)\bthe\b"}},
-     "actions": [{"webhook": {"url": "http://127.0.0.1:9/hook"}}]},
-    {"name": "odd-headers", "account": "alice",
-     "match": {"all": [{"from": {"matches": "*@*"}}, {"not": {"subject": "zzz"}}, {"size": {"over": 10}},
-                       {"header": {"name": "Content-Type", "contains": "multipart"}}]},
-     "actions": [{"flag": "\\Flagged"}]},
+    {
+        "name": "attachments",
+        "account": "alice",
+        "match": {"any": [{"has_attachment": True}, {"attachment": {"filename": {"matches": "*.*"}}}]},
+        "actions": [{"forward": {"to": ["carol@example.test"]}}],
+    },
+    {
+        "name": "bodies",
+        "account": "alice",
+        "match": {"body": {"regex": r"(?i)\bthe\b"}},
+        "actions": [{"webhook": {"url": "http://127.0.0.1:9/hook"}}],
+    },
+    {
+        "name": "odd-headers",
+        "account": "alice",
+        "match": {
+            "all": [
+                {"from": {"matches": "*@*"}},
+                {"not": {"subject": "zzz"}},
+                {"size": {"over": 10}},
+                {"header": {"name": "Content-Type", "contains": "multipart"}},
+            ]
+        },
+        "actions": [{"flag": "\\Flagged"}],
+    },
 ]
 # `rules test` reads the same rules from a config file; the servers are never contacted
-CONFIG = yaml.safe_dump({
-    "accounts": {"alice": {"address": "alice@example.test",
-                           "smtp": {"host": "127.0.0.1", "port": 1, "security": "none"},
-                           "imap": {"host": "127.0.0.1", "port": 1, "security": "none"}}},
-    "rules": RULES})
+CONFIG = yaml.safe_dump(
+    {
+        "accounts": {
+            "alice": {
+                "address": "alice@example.test",
+                "smtp": {"host": "127.0.0.1", "port": 1, "security": "none"},
+                "imap": {"host": "127.0.0.1", "port": 1, "security": "none"},
+            }
+        },
+        "rules": RULES,
+    }
+)
 
 FILES = corpus_files()
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -52,8 +75,9 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 def test_rules_test_reads_every_corpus_message(tmp_path, path):
     (tmp_path / "postroom.yaml").write_text(CONFIG)
     env = {"POSTROOM_CONFIG": str(tmp_path / "postroom.yaml"), "POSTROOM_STATE_DIR": str(tmp_path / "state")}
-    result = CliRunner().invoke(app, ["rules", "test", str(path), "--account", "alice"], env=env,
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        app, ["rules", "test", str(path), "--account", "alice"], env=env, catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     assert result.output.startswith("message: ")
     assert all(rule["name"] in result.output for rule in RULES)
@@ -83,8 +107,9 @@ async def test_a_watcher_takes_in_the_whole_corpus(clean_lab, store):
     assert list(statuses.values()).count(DONE) == len(raws)
     assert store.inbound.checkpoint("alice", "INBOX").last_uid == uids[-1]
     # the rules did act, as the parser says they should on each file
-    planned = [{a.rule for a in rig.rules.evaluate(ParsedMessage.from_bytes(raw, key="k"), now=rig.clock())}
-               for raw in raws]
+    planned = [
+        {a.rule for a in rig.rules.evaluate(ParsedMessage.from_bytes(raw, key="k"), now=rig.clock())} for raw in raws
+    ]
     assert len(rig.webhooks.requests) == sum("bodies" in rules for rules in planned) > 0
     forwards = sum("attachments" in rules for rules in planned)
     assert 0 < len(queued(rig)) <= forwards  # bounces among them are rightly not forwarded
@@ -95,8 +120,9 @@ async def test_a_pop3_watcher_takes_in_the_whole_corpus_and_empties_the_maildrop
     clean_lab.seed_maildir(POP3_USER, "INBOX", raws)
     ruleset = compile_rules([RuleConfig.model_validate({**rule, "account": POP3_USER}) for rule in RULES[:2]])
     recorder = Recorder()
-    watcher = Pop3Watcher(POP3_USER, pop3_account(clean_lab, start_from="all", delete_after=True), ruleset,
-                          recorder, store.inbound)
+    watcher = Pop3Watcher(
+        POP3_USER, pop3_account(clean_lab, start_from="all", delete_after=True), ruleset, recorder, store.inbound
+    )
     await watcher.poll_once()
     matched = [ruleset.evaluate(ParsedMessage.from_bytes(raw, key="k"), now=NOW) for raw in raws]
     assert len(recorder.subjects) == sum(1 for planned in matched if planned) > 0

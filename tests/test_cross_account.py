@@ -52,8 +52,12 @@ def forget_done(rig: Rig) -> None:
 
 
 async def test_copy_to_another_account_keeps_flags_and_is_not_repeated_when_in_doubt(store: Store, mail):
-    rig = make_rig(store, make_config(mail, [{"name": "keep", "account": "alice",
-                                              "actions": [{"copy": {"account": "carol", "folder": "Kept"}}]}]))
+    rig = make_rig(
+        store,
+        make_config(
+            mail, [{"name": "keep", "account": "alice", "actions": [{"copy": {"account": "carol", "folder": "Kept"}}]}]
+        ),
+    )
     assert await run(rig, mail)
     [(raw, flags)] = in_folder(mail, "carol", "Kept")
     msg = email.message_from_bytes(raw, policy=email.policy.default)
@@ -67,8 +71,13 @@ async def test_copy_to_another_account_keeps_flags_and_is_not_repeated_when_in_d
 
 
 async def test_move_to_another_account_deletes_the_source_after_the_copy(store: Store, mail):
-    rig = make_rig(store, make_config(mail, [{"name": "archive", "account": "alice",
-                                              "actions": [{"move": {"account": "carol", "folder": "2026"}}]}]))
+    rig = make_rig(
+        store,
+        make_config(
+            mail,
+            [{"name": "archive", "account": "alice", "actions": [{"move": {"account": "carol", "folder": "2026"}}]}],
+        ),
+    )
     assert await run(rig, mail)
     assert len(in_folder(mail, "carol", "2026")) == 1
     assert in_folder(mail, "alice", "INBOX") == []

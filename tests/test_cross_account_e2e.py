@@ -41,8 +41,10 @@ rules:
 
 
 def message(n: int) -> bytes:
-    return (f"From: Sender {n} <sender{n}@example.test>\nTo: alice@example.test\nSubject: archive {n}\n"
-            f"Date: {formatdate()}\nMessage-ID: <archive-{n}@example.test>\n\nbody {n}\n").encode()
+    return (
+        f"From: Sender {n} <sender{n}@example.test>\nTo: alice@example.test\nSubject: archive {n}\n"
+        f"Date: {formatdate()}\nMessage-ID: <archive-{n}@example.test>\n\nbody {n}\n"
+    ).encode()
 
 
 def folder(lab: MailLab, user: str, name: str) -> list[bytes]:
@@ -68,8 +70,11 @@ def test_cross_account_move_survives_kill9(tmp_path: Path, clean_lab: MailLab):
 
     first = Daemon({**env, STALL_ENV: f"append:{STALL_AT}:{marker}"}, log=log)
     try:
-        wait_until(lambda: marker.exists() or first.proc.poll() is not None, timeout=60,
-                   what="the daemon to stall after an APPEND")
+        wait_until(
+            lambda: marker.exists() or first.proc.poll() is not None,
+            timeout=60,
+            what="the daemon to stall after an APPEND",
+        )
         assert first.proc.poll() is None, log.read_text()[-3000:]
     finally:
         first.kill9()

@@ -11,15 +11,18 @@ from sqlalchemy.engine import make_url
 BASE = Path("/srv/post room")
 
 
-@pytest.mark.parametrize("url", [
-    "sqlite:///shop.db",
-    "sqlite:///data/shop%20v2.db",
-    "sqlite+pysqlite:///shop.db?mode=ro&timeout=5",
-    "sqlite:////var/lib/shop.db",
-    "sqlite:///:memory:",
-    "sqlite://",
-    "postgresql://u:p@db/shop",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///shop.db",
+        "sqlite:///data/shop%20v2.db",
+        "sqlite+pysqlite:///shop.db?mode=ro&timeout=5",
+        "sqlite:////var/lib/shop.db",
+        "sqlite:///:memory:",
+        "sqlite://",
+        "postgresql://u:p@db/shop",
+    ],
+)
 def test_relative_sqlite_files_move_beside_the_config_as_sqlalchemy_reads_them(url):
     parsed = make_url(url)
     moved = make_url(sqlite_beside(url, BASE))

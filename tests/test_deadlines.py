@@ -35,8 +35,9 @@ def imap_server(drip_at: bytes, *, every: float = SLOW, length: int = 100):
         elif verb == b"LOGIN":
             reply = tag + b" OK " + b"x" * length + b"\r\n"
         elif verb == b"SELECT":
-            reply = (b"* 1 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 2] ok\r\n"
-                     + tag + b" OK [READ-WRITE] done\r\n")
+            reply = (
+                b"* 1 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 2] ok\r\n" + tag + b" OK [READ-WRITE] done\r\n"
+            )
         elif verb == b"UID":  # our FETCH: a message's literal
             body = b"Subject: slow\r\n\r\n" + b"x" * length + b"\r\n"
             reply = b"* 1 FETCH (UID 1 BODY[] {%d}\r\n%s)\r\n%s OK done\r\n" % (len(body), body, tag)
@@ -50,13 +51,33 @@ def imap_server(drip_at: bytes, *, every: float = SLOW, length: int = 100):
 
 
 def imap_cfg(port: int, **overrides: object) -> ImapConfig:
-    return ImapConfig.model_validate({"host": "127.0.0.1", "port": port, "security": "none", "username": "u",
-                                      "password": "p", "timeout": READ_TIMEOUT, "deadline": DEADLINE, **overrides})
+    return ImapConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "security": "none",
+            "username": "u",
+            "password": "p",
+            "timeout": READ_TIMEOUT,
+            "deadline": DEADLINE,
+            **overrides,
+        }
+    )
 
 
 def pop3_cfg(port: int, **overrides: object) -> Pop3Config:
-    return Pop3Config.model_validate({"host": "127.0.0.1", "port": port, "security": "none", "username": "u",
-                                      "password": "p", "timeout": READ_TIMEOUT, "deadline": DEADLINE, **overrides})
+    return Pop3Config.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "security": "none",
+            "username": "u",
+            "password": "p",
+            "timeout": READ_TIMEOUT,
+            "deadline": DEADLINE,
+            **overrides,
+        }
+    )
 
 
 async def _imap_step(conn: ImapConnection, step: str) -> object:
@@ -106,8 +127,7 @@ async def test_an_smtp_connect_or_transaction_that_drips_is_cut_off_at_its_deadl
     every = {"greeting_every": SLOW} if drip == "greeting" else {"reply_every": SLOW}
     _, raw = make_raw("a@example.test", ["b@example.test"], "slow")
     with dripping_smtp(**every) as server:
-        conn = SmtpConnection("slow", plain_smtp(server.port, security="none", timeout=READ_TIMEOUT,
-                                                 deadline=DEADLINE))
+        conn = SmtpConnection("slow", plain_smtp(server.port, security="none", timeout=READ_TIMEOUT, deadline=DEADLINE))
         with pytest.raises(ServerTimeout, match="deadline") as raised:
             await conn.send("a@example.test", ["b@example.test"], raw)
         await conn.close()

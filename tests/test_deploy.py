@@ -43,7 +43,10 @@ def tool(name: str) -> str:
 def test_systemd_unit_exposure_is_at_most_2():
     result = subprocess.run(
         [tool("systemd-analyze"), "security", "--offline=yes", str(UNIT)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, f"no exposure level in systemd-analyze output:\n{result.stdout}{result.stderr}"
@@ -71,15 +74,19 @@ def test_systemd_verify_accepts_the_unit_offline():
     # Unknown keys or typos in the unit show up here as warnings on stderr.
     result = subprocess.run(
         [tool("systemd-analyze"), "security", "--offline=yes", "--threshold=20", str(UNIT)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Unknown key" not in result.stderr and "Failed to parse" not in result.stderr, result.stderr
 
 
 def test_hadolint_finds_nothing_in_the_dockerfile():
-    result = subprocess.run([tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
@@ -144,8 +151,9 @@ MDWE_PROBE = textwrap.dedent("""
 
 @pytest.mark.may_skip("PR_SET_MDWE is a kernel feature (Linux 6.3+), not something to install")
 def test_native_code_works_under_memory_deny_write_execute():
-    result = subprocess.run([sys.executable, "-c", MDWE_PROBE], capture_output=True, text=True,
-                            timeout=120, cwd=ROOT, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", MDWE_PROBE], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+    )
     if result.returncode == 77:
         pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr

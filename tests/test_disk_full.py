@@ -25,8 +25,9 @@ NOW = datetime(2026, 11, 29, 7, 0, tzinfo=UTC)
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-                             capture_output=True, text=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True, check=False
+    )
     assert mounted.returncode == 0, f"this test mounts a small tmpfs (as root): {mounted.stderr}"
     try:
         yield disk
@@ -47,9 +48,15 @@ def fill(disk: Path) -> Path:
 
 
 def message(n: int, size: int) -> NewMessage:
-    return NewMessage(dedup_key=f"job:x:{n}", message_id=f"<{n}@example.test>", account="alice",
-                      envelope_from="alice@example.test", recipients=["bob@example.test"],
-                      raw=os.urandom(size), origin="x")
+    return NewMessage(
+        dedup_key=f"job:x:{n}",
+        message_id=f"<{n}@example.test>",
+        account="alice",
+        envelope_from="alice@example.test",
+        recipients=["bob@example.test"],
+        raw=os.urandom(size),
+        origin="x",
+    )
 
 
 def test_a_full_disk_fails_the_write_as_transient_and_loses_nothing(small_disk: Path):

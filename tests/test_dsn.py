@@ -113,8 +113,9 @@ def test_non_standard_bounces():
 
 
 def test_delayed_and_soft_reports_are_not_hard():
-    delayed = POSTFIX.read_bytes().replace(b"Action: failed", b"Action: delayed").replace(b"Status: 5.1.1",
-                                                                                         b"Status: 4.4.1")
+    delayed = (
+        POSTFIX.read_bytes().replace(b"Action: failed", b"Action: delayed").replace(b"Status: 5.1.1", b"Status: 4.4.1")
+    )
     (r,) = parse_bounce(delayed).recipients
     assert (r.action, r.status, r.hard) == ("delayed", "4.4.1", False)
 
@@ -143,18 +144,32 @@ def test_verp_round_trip():
 
 # -- the intake against the store --------------------------------------------------------------
 def account(verp: bool = False) -> AccountConfig:
-    return AccountConfig.model_validate({
-        "address": "alice@example.test",
-        "imap": {"host": "127.0.0.1"},
-        "bounces": {"folder": "INBOX", "verp": verp},
-    })
+    return AccountConfig.model_validate(
+        {
+            "address": "alice@example.test",
+            "imap": {"host": "127.0.0.1"},
+            "bounces": {"folder": "INBOX", "verp": verp},
+        }
+    )
 
 
-def sent_row(s: Store, message_id: str = POSTFIX_MESSAGE_ID, to: str = "nobody@dead.example.test",
-             account_name: str = "alice") -> int:
-    s.outbox.enqueue([NewMessage(dedup_key=f"k{message_id}", message_id=message_id, account=account_name,
-                                 envelope_from="alice@example.test", recipients=[to], raw=b"x", origin="merge")],
-                     now=NOW)
+def sent_row(
+    s: Store, message_id: str = POSTFIX_MESSAGE_ID, to: str = "nobody@dead.example.test", account_name: str = "alice"
+) -> int:
+    s.outbox.enqueue(
+        [
+            NewMessage(
+                dedup_key=f"k{message_id}",
+                message_id=message_id,
+                account=account_name,
+                envelope_from="alice@example.test",
+                recipients=[to],
+                raw=b"x",
+                origin="merge",
+            )
+        ],
+        now=NOW,
+    )
     (item,) = s.outbox.by_message_ids([message_id])
     s.outbox.settle_many([Settlement("sent", item, NOW, delivered=[to])])
     return item.id
@@ -213,19 +228,42 @@ async def test_a_run_leaves_suppressed_recipients_out_and_counts_them(store, tmp
     (tmp_path / "t.j2").write_text("{% block subject %}hi{% endblock %}{% block text %}hello{% endblock %}")
     (tmp_path / "people.json").write_text(
         '[{"to": "Gone@Dead.Example.Test", "cc": "bob@example.test"}, {"to": "gone@dead.example.test", "cc": ""},'
-        ' {"to": "carol@example.test", "cc": ""}]')
-    cfg = Config.model_validate({
-        "accounts": {"alice": {"address": "alice@example.test", "smtp": {"host": "127.0.0.1"},
-                               "imap": {"host": "127.0.0.1"}, "bounces": {"verp": True}}},
-        "jobs": {"merge": {"schedule": {"every": "1h"}, "account": "alice", "template": "t", "for_each": "people",
-                           "to": ["{{ row.to }}"], "cc": ["{{ row.cc }}"],
-                           "data": {"people": {"file": str(tmp_path / "people.json")}}}},
-    })
-    store.bounces.record("alice/<r@x>", account="alice", outbox_id=None, now=NOW, lines=[
-        BounceLine("gone@dead.example.test", "failed", "5.1.1", "user unknown", hard=True)])
+        ' {"to": "carol@example.test", "cc": ""}]'
+    )
+    cfg = Config.model_validate(
+        {
+            "accounts": {
+                "alice": {
+                    "address": "alice@example.test",
+                    "smtp": {"host": "127.0.0.1"},
+                    "imap": {"host": "127.0.0.1"},
+                    "bounces": {"verp": True},
+                }
+            },
+            "jobs": {
+                "merge": {
+                    "schedule": {"every": "1h"},
+                    "account": "alice",
+                    "template": "t",
+                    "for_each": "people",
+                    "to": ["{{ row.to }}"],
+                    "cc": ["{{ row.cc }}"],
+                    "data": {"people": {"file": str(tmp_path / "people.json")}},
+                }
+            },
+        }
+    )
+    store.bounces.record(
+        "alice/<r@x>",
+        account="alice",
+        outbox_id=None,
+        now=NOW,
+        lines=[BounceLine("gone@dead.example.test", "failed", "5.1.1", "user unknown", hard=True)],
+    )
     counted: list[tuple[str, str, int]] = []
-    runner = JobRunner(cfg, TemplateRenderer(tmp_path), store, clock=lambda: NOW,
-                       on_suppressed=lambda *args: counted.append(args))
+    runner = JobRunner(
+        cfg, TemplateRenderer(tmp_path), store, clock=lambda: NOW, on_suppressed=lambda *args: counted.append(args)
+    )
     built = await runner.run_now("merge", key_prefix="manual:merge:1")
     assert built.suppressed == 2 and counted == [("merge", "alice", 2)]
     # row 0 keeps its cc (headers unchanged), row 1 had nobody else and is not queued

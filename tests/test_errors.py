@@ -23,27 +23,44 @@ from postroom.outgoing.sender import decide
 from postroom.store.outbox import OutboxItem
 
 
-@pytest.mark.parametrize(("exc", "transient"), [
-    (ConnectionResetError("reset by peer"), True),
-    (TimeoutError(), True),
-    (ServerConnectError("refused"), True),
-    (TransientSourceError("locked"), True),
-    # OSErrors that are not connection trouble: retrying will not bring the file back.
-    (FileNotFoundError(errno.ENOENT, "No such file or directory", "/srv/terms.pdf"), False),
-    (PermissionError(errno.EACCES, "Permission denied"), False),
-    (ssl.SSLCertVerificationError("certificate verify failed"), False),
-    (PermanentSourceError("bad SQL"), False),
-    (ValueError("a bug"), False),
-])
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (ConnectionResetError("reset by peer"), True),
+        (TimeoutError(), True),
+        (ServerConnectError("refused"), True),
+        (TransientSourceError("locked"), True),
+        # OSErrors that are not connection trouble: retrying will not bring the file back.
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/srv/terms.pdf"), False),
+        (PermissionError(errno.EACCES, "Permission denied"), False),
+        (ssl.SSLCertVerificationError("certificate verify failed"), False),
+        (PermanentSourceError("bad SQL"), False),
+        (ValueError("a bug"), False),
+    ],
+)
 def test_is_transient_is_connection_and_timeout_only(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
 
 
 def test_a_missing_file_is_a_dead_letter_not_a_retry() -> None:
     now = datetime(2030, 1, 7, tzinfo=UTC)
-    item = OutboxItem(id=1, dedup_key="k", message_id="<m@x>", account="alice", envelope_from="a@x.test",
-                      recipients=["b@x.test"], raw=b"", status="sending", attempts=0, next_attempt_at=now,
-                      last_error=None, delivered=[], refused={}, origin="", created_at=now)
+    item = OutboxItem(
+        id=1,
+        dedup_key="k",
+        message_id="<m@x>",
+        account="alice",
+        envelope_from="a@x.test",
+        recipients=["b@x.test"],
+        raw=b"",
+        status="sending",
+        attempts=0,
+        next_attempt_at=now,
+        last_error=None,
+        delivered=[],
+        refused={},
+        origin="",
+        created_at=now,
+    )
     missing = FileNotFoundError(errno.ENOENT, "No such file or directory", "/srv/terms.pdf")
     assert decide(item, missing, now=now, policy=OutboxConfig()).kind == "dead"
     reset = ConnectionResetError("reset by peer")

@@ -22,7 +22,10 @@ from tests.support.daemon import (
 
 # alice as every end-to-end test has her, and carol the same way; each forwards all to the other
 CAROL_ACCOUNT = ACCOUNT_CONFIG.removeprefix("accounts:\n").replace("alice", "carol").replace("ALICE", "CAROL")
-RING_CONFIG = ACCOUNT_CONFIG + CAROL_ACCOUNT + """\
+RING_CONFIG = (
+    ACCOUNT_CONFIG
+    + CAROL_ACCOUNT
+    + """\
 rules:
   - name: alice-to-carol
     account: alice
@@ -33,18 +36,23 @@ rules:
     match: {{}}
     actions: [{{forward: {{to: [alice@example.test], as: {carol_as}}}}}]
 """
+)
 
 
 def skipped_as_loop(log) -> list[str]:
-    return [line["reason"] for line in iter_json_lines(log)
-            if line.get("event") == "action skipped" and "alice@example.test" in line.get("reason", "")]
+    return [
+        line["reason"]
+        for line in iter_json_lines(log)
+        if line.get("event") == "action skipped" and "alice@example.test" in line.get("reason", "")
+    ]
 
 
 @pytest.mark.parametrize("alice_as, carol_as", [("attachment", "attachment"), ("attachment", "inline")])
 def test_two_accounts_forwarding_to_each_other_stop_after_one_round(tmp_path, clean_lab, alice_as, carol_as):
     lab = clean_lab
-    (tmp_path / "postroom.yaml").write_text(RING_CONFIG.format(
-        smtp=lab.ports.smtp, imap=lab.ports.imap, alice_as=alice_as, carol_as=carol_as))
+    (tmp_path / "postroom.yaml").write_text(
+        RING_CONFIG.format(smtp=lab.ports.smtp, imap=lab.ports.imap, alice_as=alice_as, carol_as=carol_as)
+    )
     port = free_port()
     daemon = Daemon(postroom_env(lab, tmp_path, POSTROOM_HTTP=f"127.0.0.1:{port}"), log=tmp_path / "daemon.log")
     try:

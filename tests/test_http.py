@@ -127,14 +127,17 @@ async def raw_exchange(address: tuple[str, int], payload: bytes) -> bytes:
     return data
 
 
-@pytest.mark.parametrize("payload, status", [
-    (b"garbage\r\n\r\n", b"400"),
-    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 200 + b"\r\n", b"431"),
-    (b"GET /healthz HTTP/1.1\r\n" + b"X-Long: " + b"y" * 20000 + b"\r\n\r\n", b"431"),
-    (b"GET /healthz HTTP/1.1\r\n\r\n", b"400"),  # HTTP/1.1 without Host
-    (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n", b"431"),
-    (b"\xff\xfe\r\n\r\n", b"400"),
-])
+@pytest.mark.parametrize(
+    "payload, status",
+    [
+        (b"garbage\r\n\r\n", b"400"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 200 + b"\r\n", b"431"),
+        (b"GET /healthz HTTP/1.1\r\n" + b"X-Long: " + b"y" * 20000 + b"\r\n\r\n", b"431"),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", b"400"),  # HTTP/1.1 without Host
+        (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n", b"431"),
+        (b"\xff\xfe\r\n\r\n", b"400"),
+    ],
+)
 async def test_bad_requests_get_an_error_and_the_server_lives_on(served, payload, status):
     _, client, _, _, address = served
     answer = await raw_exchange(address, payload)
@@ -245,4 +248,3 @@ async def test_a_busy_port_is_a_config_error(served):
     other = HttpServer(f"{address[0]}:{address[1]}", registry=Metrics().registry, readiness=Readiness())
     with pytest.raises(ConfigError, match="cannot listen"):
         await other.start()
-

@@ -98,14 +98,16 @@ async def test_wrong_password_is_an_auth_error(lab):
 
 async def test_no_starttls_offered_refuses_before_login():
     """Dovecot always offers STARTTLS; a tiny real socket server that doesn't shows we stop."""
+
     def answer(tag: bytes, command: bytes) -> bytes:
         if command.upper() == b"CAPABILITY":
             return capability(tag, b"IMAP4rev1 AUTH=PLAIN")
         return tag + b" BAD not here\r\n"
 
     with scripted_imap(answer, b"* OK plaintext only\r\n") as server:
-        cfg = ImapConfig(host="127.0.0.1", port=server.port, security="starttls",
-                         username="u", password="secret-pw", timeout=5)
+        cfg = ImapConfig(
+            host="127.0.0.1", port=server.port, security="starttls", username="u", password="secret-pw", timeout=5
+        )
         connection = ImapConnection("x", cfg)
         with pytest.raises(TLSError, match="STARTTLS"):
             await connection.connect()
@@ -257,6 +259,7 @@ async def test_idle_reports_new_mail_and_wakes_on_request(clean_lab, conn):
 def folder_server(select_reply: bytes) -> Answer:
     """Answers CAPABILITY, LOGIN, SELECT (with ``select_reply``'s untagged lines), UID SEARCH
     (UIDs 1-3) and LOGOUT."""
+
     def answer(tag: bytes, command: bytes) -> bytes | None:
         verb = command.upper().split(b" ", 2)[:2]
         if verb[0] == b"CAPABILITY":
@@ -270,13 +273,18 @@ def folder_server(select_reply: bytes) -> Answer:
         if verb[0] == b"LOGOUT":
             return b"* BYE bye\r\n" + tag + b" OK done\r\n"
         return tag + b" BAD not scripted\r\n"
+
     return answer
 
 
-@pytest.mark.parametrize("idle_reply", [
-    b"+ idling\r\n* 4 EXISTS\r\n",  # one send: one packet on loopback, read into one buffer
-    b"* 4 EXISTS\r\n+ idling\r\n",  # RFC 2177 lets the server speak before its continuation
-], ids=["after-continuation", "before-continuation"])
+@pytest.mark.parametrize(
+    "idle_reply",
+    [
+        b"+ idling\r\n* 4 EXISTS\r\n",  # one send: one packet on loopback, read into one buffer
+        b"* 4 EXISTS\r\n+ idling\r\n",  # RFC 2177 lets the server speak before its continuation
+    ],
+    ids=["after-continuation", "before-continuation"],
+)
 async def test_mail_announced_with_the_idle_continuation_is_not_missed(idle_reply):
     """Mail that arrives just before IDLE: the server announces it with "+ idling", often in
     the same packet, so it sits in the client's read buffer where a poll of the socket can't
@@ -294,8 +302,7 @@ async def test_mail_announced_with_the_idle_continuation_is_not_missed(idle_repl
         return base(tag, command)
 
     with scripted_imap(answer) as server:
-        cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p",
-                         timeout=5)
+        cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5)
         connection = ImapConnection("x", cfg)
         try:
             await connection.connect()
@@ -308,16 +315,19 @@ async def test_mail_announced_with_the_idle_continuation_is_not_missed(idle_repl
             await connection.close()
 
 
-@pytest.mark.parametrize(("select_reply", "expected"), [
-    # no UIDNEXT: still usable
-    (b"* 3 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n", (7, 0, 3)),
-    # no UIDVALIDITY: a checkpoint by UID can't be trusted, and nothing will change that by itself
-    (b"* 3 EXISTS\r\n* OK [UIDNEXT 4] ok\r\n", PermanentError),
-], ids=["no-uidnext", "no-uidvalidity"])
+@pytest.mark.parametrize(
+    ("select_reply", "expected"),
+    [
+        # no UIDNEXT: still usable
+        (b"* 3 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n", (7, 0, 3)),
+        # no UIDVALIDITY: a checkpoint by UID can't be trusted, and nothing will change that by itself
+        (b"* 3 EXISTS\r\n* OK [UIDNEXT 4] ok\r\n", PermanentError),
+    ],
+    ids=["no-uidnext", "no-uidvalidity"],
+)
 async def test_select_without_uidnext_or_uidvalidity(select_reply, expected):
     with scripted_imap(folder_server(select_reply)) as server:
-        cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p",
-                         timeout=5)
+        cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5)
         connection = ImapConnection("x", cfg)
         try:
             await connection.connect()
@@ -332,11 +342,15 @@ async def test_select_without_uidnext_or_uidvalidity(select_reply, expected):
             await connection.close()
 
 
-@pytest.mark.parametrize(("login_reply", "error"), [
-    (None, ServerConnectError),  # the connection drops at LOGIN (a server restarting): retry soon
-    (b" NO [UNAVAILABLE] Temporary authentication failure\r\n", ServerBusy),
-    (b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", AuthError),  # fix the password
-], ids=["dropped", "unavailable", "refused"])
+@pytest.mark.parametrize(
+    ("login_reply", "error"),
+    [
+        (None, ServerConnectError),  # the connection drops at LOGIN (a server restarting): retry soon
+        (b" NO [UNAVAILABLE] Temporary authentication failure\r\n", ServerBusy),
+        (b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", AuthError),  # fix the password
+    ],
+    ids=["dropped", "unavailable", "refused"],
+)
 async def test_a_failed_login_is_permanent_only_when_the_server_refuses_it(login_reply, error):
     def answer(tag: bytes, command: bytes) -> bytes | None:
         if command.upper().startswith(b"CAPABILITY"):
@@ -344,8 +358,7 @@ async def test_a_failed_login_is_permanent_only_when_the_server_refuses_it(login
         return None if login_reply is None else tag + login_reply
 
     with scripted_imap(answer) as server:
-        cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p",
-                         timeout=5)
+        cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5)
         connection = ImapConnection("x", cfg)
         with pytest.raises(error) as raised:
             await connection.connect()

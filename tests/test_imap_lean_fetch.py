@@ -34,7 +34,8 @@ MESSAGES = [
     "From: Jürgen Größe <jg@example.test>\r\nMessage-ID: <umlaut@lab.test>\r\n\r\nbody\r\n".encode(),
     b"From: =?utf-8?q?Ren=C3=A9e?= <renee@example.test>\r\nMessage-ID: <encoded@lab.test>\r\n\r\nb\r\n",
     # a From folded over thousands of lines: a literal of ~300 KB
-    b"From: " + b",\r\n ".join(f"{LONG_NAME} {i} <p{i}@example.test>".encode() for i in range(3000))
+    b"From: "
+    + b",\r\n ".join(f"{LONG_NAME} {i} <p{i}@example.test>".encode() for i in range(3000))
     + b"\r\nMessage-ID: <long@lab.test>\r\n\r\nbody\r\n",
 ]
 ITEM_SETS = [
@@ -71,10 +72,17 @@ def test_lean_reader_equals_generic_parser_on_dovecot_replies(client: IMAPClient
 
 async def test_fetch_headers_matches_imapclient_fetch(clean_lab) -> None:
     clean_lab.seed_maildir(USER, "INBOX", MESSAGES)
-    cfg = ImapConfig.model_validate({
-        "host": "127.0.0.1", "port": clean_lab.ports.imap, "security": "starttls",
-        "username": clean_lab.address(USER), "password": clean_lab.password(USER),
-        "ca_file": clean_lab.ca_file, "timeout": 10})
+    cfg = ImapConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": clean_lab.ports.imap,
+            "security": "starttls",
+            "username": clean_lab.address(USER),
+            "password": clean_lab.password(USER),
+            "ca_file": clean_lab.ca_file,
+            "timeout": 10,
+        }
+    )
     conn = ImapConnection(USER, cfg)
     await conn.connect()
     try:
@@ -100,15 +108,22 @@ def test_other_shapes_go_to_the_generic_parser(client: IMAPClient) -> None:
     assert parse_fetch_reply(data) == client.fetch(uids, items)
 
 
-@pytest.mark.parametrize("data", [
-    # an unsolicited flag change for another message, among ours
-    [(b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"a\r\n\r"), b")", b"2 (FLAGS (\\Seen))"],
-    # items in another order
-    [(b"1 (RFC822.SIZE 5 UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"a\r\n\r"), b")"],
-    # the same UID twice
-    [(b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"a\r\n\r"), b")",
-     (b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"b\r\n\r"), b")"],
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        # an unsolicited flag change for another message, among ours
+        [(b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"a\r\n\r"), b")", b"2 (FLAGS (\\Seen))"],
+        # items in another order
+        [(b"1 (RFC822.SIZE 5 UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"a\r\n\r"), b")"],
+        # the same UID twice
+        [
+            (b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"a\r\n\r"),
+            b")",
+            (b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {4}", b"b\r\n\r"),
+            b")",
+        ],
+    ],
+)
 def test_unexpected_replies_are_not_read_leanly(data: list) -> None:
     assert parse_lean_fetch(data) is None
     assert parse_fetch_reply(data) == dict(parse_fetch_response(data, True, True))
@@ -127,10 +142,12 @@ def test_no_fetch_data_is_no_rows() -> None:
 
 # -- faults a real server won't produce on demand: a tiny real socket server speaking IMAP ---
 
+
 @contextlib.contextmanager
 def scripted_server(reply: Callable[[bytes], bytes]) -> Iterator[IMAPClient]:
     """An IMAPClient (plain, no login: the reader under test checks no state) connected to a
     scripted server that answers CAPABILITY, then the next command with ``reply(tag)``."""
+
     def answer(tag: bytes, command: bytes) -> bytes | tuple[bytes, bool]:
         if command.upper() == b"CAPABILITY":
             return capability(tag)
@@ -146,29 +163,39 @@ def scripted_server(reply: Callable[[bytes], bytes]) -> Iterator[IMAPClient]:
 
 def test_untagged_responses_among_the_fetch_data_are_read_past() -> None:
     def reply(tag: bytes) -> bytes:
-        return (b"* 1 FETCH (UID 7 BODY[HEADER.FIELDS (FROM)] {6}\r\nA: b\r\n)\r\n"
-                b"* 4 EXISTS\r\n* 2 EXPUNGE\r\n* OK [ALERT] {3}\r\nxyz\r\n"
-                b"* 2 FETCH (UID 9 BODY[HEADER.FIELDS (FROM)] {2}\r\n\r\n)\r\n"
-                + tag + b" OK Fetch completed.\r\n")
+        return (
+            b"* 1 FETCH (UID 7 BODY[HEADER.FIELDS (FROM)] {6}\r\nA: b\r\n)\r\n"
+            b"* 4 EXISTS\r\n* 2 EXPUNGE\r\n* OK [ALERT] {3}\r\nxyz\r\n"
+            b"* 2 FETCH (UID 9 BODY[HEADER.FIELDS (FROM)] {2}\r\n\r\n)\r\n" + tag + b" OK Fetch completed.\r\n"
+        )
 
     with scripted_server(reply) as client:
         data = _uid_fetch_unparsed(client, "7,9", ["BODY.PEEK[HEADER.FIELDS (From)]"])
-    assert data == [(b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {6}", b"A: b\r\n"), b")",
-                    (b"2 (UID 9 BODY[HEADER.FIELDS (FROM)] {2}", b"\r\n"), b")"]
-    assert parse_fetch_reply(data) == {7: {b"SEQ": 1, b"BODY[HEADER.FIELDS (FROM)]": b"A: b\r\n"},
-                                       9: {b"SEQ": 2, b"BODY[HEADER.FIELDS (FROM)]": b"\r\n"}}
+    assert data == [
+        (b"1 (UID 7 BODY[HEADER.FIELDS (FROM)] {6}", b"A: b\r\n"),
+        b")",
+        (b"2 (UID 9 BODY[HEADER.FIELDS (FROM)] {2}", b"\r\n"),
+        b")",
+    ]
+    assert parse_fetch_reply(data) == {
+        7: {b"SEQ": 1, b"BODY[HEADER.FIELDS (FROM)]": b"A: b\r\n"},
+        9: {b"SEQ": 2, b"BODY[HEADER.FIELDS (FROM)]": b"\r\n"},
+    }
 
 
-@pytest.mark.parametrize(("reply", "error"), [
-    # the connection drops inside a literal
-    (lambda tag: b"* 1 FETCH (UID 7 BODY[HEADER.FIELDS (FROM)] {50}\r\nA: b\r\n", ServerConnectError),
-    # ... or between responses
-    (lambda tag: b"* 1 FETCH (UID 7 BODY[HEADER.FIELDS (FROM)] {2}\r\n\r\n)\r\n", ServerConnectError),
-    (lambda tag: b"* BYE shutting down\r\n", ServerConnectError),
-    (lambda tag: b"+ go on\r\n", ServerConnectError),  # no continuation was asked for
-    (lambda tag: tag + b" NO [SERVERBUG] oops\r\n", ServerRejected),
-    (lambda tag: tag + b" BAD no mailbox selected\r\n", ServerRejected),
-])
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        # the connection drops inside a literal
+        (lambda tag: b"* 1 FETCH (UID 7 BODY[HEADER.FIELDS (FROM)] {50}\r\nA: b\r\n", ServerConnectError),
+        # ... or between responses
+        (lambda tag: b"* 1 FETCH (UID 7 BODY[HEADER.FIELDS (FROM)] {2}\r\n\r\n)\r\n", ServerConnectError),
+        (lambda tag: b"* BYE shutting down\r\n", ServerConnectError),
+        (lambda tag: b"+ go on\r\n", ServerConnectError),  # no continuation was asked for
+        (lambda tag: tag + b" NO [SERVERBUG] oops\r\n", ServerRejected),
+        (lambda tag: tag + b" BAD no mailbox selected\r\n", ServerRejected),
+    ],
+)
 def test_a_broken_fetch_reply_is_our_error(reply: Callable[[bytes], bytes], error: type[Exception]) -> None:
     with scripted_server(reply) as client:
         with pytest.raises(Exception) as raised:

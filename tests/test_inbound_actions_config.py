@@ -39,7 +39,9 @@ def refused(tmp_path: Path, rules: str) -> str:
 
 
 def test_the_contract_example_loads_and_plans_the_kinds_the_executor_runs(tmp_path):
-    config = load(tmp_path, """\
+    config = load(
+        tmp_path,
+        """\
   - {name: keep-local, account: bob, match: {}, actions: [{save: {maildir: /var/mail/bob}}]}
   - {name: keep-mbox, account: bob, actions: [{save: {mbox: ~/mail/bob.mbox}}]}
   - {name: to-archive, account: alice, match: {older_than: 30d}, actions: [{move: {account: archive, folder: "2026"}}]}
@@ -47,7 +49,8 @@ def test_the_contract_example_loads_and_plans_the_kinds_the_executor_runs(tmp_pa
   - name: hook
     account: alice
     actions: [{webhook: {url: "https://hooks.example.test/x", include: [text, html, attachments], max_bytes: 2M}}]
-""")
+""",
+    )
     rules = compile_rules(config.rules)
     planned = {(a.rule, a.kind): a.params for r in rules.rules for a in r.planned()[0]}
     assert planned[("keep-local", "save")] == {"maildir": "/var/mail/bob"}
@@ -59,22 +62,42 @@ def test_the_contract_example_loads_and_plans_the_kinds_the_executor_runs(tmp_pa
     assert planned[("hook", "webhook")]["max_bytes"] == 2 * 1024 * 1024
 
 
-@pytest.mark.parametrize(("rules", "key", "says"), [
-    ("  - {name: r, account: alice, actions: [{move: {account: nobody, folder: X}}]}\n",
-     "rules.0.actions.0.move.account", "unknown account 'nobody'"),
-    ("  - {name: r, account: alice, actions: [{copy: {account: bob, folder: X}}]}\n",
-     "rules.0.actions.0.copy.account", "needs its imap: section"),
-    ("  - {name: r, account: alice, actions: [{save: {maildir: mail/bob}}]}\n",
-     "rules.0.actions.0.save", "not an absolute path"),
-    ("  - {name: r, account: alice, actions: [{save: {maildir: /a, mbox: /b}}]}\n",
-     "rules.0.actions.0.save", "give maildir or mbox"),
-    ("  - {name: r, account: alice, actions: [{save: {}}]}\n",
-     "rules.0.actions.0.save", "give maildir or mbox"),
-    ("  - {name: r, account: alice, actions: [{webhook: {url: 'https://h.test/x', include: [body]}}]}\n",
-     "rules.0.actions.0.webhook.include.0", "'text', 'html', 'attachments' or 'raw'"),
-    ("  - {name: r, account: bob, actions: [{move: {account: archive, folder: X}}]}\n",
-     "rules.0.actions.0.move", "needs IMAP"),
-])
+@pytest.mark.parametrize(
+    ("rules", "key", "says"),
+    [
+        (
+            "  - {name: r, account: alice, actions: [{move: {account: nobody, folder: X}}]}\n",
+            "rules.0.actions.0.move.account",
+            "unknown account 'nobody'",
+        ),
+        (
+            "  - {name: r, account: alice, actions: [{copy: {account: bob, folder: X}}]}\n",
+            "rules.0.actions.0.copy.account",
+            "needs its imap: section",
+        ),
+        (
+            "  - {name: r, account: alice, actions: [{save: {maildir: mail/bob}}]}\n",
+            "rules.0.actions.0.save",
+            "not an absolute path",
+        ),
+        (
+            "  - {name: r, account: alice, actions: [{save: {maildir: /a, mbox: /b}}]}\n",
+            "rules.0.actions.0.save",
+            "give maildir or mbox",
+        ),
+        ("  - {name: r, account: alice, actions: [{save: {}}]}\n", "rules.0.actions.0.save", "give maildir or mbox"),
+        (
+            "  - {name: r, account: alice, actions: [{webhook: {url: 'https://h.test/x', include: [body]}}]}\n",
+            "rules.0.actions.0.webhook.include.0",
+            "'text', 'html', 'attachments' or 'raw'",
+        ),
+        (
+            "  - {name: r, account: bob, actions: [{move: {account: archive, folder: X}}]}\n",
+            "rules.0.actions.0.move",
+            "needs IMAP",
+        ),
+    ],
+)
 def test_refused_with_the_key(tmp_path, rules, key, says):
     msg = refused(tmp_path, rules)
     assert key in msg and says in msg, msg

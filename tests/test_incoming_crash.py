@@ -53,9 +53,11 @@ rules:
 
 def message(n: int, kind: str) -> bytes:
     subject = f"{kind} {n}" + (" [fwd]" if n % 10 == 0 else "")
-    return (f"From: Sender {n} <sender{n}@example.test>\r\nTo: alice@example.test\r\n"
-            f"Subject: {subject}\r\nDate: {formatdate()}\r\nMessage-ID: <{kind}-{n}@example.test>\r\n"
-            f"\r\nbody of {kind} {n}\r\n").encode()
+    return (
+        f"From: Sender {n} <sender{n}@example.test>\r\nTo: alice@example.test\r\n"
+        f"Subject: {subject}\r\nDate: {formatdate()}\r\nMessage-ID: <{kind}-{n}@example.test>\r\n"
+        f"\r\nbody of {kind} {n}\r\n"
+    ).encode()
 
 
 def wait_until(predicate, what: str, timeout: float = TIMEOUT, daemon: Daemon | None = None):
@@ -107,13 +109,18 @@ def test_kill9_and_dovecot_restart_lose_and_repeat_nothing(tmp_path: Path, clean
     hooks = DataServer()  # records only complete POSTs: one cut by the kill is no delivery
     seeded = [message(n, "seeded") for n in range(SEEDED)]
     late = [message(n, "late") for n in range(LATE)]
-    everything = {f"<{kind}-{n}@example.test>" for kind, count in (("seeded", SEEDED), ("late", LATE))
-                  for n in range(count)}
-    to_forward = {f"<{kind}-{n}@example.test>" for kind, count in (("seeded", SEEDED), ("late", LATE))
-                  for n in range(0, count, 10)}
+    everything = {
+        f"<{kind}-{n}@example.test>" for kind, count in (("seeded", SEEDED), ("late", LATE)) for n in range(count)
+    }
+    to_forward = {
+        f"<{kind}-{n}@example.test>"
+        for kind, count in (("seeded", SEEDED), ("late", LATE))
+        for n in range(0, count, 10)
+    }
     lab.seed_maildir("alice", "INBOX", seeded)
-    (tmp_path / "postroom.yaml").write_text(CONFIG.format(
-        smtp=lab.ports.smtp, imap=lab.ports.imap, hook=hooks.url, outbox_batch=OUTBOX_BATCH))
+    (tmp_path / "postroom.yaml").write_text(
+        CONFIG.format(smtp=lab.ports.smtp, imap=lab.ports.imap, hook=hooks.url, outbox_batch=OUTBOX_BATCH)
+    )
     env = postroom_env(lab, tmp_path)
     log = tmp_path / "daemon.log"
     second: Daemon | None = None
@@ -129,13 +136,22 @@ def test_kill9_and_dovecot_restart_lose_and_repeat_nothing(tmp_path: Path, clean
         lab.start_dovecot()
         lab.deliver_many("alice", late)
 
-        wait_until(lambda: folder_counts(lab, "alice", "INBOX", "Archive") == {"INBOX": 0, "Archive": len(everything)},
-                   "INBOX empty and every message in Archive", daemon=second)
-        wait_until(lambda: len({h["webhook-id"] for h, _ in hooks.posts}) >= len(everything),
-                   "a webhook for every message", daemon=second)
+        wait_until(
+            lambda: folder_counts(lab, "alice", "INBOX", "Archive") == {"INBOX": 0, "Archive": len(everything)},
+            "INBOX empty and every message in Archive",
+            daemon=second,
+        )
+        wait_until(
+            lambda: len({h["webhook-id"] for h, _ in hooks.posts}) >= len(everything),
+            "a webhook for every message",
+            daemon=second,
+        )
         # Postfix deferred what it could not hand to Dovecot while it was down: retry it now
-        wait_until(lambda: flush_postfix(lab) or folder_counts(lab, "carol", "INBOX")["INBOX"] >= len(to_forward),
-                   "a forward for every [fwd] message", daemon=second)
+        wait_until(
+            lambda: flush_postfix(lab) or folder_counts(lab, "carol", "INBOX")["INBOX"] >= len(to_forward),
+            "a forward for every [fwd] message",
+            daemon=second,
+        )
         time.sleep(1.0)  # anything still on its way (a repeat) would show up now
         code = second.terminate()
         second = None

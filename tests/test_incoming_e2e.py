@@ -80,7 +80,7 @@ def test_reference_rules(running, clean_lab, hooks):
 
     forwarded = lab.wait_for_messages("carol", 1, timeout=20)
     fwd = parse(forwarded[0])
-    assert fwd["From"] .addresses[0].addr_spec == "alice@example.test"
+    assert fwd["From"].addresses[0].addr_spec == "alice@example.test"
     assert "billing@vendor.test" in str(fwd["Reply-To"])
     attached = [p for p in fwd.walk() if p.get_content_type() == "message/rfc822"]
     assert attached and "Invoice 7" in attached[0].as_string()
@@ -89,8 +89,10 @@ def test_reference_rules(running, clean_lab, hooks):
     try:
         client.select_folder("INBOX", readonly=True)
         flagged = client.search(["FLAGGED"])
-        subjects = {parse(v[b"BODY[HEADER.FIELDS (SUBJECT)]"] + b"\r\n")["Subject"]
-                    for v in client.fetch(flagged, ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]).values()}
+        subjects = {
+            parse(v[b"BODY[HEADER.FIELDS (SUBJECT)]"] + b"\r\n")["Subject"]
+            for v in client.fetch(flagged, ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]).values()
+        }
     finally:
         client.logout()
     assert subjects == {"Invoice 7"}
@@ -121,11 +123,13 @@ def test_out_of_office_once_per_sender_and_never_to_machines(running, clean_lab)
     # the same person again within `days`: no second reply
     lab.deliver("carol", mail("dave@example.test", "carol@example.test", "lunch, really?").as_bytes())
     # machines and lists: never
-    lab.deliver("carol", mail("dave@example.test", "carol@example.test", "list",
-                              List_Id="<ops.example.test>").as_bytes())
+    lab.deliver(
+        "carol", mail("dave@example.test", "carol@example.test", "list", List_Id="<ops.example.test>").as_bytes()
+    )
     lab.deliver("carol", mail("dave@example.test", "carol@example.test", "bulk", Precedence="bulk").as_bytes())
-    lab.deliver("carol", mail("bob@example.test", "carol@example.test", "Auto: away",
-                              Auto_Submitted="auto-replied").as_bytes())
+    lab.deliver(
+        "carol", mail("bob@example.test", "carol@example.test", "Auto: away", Auto_Submitted="auto-replied").as_bytes()
+    )
     lab.deliver("carol", mail("bob@example.test", "carol@example.test", "a real one").as_bytes())
     (to_bob,) = lab.wait_for_messages("bob", 1, timeout=20)
     assert parse(to_bob)["Subject"] == "Auto: a real one"

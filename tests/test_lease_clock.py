@@ -28,8 +28,14 @@ def now() -> datetime:
 
 
 def msg(i: int) -> NewMessage:
-    return NewMessage(dedup_key=f"job:j:{i}", message_id=f"<{i}@x.test>", account="alice",
-                      envelope_from="alice@x.test", recipients=[f"r{i}@x.test"], raw=b"Subject: hi\r\n\r\nx\r\n")
+    return NewMessage(
+        dedup_key=f"job:j:{i}",
+        message_id=f"<{i}@x.test>",
+        account="alice",
+        envelope_from="alice@x.test",
+        recipients=[f"r{i}@x.test"],
+        raw=b"Subject: hi\r\n\r\nx\r\n",
+    )
 
 
 def eventually(check, timeout: float = 10.0):
@@ -80,8 +86,9 @@ def test_webhook_leases_are_the_databases_clock_and_renewed(pg_url):
     store = Store.open(pg_url, owner="replica-a")
     try:
         mine, other = store.ledger, LedgerStore(store.engine, owner="replica-b")
-        mine.enqueue_webhooks([dict(webhook_id="msg_1", action_key="k|r|0", rule="r", url="http://h/",
-                                    payload=b"{}")], now=now())
+        mine.enqueue_webhooks(
+            [dict(webhook_id="msg_1", action_key="k|r|0", rule="r", url="http://h/", payload=b"{}")], now=now()
+        )
         (held,) = mine.claim_webhooks(now=now(), limit=5, lease=LEASE)
         assert other.claim_webhooks(now=now() + SKEW, limit=5, lease=LEASE) == []
         for _ in range(4):
@@ -121,8 +128,13 @@ def test_a_webhook_action_says_queued_then_delivered(any_store: Store):
     ledger, t = any_store.ledger, now()
     key = "alice/INBOX/7/1"
     ledger.plan([((key, "hooks", 0), "webhook"), ((key, "hooks2", 0), "webhook")], now=t)
-    ledger.enqueue_webhooks([dict(webhook_id=f"msg_{rule}", action_key=f"{key}|{rule}|0", rule=rule,
-                                  url="http://h/", payload=b"{}") for rule in ("hooks", "hooks2")], now=t)
+    ledger.enqueue_webhooks(
+        [
+            dict(webhook_id=f"msg_{rule}", action_key=f"{key}|{rule}|0", rule=rule, url="http://h/", payload=b"{}")
+            for rule in ("hooks", "hooks2")
+        ],
+        now=t,
+    )
     # hooks: the executor records it queued, then the queue delivers it
     ledger.finish([((key, "hooks", 0), "done", {"webhook": "queued"}, None)], now=t)
     assert ledger.entries([key])[(key, "hooks", 0)].detail == {"webhook": "queued"}

@@ -49,8 +49,10 @@ def message(n: int) -> bytes:
         body += "From the desk of the sender: an mbox must quote this line.\n"
     if n == 4:
         body += "x" * 76 + "\n" + ("0123456789" * 7 + "\n") * 3000
-    return (f"From: Sender {n} <sender{n}@example.test>\nTo: dave@example.test\nSubject: local {n}\n"
-            f"Date: {formatdate()}\nMessage-ID: <local-{n}@example.test>\n\n{body}").encode()
+    return (
+        f"From: Sender {n} <sender{n}@example.test>\nTo: dave@example.test\nSubject: local {n}\n"
+        f"Date: {formatdate()}\nMessage-ID: <local-{n}@example.test>\n\n{body}"
+    ).encode()
 
 
 def mbox_form(raw: bytes) -> bytes:
@@ -63,8 +65,10 @@ def saved(maildir: Path, mbox: Path) -> tuple[list[bytes], list[bytes]]:
     md = mailbox.Maildir(maildir, create=False) if (maildir / "new").is_dir() else None
     mb = mailbox.mbox(mbox, create=False) if mbox.exists() else None
     try:
-        return ([md.get_bytes(k) for k in md.keys()] if md is not None else [],
-                [mb.get_bytes(k) for k in mb.keys()] if mb is not None else [])
+        return (
+            [md.get_bytes(k) for k in md.keys()] if md is not None else [],
+            [mb.get_bytes(k) for k in mb.keys()] if mb is not None else [],
+        )
     finally:
         if mb is not None:
             mb.close()
@@ -75,8 +79,11 @@ def stall_run(env: dict[str, str], log: Path, tmp: Path, kind: str) -> None:
     marker = tmp / f"stalled-{kind}"
     daemon = Daemon({**env, STALL_ENV: f"{kind}:{STALL_AT}:{marker}"}, log=log)
     try:
-        wait_until(lambda: marker.exists() or daemon.proc.poll() is not None, timeout=60,
-                   what=f"the daemon to stall inside a {kind} save")
+        wait_until(
+            lambda: marker.exists() or daemon.proc.poll() is not None,
+            timeout=60,
+            what=f"the daemon to stall inside a {kind} save",
+        )
         assert daemon.proc.poll() is None, log.read_text()[-3000:]
     finally:
         daemon.kill9()
@@ -103,12 +110,20 @@ def test_kill9_mid_save_loses_and_repeats_nothing(protocol: str, tmp_path: Path,
 
     daemon = Daemon(env, log=log)
     try:
-        wait_until(lambda: tuple(map(len, saved(maildir, mbox))) == (COUNT, COUNT), timeout=60,
-                   what="every message in the Maildir and the mbox")
+        wait_until(
+            lambda: tuple(map(len, saved(maildir, mbox))) == (COUNT, COUNT),
+            timeout=60,
+            what="every message in the Maildir and the mbox",
+        )
         if protocol == "pop3":  # deleted from the maildrop only once saved for good
-            wait_until(lambda: not list((lab.layout.maildir("dave") / "cur").iterdir())
-                       and not list((lab.layout.maildir("dave") / "new").iterdir()),
-                       timeout=30, what="the maildrop emptied")
+            wait_until(
+                lambda: (
+                    not list((lab.layout.maildir("dave") / "cur").iterdir())
+                    and not list((lab.layout.maildir("dave") / "new").iterdir())
+                ),
+                timeout=30,
+                what="the maildrop emptied",
+            )
         time.sleep(1.0)  # a repeat would land now
         assert daemon.terminate() == 0, log.read_text()[-3000:]
     finally:

@@ -17,8 +17,10 @@ from postroom.errors import PermanentError, TransientError
 from postroom.incoming.local_save import Mbox, envelope_sender, maildir_find, save_maildir
 
 NOW = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
-RAW = (b"Return-Path: <dora@elsewhere.test>\r\nFrom: Dora <dora@elsewhere.test>\r\nSubject: hi\r\n\r\n"
-       b"From here on, a line an mbox must quote.\r\n\r\nFurther down, a paragraph.\r\nbye\r\n")
+RAW = (
+    b"Return-Path: <dora@elsewhere.test>\r\nFrom: Dora <dora@elsewhere.test>\r\nSubject: hi\r\n\r\n"
+    b"From here on, a line an mbox must quote.\r\n\r\nFurther down, a paragraph.\r\nbye\r\n"
+)
 LF = RAW.replace(b"\r\n", b"\n")
 
 
@@ -87,11 +89,20 @@ def test_a_lock_held_by_another_program_waits_then_is_transient(tmp_path):
     path.write_bytes(b"")
     with open(path, "rb+") as other:
         fcntl.lockf(other, fcntl.LOCK_EX)  # as mutt does; a separate process would see the same
-        child = subprocess.run([sys.executable, "-c", (
-            "from pathlib import Path; from postroom.incoming.local_save import Mbox\n"
-            "from postroom.errors import TransientError\n"
-            f"try:\n    Mbox(Path({str(path)!r}), lock_wait=0.3).__enter__()\n"
-            "except TransientError as e:\n    print('transient', e)\n")], capture_output=True, text=True)
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "from pathlib import Path; from postroom.incoming.local_save import Mbox\n"
+                    "from postroom.errors import TransientError\n"
+                    f"try:\n    Mbox(Path({str(path)!r}), lock_wait=0.3).__enter__()\n"
+                    "except TransientError as e:\n    print('transient', e)\n"
+                ),
+            ],
+            capture_output=True,
+            text=True,
+        )
     assert child.stdout.startswith("transient") and "locked by another program" in child.stdout, child.stderr
     assert not (tmp_path / "box.mbox.lock").exists()  # the dotlock it took was given back
 

@@ -23,8 +23,9 @@ structlog.get_logger("postroom.outgoing.sender").warning(
 
 
 def test_datetimes_in_json_logs_are_iso_8601():
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
+    )
     [line] = done.stderr.splitlines()
     event = json.loads(line)
     assert event["retry_at"] == "2026-11-29T05:00:30+00:00"

@@ -35,8 +35,7 @@ def summary(msg: ParsedMessage) -> dict:
 
 def test_corpus_matches_golden():
     files = corpus_files()
-    got = {str(p.relative_to(CORPUS)): summary(ParsedMessage.from_bytes(p.read_bytes(), key=p.name))
-           for p in files}
+    got = {str(p.relative_to(CORPUS)): summary(ParsedMessage.from_bytes(p.read_bytes(), key=p.name)) for p in files}
     if os.environ.get("POSTROOM_UPDATE_GOLDEN"):
         GOLDEN.write_text(json.dumps(got, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     assert got == json.loads(GOLDEN.read_text())
@@ -56,16 +55,22 @@ def test_corpus_headers_only_agree_with_full_parse():
     assert well_formed >= 30  # most of the corpus has both
 
 
-@pytest.mark.parametrize("raw", [
-    b"", b"\x00\x01\x02", b"\r\n\r\n", b"no headers at all, just text",
-    b"Subject: =?bogus-charset?q?caf=E9?=\r\nFrom: =?utf-8?b?!!!notbase64?= <a@b>\r\n\r\nx",
-    b"Subject: \xff\xfe raw 8-bit \xe9\r\nFrom: \xc3\xa9l\xc3\xa8ve <eleve@ecole.test>\r\n\r\n\xff",
-    b"From: <<<>>>, ,,, @@@\r\nTo: undisclosed-recipients:;\r\nDate: yesterday-ish\r\n\r\n",
-    b"Content-Type: multipart/mixed; boundary=\"nope\"\r\n\r\n--wrong\r\nContent-Type: text/plain\r\n",
-    b"Content-Type: text/plain; charset=x-no-such\r\nContent-Transfer-Encoding: base64\r\n\r\n%%%%",
-    b"Content-Type: text/html\r\n\r\n<p>unclosed <b>tags &amp; <script>x()</script>text",
-    b"Content-Type: multipart/mixed\r\n\r\nno boundary parameter",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x00\x01\x02",
+        b"\r\n\r\n",
+        b"no headers at all, just text",
+        b"Subject: =?bogus-charset?q?caf=E9?=\r\nFrom: =?utf-8?b?!!!notbase64?= <a@b>\r\n\r\nx",
+        b"Subject: \xff\xfe raw 8-bit \xe9\r\nFrom: \xc3\xa9l\xc3\xa8ve <eleve@ecole.test>\r\n\r\n\xff",
+        b"From: <<<>>>, ,,, @@@\r\nTo: undisclosed-recipients:;\r\nDate: yesterday-ish\r\n\r\n",
+        b'Content-Type: multipart/mixed; boundary="nope"\r\n\r\n--wrong\r\nContent-Type: text/plain\r\n',
+        b"Content-Type: text/plain; charset=x-no-such\r\nContent-Transfer-Encoding: base64\r\n\r\n%%%%",
+        b"Content-Type: text/html\r\n\r\n<p>unclosed <b>tags &amp; <script>x()</script>text",
+        b"Content-Type: multipart/mixed\r\n\r\nno boundary parameter",
+    ],
+)
 def test_garbage_never_raises(raw):
     msg = ParsedMessage.from_bytes(raw, key="k")
     summary(msg)
@@ -79,7 +84,9 @@ def test_encoded_words_and_bad_charsets_decode():
     assert decode_header_value("=?utf-8?q?broken=FF?=") == "broken\xff"  # lying charset: latin-1, lossy
     msg = ParsedMessage.from_bytes(
         b"From: =?utf-8?q?Ren=C3=A9e_Dupont?= <renee@example.test>, plain@example.test\r\n"
-        b"Subject: \xc3\xa9t\xc3\xa9\r\n  folded\r\nDate: Tue, 3 Mar 2026 10:00:00 -0000\r\n\r\n", key="k")
+        b"Subject: \xc3\xa9t\xc3\xa9\r\n  folded\r\nDate: Tue, 3 Mar 2026 10:00:00 -0000\r\n\r\n",
+        key="k",
+    )
     assert [(a.name, a.addr) for a in msg.from_] == [("Renée Dupont", "renee@example.test"), ("", "plain@example.test")]
     assert msg.subject == "été  folded"
     assert msg.date == datetime(2026, 3, 3, 10, tzinfo=UTC)
@@ -95,10 +102,12 @@ def test_date_falls_back_to_internal_date_and_reply_guards():
 
 
 def test_html_only_body_is_stripped_and_attachments_are_leaves():
-    raw = (b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
-           b"<html><head><style>p{}</style></head><p>Total:&nbsp;42 &amp; more</p></html>\r\n"
-           b"--B\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n"
-           b"Subject: inner\r\nContent-Type: text/plain\r\n\r\ninner text\r\n--B--\r\n")
+    raw = (
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<html><head><style>p{}</style></head><p>Total:&nbsp;42 &amp; more</p></html>\r\n"
+        b"--B\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n"
+        b"Subject: inner\r\nContent-Type: text/plain\r\n\r\ninner text\r\n--B--\r\n"
+    )
     msg = ParsedMessage.from_bytes(raw, key="k")
     assert msg.body_text() == "Total:\xa042 & more"
     assert [(a.filename, a.content_type) for a in msg.attachments()] == [(None, "message/rfc822")]
@@ -108,9 +117,12 @@ def test_html_only_body_is_stripped_and_attachments_are_leaves():
 def test_html_body_reads_like_the_text_twin_of_html_we_send():
     """One html_to_text for both halves: links keep their target, lists their markers, and
     markup html.parser gives up on (``<![x[``) still yields its text, entities decoded."""
-    raw = (b"Content-Type: text/html; charset=utf-8\r\n\r\n"
-           b"<p>See <a href='https://x.test/i/7'>invoice 7</a>:</p><ul><li>due&nbsp;Friday</li></ul>")
+    raw = (
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<p>See <a href='https://x.test/i/7'>invoice 7</a>:</p><ul><li>due&nbsp;Friday</li></ul>"
+    )
     assert ParsedMessage.from_bytes(raw, key="k").body_text() == (
-        "See invoice 7 (https://x.test/i/7):\n\n- due\xa0Friday")
+        "See invoice 7 (https://x.test/i/7):\n\n- due\xa0Friday"
+    )
     broken = b"Content-Type: text/html\r\n\r\n<p>Tom &amp; Jerry</p><![foo[ x ]]><p>after</p>"
     assert ParsedMessage.from_bytes(broken, key="k").body_text() == "Tom & Jerry after"

@@ -56,8 +56,10 @@ def test_incoming_side():
     assert value(metrics, "postroom_inbound_messages_total", account="alice", folder="INBOX", result="matched") == 1
     assert value(metrics, "postroom_actions_total", kind="move", result="ok") == 1
     assert value(metrics, "postroom_webhook_deliveries_total", result="delivered") == 1
-    assert value(metrics, "postroom_watcher_last_success_timestamp_seconds",
-                 account="alice", folder="INBOX") == seen.timestamp()
+    assert (
+        value(metrics, "postroom_watcher_last_success_timestamp_seconds", account="alice", folder="INBOX")
+        == seen.timestamp()
+    )
     assert value(metrics, "postroom_config_reloads_total", result="ok") == 1
 
 
@@ -75,6 +77,11 @@ def test_each_instance_has_its_own_registry_and_no_address_labels():
     first, second = Metrics(), Metrics()
     first.outbox_result("sent", "alice")
     assert value(second, "postroom_messages_sent_total", account="alice") is None
-    labels = {label for family in first.registry.collect() if family.name.startswith("postroom_")
-              for sample in family.samples for label in sample.labels}
+    labels = {
+        label
+        for family in first.registry.collect()
+        if family.name.startswith("postroom_")
+        for sample in family.samples
+        for label in sample.labels
+    }
     assert labels <= {"version", "job", "status", "account", "folder", "result", "kind", "le"}

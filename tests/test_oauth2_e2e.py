@@ -148,8 +148,16 @@ class Run:
         """`postroom auth login USER` as an operator runs it for a generic account: a new
         refresh token from the token server, pasted on standard input."""
         token = self.lab.refresh_token(user)
-        done = subprocess.run([sys.executable, "-m", "postroom.cli", "auth", "login", user], input=token + "\n",
-                              env=self.env, cwd=self.workdir, capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "postroom.cli", "auth", "login", user],
+            input=token + "\n",
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return token
 
@@ -168,13 +176,26 @@ def run(oauth2_lab: OAuth2Lab, tmp_path: Path) -> Iterator[Run]:
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "ping.j2").write_text(PING)
-    (tmp_path / "postroom.yaml").write_text(CONFIG.format(
-        token_url=lab.token_server.token_url, smtp=lab.ports.smtp, imap=lab.ports.imap, imaps=lab.ports.imaps,
-        pop3s=lab.ports.pop3s, hook=hooks.url))
+    (tmp_path / "postroom.yaml").write_text(
+        CONFIG.format(
+            token_url=lab.token_server.token_url,
+            smtp=lab.ports.smtp,
+            imap=lab.ports.imap,
+            imaps=lab.ports.imaps,
+            pop3s=lab.ports.pop3s,
+            hook=hooks.url,
+        )
+    )
     port = free_port()
-    env = postroom_env(lab, tmp_path, POSTROOM_HTTP=f"127.0.0.1:{port}", POSTROOM_TEMPLATES=str(templates),
-                       POSTROOM_LOG_LEVEL="DEBUG", CLIENT_SECRET=CLIENT_SECRET,
-                       POSTROOM_TOKEN_KEY=Fernet.generate_key().decode())
+    env = postroom_env(
+        lab,
+        tmp_path,
+        POSTROOM_HTTP=f"127.0.0.1:{port}",
+        POSTROOM_TEMPLATES=str(templates),
+        POSTROOM_LOG_LEVEL="DEBUG",
+        CLIENT_SECRET=CLIENT_SECRET,
+        POSTROOM_TOKEN_KEY=Fernet.generate_key().decode(),
+    )
     env["PYTHONPATH"] = str(ROOT)
     result = Run(lab, tmp_path, env, port, hooks)
     (tmp_path / "state").mkdir()
@@ -196,10 +217,13 @@ def _deliver_traffic(run: Run, rounds: int, every: float, tag: str) -> None:
     """One filed mail for alice, one alert (and one non-alert) for bob, one for carol, per round."""
     for n in range(rounds):
         run.lab.deliver("alice", mail("ops@example.test", "alice@example.test", f"[file] {tag}{n}").as_bytes())
-        run.lab.deliver_many("bob", [
-            mail("monitor@example.test", "bob@example.test", f"{tag}{n}", X_Alert="critical").as_bytes(),
-            mail("monitor@example.test", "bob@example.test", f"quiet {tag}{n}", X_Alert="low").as_bytes(),
-        ])
+        run.lab.deliver_many(
+            "bob",
+            [
+                mail("monitor@example.test", "bob@example.test", f"{tag}{n}", X_Alert="critical").as_bytes(),
+                mail("monitor@example.test", "bob@example.test", f"quiet {tag}{n}", X_Alert="low").as_bytes(),
+            ],
+        )
         run.lab.deliver("carol", mail("ops@example.test", "carol@example.test", f"[file] {tag}{n}").as_bytes())
         time.sleep(every)
 
@@ -212,15 +236,20 @@ def _assert_traffic_done(run: Run, rounds: int, tag: str, timeout: float = 30) -
     """Every round's mail handled exactly once: filed in alice's and carol's Archive, alice's
     forwarded to dave, bob's alert posted to the webhook (and nothing more, a while later)."""
     names = sorted(f"[file] {tag}{n}" for n in range(rounds))
-    wanted = {("alice", "Archive"): names, ("carol", "Archive"): names,
-              ("dave", "INBOX"): sorted(f"Fwd: {name}" for name in names)}
+    wanted = {
+        ("alice", "Archive"): names,
+        ("carol", "Archive"): names,
+        ("dave", "INBOX"): sorted(f"Fwd: {name}" for name in names),
+    }
 
     def posts() -> list[bytes]:
         return sorted(body for _headers, body in run.hooks.posts if json.loads(body)["subject"].startswith(tag))
 
     def done() -> bool:
-        return all(len(_tagged(run, user, folder, tag)) >= len(names) for (user, folder), names in wanted.items()
-                   ) and len(posts()) >= rounds
+        return (
+            all(len(_tagged(run, user, folder, tag)) >= len(names) for (user, folder), names in wanted.items())
+            and len(posts()) >= rounds
+        )
 
     wait_until(done, timeout, f"round {tag} handled")
     time.sleep(1.5)  # another POP3 poll and sender pass: nothing may come twice
@@ -241,8 +270,11 @@ def _assert_no_token_leaks(run: Run) -> None:
     assert tokens
     metrics = run.get("/metrics").text
     with sqlite3.connect(run.db) as conn:
-        stored = "\n".join(repr(row) for table in ("oauth2_tokens", "outbox", "inbound")
-                           for row in conn.execute(f"SELECT * FROM {table}"))
+        stored = "\n".join(
+            repr(row)
+            for table in ("oauth2_tokens", "outbox", "inbound")
+            for row in conn.execute(f"SELECT * FROM {table}")
+        )
     log = run.log_text()
     assert '"level": "debug"' in log  # the log really is at DEBUG
     for token in tokens:
@@ -292,8 +324,12 @@ def test_oauth2_accounts_send_watch_and_poll_over_many_token_lifetimes(run: Run)
     # No failure: nothing at error level, and no warning about tokens or mail (an IMAP session
     # that had to be reconnected is not one: a reconnect logs in with a fresh token, and the
     # counts above show nothing was lost or repeated).
-    problems = [line for line in run.log_lines() if line.get("level") in ("error", "critical") or (
-        line.get("level") == "warning" and line.get("event") != "watcher connection trouble; reconnecting")]
+    problems = [
+        line
+        for line in run.log_lines()
+        if line.get("level") in ("error", "critical")
+        or (line.get("level") == "warning" and line.get("event") != "watcher connection trouble; reconnecting")
+    ]
     assert problems == [], problems[:5]
     outbox = run.outbox()
     assert set(outbox) == {"sent"}, outbox  # nothing deferred, held or dead
@@ -346,8 +382,9 @@ def test_a_revoked_refresh_token_stops_only_that_account_until_a_new_sign_in(run
     wait_until(lambda: run.get("/readyz").status_code == 200, 20, "alice ready again")
     # The IDLE session outlived the revocation (Dovecot checks a token at login only); the
     # filed mail was moved, its forward was held and now goes out.
-    forwards = wait_until(lambda: [s for s in _subjects(lab.fetch_all("dave")) if s == "Fwd: [file] D0"], 20,
-                          "the held forward")
+    forwards = wait_until(
+        lambda: [s for s in _subjects(lab.fetch_all("dave")) if s == "Fwd: [file] D0"], 20, "the held forward"
+    )
     assert forwards == ["Fwd: [file] D0"]
     wait_until(lambda: set(run.outbox()) == {"sent"}, 20, "every held message sent")
     run.stop()
@@ -365,8 +402,7 @@ def test_token_endpoint_outage_is_transient(run: Run) -> None:
     try:
         _deliver_traffic(run, rounds=2, every=2.0, tag="F")
         time.sleep(TOKEN_LIFETIME)
-        assert all(
-            run.get("/readyz").json()["oauth2_accounts"].values())
+        assert all(run.get("/readyz").json()["oauth2_accounts"].values())
     finally:
         lab.token_server.start()
     _assert_traffic_done(run, 2, "F", timeout=60)

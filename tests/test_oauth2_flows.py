@@ -23,15 +23,24 @@ NOW = datetime(2026, 11, 29, 4, 0, tzinfo=UTC)
 
 def _microsoft(server: TokenServer) -> OAuth2Client:
     return OAuth2Client.for_provider(
-        "alice", PROVIDERS[ProviderName.MICROSOFT], client_id="maillab-public", tenant="organizations",
-        authority=server.url, protocols=(MailProtocol.IMAP, MailProtocol.SMTP),
+        "alice",
+        PROVIDERS[ProviderName.MICROSOFT],
+        client_id="maillab-public",
+        tenant="organizations",
+        authority=server.url,
+        protocols=(MailProtocol.IMAP, MailProtocol.SMTP),
     )
 
 
 def _google(server: TokenServer) -> OAuth2Client:
-    return OAuth2Client.for_provider("alice", PROVIDERS[ProviderName.GOOGLE], client_id="maillab",
-                                     client_secret="maillab-secret", authority=server.url,
-                                     protocols=(MailProtocol.IMAP,))
+    return OAuth2Client.for_provider(
+        "alice",
+        PROVIDERS[ProviderName.GOOGLE],
+        client_id="maillab",
+        client_secret="maillab-secret",
+        authority=server.url,
+        protocols=(MailProtocol.IMAP,),
+    )
 
 
 async def test_device_code_flow_end_to_end(token_server: TokenServer) -> None:
@@ -98,8 +107,14 @@ async def test_loopback_flow_end_to_end_with_pkce(token_server: TokenServer) -> 
     visited, open_browser = _browser()
 
     async with httpx.AsyncClient() as http:
-        reply = await loopback_login(http, client, urls.authorize_url, open_browser=open_browser,
-                                     extra=provider.authorize_params, wait_for_person=10)
+        reply = await loopback_login(
+            http,
+            client,
+            urls.authorize_url,
+            open_browser=open_browser,
+            extra=provider.authorize_params,
+            wait_for_person=10,
+        )
 
     assert reply.refresh_token
     authorize, redirect = visited
@@ -118,7 +133,6 @@ async def test_loopback_flow_refuses_an_answer_to_another_request(token_server: 
 
     async with httpx.AsyncClient() as http:
         with pytest.raises(OAuth2Error, match="state"):
-            await loopback_login(http, client, urls.authorize_url, open_browser=open_browser,
-                                 wait_for_person=10)
+            await loopback_login(http, client, urls.authorize_url, open_browser=open_browser, wait_for_person=10)
 
     assert token_server.authority.requests_to("/token") == []  # the code was never exchanged

@@ -38,8 +38,11 @@ def _imap_login(lab: OAuth2Lab, mechanism: Mechanism, user: str, token: str, *, 
     def answer(challenge: bytes) -> bytes:
         challenges.append(challenge)
         # The first continuation is empty; a later one is the error challenge.
-        return initial_response(mechanism, lab.address(user), token) if len(challenges) == 1 else (
-            challenge_answer(mechanism))
+        return (
+            initial_response(mechanism, lab.address(user), token)
+            if len(challenges) == 1
+            else (challenge_answer(mechanism))
+        )
 
     try:
         typ, data = client.authenticate(mechanism.sasl_name, answer)
@@ -119,10 +122,15 @@ def _smtp_login(lab: OAuth2Lab, mechanism: Mechanism, user: str, token: str) -> 
 def _revoked_access_token(lab: OAuth2Lab, user: str) -> str:
     """An access token got over HTTP from a refresh token that is then revoked."""
     refresh = lab.refresh_token(user)
-    answer = httpx.post(lab.token_server.token_url, data={
-        "grant_type": "refresh_token", "refresh_token": refresh,
-        "client_id": "maillab", "client_secret": "maillab-secret",
-    }).json()
+    answer = httpx.post(
+        lab.token_server.token_url,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh,
+            "client_id": "maillab",
+            "client_secret": "maillab-secret",
+        },
+    ).json()
     httpx.post(f"{lab.token_server.url}/revoke", data={"token": refresh}).raise_for_status()
     return str(answer["access_token"])
 
@@ -220,26 +228,36 @@ def test_a_token_server_outage_is_a_temporary_failure_not_a_refusal(oauth2_lab: 
 def test_an_app_only_token_opens_the_app_s_mailbox(oauth2_lab: OAuth2Lab) -> None:
     # The client_credentials grant (Microsoft's service principal): no user signed in.
     basic = base64.b64encode(b"maillab-app:maillab-app-secret").decode()
-    answer = httpx.post(oauth2_lab.token_server.token_url, data={"grant_type": "client_credentials", "scope": "mail"},
-                        headers={"Authorization": f"Basic {basic}"}).json()
+    answer = httpx.post(
+        oauth2_lab.token_server.token_url,
+        data={"grant_type": "client_credentials", "scope": "mail"},
+        headers={"Authorization": f"Basic {basic}"},
+    ).json()
 
     assert "refresh_token" not in answer
     assert _imap_login(oauth2_lab, Mechanism.XOAUTH2, "carol", answer["access_token"]).startswith("OK")
     assert _imap_login(oauth2_lab, Mechanism.XOAUTH2, "alice", answer["access_token"]).startswith("NO")
 
 
-
 def test_the_token_server_runs_on_its_own_for_a_demo_lab() -> None:
     port = BARE_TOKEN_SERVER_PORT + 1
-    server = subprocess.Popen([sys.executable, "-m", "tests.lab.token_server", "--port", str(port)],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.lab.token_server", "--port", str(port)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert server.stdout is not None and "token server on" in server.stdout.readline()
         base = f"http://127.0.0.1:{port}"
         httpx.post(f"{base}/lab/settings", data={"access_lifetime": "20", "rotate": "yes"}).raise_for_status()
         refresh = httpx.post(f"{base}/lab/issue", data={"user": "alice"}).json()["refresh_token"]
-        answer = httpx.post(f"{base}/token", data={"grant_type": "refresh_token", "refresh_token": refresh,
-                                                   "client_id": "maillab", "client_secret": "maillab-secret"}).json()
+        answer = httpx.post(
+            f"{base}/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh,
+                "client_id": "maillab",
+                "client_secret": "maillab-secret",
+            },
+        ).json()
         introspected = httpx.post(f"{base}/introspect", data={"token": answer["access_token"]}).json()
     finally:
         server.terminate()

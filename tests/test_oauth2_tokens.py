@@ -40,8 +40,13 @@ SECRET = "maillab-secret"
 
 
 def generic(server: TokenServer, account: str = "alice", **overrides: object) -> OAuth2Client:
-    values: dict[str, object] = {"account": account, "token_url": server.token_url, "client_id": "maillab",
-                                 "client_secret": SECRET, "scopes": ("mail",)}
+    values: dict[str, object] = {
+        "account": account,
+        "token_url": server.token_url,
+        "client_id": "maillab",
+        "client_secret": SECRET,
+        "scopes": ("mail",),
+    }
     values.update(overrides)
     return OAuth2Client(**values)  # type: ignore[arg-type]
 
@@ -57,7 +62,8 @@ def test_sasl_initial_responses_are_byte_exact() -> None:
     assert xoauth2("a@x.test", "tok.1") == b"user=a@x.test\x01auth=Bearer tok.1\x01\x01"
     assert oauthbearer("a@x.test", "tok.1") == b"n,a=a@x.test,\x01auth=Bearer tok.1\x01\x01"
     assert oauthbearer("a=b,c", "t", host="h", port=993) == (
-        b"n,a=a=3Db=2Cc,\x01host=h\x01port=993\x01auth=Bearer t\x01\x01")
+        b"n,a=a=3Db=2Cc,\x01host=h\x01port=993\x01auth=Bearer t\x01\x01"
+    )
     assert initial_response(Mechanism.XOAUTH2, "u", "t") == xoauth2("u", "t")
 
 
@@ -80,9 +86,13 @@ def test_default_scopes_follow_provider_grant_and_protocols() -> None:
     microsoft, google = PROVIDERS[ProviderName.MICROSOFT], PROVIDERS[ProviderName.GOOGLE]
 
     assert default_scopes(microsoft, Grant.REFRESH_TOKEN, [MailProtocol.SMTP, MailProtocol.IMAP]) == (
-        "https://outlook.office.com/SMTP.Send", "https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access")
+        "https://outlook.office.com/SMTP.Send",
+        "https://outlook.office.com/IMAP.AccessAsUser.All",
+        "offline_access",
+    )
     assert default_scopes(microsoft, Grant.CLIENT_CREDENTIALS, [MailProtocol.IMAP]) == (
-        "https://outlook.office365.com/.default",)
+        "https://outlook.office365.com/.default",
+    )
     assert default_scopes(google, Grant.REFRESH_TOKEN, list(MailProtocol)) == ("https://mail.google.com/",)
     assert default_scopes(PROVIDERS[ProviderName.GENERIC], Grant.REFRESH_TOKEN, [MailProtocol.IMAP]) == ()
 
@@ -233,8 +243,9 @@ async def test_no_refresh_token_at_all_asks_for_a_sign_in(token_server: TokenSer
 
 
 async def test_a_wrong_client_secret_is_permanent_but_not_a_revocation(token_server: TokenServer) -> None:
-    provider = TokenProvider(generic(token_server, client_secret="wrong"),
-                             MemoryKeeper(token_server.authority.issue_refresh_token("alice")))
+    provider = TokenProvider(
+        generic(token_server, client_secret="wrong"), MemoryKeeper(token_server.authority.issue_refresh_token("alice"))
+    )
 
     with pytest.raises(OAuth2Error) as refused:
         await provider.token(NOW)
@@ -297,49 +308,81 @@ async def test_microsoft_refresh_shape_sends_scopes_and_takes_the_rotated_token(
     scopes = "https://outlook.office.com/SMTP.Send https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
     refresh = token_server.authority.issue_refresh_token("alice", scope=scopes)
     client = OAuth2Client.for_provider(
-        "alice", PROVIDERS[ProviderName.MICROSOFT], client_id="maillab", client_secret=SECRET,
-        tenant="contoso.example", authority=token_server.url, protocols=(MailProtocol.IMAP, MailProtocol.SMTP),
+        "alice",
+        PROVIDERS[ProviderName.MICROSOFT],
+        client_id="maillab",
+        client_secret=SECRET,
+        tenant="contoso.example",
+        authority=token_server.url,
+        protocols=(MailProtocol.IMAP, MailProtocol.SMTP),
     )
     keeper = MemoryKeeper(refresh)
 
     await TokenProvider(client, keeper).token(NOW)
 
     [request] = token_server.authority.requests_to("/contoso.example/oauth2/v2.0/token")
-    assert request.form == {"grant_type": "refresh_token", "client_id": "maillab", "client_secret": SECRET,
-                            "refresh_token": refresh, "scope": scopes}
+    assert request.form == {
+        "grant_type": "refresh_token",
+        "client_id": "maillab",
+        "client_secret": SECRET,
+        "refresh_token": refresh,
+        "scope": scopes,
+    }
     assert keeper.saved and keeper.saved[0] != refresh  # Microsoft rotates: saved at once
 
 
 async def test_microsoft_app_only_shape_is_client_credentials_with_default_scope(token_server: TokenServer) -> None:
     client = OAuth2Client.for_provider(
-        "carol", PROVIDERS[ProviderName.MICROSOFT], client_id="maillab-app", client_secret="maillab-app-secret",
-        tenant="contoso.example", grant=Grant.CLIENT_CREDENTIALS, authority=token_server.url,
+        "carol",
+        PROVIDERS[ProviderName.MICROSOFT],
+        client_id="maillab-app",
+        client_secret="maillab-app-secret",
+        tenant="contoso.example",
+        grant=Grant.CLIENT_CREDENTIALS,
+        authority=token_server.url,
     )
 
     assert await TokenProvider(client).token(NOW)
 
     [request] = token_server.authority.requests_to("/contoso.example/oauth2/v2.0/token")
-    assert request.form == {"grant_type": "client_credentials", "client_id": "maillab-app",
-                            "client_secret": "maillab-app-secret", "scope": "https://outlook.office365.com/.default"}
+    assert request.form == {
+        "grant_type": "client_credentials",
+        "client_id": "maillab-app",
+        "client_secret": "maillab-app-secret",
+        "scope": "https://outlook.office365.com/.default",
+    }
 
 
 async def test_google_refresh_shape_sends_no_scope(token_server: TokenServer) -> None:
     refresh = token_server.authority.issue_refresh_token("alice", scope="https://mail.google.com/")
-    client = OAuth2Client.for_provider("alice", PROVIDERS[ProviderName.GOOGLE], client_id="maillab",
-                                       client_secret=SECRET, authority=token_server.url,
-                                       protocols=(MailProtocol.IMAP,))
+    client = OAuth2Client.for_provider(
+        "alice",
+        PROVIDERS[ProviderName.GOOGLE],
+        client_id="maillab",
+        client_secret=SECRET,
+        authority=token_server.url,
+        protocols=(MailProtocol.IMAP,),
+    )
 
     await TokenProvider(client, MemoryKeeper(refresh)).token(NOW)
 
     [request] = token_server.authority.requests_to("/token")
-    assert request.form == {"grant_type": "refresh_token", "client_id": "maillab", "client_secret": SECRET,
-                            "refresh_token": refresh}
+    assert request.form == {
+        "grant_type": "refresh_token",
+        "client_id": "maillab",
+        "client_secret": SECRET,
+        "refresh_token": refresh,
+    }
 
 
 def test_public_clients_send_no_secret() -> None:
     client = OAuth2Client("a", "http://127.0.0.1:1/token", "maillab-public", scopes=("mail",))
-    assert token_form(client, "rt") == {"grant_type": "refresh_token", "client_id": "maillab-public",
-                                        "refresh_token": "rt", "scope": "mail"}
+    assert token_form(client, "rt") == {
+        "grant_type": "refresh_token",
+        "client_id": "maillab-public",
+        "refresh_token": "rt",
+        "scope": "mail",
+    }
 
 
 # -- a provider's token at the real Dovecot -------------------------------------------------

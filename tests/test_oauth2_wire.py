@@ -35,8 +35,13 @@ SECRET = "maillab-secret"
 
 
 def _settings(lab: OAuth2Lab) -> OAuth2Config:
-    return OAuth2Config(provider=ProviderName.GENERIC, token_url=lab.token_server.token_url, client_id="maillab",
-                        client_secret=SecretStr(SECRET), scopes=["mail"])
+    return OAuth2Config(
+        provider=ProviderName.GENERIC,
+        token_url=lab.token_server.token_url,
+        client_id="maillab",
+        client_secret=SecretStr(SECRET),
+        scopes=["mail"],
+    )
 
 
 class Refreshes:
@@ -54,31 +59,56 @@ class Refreshes:
 
 def _tokens(lab: OAuth2Lab, user: str = "alice", hook: Refreshes | None = None) -> tuple[AccountTokens, MemoryKeeper]:
     keeper = MemoryKeeper(lab.refresh_token(user))
-    client = OAuth2Client(account=user, token_url=lab.token_server.token_url, client_id="maillab",
-                          client_secret=SECRET, scopes=("mail",))
+    client = OAuth2Client(
+        account=user, token_url=lab.token_server.token_url, client_id="maillab", client_secret=SECRET, scopes=("mail",)
+    )
     tokens = AccountTokens(TokenProvider(client, keeper), _settings(lab), on_refresh=hook or Refreshes())
     return tokens, keeper
 
 
 def _smtp(lab: OAuth2Lab, user: str, mechanism: str) -> SmtpConfig:
-    return SmtpConfig(host="127.0.0.1", port=lab.ports.smtp, security="starttls", username=lab.address(user),
-                      auth=mechanism, ca_file=lab.ca_file, timeout=10)  # type: ignore[arg-type]
+    return SmtpConfig(
+        host="127.0.0.1",
+        port=lab.ports.smtp,
+        security="starttls",
+        username=lab.address(user),
+        auth=mechanism,
+        ca_file=lab.ca_file,
+        timeout=10,
+    )  # type: ignore[arg-type]
 
 
 def _imap(lab: OAuth2Lab, user: str, mechanism: str) -> ImapConfig:
-    return ImapConfig(host="127.0.0.1", port=lab.ports.imaps, security="tls", username=lab.address(user),
-                      auth=mechanism, ca_file=lab.ca_file, timeout=10)  # type: ignore[arg-type]
+    return ImapConfig(
+        host="127.0.0.1",
+        port=lab.ports.imaps,
+        security="tls",
+        username=lab.address(user),
+        auth=mechanism,
+        ca_file=lab.ca_file,
+        timeout=10,
+    )  # type: ignore[arg-type]
 
 
 def _pop3(lab: OAuth2Lab, user: str, mechanism: str) -> Pop3Config:
-    return Pop3Config(host="127.0.0.1", port=lab.ports.pop3s, security="tls", username=lab.address(user),
-                      auth=mechanism, ca_file=lab.ca_file, timeout=10)  # type: ignore[arg-type]
+    return Pop3Config(
+        host="127.0.0.1",
+        port=lab.ports.pop3s,
+        security="tls",
+        username=lab.address(user),
+        auth=mechanism,
+        ca_file=lab.ca_file,
+        timeout=10,
+    )  # type: ignore[arg-type]
 
 
 def _edges(lab: OAuth2Lab, user: str, mechanism: str) -> list[tuple[Callable[..., Any], ServerConfig]]:
     """Each edge's connection class with its server config."""
-    return [(SmtpConnection, _smtp(lab, user, mechanism)), (ImapConnection, _imap(lab, user, mechanism)),
-            (Pop3Connection, _pop3(lab, user, mechanism))]
+    return [
+        (SmtpConnection, _smtp(lab, user, mechanism)),
+        (ImapConnection, _imap(lab, user, mechanism)),
+        (Pop3Connection, _pop3(lab, user, mechanism)),
+    ]
 
 
 def _refreshes(lab: OAuth2Lab) -> int:
@@ -176,8 +206,9 @@ def test_token_endpoint_down_is_transient_and_stops_nothing(oauth2_lab: OAuth2La
     lab.token_server.stop()
     try:
         with pytest.raises(ServerConnectError) as caught:
-            asyncio.run(SmtpConnection("carol", cfg, OAuth2Credentials(cfg.username or "", "oauthbearer",
-                                                                          tokens)).connect())
+            asyncio.run(
+                SmtpConnection("carol", cfg, OAuth2Credentials(cfg.username or "", "oauthbearer", tokens)).connect()
+            )
         assert is_transient(caught.value)
     finally:
         lab.token_server.start()
@@ -205,8 +236,7 @@ def test_a_wrong_user_is_refused_after_one_renewal(oauth2_lab: OAuth2Lab) -> Non
     cfg = _imap(oauth2_lab, "bob", "oauthbearer")
     before = _refreshes(oauth2_lab)
     with pytest.raises(AuthError):
-        asyncio.run(ImapConnection("bob", cfg, OAuth2Credentials(cfg.username or "", "oauthbearer",
-                                                                 tokens)).connect())
+        asyncio.run(ImapConnection("bob", cfg, OAuth2Credentials(cfg.username or "", "oauthbearer", tokens)).connect())
     assert _refreshes(oauth2_lab) - before == 2  # the first token, then the one renewal
 
 
@@ -238,14 +268,29 @@ accounts:
 
 def test_check_gets_a_token_and_logs_in_everywhere(oauth2_lab: OAuth2Lab, tmp_path: Path) -> None:
     lab = oauth2_lab
-    (tmp_path / "postroom.yaml").write_text(CHECK_CONFIG.format(
-        alice=lab.address("alice"), bob=lab.address("bob"), token_url=lab.token_server.token_url,
-        smtp=lab.ports.smtp, imaps=lab.ports.imaps, pop3s=lab.ports.pop3s, grant=Grant.REFRESH_TOKEN.value))
+    (tmp_path / "postroom.yaml").write_text(
+        CHECK_CONFIG.format(
+            alice=lab.address("alice"),
+            bob=lab.address("bob"),
+            token_url=lab.token_server.token_url,
+            smtp=lab.ports.smtp,
+            imaps=lab.ports.imaps,
+            pop3s=lab.ports.pop3s,
+            grant=Grant.REFRESH_TOKEN.value,
+        )
+    )
     (tmp_path / "templates").mkdir()
-    env = {**lab.env(), "PYTHONPATH": str(ROOT), "POSTROOM_CONFIG": str(tmp_path / "postroom.yaml"),
-           "POSTROOM_TEMPLATES": str(tmp_path / "templates"), "POSTROOM_STATE_DIR": str(tmp_path / "state"),
-           "CLIENT_SECRET": SECRET, "ALICE_REFRESH_TOKEN": lab.refresh_token("alice"),
-           "BOB_REFRESH_TOKEN": lab.refresh_token("bob"), "POSTROOM_TOKEN_KEY": Fernet.generate_key().decode()}
+    env = {
+        **lab.env(),
+        "PYTHONPATH": str(ROOT),
+        "POSTROOM_CONFIG": str(tmp_path / "postroom.yaml"),
+        "POSTROOM_TEMPLATES": str(tmp_path / "templates"),
+        "POSTROOM_STATE_DIR": str(tmp_path / "state"),
+        "CLIENT_SECRET": SECRET,
+        "ALICE_REFRESH_TOKEN": lab.refresh_token("alice"),
+        "BOB_REFRESH_TOKEN": lab.refresh_token("bob"),
+        "POSTROOM_TOKEN_KEY": Fernet.generate_key().decode(),
+    }
     done = run_cli(["check"], env)
     assert done.returncode == 0, done.stdout + done.stderr
     for where in ("alice.smtp", "alice.imap", "bob.pop3"):
@@ -265,11 +310,15 @@ def test_check_gets_a_token_and_logs_in_everywhere(oauth2_lab: OAuth2Lab, tmp_pa
 
 LOGINS_CONFIG = {
     "accounts": {
-        "alice": {"address": "alice@example.test",
-                  "oauth2": {"token_url": "http://127.0.0.1:9/token", "client_id": "maillab"},
-                  "imap": {"host": "127.0.0.1", "username": "alice@example.test", "auth": "oauthbearer"}},
-        "bob": {"address": "bob@example.test",
-                "smtp": {"host": "127.0.0.1", "username": "bob@example.test", "password": "pw"}},
+        "alice": {
+            "address": "alice@example.test",
+            "oauth2": {"token_url": "http://127.0.0.1:9/token", "client_id": "maillab"},
+            "imap": {"host": "127.0.0.1", "username": "alice@example.test", "auth": "oauthbearer"},
+        },
+        "bob": {
+            "address": "bob@example.test",
+            "smtp": {"host": "127.0.0.1", "username": "bob@example.test", "password": "pw"},
+        },
     },
 }
 
@@ -300,10 +349,25 @@ def test_reload_keeps_a_healthy_accounts_tokens_and_rebuilds_a_stopped_or_change
         assert first.stopped() == {"alice": "revoked"}
         again = AccountLogins.build(config, store=store.tokens, vault=vault, keep=first)
         assert again.tokens["alice"] is not first.tokens["alice"] and again.stopped() == {}
-        changed = Config.model_validate({**LOGINS_CONFIG, "accounts": {**LOGINS_CONFIG["accounts"], "alice": {
-            **LOGINS_CONFIG["accounts"]["alice"],
-            "oauth2": {"token_url": "http://127.0.0.1:9/token", "client_id": "maillab", "refresh_token": "new"}}}})
-        assert AccountLogins.build(changed, store=store.tokens, vault=vault, keep=again).tokens["alice"] is not (
-            again.tokens["alice"])
+        changed = Config.model_validate(
+            {
+                **LOGINS_CONFIG,
+                "accounts": {
+                    **LOGINS_CONFIG["accounts"],
+                    "alice": {
+                        **LOGINS_CONFIG["accounts"]["alice"],
+                        "oauth2": {
+                            "token_url": "http://127.0.0.1:9/token",
+                            "client_id": "maillab",
+                            "refresh_token": "new",
+                        },
+                    },
+                },
+            }
+        )
+        assert (
+            AccountLogins.build(changed, store=store.tokens, vault=vault, keep=again).tokens["alice"]
+            is not (again.tokens["alice"])
+        )
     finally:
         store.close()

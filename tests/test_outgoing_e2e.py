@@ -24,11 +24,15 @@ def seed_shop(path: Path, *, orders: bool = True, customers: int = 3) -> None:
         db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, total REAL)")
         db.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
         if orders:
-            db.executemany("INSERT INTO orders VALUES (?, ?, ?)",
-                           [(1, "Ada <Lovelace>", 10.5), (2, "Grace", 20.25), (3, "Edsger", 30.0)])
+            db.executemany(
+                "INSERT INTO orders VALUES (?, ?, ?)",
+                [(1, "Ada <Lovelace>", 10.5), (2, "Grace", 20.25), (3, "Edsger", 30.0)],
+            )
         people = ["bob", "carol", "dave"]
-        db.executemany("INSERT INTO customers VALUES (?, ?, ?)",
-                       [(f"Customer {i}", f"{people[i % 3]}@example.test", 100.0 + i) for i in range(customers)])
+        db.executemany(
+            "INSERT INTO customers VALUES (?, ?, ?)",
+            [(f"Customer {i}", f"{people[i % 3]}@example.test", 100.0 + i) for i in range(customers)],
+        )
     db.close()
 
 
@@ -160,13 +164,14 @@ def test_kill_9_mid_merge_then_restart_everyone_gets_it_once(tmp_path, clean_lab
     """500-row merge to bob; SIGKILL the daemon mid-send; restart: all 500 arrive, and any
     duplicate is a message that was in flight and carries the same Message-ID."""
     at = (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")
-    (tmp_path / "postroom.yaml").write_text(
-        MERGE_CONFIG.format(smtp=clean_lab.ports.smtp, at=at))
+    (tmp_path / "postroom.yaml").write_text(MERGE_CONFIG.format(smtp=clean_lab.ports.smtp, at=at))
     db = sqlite3.connect(tmp_path / "shop.db")
     with db:
         db.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
-        db.executemany("INSERT INTO customers VALUES (?, ?, ?)",
-                       [(f"Row {i:03d}", "bob@example.test", float(i)) for i in range(500)])
+        db.executemany(
+            "INSERT INTO customers VALUES (?, ?, ?)",
+            [(f"Row {i:03d}", "bob@example.test", float(i)) for i in range(500)],
+        )
     db.close()
     env = postroom_env(clean_lab, tmp_path)
     first = Daemon(env, log=tmp_path / "daemon1.log")

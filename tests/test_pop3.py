@@ -12,8 +12,15 @@ from tests.support.scripted_pop3 import scripted_pop3
 
 
 def pop3_cfg(lab, **overrides) -> Pop3Config:
-    values = {"host": "127.0.0.1", "port": lab.ports.pop3s, "security": "tls", "username": lab.address(USER),
-              "password": lab.password(USER), "ca_file": lab.ca_file, "timeout": 10}
+    values = {
+        "host": "127.0.0.1",
+        "port": lab.ports.pop3s,
+        "security": "tls",
+        "username": lab.address(USER),
+        "password": lab.password(USER),
+        "ca_file": lab.ca_file,
+        "timeout": 10,
+    }
     values.update(overrides)
     return Pop3Config.model_validate(values)
 
@@ -65,12 +72,16 @@ async def test_untrusted_certificate_is_a_tls_error(lab, monkeypatch, security):
     await conn.close()
 
 
-@pytest.mark.parametrize(("pass_reply", "error"), [
-    (b"-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n", ServerBusy),  # retry soon
-    (b"-ERR [SYS/TEMP] Temporary server failure\r\n", ServerBusy),
-    (b"-ERR [AUTH] Authentication failed.\r\n", AuthError),  # fix the password
-    (None, ServerConnectError),  # the connection drops at PASS (a server restarting)
-], ids=["in-use", "sys-temp", "refused", "dropped"])
+@pytest.mark.parametrize(
+    ("pass_reply", "error"),
+    [
+        (b"-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n", ServerBusy),  # retry soon
+        (b"-ERR [SYS/TEMP] Temporary server failure\r\n", ServerBusy),
+        (b"-ERR [AUTH] Authentication failed.\r\n", AuthError),  # fix the password
+        (None, ServerConnectError),  # the connection drops at PASS (a server restarting)
+    ],
+    ids=["in-use", "sys-temp", "refused", "dropped"],
+)
 async def test_a_failed_login_is_permanent_only_when_the_server_refuses_it(pass_reply, error):
     def answer(command: bytes) -> bytes | None:
         if command.upper().startswith(b"USER"):
@@ -91,6 +102,7 @@ async def test_a_failed_login_is_permanent_only_when_the_server_refuses_it(pass_
 async def test_a_connection_dropped_after_dele_is_transient(drop_at):
     """A server that goes away in the middle of a session (a restart) is a lost connection to
     retry soon, not a refusal to fix by hand: the maildrop must not stop for 15 minutes."""
+
     def answer(command: bytes) -> bytes | None:
         verb = command.upper().split(b" ")[0]
         if verb == drop_at:

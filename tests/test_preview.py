@@ -29,7 +29,8 @@ def work(tmp_path: Path) -> Iterator[Path]:
     """The demo config, its shop database and rates server, a copy of the templates (tests edit them)."""
     data = DataServer()
     (tmp_path / "postroom.yaml").write_text(
-        (ROOT / "deploy" / "demo" / "postroom.yaml").read_text().replace("http://127.0.0.1:9400", data.url))
+        (ROOT / "deploy" / "demo" / "postroom.yaml").read_text().replace("http://127.0.0.1:9400", data.url)
+    )
     spec = importlib.util.spec_from_file_location("demo_seed", ROOT / "deploy" / "demo" / "seed.py")
     assert spec is not None and spec.loader is not None
     seed = importlib.util.module_from_spec(spec)
@@ -78,8 +79,15 @@ async def test_defaults_are_the_first_job_and_row_0(work):
     (attachment,) = shown.email.attachments
     assert (attachment.filename, attachment.content_type) == ("orders.csv", "text/csv")
     assert attachment.size == len("id,customer,total\r\n") + sum(
-        len(line) + 2 for line in ["1001,Ada Lovelace,129.9", "1002,Grace Hopper,48.0", "1003,Edsger Dijkstra,310.25",
-                                   "1004,Barbara Liskov,77.1", "1005,Ken Thompson,15.99"])
+        len(line) + 2
+        for line in [
+            "1001,Ada Lovelace,129.9",
+            "1002,Grace Hopper,48.0",
+            "1003,Edsger Dijkstra,310.25",
+            "1004,Barbara Liskov,77.1",
+            "1005,Ken Thompson,15.99",
+        ]
+    )
     first = await _preview(work, "statements", None)
     assert first.row == 0 and first.email is not None and first.email.recipients == ["bob@example.test"]
 
@@ -194,8 +202,12 @@ async def test_the_html_part_is_served_sandboxed_and_assets_only_by_name(client)
 
 def test_the_command_refuses_a_job_that_is_not_there(work):
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
-    env.update(SECRETS, POSTROOM_CONFIG=str(work / "postroom.yaml"), POSTROOM_TEMPLATES=str(work / "templates"),
-               POSTROOM_STATE_DIR=str(work / "state"))
+    env.update(
+        SECRETS,
+        POSTROOM_CONFIG=str(work / "postroom.yaml"),
+        POSTROOM_TEMPLATES=str(work / "templates"),
+        POSTROOM_STATE_DIR=str(work / "state"),
+    )
     result = run_cli(["preview", "nope"], env)
     assert result.returncode == 1
     assert "no job named 'nope'; jobs: orders-report, statements" in result.stderr

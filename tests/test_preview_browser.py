@@ -54,20 +54,30 @@ def preview(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Preview]:
     work = tmp_path_factory.mktemp("preview")
     data = DataServer()
     (work / "postroom.yaml").write_text(
-        (ROOT / "deploy" / "demo" / "postroom.yaml").read_text().replace("http://127.0.0.1:9400", data.url))
+        (ROOT / "deploy" / "demo" / "postroom.yaml").read_text().replace("http://127.0.0.1:9400", data.url)
+    )
     _seed(work / "shop.db")
     shutil.copytree(ROOT / "templates", work / "templates")
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
-    env.update({
-        "ALICE_PASSWORD": "unused", "BOB_PASSWORD": "unused", "CAROL_PASSWORD": "unused", "HOOK_SECRET": HOOK_SECRET,
-        "POSTROOM_CONFIG": str(work / "postroom.yaml"), "POSTROOM_TEMPLATES": str(work / "templates"),
-        "POSTROOM_STATE_DIR": str(work / "state"), "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "ALICE_PASSWORD": "unused",
+            "BOB_PASSWORD": "unused",
+            "CAROL_PASSWORD": "unused",
+            "HOOK_SECRET": HOOK_SECRET,
+            "POSTROOM_CONFIG": str(work / "postroom.yaml"),
+            "POSTROOM_TEMPLATES": str(work / "templates"),
+            "POSTROOM_STATE_DIR": str(work / "state"),
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     out = work / "preview.out"
     with out.open("wb") as sink:
-        proc = subprocess.Popen([*POSTROOM, "preview", "statements"], env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                cwd=work)
+        proc = subprocess.Popen(
+            [*POSTROOM, "preview", "statements"], env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=work
+        )
     try:
+
         def printed() -> str | None:
             if proc.poll() is not None:
                 raise AssertionError(f"postroom preview exited {proc.returncode}:\n{out.read_text()}")
@@ -76,8 +86,13 @@ def preview(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Preview]:
 
         url = wait_until(printed, 30, "the preview URL")
         parts = urlsplit(url)
-        yield Preview(url=url, base=f"{parts.scheme}://{parts.netloc}", templates=work / "templates",
-                      state=work / "state", proc=proc)
+        yield Preview(
+            url=url,
+            base=f"{parts.scheme}://{parts.netloc}",
+            templates=work / "templates",
+            state=work / "state",
+            proc=proc,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -126,6 +141,7 @@ def _text_part(driver: webdriver.Chrome) -> str:
 def _frame_text(driver: webdriver.Chrome, showing: str) -> str:
     """The html part's text as its frame shows it, once it shows ``showing`` (a frame swapped
     in with a pushed rendering loads after the page has it)."""
+
     def read(d: webdriver.Chrome) -> str | None:
         d.switch_to.frame(d.find_element(By.ID, "html-frame"))
         try:
@@ -155,8 +171,7 @@ def test_second_row_shows_that_customers_email(driver, preview, tmp_path):
 
 def test_attachments_are_listed_with_their_sizes(driver, preview):
     driver.get(f"{preview.base}/?job=orders-report")
-    rows = _wait(driver).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "#attachments tbody tr"))
+    rows = _wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#attachments tbody tr"))
     assert rows[0].text.startswith("orders.csv text/csv")
     assert re.search(r"\d+ bytes$", rows[0].text)
     assert console_errors(driver) == []
@@ -165,8 +180,9 @@ def test_attachments_are_listed_with_their_sizes(driver, preview):
 def test_saving_the_template_changes_the_open_page_without_a_reload(driver, preview, statement):
     _open_row(driver, preview, 1)
     driver.execute_script("window.sameDocument = true")  # gone if the page were loaded again
-    statement.write_text(statement.read_text().replace("Questions? Just reply to this email.",
-                                                       "Questions? Call us on 555-0100."))
+    statement.write_text(
+        statement.read_text().replace("Questions? Just reply to this email.", "Questions? Call us on 555-0100.")
+    )
     _wait(driver).until(lambda d: "Call us on 555-0100" in _text_part(d))
     assert driver.execute_script("return window.sameDocument") is True
     assert "Carol Client" in _text_part(driver)  # still the row that was picked
@@ -204,6 +220,7 @@ class _Counter(ThreadingHTTPServer):
 @pytest.fixture
 def tracker() -> Iterator[_Counter]:
     """A server a remote image would be fetched from: it counts requests."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             server.hits += 1
@@ -223,11 +240,14 @@ def tracker() -> Iterator[_Counter]:
 
 def test_the_html_part_runs_no_script_and_loads_nothing_remote(driver, preview, statement, tracker):
     image = f"http://127.0.0.1:{tracker.server_address[1]}/open.gif"
-    statement.write_text(statement.read_text().replace(
-        "<p>Dear {{ row.name }},</p>",
-        "<p id='hello'>Dear {{ row.name }},</p><script>document.getElementById('hello').textContent = 'SCRIPT RAN';"
-        "try { parent.document.title = 'SCRIPT RAN'; } catch (e) {}</script>"
-        f"<img src='{image}' alt='tracker'>"))
+    statement.write_text(
+        statement.read_text().replace(
+            "<p>Dear {{ row.name }},</p>",
+            "<p id='hello'>Dear {{ row.name }},</p><script>document.getElementById('hello').textContent = 'SCRIPT RAN';"
+            "try { parent.document.title = 'SCRIPT RAN'; } catch (e) {}</script>"
+            f"<img src='{image}' alt='tracker'>",
+        )
+    )
     _open_row(driver, preview, 1)
     body = _frame_text(driver, "Statement for Carol Client")
     assert "Dear Carol Client," in body and "SCRIPT RAN" not in body

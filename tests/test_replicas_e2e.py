@@ -48,9 +48,16 @@ def hooks():
 
 def start(tmp_path, lab, pg_url: str, name: str) -> tuple[Daemon, int]:
     port = free_port()
-    env = postroom_env(lab, tmp_path, HOOK_SECRET=HOOK_SECRET, POSTROOM_HTTP=f"127.0.0.1:{port}",
-                       POSTROOM_DATABASE_URL=pg_url, POSTROOM_INSTANCE=name,
-                       POSTROOM_TEMPLATES=str(tmp_path / "templates"), POSTROOM_STATE_DIR=str(tmp_path / name))
+    env = postroom_env(
+        lab,
+        tmp_path,
+        HOOK_SECRET=HOOK_SECRET,
+        POSTROOM_HTTP=f"127.0.0.1:{port}",
+        POSTROOM_DATABASE_URL=pg_url,
+        POSTROOM_INSTANCE=name,
+        POSTROOM_TEMPLATES=str(tmp_path / "templates"),
+        POSTROOM_STATE_DIR=str(tmp_path / name),
+    )
     daemon = Daemon(env, log=tmp_path / f"{name}.log")
     wait_ready(port, daemon)
     return daemon, port
@@ -61,15 +68,18 @@ def hook_ids(hooks: DataServer) -> Counter[str]:
 
 
 def deliver_hooks(lab, prefix: str, count: int) -> None:
-    lab.deliver_many("alice", [mail("carol@example.test", "alice@example.test", f"[hook] {prefix} {i}")
-                               .as_bytes() for i in range(count)])
+    lab.deliver_many(
+        "alice",
+        [mail("carol@example.test", "alice@example.test", f"[hook] {prefix} {i}").as_bytes() for i in range(count)],
+    )
 
 
 def test_two_replicas_do_everything_once_and_hand_the_folder_over(tmp_path, clean_lab, pg_url, hooks):
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "tick.j2").write_text(TEMPLATE)
-    (tmp_path / "postroom.yaml").write_text(CONFIG.format(smtp=clean_lab.ports.smtp, imap=clean_lab.ports.imap,
-                                                          hooks=hooks.url))
+    (tmp_path / "postroom.yaml").write_text(
+        CONFIG.format(smtp=clean_lab.ports.smtp, imap=clean_lab.ports.imap, hooks=hooks.url)
+    )
     a, _ = start(tmp_path, clean_lab, pg_url, "replica-a")
     b = None
     try:

@@ -51,28 +51,39 @@ def hooks():
 class Replicas:
     """Replicas of one config, each a `postroom run` with its own name, HTTP port and log."""
 
-    def __init__(self, tmp_path: Path, lab, pg_url: str, hooks: DataServer, *, merge_rows: int = 0,
-                 merge_in: float = 3600):
+    def __init__(
+        self, tmp_path: Path, lab, pg_url: str, hooks: DataServer, *, merge_rows: int = 0, merge_in: float = 3600
+    ):
         self.tmp, self.lab, self.pg_url = tmp_path, lab, pg_url
         for folder in FOLDERS:
             lab.doveadm("mailbox", "create", "-u", "alice", folder)
         shop = tmp_path / "shop.db"
         with sqlite3.connect(shop) as db:
             db.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
-            db.executemany("INSERT INTO customers VALUES (?, ?, ?)",
-                           [(f"Row {i:04d}", "bob@example.test", float(i)) for i in range(merge_rows)])
+            db.executemany(
+                "INSERT INTO customers VALUES (?, ?, ?)",
+                [(f"Row {i:04d}", "bob@example.test", float(i)) for i in range(merge_rows)],
+            )
         at = (datetime.now(UTC) + timedelta(seconds=merge_in)).strftime("%Y-%m-%dT%H:%M:%S")
-        (tmp_path / "postroom.yaml").write_text(REPLICAS_CONFIG.format(
-            smtp=lab.ports.smtp, imap=lab.ports.imap, at=at, shop=shop, folders=", ".join(FOLDERS),
-            hooks=hooks.url))
+        (tmp_path / "postroom.yaml").write_text(
+            REPLICAS_CONFIG.format(
+                smtp=lab.ports.smtp, imap=lab.ports.imap, at=at, shop=shop, folders=", ".join(FOLDERS), hooks=hooks.url
+            )
+        )
         self.daemons: dict[str, Daemon] = {}
         self.ports: dict[str, int] = {}
         self.engine = create_engine(pg_url)
 
     def env(self, name: str, port: int = 0) -> dict[str, str]:
-        return postroom_env(self.lab, self.tmp, POSTROOM_HTTP=f"127.0.0.1:{port}" if port else "",
-                            POSTROOM_DATABASE_URL=self.pg_url, POSTROOM_INSTANCE=name, POSTROOM_LEASE_SECONDS=LEASE,
-                            POSTROOM_STATE_DIR=str(self.tmp / name))
+        return postroom_env(
+            self.lab,
+            self.tmp,
+            POSTROOM_HTTP=f"127.0.0.1:{port}" if port else "",
+            POSTROOM_DATABASE_URL=self.pg_url,
+            POSTROOM_INSTANCE=name,
+            POSTROOM_LEASE_SECONDS=LEASE,
+            POSTROOM_STATE_DIR=str(self.tmp / name),
+        )
 
     def start(self, name: str) -> Daemon:
         port = free_port()
@@ -105,8 +116,12 @@ def mid_merge(replicas: Replicas, rows: int) -> str | None:
     """The replica holding the most merge rows, once some are sent and most are not."""
     with replicas.engine.connect() as conn:
         sent = conn.execute(text("SELECT count(*) FROM outbox WHERE status = 'sent'")).scalar() or 0
-        held = conn.execute(text("SELECT split_part(lease_owner, '/', 1), count(*) FROM outbox "
-                                 "WHERE status = 'sending' GROUP BY 1 ORDER BY 2 DESC")).first()
+        held = conn.execute(
+            text(
+                "SELECT split_part(lease_owner, '/', 1), count(*) FROM outbox "
+                "WHERE status = 'sending' GROUP BY 1 ORDER BY 2 DESC"
+            )
+        ).first()
     return held[0] if held and 30 <= sent <= rows - 500 else None
 
 
@@ -174,11 +189,17 @@ def test_kill_9_mid_merge_and_busy_folders_resume_on_the_others(tmp_path, clean_
         wait_until(lambda: settled(replicas, {n: 3 for n in survivors}), RESUME, "its folders taken over")
         wait_until(lambda: len(clean_lab.fetch_all("bob")) >= rows, RESUME * 4, "the whole merge")
         with replicas.engine.connect() as conn:  # its rows resumed: nothing of it left leased
-            wait_until(lambda: not conn.execute(text("SELECT count(*) FROM outbox WHERE status <> 'sent'"))
-                       .scalar(), RESUME, "every row sent")
+            wait_until(
+                lambda: not conn.execute(text("SELECT count(*) FROM outbox WHERE status <> 'sent'")).scalar(),
+                RESUME,
+                "every row sent",
+            )
         later = hook_mail(clean_lab, "after", 1)  # every folder is worked again
-        wait_until(lambda: len({json.loads(b)["subject"] for _, b in hooks.posts}) >= len(subjects + later),
-                   RESUME * 2, "every webhook")
+        wait_until(
+            lambda: len({json.loads(b)["subject"] for _, b in hooks.posts}) >= len(subjects + later),
+            RESUME * 2,
+            "every webhook",
+        )
         time.sleep(2)
     finally:
         replicas.close()

@@ -38,7 +38,7 @@ def utc(*args) -> datetime:
 
 # -- DST ------------------------------------------------------------------------------------
 DST_DAYS = [
-    ("Europe/Berlin", datetime(2026, 3, 29)),   # spring forward: 02:00-03:00 does not exist
+    ("Europe/Berlin", datetime(2026, 3, 29)),  # spring forward: 02:00-03:00 does not exist
     ("Europe/Berlin", datetime(2026, 10, 25)),  # fall back: 02:00-03:00 happens twice
     ("America/New_York", datetime(2026, 3, 8)),
     ("America/New_York", datetime(2026, 11, 1)),
@@ -60,8 +60,11 @@ def test_daily_cron_fires_once_per_local_day_across_dst(zone, day, cron):
 
 
 def test_nonexistent_local_time_runs_once_shifted_forward():
-    fires = fires_between(trigger("Europe/Berlin", cron="30 2 * * *"),
-                          datetime(2026, 3, 28, 12, tzinfo=BERLIN), datetime(2026, 3, 30, 12, tzinfo=BERLIN))
+    fires = fires_between(
+        trigger("Europe/Berlin", cron="30 2 * * *"),
+        datetime(2026, 3, 28, 12, tzinfo=BERLIN),
+        datetime(2026, 3, 30, 12, tzinfo=BERLIN),
+    )
     assert [f.astimezone(UTC) for f in fires] == [utc(2026, 3, 29, 1, 30), utc(2026, 3, 30, 0, 30)]
     # 02:30 did not exist that night; the fire is the real 03:30 CEST, shown as such.
     assert fires[0].isoformat() == "2026-03-29T03:30:00+02:00"
@@ -91,7 +94,7 @@ def test_interval_is_anchored_not_started():
     # two "replicas" starting at different moments agree on every fire
     a = fires_between(t, utc(2026, 5, 1, 9, 1), utc(2026, 5, 1, 12))
     b = fires_between(t, utc(2026, 5, 1, 9, 44, 30), utc(2026, 5, 1, 12))
-    assert a[-len(b):] == b and all(f.minute % 15 == 0 and f.second == 0 for f in a)
+    assert a[-len(b) :] == b and all(f.minute % 15 == 0 and f.second == 0 for f in a)
 
 
 def test_interval_anchor_is_midnight_in_the_jobs_zone():
@@ -116,48 +119,63 @@ HOURLY = dict(cron="0 * * * *")
 
 
 def test_new_job_does_not_back_fill():
-    plan = plan_catch_up(trigger(**HOURLY), last_fire=None, started=utc(2026, 5, 1, 12, 10),
-                         now=utc(2026, 5, 1, 12, 10), grace=timedelta(hours=1))
+    plan = plan_catch_up(
+        trigger(**HOURLY),
+        last_fire=None,
+        started=utc(2026, 5, 1, 12, 10),
+        now=utc(2026, 5, 1, 12, 10),
+        grace=timedelta(hours=1),
+    )
     assert plan == CatchUp(run=None, skipped=[])
 
 
 def test_missed_fire_within_grace_runs_once():
     now = utc(2026, 5, 1, 12, 10)
-    plan = plan_catch_up(trigger(**HOURLY), last_fire=utc(2026, 5, 1, 11), started=now, now=now,
-                         grace=timedelta(hours=1))
+    plan = plan_catch_up(
+        trigger(**HOURLY), last_fire=utc(2026, 5, 1, 11), started=now, now=now, grace=timedelta(hours=1)
+    )
     assert plan.run == utc(2026, 5, 1, 12) and plan.skipped == []
 
 
 def test_missed_fires_coalesce_into_newest_and_older_ones_are_skipped():
     now = utc(2026, 5, 1, 12, 10)
-    plan = plan_catch_up(trigger(**HOURLY), last_fire=utc(2026, 5, 1, 8), started=now, now=now,
-                         grace=timedelta(hours=3))
+    plan = plan_catch_up(
+        trigger(**HOURLY), last_fire=utc(2026, 5, 1, 8), started=now, now=now, grace=timedelta(hours=3)
+    )
     assert plan.run == utc(2026, 5, 1, 12)
     assert plan.skipped == [utc(2026, 5, 1, h) for h in (9, 10, 11)]
 
 
 def test_missed_fire_beyond_grace_is_skipped_not_run():
     now = utc(2026, 5, 1, 12, 50)
-    plan = plan_catch_up(trigger(**HOURLY), last_fire=utc(2026, 5, 1, 9), started=now, now=now,
-                         grace=timedelta(minutes=30))
+    plan = plan_catch_up(
+        trigger(**HOURLY), last_fire=utc(2026, 5, 1, 9), started=now, now=now, grace=timedelta(minutes=30)
+    )
     assert plan.run is None
     assert plan.skipped == [utc(2026, 5, 1, h) for h in (10, 11, 12)]
 
 
 def test_grace_boundary_is_inclusive_and_nothing_missed_when_up_to_date():
     now = utc(2026, 5, 1, 12, 30)
-    plan = plan_catch_up(trigger(**HOURLY), last_fire=utc(2026, 5, 1, 11), started=now, now=now,
-                         grace=timedelta(minutes=30))
+    plan = plan_catch_up(
+        trigger(**HOURLY), last_fire=utc(2026, 5, 1, 11), started=now, now=now, grace=timedelta(minutes=30)
+    )
     assert plan.run == utc(2026, 5, 1, 12) and plan.skipped == []
-    plan = plan_catch_up(trigger(**HOURLY), last_fire=utc(2026, 5, 1, 12), started=now, now=now,
-                         grace=timedelta(minutes=30))
+    plan = plan_catch_up(
+        trigger(**HOURLY), last_fire=utc(2026, 5, 1, 12), started=now, now=now, grace=timedelta(minutes=30)
+    )
     assert plan == CatchUp(run=None, skipped=[])
 
 
 def test_catch_up_of_a_long_outage_is_bounded():
     now = utc(2026, 5, 1, 12)
-    plan = plan_catch_up(trigger(every=timedelta(seconds=1)), last_fire=now - timedelta(days=2),
-                         started=now, now=now, grace=timedelta(seconds=10))
+    plan = plan_catch_up(
+        trigger(every=timedelta(seconds=1)),
+        last_fire=now - timedelta(days=2),
+        started=now,
+        now=now,
+        grace=timedelta(seconds=10),
+    )
     assert plan.truncated and plan.run == now
     assert len(plan.skipped) == 10_000 + 10
 
@@ -170,11 +188,14 @@ def config(jobs: dict, **top) -> Config:
 
 
 def test_jobs_overview_shows_next_fire_in_the_jobs_zone():
-    cfg = config({
-        "orders-report": {"schedule": {"cron": "0 8 * * mon-fri", "timezone": "Europe/Berlin"}},
-        "poll": {"schedule": {"every": "15m"}},
-        "off": {"schedule": {"every": "1h"}, "enabled": False},
-    }, timezone="UTC")
+    cfg = config(
+        {
+            "orders-report": {"schedule": {"cron": "0 8 * * mon-fri", "timezone": "Europe/Berlin"}},
+            "poll": {"schedule": {"every": "15m"}},
+            "off": {"schedule": {"every": "1h"}, "enabled": False},
+        },
+        timezone="UTC",
+    )
     rows = {r.name: r for r in jobs_overview(cfg, now=utc(2026, 5, 1, 10, 7))}  # a Friday
     assert rows["orders-report"].schedule == "cron 0 8 * * mon-fri"
     assert rows["orders-report"].next_fire.isoformat() == "2026-05-04T08:00:00+02:00"
@@ -227,9 +248,13 @@ async def test_scheduler_start_catches_up_and_records_skips(store: Store):
         calls.append((job_id, fire_time, trig))
         done.set()
 
-    cfg = config({"hourly": {"schedule": {"cron": "0 * * * *"}, "misfire_grace": "30m"},
-                  "fresh": {"schedule": {"cron": "0 * * * *"}},
-                  "brand-new": {"schedule": {"cron": "0 * * * *"}}})
+    cfg = config(
+        {
+            "hourly": {"schedule": {"cron": "0 * * * *"}, "misfire_grace": "30m"},
+            "fresh": {"schedule": {"cron": "0 * * * *"}},
+            "brand-new": {"schedule": {"cron": "0 * * * *"}},
+        }
+    )
     scheduler = Scheduler(cfg, store.runs, on_fire, clock=lambda: now)
     await scheduler.start()
     try:
@@ -254,8 +279,9 @@ def test_one_off_missed_while_down_runs_within_grace_and_is_skipped_beyond():
     assert beyond == CatchUp(run=None, skipped=[utc(2026, 11, 26, 9, 0)])
     # a cron job that never ran still does not back-fill
     cron = trigger(cron="0 9 * * *")
-    assert plan_catch_up(cron, last_fire=None, started=started, now=started,
-                         grace=timedelta(hours=1)) == CatchUp(run=None, skipped=[])
+    assert plan_catch_up(cron, last_fire=None, started=started, now=started, grace=timedelta(hours=1)) == CatchUp(
+        run=None, skipped=[]
+    )
 
 
 # -- fires the store failed -------------------------------------------------------------------
@@ -270,8 +296,13 @@ def test_a_fire_the_store_failed_is_retried_with_backoff_until_its_grace_ends():
 
 def test_a_catch_up_leaves_the_fires_already_waiting_for_the_store_alone():
     t = trigger(every="5m")
-    plan = plan_catch_up(t, last_fire=utc(2026, 11, 29, 8, 0), started=utc(2026, 11, 29, 8, 20),
-                         now=utc(2026, 11, 29, 8, 20), grace=timedelta(hours=1))
+    plan = plan_catch_up(
+        t,
+        last_fire=utc(2026, 11, 29, 8, 0),
+        started=utc(2026, 11, 29, 8, 20),
+        now=utc(2026, 11, 29, 8, 20),
+        grace=timedelta(hours=1),
+    )
     assert plan.run == utc(2026, 11, 29, 8, 20) and len(plan.skipped) == 3
     left = without(plan, {utc(2026, 11, 29, 8, 20), utc(2026, 11, 29, 8, 10)})
     assert left.run is None and left.skipped == [utc(2026, 11, 29, 8, 5), utc(2026, 11, 29, 8, 15)]

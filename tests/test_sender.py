@@ -25,15 +25,24 @@ def clock() -> Clock:
     return Clock(SENDER_START)
 
 
-def enqueue(store, clock: Clock, recipients: list[str], *, n: int = 1, account: str = "alice",
-            subject: str = "report") -> list[str]:
+def enqueue(
+    store, clock: Clock, recipients: list[str], *, n: int = 1, account: str = "alice", subject: str = "report"
+) -> list[str]:
     """n messages from alice; returns their Message-IDs."""
     messages, ids = [], []
     for i in range(n):
         message_id, raw = make_raw(ALICE, recipients, f"{subject} {i}")
         ids.append(message_id)
-        messages.append(NewMessage(dedup_key=f"{subject}:{i}:{message_id}", message_id=message_id,
-                                   account=account, envelope_from=ALICE, recipients=recipients, raw=raw))
+        messages.append(
+            NewMessage(
+                dedup_key=f"{subject}:{i}:{message_id}",
+                message_id=message_id,
+                account=account,
+                envelope_from=ALICE,
+                recipients=recipients,
+                raw=raw,
+            )
+        )
     store.outbox.enqueue(messages, now=clock())
     return ids
 
@@ -54,6 +63,7 @@ async def until(condition, tries: int = 500) -> None:
 
 # -- pure ------------------------------------------------------------------------------------
 
+
 def test_backoff_doubles_caps_and_jitters():
     mid = lambda: 0.5  # noqa: E731  (no jitter at the midpoint)
     assert backoff(0, POLICY, rand=mid) == timedelta(seconds=30)
@@ -68,10 +78,23 @@ def test_backoff_doubles_caps_and_jitters():
 
 def _item(attempts: int = 0, created: datetime | None = None) -> OutboxItem:
     created = created or datetime(2030, 1, 7, tzinfo=UTC)
-    return OutboxItem(id=1, dedup_key="k", message_id="<m@x>", account="alice", envelope_from=ALICE,
-                      recipients=[BOB, CAROL], raw=b"", status="sending", attempts=attempts,
-                      next_attempt_at=created, last_error=None, delivered=[], refused={}, origin="",
-                      created_at=created)
+    return OutboxItem(
+        id=1,
+        dedup_key="k",
+        message_id="<m@x>",
+        account="alice",
+        envelope_from=ALICE,
+        recipients=[BOB, CAROL],
+        raw=b"",
+        status="sending",
+        attempts=attempts,
+        next_attempt_at=created,
+        last_error=None,
+        delivered=[],
+        refused={},
+        origin="",
+        created_at=created,
+    )
 
 
 def test_decide_maps_results_and_errors():
@@ -79,8 +102,7 @@ def test_decide_maps_results_and_errors():
     mid = lambda: 0.5  # noqa: E731
     sent = decide(_item(), SendResult([BOB], {}, {CAROL: "550 5.1.1 no"}), now=now, policy=POLICY)
     assert (sent.kind, sent.delivered, sent.refused) == ("sent", [BOB], {CAROL: "550 5.1.1 no"})
-    partial = decide(_item(attempts=2), SendResult([BOB], {CAROL: "451 later"}, {}), now=now,
-                     policy=POLICY, rand=mid)
+    partial = decide(_item(attempts=2), SendResult([BOB], {CAROL: "451 later"}, {}), now=now, policy=POLICY, rand=mid)
     assert (partial.kind, partial.remaining, partial.delivered) == ("deferred", [CAROL], [BOB])
     assert partial.retry_at == now + timedelta(seconds=120)
     busy = decide(_item(), ServerBusy("421 closing", code=421), now=now, policy=POLICY)
@@ -131,12 +153,12 @@ async def test_unknown_account_is_a_dead_letter(store, clock):
 
 # -- against the lab's Postfix ---------------------------------------------------------------
 
+
 async def test_sends_the_stored_message_through_postfix(store, clock, clean_lab):
     lab = clean_lab
     [message_id] = enqueue(store, clock, [BOB])
     seen: list[tuple[str, int]] = []
-    sender = sender_for(store, clock, lab_smtp(lab, "alice"),
-                        on_result=lambda kind, item: seen.append((kind, item.id)))
+    sender = sender_for(store, clock, lab_smtp(lab, "alice"), on_result=lambda kind, item: seen.append((kind, item.id)))
     assert await sender.drain_once() == DrainStats(sent=1, deferred=0, dead=0)
     row = only_row(store)
     assert (row.status, row.delivered, row.sent_at) == ("sent", [BOB], clock.now)
@@ -234,6 +256,7 @@ async def _wait_for(count, tries: int = 100) -> int:
 
 
 # -- faults from aiosmtpd ----------------------------------------------------------------------
+
 
 async def test_temporary_rcpt_refusal_is_deferred_then_sent_to_that_one_only(store, clock):
     handler = FaultyHandler(rcpt_faults={CAROL: ["451 4.3.0 mailbox busy, try later"]})

@@ -23,8 +23,16 @@ def leased(store, clock, n: int, lease: timedelta) -> list:
     messages = []
     for i in range(n):
         message_id, raw = make_raw(ALICE, [BOB], f"handed {i}")
-        messages.append(NewMessage(dedup_key=f"handed:{i}", message_id=message_id, account="alice",
-                                   envelope_from=ALICE, recipients=[BOB], raw=raw))
+        messages.append(
+            NewMessage(
+                dedup_key=f"handed:{i}",
+                message_id=message_id,
+                account="alice",
+                envelope_from=ALICE,
+                recipients=[BOB],
+                raw=raw,
+            )
+        )
     return store.outbox.enqueue_leased(messages, now=clock(), lease=lease)
 
 

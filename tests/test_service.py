@@ -32,7 +32,9 @@ from tests.support.daemon import (
     wait_until,
 )
 
-SERVICE_CONFIG = ACCOUNT_CONFIG + """\
+SERVICE_CONFIG = (
+    ACCOUNT_CONFIG
+    + """\
 jobs:
 {jobs}
 rules:
@@ -42,6 +44,7 @@ rules:
     match: {{subject: {{contains: "[report]"}}}}
     actions: [{{move: Archive}}]
 """
+)
 
 # A job that never fires while a test runs (1 January, 05:00).
 QUIET_JOB = """\
@@ -54,8 +57,9 @@ QUIET_JOB = """\
 
 
 def service_config(lab: MailLab, jobs: list[str]) -> str:
-    return SERVICE_CONFIG.format(smtp=lab.ports.smtp, imap=lab.ports.imap,
-                                 jobs="".join(QUIET_JOB.format(name=j) for j in jobs))
+    return SERVICE_CONFIG.format(
+        smtp=lab.ports.smtp, imap=lab.ports.imap, jobs="".join(QUIET_JOB.format(name=j) for j in jobs)
+    )
 
 
 def http_get(port: int, path: str) -> httpx.Response | None:
@@ -95,8 +99,9 @@ class NotifySocket:
         """One word per message: READY, WATCHDOG, RELOADING or STOPPING."""
         out = []
         for _at, fields in list(self.messages):
-            out.extend(k.removesuffix("=1") for k in ("READY", "WATCHDOG", "RELOADING", "STOPPING")
-                       if fields.get(k) == "1")
+            out.extend(
+                k.removesuffix("=1") for k in ("READY", "WATCHDOG", "RELOADING", "STOPPING") if fields.get(k) == "1"
+            )
         return out
 
     def wait_for(self, key: str, count: int = 1, timeout: float = 20) -> None:
@@ -148,7 +153,7 @@ def test_notify_ready_watchdog_then_stopping_on_sigterm(tmp_path, clean_lab, not
     assert keys[0] == "READY" and "STOPPING" in keys
     first_ping = keys.index("WATCHDOG")
     assert first_ping > 0 and keys.index("STOPPING") > first_ping
-    after_stop = keys[keys.index("STOPPING") + 1:]
+    after_stop = keys[keys.index("STOPPING") + 1 :]
     assert "READY" not in after_stop
 
 
@@ -199,8 +204,10 @@ def test_sighup_applies_a_new_job_and_keeps_the_old_config_when_broken(tmp_path,
         assert "postroom_jobs 2.0" in lines
         assert http_get(port, "/readyz").status_code == 200
         # ...and its rules still act on new mail.
-        clean_lab.deliver("alice", b"From: r@example.test\r\nTo: alice@example.test\r\n"
-                                   b"Subject: [report] after a bad reload\r\n\r\nbody\r\n")
+        clean_lab.deliver(
+            "alice",
+            b"From: r@example.test\r\nTo: alice@example.test\r\nSubject: [report] after a bad reload\r\n\r\nbody\r\n",
+        )
         clean_lab.wait_for_messages("alice", 1, folder="Archive", timeout=20)
     finally:
         stop(daemon)
@@ -211,8 +218,10 @@ def test_sigterm_mid_batch_exits_in_time_and_a_restart_sends_the_rest_once(tmp_p
     (tmp_path / "postroom.yaml").write_text(MERGE_CONFIG.format(smtp=clean_lab.ports.smtp, at=at))
     with sqlite3.connect(tmp_path / "shop.db") as db:
         db.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
-        db.executemany("INSERT INTO customers VALUES (?, ?, ?)",
-                       [(f"Row {i:03d}", "bob@example.test", float(i)) for i in range(500)])
+        db.executemany(
+            "INSERT INTO customers VALUES (?, ?, ?)",
+            [(f"Row {i:03d}", "bob@example.test", float(i)) for i in range(500)],
+        )
     db.close()
     first, port, env = start_daemon(clean_lab, tmp_path, notify)
     try:
@@ -267,8 +276,14 @@ def test_daemon_migrates_in_a_child_and_keeps_alembic_and_rich_out_of_memory(tmp
 
     url = f"sqlite:///{tmp_path / 'state' / 'postroom.db'}"
     for _ in ("fresh database: migrated by a child", "current database: nothing to do"):
-        probe = subprocess.run([sys.executable, "-c", RESIDENT_PROBE, url], capture_output=True, text=True,
-                               cwd=ROOT, timeout=60, check=False)
+        probe = subprocess.run(
+            [sys.executable, "-c", RESIDENT_PROBE, url],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
         assert probe.returncode == 0, probe.stderr
         assert probe.stdout.splitlines()[-1] == "none"
     from postroom.store import open_engine, schema_is_current

@@ -48,17 +48,18 @@ def order_count(url: str) -> int:
 
 
 async def test_sqlite_rows_are_dicts_by_column_name(shop_db):
-    data = await load_data({"orders": src(sql="SELECT id, customer, total FROM orders ORDER BY id",
-                                          database=shop_db)})
-    assert data == {"orders": [{"id": 1, "customer": "Ada", "total": 12.5},
-                               {"id": 2, "customer": "Bo", "total": 7.0}]}
+    data = await load_data({"orders": src(sql="SELECT id, customer, total FROM orders ORDER BY id", database=shop_db)})
+    assert data == {"orders": [{"id": 1, "customer": "Ada", "total": 12.5}, {"id": 2, "customer": "Bo", "total": 7.0}]}
 
 
-@pytest.mark.parametrize("statement", [
-    "INSERT INTO orders VALUES (3, 'Cy', 1.0)",
-    "UPDATE orders SET total = 0",
-    "DELETE FROM orders",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO orders VALUES (3, 'Cy', 1.0)",
+        "UPDATE orders SET total = 0",
+        "DELETE FROM orders",
+    ],
+)
 async def test_sqlite_source_cannot_write(shop_db, statement):
     err = await failure({"orders": src(sql=statement, database=shop_db)})
     assert err.source == "orders"
@@ -69,10 +70,13 @@ async def test_sqlite_source_cannot_write(shop_db, statement):
         assert conn.execute("SELECT total FROM orders WHERE id = 1").fetchone()[0] == 12.5
 
 
-@pytest.mark.parametrize("statement", [
-    "ATTACH DATABASE '{out}' AS side",
-    "VACUUM INTO '{out}'",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "ATTACH DATABASE '{out}' AS side",
+        "VACUUM INTO '{out}'",
+    ],
+)
 async def test_sqlite_source_creates_no_file(shop_db, tmp_path, statement):
     """mode=ro and query_only do not stop these: both write a new file beside the read-only one."""
     out = tmp_path / "side.db"
@@ -84,10 +88,17 @@ async def test_sqlite_source_creates_no_file(shop_db, tmp_path, statement):
 async def test_sqlite_source_cannot_set_a_pragma_but_can_read_one(shop_db):
     err = await failure({"p": src(sql="PRAGMA query_only = OFF", database=shop_db)})
     assert not err.transient and "not authorized" in str(err)
-    data = await load_data({"cols": src(sql="PRAGMA table_info(orders)", database=shop_db),
-                            "version": src(sql="PRAGMA user_version", database=shop_db),
-                            "cte": src(sql="WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
-                                           "WHERE i < 3) SELECT count(*) AS c FROM n", database=shop_db)})
+    data = await load_data(
+        {
+            "cols": src(sql="PRAGMA table_info(orders)", database=shop_db),
+            "version": src(sql="PRAGMA user_version", database=shop_db),
+            "cte": src(
+                sql="WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                "WHERE i < 3) SELECT count(*) AS c FROM n",
+                database=shop_db,
+            ),
+        }
+    )
     assert [c["name"] for c in data["cols"]] == ["id", "customer", "total"]
     assert data["version"] == [{"user_version": 0}] and data["cte"] == [{"c": 3}]
 
@@ -108,8 +119,7 @@ async def test_bad_sql_is_permanent_and_names_the_source(shop_db):
 
 
 async def test_slow_sqlite_query_times_out_as_transient(shop_db):
-    endless = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
-               "SELECT count(*) FROM n")
+    endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
     err = await failure({"big": src(sql=endless, database=shop_db, timeout=0.3)})
     assert err.transient and isinstance(err, TransientError)
     assert "longer than" in str(err)
@@ -123,8 +133,12 @@ def pg_schema() -> Iterator[str]:
     with engine.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
         conn.execute(text(f'CREATE TABLE "{schema}".orders (id int, total numeric(10,2), placed timestamptz)'))
-        conn.execute(text(f"INSERT INTO \"{schema}\".orders VALUES "
-                          "(1, 12.50, '2026-11-26 08:00+00'), (2, 7.25, '2026-11-27 09:30+00')"))
+        conn.execute(
+            text(
+                f'INSERT INTO "{schema}".orders VALUES '
+                "(1, 12.50, '2026-11-26 08:00+00'), (2, 7.25, '2026-11-27 09:30+00')"
+            )
+        )
     try:
         yield schema
     finally:
@@ -143,8 +157,9 @@ def pg_count(schema: str) -> int:
 
 
 async def test_postgresql_rows_keep_python_types(pg_schema):
-    data = await load_data({"orders": src(sql=f'SELECT id, total, placed FROM "{pg_schema}".orders ORDER BY id',
-                                          database=PG_URL)})
+    data = await load_data(
+        {"orders": src(sql=f'SELECT id, total, placed FROM "{pg_schema}".orders ORDER BY id', database=PG_URL)}
+    )
     rows = data["orders"]
     assert [r["id"] for r in rows] == [1, 2]
     assert rows[0]["total"] == Decimal("12.50") and isinstance(rows[0]["total"], Decimal)
@@ -152,18 +167,22 @@ async def test_postgresql_rows_keep_python_types(pg_schema):
 
 
 async def test_postgresql_source_is_read_only(pg_schema):
-    err = await failure({"w": src(sql=f"INSERT INTO \"{pg_schema}\".orders VALUES (3, 1, now()) RETURNING id",
-                                  database=PG_URL)})
+    err = await failure(
+        {"w": src(sql=f'INSERT INTO "{pg_schema}".orders VALUES (3, 1, now()) RETURNING id', database=PG_URL)}
+    )
     assert "read-only" in str(err)
     assert not err.transient
     assert pg_count(pg_schema) == 2
 
 
-@pytest.mark.parametrize("statement", [
-    "COMMIT; INSERT INTO \"{schema}\".orders VALUES (3, 1, now())",
-    "COMMIT; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; COMMIT; "
-    "INSERT INTO \"{schema}\".orders VALUES (3, 1, now())",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        'COMMIT; INSERT INTO "{schema}".orders VALUES (3, 1, now())',
+        "COMMIT; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; COMMIT; "
+        'INSERT INTO "{schema}".orders VALUES (3, 1, now())',
+    ],
+)
 async def test_postgresql_source_runs_one_statement(pg_schema, statement):
     """A simple-protocol query runs every statement in it: a COMMIT ends the read-only
     transaction, and the session's read-only default can be set back in the same text."""
@@ -188,8 +207,9 @@ async def test_missing_driver_is_permanent():
 
 
 async def test_unreachable_database_is_transient():
-    err = await failure({"db": src(sql="SELECT 1", database="postgresql+psycopg://postgres@127.0.0.1:1/test",
-                                   timeout=2)})
+    err = await failure(
+        {"db": src(sql="SELECT 1", database="postgresql+psycopg://postgres@127.0.0.1:1/test", timeout=2)}
+    )
     assert err.transient
     assert "cannot connect" in str(err)
 
@@ -234,7 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
             for i in range(len(body)):
                 if self.release.wait(0.2):
                     return
-                self.wfile.write(body[i:i + 1])
+                self.wfile.write(body[i : i + 1])
                 self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -282,8 +302,12 @@ def http_base() -> Iterator[str]:
 
 
 async def test_http_json(http_base):
-    data = await load_data({"rates": src(http=f"{http_base}/rates.json"),
-                            "who": src(http=f"{http_base}/headers", headers={"X-Token": "t1"})})
+    data = await load_data(
+        {
+            "rates": src(http=f"{http_base}/rates.json"),
+            "who": src(http=f"{http_base}/headers", headers={"X-Token": "t1"}),
+        }
+    )
     assert data == {"rates": {"EUR": 1.0, "USD": 1.08}, "who": {"token": "t1"}}
 
 
@@ -333,14 +357,16 @@ async def test_a_password_in_a_url_is_never_shown(http_base):
     err = await failure({"rates": src(http=f"http://feed:s3cret@{host}/broken?api_key=k3y&day=1")})
     assert f"http://feed:***@{host}/broken?api_key=***&day=1" in str(err)
     assert "s3cret" not in str(err) and "k3y" not in str(err)
-    err = await failure({"db": src(sql="SELECT 1", database="postgresql+psycopg://postgres:s3cret@127.0.0.1:1/test",
-                                   timeout=2)})
+    err = await failure(
+        {"db": src(sql="SELECT 1", database="postgresql+psycopg://postgres:s3cret@127.0.0.1:1/test", timeout=2)}
+    )
     assert "postgres:***@127.0.0.1:1" in str(err) and "s3cret" not in str(err)
 
 
 async def test_one_failure_fails_the_load_and_names_its_key(http_base, shop_db):
-    err = await failure({"orders": src(sql="SELECT * FROM orders", database=shop_db),
-                         "rates": src(http=f"{http_base}/broken")})
+    err = await failure(
+        {"orders": src(sql="SELECT * FROM orders", database=shop_db), "rates": src(http=f"{http_base}/broken")}
+    )
     assert err.source == "rates"
 
 
@@ -349,11 +375,13 @@ async def test_csv_and_json_files(tmp_path):
     (tmp_path / "people.csv").write_text("\ufeffname,email\nAda,ada@x.test\nBo,bo@x.test\n", encoding="utf-8")
     (tmp_path / "cfg.json").write_text('{"limit": 3, "tags": ["a"]}', encoding="utf-8")
     (tmp_path / "rows.txt").write_text("a,b\n1,2\n", encoding="utf-8")
-    data = await load_data({
-        "people": src(file=tmp_path / "people.csv"),
-        "cfg": src(file=tmp_path / "cfg.json"),
-        "forced": src(file=tmp_path / "rows.txt", format="csv"),
-    })
+    data = await load_data(
+        {
+            "people": src(file=tmp_path / "people.csv"),
+            "cfg": src(file=tmp_path / "cfg.json"),
+            "forced": src(file=tmp_path / "rows.txt", format="csv"),
+        }
+    )
     assert data["people"] == [{"name": "Ada", "email": "ada@x.test"}, {"name": "Bo", "email": "bo@x.test"}]
     assert data["cfg"] == {"limit": 3, "tags": ["a"]}
     assert data["forced"] == [{"a": "1", "b": "2"}]

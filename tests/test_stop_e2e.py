@@ -75,21 +75,36 @@ def test_sigterm_ends_the_daemon_in_time_while_every_server_drips(tmp_path: Path
     templates.mkdir()
     (templates / "slow.j2").write_text(TEMPLATE)
     no_answer = lambda *_: b""  # noqa: E731 - the greetings never end: no command comes
-    with (scripted_imap(no_answer, Drip(b"* OK " + FOREVER, 0.5)) as slow_imap,
-          scripted_pop3(no_answer, Drip(b"+OK " + FOREVER, 0.5)) as slow_pop3,
-          scripted_imap(no_answer, Drip(b"220 " + FOREVER, 0.5)) as slow_smtp,
-          DrippingReceiver(0.5) as hooks, DrippingReceiver(0.5) as data):
+    with (
+        scripted_imap(no_answer, Drip(b"* OK " + FOREVER, 0.5)) as slow_imap,
+        scripted_pop3(no_answer, Drip(b"+OK " + FOREVER, 0.5)) as slow_pop3,
+        scripted_imap(no_answer, Drip(b"220 " + FOREVER, 0.5)) as slow_smtp,
+        DrippingReceiver(0.5) as hooks,
+        DrippingReceiver(0.5) as data,
+    ):
         at = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%S")
-        (tmp_path / "postroom.yaml").write_text(CONFIG.format(
-            imap=clean_lab.ports.imap, slow_imap=slow_imap.port, slow_pop3=slow_pop3.port,
-            slow_smtp=slow_smtp.port, at=at, data_url=data.url, hook_url=hooks.url))
+        (tmp_path / "postroom.yaml").write_text(
+            CONFIG.format(
+                imap=clean_lab.ports.imap,
+                slow_imap=slow_imap.port,
+                slow_pop3=slow_pop3.port,
+                slow_smtp=slow_smtp.port,
+                at=at,
+                data_url=data.url,
+                hook_url=hooks.url,
+            )
+        )
         env = postroom_env(clean_lab, tmp_path, POSTROOM_TEMPLATES=str(templates))
         daemon = Daemon(env, log=tmp_path / "daemon.log")
         try:
             daemon.wait_log("postroom running", timeout=60)
-            for name, started in [("imap", slow_imap.connected.is_set), ("pop3", slow_pop3.connected.is_set),
-                                  ("smtp", slow_smtp.connected.is_set), ("webhook", lambda: hooks.requests > 0),
-                                  ("http source", lambda: data.requests > 0)]:
+            for name, started in [
+                ("imap", slow_imap.connected.is_set),
+                ("pop3", slow_pop3.connected.is_set),
+                ("smtp", slow_smtp.connected.is_set),
+                ("webhook", lambda: hooks.requests > 0),
+                ("http source", lambda: data.requests > 0),
+            ]:
                 wait_until(started, 30, f"the daemon talking to the dripping {name} server")
             daemon.proc.terminate()  # SIGTERM
             stopped_at = time.monotonic()

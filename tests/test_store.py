@@ -18,9 +18,15 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def msg(i: int, **kw) -> NewMessage:
-    return NewMessage(dedup_key=f"job:j:{i}", message_id=f"<{i}@x.test>", account="alice",
-                      envelope_from="alice@x.test", recipients=kw.get("to", [f"r{i}@x.test"]),
-                      raw=b"Subject: hi\r\n\r\nbody\r\n", origin="j")
+    return NewMessage(
+        dedup_key=f"job:j:{i}",
+        message_id=f"<{i}@x.test>",
+        account="alice",
+        envelope_from="alice@x.test",
+        recipients=kw.get("to", [f"r{i}@x.test"]),
+        raw=b"Subject: hi\r\n\r\nbody\r\n",
+        origin="j",
+    )
 
 
 def test_migrations_create_every_table(any_store: Store):
@@ -60,8 +66,15 @@ def test_defer_keeps_only_undelivered_recipients_then_dead_and_retry(any_store: 
     box = any_store.outbox
     box.enqueue([msg(1, to=["a@x.test", "b@x.test", "c@x.test"])], now=NOW)
     (item,) = box.claim_due(now=NOW, limit=1, lease=timedelta(minutes=5))
-    box.defer(item, now=NOW, retry_at=NOW + timedelta(seconds=30), error="451 later",
-              delivered=["a@x.test"], refused={"c@x.test": "550 no such user"}, remaining=["b@x.test"])
+    box.defer(
+        item,
+        now=NOW,
+        retry_at=NOW + timedelta(seconds=30),
+        error="451 later",
+        delivered=["a@x.test"],
+        refused={"c@x.test": "550 no such user"},
+        remaining=["b@x.test"],
+    )
     assert box.claim_due(now=NOW + timedelta(seconds=10), limit=1, lease=timedelta(minutes=5)) == []
     (item,) = box.claim_due(now=NOW + timedelta(seconds=31), limit=1, lease=timedelta(minutes=5))
     assert item.recipients == ["b@x.test"] and item.delivered == ["a@x.test"] and item.attempts == 1

@@ -35,9 +35,14 @@ def test_a_second_daemon_on_one_sqlite_store_refuses_and_names_the_first(tmp_pat
     first = Daemon(postroom_env(clean_lab, tmp_path, POSTROOM_HTTP=f"127.0.0.1:{port}"), log=tmp_path / "first.log")
     try:
         wait_ready(port, first)
-        second = subprocess.run([*POSTROOM, "run"], env=postroom_env(clean_lab, tmp_path,
-                                POSTROOM_HTTP=f"127.0.0.1:{free_port()}"),
-                                capture_output=True, text=True, timeout=60, cwd=ROOT)
+        second = subprocess.run(
+            [*POSTROOM, "run"],
+            env=postroom_env(clean_lab, tmp_path, POSTROOM_HTTP=f"127.0.0.1:{free_port()}"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
         assert second.returncode != 0
         assert f"PID {first.proc.pid}" in second.stderr, second.stderr[-2000:]
         assert "took back work in flight" not in second.stderr
@@ -65,15 +70,26 @@ def test_a_daemon_starting_while_send_runs_leaves_its_rows_to_it(tmp_path, clean
     db.parent.mkdir()
     store = Store.open(f"sqlite:///{db}", owner="send")
     raw = mail("alice@example.test", "dave@example.test", "in flight").as_bytes()
-    [row] = store.outbox.enqueue_leased([NewMessage(
-        dedup_key="manual:1", message_id="<inflight@example.test>", account="alice",
-        envelope_from="alice@example.test", recipients=["dave@example.test"], raw=raw)],
-        now=utcnow(), lease=timedelta(minutes=5))
+    [row] = store.outbox.enqueue_leased(
+        [
+            NewMessage(
+                dedup_key="manual:1",
+                message_id="<inflight@example.test>",
+                account="alice",
+                envelope_from="alice@example.test",
+                recipients=["dave@example.test"],
+                raw=raw,
+            )
+        ],
+        now=utcnow(),
+        lease=timedelta(minutes=5),
+    )
     port = free_port()
     try:
         with writing(db):
-            daemon = Daemon(postroom_env(clean_lab, tmp_path, POSTROOM_HTTP=f"127.0.0.1:{port}"),
-                            log=tmp_path / "daemon.log")
+            daemon = Daemon(
+                postroom_env(clean_lab, tmp_path, POSTROOM_HTTP=f"127.0.0.1:{port}"), log=tmp_path / "daemon.log"
+            )
             try:
                 wait_ready(port, daemon)
                 time.sleep(2)  # a sender that had taken the row back would have sent it by now

@@ -30,8 +30,7 @@ async def test_a_task_that_dies_is_logged_at_once_and_restarted():
 
     with capture_logs() as logs:
         watching = asyncio.create_task(watch_health())
-        task = asyncio.create_task(supervised("webhooks", run, stop, health=health,
-                                              base=timedelta(seconds=0.05)))
+        task = asyncio.create_task(supervised("webhooks", run, stop, health=health, base=timedelta(seconds=0.05)))
         for _ in range(100):
             if len(runs) == 3:
                 break

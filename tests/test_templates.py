@@ -98,14 +98,13 @@ def test_html_to_text_paragraphs_lists_links_and_skipped_parts() -> None:
     html = """<html><head><title>T</title><style>p{}</style></head><body>
 <p>Hello<br>there,   see <a href="https://x.test/a">the page</a>.</p>
 <ul><li>one</li><li>two<ol><li>sub</li></ol></li></ul><script>alert(1)</script><p>end</p></body></html>"""
-    assert html_to_text(html) == (
-        "Hello\nthere, see the page (https://x.test/a).\n\n- one\n- two\n  1. sub\n\nend\n"
-    )
+    assert html_to_text(html) == ("Hello\nthere, see the page (https://x.test/a).\n\n- one\n- two\n  1. sub\n\nend\n")
 
 
 def test_missing_variable_names_template_and_line(tmp_path: Path) -> None:
-    renderer = write(tmp_path,
-                     mail="{% block subject %}s{% endblock %}\n{% block text %}\nline two\n{{ nope }}\n{% endblock %}")
+    renderer = write(
+        tmp_path, mail="{% block subject %}s{% endblock %}\n{% block text %}\nline two\n{{ nope }}\n{% endblock %}"
+    )
     with pytest.raises(TemplateError) as info:
         renderer.render("mail", {})
     assert info.value.template == "mail.j2"
@@ -129,8 +128,10 @@ def test_error_inside_layout_names_the_layout(tmp_path: Path) -> None:
     [
         ({"mail": "{% block subject %}s{% endblock %}\n{% block text %}\n{% if %}\n{% endblock %}"}, "mail.j2"),
         (
-            {"layout": "{% block html %}\n\n{{ x + }}{% endblock %}",
-             "mail": '{% extends "layout.j2" %}{% block subject %}s{% endblock %}'},
+            {
+                "layout": "{% block html %}\n\n{{ x + }}{% endblock %}",
+                "mail": '{% extends "layout.j2" %}{% block subject %}s{% endblock %}',
+            },
             "layout.j2",
         ),
     ],
@@ -179,8 +180,9 @@ def test_sandbox_blocks_unsafe_attribute_access(tmp_path: Path) -> None:
 
 
 def test_sandbox_refuses_mutating_job_data(tmp_path: Path) -> None:
-    renderer = write(tmp_path,
-                     mail="{% block subject %}{{ rows.append(1) }}{% endblock %}{% block text %}t{% endblock %}")
+    renderer = write(
+        tmp_path, mail="{% block subject %}{{ rows.append(1) }}{% endblock %}{% block text %}t{% endblock %}"
+    )
     rows: list[int] = []
     with pytest.raises(TemplateError):
         renderer.render("mail", {"rows": rows})
@@ -218,8 +220,9 @@ def test_sandbox_refuses_mutating_job_data(tmp_path: Path) -> None:
 )
 def test_size_bounds(tmp_path: Path, expression: str) -> None:
     """Refused before the value is built: "over the limit", not the output's "over the size limit"."""
-    renderer = write(tmp_path, mail=f"{{% block subject %}}s{{% endblock %}}"
-                                    f"{{% block text %}}{{{{ {expression} }}}}{{% endblock %}}")
+    renderer = write(
+        tmp_path, mail=f"{{% block subject %}}s{{% endblock %}}{{% block text %}}{{{{ {expression} }}}}{{% endblock %}}"
+    )
     with pytest.raises(TemplateError, match="over the limit"):
         renderer.render("mail", {"big": "a " * 600_000})
 
@@ -241,22 +244,29 @@ def test_doubling_a_string_stops_at_the_limit(tmp_path: Path, body: str) -> None
 
 
 def test_bounded_operations_still_work(tmp_path: Path) -> None:
-    renderer = write(tmp_path, mail="{% block subject %}s{% endblock %}{% block text %}"
-                                    "{{ '%5s|%-3d|%.2f' % ('ab', 7, 3.14159) }} {{ '%(a)s'|format(a=1) }} "
-                                    "{{ '{:>4}|{:.1f}'.format('x', 2.25) }} {{ '{n}'.format_map({'n': 3}) }} "
-                                    "{{ 'a b c d'|wordwrap(3, wrapstring='/') }} {{ 'abc'|replace('b', 'xx') }} "
-                                    "{{ range(3)|join(',') }} {{ '-'.join(['p', 'q']) }} {{ 'ab'.ljust(4) ~ '|' }} "
-                                    "{{ 'x'|center(5) ~ '|' }} {{ range(5)|batch(2, 0)|list|length }} "
-                                    "{{ 'a' + 'b' }} {{ ([1] + [2])|length }} {{ 'x\ny'|indent(2) }}"
-                                    "{% endblock %}")
+    renderer = write(
+        tmp_path,
+        mail="{% block subject %}s{% endblock %}{% block text %}"
+        "{{ '%5s|%-3d|%.2f' % ('ab', 7, 3.14159) }} {{ '%(a)s'|format(a=1) }} "
+        "{{ '{:>4}|{:.1f}'.format('x', 2.25) }} {{ '{n}'.format_map({'n': 3}) }} "
+        "{{ 'a b c d'|wordwrap(3, wrapstring='/') }} {{ 'abc'|replace('b', 'xx') }} "
+        "{{ range(3)|join(',') }} {{ '-'.join(['p', 'q']) }} {{ 'ab'.ljust(4) ~ '|' }} "
+        "{{ 'x'|center(5) ~ '|' }} {{ range(5)|batch(2, 0)|list|length }} "
+        "{{ 'a' + 'b' }} {{ ([1] + [2])|length }} {{ 'x\ny'|indent(2) }}"
+        "{% endblock %}",
+    )
     assert renderer.render("mail", {}).text == (
-        "   ab|7  |3.14 1    x|2.2 3 a b/c d axxc 0,1,2 p-q ab  |   x  | 3 ab 2 x\n  y\n")
+        "   ab|7  |3.14 1    x|2.2 3 a b/c d axxc 0,1,2 p-q ab  |   x  | 3 ab 2 x\n  y\n"
+    )
 
 
 def test_output_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(templates_mod, "MAX_BLOCK_CHARS", 1000)
-    renderer = write(tmp_path, mail="{% block subject %}s{% endblock %}"
-                                    "{% block text %}{% for i in range(200) %}0123456789{% endfor %}{% endblock %}")
+    renderer = write(
+        tmp_path,
+        mail="{% block subject %}s{% endblock %}"
+        "{% block text %}{% for i in range(200) %}0123456789{% endfor %}{% endblock %}",
+    )
     with pytest.raises(TemplateError, match="size limit"):
         renderer.render("mail", {})
 
@@ -272,7 +282,7 @@ def test_money_and_number_filters(tmp_path: Path) -> None:
     renderer = write(
         tmp_path,
         mail="{% block subject %}{{ a|money }} {{ a|money('EUR') }} {{ b|number }} {{ c|number(2) }}{% endblock %}"
-             "{% block text %}t{% endblock %}",
+        "{% block text %}t{% endblock %}",
     )
     subject = renderer.render("mail", {"a": 1234.5, "b": 1234567, "c": 0.125}).subject
     assert subject == "1,234.50 1,234.50 EUR 1,234,567 0.13"
@@ -307,8 +317,9 @@ def test_shipped_example_templates_render() -> None:
     assert report.subject == "[report] Orders for 2026-01-05"
     assert report.html is not None and "Acme &amp; Co" in report.html and "<style" not in report.html
     assert "1,012.50" in report.html and "1,012.50" in report.text and "Acme & Co" in report.text
-    statement = renderer.render("statement", {"row": {"name": "Zoë", "email": "z@x.test", "balance": 42},
-                                              "today": "2026-02-01"})
+    statement = renderer.render(
+        "statement", {"row": {"name": "Zoë", "email": "z@x.test", "balance": 42}, "today": "2026-02-01"}
+    )
     assert "42.00" in statement.text
     reply = renderer.render("out_of_office", {"message": SimpleNamespace(subject="Lunch?", from_="A <a@x.test>")})
     assert reply == RenderedEmail(subject="Auto: Lunch?", text=reply.text, html=None)

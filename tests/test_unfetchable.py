@@ -52,8 +52,9 @@ def poisoned_folder(tag: bytes, command: bytes) -> bytes | tuple[bytes, bool] | 
     if verb == b"LOGIN":
         return tag + b" OK logged in\r\n"
     if verb == b"SELECT":
-        return (b"* 5 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 6] ok\r\n"
-                + tag + b" OK [READ-WRITE] selected\r\n")
+        return (
+            b"* 5 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 6] ok\r\n" + tag + b" OK [READ-WRITE] selected\r\n"
+        )
     if verb == b"UID SEARCH":
         found = _uid_set(words[words.index(b"UID", 1) + 1], max(UIDS)) & set(UIDS)
         return b"* SEARCH " + b" ".join(b"%d" % u for u in sorted(found)) + b"\r\n" + tag + b" OK done\r\n"
@@ -68,7 +69,12 @@ def poisoned_folder(tag: bytes, command: bytes) -> bytes | tuple[bytes, bool] | 
                 return reply + b"* BYE Internal error reading this message\r\n", True
             header = _header(uid)
             reply += b"* %d FETCH (UID %d RFC822.SIZE 100 BODY%s {%d}\r\n%s)\r\n" % (
-                seq, uid, section.group(1) if section else b"[]", len(header), header)
+                seq,
+                uid,
+                section.group(1) if section else b"[]",
+                len(header),
+                header,
+            )
         return reply + tag + b" OK done\r\n"
     if verb == b"LOGOUT":
         return b"* BYE bye\r\n" + tag + b" OK done\r\n", True
@@ -120,9 +126,21 @@ async def test_a_bye_in_the_middle_of_a_fetch_backs_off_and_sets_the_message_asi
     rec = Recorder()
     key = f"{USER}/INBOX/7/{POISON}"
     with scripted_imap(poisoned_folder) as server:
-        acct = AccountConfig.model_validate({"address": "dave@example.test", "imap": dict(
-            host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5,
-            start_from="all", poll_interval=0.05)})
+        acct = AccountConfig.model_validate(
+            {
+                "address": "dave@example.test",
+                "imap": dict(
+                    host="127.0.0.1",
+                    port=server.port,
+                    security="none",
+                    username="u",
+                    password="p",
+                    timeout=5,
+                    start_from="all",
+                    poll_interval=0.05,
+                ),
+            }
+        )
 
         def watcher() -> ImapWatcher:
             return ImapWatcher(USER, acct, "INBOX", rules(), rec, store.inbound, hooks=timeline.hooks)
@@ -143,7 +161,7 @@ async def test_a_bye_in_the_middle_of_a_fetch_backs_off_and_sets_the_message_asi
     runs = timeline.failure_runs()
     assert any(len(run) > 1 for run in runs), timeline.events
     for run in runs:
-        assert run == [BACKOFF * 2 ** i for i in range(len(run))], timeline.events
+        assert run == [BACKOFF * 2**i for i in range(len(run))], timeline.events
     # ... and there are few of them: one per failed fetch of the message, one to narrow the
     # batch down per run, and the two sessions the test stopped
     assert logins == server.connections <= MAX_ATTEMPTS + 2 + 2
@@ -168,9 +186,21 @@ async def test_a_pop3_message_that_drops_the_connection_is_set_aside(store, monk
     timeline = Timeline(monkeypatch)
     rec = Recorder()
     with scripted_pop3(poisoned_maildrop) as server:
-        acct = AccountConfig.model_validate({"address": "dave@example.test", "pop3": dict(
-            host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5,
-            start_from="all", poll_interval=0.05)})
+        acct = AccountConfig.model_validate(
+            {
+                "address": "dave@example.test",
+                "pop3": dict(
+                    host="127.0.0.1",
+                    port=server.port,
+                    security="none",
+                    username="u",
+                    password="p",
+                    timeout=5,
+                    start_from="all",
+                    poll_interval=0.05,
+                ),
+            }
+        )
         w = Pop3Watcher(USER, acct, rules(), rec, store.inbound, hooks=timeline.hooks)
         await run_until(w, lambda: store.inbound.status(f"{USER}/pop3/u2") == SET_ASIDE and len(rec.subjects) == 2)
 
@@ -179,4 +209,4 @@ async def test_a_pop3_message_that_drops_the_connection_is_set_aside(store, monk
     assert (aside.uidl, aside.attempts) == ("u2", MAX_ATTEMPTS)
     assert "connection broke on this message" in (aside.error or "")
     for run in timeline.failure_runs():
-        assert run == [BACKOFF * 2 ** i for i in range(len(run))], timeline.events
+        assert run == [BACKOFF * 2**i for i in range(len(run))], timeline.events

@@ -88,8 +88,14 @@ async def test_restart_does_not_hand_the_same_message_again(clean_lab, store):  
     await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="all"))  # a restart
     assert rec.subjects == ["one", "two"]
     # even with the checkpoint lost, the inbound rows keep them from being handled twice
-    store.inbound.set_checkpoint(USER, "INBOX", uidvalidity=store.inbound.checkpoint(USER, "INBOX").uidvalidity,
-                                 last_uid=0, start_from="all", now=store.inbound.checkpoint(USER, "INBOX").updated_at)
+    store.inbound.set_checkpoint(
+        USER,
+        "INBOX",
+        uidvalidity=store.inbound.checkpoint(USER, "INBOX").uidvalidity,
+        last_uid=0,
+        start_from="all",
+        now=store.inbound.checkpoint(USER, "INBOX").updated_at,
+    )
     await one_cycle(clean_lab, watcher(clean_lab, store, rec, start_from="all"))
     assert rec.subjects == ["one", "two"]
 
@@ -178,6 +184,7 @@ async def test_a_failing_message_does_not_block_the_others(clean_lab, store):  #
 
 async def test_failed_message_is_retried_then_set_aside(clean_lab, store):  # noqa: F811
     from datetime import timedelta
+
     deliver(clean_lab, "refused")
     store.inbound.retry_base = timedelta(0)
     store.inbound.max_attempts = 2
@@ -236,8 +243,9 @@ async def run_watcher(w, until: Callable[[], bool], during: Callable[[], None] |
 async def test_idle_watcher_sees_delivered_mail(clean_lab, store):  # noqa: F811
     rec = Recorder()
     w = watcher(clean_lab, store, rec)
-    await run_watcher(w, lambda: rec.subjects == ["while idle"],
-                      during=lambda: (time.sleep(0.3), deliver(clean_lab, "while idle")))
+    await run_watcher(
+        w, lambda: rec.subjects == ["while idle"], during=lambda: (time.sleep(0.3), deliver(clean_lab, "while idle"))
+    )
 
 
 async def test_mail_announced_during_a_pass_is_taken_without_waiting_for_idle(clean_lab, store):  # noqa: F811
@@ -253,8 +261,9 @@ async def test_mail_announced_during_a_pass_is_taken_without_waiting_for_idle(cl
             return await super().handle_batch(account, folder, mailbox, items)
 
     rec = DeliversDuringThePass()
-    w = ImapWatcher(USER, account(clean_lab, start_from="all"), "INBOX", rules(), rec, store.inbound,
-                    idle_timeout=120)  # without the look, "during" would wait for IDLE's renewal
+    w = ImapWatcher(
+        USER, account(clean_lab, start_from="all"), "INBOX", rules(), rec, store.inbound, idle_timeout=120
+    )  # without the look, "during" would wait for IDLE's renewal
     started = time.monotonic()
     await run_watcher(w, lambda: len(rec.subjects) == 3)
     assert rec.subjects == ["first", "during 1", "during 2"] and time.monotonic() - started < 30
@@ -288,8 +297,9 @@ async def test_watcher_survives_a_dovecot_restart(clean_lab, store):  # noqa: F8
 async def test_pop3_watcher(clean_lab, store, delete_after):  # noqa: F811
     deliver(clean_lab, "one", "two", "kept")
     rec = Recorder(refuse=["kept"])
-    w = Pop3Watcher(USER, pop3_account(clean_lab, start_from="all", delete_after=delete_after), rules(), rec,
-                    store.inbound)
+    w = Pop3Watcher(
+        USER, pop3_account(clean_lab, start_from="all", delete_after=delete_after), rules(), rec, store.inbound
+    )
     await w.poll_once()
     assert sorted(rec.subjects) == ["kept", "one", "two"] and rec.mailboxes == [None]
     await w.poll_once()
@@ -316,8 +326,9 @@ async def test_one_accounts_trouble_does_not_stall_another(clean_lab, store):  #
     stop = asyncio.Event()
     with capture_logs() as logs:
         bad_task = asyncio.create_task(bad.run(stop))
-        await run_watcher(good, lambda: rec_good.subjects == ["still flowing"],
-                          during=lambda: deliver(clean_lab, "still flowing"))
+        await run_watcher(
+            good, lambda: rec_good.subjects == ["still flowing"], during=lambda: deliver(clean_lab, "still flowing")
+        )
         await eventually(lambda: any(e["event"].startswith("watcher cannot work") for e in logs))
     stop.set()
     await asyncio.wait_for(bad_task, 30)  # and it stops promptly, mid-way through its long wait
@@ -326,14 +337,18 @@ async def test_one_accounts_trouble_does_not_stall_another(clean_lab, store):  #
 
 # -- the inbound store, on SQLite and PostgreSQL ------------------------------------------
 
+
 async def test_inbound_store_rows_and_retries(any_store):  # noqa: F811
     from datetime import UTC, datetime, timedelta
 
     from postroom.store.inbound import DONE, SET_ASIDE, InboundStore
+
     inbound = InboundStore(any_store.engine, max_attempts=3, retry_base=timedelta(minutes=1))
     now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-    assert inbound.begin("a/INBOX/7/1", account="a", folder="INBOX", now=now, uidvalidity=7, uid=1,
-                         message_id="<x@t>") is None
+    assert (
+        inbound.begin("a/INBOX/7/1", account="a", folder="INBOX", now=now, uidvalidity=7, uid=1, message_id="<x@t>")
+        is None
+    )
     assert inbound.begin("a/INBOX/7/1", account="a", folder="INBOX", now=now, uidvalidity=7, uid=1) == "pending"
     assert inbound.finish("a/INBOX/7/1", DONE, now=now) == DONE
     assert inbound.seen_message_ids("a", "INBOX", ["<x@t>", "<y@t>"]) == {"<x@t>"}

@@ -30,8 +30,10 @@ def folder_subjects(lab, folder: str) -> list[str]:
         client.select_folder(folder, readonly=True)
         uids = client.search("ALL")
         data = client.fetch(uids, ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]) if uids else {}
-        return sorted(decode_header_value(row[b"BODY[HEADER.FIELDS (SUBJECT)]"].decode().partition(":")[2].strip())
-                      for row in data.values())
+        return sorted(
+            decode_header_value(row[b"BODY[HEADER.FIELDS (SUBJECT)]"].decode().partition(":")[2].strip())
+            for row in data.values()
+        )
     finally:
         client.logout()
 
@@ -40,8 +42,7 @@ async def first_pass(lab, store, rules: list[dict]) -> list[dict]:  # noqa: F811
     acct = account(lab, start_from="all")
     config = Config.model_validate({"accounts": {USER: acct.model_dump()}, "rules": rules})
     rig = make_rig(store, config)
-    w = ImapWatcher(USER, acct, "INBOX", compile_rules(config.rules), rig.executor,
-                    store.inbound)
+    w = ImapWatcher(USER, acct, "INBOX", compile_rules(config.rules), rig.executor, store.inbound)
     conn = ImapConnection(USER, w.cfg)
     await conn.connect()
     try:
@@ -63,28 +64,42 @@ def seed(lab) -> None:
 
 
 def archive_rule(**extra) -> dict:
-    return {"name": "archive", "account": USER, "match": {"subject": {"contains": "[report]"}},
-            "actions": [{"move": "Archive"}], **extra}
+    return {
+        "name": "archive",
+        "account": USER,
+        "match": {"subject": {"contains": "[report]"}},
+        "actions": [{"move": "Archive"}],
+        **extra,
+    }
 
 
 async def test_exact_rules_move_exactly_the_matches_without_fetching(clean_lab, store):  # noqa: F811
     seed(clean_lab)
     logs = await first_pass(clean_lab, store, [archive_rule()])
     assert any(e["event"] == NOFETCH for e in logs)
-    assert folder_subjects(clean_lab, "Archive") == ["[REPORT] two", "[report] one", "[report] three",
-                                                     "café [report]"]
+    assert folder_subjects(clean_lab, "Archive") == ["[REPORT] two", "[report] one", "[report] three", "café [report]"]
     assert folder_subjects(clean_lab, "INBOX") == ["hello", "report without brackets"]
-    rows = store.inbound.statuses([f"{USER}/INBOX/{cp.uidvalidity}/{uid}"
-                                   for cp in [store.inbound.checkpoint(USER, "INBOX")]
-                                   for uid in range(1, cp.last_uid + 1)])
+    rows = store.inbound.statuses(
+        [
+            f"{USER}/INBOX/{cp.uidvalidity}/{uid}"
+            for cp in [store.inbound.checkpoint(USER, "INBOX")]
+            for uid in range(1, cp.last_uid + 1)
+        ]
+    )
     assert sorted(rows.values()) == ["done"] * 4
 
 
 async def test_stop_and_several_rules_plan_as_evaluate_would(clean_lab, store):  # noqa: F811
     seed(clean_lab)
-    rules = [archive_rule(actions=[{"flag": "\\Flagged"}, {"stop": True}]),
-             {"name": "later", "account": USER, "match": {"subject": {"contains": "[report]"}},
-              "actions": [{"move": "Archive"}]}]
+    rules = [
+        archive_rule(actions=[{"flag": "\\Flagged"}, {"stop": True}]),
+        {
+            "name": "later",
+            "account": USER,
+            "match": {"subject": {"contains": "[report]"}},
+            "actions": [{"move": "Archive"}],
+        },
+    ]
     logs = await first_pass(clean_lab, store, rules)
     assert any(e["event"] == NOFETCH for e in logs)
     assert folder_subjects(clean_lab, "Archive") == []  # the first rule stopped the second
@@ -96,13 +111,17 @@ async def test_stop_and_several_rules_plan_as_evaluate_would(clean_lab, store): 
         client.logout()
 
 
-@pytest.mark.parametrize("rule", [
-    archive_rule(actions=[{"move": "Archive"},
-                          {"webhook": {"url": "http://127.0.0.1:9/h", "secret": "whsec_c2VjcmV0"}}]),
-    archive_rule(match={"subject": {"regex": r"(?i)\[report\]"}}),
-    archive_rule(match={"subject": {"contains": "report"}}),  # 'report' can meet 'ſ'/'ﬅ'-style folds
-    archive_rule(actions=[{"copy": "Archive"}]),  # a repeated copy would duplicate
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        archive_rule(
+            actions=[{"move": "Archive"}, {"webhook": {"url": "http://127.0.0.1:9/h", "secret": "whsec_c2VjcmV0"}}]
+        ),
+        archive_rule(match={"subject": {"regex": r"(?i)\[report\]"}}),
+        archive_rule(match={"subject": {"contains": "report"}}),  # 'report' can meet 'ſ'/'ﬅ'-style folds
+        archive_rule(actions=[{"copy": "Archive"}]),  # a repeated copy would duplicate
+    ],
+)
 async def test_falls_back_to_fetching_when_the_message_matters(clean_lab, store, rule):  # noqa: F811
     seed(clean_lab)
     logs = await first_pass(clean_lab, store, [rule])

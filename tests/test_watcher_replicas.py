@@ -43,8 +43,16 @@ class Replica:
     def __init__(self, lab, url: str, name: str):
         self.store = Store.open(url, owner=name)
         self.recorder = Recorder()
-        self.watcher = ImapWatcher(USER, account(lab, start_from="all", idle=True), "INBOX", rules(),
-                                   self.recorder, self.store.inbound, leases=self.store.leases, lease_ttl=TTL)
+        self.watcher = ImapWatcher(
+            USER,
+            account(lab, start_from="all", idle=True),
+            "INBOX",
+            rules(),
+            self.recorder,
+            self.store.inbound,
+            leases=self.store.leases,
+            lease_ttl=TTL,
+        )
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(self.watcher.run(self.stop))
 

@@ -29,9 +29,20 @@ NOW = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
 
 def sent_to_dead(s: Store) -> int:
     """The outbox row the DSN is about, sent by the test user's account."""
-    s.outbox.enqueue([NewMessage(dedup_key="merge:0", message_id=MESSAGE_ID, account=USER,
-                                 envelope_from=f"{USER}@example.test", recipients=[DEAD], raw=b"x", origin="merge")],
-                     now=NOW)
+    s.outbox.enqueue(
+        [
+            NewMessage(
+                dedup_key="merge:0",
+                message_id=MESSAGE_ID,
+                account=USER,
+                envelope_from=f"{USER}@example.test",
+                recipients=[DEAD],
+                raw=b"x",
+                origin="merge",
+            )
+        ],
+        now=NOW,
+    )
     (item,) = s.outbox.by_message_ids([MESSAGE_ID])
     s.outbox.settle_many([Settlement("sent", item, NOW, delivered=[DEAD])])
     return item.id
@@ -44,8 +55,13 @@ def intake(s: Store, cfg: AccountConfig) -> BounceIntake:
 async def test_pop3_maildrop_bounce_is_consumed_and_deleted_like_handled_mail(clean_lab, store):  # noqa: F811
     row = sent_to_dead(store)
     clean_lab.deliver_many(USER, [DSN, raw_message(1, subject="a person writes")])
-    cfg = AccountConfig.model_validate({"address": clean_lab.address(USER), "bounces": {},
-                                        "pop3": pop3_settings(clean_lab, start_from="all", delete_after=True)})
+    cfg = AccountConfig.model_validate(
+        {
+            "address": clean_lab.address(USER),
+            "bounces": {},
+            "pop3": pop3_settings(clean_lab, start_from="all", delete_after=True),
+        }
+    )
     rec = Recorder()
     watcher = Pop3Watcher(USER, cfg, rules(), rec, store.inbound, bounces=intake(store, cfg))
     await watcher.poll_once()
@@ -59,13 +75,19 @@ async def test_pop3_maildrop_bounce_is_consumed_and_deleted_like_handled_mail(cl
 async def test_imap_bounce_is_read_even_where_search_decides_the_rules(clean_lab, store):  # noqa: F811
     row = sent_to_dead(store)
     clean_lab.deliver_many(USER, [DSN, raw_message(1, subject="[report] daily")])
-    cfg = AccountConfig.model_validate({"address": clean_lab.address(USER), "bounces": {"folder": "INBOX"},
-                                        "imap": imap_cfg(clean_lab, start_from="all").model_dump()})
+    cfg = AccountConfig.model_validate(
+        {
+            "address": clean_lab.address(USER),
+            "bounces": {"folder": "INBOX"},
+            "imap": imap_cfg(clean_lab, start_from="all").model_dump(),
+        }
+    )
     rec = Recorder()
     rec.kinds_without_message = frozenset({"flag"})  # as the executor: flags need no message
     # a rule SEARCH decides exactly with a flag action: alone, nothing would be fetched at all
-    watcher = ImapWatcher(USER, cfg, "INBOX", rules({"subject": {"contains": "[report]"}}), rec, store.inbound,
-                          bounces=intake(store, cfg))
+    watcher = ImapWatcher(
+        USER, cfg, "INBOX", rules({"subject": {"contains": "[report]"}}), rec, store.inbound, bounces=intake(store, cfg)
+    )
     conn = ImapConnection(USER, watcher.cfg)
     await conn.connect()
     try:

@@ -42,13 +42,20 @@ async def test_text_html_and_attachment_reach_the_receiver_and_a_cap_leaves_a_ma
     lab.clear_mailbox("alice")
     lab.deliver("alice", invoice())
     with WebhookReceiver() as receiver:
-        rig = make_rig(store, make_config(lab, [
-            hook("full", receiver.url + "/full", include=["text", "html", "attachments"]),
-            hook("capped", receiver.url + "/capped", include=["text", "html", "attachments"], max_bytes="1k"),
-            hook("plain", receiver.url + "/plain"),
-        ]))
-        queue = WebhookQueue(LedgerStore(store.engine, owner="test"), spec_lookup=rig.rules.action_config,
-                             clock=rig.clock)
+        rig = make_rig(
+            store,
+            make_config(
+                lab,
+                [
+                    hook("full", receiver.url + "/full", include=["text", "html", "attachments"]),
+                    hook("capped", receiver.url + "/capped", include=["text", "html", "attachments"], max_bytes="1k"),
+                    hook("plain", receiver.url + "/plain"),
+                ],
+            ),
+        )
+        queue = WebhookQueue(
+            LedgerStore(store.engine, owner="test"), spec_lookup=rig.rules.action_config, clock=rig.clock
+        )
         rig.executor.webhooks = queue
         with lab.imap_client("alice") as client:
             box = LabMailbox(client, "alice", "INBOX")
@@ -70,8 +77,12 @@ async def test_text_html_and_attachment_reach_the_receiver_and_a_cap_leaves_a_ma
     assert capped["truncated"] is True and capped["max_bytes"] == 1024
     assert capped["text"] == "Invoice 7 is attached.\n"  # what fits is still there
     assert capped["attachments"] == []
-    assert {"part": "attachment", "filename": "invoice-7.pdf", "content_type": "application/pdf",
-            "size": len(PDF)} in capped["omitted"]
+    assert {
+        "part": "attachment",
+        "filename": "invoice-7.pdf",
+        "content_type": "application/pdf",
+        "size": len(PDF),
+    } in capped["omitted"]
 
     assert "content" not in got["/plain"]  # without include the payload is what it was
 

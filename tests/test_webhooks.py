@@ -34,6 +34,7 @@ SECRET = "whsec_" + base64.b64encode(b"postroom-test-key-0123456789").decode()
 
 # -- signing ---------------------------------------------------------------------------
 
+
 def test_sign_matches_the_standard_webhooks_vector():
     # The example from the Standard Webhooks specification, recomputed here by hand too.
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -52,8 +53,11 @@ def test_secret_without_whsec_prefix_is_refused_not_used_as_utf8():
 
 def test_verify_accepts_genuine_and_refuses_tampered_or_stale():
     body = b'{"a": 1}'
-    headers = {"webhook-id": "msg_1", "webhook-timestamp": "1000",
-               "webhook-signature": "v1,bogus " + sign(SECRET, "msg_1", 1000, body)}
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": "1000",
+        "webhook-signature": "v1,bogus " + sign(SECRET, "msg_1", 1000, body),
+    }
     verify(SECRET, headers, body, now=datetime.fromtimestamp(1010, UTC))
     with pytest.raises(WebhookVerifyError):
         verify(SECRET, headers, b'{"a": 2}')
@@ -65,6 +69,7 @@ def test_verify_accepts_genuine_and_refuses_tampered_or_stale():
 
 # -- delivery --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def receiver():
     with WebhookReceiver() as server:
@@ -72,17 +77,28 @@ def receiver():
 
 
 def make_queue(store: Store, url: str, clock: Clock, **kw) -> WebhookQueue:
-    rules = compile_rules([RuleConfig.model_validate({
-        "name": "hook", "account": "bob",
-        "actions": [{"webhook": {"url": url + "/hook", "secret": SECRET, "timeout": 5}}],
-    })])
+    rules = compile_rules(
+        [
+            RuleConfig.model_validate(
+                {
+                    "name": "hook",
+                    "account": "bob",
+                    "actions": [{"webhook": {"url": url + "/hook", "secret": SECRET, "timeout": 5}}],
+                }
+            )
+        ]
+    )
     ledger = LedgerStore(store.engine, owner="test")
     return WebhookQueue(ledger, spec_lookup=rules.action_config, clock=clock, **kw)
 
 
 def request(base_url: str, n: int = 1) -> WebhookRequest:
-    return WebhookRequest(action_key=f"bob/pop3/uidl{n}|hook|0", rule="hook", url=base_url + "/hook",
-                          payload={"account": "bob", "subject": f"alert {n}", "uid": None})
+    return WebhookRequest(
+        action_key=f"bob/pop3/uidl{n}|hook|0",
+        rule="hook",
+        url=base_url + "/hook",
+        payload={"account": "bob", "subject": f"alert {n}", "uid": None},
+    )
 
 
 async def test_delivery_is_signed_and_verifies_on_the_receiver(store, receiver):
@@ -139,8 +155,11 @@ async def test_retry_after_500_resends_the_same_id_and_body(store, receiver):
 async def test_retry_after_is_honoured(store, receiver, retry_after):
     clock = Clock()
     queue = make_queue(store, receiver.url, clock)
-    value = retry_after if retry_after != "http-date" else email.utils.format_datetime(
-        START + timedelta(seconds=120), usegmt=True)
+    value = (
+        retry_after
+        if retry_after != "http-date"
+        else email.utils.format_datetime(START + timedelta(seconds=120), usegmt=True)
+    )
     receiver.answer(Reply(429 if retry_after == "120" else 503, (("Retry-After", value),)))
     queue.enqueue([request(receiver.url)])
     await queue.deliver_due()
@@ -213,8 +232,10 @@ async def test_restart_continues_pending_deliveries(store, receiver):
     finally:
         again.close()
     ids = [r.headers["webhook-id"] for r in receiver.received]
-    assert len(ids) == 4 and set(ids) == {webhook_id_for(request(receiver.url, 1).action_key),
-                                         webhook_id_for(request(receiver.url, 2).action_key)}
+    assert len(ids) == 4 and set(ids) == {
+        webhook_id_for(request(receiver.url, 1).action_key),
+        webhook_id_for(request(receiver.url, 2).action_key),
+    }
 
 
 async def test_run_delivers_until_stopped(store, receiver):
@@ -236,6 +257,7 @@ def datetime_now() -> datetime:
 
 
 # -- hostile receivers -------------------------------------------------------------------
+
 
 async def test_a_huge_retry_after_is_capped_and_retried_later(store, receiver):
     clock = Clock()
@@ -259,8 +281,9 @@ async def test_a_dripping_receiver_delays_only_its_own_deliveries(store, receive
         stop = asyncio.Event()
         task = asyncio.create_task(queue.run(stop, idle=5))
         try:
-            slow_request = WebhookRequest(action_key="bob/pop3/slow|hook|0", rule="hook",
-                                          url=slow.url + "/hook", payload={"subject": "slow"})
+            slow_request = WebhookRequest(
+                action_key="bob/pop3/slow|hook|0", rule="hook", url=slow.url + "/hook", payload={"subject": "slow"}
+            )
             queue.enqueue([slow_request])
             await wait_for(lambda: slow.requests == 1, 5, "the slow receiver's request")
             started = asyncio.get_running_loop().time()

@@ -25,12 +25,15 @@ def message(sender: str, to: str, subject: str, body: str, **headers: str) -> Em
 def main(root: Path) -> None:
     lab = _running_lab(root)
     report = message("Reports <reports@example.test>", "alice@example.test", "[report] nightly build", "All green.")
-    invoice = message("Billing <billing@vendor.test>", "alice@example.test", "Invoice 2026-117",
-                      "Please find attached.")
-    invoice.add_attachment(b"%PDF-1.4\n% demo invoice\n", maintype="application", subtype="pdf",
-                           filename="invoice-2026-117.pdf")
-    alert = message("Monitor <monitor@example.test>", "bob@example.test", "disk almost full", "95% on /var",
-                    X_Alert="critical")
+    invoice = message(
+        "Billing <billing@vendor.test>", "alice@example.test", "Invoice 2026-117", "Please find attached."
+    )
+    invoice.add_attachment(
+        b"%PDF-1.4\n% demo invoice\n", maintype="application", subtype="pdf", filename="invoice-2026-117.pdf"
+    )
+    alert = message(
+        "Monitor <monitor@example.test>", "bob@example.test", "disk almost full", "95% on /var", X_Alert="critical"
+    )
     note = message("Dave <dave@example.test>", "carol@example.test", "lunch on friday?", "Are you around?")
     lab.deliver("alice", report.as_bytes())
     lab.deliver("alice", invoice.as_bytes())

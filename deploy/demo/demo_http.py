@@ -36,8 +36,16 @@ class Handler(BaseHTTPRequestHandler):
         except WebhookVerifyError:
             ok = False
         with open(os.environ.get("DEMO_HOOK_LOG", "hooks.log"), "a", encoding="utf-8") as out:
-            out.write(json.dumps({"webhook_id": self.headers.get("webhook-id"), "signature_ok": ok,
-                                  "payload": json.loads(body or b"{}")}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "webhook_id": self.headers.get("webhook-id"),
+                        "signature_ok": ok,
+                        "payload": json.loads(body or b"{}"),
+                    }
+                )
+                + "\n"
+            )
         self.send_response(204 if ok else 401)
         self.end_headers()
 

@@ -88,38 +88,74 @@ def _by_flags(kind: str) -> GroupKey:
     return lambda params: (kind, tuple(params["flags"]))
 
 
-ACTION_KINDS: dict[str, ActionKind] = {kind.name: kind for kind in [
-    ActionKind("forward", Phase.SEND, sends=True),
-    ActionKind("redirect", Phase.SEND, sends=True),
-    ActionKind("reply", Phase.SEND, sends=True),
-    ActionKind("save", Phase.SAVE),  # checked on disk when in doubt (postroom.incoming.local_save)
-    ActionKind("webhook", Phase.WEBHOOK),
-    # a copy can't be checked cheaply: redone when in doubt (at worst one duplicate copy);
-    # not without_fetch, since a second copy after a UIDVALIDITY change would be a duplicate
-    ActionKind("copy", Phase.COPY, imap_only=True, group=_by_folder("copy"),
-               call=lambda box, uids, args: box.copy(uids, args[0])),
-    ActionKind("flag", Phase.FLAG, imap_only=True, without_fetch=True, group=_by_flags("flag"),
-               call=lambda box, uids, args: box.add_flags(uids, list(args)), check=_flags_set),
-    ActionKind("unflag", Phase.FLAG, imap_only=True, without_fetch=True, group=_by_flags("unflag"),
-               call=lambda box, uids, args: box.remove_flags(uids, list(args)), check=_flags_clear),
-    # grouped with flag: \Seen, so one STORE serves both
-    ActionKind("mark_read", Phase.FLAG, imap_only=True, without_fetch=True,
-               group=lambda params: ("flag", (SEEN,))),
-    ActionKind("move", Phase.TERMINAL, imap_only=True, without_fetch=True, group=_by_folder("move"),
-               call=lambda box, uids, args: box.move(uids, args[0]), check=_gone),
-    ActionKind("delete", Phase.TERMINAL, imap_only=True, without_fetch=True,
-               group=lambda params: ("delete", ()), call=lambda box, uids, args: box.delete(uids), check=_gone),
-    # to another account: APPEND there with an X-Postroom-Id marker, searched for when in doubt
-    # (postroom.incoming.transfer); move_to then deletes from this folder. Never without_fetch:
-    # after a UIDVALIDITY change the marker differs, so a second APPEND would be a duplicate
-    ActionKind("copy_to", Phase.COPY, imap_only=True, written_as="copy"),
-    ActionKind("move_to", Phase.TERMINAL, imap_only=True, written_as="move"),
-    ActionKind("stop", None),
-]}
+ACTION_KINDS: dict[str, ActionKind] = {
+    kind.name: kind
+    for kind in [
+        ActionKind("forward", Phase.SEND, sends=True),
+        ActionKind("redirect", Phase.SEND, sends=True),
+        ActionKind("reply", Phase.SEND, sends=True),
+        ActionKind("save", Phase.SAVE),  # checked on disk when in doubt (postroom.incoming.local_save)
+        ActionKind("webhook", Phase.WEBHOOK),
+        # a copy can't be checked cheaply: redone when in doubt (at worst one duplicate copy);
+        # not without_fetch, since a second copy after a UIDVALIDITY change would be a duplicate
+        ActionKind(
+            "copy",
+            Phase.COPY,
+            imap_only=True,
+            group=_by_folder("copy"),
+            call=lambda box, uids, args: box.copy(uids, args[0]),
+        ),
+        ActionKind(
+            "flag",
+            Phase.FLAG,
+            imap_only=True,
+            without_fetch=True,
+            group=_by_flags("flag"),
+            call=lambda box, uids, args: box.add_flags(uids, list(args)),
+            check=_flags_set,
+        ),
+        ActionKind(
+            "unflag",
+            Phase.FLAG,
+            imap_only=True,
+            without_fetch=True,
+            group=_by_flags("unflag"),
+            call=lambda box, uids, args: box.remove_flags(uids, list(args)),
+            check=_flags_clear,
+        ),
+        # grouped with flag: \Seen, so one STORE serves both
+        ActionKind("mark_read", Phase.FLAG, imap_only=True, without_fetch=True, group=lambda params: ("flag", (SEEN,))),
+        ActionKind(
+            "move",
+            Phase.TERMINAL,
+            imap_only=True,
+            without_fetch=True,
+            group=_by_folder("move"),
+            call=lambda box, uids, args: box.move(uids, args[0]),
+            check=_gone,
+        ),
+        ActionKind(
+            "delete",
+            Phase.TERMINAL,
+            imap_only=True,
+            without_fetch=True,
+            group=lambda params: ("delete", ()),
+            call=lambda box, uids, args: box.delete(uids),
+            check=_gone,
+        ),
+        # to another account: APPEND there with an X-Postroom-Id marker, searched for when in doubt
+        # (postroom.incoming.transfer); move_to then deletes from this folder. Never without_fetch:
+        # after a UIDVALIDITY change the marker differs, so a second APPEND would be a duplicate
+        ActionKind("copy_to", Phase.COPY, imap_only=True, written_as="copy"),
+        ActionKind("move_to", Phase.TERMINAL, imap_only=True, written_as="move"),
+        ActionKind("stop", None),
+    ]
+}
 
 IMAP_ONLY: frozenset[str] = frozenset(k.name for k in ACTION_KINDS.values() if k.imap_only)
 SENDING: frozenset[str] = frozenset(k.name for k in ACTION_KINDS.values() if k.sends)
 WITHOUT_FETCH: frozenset[str] = frozenset(k.name for k in ACTION_KINDS.values() if k.without_fetch)
 # the executed kinds of each phase, phases in order
 PHASES: tuple[tuple[Phase, frozenset[str]], ...] = tuple(
-    (phase, frozenset(k.name for k in ACTION_KINDS.values() if k.phase is phase)) for phase in Phase)
+    (phase, frozenset(k.name for k in ACTION_KINDS.values() if k.phase is phase)) for phase in Phase
+)

@@ -113,27 +113,49 @@ class Daemon:
         # queued or left by others every third of a lease.
         self.shared = store.engine.dialect.name != "sqlite"
         self.lease = lease = timedelta(seconds=self.settings.lease_seconds)
-        self.sender = OutboxSender(store.outbox, config.accounts, config.outbox, logins=self.logins,
-                                   on_result=lambda kind, item: self.metrics.outbox_result(kind, item.account),
-                                   lease=lease, handoff_limit=config.outbox.batch_size if self.shared else None,
-                                   max_idle=min(MAX_IDLE, lease / 3) if self.shared else MAX_IDLE)
+        self.sender = OutboxSender(
+            store.outbox,
+            config.accounts,
+            config.outbox,
+            logins=self.logins,
+            on_result=lambda kind, item: self.metrics.outbox_result(kind, item.account),
+            lease=lease,
+            handoff_limit=config.outbox.batch_size if self.shared else None,
+            max_idle=min(MAX_IDLE, lease / 3) if self.shared else MAX_IDLE,
+        )
         # A fire's messages go straight to the running sender (already leased, already in
         # memory) instead of being claimed back from the store.
-        self.runner = JobRunner(config, renderer, store, wake_sender=self.sender.wake, sender=self.sender,
-                                on_run=self.metrics.job_run, on_suppressed=self.metrics.suppressed)
+        self.runner = JobRunner(
+            config,
+            renderer,
+            store,
+            wake_sender=self.sender.wake,
+            sender=self.sender,
+            on_run=self.metrics.job_run,
+            on_suppressed=self.metrics.suppressed,
+        )
         ruleset = compile_rules(config.rules)
-        self.webhooks = WebhookQueue(store.ledger, spec_lookup=ruleset.action_config,
-                                     on_result=self.metrics.webhook, lease=lease)
+        self.webhooks = WebhookQueue(
+            store.ledger, spec_lookup=ruleset.action_config, on_result=self.metrics.webhook, lease=lease
+        )
         self.scheduler = Scheduler(config, store.runs, self._on_fire, shutdown_timeout=STOP_TIMEOUT)
         # Fires the store failed wait for it; when it answers again they run, and the catch-up too.
-        self.store_monitor = StoreMonitor(store.engine, sqlite_path=self.settings.sqlite_path(),
-                                          on_back=None if self.dry_run else self.scheduler.store_back)
+        self.store_monitor = StoreMonitor(
+            store.engine,
+            sqlite_path=self.settings.sqlite_path(),
+            on_back=None if self.dry_run else self.scheduler.store_back,
+        )
         self.tasks.append(asyncio.create_task(self.store_monitor.run(self.stop_event), name="store monitor"))
         if not self.dry_run:
             self.tasks.append(asyncio.create_task(self.sender.run(self.stop_event), name="sender"))
-            self.tasks.append(asyncio.create_task(
-                supervised("webhooks", lambda: self.webhooks.run(self.stop_event), self.stop_event,
-                           health=self.task_health), name="webhooks"))
+            self.tasks.append(
+                asyncio.create_task(
+                    supervised(
+                        "webhooks", lambda: self.webhooks.run(self.stop_event), self.stop_event, health=self.task_health
+                    ),
+                    name="webhooks",
+                )
+            )
             await self.scheduler.start()
             await self._resume_unfinished_fires(config)
         if self.shared and not self.dry_run:  # counted before the watchers claim their share
@@ -161,10 +183,17 @@ class Daemon:
 
     # -- parts -----------------------------------------------------------------------------
     def _start_incoming(self, config: Config, renderer: TemplateRenderer, ruleset: RuleSet) -> Incoming:
-        executor = ActionExecutor(config, ruleset, self.store, renderer, self.webhooks,
-                                  wake_sender=self.sender.wake, dry_run=self.dry_run,
-                                  on_action=self.metrics.action,
-                                  open_account=imap_opener(config, self.logins.credentials))
+        executor = ActionExecutor(
+            config,
+            ruleset,
+            self.store,
+            renderer,
+            self.webhooks,
+            wake_sender=self.sender.wake,
+            dry_run=self.dry_run,
+            on_action=self.metrics.action,
+            open_account=imap_opener(config, self.logins.credentials),
+        )
         incoming = Incoming(ruleset=ruleset, executor=executor)
         hooks = WatcherHooks(processed=self.metrics.inbound, ok=self.metrics.watcher_ok)
         pop3_started: set[str] = set()
@@ -188,20 +217,42 @@ class Daemon:
             intake = self._bounce_intake(account_name, config, folder)
             watcher: Watcher
             if account.imap is not None:
-                watcher = ImapWatcher(account_name, account, folder, ruleset, executor, self.store.inbound,
-                                      dry_run=self.dry_run, hooks=hooks, leases=leases, lease_ttl=ttl,
-                                      balance=balance, bounces=intake,
-                                      credentials=self.logins.credentials(account_name, account.imap))
+                watcher = ImapWatcher(
+                    account_name,
+                    account,
+                    folder,
+                    ruleset,
+                    executor,
+                    self.store.inbound,
+                    dry_run=self.dry_run,
+                    hooks=hooks,
+                    leases=leases,
+                    lease_ttl=ttl,
+                    balance=balance,
+                    bounces=intake,
+                    credentials=self.logins.credentials(account_name, account.imap),
+                )
             elif account.pop3 is not None:
-                watcher = Pop3Watcher(account_name, account, ruleset, executor, self.store.inbound,
-                                      dry_run=self.dry_run, hooks=hooks, leases=leases, lease_ttl=ttl,
-                                      balance=balance, bounces=intake,
-                                      credentials=self.logins.credentials(account_name, account.pop3))
+                watcher = Pop3Watcher(
+                    account_name,
+                    account,
+                    ruleset,
+                    executor,
+                    self.store.inbound,
+                    dry_run=self.dry_run,
+                    hooks=hooks,
+                    leases=leases,
+                    lease_ttl=ttl,
+                    balance=balance,
+                    bounces=intake,
+                    credentials=self.logins.credentials(account_name, account.pop3),
+                )
             else:
                 continue
             incoming.watchers.append(watcher)
             incoming.tasks.append(
-                asyncio.create_task(watcher.run(incoming.stop), name=f"watch {account_name}/{folder}"))
+                asyncio.create_task(watcher.run(incoming.stop), name=f"watch {account_name}/{folder}")
+            )
         return incoming
 
     async def _replica_heartbeat(self) -> None:
@@ -226,8 +277,13 @@ class Daemon:
         bounces = config.accounts[account_name].bounces
         if bounces is None or bounces.folder != folder:
             return None
-        return BounceIntake(account_name, config.accounts[account_name], self.store.outbox, self.store.bounces,
-                            on_bounce=self.metrics.bounce)
+        return BounceIntake(
+            account_name,
+            config.accounts[account_name],
+            self.store.outbox,
+            self.store.bounces,
+            on_bounce=self.metrics.bounce,
+        )
 
     async def _resume_unfinished_fires(self, config: Config) -> None:
         # One process on SQLite: anything still "running" is from a process that is gone.
@@ -252,8 +308,9 @@ class Daemon:
         return {name: upcoming.get(name) for name in config.jobs}
 
     def _status_line(self, config: Config) -> str:
-        return (f"{len(config.jobs)} jobs, {len(self.incoming.watchers)} watchers"
-                + (", dry run" if self.dry_run else ""))
+        return f"{len(config.jobs)} jobs, {len(self.incoming.watchers)} watchers" + (
+            ", dry run" if self.dry_run else ""
+        )
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         # The monitor's last probe (a query with a deadline, and for SQLite the file itself):
@@ -266,8 +323,12 @@ class Daemon:
         stopped = self.logins.stopped()
         accounts = {name: name not in stopped for name in self.logins.tokens}
         ok = store_ok and scheduler_ok and all(watchers.values()) and not stopped and not self.task_health.down
-        details: dict[str, Any] = {"store": store_ok, "scheduler": scheduler_ok, "watchers": watchers,
-                                   "tasks_down": dict(self.task_health.down)}
+        details: dict[str, Any] = {
+            "store": store_ok,
+            "scheduler": scheduler_ok,
+            "watchers": watchers,
+            "tasks_down": dict(self.task_health.down),
+        }
         if store_problem is not None:
             details["store_problem"] = store_problem
         if accounts:
@@ -311,8 +372,14 @@ class Daemon:
             loaded, renderer = await asyncio.to_thread(load_checked, self.settings)
             # A stopped account (or one whose oauth2: changed) is built anew: it reads the
             # refresh token stored by `postroom auth login` (or configured) since.
-            logins = await asyncio.to_thread(build_logins, self.settings, loaded.config, self.store,
-                                             on_refresh=self.metrics.oauth2_refresh, keep=self.logins)
+            logins = await asyncio.to_thread(
+                build_logins,
+                self.settings,
+                loaded.config,
+                self.store,
+                on_refresh=self.metrics.oauth2_refresh,
+                keep=self.logins,
+            )
         except PostroomError as exc:
             self.metrics.reload("failed")
             self.last_reload = ReloadOutcome(utcnow(), ok=False, error=str(exc))
@@ -345,8 +412,9 @@ class Daemon:
         self.metrics.reload("ok")
         self.last_reload = ReloadOutcome(utcnow(), ok=True)
         status = self._status_line(config)
-        log.info("config reloaded", config=str(loaded.path), status=status,
-                 seconds=round(time.monotonic() - started, 3))
+        log.info(
+            "config reloaded", config=str(loaded.path), status=status, seconds=round(time.monotonic() - started, 3)
+        )
         self.notifier.ready(status=status)
 
     def _outbox_counts(self) -> dict[str, int]:
@@ -362,8 +430,7 @@ class Daemon:
         # sends and webhooks finish side by side, and whatever still runs after STOP_TIMEOUT
         # is cancelled. A cancelled mail command cuts its connection (incoming/threaded.py), so
         # no thread blocked on a slow server holds the process past the grace period.
-        await asyncio.gather(self.scheduler.shutdown(), self.incoming.close(timeout=STOP_TIMEOUT),
-                             self._finish_tasks())
+        await asyncio.gather(self.scheduler.shutdown(), self.incoming.close(timeout=STOP_TIMEOUT), self._finish_tasks())
         if self.shared and not self.dry_run:  # the others count one fewer at once
             try:
                 await store_call(self.store.replicas.leave)

@@ -61,8 +61,14 @@ def token_vault(settings: Settings) -> TokenVault:
     return TokenVault.from_secrets(SecretLookup(settings).get)
 
 
-def build_logins(settings: Settings, config: Config, store: Store | None, *,
-                 on_refresh: RefreshHook | None = None, keep: AccountLogins | None = None) -> AccountLogins:
+def build_logins(
+    settings: Settings,
+    config: Config,
+    store: Store | None,
+    *,
+    on_refresh: RefreshHook | None = None,
+    keep: AccountLogins | None = None,
+) -> AccountLogins:
     """Every account's credentials: one token provider per account with an ``oauth2:`` block
     (auth/accounts.py), its refresh token in ``store`` sealed with the key ``token_vault``
     finds. ``keep``: the previous generation, on reload."""
@@ -71,8 +77,9 @@ def build_logins(settings: Settings, config: Config, store: Store | None, *,
     vault = token_vault(settings) if needs_vault(config) else None
     if vault is not None and store is None:
         raise PostroomError("OAuth2 accounts keep their refresh tokens in the store; none was opened")
-    return AccountLogins.build(config, store=store.tokens if store is not None else None, vault=vault,
-                               on_refresh=on_refresh, keep=keep)
+    return AccountLogins.build(
+        config, store=store.tokens if store is not None else None, vault=vault, on_refresh=on_refresh, keep=keep
+    )
 
 
 def needs_token_store(config: Config) -> bool:
@@ -120,7 +127,8 @@ def open_daemon_store(settings: Settings, *, migrate: bool = True) -> Store:
             raise PostroomError(
                 f"store schema {', '.join(sorted(current)) or 'none (empty database)'} is older than this "
                 f"postroom ({', '.join(sorted(head_revisions()))}) and --no-migrate was given: "
-                "run `postroom migrate` first")
+                "run `postroom migrate` first"
+            )
         _migrate_in_child(url)
         if current_revisions(store.engine) != head_revisions():
             raise PostroomError("store schema migration failed: the schema is still not current after it")
@@ -138,8 +146,15 @@ def _migrate_in_child(url: str) -> None:
     # -P: the working directory is not put on sys.path, so a postroom/ folder there can't
     # shadow the package.
     try:
-        done = subprocess.run([sys.executable, "-P", "-c", _MIGRATE], input=url, env=env, capture_output=True,
-                              text=True, timeout=MIGRATE_TIMEOUT, check=False)
+        done = subprocess.run(
+            [sys.executable, "-P", "-c", _MIGRATE],
+            input=url,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=MIGRATE_TIMEOUT,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise PostroomError(f"store schema migration failed: no end within {MIGRATE_TIMEOUT:.0f} s") from None
     if done.returncode != 0:

@@ -34,8 +34,14 @@ def template_findings(config: Config, renderer: TemplateRenderer) -> list[Findin
     known = set(renderer.names())
     for where, name in wanted:
         if name not in known:
-            out.append(Finding(where, False, f"template {name!r} not found in {renderer.template_dir} "
-                                             f"(expected {name}.j2; have: {', '.join(sorted(known)) or 'none'})"))
+            out.append(
+                Finding(
+                    where,
+                    False,
+                    f"template {name!r} not found in {renderer.template_dir} "
+                    f"(expected {name}.j2; have: {', '.join(sorted(known)) or 'none'})",
+                )
+            )
             continue
         try:
             renderer.check(name)
@@ -44,8 +50,9 @@ def template_findings(config: Config, renderer: TemplateRenderer) -> list[Findin
     return out
 
 
-async def server_findings(config: Config, *, within: float = 15.0,
-                          logins: AccountLogins | None = None) -> list[Finding]:
+async def server_findings(
+    config: Config, *, within: float = 15.0, logins: AccountLogins | None = None
+) -> list[Finding]:
     """Connect and log in to every configured server, concurrently, each ``within`` seconds
     (an OAuth2 account's token is got first, once for all its servers: ``logins``)."""
     import asyncio  # here, not at the top: `check --offline` never needs it (~15 ms of start-up)
@@ -72,6 +79,9 @@ async def server_findings(config: Config, *, within: float = 15.0,
         how = "" if credentials.mechanism == "password" else f" ({credentials.mechanism.upper()}, OAuth2 token)"
         return Finding(where, True, f"connected and logged in as {credentials.username}{how}")
 
-    probes = [probe(name, protocol, server)
-              for name, account in config.accounts.items() for protocol, server in account.servers().items()]
+    probes = [
+        probe(name, protocol, server)
+        for name, account in config.accounts.items()
+        for protocol, server in account.servers().items()
+    ]
     return list(await asyncio.gather(*probes))

@@ -40,8 +40,13 @@ def _remember_config(ctx: click.Context, _param: click.Parameter, value: Path | 
 # `--config` is taken before the command name and after it: `postroom -c FILE check` and
 # `postroom check -c FILE` mean the same.
 config_option = click.option(
-    "--config", "-c", type=click.Path(path_type=Path, dir_okay=False), expose_value=False,
-    callback=_remember_config, help="Config file (default: $POSTROOM_CONFIG, else ./postroom.yaml).")
+    "--config",
+    "-c",
+    type=click.Path(path_type=Path, dir_okay=False),
+    expose_value=False,
+    callback=_remember_config,
+    help="Config file (default: $POSTROOM_CONFIG, else ./postroom.yaml).",
+)
 
 
 def settings(ctx: click.Context, *, logs: bool = True) -> Settings:
@@ -148,11 +153,13 @@ def init(directory: Path, force: bool) -> None:
     for w in written:
         click.echo(f"  {w.path.relative_to(directory)}" + (f"  ({w.note})" if w.note else ""))
     steps = [] if directory.resolve() == Path.cwd() else [(f"cd {directory}", "")]
-    steps += [("postroom check --offline", "the starter is valid as written"),
-              ("$EDITOR postroom.yaml .env", "your servers, addresses and password"),
-              ("postroom check", "logs in to every server"),
-              ("postroom send hello --dry-run", "the example job's message, sent nowhere"),
-              ("postroom run", "the daemon")]
+    steps += [
+        ("postroom check --offline", "the starter is valid as written"),
+        ("$EDITOR postroom.yaml .env", "your servers, addresses and password"),
+        ("postroom check", "logs in to every server"),
+        ("postroom send hello --dry-run", "the example job's message, sent nowhere"),
+        ("postroom run", "the daemon"),
+    ]
     click.echo("next:")
     for command, why in steps:
         click.echo(f"  {command:<32}# {why}" if why else f"  {command}")
@@ -192,8 +199,10 @@ def check(ctx: click.Context, offline: bool) -> None:
     except ConfigError as exc:
         raise broken_config(exc) from None
     cfg = loaded.config
-    click.echo(f"{loaded.path}: OK — {len(cfg.accounts)} accounts, {len(cfg.jobs)} jobs, {len(cfg.rules)} rules; "
-               f"templates in {loaded.templates_dir}")
+    click.echo(
+        f"{loaded.path}: OK — {len(cfg.accounts)} accounts, {len(cfg.jobs)} jobs, {len(cfg.rules)} rules; "
+        f"templates in {loaded.templates_dir}"
+    )
     if offline:
         return
     import asyncio
@@ -228,8 +237,11 @@ async def _server_findings(settings: Settings, cfg: Config) -> list[Finding]:
 # -- run -----------------------------------------------------------------------------------
 @app.command()
 @click.option("--dry-run", is_flag=True, help="Log every action it would take; perform none.")
-@click.option("--no-migrate", is_flag=True,
-              help="Never change the store schema; refuse to start on an old one (run `postroom migrate`).")
+@click.option(
+    "--no-migrate",
+    is_flag=True,
+    help="Never change the store schema; refuse to start on an old one (run `postroom migrate`).",
+)
 @config_option
 @click.pass_context
 def run(ctx: click.Context, dry_run: bool, no_migrate: bool) -> None:
@@ -332,13 +344,26 @@ def status(ctx: click.Context) -> None:
     held: dict[str, list[str]] = {}
     for watch, holder, _expires in watches:
         held.setdefault(holder, []).append(watch)
-    rows = [[m.instance, "alive" if m.alive else "gone", _fmt_seconds(m.seen_at), str(len(held.get(m.instance, []))),
-             str(flight.get(m.instance, (0, 0))[0]), str(flight.get(m.instance, (0, 0))[1])] for m in members]
+    rows = [
+        [
+            m.instance,
+            "alive" if m.alive else "gone",
+            _fmt_seconds(m.seen_at),
+            str(len(held.get(m.instance, []))),
+            str(flight.get(m.instance, (0, 0))[0]),
+            str(flight.get(m.instance, (0, 0))[1]),
+        ]
+        for m in members
+    ]
     click.echo(_table(rows, ["REPLICA", "STATE", "LAST HEARTBEAT", "FOLDERS", "SENDING", "WEBHOOKS"]))
     if watches:
         click.echo("")
-        click.echo(_table([[watch, holder, _fmt_seconds(expires)] for watch, holder, expires in watches],
-                          ["FOLDER", "HELD BY", "LEASE UNTIL"]))
+        click.echo(
+            _table(
+                [[watch, holder, _fmt_seconds(expires)] for watch, holder, expires in watches],
+                ["FOLDER", "HELD BY", "LEASE UNTIL"],
+            )
+        )
 
 
 # -- send ----------------------------------------------------------------------------------
@@ -385,8 +410,11 @@ async def _dry_run(settings: Settings, job: str, *, to: list[str] | None) -> int
         click.echo(f"{job}: nothing to send ({built.skipped})", err=True)
         return 0
     for i, m in enumerate(built.messages):
-        click.echo(f"--- message {i + 1} of {len(built.messages)}; envelope from <{m.envelope_from}> to "
-                   f"{', '.join(m.recipients)}", err=True)
+        click.echo(
+            f"--- message {i + 1} of {len(built.messages)}; envelope from <{m.envelope_from}> to "
+            f"{', '.join(m.recipients)}",
+            err=True,
+        )
         sys.stdout.write(m.raw.decode("utf-8", "replace").replace("\r\n", "\n"))
         sys.stdout.write("\n")
     return 0
@@ -419,8 +447,9 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
             if item.message_id in wanted:
                 outcomes[item.message_id] = kind
 
-        sender = OutboxSender(store.outbox, cfg.accounts, cfg.outbox, on_result=seen,
-                              logins=build_logins(settings, cfg, store))
+        sender = OutboxSender(
+            store.outbox, cfg.accounts, cfg.outbox, on_result=seen, logins=build_logins(settings, cfg, store)
+        )
         # The SMTP handshakes (TCP, STARTTLS, AUTH per connection) overlap the rendering.
         warming = asyncio.create_task(sender.prewarm(cfg.jobs[job].account))
         built = await runner.run_now(job, key_prefix=f"manual:{job}:{uuid.uuid4().hex}", to_override=to)
@@ -429,8 +458,10 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
             click.echo(f"{job}: nothing to send ({built.skipped})")
             return 0
         if built.suppressed:
-            click.echo(f"{job}: {built.suppressed} suppressed recipient(s) left out (hard bounces; "
-                       "see `postroom suppressions`)")
+            click.echo(
+                f"{job}: {built.suppressed} suppressed recipient(s) left out (hard bounces; "
+                "see `postroom suppressions`)"
+            )
         total = len(built.messages)
         click.echo(f"{job}: {total} message(s) queued; sending…")
         # The whole merge in one claim (up to 5,000 rows; the messages are in memory already):
@@ -447,14 +478,15 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
             items = await asyncio.to_thread(store.outbox.by_message_ids, wanted)
             counts = Counter("deferred" if i.status == "queued" and i.attempts > 0 else i.status for i in items)
         sent, deferred, dead = counts["sent"], counts["deferred"], counts["dead"]
-        click.echo(f"{job}: sent {sent}, deferred {deferred}, dead {dead} (of {total}); "
-                   f"at {_fmt_time(utcnow())}")
+        click.echo(f"{job}: sent {sent}, deferred {deferred}, dead {dead} (of {total}); at {_fmt_time(utcnow())}")
         if deferred:
             click.echo("  deferred messages stay in the outbox; `postroom run` retries them with backoff")
         if counts["held"]:
             account = cfg.jobs[job].account
-            click.echo(f"  {counts['held']} held: account {account} must sign in again "
-                       f"(`postroom auth login {account}`); they go out after that")
+            click.echo(
+                f"  {counts['held']} held: account {account} must sign in again "
+                f"(`postroom auth login {account}`); they go out after that"
+            )
         if dead:
             click.echo("  see `postroom outbox --dead` for why")
             return 1
@@ -471,8 +503,13 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
 # -- preview -------------------------------------------------------------------------------
 @app.command()
 @click.argument("job", required=False)
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default="any free port",
-              help="The port on 127.0.0.1 to serve the page on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default="any free port",
+    help="The port on 127.0.0.1 to serve the page on.",
+)
 @config_option
 @click.pass_context
 def preview(ctx: click.Context, job: str | None, port: int) -> None:
@@ -561,17 +598,28 @@ def rules_failed(ctx: click.Context, limit: int) -> None:
         aside, actions, hooks = [], [], []
     click.echo(f"messages set aside: {len(aside)}")
     if aside:
-        click.echo(_table([[r.key, r.message_id or "-", str(r.attempts), (r.error or "")[:80]] for r in aside],
-                          ["KEY", "MESSAGE-ID", "TRIES", "LAST ERROR"]))
+        click.echo(
+            _table(
+                [[r.key, r.message_id or "-", str(r.attempts), (r.error or "")[:80]] for r in aside],
+                ["KEY", "MESSAGE-ID", "TRIES", "LAST ERROR"],
+            )
+        )
     click.echo(f"actions given up on: {len(actions)}")
     if actions:
-        click.echo(_table([[key, f"{rule}#{index}", kind, (error or "")[:80]]
-                           for (key, rule, index), kind, error in actions],
-                          ["MESSAGE KEY", "RULE#ACTION", "KIND", "REASON"]))
+        click.echo(
+            _table(
+                [[key, f"{rule}#{index}", kind, (error or "")[:80]] for (key, rule, index), kind, error in actions],
+                ["MESSAGE KEY", "RULE#ACTION", "KIND", "REASON"],
+            )
+        )
     click.echo(f"webhooks given up on: {len(hooks)}")
     if hooks:
-        click.echo(_table([[h.webhook_id, h.rule, h.url[:40], str(h.attempts), (h.last_error or "")[:80]]
-                           for h in hooks], ["WEBHOOK-ID", "RULE", "URL", "TRIES", "LAST ERROR"]))
+        click.echo(
+            _table(
+                [[h.webhook_id, h.rule, h.url[:40], str(h.attempts), (h.last_error or "")[:80]] for h in hooks],
+                ["WEBHOOK-ID", "RULE", "URL", "TRIES", "LAST ERROR"],
+            )
+        )
 
 
 # -- outbox --------------------------------------------------------------------------------
@@ -605,8 +653,17 @@ def outbox(ctx: click.Context, dead: bool, bounced: bool, limit: int) -> None:
     for i in items:
         to = ", ".join(i.recipients or list(i.refused)) or "-"
         when = _fmt_time(i.next_attempt_at)
-        rows.append([str(i.id), i.account, i.origin or "-", to[:40], str(i.attempts),
-                     "" if dead else when, (i.last_error or "")[:80]])
+        rows.append(
+            [
+                str(i.id),
+                i.account,
+                i.origin or "-",
+                to[:40],
+                str(i.attempts),
+                "" if dead else when,
+                (i.last_error or "")[:80],
+            ]
+        )
     headers = ["ID", "ACCOUNT", "FROM JOB/RULE", "TO", "TRIES", "" if dead else "NEXT TRY", "LAST ERROR"]
     click.echo(_table(rows, headers))
     if dead:
@@ -648,9 +705,19 @@ def _show_bounced(settings: Settings, limit: int) -> None:
     if not rows:
         click.echo("no bounced messages")
         return
-    table = [[str(r.outbox_id), r.account, r.origin or "-", line.recipient[:40], line.status or "-",
-              "yes" if line.hard else "no", line.diagnostic[:70]]
-             for r in rows for line in (r.lines or [])]
+    table = [
+        [
+            str(r.outbox_id),
+            r.account,
+            r.origin or "-",
+            line.recipient[:40],
+            line.status or "-",
+            "yes" if line.hard else "no",
+            line.diagnostic[:70],
+        ]
+        for r in rows
+        for line in (r.lines or [])
+    ]
     click.echo(_table(table, ["ID", "ACCOUNT", "FROM JOB/RULE", "RECIPIENT", "STATUS", "SUPPRESSED", "DIAGNOSTIC"]))
 
 
@@ -680,9 +747,22 @@ def suppressions(ctx: click.Context, args: tuple[str, ...], only: str | None) ->
     if not listed:
         click.echo("no suppressed addresses")
         return
-    click.echo(_table([[s.account, s.address, s.status or "-", _fmt_time(s.created_at),
-                        str(s.outbox_id or "-"), s.diagnostic[:60]] for s in listed],
-                      ["ACCOUNT", "ADDRESS", "STATUS", "SINCE", "OUTBOX ID", "DIAGNOSTIC"]))
+    click.echo(
+        _table(
+            [
+                [
+                    s.account,
+                    s.address,
+                    s.status or "-",
+                    _fmt_time(s.created_at),
+                    str(s.outbox_id or "-"),
+                    s.diagnostic[:60],
+                ]
+                for s in listed
+            ],
+            ["ACCOUNT", "ADDRESS", "STATUS", "SINCE", "OUTBOX ID", "DIAGNOSTIC"],
+        )
+    )
     click.echo("take one off with: postroom suppressions remove ADDR")
 
 
@@ -748,8 +828,13 @@ def _token_vault(settings: Settings) -> TokenVault:
 @auth.command("login")
 @click.argument("account")
 @click.option("--browser", is_flag=True, help="Google: also open the sign-in URL in a browser on this machine.")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default="any free port",
-              help="Google: the port on 127.0.0.1 the browser is sent back to (to forward it over SSH).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default="any free port",
+    help="Google: the port on 127.0.0.1 the browser is sent back to (to forward it over SSH).",
+)
 @config_option
 @click.pass_context
 def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> None:
@@ -770,23 +855,30 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
     except PostroomError as exc:
         raise Failed(str(exc)) from None
     if oauth2.grant is Grant.CLIENT_CREDENTIALS:
-        click.echo(f"{account} uses grant client_credentials: postroom gets its tokens with the app's own client "
-                   "secret, so there is nothing to sign in to. `postroom check` gets a token and logs in.")
+        click.echo(
+            f"{account} uses grant client_credentials: postroom gets its tokens with the app's own client "
+            "secret, so there is nothing to sign in to. `postroom check` gets a token and logs in."
+        )
         return
     if oauth2.refresh_token is not None:
-        raise Failed(f"{account}'s config gives its refresh token (oauth2.refresh_token), so a signed-in one would "
-                     "not be used: drop that key to sign in here, or put the new refresh token there")
+        raise Failed(
+            f"{account}'s config gives its refresh token (oauth2.refresh_token), so a signed-in one would "
+            "not be used: drop that key to sign in here, or put the new refresh token there"
+        )
     vault = _token_vault(settings(ctx))  # before the person signs in: a missing key must not waste that
     store = open_store(settings(ctx))
     try:
-        signed = asyncio.run(sign_in(account, cfg.accounts[account], store.tokens, vault, _Terminal(browser),
-                                     port=port))
+        signed = asyncio.run(
+            sign_in(account, cfg.accounts[account], store.tokens, vault, _Terminal(browser), port=port)
+        )
     except PostroomError as exc:
         raise Failed(str(exc)) from None
     finally:
         store.close()
-    click.echo(f"{account}: signed in; the refresh token is stored encrypted, and a refresh with it worked "
-               f"(access token good until {_fmt_time(signed.expires_at)}).")
+    click.echo(
+        f"{account}: signed in; the refresh token is stored encrypted, and a refresh with it worked "
+        f"(access token good until {_fmt_time(signed.expires_at)})."
+    )
     click.echo(RELOAD_HINT)
 
 
@@ -810,9 +902,23 @@ def auth_status(ctx: click.Context) -> None:
     if not states:
         click.echo("no OAuth2 accounts configured")
         return
-    click.echo(_table([[s.account, s.provider, s.grant, s.refresh_token, _fmt_time(s.expires_at),
-                        _fmt_time(s.refreshed_at), s.last_error or "-"] for s in states],
-                      ["ACCOUNT", "PROVIDER", "GRANT", "REFRESH TOKEN", "TOKEN EXPIRES", "LAST REFRESH", "LAST ERROR"]))
+    click.echo(
+        _table(
+            [
+                [
+                    s.account,
+                    s.provider,
+                    s.grant,
+                    s.refresh_token,
+                    _fmt_time(s.expires_at),
+                    _fmt_time(s.refreshed_at),
+                    s.last_error or "-",
+                ]
+                for s in states
+            ],
+            ["ACCOUNT", "PROVIDER", "GRANT", "REFRESH TOKEN", "TOKEN EXPIRES", "LAST REFRESH", "LAST ERROR"],
+        )
+    )
     for s in states:
         if s.needs_login:
             click.echo(f"sign {s.account} in with: postroom auth login {s.account}")

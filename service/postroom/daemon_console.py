@@ -47,12 +47,17 @@ def console_token(settings: Settings) -> str | None:
         if is_loopback(address[0]):
             log.info("console off: no POSTROOM_CONSOLE_TOKEN")
         else:
-            log.warning("refusing to serve the console on a non-loopback address without a token",
-                        host=address[0], hint="set POSTROOM_CONSOLE_TOKEN")
+            log.warning(
+                "refusing to serve the console on a non-loopback address without a token",
+                host=address[0],
+                hint="set POSTROOM_CONSOLE_TOKEN",
+            )
         return None
     if len(token) < MIN_TOKEN:
-        raise ConfigError(f"POSTROOM_CONSOLE_TOKEN: at least {MIN_TOKEN} characters, please "
-                          "(e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        raise ConfigError(
+            f"POSTROOM_CONSOLE_TOKEN: at least {MIN_TOKEN} characters, please "
+            "(e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
     return token
 
 
@@ -68,8 +73,9 @@ def build_daemon_console(daemon: Daemon, token: str) -> ASGIApp:
     def config_on_disk() -> Config:  # the preview shows the files as saved, before a reload
         return load_config(settings).config
 
-    preview = Starlette(routes=preview_routes(config_on_disk, templates_dir=settings.templates_dir(),
-                                              watch=[settings.config.resolve()]))
+    preview = Starlette(
+        routes=preview_routes(config_on_disk, templates_dir=settings.templates_dir(), watch=[settings.config.resolve()])
+    )
     return build_console(DaemonConsoleView(daemon), token, extra_mounts={"/preview": preview})
 
 
@@ -115,7 +121,8 @@ class DaemonConsoleView:
     async def build_job(self, job: str) -> BuiltRun:
         runner = self.daemon.runner
         return await JobRunner(runner.config, runner.renderer, store=None).build(
-            job, key_prefix="dry-run", now=utcnow())
+            job, key_prefix="dry-run", now=utcnow()
+        )
 
     async def run_job(self, job: str) -> BuiltRun:
         # As `postroom send JOB` does: a manual run, recorded, its rows handed to the sender.

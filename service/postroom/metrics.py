@@ -91,55 +91,97 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        self.build_info = Gauge("postroom_build_info", "Always 1; labels say which build runs.",
-                                ["version"], registry=r)
+        self.build_info = Gauge(
+            "postroom_build_info", "Always 1; labels say which build runs.", ["version"], registry=r
+        )
         self.build_info.labels(build_version or postroom_version()).set(1)
 
-        self.job_runs = Counter("postroom_job_runs_total", "Job fires that finished, by outcome.",
-                                ["job", "status"], registry=r)
-        self.job_duration = Histogram("postroom_job_run_duration_seconds",
-                                      "Time from a fire's start to its last message queued.",
-                                      ["job"], buckets=JOB_BUCKETS, registry=r)
+        self.job_runs = Counter(
+            "postroom_job_runs_total", "Job fires that finished, by outcome.", ["job", "status"], registry=r
+        )
+        self.job_duration = Histogram(
+            "postroom_job_run_duration_seconds",
+            "Time from a fire's start to its last message queued.",
+            ["job"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
         self.jobs = Gauge("postroom_jobs", "Jobs in the loaded configuration.", registry=r)
-        self.job_next_fire = Gauge("postroom_job_next_fire_timestamp_seconds",
-                                   "When each job fires next (absent: never again).", ["job"], registry=r)
+        self.job_next_fire = Gauge(
+            "postroom_job_next_fire_timestamp_seconds",
+            "When each job fires next (absent: never again).",
+            ["job"],
+            registry=r,
+        )
 
-        self.sent = Counter("postroom_messages_sent_total", "Messages the SMTP server accepted.",
-                            ["account"], registry=r)
-        self.failed = Counter("postroom_messages_failed_total",
-                              "Messages moved to the dead letters (permanent failure or retries used up).",
-                              ["account"], registry=r)
-        self.deferred = Counter("postroom_messages_deferred_total",
-                                "Send attempts that failed transiently and will be retried.",
-                                ["account"], registry=r)
-        self.held = Counter("postroom_messages_held_total",
-                            "Messages put off, untried, while their account waits for an OAuth2 sign-in.",
-                            ["account"], registry=r)
+        self.sent = Counter(
+            "postroom_messages_sent_total", "Messages the SMTP server accepted.", ["account"], registry=r
+        )
+        self.failed = Counter(
+            "postroom_messages_failed_total",
+            "Messages moved to the dead letters (permanent failure or retries used up).",
+            ["account"],
+            registry=r,
+        )
+        self.deferred = Counter(
+            "postroom_messages_deferred_total",
+            "Send attempts that failed transiently and will be retried.",
+            ["account"],
+            registry=r,
+        )
+        self.held = Counter(
+            "postroom_messages_held_total",
+            "Messages put off, untried, while their account waits for an OAuth2 sign-in.",
+            ["account"],
+            registry=r,
+        )
         self._outbox = {"sent": self.sent, "dead": self.failed, "deferred": self.deferred, "held": self.held}
-        self.oauth2_refreshes = Counter("postroom_oauth2_refreshes_total",
-                                        "OAuth2 access token refreshes, by result (ok, transient, revoked, refused).",
-                                        ["account", "result"], registry=r)
-        self.oauth2_expiry = Gauge("postroom_oauth2_token_expiry_timestamp_seconds",
-                                   "When each OAuth2 account's current access token expires.",
-                                   ["account"], registry=r)
+        self.oauth2_refreshes = Counter(
+            "postroom_oauth2_refreshes_total",
+            "OAuth2 access token refreshes, by result (ok, transient, revoked, refused).",
+            ["account", "result"],
+            registry=r,
+        )
+        self.oauth2_expiry = Gauge(
+            "postroom_oauth2_token_expiry_timestamp_seconds",
+            "When each OAuth2 account's current access token expires.",
+            ["account"],
+            registry=r,
+        )
 
-        self.inbound_messages = Counter("postroom_inbound_messages_total", "Incoming messages handled, by result.",
-                               ["account", "folder", "result"], registry=r)
-        self.actions_taken = Counter("postroom_actions_total", "Rule actions taken, by kind and result.",
-                               ["kind", "result"], registry=r)
-        self.webhook_deliveries = Counter("postroom_webhook_deliveries_total", "Webhook delivery attempts, by result.",
-                                ["result"], registry=r)
-        self.watcher_success = Gauge("postroom_watcher_last_success_timestamp_seconds",
-                                     "Last time a mailbox watcher completed a check without error.",
-                                     ["account", "folder"], registry=r)
-        self.config_reloads = Counter("postroom_config_reloads_total", "Configuration reloads (SIGHUP), by result.",
-                               ["result"], registry=r)
-        self.bounces = Counter("postroom_bounces_total",
-                               "Bounce reports for our mail consumed, by kind (hard: 5.x.x, soft, other).",
-                               ["account", "kind"], registry=r)
-        self.suppressed_recipients = Counter("postroom_suppressed_recipients_total",
-                                             "Recipients a job left out: on the account's suppression list.",
-                                             ["job", "account"], registry=r)
+        self.inbound_messages = Counter(
+            "postroom_inbound_messages_total",
+            "Incoming messages handled, by result.",
+            ["account", "folder", "result"],
+            registry=r,
+        )
+        self.actions_taken = Counter(
+            "postroom_actions_total", "Rule actions taken, by kind and result.", ["kind", "result"], registry=r
+        )
+        self.webhook_deliveries = Counter(
+            "postroom_webhook_deliveries_total", "Webhook delivery attempts, by result.", ["result"], registry=r
+        )
+        self.watcher_success = Gauge(
+            "postroom_watcher_last_success_timestamp_seconds",
+            "Last time a mailbox watcher completed a check without error.",
+            ["account", "folder"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "postroom_config_reloads_total", "Configuration reloads (SIGHUP), by result.", ["result"], registry=r
+        )
+        self.bounces = Counter(
+            "postroom_bounces_total",
+            "Bounce reports for our mail consumed, by kind (hard: 5.x.x, soft, other).",
+            ["account", "kind"],
+            registry=r,
+        )
+        self.suppressed_recipients = Counter(
+            "postroom_suppressed_recipients_total",
+            "Recipients a job left out: on the account's suppression list.",
+            ["job", "account"],
+            registry=r,
+        )
 
     # -- what the daemon calls -------------------------------------------------------------
 

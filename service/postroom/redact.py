@@ -28,8 +28,7 @@ def shown_url(url: str) -> str:
         shown = shown.replace(parts.netloc, f"{userinfo.partition(':')[0]}:{MASK}@{host}", 1)
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     if any(_SECRET_PARAM.search(name) for name, _ in pairs):
-        masked = urlencode([(name, MASK if _SECRET_PARAM.search(name) else value) for name, value in pairs],
-                           safe="*")
+        masked = urlencode([(name, MASK if _SECRET_PARAM.search(name) else value) for name, value in pairs], safe="*")
         shown = shown.replace(f"?{parts.query}", f"?{masked}", 1)
     # Edited in place, not re-joined: urlunsplit would turn sqlite:////abs into sqlite://abs.
     return shown

@@ -56,9 +56,12 @@ __all__ = ["FireCallback", "JobOverview", "Scheduler", "jobs_overview"]
 class _FireExecutor(BaseExecutor):
     """Runs a due job as `on_due(job_id, run_times, grace)` on the scheduler's event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 on_due: Callable[[str, list[datetime], timedelta], Coroutine[Any, Any, None]],
-                 track: Callable[[asyncio.Task[None]], None]):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_due: Callable[[str, list[datetime], timedelta], Coroutine[Any, Any, None]],
+        track: Callable[[asyncio.Task[None]], None],
+    ):
         super().__init__()
         self._loop = loop
         self._on_due = on_due
@@ -80,8 +83,15 @@ class _FireExecutor(BaseExecutor):
 
 
 class Scheduler:
-    def __init__(self, config: Config, runs: RunStore, on_fire: FireCallback, *,
-                 clock: Callable[[], datetime] = utcnow, shutdown_timeout: float = 30.0):
+    def __init__(
+        self,
+        config: Config,
+        runs: RunStore,
+        on_fire: FireCallback,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        shutdown_timeout: float = 30.0,
+    ):
         self._config = config
         self._runs = runs
         self._on_fire = on_fire
@@ -102,8 +112,11 @@ class Scheduler:
             timezone=ZoneInfo(self._config.timezone),
             jobstores={"default": MemoryJobStore()},
             executors={"default": _FireExecutor(loop, self._due, self._track)},
-            job_defaults={"coalesce": True, "max_instances": 1,
-                          "misfire_grace_time": int(timedelta(hours=1).total_seconds())},
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": int(timedelta(hours=1).total_seconds()),
+            },
         )
         started = self._clock()
         for job_id, job in self._enabled_jobs(self._config).items():
@@ -150,8 +163,11 @@ class Scheduler:
         for job_id, job in wanted.items():
             if job_id not in self._scheduled:
                 self._schedule(job_id, job, make_trigger(job.schedule, config.timezone), after=now)
-        log.info("scheduler reloaded", jobs=sorted(self._scheduled),
-                 removed=sorted(set(self._enabled_jobs(old)) - set(wanted)))
+        log.info(
+            "scheduler reloaded",
+            jobs=sorted(self._scheduled),
+            removed=sorted(set(self._enabled_jobs(old)) - set(wanted)),
+        )
 
     async def store_back(self) -> None:
         """The store answers again after an outage: fires waiting for it are tried now, and
@@ -208,9 +224,15 @@ class Scheduler:
         if first is None:
             return  # a one-off `at` in the past: nothing to schedule
         self._aps.add_job(
-            _never_called, trigger=trigger, id=job_id, name=job_id, next_run_time=first,
+            _never_called,
+            trigger=trigger,
+            id=job_id,
+            name=job_id,
+            next_run_time=first,
             misfire_grace_time=max(int(job.misfire_grace.total_seconds()), 1),
-            coalesce=True, max_instances=1, replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            replace_existing=True,
         )
 
     def _unschedule(self, job_id: str) -> None:
@@ -222,8 +244,9 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _catch_up(self, job_id: str, job: JobConfig, trigger: BaseTrigger, started: datetime, *,
-                        store_was_away: bool = False) -> None:
+    async def _catch_up(
+        self, job_id: str, job: JobConfig, trigger: BaseTrigger, started: datetime, *, store_was_away: bool = False
+    ) -> None:
         last = await store_call(self._runs.last_fire, job_id)
         plan = plan_catch_up(trigger, last_fire=last, started=started, now=started, grace=job.misfire_grace)
         plan = without(plan, {fire for waiting, fire in self._retries if waiting == job_id})
@@ -233,10 +256,13 @@ class Scheduler:
         why = "the store was unavailable" if store_was_away else "postroom was down"
         await self._record_skips(job_id, plan, now=started, reason=f"missed while {why}")
         for fire in runs:
-            log.info("missed run caught up", job=job_id, fire_time=_utc(fire).isoformat(),
-                     late_s=round((_utc(started) - _utc(fire)).total_seconds()))
-            self._track(asyncio.get_running_loop().create_task(
-                self._fire(job_id, fire, "catch-up", job.misfire_grace)))
+            log.info(
+                "missed run caught up",
+                job=job_id,
+                fire_time=_utc(fire).isoformat(),
+                late_s=round((_utc(started) - _utc(fire)).total_seconds()),
+            )
+            self._track(asyncio.get_running_loop().create_task(self._fire(job_id, fire, "catch-up", job.misfire_grace)))
 
     async def _due(self, job_id: str, run_times: list[datetime], grace: timedelta) -> None:
         """A live fire (run_times: one, or several APScheduler coalesced)."""
@@ -268,8 +294,13 @@ class Scheduler:
         except asyncio.CancelledError:
             raise
         except StoreUnavailable as exc:
-            log.warning("job fire waits for the store", job=job_id, fire_time=fire_time.isoformat(),
-                        trigger=trigger, error=str(exc))
+            log.warning(
+                "job fire waits for the store",
+                job=job_id,
+                fire_time=fire_time.isoformat(),
+                trigger=trigger,
+                error=str(exc),
+            )
             return False
         except Exception:
             log.exception("job fire failed", job=job_id, fire_time=fire_time.isoformat(), trigger=trigger)
@@ -284,14 +315,25 @@ class Scheduler:
             if await self._attempt(job_id, fire_time, RETRY):
                 return
             attempt += 1
-        log.error("job fire not run: the store was unavailable for all of its misfire grace", job=job_id,
-                  fire_time=fire_time.isoformat(), grace_s=grace.total_seconds())
+        log.error(
+            "job fire not run: the store was unavailable for all of its misfire grace",
+            job=job_id,
+            fire_time=fire_time.isoformat(),
+            grace_s=grace.total_seconds(),
+        )
 
     async def _record_skips(self, job_id: str, plan: CatchUp, *, now: datetime, reason: str) -> None:
         skipped = plan.skipped
         if len(skipped) > MAX_RECORDED_SKIPS or plan.truncated:
-            log.warning("missed runs skipped", job=job_id, count=len(skipped), more=plan.truncated,
-                        first=_utc(skipped[0]).isoformat(), last=_utc(skipped[-1]).isoformat(), reason=reason)
+            log.warning(
+                "missed runs skipped",
+                job=job_id,
+                count=len(skipped),
+                more=plan.truncated,
+                first=_utc(skipped[0]).isoformat(),
+                last=_utc(skipped[-1]).isoformat(),
+                reason=reason,
+            )
             skipped = skipped[-MAX_RECORDED_SKIPS:]
             quiet = True
         else:
@@ -301,8 +343,13 @@ class Scheduler:
         for fire in skipped:
             recorded = await store_call(self._runs.record_skip, job_id, _utc(fire), now=now, detail=reason)
             if recorded and not quiet:
-                log.warning("missed run skipped", job=job_id, fire_time=_utc(fire).isoformat(),
-                            late_s=round((_utc(now) - _utc(fire)).total_seconds()), reason=reason)
+                log.warning(
+                    "missed run skipped",
+                    job=job_id,
+                    fire_time=_utc(fire).isoformat(),
+                    late_s=round((_utc(now) - _utc(fire)).total_seconds()),
+                    reason=reason,
+                )
 
 
 def _never_called() -> None:

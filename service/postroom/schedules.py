@@ -127,8 +127,7 @@ def next_fire(trigger: BaseTrigger, after: datetime, now: datetime) -> datetime 
     return fire
 
 
-def fires_between(trigger: BaseTrigger, start: datetime, end: datetime, *,
-                  limit: int | None = None) -> list[datetime]:
+def fires_between(trigger: BaseTrigger, start: datetime, end: datetime, *, limit: int | None = None) -> list[datetime]:
     """Fires f with start < f <= end, oldest first (at most `limit` of them)."""
     fires: list[datetime] = []
     cursor = start
@@ -148,8 +147,9 @@ class CatchUp:
     truncated: bool = False  # more fires were missed beyond grace than are listed
 
 
-def plan_catch_up(trigger: BaseTrigger, *, last_fire: datetime | None, started: datetime,
-                  now: datetime, grace: timedelta) -> CatchUp:
+def plan_catch_up(
+    trigger: BaseTrigger, *, last_fire: datetime | None, started: datetime, now: datetime, grace: timedelta
+) -> CatchUp:
     """What to do at start about fires missed while no process was running.
 
     Missed means: after the job's last recorded fire (any replica's) and at or before
@@ -163,8 +163,11 @@ def plan_catch_up(trigger: BaseTrigger, *, last_fire: datetime | None, started: 
             return triage([trigger.run_date], now=now, grace=grace)
         return CatchUp(run=None, skipped=[])
     cutoff = _utc(now) - grace  # a fire at or after the cutoff is within grace
-    late = [f for f in fires_between(trigger, last_fire, min(_utc(started), cutoff), limit=MAX_LISTED_MISSES)
-            if _utc(f) < cutoff]
+    late = [
+        f
+        for f in fires_between(trigger, last_fire, min(_utc(started), cutoff), limit=MAX_LISTED_MISSES)
+        if _utc(f) < cutoff
+    ]
     truncated = len(late) == MAX_LISTED_MISSES
     in_grace = fires_between(trigger, max(_utc(last_fire), cutoff - _TICK), started)
     return triage(late + in_grace, now=now, grace=grace, truncated=truncated)
@@ -226,10 +229,15 @@ def jobs_overview(config: Config, *, now: datetime) -> list[JobOverview]:
     for name, job in config.jobs.items():
         zone = config.job_timezone(job)
         fire = next_fire(make_trigger(job.schedule, config.timezone), now, now) if job.enabled else None
-        rows.append(JobOverview(
-            name=name, schedule=schedule_text(job), timezone=zone, enabled=job.enabled,
-            next_fire=fire.astimezone(ZoneInfo(zone)) if fire else None,
-        ))
+        rows.append(
+            JobOverview(
+                name=name,
+                schedule=schedule_text(job),
+                timezone=zone,
+                enabled=job.enabled,
+                next_fire=fire.astimezone(ZoneInfo(zone)) if fire else None,
+            )
+        )
     return rows
 
 

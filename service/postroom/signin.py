@@ -73,8 +73,9 @@ def oauth2_of(name: str, config: Config) -> OAuth2Config:
 def oauth2_client(name: str, account: AccountConfig, oauth2: OAuth2Config) -> tuple[OAuth2Client, Endpoints]:
     """What the token endpoint hears from ACCOUNT, and the provider's URLs for it. One token
     serves every server the account logs in to with a token (or, with none yet, all of them)."""
-    urls = endpoints(PROVIDERS[oauth2.provider], tenant=oauth2.tenant, token_url=oauth2.token_url,
-                     authority=oauth2.authority)
+    urls = endpoints(
+        PROVIDERS[oauth2.provider], tenant=oauth2.tenant, token_url=oauth2.token_url, authority=oauth2.authority
+    )
     return accounts.oauth2_client(name, account, oauth2), urls
 
 
@@ -125,15 +126,22 @@ async def _loopback(sign_in: SignIn) -> str:
         person.open_in_browser(url)
 
     with map_errors(_LISTENER_ERRORS, f"{client.account}: the sign-in listener on 127.0.0.1:{sign_in.port}: "):
-        reply = await loopback_login(sign_in.http, client, sign_in.urls.authorize_url, open_browser=show,
-                                     extra=sign_in.provider.authorize_params, port=sign_in.port)
+        reply = await loopback_login(
+            sign_in.http,
+            client,
+            sign_in.urls.authorize_url,
+            open_browser=show,
+            extra=sign_in.provider.authorize_params,
+            port=sign_in.port,
+        )
     return signed_in_refresh_token(client, reply)
 
 
 async def _pasted(sign_in: SignIn) -> str:
     account = sign_in.client.account
-    sign_in.person.tell(f"{account}: paste the refresh token your OAuth2 server issued for this mailbox "
-                        "(it is not shown), then Enter")
+    sign_in.person.tell(
+        f"{account}: paste the refresh token your OAuth2 server issued for this mailbox (it is not shown), then Enter"
+    )
     token = (await asyncio.to_thread(sign_in.person.paste_secret, "refresh token")).strip()
     if not token:
         raise PostroomError(f"{account}: no refresh token given; nothing stored")
@@ -154,8 +162,14 @@ class SignedIn:
 
 
 async def sign_in(
-    name: str, account: AccountConfig, store: OAuth2TokenStore, vault: TokenVault, person: Person, *,
-    port: int = 0, http: httpx.AsyncClient | None = None,
+    name: str,
+    account: AccountConfig,
+    store: OAuth2TokenStore,
+    vault: TokenVault,
+    person: Person,
+    *,
+    port: int = 0,
+    http: httpx.AsyncClient | None = None,
 ) -> SignedIn:
     """Sign ACCOUNT in (its provider's way), store the refresh token sealed, prove it with one
     refresh and record that in the store. The account must have a refresh_token grant and no
@@ -208,11 +222,18 @@ def token_states(config: Config, stored: Mapping[str, StoredGrant]) -> list[Toke
             continue
         grant = stored.get(name)
         source, needs_login = _refresh_token_source(oauth2, grant)
-        states.append(TokenState(
-            account=name, provider=oauth2.provider.value, grant=oauth2.grant.value, refresh_token=source,
-            expires_at=grant.expires_at if grant else None, refreshed_at=grant.refreshed_at if grant else None,
-            last_error=grant.last_error if grant else None, needs_login=needs_login,
-        ))
+        states.append(
+            TokenState(
+                account=name,
+                provider=oauth2.provider.value,
+                grant=oauth2.grant.value,
+                refresh_token=source,
+                expires_at=grant.expires_at if grant else None,
+                refreshed_at=grant.refreshed_at if grant else None,
+                last_error=grant.last_error if grant else None,
+                needs_login=needs_login,
+            )
+        )
     return states
 
 

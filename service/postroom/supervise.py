@@ -32,9 +32,15 @@ class TaskHealth:
     down: dict[str, str] = field(default_factory=dict)
 
 
-async def supervised(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event, *,
-                     health: TaskHealth | None = None, base: timedelta = RESTART_BASE,
-                     cap: timedelta = RESTART_CAP) -> None:
+async def supervised(
+    name: str,
+    run: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    *,
+    health: TaskHealth | None = None,
+    base: timedelta = RESTART_BASE,
+    cap: timedelta = RESTART_CAP,
+) -> None:
     """Run ``run()`` until it returns or ``stop`` is set; restart it whenever it raises.
     A run that lasted longer than ``cap`` starts the backoff over (it had recovered)."""
     health = health if health is not None else TaskHealth()
@@ -48,7 +54,6 @@ async def supervised(name: str, run: Callable[[], Awaitable[None]], stop: asynci
             failures = 1 if time.monotonic() - started > cap.total_seconds() else failures + 1
             delay = doubling_delay(failures, base=base, cap=cap).total_seconds()
             health.down[name] = f"died ({type(exc).__name__}: {exc}); restarting in {delay:g} s"
-            log.exception("background task died; restarting", task=name, failures=failures,
-                          restart_in=delay)
+            log.exception("background task died; restarting", task=name, failures=failures, restart_in=delay)
         await sleep_or_stop(stop, delay)
         health.down.pop(name, None)

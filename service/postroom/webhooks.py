@@ -75,6 +75,7 @@ LEASE = timedelta(seconds=20)
 
 # -- signing -------------------------------------------------------------------------------
 
+
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}." + body>``. ``secret`` is ``whsec_<base64>``
     (ValueError otherwise)."""
@@ -83,8 +84,9 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes, *, now: datetime | None = None,
-           tolerance: timedelta = TOLERANCE) -> None:
+def verify(
+    secret: str, headers: dict[str, str], body: bytes, *, now: datetime | None = None, tolerance: timedelta = TOLERANCE
+) -> None:
     """Check a received webhook's signature (any of the space-separated ones) and timestamp.
     Raises WebhookVerifyError (``postroom.errors``); returns None when it is genuine."""
     lower = {k.lower(): v for k, v in headers.items()}
@@ -109,6 +111,7 @@ def webhook_id_for(action_key: str) -> str:
 
 
 # -- queue ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class WebhookRequest:
@@ -147,10 +150,18 @@ class WebhookQueue:
     """Durable webhook deliveries. ``spec_lookup(rule, index)`` is ``RuleSet.action_config``:
     the secret and timeout are read from the config at send time, never stored."""
 
-    def __init__(self, ledger: LedgerStore, *, spec_lookup: SpecLookup,
-                 clock: Callable[[], datetime] = utcnow, policy: RetryPolicy = RetryPolicy(),
-                 batch_size: int = 20, transport: httpx.AsyncBaseTransport | None = None,
-                 on_result: Callable[[str], None] = lambda result: None, lease: timedelta = LEASE):
+    def __init__(
+        self,
+        ledger: LedgerStore,
+        *,
+        spec_lookup: SpecLookup,
+        clock: Callable[[], datetime] = utcnow,
+        policy: RetryPolicy = RetryPolicy(),
+        batch_size: int = 20,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_result: Callable[[str], None] = lambda result: None,
+        lease: timedelta = LEASE,
+    ):
         self.on_result = on_result  # delivered | retry | dead — metrics
         self.lease = lease
         self._inflight: set[str] = set()  # webhook ids being delivered now (leases to renew)
@@ -182,8 +193,15 @@ class WebhookQueue:
         for request in requests:
             webhook_id = webhook_id_for(request.action_key)
             payload = {"type": EVENT_TYPE, "timestamp": now.isoformat(), **request.payload}
-            rows.append(dict(webhook_id=webhook_id, action_key=request.action_key, rule=request.rule,
-                             url=request.url, payload=json.dumps(payload, sort_keys=True).encode()))
+            rows.append(
+                dict(
+                    webhook_id=webhook_id,
+                    action_key=request.action_key,
+                    rule=request.rule,
+                    url=request.url,
+                    payload=json.dumps(payload, sort_keys=True).encode(),
+                )
+            )
         return self.ledger.enqueue_webhooks(rows, now=now)
 
     def wake(self) -> None:
@@ -207,9 +225,7 @@ class WebhookQueue:
             if not self._inflight:
                 continue
             try:
-                await store_call(
-                    self.ledger.renew_webhooks, set(self._inflight), now=self.clock(), lease=self.lease
-                )
+                await store_call(self.ledger.renew_webhooks, set(self._inflight), now=self.clock(), lease=self.lease)
             except Exception as exc:  # the store is down: the leases may run out, rows go again
                 log.warning("could not renew the webhook leases", error=repr(exc))
 
@@ -222,14 +238,14 @@ class WebhookQueue:
                 if await self._start_lanes(client, lanes):
                     continue
                 # a busy receiver's waiting rows are due, but only its own lane's end frees them
-                due = await store_call(self.ledger.next_webhook_due,
-                                       skip_urls=[url for url, lane in lanes.items() if not lane.done()])
+                due = await store_call(
+                    self.ledger.next_webhook_due, skip_urls=[url for url, lane in lanes.items() if not lane.done()]
+                )
                 wait = idle if due is None else max(0.05, min(idle, (due - self.clock()).total_seconds()))
                 self._wake.clear()
                 waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
                 try:
-                    await asyncio.wait([*waiters, *lanes.values()], timeout=wait,
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait([*waiters, *lanes.values()], timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for waiter in waiters:
                         waiter.cancel()
@@ -252,8 +268,9 @@ class WebhookQueue:
 
     async def _claim(self, skip_urls: Collection[str] = ()) -> dict[str, list[WebhookDelivery]]:
         """Due rows by receiver, at most PER_RECEIVER each: the rest go back at once, due."""
-        claimed = await store_call(self.ledger.claim_webhooks, now=self.clock(), limit=self.batch_size,
-                                   lease=self.lease, skip_urls=skip_urls)
+        claimed = await store_call(
+            self.ledger.claim_webhooks, now=self.clock(), limit=self.batch_size, lease=self.lease, skip_urls=skip_urls
+        )
         groups: dict[str, list[WebhookDelivery]] = {}
         extra: list[WebhookDelivery] = []
         for delivery in claimed:
@@ -281,8 +298,9 @@ class WebhookQueue:
         return len(claimed)
 
     async def _deliver(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> None:
-        logger = log.bind(webhook_id=delivery.webhook_id, rule=delivery.rule, url=delivery.url,
-                          attempt=delivery.attempts + 1)
+        logger = log.bind(
+            webhook_id=delivery.webhook_id, rule=delivery.rule, url=delivery.url, attempt=delivery.attempts + 1
+        )
         self._inflight.add(delivery.webhook_id)
         try:
             status = await self._post(client, delivery)
@@ -313,17 +331,23 @@ class WebhookQueue:
         if spec is None:
             raise PermanentError("the rule's webhook action is no longer configured")
         timestamp = int(self.clock().timestamp())
-        headers = {"webhook-id": delivery.webhook_id, "webhook-timestamp": str(timestamp),
-                   "content-type": "application/json", "user-agent": "postroom"}
+        headers = {
+            "webhook-id": delivery.webhook_id,
+            "webhook-timestamp": str(timestamp),
+            "content-type": "application/json",
+            "user-agent": "postroom",
+        }
         if spec.secret is not None:
-            headers["webhook-signature"] = sign(spec.secret.get_secret_value(), delivery.webhook_id,
-                                                timestamp, delivery.payload)
+            headers["webhook-signature"] = sign(
+                spec.secret.get_secret_value(), delivery.webhook_id, timestamp, delivery.payload
+            )
         # httpx's timeout is per read: a receiver dripping a byte a second would never end it.
         try:
             async with asyncio.timeout(spec.timeout):
                 with map_errors(_HTTP_ERRORS, f"POST {delivery.url}: "):
-                    response = await client.post(delivery.url, content=delivery.payload, headers=headers,
-                                                 timeout=spec.timeout)
+                    response = await client.post(
+                        delivery.url, content=delivery.payload, headers=headers, timeout=spec.timeout
+                    )
         except TimeoutError:
             raise ServerTimeout(f"POST {delivery.url}: no complete answer within {spec.timeout:g} s") from None
         code = response.status_code

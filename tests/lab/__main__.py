@@ -75,8 +75,11 @@ def show(root: Path, users: list[str], folder: str, flags: bool) -> int:
         print(f"{user}@{folder}: {len(uids)} message(s)")
         for uid in uids:
             msg = email.message_from_bytes(fetched[uid][b"BODY[]"], policy=email.policy.default)
-            parts = [p.get_content_type() + (f" ({p.get_filename()})" if p.get_filename() else "")
-                     for p in msg.walk() if not p.is_multipart()]
+            parts = [
+                p.get_content_type() + (f" ({p.get_filename()})" if p.get_filename() else "")
+                for p in msg.walk()
+                if not p.is_multipart()
+            ]
             mark = " ".join(f.decode() for f in fetched[uid][b"FLAGS"]) if flags else ""
             print(f"  - {msg['Subject']!s}")
             print(f"      from {msg['From']!s} to {msg['To']!s}" + (f"  flags: {mark}" if mark else ""))

@@ -47,9 +47,7 @@ SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; leave room for the socket nam
 class MailLab:
     """One lab instance. Use as a context manager, or start()/stop() it yourself."""
 
-    def __init__(
-        self, root: Path, ports: LabPorts | None = None, users: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, root: Path, ports: LabPorts | None = None, users: dict[str, str] | None = None) -> None:
         self.root = Path(root).absolute()
         self.ports = ports or LabPorts()
         self.users = dict(DEFAULT_USERS if users is None else users)
@@ -77,9 +75,7 @@ class MailLab:
         self._certs = ensure_certificates(self.root / "tls")
         cert, key = self._certs.cert_file, self._certs.key_file
         layout.dovecot_conf.write_text(config.dovecot_conf(layout, self.ports, cert, key, self.dovecot_auth()))
-        (layout.postfix_etc / "main.cf").write_text(
-            config.postfix_main_cf(layout, self.ports, cert, key)
-        )
+        (layout.postfix_etc / "main.cf").write_text(config.postfix_main_cf(layout, self.ports, cert, key))
         (layout.postfix_etc / "master.cf").write_text(config.postfix_master_cf(self.ports))
         self._write_user_files()
         (self.root / "lab.json").write_text(
@@ -180,11 +176,13 @@ class MailLab:
             raise LabError(f"dovecot failed to start ({result.returncode}); log tail:\n{log_tail(log)}")
         context = self.ssl_context()
         ready = wait_until(
-            lambda: read_greeting(ports.imap, b"* OK")
-            and read_greeting(ports.pop3, b"+OK")
-            and read_greeting(ports.lmtp, b"220")
-            and read_greeting(ports.imaps, b"* OK", context)
-            and read_greeting(ports.pop3s, b"+OK", context),
+            lambda: (
+                read_greeting(ports.imap, b"* OK")
+                and read_greeting(ports.pop3, b"+OK")
+                and read_greeting(ports.lmtp, b"220")
+                and read_greeting(ports.imaps, b"* OK", context)
+                and read_greeting(ports.pop3s, b"+OK", context)
+            ),
             self.dovecot_running,
             START_TIMEOUT,
         )
@@ -211,9 +209,7 @@ class MailLab:
         if result.returncode != 0:
             output = log_tail(self.layout.log_dir / "postfix-command.out")
             raise LabError(f"postfix failed to start ({result.returncode}): {output}\n{log_tail(log)}")
-        if not wait_until(
-            lambda: read_greeting(self.ports.smtp, b"220"), self.postfix_running, START_TIMEOUT
-        ):
+        if not wait_until(lambda: read_greeting(self.ports.smtp, b"220"), self.postfix_running, START_TIMEOUT):
             self.stop_postfix()
             raise LabError(f"postfix did not greet on port {self.ports.smtp}; log tail:\n{log_tail(log)}")
         self._write_pids()
@@ -289,9 +285,7 @@ class MailLab:
         with self.imap_client(user) as client:
             return _fetch_folder(client, folder)
 
-    def wait_for_messages(
-        self, user: str, count: int, folder: str = "INBOX", timeout: float = 10.0
-    ) -> list[bytes]:
+    def wait_for_messages(self, user: str, count: int, folder: str = "INBOX", timeout: float = 10.0) -> list[bytes]:
         """Poll until folder holds at least count messages; return them all."""
         deadline = time.monotonic() + timeout
         with self.imap_client(user) as client:
@@ -344,13 +338,10 @@ class MailLab:
         delivery that failed while Dovecot restarted suspends LMTP for minutes, and the mail of
         the tests after it would wait in the queue."""
         if self.postfix_running():
-            subprocess.run(["postqueue", "-c", str(self.layout.postfix_etc), "-f"],
-                           check=False, capture_output=True)
+            subprocess.run(["postqueue", "-c", str(self.layout.postfix_etc), "-f"], check=False, capture_output=True)
 
     def doveadm(self, *args: str) -> str:
-        result = subprocess.run(
-            ["doveadm", "-c", str(self.layout.dovecot_conf), *args], capture_output=True, text=True
-        )
+        result = subprocess.run(["doveadm", "-c", str(self.layout.dovecot_conf), *args], capture_output=True, text=True)
         if result.returncode != 0:
             raise LabError(f"doveadm {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result.stdout

@@ -49,7 +49,10 @@ class OAuth2Lab(MailLab):
     The token server runs in this process, so tests reach its state as ``lab.authority``."""
 
     def __init__(
-        self, root: Path, ports: LabPorts | None = None, users: dict[str, str] | None = None,
+        self,
+        root: Path,
+        ports: LabPorts | None = None,
+        users: dict[str, str] | None = None,
         authority: TokenAuthority | None = None,
     ) -> None:
         super().__init__(root, ports, users)

@@ -54,14 +54,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from tests.lab.config import DOMAIN
 
 LAB_SCOPE = "mail"  # what Dovecot's oauth2 passdb requires (`scope = mail`)
-MAIL_SCOPES = frozenset({
-    LAB_SCOPE,
-    "https://mail.google.com/",
-    "https://outlook.office.com/IMAP.AccessAsUser.All",
-    "https://outlook.office.com/POP.AccessAsUser.All",
-    "https://outlook.office.com/SMTP.Send",
-    "https://outlook.office365.com/.default",
-})
+MAIL_SCOPES = frozenset(
+    {
+        LAB_SCOPE,
+        "https://mail.google.com/",
+        "https://outlook.office.com/IMAP.AccessAsUser.All",
+        "https://outlook.office.com/POP.AccessAsUser.All",
+        "https://outlook.office.com/SMTP.Send",
+        "https://outlook.office365.com/.default",
+    }
+)
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 MICROSOFT_PATH = re.compile(r"^/(?P<tenant>[^/]+)/oauth2/v2\.0/(?P<leg>token|devicecode)$")
 GOOGLE_AUTHORIZE_PATH = "/o/oauth2/v2/auth"
@@ -211,8 +213,9 @@ class TokenAuthority:
 
     # -- rules ---------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, query: dict[str, str], form: dict[str, str],
-               basic_auth: tuple[str, str] | None) -> Reply:
+    def handle(
+        self, method: str, path: str, query: dict[str, str], form: dict[str, str], basic_auth: tuple[str, str] | None
+    ) -> Reply:
         with self._lock:
             self.requests.append(RecordedRequest(method, path, dict(form), basic_auth))
             try:
@@ -221,8 +224,9 @@ class TokenAuthority:
                 self.counters[f"error.{refusal.error}"] += 1
                 return refusal.reply()
 
-    def _route(self, method: str, path: str, query: dict[str, str], form: dict[str, str],
-               basic_auth: tuple[str, str] | None) -> Reply:
+    def _route(
+        self, method: str, path: str, query: dict[str, str], form: dict[str, str], basic_auth: tuple[str, str] | None
+    ) -> Reply:
         microsoft = MICROSOFT_PATH.match(path)
         if method == "POST" and path == "/token":
             return self._token(form, basic_auth, rotate=self.rotate)
@@ -292,7 +296,9 @@ class TokenAuthority:
     def _tokens(self, grant: Grant, lifetime: float | None, refresh: str | None = None) -> Reply:
         access = self._new_access(grant, lifetime)
         body: dict[str, Any] = {
-            "access_token": access, "token_type": "Bearer", "scope": grant.scope,
+            "access_token": access,
+            "token_type": "Bearer",
+            "scope": grant.scope,
             "expires_in": int(self._access[access].expires_at - time.time() + 0.5),
         }
         if refresh is not None:
@@ -306,11 +312,17 @@ class TokenAuthority:
         self._devices[device_code] = PendingDevice(
             client.client_id, form.get("scope", LAB_SCOPE), user_code, time.time() + 900
         )
-        return Reply(200, {
-            "device_code": device_code, "user_code": user_code, "verification_uri": f"{self.base_url}/lab/device",
-            "expires_in": 900, "interval": 1,
-            "message": f"To sign in, open {self.base_url}/lab/device and enter the code {user_code}.",
-        })
+        return Reply(
+            200,
+            {
+                "device_code": device_code,
+                "user_code": user_code,
+                "verification_uri": f"{self.base_url}/lab/device",
+                "expires_in": 900,
+                "interval": 1,
+                "message": f"To sign in, open {self.base_url}/lab/device and enter the code {user_code}.",
+            },
+        )
 
     def _device_poll(self, form: dict[str, str], client: LabClient, lifetime: float | None) -> Reply:
         pending = self._devices.get(form.get("device_code", ""))
@@ -342,8 +354,12 @@ class TokenAuthority:
             raise OAuthRefusal("invalid_request", "only S256 code challenges")
         code = secrets.token_urlsafe(24)
         self._codes[code] = PendingCode(
-            query["client_id"], self.signed_in_user, query.get("scope", LAB_SCOPE), redirect_uri,
-            query.get("code_challenge"), query.get("access_type") == "offline",
+            query["client_id"],
+            self.signed_in_user,
+            query.get("scope", LAB_SCOPE),
+            redirect_uri,
+            query.get("code_challenge"),
+            query.get("access_type") == "offline",
         )
         params = {"code": code, "scope": self._codes[code].scope}
         if "state" in query:
@@ -363,18 +379,24 @@ class TokenAuthority:
 
     def _introspect(self, form: dict[str, str]) -> Reply:
         entry = self._access.get(form.get("token", ""))
-        live = (entry is not None and entry.expires_at > time.time()
-                and entry.grant.family not in self._revoked_families)
+        live = entry is not None and entry.expires_at > time.time() and entry.grant.family not in self._revoked_families
         self.counters["introspect.active" if live else "introspect.inactive"] += 1
         if entry is None or not live:
             return Reply(200, {"active": False})  # never a 4xx: Dovecot would call that internal
         scopes = entry.grant.scope.split()
         if MAIL_SCOPES.intersection(scopes) and LAB_SCOPE not in scopes:
             scopes.append(LAB_SCOPE)
-        return Reply(200, {
-            "active": True, "username": f"{entry.grant.user}@{DOMAIN}", "scope": " ".join(scopes),
-            "client_id": entry.grant.client_id, "token_type": "Bearer", "exp": int(entry.expires_at),
-        })
+        return Reply(
+            200,
+            {
+                "active": True,
+                "username": f"{entry.grant.user}@{DOMAIN}",
+                "scope": " ".join(scopes),
+                "client_id": entry.grant.client_id,
+                "token_type": "Bearer",
+                "exp": int(entry.expires_at),
+            },
+        )
 
     def _revoke(self, token: str) -> None:
         grant = self._refresh.get(token)
@@ -531,10 +553,12 @@ class TokenServer:
         self.stop()
 
 
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.lab.token_server", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.lab.token_server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--port", type=int, default=10080, help="on 127.0.0.1 (default 10080)")
     parser.add_argument("--access-lifetime", type=int, default=DEFAULT_LIFETIME, help="seconds")
     args = parser.parse_args(argv)
@@ -543,8 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     server.start()
-    print(f"token server on {server.url} (token {server.token_url}, introspection {server.introspection_url})",
-          flush=True)
+    print(
+        f"token server on {server.url} (token {server.token_url}, introspection {server.introspection_url})", flush=True
+    )
     try:
         stopped.wait()
     except KeyboardInterrupt:

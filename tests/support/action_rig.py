@@ -44,12 +44,21 @@ class RecordingWebhooks:
 
 def make_config(lab: MailLab, rules: list[dict[str, Any]]) -> Config:
     def account(user: str) -> dict[str, Any]:
-        server = {"host": "127.0.0.1", "security": "starttls", "username": f"{user}@example.test",
-                  "password": lab.password(user), "ca_file": str(lab.ca_file)}
-        return {"address": f"{user}@example.test", "name": user.title(),
-                "smtp": {**server, "port": lab.ports.smtp}, "imap": {**server, "port": lab.ports.imap}}
-    return Config.model_validate({"accounts": {"alice": account("alice"), "carol": account("carol")},
-                                  "rules": rules})
+        server = {
+            "host": "127.0.0.1",
+            "security": "starttls",
+            "username": f"{user}@example.test",
+            "password": lab.password(user),
+            "ca_file": str(lab.ca_file),
+        }
+        return {
+            "address": f"{user}@example.test",
+            "name": user.title(),
+            "smtp": {**server, "port": lab.ports.smtp},
+            "imap": {**server, "port": lab.ports.imap},
+        }
+
+    return Config.model_validate({"accounts": {"alice": account("alice"), "carol": account("carol")}, "rules": rules})
 
 
 @dataclass
@@ -73,4 +82,3 @@ def make_rig(store: Store, config: Config, **kw: Any) -> Rig:
 def queued(rig: Rig) -> list[OutboxItem]:
     items: list[OutboxItem] = rig.stores.outbox.list(statuses=["queued"], limit=1000)
     return items
-

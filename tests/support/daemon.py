@@ -87,8 +87,13 @@ class DataServer:
 
 def lab_config_text(lab: MailLab, text: str, data: DataServer | None = None) -> str:
     """The reference config's ports and URLs pointed at this test's lab and data server."""
-    defaults = {"10025": lab.ports.smtp, "10143": lab.ports.imap, "10993": lab.ports.imaps,
-                "10995": lab.ports.pop3s, "10110": lab.ports.pop3}
+    defaults = {
+        "10025": lab.ports.smtp,
+        "10143": lab.ports.imap,
+        "10993": lab.ports.imaps,
+        "10995": lab.ports.pop3s,
+        "10110": lab.ports.pop3,
+    }
     for old, new in defaults.items():
         text = text.replace(f"port: {old}", f"port: {new}")
     if data is not None:
@@ -99,22 +104,23 @@ def lab_config_text(lab: MailLab, text: str, data: DataServer | None = None) -> 
 def postroom_env(lab: MailLab, workdir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
     env.update(lab.env())
-    env.update({
-        "HOOK_SECRET": HOOK_SECRET,
-        "POSTROOM_CONFIG": str(workdir / "postroom.yaml"),
-        "POSTROOM_TEMPLATES": str(ROOT / "templates"),
-        "POSTROOM_STATE_DIR": str(workdir / "state"),
-        "POSTROOM_HTTP": "",
-        "POSTROOM_LOG_FORMAT": "json",
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "HOOK_SECRET": HOOK_SECRET,
+            "POSTROOM_CONFIG": str(workdir / "postroom.yaml"),
+            "POSTROOM_TEMPLATES": str(ROOT / "templates"),
+            "POSTROOM_STATE_DIR": str(workdir / "state"),
+            "POSTROOM_HTTP": "",
+            "POSTROOM_LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     env.update(extra)
     return env
 
 
 def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*POSTROOM, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT)
+    return subprocess.run([*POSTROOM, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 class Daemon:
@@ -123,8 +129,9 @@ class Daemon:
     def __init__(self, env: dict[str, str], *args: str, log: Path):
         self.log = log
         self._out = open(log, "ab")
-        self.proc = subprocess.Popen([*POSTROOM, "run", *args], env=env, stdout=self._out,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [*POSTROOM, "run", *args], env=env, stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
 
     def wait_log(self, needle: str, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
@@ -202,6 +209,7 @@ def wait_ready(port: int, daemon: Daemon, timeout: float = 30) -> None:
             return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
+
     wait_until(ready, timeout, "readyz")
 
 

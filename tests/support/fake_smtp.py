@@ -45,15 +45,17 @@ class FaultyHandler:
     mail_froms: list[str] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         self.mail_froms.append(address)
         return "250 OK"
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         pending = self.rcpt_faults.get(address)
         if pending:
             return pending.pop(0)
@@ -73,8 +75,11 @@ class FaultyHandler:
 
 @asynccontextmanager
 async def fake_smtp(
-    handler: FaultyHandler, *, implicit_tls: ssl.SSLContext | None = None,
-    starttls: ssl.SSLContext | None = None, host: str = "127.0.0.1",
+    handler: FaultyHandler,
+    *,
+    implicit_tls: ssl.SSLContext | None = None,
+    starttls: ssl.SSLContext | None = None,
+    host: str = "127.0.0.1",
 ) -> AsyncIterator[int]:
     """Serve handler on host (ephemeral port, yielded) until the block ends."""
     loop = asyncio.get_running_loop()
@@ -131,6 +136,7 @@ def dripping_smtp(*, greeting_every: float = 0.0, reply_every: float = 0.0) -> I
 
 # -- helpers shared by the SMTP and sender tests ---------------------------------------------
 
+
 def make_raw(sender: str, to: list[str], subject: str, *, message_id: str | None = None) -> tuple[str, bytes]:
     """A small message and its Message-ID."""
     message = EmailMessage(policy=email.policy.SMTP)
@@ -150,8 +156,12 @@ def message_ids(raws: list[bytes]) -> list[str]:
 def lab_smtp(lab: Any, user: str, **overrides: Any) -> SmtpConfig:
     """SMTP settings for a lab user: the lab's Postfix port, STARTTLS, AUTH, the lab CA."""
     values: dict[str, Any] = {
-        "host": "127.0.0.1", "port": lab.ports.smtp, "security": "starttls",
-        "username": lab.address(user), "password": lab.password(user), "ca_file": lab.ca_file,
+        "host": "127.0.0.1",
+        "port": lab.ports.smtp,
+        "security": "starttls",
+        "username": lab.address(user),
+        "password": lab.password(user),
+        "ca_file": lab.ca_file,
         "timeout": 10,
     }
     values.update(overrides)

@@ -21,9 +21,15 @@ USER = "dave"
 
 
 def imap_cfg(lab: MailLab, **overrides: Any) -> ImapConfig:
-    values = {"host": "127.0.0.1", "port": lab.ports.imap, "security": "starttls",
-              "username": lab.address(USER), "password": lab.password(USER), "ca_file": lab.ca_file,
-              "timeout": 10}
+    values = {
+        "host": "127.0.0.1",
+        "port": lab.ports.imap,
+        "security": "starttls",
+        "username": lab.address(USER),
+        "password": lab.password(USER),
+        "ca_file": lab.ca_file,
+        "timeout": 10,
+    }
     values.update(overrides)
     return ImapConfig.model_validate(values)
 
@@ -49,20 +55,31 @@ class Recorder:
         self.subjects: list[str] = []
         self.mailboxes: list[MailboxOps | None] = []
 
-    async def handle_batch(self, account: str, folder: str, mailbox: MailboxOps | None,
-                           items: Sequence[InboundItem]) -> dict[str, ItemOutcome]:
+    async def handle_batch(
+        self, account: str, folder: str, mailbox: MailboxOps | None, items: Sequence[InboundItem]
+    ) -> dict[str, ItemOutcome]:
         if any(item.message.subject in self.poison for item in items):
             raise RuntimeError("poisoned batch")
         self.mailboxes.append(mailbox)
         self.subjects.extend(item.message.subject for item in items)
-        return {item.key: ItemOutcome(done=item.message.subject not in self.refuse | self.hopeless,
-                                      error="refused", transient=item.message.subject not in self.hopeless)
-                for item in items}
+        return {
+            item.key: ItemOutcome(
+                done=item.message.subject not in self.refuse | self.hopeless,
+                error="refused",
+                transient=item.message.subject not in self.hopeless,
+            )
+            for item in items
+        }
 
 
 def rules(match: dict[str, Any] | None = None, account: str = USER) -> RuleSet:
-    return compile_rules([RuleConfig.model_validate(
-        {"name": "r", "account": account, "match": match or {}, "actions": [{"flag": "\\Flagged"}]})])
+    return compile_rules(
+        [
+            RuleConfig.model_validate(
+                {"name": "r", "account": account, "match": match or {}, "actions": [{"flag": "\\Flagged"}]}
+            )
+        ]
+    )
 
 
 def account(lab: MailLab, **imap: Any) -> AccountConfig:
@@ -83,8 +100,16 @@ def deliver(lab: MailLab, *subjects: str, start: int = 0) -> None:
 
 
 def pop3_settings(lab: MailLab, **pop3: Any) -> dict[str, Any]:
-    return {"host": "127.0.0.1", "port": lab.ports.pop3s, "security": "tls", "username": lab.address(USER),
-            "password": lab.password(USER), "ca_file": str(lab.ca_file), "timeout": 10, **pop3}
+    return {
+        "host": "127.0.0.1",
+        "port": lab.ports.pop3s,
+        "security": "tls",
+        "username": lab.address(USER),
+        "password": lab.password(USER),
+        "ca_file": str(lab.ca_file),
+        "timeout": 10,
+        **pop3,
+    }
 
 
 def pop3_account(lab: MailLab, **pop3: Any) -> AccountConfig:
@@ -98,4 +123,3 @@ async def maildrop_size(lab: MailLab) -> int:
         return len(await conn.uidl())
     finally:
         await conn.quit()
-

@@ -14,8 +14,13 @@ from tests.lab import MailLab
 from tests.support.clock import Clock
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
-POLICY = OutboxConfig(retry_base=timedelta(seconds=30), retry_max=timedelta(hours=1),
-                      max_age=timedelta(days=2), max_attempts=5, batch_size=100)
+POLICY = OutboxConfig(
+    retry_base=timedelta(seconds=30),
+    retry_max=timedelta(hours=1),
+    max_age=timedelta(days=2),
+    max_attempts=5,
+    batch_size=100,
+)
 
 
 # Where the sender tests' clock starts: Clock(SENDER_START).
@@ -29,4 +34,3 @@ def sender_for(store: Store, clock: Clock, smtp: SmtpConfig, **kw: Any) -> Outbo
 
 async def arrived(lab: MailLab, user: str, count: int) -> list[bytes]:
     return await asyncio.to_thread(lab.wait_for_messages, user, count)
-

@@ -38,8 +38,7 @@ class WebhookReceiver:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
                 with receiver._lock:
-                    receiver.received.append(Received(
-                        self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    receiver.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                     reply = receiver.script.popleft() if receiver.script else Reply()
                 self.send_response(reply.status)
                 for name, value in reply.headers:
@@ -53,8 +52,7 @@ class WebhookReceiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -69,8 +67,9 @@ class WebhookReceiver:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
@@ -118,8 +117,9 @@ class DrippingReceiver:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         self._listener.close()

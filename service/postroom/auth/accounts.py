@@ -62,8 +62,15 @@ def _result_of(exc: PostroomError) -> str:
 class AccountTokens:
     """One account's access tokens, and whether the account has stopped for want of one."""
 
-    def __init__(self, provider: TokenProvider, oauth2: OAuth2Config, *, store: OAuth2TokenStore | None = None,
-                 on_refresh: RefreshHook = _no_hook, clock: Callable[[], datetime] = utcnow):
+    def __init__(
+        self,
+        provider: TokenProvider,
+        oauth2: OAuth2Config,
+        *,
+        store: OAuth2TokenStore | None = None,
+        on_refresh: RefreshHook = _no_hook,
+        clock: Callable[[], datetime] = utcnow,
+    ):
         self.provider = provider
         self.oauth2 = oauth2  # the settings it was built from: a reload keeps it while they hold
         self.stopped: OAuth2Error | None = None
@@ -109,8 +116,9 @@ class AccountTokens:
         if isinstance(exc, OAuth2Error) and self.stopped is None:
             self.stopped = exc
             # The one line a person reads: what happened and (in the message) what to run.
-            log.error("oauth2 account stopped: a person must act", account=self.account, error=str(exc),
-                      reason=exc.error)
+            log.error(
+                "oauth2 account stopped: a person must act", account=self.account, error=str(exc), reason=exc.error
+            )
         await self._write(lambda store: store.record_error(self.account, str(exc), now=now))
 
     async def _write(self, record: Callable[[OAuth2TokenStore], None]) -> None:
@@ -130,15 +138,22 @@ def oauth2_client(name: str, account: AccountConfig, oauth2: OAuth2Config) -> OA
     `postroom auth login` asks consent for)."""
     servers = account.token_servers() or account.servers()
     return OAuth2Client.for_provider(
-        name, PROVIDERS[oauth2.provider], client_id=oauth2.client_id,
+        name,
+        PROVIDERS[oauth2.provider],
+        client_id=oauth2.client_id,
         client_secret=oauth2.client_secret.get_secret_value() if oauth2.client_secret else None,
-        grant=oauth2.grant, scopes=tuple(oauth2.scopes or ()), protocols=tuple(MailProtocol(p) for p in servers),
-        tenant=oauth2.tenant, token_url=oauth2.token_url, authority=oauth2.authority,
+        grant=oauth2.grant,
+        scopes=tuple(oauth2.scopes or ()),
+        protocols=tuple(MailProtocol(p) for p in servers),
+        tenant=oauth2.tenant,
+        token_url=oauth2.token_url,
+        authority=oauth2.authority,
     )
 
 
-def provider_for(name: str, account: AccountConfig, oauth2: OAuth2Config, *, store: OAuth2TokenStore | None,
-                 vault: TokenVault | None) -> TokenProvider:
+def provider_for(
+    name: str, account: AccountConfig, oauth2: OAuth2Config, *, store: OAuth2TokenStore | None, vault: TokenVault | None
+) -> TokenProvider:
     """The account's TokenProvider: its client as the provider table says, its refresh token
     kept in the store (sealed by the vault)."""
     client = oauth2_client(name, account, oauth2)
@@ -163,8 +178,15 @@ class AccountLogins:
         self.tokens: dict[str, AccountTokens] = dict(tokens or {})
 
     @classmethod
-    def build(cls, config: Config, *, store: OAuth2TokenStore | None = None, vault: TokenVault | None = None,
-              on_refresh: RefreshHook | None = None, keep: AccountLogins | None = None) -> AccountLogins:
+    def build(
+        cls,
+        config: Config,
+        *,
+        store: OAuth2TokenStore | None = None,
+        vault: TokenVault | None = None,
+        on_refresh: RefreshHook | None = None,
+        keep: AccountLogins | None = None,
+    ) -> AccountLogins:
         """One AccountTokens per account with an ``oauth2:`` block. From ``keep`` (the previous
         generation, on reload) an account's tokens are kept when its settings are the same and
         it has not stopped: its cached access token stays good, and a stopped account reads

@@ -31,6 +31,7 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SLOW_DOWN_STEP = 5.0  # RFC 8628 §3.5: add five seconds to the interval on slow_down
 LOOPBACK_TIMEOUT = 300.0  # how long a person has to finish signing in in the browser
 
+
 @dataclass(frozen=True)
 class DeviceCode:
     """What the person is shown (``message``, or the URL and code), and what we poll with."""
@@ -53,8 +54,12 @@ def _client_fields(client: OAuth2Client) -> dict[str, str]:
 async def start_device_flow(
     http: httpx.AsyncClient, client: OAuth2Client, device_code_url: str, now: datetime
 ) -> DeviceCode:
-    response = await post_form(http, device_code_url, {**_client_fields(client), "scope": " ".join(client.scopes)},
-                               context=f"{client.account}: ")
+    response = await post_form(
+        http,
+        device_code_url,
+        {**_client_fields(client), "scope": " ".join(client.scopes)},
+        context=f"{client.account}: ",
+    )
     if response.status_code != 200:
         read_token_reply(client.account, response.status_code, response.content, now)  # raises ours
         raise ServerBusy(f"{device_code_url}: HTTP {response.status_code}", code=response.status_code)
@@ -63,7 +68,9 @@ async def start_device_flow(
     uri = str(answer.get("verification_uri") or answer.get("verification_url") or "")
     user_code = str(answer["user_code"])
     return DeviceCode(
-        device_code=str(answer["device_code"]), user_code=user_code, verification_uri=uri,
+        device_code=str(answer["device_code"]),
+        user_code=user_code,
+        verification_uri=uri,
         message=str(answer.get("message") or f"To sign in, open {uri} and enter the code {user_code}."),
         interval=float(answer.get("interval", 5)),
         expires_at=now + timedelta(seconds=float(answer.get("expires_in", 900))),
@@ -71,8 +78,12 @@ async def start_device_flow(
 
 
 async def finish_device_flow(
-    http: httpx.AsyncClient, client: OAuth2Client, code: DeviceCode, *,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], datetime] = utcnow,
+    http: httpx.AsyncClient,
+    client: OAuth2Client,
+    code: DeviceCode,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], datetime] = utcnow,
 ) -> TokenReply:
     """Poll until the person signed in (their refresh token comes back), refused, or the code
     expired. ``sleep`` and ``clock`` are the edges a test may replace."""
@@ -81,12 +92,16 @@ async def finish_device_flow(
     while True:
         now = clock()
         if now >= code.expires_at:
-            raise OAuth2Error(f"{client.account}: the sign-in code expired before it was used; run the login again",
-                              account=client.account, error="expired_token")
+            raise OAuth2Error(
+                f"{client.account}: the sign-in code expired before it was used; run the login again",
+                account=client.account,
+                error="expired_token",
+            )
         response = await post_form(http, client.token_url, form, context=f"{client.account}: ")
         try:
-            return _with_refresh_token(client, read_token_reply(client.account, response.status_code,
-                                                                response.content, now))
+            return _with_refresh_token(
+                client, read_token_reply(client.account, response.status_code, response.content, now)
+            )
         except OAuth2Error as exc:
             if exc.error == "slow_down":
                 interval += SLOW_DOWN_STEP
@@ -100,7 +115,9 @@ def signed_in_refresh_token(client: OAuth2Client, reply: TokenReply) -> str:
     if reply.refresh_token is None:
         raise OAuth2Error(
             f"{client.account}: signed in, but no refresh token came back (Microsoft: add the offline_access "
-            "scope; Google: access_type=offline)", account=client.account, error="no_refresh_token",
+            "scope; Google: access_type=offline)",
+            account=client.account,
+            error="no_refresh_token",
         )
     return reply.refresh_token
 
@@ -118,19 +135,31 @@ def pkce_pair() -> tuple[str, str]:
 
 
 def authorize_url(
-    base: str, client: OAuth2Client, *, redirect_uri: str, state: str, challenge: str,
+    base: str,
+    client: OAuth2Client,
+    *,
+    redirect_uri: str,
+    state: str,
+    challenge: str,
     extra: Mapping[str, str] | None = None,
 ) -> str:
     params = {
-        "client_id": client.client_id, "redirect_uri": redirect_uri, "response_type": "code",
-        "scope": " ".join(client.scopes), "state": state,
-        "code_challenge": challenge, "code_challenge_method": "S256", **(extra or {}),
+        "client_id": client.client_id,
+        "redirect_uri": redirect_uri,
+        "response_type": "code",
+        "scope": " ".join(client.scopes),
+        "state": state,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        **(extra or {}),
     }
     return f"{base}?{urlencode(params)}"
 
 
-_PAGE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n"
-         b"<!doctype html><title>postroom</title><p>Signed in. You can close this window.</p>\n")
+_PAGE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n"
+    b"<!doctype html><title>postroom</title><p>Signed in. You can close this window.</p>\n"
+)
 _NOT_HERE = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -169,9 +198,15 @@ class _LoopbackReceiver:
 
 
 async def loopback_login(
-    http: httpx.AsyncClient, client: OAuth2Client, authorize_base: str, *,
-    open_browser: Callable[[str], None], extra: Mapping[str, str] | None = None,
-    wait_for_person: float = LOOPBACK_TIMEOUT, clock: Callable[[], datetime] = utcnow, port: int = 0,
+    http: httpx.AsyncClient,
+    client: OAuth2Client,
+    authorize_base: str,
+    *,
+    open_browser: Callable[[str], None],
+    extra: Mapping[str, str] | None = None,
+    wait_for_person: float = LOOPBACK_TIMEOUT,
+    clock: Callable[[], datetime] = utcnow,
+    port: int = 0,
 ) -> TokenReply:
     """Send the person to the authorize URL (``open_browser``: the CLI prints it, and opens a
     browser if asked), take the code from the redirect to 127.0.0.1, exchange it with the PKCE
@@ -182,23 +217,38 @@ async def loopback_login(
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(16)
     try:
-        open_browser(authorize_url(authorize_base, client, redirect_uri=redirect_uri, state=state,
-                                   challenge=challenge, extra=extra))
+        open_browser(
+            authorize_url(
+                authorize_base, client, redirect_uri=redirect_uri, state=state, challenge=challenge, extra=extra
+            )
+        )
         try:
             answer = await asyncio.wait_for(receiver.answer, wait_for_person)
         except TimeoutError:
-            raise OAuth2Error(f"{client.account}: nobody finished signing in within {wait_for_person:.0f} s",
-                              account=client.account, error="timeout") from None
+            raise OAuth2Error(
+                f"{client.account}: nobody finished signing in within {wait_for_person:.0f} s",
+                account=client.account,
+                error="timeout",
+            ) from None
     finally:
         receiver.close()
     if answer.get("state") != state:
-        raise OAuth2Error(f"{client.account}: the sign-in answer does not match our request (state)",
-                          account=client.account, error="state_mismatch")
+        raise OAuth2Error(
+            f"{client.account}: the sign-in answer does not match our request (state)",
+            account=client.account,
+            error="state_mismatch",
+        )
     if "error" in answer:
         said = f"{answer['error']}: {answer.get('error_description', '')}"
         raise OAuth2Error(f"{client.account}: sign-in refused ({said})", account=client.account, error=answer["error"])
-    form = {**_client_fields(client), "grant_type": "authorization_code", "code": answer["code"],
-            "redirect_uri": redirect_uri, "code_verifier": verifier}
+    form = {
+        **_client_fields(client),
+        "grant_type": "authorization_code",
+        "code": answer["code"],
+        "redirect_uri": redirect_uri,
+        "code_verifier": verifier,
+    }
     response = await post_form(http, client.token_url, form, context=f"{client.account}: ")
-    return _with_refresh_token(client, read_token_reply(client.account, response.status_code, response.content,
-                                                        clock()))
+    return _with_refresh_token(
+        client, read_token_reply(client.account, response.status_code, response.content, clock())
+    )

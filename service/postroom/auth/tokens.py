@@ -81,14 +81,27 @@ class OAuth2Client:
 
     @classmethod
     def for_provider(
-        cls, account: str, provider: Provider, *, client_id: str, client_secret: str | None = None,
-        grant: Grant = Grant.REFRESH_TOKEN, scopes: tuple[str, ...] = (), protocols: tuple[MailProtocol, ...] = (),
-        tenant: str | None = None, token_url: str | None = None, authority: str | None = None,
+        cls,
+        account: str,
+        provider: Provider,
+        *,
+        client_id: str,
+        client_secret: str | None = None,
+        grant: Grant = Grant.REFRESH_TOKEN,
+        scopes: tuple[str, ...] = (),
+        protocols: tuple[MailProtocol, ...] = (),
+        tenant: str | None = None,
+        token_url: str | None = None,
+        authority: str | None = None,
     ) -> OAuth2Client:
         urls: Endpoints = endpoints(provider, tenant=tenant, token_url=token_url, authority=authority)
         return cls(
-            account=account, token_url=urls.token_url, client_id=client_id, client_secret=client_secret,
-            grant=grant, scopes=scopes or default_scopes(provider, grant, protocols),
+            account=account,
+            token_url=urls.token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            grant=grant,
+            scopes=scopes or default_scopes(provider, grant, protocols),
             scope_on_refresh=provider.scope_on_refresh,
         )
 
@@ -138,12 +151,14 @@ def _refusal(account: str, outcome: _Outcome, status: int, error: str, descripti
         return TokenRevoked(
             f"{account}: the token endpoint no longer accepts the refresh token ({said}); "
             f"sign in again with `postroom auth login {account}`",
-            account=account, error=error,
+            account=account,
+            error=error,
         )
     if outcome is _Outcome.REFUSED:
         return OAuth2Error(
             f"{account}: the token endpoint refused the request ({said}); check the account's oauth2 settings",
-            account=account, error=error,
+            account=account,
+            error=error,
         )
     return ServerBusy(f"{account}: the token endpoint is not answering now (HTTP {status}, {said})", code=status)
 
@@ -166,8 +181,11 @@ def read_token_reply(account: str, status: int, body: bytes, now: datetime) -> T
         # Not a token reply at all (a proxy's page?): the server is unwell, try again later.
         raise ServerBusy(f"{account}: the token endpoint answered HTTP {status} without an access token", code=status)
     if str(reply.get("token_type", "bearer")).lower() != "bearer":
-        raise OAuth2Error(f"{account}: the token endpoint gave a {reply['token_type']!r} token, not a bearer token",
-                          account=account, error="token_type")
+        raise OAuth2Error(
+            f"{account}: the token endpoint gave a {reply['token_type']!r} token, not a bearer token",
+            account=account,
+            error="token_type",
+        )
     lifetime = _seconds(reply.get("expires_in")) or DEFAULT_LIFETIME
     refresh = reply.get("refresh_token")
     rotated = refresh if isinstance(refresh, str) and refresh else None
@@ -217,8 +235,12 @@ class TokenProvider:
     """
 
     def __init__(
-        self, client: OAuth2Client, keeper: RefreshTokenKeeper | None = None, *,
-        http: httpx.AsyncClient | None = None, deadline: float = REQUEST_DEADLINE,
+        self,
+        client: OAuth2Client,
+        keeper: RefreshTokenKeeper | None = None,
+        *,
+        http: httpx.AsyncClient | None = None,
+        deadline: float = REQUEST_DEADLINE,
     ) -> None:
         if client.grant is Grant.REFRESH_TOKEN and keeper is None:
             raise ValueError("a refresh_token grant needs a keeper for the refresh token")
@@ -248,12 +270,15 @@ class TokenProvider:
         except PostroomError as exc:
             self.status.last_error = str(exc)
             self.status.broken = isinstance(exc, OAuth2Error)
-            log.warning("oauth2.refresh_failed", account=self.account, error=str(exc),
-                        permanent=self.status.broken)
+            log.warning("oauth2.refresh_failed", account=self.account, error=str(exc), permanent=self.status.broken)
             raise
         self.status = TokenStatus(expires_at=reply.access.expires_at, refreshed_at=now)
-        log.info("oauth2.refreshed", account=self.account, expires_at=reply.access.expires_at.isoformat(),
-                 rotated=reply.refresh_token is not None)
+        log.info(
+            "oauth2.refreshed",
+            account=self.account,
+            expires_at=reply.access.expires_at.isoformat(),
+            rotated=reply.refresh_token is not None,
+        )
         return reply.access
 
     async def _refresh_once(self, now: datetime) -> TokenReply:
@@ -263,7 +288,8 @@ class TokenProvider:
         if used is None:
             raise TokenRevoked(
                 f"{self.account}: no refresh token yet; sign in with `postroom auth login {self.account}`",
-                account=self.account, error="no_refresh_token",
+                account=self.account,
+                error="no_refresh_token",
             )
         try:
             reply = await self._post(token_form(self.client, used), now)
@@ -280,14 +306,19 @@ class TokenProvider:
         return TokenReply(reply.access)
 
     async def _post(self, form: dict[str, str], now: datetime) -> TokenReply:
-        response = await post_form(self._http, self.client.token_url, form, deadline=self._deadline,
-                                   context=f"{self.account}: ")
+        response = await post_form(
+            self._http, self.client.token_url, form, deadline=self._deadline, context=f"{self.account}: "
+        )
         return read_token_reply(self.account, response.status_code, response.content, now)
 
 
 async def post_form(
-    http: httpx.AsyncClient | None, url: str, form: Mapping[str, str], *,
-    deadline: float = REQUEST_DEADLINE, context: str = "",
+    http: httpx.AsyncClient | None,
+    url: str,
+    form: Mapping[str, str],
+    *,
+    deadline: float = REQUEST_DEADLINE,
+    context: str = "",
 ) -> httpx.Response:
     """POST a form to an OAuth2 endpoint within ``deadline`` seconds; network trouble becomes
     ours (transient). The URL may appear in errors: tokens only ever travel in the body."""

@@ -84,7 +84,8 @@ class TokenVault:
                 f"{account}: the stored refresh token does not decrypt with {KEY_VARIABLE} (was the key "
                 f"changed? keep the old one after the new, comma-separated, or sign in again with "
                 f"`postroom auth login {account}`)",
-                account=account, error="undecryptable",
+                account=account,
+                error="undecryptable",
             ) from None
 
     def rotated(self, sealed: bytes) -> bytes:

@@ -15,6 +15,16 @@ from .model import (
 from .settings import Settings
 
 __all__ = [
-    "AccountConfig", "Config", "DataSourceConfig", "ImapConfig", "JobConfig", "LoadedConfig",
-    "Pop3Config", "ScheduleConfig", "ServerConfig", "Settings", "SmtpConfig", "load_config",
+    "AccountConfig",
+    "Config",
+    "DataSourceConfig",
+    "ImapConfig",
+    "JobConfig",
+    "LoadedConfig",
+    "Pop3Config",
+    "ScheduleConfig",
+    "ServerConfig",
+    "Settings",
+    "SmtpConfig",
+    "load_config",
 ]

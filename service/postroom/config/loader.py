@@ -44,8 +44,7 @@ class LoadedConfig:
 class SecretLookup:
     """Where ${NAME} values come from: the environment, then secret files, then `.env`."""
 
-    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None,
-                 dotenv_path: Path | None = None):
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None, dotenv_path: Path | None = None):
         self._environ = os.environ if environ is None else environ
         self._dirs = settings.secret_dirs()
         path = dotenv_path or Path(".env")
@@ -69,8 +68,9 @@ class SecretLookup:
         return self._dotenv.get(name)
 
 
-def load_config(settings: Settings | None = None, *, path: Path | None = None,
-                environ: Mapping[str, str] | None = None) -> LoadedConfig:
+def load_config(
+    settings: Settings | None = None, *, path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
     settings = settings or Settings()
     path = (path or settings.config).resolve()
     shown = str(path)
@@ -108,14 +108,11 @@ def _read_config(path: Path, shown: str) -> str:
         with path.open("rb") as file:
             data = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(
-            "file not found; pass --config PATH or set POSTROOM_CONFIG", file=shown
-        ) from None
+        raise ConfigError("file not found; pass --config PATH or set POSTROOM_CONFIG", file=shown) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=shown) from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; is this the config file?",
-                          file=shown)
+        raise ConfigError(f"larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; is this the config file?", file=shown)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -168,13 +165,27 @@ def _check_expanded_size(root: yaml.Node, shown: str) -> None:
             started.discard(id(node))
             sizes[id(node)] = size = 1 + sum(sizes[id(child)] for child in _children(node))
             if size > MAX_CONFIG_NODES:
-                raise ConfigError([(f"line {node.start_mark.line + 1}",
-                                    f"this expands to more than {MAX_CONFIG_NODES:,} values with its aliases "
-                                    f"written out; use fewer aliases")], file=shown)
+                raise ConfigError(
+                    [
+                        (
+                            f"line {node.start_mark.line + 1}",
+                            f"this expands to more than {MAX_CONFIG_NODES:,} values with its aliases "
+                            f"written out; use fewer aliases",
+                        )
+                    ],
+                    file=shown,
+                )
         elif id(node) not in sizes:
             if id(node) in started:
-                raise ConfigError([(f"line {node.start_mark.line + 1}", "an alias refers to a value that "
-                                    "contains it; a config cannot contain itself")], file=shown)
+                raise ConfigError(
+                    [
+                        (
+                            f"line {node.start_mark.line + 1}",
+                            "an alias refers to a value that contains it; a config cannot contain itself",
+                        )
+                    ],
+                    file=shown,
+                )
             started.add(id(node))
             stack.append((node, True))
             stack.extend((child, False) for child in _children(node))
@@ -211,8 +222,9 @@ def _interpolate(value: Any, at: Path_, lookup: SecretLookup, problems: list[tup
             problems.extend((at, what) for _where, what in exc.problems)
             return ""
         if found is None:
-            problems.append((at, f"${{{name}}} is not set; export {name}, put it in .env, "
-                                 f"or add a secret file named {name}"))
+            problems.append(
+                (at, f"${{{name}}} is not set; export {name}, put it in .env, or add a secret file named {name}")
+            )
             return ""
         return found
 

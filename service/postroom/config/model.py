@@ -286,8 +286,9 @@ DataSourceConfig = Annotated[
     Annotated[SqlSource, Tag(_TAG + "sql")]
     | Annotated[HttpSource, Tag(_TAG + "http")]
     | Annotated[FileSource, Tag(_TAG + "file")],
-    Discriminator(_source_tag, custom_error_type="source_kind",
-                  custom_error_message="give exactly one of sql, http, file"),
+    Discriminator(
+        _source_tag, custom_error_type="source_kind", custom_error_message="give exactly one of sql, http, file"
+    ),
 ]
 
 
@@ -411,8 +412,10 @@ class Config(_Strict):
             if account.imap is None and account.pop3 is None:
                 problems.append(((*at, "account"), f"account {rule.account!r} has no imap: or pop3: section to watch"))
             if account.pop3 is not None:
-                problems.extend(((*at, *where), f"{what} (account {rule.account!r} reads POP3)")
-                                for where, what in rule.pop3_problems())
+                problems.extend(
+                    ((*at, *where), f"{what} (account {rule.account!r} reads POP3)")
+                    for where, what in rule.pop3_problems()
+                )
             for j, action in enumerate(rule.actions):
                 other = action.other_account()
                 if other is None:
@@ -421,8 +424,13 @@ class Config(_Strict):
                 if other not in self.accounts:
                     problems.append((where, _unknown("account", other, self.accounts)))
                 elif self.accounts[other].imap is None:
-                    problems.append((where, f"{action.kind} to account {other!r} needs its imap: section "
-                                            "(postroom APPENDs the message there)"))
+                    problems.append(
+                        (
+                            where,
+                            f"{action.kind} to account {other!r} needs its imap: section "
+                            "(postroom APPENDs the message there)",
+                        )
+                    )
             if account.smtp is None:
                 sending = [(j, a.kind) for j, a in enumerate(rule.actions) if a.kind in SENDING]
                 for j, kind in sending:

@@ -55,6 +55,7 @@ SYSTEM_FLAGS: frozenset[str] = frozenset({"\\seen", "\\answered", "\\flagged", "
 # atom-specials of RFC 3501 that may not appear in a keyword
 _KEYWORD_RE = re.compile(r'^[^\s(){%*"\\\]\x00-\x1f\x7f]+$')
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
@@ -92,8 +93,7 @@ class StringTest(_Strict):
 
     def operators(self) -> list[tuple[str, str]]:
         """(operator, operand) pairs in a fixed order, operator names as written in YAML."""
-        pairs = [("contains", self.contains), ("is", self.is_),
-                 ("matches", self.matches), ("regex", self.regex)]
+        pairs = [("contains", self.contains), ("is", self.is_), ("matches", self.matches), ("regex", self.regex)]
         return [(op, value) for op, value in pairs if value is not None]
 
 
@@ -226,8 +226,9 @@ def _check_flags(value: Any) -> Any:
             continue
         if flag.startswith("\\"):
             if flag.lower() not in SYSTEM_FLAGS:
-                raise ValueError(f"{flag!r} is not a settable system flag "
-                                 "(\\Seen, \\Answered, \\Flagged, \\Deleted, \\Draft)")
+                raise ValueError(
+                    f"{flag!r} is not a settable system flag (\\Seen, \\Answered, \\Flagged, \\Deleted, \\Draft)"
+                )
         elif not _KEYWORD_RE.match(flag):
             raise ValueError(f"{flag!r} is not a valid IMAP keyword")
     return flags
@@ -403,8 +404,11 @@ class WebhookAction(_Action):
 
     def params(self) -> dict[str, Any]:
         # only whether it signs: params go to logs and the ledger
-        params: dict[str, Any] = {"url": self.webhook.url, "timeout": self.webhook.timeout,
-                                  "signed": self.webhook.secret is not None}
+        params: dict[str, Any] = {
+            "url": self.webhook.url,
+            "timeout": self.webhook.timeout,
+            "signed": self.webhook.secret is not None,
+        }
         if self.webhook.include:
             params.update(include=list(self.webhook.include), max_bytes=self.webhook.max_bytes)
         return params
@@ -427,9 +431,23 @@ class _NoKind(_Action):
 
 #: The schema of each action kind, by the key that names it (``postroom.action_kinds`` says
 #: what each kind does).
-ACTION_MODELS: dict[str, type[_Action]] = {model.kind: model for model in (
-    ForwardAction, RedirectAction, ReplyAction, MoveAction, CopyAction, FlagAction, UnflagAction,
-    MarkReadAction, DeleteAction, WebhookAction, SaveAction, StopAction)}
+ACTION_MODELS: dict[str, type[_Action]] = {
+    model.kind: model
+    for model in (
+        ForwardAction,
+        RedirectAction,
+        ReplyAction,
+        MoveAction,
+        CopyAction,
+        FlagAction,
+        UnflagAction,
+        MarkReadAction,
+        DeleteAction,
+        WebhookAction,
+        SaveAction,
+        StopAction,
+    )
+}
 _ONE_KIND = "an action is a mapping with exactly one of: " + ", ".join(ACTION_MODELS)
 # pydantic puts a tagged union's tag in each error's location; the loader leaves out location
 # parts starting "tagged-union", so errors name the YAML keys a user wrote (actions.0.move)
@@ -500,9 +518,14 @@ class RuleConfig(_Strict):
         """(key path inside this rule, message) for what a POP3 account can't do; [] if fine."""
         problems: list[tuple[tuple[str | int, ...], str]] = [
             (("actions", i, kind), f"{kind} needs IMAP; a POP3 account can only read its mail")
-            for i, kind in self.imap_only_actions()]
+            for i, kind in self.imap_only_actions()
+        ]
         if [f.upper() for f in self.watched_folders()] != ["INBOX"]:
             # a POP3 maildrop has no folders: a rule watching one would silently never match
-            problems.append((("folders",) if self.folders is not None else ("folder",),
-                             "a POP3 account has only INBOX; leave folder out or use an IMAP account"))
+            problems.append(
+                (
+                    ("folders",) if self.folders is not None else ("folder",),
+                    "a POP3 account has only INBOX; leave folder out or use an IMAP account",
+                )
+            )
         return problems

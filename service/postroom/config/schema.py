@@ -17,8 +17,10 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 class _AsWritten(GenerateJsonSchema):
     def timedelta_schema(self, schema: core_schema.TimedeltaSchema) -> JsonSchemaValue:
         # "15m", "1h", "7d" or a number of seconds — not pydantic's ISO 8601 "PT15M".
-        return {"anyOf": [{"type": "string", "pattern": _DURATION.pattern}, {"type": "number"}],
-                "description": "a duration: 30s, 15m, 1h, 7d, or seconds"}
+        return {
+            "anyOf": [{"type": "string", "pattern": _DURATION.pattern}, {"type": "number"}],
+            "description": "a duration: 30s, 15m, 1h, 7d, or seconds",
+        }
 
     def datetime_schema(self, schema: core_schema.DatetimeSchema) -> JsonSchemaValue:
         # YAML's own timestamps; a time without an offset is in the job's zone (no RFC 3339 format).

@@ -94,15 +94,13 @@ def webhook_key(secret: str) -> bytes:
             f" make one with: {MAKE_WEBHOOK_SECRET}"
         )
     try:
-        key = base64.b64decode(secret[len(WEBHOOK_SECRET_PREFIX):], validate=True)
+        key = base64.b64decode(secret[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(
-            f"the part after {WEBHOOK_SECRET_PREFIX!r} is not valid base64; make a secret with:"
-            f" {MAKE_WEBHOOK_SECRET}"
+            f"the part after {WEBHOOK_SECRET_PREFIX!r} is not valid base64; make a secret with: {MAKE_WEBHOOK_SECRET}"
         ) from None
     if not key:
-        raise ValueError(f"the secret has no key after {WEBHOOK_SECRET_PREFIX!r}; make one with:"
-                         f" {MAKE_WEBHOOK_SECRET}")
+        raise ValueError(f"the secret has no key after {WEBHOOK_SECRET_PREFIX!r}; make one with: {MAKE_WEBHOOK_SECRET}")
     return key
 
 

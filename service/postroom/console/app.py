@@ -43,8 +43,13 @@ log = structlog.get_logger(__name__)
 
 HERE = Path(__file__).parent
 REFRESH_SECONDS = 5  # how often an open page fetches itself again
-NAV = (("/", "Overview"), ("/jobs", "Jobs"), ("/outbox", "Outbox"), ("/mailboxes", "Mailboxes"),
-       ("/webhooks", "Webhooks"))
+NAV = (
+    ("/", "Overview"),
+    ("/jobs", "Jobs"),
+    ("/outbox", "Outbox"),
+    ("/mailboxes", "Mailboxes"),
+    ("/webhooks", "Webhooks"),
+)
 Page = Callable[[DaemonView], Awaitable[dict[str, Any]]]
 
 
@@ -76,8 +81,12 @@ def navigation(extra_paths: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def templates() -> Environment:
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["when"] = _when
     env.filters["ago"] = _ago
     return env
@@ -95,13 +104,21 @@ class Console:
 
         return handler
 
-    def render(self, request: Request, template: str, title: str, data: dict[str, Any], *,
-               refresh: int = REFRESH_SECONDS) -> Response:
+    def render(
+        self, request: Request, template: str, title: str, data: dict[str, Any], *, refresh: int = REFRESH_SECONDS
+    ) -> Response:
         live = request.headers.get("x-postroom-live") == "1"
         body = self.env.get_template(template).render(
-            **data, title=title, nav=self.nav, path=request.url.path, live_only=live,
-            note=request.query_params.get("note"), csrf=getattr(request.state, "csrf", ""), refresh=refresh,
-            now=utcnow())
+            **data,
+            title=title,
+            nav=self.nav,
+            path=request.url.path,
+            live_only=live,
+            note=request.query_params.get("note"),
+            csrf=getattr(request.state, "csrf", ""),
+            refresh=refresh,
+            now=utcnow(),
+        )
         return HTMLResponse(body)
 
     async def not_found(self, request: Request, _exc: Exception) -> Response:

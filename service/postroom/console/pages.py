@@ -78,19 +78,39 @@ async def overview_page(view: DaemonView) -> dict[str, Any]:
     def read() -> dict[str, Any]:
         now = utcnow()
         shared = store.engine.dialect.name != "sqlite"
-        return {"outbox": store.outbox.counts(), "set_aside": len(store.inbound.set_aside()),
-                "webhooks": store.ledger.webhook_counts(),
-                "leases": store.leases.all(now=now) if shared else None, "backend": store.engine.dialect.name}
+        return {
+            "outbox": store.outbox.counts(),
+            "set_aside": len(store.inbound.set_aside()),
+            "webhooks": store.ledger.webhook_counts(),
+            "leases": store.leases.all(now=now) if shared else None,
+            "backend": store.engine.dialect.name,
+        }
 
     got = await store_call(read)
     config = view.config()
-    attention = Attention(dead_letters=got["outbox"].get("dead", 0), set_aside=got["set_aside"],
-                          dead_webhooks=got["webhooks"].get("dead", 0), failing_accounts=failing_accounts(view))
-    return {"attention": attention, "config_path": str(view.config_path()), "loaded_at": view.loaded_at(),
-            "reload": view.last_reload(), "counts": {"accounts": len(config.accounts), "jobs": len(config.jobs),
-                                                     "rules": len(config.rules), "watchers": len(view.watchers())},
-            "outbox": got["outbox"], "webhooks": got["webhooks"], "replicas": _replicas(view, got["leases"]),
-            "backend": got["backend"], "dry_run": view.dry_run}
+    attention = Attention(
+        dead_letters=got["outbox"].get("dead", 0),
+        set_aside=got["set_aside"],
+        dead_webhooks=got["webhooks"].get("dead", 0),
+        failing_accounts=failing_accounts(view),
+    )
+    return {
+        "attention": attention,
+        "config_path": str(view.config_path()),
+        "loaded_at": view.loaded_at(),
+        "reload": view.last_reload(),
+        "counts": {
+            "accounts": len(config.accounts),
+            "jobs": len(config.jobs),
+            "rules": len(config.rules),
+            "watchers": len(view.watchers()),
+        },
+        "outbox": got["outbox"],
+        "webhooks": got["webhooks"],
+        "replicas": _replicas(view, got["leases"]),
+        "backend": got["backend"],
+        "dry_run": view.dry_run,
+    }
 
 
 def _replicas(view: DaemonView, leases: list[tuple[str, str]] | None) -> list[Replica]:
@@ -118,18 +138,28 @@ async def jobs_page(view: DaemonView) -> dict[str, Any]:
 
 async def job_preview(view: DaemonView, name: str) -> dict[str, Any]:
     built = await view.build_job(name)
-    shown = [{"to": ", ".join(m.recipients), "subject": _subject(m.raw), "size": len(m.raw)}
-             for m in built.messages[:LIST_LIMIT]]
-    return {"name": name, "skipped": built.skipped, "total": len(built.messages), "messages": shown,
-            "account": view.config().jobs[name].account}
+    shown = [
+        {"to": ", ".join(m.recipients), "subject": _subject(m.raw), "size": len(m.raw)}
+        for m in built.messages[:LIST_LIMIT]
+    ]
+    return {
+        "name": name,
+        "skipped": built.skipped,
+        "total": len(built.messages),
+        "messages": shown,
+        "account": view.config().jobs[name].account,
+    }
 
 
 async def outbox_page(view: DaemonView) -> dict[str, Any]:
     outbox = view.store.outbox
 
     def read() -> tuple[dict[str, int], list[OutboxItem], list[OutboxItem]]:
-        return (outbox.counts(), outbox.list(statuses=["queued", "sending"], limit=LIST_LIMIT),
-                outbox.list(statuses=["dead"], limit=LIST_LIMIT))
+        return (
+            outbox.counts(),
+            outbox.list(statuses=["queued", "sending"], limit=LIST_LIMIT),
+            outbox.list(statuses=["dead"], limit=LIST_LIMIT),
+        )
 
     counts, waiting, dead = await store_call(read)
     return {"counts": counts, "waiting": [_message_row(i) for i in waiting], "dead": [_message_row(i) for i in dead]}
@@ -138,10 +168,17 @@ async def outbox_page(view: DaemonView) -> dict[str, Any]:
 def _message_row(item: OutboxItem) -> MessageRow:
     to = item.recipients or list(item.refused)
     status = "deferred" if item.status == "queued" and item.attempts else item.status
-    return MessageRow(id=item.id, account=item.account, origin=item.origin or "-", to=", ".join(to) or "-",
-                      subject=_subject(item.raw), status=status, attempts=item.attempts,
-                      next_try=item.next_attempt_at if item.status == "queued" else None,
-                      reply=item.last_error or "")
+    return MessageRow(
+        id=item.id,
+        account=item.account,
+        origin=item.origin or "-",
+        to=", ".join(to) or "-",
+        subject=_subject(item.raw),
+        status=status,
+        attempts=item.attempts,
+        next_try=item.next_attempt_at if item.status == "queued" else None,
+        reply=item.last_error or "",
+    )
 
 
 def _subject(raw: bytes) -> str:
@@ -170,14 +207,23 @@ async def webhooks_page(view: DaemonView) -> dict[str, Any]:
     ledger = view.store.ledger
 
     def read() -> tuple[dict[str, int], list[Any], list[Any]]:
-        return (ledger.webhook_counts(), ledger.webhooks(statuses=["queued", "sending"], limit=LIST_LIMIT),
-                ledger.webhooks(statuses=["dead"], limit=LIST_LIMIT))
+        return (
+            ledger.webhook_counts(),
+            ledger.webhooks(statuses=["queued", "sending"], limit=LIST_LIMIT),
+            ledger.webhooks(statuses=["dead"], limit=LIST_LIMIT),
+        )
 
     counts, pending, dead = await store_call(read)
 
     def row(d: Any) -> dict[str, Any]:
-        return {"id": d.webhook_id, "rule": d.rule, "url": shown_url(d.url), "attempts": d.attempts,
-                "next_try": d.next_attempt_at if d.status == "queued" else None, "answer": d.last_error or "",
-                "status": d.status}
+        return {
+            "id": d.webhook_id,
+            "rule": d.rule,
+            "url": shown_url(d.url),
+            "attempts": d.attempts,
+            "next_try": d.next_attempt_at if d.status == "queued" else None,
+            "answer": d.last_error or "",
+            "status": d.status,
+        }
 
     return {"counts": counts, "pending": [row(d) for d in pending], "dead": [row(d) for d in dead]}

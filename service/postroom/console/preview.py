@@ -60,12 +60,16 @@ ASSETS = {  # the page's own files, all served from here (no CDN)
 }
 
 # The page: only its own script, style and icon; events and frames from itself.
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-            "frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 # The email's html: no script runs (sandbox without allow-scripts), nothing remote loads (an
 # image would tell the sender it was opened), only the page may frame it.
-FRAME_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; "
-             "form-action 'none'; base-uri 'none'; frame-ancestors 'self'")
+FRAME_CSP = (
+    "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; "
+    "form-action 'none'; base-uri 'none'; frame-ancestors 'self'"
+)
 COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
 _pages = jinja2.Environment(
@@ -148,8 +152,9 @@ def _choice(request: Request) -> tuple[str | None, int | None]:
     return job, row
 
 
-def preview_routes(load_config: Callable[[], Config], *, templates_dir: Path,
-                   watch: Sequence[Path] = ()) -> list[BaseRoute]:
+def preview_routes(
+    load_config: Callable[[], Config], *, templates_dir: Path, watch: Sequence[Path] = ()
+) -> list[BaseRoute]:
     """The preview's routes, relative to where they are mounted: ``/`` (the page), ``events``
     (its updates), ``frame/ID`` (an email's html) and ``assets/NAME``.
 
@@ -169,8 +174,12 @@ def preview_routes(load_config: Callable[[], Config], *, templates_dir: Path,
     def pane(preview: Preview, signature: str) -> str:
         frame = frames.add(preview.email.html) if preview.email is not None and preview.email.html else None
         return _pages.get_template("preview_pane.html").render(
-            p=preview, frame=frame, kinds=PROBLEM_KINDS, signature=signature,
-            rendered_at=utcnow().astimezone().strftime("%H:%M:%S"))
+            p=preview,
+            frame=frame,
+            kinds=PROBLEM_KINDS,
+            signature=signature,
+            rendered_at=utcnow().astimezone().strftime("%H:%M:%S"),
+        )
 
     async def page(request: Request) -> Response:
         job, row = _choice(request)
@@ -248,12 +257,14 @@ class TokenGate:
             return
         if self._is_token(request.query_params.get("token")):
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-            response: Response = RedirectResponse(request.url.path + (f"?{urlencode(rest)}" if rest else ""),
-                                                  status_code=303)
+            response: Response = RedirectResponse(
+                request.url.path + (f"?{urlencode(rest)}" if rest else ""), status_code=303
+            )
             response.set_cookie(self.cookie, self.token.decode(), httponly=True, samesite="strict", path="/")
         else:
-            response = PlainTextResponse("401: open the URL `postroom preview` printed (it carries ?token=…)\n",
-                                         status_code=401)
+            response = PlainTextResponse(
+                "401: open the URL `postroom preview` printed (it carries ?token=…)\n", status_code=401
+            )
         await _secured(response)(scope, receive, send)
 
 
@@ -293,9 +304,16 @@ def serve_preview(settings: Settings, *, port: int, job: str | None, announce: C
     port = sock.getsockname()[1]
     token = secrets.token_urlsafe(24)
     url = f"http://127.0.0.1:{port}/?" + urlencode({**({"job": job} if job else {}), "token": token})
-    server = uvicorn.Server(uvicorn.Config(
-        preview_app(settings, token=token, port=port), log_config=None, access_log=False, lifespan="off",
-        timeout_graceful_shutdown=2, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            preview_app(settings, token=token, port=port),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+            log_level="warning",
+        )
+    )
     announce(url)
     # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the handler
     # that was there before it: make that one a plain exit 0, not a KeyboardInterrupt or death

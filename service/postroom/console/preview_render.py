@@ -91,8 +91,9 @@ class Preview:
     notice: str | None = None  # e.g. skip_if_empty: the real run would send nothing
 
 
-async def build_preview(load_config: Callable[[], Config], templates_dir: Path, job: str | None,
-                        row: int | None, *, now: datetime) -> Preview:
+async def build_preview(
+    load_config: Callable[[], Config], templates_dir: Path, job: str | None, row: int | None, *, now: datetime
+) -> Preview:
     """The preview of ``job`` (default: the first) for ``row`` of its merge (default: 0)."""
     try:
         config = await asyncio.to_thread(load_config)
@@ -104,8 +105,9 @@ async def build_preview(load_config: Callable[[], Config], templates_dir: Path, 
     job = job or jobs[0]
     job_cfg = config.jobs.get(job)
     if job_cfg is None:
-        return Preview(jobs=jobs, job=job, row=None,
-                       problem=Problem("choice", f"no job named {job!r}; jobs: {', '.join(jobs)}"))
+        return Preview(
+            jobs=jobs, job=job, row=None, problem=Problem("choice", f"no job named {job!r}; jobs: {', '.join(jobs)}")
+        )
     shown = Preview(jobs=jobs, job=job, row=None)
     try:
         data = await load_data(job_cfg.data)
@@ -117,8 +119,9 @@ async def build_preview(load_config: Callable[[], Config], templates_dir: Path, 
     if job_cfg.for_each:
         rows = data.get(job_cfg.for_each)
         if not isinstance(rows, list):
-            return _with(shown, problem=Problem("data", f"data source {job_cfg.for_each!r}: for_each needs a "
-                                                        "list of rows"))
+            return _with(
+                shown, problem=Problem("data", f"data source {job_cfg.for_each!r}: for_each needs a list of rows")
+            )
         row = 0 if row is None else row
         shown = _with(shown, row=row, rows=_row_choices(rows), row_count=len(rows), notice=notice)
         if not 0 <= row < len(rows):
@@ -142,11 +145,13 @@ async def build_preview(load_config: Callable[[], Config], templates_dir: Path, 
     return _with(shown, email=view)
 
 
-def _render_one(runner: JobRunner, job: str, job_cfg: JobConfig, data: Mapping[str, Any], *, now: datetime,
-                row: int | None) -> EmailView:
+def _render_one(
+    runner: JobRunner, job: str, job_cfg: JobConfig, data: Mapping[str, Any], *, now: datetime, row: int | None
+) -> EmailView:
     """The one message (``row``'s, for a merge) exactly as `send --dry-run` builds it."""
-    (message,) = runner.render_messages(job, job_cfg, data, key_prefix="preview", now=now, fire_time=None,
-                                        to_override=None, only_row=row)
+    (message,) = runner.render_messages(
+        job, job_cfg, data, key_prefix="preview", now=now, fire_time=None, to_override=None, only_row=row
+    )
     return email_view(message.raw, envelope_from=message.envelope_from, recipients=list(message.recipients))
 
 
@@ -174,8 +179,9 @@ def email_view(raw: bytes, *, envelope_from: str, recipients: list[str]) -> Emai
     html = msg.get_body(("html",))
     text = msg.get_body(("plain",))
     attachments = [
-        AttachmentView(part.get_filename() or "(no name)", part.get_content_type(),
-                       len(part.get_payload(decode=True) or b""))
+        AttachmentView(
+            part.get_filename() or "(no name)", part.get_content_type(), len(part.get_payload(decode=True) or b"")
+        )
         for part in msg.iter_attachments()
     ]
     return EmailView(
@@ -193,8 +199,13 @@ def email_view(raw: bytes, *, envelope_from: str, recipients: list[str]) -> Emai
 
 
 def _template_problem(exc: TemplateError, templates_dir: Path) -> Problem:
-    return Problem("template", exc.message, template=exc.template, lineno=exc.lineno,
-                   excerpt=template_excerpt(templates_dir, exc.template, exc.lineno))
+    return Problem(
+        "template",
+        exc.message,
+        template=exc.template,
+        lineno=exc.lineno,
+        excerpt=template_excerpt(templates_dir, exc.template, exc.lineno),
+    )
 
 
 def template_excerpt(templates_dir: Path, template: str | None, lineno: int | None) -> list[tuple[int, str]]:

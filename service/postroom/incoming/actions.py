@@ -149,11 +149,20 @@ class ActionExecutor:
     #: message (``ParsedMessage.unread``). Not copy: see the watcher on UIDVALIDITY changes.
     kinds_without_message: frozenset[str] = WITHOUT_FETCH  # what the watcher may hand over unfetched
 
-    def __init__(self, config: Config, ruleset: RuleSet, store: ExecutorStore,
-                 renderer: TemplateRenderer, webhooks: WebhookSink, *,
-                 clock: Callable[[], datetime] = utcnow, wake_sender: Callable[[], None] = lambda: None,
-                 dry_run: bool = False, on_action: Callable[[str, str], None] = lambda kind, result: None,
-                 open_account: Opener | None = None):
+    def __init__(
+        self,
+        config: Config,
+        ruleset: RuleSet,
+        store: ExecutorStore,
+        renderer: TemplateRenderer,
+        webhooks: WebhookSink,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        wake_sender: Callable[[], None] = lambda: None,
+        dry_run: bool = False,
+        on_action: Callable[[str, str], None] = lambda kind, result: None,
+        open_account: Opener | None = None,
+    ):
         self.config = config
         # sessions to the accounts a copy_to / move_to APPENDs into, opened per batch
         self.open_account = open_account or imap_opener(config)
@@ -167,16 +176,17 @@ class ActionExecutor:
         self.wake_sender = wake_sender
         self.dry_run = dry_run
 
-    async def handle_batch(self, account: str, folder: str, mailbox: MailboxOps | None,
-                           items: Sequence[InboundItem]) -> dict[str, ItemOutcome]:
+    async def handle_batch(
+        self, account: str, folder: str, mailbox: MailboxOps | None, items: Sequence[InboundItem]
+    ) -> dict[str, ItemOutcome]:
         logger = log.bind(account=account, folder=folder)
         if self.dry_run:
             for item in items:
                 for action in item.planned:
-                    logger.info(f"would {action.kind}", key=item.key, uid=item.uid, rule=action.rule,
-                                params=action.params)
-            return {item.key: ItemOutcome(done=True, details={"dry_run": "nothing recorded"})
-                    for item in items}
+                    logger.info(
+                        f"would {action.kind}", key=item.key, uid=item.uid, rule=action.rule, params=action.params
+                    )
+            return {item.key: ItemOutcome(done=True, details={"dry_run": "nothing recorded"}) for item in items}
         acct = self.config.accounts[account]
         entries = await store_call(self.ledger.entries, [item.key for item in items])
         results: dict[ActionId, _Result] = {}
@@ -188,8 +198,10 @@ class ActionExecutor:
         for phase_of, kinds in PHASES:
             works = [
                 _Work(item, action, entries.get((item.key, action.rule, action.index)))
-                for item in items if item.key not in blocked
-                for action in item.planned if action.kind in kinds
+                for item in items
+                if item.key not in blocked
+                for action in item.planned
+                if action.kind in kinds
             ]
             todo = [w for w in works if w.aid not in results]
             if phase_of is Phase.TERMINAL:
@@ -199,15 +211,19 @@ class ActionExecutor:
             phase = _Phase()
             await store_call(self.ledger.plan, [(w.aid, w.action.kind) for w in todo], now=self.clock())
             await self._run_phase(phase_of, todo, phase, acct, account, folder, mailbox)
-            await store_call(self.ledger.finish, [(aid, r.status, r.detail or None, r.error)
-                                                  for aid, (_, r) in phase.results.items()], now=self.clock())
+            await store_call(
+                self.ledger.finish,
+                [(aid, r.status, r.detail or None, r.error) for aid, (_, r) in phase.results.items()],
+                now=self.clock(),
+            )
             for aid, (work, result) in phase.results.items():
                 results[aid] = result
                 self.on_action(work.action.kind, result.outcome)
                 if result.status != "done":
                     blocked.add(work.item.key)
-                    logger.warning("action failed", key=work.key, kind=work.action.kind,
-                                   status=result.status, error=result.error)
+                    logger.warning(
+                        "action failed", key=work.key, kind=work.action.kind, status=result.status, error=result.error
+                    )
         return {item.key: _outcome(item, results) for item in items}
 
     async def _first_terminal(self, works: list[_Work], results: dict[ActionId, _Result]) -> list[_Work]:
@@ -226,8 +242,9 @@ class ActionExecutor:
             finished: list[tuple[ActionId, str, dict[str, Any] | None, str | None]] = []
             for work in skipped:
                 left_by = by_item[work.item.key][0].action
-                detail = {"skipped": f"the message already left the folder by {left_by.kind} "
-                                     f"({left_by.rule}#{left_by.index})"}
+                detail = {
+                    "skipped": f"the message already left the folder by {left_by.kind} ({left_by.rule}#{left_by.index})"
+                }
                 results[work.aid] = _Result("done", detail)
                 finished.append((work.aid, "done", detail, None))
                 self.on_action(work.action.kind, "skipped")
@@ -235,8 +252,16 @@ class ActionExecutor:
             await store_call(self.ledger.finish, finished, now=self.clock())
         return todo
 
-    async def _run_phase(self, phase_of: Phase, todo: list[_Work], phase: _Phase,
-                         acct: AccountConfig, account: str, folder: str, mailbox: MailboxOps | None) -> None:
+    async def _run_phase(
+        self,
+        phase_of: Phase,
+        todo: list[_Work],
+        phase: _Phase,
+        acct: AccountConfig,
+        account: str,
+        folder: str,
+        mailbox: MailboxOps | None,
+    ) -> None:
         if phase_of is Phase.SEND:
             await self._send(todo, phase, acct, account, mailbox)
         elif phase_of is Phase.SAVE:
@@ -279,22 +304,36 @@ class ActionExecutor:
                     phase.fail_all(works, f"UID {uid} is no longer in the folder")
         return raws
 
-    async def _send(self, todo: list[_Work], phase: _Phase, acct: AccountConfig, account: str,
-                    mailbox: MailboxOps | None) -> None:
+    async def _send(
+        self, todo: list[_Work], phase: _Phase, acct: AccountConfig, account: str, mailbox: MailboxOps | None
+    ) -> None:
         # whole messages are fetched, composed and queued SEND_CHUNK at a time: a forward-all
         # rule over a big folder must not hold a whole batch of raw messages in memory
         for start in range(0, len(todo), SEND_CHUNK):
-            await self._send_chunk(todo[start:start + SEND_CHUNK], phase, acct, account, mailbox)
+            await self._send_chunk(todo[start : start + SEND_CHUNK], phase, acct, account, mailbox)
 
-    async def _send_chunk(self, todo: list[_Work], phase: _Phase, acct: AccountConfig, account: str,
-                          mailbox: MailboxOps | None) -> None:
+    async def _send_chunk(
+        self, todo: list[_Work], phase: _Phase, acct: AccountConfig, account: str, mailbox: MailboxOps | None
+    ) -> None:
         raws = await self._raws(todo, phase, mailbox)
         now = self.clock()
         parsed = {key: ParsedMessage.from_bytes(raw, key=key) for key, raw in raws.items()}
-        batch = _SendBatch(account, acct, now, await store_call(self.ledger.last_replies, account, [
-            (w.action.rule, target.lower()) for w in todo
-            if w.action.kind == "reply" and w.item.key in parsed
-            and (target := reply_to_address(parsed[w.item.key])) is not None]))
+        batch = _SendBatch(
+            account,
+            acct,
+            now,
+            await store_call(
+                self.ledger.last_replies,
+                account,
+                [
+                    (w.action.rule, target.lower())
+                    for w in todo
+                    if w.action.kind == "reply"
+                    and w.item.key in parsed
+                    and (target := reply_to_address(parsed[w.item.key])) is not None
+                ],
+            ),
+        )
         queued: list[tuple[_Work, NewMessage]] = []
         for work in todo:
             if work.aid in phase.results:
@@ -314,8 +353,12 @@ class ActionExecutor:
         try:
             await store_call(self.outbox.enqueue, [new for _, new in queued], now=now)
             # after the enqueue: a crash in between re-enqueues (deduplicated), never loses it
-            await store_call(self.ledger.record_replies, account, [
-                (w.action.rule, new.recipients[0].lower()) for w, new in queued if w.action.kind == "reply"], now=now)
+            await store_call(
+                self.ledger.record_replies,
+                account,
+                [(w.action.rule, new.recipients[0].lower()) for w, new in queued if w.action.kind == "reply"],
+                now=now,
+            )
         except Exception as exc:
             phase.fail_all((w for w, _ in queued), _transient(exc))
             return
@@ -334,9 +377,16 @@ class ActionExecutor:
                 return reason
             targets = list(action.params["to"])
             if action.kind == "forward":
-                data = forward_message(raw, msg, sender=batch.sender, to=targets,
-                                       as_=action.params.get("as", "attachment"), rule=action.rule,
-                                       message_id=message_id, now=now)
+                data = forward_message(
+                    raw,
+                    msg,
+                    sender=batch.sender,
+                    to=targets,
+                    as_=action.params.get("as", "attachment"),
+                    rule=action.rule,
+                    message_id=message_id,
+                    now=now,
+                )
             else:
                 data = redirect_message(raw, sender=acct.address, to=targets, message_id=message_id, now=now)
             return NewMessage(envelope_from=acct.address, recipients=targets, raw=data, **common)
@@ -359,7 +409,7 @@ class ActionExecutor:
         """Maildir saves are idempotent by file name; mbox appends are recorded done one by one
         (``local_save``), so at most one per mbox is ever in doubt: the one at its tail."""
         for start in range(0, len(todo), SEND_CHUNK):
-            chunk = todo[start:start + SEND_CHUNK]
+            chunk = todo[start : start + SEND_CHUNK]
             raws = await self._raws(chunk, phase, mailbox)
             mboxes: dict[str, list[_Work]] = defaultdict(list)
             for work in chunk:
@@ -370,8 +420,13 @@ class ActionExecutor:
                     continue
                 try:
                     detail = await asyncio.to_thread(
-                        save_maildir, _local_path(work.action.params["maildir"]), raws[work.item.key],
-                        unique=save_id(work.key), now=self.clock(), in_doubt=work.in_doubt)
+                        save_maildir,
+                        _local_path(work.action.params["maildir"]),
+                        raws[work.item.key],
+                        unique=save_id(work.key),
+                        now=self.clock(),
+                        in_doubt=work.in_doubt,
+                    )
                 except Exception as exc:
                     phase.failed(work, exc)
                 else:
@@ -390,7 +445,8 @@ class ActionExecutor:
             found = None
             if doubtful:
                 found = await asyncio.to_thread(
-                    box.settle, [(envelope_sender(raws[w.item.key]), raws[w.item.key]) for w in doubtful])
+                    box.settle, [(envelope_sender(raws[w.item.key]), raws[w.item.key]) for w in doubtful]
+                )
             # each recorded done now, not at the end of the phase: the next append hides this
             # one from the tail check, so it must not be left in doubt too
             if found is not None:
@@ -423,8 +479,9 @@ class ActionExecutor:
             except Exception as exc:
                 phase.fail_all((w for w in works if w.aid not in phase.results), exc)
 
-    async def _transfer_group(self, account: str, folder: str, works: list[_Work], phase: _Phase,
-                              mailbox: MailboxOps, *, moving: bool) -> None:
+    async def _transfer_group(
+        self, account: str, folder: str, works: list[_Work], phase: _Phase, mailbox: MailboxOps, *, moving: bool
+    ) -> None:
         where = {"account": account, "folder": folder}
         uid_of = {w.aid: w.item.uid for w in works if w.item.uid is not None}
         if moving:  # the source goes only after the APPEND: an in-doubt UID that is gone was appended
@@ -450,8 +507,12 @@ class ActionExecutor:
                 if work.in_doubt and await already_there(dest, marker):
                     appended.append((work, {**where, "marker": marker, "verified": "already appended"}))
                     continue
-                await dest.append(folder, marked(raws[work.item.key], marker),
-                                  sorted(flags.get(uid_of[work.aid], ())), work.item.message.internal_date)
+                await dest.append(
+                    folder,
+                    marked(raws[work.item.key], marker),
+                    sorted(flags.get(uid_of[work.aid], ())),
+                    work.item.message.internal_date,
+                )
                 appended.append((work, {**where, "marker": marker}))
                 if (stall := stall_point("append")) is not None:  # crash tests only
                     stall.touch()
@@ -467,8 +528,9 @@ class ActionExecutor:
 
     # -- webhooks ------------------------------------------------------------------------
 
-    async def _webhooks(self, todo: list[_Work], phase: _Phase, account: str, folder: str,
-                        mailbox: MailboxOps | None) -> None:
+    async def _webhooks(
+        self, todo: list[_Work], phase: _Phase, account: str, folder: str, mailbox: MailboxOps | None
+    ) -> None:
         with_content = [w for w in todo if w.action.params.get("include")]
         raws = await self._raws(with_content, phase, mailbox) if with_content else {}
         todo = [w for w in todo if w.aid not in phase.results]
@@ -476,8 +538,9 @@ class ActionExecutor:
         for work in todo:
             payload = webhook_payload(work.item, account, folder, work.action.rule)
             if work.action.params.get("include"):
-                payload["content"] = webhook_content(raws[work.item.key], work.action.params["include"],
-                                                     int(work.action.params["max_bytes"]))
+                payload["content"] = webhook_content(
+                    raws[work.item.key], work.action.params["include"], int(work.action.params["max_bytes"])
+                )
             requests.append(WebhookRequest(work.key, work.action.rule, work.action.params["url"], payload))
         try:
             await self.webhooks.submit(requests)
@@ -503,8 +566,9 @@ class ActionExecutor:
             except Exception as exc:
                 phase.fail_all((w for w in works if w.aid not in phase.results), exc)
 
-    async def _imap_group(self, kind: str, args: tuple[str, ...], works: list[_Work], phase: _Phase,
-                          mailbox: MailboxOps) -> None:
+    async def _imap_group(
+        self, kind: str, args: tuple[str, ...], works: list[_Work], phase: _Phase, mailbox: MailboxOps
+    ) -> None:
         spec = ACTION_KINDS[kind]
         if spec.call is None:
             raise ValueError(f"{kind} has no folder call")  # a gap in the ACTION_KINDS table
@@ -556,8 +620,13 @@ def webhook_content(raw: bytes, include: Sequence[str], max_bytes: int) -> dict[
     if "attachments" in include:
         for filename, content_type, data in parts.attachments:
             about = {"filename": filename, "content_type": content_type, "size": len(data)}
-            candidates.append(("attachments", {**about, "content_base64": base64.b64encode(data).decode()},
-                               {"part": "attachment", **about}))
+            candidates.append(
+                (
+                    "attachments",
+                    {**about, "content_base64": base64.b64encode(data).decode()},
+                    {"part": "attachment", **about},
+                )
+            )
     if "raw" in include:
         candidates.append(("raw_base64", base64.b64encode(raw).decode(), {"part": "raw", "size": len(raw)}))
     content: dict[str, Any] = {"attachments": []} if "attachments" in include else {}

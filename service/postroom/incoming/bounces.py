@@ -31,8 +31,17 @@ from postroom.store.outbox import OutboxItem, OutboxStore
 log = structlog.get_logger(__name__)
 
 # Header fields the watcher fetches in a bounce folder, besides the rules' own.
-HEADER_FIELDS = ("Content-Type", "From", "Return-Path", "Subject", "X-Failed-Recipients", "To",
-                 "Delivered-To", "X-Original-To", "Message-ID")
+HEADER_FIELDS = (
+    "Content-Type",
+    "From",
+    "Return-Path",
+    "Subject",
+    "X-Failed-Recipients",
+    "To",
+    "Delivered-To",
+    "X-Original-To",
+    "Message-ID",
+)
 # Where a bounce shows the address it was delivered to (the VERP return path).
 _RECIPIENT_FIELDS = ("Delivered-To", "X-Original-To", "To")
 
@@ -42,8 +51,16 @@ BounceHook = Callable[[str, str], None]  # (account, result) — metrics
 class BounceIntake:
     """One account's bounce folder: which messages are bounce reports for our mail."""
 
-    def __init__(self, account: str, cfg: AccountConfig, outbox: OutboxStore, bounces: BounceStore, *,
-                 clock: Callable[[], datetime] = utcnow, on_bounce: BounceHook | None = None):
+    def __init__(
+        self,
+        account: str,
+        cfg: AccountConfig,
+        outbox: OutboxStore,
+        bounces: BounceStore,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        on_bounce: BounceHook | None = None,
+    ):
         if cfg.bounces is None:
             raise ValueError(f"account {account!r} has no bounces: section")
         self.account = account
@@ -60,8 +77,9 @@ class BounceIntake:
         if self._verp_message_id(msg) is not None:
             return True
         sender = msg.from_[0].addr if msg.from_ else msg.first("From")
-        return looks_like_bounce(msg.first("Content-Type"), sender, msg.return_path, msg.subject,
-                                 msg.first("X-Failed-Recipients"))
+        return looks_like_bounce(
+            msg.first("Content-Type"), sender, msg.return_path, msg.subject, msg.first("X-Failed-Recipients")
+        )
 
     def consume(self, key: str, msg: ParsedMessage, raw: bytes) -> str | None:
         """Record ``raw`` if it is a bounce for our mail; the reason it was consumed, or None
@@ -72,27 +90,36 @@ class BounceIntake:
         wanted = self._verp_message_id(msg) or bounce.original_message_id
         item = self._outbox_row(wanted) if wanted else None
         if item is None:
-            self.log.info("bounce report for mail postroom did not send: left to the rules", key=key,
-                          original_message_id=wanted)
+            self.log.info(
+                "bounce report for mail postroom did not send: left to the rules", key=key, original_message_id=wanted
+            )
             return None
         lines = _lines_for(item, bounce.recipients)
         if not lines:
-            self.log.info("bounce report names no recipient of that message: left to the rules", key=key,
-                          outbox_id=item.id)
+            self.log.info(
+                "bounce report names no recipient of that message: left to the rules", key=key, outbox_id=item.id
+            )
             return None
         report_key = f"{self.account}/{msg.message_id or key}"
-        recorded = self.store.record(report_key, account=self.account, outbox_id=item.id, lines=lines,
-                                     now=self.clock())
+        recorded = self.store.record(report_key, account=self.account, outbox_id=item.id, lines=lines, now=self.clock())
         if not recorded.new:
             return f"bounce report for outbox {item.id} (recorded before)"
         hard = [line for line in lines if line.hard]
-        self.on_bounce(self.account, "hard" if hard else "soft" if any(line.action == "failed" for line in lines)
-                       else "other")
+        self.on_bounce(
+            self.account, "hard" if hard else "soft" if any(line.action == "failed" for line in lines) else "other"
+        )
         for line in lines:
-            self.log.warning("message bounced", outbox_id=item.id, job=item.origin, recipient=line.recipient,
-                             action=line.action, status=line.status, diagnostic=line.diagnostic,
-                             suppressed=line.recipient in recorded.suppressed, format="dsn" if bounce.standard
-                             else "non-standard")
+            self.log.warning(
+                "message bounced",
+                outbox_id=item.id,
+                job=item.origin,
+                recipient=line.recipient,
+                action=line.action,
+                status=line.status,
+                diagnostic=line.diagnostic,
+                suppressed=line.recipient in recorded.suppressed,
+                format="dsn" if bounce.standard else "non-standard",
+            )
         return f"bounce report for outbox {item.id}"
 
     def _verp_message_id(self, msg: ParsedMessage) -> str | None:
@@ -132,8 +159,9 @@ def _lines_for(item: OutboxItem, recipients: Sequence[BouncedRecipient]) -> list
         if address is None and len(recipients) == 1 and len(sent_to) == 1:
             address = next(iter(sent_to))
         if address is not None and address not in lines:  # one line per recipient and report
-            lines[address] = BounceLine(recipient=address, action=r.action, status=r.status,
-                                        diagnostic=r.diagnostic, hard=r.hard)
+            lines[address] = BounceLine(
+                recipient=address, action=r.action, status=r.status, diagnostic=r.diagnostic, hard=r.hard
+            )
     return list(lines.values())
 
 

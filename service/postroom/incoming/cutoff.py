@@ -31,8 +31,9 @@ class Cutoff:
         self._cut = False  # this connection is cut: a socket opened now is cut at once
         self._closed = False  # for good (stop, close): no new connection may be opened
 
-    def connect(self, host: str, port: int, timeout: float | None,
-                context: ssl.SSLContext | None = None) -> socket.socket:
+    def connect(
+        self, host: str, port: int, timeout: float | None, context: ssl.SSLContext | None = None
+    ) -> socket.socket:
         """A TCP connection (``timeout`` bounds the connect, then each read), held before its
         TLS handshake (when ``context``) so a cut ends a handshake that drips too."""
         sock = socket.create_connection((host, port), timeout)

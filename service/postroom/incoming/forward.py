@@ -122,19 +122,41 @@ def _summary(msg: ParsedMessage) -> list[str]:
     return lines
 
 
-def forward_message(raw: bytes, msg: ParsedMessage, *, sender: str, to: Sequence[str], as_: str,
-                    rule: str, message_id: str, now: datetime) -> bytes:
+def forward_message(
+    raw: bytes,
+    msg: ParsedMessage,
+    *,
+    sender: str,
+    to: Sequence[str],
+    as_: str,
+    rule: str,
+    message_id: str,
+    now: datetime,
+) -> bytes:
     """The bytes of a forward of ``raw`` from ``sender`` (our account) to ``to``."""
-    common = dict(sender=sender, to=list(to), subject=fwd_subject(msg.subject),
-                  reply_to=_original_sender(msg), message_id=message_id, date=now,
-                  extra_headers={LOOP_HEADER: _loop_value(msg, sender)}, auto_submitted="auto-generated")
+    common = dict(
+        sender=sender,
+        to=list(to),
+        subject=fwd_subject(msg.subject),
+        reply_to=_original_sender(msg),
+        message_id=message_id,
+        date=now,
+        extra_headers={LOOP_HEADER: _loop_value(msg, sender)},
+        auto_submitted="auto-generated",
+    )
     if as_ == "inline":
         quoted = "\n".join("> " + line if line else ">" for line in msg.body_text().splitlines())
-        text = ("---------- Forwarded message ----------\n" + "\n".join(_summary(msg))
-                + f"\n\n{quoted}\n\n-- \nForwarded by postroom (rule {rule}).\n")
+        text = (
+            "---------- Forwarded message ----------\n"
+            + "\n".join(_summary(msg))
+            + f"\n\n{quoted}\n\n-- \nForwarded by postroom (rule {rule}).\n"
+        )
         return compose(text=text, **common).as_bytes()
-    text = ("The message below is attached as it arrived.\n\n" + "\n".join(_summary(msg))
-            + f"\n\n-- \nForwarded by postroom (rule {rule}). Replies go to the original sender.\n")
+    text = (
+        "The message below is attached as it arrived.\n\n"
+        + "\n".join(_summary(msg))
+        + f"\n\n-- \nForwarded by postroom (rule {rule}). Replies go to the original sender.\n"
+    )
     return attach_original(compose(text=text, **common).as_bytes(), raw)
 
 
@@ -151,19 +173,24 @@ def attach_original(composed: bytes, raw: bytes) -> bytes:
     original = crlf(raw)
     boundary = _boundary(original + body)
     eight_bit = any(byte > 127 for byte in original)
-    return b"".join([
-        *outer,
-        b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n',
-        b"This is a multi-part message in MIME format.\r\n",
-        b"--" + boundary + b"\r\n", *part, b"\r\n", body,
-        b"" if body.endswith(b"\r\n") else b"\r\n",
-        b"--" + boundary + b"\r\n",
-        b"Content-Type: message/rfc822\r\n",
-        b'Content-Disposition: attachment; filename="forwarded-message.eml"\r\n',
-        b"Content-Transfer-Encoding: " + (b"8bit" if eight_bit else b"7bit") + b"\r\n\r\n",
-        original,
-        b"--" + boundary + b"--\r\n",
-    ])
+    return b"".join(
+        [
+            *outer,
+            b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n',
+            b"This is a multi-part message in MIME format.\r\n",
+            b"--" + boundary + b"\r\n",
+            *part,
+            b"\r\n",
+            body,
+            b"" if body.endswith(b"\r\n") else b"\r\n",
+            b"--" + boundary + b"\r\n",
+            b"Content-Type: message/rfc822\r\n",
+            b'Content-Disposition: attachment; filename="forwarded-message.eml"\r\n',
+            b"Content-Transfer-Encoding: " + (b"8bit" if eight_bit else b"7bit") + b"\r\n\r\n",
+            original,
+            b"--" + boundary + b"--\r\n",
+        ]
+    )
 
 
 def _header_fields(head: bytes) -> list[bytes]:
@@ -184,8 +211,7 @@ def _boundary(content: bytes) -> bytes:
             return candidate
 
 
-def redirect_message(raw: bytes, *, sender: str, to: Sequence[str], message_id: str,
-                     now: datetime) -> bytes:
+def redirect_message(raw: bytes, *, sender: str, to: Sequence[str], message_id: str, now: datetime) -> bytes:
     """``raw`` with Resent-* fields and our loop header prepended, CRLF line endings."""
     resent_from = validate_address(sender, what="resent-from")
     targets = [validate_address(a, what="resent-to") for a in to]

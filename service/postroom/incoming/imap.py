@@ -85,6 +85,7 @@ class HeaderFetch(NamedTuple):
 
 # -- UID sets ------------------------------------------------------------------------------
 
+
 def uid_set(uids: Iterable[int]) -> str:
     """Sorted UIDs as an IMAP sequence set with ranges: [1,2,3,7] -> "1:3,7"."""
     ordered = sorted(set(uids))
@@ -105,10 +106,11 @@ def uid_set(uids: Iterable[int]) -> str:
 def chunks(uids: Collection[int], size: int = CHUNK) -> Iterator[list[int]]:
     ordered = sorted(set(uids))
     for i in range(0, len(ordered), size):
-        yield ordered[i:i + size]
+        yield ordered[i : i + size]
 
 
 # -- BODYSTRUCTURE -------------------------------------------------------------------------
+
 
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
@@ -218,6 +220,7 @@ _LOGINS: Mapping[Mechanism, Callable[[IMAPClient, str, str], object]] = {
 
 # -- the connection ------------------------------------------------------------------------
 
+
 class _Client(IMAPClient):  # type: ignore[misc]  # imapclient ships no type hints mypy reads
     """IMAPClient over a connection a ``Cutoff`` opened, so the deadline watchdog and a stop
     can cut it from the event loop (``threaded``)."""
@@ -229,13 +232,13 @@ class _Client(IMAPClient):  # type: ignore[misc]  # imapclient ships no type hin
     def _create_IMAP4(self) -> imaplib.IMAP4:
         # IMAPClient's one seam for opening its imaplib connection; its own TLS and timeout
         # classes differ from imaplib's only in the socket they open, as ours does.
-        return _Imap4(self._cutoff, self.host, self.port, self._timeout.connect,
-                      self.ssl_context if self.ssl else None)
+        return _Imap4(self._cutoff, self.host, self.port, self._timeout.connect, self.ssl_context if self.ssl else None)
 
 
 class _Imap4(imaplib.IMAP4):
-    def __init__(self, cutoff: Cutoff, host: str, port: int, timeout: float | None,
-                 context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, cutoff: Cutoff, host: str, port: int, timeout: float | None, context: ssl.SSLContext | None
+    ) -> None:
         self._cutoff, self._context = cutoff, context
         super().__init__(host, port, timeout)
 
@@ -251,8 +254,14 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
     errors = IMAP_ERRORS
     busy_codes = IMAP_BUSY_CODES
 
-    def __init__(self, account: str, cfg: ImapConfig, credentials: Credentials | None = None, *,
-                 idle_renew: float = IDLE_RENEW_SECONDS):
+    def __init__(
+        self,
+        account: str,
+        cfg: ImapConfig,
+        credentials: Credentials | None = None,
+        *,
+        idle_renew: float = IDLE_RENEW_SECONDS,
+    ):
         super().__init__(account, cfg, credentials)
         self.idle_renew = idle_renew
         self.folder = ""
@@ -270,8 +279,14 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         cfg = self.cfg
         context = _ssl_context(cfg)
         try:
-            client = _Client(self._cutoff, cfg.host, port=cfg.port_or_default(), ssl=cfg.security == "tls",
-                             ssl_context=context if cfg.security == "tls" else None, timeout=cfg.timeout)
+            client = _Client(
+                self._cutoff,
+                cfg.host,
+                port=cfg.port_or_default(),
+                ssl=cfg.security == "tls",
+                ssl_context=context if cfg.security == "tls" else None,
+                timeout=cfg.timeout,
+            )
         except ssl.SSLError as exc:
             if isinstance(exc, ssl.SSLCertVerificationError | ssl.SSLEOFError | ssl.SSLZeroReturnError):
                 raise
@@ -301,8 +316,16 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
 
     def _opened(self, client: IMAPClient) -> None:
         cfg = self.cfg
-        log.info("imap connected", account=self.account, host=cfg.host, port=cfg.port_or_default(),
-                 security=cfg.security, idle=self.has("IDLE"), move=self.has("MOVE"), uidplus=self.has("UIDPLUS"))
+        log.info(
+            "imap connected",
+            account=self.account,
+            host=cfg.host,
+            port=cfg.port_or_default(),
+            security=cfg.security,
+            idle=self.has("IDLE"),
+            move=self.has("MOVE"),
+            uidplus=self.has("UIDPLUS"),
+        )
 
     def _goodbye(self, client: IMAPClient) -> None:
         _logout_quietly(client)
@@ -327,14 +350,19 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         self._drain_news()  # what SELECT reports, the SEARCH that follows it sees
         if b"UIDVALIDITY" not in info:
             # without it a checkpoint by UID could silently point at other messages one day
-            raise PermanentError(f"{self._where}: the server gave no UIDVALIDITY for {folder!r}; "
-                                 "postroom needs UIDs it can trust (RFC 3501 requires it)")
+            raise PermanentError(
+                f"{self._where}: the server gave no UIDVALIDITY for {folder!r}; "
+                "postroom needs UIDs it can trust (RFC 3501 requires it)"
+            )
         modseq = info.get(b"HIGHESTMODSEQ")
         # UIDNEXT is required too, but some servers leave it out; 0 = unknown (only used as a
         # fallback when the folder is empty)
-        return FolderState(uidvalidity=int(info[b"UIDVALIDITY"]), uidnext=int(info.get(b"UIDNEXT", 0)),
-                           exists=int(info.get(b"EXISTS", 0)),
-                           highestmodseq=int(modseq) if modseq is not None else None)
+        return FolderState(
+            uidvalidity=int(info[b"UIDVALIDITY"]),
+            uidnext=int(info.get(b"UIDNEXT", 0)),
+            exists=int(info.get(b"EXISTS", 0)),
+            highestmodseq=int(modseq) if modseq is not None else None,
+        )
 
     async def news_since_select(self) -> bool:
         """Did the server announce new mail (EXISTS, RECENT) while other commands ran since the
@@ -354,17 +382,18 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
 
     async def ensure_folder(self, folder: str) -> None:
         """Create ``folder`` unless it exists (an APPEND into a missing one is refused)."""
+
         def ensure() -> None:
             client = self._c()
             if not client.folder_exists(folder):
                 client.create_folder(folder)
+
         await self._run(f"create {folder!r}", ensure)
 
     async def append(self, folder: str, raw: bytes, flags: Sequence[str], when: datetime | None) -> None:
         """APPEND one message with these flags (\\Recent is the server's) and internal date."""
         kept = [f for f in flags if f.lower() != "\\recent"]
-        await self._run(f"append to {folder!r}",
-                        lambda: self._c().append(folder, raw, flags=kept, msg_time=when))
+        await self._run(f"append to {folder!r}", lambda: self._c().append(folder, raw, flags=kept, msg_time=when))
 
     async def list_folders(self) -> list[str]:
         return await self._run("list", lambda: [name for _, _, name in self._c().list_folders()])
@@ -380,9 +409,16 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         found = await self.search_uids(["UID", f"{start}:*"])
         return [uid for uid in found if uid >= start]
 
-    async def fetch_headers(self, uids: Collection[int], fields: Iterable[str], *,
-                            bodystructure: bool = False, whole: bool = False, internal_date: bool = True,
-                            flags: bool = True) -> dict[int, HeaderFetch]:
+    async def fetch_headers(
+        self,
+        uids: Collection[int],
+        fields: Iterable[str],
+        *,
+        bodystructure: bool = False,
+        whole: bool = False,
+        internal_date: bool = True,
+        flags: bool = True,
+    ) -> dict[int, HeaderFetch]:
         """Header fields, size, internal date, flags (+ attachments from BODYSTRUCTURE, or the
         whole message with ``whole``) for many UIDs, one FETCH per chunk. Nothing gets \\Seen.
         Leave out ``internal_date``/``flags`` when unused: on a big folder, parsing them costs
@@ -400,12 +436,15 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
                 body = _body_item(row)
                 structure = row.get(b"BODYSTRUCTURE")
                 result[int(uid)] = HeaderFetch(
-                    header_bytes=body, size=int(row.get(b"RFC822.SIZE", len(body))),
+                    header_bytes=body,
+                    size=int(row.get(b"RFC822.SIZE", len(body))),
                     internal_date=_aware(row.get(b"INTERNALDATE")) if internal_date else None,
                     flags=frozenset(_text(f) for f in row.get(b"FLAGS", ())) if flags else no_flags,
-                    attachments=attachments_from_bodystructure(structure) if bodystructure and structure else
-                    ([] if bodystructure and not whole else None),
-                    raw=body if whole else None)
+                    attachments=attachments_from_bodystructure(structure)
+                    if bodystructure and structure
+                    else ([] if bodystructure and not whole else None),
+                    raw=body if whole else None,
+                )
         return result
 
     def _c_fetch(self, part: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
@@ -487,7 +526,8 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         if not self.has("UIDPLUS"):
             raise PermanentError(
                 f"{self._where}: can't {what}: the server offers neither MOVE nor UIDPLUS, and a plain"
-                " EXPUNGE would also remove other clients' messages marked \\Deleted")
+                " EXPUNGE would also remove other clients' messages marked \\Deleted"
+            )
 
     # -- IDLE ------------------------------------------------------------------------------
 
@@ -556,8 +596,10 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
 
 # -- FETCH replies -------------------------------------------------------------------------
 
-def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str],
-                        untagged: list[bytes] | None = None) -> list[Any]:
+
+def _uid_fetch_unparsed(
+    client: IMAPClient, uids: str, items: Sequence[str], untagged: list[bytes] | None = None
+) -> list[Any]:
     """``UID FETCH uids (items)`` and its untagged FETCH data in imaplib's own shape: per
     FETCH response a ``(b"seq (... {n}", literal)`` tuple per literal, then the bytes after
     the last one (``[None]`` when there were none, as imaplib says it).
@@ -573,8 +615,10 @@ def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str],
     imaplib's and imapclient's, as from ``IMAPClient.fetch`` (``map_imap_error`` knows both)."""
     imap = _imaplib(client)
     tag = b"pr%d" % next(_TAGS)
-    imap.send(b"%s UID FETCH %s (%s)\r\n" % (tag, uids.encode("ascii"),
-                                            " ".join(item.upper() for item in items).encode("ascii")))
+    imap.send(
+        b"%s UID FETCH %s (%s)\r\n"
+        % (tag, uids.encode("ascii"), " ".join(item.upper() for item in items).encode("ascii"))
+    )
     data: list[Any] = []
     tagged = tag + b" "
     while True:
@@ -598,7 +642,7 @@ def _uid_fetch_unparsed(client: IMAPClient, uids: str, items: Sequence[str],
             elif untagged is not None:
                 untagged.append(line[2:])
         elif line.startswith(tagged):
-            status, _, text = line[len(tagged):].partition(b" ")
+            status, _, text = line[len(tagged) :].partition(b" ")
             if status.upper() != b"OK":
                 raise IMAPClientError(f"fetch failed: {_text(status)} {_text(text)}")
             return data or [None]
@@ -641,8 +685,7 @@ def _buffered_news(imap: imaplib.IMAP4) -> bool:
 def _announces_news(line: bytes) -> bool:
     """An untagged ``* n EXISTS`` / ``* n RECENT`` (n > 0) / ``* n FETCH`` line."""
     match = _UNTAGGED_COUNT.match(line)
-    return bool(match and match.group(2) in _NEW_MAIL
-                and not (match.group(2) == b"RECENT" and match.group(1) == b"0"))
+    return bool(match and match.group(2) in _NEW_MAIL and not (match.group(2) == b"RECENT" and match.group(1) == b"0"))
 
 
 _UNTAGGED_COUNT = re.compile(rb"\* (\d+) ([A-Z]+)")
@@ -657,6 +700,8 @@ def _announces_mail(untagged: bytes) -> bool:
     number, _, kind = untagged.partition(b" ")
     kind = kind.strip().upper()
     return number.isdigit() and (kind == b"EXISTS" or (kind == b"RECENT" and int(number) > 0))
+
+
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\}\Z")
 
 
@@ -682,7 +727,8 @@ def _literal_size(line: bytes) -> int | None:
 # number, UID, optionally the size, then the header block as a literal whose length ends the
 # line. imaplib has already taken off "* " and "FETCH".
 _LEAN_FETCH = re.compile(
-    rb'(\d+) \(UID (\d+)( RFC822\.SIZE (\d+))? (BODY\[HEADER\.FIELDS \([^()\[\]"\r\n]*\)\]) \{(\d+)\}\Z')
+    rb'(\d+) \(UID (\d+)( RFC822\.SIZE (\d+))? (BODY\[HEADER\.FIELDS \([^()\[\]"\r\n]*\)\]) \{(\d+)\}\Z'
+)
 
 
 def parse_fetch_reply(data: list[Any]) -> dict[int, dict[bytes, Any]]:
@@ -750,8 +796,11 @@ def _keep_alive(sock: socket.socket) -> None:
     options on it changes nothing of what IMAPClient reads or writes)."""
     with contextlib.suppress(OSError):  # an option this kernel lacks: the IDLE renewal still bounds it
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-                            ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        for name, value in (
+            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+            ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ):
             if hasattr(socket, name):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 

@@ -63,17 +63,43 @@ PIPELINE = 2
 class ImapWatcher(Watcher):
     kind = "imap"
 
-    def __init__(self, account_name: str, account_cfg: AccountConfig, folder: str, ruleset: RuleSet,
-                 handler: BatchHandler, inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow,
-                 dry_run: bool = False, batch_size: int = BATCH, idle_timeout: float | None = None,
-                 hooks: WatcherHooks | None = None, leases: WatchLeases | None = None,
-                 lease_ttl: float = LEASE_TTL, credentials: Credentials | None = None,
-                 balance: FolderBalance | None = None, bounces: BounceIntake | None = None):
+    def __init__(
+        self,
+        account_name: str,
+        account_cfg: AccountConfig,
+        folder: str,
+        ruleset: RuleSet,
+        handler: BatchHandler,
+        inbound: InboundStore,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        dry_run: bool = False,
+        batch_size: int = BATCH,
+        idle_timeout: float | None = None,
+        hooks: WatcherHooks | None = None,
+        leases: WatchLeases | None = None,
+        lease_ttl: float = LEASE_TTL,
+        credentials: Credentials | None = None,
+        balance: FolderBalance | None = None,
+        bounces: BounceIntake | None = None,
+    ):
         if account_cfg.imap is None:
             raise ValueError(f"account {account_name!r} has no imap: section")
-        super().__init__(account_name, ruleset.for_folder(account_name, folder), handler, inbound,
-                         folder=folder, clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks,
-                         leases=leases, lease_ttl=lease_ttl, balance=balance, bounces=bounces)
+        super().__init__(
+            account_name,
+            ruleset.for_folder(account_name, folder),
+            handler,
+            inbound,
+            folder=folder,
+            clock=clock,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            hooks=hooks,
+            leases=leases,
+            lease_ttl=lease_ttl,
+            balance=balance,
+            bounces=bounces,
+        )
         self.cfg = account_cfg.imap
         self.credentials = credentials  # None: the config's password (or no login)
         self.idle_timeout = idle_timeout
@@ -92,8 +118,11 @@ class ImapWatcher(Watcher):
             use_idle = self.cfg.idle and conn.has("IDLE")
             self.waits_with = WatchState.IDLE if use_idle else WatchState.POLLING
             if not use_idle:
-                self.log.info("polling", every=self.cfg.poll_interval.total_seconds(),
-                              why="idle disabled" if not self.cfg.idle else "server offers no IDLE")
+                self.log.info(
+                    "polling",
+                    every=self.cfg.poll_interval.total_seconds(),
+                    why="idle disabled" if not self.cfg.idle else "server offers no IDLE",
+                )
             while not stop.is_set():
                 if not await self.cycle(conn, stop):
                     break  # stopping: the rest of the folder waits for the next start
@@ -130,8 +159,9 @@ class ImapWatcher(Watcher):
             candidates = await conn.search_uids(["UNSEEN"]) if start_from == "unseen" else everything
             known = await self._exact_matches(conn, candidates)
             candidates = sorted(known) if known is not None else await self._prefilter(conn, candidates)
-            self.log.info(f"first start: start_from={start_from}, taking in {len(candidates)} of "
-                          f"{len(everything)} messages")
+            self.log.info(
+                f"first start: start_from={start_from}, taking in {len(candidates)} of {len(everything)} messages"
+            )
             last = 0
         elif checkpoint.uidvalidity != uidvalidity:
             known = None
@@ -143,10 +173,15 @@ class ImapWatcher(Watcher):
             everything = await conn.uids_from(last + 1)
             known = await self._exact_matches(conn, everything)
             candidates = sorted(known) if known is not None else await self._prefilter(conn, everything)
-        retries = [] if self.dry_run else [
-            row.uid for row in await store_call(self.inbound.retry_candidates, self.account, self.folder,
-                                                now=self.clock())
-            if row.uidvalidity == uidvalidity and row.uid is not None]
+        retries = (
+            []
+            if self.dry_run
+            else [
+                row.uid
+                for row in await store_call(self.inbound.retry_candidates, self.account, self.folder, now=self.clock())
+                if row.uidvalidity == uidvalidity and row.uid is not None
+            ]
+        )
         if retries:
             retries = sorted(await conn.existing_uids(retries))
         todo = sorted(set(candidates) | set(retries))
@@ -182,8 +217,15 @@ class ImapWatcher(Watcher):
         await self._save(uidvalidity, max([last, *everything]), start_from)
         return True
 
-    async def _settle(self, flight: tuple[list[int], asyncio.Task[None]], uidvalidity: int, last: int,
-                      everything: list[int], start_from: str, broke: set[int]) -> None:
+    async def _settle(
+        self,
+        flight: tuple[list[int], asyncio.Task[None]],
+        uidvalidity: int,
+        last: int,
+        everything: list[int],
+        start_from: str,
+        broke: set[int],
+    ) -> None:
         """Wait for the oldest batch in flight, then move the checkpoint past it. Batches are
         settled in order, so the checkpoint never passes a batch that is still running."""
         batch, task = flight
@@ -204,8 +246,12 @@ class ImapWatcher(Watcher):
         the failure counted on its inbound row. True when that row was written."""
         size = self._suspects.broke(uidvalidity, batch)
         if len(batch) > 1:
-            self.log.warning("a FETCH broke off; fetching its messages in smaller batches", count=len(batch),
-                             next_batch=size, error=repr(exc))
+            self.log.warning(
+                "a FETCH broke off; fetching its messages in smaller batches",
+                count=len(batch),
+                next_batch=size,
+                error=repr(exc),
+            )
             return False
         key = self._key(batch[0], uidvalidity)
         return await self._unfetchable(key, dict(uidvalidity=uidvalidity, uid=batch[0]), exc)
@@ -214,8 +260,15 @@ class ImapWatcher(Watcher):
         if self.dry_run:
             self._dry_seen = max(self._dry_seen, last_uid)
             return
-        await store_call(self.inbound.set_checkpoint, self.account, self.folder, uidvalidity=uidvalidity,
-                         last_uid=last_uid, start_from=start_from, now=self.clock())
+        await store_call(
+            self.inbound.set_checkpoint,
+            self.account,
+            self.folder,
+            uidvalidity=uidvalidity,
+            last_uid=last_uid,
+            start_from=start_from,
+            now=self.clock(),
+        )
 
     async def _prefilter(self, conn: ImapConnection, new_uids: list[int]) -> list[int]:
         if not new_uids:
@@ -238,15 +291,18 @@ class ImapWatcher(Watcher):
         """Every action the rules can plan is one the handler does without the message (and
         this is no dry run, which logs subjects)."""
         without_message: frozenset[str] = getattr(self.handler, "kinds_without_message", frozenset())
-        return (not self.dry_run and self.bounces is None and bool(len(self.rules))
-                and self.rules.action_kinds() <= without_message)
+        return (
+            not self.dry_run
+            and self.bounces is None
+            and bool(len(self.rules))
+            and self.rules.action_kinds() <= without_message
+        )
 
     def _exact_rules(self) -> list[tuple[str, list[Any]]] | None:
         """The per-rule SEARCH criteria when SEARCH alone can decide (module docstring)."""
         return self.rules.exact_search(now=self.clock()) if self._message_free() else None
 
-    async def _exact_matches(self, conn: ImapConnection,
-                             new_uids: list[int]) -> dict[int, list[PlannedAction]] | None:
+    async def _exact_matches(self, conn: ImapConnection, new_uids: list[int]) -> dict[int, list[PlannedAction]] | None:
         """uid -> planned actions of the messages among ``new_uids`` that the rules match, from
         one SEARCH per rule; None when the rules (or the server) need messages fetched."""
         per_rule = self._exact_rules()
@@ -276,37 +332,63 @@ class ImapWatcher(Watcher):
         self.log.info("rules decided by SEARCH alone; nothing fetched", matched=len(known), of=len(new_uids))
         return known
 
-    async def _unfetched(self, uidvalidity: int, known: dict[int, list[PlannedAction]],
-                   uids: list[int]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
+    async def _unfetched(
+        self, uidvalidity: int, known: dict[int, list[PlannedAction]], uids: list[int]
+    ) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
         """Items for messages SEARCH matched: no fetch, no parse; finished ones are left out."""
         keyed = {self._key(uid, uidvalidity): uid for uid in uids}
-        rows = {key: dict(account=self.account, folder=self.folder, message_id=None, uidvalidity=uidvalidity,
-                          uid=uid) for key, uid in keyed.items()}
+        rows = {
+            key: dict(account=self.account, folder=self.folder, message_id=None, uidvalidity=uidvalidity, uid=uid)
+            for key, uid in keyed.items()
+        }
         existing = await store_call(self.inbound.statuses, list(rows))
-        items = [InboundItem(key=key, message=ParsedMessage.unread(key), planned=known[uid], uid=uid)
-                 for key, uid in keyed.items() if existing.get(key) not in FINISHED]
+        items = [
+            InboundItem(key=key, message=ParsedMessage.unread(key), planned=known[uid], uid=uid)
+            for key, uid in keyed.items()
+            if existing.get(key) not in FINISHED
+        ]
         return items, rows
 
-    async def _after_uidvalidity_change(self, conn: ImapConnection, old: int, new: int,
-                                        everything: list[int]) -> list[int]:
+    async def _after_uidvalidity_change(
+        self, conn: ImapConnection, old: int, new: int, everything: list[int]
+    ) -> list[int]:
         """New UIDs for the same folder: messages handled before (same Message-ID) are done."""
         message_ids = await conn.message_ids(everything) if everything else {}
         seen = await store_call(self.inbound.seen_message_ids, self.account, self.folder, list(message_ids.values()))
         already = [uid for uid, mid in message_ids.items() if mid and mid in seen]
-        self.log.warning("UIDVALIDITY changed: the server renumbered the folder", old=old, new=new,
-                         messages=len(everything), already_handled=len(already))
+        self.log.warning(
+            "UIDVALIDITY changed: the server renumbered the folder",
+            old=old,
+            new=new,
+            messages=len(everything),
+            already_handled=len(already),
+        )
         if not self.dry_run and already:
             now = self.clock()
-            rows = {self._key(uid, new): dict(account=self.account, folder=self.folder, uidvalidity=new, uid=uid,
-                                              message_id=message_ids[uid]) for uid in already}
+            rows = {
+                self._key(uid, new): dict(
+                    account=self.account, folder=self.folder, uidvalidity=new, uid=uid, message_id=message_ids[uid]
+                )
+                for uid in already
+            }
             existing = await store_call(self.inbound.statuses, list(rows))
             reason = f"handled before under UIDVALIDITY {old} (same Message-ID)"
-            await store_call(self.inbound.finish_many, [(key, DONE, reason) for key in rows if key not in existing],
-                             now=now, rows=rows)
+            await store_call(
+                self.inbound.finish_many,
+                [(key, DONE, reason) for key in rows if key not in existing],
+                now=now,
+                rows=rows,
+            )
         return [uid for uid in everything if uid not in set(already)]
 
-    async def _process(self, conn: ImapConnection, uidvalidity: int, uids: list[int],
-                       known: dict[int, list[PlannedAction]], broke: set[int]) -> None:
+    async def _process(
+        self,
+        conn: ImapConnection,
+        uidvalidity: int,
+        uids: list[int],
+        known: dict[int, list[PlannedAction]],
+        broke: set[int],
+    ) -> None:
         batch_start = uids[0]
         unfetched = [uid for uid in uids if uid in known]
         if unfetched:
@@ -318,18 +400,29 @@ class ImapWatcher(Watcher):
         if self.bounces is not None:
             needs = needs.merge(FetchNeeds(header_fields=frozenset(bounce_intake.HEADER_FIELDS)))
         try:
-            fetched = await conn.fetch_headers(uids, needs.header_fields, bodystructure=needs.bodystructure,
-                                               whole=needs.body, internal_date=needs.internal_date, flags=False)
+            fetched = await conn.fetch_headers(
+                uids,
+                needs.header_fields,
+                bodystructure=needs.bodystructure,
+                whole=needs.body,
+                internal_date=needs.internal_date,
+                flags=False,
+            )
         except Exception:
             broke.add(batch_start)
             raise
         self._suspects.cleared(uidvalidity, uids)
         entries = [
-            Entry(key, functools.partial(_parsed, row, key), dict(uidvalidity=uidvalidity, uid=uid),
-                  dict(uid=uid, raw=row.raw))
+            Entry(
+                key,
+                functools.partial(_parsed, row, key),
+                dict(uidvalidity=uidvalidity, uid=uid),
+                dict(uid=uid, raw=row.raw),
+            )
             for uid in uids
             if (row := fetched.get(uid)) is not None  # absent: expunged meanwhile, nothing to do
-            for key in [self._key(uid, uidvalidity)]]
+            for key in [self._key(uid, uidvalidity)]
+        ]
 
         async def whole(candidates: list[Entry]) -> dict[str, bytes]:
             have = {e.key: e.ident["raw"] for e in candidates if e.ident["raw"] is not None}
@@ -344,5 +437,11 @@ class ImapWatcher(Watcher):
 def _parsed(row: HeaderFetch, key: str) -> ParsedMessage:
     if row.raw is not None:
         return ParsedMessage.from_bytes(row.raw, key=key, internal_date=row.internal_date, flags=tuple(row.flags))
-    return ParsedMessage.from_headers(row.header_bytes, key=key, size=row.size, internal_date=row.internal_date,
-                                      flags=tuple(row.flags), attachments=row.attachments)
+    return ParsedMessage.from_headers(
+        row.header_bytes,
+        key=key,
+        size=row.size,
+        internal_date=row.internal_date,
+        flags=tuple(row.flags),
+        attachments=row.attachments,
+    )

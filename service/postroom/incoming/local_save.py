@@ -287,7 +287,7 @@ def _last_entry(tail: bytes, size: int, window: int, prefix: bytes, body: bytes)
         return "none", 0
     if not written.startswith(prefix):
         return "none", 0
-    rest = written[line_end + 1:]
+    rest = written[line_end + 1 :]
     if rest == body:
         return "done", 0
     if body.startswith(rest):
@@ -335,8 +335,9 @@ class Mbox:
             size = os.fstat(self._fd).st_size
             if not size or not entries:
                 return None
-            candidates = [(f"From {mbox_sender(sender)} ".encode(), mbox_entry(raw, sender, _EPOCH)[1])
-                          for sender, raw in entries]
+            candidates = [
+                (f"From {mbox_sender(sender)} ".encode(), mbox_entry(raw, sender, _EPOCH)[1]) for sender, raw in entries
+            ]
             state, i, offset = _tail_state(self._fd, size, candidates)
             if state == "done":
                 return i

@@ -61,5 +61,6 @@ class MailboxOps(Protocol):
 class BatchHandler(Protocol):
     """Implemented by the action executor; called by watchers."""
 
-    async def handle_batch(self, account: str, folder: str, mailbox: MailboxOps | None,
-                           items: Sequence[InboundItem]) -> dict[str, ItemOutcome]: ...
+    async def handle_batch(
+        self, account: str, folder: str, mailbox: MailboxOps | None, items: Sequence[InboundItem]
+    ) -> dict[str, ItemOutcome]: ...

@@ -70,8 +70,7 @@ def decode_header_value(value: str | email.header.Header) -> str:
             # compat32 keeps raw 8-bit bytes as surrogates: recover and decode them as UTF-8
             value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         else:  # a compat32 Header holding raw 8-bit text (charset unknown-8bit)
-            value = "".join(c if isinstance(c, str) else _to_text(c, cs)
-                            for c, cs in email.header.decode_header(value))
+            value = "".join(c if isinstance(c, str) else _to_text(c, cs) for c, cs in email.header.decode_header(value))
         value = _FOLDING_RE.sub("", value)
         chunks = email.header.decode_header(value)
         try:
@@ -158,7 +157,8 @@ def message_parts(raw: bytes) -> MessageParts:
         return MessageParts(
             "\n".join(_part_text(p) for p in texts).replace("\r\n", "\n") if texts else None,
             "\n".join(_part_text(p) for p in htmls).replace("\r\n", "\n") if htmls else None,
-            [(_filename(p) or "", p.get_content_type().lower(), _payload(p)) for p in attachments])
+            [(_filename(p) or "", p.get_content_type().lower(), _payload(p)) for p in attachments],
+        )
     except Exception as exc:
         log.warning("message parts unreadable", error=repr(exc))
         return MessageParts(None, None, [])
@@ -216,8 +216,11 @@ class HeaderBlock:
 
     def get_all(self, name: str, failobj: Any = None) -> list[Any] | Any:
         wanted = name.lower()
-        values = [value if value.isascii() else compat32.header_fetch_parse(stored, value)
-                  for stored, value in self._fields if stored.lower() == wanted]
+        values = [
+            value if value.isascii() else compat32.header_fetch_parse(stored, value)
+            for stored, value in self._fields
+            if stored.lower() == wanted
+        ]
         return values or failobj
 
     def keys(self) -> list[str]:
@@ -299,20 +302,27 @@ class ParsedMessage:
     _walked: tuple[tuple[Attachment, ...], str] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_bytes(cls, raw: bytes, *, key: str, internal_date: datetime | None = None,
-                   flags: Sequence[str] = ()) -> ParsedMessage:
+    def from_bytes(
+        cls, raw: bytes, *, key: str, internal_date: datetime | None = None, flags: Sequence[str] = ()
+    ) -> ParsedMessage:
         try:
             parsed = message_from_bytes(raw, policy=compat32)
         except Exception as exc:
             log.warning("message unparsable", key=key, error=repr(exc))
             parsed = _empty_message()
-        return cls(key=key, headers=parsed, size=len(raw), internal_date=internal_date,
-                   raw=raw, flags=frozenset(flags))
+        return cls(key=key, headers=parsed, size=len(raw), internal_date=internal_date, raw=raw, flags=frozenset(flags))
 
     @classmethod
-    def from_headers(cls, header_bytes: bytes, *, key: str, size: int,
-                     internal_date: datetime | None = None, flags: Sequence[str] = (),
-                     attachments: Sequence[Attachment] | None = None) -> ParsedMessage:
+    def from_headers(
+        cls,
+        header_bytes: bytes,
+        *,
+        key: str,
+        size: int,
+        internal_date: datetime | None = None,
+        flags: Sequence[str] = (),
+        attachments: Sequence[Attachment] | None = None,
+    ) -> ParsedMessage:
         """Header bytes only; ``attachments`` as the IMAP layer read them from BODYSTRUCTURE."""
         try:
             parsed = _plain_headers(header_bytes) or BytesHeaderParser(policy=compat32).parsebytes(header_bytes)
@@ -320,8 +330,14 @@ class ParsedMessage:
             log.warning("headers unparsable", key=key, error=repr(exc))
             parsed = _empty_message()
         known = tuple(Attachment(*a) for a in attachments) if attachments is not None else None
-        return cls(key=key, headers=parsed, size=size, internal_date=internal_date,
-                   flags=frozenset(flags), known_attachments=known)
+        return cls(
+            key=key,
+            headers=parsed,
+            size=size,
+            internal_date=internal_date,
+            flags=frozenset(flags),
+            known_attachments=known,
+        )
 
     @classmethod
     def unread(cls, key: str) -> ParsedMessage:
@@ -362,9 +378,14 @@ class ParsedMessage:
 
     def _addresses(self, name: str) -> list[Address]:
         try:
-            raw = [decode_header_value(v) if not isinstance(v, str) else
-                   v if v.isascii() else v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                   for v in self.headers.get_all(name) or []]
+            raw = [
+                decode_header_value(v)
+                if not isinstance(v, str)
+                else v
+                if v.isascii()
+                else v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                for v in self.headers.get_all(name) or []
+            ]
             pairs = _simple_addresses(raw)
             if pairs is None:
                 pairs = email.utils.getaddresses(raw)

@@ -90,8 +90,14 @@ def _command(pop: poplib.POP3, line: bytes) -> bytes:
     return reply.rstrip(b"\r\n")
 
 
-def sasl_login(pop: poplib.POP3, mechanism: sasl.Mechanism, username: str, token: str, *,
-               initial_response_max: int = INITIAL_RESPONSE_MAX) -> None:
+def sasl_login(
+    pop: poplib.POP3,
+    mechanism: sasl.Mechanism,
+    username: str,
+    token: str,
+    *,
+    initial_response_max: int = INITIAL_RESPONSE_MAX,
+) -> None:
     """AUTH XOAUTH2 / OAUTHBEARER (RFC 5034): the initial response on the AUTH line, or the
     two-step form when that line would be too long. A refused token first gets a base64 JSON
     error challenge ("+ eyJ…"), answered as the mechanism wants, before the final -ERR."""
@@ -151,8 +157,9 @@ class Pop3Connection(ThreadedConnection[poplib.POP3, Pop3Config]):
 
     def _opened(self, client: poplib.POP3) -> None:
         cfg = self.cfg
-        log.info("pop3 connected", account=self.account, host=cfg.host, port=cfg.port_or_default(),
-                 security=cfg.security)
+        log.info(
+            "pop3 connected", account=self.account, host=cfg.host, port=cfg.port_or_default(), security=cfg.security
+        )
 
     def _drop(self, client: poplib.POP3) -> None:
         _close_quietly(client)
@@ -203,8 +210,7 @@ class _Pop3(poplib.POP3):
     """poplib over a connection a ``Cutoff`` opened (implicit TLS when ``context``), so the
     deadline watchdog and a stop can cut it from the event loop (``threaded``)."""
 
-    def __init__(self, cutoff: Cutoff, host: str, port: int, timeout: float,
-                 context: ssl.SSLContext | None) -> None:
+    def __init__(self, cutoff: Cutoff, host: str, port: int, timeout: float, context: ssl.SSLContext | None) -> None:
         self._cutoff, self._context = cutoff, context
         super().__init__(host, port, timeout)
 

@@ -37,16 +37,41 @@ POP3_FOLDER = "INBOX"  # a maildrop has no folders; rules and rows name it INBOX
 class Pop3Watcher(Watcher):
     kind = "pop3"
 
-    def __init__(self, account_name: str, account_cfg: AccountConfig, ruleset: RuleSet, handler: BatchHandler,
-                 inbound: InboundStore, *, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
-                 batch_size: int = BATCH, hooks: WatcherHooks | None = None, leases: WatchLeases | None = None,
-                 lease_ttl: float = LEASE_TTL, credentials: Credentials | None = None,
-                 balance: FolderBalance | None = None, bounces: BounceIntake | None = None):
+    def __init__(
+        self,
+        account_name: str,
+        account_cfg: AccountConfig,
+        ruleset: RuleSet,
+        handler: BatchHandler,
+        inbound: InboundStore,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        dry_run: bool = False,
+        batch_size: int = BATCH,
+        hooks: WatcherHooks | None = None,
+        leases: WatchLeases | None = None,
+        lease_ttl: float = LEASE_TTL,
+        credentials: Credentials | None = None,
+        balance: FolderBalance | None = None,
+        bounces: BounceIntake | None = None,
+    ):
         if account_cfg.pop3 is None:
             raise ValueError(f"account {account_name!r} has no pop3: section")
-        super().__init__(account_name, ruleset.for_account(account_name), handler, inbound, folder=POP3_FOLDER,
-                         clock=clock, dry_run=dry_run, batch_size=batch_size, hooks=hooks, leases=leases,
-                         lease_ttl=lease_ttl, balance=balance, bounces=bounces)
+        super().__init__(
+            account_name,
+            ruleset.for_account(account_name),
+            handler,
+            inbound,
+            folder=POP3_FOLDER,
+            clock=clock,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            hooks=hooks,
+            leases=leases,
+            lease_ttl=lease_ttl,
+            balance=balance,
+            bounces=bounces,
+        )
         self.cfg = account_cfg.pop3
         self.credentials = credentials  # None: the config's password (or no login)
 
@@ -73,8 +98,10 @@ class Pop3Watcher(Watcher):
                 await conn.quit()
                 return
             known = await store_call(self.inbound.known_uidls, self.account)
-            retry = {r.uidl for r in await store_call(self.inbound.retry_candidates, self.account, self.folder,
-                                                      now=self.clock())}
+            retry = {
+                r.uidl
+                for r in await store_call(self.inbound.retry_candidates, self.account, self.folder, now=self.clock())
+            }
             # new messages before retries: a retry whose RETR breaks the connection again then
             # costs only itself, not the new mail behind it
             new = sorted((num, uidl) for uidl, num in listing.items() if uidl not in known)
@@ -96,14 +123,24 @@ class Pop3Watcher(Watcher):
     async def _first_start(self, listing: dict[str, int]) -> bool:
         """True to take in what is there (start_from all); for `new` remember it as skipped."""
         start_from = self.cfg.start_from
-        self.log.info(f"first start: start_from={start_from}", messages=len(listing),
-                      skipping=len(listing) if start_from == "new" else 0)
+        self.log.info(
+            f"first start: start_from={start_from}",
+            messages=len(listing),
+            skipping=len(listing) if start_from == "new" else 0,
+        )
         if self.dry_run:
             return start_from == "all"
         if start_from == "new":
             await store_call(self._skip_all, list(listing), now=self.clock())
-        await store_call(self.inbound.set_checkpoint, self.account, "pop3", uidvalidity=0, last_uid=0,
-                         start_from=start_from, now=self.clock())
+        await store_call(
+            self.inbound.set_checkpoint,
+            self.account,
+            "pop3",
+            uidvalidity=0,
+            last_uid=0,
+            start_from=start_from,
+            now=self.clock(),
+        )
         return start_from == "all"
 
     def _skip_all(self, uidls: list[str], *, now: datetime) -> None:
@@ -126,8 +163,14 @@ class Pop3Watcher(Watcher):
                 await self._hand_over(None, *await self._evaluate(await self._take_bounces(entries, _whole)))
                 await self._unfetchable(key, dict(uidl=uidl), exc)
                 raise
-            entries.append(Entry(key, functools.partial(ParsedMessage.from_bytes, raw, key=key),
-                                 dict(uidl=uidl), dict(uidl=uidl, raw=raw)))
+            entries.append(
+                Entry(
+                    key,
+                    functools.partial(ParsedMessage.from_bytes, raw, key=key),
+                    dict(uidl=uidl),
+                    dict(uidl=uidl, raw=raw),
+                )
+            )
         entries = await self._take_bounces(entries, _whole)
         await self._hand_over(None, *await self._evaluate(entries))
 

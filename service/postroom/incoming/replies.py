@@ -120,8 +120,9 @@ def reply_context(msg: ParsedMessage, **extra: Any) -> dict[str, Any]:
     return {"message": MessageView(msg), **extra}
 
 
-def compose_reply(rendered: RenderedEmail, msg: ParsedMessage, *, sender: str, to: str,
-                  message_id: str, now: datetime) -> bytes:
+def compose_reply(
+    rendered: RenderedEmail, msg: ParsedMessage, *, sender: str, to: str, message_id: str, now: datetime
+) -> bytes:
     subject = auto_subject(rendered.subject or msg.subject)
     extra: dict[str, str] = {}
     original_id = _MSGID.search(msg.message_id or "")
@@ -129,7 +130,15 @@ def compose_reply(rendered: RenderedEmail, msg: ParsedMessage, *, sender: str, t
         references = _MSGID.findall(" ".join(msg.header("References")))[-20:]
         extra["In-Reply-To"] = original_id.group(0)
         extra["References"] = " ".join([*references, original_id.group(0)])
-    reply = compose(sender=sender, to=[to], subject=subject, text=rendered.text, html=rendered.html,
-                    message_id=message_id, date=now, extra_headers=extra,
-                    auto_submitted="auto-replied")
+    reply = compose(
+        sender=sender,
+        to=[to],
+        subject=subject,
+        text=rendered.text,
+        html=rendered.html,
+        message_id=message_id,
+        date=now,
+        extra_headers=extra,
+        auto_submitted="auto-replied",
+    )
     return reply.as_bytes()

@@ -95,8 +95,11 @@ class FetchNeeds:
     def merge(self, other: FetchNeeds) -> FetchNeeds:
         return FetchNeeds(
             header_fields=_dedupe_fields([*self.header_fields, *other.header_fields]),
-            body=self.body or other.body, bodystructure=self.bodystructure or other.bodystructure,
-            size=self.size or other.size, internal_date=self.internal_date or other.internal_date)
+            body=self.body or other.body,
+            bodystructure=self.bodystructure or other.bodystructure,
+            size=self.size or other.size,
+            internal_date=self.internal_date or other.internal_date,
+        )
 
 
 class Explanation(NamedTuple):
@@ -115,6 +118,7 @@ def _dedupe_fields(names: Sequence[str]) -> frozenset[str]:
 
 
 # -- compiling conditions ------------------------------------------------------------------
+
 
 def _operator_check(op: str, operand: str) -> Callable[[str], bool]:
     """One operator of a string test, its operand prepared once."""
@@ -162,6 +166,7 @@ def _field_predicate(values_of: Callable[[ParsedMessage], list[str]], test: Stri
             if matches(value):
                 return True
         return False
+
     return check
 
 
@@ -170,9 +175,11 @@ def _attachment_predicate(spec: AttachmentTest) -> Predicate:
     type_ok = _string_matcher(spec.content_type) if spec.content_type else None
 
     def check(msg: ParsedMessage, now: datetime) -> bool:
-        return any((name_ok is None or name_ok(a.filename or ""))
-                   and (type_ok is None or type_ok(a.content_type))
-                   for a in msg.attachments())
+        return any(
+            (name_ok is None or name_ok(a.filename or "")) and (type_ok is None or type_ok(a.content_type))
+            for a in msg.attachments()
+        )
+
     return check
 
 
@@ -180,6 +187,7 @@ def _older_than(age: timedelta) -> Predicate:
     def check(msg: ParsedMessage, now: datetime) -> bool:
         when = msg.internal_date or msg.date
         return when is not None and now - when > age  # unknown age: never "old"
+
     return check
 
 
@@ -200,8 +208,7 @@ def compile_condition(cond: Condition) -> Predicate:
         parts.append(_attachment_predicate(cond.attachment))
     if cond.size is not None:
         over, under = cond.size.over, cond.size.under
-        parts.append(lambda msg, now: (over is None or msg.size > over)
-                     and (under is None or msg.size < under))
+        parts.append(lambda msg, now: (over is None or msg.size > over) and (under is None or msg.size < under))
     if cond.older_than is not None:
         parts.append(_older_than(cond.older_than))
     if cond.all_ is not None:
@@ -219,6 +226,7 @@ def compile_condition(cond: Condition) -> Predicate:
 
 # -- rules ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CompiledRule:
     config: RuleConfig
@@ -228,9 +236,15 @@ class CompiledRule:
     _stops: bool = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_planned", tuple(
-            PlannedAction(self.config.name, i, a.planned_kind(), a.params())
-            for i, a in enumerate(self.config.actions) if a.kind != "stop"))
+        object.__setattr__(
+            self,
+            "_planned",
+            tuple(
+                PlannedAction(self.config.name, i, a.planned_kind(), a.params())
+                for i, a in enumerate(self.config.actions)
+                if a.kind != "stop"
+            ),
+        )
         object.__setattr__(self, "_stops", any(a.kind == "stop" for a in self.config.actions))
 
     @property
@@ -239,7 +253,8 @@ class CompiledRule:
 
     def watches(self, account: str, folder: str) -> bool:
         return self.config.account == account and any(
-            _same_folder(folder, watched) for watched in self.config.watched_folders())
+            _same_folder(folder, watched) for watched in self.config.watched_folders()
+        )
 
     def planned(self) -> tuple[list[PlannedAction], bool]:
         """(actions to take, whether the rule says stop)."""
@@ -309,8 +324,7 @@ class RuleSet:
         for rule in self.rules:
             matched = rule.predicate(msg, now)
             actions, stops = rule.planned()
-            rows.append(Explanation(rule.name, matched, actions if matched and not stopped else [],
-                                    stopped))
+            rows.append(Explanation(rule.name, matched, actions if matched and not stopped else [], stopped))
             stopped = stopped or (matched and stops)
         return rows
 
@@ -372,6 +386,7 @@ def condition_needs(cond: Condition, *, base: Sequence[str] = BASE_HEADER_FIELDS
 
 # -- IMAP SEARCH prefilter -----------------------------------------------------------------
 
+
 class _Keys(NamedTuple):
     keys: list[SearchCriteria]  # search keys (each a token list), ANDed; [] = no narrowing
     exact: bool  # the keys select exactly the messages the condition matches (as a prefilter)
@@ -416,8 +431,13 @@ def _needle(field: str, test: StringTest) -> list[tuple[str, bool]]:
 #: Unicode blocks holding every character with such a hazard (Latin, Greek punctuation, Latin
 #: Extended Additional + Greek Extended, letterlike symbols + operators, ligatures); the test
 #: compares the result against a scan of all of Unicode, which takes a second
-HAZARD_BLOCKS: tuple[range, ...] = (range(0x80, 0x300), range(0x370, 0x400), range(0x1E00, 0x2000),
-                                    range(0x2100, 0x2300), range(0xFB00, 0xFB50))
+HAZARD_BLOCKS: tuple[range, ...] = (
+    range(0x80, 0x300),
+    range(0x370, 0x400),
+    range(0x1E00, 0x2000),
+    range(0x2100, 0x2300),
+    range(0xFB00, 0xFB50),
+)
 
 
 @functools.cache
@@ -524,8 +544,9 @@ def _translate_any(children: list[Condition], now: datetime) -> _Keys:
         # a branch the server can't narrow makes the whole OR "anything"
         everything = [p for p in parts if not p.keys]
         return _Keys([], any(p.exact for p in everything), any(p.certain for p in everything))
-    return _Keys([_or_chain([_group(p.keys) for p in parts])], all(p.exact for p in parts),
-                 all(p.certain for p in parts))
+    return _Keys(
+        [_or_chain([_group(p.keys) for p in parts])], all(p.exact for p in parts), all(p.certain for p in parts)
+    )
 
 
 def search_criteria(rule: RuleConfig | CompiledRule, *, now: datetime) -> SearchCriteria | None:

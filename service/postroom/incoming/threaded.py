@@ -57,8 +57,9 @@ class Login:
     secret: str = field(repr=False)
 
 
-def map_server_error(exc: BaseException, where: str, table: ErrorTable,
-                     busy_codes: tuple[str, ...] = ()) -> PostroomError:
+def map_server_error(
+    exc: BaseException, where: str, table: ErrorTable, busy_codes: tuple[str, ...] = ()
+) -> PostroomError:
     """One error of a blocking mail client as ours, by the protocol's ``table``; what no row
     names is a lost connection. A refusal that carries one of ``busy_codes`` (the protocol's
     "try later" response codes, such as IMAP's [INUSE]) is ServerBusy, whatever was refused."""
@@ -144,8 +145,9 @@ class ThreadedConnection(Generic[ClientT, ConfigT]):
         except Exception as exc:
             if watch.stop():
                 self._broken = True
-                raise ServerTimeout(f"{self._where} {step}: no complete answer within its deadline "
-                                    f"({watch.limit:g} s); cut off") from exc
+                raise ServerTimeout(
+                    f"{self._where} {step}: no complete answer within its deadline ({watch.limit:g} s); cut off"
+                ) from exc
             mapped = self._map_error(exc, f"{self._where} {step}")
             if isinstance(mapped, ServerConnectError | ServerTimeout):
                 self._broken = True  # the session's state is unknown: only a new one is safe
@@ -175,8 +177,12 @@ class ThreadedConnection(Generic[ClientT, ConfigT]):
         if credentials is None:
             await self._run("connect", self._connect, None)
             return
-        await log_in(credentials, lambda secret: self._run(
-            "connect", self._connect, Login(credentials.username, credentials.mechanism, secret)))
+        await log_in(
+            credentials,
+            lambda secret: self._run(
+                "connect", self._connect, Login(credentials.username, credentials.mechanism, secret)
+            ),
+        )
 
     def _connect(self, login: Login | None) -> None:
         self._cutoff.reset()  # a second attempt (a renewed token) is a new connection
@@ -190,11 +196,13 @@ class ThreadedConnection(Generic[ClientT, ConfigT]):
         drop it; a broken one is just cut. Never hangs."""
         client, self._client = self._client, None
         polite = client is not None and self.says_goodbye and not self._broken
-        await self._end(client, "logout", self._goodbye if polite else None,
-                        deadline=min(CLOSE_DEADLINE, self.cfg.deadline))
+        await self._end(
+            client, "logout", self._goodbye if polite else None, deadline=min(CLOSE_DEADLINE, self.cfg.deadline)
+        )
 
-    async def _end(self, client: ClientT | None, step: str, last: Callable[[ClientT], object] | None, *,
-                   deadline: float) -> None:
+    async def _end(
+        self, client: ClientT | None, step: str, last: Callable[[ClientT], object] | None, *, deadline: float
+    ) -> None:
         """Run the last command ``last(client)`` within ``deadline`` (its errors propagate), then
         cut the connection for good and drop the client on its own thread: never from the
         loop, where closing imaplib's or poplib's reader would wait for a read in progress."""

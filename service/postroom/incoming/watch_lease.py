@@ -32,8 +32,16 @@ STANDBY_RETRY = 5.0  # seconds between a standby's claims: a clean handover take
 
 
 class WatchLease:
-    def __init__(self, leases: WatchLeases, watch: str, log: Any, *, ttl: float = LEASE_TTL,
-                 clock: Callable[[], datetime] = utcnow, balance: FolderBalance | None = None):
+    def __init__(
+        self,
+        leases: WatchLeases,
+        watch: str,
+        log: Any,
+        *,
+        ttl: float = LEASE_TTL,
+        clock: Callable[[], datetime] = utcnow,
+        balance: FolderBalance | None = None,
+    ):
         self.leases = leases
         self.balance = balance
         self._handing_over = False  # the session stops, then the lease is released
@@ -142,8 +150,9 @@ class WatchLease:
                 if renewed:
                     surely_held_until = started + self.ttl
                 elif renewed is False or time.monotonic() + self.ttl / 3 >= surely_held_until:
-                    self.log.warning("lost the watch lease; this replica stops watching the folder",
-                                     holder=await self._holder())
+                    self.log.warning(
+                        "lost the watch lease; this replica stops watching the folder", holder=await self._holder()
+                    )
                     self.held = False
                     return
         finally:

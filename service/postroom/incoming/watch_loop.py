@@ -109,11 +109,23 @@ class Watcher:
     kind = ""
     waits_with = WatchState.POLLING  # what a finished pass waits in (IMAP: IDLE when the server has it)
 
-    def __init__(self, account_name: str, ruleset: RuleSet, handler: BatchHandler, inbound: InboundStore, *,
-                 folder: str, clock: Callable[[], datetime] = utcnow, dry_run: bool = False,
-                 batch_size: int = BATCH, hooks: WatcherHooks | None = None,
-                 leases: WatchLeases | None = None, lease_ttl: float = LEASE_TTL,
-                 balance: FolderBalance | None = None, bounces: BounceIntake | None = None):
+    def __init__(
+        self,
+        account_name: str,
+        ruleset: RuleSet,
+        handler: BatchHandler,
+        inbound: InboundStore,
+        *,
+        folder: str,
+        clock: Callable[[], datetime] = utcnow,
+        dry_run: bool = False,
+        batch_size: int = BATCH,
+        hooks: WatcherHooks | None = None,
+        leases: WatchLeases | None = None,
+        lease_ttl: float = LEASE_TTL,
+        balance: FolderBalance | None = None,
+        bounces: BounceIntake | None = None,
+    ):
         self.hooks = hooks or WatcherHooks()
         # This folder is the account's bounce folder: bounce reports for our mail are taken
         # out of each batch before the rules (postroom.incoming.bounces). Not in a dry run.
@@ -165,8 +177,9 @@ class Watcher:
                     delay = backoff.after(exc)
                 except PermanentError as exc:
                     self._failed(exc)
-                    self.log.error("watcher cannot work; fix the account settings", error=str(exc),
-                                   retry_in=PERMANENT_RETRY)
+                    self.log.error(
+                        "watcher cannot work; fix the account settings", error=str(exc), retry_in=PERMANENT_RETRY
+                    )
                     delay = backoff.after(exc)
                 except Exception as exc:
                     self._failed(exc)
@@ -216,15 +229,16 @@ class Watcher:
         stored = finished[key]
         self.hooks.processed(self.account, self.folder, stored)
         if stored == SET_ASIDE:
-            self.log.error("message set aside: fetching it breaks the connection every time", key=key,
-                           error=repr(exc))
+            self.log.error("message set aside: fetching it breaks the connection every time", key=key, error=repr(exc))
         else:
-            self.log.warning("fetching this message breaks the connection; retried later, the rest go on",
-                             key=key, error=repr(exc))
+            self.log.warning(
+                "fetching this message breaks the connection; retried later, the rest go on", key=key, error=repr(exc)
+            )
         return True
 
-    async def _take_bounces(self, entries: Sequence[Entry],
-                            fetch_raw: Callable[[list[Entry]], Awaitable[dict[str, bytes]]]) -> list[Entry]:
+    async def _take_bounces(
+        self, entries: Sequence[Entry], fetch_raw: Callable[[list[Entry]], Awaitable[dict[str, bytes]]]
+    ) -> list[Entry]:
         """The entries left for the rules once bounce reports for our mail are consumed: those
         are recorded (``BounceIntake.consume``) and their inbound rows finished as done here,
         so no rule acts on them. ``fetch_raw`` reads candidates whole (key -> bytes)."""
@@ -249,17 +263,25 @@ class Watcher:
         todo = [(e, raws[e.key]) for e in maybe if e.key in raws]
         consumed = await store_call(self._consume, intake, todo, parsed)
         if consumed:
-            rows = {e.key: dict(account=self.account, folder=self.folder, message_id=parsed[e.key].message_id,
-                                **e.begin) for e, _ in todo if e.key in consumed}
-            await store_call(self.inbound.finish_many, [(key, DONE, reason) for key, reason in consumed.items()],
-                             now=self.clock(), rows=rows)
+            rows = {
+                e.key: dict(account=self.account, folder=self.folder, message_id=parsed[e.key].message_id, **e.begin)
+                for e, _ in todo
+                if e.key in consumed
+            }
+            await store_call(
+                self.inbound.finish_many,
+                [(key, DONE, reason) for key, reason in consumed.items()],
+                now=self.clock(),
+                rows=rows,
+            )
             for _key in consumed:
                 self.hooks.processed(self.account, self.folder, "bounce")
         return [e for e in entries if e.key not in consumed]
 
     @staticmethod
-    def _consume(intake: BounceIntake, todo: list[tuple[Entry, bytes]],
-                 parsed: dict[str, ParsedMessage]) -> dict[str, str]:
+    def _consume(
+        intake: BounceIntake, todo: list[tuple[Entry, bytes]], parsed: dict[str, ParsedMessage]
+    ) -> dict[str, str]:
         # A store error raises: the batch is taken again (never handed to the rules instead).
         consumed: dict[str, str] = {}
         for entry, raw in todo:
@@ -285,9 +307,15 @@ class Watcher:
             except Exception as exc:
                 self.log.exception("message failed before its actions", key=entry.key)
                 unreadable.append((entry.key, FAILED, f"evaluate: {exc!r}"))
-        rows = {e.key: dict(account=self.account, folder=self.folder,
-                            message_id=parsed[e.key].message_id if e.key in parsed else None, **e.begin)
-                for e in entries}
+        rows = {
+            e.key: dict(
+                account=self.account,
+                folder=self.folder,
+                message_id=parsed[e.key].message_id if e.key in parsed else None,
+                **e.begin,
+            )
+            for e in entries
+        }
         existing = {} if self.dry_run else await store_call(self.inbound.statuses, list(rows))
         finished.extend(row for row in unreadable if existing.get(row[0]) not in FINISHED)
         items: list[InboundItem] = []
@@ -303,8 +331,13 @@ class Watcher:
                 continue
             if self.dry_run:
                 for action in planned:
-                    self.log.info(f"would {action.kind}", key=entry.key, rule=action.rule, params=action.params,
-                                  subject=msg.subject)
+                    self.log.info(
+                        f"would {action.kind}",
+                        key=entry.key,
+                        rule=action.rule,
+                        params=action.params,
+                        subject=msg.subject,
+                    )
                 if not planned:
                     self.log.info("would do nothing: no rule matches", key=entry.key, subject=msg.subject)
             elif not planned:
@@ -316,8 +349,9 @@ class Watcher:
             await store_call(self.inbound.finish_many, finished, now=self.clock(), rows=rows)
         return items, rows
 
-    async def _hand_over(self, mailbox: MailboxOps | None, items: Sequence[InboundItem],
-                         rows: dict[str, dict[str, Any]]) -> dict[str, str]:
+    async def _hand_over(
+        self, mailbox: MailboxOps | None, items: Sequence[InboundItem], rows: dict[str, dict[str, Any]]
+    ) -> dict[str, str]:
         """handle_batch, then finish each row. A batch that raises is retried item by item so
         one poisonous message fails alone. Returns key -> stored status."""
         if not items:
@@ -327,11 +361,15 @@ class Watcher:
         except Exception as exc:
             if len(items) == 1:
                 self.log.error("handler failed for message", key=items[0].key, error=repr(exc))
-                outcomes = {items[0].key: ItemOutcome(done=False, error=f"handler: {exc!r}",
-                                                      transient=not isinstance(exc, PermanentError))}
+                outcomes = {
+                    items[0].key: ItemOutcome(
+                        done=False, error=f"handler: {exc!r}", transient=not isinstance(exc, PermanentError)
+                    )
+                }
             else:
-                self.log.warning("handler failed for a batch; handing items over one by one",
-                                 count=len(items), error=repr(exc))
+                self.log.warning(
+                    "handler failed for a batch; handing items over one by one", count=len(items), error=repr(exc)
+                )
                 stored: dict[str, str] = {}
                 for item in items:
                     stored.update(await self._hand_over(mailbox, [item], rows))

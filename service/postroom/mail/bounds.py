@@ -55,8 +55,9 @@ _SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?(\d*)[,_]?(?:\.(\d+))?")
 def printf_size(fmt: str, values: Any) -> int:
     """The most ``fmt % values`` can make: the text, the values, every width and precision.
     A ``*`` width or precision comes from the values: count the largest integer among them."""
-    given = tuple(values.values()) if isinstance(values, Mapping) else (
-        values if isinstance(values, tuple) else (values,))
+    given = (
+        tuple(values.values()) if isinstance(values, Mapping) else (values if isinstance(values, tuple) else (values,))
+    )
     star = max((abs(v) for v in given if isinstance(v, int)), default=0)
     size = len(fmt) + sum(_len(v) for v in given)
     for width, precision in _PRINTF.findall(fmt):
@@ -93,8 +94,9 @@ class _BoundedEscapeFormatter(_BoundedFormatter, EscapeFormatter):
 def bounded_str_format(env: jinja2.Environment, method: Any) -> Callable[..., str]:
     """What the sandbox's getattr hands a template for ``s.format`` / ``s.format_map``."""
     owner: str = method.__self__
-    formatter: Formatter = (_BoundedEscapeFormatter(env, escape=owner.escape)
-                            if isinstance(owner, Markup) else _BoundedFormatter(env))
+    formatter: Formatter = (
+        _BoundedEscapeFormatter(env, escape=owner.escape) if isinstance(owner, Markup) else _BoundedFormatter(env)
+    )
     is_format_map = method.__name__ == "format_map"
 
     @wraps(method)
@@ -134,8 +136,7 @@ def _indent(s: Any, width: Any = 4, *_: Any, **__: Any) -> int:
     return len(text) + (text.count("\n") + 1) * prefix
 
 
-def _wordwrap(s: Any, width: Any = 79, break_long_words: Any = True, wrapstring: Any = None,
-              *_: Any, **__: Any) -> int:
+def _wordwrap(s: Any, width: Any = 79, break_long_words: Any = True, wrapstring: Any = None, *_: Any, **__: Any) -> int:
     # Two lines in a row hold at least `width` characters (else the second's first word would
     # have fitted on the first), so a paragraph wraps into at most 2 * len / width + 1 lines.
     text = str(s)

@@ -40,7 +40,9 @@ _QMAIL = re.compile(r"(?m)^<([^<>\s]+@[^<>\s]+)>:\s*$")
 _BOUNCE_SENDERS = ("mailer-daemon", "postmaster")
 _BOUNCE_SUBJECTS = re.compile(
     r"undeliver|delivery (status notification|failure|has failed)|mail delivery failed|returned mail|"
-    r"failure notice|non[- ]?delivery|delivery notification", re.I)
+    r"failure notice|non[- ]?delivery|delivery notification",
+    re.I,
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,7 @@ def parse_bounce(raw: bytes) -> Bounce | None:
         return None
 
 
-def looks_like_bounce(content_type: str, sender: str, return_path: str, subject: str,
-                      failed_recipients: str) -> bool:
+def looks_like_bounce(content_type: str, sender: str, return_path: str, subject: str, failed_recipients: str) -> bool:
     """From headers alone: could this be a bounce (worth fetching whole)? Generous on purpose;
     `parse_bounce` decides."""
     ctype = content_type.lower()
@@ -118,7 +119,7 @@ def _dsn_recipients(report: Message) -> list[BouncedRecipient]:
         text = payload if isinstance(payload, str) else ""
         blocks = [HeaderParser().parsestr(chunk) for chunk in re.split(r"\r?\n\s*\r?\n", text) if chunk.strip()]
     out: list[BouncedRecipient] = []
-    for block in blocks[:MAX_RECIPIENTS + 1]:
+    for block in blocks[: MAX_RECIPIENTS + 1]:
         final = _address(block.get("Final-Recipient", "") or block.get("Original-Recipient", ""))
         if not final:
             continue  # the per-message block, or a broken one
@@ -126,13 +127,15 @@ def _dsn_recipients(report: Message) -> list[BouncedRecipient]:
         diagnostic = _unfold(block.get("Diagnostic-Code", ""))
         if ";" in diagnostic:
             diagnostic = diagnostic.split(";", 1)[1].strip()
-        out.append(BouncedRecipient(
-            address=final,
-            action=str(block.get("Action", "failed")).strip().lower() or "failed",
-            status=status_match.group(0) if status_match else "",
-            diagnostic=diagnostic[:1000],
-            original=_address(block.get("Original-Recipient", "")),
-        ))
+        out.append(
+            BouncedRecipient(
+                address=final,
+                action=str(block.get("Action", "failed")).strip().lower() or "failed",
+                status=status_match.group(0) if status_match else "",
+                diagnostic=diagnostic[:1000],
+                original=_address(block.get("Original-Recipient", "")),
+            )
+        )
     return out
 
 
@@ -193,8 +196,9 @@ def _non_standard(msg: Message, parts: list[Message], original: str | None) -> B
     sender = _unfold(msg.get("From", ""))
     subject = _unfold(msg.get("Subject", ""))
     failed_header = _unfold(msg.get("X-Failed-Recipients", ""))
-    if not looks_like_bounce(msg.get_content_type(), sender, _unfold(msg.get("Return-Path", "x")), subject,
-                             failed_header):
+    if not looks_like_bounce(
+        msg.get_content_type(), sender, _unfold(msg.get("Return-Path", "x")), subject, failed_header
+    ):
         return None
     text = "\n".join(_text(p) for p in parts if p.get_content_type() == "text/plain")[:MAX_TEXT]
     addresses = [a.lower() for a in _ADDR.findall(failed_header)]
@@ -209,8 +213,10 @@ def _non_standard(msg: Message, parts: list[Message], original: str | None) -> B
         reply = _REPLY.search(text)
         status = f"{reply.group(1)}.0.0" if reply else ""
     diagnostic = _diagnostic_line(text, status)
-    recipients = tuple(BouncedRecipient(address=a, action="failed", status=status, diagnostic=diagnostic)
-                       for a in dict.fromkeys(addresses))
+    recipients = tuple(
+        BouncedRecipient(address=a, action="failed", status=status, diagnostic=diagnostic)
+        for a in dict.fromkeys(addresses)
+    )
     return Bounce(recipients[:MAX_RECIPIENTS], original, standard=False)
 
 

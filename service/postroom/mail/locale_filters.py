@@ -66,8 +66,15 @@ def money(value: Any, currency: str = "", locale: str | int | None = None, place
 
     try:
         precision = get_currency_precision(currency) if places is None else _places(places)
-        return str(format_currency(_rounded(value, precision), currency, locale=babel_locale,
-                                   currency_digits=places is None, decimal_quantization=False))
+        return str(
+            format_currency(
+                _rounded(value, precision),
+                currency,
+                locale=babel_locale,
+                currency_digits=places is None,
+                decimal_quantization=False,
+            )
+        )
     except Exception as exc:  # babel's unknown-currency errors are not ValueErrors
         raise ValueError(f"money: can't format {currency!r}: {exc}") from None
 

@@ -278,8 +278,9 @@ class TemplateRenderer:
             return None, None
         node = extends[0]
         if len(extends) > 1 or not isinstance(node.template, nodes.Const) or not isinstance(node.template.value, str):
-            raise TemplateError("{% extends %} must appear once and name a template literally",
-                                template=file, lineno=node.lineno)
+            raise TemplateError(
+                "{% extends %} must appear once and name a template literally", template=file, lineno=node.lineno
+            )
         self._parents[key] = (template, node.template.value, node.lineno)
         return node.template.value, node.lineno
 

@@ -21,9 +21,30 @@ __all__ = ["html_to_text"]
 _SKIP = frozenset({"head", "style", "script", "title", "template", "noscript"})
 # Elements that stand as their own paragraph.
 _PARAGRAPH = frozenset(
-    {"p", "div", "section", "article", "header", "footer", "main", "aside", "nav",
-     "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "address", "figure", "form",
-     "fieldset", "dl", "center"}
+    {
+        "p",
+        "div",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "main",
+        "aside",
+        "nav",
+        "blockquote",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "address",
+        "figure",
+        "form",
+        "fieldset",
+        "dl",
+        "center",
+    }
 )
 _LINE = frozenset({"dt", "dd", "caption", "figcaption", "tbody", "thead", "tfoot"})
 # Columns wider than this are not padded: aligning them would push every row off screen.
@@ -206,7 +227,7 @@ class _TextMaker(HTMLParser):
         if sink is not self.sink or not href or href.startswith(("#", "javascript:")):
             return
         label = "".join(sink.parts[start:]).strip()
-        target = href[len("mailto:"):] if href.startswith("mailto:") else href
+        target = href[len("mailto:") :] if href.startswith("mailto:") else href
         if label in (href, target):
             return
         sink.text(f" ({target})" if label else target)

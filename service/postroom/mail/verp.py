@@ -33,5 +33,5 @@ def message_id_from(recipient: str, address: str, delimiter: str = "+") -> str |
     prefix = f"{local}{delimiter}{TAG}"
     if r_domain != domain or not r_local.startswith(prefix):
         return None
-    token = r_local[len(prefix):]
+    token = r_local[len(prefix) :]
     return f"<{token}@{address.rpartition('@')[2]}>" if _TOKEN.match(token) else None

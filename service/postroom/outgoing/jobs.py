@@ -51,12 +51,18 @@ class BuiltRun:
 
 
 class JobRunner:
-    def __init__(self, config: Config, renderer: TemplateRenderer, store: Store | None, *,
-                 wake_sender: Callable[[], None] = lambda: None,
-                 clock: Callable[[], datetime] = utcnow,
-                 on_run: Callable[[str, str, float], None] = lambda job, status, seconds: None,
-                 sender: OutboxSender | None = None,
-                 on_suppressed: Callable[[str, str, int], None] = lambda job, account, count: None):
+    def __init__(
+        self,
+        config: Config,
+        renderer: TemplateRenderer,
+        store: Store | None,
+        *,
+        wake_sender: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = utcnow,
+        on_run: Callable[[str, str, float], None] = lambda job, status, seconds: None,
+        sender: OutboxSender | None = None,
+        on_suppressed: Callable[[str, str, int], None] = lambda job, account, count: None,
+    ):
         self.on_run = on_run  # (job, status, seconds) — metrics
         self.on_suppressed = on_suppressed  # (job, account, recipients left out) — metrics
         # The daemon's sender: a run's messages are stored already leased to it and handed
@@ -69,30 +75,69 @@ class JobRunner:
         self.clock = clock
 
     # -- building (pure apart from loading data) ---------------------------------------------
-    async def build(self, job_id: str, *, key_prefix: str, now: datetime,
-                    fire_time: datetime | None = None, to_override: Sequence[str] | None = None) -> BuiltRun:
+    async def build(
+        self,
+        job_id: str,
+        *,
+        key_prefix: str,
+        now: datetime,
+        fire_time: datetime | None = None,
+        to_override: Sequence[str] | None = None,
+    ) -> BuiltRun:
         job = self._job(job_id)
         data = await load_data(job.data)
         if job.skip_if_empty and not data.get(job.skip_if_empty):
             return BuiltRun(job=job_id, skipped=f"{job.skip_if_empty} has no rows")
         # Rendering hundreds of rows is CPU work: keep the event loop free for IDLE and HTTP.
         messages = await asyncio.to_thread(
-            self.render_messages, job_id, job, data, key_prefix=key_prefix, now=now,
-            fire_time=fire_time, to_override=to_override,
+            self.render_messages,
+            job_id,
+            job,
+            data,
+            key_prefix=key_prefix,
+            now=now,
+            fire_time=fire_time,
+            to_override=to_override,
         )
         return BuiltRun(job=job_id, messages=messages)
 
-    def render_messages(self, job_id: str, job: JobConfig, data: Mapping[str, Any], *, key_prefix: str,
-                        now: datetime, fire_time: datetime | None,
-                        to_override: Sequence[str] | None, only_row: int | None = None) -> list[NewMessage]:
+    def render_messages(
+        self,
+        job_id: str,
+        job: JobConfig,
+        data: Mapping[str, Any],
+        *,
+        key_prefix: str,
+        now: datetime,
+        fire_time: datetime | None,
+        to_override: Sequence[str] | None,
+        only_row: int | None = None,
+    ) -> list[NewMessage]:
         """The run's messages; ``only_row``: just that row's (`postroom preview` shows one)."""
         with rendering_locale(self.config.job_locale(job)):  # for money, number and date filters
-            return self._render_rows(job_id, job, data, key_prefix=key_prefix, now=now, fire_time=fire_time,
-                                     to_override=to_override, only_row=only_row)
+            return self._render_rows(
+                job_id,
+                job,
+                data,
+                key_prefix=key_prefix,
+                now=now,
+                fire_time=fire_time,
+                to_override=to_override,
+                only_row=only_row,
+            )
 
-    def _render_rows(self, job_id: str, job: JobConfig, data: Mapping[str, Any], *, key_prefix: str,
-                     now: datetime, fire_time: datetime | None,
-                     to_override: Sequence[str] | None, only_row: int | None) -> list[NewMessage]:
+    def _render_rows(
+        self,
+        job_id: str,
+        job: JobConfig,
+        data: Mapping[str, Any],
+        *,
+        key_prefix: str,
+        now: datetime,
+        fire_time: datetime | None,
+        to_override: Sequence[str] | None,
+        only_row: int | None,
+    ) -> list[NewMessage]:
         account = self.config.accounts[job.account]
         tz = ZoneInfo(self.config.job_timezone(job))
         local_now = now.astimezone(tz)
@@ -130,25 +175,40 @@ class JobRunner:
                 attachments = shared
                 if per_message:
                     attachments = shared + message_attachments(
-                        job.attachments, data, folder, partial(self._render_in, context), where=where)
+                        job.attachments, data, folder, partial(self._render_in, context), where=where
+                    )
                 message_id = make_message_id(domain)
                 raw = compose_bytes(
-                    sender=sender, to=to, cc=cc, subject=rendered.subject, text=rendered.text,
-                    html=rendered.html, message_id=message_id, date=now,
-                    reply_to=reply_to or None, attachments=attachments,
+                    sender=sender,
+                    to=to,
+                    cc=cc,
+                    subject=rendered.subject,
+                    text=rendered.text,
+                    html=rendered.html,
+                    message_id=message_id,
+                    date=now,
+                    reply_to=reply_to or None,
+                    attachments=attachments,
                     extra_headers=self._extra_headers(job, context, where),
                 )
             except MessageRefused as exc:
                 raise MessageRefused(f"{where}: {exc}") from exc
             except DataSourceError as exc:  # a per-row attachment file that isn't there
                 raise DataSourceError(f"{where}: {exc}", source=exc.source) from exc
-            envelope_from = account.address if verp is None else return_path(
-                account.address, message_id, verp.delimiter)
-            out.append(NewMessage(
-                dedup_key=f"{key_prefix}:{i}", message_id=message_id, account=job.account,
-                envelope_from=envelope_from, recipients=[*to, *cc, *bcc], raw=raw,
-                origin=job_id,
-            ))
+            envelope_from = (
+                account.address if verp is None else return_path(account.address, message_id, verp.delimiter)
+            )
+            out.append(
+                NewMessage(
+                    dedup_key=f"{key_prefix}:{i}",
+                    message_id=message_id,
+                    account=job.account,
+                    envelope_from=envelope_from,
+                    recipients=[*to, *cc, *bcc],
+                    raw=raw,
+                    origin=job_id,
+                )
+            )
         return out
 
     def _render_in(self, context: Mapping[str, Any], source: str, what: str) -> str:
@@ -221,9 +281,14 @@ class JobRunner:
         if not left_out:
             return built
         self.on_suppressed(built.job, account, len(left_out))
-        bound.warning("suppressed recipients left out of the run", account=account, count=len(left_out),
-                      recipients=left_out[:LOGGED_SUPPRESSED], messages_dropped=len(built.messages) - len(kept),
-                      see="postroom suppressions")
+        bound.warning(
+            "suppressed recipients left out of the run",
+            account=account,
+            count=len(left_out),
+            recipients=left_out[:LOGGED_SUPPRESSED],
+            messages_dropped=len(built.messages) - len(kept),
+            see="postroom suppressions",
+        )
         return replace(built, messages=kept, suppressed=len(left_out))
 
     async def run_fire(self, job_id: str, fire_time: datetime, trigger: str) -> None:
@@ -239,11 +304,27 @@ class JobRunner:
 
     async def run_now(self, job_id: str, *, key_prefix: str, to_override: Sequence[str] | None = None) -> BuiltRun:
         """A manual run (`postroom send`): recorded as a run, no fire claim."""
-        return await self._run(job_id, key_prefix=key_prefix, fire_time=None, trigger="manual",
-                               now=self.clock(), claim=False, to_override=to_override)
+        return await self._run(
+            job_id,
+            key_prefix=key_prefix,
+            fire_time=None,
+            trigger="manual",
+            now=self.clock(),
+            claim=False,
+            to_override=to_override,
+        )
 
-    async def _run(self, job_id: str, *, key_prefix: str, fire_time: datetime | None, trigger: str,
-                   now: datetime, claim: bool, to_override: Sequence[str] | None = None) -> BuiltRun:
+    async def _run(
+        self,
+        job_id: str,
+        *,
+        key_prefix: str,
+        fire_time: datetime | None,
+        trigger: str,
+        now: datetime,
+        claim: bool,
+        to_override: Sequence[str] | None = None,
+    ) -> BuiltRun:
         runs = self.store.runs
         run_id = await store_call(runs.start_run, job_id, fire_time=fire_time, trigger=trigger, now=now)
         bound = log.bind(job=job_id, trigger=trigger, fire_time=fire_time.isoformat() if fire_time else None)
@@ -252,16 +333,22 @@ class JobRunner:
         account = self.config.jobs[job_id].account if job_id in self.config.jobs else None
         warming = asyncio.create_task(sender.prewarm(account)) if sender and account else None
         try:
-            built = await self.build(job_id, key_prefix=key_prefix, now=now, fire_time=fire_time,
-                                     to_override=to_override)
+            built = await self.build(
+                job_id, key_prefix=key_prefix, now=now, fire_time=fire_time, to_override=to_override
+            )
             if not built.skipped:
                 built = await self._leave_out_suppressed(built, bound)
             if built.skipped:
                 status, detail = "skipped", built.skipped
                 bound.info("job skipped", reason=built.skipped)
             elif sender is not None:
-                items = await store_call(self.store.outbox.enqueue_leased, built.messages,
-                                         now=self.clock(), lease=sender.lease, keep=sender.handoff_limit)
+                items = await store_call(
+                    self.store.outbox.enqueue_leased,
+                    built.messages,
+                    now=self.clock(),
+                    lease=sender.lease,
+                    keep=sender.handoff_limit,
+                )
                 status = "done"
                 bound.info("job run queued mail", messages=len(built.messages), new=len(items))
                 if warming is not None:
@@ -299,9 +386,9 @@ class JobRunner:
             done_at = self.clock()
             self.on_run(job_id, status, (done_at - now).total_seconds())
             if not store_lost:
-                await store_call(runs.finish_run, run_id, now=done_at, status=status,
-                                 messages=len(built.messages), error=detail)
+                await store_call(
+                    runs.finish_run, run_id, now=done_at, status=status, messages=len(built.messages), error=detail
+                )
                 if claim and fire_time is not None:
-                    await store_call(runs.finish_fire, job_id, fire_time, now=done_at,
-                                     status=status, detail=detail)
+                    await store_call(runs.finish_fire, job_id, fire_time, now=done_at, status=status, detail=detail)
         return built

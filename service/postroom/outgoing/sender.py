@@ -81,7 +81,11 @@ class Outcome:
 
 
 def decide(
-    item: OutboxItem, result: SendResult | BaseException, *, now: datetime, policy: OutboxConfig,
+    item: OutboxItem,
+    result: SendResult | BaseException,
+    *,
+    now: datetime,
+    policy: OutboxConfig,
     rand: Callable[[], float] = random.random,
 ) -> Outcome:
     """Pure: one send's result (or error) -> the outcome to record."""
@@ -102,14 +106,18 @@ def decide(
         return Outcome("dead", error=error, delivered=delivered, refused=refused)
     tries = item.attempts + 1
     if tries >= policy.max_attempts:
-        return Outcome("dead", error=f"gave up after {tries} attempts: {error}",
-                       delivered=delivered, refused=refused)
+        return Outcome("dead", error=f"gave up after {tries} attempts: {error}", delivered=delivered, refused=refused)
     if now - item.created_at >= policy.max_age:
-        return Outcome("dead", error=f"gave up after {now - item.created_at} undelivered: {error}",
-                       delivered=delivered, refused=refused)
+        return Outcome(
+            "dead",
+            error=f"gave up after {now - item.created_at} undelivered: {error}",
+            delivered=delivered,
+            refused=refused,
+        )
     retry_at = now + backoff(item.attempts, policy, rand=rand)
-    return Outcome("deferred", error=error, delivered=delivered, refused=refused,
-                   remaining=remaining, retry_at=retry_at)
+    return Outcome(
+        "deferred", error=error, delivered=delivered, refused=refused, remaining=remaining, retry_at=retry_at
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -317,8 +325,10 @@ class OutboxSender:
                 # lease ran out (this one stalled). Rows not started yet are left to it.
                 lost = {i for i in ids if i not in renewed and i in unsettled}
                 if lost:
-                    log.warning("outbox leases ran out and were taken by another replica; leaving "
-                                "those rows to it", rows=len(lost))
+                    log.warning(
+                        "outbox leases ran out and were taken by another replica; leaving those rows to it",
+                        rows=len(lost),
+                    )
                     self._lost |= lost
             await asyncio.sleep(self.lease.total_seconds() / 3)
 
@@ -352,7 +362,11 @@ class OutboxSender:
             log.info("outbox rows released", count=len(left))
 
     async def _drain_account(
-        self, account: str, queue: _AccountQueue, unsettled: dict[int, OutboxItem], stats: DrainStats,
+        self,
+        account: str,
+        queue: _AccountQueue,
+        unsettled: dict[int, OutboxItem],
+        stats: DrainStats,
         recorder: _Recorder,
     ) -> None:
         cfg = self.accounts.get(account)
@@ -360,8 +374,7 @@ class OutboxSender:
         if smtp is None:
             reason = f"account {account!r} is not configured for sending (no such account or no smtp:)"
             while queue.rows:
-                await self._settle(queue.rows.popleft(), Outcome("dead", error=reason), unsettled, stats,
-                                   recorder)
+                await self._settle(queue.rows.popleft(), Outcome("dead", error=reason), unsettled, stats, recorder)
             return
         workers = min(smtp.connections, len(queue.rows))
         warm = self._warm.pop(account, [])
@@ -417,7 +430,10 @@ class OutboxSender:
 
     async def _claim_more(self, queue: _AccountQueue, unsettled: dict[int, OutboxItem]) -> None:
         items = await store_call(
-            self.outbox.claim_due, now=self.clock(), limit=self.policy.batch_size, lease=self.lease,
+            self.outbox.claim_due,
+            now=self.clock(),
+            limit=self.policy.batch_size,
+            lease=self.lease,
             account=queue.account,
         )
         queue.exhausted = not items
@@ -429,8 +445,12 @@ class OutboxSender:
         queue.rows.extend(items)
 
     async def _worker(
-        self, conn: SmtpConnection, queue: _AccountQueue, unsettled: dict[int, OutboxItem],
-        stats: DrainStats, recorder: _Recorder,
+        self,
+        conn: SmtpConnection,
+        queue: _AccountQueue,
+        unsettled: dict[int, OutboxItem],
+        stats: DrainStats,
+        recorder: _Recorder,
     ) -> None:
         """Send rows one after another over one reused connection.
 
@@ -455,9 +475,7 @@ class OutboxSender:
                         await self._settle(row, self._decide(row, exc), unsettled, stats, recorder)
                     return
                 try:
-                    result: SendResult | BaseException = await conn.send(
-                        item.envelope_from, item.recipients, item.raw
-                    )
+                    result: SendResult | BaseException = await conn.send(item.envelope_from, item.recipients, item.raw)
                 except PostroomError as exc:
                     result = exc
                 except Exception as exc:  # a bug, not the server: kill this row, keep draining
@@ -466,7 +484,8 @@ class OutboxSender:
                 if recording is not None:
                     await recording  # the previous row's result is committed (or this raises)
                 recording = asyncio.ensure_future(
-                    self._settle(item, self._decide(item, result), unsettled, stats, recorder))
+                    self._settle(item, self._decide(item, result), unsettled, stats, recorder)
+                )
             if recording is not None:
                 await recording
         except asyncio.CancelledError:
@@ -484,7 +503,11 @@ class OutboxSender:
         return decide(item, result, now=self.clock(), policy=self.policy)
 
     async def _settle(
-        self, item: OutboxItem, outcome: Outcome, unsettled: dict[int, OutboxItem], stats: DrainStats,
+        self,
+        item: OutboxItem,
+        outcome: Outcome,
+        unsettled: dict[int, OutboxItem],
+        stats: DrainStats,
         recorder: _Recorder,
     ) -> None:
         """Write the outcome, then move on. The write is not cancelled with the worker, so a
@@ -497,8 +520,13 @@ class OutboxSender:
         if outcome.kind == "sent":
             log.info("message sent", **fields, delivered=len(outcome.delivered), refused=sorted(outcome.refused))
         elif outcome.kind == "deferred":
-            log.warning("message deferred", **fields, retry_at=outcome.retry_at, error=outcome.error,
-                        remaining=outcome.remaining)
+            log.warning(
+                "message deferred",
+                **fields,
+                retry_at=outcome.retry_at,
+                error=outcome.error,
+                remaining=outcome.remaining,
+            )
         elif outcome.kind == "held":  # the account's one error line said why, and what to run
             log.info("message held until the account signs in again", **fields, retry_at=outcome.retry_at)
         else:
@@ -513,9 +541,16 @@ class OutboxSender:
         kind = outcome.kind
         if kind in ("deferred", "held") and outcome.retry_at is None:
             kind = "dead"  # decide() always sets retry_at; never leave a row without a next try
-        return Settlement(kind, item, self.clock(), delivered=outcome.delivered, refused=outcome.refused,
-                          error=outcome.error or ("" if kind == "deferred" else "unknown error"),
-                          retry_at=outcome.retry_at, remaining=outcome.remaining)
+        return Settlement(
+            kind,
+            item,
+            self.clock(),
+            delivered=outcome.delivered,
+            refused=outcome.refused,
+            error=outcome.error or ("" if kind == "deferred" else "unknown error"),
+            retry_at=outcome.retry_at,
+            remaining=outcome.remaining,
+        )
 
     def _record_many(self, settlements: list[Settlement]) -> None:
         self.outbox.settle_many(settlements)
@@ -565,9 +600,7 @@ class OutboxSender:
             return
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
-            await asyncio.wait(
-                waiters, timeout=delay.total_seconds(), return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waiters, timeout=delay.total_seconds(), return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()

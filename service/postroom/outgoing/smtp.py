@@ -167,8 +167,7 @@ class SmtpConnection:
                         await smtp.ehlo()
                         if not smtp.supports_extension("starttls"):
                             raise TLSError(
-                                f"{self._where()} does not offer STARTTLS, which the config requires;"
-                                " nothing was sent"
+                                f"{self._where()} does not offer STARTTLS, which the config requires; nothing was sent"
                             )
                         await smtp.starttls(tls_context=self._context, server_hostname=cfg.host)
                     credentials = self.credentials
@@ -178,8 +177,11 @@ class SmtpConnection:
             self.abort()
             raise
         transport = smtp.transport
-        if (smtp.supports_extension("pipelining") and smtp.supports_extension("chunking")
-                and isinstance(transport, asyncio.Transport)):
+        if (
+            smtp.supports_extension("pipelining")
+            and smtp.supports_extension("chunking")
+            and isinstance(transport, asyncio.Transport)
+        ):
             self._pipe = SmtpPipeline(transport)
         log.debug("smtp connected", account=self.account, server=self._where(), security=cfg.security)
 
@@ -264,8 +266,9 @@ class SmtpConnection:
         except TimeoutError:
             if not scope.expired():
                 raise  # aiosmtplib's own, already ours
-            raise ServerTimeout(f"{self._where()} {step}: not done within its deadline ({limit:g} s); "
-                                "cut off") from None
+            raise ServerTimeout(
+                f"{self._where()} {step}: not done within its deadline ({limit:g} s); cut off"
+            ) from None
 
     async def _transaction(self, envelope_from: str, recipients: Sequence[str], raw: bytes) -> SendResult:
         async with self._deadline("transaction"):
@@ -313,9 +316,15 @@ class SmtpConnection:
             raise _map(exc, where, "DATA") from exc
         return SendResult(accepted, temporary, permanent)
 
-
-    async def _pipelined(self, pipe: SmtpPipeline, envelope_from: str, recipients: Sequence[str], raw: bytes,
-                         mail_options: list[str], encoding: str) -> SendResult:
+    async def _pipelined(
+        self,
+        pipe: SmtpPipeline,
+        envelope_from: str,
+        recipients: Sequence[str],
+        raw: bytes,
+        mail_options: list[str],
+        encoding: str,
+    ) -> SendResult:
         """The same transaction as the one-command-at-a-time path, in one write: MAIL FROM,
         each RCPT TO, BDAT LAST with the message; then the replies, read in that order."""
         where, timeout = self._where(), self.cfg.timeout

@@ -94,8 +94,9 @@ def _fail(key: str, message: str, *, transient: bool) -> DataSourceError:
     return cls(message, source=key)
 
 
-async def load_data(sources: Mapping[str, DataSourceConfig], *,
-                    http: httpx.AsyncClient | None = None) -> dict[str, Any]:
+async def load_data(
+    sources: Mapping[str, DataSourceConfig], *, http: httpx.AsyncClient | None = None
+) -> dict[str, Any]:
     """Load every source of a job at once. The first failure (in key order) is raised and the
     other loads are cancelled."""
     if not sources:
@@ -107,8 +108,7 @@ async def load_data(sources: Mapping[str, DataSourceConfig], *,
 
 
 async def _load_all(sources: Mapping[str, DataSourceConfig], http: httpx.AsyncClient | None) -> dict[str, Any]:
-    tasks = {key: asyncio.create_task(_load_one(key, cfg, http), name=f"data:{key}")
-             for key, cfg in sources.items()}
+    tasks = {key: asyncio.create_task(_load_one(key, cfg, http), name=f"data:{key}") for key, cfg in sources.items()}
     try:
         await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
     finally:
@@ -134,9 +134,13 @@ async def _load_one(key: str, cfg: DataSourceConfig, http: httpx.AsyncClient | N
     except DataSourceError as exc:
         exc.source = exc.source or key  # the edges' tables don't know the key
         raise
-    log.debug("data source loaded", source=key, kind=cfg.kind,
-              rows=len(value) if isinstance(value, list) else None,
-              seconds=round(time.monotonic() - started, 3))
+    log.debug(
+        "data source loaded",
+        source=key,
+        kind=cfg.kind,
+        rows=len(value) if isinstance(value, list) else None,
+        seconds=round(time.monotonic() - started, 3),
+    )
     return value
 
 
@@ -168,8 +172,7 @@ def _run_sql(key: str, cfg: SqlSource, deadline: float) -> list[dict[str, Any]]:
             try:
                 result = conn.execute(text(cfg.sql or ""))
                 if not result.returns_rows:
-                    raise _fail(key, "the sql statement returned no rows; a data source is a SELECT",
-                                transient=False)
+                    raise _fail(key, "the sql statement returned no rows; a data source is a SELECT", transient=False)
                 return [dict(row) for row in result.mappings()]
             except SQLAlchemyError as exc:
                 raise _sql_error(key, "sql query failed", exc, connecting=False) from None
@@ -208,8 +211,7 @@ def _engine(url: URL, timeout: float, deadline: float) -> Engine:
 
         return engine
     if backend == "postgresql":
-        return create_engine(_psycopg_url(url), poolclass=NullPool,
-                             connect_args=_pg_read_only_args(url, timeout))
+        return create_engine(_psycopg_url(url), poolclass=NullPool, connect_args=_pg_read_only_args(url, timeout))
     return create_engine(url, poolclass=NullPool)
 
 
@@ -219,8 +221,9 @@ def _psycopg_url(url: URL) -> URL:
     if url.drivername == "postgresql":
         return url.set(drivername="postgresql+psycopg")
     if url.drivername != "postgresql+psycopg":
-        raise ValueError(f"a PostgreSQL source runs through psycopg (postgresql:// or postgresql+psycopg://), "
-                         f"not {url.drivername}")
+        raise ValueError(
+            f"a PostgreSQL source runs through psycopg (postgresql:// or postgresql+psycopg://), not {url.drivername}"
+        )
     return url
 
 
@@ -237,21 +240,52 @@ def _pg_read_only_args(url: URL, timeout: float) -> dict[str, Any]:
 # What a data source's statement may do in SQLite: read. Pragmas only those that report and
 # change nothing: the ones below that take a table or index name, or any in _READ_PRAGMAS
 # asked without a value (PRAGMA user_version reads; PRAGMA user_version = 3 would set it).
-_SQLITE_READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-                                  sqlite3.SQLITE_RECURSIVE, sqlite3.SQLITE_TRANSACTION})
-_NAMED_PRAGMAS = frozenset({"table_info", "table_xinfo", "table_list", "index_list", "index_info",
-                            "index_xinfo", "foreign_key_list", "foreign_key_check", "integrity_check",
-                            "quick_check"})
+_SQLITE_READ_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_FUNCTION,
+        sqlite3.SQLITE_RECURSIVE,
+        sqlite3.SQLITE_TRANSACTION,
+    }
+)
+_NAMED_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+    }
+)
 _READ_PRAGMAS = _NAMED_PRAGMAS | {
-    "application_id", "collation_list", "compile_options", "data_version", "database_list",
-    "encoding", "foreign_keys", "freelist_count", "function_list", "journal_mode", "module_list",
-    "page_count", "page_size", "pragma_list", "query_only", "read_uncommitted", "schema_version",
+    "application_id",
+    "collation_list",
+    "compile_options",
+    "data_version",
+    "database_list",
+    "encoding",
+    "foreign_keys",
+    "freelist_count",
+    "function_list",
+    "journal_mode",
+    "module_list",
+    "page_count",
+    "page_size",
+    "pragma_list",
+    "query_only",
+    "read_uncommitted",
+    "schema_version",
     "user_version",
 }
 
 
-def _sqlite_read_only(action: int, arg1: str | None, arg2: str | None, _db: str | None,
-                      _trigger: str | None) -> int:
+def _sqlite_read_only(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
     """sqlite3 authorizer: SQLITE_OK for reading, SQLITE_DENY (the statement fails to prepare,
     "not authorized") for everything else, so nothing runs, not even in part."""
     if action in _SQLITE_READ_ACTIONS:
@@ -301,13 +335,15 @@ async def _load_http(key: str, cfg: HttpSource, client: httpx.AsyncClient | None
     try:
         async with asyncio.timeout(cfg.timeout):
             with map_errors(_HTTP_ERRORS, f"GET {shown} failed (timeout {cfg.timeout:g}s): "):
-                async with client.stream("GET", url, headers=cfg.headers, timeout=cfg.timeout,
-                                         follow_redirects=False) as response:
+                async with client.stream(
+                    "GET", url, headers=cfg.headers, timeout=cfg.timeout, follow_redirects=False
+                ) as response:
                     _check_status(key, shown, response)
                     body = await _read_capped(key, shown, response, cfg.max_size)
     except TimeoutError:
-        raise _fail(key, f"GET {shown} took longer than its timeout ({cfg.timeout:g}s, the whole request)",
-                    transient=True) from None
+        raise _fail(
+            key, f"GET {shown} took longer than its timeout ({cfg.timeout:g}s, the whole request)", transient=True
+        ) from None
     with map_errors(_CONTENT_ERRORS, f"GET {shown} did not return valid JSON: "):
         return json.loads(body)
 
@@ -318,8 +354,11 @@ def _check_status(key: str, shown: str, response: httpx.Response) -> None:
         hint = ""
         if 300 <= status < 400 and "location" in response.headers:
             hint = f" (redirects are not followed; use {shown_url(response.headers['location'])})"
-        raise _fail(key, f"GET {shown} answered HTTP {status} {response.reason_phrase}{hint}",
-                    transient=status >= 500 or status in _HTTP_TRANSIENT_STATUS)
+        raise _fail(
+            key,
+            f"GET {shown} answered HTTP {status} {response.reason_phrase}{hint}",
+            transient=status >= 500 or status in _HTTP_TRANSIENT_STATUS,
+        )
 
 
 async def _read_capped(key: str, shown: str, response: httpx.Response, limit: int) -> bytes:
@@ -344,8 +383,7 @@ async def _load_file(key: str, cfg: FileSource) -> Any:
     path = Path(cfg.file or "")
     fmt = cfg.format or path.suffix.lower().lstrip(".")
     if fmt not in ("csv", "json"):
-        raise _fail(key, f"cannot tell the format of {path}; name it .csv or .json or set format:",
-                    transient=False)
+        raise _fail(key, f"cannot tell the format of {path}; name it .csv or .json or set format:", transient=False)
     try:
         content = await asyncio.wait_for(asyncio.to_thread(_read_text, path), cfg.timeout)
     except TimeoutError:
@@ -354,7 +392,6 @@ async def _load_file(key: str, cfg: FileSource) -> Any:
         if fmt == "json":
             return json.loads(content)
         return list(csv.DictReader(io.StringIO(content, newline="")))
-
 
 
 def _read_text(path: Path) -> str:

@@ -38,8 +38,10 @@ def write_starter(target: Path, *, force: bool, schema: str) -> list[Written]:
     texts[SCHEMA_FILE] = schema
     existing = sorted(dest for dest in texts if (target / dest).exists())
     if existing and not force:
-        raise PostroomError(f"{target.resolve()} already has {', '.join(existing)}; nothing written "
-                            "(--force overwrites them; .env is never overwritten)")
+        raise PostroomError(
+            f"{target.resolve()} already has {', '.join(existing)}; nothing written "
+            "(--force overwrites them; .env is never overwritten)"
+        )
     written = []
     for dest, text in texts.items():
         path = target / dest

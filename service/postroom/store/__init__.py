@@ -40,10 +40,17 @@ class Store:
         engine = open_engine(url)
         if migrate_schema:
             migrate(engine)
-        return cls(engine=engine, outbox=OutboxStore(engine, owner=owner), runs=RunStore(engine, owner=owner),
-                   ledger=LedgerStore(engine, owner=owner), inbound=InboundStore(engine),
-                   leases=WatchLeases(engine, owner=owner), tokens=OAuth2TokenStore(engine),
-                   replicas=ReplicaRegistry(engine, owner=owner), bounces=BounceStore(engine))
+        return cls(
+            engine=engine,
+            outbox=OutboxStore(engine, owner=owner),
+            runs=RunStore(engine, owner=owner),
+            ledger=LedgerStore(engine, owner=owner),
+            inbound=InboundStore(engine),
+            leases=WatchLeases(engine, owner=owner),
+            tokens=OAuth2TokenStore(engine),
+            replicas=ReplicaRegistry(engine, owner=owner),
+            bounces=BounceStore(engine),
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -52,9 +59,20 @@ class Store:
 
 
 __all__ = [
-    "BounceStore", "InboundStore", "LedgerStore", "NewMessage", "OAuth2TokenStore", "OutboxItem", "OutboxStore",
-    "ReplicaRegistry", "RunRecord", "RunStore", "Store", "StoredGrant",
+    "BounceStore",
+    "InboundStore",
+    "LedgerStore",
+    "NewMessage",
+    "OAuth2TokenStore",
+    "OutboxItem",
+    "OutboxStore",
+    "ReplicaRegistry",
+    "RunRecord",
+    "RunStore",
+    "Store",
+    "StoredGrant",
     "WatchLeases",
     "migrate",
-    "open_engine", "schema_is_current",
+    "open_engine",
+    "schema_is_current",
 ]

@@ -71,36 +71,61 @@ class BounceStore:
         with self.engine.connect() as conn:
             return bool(conn.scalar(select(exists().where(bounces.c.report_key == report_key))))
 
-    def record(self, report_key: str, *, account: str, outbox_id: int | None, lines: Sequence[BounceLine],
-               now: datetime) -> Recorded:
+    def record(
+        self, report_key: str, *, account: str, outbox_id: int | None, lines: Sequence[BounceLine], now: datetime
+    ) -> Recorded:
         """Ledger the report, mark the row bounced, suppress its hard bounces (one transaction)."""
         try:
             with self.engine.begin() as conn:
                 if conn.scalar(select(exists().where(bounces.c.report_key == report_key))):
                     return Recorded(new=False, suppressed=[], bounced=False)
-                conn.execute(insert(bounces), [
-                    dict(report_key=report_key, recipient=line.recipient, account=account, outbox_id=outbox_id,
-                         action=line.action, status=line.status, diagnostic=line.diagnostic, hard=line.hard,
-                         created_at=now)
-                    for line in lines])
+                conn.execute(
+                    insert(bounces),
+                    [
+                        dict(
+                            report_key=report_key,
+                            recipient=line.recipient,
+                            account=account,
+                            outbox_id=outbox_id,
+                            action=line.action,
+                            status=line.status,
+                            diagnostic=line.diagnostic,
+                            hard=line.hard,
+                            created_at=now,
+                        )
+                        for line in lines
+                    ],
+                )
                 failed = [line for line in lines if line.action == "failed"]
                 marked = False
                 if outbox_id is not None and failed:
                     summary = "; ".join(_describe(line) for line in failed)
                     result = conn.execute(
-                        update(outbox).where(outbox.c.id == outbox_id, outbox.c.status.in_(BOUNCEABLE))
-                        .values(status="bounced", last_error=f"bounced: {summary}"[:2000], updated_at=now))
+                        update(outbox)
+                        .where(outbox.c.id == outbox_id, outbox.c.status.in_(BOUNCEABLE))
+                        .values(status="bounced", last_error=f"bounced: {summary}"[:2000], updated_at=now)
+                    )
                     marked = result.rowcount > 0
                 added: list[str] = []
                 for line in lines:
                     if not line.hard or line.recipient in added:
                         continue
-                    there = conn.scalar(select(exists().where(suppressions.c.account == account,
-                                                              suppressions.c.address == line.recipient)))
+                    there = conn.scalar(
+                        select(
+                            exists().where(suppressions.c.account == account, suppressions.c.address == line.recipient)
+                        )
+                    )
                     if not there:
-                        conn.execute(insert(suppressions).values(
-                            account=account, address=line.recipient, status=line.status,
-                            diagnostic=line.diagnostic, outbox_id=outbox_id, created_at=now))
+                        conn.execute(
+                            insert(suppressions).values(
+                                account=account,
+                                address=line.recipient,
+                                status=line.status,
+                                diagnostic=line.diagnostic,
+                                outbox_id=outbox_id,
+                                created_at=now,
+                            )
+                        )
                         added.append(line.recipient)
                 return Recorded(new=True, suppressed=added, bounced=marked)
         except IntegrityError:  # recorded meanwhile by another process: the same report
@@ -129,20 +154,43 @@ class BounceStore:
     # -- reading -----------------------------------------------------------------------------
     def bounced(self, *, limit: int = 100) -> list[BouncedRow]:
         with self.engine.connect() as conn:
-            rows = list(conn.execute(
-                select(outbox.c.id, outbox.c.account, outbox.c.origin, outbox.c.message_id, outbox.c.sent_at)
-                .where(outbox.c.status == "bounced").order_by(outbox.c.id).limit(limit)))
+            rows = list(
+                conn.execute(
+                    select(outbox.c.id, outbox.c.account, outbox.c.origin, outbox.c.message_id, outbox.c.sent_at)
+                    .where(outbox.c.status == "bounced")
+                    .order_by(outbox.c.id)
+                    .limit(limit)
+                )
+            )
             ids = [row.id for row in rows]
             lines: dict[int, list[BounceLine]] = {}
             if ids:
-                for b in conn.execute(select(bounces).where(bounces.c.outbox_id.in_(ids))
-                                      .order_by(bounces.c.created_at, bounces.c.recipient)):
+                for b in conn.execute(
+                    select(bounces)
+                    .where(bounces.c.outbox_id.in_(ids))
+                    .order_by(bounces.c.created_at, bounces.c.recipient)
+                ):
                     m = b._mapping
-                    lines.setdefault(m["outbox_id"], []).append(BounceLine(
-                        recipient=m["recipient"], action=m["action"], status=m["status"],
-                        diagnostic=m["diagnostic"] or "", hard=bool(m["hard"])))
-        return [BouncedRow(outbox_id=row.id, account=row.account, origin=row.origin, message_id=row.message_id,
-                           sent_at=as_utc(row.sent_at), lines=lines.get(row.id, [])) for row in rows]
+                    lines.setdefault(m["outbox_id"], []).append(
+                        BounceLine(
+                            recipient=m["recipient"],
+                            action=m["action"],
+                            status=m["status"],
+                            diagnostic=m["diagnostic"] or "",
+                            hard=bool(m["hard"]),
+                        )
+                    )
+        return [
+            BouncedRow(
+                outbox_id=row.id,
+                account=row.account,
+                origin=row.origin,
+                message_id=row.message_id,
+                sent_at=as_utc(row.sent_at),
+                lines=lines.get(row.id, []),
+            )
+            for row in rows
+        ]
 
 
 def _describe(line: BounceLine) -> str:
@@ -150,6 +198,11 @@ def _describe(line: BounceLine) -> str:
 
 
 def _suppression(m: Any) -> Suppression:
-    return Suppression(account=m["account"], address=m["address"], status=m["status"],
-                       diagnostic=m["diagnostic"] or "", outbox_id=m["outbox_id"],
-                       created_at=as_utc(m["created_at"]))
+    return Suppression(
+        account=m["account"],
+        address=m["address"],
+        status=m["status"],
+        diagnostic=m["diagnostic"] or "",
+        outbox_id=m["outbox_id"],
+        created_at=as_utc(m["created_at"]),
+    )

@@ -27,18 +27,26 @@ def _converters(conn: Connection, table: Table, names: Sequence[str]) -> list[An
     return [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
 
 
-def _rows(conn: Connection, table: Table, names: Sequence[str], rows: Sequence[Sequence[Any]],
-          constants: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+def _rows(
+    conn: Connection, table: Table, names: Sequence[str], rows: Sequence[Sequence[Any]], constants: Mapping[str, Any]
+) -> list[tuple[Any, ...]]:
     converters = _converters(conn, table, names)
-    fixed = tuple(conv(value) if conv else value
-                  for conv, value in zip(_converters(conn, table, list(constants)), constants.values(), strict=True))
+    fixed = tuple(
+        conv(value) if conv else value
+        for conv, value in zip(_converters(conn, table, list(constants)), constants.values(), strict=True)
+    )
     if not any(converters):
         return [(*row, *fixed) for row in rows]
     return [(*(conv(v) if conv else v for conv, v in zip(converters, row, strict=True)), *fixed) for row in rows]
 
 
-def insert_rows(conn: Connection, table: Table, names: Sequence[str], rows: Sequence[Sequence[Any]],
-                constants: Mapping[str, Any] | None = None) -> None:
+def insert_rows(
+    conn: Connection,
+    table: Table,
+    names: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    constants: Mapping[str, Any] | None = None,
+) -> None:
     """INSERT one row per ``rows`` entry: values for ``names`` in order, plus ``constants``."""
     if not rows:
         return
@@ -46,14 +54,22 @@ def insert_rows(conn: Connection, table: Table, names: Sequence[str], rows: Sequ
     quote = conn.dialect.identifier_preparer.quote
     columns = [*names, *constants]
     mark = _placeholder(conn)
-    sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-           f"VALUES ({', '.join(mark for _ in columns)})")
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+        f"VALUES ({', '.join(mark for _ in columns)})"
+    )
     conn.exec_driver_sql(sql, _rows(conn, table, names, rows, constants))
 
 
-def update_rows(conn: Connection, table: Table, names: Sequence[str], keys: Sequence[str],
-                rows: Sequence[Sequence[Any]], constants: Mapping[str, Any] | None = None,
-                where: str = "") -> None:
+def update_rows(
+    conn: Connection,
+    table: Table,
+    names: Sequence[str],
+    keys: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    constants: Mapping[str, Any] | None = None,
+    where: str = "",
+) -> None:
     """UPDATE ... SET ``names`` (and ``constants``) WHERE every ``keys`` column equals; each
     row holds the ``names`` values, then the ``keys`` values. ``where`` adds a fixed SQL test."""
     if not rows:

@@ -59,13 +59,20 @@ def open_engine(url: str) -> Engine:
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         try:
-            return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5,
-                                 pool_timeout=POOL_TIMEOUT, connect_args=_pg_timeouts(parsed.query))
+            return create_engine(
+                parsed,
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=5,
+                pool_timeout=POOL_TIMEOUT,
+                connect_args=_pg_timeouts(parsed.query),
+            )
         except ModuleNotFoundError as exc:  # SQLAlchemy imports the driver here
             # The core install is SQLite only; psycopg comes with the `postgres` extra.
             raise ConfigError(
                 f"POSTROOM_DATABASE_URL: {parsed.drivername} needs the module {exc.name!r}, which is not "
-                "installed: pip install 'postroom[postgres]' (in a checkout: '.[postgres]')") from None
+                "installed: pip install 'postroom[postgres]' (in a checkout: '.[postgres]')"
+            ) from None
     raise ConfigError(f"POSTROOM_DATABASE_URL: unsupported database {backend!r}; use sqlite or postgresql")
 
 
@@ -159,8 +166,9 @@ def refuse_newer(current: set[str]) -> None:
     """A schema written by a newer postroom (a revision these migration files don't know) is
     never touched: this code would misread it, and alembic cannot downgrade to us."""
     if current - known_revisions():
-        raise PostroomError(f"store schema {_shown(current)} is newer than this postroom "
-                            f"({_shown(head_revisions())}); upgrade postroom")
+        raise PostroomError(
+            f"store schema {_shown(current)} is newer than this postroom ({_shown(head_revisions())}); upgrade postroom"
+        )
 
 
 # Any fixed number all postroom processes agree on: the key of the PostgreSQL advisory lock

@@ -28,8 +28,18 @@ PENDING, DONE, FAILED, SET_ASIDE = "pending", "done", "failed", "set_aside"
 SKIPPED = "skipped"  # there before the first start with start_from=new: never handled
 FINISHED = (DONE, SET_ASIDE, SKIPPED)
 _IN_CHUNK = 500  # values per IN (...) list
-_FINISH_COLUMNS = ("key", "account", "folder", "uidvalidity", "uid", "uidl", "message_id", "status", "attempts",
-                   "error")
+_FINISH_COLUMNS = (
+    "key",
+    "account",
+    "folder",
+    "uidvalidity",
+    "uid",
+    "uidl",
+    "message_id",
+    "status",
+    "attempts",
+    "error",
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,14 @@ class InboundRow:
 
 
 class InboundStore:
-    def __init__(self, engine: Engine, *, max_attempts: int = 5,
-                 retry_base: timedelta = timedelta(minutes=1), retry_cap: timedelta = timedelta(hours=1)):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_attempts: int = 5,
+        retry_base: timedelta = timedelta(minutes=1),
+        retry_cap: timedelta = timedelta(hours=1),
+    ):
         self.engine = engine
         self.max_attempts = max_attempts
         self.retry_base = retry_base
@@ -69,21 +85,26 @@ class InboundStore:
 
     def checkpoint(self, account: str, folder: str) -> Checkpoint | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(checkpoints).where(
-                checkpoints.c.account == account, checkpoints.c.folder == folder)).first()
+            row = conn.execute(
+                select(checkpoints).where(checkpoints.c.account == account, checkpoints.c.folder == folder)
+            ).first()
         if row is None:
             return None
-        return Checkpoint(row.account, row.folder, int(row.uidvalidity), int(row.last_uid), row.start_from,
-                          as_utc(row.updated_at))
+        return Checkpoint(
+            row.account, row.folder, int(row.uidvalidity), int(row.last_uid), row.start_from, as_utc(row.updated_at)
+        )
 
-    def set_checkpoint(self, account: str, folder: str, *, uidvalidity: int, last_uid: int,
-                       start_from: str, now: datetime) -> None:
-        values = {"uidvalidity": uidvalidity, "last_uid": last_uid, "start_from": start_from,
-                  "updated_at": to_utc(now)}
+    def set_checkpoint(
+        self, account: str, folder: str, *, uidvalidity: int, last_uid: int, start_from: str, now: datetime
+    ) -> None:
+        values = {"uidvalidity": uidvalidity, "last_uid": last_uid, "start_from": start_from, "updated_at": to_utc(now)}
         for _ in range(2):  # a concurrent insert between our update and insert: update again
             with self.engine.begin() as conn:
-                changed = conn.execute(update(checkpoints).where(
-                    checkpoints.c.account == account, checkpoints.c.folder == folder).values(**values))
+                changed = conn.execute(
+                    update(checkpoints)
+                    .where(checkpoints.c.account == account, checkpoints.c.folder == folder)
+                    .values(**values)
+                )
                 if changed.rowcount:
                     return
             try:
@@ -95,14 +116,37 @@ class InboundStore:
 
     # -- inbound rows ------------------------------------------------------------------------
 
-    def begin(self, key: str, *, account: str, folder: str, now: datetime, uidvalidity: int | None = None,
-              uid: int | None = None, uidl: str | None = None, message_id: str | None = None) -> str | None:
+    def begin(
+        self,
+        key: str,
+        *,
+        account: str,
+        folder: str,
+        now: datetime,
+        uidvalidity: int | None = None,
+        uid: int | None = None,
+        uidl: str | None = None,
+        message_id: str | None = None,
+    ) -> str | None:
         """Insert a pending row for a new message; None if it was new, else the status it has."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(inbound).values(_new_row(
-                    dict(key=key, account=account, folder=folder, uidvalidity=uidvalidity, uid=uid, uidl=uidl,
-                         message_id=message_id), now)))
+                conn.execute(
+                    insert(inbound).values(
+                        _new_row(
+                            dict(
+                                key=key,
+                                account=account,
+                                folder=folder,
+                                uidvalidity=uidvalidity,
+                                uid=uid,
+                                uidl=uidl,
+                                message_id=message_id,
+                            ),
+                            now,
+                        )
+                    )
+                )
             return None
         except IntegrityError:
             with self.engine.connect() as conn:
@@ -114,8 +158,13 @@ class InboundStore:
         with self.engine.connect() as conn:
             return self._statuses(conn, keys)
 
-    def finish_many(self, results: Sequence[tuple[str, str, str | None]], *, now: datetime,
-                    rows: Mapping[str, dict[str, Any]] | None = None) -> dict[str, str]:
+    def finish_many(
+        self,
+        results: Sequence[tuple[str, str, str | None]],
+        *,
+        now: datetime,
+        rows: Mapping[str, dict[str, Any]] | None = None,
+    ) -> dict[str, str]:
         """``finish`` for a whole batch, one transaction: (key, status, error) each. A key with
         no row yet gets one, from ``rows[key]`` (account, folder and optionally uidvalidity, uid,
         uidl, message_id). Returns key -> the status stored."""
@@ -127,8 +176,11 @@ class InboundStore:
             attempts_of: dict[str, int] = {}
             keys = sorted({key for key, _, _ in results})
             for i in range(0, len(keys), _IN_CHUNK):
-                attempts_of.update(conn.execute(select(inbound.c.key, inbound.c.attempts).where(
-                    inbound.c.key.in_(keys[i:i + _IN_CHUNK]))).all())
+                attempts_of.update(
+                    conn.execute(
+                        select(inbound.c.key, inbound.c.attempts).where(inbound.c.key.in_(keys[i : i + _IN_CHUNK]))
+                    ).all()
+                )
             for key, status, error in results:
                 is_new = key not in attempts_of
                 status, attempts = self._next(status, attempts_of.get(key, 0))
@@ -139,8 +191,20 @@ class InboundStore:
                         raise KeyError(f"inbound row {key!r} does not exist and no identity was given")
                     row = rows[key]
                     message_id = row.get("message_id") or None
-                    inserts.append((key, row["account"], row["folder"], row.get("uidvalidity"), row.get("uid"),
-                                    row.get("uidl"), message_id and message_id[:998], status, attempts, error))
+                    inserts.append(
+                        (
+                            key,
+                            row["account"],
+                            row["folder"],
+                            row.get("uidvalidity"),
+                            row.get("uid"),
+                            row.get("uidl"),
+                            message_id and message_id[:998],
+                            status,
+                            attempts,
+                            error,
+                        )
+                    )
                 else:
                     updates.append((status, attempts, error, key))
             # thousands of rows: plain executemany (postroom.store.bulk), one transaction
@@ -162,8 +226,11 @@ class InboundStore:
         found: dict[str, str] = {}
         ordered = sorted(set(keys))
         for i in range(0, len(ordered), _IN_CHUNK):
-            found.update(conn.execute(select(inbound.c.key, inbound.c.status).where(
-                inbound.c.key.in_(ordered[i:i + _IN_CHUNK]))).all())
+            found.update(
+                conn.execute(
+                    select(inbound.c.key, inbound.c.status).where(inbound.c.key.in_(ordered[i : i + _IN_CHUNK]))
+                ).all()
+            )
         return found
 
     def finish(self, key: str, status: str, *, now: datetime, error: str | None = None) -> str:
@@ -172,8 +239,11 @@ class InboundStore:
         with self.engine.begin() as conn:
             attempts = conn.execute(select(inbound.c.attempts).where(inbound.c.key == key)).scalar_one()
             status, attempts = self._next(status, int(attempts))
-            conn.execute(update(inbound).where(inbound.c.key == key).values(
-                status=status, attempts=attempts, error=error, updated_at=to_utc(now)))
+            conn.execute(
+                update(inbound)
+                .where(inbound.c.key == key)
+                .values(status=status, attempts=attempts, error=error, updated_at=to_utc(now))
+            )
         return status
 
     def status(self, key: str) -> str | None:
@@ -183,11 +253,20 @@ class InboundStore:
     def retry_candidates(self, account: str, folder: str, *, now: datetime, limit: int = 500) -> list[InboundRow]:
         """Failed rows of this account/folder whose backoff has passed, oldest first."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(inbound).where(
-                inbound.c.account == account, inbound.c.folder == folder, inbound.c.status == FAILED,
-            ).order_by(inbound.c.updated_at)).all()
-        due = [r for r in map(_row, rows)
-               if r.updated_at + doubling_delay(r.attempts, base=self.retry_base, cap=self.retry_cap) <= now]
+            rows = conn.execute(
+                select(inbound)
+                .where(
+                    inbound.c.account == account,
+                    inbound.c.folder == folder,
+                    inbound.c.status == FAILED,
+                )
+                .order_by(inbound.c.updated_at)
+            ).all()
+        due = [
+            r
+            for r in map(_row, rows)
+            if r.updated_at + doubling_delay(r.attempts, base=self.retry_base, cap=self.retry_cap) <= now
+        ]
         return due[:limit]
 
     def seen_message_ids(self, account: str, folder: str, message_ids: Iterable[str]) -> set[str]:
@@ -196,31 +275,53 @@ class InboundStore:
         found: set[str] = set()
         with self.engine.connect() as conn:
             for i in range(0, len(wanted), _IN_CHUNK):
-                found.update(conn.execute(select(inbound.c.message_id).where(
-                    inbound.c.account == account, inbound.c.folder == folder,
-                    inbound.c.status.in_(FINISHED), inbound.c.message_id.in_(wanted[i:i + _IN_CHUNK]),
-                )).scalars())
+                found.update(
+                    conn.execute(
+                        select(inbound.c.message_id).where(
+                            inbound.c.account == account,
+                            inbound.c.folder == folder,
+                            inbound.c.status.in_(FINISHED),
+                            inbound.c.message_id.in_(wanted[i : i + _IN_CHUNK]),
+                        )
+                    ).scalars()
+                )
         return found
 
     def known_uidls(self, account: str) -> set[str]:
         """UIDLs of this POP3 account that are not new: every row but a pending one (a crash
         mid-handling: taken in again). Failed ones come back through ``retry_candidates``."""
         with self.engine.connect() as conn:
-            return set(conn.execute(select(inbound.c.uidl).where(
-                inbound.c.account == account, inbound.c.uidl.is_not(None), inbound.c.status != PENDING)).scalars())
+            return set(
+                conn.execute(
+                    select(inbound.c.uidl).where(
+                        inbound.c.account == account, inbound.c.uidl.is_not(None), inbound.c.status != PENDING
+                    )
+                ).scalars()
+            )
 
     def uidls_with_status(self, account: str, status: str) -> set[str]:
         with self.engine.connect() as conn:
-            return set(conn.execute(select(inbound.c.uidl).where(
-                inbound.c.account == account, inbound.c.uidl.is_not(None), inbound.c.status == status)).scalars())
+            return set(
+                conn.execute(
+                    select(inbound.c.uidl).where(
+                        inbound.c.account == account, inbound.c.uidl.is_not(None), inbound.c.status == status
+                    )
+                ).scalars()
+            )
 
     def retry_set_aside(self, key: str, *, now: datetime) -> bool:
         """Take a set-aside message in again: `failed` with no attempts counted and its backoff
         already over, so its watcher's next pass retries it (``retry_candidates``)."""
         due = to_utc(now) - self.retry_cap - timedelta(seconds=1)
         with self.engine.begin() as conn:
-            return conn.execute(update(inbound).where(inbound.c.key == key, inbound.c.status == SET_ASIDE)
-                                .values(status=FAILED, attempts=0, updated_at=due)).rowcount == 1
+            return (
+                conn.execute(
+                    update(inbound)
+                    .where(inbound.c.key == key, inbound.c.status == SET_ASIDE)
+                    .values(status=FAILED, attempts=0, updated_at=due)
+                ).rowcount
+                == 1
+            )
 
     def set_aside(self, account: str | None = None) -> list[InboundRow]:
         """Messages given up on after ``max_attempts``, for `postroom` to list."""
@@ -233,11 +334,32 @@ class InboundStore:
 
 def _new_row(row: dict[str, Any], now: datetime) -> dict[str, Any]:
     message_id = row.get("message_id") or None
-    return dict(key=row["key"], account=row["account"], folder=row["folder"], uidvalidity=row.get("uidvalidity"),
-                uid=row.get("uid"), uidl=row.get("uidl"), message_id=message_id and message_id[:998],
-                status=PENDING, attempts=0, created_at=to_utc(now), updated_at=to_utc(now))
+    return dict(
+        key=row["key"],
+        account=row["account"],
+        folder=row["folder"],
+        uidvalidity=row.get("uidvalidity"),
+        uid=row.get("uid"),
+        uidl=row.get("uidl"),
+        message_id=message_id and message_id[:998],
+        status=PENDING,
+        attempts=0,
+        created_at=to_utc(now),
+        updated_at=to_utc(now),
+    )
 
 
 def _row(r: Row[Any]) -> InboundRow:
-    return InboundRow(r.key, r.account, r.folder, r.uidvalidity, r.uid, r.uidl, r.message_id, r.status,
-                      int(r.attempts), r.error, as_utc(r.updated_at))
+    return InboundRow(
+        r.key,
+        r.account,
+        r.folder,
+        r.uidvalidity,
+        r.uid,
+        r.uidl,
+        r.message_id,
+        r.status,
+        int(r.attempts),
+        r.error,
+        as_utc(r.updated_at),
+    )

@@ -35,15 +35,19 @@ class WatchLeases:
         now = to_utc(now)
         table = watch_leases
         with self.engine.begin() as conn:
-            renewed = conn.execute(update(table).where(
-                table.c.watch == watch, or_(table.c.owner == self.owner, table.c.expires_at < db_now(conn, now)),
-            ).values(owner=self.owner, expires_at=db_later(conn, now, ttl))).rowcount
+            renewed = conn.execute(
+                update(table)
+                .where(
+                    table.c.watch == watch,
+                    or_(table.c.owner == self.owner, table.c.expires_at < db_now(conn, now)),
+                )
+                .values(owner=self.owner, expires_at=db_later(conn, now, ttl))
+            ).rowcount
         if renewed:
             return True
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(table).values(watch=watch, owner=self.owner,
-                                                  expires_at=db_later(conn, now, ttl)))
+                conn.execute(insert(table).values(watch=watch, owner=self.owner, expires_at=db_later(conn, now, ttl)))
         except IntegrityError:
             return False  # held by another replica (or claimed by one a moment ago)
         return True
@@ -51,19 +55,22 @@ class WatchLeases:
     def holder(self, watch: str) -> tuple[str, datetime] | None:
         """(owner, expires_at) of the lease, or None when nobody holds one."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(watch_leases.c.owner, watch_leases.c.expires_at)
-                               .where(watch_leases.c.watch == watch)).first()
+            row = conn.execute(
+                select(watch_leases.c.owner, watch_leases.c.expires_at).where(watch_leases.c.watch == watch)
+            ).first()
         return (row.owner, as_utc(row.expires_at)) if row else None
 
     def all(self, *, now: datetime) -> list[tuple[str, str]]:
         """(watch, owner) of every lease held now: which replica watches what."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(watch_leases.c.watch, watch_leases.c.owner)
-                                .where(watch_leases.c.expires_at >= to_utc(now)).order_by(watch_leases.c.watch))
+            rows = conn.execute(
+                select(watch_leases.c.watch, watch_leases.c.owner)
+                .where(watch_leases.c.expires_at >= to_utc(now))
+                .order_by(watch_leases.c.watch)
+            )
             return [(row.watch, row.owner) for row in rows]
 
     def release(self, watch: str) -> None:
         """Give ``watch`` up at once (a clean stop), if it is ours."""
         with self.engine.begin() as conn:
-            conn.execute(delete(watch_leases).where(watch_leases.c.watch == watch,
-                                                    watch_leases.c.owner == self.owner))
+            conn.execute(delete(watch_leases).where(watch_leases.c.watch == watch, watch_leases.c.owner == self.owner))

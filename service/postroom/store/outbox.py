@@ -61,11 +61,21 @@ class OutboxItem:
     def from_row(cls, row: Any) -> OutboxItem:
         m = row._mapping
         return cls(
-            id=m["id"], dedup_key=m["dedup_key"], message_id=m["message_id"], account=m["account"],
-            envelope_from=m["envelope_from"], recipients=list(m["recipients"] or []), raw=m["raw"],
-            status=m["status"], attempts=m["attempts"], next_attempt_at=as_utc(m["next_attempt_at"]),
-            last_error=m["last_error"], delivered=list(m["delivered"] or []),
-            refused=dict(m["refused"] or {}), origin=m["origin"], created_at=as_utc(m["created_at"]),
+            id=m["id"],
+            dedup_key=m["dedup_key"],
+            message_id=m["message_id"],
+            account=m["account"],
+            envelope_from=m["envelope_from"],
+            recipients=list(m["recipients"] or []),
+            raw=m["raw"],
+            status=m["status"],
+            attempts=m["attempts"],
+            next_attempt_at=as_utc(m["next_attempt_at"]),
+            last_error=m["last_error"],
+            delivered=list(m["delivered"] or []),
+            refused=dict(m["refused"] or {}),
+            origin=m["origin"],
+            created_at=as_utc(m["created_at"]),
             sent_at=as_utc(m["sent_at"]),
         )
 
@@ -96,8 +106,9 @@ class OutboxStore:
         new, _ids = self._insert(list(messages), now=now, lease=None)
         return len(new)
 
-    def enqueue_leased(self, messages: Iterable[NewMessage], *, now: datetime,
-                       lease: timedelta, keep: int | None = None) -> list[OutboxItem]:
+    def enqueue_leased(
+        self, messages: Iterable[NewMessage], *, now: datetime, lease: timedelta, keep: int | None = None
+    ) -> list[OutboxItem]:
         """Store messages, the first ``keep`` new ones (default: all) already claimed by this
         process (`sending`, leased until now + lease), in one transaction, and return those
         as items to send. The others are stored `queued`, due now: any replica's sender claims
@@ -111,8 +122,9 @@ class OutboxStore:
         new, ids = self._insert(list(messages), now=now, lease=lease, keep=keep)
         return [_pending_item(i, m, now) for i, m in zip(ids, new, strict=True)]
 
-    def _insert(self, batch: list[NewMessage], *, now: datetime, lease: timedelta | None,
-                keep: int | None = None) -> tuple[list[NewMessage], list[int]]:
+    def _insert(
+        self, batch: list[NewMessage], *, now: datetime, lease: timedelta | None, keep: int | None = None
+    ) -> tuple[list[NewMessage], list[int]]:
         """Insert the messages not there yet: (those, the ids of the first ``keep`` if leased,
         else [])."""
         leased = lease is not None
@@ -127,10 +139,24 @@ class OutboxStore:
                 return [], []
             kept = len(new) if keep is None or not leased else min(keep, len(new))
             rows: list[dict[str, Any]] = [
-                dict(dedup_key=m.dedup_key, message_id=m.message_id, account=m.account,
-                     envelope_from=m.envelope_from, recipients=list(m.recipients), raw=m.raw,
-                     status="queued", attempts=0, next_attempt_at=now, delivered=[], refused={},
-                     origin=m.origin, created_at=now, updated_at=now, lease_owner=None, lease_until=None)
+                dict(
+                    dedup_key=m.dedup_key,
+                    message_id=m.message_id,
+                    account=m.account,
+                    envelope_from=m.envelope_from,
+                    recipients=list(m.recipients),
+                    raw=m.raw,
+                    status="queued",
+                    attempts=0,
+                    next_attempt_at=now,
+                    delivered=[],
+                    refused={},
+                    origin=m.origin,
+                    created_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_until=None,
+                )
                 for m in new
             ]
             if not leased:
@@ -141,14 +167,17 @@ class OutboxStore:
             ids: list[int] = []
             if sending:
                 stmt = insert(outbox).values(lease_until=lease_until)
-                ids = list(conn.scalars(stmt.returning(outbox.c.id, sort_by_parameter_order=True),
-                                        [{k: v for k, v in r.items() if k != "lease_until"} for r in sending]))
+                ids = list(
+                    conn.scalars(
+                        stmt.returning(outbox.c.id, sort_by_parameter_order=True),
+                        [{k: v for k, v in r.items() if k != "lease_until"} for r in sending],
+                    )
+                )
             if rows[kept:]:
                 conn.execute(insert(outbox), rows[kept:])
         return new[:kept], ids
 
-    def claim_due(self, *, now: datetime, limit: int, lease: timedelta,
-                  account: str | None = None) -> list[OutboxItem]:
+    def claim_due(self, *, now: datetime, limit: int, lease: timedelta, account: str | None = None) -> list[OutboxItem]:
         """Take up to `limit` due rows for this process, leased until now + lease."""
         token = f"{self.owner}/{uuid.uuid4().hex[:12]}"
         with self.engine.begin() as conn:
@@ -165,9 +194,9 @@ class OutboxStore:
             if not ids:
                 return []
             conn.execute(
-                update(outbox).where(outbox.c.id.in_(ids), due)
-                .values(status="sending", lease_owner=token, lease_until=db_later(conn, now, lease),
-                        updated_at=now)
+                update(outbox)
+                .where(outbox.c.id.in_(ids), due)
+                .values(status="sending", lease_owner=token, lease_until=db_later(conn, now, lease), updated_at=now)
             )
             rows = conn.execute(select(outbox).where(outbox.c.lease_owner == token).order_by(outbox.c.id))
             return [OutboxItem.from_row(r) for r in rows]
@@ -179,33 +208,65 @@ class OutboxStore:
         renewed: set[int] = set()
         with self.engine.begin() as conn:
             for chunk in _chunks(sorted(item_ids), 500):
-                renewed.update(conn.scalars(
-                    update(outbox).where(outbox.c.id.in_(chunk), outbox.c.status == "sending",
-                                         outbox.c.lease_owner.startswith(f"{self.owner}/", autoescape=True))
-                    .values(lease_until=db_later(conn, now, lease)).returning(outbox.c.id)
-                ))
+                renewed.update(
+                    conn.scalars(
+                        update(outbox)
+                        .where(
+                            outbox.c.id.in_(chunk),
+                            outbox.c.status == "sending",
+                            outbox.c.lease_owner.startswith(f"{self.owner}/", autoescape=True),
+                        )
+                        .values(lease_until=db_later(conn, now, lease))
+                        .returning(outbox.c.id)
+                    )
+                )
         return renewed
 
-    def mark_sent(self, item: OutboxItem, *, now: datetime, delivered: Sequence[str],
-                  refused: dict[str, str]) -> None:
+    def mark_sent(self, item: OutboxItem, *, now: datetime, delivered: Sequence[str], refused: dict[str, str]) -> None:
         """Done: every recipient was accepted or permanently refused (recorded with the reply)."""
         self.settle_many([Settlement("sent", item, now, delivered=delivered, refused=refused)])
 
-    def defer(self, item: OutboxItem, *, now: datetime, retry_at: datetime, error: str,
-              delivered: Sequence[str] = (), refused: dict[str, str] | None = None,
-              remaining: Sequence[str] | None = None) -> None:
+    def defer(
+        self,
+        item: OutboxItem,
+        *,
+        now: datetime,
+        retry_at: datetime,
+        error: str,
+        delivered: Sequence[str] = (),
+        refused: dict[str, str] | None = None,
+        remaining: Sequence[str] | None = None,
+    ) -> None:
         """Try again later; recipients already accepted are not sent to again."""
-        self.settle_many([Settlement("deferred", item, now, delivered=delivered, refused=refused or {},
-                                     error=error, retry_at=retry_at, remaining=remaining)])
+        self.settle_many(
+            [
+                Settlement(
+                    "deferred",
+                    item,
+                    now,
+                    delivered=delivered,
+                    refused=refused or {},
+                    error=error,
+                    retry_at=retry_at,
+                    remaining=remaining,
+                )
+            ]
+        )
 
-    def kill(self, item: OutboxItem, *, now: datetime, error: str,
-             delivered: Sequence[str] = (), refused: dict[str, str] | None = None) -> None:
+    def kill(
+        self,
+        item: OutboxItem,
+        *,
+        now: datetime,
+        error: str,
+        delivered: Sequence[str] = (),
+        refused: dict[str, str] | None = None,
+    ) -> None:
         """A dead letter: kept with the reason, sent again only by `outbox retry`.
 
         `recipients` keeps only those not yet accepted, so a retry never mails someone twice.
         """
-        self.settle_many([Settlement("dead", item, now, delivered=delivered, refused=refused or {},
-                                     error=error)])
+        self.settle_many([Settlement("dead", item, now, delivered=delivered, refused=refused or {}, error=error)])
 
     def settle_many(self, settlements: Sequence[Settlement]) -> None:
         """Record several send results in one transaction (one commit, one fsync).
@@ -220,11 +281,15 @@ class OutboxStore:
         for s in settlements:
             values = _settled_values(s)
             by_columns.setdefault(tuple(sorted(values)), []).append(
-                {"b_id": s.item.id, **{f"b_{k}": v for k, v in values.items()}})
+                {"b_id": s.item.id, **{f"b_{k}": v for k, v in values.items()}}
+            )
         with self.engine.begin() as conn:
             for columns, rows in by_columns.items():  # one executemany per kind of result
-                stmt = update(outbox).where(outbox.c.id == bindparam("b_id")).values(
-                    {c: bindparam(f"b_{c}", type_=outbox.c[c].type) for c in columns})
+                stmt = (
+                    update(outbox)
+                    .where(outbox.c.id == bindparam("b_id"))
+                    .values({c: bindparam(f"b_{c}", type_=outbox.c[c].type) for c in columns})
+                )
                 conn.execute(stmt, rows)
 
     def release(self, items: Iterable[OutboxItem], *, now: datetime) -> None:
@@ -234,8 +299,12 @@ class OutboxStore:
             return
         with self.engine.begin() as conn:
             conn.execute(  # only rows still ours: one another replica took meanwhile stays its
-                update(outbox).where(outbox.c.id.in_(ids), outbox.c.status == "sending",
-                                     outbox.c.lease_owner.startswith(f"{self.owner}/", autoescape=True))
+                update(outbox)
+                .where(
+                    outbox.c.id.in_(ids),
+                    outbox.c.status == "sending",
+                    outbox.c.lease_owner.startswith(f"{self.owner}/", autoescape=True),
+                )
                 .values(status="queued", lease_owner=None, lease_until=None, updated_at=now)
             )
 
@@ -246,8 +315,12 @@ class OutboxStore:
             return 0
         with self.engine.begin() as conn:
             result = conn.execute(
-                update(outbox).where(outbox.c.account.in_(list(accounts)), outbox.c.status == "queued",
-                                     outbox.c.next_attempt_at <= now + within)
+                update(outbox)
+                .where(
+                    outbox.c.account.in_(list(accounts)),
+                    outbox.c.status == "queued",
+                    outbox.c.next_attempt_at <= now + within,
+                )
                 .values(next_attempt_at=now, updated_at=now)
             )
             return result.rowcount
@@ -256,9 +329,9 @@ class OutboxStore:
         """Single-node recovery at start: every row left `sending` is due again now."""
         with self.engine.begin() as conn:
             result = conn.execute(
-                update(outbox).where(outbox.c.status == "sending")
-                .values(status="queued", lease_owner=None, lease_until=None, next_attempt_at=now,
-                        updated_at=now)
+                update(outbox)
+                .where(outbox.c.status == "sending")
+                .values(status="queued", lease_owner=None, lease_until=None, next_attempt_at=now, updated_at=now)
             )
             return result.rowcount
 
@@ -271,8 +344,13 @@ class OutboxStore:
             item = OutboxItem.from_row(row)
             remaining = item.recipients or [r for r in item.refused if r not in item.delivered]
             conn.execute(
-                update(outbox).where(outbox.c.id == item_id).values(
-                    status="queued", next_attempt_at=now, attempts=0, updated_at=now,
+                update(outbox)
+                .where(outbox.c.id == item_id)
+                .values(
+                    status="queued",
+                    next_attempt_at=now,
+                    attempts=0,
+                    updated_at=now,
                     recipients=remaining,
                     refused={k: v for k, v in item.refused.items() if k not in remaining},
                 )
@@ -283,10 +361,14 @@ class OutboxStore:
         """Give up on a dead letter for good (the console's "discard"): kept as `discarded`,
         so what was given up on stays on record, and never sent."""
         with self.engine.begin() as conn:
-            return conn.execute(
-                update(outbox).where(outbox.c.id == item_id, outbox.c.status == "dead")
-                .values(status="discarded", updated_at=now)
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == item_id, outbox.c.status == "dead")
+                    .values(status="discarded", updated_at=now)
+                ).rowcount
+                == 1
+            )
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, item_id: int) -> OutboxItem | None:
@@ -305,9 +387,7 @@ class OutboxStore:
 
     def list(self, *, statuses: Sequence[str], limit: int = 100) -> list[OutboxItem]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(outbox).where(outbox.c.status.in_(statuses)).order_by(outbox.c.id).limit(limit)
-            )
+            rows = conn.execute(select(outbox).where(outbox.c.status.in_(statuses)).order_by(outbox.c.id).limit(limit))
             return [OutboxItem.from_row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
@@ -317,9 +397,7 @@ class OutboxStore:
 
     def next_due(self) -> datetime | None:
         with self.engine.connect() as conn:
-            value = conn.scalar(
-                select(func.min(outbox.c.next_attempt_at)).where(outbox.c.status == "queued")
-            )
+            value = conn.scalar(select(func.min(outbox.c.next_attempt_at)).where(outbox.c.status == "queued"))
             lease = conn.scalar(select(func.min(outbox.c.lease_until)).where(outbox.c.status == "sending"))
         candidates = [as_utc(v) for v in (value, lease) if v is not None]
         return min(candidates) if candidates else None
@@ -328,9 +406,20 @@ class OutboxStore:
 def _pending_item(item_id: int, m: NewMessage, now: datetime) -> OutboxItem:
     """The item a freshly inserted, leased row reads back as, built without reading it."""
     return OutboxItem(
-        id=item_id, dedup_key=m.dedup_key, message_id=m.message_id, account=m.account,
-        envelope_from=m.envelope_from, recipients=list(m.recipients), raw=m.raw, status="sending",
-        attempts=0, next_attempt_at=now, last_error=None, delivered=[], refused={}, origin=m.origin,
+        id=item_id,
+        dedup_key=m.dedup_key,
+        message_id=m.message_id,
+        account=m.account,
+        envelope_from=m.envelope_from,
+        recipients=list(m.recipients),
+        raw=m.raw,
+        status="sending",
+        attempts=0,
+        next_attempt_at=now,
+        last_error=None,
+        delivered=[],
+        refused={},
+        origin=m.origin,
         created_at=now,
     )
 
@@ -338,28 +427,44 @@ def _pending_item(item_id: int, m: NewMessage, now: datetime) -> OutboxItem:
 def _settled_values(s: Settlement) -> dict[str, Any]:
     """The columns a result changes: the row leaves `sending`, its lease is dropped."""
     item, now = s.item, s.now
-    common = dict(updated_at=now, attempts=item.attempts + 1, lease_owner=None, lease_until=None,
-                  delivered=sorted(set(item.delivered) | set(s.delivered)),
-                  refused={**item.refused, **s.refused})
+    common = dict(
+        updated_at=now,
+        attempts=item.attempts + 1,
+        lease_owner=None,
+        lease_until=None,
+        delivered=sorted(set(item.delivered) | set(s.delivered)),
+        refused={**item.refused, **s.refused},
+    )
     if s.kind == "sent":
-        return dict(common, status="sent", sent_at=now, recipients=[],
-                    last_error=_refused_summary(s.refused))
+        return dict(common, status="sent", sent_at=now, recipients=[], last_error=_refused_summary(s.refused))
     if s.kind == "deferred":
         if s.retry_at is None:
             raise ValueError("a deferred result needs retry_at")
-        left = list(s.remaining) if s.remaining is not None else [
-            r for r in item.recipients if r not in s.delivered and r not in s.refused
-        ]
-        return dict(common, status="queued", next_attempt_at=s.retry_at, last_error=(s.error or "")[:2000],
-                    recipients=left)
+        left = (
+            list(s.remaining)
+            if s.remaining is not None
+            else [r for r in item.recipients if r not in s.delivered and r not in s.refused]
+        )
+        return dict(
+            common, status="queued", next_attempt_at=s.retry_at, last_error=(s.error or "")[:2000], recipients=left
+        )
     if s.kind == "held":  # not a try: the attempts stay what they were
         if s.retry_at is None:
             raise ValueError("a held result needs retry_at")
-        return dict(common, attempts=item.attempts, status="queued", next_attempt_at=s.retry_at,
-                    last_error=(s.error or "")[:2000])
+        return dict(
+            common,
+            attempts=item.attempts,
+            status="queued",
+            next_attempt_at=s.retry_at,
+            last_error=(s.error or "")[:2000],
+        )
     if s.kind == "dead":
-        return dict(common, status="dead", last_error=(s.error or "unknown error")[:2000],
-                    recipients=[r for r in item.recipients if r not in s.delivered])
+        return dict(
+            common,
+            status="dead",
+            last_error=(s.error or "unknown error")[:2000],
+            recipients=[r for r in item.recipients if r not in s.delivered],
+        )
     raise ValueError(f"unknown result kind {s.kind!r}")
 
 

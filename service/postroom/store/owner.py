@@ -95,7 +95,8 @@ def claim_store(database: Path) -> StoreOwner:
         os.close(fd)
         raise PostroomError(
             f"the store {database} is in use by another `postroom run` (PID {holder}); one daemon "
-            "per SQLite store: stop that one first, or use PostgreSQL to run replicas") from None
+            "per SQLite store: stop that one first, or use PostgreSQL to run replicas"
+        ) from None
     except BaseException:
         os.close(fd)
         raise

@@ -97,8 +97,11 @@ class ReplicaRegistry:
         found: dict[str, tuple[int, int]] = {}
         with self.engine.connect() as conn:
             for position, table in enumerate((outbox, webhooks)):
-                rows = conn.execute(select(table.c.lease_owner, func.count()).where(table.c.status == "sending")
-                                    .group_by(table.c.lease_owner))
+                rows = conn.execute(
+                    select(table.c.lease_owner, func.count())
+                    .where(table.c.status == "sending")
+                    .group_by(table.c.lease_owner)
+                )
                 for token, count in rows:
                     holder = (token or "?").rsplit("/", 1)[0]  # "instance/claim"
                     counts = list(found.get(holder, (0, 0)))

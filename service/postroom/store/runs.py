@@ -37,8 +37,15 @@ class RunStore:
         self.engine = engine
         self.owner = owner
 
-    def claim_fire(self, job_id: str, fire_time: datetime, *, now: datetime,
-                   stale_after: timedelta = timedelta(minutes=10), again: bool = False) -> bool:
+    def claim_fire(
+        self,
+        job_id: str,
+        fire_time: datetime,
+        *,
+        now: datetime,
+        stale_after: timedelta = timedelta(minutes=10),
+        again: bool = False,
+    ) -> bool:
         """True if this process now owns the fire; False if another has or had it.
 
         A claim still `running` after `stale_after` belonged to a process that died; it is
@@ -49,21 +56,31 @@ class RunStore:
         fire_time = to_utc(fire_time)
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(fire_claims).values(
-                    job_id=job_id, fire_time=fire_time, claimed_by=self.owner, claimed_at=now,
-                    status="running",
-                ))
+                conn.execute(
+                    insert(fire_claims).values(
+                        job_id=job_id,
+                        fire_time=fire_time,
+                        claimed_by=self.owner,
+                        claimed_at=now,
+                        status="running",
+                    )
+                )
             return True
         except IntegrityError:
             pass
         with self.engine.begin() as conn:
             taken = conn.execute(
-                update(fire_claims).where(
-                    fire_claims.c.job_id == job_id, fire_claims.c.fire_time == fire_time,
+                update(fire_claims)
+                .where(
+                    fire_claims.c.job_id == job_id,
+                    fire_claims.c.fire_time == fire_time,
                     fire_claims.c.status == "running",
-                    or_(fire_claims.c.claimed_at < now - stale_after,
-                        and_(fire_claims.c.claimed_by == self.owner, true() if again else false())),
-                ).values(claimed_by=self.owner, claimed_at=now)
+                    or_(
+                        fire_claims.c.claimed_at < now - stale_after,
+                        and_(fire_claims.c.claimed_by == self.owner, true() if again else false()),
+                    ),
+                )
+                .values(claimed_by=self.owner, claimed_at=now)
             )
             return taken.rowcount == 1
 
@@ -73,17 +90,19 @@ class RunStore:
         the middle of building a merge would otherwise leave it unsent for ten minutes, and
         for good when nothing resumes it later). It stays `running` for ``unfinished_fires``."""
         with self.engine.begin() as conn:
-            return conn.execute(update(fire_claims).where(fire_claims.c.status == "running")
-                                .values(claimed_at=_RELEASED)).rowcount
+            return conn.execute(
+                update(fire_claims).where(fire_claims.c.status == "running").values(claimed_at=_RELEASED)
+            ).rowcount
 
-    def finish_fire(self, job_id: str, fire_time: datetime, *, now: datetime, status: str,
-                    detail: str | None = None) -> None:
+    def finish_fire(
+        self, job_id: str, fire_time: datetime, *, now: datetime, status: str, detail: str | None = None
+    ) -> None:
         fire_time = to_utc(fire_time)
         with self.engine.begin() as conn:
             conn.execute(
-                update(fire_claims).where(
-                    fire_claims.c.job_id == job_id, fire_claims.c.fire_time == fire_time
-                ).values(status=status, finished_at=now, detail=detail)
+                update(fire_claims)
+                .where(fire_claims.c.job_id == job_id, fire_claims.c.fire_time == fire_time)
+                .values(status=status, finished_at=now, detail=detail)
             )
 
     def record_skip(self, job_id: str, fire_time: datetime, *, now: datetime, detail: str) -> bool:
@@ -91,10 +110,17 @@ class RunStore:
         fire_time = to_utc(fire_time)
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(fire_claims).values(
-                    job_id=job_id, fire_time=fire_time, claimed_by=self.owner, claimed_at=now,
-                    status="skipped", finished_at=now, detail=detail,
-                ))
+                conn.execute(
+                    insert(fire_claims).values(
+                        job_id=job_id,
+                        fire_time=fire_time,
+                        claimed_by=self.owner,
+                        claimed_at=now,
+                        status="skipped",
+                        finished_at=now,
+                        detail=detail,
+                    )
+                )
             return True
         except IntegrityError:
             return False
@@ -111,10 +137,9 @@ class RunStore:
         """Fires left `running` by a process that died, oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(fire_claims.c.job_id, fire_claims.c.fire_time).where(
-                    and_(fire_claims.c.status == "running",
-                         fire_claims.c.claimed_at < now - stale_after)
-                ).order_by(fire_claims.c.fire_time)
+                select(fire_claims.c.job_id, fire_claims.c.fire_time)
+                .where(and_(fire_claims.c.status == "running", fire_claims.c.claimed_at < now - stale_after))
+                .order_by(fire_claims.c.fire_time)
             )
             return [(j, as_utc(t)) for j, t in rows]
 
@@ -122,21 +147,35 @@ class RunStore:
     def start_run(self, job_id: str, *, fire_time: datetime | None, trigger: str, now: datetime) -> int:
         fire_time = to_utc(fire_time) if fire_time else None
         with self.engine.begin() as conn:
-            result = conn.execute(insert(job_runs).values(
-                job_id=job_id, fire_time=fire_time, trigger=trigger, started_at=now,
-                status="running", messages=0,
-            ))
+            result = conn.execute(
+                insert(job_runs).values(
+                    job_id=job_id,
+                    fire_time=fire_time,
+                    trigger=trigger,
+                    started_at=now,
+                    status="running",
+                    messages=0,
+                )
+            )
             key = result.inserted_primary_key
             if key is None:  # every dialect we support returns the new id
                 raise RuntimeError("the store did not return the new run's id")
             return int(key[0])
 
-    def finish_run(self, run_id: int, *, now: datetime, status: str, messages: int = 0,
-                   error: str | None = None) -> None:
+    def finish_run(
+        self, run_id: int, *, now: datetime, status: str, messages: int = 0, error: str | None = None
+    ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(update(job_runs).where(job_runs.c.id == run_id).values(
-                finished_at=now, status=status, messages=messages, error=error,
-            ))
+            conn.execute(
+                update(job_runs)
+                .where(job_runs.c.id == run_id)
+                .values(
+                    finished_at=now,
+                    status=status,
+                    messages=messages,
+                    error=error,
+                )
+            )
 
     def recent_runs(self, *, limit: int = 50) -> list[RunRecord]:
         """The newest runs of every job, newest first."""
@@ -154,6 +193,13 @@ class RunStore:
 
 def _record(row: Any) -> RunRecord:
     m = row._mapping
-    return RunRecord(job_id=m["job_id"], fire_time=as_utc(m["fire_time"]), trigger=m["trigger"],
-                     started_at=as_utc(m["started_at"]), finished_at=as_utc(m["finished_at"]),
-                     status=m["status"], messages=m["messages"], error=m["error"])
+    return RunRecord(
+        job_id=m["job_id"],
+        fire_time=as_utc(m["fire_time"]),
+        trigger=m["trigger"],
+        started_at=as_utc(m["started_at"]),
+        finished_at=as_utc(m["finished_at"]),
+        status=m["status"],
+        messages=m["messages"],
+        error=m["error"],
+    )

@@ -78,7 +78,11 @@ class OAuth2TokenStore:
 
 def _grant(row: Any) -> StoredGrant:
     return StoredGrant(
-        account=row["account"], sealed_refresh_token=row["sealed_refresh_token"], origin=row["origin"],
-        expires_at=as_utc(row["expires_at"]), refreshed_at=as_utc(row["refreshed_at"]),
-        last_error=row["last_error"], updated_at=as_utc(row["updated_at"]),
+        account=row["account"],
+        sealed_refresh_token=row["sealed_refresh_token"],
+        origin=row["origin"],
+        expires_at=as_utc(row["expires_at"]),
+        refreshed_at=as_utc(row["refreshed_at"]),
+        last_error=row["last_error"],
+        updated_at=as_utc(row["updated_at"]),
     )
