@@ -6,8 +6,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # chromium + chromium-driver: the console's browser tests (selenium drives them headless).
+# dovecot-sieve: Pigeonhole's sieve-test, the reference for the Sieve differential test.
+# prometheus: promtool, which checks and unit-tests the alert rules. faketime: replicas whose
+# clock is wrong (libfaketime), for the schedule tests.
 packages=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix openssl imapfilter swaks python3-venv
-  chromium chromium-driver)
+  chromium chromium-driver dovecot-sieve prometheus faketime)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
