@@ -124,8 +124,8 @@ def test_decide_gives_up_after_max_attempts_or_max_age():
 
 
 def test_an_account_stopped_for_a_token_holds_its_mail_untried(store, clock):
-    """A revoked refresh token is the account's trouble, not the message's: held (queued, due
-    again after HOLD), the try not counted, never dead however old; `bring_forward` makes it
+    """A revoked refresh token is the account's trouble, not the message's: held (its own state,
+    due again after HOLD), the try not counted, never dead however old; `bring_forward` makes it
     due now once the account signs in again."""
     now = datetime(2030, 1, 7, 1, tzinfo=UTC)
     revoked = TokenRevoked("alice: sign in again with `postroom auth login alice`", account="alice")
@@ -136,7 +136,8 @@ def test_an_account_stopped_for_a_token_holds_its_mail_untried(store, clock):
     enqueue(store, clock, [BOB])
     (row,) = store.outbox.claim_due(now=clock(), limit=10, lease=timedelta(minutes=5))
     store.outbox.settle_many([Settlement("held", row, clock(), error="stopped", retry_at=clock() + HOLD)])
-    (kept,) = store.outbox.list(statuses=["queued"])
+    assert store.outbox.list(statuses=["queued"]) == [] and store.outbox.counts() == {"held": 1}
+    (kept,) = store.outbox.list(statuses=["held"])
     assert (kept.attempts, kept.next_attempt_at, kept.last_error) == (0, clock() + HOLD, "stopped")
     assert store.outbox.claim_due(now=clock(), limit=10, lease=timedelta(minutes=5)) == []
     assert store.outbox.bring_forward(["bob"], now=clock(), within=HOLD) == 0  # another account's

@@ -34,6 +34,7 @@ from .mail.templates import TemplateRenderer
 from .metrics import Metrics
 from .notify import Notifier, watchdog_loop
 from .outgoing.jobs import JobRunner
+from .outgoing.refusals import suppressing
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
 from .scheduler import Scheduler
@@ -119,6 +120,8 @@ class Daemon:
             config.outbox,
             logins=self.logins,
             on_result=lambda kind, item: self.metrics.outbox_result(kind, item.account),
+            on_refused=self.metrics.refused,
+            suppress=suppressing(store.bounces),
             lease=lease,
             handoff_limit=config.outbox.batch_size if self.shared else None,
             max_idle=min(MAX_IDLE, lease / 3) if self.shared else MAX_IDLE,
@@ -333,6 +336,8 @@ class Daemon:
             details["store_problem"] = store_problem
         if accounts:
             details["oauth2_accounts"] = accounts
+        if stopped:  # their outgoing mail is `held` in the outbox (and postroom_outbox_held)
+            details["held"] = {name: f"signed out: mail held until `postroom auth login {name}`" for name in stopped}
         balance = self.incoming.balance
         if balance is not None:  # replicas: who this is and which watches it holds
             details["replica"] = {

@@ -302,15 +302,21 @@ def jobs(ctx: click.Context) -> None:
             store.close()
     except Exception:  # the overview is still useful without run history
         pass
+    from .outgoing.shown import run_outcome
+
     rows = []
     for j in overview:
         run_ = last.get(j.name)
-        last_text = f"{run_.status} {_fmt_time(run_.started_at, j.timezone)}" if run_ else "never"
-        rows.append([j.name, j.schedule, j.timezone, _fmt_time(j.next_fire, j.timezone), last_text])
+        last_text = f"{_fmt_time(run_.started_at, j.timezone)}" if run_ else "never"
+        outcome = run_outcome(run_) if run_ else "-"
+        rows.append([j.name, j.schedule, j.timezone, _fmt_time(j.next_fire, j.timezone), last_text, outcome])
     if not rows:
         click.echo("no jobs configured")
         return
-    click.echo(_table(rows, ["JOB", "SCHEDULE", "ZONE", "NEXT FIRE", "LAST RUN"]))
+    click.echo(_table(rows, ["JOB", "SCHEDULE", "ZONE", "NEXT FIRE", "LAST RUN", "OUTCOME"]))
+    for name, run_ in sorted(last.items()):
+        if run_.state == "failed" and name in cfg.jobs:
+            click.echo(f"{name}: last run failed: {run_.why}")
 
 
 def _existing_store(settings: Settings) -> Store | None:
@@ -428,7 +434,9 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
     from .bootstrap import build_logins, load_checked, open_store
     from .clock import utcnow
     from .outgoing.jobs import JobRunner
+    from .outgoing.refusals import suppressing
     from .outgoing.sender import OutboxSender
+    from .outgoing.shown import refused_line
     from .store.outbox import OutboxItem
 
     loaded, renderer = load_checked(settings)
@@ -447,8 +455,15 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
             if item.message_id in wanted:
                 outcomes[item.message_id] = kind
 
+        refused = Counter[str]()
         sender = OutboxSender(
-            store.outbox, cfg.accounts, cfg.outbox, on_result=seen, logins=build_logins(settings, cfg, store)
+            store.outbox,
+            cfg.accounts,
+            cfg.outbox,
+            on_result=seen,
+            logins=build_logins(settings, cfg, store),
+            on_refused=lambda account, origin, n: refused.update({"recipients": n}),
+            suppress=suppressing(store.bounces),
         )
         # The SMTP handshakes (TCP, STARTTLS, AUTH per connection) overlap the rendering.
         warming = asyncio.create_task(sender.prewarm(cfg.jobs[job].account))
@@ -481,6 +496,8 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
         click.echo(f"{job}: sent {sent}, deferred {deferred}, dead {dead} (of {total}); at {_fmt_time(utcnow())}")
         if deferred:
             click.echo("  deferred messages stay in the outbox; `postroom run` retries them with backoff")
+        if refused["recipients"]:
+            click.echo(f"  {refused_line(refused['recipients'])}; see `postroom outbox` for the server's replies")
         if counts["held"]:
             account = cfg.jobs[job].account
             click.echo(
@@ -636,11 +653,16 @@ def outbox(ctx: click.Context, dead: bool, bounced: bool, limit: int) -> None:
     if bounced:
         _show_bounced(settings(ctx), limit)
         return
+    from .outgoing.shown import held_next_step, message_state, refused_line, refused_replies
+    from .store.outbox import WAITING
+
     store = _existing_store(settings(ctx))
+    refused = []
     if store is not None:
         try:
             counts = store.outbox.counts()
-            items = store.outbox.list(statuses=["dead"] if dead else ["queued", "sending"], limit=limit)
+            items = store.outbox.list(statuses=["dead"] if dead else list(WAITING), limit=limit)
+            refused = [] if dead else store.outbox.with_refused(limit=limit)
         finally:
             store.close()
     else:  # nothing has run here yet: an empty outbox
@@ -648,26 +670,41 @@ def outbox(ctx: click.Context, dead: bool, bounced: bool, limit: int) -> None:
     click.echo("outbox: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
     if not items:
         click.echo("no dead letters" if dead else "nothing waiting")
-        return
-    rows = []
-    for i in items:
-        to = ", ".join(i.recipients or list(i.refused)) or "-"
-        when = _fmt_time(i.next_attempt_at)
-        rows.append(
-            [
-                str(i.id),
-                i.account,
-                i.origin or "-",
-                to[:40],
-                str(i.attempts),
-                "" if dead else when,
-                (i.last_error or "")[:80],
-            ]
+    else:
+        rows = []
+        for i in items:
+            to = ", ".join(i.recipients or list(i.refused)) or "-"
+            state = message_state(i)
+            when = held_next_step(i.account) if state == "held" else _fmt_time(i.next_attempt_at)
+            rows.append(
+                [
+                    str(i.id),
+                    i.account,
+                    i.origin or "-",
+                    to[:40],
+                    *([] if dead else [state]),
+                    str(i.attempts),
+                    *([] if dead else [when]),
+                    (i.last_error or "")[:80],
+                ]
+            )
+        state_headers = [] if dead else ["STATE"]
+        when_headers = [] if dead else ["NEXT TRY"]
+        headers = ["ID", "ACCOUNT", "FROM JOB/RULE", "TO", *state_headers, "TRIES", *when_headers, "LAST ERROR"]
+        click.echo(_table(rows, headers))
+        if dead:
+            click.echo("put one back with: postroom outbox retry ID")
+    if refused:
+        click.echo(f"sent, with recipients refused: {len(refused)}")
+        click.echo(
+            _table(
+                [
+                    [str(i.id), i.account, i.origin or "-", refused_line(len(i.refused)), refused_replies(i)[:100]]
+                    for i in refused
+                ],
+                ["ID", "ACCOUNT", "FROM JOB/RULE", "REFUSED", "SERVER'S REPLIES"],
+            )
         )
-    headers = ["ID", "ACCOUNT", "FROM JOB/RULE", "TO", "TRIES", "" if dead else "NEXT TRY", "LAST ERROR"]
-    click.echo(_table(rows, headers))
-    if dead:
-        click.echo("put one back with: postroom outbox retry ID")
 
 
 @outbox.command("retry")

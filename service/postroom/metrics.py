@@ -33,8 +33,9 @@ log = structlog.get_logger(__name__)
 # Jobs range from a quick digest to a large mail merge.
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 OUTBOX_RESULTS = ("sent", "deferred", "dead", "held")
-# Outbox rows waiting to go out: queued, or leased by a sender right now.
-_DEPTH_STATUSES = ("queued", "sending")
+# Outbox rows waiting to go out: queued, held (their account signed out), or leased by a
+# sender right now.
+_DEPTH_STATUSES = ("queued", "held", "sending")
 
 
 def postroom_version() -> str:
@@ -57,7 +58,7 @@ class StoreCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         # Describing without calling the store keeps registration free of I/O.
-        return [_depth_family(), _dead_family()]
+        return [_depth_family(), _dead_family(), _held_family()]
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -65,11 +66,13 @@ class StoreCollector(Collector):
         except Exception as exc:
             log.warning("metrics: reading outbox counts failed", error=type(exc).__name__)
             return
-        depth, dead = _depth_family(), _dead_family()
+        depth, dead, held = _depth_family(), _dead_family(), _held_family()
         depth.add_metric([], sum(counts.get(s, 0) for s in _DEPTH_STATUSES))
         dead.add_metric([], counts.get("dead", 0))
+        held.add_metric([], counts.get("held", 0))
         yield depth
         yield dead
+        yield held
 
 
 def _depth_family() -> GaugeMetricFamily:
@@ -78,6 +81,12 @@ def _depth_family() -> GaugeMetricFamily:
 
 def _dead_family() -> GaugeMetricFamily:
     return GaugeMetricFamily("postroom_dead_letters", "Outbox messages that failed for good.")
+
+
+def _held_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "postroom_outbox_held", "Outbox messages held, untried, until their account signs in again."
+    )
 
 
 class Metrics:
@@ -176,6 +185,12 @@ class Metrics:
             ["account", "kind"],
             registry=r,
         )
+        self.refused_recipients = Counter(
+            "postroom_recipients_refused_total",
+            "Recipients the SMTP server refused for good at RCPT (kept on the outbox row).",
+            ["account", "job"],
+            registry=r,
+        )
         self.suppressed_recipients = Counter(
             "postroom_suppressed_recipients_total",
             "Recipients a job left out: on the account's suppression list.",
@@ -243,6 +258,10 @@ class Metrics:
     def bounce(self, account: str, kind: str) -> None:
         """A bounce report consumed (``incoming.bounces.BounceHook``)."""
         self.bounces.labels(account, kind).inc()
+
+    def refused(self, account: str, job: str, count: int) -> None:
+        """Recipients of one message refused for good (``outgoing.sender.RefusedHook``)."""
+        self.refused_recipients.labels(account, job).inc(count)
 
     def suppressed(self, job: str, account: str, count: int) -> None:
         self.suppressed_recipients.labels(job, account).inc(count)

@@ -18,10 +18,12 @@ from typing import Any
 
 from ..clock import utcnow
 from ..incoming.watch_loop import WatchState
+from ..outgoing.shown import held_next_step, message_state, refused_line, refused_replies, signed_out_step
 from ..redact import shown_url
 from ..schedules import jobs_overview
 from ..store.calls import store_call
-from ..store.outbox import OutboxItem
+from ..store.outbox import WAITING, OutboxItem
+from ..store.runs import RunRecord
 from .source import DaemonView
 
 LIST_LIMIT = 200  # rows per table: the console is for looking, the CLI for bulk work
@@ -38,10 +40,19 @@ class Attention:
     set_aside: int
     dead_webhooks: int
     failing_accounts: dict[str, str]  # account -> why
+    failed_runs: list[RunRecord] = field(default_factory=list)  # recent, and each job's last if failed
+    refused: int = 0  # messages sent with some recipients refused
 
     @property
     def total(self) -> int:
-        return self.dead_letters + self.set_aside + self.dead_webhooks + len(self.failing_accounts)
+        return (
+            self.dead_letters
+            + self.set_aside
+            + self.dead_webhooks
+            + len(self.failing_accounts)
+            + len(self.failed_runs)
+            + self.refused
+        )
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class MessageRow:
     attempts: int
     next_try: datetime | None
     reply: str
+    waits_for: str = ""  # held: who must act before it is tried again
 
 
 @dataclass
@@ -68,8 +80,16 @@ def failing_accounts(view: DaemonView) -> dict[str, str]:
     """Accounts whose login (or connection) fails now, with the last error."""
     failing = {w.account: w.last_error or "failing" for w in view.watchers() if w.state is WatchState.FAILING}
     for account in view.signed_out():
-        failing[account] = f"signed out: run `postroom auth login {account}`, then reload"
+        failing[account] = signed_out_step(account)
     return dict(sorted(failing.items()))
+
+
+def failed_runs(recent: list[RunRecord], last: dict[str, RunRecord], jobs: set[str]) -> list[RunRecord]:
+    """Runs that need a person: the recent failed ones, and each configured job's last run if
+    it failed (however long ago), once each, newest first."""
+    picked = {r.id: r for r in recent if r.state == "failed"}
+    picked.update((r.id, r) for name, r in last.items() if r.state == "failed" and name in jobs)
+    return sorted(picked.values(), key=lambda r: r.id, reverse=True)
 
 
 async def overview_page(view: DaemonView) -> dict[str, Any]:
@@ -84,6 +104,9 @@ async def overview_page(view: DaemonView) -> dict[str, Any]:
             "webhooks": store.ledger.webhook_counts(),
             "leases": store.leases.all(now=now) if shared else None,
             "backend": store.engine.dialect.name,
+            "recent_runs": store.runs.recent_runs(limit=RECENT_RUNS),
+            "last_runs": store.runs.last_runs(),
+            "refused": store.outbox.refused_count(),
         }
 
     got = await store_call(read)
@@ -93,6 +116,8 @@ async def overview_page(view: DaemonView) -> dict[str, Any]:
         set_aside=got["set_aside"],
         dead_webhooks=got["webhooks"].get("dead", 0),
         failing_accounts=failing_accounts(view),
+        failed_runs=failed_runs(got["recent_runs"], got["last_runs"], set(config.jobs)),
+        refused=got["refused"],
     )
     return {
         "attention": attention,
@@ -154,20 +179,26 @@ async def job_preview(view: DaemonView, name: str) -> dict[str, Any]:
 async def outbox_page(view: DaemonView) -> dict[str, Any]:
     outbox = view.store.outbox
 
-    def read() -> tuple[dict[str, int], list[OutboxItem], list[OutboxItem]]:
+    def read() -> tuple[dict[str, int], list[OutboxItem], list[OutboxItem], list[OutboxItem]]:
         return (
             outbox.counts(),
-            outbox.list(statuses=["queued", "sending"], limit=LIST_LIMIT),
+            outbox.list(statuses=list(WAITING), limit=LIST_LIMIT),
             outbox.list(statuses=["dead"], limit=LIST_LIMIT),
+            outbox.with_refused(limit=LIST_LIMIT),
         )
 
-    counts, waiting, dead = await store_call(read)
-    return {"counts": counts, "waiting": [_message_row(i) for i in waiting], "dead": [_message_row(i) for i in dead]}
+    counts, waiting, dead, refused = await store_call(read)
+    return {
+        "counts": counts,
+        "waiting": [_message_row(i) for i in waiting],
+        "dead": [_message_row(i) for i in dead],
+        "refused": [_refused_row(i) for i in refused],
+    }
 
 
 def _message_row(item: OutboxItem) -> MessageRow:
     to = item.recipients or list(item.refused)
-    status = "deferred" if item.status == "queued" and item.attempts else item.status
+    status = message_state(item)
     return MessageRow(
         id=item.id,
         account=item.account,
@@ -178,7 +209,20 @@ def _message_row(item: OutboxItem) -> MessageRow:
         attempts=item.attempts,
         next_try=item.next_attempt_at if item.status == "queued" else None,
         reply=item.last_error or "",
+        waits_for=held_next_step(item.account) if status == "held" else "",
     )
+
+
+def _refused_row(item: OutboxItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "account": item.account,
+        "origin": item.origin or "-",
+        "subject": _subject(item.raw),
+        "delivered": ", ".join(item.delivered) or "-",
+        "refused": refused_line(len(item.refused)),
+        "replies": refused_replies(item),
+    }
 
 
 def _subject(raw: bytes) -> str:
@@ -198,7 +242,13 @@ async def mailboxes_page(view: DaemonView) -> dict[str, Any]:
         return marks, inbound.set_aside()[:LIST_LIMIT]
 
     marks, aside = await store_call(read)
-    rows = [{"w": w, "checkpoint": mark} for w, mark in zip(watchers, marks, strict=True)]
+    # A signed-out account's watcher may sit in IDLE on a session opened before its token was
+    # revoked: the row says what the account needs, not what the session last did.
+    signed_out = set(view.signed_out())
+    rows = [
+        {"w": w, "checkpoint": mark, "signed_out": signed_out_step(w.account) if w.account in signed_out else None}
+        for w, mark in zip(watchers, marks, strict=True)
+    ]
     states = Counter(str(w.state) for w in watchers)
     return {"watchers": rows, "set_aside": aside, "states": states, "failing": failing_accounts(view)}
 

@@ -348,6 +348,7 @@ class JobRunner:
                     now=self.clock(),
                     lease=sender.lease,
                     keep=sender.handoff_limit,
+                    run_id=run_id,
                 )
                 status = "done"
                 bound.info("job run queued mail", messages=len(built.messages), new=len(items))
@@ -357,7 +358,7 @@ class JobRunner:
                 sender.submit(items)
                 self.wake_sender()  # rows of an earlier try of this fire (not handed) are claimed
             else:
-                added = await store_call(self.store.outbox.enqueue, built.messages, now=self.clock())
+                added = await store_call(self.store.outbox.enqueue, built.messages, now=self.clock(), run_id=run_id)
                 status = "done"
                 bound.info("job run queued mail", messages=len(built.messages), new=added)
                 self.wake_sender()

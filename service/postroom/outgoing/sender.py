@@ -1,11 +1,13 @@
 """The outbox sender: claims due rows, sends them over reused SMTP connections, records results.
 
 Every claimed row ends a drain in exactly one state, written to the store:
-- sent:     every recipient accepted or refused for good (5xx at RCPT, kept with the reply);
+- sent:     every recipient accepted or refused for good (5xx at RCPT, kept with the reply),
+            at least one accepted (now or on an earlier try);
 - deferred: a transient failure (connection, timeout, 4xx) or some recipients refused with
             4xx; retried after `backoff()`, only to the recipients still owed;
-- dead:     a permanent failure (5xx at MAIL/DATA, bad credentials, TLS), or a transient one
-            once the message is past `max_attempts` tries or `max_age` old;
+- dead:     a permanent failure (5xx at MAIL/DATA, bad credentials, TLS, every recipient
+            refused for good at RCPT), or a transient one once the message is past
+            `max_attempts` tries or `max_age` old;
 - held:     the account has stopped for want of an OAuth2 token (revoked: a person must sign
             in again): the message is not at fault, so it waits, not counted as a try and never
             too old, and goes out once the account signs in again (checked every `HOLD`);
@@ -15,6 +17,9 @@ A failure to connect or log in is the account's, not the message's: it is applie
 row of that account still waiting in the drain, without trying them one by one (a server
 that is down would otherwise cost a connect timeout per message).
 Rows are sent as stored (`item.raw`, same Message-ID) and never re-rendered.
+
+A recipient refused for good with a mailbox status (5.1.1) is suppressed like a hard bounce
+(`suppress`, see refusals.py), in the same store call as the row's result and before it.
 
 Leases are short (`lease`, POSTROOM_LEASE_SECONDS) and claimed a batch at a time; while a drain
 runs, a heartbeat renews the leases of every row it holds and has not settled, every third of
@@ -94,6 +99,8 @@ def decide(
     if isinstance(result, SendResult):
         delivered, refused = list(result.accepted), dict(result.refused_permanent)
         if not result.refused_temporary:
+            if refused and not delivered and not item.delivered:  # nobody got it, nobody will
+                return Outcome("dead", error=f"every recipient refused: {_replies(refused)}", refused=refused)
             return Outcome("sent", delivered=delivered, refused=refused)
         error = "; ".join(f"{rcpt}: {reply}" for rcpt, reply in sorted(result.refused_temporary.items()))
         remaining: list[str] | None = list(result.refused_temporary)
@@ -120,6 +127,10 @@ def decide(
     )
 
 
+def _replies(refused: Mapping[str, str]) -> str:
+    return "; ".join(f"{rcpt}: {reply}" for rcpt, reply in sorted(refused.items()))
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if isinstance(exc, PostroomError) else f"{type(exc).__name__}: {text}"
@@ -138,6 +149,11 @@ class DrainStats:
 
 
 ResultHook = Callable[[str, OutboxItem], None]
+# (account, job or rule, recipients refused for good) — metrics
+RefusedHook = Callable[[str, str, int], None]
+# Suppress an item's refused recipients (``refusals.suppress_refused`` on the store): called in
+# the store thread, with the row's result write.
+SuppressHook = Callable[[OutboxItem, Mapping[str, str], datetime], object]
 
 
 @dataclass
@@ -202,8 +218,12 @@ class OutboxSender:
         logins: AccountLogins | None = None,
         handoff_limit: int | None = None,
         max_idle: timedelta = MAX_IDLE,
+        on_refused: RefusedHook | None = None,
+        suppress: SuppressHook | None = None,
     ):
         self.outbox = outbox
+        self.on_refused = on_refused
+        self.suppress = suppress
         self.accounts = accounts
         self.logins = logins if logins is not None else AccountLogins()  # replaced on reload too
         self.policy = policy
@@ -517,8 +537,16 @@ class OutboxSender:
         unsettled.pop(item.id, None)
         setattr(stats, outcome.kind, getattr(stats, outcome.kind) + 1)
         fields = dict(outbox_id=item.id, account=item.account, message_id=item.message_id)
-        if outcome.kind == "sent":
-            log.info("message sent", **fields, delivered=len(outcome.delivered), refused=sorted(outcome.refused))
+        if outcome.kind == "sent" and outcome.refused:  # told: someone did not get it
+            log.warning(
+                "message sent; some recipients refused",
+                **fields,
+                delivered=len(outcome.delivered),
+                refused=dict(outcome.refused),
+                see="postroom outbox",
+            )
+        elif outcome.kind == "sent":
+            log.info("message sent", **fields, delivered=len(outcome.delivered))
         elif outcome.kind == "deferred":
             log.warning(
                 "message deferred",
@@ -536,6 +564,11 @@ class OutboxSender:
                 self.on_result(outcome.kind, item)
             except Exception:  # a metrics hook must never stop delivery
                 log.exception("on_result hook failed", outbox_id=item.id)
+        if outcome.refused and self.on_refused is not None:
+            try:
+                self.on_refused(item.account, item.origin or "-", len(outcome.refused))
+            except Exception:
+                log.exception("on_refused hook failed", outbox_id=item.id)
 
     def _settlement(self, item: OutboxItem, outcome: Outcome) -> Settlement:
         kind = outcome.kind
@@ -553,6 +586,12 @@ class OutboxSender:
         )
 
     def _record_many(self, settlements: list[Settlement]) -> None:
+        if self.suppress is not None:
+            # Before the results: a crash between the two sends the row again, refused again,
+            # and the suppression (recorded once per try) is not lost.
+            for s in settlements:
+                if s.refused:
+                    self.suppress(s.item, s.refused, s.now)
         self.outbox.settle_many(settlements)
 
     # -- the loop ------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """The outbox: every outgoing message is a row before it is a connection.
 
 Life of a row: `queued` → (claimed with a lease) `sending` → `sent` | back to `queued` with a
-later `next_attempt_at` | `dead`. Leases are short (POSTROOM_LEASE_SECONDS) and the holder
+later `next_attempt_at` | `held` (not tried: its account waits for an OAuth2 sign-in; due again
+like `queued`) | `dead`. A row whose every recipient the server refused for good is `dead`;
+one with some refused is `sent`, the refused ones kept in `refused` with the server's replies.
+Leases are short (POSTROOM_LEASE_SECONDS) and the holder
 renews them while it works (``renew``): a sender that dies mid-send leaves `sending` with a
 lease that runs out within seconds; the row is then claimed again, by any replica, and sent with
 the same Message-ID, so the only possible duplicate is a message that was in flight at the
@@ -19,11 +22,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Engine, Text, and_, bindparam, cast, func, insert, or_, select, update
 
 from .dbtime import db_later, db_now
 from .engine import as_utc
 from .tables import outbox
+
+# Rows waiting to go out, and those of them a sender may claim once due.
+WAITING = ("queued", "held", "sending")
+DUE = ("queued", "held")
+# Rows that went out (to some recipients at least): where refused recipients are listed.
+WENT_OUT = ("sent", "bounced")
 
 
 @dataclass(frozen=True)
@@ -101,13 +110,20 @@ class OutboxStore:
         self.owner = owner
 
     # -- writing ---------------------------------------------------------------------------
-    def enqueue(self, messages: Iterable[NewMessage], *, now: datetime) -> int:
-        """Store messages for sending, in one transaction. Returns how many were new."""
-        new, _ids = self._insert(list(messages), now=now, lease=None)
+    def enqueue(self, messages: Iterable[NewMessage], *, now: datetime, run_id: int | None = None) -> int:
+        """Store messages for sending, in one transaction. Returns how many were new.
+        ``run_id``: the job run that made them (its outcome counts them)."""
+        new, _ids = self._insert(list(messages), now=now, lease=None, run_id=run_id)
         return len(new)
 
     def enqueue_leased(
-        self, messages: Iterable[NewMessage], *, now: datetime, lease: timedelta, keep: int | None = None
+        self,
+        messages: Iterable[NewMessage],
+        *,
+        now: datetime,
+        lease: timedelta,
+        keep: int | None = None,
+        run_id: int | None = None,
     ) -> list[OutboxItem]:
         """Store messages, the first ``keep`` new ones (default: all) already claimed by this
         process (`sending`, leased until now + lease), in one transaction, and return those
@@ -119,11 +135,17 @@ class OutboxStore:
         handed over, so a crash leaves them `sending`, due again once recovered or the lease
         runs out, like claimed rows. Rows already there (a fire re-run) are not returned: they
         are claimed the usual way."""
-        new, ids = self._insert(list(messages), now=now, lease=lease, keep=keep)
+        new, ids = self._insert(list(messages), now=now, lease=lease, keep=keep, run_id=run_id)
         return [_pending_item(i, m, now) for i, m in zip(ids, new, strict=True)]
 
     def _insert(
-        self, batch: list[NewMessage], *, now: datetime, lease: timedelta | None, keep: int | None = None
+        self,
+        batch: list[NewMessage],
+        *,
+        now: datetime,
+        lease: timedelta | None,
+        keep: int | None = None,
+        run_id: int | None = None,
     ) -> tuple[list[NewMessage], list[int]]:
         """Insert the messages not there yet: (those, the ids of the first ``keep`` if leased,
         else [])."""
@@ -156,6 +178,7 @@ class OutboxStore:
                     updated_at=now,
                     lease_owner=None,
                     lease_until=None,
+                    run_id=run_id,
                 )
                 for m in new
             ]
@@ -182,7 +205,7 @@ class OutboxStore:
         token = f"{self.owner}/{uuid.uuid4().hex[:12]}"
         with self.engine.begin() as conn:
             due = or_(
-                and_(outbox.c.status == "queued", outbox.c.next_attempt_at <= now),
+                and_(outbox.c.status.in_(DUE), outbox.c.next_attempt_at <= now),
                 and_(outbox.c.status == "sending", outbox.c.lease_until < db_now(conn, now)),
             )
             pick = select(outbox.c.id).where(due).order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit)
@@ -318,7 +341,7 @@ class OutboxStore:
                 update(outbox)
                 .where(
                     outbox.c.account.in_(list(accounts)),
-                    outbox.c.status == "queued",
+                    outbox.c.status.in_(DUE),
                     outbox.c.next_attempt_at <= now + within,
                 )
                 .values(next_attempt_at=now, updated_at=now)
@@ -385,6 +408,29 @@ class OutboxStore:
                 out.extend(OutboxItem.from_row(r) for r in rows)
         return out
 
+    def with_refused(self, *, limit: int = 100) -> list[OutboxItem]:
+        """Rows that went out with some recipients refused for good, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox)
+                .where(outbox.c.status.in_(WENT_OUT), cast(outbox.c.refused, Text).not_in(["{}", "null"]))
+                .order_by(outbox.c.id.desc())
+                .limit(limit)
+            )
+            return [OutboxItem.from_row(r) for r in rows]
+
+    def refused_count(self) -> int:
+        """How many rows went out with some recipients refused (the console's overview)."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.scalar(
+                    select(func.count()).where(
+                        outbox.c.status.in_(WENT_OUT), cast(outbox.c.refused, Text).not_in(["{}", "null"])
+                    )
+                )
+                or 0
+            )
+
     def list(self, *, statuses: Sequence[str], limit: int = 100) -> list[OutboxItem]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(outbox).where(outbox.c.status.in_(statuses)).order_by(outbox.c.id).limit(limit))
@@ -397,7 +443,7 @@ class OutboxStore:
 
     def next_due(self) -> datetime | None:
         with self.engine.connect() as conn:
-            value = conn.scalar(select(func.min(outbox.c.next_attempt_at)).where(outbox.c.status == "queued"))
+            value = conn.scalar(select(func.min(outbox.c.next_attempt_at)).where(outbox.c.status.in_(DUE)))
             lease = conn.scalar(select(func.min(outbox.c.lease_until)).where(outbox.c.status == "sending"))
         candidates = [as_utc(v) for v in (value, lease) if v is not None]
         return min(candidates) if candidates else None
@@ -454,7 +500,7 @@ def _settled_values(s: Settlement) -> dict[str, Any]:
         return dict(
             common,
             attempts=item.attempts,
-            status="queued",
+            status="held",
             next_attempt_at=s.retry_at,
             last_error=(s.error or "")[:2000],
         )

@@ -3,21 +3,60 @@
 A fire is claimed by inserting its (job_id, fire_time) row; the primary key makes exactly one
 replica (or one restart) win it. A claim left `running` by a crashed process is taken over
 after its lease, and re-running it is safe because the outbox dedups on (job, fire, row).
+
+A run is `done` once its messages are queued; what became of them is read from the outbox
+rows it made (``outbox.run_id``) each time runs are listed (``RunOutcome``), so a run whose
+every message died reads `failed` without the sender writing to the run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, false, func, insert, or_, select, true, update
+from sqlalchemy import Engine, Text, and_, cast, false, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from .engine import as_utc, to_utc
-from .tables import fire_claims, job_runs
+from .tables import fire_claims, job_runs, outbox
 
 _RELEASED = datetime(2000, 1, 1, tzinfo=UTC)  # a claim time older than any lease
+
+
+# An outbox row's status -> what a run's outcome counts it as (a queued row tried before is
+# "deferred"; see _outcome_kind).
+_OUTCOME_KINDS = {
+    "queued": "queued",
+    "sending": "queued",
+    "held": "held",
+    "sent": "sent",
+    "bounced": "sent",
+    "dead": "dead",
+    "discarded": "dead",
+}
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What became of a run's messages: rows by state, and recipients refused for good."""
+
+    queued: int = 0
+    deferred: int = 0
+    held: int = 0
+    sent: int = 0
+    dead: int = 0
+    refused: int = 0  # recipients (not messages) the server refused at RCPT
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.deferred + self.held + self.sent + self.dead
+
+    def describe(self) -> str:
+        """ "sent 3, dead 1, refused 2": the non-zero counts, in a fixed order."""
+        parts = [(k, getattr(self, k)) for k in ("queued", "deferred", "held", "sent", "dead", "refused")]
+        return ", ".join(f"{k} {n}" for k, n in parts if n)
 
 
 @dataclass(frozen=True)
@@ -27,9 +66,29 @@ class RunRecord:
     trigger: str
     started_at: datetime
     finished_at: datetime | None
-    status: str
+    status: str  # as written when the run ended (running | done | failed | skipped)
     messages: int
     error: str | None
+    id: int = 0
+    outcome: RunOutcome = field(default_factory=RunOutcome)
+
+    @property
+    def state(self) -> str:
+        """The run's outcome as a person reads it: `failed` too when it queued messages and
+        every one of them died (nothing went out), not `done`."""
+        o = self.outcome
+        if self.status == "done" and o.total and o.dead == o.total:
+            return "failed"
+        return self.status
+
+    @property
+    def why(self) -> str | None:
+        """The run's error, or for one failed by its messages, what became of them."""
+        if self.error:
+            return self.error
+        if self.state == "failed":
+            return f"every message died ({self.outcome.describe()}); see `postroom outbox --dead`"
+        return None
 
 
 class RunStore:
@@ -178,22 +237,51 @@ class RunStore:
             )
 
     def recent_runs(self, *, limit: int = 50) -> list[RunRecord]:
-        """The newest runs of every job, newest first."""
+        """The newest runs of every job, newest first, each with its outcome."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(job_runs).order_by(job_runs.c.id.desc()).limit(limit))
-            return [_record(r) for r in rows]
+            return _with_outcomes(conn, [_record(r) for r in rows])
 
     def last_runs(self) -> dict[str, RunRecord]:
-        """The newest run of each job."""
+        """The newest run of each job, with its outcome."""
         newest = select(job_runs.c.job_id, func.max(job_runs.c.id).label("id")).group_by(job_runs.c.job_id).subquery()
         with self.engine.connect() as conn:
             rows = conn.execute(select(job_runs).join(newest, job_runs.c.id == newest.c.id))
-            return {r.job_id: _record(r) for r in rows}
+            return {r.job_id: r for r in _with_outcomes(conn, [_record(r) for r in rows])}
+
+
+def _with_outcomes(conn: Any, records: Sequence[RunRecord]) -> list[RunRecord]:
+    """The records with what became of their messages: one grouped count over the outbox,
+    and the refused maps of only those rows that have refusals."""
+    ids = [r.id for r in records if r.messages]
+    if not ids:
+        return list(records)
+    counts: dict[int, dict[str, int]] = {}
+    tried = (outbox.c.attempts > 0).label("tried")
+    for run_id, status, was_tried, n in conn.execute(
+        select(outbox.c.run_id, outbox.c.status, tried, func.count())
+        .where(outbox.c.run_id.in_(ids))
+        .group_by(outbox.c.run_id, outbox.c.status, tried)
+    ):
+        kind = _OUTCOME_KINDS.get(status, "queued")
+        if kind == "queued" and status == "queued" and was_tried:
+            kind = "deferred"
+        tally = counts.setdefault(run_id, {})
+        tally[kind] = tally.get(kind, 0) + n
+    for run_id, refused in conn.execute(
+        select(outbox.c.run_id, outbox.c.refused).where(
+            outbox.c.run_id.in_(ids), cast(outbox.c.refused, Text).not_in(["{}", "null"])
+        )
+    ):
+        tally = counts.setdefault(run_id, {})
+        tally["refused"] = tally.get("refused", 0) + len(refused or {})
+    return [replace(r, outcome=RunOutcome(**counts[r.id])) if r.id in counts else r for r in records]
 
 
 def _record(row: Any) -> RunRecord:
     m = row._mapping
     return RunRecord(
+        id=m["id"],
         job_id=m["job_id"],
         fire_time=as_utc(m["fire_time"]),
         trigger=m["trigger"],

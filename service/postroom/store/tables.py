@@ -48,7 +48,8 @@ outbox = Table(
     Column("envelope_from", String(255), nullable=False),  # "" means the null sender <>
     Column("recipients", JSON, nullable=False),  # still to deliver to
     Column("raw", LargeBinary, nullable=False),
-    # queued → sending → sent | dead; sending with an expired lease is taken again.
+    # queued → sending → sent | dead; sending with an expired lease is taken again;
+    # held: not tried, its account waits for an OAuth2 sign-in (due again like queued).
     # sent → bounced when a bounce report for it comes back (details in `bounces`).
     Column("status", String(16), nullable=False, default="queued"),
     Column("attempts", Integer, nullable=False, default=0),
@@ -62,8 +63,10 @@ outbox = Table(
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
     Column("sent_at", TS),
+    Column("run_id", Integer),  # the job run that made it (job_runs.id); None: a rule's
 )
 Index("ix_outbox_due", outbox.c.status, outbox.c.next_attempt_at)
+Index("ix_outbox_run", outbox.c.run_id)
 
 fire_claims = Table(
     "fire_claims",
