@@ -11,6 +11,7 @@ from .config.model import ServerConfig
 from .config.rules import ReplyAction
 from .errors import PostroomError, TemplateError
 from .mail.templates import TemplateRenderer
+from .outgoing.job_context import template_names
 
 if TYPE_CHECKING:
     from .auth.accounts import AccountLogins
@@ -24,7 +25,9 @@ class Finding:
 
 
 def template_findings(config: Config, renderer: TemplateRenderer) -> list[Finding]:
-    """Each template a job or reply action names must exist and compile."""
+    """Each template a job or reply action names must exist and compile; a job's may read
+    only names its render gives it (data keys, job, now, today, fire_time, row in a merge)
+    or that it defines itself: a typo fails here, not at every fire."""
     wanted: list[tuple[str, str]] = [(f"jobs.{name}.template", job.template) for name, job in config.jobs.items()]
     for i, rule in enumerate(config.rules):
         for j, action in enumerate(rule.actions):
@@ -47,6 +50,11 @@ def template_findings(config: Config, renderer: TemplateRenderer) -> list[Findin
             renderer.check(name)
         except TemplateError as exc:
             out.append(Finding(where, False, str(exc)))
+            continue
+        job = config.jobs.get(where.split(".")[1]) if where.startswith("jobs.") else None
+        if job is not None:
+            names = template_names(job.data, merge=job.for_each is not None)
+            out.extend(Finding(where, False, str(problem)) for problem in renderer.undefined_names(name, names))
     return out
 
 

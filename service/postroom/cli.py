@@ -183,19 +183,23 @@ def _json(value: object) -> str:
 
 # -- check ---------------------------------------------------------------------------------
 @app.command()
-@click.option("--offline", is_flag=True, help="Only validate; don't connect to servers.")
+@click.option("--offline", is_flag=True, help="Only validate; don't connect to servers or read job data.")
+@click.option("--render", "render_only", is_flag=True, help="Validate, then render every job from its data; no logins.")
 @config_option
 @click.pass_context
-def check(ctx: click.Context, offline: bool) -> None:
-    """Validate config, templates and rules; then log in to every server (unless --offline).
+def check(ctx: click.Context, offline: bool, render_only: bool) -> None:
+    """Validate config, templates and rules; then log in to every server and render every job
+    once from its data (unless --offline; --render: render, no logins). Sends nothing.
 
     Reads files only: it opens no store and writes nothing (except for OAuth2 accounts: their
     refresh tokens live in the store, and one the server rotated must be kept)."""
     from .bootstrap import load_checked
 
+    if offline and render_only:
+        raise click.UsageError("--offline reads no job data; --render does: give one of them")
     checking = settings(ctx, logs=not offline)
     try:
-        loaded, _renderer = load_checked(checking)
+        loaded, renderer = load_checked(checking)
     except ConfigError as exc:
         raise broken_config(exc) from None
     cfg = loaded.config
@@ -207,10 +211,14 @@ def check(ctx: click.Context, offline: bool) -> None:
         return
     import asyncio
 
+    from .clock import utcnow
+    from .outgoing.render_check import render_findings
+
     try:
-        findings = asyncio.run(_server_findings(checking, cfg))
+        findings = [] if render_only else asyncio.run(_server_findings(checking, cfg))
     except ConfigError as exc:  # an OAuth2 account without POSTROOM_TOKEN_KEY
         raise broken_config(exc) from None
+    findings += asyncio.run(render_findings(cfg, renderer, now=utcnow()))
     for f in findings:
         mark = click.style("ok  ", fg="green") if f.ok else click.style("FAIL", fg="red")
         click.echo(f"  {mark} {f.where}: {f.message}")

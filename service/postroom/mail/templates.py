@@ -18,16 +18,17 @@ attribute access and output chunk, not between bare loop iterations.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import css_inline
 import jinja2
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -165,6 +166,24 @@ class RenderedEmail:
     html: str | None  # CSS already inlined
 
 
+def _defined_outside_blocks(tree: nodes.Template) -> set[str]:
+    """Names a template's top level sets or imports: never run here (blocks are rendered
+    one at a time), so a block reading one fails."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, nodes.Assign | nodes.AssignBlock):
+            names.update(n.name for n in node.target.find_all(nodes.Name))
+            if isinstance(node.target, nodes.Name):
+                names.add(node.target.name)
+        elif isinstance(node, nodes.Import):
+            names.add(node.target)
+        elif isinstance(node, nodes.FromImport):
+            names.update(n if isinstance(n, str) else n[1] for n in node.names)
+        elif isinstance(node, nodes.Macro):
+            names.add(node.name)
+    return names
+
+
 class TemplateRenderer:
     """Loads, checks and renders the templates in one directory."""
 
@@ -191,6 +210,36 @@ class TemplateRenderer:
         """Load and compile ``name`` and its layouts; TemplateError when it can't make an email."""
         chain = self._chain(self._plain_env, name)
         self._required_blocks(name, chain)
+
+    def undefined_names(self, name: str, known: Collection[str]) -> list[TemplateError]:
+        """Static (no rendering): each name ``name`` or a layout it extends reads that is none
+        of ``known`` (the context it is rendered with), a global (``range`` …) or defined
+        where it is used (set, for, macro, import, with): one TemplateError per name and
+        file, at its first use, with "did you mean" when a known name is close (``todya``)."""
+        env = self._plain_env
+        allowed = {*known, *env.globals}
+        problems: list[TemplateError] = []
+        for template in self._chain(env, name):
+            file = template.name or name + SUFFIX
+            source, _, _ = env.loader.get_source(env, file)  # type: ignore[union-attr]
+            tree = env.parse(source, file)
+            missing = meta.find_undeclared_variables(tree) - allowed
+            if not missing:
+                continue
+            outside = _defined_outside_blocks(tree)
+            for undefined in sorted(missing):
+                line = min(n.lineno for n in tree.find_all(nodes.Name) if n.name == undefined and n.ctx == "load")
+                if undefined in outside:
+                    message = (
+                        f"{undefined!r} is defined outside any block, where nothing is run: "
+                        "set or import it inside the block that uses it"
+                    )
+                else:
+                    close = difflib.get_close_matches(undefined, sorted(allowed), n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else f"; known here: {', '.join(sorted(known))}"
+                    message = f"{undefined!r} is not defined{hint}"
+                problems.append(TemplateError(message, template=file, lineno=line))
+        return problems
 
     def render(self, name: str, context: Mapping[str, Any]) -> RenderedEmail:
         token = _deadline.set(time.monotonic() + self.max_render_seconds)

@@ -34,6 +34,7 @@ from ..schedules import RETRY
 from ..store import NewMessage, Store
 from ..store.calls import store_call
 from .attachments import is_per_message, message_attachments, static_attachments
+from .job_context import ROW, job_context
 from .sender import OutboxSender
 from .sources import load_data
 
@@ -141,13 +142,7 @@ class JobRunner:
         account = self.config.accounts[job.account]
         tz = ZoneInfo(self.config.job_timezone(job))
         local_now = now.astimezone(tz)
-        base = {
-            **data,
-            "job": job_id,
-            "now": local_now,
-            "today": local_now.date().isoformat(),
-            "fire_time": (fire_time or now).astimezone(tz),
-        }
+        base = job_context(data, job_id, local_now, (fire_time or now).astimezone(tz))
         if job.for_each:
             rows = data[job.for_each]
             if not isinstance(rows, list):
@@ -164,7 +159,7 @@ class JobRunner:
         for i, row in enumerate(rows):
             if only_row is not None and i != only_row:
                 continue
-            context = {**base, "row": row} if job.for_each else base
+            context = {**base, ROW: row} if job.for_each else base
             where = f"jobs.{job_id}" + (f" row {i}" if job.for_each else "")
             try:
                 rendered = self.renderer.render(job.template, context)
