@@ -3,8 +3,9 @@ and the mail lab. One daemon and one browser for the module; the tests run in fi
 build on each other's traffic (run now → dead letter → retry → overview counts).
 
 The daemon's accounts: alice (the lab: sends, watches INBOX with a webhook rule whose receiver
-answers 410), mallory (sends through a fake SMTP server that answers 554 until fixed) and
-dave (the lab's IMAP with a wrong password: a failing account).
+answers 410), mallory (sends through a fake SMTP server that answers 554 until fixed),
+dave (the lab's IMAP with a wrong password: a failing account) and erin (OAuth2, never signed
+in: signed out, her mail held). The lab's Postfix refuses nobody@example.test at RCPT (550 5.1.1).
 
 POSTROOM_SCREENSHOTS=1 keeps a PNG of each page in docs/screenshots/ (else in a temp dir).
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -48,6 +50,14 @@ CONFIG = (
     address: dave@example.test
     imap: {{host: 127.0.0.1, port: {imap}, security: starttls,
            username: dave@example.test, password: "not-daves-password"}}
+  erin:
+    address: erin@example.test
+    oauth2: {{provider: generic, token_url: "http://127.0.0.1:9/token", client_id: postroom,
+              client_secret: unused, scopes: [mail]}}
+    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls, username: erin@example.test,
+           auth: xoauth2}}
+    imap: {{host: 127.0.0.1, port: {imap}, security: starttls, username: erin@example.test,
+           auth: xoauth2}}
 jobs:
   hello:
     schedule: {{cron: "0 3 1 1 *"}}
@@ -59,6 +69,16 @@ jobs:
     account: mallory
     template: console_hello
     to: [carol@example.test]
+  partly:
+    schedule: {{cron: "0 3 1 1 *"}}
+    account: alice
+    template: console_hello
+    to: [bob@example.test, nobody@example.test]
+  held:
+    schedule: {{cron: "0 3 1 1 *"}}
+    account: erin
+    template: console_hello
+    to: [bob@example.test]
 rules:
   - name: alerts
     account: alice
@@ -66,6 +86,10 @@ rules:
     actions: [{{webhook: {{url: "{hook}/hook", secret: "${{HOOK_SECRET}}"}}}}]
   - name: dave-inbox
     account: dave
+    match: {{}}
+    actions: [{{flag: "\\\\Seen"}}]
+  - name: erin-inbox
+    account: erin
     match: {{}}
     actions: [{{flag: "\\\\Seen"}}]
 """
@@ -149,6 +173,7 @@ def console(
         POSTROOM_HTTP=f"127.0.0.1:{port}",
         POSTROOM_CONSOLE_TOKEN=TOKEN,
         POSTROOM_TEMPLATES=str(work / "templates"),
+        POSTROOM_TOKEN_KEY=Fernet.generate_key().decode(),
     )
     daemon = Daemon(env, log=work / "daemon.log")
     try:
@@ -283,6 +308,49 @@ def test_a_dead_letter_shows_the_servers_reply_and_is_retried_from_the_page(cons
     wait_until(lambda: not dead_row(), 20, "no dead letter left")
 
 
+def test_a_partly_refused_message_is_sent_and_shows_the_servers_refusal(console, browser, screenshots, lab):
+    # Postfix takes bob and refuses nobody (550 5.1.1 at RCPT): sent, with the refusal kept.
+    with signed_in_client(console) as (client, csrf):
+        assert client.post("/jobs/partly/run", data={"csrf": csrf}).status_code == 303
+
+    def refused_row() -> Any:
+        browser.get(console + "/outbox")
+        return browser.find_elements(By.CSS_SELECTOR, "#refused ~ div tr[data-id]")
+
+    (row,) = wait_until(refused_row, 30, "the message sent with a refusal")
+    assert "1 recipient refused by the server" in row.text and "bob@example.test" in row.text
+    assert "nobody@example.test: 550 5.1.1" in row.text
+    browser.save_screenshot(str(screenshots / "outbox-refused.png"))
+    assert console_errors(browser) == []
+    lab.wait_for_messages("bob", 2)  # hello's, and this one
+
+
+def test_mail_of_a_signed_out_account_is_shown_held_everywhere(console, browser, screenshots):
+    with signed_in_client(console) as (client, csrf):
+        assert client.post("/jobs/held/run", data={"csrf": csrf}).status_code == 303
+
+    def held_row() -> Any:
+        browser.get(console + "/outbox")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#waiting ~ div tr[data-id]")
+        return [r for r in rows if "erin" in r.text and r.find_elements(By.CSS_SELECTOR, ".tag.held")]
+
+    (row,) = wait_until(held_row, 30, "erin's message, held")
+    assert "held until erin signs in again (`postroom auth login erin`)" in row.text
+    assert "queued" not in row.text and "next try" not in row.text.lower()
+    assert row.find_element(By.CSS_SELECTOR, ".tag.held").text == "held"
+    open_page(browser, console + "/mailboxes", screenshots, "mailboxes-signed-out")
+    erin = browser.find_element(By.CSS_SELECTOR, 'tr[data-watch="erin/INBOX"]')
+    assert "SIGNED OUT" in erin.text and "IDLE" not in erin.text
+    assert "postroom auth login erin" in erin.text
+    assert erin.find_element(By.CSS_SELECTOR, "[data-signed-out] .tag").value_of_css_property("color") != (
+        browser.find_element(By.CSS_SELECTOR, 'tr[data-watch="alice/INBOX"] .tag').value_of_css_property("color")
+    )  # red, not the green of a watch that works
+    with httpx.Client(base_url=console, timeout=10) as probes:  # the probes agree
+        ready = probes.get("/readyz")
+        assert ready.status_code == 503 and "postroom auth login erin" in ready.json()["held"]["erin"]
+        assert re.search(r"^postroom_outbox_held 1\.0$", probes.get("/metrics").text, re.MULTILINE)
+
+
 def test_the_overview_counts_what_needs_a_person(console, browser, screenshots, lab, hooks, smtp_fault):
     # Traffic: a mail the alerts rule turns into a webhook the receiver refuses (410: dead),
     # and a second dead letter (the fake server refuses again) that stays dead.
@@ -299,13 +367,25 @@ def test_the_overview_counts_what_needs_a_person(console, browser, screenshots, 
             for e in browser.find_elements(By.CSS_SELECTOR, "[data-count]")
         }
 
-    expected = {"dead-letters": "1", "set-aside": "0", "dead-webhooks": "1", "failing-accounts": "1"}
+    expected = {
+        "dead-letters": "1",
+        "set-aside": "0",
+        "dead-webhooks": "1",
+        "failing-accounts": "2",  # dave's password, erin signed out
+        "failed-runs": "1",  # bounce's last run: its one message died
+        "refused": "1",  # partly: nobody refused at RCPT
+    }
     wait_until(lambda: counts() == expected, 30, f"the overview's counts to be {expected}")
-    assert "dave" in text_of(browser, ".problems")
+    problems = text_of(browser, ".problems")
+    assert "dave" in problems and "erin: signed out: run `postroom auth login erin`" in problems
+    assert "bounce: run of" in problems and "every message died" in problems
     assert "this one" in browser.page_source  # the one replica (SQLite) and what it holds
     assert "alice/INBOX" in browser.page_source and "dave/INBOX" in browser.page_source
     browser.save_screenshot(str(screenshots / "overview.png"))
     assert console_errors(browser) == []
+    browser.find_element(By.CSS_SELECTOR, '[data-failed-run="bounce"] a').click()  # to the job
+    wait_until(lambda: browser.current_url.endswith("/jobs#job-bounce"), 10, "the failed job's row")
+    assert "failed" in text_of(browser, "#job-bounce")
 
 
 def test_a_failing_account_shows_its_error_on_the_mailboxes_page(console, browser, screenshots):
