@@ -370,6 +370,11 @@ def test_a_revoked_refresh_token_stops_only_that_account_until_a_new_sign_in(run
     assert run.outbox().get("dead", 0) == 0
     held_before = run.metric("postroom_messages_held_total", account="alice")
     assert held_before >= 1
+    # Held is a state of its own everywhere: the outbox row, the gauge, /readyz (not `queued`).
+    assert run.outbox().get("held", 0) >= 1
+    gauge = re.search(r"^postroom_outbox_held (\S+)$", run.get("/metrics").text, re.MULTILINE)
+    assert gauge is not None and float(gauge.group(1)) >= 1
+    assert "postroom auth login alice" in run.get("/readyz").json()["held"]["alice"]
     invalid_grants = lab.authority.counters["error.invalid_grant"]
     time.sleep(2)
     assert lab.authority.counters["error.invalid_grant"] == invalid_grants  # stopped: no more asking
