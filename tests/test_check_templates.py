@@ -5,6 +5,7 @@ nothing and writing no store. The lab's servers and a real data server stand beh
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,22 @@ import pytest
 from postroom.mail.templates import TemplateRenderer
 
 from tests.support.daemon import REFERENCE, DataServer, lab_config_text, postroom_env, run_cli
-from tests.test_outgoing_e2e import seed_shop
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def seed_shop(path: Path) -> None:
+    """The reference jobs' data: one order, three customers (bob, carol, dave)."""
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, total REAL)")
+        db.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
+        db.execute("INSERT INTO orders VALUES (1, 'Ada', 10.5)")
+        db.executemany(
+            "INSERT INTO customers VALUES (?, ?, ?)",
+            [(f"Customer {i}", f"{u}@example.test", 100.0 + i) for i, u in enumerate(["bob", "carol", "dave"])],
+        )
+    db.close()
 
 
 @pytest.fixture

@@ -9,35 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.support.daemon import ACCOUNT_CONFIG, postroom_env, run_cli
+from tests.support.daemon import postroom_env, run_cli
 
-CONFIG = (
-    ACCOUNT_CONFIG
-    + """\
-  erin:
-    address: erin@example.test
-    oauth2: {{provider: generic, token_url: "http://127.0.0.1:9/token", client_id: postroom,
-              client_secret: unused, scopes: [mail]}}
-    smtp: {{host: 127.0.0.1, port: {smtp}, security: starttls, username: erin@example.test,
-           auth: xoauth2}}
-jobs:
-  partly:
-    schedule: {{cron: "0 3 1 1 *"}}
-    account: alice
-    template: note
-    to: [bob@example.test, nobody@example.test]
-  nowhere:
-    schedule: {{cron: "0 3 1 1 *"}}
-    account: alice
-    template: note
-    to: [nobody@example.test, no-one@example.test]
-  signed-out:
-    schedule: {{cron: "0 3 1 1 *"}}
-    account: erin
-    template: note
-    to: [bob@example.test]
-"""
-)
+CONFIG = Path(__file__).parent / "data" / "outgoing_states.yaml"
 NOTE = "{% block subject %}A note for {{ today }}{% endblock %}{% block text %}Hello.{% endblock %}\n"
 
 
@@ -45,7 +19,7 @@ NOTE = "{% block subject %}A note for {{ today }}{% endblock %}{% block text %}H
 def env(tmp_path: Path, clean_lab) -> dict[str, str]:
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "note.j2").write_text(NOTE)
-    (tmp_path / "postroom.yaml").write_text(CONFIG.format(smtp=clean_lab.ports.smtp, imap=clean_lab.ports.imap))
+    (tmp_path / "postroom.yaml").write_text(CONFIG.read_text().format(smtp=clean_lab.ports.smtp))
     return postroom_env(
         clean_lab,
         tmp_path,
