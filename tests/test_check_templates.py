@@ -19,16 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def seed_shop(path: Path) -> None:
-    """The reference jobs' data: one order, three customers (bob, carol, dave)."""
-    db = sqlite3.connect(path)
-    with db:
-        db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, total REAL)")
-        db.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
-        db.execute("INSERT INTO orders VALUES (1, 'Ada', 10.5)")
-        db.executemany(
-            "INSERT INTO customers VALUES (?, ?, ?)",
-            [(f"Customer {i}", f"{u}@example.test", 100.0 + i) for i, u in enumerate(["bob", "carol", "dave"])],
-        )
+    with sqlite3.connect(path) as db:
+        db.executescript((ROOT / "tests" / "data" / "shop.sql").read_text())
     db.close()
 
 

@@ -228,6 +228,18 @@ def signed_in_client(base: str) -> Iterator[tuple[httpx.Client, str]]:
         yield client, match.group(1)
 
 
+def run_job(base: str, job: str) -> None:
+    """The job's "Run now" form posted, as the page's Send button does."""
+    with signed_in_client(base) as (client, csrf):
+        assert client.post(f"/jobs/{job}/run", data={"csrf": csrf}).status_code == 303
+
+
+def outbox_rows(driver: webdriver.Chrome, base: str, section: str) -> list[Any]:
+    """The rows of one table of the outbox page, loaded afresh."""
+    driver.get(base + "/outbox")
+    return list(driver.find_elements(By.CSS_SELECTOR, f"#{section} ~ div tr[data-id]"))
+
+
 # -- security against the daemon -------------------------------------------------------------
 
 
@@ -287,12 +299,10 @@ def test_run_now_shows_a_dry_run_then_delivers_the_jobs_mail(console, browser, s
 
 def test_a_dead_letter_shows_the_servers_reply_and_is_retried_from_the_page(console, browser, screenshots, smtp_fault):
     # The job whose server refuses (a 554 at DATA): one dead letter.
-    with signed_in_client(console) as (client, csrf):
-        assert client.post("/jobs/bounce/run", data={"csrf": csrf}).status_code == 303
+    run_job(console, "bounce")
 
     def dead_row() -> Any:
-        browser.get(console + "/outbox")
-        return browser.find_elements(By.CSS_SELECTOR, "#dead ~ div tr[data-id]")
+        return outbox_rows(browser, console, "dead")
 
     (row,) = wait_until(dead_row, 30, "the dead letter")
     assert "554 5.7.1 message refused by policy" in row.text and "carol@example.test" in row.text
@@ -310,12 +320,10 @@ def test_a_dead_letter_shows_the_servers_reply_and_is_retried_from_the_page(cons
 
 def test_a_partly_refused_message_is_sent_and_shows_the_servers_refusal(console, browser, screenshots, lab):
     # Postfix takes bob and refuses nobody (550 5.1.1 at RCPT): sent, with the refusal kept.
-    with signed_in_client(console) as (client, csrf):
-        assert client.post("/jobs/partly/run", data={"csrf": csrf}).status_code == 303
+    run_job(console, "partly")
 
     def refused_row() -> Any:
-        browser.get(console + "/outbox")
-        return browser.find_elements(By.CSS_SELECTOR, "#refused ~ div tr[data-id]")
+        return outbox_rows(browser, console, "refused")
 
     (row,) = wait_until(refused_row, 30, "the message sent with a refusal")
     assert "1 recipient refused by the server" in row.text and "bob@example.test" in row.text
@@ -326,12 +334,10 @@ def test_a_partly_refused_message_is_sent_and_shows_the_servers_refusal(console,
 
 
 def test_mail_of_a_signed_out_account_is_shown_held_everywhere(console, browser, screenshots):
-    with signed_in_client(console) as (client, csrf):
-        assert client.post("/jobs/held/run", data={"csrf": csrf}).status_code == 303
+    run_job(console, "held")
 
     def held_row() -> Any:
-        browser.get(console + "/outbox")
-        rows = browser.find_elements(By.CSS_SELECTOR, "#waiting ~ div tr[data-id]")
+        rows = outbox_rows(browser, console, "waiting")
         return [r for r in rows if "erin" in r.text and r.find_elements(By.CSS_SELECTOR, ".tag.held")]
 
     (row,) = wait_until(held_row, 30, "erin's message, held")
@@ -357,8 +363,7 @@ def test_the_overview_counts_what_needs_a_person(console, browser, screenshots, 
     lab.deliver("alice", mail("ops@example.test", "alice@example.test", "[alert] disk full").as_bytes())
     wait_until(lambda: hooks.posts, 30, "the webhook attempt")
     smtp_fault.handler.data_reply = "554 5.7.1 refused again"
-    with signed_in_client(console) as (client, csrf):
-        assert client.post("/jobs/bounce/run", data={"csrf": csrf}).status_code == 303
+    run_job(console, "bounce")
 
     def counts() -> dict[str, str]:
         browser.get(console + "/")

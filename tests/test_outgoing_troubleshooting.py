@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -80,20 +81,11 @@ def outputs(tmp_path: Path, clean_lab) -> str:
     (project / "templates" / "orders_report.j2").write_text(
         "{% block subject %}r{% endblock %}{% block text %}t{% endblock %}\n"
     )
-    _customers(project / "shop.db")
+    with sqlite3.connect(project / "shop.db") as db:
+        db.executescript((ROOT / "tests" / "data" / "shop.sql").read_text())
+    db.close()
     printed.append(run_cli(["check", "--render"], ref_env))
     return "\n".join(p.stdout + p.stderr for p in printed)
-
-
-def _customers(path: Path) -> None:
-    import sqlite3
-
-    db = sqlite3.connect(path)
-    with db:
-        db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, total REAL)")
-        db.execute("CREATE TABLE customers (name TEXT, email TEXT, balance REAL)")
-        db.execute("INSERT INTO customers VALUES ('Customer 0', 'bob@example.test', 1.0)")
-    db.close()
 
 
 def test_each_rows_message_is_what_the_command_prints(outputs):

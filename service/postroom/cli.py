@@ -444,7 +444,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
     from .outgoing.jobs import JobRunner
     from .outgoing.refusals import suppressing
     from .outgoing.sender import OutboxSender
-    from .outgoing.shown import refused_line
+    from .outgoing.shown import message_state, refused_line
     from .store.outbox import OutboxItem
 
     loaded, renderer = load_checked(settings)
@@ -499,7 +499,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
         counts = Counter(outcomes.values())
         if len(outcomes) < total:  # some rows went out elsewhere (a running daemon): ask the store
             items = await asyncio.to_thread(store.outbox.by_message_ids, wanted)
-            counts = Counter("deferred" if i.status == "queued" and i.attempts > 0 else i.status for i in items)
+            counts = Counter(message_state(i) for i in items)
         sent, deferred, dead = counts["sent"], counts["deferred"], counts["dead"]
         click.echo(f"{job}: sent {sent}, deferred {deferred}, dead {dead} (of {total}); at {_fmt_time(utcnow())}")
         if deferred:
