@@ -8,14 +8,16 @@ from datetime import timedelta
 
 import pytest
 from postroom.errors import TokenRevoked
-from postroom.outgoing.refusals import mailbox_refusal, suppressing
-from postroom.outgoing.sender import HOLD, DrainStats
+from postroom.mail.templates import MAX_UNDEFINED_TOLD, TemplateRenderer
+from postroom.outgoing.refusals import MAX_REPLY, mailbox_refusal, suppressing
+from postroom.outgoing.sender import HOLD, DrainStats, decide
 from postroom.outgoing.shown import held_next_step, message_state, run_outcome
-from postroom.store.outbox import NewMessage, Settlement
+from postroom.outgoing.smtp import SendResult
+from postroom.store.outbox import NewMessage, OutboxItem, Settlement
 
 from tests.support.clock import Clock
 from tests.support.fake_smtp import lab_smtp, make_raw, message_ids
-from tests.support.sending import ALICE, BOB, CAROL, SENDER_START, arrived, sender_for
+from tests.support.sending import ALICE, BOB, CAROL, POLICY, SENDER_START, arrived, sender_for
 
 NOBODY, NOONE = "nobody@example.test", "no-one@example.test"
 
@@ -72,6 +74,42 @@ def sender(store, clock, lab, refused: list[tuple[str, str, int]] | None = None,
 )
 def test_which_refusals_say_the_mailbox_is_wrong(reply, status):
     assert mailbox_refusal(reply) == status
+
+
+def test_a_huge_refusal_is_kept_bounded():
+    """A server may answer RCPT with a reply of any length: the row keeps the first
+    MAX_REPLY characters (the start says what went wrong)."""
+    item = OutboxItem(
+        id=1,
+        dedup_key="k",
+        message_id="<m@x>",
+        account="alice",
+        envelope_from=ALICE,
+        recipients=[BOB, CAROL],
+        raw=b"",
+        status="sending",
+        attempts=0,
+        next_attempt_at=SENDER_START,
+        last_error=None,
+        delivered=[],
+        refused={},
+        origin="digest",
+        created_at=SENDER_START,
+    )
+    huge = "550 5.1.1 " + "x" * 1_000_000
+    outcome = decide(item, SendResult([BOB], {}, {CAROL: huge}), now=SENDER_START, policy=POLICY)
+    assert outcome.kind == "sent" and outcome.refused == {CAROL: huge[:MAX_REPLY]}
+    dead = decide(item, SendResult([], {}, {BOB: huge, CAROL: huge}), now=SENDER_START, policy=POLICY)
+    assert dead.kind == "dead" and len(dead.error or "") < 3 * MAX_REPLY
+
+
+def test_many_undefined_names_are_told_bounded(tmp_path):
+    names = " ".join(f"{{{{ n{i} }}}}" for i in range(5000))
+    (tmp_path / "many.j2").write_text(
+        f"{{% block subject %}}s{{% endblock %}}{{% block text %}}{names}{{% endblock %}}\n"
+    )
+    told = TemplateRenderer(tmp_path).undefined_names("many", {"today"})
+    assert len(told) == MAX_UNDEFINED_TOLD and all(p.lineno == 1 for p in told)
 
 
 # -- against the lab's Postfix -----------------------------------------------------------------

@@ -62,6 +62,7 @@ __all__ = [
 
 MAX_RENDER_SECONDS = 10.0  # one render() / render_string() call
 MAX_EXTENDS_DEPTH = 10  # layout chain length; also stops an extends cycle
+MAX_UNDEFINED_TOLD = 20  # undefined names `check` names per template file (the first, by name)
 _MAX_CACHED_STRINGS = 256  # compiled render_string() sources kept
 
 SUFFIX = ".j2"
@@ -227,8 +228,12 @@ class TemplateRenderer:
             if not missing:
                 continue
             outside = _defined_outside_blocks(tree)
-            for undefined in sorted(missing):
-                line = min(n.lineno for n in tree.find_all(nodes.Name) if n.name == undefined and n.ctx == "load")
+            first_use: dict[str, int] = {}
+            for node in tree.find_all(nodes.Name):  # one walk, however many names are missing
+                if node.ctx == "load" and node.name in missing:
+                    first_use[node.name] = min(first_use.get(node.name, node.lineno), node.lineno)
+            for undefined in sorted(missing)[:MAX_UNDEFINED_TOLD]:
+                line = first_use.get(undefined)
                 if undefined in outside:
                     message = (
                         f"{undefined!r} is defined outside any block, where nothing is run: "

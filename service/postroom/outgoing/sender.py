@@ -46,6 +46,7 @@ from postroom.retry import doubling_delay
 from postroom.store.calls import store_call
 from postroom.store.outbox import OutboxItem, OutboxStore, Settlement
 
+from .refusals import MAX_REPLY
 from .smtp import SendResult, SmtpConnection
 
 log = structlog.get_logger(__name__)
@@ -97,7 +98,9 @@ def decide(
     if isinstance(result, OAuth2Error):  # the account's sign-in, not this message: wait for it
         return Outcome("held", error=_describe(result), retry_at=now + HOLD)
     if isinstance(result, SendResult):
-        delivered, refused = list(result.accepted), dict(result.refused_permanent)
+        # A server's reply is kept on the row and shown: bounded, however long it was.
+        delivered = list(result.accepted)
+        refused = {rcpt: reply[:MAX_REPLY] for rcpt, reply in result.refused_permanent.items()}
         if not result.refused_temporary:
             if refused and not delivered and not item.delivered:  # nobody got it, nobody will
                 return Outcome("dead", error=f"every recipient refused: {_replies(refused)}", refused=refused)
