@@ -331,6 +331,9 @@ def test_a_partly_refused_message_is_sent_and_shows_the_servers_refusal(console,
     browser.save_screenshot(str(screenshots / "outbox-refused.png"))
     assert console_errors(browser) == []
     lab.wait_for_messages("bob", 2)  # hello's, and this one
+    with httpx.Client(base_url=console, timeout=10) as probes:
+        counted = 'postroom_recipients_refused_total{account="alice",job="partly"} 1.0'
+        assert counted in probes.get("/metrics").text.splitlines()
 
 
 def test_mail_of_a_signed_out_account_is_shown_held_everywhere(console, browser, screenshots):
