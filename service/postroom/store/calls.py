@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -70,14 +71,37 @@ class StoreGate:
             raise StoreUnavailable(f"store: {why}")
 
 
+class CallObserver:
+    """Where each call's duration and result (ok, unavailable, error) go: the daemon's metrics
+    (``Metrics.store_call``) while it runs; nowhere otherwise."""
+
+    def __init__(self) -> None:
+        self.hook: Callable[[float, str], None] | None = None
+
+    def __call__(self, seconds: float, result: str) -> None:
+        hook = self.hook
+        if hook is not None:
+            hook(seconds, result)
+
+
 gate = StoreGate()  # one daemon, one store per process
+observe = CallObserver()
 _pool = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
 
 
 def _guarded(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    gate.check()
-    with map_errors(STORE_ERRORS, "store: "):
-        return fn(*args, **kwargs)
+    started, result = time.monotonic(), "error"
+    try:
+        gate.check()
+        with map_errors(STORE_ERRORS, "store: "):
+            value = fn(*args, **kwargs)
+        result = "ok"
+        return value
+    except StoreUnavailable:
+        result = "unavailable"
+        raise
+    finally:
+        observe(time.monotonic() - started, result)
 
 
 async def store_call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
