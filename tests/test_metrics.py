@@ -142,3 +142,13 @@ def test_each_instance_has_its_own_registry_and_no_address_labels():
         for label in sample.labels
     }
     assert labels <= {"version", "job", "status", "account", "folder", "result", "kind", "le", "state"}
+
+
+def test_smtp_sends_are_timed_per_account_and_result():
+    metrics = Metrics()
+    metrics.known_accounts(["alice"])
+    assert value(metrics, "postroom_smtp_send_duration_seconds_count", account="alice", result="ok") == 0
+    metrics.smtp_send(0.2, "ok", "alice")
+    metrics.smtp_send(30.0, "error", "alice")
+    assert value(metrics, "postroom_smtp_send_duration_seconds_count", account="alice", result="ok") == 1
+    assert value(metrics, "postroom_smtp_send_duration_seconds_sum", account="alice", result="error") == 30.0

@@ -34,11 +34,13 @@ from .incoming.watcher import ImapWatcher, Pop3Watcher, Watcher, WatcherHooks
 from .mail.templates import TemplateRenderer
 from .metrics import DaemonGauges, Metrics, OutboxGauges, WatchGauge
 from .notify import Notifier, watchdog_loop
+from .outgoing import smtp
 from .outgoing.jobs import JobRunner
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
 from .scheduler import Scheduler
-from .store.calls import gate, observe, store_call
+from .store import calls as store_calls
+from .store.calls import gate, store_call
 from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
 from .webhooks import WebhookQueue
@@ -93,11 +95,11 @@ class Daemon:
         # end in an orderly exit 0, not Python's default death by signal.
         self._install_signals()
         await self.http.start()
-        observe.hook = self.metrics.store_call
+        store_calls.observe.hook, smtp.observe.hook = self.metrics.store_call, self.metrics.smtp_send
         try:
             return await self._run()
         finally:
-            observe.hook = None
+            store_calls.observe.hook = smtp.observe.hook = None
             await self.http.stop()
             self.notifier.close()
 

@@ -201,6 +201,8 @@ def _daemon_families() -> dict[str, GaugeMetricFamily]:
 
 
 # Store calls take milliseconds; a stalled database is cut at its deadline (seconds).
+# A pipelined send takes milliseconds; a connect with TLS and login up to seconds.
+SMTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STORE_CALL_RESULTS = ("ok", "unavailable", "error")
 STORE_CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -310,6 +312,13 @@ class Metrics:
         )
         for result in STORE_CALL_RESULTS:  # rate() of errors works from the first one
             self.store_calls.labels(result)
+        self.smtp_sends = Histogram(
+            "postroom_smtp_send_duration_seconds",
+            "Time to hand one message to the SMTP server (connecting first if need be), by result (ok, error).",
+            ["account", "result"],
+            buckets=SMTP_BUCKETS,
+            registry=r,
+        )
         self.suppressed_recipients = Counter(
             "postroom_suppressed_recipients_total",
             "Recipients a job left out: on the account's suppression list.",
@@ -331,15 +340,20 @@ class Metrics:
         self.registry.register(collector)
         return collector
 
-    def store_call(self, seconds: float, result: str) -> None:
+    def store_call(self, seconds: float, result: str, _subject: str = "") -> None:
         """One store call (``store.calls.observe``)."""
         self.store_calls.labels(result).observe(seconds)
+
+    def smtp_send(self, seconds: float, result: str, account: str) -> None:
+        """One message handed to an SMTP server, connecting first if need be (``outgoing.smtp.observe``)."""
+        self.smtp_sends.labels(account, result).observe(seconds)
 
     def known_accounts(self, accounts: Iterable[str]) -> None:
         """Create the per-account series at 0 so rate() works from the first message."""
         for account in accounts:
             for counter in self._outbox.values():
                 counter.labels(account)
+            self.smtp_sends.labels(account, "ok")
 
     def outbox_result(self, result: str, account: str) -> None:
         """`result` is one of OUTBOX_RESULTS: sent, deferred (will retry) or dead."""

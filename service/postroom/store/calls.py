@@ -26,6 +26,7 @@ from typing import ParamSpec, TypeVar
 from sqlalchemy import exc as sa_exc
 
 from ..errors import ErrorTable, StoreUnavailable, map_errors
+from ..timing import Timings
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -71,21 +72,8 @@ class StoreGate:
             raise StoreUnavailable(f"store: {why}")
 
 
-class CallObserver:
-    """Where each call's duration and result (ok, unavailable, error) go: the daemon's metrics
-    (``Metrics.store_call``) while it runs; nowhere otherwise."""
-
-    def __init__(self) -> None:
-        self.hook: Callable[[float, str], None] | None = None
-
-    def __call__(self, seconds: float, result: str) -> None:
-        hook = self.hook
-        if hook is not None:
-            hook(seconds, result)
-
-
 gate = StoreGate()  # one daemon, one store per process
-observe = CallObserver()
+observe = Timings()  # each call's duration and result (ok, unavailable, error): the daemon's metrics
 _pool = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
 
 
