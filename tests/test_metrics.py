@@ -22,6 +22,7 @@ def test_outbox_results_land_on_their_counters():
     assert value(metrics, "postroom_messages_deferred_total", account="alice") == 1
     assert value(metrics, "postroom_messages_failed_total", account="bob") == 1
     assert value(metrics, "postroom_messages_sent_total", account="bob") == 0  # pre-created
+    assert value(metrics, "postroom_bounces_total", account="bob", kind="hard") == 0
     with pytest.raises(ValueError, match="unknown outbox result"):
         metrics.outbox_result("bounced", "alice")
 
@@ -37,6 +38,7 @@ def test_job_runs_and_schedule():
     at = datetime(2030, 1, 1, 9, tzinfo=UTC)
     metrics.set_jobs({"digest": at, "old": at, "once": None})
     assert value(metrics, "postroom_jobs") == 3
+    assert value(metrics, "postroom_job_runs_total", job="old", status="failed") == 0  # pre-created
     assert value(metrics, "postroom_job_next_fire_timestamp_seconds", job="digest") == at.timestamp()
     assert value(metrics, "postroom_job_next_fire_timestamp_seconds", job="once") is None
     # a reload that removed "old" stops exporting it

@@ -34,6 +34,9 @@ log = structlog.get_logger(__name__)
 # Jobs range from a quick digest to a large mail merge.
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 OUTBOX_RESULTS = ("sent", "deferred", "dead", "held")
+# Created at 0 for each account / job, so an alert's increase() sees the first one happen.
+BOUNCE_KINDS = ("hard", "soft", "other")
+JOB_STATUSES = ("done", "failed", "skipped")
 # Outbox rows waiting to go out: queued, or leased by a sender right now.
 _DEPTH_STATUSES = ("queued", "sending")
 
@@ -354,6 +357,8 @@ class Metrics:
             for counter in self._outbox.values():
                 counter.labels(account)
             self.smtp_sends.labels(account, "ok")
+            for kind in BOUNCE_KINDS:
+                self.bounces.labels(account, kind)
 
     def outbox_result(self, result: str, account: str) -> None:
         """`result` is one of OUTBOX_RESULTS: sent, deferred (will retry) or dead."""
@@ -379,6 +384,9 @@ class Metrics:
         """
         self.jobs.set(len(next_fires))
         self.job_next_fire.clear()
+        for job in next_fires:
+            for status in JOB_STATUSES:
+                self.job_runs.labels(job, status)
         for job, at in next_fires.items():
             if at is not None:
                 self.job_next_fire.labels(job).set(at.timestamp())
