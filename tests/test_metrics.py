@@ -154,3 +154,22 @@ def test_smtp_sends_are_timed_per_account_and_result():
     metrics.smtp_send(30.0, "error", "alice")
     assert value(metrics, "postroom_smtp_send_duration_seconds_count", account="alice", result="ok") == 1
     assert value(metrics, "postroom_smtp_send_duration_seconds_sum", account="alice", result="error") == 30.0
+
+
+def test_hostile_folder_names_stay_one_well_formed_series():
+    """A folder name is the server's (IMAP allows quotes, backslashes, newlines in UTF-7 names'
+    decoded form): the exposition escapes it, and it parses back as one series, unchanged."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    folder = 'Ärger "quoted" \\ back\nslash} {x="y"}'
+    metrics = Metrics()
+    metrics.watch_daemon(
+        lambda: DaemonGauges(
+            ready=True, store_up=True, watches={("alice", folder): WatchGauge("IDLE", connected=True, held=False)}
+        )
+    )
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
+    (sample,) = families["postroom_watcher_connected"].samples
+    assert sample.labels == {"account": "alice", "folder": folder}
+    assert len(families["postroom_watcher_state"].samples) == 5  # one per state, not split by the name
