@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from postroom.errors import ConfigError
 from postroom.http import HttpServer, Phase, parse_listen
-from postroom.metrics import Metrics
+from postroom.metrics import Metrics, OutboxGauges
 from prometheus_client import CONTENT_TYPE_LATEST
 
 
@@ -82,7 +83,8 @@ async def test_metrics_exposes_the_registry(served):
     _, client, metrics, *_ = served
     metrics.outbox_result("sent", "alice")
     metrics.outbox_result("sent", "alice")
-    metrics.watch_store(lambda: {"queued": 3, "sending": 1, "sent": 10, "dead": 2})
+    found = OutboxGauges({"queued": 3, "sending": 1, "sent": 10, "dead": 2})
+    metrics.watch_store(lambda: found, lambda: datetime.now(UTC))
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"] == CONTENT_TYPE_LATEST
@@ -97,10 +99,10 @@ async def test_metrics_exposes_the_registry(served):
 async def test_metrics_survive_a_failing_store(served):
     _, client, metrics, *_ = served
 
-    def broken() -> dict[str, int]:
+    def broken() -> OutboxGauges:
         raise OSError("database is gone")
 
-    metrics.watch_store(broken)
+    metrics.watch_store(broken, lambda: datetime.now(UTC))
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert "postroom_build_info" in response.text

@@ -29,15 +29,18 @@ from .incoming.balance import FolderBalance
 from .incoming.bounces import BounceIntake, watch_targets
 from .incoming.rules import RuleSet, compile_rules
 from .incoming.transfer import imap_opener
+from .incoming.watch_loop import WatchState
 from .incoming.watcher import ImapWatcher, Pop3Watcher, Watcher, WatcherHooks
 from .mail.templates import TemplateRenderer
-from .metrics import Metrics
+from .metrics import DaemonGauges, Metrics, OutboxGauges, WatchGauge
 from .notify import Notifier, watchdog_loop
+from .outgoing import smtp
 from .outgoing.jobs import JobRunner
 from .outgoing.refusals import suppressing
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
 from .scheduler import Scheduler
+from .store import calls as store_calls
 from .store.calls import gate, store_call
 from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
@@ -46,6 +49,8 @@ from .webhooks import WebhookQueue
 log = structlog.get_logger(__name__)
 
 STOP_TIMEOUT = 15.0  # seconds in-flight work may take to finish at stop; systemd allows 45
+# A watcher in these states works its folder; "standing by" leaves it to another replica.
+CONNECTED = frozenset({WatchState.IDLE, WatchState.POLLING})
 FORGET_DEAD = timedelta(hours=1)  # a dead replica's row stays this long (for `postroom status`)
 
 
@@ -91,9 +96,11 @@ class Daemon:
         # end in an orderly exit 0, not Python's default death by signal.
         self._install_signals()
         await self.http.start()
+        store_calls.observe.hook, smtp.observe.hook = self.metrics.store_call, self.metrics.smtp_send
         try:
             return await self._run()
         finally:
+            store_calls.observe.hook = smtp.observe.hook = None
             await self.http.stop()
             self.notifier.close()
 
@@ -104,7 +111,7 @@ class Daemon:
         gate.open()  # a new daemon in this process starts with the store in use
         self.store = store = await asyncio.to_thread(open_daemon_store, self.settings, migrate=self.migrate)
         await store_call(recover_single_node, store)
-        self.metrics.watch_store(self._outbox_counts)
+        self.metrics.watch_store(self._outbox_gauges, utcnow)
         self.metrics.known_accounts(config.accounts)
         # One token provider per OAuth2 account, shared by the sender and the watchers.
         self.logins = build_logins(self.settings, config, store, on_refresh=self.metrics.oauth2_refresh)
@@ -172,6 +179,7 @@ class Daemon:
         else:
             self.http.attach_console(None, "the console is off: set POSTROOM_CONSOLE_TOKEN (README, 'The console')")
 
+        self.metrics.watch_daemon(self.gauges)
         self._started = True
         if self.stop_event.is_set():  # asked to stop while starting: no READY, straight to stop
             await self._shutdown()
@@ -316,10 +324,14 @@ class Daemon:
         )
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return self.readiness_now()
+
+    def readiness_now(self) -> tuple[bool, dict[str, Any]]:
+        """/readyz's answer, from what the daemon knows now (no I/O: /metrics reads it too)."""
         # The monitor's last probe (a query with a deadline, and for SQLite the file itself):
         # a stalled store makes us not ready without a /readyz waiting on it.
         store_ok, store_problem = self.store_monitor.state.ok, self.store_monitor.state.why
-        watchers = {f"{w.account}/{w.folder}": bool(getattr(w, "ready", True)) for w in self.incoming.watchers}
+        watchers = {f"{w.account}/{w.folder}": bool(getattr(w, "ready", True)) for w in list(self.incoming.watchers)}
         scheduler_ok = self.dry_run or self.scheduler.running
         # An OAuth2 account stopped for want of a token (revoked) is not ready until a person
         # signs in again; the others go on, and say so.
@@ -422,13 +434,38 @@ class Daemon:
         )
         self.notifier.ready(status=status)
 
-    def _outbox_counts(self) -> dict[str, int]:
+    def _outbox_gauges(self) -> OutboxGauges:
         """For /metrics: the outbox gauges, left out while the store is known to be down — a
         stalled database would hold the scrape's thread (and the next scrape's) until it answers."""
         monitor = getattr(self, "store_monitor", None)
         if gate.closed_because is not None or (monitor is not None and not monitor.state.ok):
             raise StoreUnavailable("store unavailable: outbox gauges left out of this scrape")
-        return self.store.outbox.counts()
+        return OutboxGauges(self.store.outbox.counts(), self.store.outbox.oldest_waiting())
+
+    def gauges(self) -> DaemonGauges:
+        """For /metrics: the daemon's state as gauges (read from a scrape thread, no I/O)."""
+        ready, _details = self.readiness_now()
+        balance = self.incoming.balance
+        watches = {
+            (w.account, w.folder): WatchGauge(
+                state=str(w.state),
+                connected=w.state in CONNECTED,
+                held=None if balance is None else w.watch_name() in balance.held,
+                last_pass=w.last_ok,
+            )
+            for w in list(self.incoming.watchers)
+        }
+        stopped = self.logins.stopped()
+        reload = self.last_reload
+        return DaemonGauges(
+            ready=ready and not self.stop_event.is_set(),
+            store_up=self.store_monitor.state.ok,
+            watches=watches,
+            signed_in={name: name not in stopped for name in self.logins.tokens},
+            replicas_alive=balance.alive if balance is not None else None,
+            last_reload_ok=reload.ok if reload is not None else True,
+            last_reload_at=reload.at if reload is not None else self.loaded_at,
+        )
 
     async def _shutdown(self) -> None:
         # One grace period for all, counted from the stop: running fires, watchers' batches,

@@ -57,16 +57,20 @@ _KEYWORD_RE = re.compile(r'^[^\s(){%*"\\\]\x00-\x1f\x7f]+$')
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, use_attribute_docstrings=True)
 
 
 class StringTest(_Strict):
     """One value test; every operator given must hold for the same value."""
 
     contains: str | None = None
+    """The value contains this text (case-insensitive)."""
     is_: str | None = Field(default=None, alias="is")
+    """The value is exactly this (case-insensitive)."""
     matches: str | None = None
+    """The value matches this glob (`*@vendor.test`; case-insensitive)."""
     regex: str | None = None
+    """The value matches this regular expression (Python syntax, searched, case-sensitive as written)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -101,11 +105,14 @@ class HeaderTest(StringTest):
     """``{name: X-Alert, regex: "^high$"}``: some value of header ``name`` passes the test."""
 
     name: str = Field(min_length=1, pattern=r"^[\x21-\x39\x3b-\x7e]+$")
+    """The header's name (`X-Alert`); some value of it must pass the test."""
 
 
 class AttachmentTest(_Strict):
     filename: StringTest | None = None
+    """A test on some attachment's file name."""
     content_type: StringTest | None = None
+    """A test on some attachment's MIME type (`application/pdf`)."""
 
     @model_validator(mode="after")
     def _has_a_test(self) -> AttachmentTest:
@@ -116,7 +123,9 @@ class AttachmentTest(_Strict):
 
 class SizeTest(_Strict):
     over: int | None = Field(default=None, ge=0)
+    """The message is larger than this many bytes."""
     under: int | None = Field(default=None, ge=1)
+    """The message is smaller than this many bytes."""
 
     @field_validator("over", "under", mode="before")
     @classmethod
@@ -134,18 +143,32 @@ class Condition(_Strict):
     """A ``match:`` mapping. Absent keys are None; all present keys must hold."""
 
     from_: StringTest | None = Field(default=None, alias="from")
+    """A test on the From address (addr-spec, display name or `Name <addr>`); a plain string means `contains`."""
     to: StringTest | None = None
+    """A test on the To addresses: one of them must pass."""
     cc: StringTest | None = None
+    """A test on the Cc addresses: one of them must pass."""
     subject: StringTest | None = None
+    """A test on the Subject."""
     body: StringTest | None = None
+    """A test on the text of the message's text/plain parts (of an html-only message: the text derived from its
+    html)."""
     header: HeaderTest | None = None
+    """A test on a header's values: `{name: X-Alert, regex: "^high$"}`."""
     has_attachment: bool | None = None
+    """true: the message has an attachment; false: it has none."""
     attachment: AttachmentTest | None = None
+    """A test on some attachment's file name or type."""
     size: SizeTest | None = None
+    """A test on the message's size in bytes."""
     older_than: timedelta | None = None
+    """The message arrived longer ago than this (`30d`)."""
     all_: list[Condition] | None = Field(default=None, alias="all")
+    """Every one of these conditions holds."""
     any_: list[Condition] | None = Field(default=None, alias="any", min_length=1)
+    """At least one of these conditions holds."""
     not_: Condition | None = Field(default=None, alias="not")
+    """This condition does not hold."""
 
     @field_validator("older_than", mode="before")
     @classmethod
@@ -168,6 +191,7 @@ class Condition(_Strict):
 
 class RedirectSpec(_Strict):
     to: list[str] = Field(min_length=1)
+    """The addresses the message goes to."""
 
     @field_validator("to", mode="before")
     @classmethod
@@ -177,11 +201,14 @@ class RedirectSpec(_Strict):
 
 class ForwardSpec(RedirectSpec):
     as_: Literal["attachment", "inline"] = Field(default="attachment", alias="as")
+    """`attachment`: the original is attached whole; `inline`: its content is in the new message's body."""
 
 
 class ReplySpec(_Strict):
     template: str = Field(min_length=1)
+    """The reply's template: `templates/NAME.j2`."""
     days: int = Field(default=7, ge=1)  # at most one reply per sender per this many days
+    """At most one reply per sender in this many days."""
 
 
 #: A webhook body's content cap when ``include`` is given without ``max_bytes``.
@@ -190,11 +217,18 @@ WEBHOOK_MAX_BYTES = 5 * 1024 * 1024
 
 class WebhookSpec(_Strict):
     url: str
+    """Where the message's summary is POSTed as JSON (Standard Webhooks: signed, retried, one `webhook-id` per
+    message)."""
     secret: SecretStr | None = None  # "whsec_<base64>" (Standard Webhooks)
+    """The signing secret, `"${NAME}"` holding `whsec_<base64>` (Standard Webhooks); without it deliveries are
+    unsigned."""
     timeout: float = Field(default=10.0, gt=0, le=300)
+    """Seconds a delivery may take in all; longer is a failed attempt, retried later."""
     include: list[Literal["text", "html", "attachments", "raw"]] = []
+    """Content to add to the JSON: `text`, `html`, `attachments`, `raw`."""
     # the included content's cap (as encoded in the JSON); what does not fit is listed, not sent
     max_bytes: int = Field(default=WEBHOOK_MAX_BYTES, ge=0, le=64 * 1024 * 1024)
+    """The most the included content may take in the JSON (encoded); what does not fit is listed, not sent."""
 
     @field_validator("max_bytes", mode="before")
     @classmethod
@@ -256,6 +290,8 @@ class _Action(_Strict):
 class ForwardAction(_Action):
     kind: ClassVar[str] = "forward"
     forward: ForwardSpec
+    """A new message from this account to `to`, carrying the original (as an attachment or inline), Reply-To the
+    original sender."""
 
     def params(self) -> dict[str, Any]:
         return self.forward.model_dump(by_alias=True)
@@ -264,6 +300,7 @@ class ForwardAction(_Action):
 class RedirectAction(_Action):
     kind: ClassVar[str] = "redirect"
     redirect: RedirectSpec
+    """Send the original message on to `to`, with Resent-* headers."""
 
     def params(self) -> dict[str, Any]:
         return self.redirect.model_dump(by_alias=True)
@@ -272,6 +309,8 @@ class RedirectAction(_Action):
 class ReplyAction(_Action):
     kind: ClassVar[str] = "reply"
     reply: ReplySpec
+    """An RFC 3834 auto-reply from a template, at most once per sender in `days` (never to lists, bulk or
+    auto-submitted mail)."""
 
     def params(self) -> dict[str, Any]:
         return self.reply.model_dump(by_alias=True)
@@ -281,7 +320,9 @@ class OtherAccount(_Strict):
     """``{account: archive, folder: "2026"}``: a folder of another (IMAP) account."""
 
     account: str = Field(min_length=1)
+    """Another account's name; it needs an `imap:` section (postroom APPENDs there)."""
     folder: str = Field(default="INBOX", min_length=1)
+    """The folder in that account."""
 
 
 def _target(value: str | OtherAccount) -> str | OtherAccount:
@@ -299,6 +340,7 @@ def _target_params(target: str | OtherAccount) -> dict[str, Any]:
 class MoveAction(_Action):
     kind: ClassVar[str] = "move"
     move: str | OtherAccount
+    """Move the message to this folder, or to `{account, folder}` of another account."""
 
     @field_validator("move")
     @classmethod
@@ -318,6 +360,7 @@ class MoveAction(_Action):
 class CopyAction(_Action):
     kind: ClassVar[str] = "copy"
     copy_: str | OtherAccount = Field(alias="copy")
+    """Copy the message to this folder, or to `{account, folder}` of another account."""
 
     @field_validator("copy_")
     @classmethod
@@ -338,7 +381,9 @@ class SaveSpec(_Strict):
     """``{maildir: PATH}`` or ``{mbox: PATH}``: a local mailbox, created when missing."""
 
     maildir: str | None = None
+    """A local Maildir folder to save the message to."""
     mbox: str | None = None
+    """A local mbox file to append the message to."""
 
     @field_validator("maildir", "mbox")
     @classmethod
@@ -357,6 +402,7 @@ class SaveSpec(_Strict):
 class SaveAction(_Action):
     kind: ClassVar[str] = "save"
     save: SaveSpec
+    """Save the message to a local Maildir or mbox."""
 
     def params(self) -> dict[str, Any]:
         return self.save.model_dump(exclude_none=True)
@@ -365,6 +411,7 @@ class SaveAction(_Action):
 class FlagAction(_Action):
     kind: ClassVar[str] = "flag"
     flag: list[str]
+    """IMAP flags or keywords to set (`\\Flagged`, `$Important`)."""
 
     @field_validator("flag", mode="before")
     @classmethod
@@ -378,6 +425,7 @@ class FlagAction(_Action):
 class UnflagAction(_Action):
     kind: ClassVar[str] = "unflag"
     unflag: list[str]
+    """IMAP flags or keywords to clear."""
 
     @field_validator("unflag", mode="before")
     @classmethod
@@ -391,16 +439,19 @@ class UnflagAction(_Action):
 class MarkReadAction(_Action):
     kind: ClassVar[str] = "mark_read"
     mark_read: Literal[True]
+    """true: mark the message read (\\Seen)."""
 
 
 class DeleteAction(_Action):
     kind: ClassVar[str] = "delete"
     delete: Literal[True]
+    """true: delete the message (\\Deleted and UID EXPUNGE of just it)."""
 
 
 class WebhookAction(_Action):
     kind: ClassVar[str] = "webhook"
     webhook: WebhookSpec
+    """POST the message's summary to a URL."""
 
     def params(self) -> dict[str, Any]:
         # only whether it signs: params go to logs and the ledger
@@ -417,6 +468,7 @@ class WebhookAction(_Action):
 class StopAction(_Action):
     kind: ClassVar[str] = "stop"
     stop: Literal[True]
+    """true: no later rule sees this message."""
 
 
 class _NoKind(_Action):
@@ -487,11 +539,17 @@ ActionConfig = Annotated[
 
 class RuleConfig(_Strict):
     name: str = Field(min_length=1)
+    """The rule's name, unique: the action ledger and `postroom rules failed` know the rule by it."""
     account: str = Field(min_length=1)
+    """The account whose mail the rule reads."""
     folder: str = Field(default="INBOX", min_length=1)
+    """The folder the rule watches (one of `folder`, `folders`)."""
     folders: list[str] | None = Field(default=None, min_length=1)
+    """Several folders the rule watches, each on its own."""
     match: Condition = Field(default_factory=Condition)
+    """What a message must satisfy; empty: every message."""
     actions: list[ActionConfig] = Field(min_length=1)
+    """What is done with a message that matches, in order; each a mapping with one key, its kind (`{move: Archive}`)."""
 
     @field_validator("match", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -47,10 +48,12 @@ from postroom.errors import (
     map_errors,
     mapped_error,
 )
+from postroom.timing import Timings
 
 from .smtp_pipeline import SmtpPipeline
 
 log = structlog.get_logger(__name__)
+observe = Timings()  # each send's duration, result (ok, error) and account: the daemon's metrics
 
 __all__ = ["SendResult", "SmtpConnection", "tls_context"]
 
@@ -232,6 +235,15 @@ class SmtpConnection:
         """Send raw as is to recipients. envelope_from "" is the null sender <>."""
         if not recipients:
             return SendResult()
+        started, result = time.monotonic(), "error"
+        try:
+            sent = await self._send(envelope_from, recipients, raw)
+            result = "ok"
+            return sent
+        finally:
+            observe(time.monotonic() - started, result, self.account)
+
+    async def _send(self, envelope_from: str, recipients: Sequence[str], raw: bytes) -> SendResult:
         reused = self.connected
         await self.connect()
         try:

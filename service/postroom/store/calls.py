@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -25,6 +26,7 @@ from typing import ParamSpec, TypeVar
 from sqlalchemy import exc as sa_exc
 
 from ..errors import ErrorTable, StoreUnavailable, map_errors
+from ..timing import Timings
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -71,13 +73,23 @@ class StoreGate:
 
 
 gate = StoreGate()  # one daemon, one store per process
+observe = Timings()  # each call's duration and result (ok, unavailable, error): the daemon's metrics
 _pool = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
 
 
 def _guarded(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    gate.check()
-    with map_errors(STORE_ERRORS, "store: "):
-        return fn(*args, **kwargs)
+    started, result = time.monotonic(), "error"
+    try:
+        gate.check()
+        with map_errors(STORE_ERRORS, "store: "):
+            value = fn(*args, **kwargs)
+        result = "ok"
+        return value
+    except StoreUnavailable:
+        result = "unavailable"
+        raise
+    finally:
+        observe(time.monotonic() - started, result)
 
 
 async def store_call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -441,6 +441,14 @@ class OutboxStore:
             rows = conn.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status))
             return {status: n for status, n in rows}
 
+    def oldest_waiting(self) -> datetime | None:
+        """When the oldest row still to send (queued or being sent) was queued: its age is
+        how far the outbox is behind (postroom_outbox_oldest_age_seconds). Held rows wait for a
+        person, not the sender, and have their own gauge and alert."""
+        with self.engine.connect() as conn:
+            value = conn.scalar(select(func.min(outbox.c.created_at)).where(outbox.c.status.in_(("queued", "sending"))))
+        return as_utc(value) if value is not None else None
+
     def next_due(self) -> datetime | None:
         with self.engine.connect() as conn:
             value = conn.scalar(select(func.min(outbox.c.next_attempt_at)).where(outbox.c.status.in_(DUE)))
