@@ -113,6 +113,7 @@ class Daemon:
         await store_call(recover_single_node, store)
         self.metrics.watch_store(self._outbox_gauges, utcnow)
         self.metrics.known_accounts(config.accounts)
+        self.metrics.known_jobs({name: job.account for name, job in config.jobs.items()})
         # One token provider per OAuth2 account, shared by the sender and the watchers.
         self.logins = build_logins(self.settings, config, store, on_refresh=self.metrics.oauth2_refresh)
 
@@ -410,6 +411,7 @@ class Daemon:
         self.sender.accounts, self.sender.policy, self.sender.logins = config.accounts, config.outbox, logins
         self.runner.config, self.runner.renderer = config, renderer
         self.metrics.known_accounts(config.accounts)
+        self.metrics.known_jobs({name: job.account for name, job in config.jobs.items()})
         if not self.dry_run:
             self.scheduler.replace(config)
         ruleset = compile_rules(config.rules)

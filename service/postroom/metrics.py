@@ -375,6 +375,12 @@ class Metrics:
             for kind in BOUNCE_KINDS:
                 self.bounces.labels(account, kind)
 
+    def known_jobs(self, accounts_by_job: Mapping[str, str]) -> None:
+        """Create each job's refused-recipients series at 0 (its account, the job), so the
+        refusal alert's increase() sees the first refusal."""
+        for job, account in accounts_by_job.items():
+            self.refused_recipients.labels(account, job)
+
     def outbox_result(self, result: str, account: str) -> None:
         """`result` is one of OUTBOX_RESULTS: sent, deferred (will retry) or dead."""
         counter = self._outbox.get(result)
