@@ -427,8 +427,10 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
 
     from .bootstrap import build_logins, load_checked, open_store
     from .clock import utcnow
+    from .outgoing.envelopes import given_verp_key, signed_return_paths
     from .outgoing.jobs import JobRunner
     from .outgoing.sender import OutboxSender
+    from .store.calls import store_call
     from .store.outbox import OutboxItem
 
     loaded, renderer = load_checked(settings)
@@ -447,8 +449,14 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
             if item.message_id in wanted:
                 outcomes[item.message_id] = kind
 
+        verp_key = await store_call(store.bounces.verp_key, given_verp_key(settings), now=utcnow())
         sender = OutboxSender(
-            store.outbox, cfg.accounts, cfg.outbox, on_result=seen, logins=build_logins(settings, cfg, store)
+            store.outbox,
+            cfg.accounts,
+            cfg.outbox,
+            on_result=seen,
+            logins=build_logins(settings, cfg, store),
+            return_paths=signed_return_paths(verp_key),
         )
         # The SMTP handshakes (TCP, STARTTLS, AUTH per connection) overlap the rendering.
         warming = asyncio.create_task(sender.prewarm(cfg.jobs[job].account))
@@ -763,6 +771,8 @@ def suppressions(ctx: click.Context, args: tuple[str, ...], only: str | None) ->
             ["ACCOUNT", "ADDRESS", "STATUS", "SINCE", "OUTBOX ID", "DIAGNOSTIC"],
         )
     )
+    for s in listed:  # why each is there: the report (its ledger key) or refusal that put it there
+        click.echo(f"{s.account} {s.address}: report {s.report_key or '-'}; {s.evidence or 'no evidence recorded'}")
     click.echo("take one off with: postroom suppressions remove ADDR")
 
 

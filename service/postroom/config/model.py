@@ -167,6 +167,9 @@ class BouncesConfig(_Strict):
     # so a bounce names the message even when it quotes nothing of it.
     verp: bool = False
     delimiter: Literal["+", "-", "="] = "+"
+    # A report is read up to this many bytes (the rest, the returned message, is not needed):
+    # one big hostile message costs at most this much parsing.
+    max_size: ByteSize = Field(default=256 * 1024, gt=0, le=16 * 1024 * 1024)
 
 
 class AccountConfig(_Strict):

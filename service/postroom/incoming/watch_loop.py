@@ -26,7 +26,7 @@ import structlog
 from postroom.clock import utcnow
 from postroom.errors import OAuth2Error, PermanentError, is_transient
 from postroom.incoming.balance import FolderBalance
-from postroom.incoming.bounces import BounceIntake
+from postroom.incoming.bounces import Bounce, BounceIntake
 from postroom.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import RuleSet
@@ -74,6 +74,18 @@ def _outcome_status(outcome: ItemOutcome | None) -> tuple[str, str | None]:
 
 def _ready(msg: ParsedMessage) -> Callable[[], ParsedMessage]:
     return lambda: msg
+
+
+def _build_all(entries: Sequence[Entry]) -> dict[str, ParsedMessage]:
+    """Each entry's parsed message (blocking: message-sized work); one that does not parse is
+    left out (`_evaluate` reports it)."""
+    parsed: dict[str, ParsedMessage] = {}
+    for entry in entries:
+        try:
+            parsed[entry.key] = entry.build()
+        except Exception:  # unreadable: _evaluate reports it
+            continue
+    return parsed
 
 
 class Entry(NamedTuple):
@@ -245,12 +257,8 @@ class Watcher:
         intake = self.bounces
         if intake is None or not entries:
             return list(entries)
-        parsed: dict[str, ParsedMessage] = {}
-        for entry in entries:
-            try:
-                parsed[entry.key] = entry.build()
-            except Exception:  # unreadable: _evaluate reports it
-                continue
+        # Headers (or whole messages, when a rule reads the body) are parsed off the loop.
+        parsed = await asyncio.to_thread(_build_all, entries)
         # Parsed once: the rules reuse it.
         entries = [e._replace(build=_ready(parsed[e.key])) if e.key in parsed else e for e in entries]
         maybe = [e for e in entries if e.key in parsed and intake.candidate(parsed[e.key])]
@@ -260,8 +268,13 @@ class Watcher:
         if not maybe:
             return entries
         raws = await fetch_raw(maybe)
-        todo = [(e, raws[e.key]) for e in maybe if e.key in raws]
-        consumed = await store_call(self._consume, intake, todo, parsed)
+        todo: list[tuple[Entry, Bounce]] = []
+        for e in maybe:
+            if e.key in raws:  # parsed in the intake's own threads, within its time budget
+                bounce = await intake.read(e.key, raws[e.key])
+                if bounce is not None:
+                    todo.append((e, bounce))
+        consumed = await store_call(self._consume, intake, todo, parsed) if todo else {}
         if consumed:
             rows = {
                 e.key: dict(account=self.account, folder=self.folder, message_id=parsed[e.key].message_id, **e.begin)
@@ -280,12 +293,12 @@ class Watcher:
 
     @staticmethod
     def _consume(
-        intake: BounceIntake, todo: list[tuple[Entry, bytes]], parsed: dict[str, ParsedMessage]
+        intake: BounceIntake, todo: list[tuple[Entry, Bounce]], parsed: dict[str, ParsedMessage]
     ) -> dict[str, str]:
         # A store error raises: the batch is taken again (never handed to the rules instead).
         consumed: dict[str, str] = {}
-        for entry, raw in todo:
-            reason = intake.consume(entry.key, parsed[entry.key], raw)
+        for entry, bounce in todo:
+            reason = intake.consume(entry.key, parsed[entry.key], bounce)
             if reason is not None:
                 consumed[entry.key] = reason
         return consumed
