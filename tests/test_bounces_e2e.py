@@ -12,6 +12,7 @@ import json
 import re
 import smtplib
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,7 @@ from tests.support.daemon import (
     mail,
     postroom_env,
     run_cli,
+    wait_ready,
     wait_until,
 )
 
@@ -237,3 +239,49 @@ def test_forged_bounces_through_postfix_suppress_nobody_while_the_real_one_still
     assert DEAD in listed and "carol@" not in listed and "dave@" not in listed and "outsider@" not in listed, listed
     counts = run_cli(["outbox"], env).stdout
     assert "bounced 1" in counts and "sent 2" in counts, counts
+
+
+# -- a hostile bounce: big, made to be slow to read (issue 18) ----------------------------------
+def hostile_report(size: int = 192 * 1024) -> bytes:
+    """A bounce-looking email of ``size`` bytes in short lines (Postfix takes it as is), its
+    text blank lines of spaces and tabs: the old ``^\\s*Message-ID:`` and ``^\\s*5xx``
+    patterns ran from every line start to the end of the run, quadratic (22.6 s of a stalled
+    event loop for such a message in issue 18)."""
+    block = " \r\n\r\n\t\r\n  \r\n"
+    body = (block * (size // len(block) + 1))[: size - 300]
+    head = (
+        "From: MAILER-DAEMON@evil.test\r\nTo: alice@example.test\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        "X-Failed-Recipients: dave@example.test\r\nMessage-ID: <hostile@evil.test>\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    )
+    return (head + body + "\r\n").encode()
+
+
+def test_a_192k_hostile_bounce_through_imap_never_stalls_healthz(tmp_path, clean_lab):
+    env = setup(tmp_path, clean_lab)
+    port = free_port()
+    daemon = Daemon({**env, "POSTROOM_HTTP": f"127.0.0.1:{port}"}, log=tmp_path / "daemon.log")
+    slowest = 0.0
+    try:
+        wait_ready(port, daemon)
+        raw = hostile_report()
+        assert len(raw) >= 190 * 1024 and max(map(len, raw.split(b"\r\n"))) < 100
+        submit(clean_lab, "alice@example.test", raw, sender="mailer-daemon@evil.test")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # /healthz, ten times a second, until the rules had it
+            started = time.monotonic()
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+            if "bounce report not verified" in daemon.log.read_text(errors="replace") and any(
+                f for _, f in flagged_list(clean_lab)
+            ):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the hostile report was not handled in time:\n{daemon.log.read_text()[-3000:]}")
+    finally:
+        assert daemon.terminate() == 0
+    print(f"slowest /healthz: {slowest:.3f} s")
+    assert slowest < 1.0, f"/healthz took {slowest:.2f} s while the report was read"
+    assert flagged_list(clean_lab) == [("Undelivered Mail Returned to Sender", True)]  # the rules got it
+    assert "no suppressed addresses" in run_cli(["suppressions"], env).stdout
