@@ -299,6 +299,19 @@ def test_a_non_standard_report_counts_with_a_verified_token(store):  # noqa: F81
     assert entry.evidence.startswith("non-standard report of no Date from Mailer-Daemon@mx.example.org")
 
 
+async def test_a_report_over_its_time_budget_goes_to_the_rules(store):  # noqa: F811
+    counted: list[str] = []
+    cfg = account()
+    slow = BounceIntake(
+        "alice", cfg, store.outbox, store.bounces, key=KEY, budget=0.0, on_bounce=lambda a, k: counted.append(k)
+    )
+    raw = postfix_dsn(signed(1)) + b"\n" * 200_000
+    assert await slow.read("alice/INBOX/1/1", raw) is None  # not waited for: the rules get it
+    assert counted == ["over_budget"]
+    intake, counted = intake_for(store)
+    assert await intake.read("alice/INBOX/1/1", raw) is not None and counted == []
+
+
 def test_reports_that_are_not_ours_go_to_the_rules(store):  # noqa: F811
     intake, counted = intake_for(store)
     assert consume(intake, postfix_dsn(signed(99))) is None  # no such row
