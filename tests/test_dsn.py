@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 from postroom.config.model import AccountConfig
+from postroom.config.settings import Settings
 from postroom.incoming.bounces import BounceIntake
 from postroom.incoming.message import ParsedMessage
 from postroom.mail.dsn import parse_bounce
 from postroom.mail.verp import envelopes, marker, token_from, verify
+from postroom.outgoing.envelopes import given_verp_key
 from postroom.store import NewMessage, Store
 from postroom.store.outbox import Settlement
 
@@ -258,6 +260,8 @@ def test_the_verp_key_is_made_once_and_kept(any_store):  # noqa: F811
     made = any_store.bounces.verp_key(None, now=NOW)
     assert len(made) == 32 and any_store.bounces.verp_key(None, now=NOW) == made
     assert any_store.bounces.verp_key(b"given", now=NOW) == b"given"
+    assert given_verp_key(Settings(verp_key="from the environment")) == b"from the environment"
+    assert given_verp_key(Settings()) is None
 
 
 def test_forged_reports_suppress_nobody_and_are_counted_unverified(store):  # noqa: F811

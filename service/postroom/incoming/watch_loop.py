@@ -76,16 +76,19 @@ def _ready(msg: ParsedMessage) -> Callable[[], ParsedMessage]:
     return lambda: msg
 
 
-def _build_all(entries: Sequence[Entry]) -> dict[str, ParsedMessage]:
-    """Each entry's parsed message (blocking: message-sized work); one that does not parse is
-    left out (`_evaluate` reports it)."""
+def _candidates(intake: BounceIntake, entries: Sequence[Entry]) -> tuple[dict[str, ParsedMessage], list[Entry]]:
+    """Each entry's parsed message, and the entries whose headers look like a bounce report
+    (blocking: message-sized work). One that does not parse is left out (`_evaluate` reports it)."""
     parsed: dict[str, ParsedMessage] = {}
+    maybe: list[Entry] = []
     for entry in entries:
         try:
-            parsed[entry.key] = entry.build()
+            msg = parsed[entry.key] = entry.build()
         except Exception:  # unreadable: _evaluate reports it
             continue
-    return parsed
+        if intake.candidate(msg):
+            maybe.append(entry._replace(build=_ready(msg)))
+    return parsed, maybe
 
 
 class Entry(NamedTuple):
@@ -257,11 +260,11 @@ class Watcher:
         intake = self.bounces
         if intake is None or not entries:
             return list(entries)
-        # Headers (or whole messages, when a rule reads the body) are parsed off the loop.
-        parsed = await asyncio.to_thread(_build_all, entries)
+        # Headers (or whole messages, when a rule reads the body) are parsed and looked at off
+        # the loop: anyone can write them.
+        parsed, maybe = await asyncio.to_thread(_candidates, intake, entries)
         # Parsed once: the rules reuse it.
         entries = [e._replace(build=_ready(parsed[e.key])) if e.key in parsed else e for e in entries]
-        maybe = [e for e in entries if e.key in parsed and intake.candidate(parsed[e.key])]
         if maybe:
             existing = await store_call(self.inbound.statuses, [e.key for e in maybe])
             maybe = [e for e in maybe if existing.get(e.key) not in FINISHED]
