@@ -1,5 +1,6 @@
-"""Bounce reports: the parser on real samples, VERP return paths, and the intake that records a
-bounce against our outbox (ledgered once, hard bounces suppressed) or leaves it to the rules."""
+"""Bounce reports: the parser on real samples, signed VERP return paths, and the intake that
+records a verified bounce against our outbox (ledgered once, hard bounces suppressed with their
+evidence) or leaves it to the rules, counted unverified (every forgery of issue 18)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,19 @@ from pathlib import Path
 
 import pytest
 from postroom.config.model import AccountConfig
+from postroom.config.settings import Settings
 from postroom.incoming.bounces import BounceIntake
 from postroom.incoming.message import ParsedMessage
 from postroom.mail.dsn import parse_bounce
-from postroom.mail.verp import message_id_from, return_path
+from postroom.mail.verp import envelopes, marker, token_from, verify
+from postroom.outgoing.envelopes import given_verp_key
 from postroom.store import NewMessage, Store
 from postroom.store.outbox import Settlement
 
+from tests.dsn_samples import DEAD, KEY, OLD_RETURN_PATH, POSTFIX, postfix_dsn, signed
 from tests.support.store_fixtures import any_store, store  # noqa: F401
 
 DATA = Path(__file__).parent / "data"
-# Postfix 3.7's own DSN, captured in the lab: a merge row to nobody@dead.example.test, which
-# the lab routes to the error(8) transport after accepting it (tests/lab/config.py).
-POSTFIX = DATA / "dsn" / "postfix-error-5.1.1.eml"
 POSTFIX_TOKEN = "0123456789abcdef0123456789abcdef"
 POSTFIX_MESSAGE_ID = f"<{POSTFIX_TOKEN}@example.test>"
 NOW = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
@@ -130,20 +131,35 @@ def test_every_corpus_message_parses_without_raising():
         parse_bounce(path.read_bytes())  # None or a Bounce; never an exception
 
 
-def test_verp_round_trip():
-    mid = f"<{POSTFIX_TOKEN}@example.test>"
-    path = return_path("alice@example.test", mid)
-    assert path == f"alice+bounce-{POSTFIX_TOKEN}@example.test"
-    assert message_id_from(path, "alice@example.test") == mid
-    assert message_id_from(path.upper(), "alice@example.test") == mid
-    assert message_id_from(f"bob+bounce-{POSTFIX_TOKEN}@example.test", "alice@example.test") is None
-    assert message_id_from("alice@example.test", "alice@example.test") is None
-    assert return_path("alice@example.test", "<not-ours.1@example.test>") == "alice@example.test"
-    assert return_path("alice@example.test", mid, "-").startswith("alice-bounce-")
+def test_verp_tokens_are_signed_per_recipient_and_row():
+    key = b"k" * 32
+    assert marker("alice@example.test") == "alice+bounce-@example.test"
+    assert marker("alice@example.test", "-") == "alice-bounce-@example.test"
+    rows = envelopes(key, marker("alice@example.test"), 7, ["Bob <Bob@example.test>", "carol@example.test"])
+    assert [rcpts for _, rcpts in rows] == [["Bob <Bob@example.test>"], ["carol@example.test"]]
+    bob_path, carol_path = (path for path, _ in rows)
+    assert bob_path != carol_path and bob_path.startswith("alice+bounce-7-")
+    bob = token_from(bob_path, "alice@example.test")
+    assert bob is not None and bob.outbox_id == 7
+    assert verify(key, bob, "bob@example.test") and not verify(key, bob, "carol@example.test")
+    assert not verify(b"x" * 32, bob, "bob@example.test")  # another key
+    assert token_from(bob_path.upper(), "alice@example.test") == bob
+    assert token_from(bob_path.replace("-7-", "-8-"), "alice@example.test") is not None  # parses...
+    assert not verify(key, token_from(bob_path.replace("-7-", "-8-"), "alice@example.test"), "bob@example.test")
+    # not a return path of alice's, or one of the old scheme (the Message-ID's random part)
+    assert token_from(bob_path.replace("alice", "dave"), "alice@example.test") is None
+    assert token_from(OLD_RETURN_PATH.decode(), "alice@example.test") is None
+    assert token_from("alice@example.test", "alice@example.test") is None
+    # a row queued before the change, with an old-scheme sender, is signed anew when sent
+    assert envelopes(key, OLD_RETURN_PATH.decode(), 7, ["bob@example.test"]) == [(bob_path, ["bob@example.test"])]
+    # any other sender: one transaction, unchanged
+    assert envelopes(key, "alice@example.test", 7, ["a@x.test", "b@x.test"]) == [
+        ("alice@example.test", ["a@x.test", "b@x.test"])
+    ]
 
 
 # -- the intake against the store --------------------------------------------------------------
-def account(verp: bool = False) -> AccountConfig:
+def account(verp: bool = True) -> AccountConfig:
     return AccountConfig.model_validate(
         {
             "address": "alice@example.test",
@@ -154,16 +170,20 @@ def account(verp: bool = False) -> AccountConfig:
 
 
 def sent_row(
-    s: Store, message_id: str = POSTFIX_MESSAGE_ID, to: str = "nobody@dead.example.test", account_name: str = "alice"
+    s: Store,
+    message_id: str = POSTFIX_MESSAGE_ID,
+    to: str | list[str] = DEAD,
+    account_name: str = "alice",
 ) -> int:
+    recipients = [to] if isinstance(to, str) else to
     s.outbox.enqueue(
         [
             NewMessage(
                 dedup_key=f"k{message_id}",
                 message_id=message_id,
                 account=account_name,
-                envelope_from="alice@example.test",
-                recipients=[to],
+                envelope_from=marker("alice@example.test"),
+                recipients=recipients,
                 raw=b"x",
                 origin="merge",
             )
@@ -171,51 +191,140 @@ def sent_row(
         now=NOW,
     )
     (item,) = s.outbox.by_message_ids([message_id])
-    s.outbox.settle_many([Settlement("sent", item, NOW, delivered=[to])])
+    s.outbox.settle_many([Settlement("sent", item, NOW, delivered=recipients)])
     return item.id
 
 
+def intake_for(s: Store, verp: bool = True) -> tuple[BounceIntake, list[str]]:
+    counted: list[str] = []
+    intake = BounceIntake(
+        "alice",
+        account(verp),
+        s.outbox,
+        s.bounces,
+        key=KEY,
+        clock=lambda: NOW,
+        on_bounce=lambda account, kind: counted.append(kind),
+    )
+    return intake, counted
+
+
 def consume(intake: BounceIntake, raw: bytes, key: str = "alice/INBOX/1/1") -> str | None:
-    return intake.consume(key, ParsedMessage.from_bytes(raw, key=key), raw)
+    bounce = parse_bounce(raw)
+    assert bounce is not None
+    return intake.consume(key, ParsedMessage.from_bytes(raw, key=key), bounce)
 
 
-def test_a_bounce_marks_the_row_and_suppresses_once(any_store):  # noqa: F811
+def test_a_verified_bounce_marks_the_row_and_suppresses_once_with_its_evidence(any_store):  # noqa: F811
     row = sent_row(any_store)
     other = sent_row(any_store, message_id="<11111111111111111111111111111111@example.test>", to="bob@example.test")
-    intake = BounceIntake("alice", account(), any_store.outbox, any_store.bounces, clock=lambda: NOW)
-    assert consume(intake, POSTFIX.read_bytes()) == f"bounce report for outbox {row}"
+    intake, counted = intake_for(any_store)
+    raw = postfix_dsn(signed(row))
+    assert consume(intake, raw) == f"bounce report for outbox {row}"
+    assert counted == ["hard"]
     assert any_store.outbox.get(row).status == "bounced"
     assert "5.1.1" in any_store.outbox.get(row).last_error
     assert any_store.outbox.get(other).status == "sent"
-    assert any_store.bounces.suppressed("alice") == {"nobody@dead.example.test"}
+    assert any_store.bounces.suppressed("alice") == {DEAD}
+    (entry,) = any_store.bounces.suppressions("alice")
+    assert entry.report_key == "alice/<20261129060420.ACC7D20C973@lab.example.test>"
+    assert entry.evidence.startswith("DSN of Sun, 29 Nov 2026 06:04:20 +0000 (UTC) from MAILER-DAEMON@lab.example.test")
+    assert "failed 5.1.1 user unknown (lab dead domain)" in entry.evidence
     ((bounced),) = any_store.bounces.bounced()
-    assert [(b.recipient, b.status, b.hard) for b in bounced.lines] == [("nobody@dead.example.test", "5.1.1", True)]
+    assert [(b.recipient, b.status, b.hard) for b in bounced.lines] == [(DEAD, "5.1.1", True)]
     # the same report again (a retry, a crash before the inbound row was finished): ledgered once
-    assert "recorded before" in consume(intake, POSTFIX.read_bytes(), key="alice/INBOX/2/1")
+    assert "recorded before" in consume(intake, raw, key="alice/INBOX/2/1")
     assert len(any_store.bounces.bounced()[0].lines) == 1
-    assert any_store.bounces.remove("Nobody@Dead.Example.Test") == 1
+    assert any_store.bounces.remove("Nobody@Dead.Example.Test") == 1  # reversible
     assert any_store.bounces.suppressed("alice") == set()
 
 
-def test_verp_finds_the_message_when_the_report_quotes_nothing(store):  # noqa: F811
-    row = sent_row(store)
-    # the returned message cut off: only the VERP address it was delivered to says which
-    raw = POSTFIX.read_bytes().split(b"Content-Description: Undelivered Message")[0]
-    assert parse_bounce(raw).original_message_id is None
-    assert consume(BounceIntake("alice", account(verp=False), store.outbox, store.bounces), raw) is None
-    assert consume(BounceIntake("alice", account(verp=True), store.outbox, store.bounces), raw) is not None
-    assert store.outbox.get(row).status == "bounced"
+def test_suppress_takes_evidence_from_other_callers(any_store):  # noqa: F811
+    # An SMTP server refusing an address at RCPT (5.1.1) suppresses it too, with its own evidence.
+    assert any_store.bounces.suppress(
+        "alice",
+        " Gone@Example.Org ",
+        status="5.1.1",
+        diagnostic="550 5.1.1 no such user",
+        now=NOW,
+        outbox_id=3,
+        evidence="RCPT TO refused by smtp.example.test: 550 5.1.1 no such user",
+    )
+    assert not any_store.bounces.suppress("alice", "gone@example.org", status="5.1.1", diagnostic="", now=NOW)
+    (entry,) = any_store.bounces.suppressions("alice")
+    assert (entry.address, entry.outbox_id, entry.report_key) == ("gone@example.org", 3, "")
+    assert entry.evidence == "RCPT TO refused by smtp.example.test: 550 5.1.1 no such user"
+
+
+def test_the_verp_key_is_made_once_and_kept(any_store):  # noqa: F811
+    made = any_store.bounces.verp_key(None, now=NOW)
+    assert len(made) == 32 and any_store.bounces.verp_key(None, now=NOW) == made
+    assert any_store.bounces.verp_key(b"given", now=NOW) == b"given"
+    assert given_verp_key(Settings(verp_key="from the environment")) == b"from the environment"
+    assert given_verp_key(Settings()) is None
+
+
+def test_forged_reports_suppress_nobody_and_are_counted_unverified(store):  # noqa: F811
+    """The four forgeries of issue 18, and the old-scheme token: each left to the rules."""
+    two = sent_row(store, to=["bob@example.test", "carol@example.test"])
+    one = sent_row(store, message_id="<abcdefabcdefabcdefabcdefabcdefab@example.test>", to="dave@example.test")
+    intake, counted = intake_for(store)
+    forgeries = {
+        # bob, a recipient, sees his own return path and names carol, another recipient
+        "another recipient": postfix_dsn(signed(two, "bob@example.test"), names="carol@example.test"),
+        # a plain notice with X-Failed-Recipients and the Message-ID line, to alice@ herself
+        "non-standard": EXIM.replace(b"gone@example.org", b"dave@example.test"),
+        # only the To: header says VERP; the envelope (Delivered-To) is plain alice@
+        "forged To:": postfix_dsn("alice@example.test", to=signed(one, "dave@example.test"), names="dave@example.test"),
+        # dave's return path, naming an outsider for his one-recipient message
+        "an outsider": postfix_dsn(signed(one, "dave@example.test"), names="outsider@example.org"),
+        # the old scheme: the Message-ID's random part is no token
+        "old scheme": postfix_dsn(names="dave@example.test"),
+        # a valid return path in a Delivered-To below the one the receiving server wrote
+        "Delivered-To below": b"Delivered-To: alice@example.test\n"
+        + postfix_dsn(signed(one, "dave@example.test"), names="dave@example.test"),
+    }
+    for name, raw in forgeries.items():
+        assert consume(intake, raw, key=f"alice/INBOX/1/{name}") is None, name
+    # the same non-standard notice sent to a real return path still counts for nothing
+    assert consume(intake, b"Delivered-To: " + signed(one, "bob@example.test").encode() + b"\n" + EXIM) is None
+    assert counted == ["unverified"] * 7
+    assert store.bounces.suppressed("alice") == set()
+    assert {store.outbox.get(two).status, store.outbox.get(one).status} == {"sent"}
+
+
+def test_a_non_standard_report_counts_with_a_verified_token(store):  # noqa: F811
+    row = sent_row(store, message_id="<abcdefabcdefabcdefabcdefabcdefab@example.test>", to="gone@example.org")
+    intake, counted = intake_for(store)
+    raw = b"Delivered-To: " + signed(row, "gone@example.org").encode() + b"\n" + EXIM
+    assert consume(intake, raw) == f"bounce report for outbox {row}"
+    assert store.bounces.suppressed("alice") == {"gone@example.org"} and counted == ["hard"]
+    (entry,) = store.bounces.suppressions("alice")
+    assert entry.evidence.startswith("non-standard report of no Date from Mailer-Daemon@mx.example.org")
+
+
+async def test_a_report_over_its_time_budget_goes_to_the_rules(store):  # noqa: F811
+    counted: list[str] = []
+    cfg = account()
+    slow = BounceIntake(
+        "alice", cfg, store.outbox, store.bounces, key=KEY, budget=0.0, on_bounce=lambda a, k: counted.append(k)
+    )
+    raw = postfix_dsn(signed(1)) + b"\n" * 200_000
+    assert await slow.read("alice/INBOX/1/1", raw) is None  # not waited for: the rules get it
+    assert counted == ["over_budget"]
+    intake, counted = intake_for(store)
+    assert await intake.read("alice/INBOX/1/1", raw) is not None and counted == []
 
 
 def test_reports_that_are_not_ours_go_to_the_rules(store):  # noqa: F811
-    intake = BounceIntake("alice", account(), store.outbox, store.bounces, clock=lambda: NOW)
-    assert consume(intake, POSTFIX.read_bytes()) is None  # no such message in the outbox
-    sent_row(store, account_name="carol")
-    assert consume(intake, POSTFIX.read_bytes()) is None  # carol's message, not alice's
-    sent_row(store, message_id="<abcdefabcdefabcdefabcdefabcdefab@example.test>", to="someone@example.org")
-    assert consume(intake, EXIM) is not None  # one recipient each way: an alias rewrote it
-    assert store.bounces.suppressed("alice") == {"someone@example.org"}
-    assert store.bounces.suppressed("carol") == set()
+    intake, counted = intake_for(store)
+    assert consume(intake, postfix_dsn(signed(99))) is None  # no such row
+    carols = sent_row(store, account_name="carol")
+    assert consume(intake, postfix_dsn(signed(carols))) is None  # carol's message, not alice's
+    row = sent_row(store, message_id="<22222222222222222222222222222222@example.test>")
+    assert consume(intake_for(store, verp=False)[0], postfix_dsn(signed(row))) is None  # VERP off: nothing verifies
+    assert counted == ["unverified"] * 2
+    assert store.bounces.suppressed("alice") == set() and store.bounces.suppressed("carol") == set()
 
 
 # -- jobs leave suppressed addresses out --------------------------------------------------------
@@ -269,5 +378,5 @@ async def test_a_run_leaves_suppressed_recipients_out_and_counts_them(store, tmp
     # row 0 keeps its cc (headers unchanged), row 1 had nobody else and is not queued
     assert [m.recipients for m in built.messages] == [["bob@example.test"], ["carol@example.test"]]
     assert b"To: Gone@Dead.Example.Test" in built.messages[0].raw
-    assert all(m.envelope_from == return_path("alice@example.test", m.message_id) for m in built.messages)
+    assert all(m.envelope_from == "alice+bounce-@example.test" for m in built.messages)  # signed when sent
     assert store.outbox.counts() == {"queued": 2}

@@ -7,23 +7,22 @@ checks came up empty (an order dependence around structlog's logger caching, not
 
 from __future__ import annotations
 
+import smtplib
 from datetime import UTC, datetime
-from pathlib import Path
 
 from postroom.config.model import AccountConfig
 from postroom.incoming.bounces import BounceIntake
 from postroom.incoming.imap import ImapConnection
 from postroom.incoming.watcher import ImapWatcher, Pop3Watcher
+from postroom.mail.verp import marker
 from postroom.store import NewMessage, Store
 from postroom.store.outbox import Settlement
 
+from tests.dsn_samples import DEAD, KEY, postfix_dsn, signed
 from tests.support.inbox import USER, Recorder, imap_cfg, maildrop_size, pop3_settings, raw_message, rules
 from tests.support.store_fixtures import sqlite_url, store  # noqa: F401
 
-# Postfix's real DSN from the lab (see tests/data/NOTICE) for <POSTFIX_TOKEN@example.test>.
-DSN = (Path(__file__).parent / "data" / "dsn" / "postfix-error-5.1.1.eml").read_bytes()
 MESSAGE_ID = "<0123456789abcdef0123456789abcdef@example.test>"
-DEAD = "nobody@dead.example.test"
 NOW = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
 
 
@@ -35,7 +34,7 @@ def sent_to_dead(s: Store) -> int:
                 dedup_key="merge:0",
                 message_id=MESSAGE_ID,
                 account=USER,
-                envelope_from=f"{USER}@example.test",
+                envelope_from=marker(f"{USER}@example.test"),
                 recipients=[DEAD],
                 raw=b"x",
                 origin="merge",
@@ -49,16 +48,25 @@ def sent_to_dead(s: Store) -> int:
 
 
 def intake(s: Store, cfg: AccountConfig) -> BounceIntake:
-    return BounceIntake(USER, cfg, s.outbox, s.bounces, clock=lambda: NOW)
+    return BounceIntake(USER, cfg, s.outbox, s.bounces, key=KEY, clock=lambda: NOW)
+
+
+def deliver_dsn(lab, row: int, then: bytes) -> None:
+    """Postfix's real DSN from the lab, delivered (LMTP) to the row's signed return path (the
+    address it reached: Dovecot writes it on top as Delivered-To); then ``then`` to the user."""
+    path = signed(row, address=f"{USER}@example.test")
+    with smtplib.LMTP("127.0.0.1", lab.ports.lmtp, timeout=30) as lmtp:
+        lmtp.sendmail("", [path], postfix_dsn(path))
+    lab.deliver(USER, then)
 
 
 async def test_pop3_maildrop_bounce_is_consumed_and_deleted_like_handled_mail(clean_lab, store):  # noqa: F811
     row = sent_to_dead(store)
-    clean_lab.deliver_many(USER, [DSN, raw_message(1, subject="a person writes")])
+    deliver_dsn(clean_lab, row, raw_message(1, subject="a person writes"))
     cfg = AccountConfig.model_validate(
         {
             "address": clean_lab.address(USER),
-            "bounces": {},
+            "bounces": {"verp": True},
             "pop3": pop3_settings(clean_lab, start_from="all", delete_after=True),
         }
     )
@@ -74,11 +82,11 @@ async def test_pop3_maildrop_bounce_is_consumed_and_deleted_like_handled_mail(cl
 
 async def test_imap_bounce_is_read_even_where_search_decides_the_rules(clean_lab, store):  # noqa: F811
     row = sent_to_dead(store)
-    clean_lab.deliver_many(USER, [DSN, raw_message(1, subject="[report] daily")])
+    deliver_dsn(clean_lab, row, raw_message(1, subject="[report] daily"))
     cfg = AccountConfig.model_validate(
         {
             "address": clean_lab.address(USER),
-            "bounces": {"folder": "INBOX"},
+            "bounces": {"folder": "INBOX", "verp": True},
             "imap": imap_cfg(clean_lab, start_from="all").model_dump(),
         }
     )

@@ -35,6 +35,7 @@ from .mail.templates import TemplateRenderer
 from .metrics import DaemonGauges, Metrics, OutboxGauges, WatchGauge
 from .notify import Notifier, watchdog_loop
 from .outgoing import smtp
+from .outgoing.envelopes import given_verp_key, signed_return_paths
 from .outgoing.jobs import JobRunner
 from .outgoing.refusals import suppressing
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
@@ -116,6 +117,8 @@ class Daemon:
         self.metrics.known_jobs({name: job.account for name, job in config.jobs.items()})
         # One token provider per OAuth2 account, shared by the sender and the watchers.
         self.logins = build_logins(self.settings, config, store, on_refresh=self.metrics.oauth2_refresh)
+        # VERP return paths are signed with it, and bounces checked against it (mail/verp.py).
+        self.verp_key = await store_call(store.bounces.verp_key, given_verp_key(self.settings), now=utcnow())
 
         # Replicas on PostgreSQL share the work: short leases renewed while held; a fire keeps
         # one batch for itself and leaves the rest for any replica; idle senders look for rows
@@ -133,6 +136,7 @@ class Daemon:
             lease=lease,
             handoff_limit=config.outbox.batch_size if self.shared else None,
             max_idle=min(MAX_IDLE, lease / 3) if self.shared else MAX_IDLE,
+            return_paths=signed_return_paths(self.verp_key),
         )
         # A fire's messages go straight to the running sender (already leased, already in
         # memory) instead of being claimed back from the store.
@@ -294,6 +298,7 @@ class Daemon:
             config.accounts[account_name],
             self.store.outbox,
             self.store.bounces,
+            key=self.verp_key,
             on_bounce=self.metrics.bounce,
         )
 

@@ -441,10 +441,12 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
 
     from .bootstrap import build_logins, load_checked, open_store
     from .clock import utcnow
+    from .outgoing.envelopes import given_verp_key, signed_return_paths
     from .outgoing.jobs import JobRunner
     from .outgoing.refusals import suppressing
     from .outgoing.sender import OutboxSender
     from .outgoing.shown import message_state, refused_line
+    from .store.calls import store_call
     from .store.outbox import OutboxItem
 
     loaded, renderer = load_checked(settings)
@@ -464,6 +466,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
                 outcomes[item.message_id] = kind
 
         refused = Counter[str]()
+        verp_key = await store_call(store.bounces.verp_key, given_verp_key(settings), now=utcnow())
         sender = OutboxSender(
             store.outbox,
             cfg.accounts,
@@ -472,6 +475,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
             logins=build_logins(settings, cfg, store),
             on_refused=lambda account, origin, n: refused.update({"recipients": n}),
             suppress=suppressing(store.bounces),
+            return_paths=signed_return_paths(verp_key),
         )
         # The SMTP handshakes (TCP, STARTTLS, AUTH per connection) overlap the rendering.
         warming = asyncio.create_task(sender.prewarm(cfg.jobs[job].account))
@@ -808,6 +812,8 @@ def suppressions(ctx: click.Context, args: tuple[str, ...], only: str | None) ->
             ["ACCOUNT", "ADDRESS", "STATUS", "SINCE", "OUTBOX ID", "DIAGNOSTIC"],
         )
     )
+    for s in listed:  # why each is there: the report (its ledger key) or refusal that put it there
+        click.echo(f"{s.account} {s.address}: report {s.report_key or '-'}; {s.evidence or 'no evidence recorded'}")
     click.echo("take one off with: postroom suppressions remove ADDR")
 
 

@@ -311,7 +311,8 @@ class Metrics:
         )
         self.bounces = Counter(
             "postroom_bounces_total",
-            "Bounce reports for our mail consumed, by kind (hard: 5.x.x, soft, other).",
+            "Bounce reports read, by kind: consumed (hard: 5.x.x, soft, other), or left to the rules "
+            "(unverified: not proven ours by a signed VERP token; over_budget: not parsed in time).",
             ["account", "kind"],
             registry=r,
         )

@@ -205,6 +205,9 @@ class BouncesConfig(_Strict):
     even when it quotes nothing of it; the mailbox must accept address extensions."""
     delimiter: Literal["+", "-", "="] = "+"
     """The address extension's delimiter for `verp` (`+`, `-` or `=`), as the mail server is set up."""
+    max_size: ByteSize = Field(default=256 * 1024, gt=0, le=16 * 1024 * 1024)
+    """A bounce report is read up to this many bytes (the returned message after it is not
+    needed), so one big hostile message costs at most this much parsing."""
 
 
 class AccountConfig(_Strict):

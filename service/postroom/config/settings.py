@@ -86,6 +86,9 @@ class Settings(BaseModel):
     # heartbeat row) lasts unless its holder renews it, which it does every third of this.
     # Work of a replica that died resumes on another within about this (plus a few seconds).
     lease_seconds: float = Field(default=20.0, gt=0.5, le=600)
+    # The key VERP return paths are signed with (postroom.mail.verp); default: one the store
+    # makes once. Give it to keep tokens valid across a new store, or to share it explicitly.
+    verp_key: SecretStr | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -26,7 +26,7 @@ import structlog
 from postroom.clock import utcnow
 from postroom.errors import OAuth2Error, PermanentError, is_transient
 from postroom.incoming.balance import FolderBalance
-from postroom.incoming.bounces import BounceIntake
+from postroom.incoming.bounces import Bounce, BounceIntake
 from postroom.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import RuleSet
@@ -74,6 +74,21 @@ def _outcome_status(outcome: ItemOutcome | None) -> tuple[str, str | None]:
 
 def _ready(msg: ParsedMessage) -> Callable[[], ParsedMessage]:
     return lambda: msg
+
+
+def _candidates(intake: BounceIntake, entries: Sequence[Entry]) -> tuple[dict[str, ParsedMessage], list[Entry]]:
+    """Each entry's parsed message, and the entries whose headers look like a bounce report
+    (blocking: message-sized work). One that does not parse is left out (`_evaluate` reports it)."""
+    parsed: dict[str, ParsedMessage] = {}
+    maybe: list[Entry] = []
+    for entry in entries:
+        try:
+            msg = parsed[entry.key] = entry.build()
+        except Exception:  # unreadable: _evaluate reports it
+            continue
+        if intake.candidate(msg):
+            maybe.append(entry._replace(build=_ready(msg)))
+    return parsed, maybe
 
 
 class Entry(NamedTuple):
@@ -245,23 +260,24 @@ class Watcher:
         intake = self.bounces
         if intake is None or not entries:
             return list(entries)
-        parsed: dict[str, ParsedMessage] = {}
-        for entry in entries:
-            try:
-                parsed[entry.key] = entry.build()
-            except Exception:  # unreadable: _evaluate reports it
-                continue
+        # Headers (or whole messages, when a rule reads the body) are parsed and looked at off
+        # the loop: anyone can write them.
+        parsed, maybe = await asyncio.to_thread(_candidates, intake, entries)
         # Parsed once: the rules reuse it.
         entries = [e._replace(build=_ready(parsed[e.key])) if e.key in parsed else e for e in entries]
-        maybe = [e for e in entries if e.key in parsed and intake.candidate(parsed[e.key])]
         if maybe:
             existing = await store_call(self.inbound.statuses, [e.key for e in maybe])
             maybe = [e for e in maybe if existing.get(e.key) not in FINISHED]
         if not maybe:
             return entries
         raws = await fetch_raw(maybe)
-        todo = [(e, raws[e.key]) for e in maybe if e.key in raws]
-        consumed = await store_call(self._consume, intake, todo, parsed)
+        todo: list[tuple[Entry, Bounce]] = []
+        for e in maybe:
+            if e.key in raws:  # parsed in the intake's own threads, within its time budget
+                bounce = await intake.read(e.key, raws[e.key])
+                if bounce is not None:
+                    todo.append((e, bounce))
+        consumed = await store_call(self._consume, intake, todo, parsed) if todo else {}
         if consumed:
             rows = {
                 e.key: dict(account=self.account, folder=self.folder, message_id=parsed[e.key].message_id, **e.begin)
@@ -280,12 +296,12 @@ class Watcher:
 
     @staticmethod
     def _consume(
-        intake: BounceIntake, todo: list[tuple[Entry, bytes]], parsed: dict[str, ParsedMessage]
+        intake: BounceIntake, todo: list[tuple[Entry, Bounce]], parsed: dict[str, ParsedMessage]
     ) -> dict[str, str]:
         # A store error raises: the batch is taken again (never handed to the rules instead).
         consumed: dict[str, str] = {}
-        for entry, raw in todo:
-            reason = intake.consume(entry.key, parsed[entry.key], raw)
+        for entry, bounce in todo:
+            reason = intake.consume(entry.key, parsed[entry.key], bounce)
             if reason is not None:
                 consumed[entry.key] = reason
         return consumed

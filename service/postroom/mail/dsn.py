@@ -32,11 +32,19 @@ MAX_PARTS = 50  # MIME parts looked at per message
 MAX_RECIPIENTS = 100  # per-recipient blocks read from one DSN
 MAX_TEXT = 64 * 1024  # characters of a text part scanned by the non-standard readers
 
+# Every pattern here runs in time linear in its input (docs/guarantees.md, "Regular
+# expressions"; tests/test_dsn_linear.py): one email must not stall the daemon.
+# Bounded repetitions only, between word boundaries: each start does a bounded amount of work.
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-_REPLY = re.compile(r"(?m)^\s*([45])\d\d[\s-]")
-_ADDR = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+")
-_MSGID_LINE = re.compile(r"(?im)^\s*Message-ID:\s*(<[^<>\s]+>)")
-_QMAIL = re.compile(r"(?m)^<([^<>\s]+@[^<>\s]+)>:\s*$")
+# A run of local-part characters is tried only from its start (the lookbehind) and taken whole
+# (possessive ``++``: its end is fixed, it must be an "@"), so a long run without an "@" is
+# scanned once, not once per character; the domain after an "@" ends at the next non-domain
+# character, so its backtracking stays within that one domain.
+_LOCAL = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~.-"
+_ADDR = re.compile(rf"(?<![{_LOCAL}])[{_LOCAL}]++@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+")
+# A message id: it starts at a "<" and the class excludes "<", so each try ends at the next one.
+_MSGID = re.compile(r"<[^<>\s]+>")
+_DIGITS = "0123456789"
 _BOUNCE_SENDERS = ("mailer-daemon", "postmaster")
 _BOUNCE_SUBJECTS = re.compile(
     r"undeliver|delivery (status notification|failure|has failed)|mail delivery failed|returned mail|"
@@ -117,7 +125,7 @@ def _dsn_recipients(report: Message) -> list[BouncedRecipient]:
         blocks = [b for b in payload if isinstance(b, Message)]
     else:  # a lone block (or a part the parser left as text): read it as header blocks
         text = payload if isinstance(payload, str) else ""
-        blocks = [HeaderParser().parsestr(chunk) for chunk in re.split(r"\r?\n\s*\r?\n", text) if chunk.strip()]
+        blocks = [HeaderParser().parsestr(chunk) for chunk in _paragraphs(text)]
     out: list[BouncedRecipient] = []
     for block in blocks[: MAX_RECIPIENTS + 1]:
         final = _address(block.get("Final-Recipient", "") or block.get("Original-Recipient", ""))
@@ -169,15 +177,69 @@ def _original_message_id(parts: list[Message]) -> str | None:
                     return found
     for part in parts:  # a notice quoting the headers in its text
         if part.get_content_maintype() == "text":
-            quoted = _MSGID_LINE.search(_text(part))
+            quoted = _quoted_message_id(_text(part))
             if quoted:
-                return quoted.group(1)
+                return quoted
     return None
 
 
 def _message_id(value: object) -> str | None:
-    found = re.search(r"<[^<>\s]+>", _unfold(value))
+    found = _MSGID.search(_unfold(value))
     return found.group(0) if found else None
+
+
+def _quoted_message_id(text: str) -> str | None:
+    """The id of the first ``Message-ID:`` line in ``text`` (the id may be on the next line, a
+    folded header): one pass over the lines."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.lstrip()
+        if stripped[:11].lower() != "message-id:":
+            continue
+        rest = stripped[11:].strip()
+        if not rest and i + 1 < len(lines):
+            rest = lines[i + 1].strip()
+        found = _MSGID.match(rest)
+        if found:
+            return found.group(0)
+    return None
+
+
+def _paragraphs(text: str) -> list[str]:
+    """``text`` cut at blank lines (one pass, no pattern)."""
+    out: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.strip():
+            current.append(line)
+        elif current:
+            out.append("\n".join(current))
+            current = []
+    if current:
+        out.append("\n".join(current))
+    return out
+
+
+def _reply_class(line: str) -> str | None:
+    """ "5" or "4" when ``line`` starts (after blanks) with an SMTP reply code, 5xx or 4xx,
+    followed by a blank, "-" or the line's end; else None."""
+    s = line.lstrip()
+    if len(s) < 3 or s[0] not in "45" or not (s[1] in _DIGITS and s[2] in _DIGITS):
+        return None
+    if len(s) > 3 and not (s[3] == "-" or s[3].isspace()):
+        return None
+    return s[0]
+
+
+def _qmail_recipient(line: str) -> str | None:
+    """The address of a qmail ``<addr>:`` paragraph head (the line is that alone)."""
+    s = line.rstrip()
+    if not (s.startswith("<") and s.endswith(">:")):
+        return None
+    inner = s[1:-2]
+    if not inner or any(c in "<>" or c.isspace() for c in inner) or "@" not in inner[1:-1]:
+        return None
+    return inner
 
 
 def _text(part: Message) -> str:
@@ -203,15 +265,15 @@ def _non_standard(msg: Message, parts: list[Message], original: str | None) -> B
     text = "\n".join(_text(p) for p in parts if p.get_content_type() == "text/plain")[:MAX_TEXT]
     addresses = [a.lower() for a in _ADDR.findall(failed_header)]
     if not addresses:
-        addresses = [a.lower() for a in _QMAIL.findall(text)]
+        addresses = [a.lower() for a in map(_qmail_recipient, text.splitlines()) if a]
     if not addresses:
         return None
     status_match = _STATUS.search(text)
     if status_match:
         status = status_match.group(0)
     else:  # an SMTP reply quoted in the text: 5xx is permanent, 4xx not
-        reply = _REPLY.search(text)
-        status = f"{reply.group(1)}.0.0" if reply else ""
+        reply = next(filter(None, map(_reply_class, text.splitlines())), None)
+        status = f"{reply}.0.0" if reply else ""
     diagnostic = _diagnostic_line(text, status)
     recipients = tuple(
         BouncedRecipient(address=a, action="failed", status=status, diagnostic=diagnostic)
@@ -224,6 +286,6 @@ def _diagnostic_line(text: str, status: str) -> str:
     """The text's line that holds the status or an SMTP reply, for the record."""
     for line in text.splitlines():
         stripped = line.strip()
-        if (status and status in stripped) or _REPLY.match(line):
+        if (status and status in stripped) or _reply_class(line):
             return stripped[:1000]
     return ""

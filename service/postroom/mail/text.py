@@ -51,7 +51,9 @@ _LINE = frozenset({"dt", "dd", "caption", "figcaption", "tbody", "thead", "tfoot
 _MAX_PAD_WIDTH = 40
 # HTML collapses ASCII whitespace only; a no-break space (&nbsp;) is meant to stay.
 _WHITESPACE = re.compile(r"[ \t\n\r\f]+")
-_TAG = re.compile(r"<[^>]*>")
+# A tag ends at the next "<" too: "<<<<…" is then one short try per "<", not a scan to the end
+# from each (quadratic: 16k of them took a second).
+_TAG = re.compile(r"<[^<>]*>")
 
 
 class _Sink:
@@ -261,10 +263,38 @@ class _TextMaker(HTMLParser):
         return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
 
 
+def _open_brackets_escaped(html: str) -> str:
+    """``html`` with each "<" that no ">" closes before the next "<" written as "&lt;".
+
+    html.parser (Python 3.11) looks for the end of such a tag all the way to the end of its
+    input, from every one of them: 64k characters of ``<aa`` took 2.5 s, quadratic, and an
+    email's HTML part is anyone's to write. One pass; the next ">" is looked for again only
+    once the scan has passed it."""
+    pieces: list[str] = []
+    start = 0
+    end = len(html)
+    gt = -1
+    lt = html.find("<")
+    while lt >= 0:
+        following = html.find("<", lt + 1)
+        if gt < lt:
+            gt = html.find(">", lt + 1)
+            if gt < 0:
+                gt = end  # none at all from here on
+        if gt == end or (following >= 0 and following < gt):
+            pieces.append(html[start:lt])
+            pieces.append("&lt;")
+            start = lt + 1
+        lt = following
+    pieces.append(html[start:])
+    return "".join(pieces)
+
+
 def html_to_text(html: str) -> str:
     """A plain-text rendering of ``html`` for a reader, ending with one newline ("" when
     there is no text)."""
     maker = _TextMaker()
+    html = _open_brackets_escaped(html)
     try:
         maker.feed(html)
         maker.close()

@@ -29,7 +29,7 @@ from ..mail.compose import compose_bytes, make_message_id, validate_address
 from ..mail.headers import list_unsubscribe_headers, list_unsubscribe_problem
 from ..mail.locale_filters import rendering_locale
 from ..mail.templates import TemplateRenderer
-from ..mail.verp import return_path
+from ..mail.verp import marker
 from ..schedules import RETRY
 from ..store import NewMessage, Store
 from ..store.calls import store_call
@@ -190,9 +190,8 @@ class JobRunner:
                 raise MessageRefused(f"{where}: {exc}") from exc
             except DataSourceError as exc:  # a per-row attachment file that isn't there
                 raise DataSourceError(f"{where}: {exc}", source=exc.source) from exc
-            envelope_from = (
-                account.address if verp is None else return_path(account.address, message_id, verp.delimiter)
-            )
+            # With VERP the sender signs a return path per recipient when it sends (mail.verp).
+            envelope_from = account.address if verp is None else marker(account.address, verp.delimiter)
             out.append(
                 NewMessage(
                     dedup_key=f"{key_prefix}:{i}",

@@ -46,6 +46,7 @@ from postroom.retry import doubling_delay
 from postroom.store.calls import store_call
 from postroom.store.outbox import OutboxItem, OutboxStore, Settlement
 
+from .envelopes import ReturnPaths, send_each, unchanged
 from .refusals import MAX_REPLY
 from .smtp import SendResult, SmtpConnection
 
@@ -223,10 +224,12 @@ class OutboxSender:
         max_idle: timedelta = MAX_IDLE,
         on_refused: RefusedHook | None = None,
         suppress: SuppressHook | None = None,
+        return_paths: ReturnPaths = unchanged,
     ):
         self.outbox = outbox
         self.on_refused = on_refused
         self.suppress = suppress
+        self.return_paths = return_paths  # signed VERP: one transaction per recipient
         self.accounts = accounts
         self.logins = logins if logins is not None else AccountLogins()  # replaced on reload too
         self.policy = policy
@@ -498,7 +501,7 @@ class OutboxSender:
                         await self._settle(row, self._decide(row, exc), unsettled, stats, recorder)
                     return
                 try:
-                    result: SendResult | BaseException = await conn.send(item.envelope_from, item.recipients, item.raw)
+                    result: SendResult | BaseException = await send_each(conn, self.return_paths(item), item.raw)
                 except PostroomError as exc:
                     result = exc
                 except Exception as exc:  # a bug, not the server: kill this row, keep draining

@@ -8,16 +8,21 @@ suppression list. A crash before the commit leaves nothing; after it, the report
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, exists, insert, select, update
+from sqlalchemy import Connection, Engine, delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..errors import StoreUnavailable
 from .engine import as_utc
-from .tables import bounces, outbox, suppressions
+from .tables import bounces, outbox, suppressions, verp_keys
+
+VERP_KEY = "verp"
+KEY_BYTES = 32
 
 # Outbox rows a bounce may turn `bounced`: one still queued or dead has not (all) gone out.
 BOUNCEABLE = ("sent", "bounced")
@@ -42,6 +47,8 @@ class Suppression:
     diagnostic: str
     outbox_id: int | None
     created_at: datetime
+    report_key: str = ""  # the bounce report that caused it ("" when none: see evidence)
+    evidence: str = ""  # what that report (or refusal) was: date, sender, status
 
 
 @dataclass(frozen=True)
@@ -67,14 +74,43 @@ class BounceStore:
     def __init__(self, engine: Engine):
         self.engine = engine
 
+    def verp_key(self, given: bytes | None, *, now: datetime) -> bytes:
+        """The key VERP return paths are signed with: ``given`` (the POSTROOM_VERP_KEY setting)
+        when set, else the store's, made on first use (the same for every replica)."""
+        if given:
+            return given
+        query = select(verp_keys.c.secret).where(verp_keys.c.name == VERP_KEY)
+        for _ in range(2):  # read; else make it and read what won
+            with self.engine.connect() as conn:
+                found = conn.scalar(query)
+            if found:
+                return bytes(found)
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        insert(verp_keys).values(name=VERP_KEY, secret=secrets.token_bytes(KEY_BYTES), created_at=now)
+                    )
+            except IntegrityError:  # another process made it first: theirs is the key
+                continue
+        raise StoreUnavailable("the VERP key was made but cannot be read back")
+
     def known(self, report_key: str) -> bool:
         with self.engine.connect() as conn:
             return bool(conn.scalar(select(exists().where(bounces.c.report_key == report_key))))
 
     def record(
-        self, report_key: str, *, account: str, outbox_id: int | None, lines: Sequence[BounceLine], now: datetime
+        self,
+        report_key: str,
+        *,
+        account: str,
+        outbox_id: int | None,
+        lines: Sequence[BounceLine],
+        now: datetime,
+        evidence: str | None = None,
     ) -> Recorded:
-        """Ledger the report, mark the row bounced, suppress its hard bounces (one transaction)."""
+        """Ledger the report, mark the row bounced, suppress its hard bounces (one transaction).
+        ``evidence``: a line saying what the report was (date, sender), kept with each
+        suppression it makes, beside ``report_key``."""
         try:
             with self.engine.begin() as conn:
                 if conn.scalar(select(exists().where(bounces.c.report_key == report_key))):
@@ -108,30 +144,37 @@ class BounceStore:
                     marked = result.rowcount > 0
                 added: list[str] = []
                 for line in lines:
-                    if not line.hard or line.recipient in added:
-                        continue
-                    there = conn.scalar(
-                        select(
-                            exists().where(suppressions.c.account == account, suppressions.c.address == line.recipient)
-                        )
-                    )
-                    if not there:
-                        conn.execute(
-                            insert(suppressions).values(
-                                account=account,
-                                address=line.recipient,
-                                status=line.status,
-                                diagnostic=line.diagnostic,
-                                outbox_id=outbox_id,
-                                created_at=now,
-                            )
-                        )
-                        added.append(line.recipient)
+                    if line.hard and line.recipient not in added:
+                        entry = dict(status=line.status, diagnostic=line.diagnostic, outbox_id=outbox_id)
+                        if _suppress(conn, account, line.recipient, entry, report_key, evidence, now):
+                            added.append(line.recipient)
                 return Recorded(new=True, suppressed=added, bounced=marked)
         except IntegrityError:  # recorded meanwhile by another process: the same report
             return Recorded(new=False, suppressed=[], bounced=False)
 
     # -- suppressions ------------------------------------------------------------------------
+    def suppress(
+        self,
+        account: str,
+        address: str,
+        *,
+        status: str,
+        diagnostic: str,
+        now: datetime,
+        outbox_id: int | None = None,
+        evidence: str | None = None,
+        report_key: str | None = None,
+    ) -> bool:
+        """Put ``address`` on ``account``'s suppression list with what caused it (e.g. an SMTP
+        server refusing it at RCPT with 5.1.1: ``evidence="RCPT TO refused: 550 5.1.1 …"``).
+        False when it was there already (its first evidence is kept)."""
+        entry = dict(status=status, diagnostic=diagnostic, outbox_id=outbox_id)
+        try:
+            with self.engine.begin() as conn:
+                return _suppress(conn, account, address.strip().lower(), entry, report_key, evidence, now)
+        except IntegrityError:  # suppressed meanwhile by another process
+            return False
+
     def suppressed(self, account: str) -> set[str]:
         with self.engine.connect() as conn:
             return set(conn.scalars(select(suppressions.c.address).where(suppressions.c.account == account)))
@@ -197,6 +240,31 @@ def _describe(line: BounceLine) -> str:
     return " ".join(part for part in (f"{line.recipient}:", line.status, line.diagnostic) if part)
 
 
+def _suppress(
+    conn: Connection,
+    account: str,
+    address: str,
+    entry: dict[str, Any],
+    report_key: str | None,
+    evidence: str | None,
+    now: datetime,
+) -> bool:
+    there = conn.scalar(select(exists().where(suppressions.c.account == account, suppressions.c.address == address)))
+    if there:
+        return False
+    conn.execute(
+        insert(suppressions).values(
+            account=account,
+            address=address,
+            **entry,
+            report_key=report_key,
+            evidence=(evidence or "")[:2000] or None,
+            created_at=now,
+        )
+    )
+    return True
+
+
 def _suppression(m: Any) -> Suppression:
     return Suppression(
         account=m["account"],
@@ -205,4 +273,6 @@ def _suppression(m: Any) -> Suppression:
         diagnostic=m["diagnostic"] or "",
         outbox_id=m["outbox_id"],
         created_at=as_utc(m["created_at"]),
+        report_key=m["report_key"] or "",
+        evidence=m["evidence"] or "",
     )

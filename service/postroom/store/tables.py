@@ -15,6 +15,7 @@ Each table holds one kind of unit of work with its idempotency key:
 - oauth2_tokens: per OAuth2 account: its refresh token (encrypted) and refresh state
 - bounces:      the bounce ledger; key (report_key, recipient): a bounce report read once
 - suppressions: per (account, address): a hard bounce; jobs send that account nothing there
+- verp_keys:    the secret VERP return paths are signed with
 """
 
 from __future__ import annotations
@@ -234,6 +235,20 @@ suppressions = Table(
     Column("diagnostic", Text),
     Column("outbox_id", Integer),  # the message whose bounce put it here
     Column("created_at", TS, nullable=False),
+    # What put it here, shown by `postroom suppressions`: the bounce report's key (its ledger
+    # rows), and a line of evidence (the report's date, sender and status; or an SMTP refusal).
+    Column("report_key", String(1300)),
+    Column("evidence", Text),
+)
+
+# The key VERP return paths are signed with (postroom.mail.verp), made once per store; a
+# POSTROOM_VERP_KEY setting is used instead when given (and not stored).
+verp_keys = Table(
+    "verp_keys",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", TS, nullable=False),
 )
 
 __all__ = [
@@ -249,6 +264,7 @@ __all__ = [
     "replicas",
     "replies",
     "suppressions",
+    "verp_keys",
     "watch_leases",
     "webhooks",
 ]
