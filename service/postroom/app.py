@@ -333,6 +333,9 @@ class Daemon:
             details["store_problem"] = store_problem
         if accounts:
             details["oauth2_accounts"] = accounts
+        failing = self.logins.failing()
+        if failing:  # ready (mail waits and is retried), but told: the token endpoint misbehaves
+            details["oauth2_failing"] = failing
         balance = self.incoming.balance
         if balance is not None:  # replicas: who this is and which watches it holds
             details["replica"] = {
