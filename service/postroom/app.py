@@ -84,7 +84,12 @@ class Daemon:
     last_reload: ReloadOutcome | None = None  # for the console
 
     async def run(self) -> int:
-        self.http = HttpServer(self.settings.http, registry=self.metrics.registry, readiness=self.readiness)
+        self.http = HttpServer(
+            self.settings.http,
+            registry=self.metrics.registry,
+            readiness=self.readiness,
+            hosts=self.settings.console_hosts,
+        )
         self.console_token = console_token(self.settings)  # a bad token fails here, before anything starts
         # Handlers first: a SIGTERM while starting (systemd's stop, or a restart loop) must
         # end in an orderly exit 0, not Python's default death by signal.

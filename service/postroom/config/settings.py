@@ -78,6 +78,9 @@ class Settings(BaseModel):
     http: str = "127.0.0.1:9325"
     # The console's token (pages beyond the probes on POSTROOM_HTTP); no token, no console.
     console_token: SecretStr | None = None
+    # Host names (commas or spaces between) the HTTP listener answers to besides IP addresses,
+    # localhost and the listen host: a request for any other name gets 421 (DNS rebinding).
+    console_hosts: str = ""
     # Where ${NAME} secrets may live as files (systemd credentials, Docker secrets).
     secrets_dir: Path | None = None
     # Names this process in fire claims and leases; unique per replica.
