@@ -368,7 +368,8 @@ class OutboxConfig(_Strict):
 class Config(_Strict):
     timezone: TimeZoneName = "UTC"
     # Where per-row attachment paths (file: templates) are looked up, and the only place they
-    # may read from. Default: the config's folder; relative: beside the config.
+    # may read from. Default: `attachments/` beside the config (never the config's own folder,
+    # which holds .env); relative: beside the config.
     attachments_dir: Path | None = None
     locale: LocaleName | None = None  # for every job without its own; none: English forms
     accounts: dict[str, AccountConfig] = Field(min_length=1)

@@ -339,6 +339,9 @@ class SaveSpec(_Strict):
 
     maildir: str | None = None
     mbox: str | None = None
+    # A symbolic link as the mailbox, a Maildir subfolder or a folder on the way is refused
+    # unless this says it is meant (incoming/local_save.py).
+    follow_symlinks: bool | None = None
 
     @field_validator("maildir", "mbox")
     @classmethod
