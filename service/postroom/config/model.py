@@ -26,7 +26,7 @@ from pydantic import (
 from ..action_kinds import SENDING
 from ..auth.providers import PROVIDERS, Grant, ProviderName
 from ..credentials import Credentials, PasswordCredentials
-from ..mail.headers import job_header_problem
+from ..mail.headers import header_value_problem, job_header_problem
 from .cron import cron_problem
 from .rules import RuleConfig
 from .types import Address, ByteSize, Duration, LocaleName, TimeZoneName
@@ -350,6 +350,7 @@ class JobConfig(_Strict):
     @classmethod
     def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
         problems = [p for name in value if (p := job_header_problem(name)) is not None]
+        problems += [f"{name}: {p}" for name, text in value.items() if (p := header_value_problem(text)) is not None]
         if problems:
             raise ValueError("; ".join(problems))
         return value
