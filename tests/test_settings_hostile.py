@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,8 +22,11 @@ from postroom.store import Store
 from postroom.store.health import StoreMonitor
 from structlog.testing import capture_logs
 
+from tests import test_disk_full
 from tests.support.daemon import ROOT, Daemon, free_port, run_cli, wait_ready, wait_until
-from tests.test_disk_full import fill
+
+fill = test_disk_full.fill
+small_disk = test_disk_full.small_disk  # the fixture: a real 2 MiB tmpfs, really filled
 
 NOW = datetime(2026, 12, 7, 6, 0, tzinfo=UTC)
 SHADOW = "root:$6$saltsalt$SECRETHASHxyz:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
@@ -215,20 +216,6 @@ def test_an_ordinary_nest_is_read_whole_and_depth_is_counted_linearly() -> None:
 
 
 # -- a full disk -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True, check=False
-    )
-    assert mounted.returncode == 0, f"this test mounts a small tmpfs (as root): {mounted.stderr}"
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 async def test_a_full_disk_makes_the_store_not_ready_until_a_write_succeeds(small_disk: Path) -> None:
