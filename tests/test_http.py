@@ -189,7 +189,7 @@ async def test_the_next_request_on_a_kept_alive_connection_has_its_own_deadline(
     address = await server.start()
     try:
         reader, writer = await asyncio.open_connection(*address)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         await writer.drain()
         first = await asyncio.wait_for(reader.readuntil(b"ok\n"), 10)
         assert first.startswith(b"HTTP/1.1 200")

@@ -54,9 +54,10 @@ def project(tmp_path: Path, extras: str = EXTRAS, rows: list[dict[str, object]] 
     (tmp_path / "templates").mkdir(exist_ok=True)
     (tmp_path / "templates" / "statement.j2").write_text(TEMPLATE)
     (tmp_path / "customers.json").write_text(json.dumps(rows))
-    (tmp_path / "invoices").mkdir(exist_ok=True)
+    invoices = tmp_path / "attachments" / "invoices"  # the default attachments_dir: attachments/
+    invoices.mkdir(parents=True, exist_ok=True)
     for row in (r for r in rows if isinstance(r["id"], int)):
-        (tmp_path / "invoices" / f"{row['id']}.pdf").write_bytes(b"%PDF-1.4 invoice " + str(row["id"]).encode())
+        (invoices / f"{row['id']}.pdf").write_bytes(b"%PDF-1.4 invoice " + str(row["id"]).encode())
     (tmp_path / "postroom.yaml").write_text(JOB % extras)
     return tmp_path / "postroom.yaml"
 
@@ -93,18 +94,18 @@ def test_a_per_row_path_cannot_leave_the_attachments_folder(tmp_path, path):
 
 def test_a_symlink_out_of_the_attachments_folder_is_refused(tmp_path):
     config = project(tmp_path, '    attachments: [{file: "invoices/{{ row.id }}.pdf"}]\n')
-    (tmp_path / "invoices" / "8.pdf").unlink()
-    (tmp_path / "invoices" / "8.pdf").symlink_to("/etc/hostname")
+    (tmp_path / "attachments" / "invoices" / "8.pdf").unlink()
+    (tmp_path / "attachments" / "invoices" / "8.pdf").symlink_to("/etc/hostname")
     with pytest.raises(MessageRefused, match=r"row 1: attachments\[0\]\.file: .* leads out of"):
         build(config)
 
 
 def test_attachments_dir_moves_the_base_and_a_missing_file_fails_the_run_naming_the_row(tmp_path):
     config = project(tmp_path, '    attachments: [{file: "{{ row.id }}.pdf"}]\n')
-    config.write_text("attachments_dir: invoices\n" + config.read_text())
+    config.write_text("attachments_dir: attachments/invoices\n" + config.read_text())
     assert [a.get_filename() for m in build(config) for a in m.iter_attachments()] == ["7.pdf", "8.pdf"]
 
-    (tmp_path / "invoices" / "8.pdf").unlink()
+    (tmp_path / "attachments" / "invoices" / "8.pdf").unlink()
     with pytest.raises(DataSourceError, match=r"jobs\.statements row 1: attachment attachments\[0\] '.*8\.pdf'"):
         build(config)  # the whole run fails: no half merge
 

@@ -91,7 +91,12 @@ class Daemon:
     last_reload: ReloadOutcome | None = None  # for the console
 
     async def run(self) -> int:
-        self.http = HttpServer(self.settings.http, registry=self.metrics.registry, readiness=self.readiness)
+        self.http = HttpServer(
+            self.settings.http,
+            registry=self.metrics.registry,
+            readiness=self.readiness,
+            hosts=self.settings.console_hosts,
+        )
         self.console_token = console_token(self.settings)  # a bad token fails here, before anything starts
         # Handlers first: a SIGTERM while starting (systemd's stop, or a restart loop) must
         # end in an orderly exit 0, not Python's default death by signal.
@@ -356,6 +361,9 @@ class Daemon:
             details["oauth2_accounts"] = accounts
         if stopped:  # their outgoing mail is `held` in the outbox (and postroom_outbox_held)
             details["held"] = {name: f"signed out: mail held until `postroom auth login {name}`" for name in stopped}
+        failing = self.logins.failing()
+        if failing:  # ready (mail waits and is retried), but told: the token endpoint misbehaves
+            details["oauth2_failing"] = failing
         balance = self.incoming.balance
         if balance is not None:  # replicas: who this is and which watches it holds
             details["replica"] = {

@@ -46,9 +46,13 @@ def load_checked(settings: Settings) -> tuple[LoadedConfig, TemplateRenderer]:
 
 def open_store(settings: Settings) -> Store:
     """The store, created and migrated if it does not exist yet."""
+    from .errors import map_errors
     from .store import Store
+    from .store.calls import STORE_ERRORS
 
-    return Store.open(settings.database_url_or_default(), owner=settings.instance)
+    # A command's one edge to the store: a database that is down is told, not a traceback.
+    with map_errors(STORE_ERRORS, "store: "):
+        return Store.open(settings.database_url_or_default(), owner=settings.instance)
 
 
 def token_vault(settings: Settings) -> TokenVault:

@@ -976,7 +976,14 @@ def auth_status(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    app(prog_name="postroom")
+    try:
+        app(prog_name="postroom")
+    except ConfigError as exc:  # a setting or the store's URL found wrong deep in a command
+        broken_config(exc).show()
+        sys.exit(EX_CONFIG)
+    except PostroomError as exc:  # e.g. the store's database down: said, then exit 1
+        Failed(str(exc)).show()
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 console's ``DaemonView``. Imported by ``app.py`` only; the console package never imports it.
 
 No POSTROOM_CONSOLE_TOKEN, no console (the probes and /metrics stay): an unguarded console
-would let anyone who reaches the port retry, discard and send. A token shorter than
-MIN_TOKEN is a config error.
+would let anyone who reaches the port retry, discard and send. A token easy to guess (short,
+few different characters, a pattern: ``console.security.token_weakness``) is a config error.
 """
 
 from __future__ import annotations
@@ -53,10 +53,13 @@ def console_token(settings: Settings) -> str | None:
                 hint="set POSTROOM_CONSOLE_TOKEN",
             )
         return None
-    if len(token) < MIN_TOKEN:
+    from .console.security import token_weakness  # no Starlette: this module is plain
+
+    weakness = token_weakness(token)
+    if weakness is not None:
         raise ConfigError(
-            f"POSTROOM_CONSOLE_TOKEN: at least {MIN_TOKEN} characters, please "
-            "(e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            f"POSTROOM_CONSOLE_TOKEN is too easy to guess: {weakness} "
+            "(make one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
         )
     return token
 

@@ -11,9 +11,19 @@ answer proves the loop is turning:
               token; 503 while starting, 404 when there is no console
 
 Bad input never reaches the daemon: the request head has a deadline (408) and a size bound
-(431), at most MAX_HEADERS headers (431), at most MAX_CONNECTIONS connections open (503 past
-that: shed, not queued); idle keep-alive connections close after KEEP_ALIVE seconds; every
-failure ends that connection only. The first two are ``_BoundedH11``: uvicorn has neither.
+(431), at most MAX_HEADERS headers (431); idle keep-alive connections close after KEEP_ALIVE
+seconds; every failure ends that connection only. The first two are ``_BoundedH11``: uvicorn
+has neither.
+
+Connections are bounded without starving the probes: at most MAX_CONNECTIONS requests other
+than /healthz and /readyz are served at once (503 past that: shed, not queued); at most
+MAX_CONNECTIONS + PROBE_RESERVE connections are open, and one more makes room by closing the
+oldest connection that is idle (no request in progress), so 80 idle connections cannot keep a
+liveness probe out.
+
+``Host`` is checked on every path (DNS rebinding: a web page whose name resolves to us must not
+read /metrics or the console): an IP address, a loopback name (``localhost``), the listen host
+and the names in POSTROOM_CONSOLE_HOSTS pass; any other name gets 421.
 """
 
 from __future__ import annotations
@@ -48,8 +58,11 @@ STOP_TIMEOUT = 5.0  # seconds requests in progress may take to finish at stop
 READINESS_TIMEOUT = 5.0  # a readiness check slower than this counts as not ready
 MAX_HEAD = 16 * 1024  # bytes of request line + headers
 MAX_HEADERS = 100
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 64  # requests in progress, probes aside
+PROBE_RESERVE = 16  # connections open beyond MAX_CONNECTIONS, for the probes
 PROBES = ("/healthz", "/readyz", "/metrics")
+ALWAYS_SERVED = frozenset({"/healthz", "/readyz"})  # even when the console and /metrics are shed
+LOOPBACK_NAMES = ("localhost", "localhost.")
 _NO_STORE = {"Cache-Control": "no-store"}
 
 # uvicorn speaks through stdlib logging ("Shutting down", "Waiting for connections…"): only
@@ -87,14 +100,52 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_names(listen_host: str | None, configured: str) -> frozenset[str]:
+    """The names (besides IP addresses and loopback names) a request's Host may carry: the
+    listen host and POSTROOM_CONSOLE_HOSTS (names separated by commas or spaces)."""
+    names = {name.strip().lower().rstrip(".") for name in configured.replace(",", " ").split()}
+    if listen_host:
+        names.add(listen_host.lower())
+    return frozenset(name for name in names if name)
+
+
+def host_allowed(host_header: str | None, names: frozenset[str]) -> bool:
+    """Whether a request for ``Host: host_header`` is meant for us (see the module doc)."""
+    import ipaddress
+
+    if host_header is None:  # HTTP/1.0 without Host: no browser sends that
+        return True
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [v6]:port
+        host = host[1 : host.find("]")] if "]" in host else ""
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    try:
+        ipaddress.ip_address(host)
+        return True  # an address names no one else: DNS rebinding needs a name
+    except ValueError:
+        pass
+    bare = host.rstrip(".")
+    return bool(bare) and (bare in LOOPBACK_NAMES or bare.endswith(".localhost") or bare in names)
+
+
 class HttpServer:
     """Serve the probes, metrics and (once attached) the console.
     Lifecycle: `start()`, `attach_console()`, `mark_running()`, `mark_stopping()`, `stop()`."""
 
     def __init__(
-        self, listen: str, *, registry: CollectorRegistry, readiness: Readiness, read_timeout: float = READ_TIMEOUT
+        self,
+        listen: str,
+        *,
+        registry: CollectorRegistry,
+        readiness: Readiness,
+        read_timeout: float = READ_TIMEOUT,
+        hosts: str = "",
     ):
+        """``hosts``: POSTROOM_CONSOLE_HOSTS, the names besides addresses we answer to."""
         self.address = parse_listen(listen)
+        self.hosts = host_names(self.address[0] if self.address else None, hosts)
+        self._busy = 0  # requests in progress other than ALWAYS_SERVED
         self.read_timeout = read_timeout
         self.registry = registry
         self.readiness = readiness
@@ -129,7 +180,7 @@ class HttpServer:
             interface="asgi3",
             log_config=None,
             access_log=False,
-            limit_concurrency=MAX_CONNECTIONS,
+            limit_concurrency=None,  # ours (see the module doc): uvicorn's would shed the probes too
             h11_max_incomplete_event_size=MAX_HEAD * 2,
             timeout_keep_alive=int(KEEP_ALIVE),
             timeout_graceful_shutdown=int(STOP_TIMEOUT),
@@ -173,7 +224,26 @@ class HttpServer:
             return
         if len(scope["headers"]) > MAX_HEADERS:
             await PlainTextResponse("too many headers\n", 431)(scope, receive, send)
-        elif scope["path"] in PROBES:
+            return
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+        if not host_allowed(host, self.hosts):
+            text = "misdirected request: this server does not answer to that Host (see POSTROOM_CONSOLE_HOSTS)\n"
+            await PlainTextResponse(text, 421)(scope, receive, send)
+            return
+        if scope["path"] in ALWAYS_SERVED:
+            await self._probes(scope, receive, send)
+            return
+        if self._busy >= MAX_CONNECTIONS:
+            await PlainTextResponse("busy: too many requests at once\n", 503)(scope, receive, send)
+            return
+        self._busy += 1
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self._busy -= 1
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] in PROBES:
             await self._probes(scope, receive, send)
         elif self.console is not None:
             await self.console(scope, receive, send)
@@ -213,17 +283,29 @@ def _bounded_h11(read_timeout: float) -> type[H11Protocol]:
     client that opens a connection and trickles, or sends nothing, gets 408 and is closed) and
     a bound on the head's size answered with 431 (h11 itself would answer 400)."""
 
+    # This server's open connections, oldest first: a new one past the limit closes the
+    # oldest idle one (a connection is idle while it waits for a request head).
+    open_connections: dict[BoundedH11, None] = {}
+
     class BoundedH11(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
         _waiting_after: object = None  # the cycle before the head we wait for
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
+            open_connections[self] = None
             self._arm()
+            if len(open_connections) > MAX_CONNECTIONS + PROBE_RESERVE:
+                idle = next((c for c in open_connections if c is not self and c._idle()), None)
+                (idle or self)._refuse(b"503 Service Unavailable", b"too many connections\n")
 
         def connection_lost(self, exc: Exception | None) -> None:
+            open_connections.pop(self, None)
             self._disarm()
             super().connection_lost(exc)
+
+        def _idle(self) -> bool:
+            return self._deadline is not None and self.cycle is self._waiting_after and not self.transport.is_closing()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -256,6 +338,7 @@ def _bounded_h11(read_timeout: float) -> type[H11Protocol]:
                 self._refuse(b"408 Request Timeout", b"request timeout\n")
 
         def _refuse(self, status: bytes, body: bytes) -> None:
+            open_connections.pop(self, None)  # closing: it holds no place any more
             self._disarm()
             self.transport.write(
                 b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"

@@ -74,6 +74,7 @@ class AccountTokens:
         self.provider = provider
         self.oauth2 = oauth2  # the settings it was built from: a reload keeps it while they hold
         self.stopped: OAuth2Error | None = None
+        self.failing: str | None = None  # the last transient failure, until a refresh works
         self._store = store
         self._on_refresh = on_refresh
         self._clock = clock
@@ -103,6 +104,7 @@ class AccountTokens:
         except PostroomError as exc:
             await self._failed(exc, now)
             raise
+        self.failing = None
         expires_at = self.provider.status.expires_at
         if expires_at is not None and expires_at != self._recorded:
             self._recorded = expires_at
@@ -112,6 +114,8 @@ class AccountTokens:
 
     async def _failed(self, exc: PostroomError, now: datetime) -> None:
         result = _result_of(exc)
+        if result == REFRESH_TRANSIENT:
+            self.failing = str(exc)
         self._on_refresh(self.account, result, None)
         if isinstance(exc, OAuth2Error) and self.stopped is None:
             self.stopped = exc
@@ -213,6 +217,10 @@ class AccountLogins:
             raise PostroomError(f"{account}: auth: {kind} but no token provider was built for the account")
         mechanism: Mechanism = "xoauth2" if kind == "xoauth2" else "oauthbearer"
         return OAuth2Credentials(server.username, mechanism, tokens)
+
+    def failing(self) -> dict[str, str]:
+        """The accounts whose last refresh failed for now (retried with backoff), each with why."""
+        return {name: t.failing for name, t in self.tokens.items() if t.failing is not None and t.stopped is None}
 
     def stopped(self) -> dict[str, str]:
         """The accounts stopped for want of a token, each with why (for /readyz)."""

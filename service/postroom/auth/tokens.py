@@ -10,15 +10,20 @@ What goes wrong, and what it becomes (the account's connections only ever see ou
 - ``invalid_client``, ``invalid_scope`` … → ``OAuth2Error``: permanent, the settings are wrong.
 - the endpoint down, slow, 5xx, 429, ``temporarily_unavailable`` → transient
   (``ServerConnectError``, ``ServerTimeout``, ``ServerBusy``): back off and retry.
+- an answer we cannot use (not JSON, no token, bigger than ``MAX_REPLY_BYTES``) → transient
+  too: the account's mail waits, it is never a dead letter. A silly ``expires_in`` (missing,
+  not a number, negative, infinite, 1e30) is no error at all: ``lifetime_of`` clamps it.
 
-No token ever reaches a log line, an exception message or a repr.
+No token ever reaches a log line, an exception message or a repr: what the endpoint says in
+``error_description`` is ``redacted`` (it may echo our form) before anything keeps it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
@@ -37,6 +42,7 @@ from ..errors import (
     TokenRevoked,
     map_errors,
 )
+from ..redact import redacted
 from .providers import Endpoints, Grant, MailProtocol, Provider, default_scopes, endpoints
 
 log = structlog.get_logger(__name__)
@@ -44,9 +50,18 @@ log = structlog.get_logger(__name__)
 # Refresh this long before expiry at most (a quarter of the lifetime for short-lived tokens),
 # so a login never starts with a token about to lapse.
 REFRESH_MARGIN = timedelta(minutes=5)
-DEFAULT_LIFETIME = timedelta(hours=1)  # RFC 6749 makes expires_in optional; providers say 1 h
+# RFC 6749 makes expires_in optional. Missing or nonsense: assume a short life (a refresh too
+# many costs little); believed only up to a day (1e30 s must not overflow a datetime, and a
+# token is not kept past what any provider gives).
+UNKNOWN_LIFETIME = timedelta(minutes=5)
+SHORTEST_LIFETIME = timedelta(seconds=1)  # a refresh per call at most once a second
+LONGEST_LIFETIME = timedelta(days=1)
 REQUEST_DEADLINE = 30.0  # seconds for one token request, connect to last byte
+MAX_REPLY_BYTES = 1024 * 1024  # a token reply is a few KiB; more is not a token endpoint
 _DESCRIPTION_MAX = 300
+_DESCRIPTION_READ = 4096  # what is redacted before the shown part is cut from it
+# The form fields that carry a secret: redacted by value from anything the endpoint says.
+SECRET_FIELDS = frozenset({"client_secret", "refresh_token", "code", "code_verifier", "device_code", "assertion"})
 
 
 @dataclass(frozen=True)
@@ -163,18 +178,20 @@ def _refusal(account: str, outcome: _Outcome, status: int, error: str, descripti
     return ServerBusy(f"{account}: the token endpoint is not answering now (HTTP {status}, {said})", code=status)
 
 
-def read_token_reply(account: str, status: int, body: bytes, now: datetime) -> TokenReply:
-    """The token endpoint's answer, or ours for its refusal. ``now`` stamps the new token."""
+def read_token_reply(account: str, status: int, body: bytes, now: datetime, secrets: Iterable[str] = ()) -> TokenReply:
+    """The token endpoint's answer, or ours for its refusal. ``now`` stamps the new token;
+    ``secrets`` (what the form carried) never appear in an error, even echoed back."""
     try:
         found: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's stack
         found = None
     reply: dict[str, Any] = found if isinstance(found, dict) else {}
     if status >= 500 or status in _BUSY_STATUS:
-        raise _refusal(account, _Outcome.BUSY, status, str(reply.get("error", "unavailable")), "")
+        error = _shown(reply.get("error", "unavailable"), secrets, 60)
+        raise _refusal(account, _Outcome.BUSY, status, error, "")
     if status >= 400 or "error" in reply:
-        error = str(reply.get("error", f"http_{status}"))
-        description = str(reply.get("error_description", ""))[:_DESCRIPTION_MAX]
+        error = _shown(reply.get("error", f"http_{status}"), secrets, 60)
+        description = _shown(reply.get("error_description", ""), secrets, _DESCRIPTION_MAX)
         raise _refusal(account, OAUTH_ERRORS.get(error, _Outcome.REFUSED), status, error, description)
     value = reply.get("access_token")
     if not isinstance(value, str) or not value:
@@ -182,22 +199,38 @@ def read_token_reply(account: str, status: int, body: bytes, now: datetime) -> T
         raise ServerBusy(f"{account}: the token endpoint answered HTTP {status} without an access token", code=status)
     if str(reply.get("token_type", "bearer")).lower() != "bearer":
         raise OAuth2Error(
-            f"{account}: the token endpoint gave a {reply['token_type']!r} token, not a bearer token",
+            f"{account}: the token endpoint gave a {_shown(reply['token_type'], secrets, 40)!r} token, "
+            "not a bearer token",
             account=account,
             error="token_type",
         )
-    lifetime = _seconds(reply.get("expires_in")) or DEFAULT_LIFETIME
+    lifetime = lifetime_of(reply.get("expires_in"))
     refresh = reply.get("refresh_token")
     rotated = refresh if isinstance(refresh, str) and refresh else None
     return TokenReply(AccessToken(value, now, now + lifetime), rotated)
 
 
-def _seconds(value: object) -> timedelta | None:
+def _shown(value: object, secrets: Iterable[str], limit: int) -> str:
+    """A field of the endpoint's answer as it may be kept: redacted, then cut to ``limit``."""
+    return redacted(str(value)[:_DESCRIPTION_READ], secrets)[:limit]
+
+
+def lifetime_of(expires_in: object) -> timedelta:
+    """How long to believe a token lives: ``expires_in`` clamped to
+    [SHORTEST_LIFETIME, LONGEST_LIFETIME]; missing, not a number, not finite or not positive
+    is UNKNOWN_LIFETIME."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float | str):
+        return UNKNOWN_LIFETIME
+    longest, shortest = LONGEST_LIFETIME.total_seconds(), SHORTEST_LIFETIME.total_seconds()
+    if isinstance(expires_in, int) and expires_in > longest:  # 10**400 is no float, but long
+        return LONGEST_LIFETIME
     try:
-        seconds = float(value)  # type: ignore[arg-type]  # Google sends a number, some a string
-    except (TypeError, ValueError):
-        return None
-    return timedelta(seconds=seconds) if seconds > 0 else None
+        seconds = float(expires_in)  # Google sends a number, some a string
+    except (ValueError, OverflowError):  # "soon", or "1" followed by 400 zeros
+        return UNKNOWN_LIFETIME
+    if not math.isfinite(seconds) or seconds <= 0:
+        return UNKNOWN_LIFETIME
+    return timedelta(seconds=min(max(seconds, shortest), longest))
 
 
 class RefreshTokenKeeper(Protocol):
@@ -309,7 +342,12 @@ class TokenProvider:
         response = await post_form(
             self._http, self.client.token_url, form, deadline=self._deadline, context=f"{self.account}: "
         )
-        return read_token_reply(self.account, response.status_code, response.content, now)
+        return read_token_reply(self.account, response.status_code, response.content, now, form_secrets(form))
+
+
+def form_secrets(form: Mapping[str, str]) -> list[str]:
+    """The values of ``form`` that must never be shown, whatever the endpoint echoes."""
+    return [value for name, value in form.items() if name in SECRET_FIELDS]
 
 
 async def post_form(
@@ -320,14 +358,31 @@ async def post_form(
     deadline: float = REQUEST_DEADLINE,
     context: str = "",
 ) -> httpx.Response:
-    """POST a form to an OAuth2 endpoint within ``deadline`` seconds; network trouble becomes
-    ours (transient). The URL may appear in errors: tokens only ever travel in the body."""
+    """POST a form to an OAuth2 endpoint within ``deadline`` seconds, reading at most
+    ``MAX_REPLY_BYTES`` of the answer; network trouble and a bloated answer become ours
+    (transient). The URL may appear in errors: tokens only ever travel in the body."""
     with map_errors(_TRANSPORT_ERRORS, f"{context}token endpoint {url}: "):
         async with asyncio.timeout(deadline):
             if http is not None:
-                return await http.post(url, data=dict(form), headers=_HEADERS)
+                return await _bounded_post(http, url, form, context)
             async with httpx.AsyncClient(follow_redirects=False) as own:
-                return await own.post(url, data=dict(form), headers=_HEADERS)
+                return await _bounded_post(own, url, form, context)
+
+
+async def _bounded_post(http: httpx.AsyncClient, url: str, form: Mapping[str, str], context: str) -> httpx.Response:
+    async with http.stream("POST", url, data=dict(form), headers=_HEADERS) as streamed:
+        body = bytearray()
+        async for chunk in streamed.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_REPLY_BYTES:
+                raise ServerBusy(
+                    f"{context}token endpoint {url}: the answer is larger than {MAX_REPLY_BYTES} bytes; "
+                    "not a token reply (a proxy or a misconfigured token_url?)",
+                    code=streamed.status_code,
+                )
+        # The body as read (already decoded): only its type is worth carrying over.
+        kept = {"content-type": streamed.headers.get("content-type", "application/json")}
+        return httpx.Response(streamed.status_code, headers=kept, content=bytes(body), request=streamed.request)
 
 
 _HEADERS = {"Accept": "application/json"}

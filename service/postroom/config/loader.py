@@ -101,6 +101,7 @@ def load_config(
 # a few hundred bytes of YAML and a billion values for everything that walks the result.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_NODES = 200_000
+DEFAULT_ATTACHMENTS_DIR = Path("attachments")  # per-row attachment paths are relative to this
 
 
 def _read_config(path: Path, shown: str) -> str:
@@ -273,4 +274,5 @@ def _resolve_relative_paths(config: Config, base: Path) -> None:
         for att in job.attachments:
             if att.file is not None and "{" not in att.file and not Path(att.file).is_absolute():
                 att.file = str(base / att.file)
-    config.attachments_dir = base / (config.attachments_dir or ".")
+    # A folder of its own by default, not the config's (which holds .env and the config).
+    config.attachments_dir = base / (config.attachments_dir or DEFAULT_ATTACHMENTS_DIR)

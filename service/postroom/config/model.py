@@ -26,7 +26,7 @@ from pydantic import (
 from ..action_kinds import SENDING
 from ..auth.providers import PROVIDERS, Grant, ProviderName
 from ..credentials import Credentials, PasswordCredentials
-from ..mail.headers import job_header_problem
+from ..mail.headers import header_value_problem, job_header_problem
 from .cron import cron_problem
 from .rules import RuleConfig
 from .types import Address, ByteSize, Duration, LocaleName, TimeZoneName
@@ -438,6 +438,7 @@ class JobConfig(_Strict):
     @classmethod
     def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
         problems = [p for name in value if (p := job_header_problem(name)) is not None]
+        problems += [f"{name}: {p}" for name, text in value.items() if (p := header_value_problem(text)) is not None]
         if problems:
             raise ValueError("; ".join(problems))
         return value
@@ -463,7 +464,8 @@ class Config(_Strict):
     timezone: TimeZoneName = "UTC"
     """The IANA zone (`Europe/Berlin`) of schedules that name none, and of `now` and `today` in templates."""
     # Where per-row attachment paths (file: templates) are looked up, and the only place they
-    # may read from. Default: the config's folder; relative: beside the config.
+    # may read from. Default: `attachments/` beside the config (never the config's own folder,
+    # which holds .env); relative: beside the config.
     attachments_dir: Path | None = None
     """Where per-row attachment paths (`file:` templates) are looked up, and the only place they may read from.
     Default: the config's folder; relative: beside the config."""

@@ -384,6 +384,9 @@ class SaveSpec(_Strict):
     """A local Maildir folder to save the message to."""
     mbox: str | None = None
     """A local mbox file to append the message to."""
+    follow_symlinks: bool | None = None
+    """Allow a symbolic link as the mailbox, a Maildir subfolder or a folder on the way
+    (refused unless this says it is meant)."""
 
     @field_validator("maildir", "mbox")
     @classmethod

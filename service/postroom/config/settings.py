@@ -3,6 +3,10 @@
 These say *where* things are (config file, database, templates) and *how* the process
 behaves (logging, HTTP listener). What postroom *does* lives in the YAML config.
 
+A setting that is wrong is a ``ConfigError`` (exit 78) naming the variable and what was
+expected, never the value: it may have come from a ``*_FILE`` that is a secret (or the wrong
+file altogether: a shadow file must not be printed because someone mistyped a path).
+
 Read by a plain pydantic model with one before-validator, as pydantic-settings would read
 them (keyword arguments, then the environment, then `.env`, names case-insensitive): its
 import (argparse, asyncio, csv, email, …) cost every command ~30 ms of start-up.
@@ -11,11 +15,12 @@ import (argparse, asyncio, csv, email, …) cost every command ~30 ms of start-u
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .dburl import sqlite_file
 
@@ -63,8 +68,44 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return {key: value for key, value in dotenv_values(path, encoding="utf-8").items() if value is not None}
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")  # and their +driver forms
+# host:port, [v6]:port, :port, or empty (checked again, with the meaning, by http.parse_listen)
+_LISTEN = re.compile(r"(?:\[[0-9A-Fa-f:.]{1,100}\]|[A-Za-z0-9.\-]{0,253})?:[0-9]{1,5}")
+
+
+def _environment_names() -> set[str]:
+    names = {key.upper() for key in read_dotenv(DOTENV)}
+    return names | {key.upper() for key in os.environ}
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """What is wrong, one line a setting, naming where it came from and what was expected;
+    never the value (pydantic's own text would quote it)."""
+    from_files = _environment_names()
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        variable = f"{ENV_PREFIX}{field.upper()}"
+        expected = str(error["msg"]).removeprefix("Value error, ")
+        if variable + FILE_SUFFIX in from_files and variable not in from_files:
+            file = os.environ.get(variable + FILE_SUFFIX) or read_dotenv(DOTENV).get(variable + FILE_SUFFIX, "")
+            lines.append(f"{variable}{FILE_SUFFIX}={file}: the file's content is not a valid setting: {expected}")
+        else:
+            lines.append(f"{variable}: {expected}")
+    return "\n".join(lines)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    def __init__(self, **given: Any) -> None:
+        try:
+            super().__init__(**given)
+        except ValidationError as exc:
+            from ..errors import ConfigError
+
+            raise ConfigError(settings_problem(exc)) from None
 
     config: Path = Path("postroom.yaml")
     # Default: a SQLite file in the state dir (see database_url_or_default).
@@ -78,6 +119,9 @@ class Settings(BaseModel):
     http: str = "127.0.0.1:9325"
     # The console's token (pages beyond the probes on POSTROOM_HTTP); no token, no console.
     console_token: SecretStr | None = None
+    # Host names (commas or spaces between) the HTTP listener answers to besides IP addresses,
+    # localhost and the listen host: a request for any other name gets 421 (DNS rebinding).
+    console_hosts: str = ""
     # Where ${NAME} secrets may live as files (systemd credentials, Docker secrets).
     secrets_dir: Path | None = None
     # Names this process in fire claims and leases; unique per replica.
@@ -89,6 +133,30 @@ class Settings(BaseModel):
     # The key VERP return paths are signed with (postroom.mail.verp); default: one the store
     # makes once. Give it to keep tokens valid across a new store, or to share it explicitly.
     verp_key: SecretStr | None = None
+
+    @field_validator("http")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value.strip() and not (_LISTEN.fullmatch(value.strip()) and int(value.rpartition(":")[2]) <= 65535):
+            raise ValueError("expected host:port, [IPv6]:port or :port (or empty to disable)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.strip().upper() not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+        return value.strip().upper()
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme, sep, _rest = value.strip().partition("://")
+        if not sep or scheme.split("+", 1)[0].lower() not in DATABASE_SCHEMES:
+            raise ValueError("expected a database URL: sqlite:///PATH or postgresql://USER@HOST/DB")
+        return value.strip()
 
     @model_validator(mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -205,8 +206,7 @@ def preview_routes(
             if signature != seen:
                 seen = signature
                 html = await asyncio.to_thread(pane, await build(job, row), signature)  # a 2 MB text part…
-                yield f"event: render\nid: {signature}\n" + "".join(f"data: {line}\n" for line in html.split("\n"))
-                yield "\n"
+                yield sse_event("render", signature, html)
                 last_sent = monotonic()
             elif monotonic() - last_sent > KEEPALIVE_SECONDS:
                 yield ": still here\n\n"
@@ -231,6 +231,23 @@ def preview_routes(
         Route("/frame/{key}", frame, name="preview_frame"),
         Route("/assets/{name}", asset, name="preview_asset"),
     ]
+
+
+_SSE_LINE_END = re.compile(r"\r\n|\r|\n")  # all three end a line of an event stream
+
+
+def sse_event(event: str, event_id: str, data: str) -> str:
+    """One server-sent event. ``data`` goes out one ``data:`` line per line, split at CR, LF
+    and CRLF alike (a bare CR in row data would otherwise start an ``id:`` or ``retry:`` line
+    of its own); ``event`` and ``id`` lose any line end (and NUL, which voids an id)."""
+    head = "".join(
+        f"{name}: {_SSE_LINE_END.sub('', value).replace(chr(0), '')}\n"
+        for name, value in (
+            ("event", event),
+            ("id", event_id),
+        )
+    )
+    return head + "".join(f"data: {line}\n" for line in _SSE_LINE_END.split(data)) + "\n"
 
 
 class TokenGate:

@@ -3,8 +3,15 @@
 - The token (POSTROOM_CONSOLE_TOKEN) is compared in constant time. A browser signs in once
   on ``/login`` and gets a session cookie (HttpOnly, SameSite=Strict, Secure behind https);
   a script may send ``Authorization: Bearer <token>`` instead.
-- The session is a signed value (expiry, nonce, HMAC keyed from the token): nothing kept in
-  memory, and changing the token ends every session.
+- The session is a signed value (expiry, nonce, HMAC keyed from the token), and its nonce is
+  kept server-side (``Sessions``, bounded) from sign-in to sign-out: a cookie copied before
+  ``/logout`` stops working at it; changing the token, or a restart, ends every session.
+- Wrong tokens (form or Bearer) are counted per client address (``SignInThrottle``): after
+  FREE_FAILURES, each further try waits twice as long as the last (up to LONGEST_WAIT), and a
+  try before the wait is over answers 429 with Retry-After, unchecked.
+- ``next`` after sign-in is a path on this site or ``/``: one leading ``/``, no ``//``, no
+  backslash, no control character (browsers drop a tab: ``/\t/evil.test`` is ``//evil.test``).
+- ``token_weakness`` says why a token is too easy to guess (the daemon refuses to start).
 - Every POST made with a session cookie carries the CSRF token of that session (form field
   ``csrf`` or header ``X-CSRF-Token``), or it is refused with 403. The app finds the token
   for its forms in ``request.state.csrf``.
@@ -21,9 +28,14 @@ import asyncio
 import hashlib
 import hmac
 import html
+import itertools
+import math
+import re
 import secrets
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Collection
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -35,6 +47,18 @@ SESSION_TTL = 12 * 3600  # seconds a sign-in lasts
 MAX_FORM = 16 * 1024  # bytes of a form body; the console's forms are a few fields
 BODY_TIMEOUT = 10.0  # seconds a client may take to send a form body
 MIN_TOKEN = 16  # characters: a short token is guessable over the network
+MIN_DISTINCT = 8  # different characters in a token: fewer is a pattern, not a secret
+# Words that make up guessable tokens; what is left without them must still be a secret.
+COMMON_WORDS = re.compile(
+    r"password|passw0rd|changeme|secret|letmein|qwerty|admin|postroom|default|example|123456|abcdef",
+    re.IGNORECASE,
+)
+MIN_LEFT = 8  # characters a token must keep without COMMON_WORDS
+MAX_SESSIONS = 1000  # live sign-ins kept; past it the oldest is signed out
+FREE_FAILURES = 5  # wrong tokens from one client before it must wait
+FIRST_WAIT = 1.0  # seconds after the first failure past the free ones; doubles each time
+LONGEST_WAIT = 900.0
+MAX_CLIENTS = 10_000  # client addresses the throttle remembers (the oldest forgotten first)
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -47,6 +71,86 @@ SECURITY_HEADERS = [
 ]
 
 
+def token_weakness(token: str) -> str | None:
+    """Why ``token`` is too easy to guess, or None: too short, too few different characters,
+    a repeated or straight run (``abcabc…``, ``0123…``), or common words and little else."""
+    if len(token) < MIN_TOKEN:
+        return f"it has {len(token)} characters; at least {MIN_TOKEN} are needed"
+    distinct = len(set(token))
+    if distinct < MIN_DISTINCT:
+        return f"it uses only {distinct} different characters; at least {MIN_DISTINCT} are needed"
+    for period in range(1, len(token) // 2 + 1):
+        if token == (token[:period] * (len(token) // period + 1))[: len(token)]:
+            return f"it repeats {token[:period]!r}"
+    steps = Counter(ord(b) - ord(a) for a, b in itertools.pairwise(token))
+    if steps.most_common(1)[0][1] * 2 > len(token) - 1:
+        return "it is mostly a straight run of characters (like abcd… or 1234…)"
+    left = COMMON_WORDS.sub("", token)
+    if len(left) < MIN_LEFT:
+        return "it is mostly common words"
+    return None
+
+
+class Sessions:
+    """The live sessions' nonces, each with its expiry: a sign-out removes one for good.
+    Bounded: past MAX_SESSIONS the oldest sign-in ends."""
+
+    def __init__(self, limit: int = MAX_SESSIONS):
+        self._live: OrderedDict[str, float] = OrderedDict()
+        self._limit = limit
+
+    def add(self, nonce: str, expires: float) -> None:
+        self._live[nonce] = expires
+        while len(self._live) > self._limit:
+            self._live.popitem(last=False)
+
+    def live(self, nonce: str, now: float) -> bool:
+        expires = self._live.get(nonce)
+        if expires is not None and expires <= now:
+            del self._live[nonce]
+            return False
+        return expires is not None
+
+    def end(self, nonce: str) -> None:
+        self._live.pop(nonce, None)
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    until: float = 0.0  # no try is checked before this
+
+
+class SignInThrottle:
+    """Wrong tokens per client address, and how long it must wait before the next try (pure:
+    ``now`` is passed in). A right token clears the client's count."""
+
+    def __init__(self) -> None:
+        self._clients: OrderedDict[str, _Failures] = OrderedDict()
+
+    def wait(self, client: str, now: float) -> float:
+        """Seconds the client must still wait before a try is checked (0: go ahead)."""
+        failures = self._clients.get(client)
+        return max(0.0, failures.until - now) if failures is not None else 0.0
+
+    def failed(self, client: str, now: float) -> float:
+        """Count a wrong token; returns the wait it earned (0 while within FREE_FAILURES)."""
+        failures = self._clients.pop(client, None) or _Failures()
+        self._clients[client] = failures  # most recent last: the oldest are forgotten first
+        while len(self._clients) > MAX_CLIENTS:
+            self._clients.popitem(last=False)
+        failures.count += 1
+        over = failures.count - FREE_FAILURES
+        if over <= 0:
+            return 0.0
+        wait: float = min(FIRST_WAIT * 2.0 ** min(over - 1, 32), LONGEST_WAIT)
+        failures.until = now + wait
+        return wait
+
+    def succeeded(self, client: str) -> None:
+        self._clients.pop(client, None)
+
+
 class Guard:
     """The token and what is derived from it: session values and CSRF tokens."""
 
@@ -57,8 +161,12 @@ class Guard:
     def token_ok(self, candidate: str) -> bool:
         return hmac.compare_digest(candidate.encode(), self._token)
 
-    def new_session(self, now: float) -> str:
-        body = f"{int(now) + SESSION_TTL}.{secrets.token_urlsafe(16)}"
+    def new_session(self, now: float, sessions: Sessions | None = None) -> str:
+        """A new session's cookie value; ``sessions`` keeps its nonce until it ends."""
+        expires, nonce = int(now) + SESSION_TTL, secrets.token_urlsafe(16)
+        if sessions is not None:
+            sessions.add(nonce, expires)
+        body = f"{expires}.{nonce}"
         return f"{body}.{self._sign(body)}"
 
     def session_nonce(self, value: str, now: float) -> str | None:
@@ -90,6 +198,11 @@ def require_token(
     return _TokenGate(app, Guard(token), tuple(public), login_path, logout_path, stylesheet)
 
 
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 class _TokenGate:
     def __init__(
         self,
@@ -102,6 +215,8 @@ class _TokenGate:
     ):
         self.app, self.guard, self.public = app, guard, public
         self.login_path, self.logout_path, self.stylesheet = login_path, logout_path, stylesheet
+        self.sessions = Sessions()
+        self.throttle = SignInThrottle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,12 +233,15 @@ class _TokenGate:
             return
         headers = _headers(scope)
         bearer = headers.get("authorization", "")
-        if bearer.lower().startswith("bearer ") and self.guard.token_ok(bearer[7:].strip()):
+        if bearer.lower().startswith("bearer "):
+            if not await self._token_tried(scope, send, bearer[7:].strip()):
+                return
             scope.setdefault("state", {})["csrf"] = ""  # no cookie, nothing to forge: no CSRF
             await self.app(scope, receive, send)
             return
-        nonce = self.guard.session_nonce(_cookie(headers, SESSION_COOKIE), time.time())
-        if nonce is None:
+        now = time.time()
+        nonce = self.guard.session_nonce(_cookie(headers, SESSION_COOKIE), now)
+        if nonce is None or not self.sessions.live(nonce, now):
             await self._unauthorized(scope, send)
             return
         csrf = self.guard.csrf_for(nonce)
@@ -137,6 +255,7 @@ class _TokenGate:
                 await _text(send, 403, "refused: missing or wrong CSRF token; reload the page and try again\n")
                 return
             if path == self.logout_path:
+                self.sessions.end(nonce)  # the cookie stops working, even a copy of it
                 await _redirect(send, self.login_path, cookie=_clear_cookie())
                 return
             receive = _replay(form)
@@ -151,13 +270,35 @@ class _TokenGate:
         form = await _read_form(receive, send, headers)
         if form is None:
             return
-        if not self.guard.token_ok(_first(form, "token")):
-            await _html(send, 401, self._login_page(next_path, error="That token is not the console's token."))
+        client, now = _client(scope), time.time()
+        if (wait := self.throttle.wait(client, now)) > 0:
+            await _too_soon(send, wait)
             return
+        if not self.guard.token_ok(_first(form, "token")):
+            waited = self.throttle.failed(client, now)
+            error = "That token is not the console's token." + (
+                f" Wait {math.ceil(waited)} s before the next try." if waited else ""
+            )
+            await _html(send, 401, self._login_page(next_path, error=error))
+            return
+        self.throttle.succeeded(client)
         secure = "; Secure" if scope.get("scheme") == "https" else ""
-        value = self.guard.new_session(time.time())
+        value = self.guard.new_session(now, self.sessions)
         cookie = f"{SESSION_COOKIE}={value}; Path=/; Max-Age={SESSION_TTL}; HttpOnly; SameSite=Strict{secure}"
         await _redirect(send, _local_path(_first(form, "next") or next_path), cookie=cookie)
+
+    async def _token_tried(self, scope: Scope, send: Send, candidate: str) -> bool:
+        """A Bearer token checked under the same throttle as the form; False after answering."""
+        client, now = _client(scope), time.time()
+        if (wait := self.throttle.wait(client, now)) > 0:
+            await _too_soon(send, wait)
+            return False
+        if not self.guard.token_ok(candidate):
+            self.throttle.failed(client, now)
+            await self._unauthorized(scope, send)
+            return False
+        self.throttle.succeeded(client)
+        return True
 
     async def _unauthorized(self, scope: Scope, send: Send) -> None:
         accept = _headers(scope).get("accept", "")
@@ -216,9 +357,14 @@ def _first(form: dict[str, list[str]], name: str) -> str:
     return (form.get(name) or [""])[0]
 
 
+_NOT_IN_A_LOCAL_PATH = re.compile(r"[\x00-\x20\x7f\\]")  # controls, space, backslash
+
+
 def _local_path(target: str) -> str:
-    """Where to go after signing in: a path on this site only (no open redirect)."""
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after signing in: a path on this site only (no open redirect). Browsers
+    drop tabs and newlines from a URL and read a backslash as a slash, so a target with any
+    of those (or a space) is refused whole, not cleaned into ``//evil.test``."""
+    if not target.startswith("/") or target.startswith("//") or _NOT_IN_A_LOCAL_PATH.search(target):
         return "/"
     return target
 
@@ -303,6 +449,13 @@ async def _redirect(send: Send, location: str, *, cookie: str) -> None:
         b"",
         b"text/plain; charset=utf-8",
         [(b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("latin-1"))],
+    )
+
+
+async def _too_soon(send: Send, wait: float) -> None:
+    seconds = str(math.ceil(wait))
+    await _text(
+        send, 429, f"too many wrong tokens from here: try again in {seconds} s\n", [(b"retry-after", seconds.encode())]
     )
 
 

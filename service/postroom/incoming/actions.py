@@ -426,6 +426,7 @@ class ActionExecutor:
                         unique=save_id(work.key),
                         now=self.clock(),
                         in_doubt=work.in_doubt,
+                        follow_symlinks=bool(work.action.params.get("follow_symlinks")),
                     )
                 except Exception as exc:
                     phase.failed(work, exc)
@@ -433,12 +434,15 @@ class ActionExecutor:
                     phase.done(work, **detail)
             for path, works in mboxes.items():
                 try:
-                    await self._append_mbox(_local_path(path), works, raws, phase)
+                    follow = any(w.action.params.get("follow_symlinks") for w in works)
+                    await self._append_mbox(_local_path(path), works, raws, phase, follow=follow)
                 except Exception as exc:
                     phase.fail_all((w for w in works if w.aid not in phase.results), exc)
 
-    async def _append_mbox(self, path: Path, works: list[_Work], raws: dict[str, bytes], phase: _Phase) -> None:
-        box = Mbox(path)
+    async def _append_mbox(
+        self, path: Path, works: list[_Work], raws: dict[str, bytes], phase: _Phase, *, follow: bool
+    ) -> None:
+        box = Mbox(path, follow_symlinks=follow)
         await asyncio.to_thread(box.__enter__)
         try:
             doubtful = [w for w in works if w.in_doubt]

@@ -22,6 +22,13 @@ done; a tail holding a *beginning* of one means a crash cut it: it is truncated 
 entry written whole. So a kill -9 mid-append leaves no partial message behind and a retry
 never appends twice. (Another program appending to the same mbox between the crash and the
 retry hides the tail: the retry then appends again, one duplicate at worst, never a loss.)
+
+Symbolic links are refused unless the action says ``follow_symlinks: true``: whoever can write
+into a mail folder must not make postroom write elsewhere. Every folder on the way is opened
+from its parent's handle with ``O_NOFOLLOW`` (``open_folder``), and every file in it by name
+relative to that handle (``dir_fd=``), so a link planted as the mbox, as a Maildir subfolder,
+as a parent folder or as ``tmp/NAME`` is never written through — a permanent error naming it.
+An mbox that is not a regular file (a FIFO, a device) is refused without a read or write.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import fcntl
 import hashlib
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -103,47 +111,151 @@ def _write_all(kind: str, fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+class SymlinkRefused(PermanentError):
+    """A link where a mail folder or file should be, and the action does not follow links."""
+
+
+def _nofollow(follow: bool) -> int:
+    return 0 if follow else os.O_NOFOLLOW
+
+
+def _link_refused(shown: Path) -> SymlinkRefused:
+    return SymlinkRefused(
+        f"{shown} is a symbolic link: refused (a link in a mail folder could send mail anywhere; "
+        "set follow_symlinks: true on the save action if it is meant)"
+    )
+
+
+def _refused_link(exc: OSError, name: str, dir_fd: int, shown: Path) -> OSError | SymlinkRefused:
+    """``exc`` from opening ``name`` with O_NOFOLLOW, as our refusal when a link caused it."""
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        try:
+            if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                return _link_refused(shown)
+        except OSError:
+            pass
+    return exc
+
+
+def open_folder(path: Path, *, follow: bool, create: bool) -> int:
+    """A handle on the folder ``path`` (absolute), every folder on the way opened from its
+    parent's handle and, unless ``follow``, refused when it is a symbolic link; missing ones
+    are made (0700) when ``create``."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | _nofollow(follow)
+    path = Path(os.path.abspath(path))  # not resolve(): that would follow the links
+    fd = os.open(path.anchor or "/", flags)
+    walked = Path(path.anchor or "/")
     try:
-        os.fsync(fd)
-    finally:
+        for part in path.parts[1:]:
+            walked /= part
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=fd)
+            try:
+                inner = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                raise _refused_link(exc, part, fd, walked) from exc
+            os.close(fd)
+            fd = inner
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
-# -- Maildir -------------------------------------------------------------------------------
+def _open_in(dir_fd: int, name: str, flags: int, shown: Path, *, follow: bool, mode: int = 0o600) -> int:
+    """The regular file ``name`` in the folder ``dir_fd``, never through a link unless
+    ``follow``. Anything else there (a FIFO, a device) is refused before it is opened, and
+    checked again on the handle (opened without blocking) in case it was swapped between."""
+    try:
+        found: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=follow)
+    except FileNotFoundError:
+        found = None
+    if found is not None and stat.S_ISLNK(found.st_mode):
+        raise _link_refused(shown)
+    if found is not None and not stat.S_ISREG(found.st_mode):
+        raise PermanentError(f"{shown} is not a regular file: refused")
+    try:
+        fd = os.open(name, flags | os.O_NONBLOCK | _nofollow(follow), mode, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _refused_link(exc, name, dir_fd, shown) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PermanentError(f"{shown} is not a regular file: refused")
+    os.set_blocking(fd, True)
+    return fd
 
 
-def maildir_find(root: Path, unique: str) -> str | None:
+def maildir_find(root: Path, unique: str, *, follow: bool = False) -> str | None:
     """The name under new/ or cur/ that holds the message saved as ``unique``, if any."""
+    try:
+        root_fd = open_folder(root, follow=follow, create=False)
+    except FileNotFoundError:
+        return None
+    try:
+        return _find_in(root_fd, root, unique, follow=follow)
+    finally:
+        os.close(root_fd)
+
+
+def _find_in(root_fd: int, root: Path, unique: str, *, follow: bool) -> str | None:
     for sub in ("new", "cur"):
-        folder = root / sub
-        if folder.is_dir():
-            for name in os.listdir(folder):
+        try:
+            fd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | _nofollow(follow), dir_fd=root_fd)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise _refused_link(exc, sub, root_fd, root / sub) from exc
+        try:
+            for name in os.listdir(fd):
                 if name.split(":", 1)[0].split(".")[1:2] == [unique]:
                     return f"{sub}/{name}"
+        finally:
+            os.close(fd)
     return None
 
 
-def save_maildir(root: Path, raw: bytes, *, unique: str, now: datetime, in_doubt: bool) -> dict[str, str]:
+def save_maildir(
+    root: Path, raw: bytes, *, unique: str, now: datetime, in_doubt: bool, follow_symlinks: bool = False
+) -> dict[str, str]:
     """Deliver into the Maildir at ``root`` (created with tmp/new/cur when missing). Returns
     the ledger detail: where it went, or that it was already there."""
-    with _os_errors(root):
-        if in_doubt and (found := maildir_find(root, unique)) is not None:
+    follow = follow_symlinks
+    with _os_errors(root), contextlib.ExitStack() as held:
+        root_fd = open_folder(root, follow=follow, create=True)
+        held.callback(os.close, root_fd)
+        if in_doubt and (found := _find_in(root_fd, root, unique, follow=follow)) is not None:
             return {"maildir": str(root), "file": found, "verified": "already saved"}
+        subs: dict[str, int] = {}
         for sub in ("tmp", "new", "cur"):
-            (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(sub, 0o700, dir_fd=root_fd)
+            try:
+                subs[sub] = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | _nofollow(follow), dir_fd=root_fd)
+            except OSError as exc:
+                raise _refused_link(exc, sub, root_fd, root / sub) from exc
+            held.callback(os.close, subs[sub])
         name = f"{int(now.timestamp())}.{unique}.{_HOST}"
-        tmp = root / "tmp" / name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = _create_tmp(subs["tmp"], name, root / "tmp" / name, follow=follow)
         try:
             _write_all("maildir", fd, unix_lines(raw))
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, root / "new" / name)
-        _fsync_dir(root / "new")
+        os.rename(name, name, src_dir_fd=subs["tmp"], dst_dir_fd=subs["new"])
+        os.fsync(subs["new"])
         return {"maildir": str(root), "file": f"new/{name}"}
+
+
+def _create_tmp(tmp_fd: int, name: str, shown: Path, *, follow: bool) -> int:
+    """A new file ``tmp/name``. One left there by a crashed save of ours is replaced; a link
+    someone planted under that name is refused (``_open_in``), never written through."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return _open_in(tmp_fd, name, flags, shown, follow=follow)
+    except FileExistsError:
+        os.unlink(name, dir_fd=tmp_fd)
+        return _open_in(tmp_fd, name, flags, shown, follow=follow)
 
 
 # -- mbox ----------------------------------------------------------------------------------
@@ -178,38 +290,54 @@ def mbox_entry(raw: bytes, sender: str, when: datetime) -> tuple[bytes, bytes]:
 
 
 @contextlib.contextmanager
-def _dotlock(path: Path, deadline: float) -> Iterator[None]:
-    """``PATH.lock`` made atomically with link(2) (safe on NFS), holding ``host pid``."""
-    lock = path.with_name(path.name + ".lock")
-    mine = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.lock")
-    mine.write_text(f"{_HOST} {os.getpid()}\n")
+def _dotlock(folder: int, path: Path, deadline: float) -> Iterator[None]:
+    """``PATH.lock`` made atomically with link(2) (safe on NFS), holding ``host pid``; every
+    name relative to the mbox's ``folder`` handle."""
+    lock = path.name + ".lock"
+    mine = f".{path.name}.{_HOST}.{os.getpid()}.lock"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(mine, dir_fd=folder)  # ours, left by a crash of this very pid number
+    fd = _open_in(folder, mine, os.O_WRONLY | os.O_CREAT | os.O_EXCL, path.with_name(mine), follow=False)
+    try:
+        os.write(fd, f"{_HOST} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
     try:
         while True:
             try:
-                os.link(mine, lock)
+                os.link(mine, lock, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
                 break
             except FileExistsError:
-                if _stale(lock):
-                    lock.unlink(missing_ok=True)
+                if _stale(folder, lock):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(lock, dir_fd=folder)
                     continue
                 if time.monotonic() > deadline:
-                    raise TransientError(f"{path}: locked by another program ({lock} exists)") from None
+                    raise TransientError(f"{path}: locked by another program ({path.with_name(lock)} exists)") from None
                 time.sleep(_LOCK_POLL)
     finally:
-        mine.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(mine, dir_fd=folder)
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock, dir_fd=folder)
 
 
-def _stale(lock: Path) -> bool:
+def _stale(folder: int, lock: str) -> bool:
     """Left by a dead postroom on this host, or older than STALE_DOTLOCK whoever made it."""
     try:
-        age = time.time() - lock.stat().st_mtime
-        words = lock.read_text(errors="replace").split()
+        age = time.time() - os.stat(lock, dir_fd=folder, follow_symlinks=False).st_mtime
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
     except FileNotFoundError:
         return True
+    except OSError:  # a link or something odd as the lock: someone else's, let it age
+        return False
+    try:
+        words = os.read(fd, 256).decode(errors="replace").split()
+    finally:
+        os.close(fd)
     if age > STALE_DOTLOCK:
         return True
     if len(words) == 2 and words[0] == _HOST and words[1].isdigit():
@@ -301,9 +429,10 @@ class Mbox:
     Each append is fsynced before it returns, so the caller can record it done one by one: a
     crash then leaves at most one append in doubt per mbox, the one at its tail."""
 
-    def __init__(self, path: Path, *, lock_wait: float = LOCK_WAIT):
+    def __init__(self, path: Path, *, lock_wait: float = LOCK_WAIT, follow_symlinks: bool = False):
         self.path = path
         self.lock_wait = lock_wait
+        self.follow = follow_symlinks
         self._fd = -1
         self._dotlock: contextlib.ExitStack | None = None
 
@@ -311,10 +440,11 @@ class Mbox:
         deadline = time.monotonic() + self.lock_wait
         stack = contextlib.ExitStack()
         with _os_errors(self.path):
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            stack.enter_context(_dotlock(self.path, deadline))
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                folder = open_folder(self.path.parent, follow=self.follow, create=True)
+                stack.callback(os.close, folder)
+                stack.enter_context(_dotlock(folder, self.path, deadline))
+                fd = _open_in(folder, self.path.name, os.O_RDWR | os.O_CREAT, self.path, follow=self.follow)
                 stack.callback(os.close, fd)  # closing releases the fcntl and flock locks
                 _lock_fd(fd, self.path, deadline)
             except BaseException:

@@ -6,6 +6,11 @@ BODYSTRUCTURE). Parsing never raises: mail is hostile and often broken, so a hea
 can't be read becomes empty, a bad charset falls back to a lossy decode, an unparsable date
 becomes None. Headers are parsed with the compat32 policy (about 4x faster than
 ``email.policy.default`` on whole folders) and decoded on demand.
+
+MIME nesting is bounded: a message whose multiparts nest deeper than MAX_MIME_DEPTH (found by
+a linear scan, ``mime_depth``, before any recursive parse) is read as headers only, said in
+one warning and in ``mime_too_deep``; 1,000 levels are an expected hostile input, not a
+RecursionError in the log.
 """
 
 from __future__ import annotations
@@ -29,6 +34,41 @@ from postroom.mail.text import html_to_text
 log = structlog.get_logger(__name__)
 
 _FOLDING_RE = re.compile(r"\r?\n(?=[ \t])")
+MAX_MIME_DEPTH = 50  # multipart levels read; mail clients nest a handful, the parser recurses
+_BOUNDARY = re.compile(rb'boundary[ \t]*=[ \t]*"?([^";\s]{1,200})', re.IGNORECASE)
+
+
+def mime_depth(raw: bytes, limit: int = MAX_MIME_DEPTH) -> int:
+    """How deep multiparts nest in ``raw``, by one pass over its lines: each ``boundary=``
+    opens a level, its closing ``--boundary--`` ends it (and any left open inside). Stops
+    counting past ``limit``. A ``boundary=`` in plain text counts too: over, never under."""
+    open_: list[bytes] = []
+    deepest = 0
+    for line in raw.split(b"\n"):
+        if open_ and line.startswith(b"--"):
+            closing = line.rstrip(b"\r \t")
+            if closing.endswith(b"--") and closing[2:-2] in open_:
+                del open_[open_.index(closing[2:-2]) :]
+                continue
+        if b"oundary" in line or b"OUNDARY" in line:
+            for found in _BOUNDARY.finditer(line):
+                open_.append(found.group(1))
+                deepest = max(deepest, len(open_))
+                if deepest > limit:
+                    return deepest
+    return deepest
+
+
+def _whole(raw: bytes) -> Message:
+    return message_from_bytes(raw, policy=compat32)
+
+
+def _too_deep(raw: bytes, key: str | None) -> bool:
+    depth = mime_depth(raw)
+    if depth <= MAX_MIME_DEPTH:
+        return False
+    log.warning("message MIME nesting too deep: read as headers only", key=key, limit=MAX_MIME_DEPTH)
+    return True
 
 
 class Address(NamedTuple):
@@ -152,6 +192,8 @@ def message_parts(raw: bytes) -> MessageParts:
     attachments: list[Message] = []
     texts: list[Message] = []
     htmls: list[Message] = []
+    if _too_deep(raw, None):
+        return MessageParts(None, None, [])
     try:
         _walk(message_from_bytes(raw, policy=compat32), attachments, texts, htmls)
         return MessageParts(
@@ -300,17 +342,30 @@ class ParsedMessage:
     flags: frozenset[str] = frozenset()
     known_attachments: tuple[Attachment, ...] | None = None  # from BODYSTRUCTURE, when no raw
     _walked: tuple[tuple[Attachment, ...], str] | None = field(default=None, repr=False)
+    mime_too_deep: bool = False  # nested past MAX_MIME_DEPTH: headers only, no body or attachments
 
     @classmethod
     def from_bytes(
         cls, raw: bytes, *, key: str, internal_date: datetime | None = None, flags: Sequence[str] = ()
     ) -> ParsedMessage:
+        deep = _too_deep(raw, key)
         try:
-            parsed = message_from_bytes(raw, policy=compat32)
+            # Too deep: the body stays one opaque payload (no recursion), the headers still count.
+            parsed = (
+                BytesHeaderParser(policy=compat32).parsebytes(raw) if deep else message_from_bytes(raw, policy=compat32)
+            )
         except Exception as exc:
             log.warning("message unparsable", key=key, error=repr(exc))
             parsed = _empty_message()
-        return cls(key=key, headers=parsed, size=len(raw), internal_date=internal_date, raw=raw, flags=frozenset(flags))
+        return cls(
+            key=key,
+            headers=parsed,
+            size=len(raw),
+            internal_date=internal_date,
+            raw=raw,
+            flags=frozenset(flags),
+            mime_too_deep=deep,
+        )
 
     @classmethod
     def from_headers(

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 from postroom.errors import MessageRefused
 
-from .headers import header_name_problem
+from .headers import header_name_problem, header_value_problem
 
 __all__ = [
     "Attachment",
@@ -349,4 +349,6 @@ def _checked_extra_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
         if problem is not None:
             raise MessageRefused(f"extra header: {problem}")
         checked.append((name, check_header_value(value, what=f"header {name}")))
+        if (control := header_value_problem(value)) is not None:  # after a row's data is in it
+            raise MessageRefused(f"header {name}: {control}")
     return checked

@@ -30,6 +30,27 @@ OWN_HEADERS = frozenset(
 # (X-Postroom-*): a job's headers: may not set them by hand.
 JOB_MANAGED = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
 POSTROOM_PREFIX = "x-postroom-"
+# Headers that others write about a message, never its sender: a job that set them would
+# forge a trace, a signature or a verdict that receivers (and postroom's own bounce handling)
+# trust. Name (lower case) -> who writes it.
+NOT_THE_SENDERS: dict[str, str] = {
+    "return-path": "the receiving server, from the envelope sender",
+    "received": "each server on the way (trace)",
+    "delivered-to": "the delivering server",
+    "x-original-to": "the delivering server",
+    "dkim-signature": "the signing relay",
+    "arc-seal": "the forwarding relays (ARC)",
+    "arc-message-signature": "the forwarding relays (ARC)",
+    "arc-authentication-results": "the forwarding relays (ARC)",
+    "authentication-results": "the receiving server's checks",
+    "received-spf": "the receiving server's checks",
+    "x-failed-recipients": "a bouncing server",
+}
+# Prefixes of such headers: Resent-* make up a resending block (RFC 5322 3.6.6), not a send.
+NOT_THE_SENDERS_PREFIXES: dict[str, str] = {"resent-": "a resend (RFC 5322 3.6.6), not postroom's send"}
+# Control characters have no place in a header value: CR/LF start a header, NUL ends a C
+# string, and the rest (\x0b, \x0c, \x1c, DEL …) confuse parsers and filters downstream.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def header_name_problem(name: str) -> str | None:
@@ -50,7 +71,21 @@ def job_header_problem(name: str) -> str | None:
         return f"{name!r} comes from the job's list_unsubscribe: key"
     if name.lower().startswith(POSTROOM_PREFIX):
         return f"{name!r}: X-Postroom-* headers are postroom's own (loop guards)"
+    writer = NOT_THE_SENDERS.get(name.lower()) or next(
+        (who for prefix, who in NOT_THE_SENDERS_PREFIXES.items() if name.lower().startswith(prefix)), None
+    )
+    if writer is not None:
+        return f"{name!r} is written by {writer}, never by a sender"
     return None
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` can't be a header's value (a control character, named by code); None if
+    it can. For a job's headers: at load time for the template, at render time for the text."""
+    found = _CONTROL.search(value)
+    if found is None:
+        return None
+    return f"contains the control character U+{ord(found.group()):04X} (not allowed in a header)"
 
 
 # RFC 3986 characters: anything else in a rendered URL (a space, '<', '>', a quote, a line

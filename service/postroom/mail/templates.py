@@ -160,6 +160,28 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         return super().getitem(obj, argument)
 
 
+class OutsideTemplates(jinja2.TemplateNotFound):
+    """A template name whose file is a link out of the templates folder."""
+
+
+class _ConfinedLoader(jinja2.FileSystemLoader):
+    """Templates from one folder only: a name whose file leads out of it through a symbolic
+    link (``templates/footer.j2 -> /etc/passwd``) is not found, said why, and never read."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(str(folder))
+        self._folder = folder
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        root = self._folder.resolve()
+        pieces = jinja2.loaders.split_template_path(template)  # refuses '..' itself
+        if not root.joinpath(*pieces).resolve().is_relative_to(root):
+            raise OutsideTemplates(
+                template, f"{template} leads out of the templates folder ({self._folder}) through a symbolic link"
+            )
+        return super().get_source(environment, template)
+
+
 @dataclass(frozen=True)
 class RenderedEmail:
     subject: str
@@ -191,7 +213,7 @@ class TemplateRenderer:
     def __init__(self, template_dir: Path | str, *, max_render_seconds: float = MAX_RENDER_SECONDS):
         self.template_dir = Path(template_dir)
         self.max_render_seconds = max_render_seconds
-        loader = jinja2.FileSystemLoader(str(self.template_dir))
+        loader = _ConfinedLoader(self.template_dir)
         self._html_env = _BoundedEnvironment(loader, autoescape=True)
         self._plain_env = _BoundedEnvironment(loader, autoescape=False)
         self._strings: dict[str, jinja2.Template] = {}
@@ -313,6 +335,8 @@ class TemplateRenderer:
             return env.get_template(file)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(exc.message or str(exc), template=exc.name or file, lineno=exc.lineno) from exc
+        except OutsideTemplates as exc:
+            raise TemplateError(str(exc.message), template=referrer or file, lineno=line) from exc
         except jinja2.TemplateNotFound as exc:
             if referrer is None:
                 raise TemplateError(f"template not found in {self.template_dir}", template=file) from exc
@@ -389,8 +413,8 @@ class TemplateRenderer:
                 where, line = path.resolve().relative_to(root).as_posix(), frame.lineno
             elif frame.filename == "<template>":
                 where, line = fallback, frame.lineno
-        if isinstance(exc, _LimitExceeded):
-            message = str(exc)
+        if isinstance(exc, _LimitExceeded | OutsideTemplates):
+            message = str(exc) if isinstance(exc, _LimitExceeded) else str(exc.message)
         elif isinstance(exc, jinja2.TemplateNotFound):
             message = f"template not found: {exc.name}"
         elif isinstance(exc, jinja2.exceptions.SecurityError):

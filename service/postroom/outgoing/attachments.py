@@ -2,15 +2,23 @@
 
 A file attachment whose ``file:`` or ``filename:`` holds a template (``invoices/{{ row.id }}.pdf``)
 is rendered for each message. Such a path comes from data, so it is confined: relative, no
-``..``, and inside the config's ``attachments_dir`` once symlinks are followed — a row can
-pick an invoice, never ``/etc/shadow``. Paths written out in the config are the operator's own
-and are taken as written. A file that is missing fails the run naming the row: the merge
-stays all or nothing.
+``..``, no part starting with a dot (``.env``, ``.ssh/…``), and inside the config's
+``attachments_dir`` (default: ``attachments/`` beside the config, a folder of its own) once
+symlinks are followed — a row can pick an invoice, never ``/etc/shadow`` or the secrets file.
+Paths written out in the config are the operator's own and are taken as written. A file that
+is missing fails the run naming the row: the merge stays all or nothing.
+
+Whatever the path, only a regular file is attached: a FIFO (whose open would wait for a
+writer and hang the run), a device or a folder is refused after a ``stat``, before it is
+opened; the open itself does not block and is checked again (and, for a per-row path, does
+not follow a link swapped in since).
 """
 
 from __future__ import annotations
 
 import mimetypes
+import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -45,7 +53,9 @@ def static_attachments(atts: Sequence[AttachmentConfig], data: Mapping[str, Any]
             )
         elif att.file is not None:  # the config allows exactly one of data, file
             path = Path(att.file)
-            out.append(_file_attachment(path, att.filename or path.name, att.content_type, what=str(path)))
+            out.append(
+                _file_attachment(path, att.filename or path.name, att.content_type, what=str(path), from_data=False)
+            )
     return out
 
 
@@ -71,9 +81,12 @@ def message_attachments(
             )
             continue
         source = str(att.file)
-        path = confined(render(source, f"{rendered}.file").strip(), base, what=what) if "{" in source else Path(source)
+        from_data = "{" in source
+        path = confined(render(source, f"{rendered}.file").strip(), base, what=what) if from_data else Path(source)
         filename = render(att.filename, f"{rendered}.filename").strip() if att.filename else path.name
-        out.append(_file_attachment(path, filename, att.content_type, what=f"{what} {str(path)!r}"))
+        out.append(
+            _file_attachment(path, filename, att.content_type, what=f"{what} {str(path)!r}", from_data=from_data)
+        )
     return out
 
 
@@ -89,16 +102,32 @@ def confined(rendered: str, base: Path, *, what: str) -> Path:
             f"{what}.file: {rendered!r} leaves the attachments folder ({base}); "
             "per-row paths must be relative, without '..'"
         )
+    if _hidden(pure.parts):
+        raise MessageRefused(f"{what}.file: {rendered!r} names a hidden file (a part starts with '.'): refused")
     root = base.resolve()
     path = (root / pure).resolve()  # follows symlinks: a link out of the folder is refused too
     if not path.is_relative_to(root):
         raise MessageRefused(f"{what}.file: {rendered!r} leads out of the attachments folder ({base})")
+    if _hidden(path.relative_to(root).parts):  # a link inside the folder to its .env
+        raise MessageRefused(f"{what}.file: {rendered!r} leads to a hidden file: refused")
     return path
 
 
-def _file_attachment(path: Path, filename: str, content_type: str | None, *, what: str) -> Attachment:
+def _hidden(parts: Sequence[str]) -> bool:
+    return any(part.startswith(".") for part in parts)
+
+
+def _file_attachment(path: Path, filename: str, content_type: str | None, *, what: str, from_data: bool) -> Attachment:
+    """The file's content, if it is a regular file. ``from_data``: the path came from a row
+    (``confined`` resolved it), so its last part must not have become a link since."""
     try:
-        with path.open("rb") as f:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise MessageRefused(f"attachment {what}: not a regular file (a FIFO, device or folder?): refused")
+        flags = os.O_RDONLY | os.O_NONBLOCK | (os.O_NOFOLLOW if from_data else 0)
+        fd = os.open(path, flags)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise MessageRefused(f"attachment {what}: not a regular file: refused")
             content = f.read(MAX_FILE + 1)
     except OSError as exc:
         raise DataSourceError(f"attachment {what}: {exc.strerror}") from None

@@ -11,6 +11,11 @@ would silently create an empty store in its place. So the file is checked first;
 missing or unwritable the store gate (``calls.gate``) is closed: no new work touches the store
 (fires wait and retry, the sender and watchers back off) until the file is back. Then the
 pooled connections (to the old file) are dropped, and work resumes on the file that is there.
+
+A full disk under a SQLite store makes every write fail (transiently: nothing is lost), so the
+daemon is not ready while the store's file system has less than MIN_FREE_BYTES free; and when
+there is room again it is ready only once a write went through (``_write_probe``: page 1
+rewritten with the value it has), not on the free-space figure alone.
 """
 
 from __future__ import annotations
@@ -32,6 +37,27 @@ log = structlog.get_logger(__name__)
 
 PROBE_EVERY = 2.0  # seconds between probes
 PROBE_DEADLINE = 3.0  # seconds a probe may take before the store counts as stalled
+MIN_FREE_BYTES = 64 * 1024  # below this on the store's file system, writes are failing
+
+
+def disk_full_problem(folder: Path) -> str | None:
+    """Why the file system holding ``folder`` has no room for the store's writes, or None."""
+    try:
+        found = os.statvfs(folder)
+    except OSError:
+        return None  # sqlite_file_problem says what is wrong with the folder itself
+    free = found.f_bavail * found.f_frsize
+    if free >= MIN_FREE_BYTES:
+        return None
+    return f"the disk holding the store ({folder}) is full ({free // 1024} KiB free): writes fail until there is room"
+
+
+def _write_probe(engine: Engine) -> None:
+    """One real write: SQLite's header rewritten with the user_version it has (a journal or
+    WAL frame, and a sync, like any commit), so a disk that has room again is proven writable."""
+    with engine.begin() as conn:
+        version = conn.execute(text("PRAGMA user_version")).scalar_one()
+        conn.execute(text(f"PRAGMA user_version = {int(version)}"))
 
 
 def sqlite_file_problem(path: Path, inode: int | None) -> str | None:
@@ -82,6 +108,7 @@ class StoreMonitor:
         self._inode = self._current_inode()
         self._probe: asyncio.Future[None] | None = None
         self._last_logged: str | None = None  # a problem is logged once, and again when it changes
+        self._disk_was_full = False  # then ready again only after a write went through
 
     def _current_inode(self) -> int | None:
         if self.sqlite_path is None:
@@ -102,6 +129,8 @@ class StoreMonitor:
 
     async def check(self) -> StoreState:
         why = await self._file_problem()
+        if why is None:
+            why = await self._disk_problem()
         if why is None:
             why = await self._query_problem()
         was_ok = self.state.ok
@@ -131,6 +160,21 @@ class StoreMonitor:
             await asyncio.to_thread(self.engine.dispose)
             self._inode = await asyncio.to_thread(self._current_inode)
             gate.open()
+        return None
+
+    async def _disk_problem(self) -> str | None:
+        if self.sqlite_path is None:
+            return None
+        why = await asyncio.to_thread(disk_full_problem, self.sqlite_path.parent)
+        if why is not None:
+            self._disk_was_full = True
+            return why
+        if self._disk_was_full:
+            try:
+                await asyncio.wait_for(store_call(_write_probe, self.engine), self.deadline)
+            except (TimeoutError, PostroomError) as exc:
+                return f"the store's disk has room again, but a write still fails: {exc or 'timed out'}"
+            self._disk_was_full = False
         return None
 
     async def _query_problem(self) -> str | None:
