@@ -85,9 +85,16 @@ def build_logins(
 def needs_token_store(config: Config) -> bool:
     """Whether logging in needs the store: an account keeps its OAuth2 refresh token there
     (and a rotated one must be saved at once, or the next login has none)."""
-    from .auth.accounts import needs_vault
+    return bool(token_store_accounts(config))
 
-    return needs_vault(config)
+
+def token_store_accounts(config: Config) -> list[str]:
+    """The accounts whose refresh token lives in the store (grant refresh_token)."""
+    from .auth.providers import Grant
+
+    return sorted(
+        n for n, a in config.accounts.items() if a.oauth2 is not None and a.oauth2.grant is Grant.REFRESH_TOKEN
+    )
 
 
 def store_exists(settings: Settings) -> bool:
@@ -95,6 +102,24 @@ def store_exists(settings: Settings) -> bool:
     assumed to exist; opening it creates nothing on this machine)."""
     path = settings.sqlite_path()
     return path is None or path.is_file()
+
+
+def store_name(settings: Settings) -> str:
+    """The store as a command names it: the SQLite file's path, or the database URL with its
+    password masked; so a command run with another state directory than the daemon's says so."""
+    from .redact import shown_url
+
+    path = settings.sqlite_path()
+    return str(path) if path is not None else shown_url(settings.database_url_or_default())
+
+
+def no_store_here(settings: Settings) -> str:
+    """What a command that only reads the store says when there is none where it looked."""
+    return (
+        f"no store at {store_name(settings)}: nothing has run or signed in with this POSTROOM_STATE_DIR "
+        "(or POSTROOM_DATABASE_URL); if the daemon runs elsewhere, run this with its settings "
+        "(systemd: its state directory, /var/lib/postroom)"
+    )
 
 
 # A migration imports alembic, mako and pygments (about 12 MiB resident) that a months-long

@@ -219,19 +219,37 @@ def check(ctx: click.Context, offline: bool) -> None:
 
 
 async def _server_findings(settings: Settings, cfg: Config) -> list[Finding]:
-    """Log in everywhere; OAuth2 accounts with their token providers (and the store they keep
-    refresh tokens in, opened only for them)."""
+    """Log in everywhere; OAuth2 accounts with their token providers and the store they keep
+    refresh tokens in, named, and opened only if it is there: `check` never makes a store."""
     import asyncio
 
-    from .bootstrap import build_logins, needs_token_store, open_store
-    from .checks import server_findings
+    from .bootstrap import (
+        build_logins,
+        needs_token_store,
+        no_store_here,
+        open_store,
+        store_exists,
+        store_name,
+        token_store_accounts,
+    )
+    from .checks import Finding, server_findings
 
-    store = await asyncio.to_thread(open_store, settings) if needs_token_store(cfg) else None
+    if not needs_token_store(cfg):
+        return await server_findings(cfg, logins=build_logins(settings, cfg, None))
+    click.echo(f"OAuth2 refresh tokens: store {store_name(settings)}")
+    if not store_exists(settings):
+        signed_in = token_store_accounts(cfg)
+        others = cfg.model_copy(update={"accounts": {n: a for n, a in cfg.accounts.items() if n not in signed_in}})
+        found = await server_findings(others, logins=build_logins(settings, others, None))
+        return found + [
+            Finding(f"accounts.{n}", False, f"{no_store_here(settings)}; or sign in: postroom auth login {n}")
+            for n in signed_in
+        ]
+    store = await asyncio.to_thread(open_store, settings)
     try:
         return await server_findings(cfg, logins=build_logins(settings, cfg, store))
     finally:
-        if store is not None:
-            store.close()
+        store.close()
 
 
 # -- run -----------------------------------------------------------------------------------
@@ -300,8 +318,8 @@ def jobs(ctx: click.Context) -> None:
         if store is not None:
             last = store.runs.last_runs()
             store.close()
-    except Exception:  # the overview is still useful without run history
-        pass
+    except Exception as exc:  # the overview is still useful without run history (said, not hidden)
+        click.echo(f"no run history: {exc}", err=True)
     rows = []
     for j in overview:
         run_ = last.get(j.name)
@@ -315,10 +333,14 @@ def jobs(ctx: click.Context) -> None:
 
 def _existing_store(settings: Settings) -> Store | None:
     """The store if there is one: commands that only read it (`jobs`, `outbox`, `rules
-    failed`) never create it; none yet reads as empty."""
-    from .bootstrap import open_store, store_exists
+    failed`) never create it; none yet reads as empty, and says where it looked (on stderr:
+    a run in another state directory than the daemon's is the usual reason)."""
+    from .bootstrap import no_store_here, open_store, store_exists
 
-    return open_store(settings) if store_exists(settings) else None
+    if store_exists(settings):
+        return open_store(settings)
+    click.echo(no_store_here(settings), err=True)
+    return None
 
 
 # -- status --------------------------------------------------------------------------------
@@ -846,7 +868,7 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
     import asyncio
 
     from .auth.providers import Grant
-    from .bootstrap import open_store
+    from .bootstrap import open_store, store_name
     from .signin import RELOAD_HINT, oauth2_of, sign_in
 
     cfg = loaded_config(ctx)
@@ -866,6 +888,7 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
             "not be used: drop that key to sign in here, or put the new refresh token there"
         )
     vault = _token_vault(settings(ctx))  # before the person signs in: a missing key must not waste that
+    click.echo(f"{account}: the refresh token goes to the store {store_name(settings(ctx))}")
     store = open_store(settings(ctx))
     try:
         signed = asyncio.run(
@@ -886,7 +909,10 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
 @config_option
 @click.pass_context
 def auth_status(ctx: click.Context) -> None:
-    """Each OAuth2 account: provider, grant, refresh token, token expiry, last refresh, last error."""
+    """Each OAuth2 account: provider, grant, refresh token, token expiry, last refresh, last error.
+
+    Names the store it read, and opens each stored token with the key found here."""
+    from .bootstrap import store_name, token_vault
     from .signin import token_states
 
     cfg = loaded_config(ctx)
@@ -898,7 +924,12 @@ def auth_status(ctx: click.Context) -> None:
             store.close()
     else:  # nothing has signed in or run here yet
         stored = {}
-    states = token_states(cfg, stored)
+    try:
+        vault: TokenVault | None = token_vault(settings(ctx))
+        key_note = None
+    except ConfigError as exc:
+        vault, key_note = None, str(exc)
+    states = token_states(cfg, stored, vault)
     if not states:
         click.echo("no OAuth2 accounts configured")
         return
@@ -919,9 +950,17 @@ def auth_status(ctx: click.Context) -> None:
             ["ACCOUNT", "PROVIDER", "GRANT", "REFRESH TOKEN", "TOKEN EXPIRES", "LAST REFRESH", "LAST ERROR"],
         )
     )
+    if store is not None:
+        click.echo(f"store: {store_name(settings(ctx))}")
+    if key_note is not None and stored:
+        click.echo(f"the stored tokens were not opened: {key_note}")
     for s in states:
+        if s.key_problem:
+            click.echo(s.key_problem)
         if s.needs_login:
             click.echo(f"sign {s.account} in with: postroom auth login {s.account}")
+    if any(s.key_problem for s in states):
+        ctx.exit(1)
 
 
 def main() -> None:

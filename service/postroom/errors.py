@@ -148,6 +148,11 @@ class OAuth2Error(AuthError):
         super().__init__(message)
 
 
+# OAuth2Error.error of a stored refresh token this process's key does not open: about the
+# process (a wrong POSTROOM_TOKEN_KEY), not the account, so never recorded as the account's.
+UNDECRYPTABLE = "undecryptable"
+
+
 class TokenRevoked(OAuth2Error):
     """The refresh token was revoked, expired or its consent withdrawn (``invalid_grant``):
     only a new sign-in (``postroom auth login ACCOUNT``) brings the account back."""

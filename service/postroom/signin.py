@@ -331,6 +331,10 @@ async def sign_in(
 
 
 # -- status --------------------------------------------------------------------------------
+NOT_OPENED = "stored, but this key does not open it"
+KEY_UNCHECKED = "stored (no key here to check it)"
+
+
 @dataclass(frozen=True)
 class TokenState:
     """One OAuth2 account as `postroom auth status` shows it: never a token, only where it is."""
@@ -343,10 +347,15 @@ class TokenState:
     refreshed_at: datetime | None
     last_error: str | None
     needs_login: bool
+    key_problem: str | None = None  # the stored token does not open with the key found here
 
 
-def token_states(config: Config, stored: Mapping[str, StoredGrant]) -> list[TokenState]:
-    """Each OAuth2 account of ``config`` with what the store knows of it (``stored``: by account)."""
+def token_states(
+    config: Config, stored: Mapping[str, StoredGrant], vault: TokenVault | None = None
+) -> list[TokenState]:
+    """Each OAuth2 account of ``config`` with what the store knows of it (``stored``: by
+    account). A stored token is opened with ``vault`` (the key this process found), so a
+    wrong but well-formed key shows as such; None: no key here, nothing checked."""
     states: list[TokenState] = []
     for name, account in sorted(config.accounts.items()):
         oauth2 = account.oauth2
@@ -354,6 +363,16 @@ def token_states(config: Config, stored: Mapping[str, StoredGrant]) -> list[Toke
             continue
         grant = stored.get(name)
         source, needs_login = _refresh_token_source(oauth2, grant)
+        key_problem = None
+        sealed = current_sealed(oauth2.refresh_token.get_secret_value() if oauth2.refresh_token else None, grant)
+        if sealed is not None and oauth2.grant is Grant.REFRESH_TOKEN:
+            if vault is None:
+                source = KEY_UNCHECKED
+            else:
+                try:
+                    vault.open(sealed, account=name)
+                except OAuth2Error as exc:
+                    source, key_problem = NOT_OPENED, str(exc)
         states.append(
             TokenState(
                 account=name,
@@ -364,6 +383,7 @@ def token_states(config: Config, stored: Mapping[str, StoredGrant]) -> list[Toke
                 refreshed_at=grant.refreshed_at if grant else None,
                 last_error=grant.last_error if grant else None,
                 needs_login=needs_login,
+                key_problem=key_problem,
             )
         )
     return states

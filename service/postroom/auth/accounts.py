@@ -26,7 +26,7 @@ import structlog
 from ..clock import utcnow
 from ..config.model import TOKEN_AUTH, AccountConfig, Config, OAuth2Config, ServerConfig
 from ..credentials import Credentials, Mechanism, OAuth2Credentials
-from ..errors import OAuth2Error, PostroomError, TokenRevoked
+from ..errors import UNDECRYPTABLE, OAuth2Error, PostroomError, TokenRevoked
 from ..store.calls import store_call
 from ..store.tokens import OAuth2TokenStore
 from .keeper import StoredRefreshToken
@@ -119,6 +119,8 @@ class AccountTokens:
             log.error(
                 "oauth2 account stopped: a person must act", account=self.account, error=str(exc), reason=exc.error
             )
+        if isinstance(exc, OAuth2Error) and exc.error == UNDECRYPTABLE:
+            return  # this process's key, not the account's state: another with the right key is fine
         await self._write(lambda store: store.record_error(self.account, str(exc), now=now))
 
     async def _write(self, record: Callable[[OAuth2TokenStore], None]) -> None:
