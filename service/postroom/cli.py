@@ -8,6 +8,7 @@ loads no config code; `check --offline` no store, no SQLAlchemy).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from .errors import ConfigError, PostroomError, map_errors
+from .errors import ConfigError, PortInUse, PostroomError, map_errors
 
 if TYPE_CHECKING:
     from .auth.vault import TokenVault
@@ -67,11 +68,17 @@ def settings(ctx: click.Context, *, logs: bool = True) -> Settings:
     if logs and not root.meta.get("postroom.logging"):
         from .logs import setup_logging
 
-        level = made.log_level
-        if root.invoked_subcommand != "run" and "POSTROOM_LOG_LEVEL" not in os.environ:
-            # One-shot commands speak through their own output; their logs are for trouble only.
-            level = "WARNING"
-        setup_logging(fmt=made.log_format, level=level)
+        level, fmt = made.log_level, made.log_format
+        if root.invoked_subcommand != "run":
+            if "POSTROOM_LOG_LEVEL" not in os.environ:
+                # One-shot commands speak through their own output; their logs are for trouble only.
+                level = "WARNING"
+            # A person reads them, beside the output: text lines (unless JSON was asked for), and
+            # stdout written line by line, so output and log lines keep their order in one file.
+            fmt = fmt or "console"
+            if isinstance(sys.stdout, io.TextIOWrapper):
+                sys.stdout.reconfigure(line_buffering=True)
+        setup_logging(fmt=fmt, level=level)
         root.meta["postroom.logging"] = True
     return made
 
@@ -92,6 +99,16 @@ class BrokenConfig(Failed):
     """The config (or its templates) can't be used: printed to stderr, exit 78."""
 
     exit_code = EX_CONFIG
+
+
+# sysexits.h's EX_TEMPFAIL: a clash that passes (the HTTP port not yet free); restarted.
+EX_TEMPFAIL = 75
+
+
+class TryAgainLater(Failed):
+    """Something that may pass by itself: printed to stderr, exit 75."""
+
+    exit_code = EX_TEMPFAIL
 
 
 def broken_config(exc: ConfigError) -> Failed:
@@ -120,6 +137,11 @@ def _fmt_time(value: datetime | None, tz: str | None = None) -> str:
 
 def _fmt_seconds(value: datetime) -> str:
     return value.strftime("%H:%M:%S %Z")  # leases and heartbeats move in seconds
+
+
+def counted(n: int, noun: str) -> str:
+    """ "1 account", "2 accounts" (the nouns postroom counts take an s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -200,7 +222,8 @@ def check(ctx: click.Context, offline: bool) -> None:
         raise broken_config(exc) from None
     cfg = loaded.config
     click.echo(
-        f"{loaded.path}: OK — {len(cfg.accounts)} accounts, {len(cfg.jobs)} jobs, {len(cfg.rules)} rules; "
+        f"{loaded.path}: OK — {counted(len(cfg.accounts), 'account')}, {counted(len(cfg.jobs), 'job')}, "
+        f"{counted(len(cfg.rules), 'rule')}; "
         f"templates in {loaded.templates_dir}"
     )
     if offline:
@@ -270,6 +293,8 @@ def run(ctx: click.Context, dry_run: bool, no_migrate: bool) -> None:
         code = run_daemon(settings(ctx), dry_run=dry_run, migrate=not no_migrate)
     except ConfigError as exc:
         raise broken_config(exc) from None
+    except PortInUse as exc:
+        raise TryAgainLater(f"postroom: {exc}") from None
     except PostroomError as exc:
         raise Failed(f"postroom: {exc}") from None
     ctx.exit(code)

@@ -224,8 +224,9 @@ def sign_in_command(d: Deployment, account: str) -> str:
 
 
 def systemd_steps(d: Deployment, unit_file: Path) -> list[str]:
-    """The checklist printed after the unit is written (commands for root)."""
-    steps = [f"# as root; the unit reads {d.config} and {d.templates} as they are"]
+    """The checklist printed after the unit is written (commands for root; the unit reads the
+    config and templates where they are)."""
+    steps = []
     for path in (d.config, d.templates):
         problem = _hidden_from_service(path)
         if problem:
