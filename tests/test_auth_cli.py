@@ -251,6 +251,7 @@ def test_google_loopback_login_prints_the_url_and_opens_no_browser_unasked(
     assert code == 0, out + err
     assert not (root / "opened").exists()
     assert "access_type=offline" in url and "code_challenge_method=S256" in url
+    assert "login_hint=alice%40example.test" in url  # Google proposes the account's mailbox
     assert_no_token_in(out, err, state_files(root))
     stored = stored_refresh_token(root)
     assert stored is not None and token_server.authority.refresh_token_is_valid(stored)

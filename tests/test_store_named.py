@@ -83,9 +83,12 @@ def test_check_in_another_state_directory_makes_no_store_and_says_where_it_looke
 def test_a_wrong_key_is_told_and_never_kept_as_the_accounts_error(signed_in: dict[str, str]) -> None:
     wrong = signed_in | {"POSTROOM_TOKEN_KEY": Fernet.generate_key().decode()}
 
-    check = postroom(wrong, "check")
+    check = postroom({k: v for k, v in wrong.items() if k != "POSTROOM_LOG_FORMAT"}, "check")
     assert check.returncode == 1
     assert "does not decrypt with POSTROOM_TOKEN_KEY" in check.stdout
+    # Its log line goes to stderr as a line of text, never JSON, and never into the output.
+    assert "oauth2 account stopped" in check.stderr and "oauth2 account stopped" not in check.stdout
+    assert not any(line.lstrip().startswith("{") for line in check.stderr.splitlines()), check.stderr
 
     status = postroom(wrong, "auth", "status")
     [alice] = [line for line in status.stdout.splitlines() if line.split()[:1] == ["alice"]]

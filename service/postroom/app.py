@@ -90,11 +90,9 @@ class Daemon:
         # end in an orderly exit 0, not Python's default death by signal.
         self._install_signals()
         bound = await self.http.start()
-        if bound is not None:  # the one line that says where to look
+        if bound is not None and self.console_token is not None:  # the line that says where to look
             host, port = bound
-            url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-            console = url if self.console_token is not None else "off (set POSTROOM_CONSOLE_TOKEN)"
-            log.info("http listening", console=console, probes=f"{url}healthz {url}readyz {url}metrics")
+            log.info("console listening", url=f"http://{f'[{host}]' if ':' in host else host}:{port}/")
         try:
             return await self._run()
         finally:
