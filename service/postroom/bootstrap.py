@@ -74,9 +74,8 @@ def build_logins(
     finds. ``keep``: the previous generation, on reload."""
     from .auth.accounts import AccountLogins, needs_vault
 
+    # Asked for even without a store (`check` opens none): the daemon will need it.
     vault = token_vault(settings) if needs_vault(config) else None
-    if vault is not None and store is None:
-        raise PostroomError("OAuth2 accounts keep their refresh tokens in the store; none was opened")
     return AccountLogins.build(
         config, store=store.tokens if store is not None else None, vault=vault, on_refresh=on_refresh, keep=keep
     )
@@ -85,15 +84,21 @@ def build_logins(
 def needs_token_store(config: Config) -> bool:
     """Whether logging in needs the store: an account keeps its OAuth2 refresh token there
     (and a rotated one must be saved at once, or the next login has none)."""
-    return bool(token_store_accounts(config))
+    from .auth.accounts import needs_vault
+
+    return needs_vault(config)
 
 
-def token_store_accounts(config: Config) -> list[str]:
-    """The accounts whose refresh token lives in the store (grant refresh_token)."""
+def signed_in_accounts(config: Config) -> list[str]:
+    """The accounts whose refresh token only the store has (`postroom auth login`'s)."""
     from .auth.providers import Grant
 
     return sorted(
-        n for n, a in config.accounts.items() if a.oauth2 is not None and a.oauth2.grant is Grant.REFRESH_TOKEN
+        name
+        for name, account in config.accounts.items()
+        if account.oauth2 is not None
+        and account.oauth2.grant is Grant.REFRESH_TOKEN
+        and account.oauth2.refresh_token is None
     )
 
 

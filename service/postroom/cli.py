@@ -251,9 +251,9 @@ async def _server_findings(settings: Settings, cfg: Config) -> list[Finding]:
         needs_token_store,
         no_store_here,
         open_store,
+        signed_in_accounts,
         store_exists,
         store_name,
-        token_store_accounts,
     )
     from .checks import Finding, server_findings
 
@@ -261,7 +261,7 @@ async def _server_findings(settings: Settings, cfg: Config) -> list[Finding]:
         return await server_findings(cfg, logins=build_logins(settings, cfg, None))
     click.echo(f"OAuth2 refresh tokens: store {store_name(settings)}")
     if not store_exists(settings):
-        signed_in = token_store_accounts(cfg)
+        signed_in = signed_in_accounts(cfg)  # the others' refresh tokens are in the config
         others = cfg.model_copy(update={"accounts": {n: a for n, a in cfg.accounts.items() if n not in signed_in}})
         found = await server_findings(others, logins=build_logins(settings, others, None))
         return found + [

@@ -29,7 +29,7 @@ from ..credentials import Credentials, Mechanism, OAuth2Credentials
 from ..errors import UNDECRYPTABLE, OAuth2Error, PostroomError, TokenRevoked
 from ..store.calls import store_call
 from ..store.tokens import OAuth2TokenStore
-from .keeper import StoredRefreshToken
+from .keeper import ConfiguredRefreshToken, StoredRefreshToken
 from .providers import PROVIDERS, Grant, MailProtocol
 from .tokens import OAuth2Client, TokenProvider
 
@@ -162,9 +162,11 @@ def provider_for(
     if oauth2.grant is Grant.CLIENT_CREDENTIALS:
         return TokenProvider(client)
     configured = oauth2.refresh_token.get_secret_value() if oauth2.refresh_token else None
-    if store is None or vault is None:
-        raise PostroomError(f"{name}: an oauth2 account needs the store and its key to keep its refresh token")
-    return TokenProvider(client, StoredRefreshToken(store, vault, name, configured))
+    if store is not None and vault is not None:
+        return TokenProvider(client, StoredRefreshToken(store, vault, name, configured))
+    if configured is not None:  # no store here (`check` makes none): the config's token, as it is
+        return TokenProvider(client, ConfiguredRefreshToken(name, configured))
+    raise PostroomError(f"{name}: an oauth2 account needs the store and its key to keep its refresh token")
 
 
 def needs_vault(config: Config) -> bool:
