@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.support.daemon import ROOT
+from tests.test_store_named import postroom
 
 
 def test_a_taken_http_port_exits_75_and_names_who_holds_it(tmp_path: Path) -> None:
@@ -25,15 +24,7 @@ def test_a_taken_http_port_exits_75_and_names_who_holds_it(tmp_path: Path) -> No
             "POSTROOM_HTTP": f"127.0.0.1:{port}",
             "PYTHONPATH": str(ROOT),
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "postroom.cli", "run"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = postroom(env, "run")
     assert done.returncode == 75, done.stdout + done.stderr
     assert f"127.0.0.1:{port} is in use by pid {os.getpid()} " in done.stderr
     assert "POSTROOM_HTTP" in done.stderr

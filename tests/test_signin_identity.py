@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -26,6 +24,7 @@ from postroom.store import Store
 from tests.lab.oauth2 import OAuth2Lab
 from tests.support.daemon import ROOT, postroom_env
 from tests.test_auth_cli import Running
+from tests.test_store_named import postroom
 
 CONFIG = """\
 accounts:
@@ -98,16 +97,7 @@ def test_a_pasted_token_of_another_user_is_refused_and_forgotten(oauth2_lab: OAu
     env = project(oauth2_lab, tmp_path)
     bobs = oauth2_lab.refresh_token("bob")
 
-    done = subprocess.run(
-        [sys.executable, "-m", "postroom.cli", "auth", "login", "paste"],
-        input=bobs + "\n",
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = postroom(env, "auth", "login", "paste", stdin=bobs + "\n")
 
     assert done.returncode == 1, done.stdout + done.stderr
     assert "does not open alice@example.test" in done.stderr
