@@ -251,6 +251,7 @@ def test_google_loopback_login_prints_the_url_and_opens_no_browser_unasked(
     assert code == 0, out + err
     assert not (root / "opened").exists()
     assert "access_type=offline" in url and "code_challenge_method=S256" in url
+    assert "login_hint=alice%40example.test" in url  # Google proposes the account's mailbox
     assert_no_token_in(out, err, state_files(root))
     stored = stored_refresh_token(root)
     assert stored is not None and token_server.authority.refresh_token_is_valid(stored)
@@ -328,7 +329,7 @@ def test_status_lists_oauth2_accounts_only_and_what_each_needs(tmp_path: Path, t
     before = runner.invoke(app, ["auth", "status"], env=env, catch_exceptions=False)
     assert before.exit_code == 0
     assert not (root / "state").exists()  # status reads the store, never makes one
-    rows = {line.split()[0]: line for line in before.output.splitlines()[2:] if line and not line.startswith("sign")}
+    rows = {line.split()[0]: line for line in before.stdout.splitlines()[2:] if line and not line.startswith("sign")}
     assert set(rows) == {"alice", "carol"}  # dave logs in with a password
     assert rows["alice"].split()[1:4] == ["generic", "refresh_token", "none"]
     assert "client_credentials" in rows["carol"] and "not used (app-only)" in rows["carol"]

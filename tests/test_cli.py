@@ -121,7 +121,7 @@ def test_init_writes_a_starter_that_check_offline_accepts_as_is(tmp_path):
 
     checked = postroom(project, "check", "--offline")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "OK — 1 accounts, 1 jobs" in checked.stdout
+    assert "OK — 1 account, 1 job," in checked.stdout
     shown = postroom(project, "send", "hello", "--dry-run")
     assert shown.returncode == 0, shown.stderr
     assert "Subject: Hello from postroom" in shown.stdout

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-from postroom.errors import ConfigError
+from postroom.errors import ConfigError, PortInUse
 from postroom.http import HttpServer, Phase, parse_listen
 from postroom.metrics import Metrics, OutboxGauges
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -245,8 +246,9 @@ def test_parse_listen():
             parse_listen(bad)
 
 
-async def test_a_busy_port_is_a_config_error(served):
+async def test_a_busy_port_is_a_transient_error_naming_the_process_holding_it(served):
     *_, address = served
     other = HttpServer(f"{address[0]}:{address[1]}", registry=Metrics().registry, readiness=Readiness())
-    with pytest.raises(ConfigError, match="cannot listen"):
+    with pytest.raises(PortInUse, match=f"{address[1]} is in use by pid {os.getpid()} ") as busy:
         await other.start()
+    assert not isinstance(busy.value, ConfigError) and "EX_TEMPFAIL" in str(busy.value)

@@ -65,7 +65,7 @@ async def test_device_code_flow_end_to_end(token_server: TokenServer) -> None:
     assert reply.refresh_token and polls == [1.0, 1.0]
     assert token_server.authority.counters["error.authorization_pending"] == 2
     [request] = token_server.authority.requests_to("/organizations/oauth2/v2.0/devicecode")
-    assert request.form == {"client_id": "maillab-public", "scope": " ".join(client.scopes)}
+    assert request.form == {"client_id": "maillab-public", "scope": " ".join([*client.scopes, "openid", "email"])}
     assert "offline_access" in client.scopes  # else Microsoft would give no refresh token
     # The refresh token it gave is the one a provider then lives on.
     assert await TokenProvider(client, MemoryKeeper(reply.refresh_token)).token(NOW)

@@ -101,8 +101,11 @@ class Daemon:
         # Handlers first: a SIGTERM while starting (systemd's stop, or a restart loop) must
         # end in an orderly exit 0, not Python's default death by signal.
         self._install_signals()
-        await self.http.start()
+        bound = await self.http.start()
         store_calls.observe.hook, smtp.observe.hook = self.metrics.store_call, self.metrics.smtp_send
+        if bound is not None and self.console_token is not None:  # the line that says where to look
+            host, port = bound
+            log.info("console listening", url=f"http://{f'[{host}]' if ':' in host else host}:{port}/")
         try:
             return await self._run()
         finally:

@@ -78,9 +78,8 @@ def build_logins(
     finds. ``keep``: the previous generation, on reload."""
     from .auth.accounts import AccountLogins, needs_vault
 
+    # Asked for even without a store (`check` opens none): the daemon will need it.
     vault = token_vault(settings) if needs_vault(config) else None
-    if vault is not None and store is None:
-        raise PostroomError("OAuth2 accounts keep their refresh tokens in the store; none was opened")
     return AccountLogins.build(
         config, store=store.tokens if store is not None else None, vault=vault, on_refresh=on_refresh, keep=keep
     )
@@ -94,11 +93,42 @@ def needs_token_store(config: Config) -> bool:
     return needs_vault(config)
 
 
+def signed_in_accounts(config: Config) -> list[str]:
+    """The accounts whose refresh token only the store has (`postroom auth login`'s)."""
+    from .auth.providers import Grant
+
+    return sorted(
+        name
+        for name, account in config.accounts.items()
+        if account.oauth2 is not None
+        and account.oauth2.grant is Grant.REFRESH_TOKEN
+        and account.oauth2.refresh_token is None
+    )
+
+
 def store_exists(settings: Settings) -> bool:
     """False only for a SQLite store whose file is not there yet (a server database is
     assumed to exist; opening it creates nothing on this machine)."""
     path = settings.sqlite_path()
     return path is None or path.is_file()
+
+
+def store_name(settings: Settings) -> str:
+    """The store as a command names it: the SQLite file's path, or the database URL with its
+    password masked; so a command run with another state directory than the daemon's says so."""
+    from .redact import shown_url
+
+    path = settings.sqlite_path()
+    return str(path) if path is not None else shown_url(settings.database_url_or_default())
+
+
+def no_store_here(settings: Settings) -> str:
+    """What a command that only reads the store says when there is none where it looked."""
+    return (
+        f"no store at {store_name(settings)}: nothing has run or signed in with this POSTROOM_STATE_DIR "
+        "(or POSTROOM_DATABASE_URL); if the daemon runs elsewhere, run this with its settings "
+        "(systemd: its state directory, /var/lib/postroom)"
+    )
 
 
 # A migration imports alembic, mako and pygments (about 12 MiB resident) that a months-long

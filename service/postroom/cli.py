@@ -8,6 +8,7 @@ loads no config code; `check --offline` no store, no SQLAlchemy).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from .errors import ConfigError, PostroomError, map_errors
+from .errors import ConfigError, PortInUse, PostroomError, map_errors
 
 if TYPE_CHECKING:
     from .auth.vault import TokenVault
@@ -67,11 +68,17 @@ def settings(ctx: click.Context, *, logs: bool = True) -> Settings:
     if logs and not root.meta.get("postroom.logging"):
         from .logs import setup_logging
 
-        level = made.log_level
-        if root.invoked_subcommand != "run" and "POSTROOM_LOG_LEVEL" not in os.environ:
-            # One-shot commands speak through their own output; their logs are for trouble only.
-            level = "WARNING"
-        setup_logging(fmt=made.log_format, level=level)
+        level, fmt = made.log_level, made.log_format
+        if root.invoked_subcommand != "run":
+            if "POSTROOM_LOG_LEVEL" not in os.environ:
+                # One-shot commands speak through their own output; their logs are for trouble only.
+                level = "WARNING"
+            # A person reads them, beside the output: text lines (unless JSON was asked for), and
+            # stdout written line by line, so output and log lines keep their order in one file.
+            fmt = fmt or "console"
+            if isinstance(sys.stdout, io.TextIOWrapper):
+                sys.stdout.reconfigure(line_buffering=True)
+        setup_logging(fmt=fmt, level=level)
         root.meta["postroom.logging"] = True
     return made
 
@@ -92,6 +99,16 @@ class BrokenConfig(Failed):
     """The config (or its templates) can't be used: printed to stderr, exit 78."""
 
     exit_code = EX_CONFIG
+
+
+# sysexits.h's EX_TEMPFAIL: a clash that passes (the HTTP port not yet free); restarted.
+EX_TEMPFAIL = 75
+
+
+class TryAgainLater(Failed):
+    """Something that may pass by itself: printed to stderr, exit 75."""
+
+    exit_code = EX_TEMPFAIL
 
 
 def broken_config(exc: ConfigError) -> Failed:
@@ -120,6 +137,11 @@ def _fmt_time(value: datetime | None, tz: str | None = None) -> str:
 
 def _fmt_seconds(value: datetime) -> str:
     return value.strftime("%H:%M:%S %Z")  # leases and heartbeats move in seconds
+
+
+def counted(n: int, noun: str) -> str:
+    """ "1 account", "2 accounts" (the nouns postroom counts take an s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -204,7 +226,8 @@ def check(ctx: click.Context, offline: bool, render_only: bool) -> None:
         raise broken_config(exc) from None
     cfg = loaded.config
     click.echo(
-        f"{loaded.path}: OK — {len(cfg.accounts)} accounts, {len(cfg.jobs)} jobs, {len(cfg.rules)} rules; "
+        f"{loaded.path}: OK — {counted(len(cfg.accounts), 'account')}, {counted(len(cfg.jobs), 'job')}, "
+        f"{counted(len(cfg.rules), 'rule')}; "
         f"templates in {loaded.templates_dir}"
     )
     if offline:
@@ -227,19 +250,37 @@ def check(ctx: click.Context, offline: bool, render_only: bool) -> None:
 
 
 async def _server_findings(settings: Settings, cfg: Config) -> list[Finding]:
-    """Log in everywhere; OAuth2 accounts with their token providers (and the store they keep
-    refresh tokens in, opened only for them)."""
+    """Log in everywhere; OAuth2 accounts with their token providers and the store they keep
+    refresh tokens in, named, and opened only if it is there: `check` never makes a store."""
     import asyncio
 
-    from .bootstrap import build_logins, needs_token_store, open_store
-    from .checks import server_findings
+    from .bootstrap import (
+        build_logins,
+        needs_token_store,
+        no_store_here,
+        open_store,
+        signed_in_accounts,
+        store_exists,
+        store_name,
+    )
+    from .checks import Finding, server_findings
 
-    store = await asyncio.to_thread(open_store, settings) if needs_token_store(cfg) else None
+    if not needs_token_store(cfg):
+        return await server_findings(cfg, logins=build_logins(settings, cfg, None))
+    click.echo(f"OAuth2 refresh tokens: store {store_name(settings)}")
+    if not store_exists(settings):
+        signed_in = signed_in_accounts(cfg)  # the others' refresh tokens are in the config
+        others = cfg.model_copy(update={"accounts": {n: a for n, a in cfg.accounts.items() if n not in signed_in}})
+        found = await server_findings(others, logins=build_logins(settings, others, None))
+        return found + [
+            Finding(f"accounts.{n}", False, f"{no_store_here(settings)}; or sign in: postroom auth login {n}")
+            for n in signed_in
+        ]
+    store = await asyncio.to_thread(open_store, settings)
     try:
         return await server_findings(cfg, logins=build_logins(settings, cfg, store))
     finally:
-        if store is not None:
-            store.close()
+        store.close()
 
 
 # -- run -----------------------------------------------------------------------------------
@@ -260,6 +301,8 @@ def run(ctx: click.Context, dry_run: bool, no_migrate: bool) -> None:
         code = run_daemon(settings(ctx), dry_run=dry_run, migrate=not no_migrate)
     except ConfigError as exc:
         raise broken_config(exc) from None
+    except PortInUse as exc:
+        raise TryAgainLater(f"postroom: {exc}") from None
     except PostroomError as exc:
         raise Failed(f"postroom: {exc}") from None
     ctx.exit(code)
@@ -308,8 +351,8 @@ def jobs(ctx: click.Context) -> None:
         if store is not None:
             last = store.runs.last_runs()
             store.close()
-    except Exception:  # the overview is still useful without run history
-        pass
+    except Exception as exc:  # the overview is still useful without run history (said, not hidden)
+        click.echo(f"no run history: {exc}", err=True)
     from .outgoing.shown import run_outcome
 
     rows = []
@@ -329,10 +372,14 @@ def jobs(ctx: click.Context) -> None:
 
 def _existing_store(settings: Settings) -> Store | None:
     """The store if there is one: commands that only read it (`jobs`, `outbox`, `rules
-    failed`) never create it; none yet reads as empty."""
-    from .bootstrap import open_store, store_exists
+    failed`) never create it; none yet reads as empty, and says where it looked (on stderr:
+    a run in another state directory than the daemon's is the usual reason)."""
+    from .bootstrap import no_store_here, open_store, store_exists
 
-    return open_store(settings) if store_exists(settings) else None
+    if store_exists(settings):
+        return open_store(settings)
+    click.echo(no_store_here(settings), err=True)
+    return None
 
 
 # -- status --------------------------------------------------------------------------------
@@ -830,6 +877,58 @@ def _remove_suppression(settings: Settings, address: str, account: str | None) -
     click.echo(f"{address} removed from {removed} suppression list(s); jobs send to it again")
 
 
+# -- deploy --------------------------------------------------------------------------------
+@app.group()
+def deploy() -> None:
+    """Write a systemd unit or a compose file for this config (its secrets, paths and state)."""
+
+
+def _write_deployment(ctx: click.Context, kind: str, output: Path, force: bool, postroom: str | None) -> None:
+    from . import deploy as deployment
+
+    try:
+        planned = deployment.plan(settings(ctx, logs=False), postroom=postroom)
+        text = deployment.systemd_unit(planned) if kind == "systemd" else deployment.compose_file(planned)
+    except ConfigError as exc:
+        raise broken_config(exc) from None
+    if output.exists() and not force:
+        raise Failed(f"{output} exists; --force overwrites it")
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise Failed(f"cannot write {output}: {exc.strerror}") from None
+    steps = (
+        deployment.systemd_steps(planned, output) if kind == "systemd" else deployment.compose_steps(planned, output)
+    )
+    click.echo(f"wrote {output} for {planned.config}")
+    secrets = ", ".join(planned.credentials) or "none"
+    click.echo(f"secrets it loads ({len(planned.credentials)}): {secrets}")
+    click.echo("next:")
+    for step in steps:
+        click.echo(f"  {step}")
+
+
+@deploy.command("systemd")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("postroom.service"))
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT.")
+@click.option("--exec", "postroom", metavar="PATH", help="The postroom the unit runs (default: this one).")
+@config_option
+@click.pass_context
+def deploy_systemd(ctx: click.Context, output: Path, force: bool, postroom: str | None) -> None:
+    """A systemd unit for this config: one LoadCredential= per secret it uses."""
+    _write_deployment(ctx, "systemd", output, force, postroom)
+
+
+@deploy.command("compose")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("compose.yaml"))
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT.")
+@config_option
+@click.pass_context
+def deploy_compose(ctx: click.Context, output: Path, force: bool) -> None:
+    """A Docker Compose file for this config: one secret per secret it uses."""
+    _write_deployment(ctx, "compose", output, force, None)
+
+
 # -- auth ----------------------------------------------------------------------------------
 @app.group()
 def auth() -> None:
@@ -897,7 +996,7 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
     import asyncio
 
     from .auth.providers import Grant
-    from .bootstrap import open_store
+    from .bootstrap import open_store, store_name
     from .signin import RELOAD_HINT, oauth2_of, sign_in
 
     cfg = loaded_config(ctx)
@@ -917,6 +1016,7 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
             "not be used: drop that key to sign in here, or put the new refresh token there"
         )
     vault = _token_vault(settings(ctx))  # before the person signs in: a missing key must not waste that
+    click.echo(f"{account}: the refresh token goes to the store {store_name(settings(ctx))}")
     store = open_store(settings(ctx))
     try:
         signed = asyncio.run(
@@ -937,7 +1037,10 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
 @config_option
 @click.pass_context
 def auth_status(ctx: click.Context) -> None:
-    """Each OAuth2 account: provider, grant, refresh token, token expiry, last refresh, last error."""
+    """Each OAuth2 account: provider, grant, refresh token, token expiry, last refresh, last error.
+
+    Names the store it read, and opens each stored token with the key found here."""
+    from .bootstrap import store_name, token_vault
     from .signin import token_states
 
     cfg = loaded_config(ctx)
@@ -949,7 +1052,12 @@ def auth_status(ctx: click.Context) -> None:
             store.close()
     else:  # nothing has signed in or run here yet
         stored = {}
-    states = token_states(cfg, stored)
+    try:
+        vault: TokenVault | None = token_vault(settings(ctx))
+        key_note = None
+    except ConfigError as exc:
+        vault, key_note = None, str(exc)
+    states = token_states(cfg, stored, vault)
     if not states:
         click.echo("no OAuth2 accounts configured")
         return
@@ -970,9 +1078,17 @@ def auth_status(ctx: click.Context) -> None:
             ["ACCOUNT", "PROVIDER", "GRANT", "REFRESH TOKEN", "TOKEN EXPIRES", "LAST REFRESH", "LAST ERROR"],
         )
     )
+    if store is not None:
+        click.echo(f"store: {store_name(settings(ctx))}")
+    if key_note is not None and stored:
+        click.echo(f"the stored tokens were not opened: {key_note}")
     for s in states:
+        if s.key_problem:
+            click.echo(s.key_problem)
         if s.needs_login:
             click.echo(f"sign {s.account} in with: postroom auth login {s.account}")
+    if any(s.key_problem for s in states):
+        ctx.exit(1)
 
 
 def main() -> None:

@@ -84,15 +84,41 @@ class OAuth2Credentials:
         return await self.tokens.token(refused=refused)
 
 
-async def log_in(credentials: Credentials, attempt: Callable[[str], Awaitable[T]]) -> T:
+async def log_in(credentials: Credentials, attempt: Callable[[str], Awaitable[T]], *, account: str) -> T:
     """``attempt(secret)`` logs in; when the server refuses (``AuthError``), try once more
-    with a renewed secret if the credentials have one. An error getting the secret (a token
-    endpoint down, a revoked refresh token) is raised as is."""
+    with a renewed secret if the credentials have one, and a refusal that stands says what to
+    do next (``login_next_step``). An error getting the secret (a token endpoint down, a revoked
+    refresh token) is raised as is."""
     secret = await credentials.secret()
     try:
         return await attempt(secret)
-    except AuthError:
+    except AuthError as exc:
         fresh = await credentials.renewed(secret)
         if fresh is None:
+            _refused(exc, credentials, account)
             raise
-    return await attempt(fresh)
+    try:
+        return await attempt(fresh)
+    except AuthError as exc:
+        _refused(exc, credentials, account)
+        raise
+
+
+def login_next_step(credentials: Credentials, account: str) -> str:
+    """What a person does about a refused login, by how it logged in."""
+    if credentials.mechanism == "password":
+        return (
+            f"check the password's secret and the username {credentials.username!r} in account {account}'s "
+            "server settings (`postroom check` tries again)"
+        )
+    return (
+        f"the server refused the OAuth2 token for {credentials.username}: sign in again as "
+        f"{credentials.username}: postroom auth login {account}"
+    )
+
+
+def _refused(exc: AuthError, credentials: Credentials, account: str) -> None:
+    """Raise the server's refusal again with the next step (an OAuth2Error from the token
+    endpoint says its own, and is raised by the caller as it is)."""
+    if type(exc) is AuthError:
+        raise AuthError(f"{exc}; {login_next_step(credentials, account)}") from exc

@@ -14,6 +14,7 @@
     │   ├── ServerBusy                 the server said "try later" (SMTP 4xx, HTTP 5xx/429,
     │   │                              IMAP [UNAVAILABLE]); .retry_after when it said when
     │   ├── TransientSourceError       the database or server may be back soon
+    │   ├── PortInUse                  our HTTP port is taken: exit 75 (EX_TEMPFAIL), retried
     │   └── StoreUnavailable           our own store is unreachable, stalled or its file gone
     └── PermanentError                 retrying will not help: goes to the dead letters
         ├── AuthError                  credentials refused
@@ -124,6 +125,11 @@ class TransientSourceError(DataSourceError, TransientError):
     transient = True
 
 
+class PortInUse(TransientError):
+    """Our listening port is taken (by another process, or the one we replace, not gone yet):
+    the process exits EX_TEMPFAIL (75), which a service manager restarts."""
+
+
 class StoreUnavailable(TransientError):
     """postroom's own store could not be used just now (PostgreSQL unreachable or too slow,
     a SQLite file gone or unwritable): the work waits and is tried again, never dropped."""
@@ -146,6 +152,11 @@ class OAuth2Error(AuthError):
         self.account = account
         self.error = error
         super().__init__(message)
+
+
+# OAuth2Error.error of a stored refresh token this process's key does not open: about the
+# process (a wrong POSTROOM_TOKEN_KEY), not the account, so never recorded as the account's.
+UNDECRYPTABLE = "undecryptable"
 
 
 class TokenRevoked(OAuth2Error):
@@ -187,11 +198,35 @@ ErrorTable = Mapping[type[BaseException], type[PostroomError]]
 
 def mapped_error(exc: BaseException, table: ErrorTable, context: str = "") -> PostroomError | None:
     """Ours for ``exc`` by ``table`` (None when no row matches); the message keeps the
-    foreign one, after ``context`` ("imap.example.org:993: ")."""
+    foreign one, after ``context`` ("imap.example.org:993: "), and what to do about it when
+    the foreign error says (``tls_hint``)."""
     for foreign, ours in table.items():
         if isinstance(exc, foreign):
-            return ours(f"{context}{str(exc) or type(exc).__name__}")
+            return ours(f"{context}{str(exc) or type(exc).__name__}{tls_hint(exc)}")
     return None
+
+
+# What to do about a TLS failure, by the OpenSSL reason it carries (``ssl.SSLError.reason``).
+TLS_HINTS: Mapping[str, str] = {
+    "WRONG_VERSION_NUMBER": "the server does not speak TLS at once on this port: did you mean `security: starttls`?",
+    "CERTIFICATE_VERIFY_FAILED": (
+        "the server's certificate is not trusted here: give this server `ca_file:` (the CA that signed it), "
+        "or set SSL_CERT_FILE"
+    ),
+}
+
+
+def tls_hint(exc: BaseException) -> str:
+    """ "; what to do" for a TLS failure in ``exc`` or its causes (``TLS_HINTS``), else ""."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, str) and reason in TLS_HINTS:
+            return f"; {TLS_HINTS[reason]}"
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return ""
 
 
 @contextmanager

@@ -29,6 +29,7 @@ and the names in POSTROOM_CONSOLE_HOSTS pass; any other name gets 421.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import socket
@@ -46,7 +47,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .errors import ConfigError
+from .errors import ConfigError, PortInUse
+from .listening import port_holder
 
 log = structlog.get_logger(__name__)
 
@@ -170,6 +172,12 @@ class HttpServer:
         try:
             sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:  # a moment's clash (a restart racing the old process) passes
+                holder = port_holder(port)
+                raise PortInUse(
+                    f"POSTROOM_HTTP: {host}:{port} is in use" + (f" by {holder}" if holder else "") + "; stop that "
+                    "process or give POSTROOM_HTTP another port (systemd tries again: exit 75, EX_TEMPFAIL)"
+                ) from exc
             raise ConfigError(f"POSTROOM_HTTP: cannot listen on {host}:{port}: {exc.strerror}") from exc
         sock.setblocking(False)
         config = uvicorn.Config(

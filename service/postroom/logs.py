@@ -1,5 +1,6 @@
 """Logging: structlog over the stdlib, JSON in production, console on a TTY, secrets redacted.
-In JSON every value is JSON: a datetime is an ISO 8601 string, not a Python repr.
+In JSON every value is JSON, and in the console format text: a datetime is an ISO 8601
+string, not a Python repr.
 
 The pipeline is a list of small processors over the event dict; the renderer is the last.
 Library loggers (aiosmtplib, apscheduler, httpx …) go through the same pipeline.
@@ -38,6 +39,17 @@ def json_value(obj: Any) -> Any:
     return structlog_value() if callable(structlog_value) else repr(obj)
 
 
+def text_values(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """For the console format: times as ISO 8601, durations in seconds and bytes as text, not
+    their Python reprs (``retry_at=datetime.datetime(…)``)."""
+    for key, value in event.items():
+        if isinstance(value, datetime | date | time | timedelta):
+            event[key] = json_value(value)
+        elif isinstance(value, bytes):
+            event[key] = value.decode("utf-8", "replace")
+    return event
+
+
 def setup_logging(*, fmt: str | None = None, level: str = "INFO", stream: Any = None) -> None:
     stream = stream or sys.stderr
     if fmt is None:
@@ -55,6 +67,7 @@ def setup_logging(*, fmt: str | None = None, level: str = "INFO", stream: Any = 
         shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        shared.append(text_values)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

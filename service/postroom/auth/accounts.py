@@ -26,10 +26,10 @@ import structlog
 from ..clock import utcnow
 from ..config.model import TOKEN_AUTH, AccountConfig, Config, OAuth2Config, ServerConfig
 from ..credentials import Credentials, Mechanism, OAuth2Credentials
-from ..errors import OAuth2Error, PostroomError, TokenRevoked
+from ..errors import UNDECRYPTABLE, OAuth2Error, PostroomError, TokenRevoked
 from ..store.calls import store_call
 from ..store.tokens import OAuth2TokenStore
-from .keeper import StoredRefreshToken
+from .keeper import ConfiguredRefreshToken, StoredRefreshToken
 from .providers import PROVIDERS, Grant, MailProtocol
 from .tokens import OAuth2Client, TokenProvider
 
@@ -123,6 +123,8 @@ class AccountTokens:
             log.error(
                 "oauth2 account stopped: a person must act", account=self.account, error=str(exc), reason=exc.error
             )
+        if isinstance(exc, OAuth2Error) and exc.error == UNDECRYPTABLE:
+            return  # this process's key, not the account's state: another with the right key is fine
         await self._write(lambda store: store.record_error(self.account, str(exc), now=now))
 
     async def _write(self, record: Callable[[OAuth2TokenStore], None]) -> None:
@@ -164,9 +166,11 @@ def provider_for(
     if oauth2.grant is Grant.CLIENT_CREDENTIALS:
         return TokenProvider(client)
     configured = oauth2.refresh_token.get_secret_value() if oauth2.refresh_token else None
-    if store is None or vault is None:
-        raise PostroomError(f"{name}: an oauth2 account needs the store and its key to keep its refresh token")
-    return TokenProvider(client, StoredRefreshToken(store, vault, name, configured))
+    if store is not None and vault is not None:
+        return TokenProvider(client, StoredRefreshToken(store, vault, name, configured))
+    if configured is not None:  # no store here (`check` makes none): the config's token, as it is
+        return TokenProvider(client, ConfiguredRefreshToken(name, configured))
+    raise PostroomError(f"{name}: an oauth2 account needs the store and its key to keep its refresh token")
 
 
 def needs_vault(config: Config) -> bool:

@@ -8,13 +8,18 @@
 
 Both legs are a few standard HTTP requests, done with httpx like every other token request
 (and against the lab's token server in tests); the answers are read by ``read_token_reply``.
+Both send ``login_hint`` (the mailbox the account logs in to), so the provider proposes that
+user; and both read who signed in from the reply's OpenID id token when there is one
+(``SignInReply.signed_in_as``): the proof that the right person signed in is signin.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
+import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +35,48 @@ from .tokens import OAuth2Client, TokenReply, post_form, read_token_reply
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SLOW_DOWN_STEP = 5.0  # RFC 8628 §3.5: add five seconds to the interval on slow_down
 LOOPBACK_TIMEOUT = 300.0  # how long a person has to finish signing in in the browser
+ID_TOKEN_MAX = 16_384  # bytes of an id token we read; real ones are 1-2 KiB
+# OpenID Connect scopes asked for beside the mail ones, so the reply names who signed in.
+IDENTITY_SCOPES = ("openid", "email")
+
+
+@dataclass(frozen=True)
+class SignInReply(TokenReply):
+    """A sign-in's token reply, and whom the provider says signed in (the id token's email or
+    preferred_username), when it says."""
+
+    signed_in_as: str | None = None
+
+
+def signed_in_as(body: bytes) -> str | None:
+    """Who the id token of a token reply names, read without checking its signature: it came
+    straight from the token endpoint over TLS, which OpenID Connect Core §3.1.3.7 allows.
+    None when there is no id token or it is not one we can read (bounded: ``ID_TOKEN_MAX``)."""
+    try:
+        reply = json.loads(body)
+        token = reply.get("id_token") if isinstance(reply, dict) else None
+        if not isinstance(token, str) or len(token) > ID_TOKEN_MAX or token.count(".") != 2:
+            return None
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    for claim in ("email", "preferred_username", "upn"):
+        value = claims.get(claim)
+        if isinstance(value, str) and "@" in value:
+            return value[:320]
+    return None
+
+
+def _identified(reply: TokenReply, body: bytes) -> SignInReply:
+    return SignInReply(reply.access, reply.refresh_token, signed_in_as(body))
+
+
+def sign_in_scopes(client: OAuth2Client) -> str:
+    """The scopes a sign-in asks for: the account's, and OpenID's to learn who signed in."""
+    return " ".join([*client.scopes, *(s for s in IDENTITY_SCOPES if s not in client.scopes)])
 
 
 @dataclass(frozen=True)
@@ -52,14 +99,12 @@ def _client_fields(client: OAuth2Client) -> dict[str, str]:
 
 
 async def start_device_flow(
-    http: httpx.AsyncClient, client: OAuth2Client, device_code_url: str, now: datetime
+    http: httpx.AsyncClient, client: OAuth2Client, device_code_url: str, now: datetime, *, login_hint: str | None = None
 ) -> DeviceCode:
-    response = await post_form(
-        http,
-        device_code_url,
-        {**_client_fields(client), "scope": " ".join(client.scopes)},
-        context=f"{client.account}: ",
-    )
+    form = {**_client_fields(client), "scope": sign_in_scopes(client)}
+    if login_hint:
+        form["login_hint"] = login_hint
+    response = await post_form(http, device_code_url, form, context=f"{client.account}: ")
     if response.status_code != 200:
         read_token_reply(client.account, response.status_code, response.content, now)  # raises ours
         raise ServerBusy(f"{device_code_url}: HTTP {response.status_code}", code=response.status_code)
@@ -84,7 +129,7 @@ async def finish_device_flow(
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], datetime] = utcnow,
-) -> TokenReply:
+) -> SignInReply:
     """Poll until the person signed in (their refresh token comes back), refused, or the code
     expired. ``sleep`` and ``clock`` are the edges a test may replace."""
     form = {**_client_fields(client), "grant_type": DEVICE_GRANT, "device_code": code.device_code}
@@ -99,9 +144,8 @@ async def finish_device_flow(
             )
         response = await post_form(http, client.token_url, form, context=f"{client.account}: ")
         try:
-            return _with_refresh_token(
-                client, read_token_reply(client.account, response.status_code, response.content, now)
-            )
+            reply = read_token_reply(client.account, response.status_code, response.content, now)
+            return _identified(_with_refresh_token(client, reply), response.content)
         except OAuth2Error as exc:
             if exc.error == "slow_down":
                 interval += SLOW_DOWN_STEP
@@ -147,7 +191,7 @@ def authorize_url(
         "client_id": client.client_id,
         "redirect_uri": redirect_uri,
         "response_type": "code",
-        "scope": " ".join(client.scopes),
+        "scope": sign_in_scopes(client),
         "state": state,
         "code_challenge": challenge,
         "code_challenge_method": "S256",
@@ -207,7 +251,7 @@ async def loopback_login(
     wait_for_person: float = LOOPBACK_TIMEOUT,
     clock: Callable[[], datetime] = utcnow,
     port: int = 0,
-) -> TokenReply:
+) -> SignInReply:
     """Send the person to the authorize URL (``open_browser``: the CLI prints it, and opens a
     browser if asked), take the code from the redirect to 127.0.0.1, exchange it with the PKCE
     verifier. ``port``: the listener's (0: any free one); a fixed one can be forwarded over SSH
@@ -249,6 +293,5 @@ async def loopback_login(
         "code_verifier": verifier,
     }
     response = await post_form(http, client.token_url, form, context=f"{client.account}: ")
-    return _with_refresh_token(
-        client, read_token_reply(client.account, response.status_code, response.content, clock())
-    )
+    reply = read_token_reply(client.account, response.status_code, response.content, clock())
+    return _identified(_with_refresh_token(client, reply), response.content)

@@ -62,3 +62,28 @@ class StoredRefreshToken:
         await store_call(
             self._store.save_refresh_token, self._account, sealed, origin=origin_of(self._configured), now=now
         )
+
+
+class ConfiguredRefreshToken:
+    """The config's refresh token where there is no store (`postroom check` creates none): a
+    token the endpoint rotates is used for this process and said to be lost with it."""
+
+    def __init__(self, account: str, configured: str):
+        self._account = account
+        self._token = configured
+
+    def __repr__(self) -> str:
+        return f"ConfiguredRefreshToken({self._account!r})"
+
+    async def load(self) -> str | None:
+        return self._token
+
+    async def save(self, refresh_token: str, now: datetime) -> None:
+        self._token = refresh_token
+        import structlog  # only where a rotation happens without a store
+
+        structlog.get_logger(__name__).warning(
+            "the token endpoint rotated the configured refresh token and there is no store here to keep the new "
+            "one: if the old one stops working, put the new one in the config or sign in with `postroom auth login`",
+            account=self._account,
+        )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from ..errors import ConfigError, OAuth2Error
+from ..errors import UNDECRYPTABLE, ConfigError, OAuth2Error
 
 KEY_VARIABLE = "POSTROOM_TOKEN_KEY"
 KEY_FILE_VARIABLE = "POSTROOM_TOKEN_KEY_FILE"
@@ -85,7 +85,7 @@ class TokenVault:
                 f"changed? keep the old one after the new, comma-separated, or sign in again with "
                 f"`postroom auth login {account}`)",
                 account=account,
-                error="undecryptable",
+                error=UNDECRYPTABLE,
             ) from None
 
     def rotated(self, sealed: bytes) -> bytes:

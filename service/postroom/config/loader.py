@@ -96,6 +96,28 @@ def load_config(
     return LoadedConfig(config=config, path=path, settings=settings)
 
 
+def read_as_written(path: Path) -> tuple[Any, list[str]]:
+    """The config's data before interpolation (read with the same bounds as ``load_config``),
+    and the ${NAME}s its values use, in order of first use: what a deployment must provide,
+    found without needing any of them set (`postroom deploy`)."""
+    shown = str(path)
+    raw, _lines = _parse_yaml(_read_config(path, shown), shown)
+    names: dict[str, None] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str):
+            names.update((m.group(1), None) for m in _VAR.finditer(value) if m.group(1))
+
+    walk(raw)
+    return raw, list(names)
+
+
 # What a config may cost to read, whatever is in it (the daemon rereads it on SIGHUP). A real
 # one is a few hundred lines. Aliases are counted expanded: ten nested aliases of ten each are
 # a few hundred bytes of YAML and a billion values for everything that walks the result.

@@ -96,6 +96,24 @@ def settings_problem(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+# Settings that are secrets: besides POSTROOM_NAME and POSTROOM_NAME_FILE, a file named
+# POSTROOM_NAME where the config's ${NAME} secrets are looked for (``secret_dirs``).
+SECRET_SETTINGS = ("database_url", "console_token")
+
+
+def _secret_dirs(secrets_dir: Any) -> list[Path]:
+    """Folders searched for ${NAME} files, most specific first."""
+    dirs = [Path(secrets_dir)] if secrets_dir else []
+    if os.environ.get("CREDENTIALS_DIRECTORY"):
+        dirs.append(Path(os.environ["CREDENTIALS_DIRECTORY"]))
+    dirs.append(Path("/run/secrets"))
+    return dirs
+
+
+def _secret_file(variable: str, secrets_dir: Any) -> Path | None:
+    return next((folder / variable for folder in _secret_dirs(secrets_dir) if (folder / variable).is_file()), None)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -178,6 +196,11 @@ class Settings(BaseModel):
                     found[name] = upper[variable]
                 elif variable + FILE_SUFFIX in upper:  # e.g. POSTROOM_DATABASE_URL_FILE
                     found[name] = read_secret_file(upper[variable + FILE_SUFFIX], variable + FILE_SUFFIX)
+        for name in SECRET_SETTINGS:  # found like any ${NAME}: a systemd credential, a Docker secret
+            if name not in found and name not in given:
+                file = _secret_file(f"{ENV_PREFIX}{name.upper()}", found.get("secrets_dir") or given.get("secrets_dir"))
+                if file is not None:
+                    found[name] = read_secret_file(str(file), str(file))
         return {**found, **given}
 
     def database_url_or_default(self) -> str:
@@ -196,10 +219,4 @@ class Settings(BaseModel):
 
     def secret_dirs(self) -> list[Path]:
         """Folders searched for ${NAME} files, most specific first."""
-        dirs: list[Path] = []
-        if self.secrets_dir:
-            dirs.append(self.secrets_dir)
-        if os.environ.get("CREDENTIALS_DIRECTORY"):
-            dirs.append(Path(os.environ["CREDENTIALS_DIRECTORY"]))
-        dirs.append(Path("/run/secrets"))
-        return dirs
+        return _secret_dirs(self.secrets_dir)

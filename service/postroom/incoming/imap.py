@@ -49,6 +49,7 @@ from postroom.errors import (
     ServerRejected,
     ServerTimeout,
     TLSError,
+    tls_hint,
 )
 from postroom.incoming.cutoff import Cutoff
 from postroom.incoming.message import Attachment, decode_header_value
@@ -291,7 +292,7 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
             if isinstance(exc, ssl.SSLCertVerificationError | ssl.SSLEOFError | ssl.SSLZeroReturnError):
                 raise
             # e.g. implicit TLS against a plaintext port: a settings problem, not a blip
-            raise TLSError(f"{self._where}: TLS handshake failed: {exc}") from exc
+            raise TLSError(f"{self._where}: TLS handshake failed: {exc}{tls_hint(exc)}") from exc
         try:
             if cfg.security == "starttls":
                 if b"STARTTLS" not in client.capabilities():
@@ -301,7 +302,7 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
                 except ssl.SSLCertVerificationError:
                     raise
                 except ssl.SSLError as exc:
-                    raise TLSError(f"{self._where}: STARTTLS failed: {exc}") from exc
+                    raise TLSError(f"{self._where}: STARTTLS failed: {exc}{tls_hint(exc)}") from exc
             if login is not None:
                 _login(client, login, self._where)
             # Asked after login on purpose: the pre-login list lacks MOVE on Dovecot. imapclient

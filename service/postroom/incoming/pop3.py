@@ -29,6 +29,7 @@ from postroom.errors import (
     ServerRejected,
     ServerTimeout,
     TLSError,
+    tls_hint,
 )
 from postroom.incoming.cutoff import Cutoff
 from postroom.incoming.threaded import Login, ThreadedConnection, map_server_error
@@ -176,7 +177,7 @@ class Pop3Connection(ThreadedConnection[poplib.POP3, Pop3Config]):
         except ssl.SSLCertVerificationError:
             raise
         except (ssl.SSLError, poplib.error_proto) as exc:
-            raise TLSError(f"{self._where}: STLS failed: {exc}") from exc
+            raise TLSError(f"{self._where}: STLS failed: {exc}{tls_hint(exc)}") from exc
 
     async def uidl(self) -> dict[str, int]:
         """UIDL -> message number, for every message in the maildrop."""

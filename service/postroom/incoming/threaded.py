@@ -19,9 +19,11 @@ is sound, and otherwise just cuts it.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import functools
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +59,24 @@ class Login:
     secret: str = field(repr=False)
 
 
+_BYTES_REPR = re.compile(r"""b(['"])(.*)\1""", re.DOTALL)
+REPLY_TEXT_MAX = 2000  # characters of a server's reply kept in a message
+
+
+def reply_text(reply: bytes | str) -> str:
+    """A server's reply as text: bytes decoded, and the repr of bytes some libraries make of
+    them (imapclient's LoginError says "b'[AUTHENTICATIONFAILED] …'") read back as text."""
+    if isinstance(reply, bytes):
+        return reply.decode("utf-8", "replace")[:REPLY_TEXT_MAX]
+    if _BYTES_REPR.fullmatch(reply) is None or len(reply) > REPLY_TEXT_MAX * 4:
+        return reply
+    try:
+        value = ast.literal_eval(reply)
+    except (ValueError, SyntaxError):
+        return reply
+    return value.decode("utf-8", "replace")[:REPLY_TEXT_MAX] if isinstance(value, bytes) else reply
+
+
 def map_server_error(
     exc: BaseException, where: str, table: ErrorTable, busy_codes: tuple[str, ...] = ()
 ) -> PostroomError:
@@ -65,9 +85,10 @@ def map_server_error(
     "try later" response codes, such as IMAP's [INUSE]) is ServerBusy, whatever was refused."""
     if isinstance(exc, PostroomError):
         return exc
-    if exc.args and isinstance(exc.args[0], bytes):  # poplib's and imaplib's replies are bytes
+    # poplib's and imaplib's replies are bytes, and imapclient passes on their repr
+    if exc.args and isinstance(exc.args[0], bytes | str) and reply_text(exc.args[0]) != exc.args[0]:
         with contextlib.suppress(TypeError):  # a class that takes other arguments: keep it as is
-            exc = type(exc)(exc.args[0].decode("utf-8", "replace"))
+            exc = type(exc)(reply_text(exc.args[0]))
     ours = mapped_error(exc, table, f"{where}: ") or ServerConnectError(f"{where}: {exc!r}")
     if not isinstance(ours, TransientError) and any(code in str(exc) for code in busy_codes):
         return ServerBusy(f"{where}: put off by the server: {exc}")
@@ -182,6 +203,7 @@ class ThreadedConnection(Generic[ClientT, ConfigT]):
             lambda secret: self._run(
                 "connect", self._connect, Login(credentials.username, credentials.mechanism, secret)
             ),
+            account=self.account,
         )
 
     def _connect(self, login: Login | None) -> None:

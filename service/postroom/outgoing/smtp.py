@@ -194,7 +194,9 @@ class SmtpConnection:
         if not smtp.supports_extension("auth"):
             raise AuthError(f"{self._where()} offers no AUTH; cannot log in as {username}")
         # A refused token leaves the connection usable: a renewed one is tried on it.
-        await log_in(credentials, lambda secret: self._auth(smtp, credentials.mechanism, username, secret))
+        await log_in(
+            credentials, lambda secret: self._auth(smtp, credentials.mechanism, username, secret), account=self.account
+        )
 
     async def _auth(self, smtp: aiosmtplib.SMTP, mechanism: Mechanism, username: str, secret: str) -> None:
         try:
