@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator, model_validator
 
-from ..action_kinds import IMAP_ONLY
+from ..action_kinds import IMAP_ONLY, Kind
 from .types import parse_duration, parse_size, webhook_key
 
 #: The system flags a client may set (RFC 3501 2.3.2); \Recent is the server's alone.
@@ -237,16 +237,17 @@ def _check_flags(value: Any) -> Any:
 class _Action(_Strict):
     """One action: a mapping with a single key, its kind (``{move: Archive}``)."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[str]  # the YAML key (a ``Kind`` for every real action)
 
     def params(self) -> dict[str, Any]:
-        """JSON-safe parameters, without secrets."""
+        """What the ledger, the log and ``rules test`` show of the action: JSON-safe, without
+        secrets. The executor reads the typed fields, never this."""
         return {}
 
-    def planned_kind(self) -> str:
+    def planned_kind(self) -> Kind:
         """The kind the executor runs (``postroom.action_kinds``): the YAML key, except for a
         move or copy to another account."""
-        return self.kind
+        return Kind(self.kind)
 
     def other_account(self) -> str | None:
         """The account this action acts on besides the rule's own, if any."""
@@ -254,7 +255,7 @@ class _Action(_Strict):
 
 
 class ForwardAction(_Action):
-    kind: ClassVar[str] = "forward"
+    kind: ClassVar[str] = Kind.FORWARD
     forward: ForwardSpec
 
     def params(self) -> dict[str, Any]:
@@ -262,7 +263,7 @@ class ForwardAction(_Action):
 
 
 class RedirectAction(_Action):
-    kind: ClassVar[str] = "redirect"
+    kind: ClassVar[str] = Kind.REDIRECT
     redirect: RedirectSpec
 
     def params(self) -> dict[str, Any]:
@@ -270,7 +271,7 @@ class RedirectAction(_Action):
 
 
 class ReplyAction(_Action):
-    kind: ClassVar[str] = "reply"
+    kind: ClassVar[str] = Kind.REPLY
     reply: ReplySpec
 
     def params(self) -> dict[str, Any]:
@@ -297,7 +298,7 @@ def _target_params(target: str | OtherAccount) -> dict[str, Any]:
 
 
 class MoveAction(_Action):
-    kind: ClassVar[str] = "move"
+    kind: ClassVar[str] = Kind.MOVE
     move: str | OtherAccount
 
     @field_validator("move")
@@ -308,15 +309,15 @@ class MoveAction(_Action):
     def params(self) -> dict[str, Any]:
         return _target_params(self.move)
 
-    def planned_kind(self) -> str:
-        return "move_to" if isinstance(self.move, OtherAccount) else self.kind
+    def planned_kind(self) -> Kind:
+        return Kind.MOVE_TO if isinstance(self.move, OtherAccount) else Kind.MOVE
 
     def other_account(self) -> str | None:
         return self.move.account if isinstance(self.move, OtherAccount) else None
 
 
 class CopyAction(_Action):
-    kind: ClassVar[str] = "copy"
+    kind: ClassVar[str] = Kind.COPY
     copy_: str | OtherAccount = Field(alias="copy")
 
     @field_validator("copy_")
@@ -327,8 +328,8 @@ class CopyAction(_Action):
     def params(self) -> dict[str, Any]:
         return _target_params(self.copy_)
 
-    def planned_kind(self) -> str:
-        return "copy_to" if isinstance(self.copy_, OtherAccount) else self.kind
+    def planned_kind(self) -> Kind:
+        return Kind.COPY_TO if isinstance(self.copy_, OtherAccount) else Kind.COPY
 
     def other_account(self) -> str | None:
         return self.copy_.account if isinstance(self.copy_, OtherAccount) else None
@@ -355,7 +356,7 @@ class SaveSpec(_Strict):
 
 
 class SaveAction(_Action):
-    kind: ClassVar[str] = "save"
+    kind: ClassVar[str] = Kind.SAVE
     save: SaveSpec
 
     def params(self) -> dict[str, Any]:
@@ -363,7 +364,7 @@ class SaveAction(_Action):
 
 
 class FlagAction(_Action):
-    kind: ClassVar[str] = "flag"
+    kind: ClassVar[str] = Kind.FLAG
     flag: list[str]
 
     @field_validator("flag", mode="before")
@@ -376,7 +377,7 @@ class FlagAction(_Action):
 
 
 class UnflagAction(_Action):
-    kind: ClassVar[str] = "unflag"
+    kind: ClassVar[str] = Kind.UNFLAG
     unflag: list[str]
 
     @field_validator("unflag", mode="before")
@@ -389,17 +390,17 @@ class UnflagAction(_Action):
 
 
 class MarkReadAction(_Action):
-    kind: ClassVar[str] = "mark_read"
+    kind: ClassVar[str] = Kind.MARK_READ
     mark_read: Literal[True]
 
 
 class DeleteAction(_Action):
-    kind: ClassVar[str] = "delete"
+    kind: ClassVar[str] = Kind.DELETE
     delete: Literal[True]
 
 
 class WebhookAction(_Action):
-    kind: ClassVar[str] = "webhook"
+    kind: ClassVar[str] = Kind.WEBHOOK
     webhook: WebhookSpec
 
     def params(self) -> dict[str, Any]:
@@ -415,7 +416,7 @@ class WebhookAction(_Action):
 
 
 class StopAction(_Action):
-    kind: ClassVar[str] = "stop"
+    kind: ClassVar[str] = Kind.STOP
     stop: Literal[True]
 
 

@@ -43,12 +43,14 @@ from dataclasses import field as dataclass_field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple, TypeAlias
 
+from postroom.action_kinds import Kind
 from postroom.config.rules import (
     ActionConfig,
     AttachmentTest,
     Condition,
     HeaderTest,
     RuleConfig,
+    StopAction,
     StringTest,
 )
 from postroom.incoming.message import Address, ParsedMessage
@@ -75,10 +77,23 @@ SearchToken: TypeAlias = "str | int | date | SearchCriteria"
 
 @dataclass(frozen=True)
 class PlannedAction:
+    """One action to take on one message: the typed config action (a member of the
+    ``ActionConfig`` union, frozen), and where it comes from - a YAML rule, or a Sieve script
+    (``postroom.sieve``), which plans the same members."""
+
     rule: str
     index: int  # position in the rule's ``actions``: part of the idempotency key
-    kind: str  # forward, redirect, reply, move, copy, flag, unflag, mark_read, delete, webhook
-    params: dict[str, Any]  # ActionConfig.params(): JSON-safe, no secrets
+    action: ActionConfig
+
+    @property
+    def kind(self) -> Kind:
+        """What the executor runs (``postroom.action_kinds``)."""
+        return self.action.planned_kind()
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The ledger's and the log's view: JSON-safe, no secrets."""
+        return self.action.params()
 
     def key(self, message_key: str) -> str:
         return f"{message_key}|{self.rule}|{self.index}"
@@ -240,12 +255,12 @@ class CompiledRule:
             self,
             "_planned",
             tuple(
-                PlannedAction(self.config.name, i, a.planned_kind(), a.params())
+                PlannedAction(self.config.name, i, a)
                 for i, a in enumerate(self.config.actions)
-                if a.kind != "stop"
+                if not isinstance(a, StopAction)
             ),
         )
-        object.__setattr__(self, "_stops", any(a.kind == "stop" for a in self.config.actions))
+        object.__setattr__(self, "_stops", any(isinstance(a, StopAction) for a in self.config.actions))
 
     @property
     def name(self) -> str:
@@ -339,7 +354,7 @@ class RuleSet:
                     break
         return planned
 
-    def action_kinds(self) -> frozenset[str]:
+    def action_kinds(self) -> frozenset[Kind]:
         """Every kind of action these rules can plan (``stop`` is not one)."""
         return frozenset(a.kind for rule in self.rules for a in rule._planned)
 
