@@ -54,6 +54,7 @@ class Kind(StrEnum):
     FORWARD = "forward"
     REDIRECT = "redirect"
     REPLY = "reply"
+    VACATION = "vacation"
     SAVE = "save"
     WEBHOOK = "webhook"
     COPY = "copy"
@@ -111,6 +112,7 @@ ACTION_KINDS: dict[Kind, ActionKind] = {
         ActionKind(Kind.FORWARD, Phase.SEND, sends=True),
         ActionKind(Kind.REDIRECT, Phase.SEND, sends=True),
         ActionKind(Kind.REPLY, Phase.SEND, sends=True),
+        ActionKind(Kind.VACATION, Phase.SEND, sends=True),  # Sieve's (RFC 5230), or YAML's
         ActionKind(Kind.SAVE, Phase.SAVE),  # checked on disk when in doubt (postroom.incoming.local_save)
         ActionKind(Kind.WEBHOOK, Phase.WEBHOOK),
         # a copy can't be checked cheaply: redone when in doubt (at worst one duplicate copy);

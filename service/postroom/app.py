@@ -27,7 +27,7 @@ from .http import HttpServer
 from .incoming.actions import ActionExecutor
 from .incoming.balance import FolderBalance
 from .incoming.bounces import BounceIntake, watch_targets
-from .incoming.rules import RuleSet, compile_rules
+from .incoming.rules import RuleSet
 from .incoming.transfer import imap_opener
 from .incoming.watcher import ImapWatcher, Pop3Watcher, Watcher, WatcherHooks
 from .mail.templates import TemplateRenderer
@@ -37,6 +37,7 @@ from .outgoing.jobs import JobRunner
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
 from .scheduler import Scheduler
+from .sieve.rule import compile_config
 from .store.calls import gate, store_call
 from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
@@ -134,7 +135,7 @@ class Daemon:
             on_run=self.metrics.job_run,
             on_suppressed=self.metrics.suppressed,
         )
-        ruleset = compile_rules(config.rules)
+        ruleset = compile_config(config)
         self.webhooks = WebhookQueue(
             store.ledger, spec_lookup=ruleset.action_config, on_result=self.metrics.webhook, lease=lease
         )
@@ -395,7 +396,7 @@ class Daemon:
         self.metrics.known_accounts(config.accounts)
         if not self.dry_run:
             self.scheduler.replace(config)
-        ruleset = compile_rules(config.rules)
+        ruleset = compile_config(config)
         self.webhooks.spec_lookup = ruleset.action_config
         old = self.incoming
         # In-flight batches finish (the old watchers stop between batches), then the new

@@ -553,31 +553,11 @@ def rules() -> None:
 @config_option
 @click.pass_context
 def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
-    """Which rules match the message in FILE (.eml) and which actions they would take."""
-    from .clock import utcnow
-    from .incoming.message import ParsedMessage
-    from .incoming.rules import compile_rules
+    """Which rules (YAML, then Sieve) match the message in FILE (.eml), the actions they would
+    take and what the guards will decide for each (the reply ledger is read, not written)."""
+    from .rules_commands import rules_test_command
 
-    cfg = loaded_config(ctx)
-    if account is not None and account not in cfg.accounts:
-        raise Failed(f"no account named {account!r}; accounts: {', '.join(sorted(cfg.accounts))}")
-    rules = [r for r in cfg.rules if account is None or r.account == account]
-    msg = ParsedMessage.from_bytes(file.read_bytes(), key=str(file))
-    click.echo(f"message: {msg.subject!r} from {', '.join(a.display for a in msg.from_) or '-'}")
-    any_match = False
-    for ex in compile_rules(rules).explain(msg, now=utcnow()):
-        if ex.skipped:
-            click.echo(f"  -    {ex.rule}: not evaluated (an earlier rule said stop)")
-        elif ex.matched:
-            any_match = True
-            click.secho(f"  MATCH {ex.rule}", fg="green")
-            for a in ex.actions:
-                params = ", ".join(f"{k}={v}" for k, v in a.params.items())
-                click.echo(f"        {a.index}: {a.kind}" + (f" ({params})" if params else ""))
-        else:
-            click.echo(f"  no    {ex.rule}")
-    if not any_match:
-        click.echo("no rule matches")
+    rules_test_command(loaded_config(ctx), settings(ctx), file, account)
 
 
 @rules.command("failed")

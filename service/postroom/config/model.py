@@ -28,7 +28,7 @@ from ..auth.providers import PROVIDERS, Grant, ProviderName
 from ..credentials import Credentials, PasswordCredentials
 from ..mail.headers import job_header_problem
 from .cron import cron_problem
-from .rules import RuleConfig
+from .rules import RuleConfig, SieveConfig
 from .types import Address, ByteSize, Duration, LocaleName, TimeZoneName
 
 Security = Literal["tls", "starttls", "none"]
@@ -177,6 +177,7 @@ class AccountConfig(_Strict):
     imap: ImapConfig | None = None
     pop3: Pop3Config | None = None
     bounces: BouncesConfig | None = None  # off unless given
+    sieve: SieveConfig | None = None  # a Sieve script run after the YAML rules (postroom.sieve)
 
     def servers(self) -> dict[str, ServerConfig]:
         """The servers this account names, by protocol."""
@@ -437,6 +438,12 @@ class Config(_Strict):
                     problems.append(
                         ((*at, "actions", j, kind), f"{kind} sends mail; account {rule.account!r} has no smtp: section")
                     )
+        for name, account in self.accounts.items():
+            if account.sieve is not None and account.imap is None:
+                # a script files, flags and deletes: a POP3 maildrop can do none of it
+                problems.append(
+                    (("accounts", name, "sieve"), "a Sieve script needs the account's imap: section to act on")
+                )
         return problems
 
 

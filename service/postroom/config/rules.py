@@ -29,8 +29,10 @@ anywhere in the value and case-sensitive as written (add ``(?i)`` to ignore case
 is a config error naming its key. A plain string is short for ``{contains: s}``. Several
 operators in one test must all hold for the same value.
 
-Actions (each a single-key mapping): forward, redirect, reply, move, copy, flag, unflag,
-mark_read, delete, webhook, save, stop. ``move``/``copy`` take a folder of the same account or
+Actions (each a single-key mapping): forward, redirect, reply, vacation, move, copy, flag,
+unflag, mark_read, delete, webhook, save, stop. ``vacation`` is Sieve's (RFC 5230: a text
+reason instead of a template, ``seconds`` between replies per sender and ``handle``); a Sieve
+script plans it, and YAML may name it too. ``move``/``copy`` take a folder of the same account or
 ``{account: archive, folder: "2026"}`` (another IMAP account); ``save`` takes ``{maildir: PATH}``
 or ``{mbox: PATH}``. ``stop: true`` ends evaluation of later rules for the
 message after this rule's actions; it may sit anywhere in the list.
@@ -42,6 +44,7 @@ import os
 import re
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -184,6 +187,18 @@ class ReplySpec(_Strict):
     days: int = Field(default=7, ge=1)  # at most one reply per sender per this many days
 
 
+class VacationSpec(_Strict):
+    """Sieve's vacation (RFC 5230), planned by a script (``postroom.sieve``)."""
+
+    reason: str  # the reply's text (or, with mime, a MIME entity)
+    seconds: int = Field(default=7 * 86400, ge=0)  # at most one reply per sender per this long
+    handle: str = ""  # replies with different handles are counted apart
+    subject: str | None = None
+    from_: str | None = Field(default=None, alias="from")
+    addresses: list[str] = []  # the user's other addresses, for "is it addressed to me"
+    mime: bool = False
+
+
 #: A webhook body's content cap when ``include`` is given without ``max_bytes``.
 WEBHOOK_MAX_BYTES = 5 * 1024 * 1024
 
@@ -217,20 +232,24 @@ class WebhookSpec(_Strict):
         return value
 
 
+def flag_problem(flag: str) -> str | None:
+    """Why ``flag`` can't be set on an IMAP message, or None."""
+    if flag.startswith("\\"):
+        if flag.lower() not in SYSTEM_FLAGS:
+            return f"{flag!r} is not a settable system flag (\\Seen, \\Answered, \\Flagged, \\Deleted, \\Draft)"
+    elif not _KEYWORD_RE.match(flag) or not flag.isascii():  # an atom is ASCII (RFC 3501 9)
+        return f"{flag!r} is not a valid IMAP keyword"
+    return None
+
+
 def _check_flags(value: Any) -> Any:
     flags = [value] if isinstance(value, str) else value
     if not isinstance(flags, list) or not flags:
         return value  # let pydantic report the type
     for flag in flags:
-        if not isinstance(flag, str):
-            continue
-        if flag.startswith("\\"):
-            if flag.lower() not in SYSTEM_FLAGS:
-                raise ValueError(
-                    f"{flag!r} is not a settable system flag (\\Seen, \\Answered, \\Flagged, \\Deleted, \\Draft)"
-                )
-        elif not _KEYWORD_RE.match(flag):
-            raise ValueError(f"{flag!r} is not a valid IMAP keyword")
+        problem = flag_problem(flag) if isinstance(flag, str) else None
+        if problem:
+            raise ValueError(problem)
     return flags
 
 
@@ -276,6 +295,14 @@ class ReplyAction(_Action):
 
     def params(self) -> dict[str, Any]:
         return self.reply.model_dump(by_alias=True)
+
+
+class VacationAction(_Action):
+    kind: ClassVar[str] = Kind.VACATION
+    vacation: VacationSpec
+
+    def params(self) -> dict[str, Any]:
+        return {"seconds": self.vacation.seconds, "handle": self.vacation.handle, "subject": self.vacation.subject}
 
 
 class OtherAccount(_Strict):
@@ -438,6 +465,7 @@ ACTION_MODELS: dict[str, type[_Action]] = {
         ForwardAction,
         RedirectAction,
         ReplyAction,
+        VacationAction,
         MoveAction,
         CopyAction,
         FlagAction,
@@ -472,6 +500,7 @@ ActionConfig = Annotated[
     Annotated[ForwardAction, Tag(_TAG + "forward")]
     | Annotated[RedirectAction, Tag(_TAG + "redirect")]
     | Annotated[ReplyAction, Tag(_TAG + "reply")]
+    | Annotated[VacationAction, Tag(_TAG + "vacation")]
     | Annotated[MoveAction, Tag(_TAG + "move")]
     | Annotated[CopyAction, Tag(_TAG + "copy")]
     | Annotated[FlagAction, Tag(_TAG + "flag")]
@@ -484,6 +513,19 @@ ActionConfig = Annotated[
     | Annotated[_NoKind, Tag(_TAG)],
     Discriminator(_action_tag, custom_error_type="action_kind", custom_error_message=_ONE_KIND),
 ]
+
+
+class SieveConfig(_Strict):
+    """An account's ``sieve:``: a script file (relative: beside the config), run on the new
+    messages of ``folders`` after the account's YAML rules."""
+
+    file: Path
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_path(cls, data: Any) -> Any:
+        return {"file": data} if isinstance(data, str) else data
 
 
 class RuleConfig(_Strict):

@@ -35,7 +35,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,22 +58,25 @@ from postroom.config.rules import (
     SaveAction,
     SaveSpec,
     UnflagAction,
+    VacationAction,
     WebhookAction,
     WebhookSpec,
 )
 from postroom.errors import PostroomError, TransientError, is_transient
 from postroom.mail.compose import make_message_id
-from postroom.mail.templates import TemplateRenderer
+from postroom.mail.templates import RenderedEmail, TemplateRenderer
+from postroom.sieve.interpret import envelope_of
 from postroom.store.calls import store_call
 from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
 from postroom.store.outbox import NewMessage, OutboxStore
 from postroom.webhooks import WebhookRequest, webhook_id_for
 
-from .forward import forward_message, redirect_message, refusal
+from .forward import forward_message, redirect_message
+from .guards import answered, ledger_rule, send_refusal
 from .local_save import Mbox, envelope_sender, save_id, save_maildir
 from .mailbox import InboundItem, ItemOutcome, MailboxOps
 from .message import ParsedMessage, message_parts
-from .replies import compose_reply, reply_context, reply_refusal, reply_to_address
+from .replies import compose_reply, reply_context, reply_to_address, vacation_text
 from .rules import PlannedAction, RuleSet
 from .stall import stall_point
 from .transfer import Opener, already_there, imap_opener, marked, transfer_id
@@ -343,11 +346,10 @@ class ActionExecutor:
                 self.ledger.last_replies,
                 account,
                 [
-                    (w.action.rule, target.lower())
+                    pair
                     for w in todo
-                    if isinstance(w.action.action, ReplyAction)
-                    and w.item.key in parsed
-                    and (target := reply_to_address(parsed[w.item.key])) is not None
+                    if w.item.key in parsed
+                    and (pair := answered(w.action, parsed[w.item.key], acct.address)) is not None
                 ],
             ),
         )
@@ -374,9 +376,9 @@ class ActionExecutor:
                 self.ledger.record_replies,
                 account,
                 [
-                    (w.action.rule, new.recipients[0].lower())
+                    (ledger_rule(w.action), new.recipients[0].lower())
                     for w, new in queued
-                    if isinstance(w.action.action, ReplyAction)
+                    if isinstance(w.action.action, ReplyAction | VacationAction)
                 ],
                 now=now,
             )
@@ -392,11 +394,11 @@ class ActionExecutor:
         action, acct, now = work.action, batch.acct, batch.now
         message_id = make_message_id(acct.address.rsplit("@", 1)[1])
         common = dict(dedup_key=work.key, message_id=message_id, account=batch.account, origin=action.rule)
+        reason = send_refusal(action, msg, acct.address, batch.last_replies.get, now)
+        if reason:
+            return reason
         match action.action:
             case ForwardAction(forward=spec):
-                reason = refusal(msg, acct.address)
-                if reason:
-                    return reason
                 data = forward_message(
                     raw,
                     msg,
@@ -409,22 +411,28 @@ class ActionExecutor:
                 )
                 return NewMessage(envelope_from=acct.address, recipients=list(spec.to), raw=data, **common)
             case RedirectAction(redirect=spec):
-                reason = refusal(msg, acct.address)
-                if reason:
-                    return reason
                 data = redirect_message(raw, sender=acct.address, to=list(spec.to), message_id=message_id, now=now)
                 return NewMessage(envelope_from=acct.address, recipients=list(spec.to), raw=data, **common)
             case ReplyAction(reply=spec):
-                reason = reply_refusal(msg, [acct.address])
-                target = reply_to_address(msg)
-                if reason or target is None:
-                    return reason or "no usable address to reply to"
-                last = batch.last_replies.get((action.rule, target.lower()))
-                if last is not None and now - last < timedelta(days=spec.days):
-                    return f"already replied to {target} within {spec.days} days"
+                target = reply_to_address(msg) or ""  # send_refusal made sure there is one
                 rendered = self.renderer.render(spec.template, reply_context(msg))
                 data = compose_reply(rendered, msg, sender=batch.sender, to=target, message_id=message_id, now=now)
                 batch.last_replies[(action.rule, target.lower())] = now  # a second mail in this batch: no
+                return NewMessage(envelope_from="", recipients=[target], raw=data, **common)
+            case VacationAction(vacation=spec):
+                # answered at the envelope sender (RFC 5230 4.1), guarded as reply is (send_refusal)
+                target = envelope_of(msg, acct.address).sender
+                rendered = RenderedEmail(subject=spec.subject or "", text=vacation_text(spec), html=None)
+                data = compose_reply(
+                    rendered,
+                    msg,
+                    sender=spec.from_ or batch.sender,
+                    to=target,
+                    message_id=message_id,
+                    now=now,
+                    exact_subject=True,
+                )
+                batch.last_replies[(ledger_rule(action), target.lower())] = now
                 return NewMessage(envelope_from="", recipients=[target], raw=data, **common)
         raise ValueError(f"{action.kind} is not sent")  # a gap between PHASES and these cases
 
