@@ -560,6 +560,21 @@ def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
     rules_test_command(loaded_config(ctx), settings(ctx), file, account)
 
 
+@rules.command("try")
+@click.option("--account", required=True, help="The account whose folder to read.")
+@click.option("--folder", default="INBOX", show_default=True, help="The folder to read.")
+@click.option("--last", default=20, show_default=True, help="How many of its newest messages.")
+@config_option
+@click.pass_context
+def rules_try(ctx: click.Context, account: str, folder: str, last: int) -> None:
+    """Run the rules (YAML and Sieve) against a live folder's newest messages without acting:
+    message -> rule -> action -> what the guards decide. Reads only (EXAMINE, BODY.PEEK)."""
+    from .rules_commands import rules_try_command
+
+    rows = rules_try_command(loaded_config(ctx), settings(ctx), account, folder, last)
+    click.echo(_table(rows, ["MESSAGE", "RULE", "ACTION", "GUARDS"]))
+
+
 @rules.command("failed")
 @click.option("--limit", default=50, show_default=True, help="At most this many rows of each kind.")
 @config_option
