@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -116,9 +116,17 @@ class _Work:
         return self.entry is not None and self.entry.status in ("planned", "failed")
 
 
+#: An action's ledger status after a try (the ledger's ``status`` column holds these strings).
+ResultStatus = Literal["done", "failed", "dead"]
+
+
+#: Ledger statuses that are final: never run again.
+_SETTLED: dict[str, ResultStatus] = {"done": "done", "dead": "dead"}
+
+
 @dataclass
 class _Result:
-    status: str  # done | failed | dead
+    status: ResultStatus
     detail: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -142,7 +150,7 @@ class _Phase:
         if isinstance(exc, str):
             self.results[work.aid] = (work, _Result("dead", error=exc))
             return
-        status = "failed" if is_transient(exc) else "dead"
+        status: ResultStatus = "failed" if is_transient(exc) else "dead"
         self.results[work.aid] = (work, _Result(status, error=f"{type(exc).__name__}: {exc}"))
 
     def fail_all(self, works: Iterable[_Work], exc: BaseException | str) -> None:
@@ -211,8 +219,9 @@ class ActionExecutor:
         entries = await store_call(self.ledger.entries, [item.key for item in items])
         results: dict[ActionId, _Result] = {}
         for entry_id, entry in entries.items():
-            if entry.status in ("done", "dead"):
-                results[entry_id] = _Result(entry.status, entry.detail or {}, entry.error)
+            settled = _SETTLED.get(entry.status)  # the ledger's column, read back
+            if settled is not None:
+                results[entry_id] = _Result(settled, entry.detail or {}, entry.error)
         # Items with a failure (this batch, or a dead action before): later phases wait.
         blocked: set[str] = {aid[0] for aid, entry in entries.items() if entry.status == "dead"}
         for phase_of, kinds in PHASES:

@@ -92,7 +92,10 @@ def vacation_text(spec: VacationSpec) -> str:
         if part.get_content_type() == "text/plain":
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
-                return payload.decode(part.get_content_charset() or "utf-8", "replace")
+                try:
+                    return payload.decode(part.get_content_charset() or "utf-8", "replace")
+                except LookupError:  # a charset Python does not know
+                    return payload.decode("utf-8", "replace")
     return spec.reason
 
 
