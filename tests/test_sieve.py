@@ -168,6 +168,13 @@ def test_fileinto_is_a_move_and_with_keep_a_copy():
     ]
 
 
+def test_fileinto_create_creates_the_folder_first():
+    assert plan('require ["fileinto", "mailbox"]; fileinto :create "New";') == [
+        ("create_folder", {"folder": "New"}),
+        ("move", {"folder": "New"}),
+    ]
+
+
 def test_keep_and_fileinto_the_watched_folder_do_nothing():
     assert plan("keep;") == []
     assert plan('require "fileinto"; fileinto "Lists";', folder="Lists") == []

@@ -58,6 +58,7 @@ class Kind(StrEnum):
     SAVE = "save"
     WEBHOOK = "webhook"
     COPY = "copy"
+    CREATE_FOLDER = "create_folder"
     FLAG = "flag"
     UNFLAG = "unflag"
     MARK_READ = "mark_read"
@@ -122,6 +123,15 @@ ACTION_KINDS: dict[Kind, ActionKind] = {
             Phase.COPY,
             imap_only=True,
             call=lambda box, uids, args: box.copy(uids, args[0]),
+        ),
+        # Sieve's fileinto :create; planned before the copy or move into that folder. Creating a
+        # folder that exists is nothing, so it is redone when in doubt and needs no message
+        ActionKind(
+            Kind.CREATE_FOLDER,
+            Phase.COPY,
+            imap_only=True,
+            without_fetch=True,
+            call=lambda box, uids, args: box.ensure_folder(args[0]),
         ),
         ActionKind(
             Kind.FLAG,

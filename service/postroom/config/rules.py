@@ -29,8 +29,8 @@ anywhere in the value and case-sensitive as written (add ``(?i)`` to ignore case
 is a config error naming its key. A plain string is short for ``{contains: s}``. Several
 operators in one test must all hold for the same value.
 
-Actions (each a single-key mapping): forward, redirect, reply, vacation, move, copy, flag,
-unflag, mark_read, delete, webhook, save, stop. ``vacation`` is Sieve's (RFC 5230: a text
+Actions (each a single-key mapping): forward, redirect, reply, vacation, move, copy,
+create_folder, flag, unflag, mark_read, delete, webhook, save, stop. ``vacation`` is Sieve's (RFC 5230: a text
 reason instead of a template, ``seconds`` between replies per sender and ``handle``); a Sieve
 script plans it, and YAML may name it too. ``move``/``copy`` take a folder of the same account or
 ``{account: archive, folder: "2026"}`` (another IMAP account); ``save`` takes ``{maildir: PATH}``
@@ -362,6 +362,17 @@ class CopyAction(_Action):
         return self.copy_.account if isinstance(self.copy_, OtherAccount) else None
 
 
+class CreateFolderAction(_Action):
+    """``create_folder: Reports``: make the folder when it is missing (Sieve's ``fileinto
+    :create``); a move or copy into it may follow."""
+
+    kind: ClassVar[str] = Kind.CREATE_FOLDER
+    create_folder: str = Field(min_length=1)
+
+    def params(self) -> dict[str, Any]:
+        return {"folder": self.create_folder}
+
+
 class SaveSpec(_Strict):
     """``{maildir: PATH}`` or ``{mbox: PATH}``: a local mailbox, created when missing."""
 
@@ -468,6 +479,7 @@ ACTION_MODELS: dict[str, type[_Action]] = {
         VacationAction,
         MoveAction,
         CopyAction,
+        CreateFolderAction,
         FlagAction,
         UnflagAction,
         MarkReadAction,
@@ -503,6 +515,7 @@ ActionConfig = Annotated[
     | Annotated[VacationAction, Tag(_TAG + "vacation")]
     | Annotated[MoveAction, Tag(_TAG + "move")]
     | Annotated[CopyAction, Tag(_TAG + "copy")]
+    | Annotated[CreateFolderAction, Tag(_TAG + "create_folder")]
     | Annotated[FlagAction, Tag(_TAG + "flag")]
     | Annotated[UnflagAction, Tag(_TAG + "unflag")]
     | Annotated[MarkReadAction, Tag(_TAG + "mark_read")]

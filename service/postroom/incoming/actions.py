@@ -47,6 +47,7 @@ from postroom.config.model import AccountConfig, Config
 from postroom.config.rules import (
     ActionConfig,
     CopyAction,
+    CreateFolderAction,
     DeleteAction,
     FlagAction,
     ForwardAction,
@@ -705,6 +706,8 @@ def _folder_args(action: ActionConfig) -> tuple[Kind, Args]:
             return Kind.MOVE, (folder,)
         case CopyAction(copy_=str(folder)):
             return Kind.COPY, (folder,)
+        case CreateFolderAction(create_folder=folder):
+            return Kind.CREATE_FOLDER, (folder,)
         case FlagAction(flag=flags):
             return Kind.FLAG, tuple(flags)
         case UnflagAction(unflag=flags):

@@ -148,7 +148,9 @@ class ScriptRule(Protocol):
 
 #: What a script may plan (``postroom.sieve.plan``): none of these is done from the UID alone
 #: by every handler, so a folder with a script is never decided by SEARCH.
-SCRIPT_KINDS: frozenset[Kind] = frozenset({Kind.REDIRECT, Kind.VACATION, Kind.COPY, Kind.FLAG, Kind.MOVE, Kind.DELETE})
+SCRIPT_KINDS: frozenset[Kind] = frozenset(
+    {Kind.REDIRECT, Kind.VACATION, Kind.CREATE_FOLDER, Kind.COPY, Kind.FLAG, Kind.MOVE, Kind.DELETE}
+)
 
 
 def _dedupe_fields(names: Sequence[str]) -> frozenset[str]:

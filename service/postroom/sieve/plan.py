@@ -6,7 +6,8 @@ After delivery the message already sits in the watched folder, so:
 - keep (and the implicit keep, and fileinto the watched folder) leaves it there: nothing to
   do but its flags;
 - fileinto elsewhere is a copy when the message also stays, else the last such folder is a
-  move (copies first, then the flags, then the move: IMAP carries the flags along);
+  move (copies first, then the flags, then the move: IMAP carries the flags along); with
+  ``:create`` the folder is created first when it is missing;
 - a message neither kept nor filed anywhere (discard, or redirect without :copy) is deleted;
 - redirect is redirect, vacation is vacation (with the guards the YAML reply has).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 from postroom.config.rules import (
     ActionConfig,
     CopyAction,
+    CreateFolderAction,
     DeleteAction,
     FlagAction,
     MoveAction,
@@ -46,6 +48,9 @@ def planned_actions(outcome: Outcome, *, rule: str, folder: str) -> list[Planned
     for vacation in (a for a in outcome.actions if isinstance(a, Vacation)):
         actions.append(VacationAction(vacation=_vacation_spec(vacation)))
     last = None if kept or not elsewhere else elsewhere[-1]
+    for store in elsewhere:
+        if store.create:
+            actions.append(CreateFolderAction(create_folder=store.folder))
     for store in elsewhere:
         if store is not last:
             actions.append(CopyAction(copy=store.folder))
