@@ -5,10 +5,19 @@ move or flag) or an SMTP account (it sends mail), whether it may run on a messag
 (if every planned kind may, an IMAP watcher decides rules by SEARCH alone and fetches nothing),
 and, for the kinds done on an IMAP folder, how actions are grouped into one server
 call, how an action left in doubt by a crash is checked on the server, and the call itself.
-Adding an action is one entry here plus, if it acts on the folder, one ``MailboxOps`` method
-(and its schema in ``config.rules``). A kind here is what the executor runs: the YAML key,
-except ``copy_to``/``move_to``, a ``copy``/``move`` to another account
-(``config.rules._Action.planned_kind``).
+A kind here is what the executor runs: the YAML key, except ``copy_to``/``move_to``, a
+``copy``/``move`` to another account (``config.rules._Action.planned_kind``).
+
+Adding a kind of action (the recipe; Sieve's ``vacation`` was added this way):
+
+1. one ``Kind`` member and one ``ActionKind`` row below (its phase, what it needs);
+2. one member of the config union (``config.rules``: a ``_Action`` subclass, registered in
+   ``ACTION_MODELS`` and ``ActionConfig``), which is also what ``PlannedAction.action`` holds;
+3. one ``case`` in the executor (``incoming.actions``) for its phase - and, when it acts on
+   the folder, one ``MailboxOps`` method and a ``case`` in ``incoming.actions._folder_args``.
+
+Strings appear only where the ledger stores a kind (its ``kind`` column): ``Kind`` is a
+``StrEnum``, so its members are those strings.
 
 Pure data: the calls are written against ``MailboxOps``, imported for type checking only, so
 the config layer can read this table without importing the incoming edge.
@@ -16,10 +25,10 @@ the config layer can read this table without importing the incoming edge.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from postroom.incoming.mailbox import MailboxOps
@@ -39,9 +48,28 @@ class Phase(IntEnum):
     TERMINAL = 6  # the message leaves the folder: the first such action of a message runs
 
 
+class Kind(StrEnum):
+    """Every kind the executor runs; the value is what the ledger's ``kind`` column holds."""
+
+    FORWARD = "forward"
+    REDIRECT = "redirect"
+    REPLY = "reply"
+    VACATION = "vacation"
+    SAVE = "save"
+    WEBHOOK = "webhook"
+    COPY = "copy"
+    CREATE_FOLDER = "create_folder"
+    FLAG = "flag"
+    UNFLAG = "unflag"
+    MARK_READ = "mark_read"
+    MOVE = "move"
+    DELETE = "delete"
+    COPY_TO = "copy_to"
+    MOVE_TO = "move_to"
+    STOP = "stop"
+
+
 Args = tuple[str, ...]
-# (the kind whose call and check serve the group, its arguments): one server call per group
-GroupKey = Callable[[Mapping[str, Any]], tuple[str, Args]]
 FolderCall = Callable[["MailboxOps", list[int], Args], Awaitable[None]]
 # which of these in-doubt UIDs the server already shows done
 DoneCheck = Callable[["MailboxOps", Collection[int], Args], Awaitable[set[int]]]
@@ -49,15 +77,14 @@ DoneCheck = Callable[["MailboxOps", Collection[int], Args], Awaitable[set[int]]]
 
 @dataclass(frozen=True)
 class ActionKind:
-    name: str
+    name: Kind
     phase: Phase | None  # None: not executed (``stop`` only steers evaluation)
     imap_only: bool = False
     sends: bool = False
     # needs nothing of the message, and doing it again after a UIDVALIDITY change (when the
     # unfetched message is not recognised as handled) is harmless
     without_fetch: bool = False
-    group: GroupKey | None = None  # folder kinds only
-    call: FolderCall | None = None
+    call: FolderCall | None = None  # folder kinds only
     check: DoneCheck | None = None  # None: redone when in doubt
     written_as: str | None = None  # the action key in the config, when it is not ``name``
 
@@ -80,82 +107,79 @@ async def _flags_clear(box: MailboxOps, uids: Collection[int], args: Args) -> se
     return {uid for uid, has in (await box.flags(uids)).items() if not wanted & {f.lower() for f in has}}
 
 
-def _by_folder(kind: str) -> GroupKey:
-    return lambda params: (kind, (params["folder"],))
-
-
-def _by_flags(kind: str) -> GroupKey:
-    return lambda params: (kind, tuple(params["flags"]))
-
-
-ACTION_KINDS: dict[str, ActionKind] = {
+ACTION_KINDS: dict[Kind, ActionKind] = {
     kind.name: kind
     for kind in [
-        ActionKind("forward", Phase.SEND, sends=True),
-        ActionKind("redirect", Phase.SEND, sends=True),
-        ActionKind("reply", Phase.SEND, sends=True),
-        ActionKind("save", Phase.SAVE),  # checked on disk when in doubt (postroom.incoming.local_save)
-        ActionKind("webhook", Phase.WEBHOOK),
+        ActionKind(Kind.FORWARD, Phase.SEND, sends=True),
+        ActionKind(Kind.REDIRECT, Phase.SEND, sends=True),
+        ActionKind(Kind.REPLY, Phase.SEND, sends=True),
+        ActionKind(Kind.VACATION, Phase.SEND, sends=True),  # Sieve's (RFC 5230), or YAML's
+        ActionKind(Kind.SAVE, Phase.SAVE),  # checked on disk when in doubt (postroom.incoming.local_save)
+        ActionKind(Kind.WEBHOOK, Phase.WEBHOOK),
         # a copy can't be checked cheaply: redone when in doubt (at worst one duplicate copy);
         # not without_fetch, since a second copy after a UIDVALIDITY change would be a duplicate
         ActionKind(
-            "copy",
+            Kind.COPY,
             Phase.COPY,
             imap_only=True,
-            group=_by_folder("copy"),
             call=lambda box, uids, args: box.copy(uids, args[0]),
         ),
+        # Sieve's fileinto :create; planned before the copy or move into that folder. Creating a
+        # folder that exists is nothing, so it is redone when in doubt and needs no message
         ActionKind(
-            "flag",
+            Kind.CREATE_FOLDER,
+            Phase.COPY,
+            imap_only=True,
+            without_fetch=True,
+            call=lambda box, uids, args: box.ensure_folder(args[0]),
+        ),
+        ActionKind(
+            Kind.FLAG,
             Phase.FLAG,
             imap_only=True,
             without_fetch=True,
-            group=_by_flags("flag"),
             call=lambda box, uids, args: box.add_flags(uids, list(args)),
             check=_flags_set,
         ),
         ActionKind(
-            "unflag",
+            Kind.UNFLAG,
             Phase.FLAG,
             imap_only=True,
             without_fetch=True,
-            group=_by_flags("unflag"),
             call=lambda box, uids, args: box.remove_flags(uids, list(args)),
             check=_flags_clear,
         ),
-        # grouped with flag: \Seen, so one STORE serves both
-        ActionKind("mark_read", Phase.FLAG, imap_only=True, without_fetch=True, group=lambda params: ("flag", (SEEN,))),
+        # done as flag: \Seen (incoming.actions._folder_args), so one STORE serves both
+        ActionKind(Kind.MARK_READ, Phase.FLAG, imap_only=True, without_fetch=True),
         ActionKind(
-            "move",
+            Kind.MOVE,
             Phase.TERMINAL,
             imap_only=True,
             without_fetch=True,
-            group=_by_folder("move"),
             call=lambda box, uids, args: box.move(uids, args[0]),
             check=_gone,
         ),
         ActionKind(
-            "delete",
+            Kind.DELETE,
             Phase.TERMINAL,
             imap_only=True,
             without_fetch=True,
-            group=lambda params: ("delete", ()),
             call=lambda box, uids, args: box.delete(uids),
             check=_gone,
         ),
         # to another account: APPEND there with an X-Postroom-Id marker, searched for when in doubt
         # (postroom.incoming.transfer); move_to then deletes from this folder. Never without_fetch:
         # after a UIDVALIDITY change the marker differs, so a second APPEND would be a duplicate
-        ActionKind("copy_to", Phase.COPY, imap_only=True, written_as="copy"),
-        ActionKind("move_to", Phase.TERMINAL, imap_only=True, written_as="move"),
-        ActionKind("stop", None),
+        ActionKind(Kind.COPY_TO, Phase.COPY, imap_only=True, written_as="copy"),
+        ActionKind(Kind.MOVE_TO, Phase.TERMINAL, imap_only=True, written_as="move"),
+        ActionKind(Kind.STOP, None),
     ]
 }
 
-IMAP_ONLY: frozenset[str] = frozenset(k.name for k in ACTION_KINDS.values() if k.imap_only)
-SENDING: frozenset[str] = frozenset(k.name for k in ACTION_KINDS.values() if k.sends)
-WITHOUT_FETCH: frozenset[str] = frozenset(k.name for k in ACTION_KINDS.values() if k.without_fetch)
+IMAP_ONLY: frozenset[Kind] = frozenset(k.name for k in ACTION_KINDS.values() if k.imap_only)
+SENDING: frozenset[Kind] = frozenset(k.name for k in ACTION_KINDS.values() if k.sends)
+WITHOUT_FETCH: frozenset[Kind] = frozenset(k.name for k in ACTION_KINDS.values() if k.without_fetch)
 # the executed kinds of each phase, phases in order
-PHASES: tuple[tuple[Phase, frozenset[str]], ...] = tuple(
+PHASES: tuple[tuple[Phase, frozenset[Kind]], ...] = tuple(
     (phase, frozenset(k.name for k in ACTION_KINDS.values() if k.phase is phase)) for phase in Phase
 )

@@ -27,7 +27,7 @@ from .http import HttpServer
 from .incoming.actions import ActionExecutor
 from .incoming.balance import FolderBalance
 from .incoming.bounces import BounceIntake, watch_targets
-from .incoming.rules import RuleSet, compile_rules
+from .incoming.rules import RuleSet
 from .incoming.transfer import imap_opener
 from .incoming.watch_loop import WatchState
 from .incoming.watcher import ImapWatcher, Pop3Watcher, Watcher, WatcherHooks
@@ -41,6 +41,7 @@ from .outgoing.refusals import suppressing
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
 from .scheduler import Scheduler
+from .sieve.rule import compile_config
 from .store import calls as store_calls
 from .store.calls import gate, store_call
 from .store.health import StoreMonitor
@@ -157,7 +158,7 @@ class Daemon:
             on_run=self.metrics.job_run,
             on_suppressed=self.metrics.suppressed,
         )
-        ruleset = compile_rules(config.rules)
+        ruleset = compile_config(config)
         self.webhooks = WebhookQueue(
             store.ledger, spec_lookup=ruleset.action_config, on_result=self.metrics.webhook, lease=lease
         )
@@ -430,7 +431,7 @@ class Daemon:
         self.metrics.known_jobs({name: job.account for name, job in config.jobs.items()})
         if not self.dry_run:
             self.scheduler.replace(config)
-        ruleset = compile_rules(config.rules)
+        ruleset = compile_config(config)
         self.webhooks.spec_lookup = ruleset.action_config
         old = self.incoming
         # In-flight batches finish (the old watchers stop between batches), then the new

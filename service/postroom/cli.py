@@ -629,31 +629,26 @@ def rules() -> None:
 @config_option
 @click.pass_context
 def rules_test(ctx: click.Context, file: Path, account: str | None) -> None:
-    """Which rules match the message in FILE (.eml) and which actions they would take."""
-    from .clock import utcnow
-    from .incoming.message import ParsedMessage
-    from .incoming.rules import compile_rules
+    """Which rules (YAML, then Sieve) match the message in FILE (.eml), the actions they would
+    take and what the guards will decide for each (the reply ledger is read, not written)."""
+    from .rules_commands import rules_test_command
 
-    cfg = loaded_config(ctx)
-    if account is not None and account not in cfg.accounts:
-        raise Failed(f"no account named {account!r}; accounts: {', '.join(sorted(cfg.accounts))}")
-    rules = [r for r in cfg.rules if account is None or r.account == account]
-    msg = ParsedMessage.from_bytes(file.read_bytes(), key=str(file))
-    click.echo(f"message: {msg.subject!r} from {', '.join(a.display for a in msg.from_) or '-'}")
-    any_match = False
-    for ex in compile_rules(rules).explain(msg, now=utcnow()):
-        if ex.skipped:
-            click.echo(f"  -    {ex.rule}: not evaluated (an earlier rule said stop)")
-        elif ex.matched:
-            any_match = True
-            click.secho(f"  MATCH {ex.rule}", fg="green")
-            for a in ex.actions:
-                params = ", ".join(f"{k}={v}" for k, v in a.params.items())
-                click.echo(f"        {a.index}: {a.kind}" + (f" ({params})" if params else ""))
-        else:
-            click.echo(f"  no    {ex.rule}")
-    if not any_match:
-        click.echo("no rule matches")
+    rules_test_command(loaded_config(ctx), settings(ctx), file, account)
+
+
+@rules.command("try")
+@click.option("--account", required=True, help="The account whose folder to read.")
+@click.option("--folder", default="INBOX", show_default=True, help="The folder to read.")
+@click.option("--last", default=20, show_default=True, help="How many of its newest messages.")
+@config_option
+@click.pass_context
+def rules_try(ctx: click.Context, account: str, folder: str, last: int) -> None:
+    """Run the rules (YAML and Sieve) against a live folder's newest messages without acting:
+    message -> rule -> action -> what the guards decide. Reads only (EXAMINE, BODY.PEEK)."""
+    from .rules_commands import rules_try_command
+
+    rows = rules_try_command(loaded_config(ctx), settings(ctx), account, folder, last)
+    click.echo(_table(rows, ["MESSAGE", "RULE", "ACTION", "GUARDS"]))
 
 
 @rules.command("failed")

@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+from ..sieve.syntax import read_script
 from .dburl import sqlite_beside
 from .model import Config, FileSource, SqlSource
 from .settings import FILE_SUFFIX, Settings, read_dotenv, read_secret_file
@@ -93,6 +94,7 @@ def load_config(
     if problems:
         raise _error(problems, lines, shown)
     _resolve_relative_paths(config, path.parent)
+    _check_sieve_scripts(config)
     return LoadedConfig(config=config, path=path, settings=settings)
 
 
@@ -298,3 +300,14 @@ def _resolve_relative_paths(config: Config, base: Path) -> None:
                 att.file = str(base / att.file)
     # A folder of its own by default, not the config's (which holds .env and the config).
     config.attachments_dir = base / (config.attachments_dir or DEFAULT_ATTACHMENTS_DIR)
+    for account in config.accounts.values():
+        if account.sieve is not None and not account.sieve.file.is_absolute():
+            account.sieve = account.sieve.model_copy(update={"file": base / account.sieve.file})
+
+
+def _check_sieve_scripts(config: Config) -> None:
+    """Each account's Sieve script parses: a broken one fails ``check`` (and start-up) naming
+    the script's file, line and column."""
+    for account in config.accounts.values():
+        if account.sieve is not None:
+            read_script(account.sieve.file)

@@ -28,7 +28,7 @@ from ..auth.providers import PROVIDERS, Grant, ProviderName
 from ..credentials import Credentials, PasswordCredentials
 from ..mail.headers import header_value_problem, job_header_problem
 from .cron import cron_problem
-from .rules import RuleConfig
+from .rules import RuleConfig, SieveConfig
 from .types import Address, ByteSize, Duration, LocaleName, TimeZoneName
 
 Security = Literal["tls", "starttls", "none"]
@@ -226,6 +226,8 @@ class AccountConfig(_Strict):
     bounces: BouncesConfig | None = None  # off unless given
     """Bounce tracking: read the bounce reports for the account's mail and suppress addresses that bounce for good.
     Off unless given."""
+    sieve: SieveConfig | None = None
+    """A Sieve script (RFC 5228) run on the account's new mail after the YAML rules."""
 
     def servers(self) -> dict[str, ServerConfig]:
         """The servers this account names, by protocol."""
@@ -541,6 +543,12 @@ class Config(_Strict):
                     problems.append(
                         ((*at, "actions", j, kind), f"{kind} sends mail; account {rule.account!r} has no smtp: section")
                     )
+        for name, account in self.accounts.items():
+            if account.sieve is not None and account.imap is None:
+                # a script files, flags and deletes: a POP3 maildrop can do none of it
+                problems.append(
+                    (("accounts", name, "sieve"), "a Sieve script needs the account's imap: section to act on")
+                )
         return problems
 
 

@@ -29,8 +29,10 @@ anywhere in the value and case-sensitive as written (add ``(?i)`` to ignore case
 is a config error naming its key. A plain string is short for ``{contains: s}``. Several
 operators in one test must all hold for the same value.
 
-Actions (each a single-key mapping): forward, redirect, reply, move, copy, flag, unflag,
-mark_read, delete, webhook, save, stop. ``move``/``copy`` take a folder of the same account or
+Actions (each a single-key mapping): forward, redirect, reply, vacation, move, copy,
+create_folder, flag, unflag, mark_read, delete, webhook, save, stop. ``vacation`` is Sieve's (RFC 5230: a text
+reason instead of a template, ``seconds`` between replies per sender and ``handle``); a Sieve
+script plans it, and YAML may name it too. ``move``/``copy`` take a folder of the same account or
 ``{account: archive, folder: "2026"}`` (another IMAP account); ``save`` takes ``{maildir: PATH}``
 or ``{mbox: PATH}``. ``stop: true`` ends evaluation of later rules for the
 message after this rule's actions; it may sit anywhere in the list.
@@ -42,12 +44,13 @@ import os
 import re
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator, model_validator
 
-from ..action_kinds import IMAP_ONLY
+from ..action_kinds import IMAP_ONLY, Kind
 from .types import parse_duration, parse_size, webhook_key
 
 #: The system flags a client may set (RFC 3501 2.3.2); \Recent is the server's alone.
@@ -211,6 +214,25 @@ class ReplySpec(_Strict):
     """At most one reply per sender in this many days."""
 
 
+class VacationSpec(_Strict):
+    """Sieve's vacation (RFC 5230), planned by a script (``postroom.sieve``)."""
+
+    reason: str
+    """The reply's text (with `mime`, a whole MIME entity)."""
+    seconds: int = Field(default=7 * 86400, ge=0)
+    """At most one reply to a sender in this many seconds (Sieve's `:days` × 86400 or `:seconds`)."""
+    handle: str = ""
+    """Replies with different handles are counted apart (Sieve's `:handle`)."""
+    subject: str | None = None
+    """The reply's subject (default: "Auto: " and the message's subject)."""
+    from_: str | None = Field(default=None, alias="from")
+    """The reply's From (default: the account's address)."""
+    addresses: list[str] = []
+    """The user's other addresses: the message must be addressed to one of them (or the account) to be answered."""
+    mime: bool = False
+    """`reason` is a MIME entity with its own headers (Sieve's `:mime`)."""
+
+
 #: A webhook body's content cap when ``include`` is given without ``max_bytes``.
 WEBHOOK_MAX_BYTES = 5 * 1024 * 1024
 
@@ -251,36 +273,41 @@ class WebhookSpec(_Strict):
         return value
 
 
+def flag_problem(flag: str) -> str | None:
+    """Why ``flag`` can't be set on an IMAP message, or None."""
+    if flag.startswith("\\"):
+        if flag.lower() not in SYSTEM_FLAGS:
+            return f"{flag!r} is not a settable system flag (\\Seen, \\Answered, \\Flagged, \\Deleted, \\Draft)"
+    elif not _KEYWORD_RE.match(flag) or not flag.isascii():  # an atom is ASCII (RFC 3501 9)
+        return f"{flag!r} is not a valid IMAP keyword"
+    return None
+
+
 def _check_flags(value: Any) -> Any:
     flags = [value] if isinstance(value, str) else value
     if not isinstance(flags, list) or not flags:
         return value  # let pydantic report the type
     for flag in flags:
-        if not isinstance(flag, str):
-            continue
-        if flag.startswith("\\"):
-            if flag.lower() not in SYSTEM_FLAGS:
-                raise ValueError(
-                    f"{flag!r} is not a settable system flag (\\Seen, \\Answered, \\Flagged, \\Deleted, \\Draft)"
-                )
-        elif not _KEYWORD_RE.match(flag):
-            raise ValueError(f"{flag!r} is not a valid IMAP keyword")
+        problem = flag_problem(flag) if isinstance(flag, str) else None
+        if problem:
+            raise ValueError(problem)
     return flags
 
 
 class _Action(_Strict):
     """One action: a mapping with a single key, its kind (``{move: Archive}``)."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[str]  # the YAML key (a ``Kind`` for every real action)
 
     def params(self) -> dict[str, Any]:
-        """JSON-safe parameters, without secrets."""
+        """What the ledger, the log and ``rules test`` show of the action: JSON-safe, without
+        secrets. The executor reads the typed fields, never this."""
         return {}
 
-    def planned_kind(self) -> str:
+    def planned_kind(self) -> Kind:
         """The kind the executor runs (``postroom.action_kinds``): the YAML key, except for a
         move or copy to another account."""
-        return self.kind
+        return Kind(self.kind)
 
     def other_account(self) -> str | None:
         """The account this action acts on besides the rule's own, if any."""
@@ -288,7 +315,7 @@ class _Action(_Strict):
 
 
 class ForwardAction(_Action):
-    kind: ClassVar[str] = "forward"
+    kind: ClassVar[str] = Kind.FORWARD
     forward: ForwardSpec
     """A new message from this account to `to`, carrying the original (as an attachment or inline), Reply-To the
     original sender."""
@@ -298,7 +325,7 @@ class ForwardAction(_Action):
 
 
 class RedirectAction(_Action):
-    kind: ClassVar[str] = "redirect"
+    kind: ClassVar[str] = Kind.REDIRECT
     redirect: RedirectSpec
     """Send the original message on to `to`, with Resent-* headers."""
 
@@ -307,13 +334,22 @@ class RedirectAction(_Action):
 
 
 class ReplyAction(_Action):
-    kind: ClassVar[str] = "reply"
+    kind: ClassVar[str] = Kind.REPLY
     reply: ReplySpec
     """An RFC 3834 auto-reply from a template, at most once per sender in `days` (never to lists, bulk or
     auto-submitted mail)."""
 
     def params(self) -> dict[str, Any]:
         return self.reply.model_dump(by_alias=True)
+
+
+class VacationAction(_Action):
+    kind: ClassVar[str] = Kind.VACATION
+    vacation: VacationSpec
+    """Sieve's vacation (RFC 5230): an auto-reply behind the RFC 3834 guards and a per-sender ledger."""
+
+    def params(self) -> dict[str, Any]:
+        return {"seconds": self.vacation.seconds, "handle": self.vacation.handle, "subject": self.vacation.subject}
 
 
 class OtherAccount(_Strict):
@@ -338,7 +374,7 @@ def _target_params(target: str | OtherAccount) -> dict[str, Any]:
 
 
 class MoveAction(_Action):
-    kind: ClassVar[str] = "move"
+    kind: ClassVar[str] = Kind.MOVE
     move: str | OtherAccount
     """Move the message to this folder, or to `{account, folder}` of another account."""
 
@@ -350,15 +386,15 @@ class MoveAction(_Action):
     def params(self) -> dict[str, Any]:
         return _target_params(self.move)
 
-    def planned_kind(self) -> str:
-        return "move_to" if isinstance(self.move, OtherAccount) else self.kind
+    def planned_kind(self) -> Kind:
+        return Kind.MOVE_TO if isinstance(self.move, OtherAccount) else Kind.MOVE
 
     def other_account(self) -> str | None:
         return self.move.account if isinstance(self.move, OtherAccount) else None
 
 
 class CopyAction(_Action):
-    kind: ClassVar[str] = "copy"
+    kind: ClassVar[str] = Kind.COPY
     copy_: str | OtherAccount = Field(alias="copy")
     """Copy the message to this folder, or to `{account, folder}` of another account."""
 
@@ -370,11 +406,23 @@ class CopyAction(_Action):
     def params(self) -> dict[str, Any]:
         return _target_params(self.copy_)
 
-    def planned_kind(self) -> str:
-        return "copy_to" if isinstance(self.copy_, OtherAccount) else self.kind
+    def planned_kind(self) -> Kind:
+        return Kind.COPY_TO if isinstance(self.copy_, OtherAccount) else Kind.COPY
 
     def other_account(self) -> str | None:
         return self.copy_.account if isinstance(self.copy_, OtherAccount) else None
+
+
+class CreateFolderAction(_Action):
+    """``create_folder: Reports``: make the folder when it is missing (Sieve's ``fileinto
+    :create``); a move or copy into it may follow."""
+
+    kind: ClassVar[str] = Kind.CREATE_FOLDER
+    create_folder: str = Field(min_length=1)
+    """The folder to create when it is missing."""
+
+    def params(self) -> dict[str, Any]:
+        return {"folder": self.create_folder}
 
 
 class SaveSpec(_Strict):
@@ -403,7 +451,7 @@ class SaveSpec(_Strict):
 
 
 class SaveAction(_Action):
-    kind: ClassVar[str] = "save"
+    kind: ClassVar[str] = Kind.SAVE
     save: SaveSpec
     """Save the message to a local Maildir or mbox."""
 
@@ -412,7 +460,7 @@ class SaveAction(_Action):
 
 
 class FlagAction(_Action):
-    kind: ClassVar[str] = "flag"
+    kind: ClassVar[str] = Kind.FLAG
     flag: list[str]
     """IMAP flags or keywords to set (`\\Flagged`, `$Important`)."""
 
@@ -426,7 +474,7 @@ class FlagAction(_Action):
 
 
 class UnflagAction(_Action):
-    kind: ClassVar[str] = "unflag"
+    kind: ClassVar[str] = Kind.UNFLAG
     unflag: list[str]
     """IMAP flags or keywords to clear."""
 
@@ -440,19 +488,19 @@ class UnflagAction(_Action):
 
 
 class MarkReadAction(_Action):
-    kind: ClassVar[str] = "mark_read"
+    kind: ClassVar[str] = Kind.MARK_READ
     mark_read: Literal[True]
     """true: mark the message read (\\Seen)."""
 
 
 class DeleteAction(_Action):
-    kind: ClassVar[str] = "delete"
+    kind: ClassVar[str] = Kind.DELETE
     delete: Literal[True]
     """true: delete the message (\\Deleted and UID EXPUNGE of just it)."""
 
 
 class WebhookAction(_Action):
-    kind: ClassVar[str] = "webhook"
+    kind: ClassVar[str] = Kind.WEBHOOK
     webhook: WebhookSpec
     """POST the message's summary to a URL."""
 
@@ -469,7 +517,7 @@ class WebhookAction(_Action):
 
 
 class StopAction(_Action):
-    kind: ClassVar[str] = "stop"
+    kind: ClassVar[str] = Kind.STOP
     stop: Literal[True]
     """true: no later rule sees this message."""
 
@@ -492,8 +540,10 @@ ACTION_MODELS: dict[str, type[_Action]] = {
         ForwardAction,
         RedirectAction,
         ReplyAction,
+        VacationAction,
         MoveAction,
         CopyAction,
+        CreateFolderAction,
         FlagAction,
         UnflagAction,
         MarkReadAction,
@@ -526,8 +576,10 @@ ActionConfig = Annotated[
     Annotated[ForwardAction, Tag(_TAG + "forward")]
     | Annotated[RedirectAction, Tag(_TAG + "redirect")]
     | Annotated[ReplyAction, Tag(_TAG + "reply")]
+    | Annotated[VacationAction, Tag(_TAG + "vacation")]
     | Annotated[MoveAction, Tag(_TAG + "move")]
     | Annotated[CopyAction, Tag(_TAG + "copy")]
+    | Annotated[CreateFolderAction, Tag(_TAG + "create_folder")]
     | Annotated[FlagAction, Tag(_TAG + "flag")]
     | Annotated[UnflagAction, Tag(_TAG + "unflag")]
     | Annotated[MarkReadAction, Tag(_TAG + "mark_read")]
@@ -538,6 +590,21 @@ ActionConfig = Annotated[
     | Annotated[_NoKind, Tag(_TAG)],
     Discriminator(_action_tag, custom_error_type="action_kind", custom_error_message=_ONE_KIND),
 ]
+
+
+class SieveConfig(_Strict):
+    """An account's ``sieve:``: a script file (relative: beside the config), run on the new
+    messages of ``folders`` after the account's YAML rules."""
+
+    file: Path
+    """The Sieve script (relative: beside the config file)."""
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
+    """The folders whose new messages the script reads."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_path(cls, data: Any) -> Any:
+        return {"file": data} if isinstance(data, str) else data
 
 
 class RuleConfig(_Strict):

@@ -35,28 +35,49 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
-from postroom.action_kinds import ACTION_KINDS, PHASES, WITHOUT_FETCH, Phase
+from postroom.action_kinds import ACTION_KINDS, PHASES, SEEN, WITHOUT_FETCH, Args, Kind, Phase
 from postroom.clock import utcnow
 from postroom.config.model import AccountConfig, Config
+from postroom.config.rules import (
+    ActionConfig,
+    CopyAction,
+    CreateFolderAction,
+    DeleteAction,
+    FlagAction,
+    ForwardAction,
+    MarkReadAction,
+    MoveAction,
+    OtherAccount,
+    RedirectAction,
+    ReplyAction,
+    SaveAction,
+    SaveSpec,
+    UnflagAction,
+    VacationAction,
+    WebhookAction,
+    WebhookSpec,
+)
 from postroom.errors import PostroomError, TransientError, is_transient
 from postroom.mail.compose import make_message_id
-from postroom.mail.templates import TemplateRenderer
+from postroom.mail.templates import RenderedEmail, TemplateRenderer
+from postroom.sieve.interpret import envelope_of
 from postroom.store.calls import store_call
 from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
 from postroom.store.outbox import NewMessage, OutboxStore
 from postroom.webhooks import WebhookRequest, webhook_id_for
 
-from .forward import forward_message, redirect_message, refusal
+from .forward import forward_message, redirect_message
+from .guards import answered, ledger_rule, send_refusal
 from .local_save import Mbox, envelope_sender, save_id, save_maildir
 from .mailbox import InboundItem, ItemOutcome, MailboxOps
 from .message import ParsedMessage, message_parts
-from .replies import compose_reply, reply_context, reply_refusal, reply_to_address
+from .replies import compose_reply, reply_context, reply_to_address, vacation_text
 from .rules import PlannedAction, RuleSet
 from .stall import stall_point
 from .transfer import Opener, already_there, imap_opener, marked, transfer_id
@@ -96,9 +117,17 @@ class _Work:
         return self.entry is not None and self.entry.status in ("planned", "failed")
 
 
+#: An action's ledger status after a try (the ledger's ``status`` column holds these strings).
+ResultStatus = Literal["done", "failed", "dead"]
+
+
+#: Ledger statuses that are final: never run again.
+_SETTLED: dict[str, ResultStatus] = {"done": "done", "dead": "dead"}
+
+
 @dataclass
 class _Result:
-    status: str  # done | failed | dead
+    status: ResultStatus
     detail: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -122,7 +151,7 @@ class _Phase:
         if isinstance(exc, str):
             self.results[work.aid] = (work, _Result("dead", error=exc))
             return
-        status = "failed" if is_transient(exc) else "dead"
+        status: ResultStatus = "failed" if is_transient(exc) else "dead"
         self.results[work.aid] = (work, _Result(status, error=f"{type(exc).__name__}: {exc}"))
 
     def fail_all(self, works: Iterable[_Work], exc: BaseException | str) -> None:
@@ -147,7 +176,7 @@ class ActionExecutor:
 
     #: Actions done from the UID alone: a watcher may hand these over without fetching the
     #: message (``ParsedMessage.unread``). Not copy: see the watcher on UIDVALIDITY changes.
-    kinds_without_message: frozenset[str] = WITHOUT_FETCH  # what the watcher may hand over unfetched
+    kinds_without_message: frozenset[Kind] = WITHOUT_FETCH  # what the watcher may hand over unfetched
 
     def __init__(
         self,
@@ -191,8 +220,9 @@ class ActionExecutor:
         entries = await store_call(self.ledger.entries, [item.key for item in items])
         results: dict[ActionId, _Result] = {}
         for entry_id, entry in entries.items():
-            if entry.status in ("done", "dead"):
-                results[entry_id] = _Result(entry.status, entry.detail or {}, entry.error)
+            settled = _SETTLED.get(entry.status)  # the ledger's column, read back
+            if settled is not None:
+                results[entry_id] = _Result(settled, entry.detail or {}, entry.error)
         # Items with a failure (this batch, or a dead action before): later phases wait.
         blocked: set[str] = {aid[0] for aid, entry in entries.items() if entry.status == "dead"}
         for phase_of, kinds in PHASES:
@@ -326,11 +356,10 @@ class ActionExecutor:
                 self.ledger.last_replies,
                 account,
                 [
-                    (w.action.rule, target.lower())
+                    pair
                     for w in todo
-                    if w.action.kind == "reply"
-                    and w.item.key in parsed
-                    and (target := reply_to_address(parsed[w.item.key])) is not None
+                    if w.item.key in parsed
+                    and (pair := answered(w.action, parsed[w.item.key], acct.address)) is not None
                 ],
             ),
         )
@@ -356,7 +385,11 @@ class ActionExecutor:
             await store_call(
                 self.ledger.record_replies,
                 account,
-                [(w.action.rule, new.recipients[0].lower()) for w, new in queued if w.action.kind == "reply"],
+                [
+                    (ledger_rule(w.action), new.recipients[0].lower())
+                    for w, new in queued
+                    if isinstance(w.action.action, ReplyAction | VacationAction)
+                ],
                 now=now,
             )
         except Exception as exc:
@@ -371,37 +404,47 @@ class ActionExecutor:
         action, acct, now = work.action, batch.acct, batch.now
         message_id = make_message_id(acct.address.rsplit("@", 1)[1])
         common = dict(dedup_key=work.key, message_id=message_id, account=batch.account, origin=action.rule)
-        if action.kind in ("forward", "redirect"):
-            reason = refusal(msg, acct.address)
-            if reason:
-                return reason
-            targets = list(action.params["to"])
-            if action.kind == "forward":
+        reason = send_refusal(action, msg, acct.address, batch.last_replies.get, now)
+        if reason:
+            return reason
+        match action.action:
+            case ForwardAction(forward=spec):
                 data = forward_message(
                     raw,
                     msg,
                     sender=batch.sender,
-                    to=targets,
-                    as_=action.params.get("as", "attachment"),
+                    to=list(spec.to),
+                    as_=spec.as_,
                     rule=action.rule,
                     message_id=message_id,
                     now=now,
                 )
-            else:
-                data = redirect_message(raw, sender=acct.address, to=targets, message_id=message_id, now=now)
-            return NewMessage(envelope_from=acct.address, recipients=targets, raw=data, **common)
-        reason = reply_refusal(msg, [acct.address])
-        target = reply_to_address(msg)
-        if reason or target is None:
-            return reason or "no usable address to reply to"
-        days = max(1, int(action.params.get("days", 7)))
-        last = batch.last_replies.get((action.rule, target.lower()))
-        if last is not None and now - last < timedelta(days=days):
-            return f"already replied to {target} within {days} days"
-        rendered = self.renderer.render(action.params["template"], reply_context(msg))
-        data = compose_reply(rendered, msg, sender=batch.sender, to=target, message_id=message_id, now=now)
-        batch.last_replies[(action.rule, target.lower())] = now  # a second mail in this batch: no
-        return NewMessage(envelope_from="", recipients=[target], raw=data, **common)
+                return NewMessage(envelope_from=acct.address, recipients=list(spec.to), raw=data, **common)
+            case RedirectAction(redirect=spec):
+                data = redirect_message(raw, sender=acct.address, to=list(spec.to), message_id=message_id, now=now)
+                return NewMessage(envelope_from=acct.address, recipients=list(spec.to), raw=data, **common)
+            case ReplyAction(reply=spec):
+                target = reply_to_address(msg) or ""  # send_refusal made sure there is one
+                rendered = self.renderer.render(spec.template, reply_context(msg))
+                data = compose_reply(rendered, msg, sender=batch.sender, to=target, message_id=message_id, now=now)
+                batch.last_replies[(action.rule, target.lower())] = now  # a second mail in this batch: no
+                return NewMessage(envelope_from="", recipients=[target], raw=data, **common)
+            case VacationAction(vacation=spec):
+                # answered at the envelope sender (RFC 5230 4.1), guarded as reply is (send_refusal)
+                target = envelope_of(msg, acct.address).sender
+                rendered = RenderedEmail(subject=spec.subject or "", text=vacation_text(spec), html=None)
+                data = compose_reply(
+                    rendered,
+                    msg,
+                    sender=spec.from_ or batch.sender,
+                    to=target,
+                    message_id=message_id,
+                    now=now,
+                    exact_subject=True,
+                )
+                batch.last_replies[(ledger_rule(action), target.lower())] = now
+                return NewMessage(envelope_from="", recipients=[target], raw=data, **common)
+        raise ValueError(f"{action.kind} is not sent")  # a gap between PHASES and these cases
 
     # -- local mailboxes -----------------------------------------------------------------
 
@@ -415,13 +458,14 @@ class ActionExecutor:
             for work in chunk:
                 if work.aid in phase.results:
                     continue
-                if "mbox" in work.action.params:
-                    mboxes[work.action.params["mbox"]].append(work)
+                spec = _save_spec(work.action.action)
+                if spec.mbox is not None:
+                    mboxes[spec.mbox].append(work)
                     continue
                 try:
                     detail = await asyncio.to_thread(
                         save_maildir,
-                        _local_path(work.action.params["maildir"]),
+                        _local_path(spec.maildir or ""),
                         raws[work.item.key],
                         unique=save_id(work.key),
                         now=self.clock(),
@@ -476,7 +520,8 @@ class ActionExecutor:
             if work.item.uid is None:
                 phase.failed(work, f"{work.action.kind} needs an IMAP UID")
                 continue
-            groups[(work.action.params["account"], work.action.params["folder"])].append(work)
+            target = _other_account(work.action.action)
+            groups[(target.account, target.folder)].append(work)
         for (account, folder), works in groups.items():
             try:
                 await self._transfer_group(account, folder, works, phase, mailbox, moving=moving)
@@ -535,17 +580,17 @@ class ActionExecutor:
     async def _webhooks(
         self, todo: list[_Work], phase: _Phase, account: str, folder: str, mailbox: MailboxOps | None
     ) -> None:
-        with_content = [w for w in todo if w.action.params.get("include")]
+        specs = {w.aid: _webhook_spec(w.action.action) for w in todo}
+        with_content = [w for w in todo if specs[w.aid].include]
         raws = await self._raws(with_content, phase, mailbox) if with_content else {}
         todo = [w for w in todo if w.aid not in phase.results]
         requests = []
         for work in todo:
+            spec = specs[work.aid]
             payload = webhook_payload(work.item, account, folder, work.action.rule)
-            if work.action.params.get("include"):
-                payload["content"] = webhook_content(
-                    raws[work.item.key], work.action.params["include"], int(work.action.params["max_bytes"])
-                )
-            requests.append(WebhookRequest(work.key, work.action.rule, work.action.params["url"], payload))
+            if spec.include:
+                payload["content"] = webhook_content(raws[work.item.key], spec.include, spec.max_bytes)
+            requests.append(WebhookRequest(work.key, work.action.rule, spec.url, payload))
         try:
             await self.webhooks.submit(requests)
         except Exception as exc:
@@ -557,22 +602,19 @@ class ActionExecutor:
     # -- IMAP ----------------------------------------------------------------------------
 
     async def _imap(self, todo: list[_Work], phase: _Phase, mailbox: MailboxOps) -> None:
-        groups: dict[tuple[str, tuple[str, ...]], list[_Work]] = defaultdict(list)
+        groups: dict[tuple[Kind, Args], list[_Work]] = defaultdict(list)
         for work in todo:
-            group = ACTION_KINDS[work.action.kind].group
-            if work.item.uid is None or group is None:
+            if work.item.uid is None:
                 phase.failed(work, f"{work.action.kind} needs an IMAP UID")
                 continue
-            groups[group(work.action.params)].append(work)
+            groups[_folder_args(work.action.action)].append(work)
         for (kind, args), works in groups.items():
             try:
                 await self._imap_group(kind, args, works, phase, mailbox)
             except Exception as exc:
                 phase.fail_all((w for w in works if w.aid not in phase.results), exc)
 
-    async def _imap_group(
-        self, kind: str, args: tuple[str, ...], works: list[_Work], phase: _Phase, mailbox: MailboxOps
-    ) -> None:
+    async def _imap_group(self, kind: Kind, args: Args, works: list[_Work], phase: _Phase, mailbox: MailboxOps) -> None:
         spec = ACTION_KINDS[kind]
         if spec.call is None:
             raise ValueError(f"{kind} has no folder call")  # a gap in the ACTION_KINDS table
@@ -656,7 +698,50 @@ def _local_path(value: str) -> Path:
     return Path(value).expanduser()
 
 
-_TRANSFERS = frozenset({"copy_to", "move_to"})
+_TRANSFERS = frozenset({Kind.COPY_TO, Kind.MOVE_TO})
+
+
+def _folder_args(action: ActionConfig) -> tuple[Kind, Args]:
+    """The kind whose call and check serve a folder action, and its arguments: actions with
+    the same pair are done in one server call (``mark_read`` is ``flag \\Seen``, so one STORE
+    serves both)."""
+    match action:
+        case MoveAction(move=str(folder)):
+            return Kind.MOVE, (folder,)
+        case CopyAction(copy_=str(folder)):
+            return Kind.COPY, (folder,)
+        case CreateFolderAction(create_folder=folder):
+            return Kind.CREATE_FOLDER, (folder,)
+        case FlagAction(flag=flags):
+            return Kind.FLAG, tuple(flags)
+        case UnflagAction(unflag=flags):
+            return Kind.UNFLAG, tuple(flags)
+        case MarkReadAction():
+            return Kind.FLAG, (SEEN,)
+        case DeleteAction():
+            return Kind.DELETE, ()
+    raise ValueError(f"{action.kind} is not done on the folder")  # a gap between PHASES and these cases
+
+
+def _other_account(action: ActionConfig) -> OtherAccount:
+    match action:
+        case MoveAction(move=OtherAccount() as target) | CopyAction(copy_=OtherAccount() as target):
+            return target
+    raise ValueError(f"{action.kind} does not go to another account")
+
+
+def _save_spec(action: ActionConfig) -> SaveSpec:
+    match action:
+        case SaveAction(save=spec):
+            return spec
+    raise ValueError(f"{action.kind} is not a save")
+
+
+def _webhook_spec(action: ActionConfig) -> WebhookSpec:
+    match action:
+        case WebhookAction(webhook=spec):
+            return spec
+    raise ValueError(f"{action.kind} is not a webhook")
 
 
 def _transient(exc: BaseException) -> BaseException:

@@ -346,6 +346,12 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         self.folder, self.uidvalidity = folder, state.uidvalidity
         return state
 
+    async def examine(self, folder: str) -> None:
+        """Open ``folder`` read-only (EXAMINE): reading it changes no flag, not even \\Recent
+        (``postroom rules try``)."""
+        await self._run(f"examine {folder!r}", lambda: self._c().select_folder(folder, readonly=True))
+        self.folder = folder
+
     def _select(self, folder: str) -> FolderState:
         info = self._c().select_folder(folder)
         self._drain_news()  # what SELECT reports, the SEARCH that follows it sees

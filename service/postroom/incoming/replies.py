@@ -13,9 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import datetime
+from email import message_from_string
+from email.policy import compat32
 from functools import cached_property
 from typing import Any
 
+from postroom.config.rules import VacationSpec
 from postroom.errors import MessageRefused
 from postroom.mail.compose import compose, validate_address
 from postroom.mail.templates import RenderedEmail
@@ -35,6 +38,8 @@ def _robot_address(address: str) -> str | None:
     local = _local_part(address)
     if local == "mailer-daemon":
         return "MAILER-DAEMON"
+    if local in ("listserv", "majordomo"):
+        return f"{local} (a list robot)"
     if local.startswith("owner-"):
         return "owner-* (a list owner)"
     if local.endswith("-request"):
@@ -46,7 +51,7 @@ def reply_refusal(msg: ParsedMessage, account_addresses: Iterable[str]) -> str |
     """Why ``msg`` gets no automatic reply from an account with these addresses, or None."""
     auto = msg.first("Auto-Submitted").strip().lower()
     if auto and auto.split(";", 1)[0].strip() != "no":
-        return f"Auto-Submitted: {auto}"
+        return f"Auto-Submitted: {auto} (RFC 3834 §2)"
     bounce = bounce_reason(msg)
     if bounce:
         return bounce
@@ -55,24 +60,61 @@ def reply_refusal(msg: ParsedMessage, account_addresses: Iterable[str]) -> str |
         if robot:
             return f"sender is {robot}"
     listed = sorted({name for name in msg.headers.keys() if name.lower().startswith("list-")})
+    if any(name.lower() == "list-id" for name in listed):
+        return "List-Id present (RFC 3834 §2): mailing list mail"
     if listed:
-        return f"mailing list mail ({', '.join(listed)})"
+        return f"mailing list mail ({', '.join(listed)}; RFC 3834 §2)"
     precedence = msg.first("Precedence").strip().lower()
     if precedence in ("bulk", "junk", "list"):
-        return f"Precedence: {precedence}"
+        return f"Precedence: {precedence} (RFC 3834 §2)"
     if msg.header("X-Auto-Response-Suppress"):
         return "X-Auto-Response-Suppress present"
     if msg.header(LOOP_HEADER):
         return f"{LOOP_HEADER} present (sent on by an automaton)"
     ours = {a.lower() for a in account_addresses}
     if not any(a.addr.lower() in ours for a in (*msg.to, *msg.cc)):
-        return "not addressed to this account in To or Cc"
+        return "not addressed to this account in To or Cc (RFC 5230 §4.5)"
     target = reply_to_address(msg)
     if target is None:
         return "no usable address to reply to"
     if target.lower() in ours:
         return "from this account itself"
     return None
+
+
+def vacation_text(spec: VacationSpec) -> str:
+    """A vacation's reply text: its reason, or with ``:mime`` the text of the MIME entity the
+    reason holds (its first text/plain part)."""
+    if not spec.mime:
+        return spec.reason
+    entity = message_from_string(spec.reason, policy=compat32)
+    for part in entity.walk():
+        if part.get_content_type() == "text/plain":
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                try:
+                    return payload.decode(part.get_content_charset() or "utf-8", "replace")
+                except LookupError:  # a charset Python does not know
+                    return payload.decode("utf-8", "replace")
+    return spec.reason
+
+
+def vacation_refusal(msg: ParsedMessage, sender: str, account_addresses: Iterable[str]) -> str | None:
+    """Why a vacation (RFC 5230) must not answer ``msg``, whose envelope sender is ``sender``
+    ("" for the null sender), or None: ``reply_refusal``'s guards (RFC 3834 and RFC 5230 4.5),
+    applied to the envelope sender, whom a vacation answers (RFC 5230 4.1)."""
+    if not sender:
+        return "the envelope sender is empty (a bounce): never answered"
+    robot = _robot_address(sender)
+    if robot:
+        return f"sender is {robot}"
+    ours = [a.lower() for a in account_addresses]
+    if sender.lower() in ours:
+        return "from this account itself"
+    reason = reply_refusal(msg, ours)
+    # reply_refusal's last checks are about Reply-To/From, whom a reply answers; a vacation
+    # answers the envelope sender, checked above
+    return None if reason in ("no usable address to reply to", "from this account itself") else reason
 
 
 def reply_to_address(msg: ParsedMessage) -> str | None:
@@ -121,9 +163,18 @@ def reply_context(msg: ParsedMessage, **extra: Any) -> dict[str, Any]:
 
 
 def compose_reply(
-    rendered: RenderedEmail, msg: ParsedMessage, *, sender: str, to: str, message_id: str, now: datetime
+    rendered: RenderedEmail,
+    msg: ParsedMessage,
+    *,
+    sender: str,
+    to: str,
+    message_id: str,
+    now: datetime,
+    exact_subject: bool = False,
 ) -> bytes:
-    subject = auto_subject(rendered.subject or msg.subject)
+    """``exact_subject``: a vacation's ``:subject`` is used as written (RFC 5230 4.6)."""
+    given = one_line(rendered.subject) if exact_subject else ""
+    subject = given or auto_subject(rendered.subject or msg.subject)
     extra: dict[str, str] = {}
     original_id = _MSGID.search(msg.message_id or "")
     if original_id:

@@ -41,14 +41,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
+from postroom.action_kinds import Kind
 from postroom.config.rules import (
     ActionConfig,
     AttachmentTest,
     Condition,
     HeaderTest,
     RuleConfig,
+    StopAction,
     StringTest,
 )
 from postroom.incoming.message import Address, ParsedMessage
@@ -75,10 +77,23 @@ SearchToken: TypeAlias = "str | int | date | SearchCriteria"
 
 @dataclass(frozen=True)
 class PlannedAction:
+    """One action to take on one message: the typed config action (a member of the
+    ``ActionConfig`` union, frozen), and where it comes from - a YAML rule, or a Sieve script
+    (``postroom.sieve``), which plans the same members."""
+
     rule: str
     index: int  # position in the rule's ``actions``: part of the idempotency key
-    kind: str  # forward, redirect, reply, move, copy, flag, unflag, mark_read, delete, webhook
-    params: dict[str, Any]  # ActionConfig.params(): JSON-safe, no secrets
+    action: ActionConfig
+
+    @property
+    def kind(self) -> Kind:
+        """What the executor runs (``postroom.action_kinds``)."""
+        return self.action.planned_kind()
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The ledger's and the log's view: JSON-safe, no secrets."""
+        return self.action.params()
 
     def key(self, message_key: str) -> str:
         return f"{message_key}|{self.rule}|{self.index}"
@@ -107,6 +122,35 @@ class Explanation(NamedTuple):
     matched: bool
     actions: list[PlannedAction]  # what the rule would do; [] when it did not match or was skipped
     skipped: bool  # an earlier matching rule said ``stop``
+    trace: tuple[str, ...] = ()  # a Sieve script's: each test with its result, each action
+
+
+class ScriptRule(Protocol):
+    """A Sieve script as the rule set runs it (``postroom.sieve.rule.SieveRule``): after the
+    YAML rules, deciding its actions per message."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def account(self) -> str: ...
+
+    def watched_folders(self) -> tuple[str, ...]: ...
+
+    def bound(self, folder: str) -> ScriptRule:
+        """This script for messages of ``folder`` (keep means: stay there)."""
+        ...
+
+    def plan(self, msg: ParsedMessage, *, now: datetime) -> tuple[list[PlannedAction], tuple[str, ...]]:
+        """(the actions, the trace)."""
+        ...
+
+
+#: What a script may plan (``postroom.sieve.plan``): none of these is done from the UID alone
+#: by every handler, so a folder with a script is never decided by SEARCH.
+SCRIPT_KINDS: frozenset[Kind] = frozenset(
+    {Kind.REDIRECT, Kind.VACATION, Kind.CREATE_FOLDER, Kind.COPY, Kind.FLAG, Kind.MOVE, Kind.DELETE}
+)
 
 
 def _dedupe_fields(names: Sequence[str]) -> frozenset[str]:
@@ -240,12 +284,12 @@ class CompiledRule:
             self,
             "_planned",
             tuple(
-                PlannedAction(self.config.name, i, a.planned_kind(), a.params())
+                PlannedAction(self.config.name, i, a)
                 for i, a in enumerate(self.config.actions)
-                if a.kind != "stop"
+                if not isinstance(a, StopAction)
             ),
         )
-        object.__setattr__(self, "_stops", any(a.kind == "stop" for a in self.config.actions))
+        object.__setattr__(self, "_stops", any(isinstance(a, StopAction) for a in self.config.actions))
 
     @property
     def name(self) -> str:
@@ -267,20 +311,36 @@ def _same_folder(a: str, b: str) -> bool:
 
 
 class RuleSet:
-    def __init__(self, rules: Sequence[CompiledRule]):
+    """The YAML rules, in file order, then the accounts' Sieve scripts (``scripts``)."""
+
+    def __init__(self, rules: Sequence[CompiledRule], scripts: Sequence[ScriptRule] = ()):
         self.rules: tuple[CompiledRule, ...] = tuple(rules)
+        self.scripts: tuple[ScriptRule, ...] = tuple(scripts)
 
     def __len__(self) -> int:
-        return len(self.rules)
+        return len(self.rules) + len(self.scripts)
 
     def __iter__(self) -> Iterator[CompiledRule]:
         return iter(self.rules)
 
+    def with_scripts(self, scripts: Sequence[ScriptRule]) -> RuleSet:
+        return RuleSet(self.rules, [*self.scripts, *scripts])
+
     def for_folder(self, account: str, folder: str) -> RuleSet:
-        return RuleSet([r for r in self.rules if r.watches(account, folder)])
+        return RuleSet(
+            [r for r in self.rules if r.watches(account, folder)],
+            [
+                script.bound(folder)
+                for script in self.scripts
+                if script.account == account and any(_same_folder(folder, f) for f in script.watched_folders())
+            ],
+        )
 
     def for_account(self, account: str) -> RuleSet:
-        return RuleSet([r for r in self.rules if r.config.account == account])
+        return RuleSet(
+            [r for r in self.rules if r.config.account == account],
+            [script for script in self.scripts if script.account == account],
+        )
 
     def watch_targets(self) -> list[tuple[str, str]]:
         """(account, folder) pairs that need a watcher, in first-mention order."""
@@ -288,6 +348,9 @@ class RuleSet:
         for rule in self.rules:
             for folder in rule.config.watched_folders():
                 targets.setdefault((rule.config.account, folder), None)
+        for script in self.scripts:
+            for folder in script.watched_folders():
+                targets.setdefault((script.account, folder), None)
         return list(targets)
 
     def action_config(self, rule: str, index: int) -> ActionConfig:
@@ -305,6 +368,8 @@ class RuleSet:
         needs = FetchNeeds(header_fields=frozenset(base))
         for rule in self.rules:
             needs = needs.merge(condition_needs(rule.config.match, base=base))
+        if self.scripts:  # a script may test any header, the body and the size
+            needs = needs.merge(FetchNeeds(header_fields=frozenset(base), body=True, size=True))
         return needs
 
     def evaluate(self, msg: ParsedMessage, *, now: datetime) -> list[PlannedAction]:
@@ -315,7 +380,9 @@ class RuleSet:
             if rule.predicate(msg, now):
                 planned.extend(rule._planned)
                 if rule._stops:
-                    break
+                    return planned
+        for script in self.scripts:
+            planned.extend(script.plan(msg, now=now)[0])
         return planned
 
     def explain(self, msg: ParsedMessage, *, now: datetime) -> list[Explanation]:
@@ -326,6 +393,12 @@ class RuleSet:
             actions, stops = rule.planned()
             rows.append(Explanation(rule.name, matched, actions if matched and not stopped else [], stopped))
             stopped = stopped or (matched and stops)
+        for script in self.scripts:
+            if stopped:
+                rows.append(Explanation(script.name, False, [], True))
+                continue
+            actions, trace = script.plan(msg, now=now)
+            rows.append(Explanation(script.name, True, actions, False, trace))
         return rows
 
     def plan_for(self, matched: set[str]) -> list[PlannedAction]:
@@ -339,14 +412,17 @@ class RuleSet:
                     break
         return planned
 
-    def action_kinds(self) -> frozenset[str]:
+    def action_kinds(self) -> frozenset[Kind]:
         """Every kind of action these rules can plan (``stop`` is not one)."""
-        return frozenset(a.kind for rule in self.rules for a in rule._planned)
+        kinds = frozenset(a.kind for rule in self.rules for a in rule._planned)
+        return kinds | SCRIPT_KINDS if self.scripts else kinds
 
     def exact_search(self, *, now: datetime) -> list[tuple[str, SearchCriteria]] | None:
         """(rule name, SEARCH criteria whose result is exactly the messages the rule matches)
         for every rule here, or None when any rule needs the client to decide. Names are
         unique per config, so they identify the rules."""
+        if self.scripts:
+            return None  # a script decides on the fetched message
         per_rule: list[tuple[str, SearchCriteria]] = []
         for rule in self.rules:
             translated = _translate(rule.config.match, now)
@@ -357,6 +433,8 @@ class RuleSet:
 
     def search_criteria(self, *, now: datetime) -> SearchCriteria | None:
         """One prefilter for every rule here (OR of each rule's), or None if any can't."""
+        if self.scripts:
+            return None  # a script sees every new message
         per_rule: list[SearchCriteria] = []
         for rule in self.rules:
             criteria = search_criteria(rule.config, now=now)

@@ -44,7 +44,7 @@ from postroom.config.model import AccountConfig, OutboxConfig, SmtpConfig
 from postroom.errors import OAuth2Error, PostroomError, is_transient
 from postroom.retry import doubling_delay
 from postroom.store.calls import store_call
-from postroom.store.outbox import OutboxItem, OutboxStore, Settlement
+from postroom.store.outbox import OutboxItem, OutboxStore, Settlement, SettlementKind
 
 from .envelopes import ReturnPaths, send_each, unchanged
 from .refusals import MAX_REPLY
@@ -77,9 +77,10 @@ def backoff(
 
 @dataclass(frozen=True)
 class Outcome:
-    """What to record for one message: kind is "sent", "deferred" or "dead"."""
+    """What to record for one message: ``kind`` as in ``Settlement`` ("sent", "deferred",
+    "held" or "dead")."""
 
-    kind: str
+    kind: SettlementKind
     error: str | None = None
     delivered: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)

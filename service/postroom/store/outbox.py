@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, Text, and_, bindparam, cast, func, insert, or_, select, update
 
@@ -89,12 +89,16 @@ class OutboxItem:
         )
 
 
+#: A send's result: "sent"; "deferred" (needs retry_at); "held" (not tried: the account waits
+#: for a sign-in; needs retry_at); "dead". The outbox's ``status`` column holds these strings.
+SettlementKind = Literal["sent", "deferred", "held", "dead"]
+
+
 @dataclass(frozen=True)
 class Settlement:
-    """One send's result to record: kind is "sent", "deferred" (needs retry_at), "held" (not
-    tried: the account waits for a sign-in; needs retry_at) or "dead"."""
+    """One send's result to record (``SettlementKind`` says what each kind means)."""
 
-    kind: str
+    kind: SettlementKind
     item: OutboxItem
     now: datetime
     delivered: Sequence[str] = ()

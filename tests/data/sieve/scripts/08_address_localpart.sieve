@@ -1,0 +1,3 @@
+require ["fileinto", "imap4flags"];
+if address :localpart :is "from" ["bbb", "billing", "news"] { fileinto "Work"; }
+if address :localpart :matches "to" "*-request" { addflag "$list"; }

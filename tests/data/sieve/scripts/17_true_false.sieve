@@ -1,0 +1,3 @@
+require ["fileinto", "copy"];
+if false { discard; }
+if true { fileinto :copy "Archive"; }

@@ -1,0 +1,2 @@
+require "fileinto";
+if header :contains "from" "@" { fileinto "Archive"; }

@@ -1,0 +1,3 @@
+require ["fileinto", "copy"];
+fileinto :copy "Archive";
+if header :contains "subject" "a" { fileinto :copy "Work"; }

@@ -1,0 +1,2 @@
+require ["fileinto", "mailbox"];
+if exists "date" { fileinto :create "Created"; }

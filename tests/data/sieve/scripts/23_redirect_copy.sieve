@@ -1,0 +1,3 @@
+require "copy";
+redirect :copy "bob@example.test";
+redirect :copy "dave@example.test";

@@ -1,0 +1,1 @@
+if anyof (header :contains "subject" "sale", header :contains "subject" "GTUBE") { discard; stop; }

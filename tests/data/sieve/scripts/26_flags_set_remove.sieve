@@ -1,0 +1,4 @@
+require "imap4flags";
+setflag "\\Flagged $a $b";
+if header :contains "subject" "test" { removeflag "$a"; }
+addflag "\\Seen";

@@ -1,0 +1,3 @@
+require "fileinto";
+if true { fileinto "Work"; stop; }
+fileinto "Archive";

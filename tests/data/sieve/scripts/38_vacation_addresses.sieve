@@ -1,0 +1,2 @@
+require "vacation";
+vacation :addresses ["bbb@zzz.org", "accounts@example.test", "ppp@zzz.org"] :subject "Out of office" "Away.";

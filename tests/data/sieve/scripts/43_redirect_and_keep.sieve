@@ -1,0 +1,1 @@
+if header :contains "subject" "Invoice" { redirect "accounts@example.test"; keep; }

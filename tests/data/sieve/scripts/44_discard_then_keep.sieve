@@ -1,0 +1,2 @@
+discard;
+if header :is "x-alert-level" "high" { keep; }
