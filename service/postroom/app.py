@@ -19,6 +19,7 @@ import structlog
 
 from .bootstrap import build_logins, load_checked, open_daemon_store, recover_single_node
 from .clock import utcnow
+from .clock_check import ClockCheck
 from .config import Config, Settings
 from .console.source import ReloadOutcome
 from .daemon_console import build_daemon_console, console_token
@@ -38,6 +39,7 @@ from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
 from .scheduler import Scheduler
 from .store.calls import gate, store_call
+from .store.dbtime import clock_offset
 from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
 from .webhooks import WebhookQueue
@@ -113,6 +115,8 @@ class Daemon:
         # queued or left by others every third of a lease.
         self.shared = store.engine.dialect.name != "sqlite"
         self.lease = lease = timedelta(seconds=self.settings.lease_seconds)
+        store.runs.lease = lease  # a fire's claim is renewed, and taken over, like other leases
+        self.clock_check = ClockCheck(shared=self.shared)
         self.sender = OutboxSender(
             store.outbox,
             config.accounts,
@@ -138,7 +142,9 @@ class Daemon:
         self.webhooks = WebhookQueue(
             store.ledger, spec_lookup=ruleset.action_config, on_result=self.metrics.webhook, lease=lease
         )
-        self.scheduler = Scheduler(config, store.runs, self._on_fire, shutdown_timeout=STOP_TIMEOUT)
+        self.scheduler = Scheduler(
+            config, store.runs, self._on_fire, clock_check=self.clock_check, shutdown_timeout=STOP_TIMEOUT
+        )
         # Fires the store failed wait for it; when it answers again they run, and the catch-up too.
         self.store_monitor = StoreMonitor(
             store.engine,
@@ -156,10 +162,18 @@ class Daemon:
                     name="webhooks",
                 )
             )
+            if self.shared:  # the catch-up at start reads the database's time
+                await self._check_clock()
             await self.scheduler.start()
-            await self._resume_unfinished_fires(config)
+            self.tasks.append(
+                asyncio.create_task(
+                    self.scheduler.take_over_lapsed(self.stop_event, lease.total_seconds() / 3), name="lapsed fires"
+                )
+            )
         if self.shared and not self.dry_run:  # counted before the watchers claim their share
-            self.replicas_alive = await store_call(store.replicas.beat, now=utcnow(), ttl=lease)
+            self.replicas_alive = await store_call(
+                store.replicas.beat, now=utcnow(), ttl=lease, clock_offset=self.clock_check.offset
+            )
             self.tasks.append(asyncio.create_task(self._replica_heartbeat(), name="replica heartbeat"))
         self.incoming = self._start_incoming(config, renderer, ruleset)
         self.tasks.append(asyncio.create_task(watchdog_loop(self.notifier, self.stop_event), name="watchdog"))
@@ -264,13 +278,23 @@ class Daemon:
             if self.stop_event.is_set():
                 break
             try:
-                self.replicas_alive = await store_call(store.replicas.beat, now=utcnow(), ttl=lease)
+                await self._check_clock()
+                self.replicas_alive = await store_call(
+                    store.replicas.beat, now=utcnow(), ttl=lease, clock_offset=self.clock_check.offset
+                )
                 await store_call(store.replicas.forget_dead, now=utcnow(), after=FORGET_DEAD)
             except Exception as exc:  # the store is down: the leases say what happens meanwhile
                 log.warning("replica heartbeat failed", error=repr(exc))
                 continue
             if self.incoming.balance is not None:
                 self.incoming.balance.alive = self.replicas_alive
+
+    async def _check_clock(self) -> None:
+        """Compare this host's clock with the database's; fires left alone while they
+        disagreed are caught up once they agree again."""
+        offset = await store_call(clock_offset, self.store.engine, utcnow)
+        if self.clock_check.update(offset):
+            await self.scheduler.clock_back()
 
     def _bounce_intake(self, account_name: str, config: Config, folder: str) -> BounceIntake | None:
         """The account's bounce intake when ``folder`` is its bounce folder."""
@@ -284,15 +308,6 @@ class Daemon:
             self.store.bounces,
             on_bounce=self.metrics.bounce,
         )
-
-    async def _resume_unfinished_fires(self, config: Config) -> None:
-        # One process on SQLite: anything still "running" is from a process that is gone.
-        stale = timedelta(0) if self.store.engine.dialect.name == "sqlite" else timedelta(minutes=10)
-        unfinished = await store_call(self.store.runs.unfinished_fires, now=utcnow(), stale_after=stale)
-        for job_id, fire_time in unfinished:
-            if job_id in config.jobs:
-                log.info("resuming a fire left unfinished", job=job_id, fire_time=fire_time.isoformat())
-                self.tasks.append(asyncio.create_task(self.runner.run_fire(job_id, fire_time, "resume")))
 
     async def _on_fire(self, job_id: str, fire_time: datetime, trigger: str) -> None:
         if self.stop_event.is_set():
@@ -322,7 +337,15 @@ class Daemon:
         # signs in again; the others go on, and say so.
         stopped = self.logins.stopped()
         accounts = {name: name not in stopped for name in self.logins.tokens}
-        ok = store_ok and scheduler_ok and all(watchers.values()) and not stopped and not self.task_health.down
+        clock_problem = None if self.dry_run else self.clock_check.problem()
+        ok = (
+            store_ok
+            and scheduler_ok
+            and clock_problem is None
+            and all(watchers.values())
+            and not stopped
+            and not self.task_health.down
+        )
         details: dict[str, Any] = {
             "store": store_ok,
             "scheduler": scheduler_ok,
@@ -331,6 +354,10 @@ class Daemon:
         }
         if store_problem is not None:
             details["store_problem"] = store_problem
+        if self.shared:  # replicas: schedules follow the database's clock
+            details["clock"] = {"offset_s": self.clock_check.offset_s, "agrees": clock_problem is None}
+            if clock_problem is not None:
+                details["clock"]["problem"] = clock_problem
         if accounts:
             details["oauth2_accounts"] = accounts
         balance = self.incoming.balance
