@@ -103,7 +103,7 @@ class RunStore:
                 .values(
                     status="failed",
                     finished_at=now,
-                    error=f"its fire's lease lapsed; {self.owner} took the fire over",
+                    error=f"taken over by {self.owner}: this try lost its claim (died, stalled or lost the store)",
                 )
             )
             return True
