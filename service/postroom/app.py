@@ -1,6 +1,6 @@
 """The composition root: builds every part from settings + config and runs the daemon.
 
-Start: HTTP (so /healthz answers at once) → config → store (migrate, recover) → sender,
+Start: config → store (lock, migrate) → HTTP (/healthz answers from here) → recover → sender,
 webhook queue → scheduler → watchers → READY. Stop (SIGTERM/SIGINT): STOPPING, no new
 work, let in-flight sends and actions finish for a while, hand the rest back to the store,
 exit 0. Reload (SIGHUP): validate the new config and templates first; apply only if good.
@@ -82,6 +82,8 @@ class Daemon:
     task_health: TaskHealth = field(default_factory=TaskHealth)  # supervised tasks down now
     shared: bool = False  # replicas on PostgreSQL share the work
     replicas_alive: int = 1  # by the replica heartbeat
+    members: list[str] = field(default_factory=list)  # the replicas alive, by fresh heartbeats
+    replicas_settled: bool = False  # the replica count was the same at two heartbeats (balance)
     _started: bool = False  # every part is up: a SIGHUP may reload
     last_reload: ReloadOutcome | None = None  # for the console
 
@@ -91,7 +93,6 @@ class Daemon:
         # Handlers first: a SIGTERM while starting (systemd's stop, or a restart loop) must
         # end in an orderly exit 0, not Python's default death by signal.
         self._install_signals()
-        await self.http.start()
         try:
             return await self._run()
         finally:
@@ -104,6 +105,9 @@ class Daemon:
         config = loaded.config
         gate.open()  # a new daemon in this process starts with the store in use
         self.store = store = await asyncio.to_thread(open_daemon_store, self.settings, migrate=self.migrate)
+        # The port opens once nothing left can refuse the start (config, store lock, schema):
+        # a daemon that refuses never answered /healthz, so no probe saw it up.
+        await self.http.start()
         await store_call(recover_single_node, store)
         self.metrics.watch_store(self._outbox_counts)
         self.metrics.known_accounts(config.accounts)
@@ -174,6 +178,7 @@ class Daemon:
             self.replicas_alive = await store_call(
                 store.replicas.beat, now=utcnow(), ttl=lease, clock_offset=self.clock_check.offset
             )
+            self.members = await self._members() or [self.settings.instance]
             self.tasks.append(asyncio.create_task(self._replica_heartbeat(), name="replica heartbeat"))
         self.incoming = self._start_incoming(config, renderer, ruleset)
         self.tasks.append(asyncio.create_task(watchdog_loop(self.notifier, self.stop_event), name="watchdog"))
@@ -223,7 +228,17 @@ class Daemon:
                 pop3_started.add(account_name)
                 targets.append((account_name, folder))
         # each replica holds at most its share of the watches (incoming.balance)
-        balance = FolderBalance(len(targets), alive=self.replicas_alive) if leases is not None else None
+        balance = (
+            FolderBalance(
+                len(targets),
+                me=self.settings.instance,
+                members=self.members,
+                settled=self.replicas_settled,
+                refresh=self._members,
+            )
+            if leases is not None
+            else None
+        )
         incoming.balance = balance
         ttl = self.settings.lease_seconds
         for account_name, folder in targets:
@@ -273,6 +288,7 @@ class Daemon:
         """Renew this replica's row every third of a lease and learn how many are alive: the
         folders' shares follow (incoming.balance). Rows of replicas long dead are dropped."""
         store, lease = self.store, self.lease
+        started = time.monotonic()
         while not self.stop_event.is_set():
             await sleep_or_stop(self.stop_event, lease.total_seconds() / 3)
             if self.stop_event.is_set():
@@ -282,12 +298,25 @@ class Daemon:
                 self.replicas_alive = await store_call(
                     store.replicas.beat, now=utcnow(), ttl=lease, clock_offset=self.clock_check.offset
                 )
+                members = await store_call(store.replicas.members, now=utcnow(), fresh=lease * 2 / 3)
                 await store_call(store.replicas.forget_dead, now=utcnow(), after=FORGET_DEAD)
             except Exception as exc:  # the store is down: the leases say what happens meanwhile
                 log.warning("replica heartbeat failed", error=repr(exc))
                 continue
-            if self.incoming.balance is not None:
-                self.incoming.balance.alive = self.replicas_alive
+            # Settled: the count did not change over a beat, or a lease has passed since start.
+            settled = len(members) == len(self.members) or time.monotonic() - started >= lease.total_seconds()
+            self.members, self.replicas_settled = members, self.replicas_settled or settled
+            balance = self.incoming.balance
+            if balance is not None:
+                balance.members(members)
+                balance.settled = self.replicas_settled
+
+    async def _members(self) -> list[str] | None:
+        """The replicas alive now by fresh heartbeats; None when the store could not say."""
+        try:
+            return await store_call(self.store.replicas.members, now=utcnow(), fresh=self.lease * 2 / 3)
+        except StoreUnavailable:
+            return None
 
     async def _check_clock(self) -> None:
         """Compare this host's clock with the database's; fires left alone while they
@@ -457,12 +486,14 @@ class Daemon:
         # sends and webhooks finish side by side, and whatever still runs after STOP_TIMEOUT
         # is cancelled. A cancelled mail command cuts its connection (incoming/threaded.py), so
         # no thread blocked on a slow server holds the process past the grace period.
-        await asyncio.gather(self.scheduler.shutdown(), self.incoming.close(timeout=STOP_TIMEOUT), self._finish_tasks())
-        if self.shared and not self.dry_run:  # the others count one fewer at once
+        if self.shared and not self.dry_run:
+            # Leave first: the others count one fewer as soon as they ask, so each folder this
+            # replica releases below is taken at once by one that has room for it.
             try:
                 await store_call(self.store.replicas.leave)
             except Exception as exc:
                 log.warning("could not remove this replica's heartbeat row; it runs out", error=repr(exc))
+        await asyncio.gather(self.scheduler.shutdown(), self.incoming.close(timeout=STOP_TIMEOUT), self._finish_tasks())
         await asyncio.to_thread(self.store.close)
         log.info("stopped")
 

@@ -63,6 +63,19 @@ class ReplicaRegistry:
                 or 0
             )
 
+    def members(self, *, now: datetime, fresh: timedelta) -> list[str]:
+        """The replicas whose last heartbeat is younger than ``fresh`` (two thirds of a lease:
+        two beats missed), in name order, for sharing folders out. Sooner than ``alive``: a
+        killed replica stops counting before its row runs out, so the others' shares grow."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.scalars(
+                    select(replicas.c.instance)
+                    .where(replicas.c.seen_at > db_later(conn, now, -fresh), replicas.c.expires_at > db_now(conn, now))
+                    .order_by(replicas.c.instance)
+                )
+            )
+
     def leave(self) -> None:
         """A clean stop: the others count one fewer at their next heartbeat."""
         with self.engine.begin() as conn:
