@@ -235,6 +235,7 @@ class Daemon:
                 members=self.members,
                 settled=self.replicas_settled,
                 refresh=self._members,
+                settle_max=self.lease.total_seconds(),
             )
             if leases is not None
             else None
@@ -309,7 +310,7 @@ class Daemon:
             balance = self.incoming.balance
             if balance is not None:
                 balance.members(members)
-                balance.settled = self.replicas_settled
+                balance.settled = balance.settled or self.replicas_settled
 
     async def _members(self) -> list[str] | None:
         """The replicas alive now by fresh heartbeats; None when the store could not say."""

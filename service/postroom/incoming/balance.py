@@ -8,12 +8,13 @@ daemon (per config generation) counts the watches this replica holds and answers
 
 - may a standing-by watcher claim a free watch? Only while this replica holds fewer than its
   share (checked and claimed under one lock, so two of its watchers can't both take the last
-  place). A replica just started holds at most one until the replica count has settled (the
-  same count at two heartbeats) or a lease has passed: replicas started together then share
-  the folders from the first second, instead of the first one up taking all and handing them
-  over later. When the share says no, the replica count is asked again (``refresh``, at most
-  every ``REFRESH_EVERY``): a replica that stopped cleanly has left, and its released folders
-  are taken within seconds, not at the next heartbeat.
+  place). A replica just started holds at most one until the replica count has settled (no
+  change for ``SETTLE_QUIET`` seconds, asked at least every ``REFRESH_EVERY``) or a lease has
+  passed: replicas started together then share the folders from the first second, instead
+  of the first one up taking all and handing them over later. When the share says no, the
+  replica count is asked again (``refresh``, at most every ``REFRESH_EVERY``): a replica that
+  stopped cleanly has left, and its released folders are taken within seconds, not at the
+  next heartbeat.
 - should a working watcher hand its watch over? When this replica holds more than its share
   (a replica joined), the watches past the share in name order do, each at a safe point: its
   session stops between batches, then the lease is released, and a replica below its share
@@ -32,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 REFRESH_EVERY = 1.0  # seconds: how often a standby blocked by its share asks for the count
+SETTLE_QUIET = 2.0  # seconds without a change in the replica count: it has settled
 
 
 class FolderBalance:
@@ -43,6 +45,7 @@ class FolderBalance:
         members: Sequence[str] = (),
         settled: bool = True,
         refresh: Callable[[], Awaitable[Sequence[str] | None]] | None = None,
+        settle_max: float = 20.0,
     ):
         self.watches = watches  # M: every replica starts the same watchers
         self.me = me
@@ -53,11 +56,15 @@ class FolderBalance:
         self.lock = asyncio.Lock()  # a claim and its count are one step
         self._refresh = refresh
         self._refreshed = 0.0
+        self._changed = time.monotonic()  # when the replica count last changed
+        self._settle_by = time.monotonic() + settle_max  # settled by then whatever the count does
         self.members(members or [me])
 
     def members(self, alive: Sequence[str]) -> None:
         """The replicas alive now (this one included, if its own heartbeat landed)."""
         names = sorted(set(alive))
+        if max(len(names), 1) != self.alive:
+            self._changed = time.monotonic()
         self.alive = max(len(names), 1)
         self.rank = names.index(self.me) if self.me in names else len(names)
 
@@ -66,13 +73,21 @@ class FolderBalance:
         base, extra = divmod(self.watches, self.alive)
         return max(1, base + (1 if self.rank < extra else 0))
 
+    def settling(self) -> bool:
+        if not self.settled:
+            now = time.monotonic()
+            self.settled = now - self._changed >= SETTLE_QUIET or now >= self._settle_by
+        return not self.settled
+
     def may_take(self) -> bool:
-        limit = self.share if self.settled else min(self.share, 1)
+        limit = min(self.share, 1) if self.settling() else self.share
         return len(self.held) < limit
 
     async def may_take_now(self) -> bool:
-        """``may_take``, asking for the replica count again first when it says no (rate-limited)."""
-        if self.may_take() or self._refresh is None or time.monotonic() - self._refreshed < REFRESH_EVERY:
+        """``may_take``, asking for the replica count again first when it says no or the count
+        is still settling (rate-limited)."""
+        due = time.monotonic() - self._refreshed >= REFRESH_EVERY
+        if self._refresh is None or not due or (self.may_take() and not self.settling()):
             return self.may_take()
         self._refreshed = time.monotonic()
         alive = await self._refresh()
