@@ -6,15 +6,19 @@ Dovecot and Postfix); what sharing the work buys, and how fast a dead replica's 
    the watchers hear of them by IDLE); a rule posts a webhook for each to a local receiver.
    Timed from the seeding to every message taken in (its webhook action recorded in the
    ledger: fetched, matched, delivery stored), and to the 1,000th distinct webhook-id received.
-2. Merge. A 3,000-row mail merge to bob fires at a set time on the same replicas; timed from
+2. Backlog at start. The 1,000 messages are seeded first, then the N replicas are started
+   together: timed from the first replica ready to every message taken in (replicas started
+   together share the folders from the first second instead of the first one up taking all).
+3. Merge. A 3,000-row mail merge to bob fires at a set time on the same replicas; timed from
    the fire time to the 3,000th row `sent` in the outbox (every replica's sender claims
    batches of the rows the firing replica did not keep).
-3. Healing (3 replicas, default leases: POSTROOM_LEASE_SECONDS=20). Mid-merge, with busy
+4. Healing (3 replicas, default leases: POSTROOM_LEASE_SECONDS=20). Mid-merge, with busy
    folders, the replica holding the most merge rows is killed with SIGKILL. Timed from the kill
    to the first of its leased rows being sent by another replica, and to its folders being
    held by the others.
 Each run on a fresh PostgreSQL database and empty mailboxes. Medians over --rounds.
-Target: 3 replicas >= 1.5x one replica on the incoming run.
+Targets: 3 replicas >= 1.5x one replica on the incoming run, >= 2.5x on the backlog at start,
+>= 2x on the merge.
 
 Run: bench/replicas [--rounds 3] [--messages 1000] [--rows 3000] [--port-offset 14500]
 """
@@ -95,7 +99,9 @@ class Run:
         self.lease = lease
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, *, wait_ready: bool = True) -> Callable[[], bool]:
+        """Launch replica ``name``; wait until it is ready unless told not to. Returns its
+        readiness probe."""
         port = free_port()
         extra = {"POSTROOM_LEASE_SECONDS": self.lease} if self.lease else {}
         env = postroom_env(
@@ -120,7 +126,9 @@ class Run:
             except httpx.HTTPError:
                 return False
 
-        wait(ready, 300, f"{name} ready", step=0.2)  # a loaded host starts slowly
+        if wait_ready:
+            wait(ready, 300, f"{name} ready", step=0.2)  # a loaded host starts slowly
+        return ready
 
     def scalar(self, sql: str, **params: object) -> object:
         with self.engine.connect() as conn:
@@ -181,8 +189,31 @@ def fresh_mailboxes(lab: MailLab) -> None:
         lab.doveadm("mailbox", "create", "-u", "alice", folder)
 
 
-def one_round(lab: MailLab, work: Path, n: int, *, count: int, rows: int) -> tuple[float, float, float]:
-    """(incoming seconds, webhooks seconds, merge seconds) with n replicas."""
+def backlog_at_start(lab: MailLab, work: Path, n: int, *, count: int) -> float:
+    """Seconds from the first of n replicas started together being ready to every message of a
+    backlog seeded before they started taken in."""
+    fresh_mailboxes(lab)
+    for folder, raws in messages(count).items():
+        lab.seed_maildir("alice", folder, raws)
+    hooks = DataServer()
+    run = Run(lab, work, hooks, rows=0, merge_at=datetime.now(UTC) + timedelta(days=1), lease=None)
+    try:
+        probes = [run.start(f"r{i + 1}", wait_ready=False) for i in range(n)]
+        started = wait(lambda: any(probe() for probe in probes), 300, "a replica ready", step=0.1)
+        taken = wait(
+            lambda: run.scalar("SELECT count(*) FROM actions WHERE status = 'done'") == count,
+            600,
+            "the backlog taken in",
+        )
+        return taken - started
+    finally:
+        run.close()
+        hooks.close()
+
+
+def one_round(lab: MailLab, work: Path, n: int, *, count: int, rows: int) -> tuple[float, float, float, float]:
+    """(incoming seconds, webhooks seconds, merge seconds, backlog-at-start seconds) with n replicas."""
+    backlog = backlog_at_start(lab, work, n, count=count)
     fresh_mailboxes(lab)
     hooks = DataServer()
     merge_at = datetime.now(UTC) + timedelta(days=1)  # set below, once the incoming run is over
@@ -217,7 +248,7 @@ def one_round(lab: MailLab, work: Path, n: int, *, count: int, rows: int) -> tup
     finally:
         run.close()
         hooks.close()
-    return incoming, delivered, merge
+    return incoming, delivered, merge, backlog
 
 
 def healing(lab: MailLab, work: Path, *, rows: int, count: int) -> tuple[float, float]:
@@ -291,15 +322,15 @@ def main() -> int:
         lab.prepare()
         lab.start()
         try:
-            results: dict[int, list[tuple[float, float, float]]] = {1: [], 2: [], 3: []}
+            results: dict[int, list[tuple[float, float, float, float]]] = {1: [], 2: [], 3: []}
             heals: list[tuple[float, float]] = []
             for r in range(args.rounds):
                 for n in (1, 2, 3):
                     results[n].append(one_round(lab, work, n, count=args.messages, rows=args.rows))
-                    inc, hooked, merge = results[n][-1]
+                    inc, hooked, merge, backlog = results[n][-1]
                     print(
                         f"round {r + 1}, {n} replica(s): incoming {inc:.2f} s, webhooks {hooked:.2f} s, "
-                        f"merge {merge:.2f} s",
+                        f"merge {merge:.2f} s, backlog at start {backlog:.2f} s",
                         flush=True,
                     )
                 heals.append(healing(lab, work, rows=args.rows, count=args.messages))
@@ -314,13 +345,17 @@ def main() -> int:
         f"\nbench/replicas: {args.messages} messages over {len(FOLDERS)} folders, a {args.rows}-row merge; "
         f"medians of {args.rounds} round(s)"
     )
-    print("replicas  incoming s  msg/s  speedup  webhooks s  speedup  merge s  rows/s  speedup")
-    base = [statistics.median(r[i] for r in results[1]) for i in range(3)]
+    print(
+        "replicas  incoming s  msg/s  speedup  webhooks s  speedup  merge s  rows/s  speedup"
+        "  backlog-at-start s  speedup"
+    )
+    base = [statistics.median(r[i] for r in results[1]) for i in range(4)]
     for n in (1, 2, 3):
-        inc, hooked, merge = (statistics.median(r[i] for r in results[n]) for i in range(3))
+        inc, hooked, merge, backlog = (statistics.median(r[i] for r in results[n]) for i in range(4))
         print(
             f"{n:>8}  {inc:>10.2f}  {args.messages / inc:>5.0f}  {base[0] / inc:>6.2f}x  {hooked:>10.2f}  "
             f"{base[1] / hooked:>6.2f}x  {merge:>7.2f}  {args.rows / merge:>6.0f}  {base[2] / merge:>6.2f}x"
+            f"  {backlog:>18.2f}  {base[3] / backlog:>6.2f}x"
         )
     rows_back, folders_back = (statistics.median(h[i] for h in heals) for i in (0, 1))
     print(

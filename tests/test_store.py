@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from postroom.bootstrap import recover_single_node
+from postroom.clock import utcnow
 from postroom.errors import StoreUnavailable, is_transient
 from postroom.store import NewMessage, RunStore, Store, schema_is_current
 from postroom.store.calls import gate, store_call
@@ -109,15 +111,66 @@ def test_concurrent_claimers_never_share_a_row(any_store: Store):
     assert len(every) == 200 and len(set(every)) == 200
 
 
-def test_fire_claimed_once_and_stale_claim_taken_over(any_store: Store):
-    runs = any_store.runs
+def test_fire_claimed_once_and_a_lapsed_claim_taken_over_with_its_run_closed(any_store: Store):
+    """A claim is a lease: renewed, it stays; not renewed for a lease, another process takes
+    the fire over and the first holder's run is closed, not left `running`."""
+    lease = timedelta(seconds=1)
+    first = RunStore(any_store.engine, owner="replica-a", lease=lease)
+    second = RunStore(any_store.engine, owner="replica-b", lease=lease)
     fire = datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
-    assert runs.claim_fire("j", fire, now=NOW)
-    assert not runs.claim_fire("j", fire, now=NOW + timedelta(minutes=1))
-    assert runs.claim_fire("j", fire, now=NOW + timedelta(minutes=11))  # the first owner died
-    runs.finish_fire("j", fire, now=NOW, status="done")
-    assert not runs.claim_fire("j", fire, now=NOW + timedelta(hours=1))
-    assert runs.last_fire("j") == fire
+    assert first.claim_fire("j", fire, now=utcnow())
+    run_id = first.start_run("j", fire_time=fire, trigger="schedule", now=utcnow())
+    assert not second.claim_fire("j", fire, now=utcnow())
+    for _ in range(3):  # renewed: never lapses
+        time.sleep(0.5)
+        assert first.renew_fire("j", fire, now=utcnow())
+        assert not second.claim_fire("j", fire, now=utcnow())
+        assert second.unfinished_fires(now=utcnow()) == []
+    time.sleep(1.3)  # the holder died: its lease lapses
+    assert second.unfinished_fires(now=utcnow()) == [("j", fire)]
+    assert second.claim_fire("j", fire, now=utcnow())
+    assert not first.renew_fire("j", fire, now=utcnow())  # the stalled holder learns it lost it
+    dead = next(r for r in first.recent_runs() if r.job_id == "j")
+    assert (dead.status, dead.finished_at is not None) == ("failed", True) and "replica-b" in (dead.error or "")
+    assert run_id
+    second.finish_fire("j", fire, now=utcnow(), status="done")
+    assert not first.claim_fire("j", fire, now=utcnow() + timedelta(hours=1))
+    assert first.last_fire("j") == fire
+
+
+def test_a_fire_not_yet_due_by_the_databases_clock_is_not_claimed(pg_url: str):
+    """A replica whose clock runs fast asks for a fire before its time: PostgreSQL's `now()`
+    refuses it (the scheduler waits for the database's time; this is the store's own check)."""
+    store = Store.open(pg_url, owner="fast")
+    try:
+        soon = utcnow() + timedelta(seconds=30)
+        assert not store.runs.claim_fire("j", soon, now=soon)
+        assert store.runs.claim_fire("j", utcnow(), now=utcnow())
+    finally:
+        store.close()
+
+
+def test_a_fires_stored_messages_are_counted_by_its_key_prefix_only(any_store: Store):
+    runs = any_store.runs
+    any_store.outbox.enqueue(
+        [
+            NewMessage(
+                dedup_key=key,
+                message_id=f"<{i}@example.test>",
+                account="a",
+                envelope_from="a@example.test",
+                recipients=["b@example.test"],
+                raw=b"Subject: x\r\n\r\nx",
+            )
+            for i, key in enumerate(
+                ["job:a_b:20261126T070000Z:0", "job:a_b:20261126T070000Z:1", "job:axb:20261126T070000Z:0"]
+            )
+        ],
+        now=NOW,
+    )
+    assert runs.stored_messages("job:a_b:20261126T070000Z") == 2
+    assert runs.stored_messages("job:a%:20261126T070000Z") == 0
+    assert runs.stored_messages("job:a_b:20261126T080000Z") == 0
 
 
 def test_a_retry_takes_back_its_own_running_claim_never_anothers(any_store: Store):
@@ -159,7 +212,7 @@ def test_a_fire_left_running_by_a_killed_daemon_is_claimed_again_at_the_next_sta
     restart = NOW + timedelta(seconds=5)
     assert not runs.claim_fire("j", fire, now=restart)
     recover_single_node(store)
-    assert runs.unfinished_fires(now=restart, stale_after=timedelta(0)) == [("j", fire)]
+    assert runs.unfinished_fires(now=restart) == [("j", fire)]
     assert runs.claim_fire("j", fire, now=restart)  # the resume (or the scheduler's catch-up)
     assert not runs.claim_fire("j", fire, now=restart + timedelta(seconds=1))  # not both
 

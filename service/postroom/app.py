@@ -1,6 +1,6 @@
 """The composition root: builds every part from settings + config and runs the daemon.
 
-Start: HTTP (so /healthz answers at once) → config → store (migrate, recover) → sender,
+Start: config → store (lock, migrate) → HTTP (/healthz answers from here) → recover → sender,
 webhook queue → scheduler → watchers → READY. Stop (SIGTERM/SIGINT): STOPPING, no new
 work, let in-flight sends and actions finish for a while, hand the rest back to the store,
 exit 0. Reload (SIGHUP): validate the new config and templates first; apply only if good.
@@ -19,6 +19,7 @@ import structlog
 
 from .bootstrap import build_logins, load_checked, open_daemon_store, recover_single_node
 from .clock import utcnow
+from .clock_check import ClockCheck
 from .config import Config, Settings
 from .console.source import ReloadOutcome
 from .daemon_console import build_daemon_console, console_token
@@ -44,6 +45,7 @@ from .scheduler import Scheduler
 from .sieve.rule import compile_config
 from .store import calls as store_calls
 from .store.calls import gate, store_call
+from .store.dbtime import clock_offset
 from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
 from .webhooks import WebhookQueue
@@ -88,6 +90,8 @@ class Daemon:
     task_health: TaskHealth = field(default_factory=TaskHealth)  # supervised tasks down now
     shared: bool = False  # replicas on PostgreSQL share the work
     replicas_alive: int = 1  # by the replica heartbeat
+    members: list[str] = field(default_factory=list)  # the replicas alive, by fresh heartbeats
+    replicas_settled: bool = False  # the replica count was the same at two heartbeats (balance)
     _started: bool = False  # every part is up: a SIGHUP may reload
     last_reload: ReloadOutcome | None = None  # for the console
 
@@ -102,11 +106,7 @@ class Daemon:
         # Handlers first: a SIGTERM while starting (systemd's stop, or a restart loop) must
         # end in an orderly exit 0, not Python's default death by signal.
         self._install_signals()
-        bound = await self.http.start()
         store_calls.observe.hook, smtp.observe.hook = self.metrics.store_call, self.metrics.smtp_send
-        if bound is not None and self.console_token is not None:  # the line that says where to look
-            host, port = bound
-            log.info("console listening", url=f"http://{f'[{host}]' if ':' in host else host}:{port}/")
         try:
             return await self._run()
         finally:
@@ -120,6 +120,12 @@ class Daemon:
         config = loaded.config
         gate.open()  # a new daemon in this process starts with the store in use
         self.store = store = await asyncio.to_thread(open_daemon_store, self.settings, migrate=self.migrate)
+        # The port opens once nothing left can refuse the start (config, store lock, schema):
+        # a daemon that refuses never answered /healthz, so no probe saw it up.
+        bound = await self.http.start()
+        if bound is not None and self.console_token is not None:  # the line that says where to look
+            host, port = bound
+            log.info("console listening", url=f"http://{f'[{host}]' if ':' in host else host}:{port}/")
         await store_call(recover_single_node, store)
         self.metrics.watch_store(self._outbox_gauges, utcnow)
         self.metrics.known_accounts(config.accounts)
@@ -134,6 +140,8 @@ class Daemon:
         # queued or left by others every third of a lease.
         self.shared = store.engine.dialect.name != "sqlite"
         self.lease = lease = timedelta(seconds=self.settings.lease_seconds)
+        store.runs.lease = lease  # a fire's claim is renewed, and taken over, like other leases
+        self.clock_check = ClockCheck(shared=self.shared)
         self.sender = OutboxSender(
             store.outbox,
             config.accounts,
@@ -162,7 +170,9 @@ class Daemon:
         self.webhooks = WebhookQueue(
             store.ledger, spec_lookup=ruleset.action_config, on_result=self.metrics.webhook, lease=lease
         )
-        self.scheduler = Scheduler(config, store.runs, self._on_fire, shutdown_timeout=STOP_TIMEOUT)
+        self.scheduler = Scheduler(
+            config, store.runs, self._on_fire, clock_check=self.clock_check, shutdown_timeout=STOP_TIMEOUT
+        )
         # Fires the store failed wait for it; when it answers again they run, and the catch-up too.
         self.store_monitor = StoreMonitor(
             store.engine,
@@ -180,10 +190,19 @@ class Daemon:
                     name="webhooks",
                 )
             )
+            if self.shared:  # the catch-up at start reads the database's time
+                await self._check_clock()
             await self.scheduler.start()
-            await self._resume_unfinished_fires(config)
+            self.tasks.append(
+                asyncio.create_task(
+                    self.scheduler.take_over_lapsed(self.stop_event, lease.total_seconds() / 3), name="lapsed fires"
+                )
+            )
         if self.shared and not self.dry_run:  # counted before the watchers claim their share
-            self.replicas_alive = await store_call(store.replicas.beat, now=utcnow(), ttl=lease)
+            self.replicas_alive = await store_call(
+                store.replicas.beat, now=utcnow(), ttl=lease, clock_offset=self.clock_check.offset
+            )
+            self.members = await self._members() or [self.settings.instance]
             self.tasks.append(asyncio.create_task(self._replica_heartbeat(), name="replica heartbeat"))
         self.incoming = self._start_incoming(config, renderer, ruleset)
         self.tasks.append(asyncio.create_task(watchdog_loop(self.notifier, self.stop_event), name="watchdog"))
@@ -234,7 +253,18 @@ class Daemon:
                 pop3_started.add(account_name)
                 targets.append((account_name, folder))
         # each replica holds at most its share of the watches (incoming.balance)
-        balance = FolderBalance(len(targets), alive=self.replicas_alive) if leases is not None else None
+        balance = (
+            FolderBalance(
+                len(targets),
+                me=self.settings.instance,
+                members=self.members,
+                settled=self.replicas_settled,
+                refresh=self._members,
+                settle_max=self.lease.total_seconds(),
+            )
+            if leases is not None
+            else None
+        )
         incoming.balance = balance
         ttl = self.settings.lease_seconds
         for account_name, folder in targets:
@@ -284,18 +314,42 @@ class Daemon:
         """Renew this replica's row every third of a lease and learn how many are alive: the
         folders' shares follow (incoming.balance). Rows of replicas long dead are dropped."""
         store, lease = self.store, self.lease
+        started = time.monotonic()
         while not self.stop_event.is_set():
             await sleep_or_stop(self.stop_event, lease.total_seconds() / 3)
             if self.stop_event.is_set():
                 break
             try:
-                self.replicas_alive = await store_call(store.replicas.beat, now=utcnow(), ttl=lease)
+                await self._check_clock()
+                self.replicas_alive = await store_call(
+                    store.replicas.beat, now=utcnow(), ttl=lease, clock_offset=self.clock_check.offset
+                )
+                members = await store_call(store.replicas.members, now=utcnow(), fresh=lease * 2 / 3)
                 await store_call(store.replicas.forget_dead, now=utcnow(), after=FORGET_DEAD)
             except Exception as exc:  # the store is down: the leases say what happens meanwhile
                 log.warning("replica heartbeat failed", error=repr(exc))
                 continue
-            if self.incoming.balance is not None:
-                self.incoming.balance.alive = self.replicas_alive
+            # Settled: the count did not change over a beat, or a lease has passed since start.
+            settled = len(members) == len(self.members) or time.monotonic() - started >= lease.total_seconds()
+            self.members, self.replicas_settled = members, self.replicas_settled or settled
+            balance = self.incoming.balance
+            if balance is not None:
+                balance.members(members)
+                balance.settled = balance.settled or self.replicas_settled
+
+    async def _members(self) -> list[str] | None:
+        """The replicas alive now by fresh heartbeats; None when the store could not say."""
+        try:
+            return await store_call(self.store.replicas.members, now=utcnow(), fresh=self.lease * 2 / 3)
+        except StoreUnavailable:
+            return None
+
+    async def _check_clock(self) -> None:
+        """Compare this host's clock with the database's; fires left alone while they
+        disagreed are caught up once they agree again."""
+        offset = await store_call(clock_offset, self.store.engine, utcnow)
+        if self.clock_check.update(offset):
+            await self.scheduler.clock_back()
 
     def _bounce_intake(self, account_name: str, config: Config, folder: str) -> BounceIntake | None:
         """The account's bounce intake when ``folder`` is its bounce folder."""
@@ -310,15 +364,6 @@ class Daemon:
             key=self.verp_key,
             on_bounce=self.metrics.bounce,
         )
-
-    async def _resume_unfinished_fires(self, config: Config) -> None:
-        # One process on SQLite: anything still "running" is from a process that is gone.
-        stale = timedelta(0) if self.store.engine.dialect.name == "sqlite" else timedelta(minutes=10)
-        unfinished = await store_call(self.store.runs.unfinished_fires, now=utcnow(), stale_after=stale)
-        for job_id, fire_time in unfinished:
-            if job_id in config.jobs:
-                log.info("resuming a fire left unfinished", job=job_id, fire_time=fire_time.isoformat())
-                self.tasks.append(asyncio.create_task(self.runner.run_fire(job_id, fire_time, "resume")))
 
     async def _on_fire(self, job_id: str, fire_time: datetime, trigger: str) -> None:
         if self.stop_event.is_set():
@@ -352,7 +397,15 @@ class Daemon:
         # signs in again; the others go on, and say so.
         stopped = self.logins.stopped()
         accounts = {name: name not in stopped for name in self.logins.tokens}
-        ok = store_ok and scheduler_ok and all(watchers.values()) and not stopped and not self.task_health.down
+        clock_problem = None if self.dry_run else self.clock_check.problem()
+        ok = (
+            store_ok
+            and scheduler_ok
+            and clock_problem is None
+            and all(watchers.values())
+            and not stopped
+            and not self.task_health.down
+        )
         details: dict[str, Any] = {
             "store": store_ok,
             "scheduler": scheduler_ok,
@@ -361,6 +414,10 @@ class Daemon:
         }
         if store_problem is not None:
             details["store_problem"] = store_problem
+        if self.shared:  # replicas: schedules follow the database's clock
+            details["clock"] = {"offset_s": self.clock_check.offset_s, "agrees": clock_problem is None}
+            if clock_problem is not None:
+                details["clock"]["problem"] = clock_problem
         if accounts:
             details["oauth2_accounts"] = accounts
         if stopped:  # their outgoing mail is `held` in the outbox (and postroom_outbox_held)
@@ -491,12 +548,14 @@ class Daemon:
         # sends and webhooks finish side by side, and whatever still runs after STOP_TIMEOUT
         # is cancelled. A cancelled mail command cuts its connection (incoming/threaded.py), so
         # no thread blocked on a slow server holds the process past the grace period.
-        await asyncio.gather(self.scheduler.shutdown(), self.incoming.close(timeout=STOP_TIMEOUT), self._finish_tasks())
-        if self.shared and not self.dry_run:  # the others count one fewer at once
+        if self.shared and not self.dry_run:
+            # Leave first: the others count one fewer as soon as they ask, so each folder this
+            # replica releases below is taken at once by one that has room for it.
             try:
                 await store_call(self.store.replicas.leave)
             except Exception as exc:
                 log.warning("could not remove this replica's heartbeat row; it runs out", error=repr(exc))
+        await asyncio.gather(self.scheduler.shutdown(), self.incoming.close(timeout=STOP_TIMEOUT), self._finish_tasks())
         await asyncio.to_thread(self.store.close)
         log.info("stopped")
 

@@ -389,6 +389,7 @@ def _existing_store(settings: Settings) -> Store | None:
 def status(ctx: click.Context) -> None:
     """Replicas sharing the store: which are alive, what each holds (folders, work in flight)."""
     from .clock import utcnow
+    from .clock_check import clock_note
 
     store = _existing_store(settings(ctx))
     if store is None:
@@ -413,10 +414,11 @@ def status(ctx: click.Context) -> None:
             str(len(held.get(m.instance, []))),
             str(flight.get(m.instance, (0, 0))[0]),
             str(flight.get(m.instance, (0, 0))[1]),
+            clock_note(m.clock_offset),
         ]
         for m in members
     ]
-    click.echo(_table(rows, ["REPLICA", "STATE", "LAST HEARTBEAT", "FOLDERS", "SENDING", "WEBHOOKS"]))
+    click.echo(_table(rows, ["REPLICA", "STATE", "LAST HEARTBEAT", "FOLDERS", "SENDING", "WEBHOOKS", "CLOCK"]))
     if watches:
         click.echo("")
         click.echo(

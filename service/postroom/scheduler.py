@@ -4,6 +4,12 @@ APScheduler 3 must not share a job store between processes, so each replica sche
 job itself and the fire is claimed in our store under (job id, fire time) by the `on_fire`
 callback; the fire times come from `postroom.schedules` and agree across replicas.
 
+Fire claims are leases (store.runs): `take_over_lapsed` looks every third of a lease for a
+fire whose claimer stopped renewing it (killed or stalled mid-fire) and runs it here.
+
+Time is the database's (clock_check): the scheduler's clock is ours corrected by the measured
+offset, and while the offset is beyond its bound this replica takes no fires at all.
+
 APScheduler's own executors call the job function without telling it which fire it is
 running, so `_FireExecutor` (an executor is APScheduler's extension point for "how a due job
 is run") hands the scheduled run times to `Scheduler._due` instead.
@@ -25,8 +31,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from .clock import utcnow
+from .clock_check import ClockCheck
 from .config.model import Config, JobConfig
 from .errors import StoreUnavailable
+from .retry import sleep_or_stop
 from .schedules import (
     RETRY,
     CatchUp,
@@ -90,12 +98,17 @@ class Scheduler:
         on_fire: FireCallback,
         *,
         clock: Callable[[], datetime] = utcnow,
+        clock_check: ClockCheck | None = None,
         shutdown_timeout: float = 30.0,
     ):
         self._config = config
         self._runs = runs
         self._on_fire = on_fire
-        self._clock = clock
+        # With a clock check, time is the database's as best measured, and no fire is taken
+        # while the two disagree beyond the bound.
+        self._clock = clock_check.now if clock_check is not None else clock
+        self._agrees: Callable[[], bool] = clock_check.agrees if clock_check is not None else lambda: True
+        self._resuming: set[tuple[str, datetime]] = set()  # lapsed fires being taken over here
         self._shutdown_timeout = shutdown_timeout
         self._aps: AsyncIOScheduler | None = None
         self._scheduled: dict[str, tuple[str, BaseTrigger]] = {}  # job id -> (fingerprint, trigger)
@@ -119,9 +132,13 @@ class Scheduler:
             },
         )
         started = self._clock()
+        agrees = self._agrees()
+        if not agrees:  # our clock could mark due fires missed (fast) or miss some (slow)
+            log.warning("catch-up waits until this replica's clock agrees with the database's")
         for job_id, job in self._enabled_jobs(self._config).items():
             trigger = make_trigger(job.schedule, self._config.timezone)
-            await self._catch_up(job_id, job, trigger, started)
+            if agrees:
+                await self._catch_up(job_id, job, trigger, started)
             self._schedule(job_id, job, trigger, after=started)
         self._aps.start()
         log.info("scheduler started", jobs=sorted(self._scheduled))
@@ -175,17 +192,51 @@ class Scheduler:
         fire whose first try never got as far as a claim)."""
         woken, self._store_back = self._store_back, asyncio.Event()
         woken.set()
-        if self._aps is None:
+        await self._catch_up_all("the store was unavailable")
+
+    async def clock_back(self) -> None:
+        """This replica's clock agrees with the database's again: fires it left alone meanwhile
+        that no other replica ran are caught up, within their grace."""
+        await self._catch_up_all("this replica's clock disagreed with the database's")
+
+    async def _catch_up_all(self, why: str) -> None:
+        if self._aps is None or not self._agrees():
             return
         now = self._clock()
         for job_id, job in self._enabled_jobs(self._config).items():
             if job_id not in self._scheduled:
                 continue
             try:
-                await self._catch_up(job_id, job, self._scheduled[job_id][1], now, store_was_away=True)
+                await self._catch_up(job_id, job, self._scheduled[job_id][1], now, away=why)
             except StoreUnavailable as exc:  # gone again: its next return tries once more
-                log.warning("catch-up after the store outage failed", job=job_id, error=str(exc))
+                log.warning("catch-up failed: the store is unavailable", job=job_id, error=str(exc))
                 return
+
+    async def take_over_lapsed(self, stop: asyncio.Event, every: float) -> None:
+        """Every ``every`` seconds (from now), run the fires whose claim's lease lapsed — a
+        replica died or stalled mid-fire, or a process before this one did — at any time, not
+        only at a start. A store outage or a disagreeing clock is a pause, not an end."""
+        while not stop.is_set():
+            if self._agrees():
+                try:
+                    lapsed = await store_call(self._runs.unfinished_fires, now=self._clock())
+                except StoreUnavailable as exc:
+                    log.warning("lapsed fires not looked for: the store is unavailable", error=str(exc))
+                    lapsed = []
+                for job_id, fire_time in lapsed:
+                    self._take_over(job_id, fire_time)
+            await sleep_or_stop(stop, every)
+
+    def _take_over(self, job_id: str, fire_time: datetime) -> None:
+        job = self._enabled_jobs(self._config).get(job_id)
+        key = (job_id, fire_time)
+        if job is None or key in self._resuming or key in self._retries:
+            return
+        log.info("taking over a fire whose lease lapsed", job=job_id, fire_time=fire_time.isoformat())
+        self._resuming.add(key)
+        task = asyncio.get_running_loop().create_task(self._fire(job_id, fire_time, "resume", job.misfire_grace))
+        task.add_done_callback(lambda _t: self._resuming.discard(key))
+        self._track(task)
 
     @property
     def running(self) -> bool:
@@ -245,15 +296,15 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _catch_up(
-        self, job_id: str, job: JobConfig, trigger: BaseTrigger, started: datetime, *, store_was_away: bool = False
+        self, job_id: str, job: JobConfig, trigger: BaseTrigger, started: datetime, *, away: str | None = None
     ) -> None:
         last = await store_call(self._runs.last_fire, job_id)
         plan = plan_catch_up(trigger, last_fire=last, started=started, now=started, grace=job.misfire_grace)
         plan = without(plan, {fire for waiting, fire in self._retries if waiting == job_id})
         runs = [plan.run] if plan.run is not None else []
-        if store_was_away:
+        if away is not None:
             runs, plan = each_within_grace(plan, now=started, grace=job.misfire_grace)
-        why = "the store was unavailable" if store_was_away else "postroom was down"
+        why = away or "postroom was down"
         await self._record_skips(job_id, plan, now=started, reason=f"missed while {why}")
         for fire in runs:
             log.info(
@@ -266,6 +317,18 @@ class Scheduler:
 
     async def _due(self, job_id: str, run_times: list[datetime], grace: timedelta) -> None:
         """A live fire (run_times: one, or several APScheduler coalesced)."""
+        if not self._agrees():
+            log.warning(
+                "fire left to the other replicas: this replica's clock disagrees with the database's",
+                job=job_id,
+                fire_times=[_utc(t).isoformat() for t in run_times],
+            )
+            return
+        # APScheduler times fires by our clock; a little fast (within the bound) means a
+        # little early by the database's: wait for the fire's time by the database's clock.
+        early = (_utc(max(run_times)) - _utc(self._clock())).total_seconds()
+        if early > 0:
+            await asyncio.sleep(early)
         now = self._clock()
         plan = triage(run_times, now=now, grace=grace)
         try:

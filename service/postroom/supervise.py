@@ -5,6 +5,10 @@ doubling backoff, instead of vanishing silently.
 Without this a task's exception sits in its Task object until someone awaits it - at shutdown:
 a webhook queue killed by one bad header left every later match queued and undelivered, with
 nothing in the log. A part whose ``run`` returns has finished (it saw ``stop``): no restart.
+
+A part that stopped because the store is unavailable did not die: the store monitor already
+tells /readyz and the log about the outage, so it is a pause — a one-line warning, not a
+traceback, not counted down — and the part starts again every `STORE_PAUSE` until it answers.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from datetime import timedelta
 
 import structlog
 
+from .errors import StoreUnavailable
 from .retry import doubling_delay, sleep_or_stop
 
 log = structlog.get_logger(__name__)
 
 RESTART_BASE = timedelta(seconds=1)
 RESTART_CAP = timedelta(minutes=2)
+STORE_PAUSE = timedelta(seconds=1)
 
 
 @dataclass
@@ -50,6 +56,11 @@ async def supervised(
         try:
             await run()
             return
+        except StoreUnavailable as exc:
+            log.warning("background task paused: the store is unavailable", task=name, error=str(exc))
+            delay = STORE_PAUSE.total_seconds()
+            await sleep_or_stop(stop, delay)
+            continue
         except Exception as exc:
             failures = 1 if time.monotonic() - started > cap.total_seconds() else failures + 1
             delay = doubling_delay(failures, base=base, cap=cap).total_seconds()

@@ -2,41 +2,98 @@
 
 Every replica runs the same config, so each starts a watcher (standing by or working) for all
 M watches (IMAP folders and POP3 maildrops). With N replicas alive (heartbeat rows,
-``store.replicas``) each should hold at most ceil(M / N). One ``FolderBalance`` per daemon
-(per config generation) counts the watches this replica holds and answers two questions:
+``store.replicas``) the shares are M // N each, and the first M % N replicas in name order
+hold one more: 7 folders on 3 replicas are 3/2/2, never 3/3/1. One ``FolderBalance`` per
+daemon (per config generation) counts the watches this replica holds and answers:
 
 - may a standing-by watcher claim a free watch? Only while this replica holds fewer than its
   share (checked and claimed under one lock, so two of its watchers can't both take the last
-  place);
+  place). A replica just started holds at most one until the replica count has settled (no
+  change for ``SETTLE_QUIET`` seconds, asked at least every ``REFRESH_EVERY``) or a lease has
+  passed: replicas started together then share the folders from the first second, instead
+  of the first one up taking all and handing them over later. When the share says no, the
+  replica count is asked again (``refresh``, at most every ``REFRESH_EVERY``): a replica that
+  stopped cleanly has left, and its released folders are taken within seconds, not at the
+  next heartbeat.
 - should a working watcher hand its watch over? When this replica holds more than its share
   (a replica joined), the watches past the share in name order do, each at a safe point: its
   session stops between batches, then the lease is released, and a replica below its share
   claims it at its next standby try. Every message's actions are in the ledger, so a folder
   changing hands handles no message twice.
 
-A dead replica's row runs out with its leases: the others then count one fewer, their share
-grows, and they claim its watches as the leases run out.
+A replica counts as alive while its heartbeat is fresh (``store.replicas.members``): a killed
+one stops counting within two thirds of a lease, and the others' shares grow to take its
+watches as their leases run out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+REFRESH_EVERY = 1.0  # seconds: how often a standby blocked by its share asks for the count
+SETTLE_QUIET = 2.0  # seconds without a change in the replica count: it has settled
 
 
 class FolderBalance:
-    def __init__(self, watches: int, *, alive: int = 1):
+    def __init__(
+        self,
+        watches: int,
+        *,
+        me: str = "",
+        members: Sequence[str] = (),
+        settled: bool = True,
+        refresh: Callable[[], Awaitable[Sequence[str] | None]] | None = None,
+        settle_max: float = 20.0,
+    ):
         self.watches = watches  # M: every replica starts the same watchers
-        self.alive = max(alive, 1)  # N: set by the daemon's replica heartbeat
+        self.me = me
+        self.alive = 1  # N: set from the heartbeat's members
+        self.rank = 0  # this replica's place among them, in name order
+        self.settled = settled  # the replica count has settled since this replica started
         self.held: set[str] = set()  # watches this replica holds now
         self.lock = asyncio.Lock()  # a claim and its count are one step
+        self._refresh = refresh
+        self._refreshed = 0.0
+        self._changed = time.monotonic()  # when the replica count last changed
+        self._settle_by = time.monotonic() + settle_max  # settled by then whatever the count does
+        self.members(members or [me])
+
+    def members(self, alive: Sequence[str]) -> None:
+        """The replicas alive now (this one included, if its own heartbeat landed)."""
+        names = sorted(set(alive))
+        if max(len(names), 1) != self.alive:
+            self._changed = time.monotonic()
+        self.alive = max(len(names), 1)
+        self.rank = names.index(self.me) if self.me in names else len(names)
 
     @property
     def share(self) -> int:
-        return max(1, math.ceil(self.watches / max(self.alive, 1)))
+        base, extra = divmod(self.watches, self.alive)
+        return max(1, base + (1 if self.rank < extra else 0))
+
+    def settling(self) -> bool:
+        if not self.settled:
+            now = time.monotonic()
+            self.settled = now - self._changed >= SETTLE_QUIET or now >= self._settle_by
+        return not self.settled
 
     def may_take(self) -> bool:
-        return len(self.held) < self.share
+        limit = min(self.share, 1) if self.settling() else self.share
+        return len(self.held) < limit
+
+    async def may_take_now(self) -> bool:
+        """``may_take``, asking for the replica count again first when it says no or the count
+        is still settling (rate-limited)."""
+        due = time.monotonic() - self._refreshed >= REFRESH_EVERY
+        if self._refresh is None or not due or (self.may_take() and not self.settling()):
+            return self.may_take()
+        self._refreshed = time.monotonic()
+        alive = await self._refresh()
+        if alive is not None:
+            self.members(alive)
+        return self.may_take()
 
     def should_hand_over(self, watch: str) -> bool:
         """This replica holds more than its share and ``watch`` is one past it (name order,

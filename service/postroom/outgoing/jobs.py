@@ -25,6 +25,7 @@ import structlog
 from ..clock import utcnow
 from ..config import Config, JobConfig
 from ..errors import DataSourceError, MessageRefused, PostroomError, StoreUnavailable
+from ..fire_lease import holding_fire
 from ..mail.compose import compose_bytes, make_message_id, validate_address
 from ..mail.headers import list_unsubscribe_headers, list_unsubscribe_problem
 from ..mail.locale_filters import rendering_locale
@@ -294,7 +295,27 @@ class JobRunner:
             log.info("fire already claimed", job=job_id, fire_time=fire_time.isoformat())
             return
         key = f"job:{job_id}:{fire_time.astimezone(ZoneInfo('UTC')).strftime('%Y%m%dT%H%M%SZ')}"
-        await self._run(job_id, key_prefix=key, fire_time=fire_time, trigger=trigger, now=now, claim=True)
+        async with holding_fire(runs, job_id, fire_time, clock=self.clock):
+            stored = await store_call(runs.stored_messages, key)
+            if stored:  # a try that died after storing them: record what is there, no new render
+                await self._record_stored(job_id, fire_time, trigger, now=now, messages=stored)
+                return
+            await self._run(job_id, key_prefix=key, fire_time=fire_time, trigger=trigger, now=now, claim=True)
+
+    async def _record_stored(
+        self, job_id: str, fire_time: datetime, trigger: str, *, now: datetime, messages: int
+    ) -> None:
+        """A fire taken over whose messages an earlier try stored: they are sent (claimed from
+        the outbox like any queued row); this run only records the fire done."""
+        runs = self.store.runs
+        log.info(
+            "fire resumed from its stored messages", job=job_id, fire_time=fire_time.isoformat(), messages=messages
+        )
+        run_id = await store_call(runs.start_run, job_id, fire_time=fire_time, trigger=trigger, now=now)
+        done_at = self.clock()
+        await store_call(runs.finish_run, run_id, now=done_at, status="done", messages=messages)
+        await store_call(runs.finish_fire, job_id, fire_time, now=done_at, status="done")
+        self.wake_sender()
 
     async def run_now(self, job_id: str, *, key_prefix: str, to_override: Sequence[str] | None = None) -> BuiltRun:
         """A manual run (`postroom send`): recorded as a run, no fire claim."""

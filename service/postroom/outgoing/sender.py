@@ -41,7 +41,7 @@ import structlog
 from postroom.auth.accounts import AccountLogins
 from postroom.clock import utcnow
 from postroom.config.model import AccountConfig, OutboxConfig, SmtpConfig
-from postroom.errors import OAuth2Error, PostroomError, is_transient
+from postroom.errors import OAuth2Error, PostroomError, StoreUnavailable, is_transient
 from postroom.retry import doubling_delay
 from postroom.store.calls import store_call
 from postroom.store.outbox import OutboxItem, OutboxStore, Settlement, SettlementKind
@@ -56,6 +56,8 @@ __all__ = ["DrainStats", "OutboxSender", "Outcome", "backoff", "decide"]
 
 # Upper bound on one idle wait, so a clock jump or another replica's enqueue is noticed.
 MAX_IDLE = timedelta(seconds=60)
+# The longest pause between tries to record an outcome while the store is away.
+SETTLE_RETRY_CAP = 1.0  # seconds
 # How long a claim lasts unless renewed: the heartbeat renews it every third of this.
 LEASE = timedelta(seconds=20)
 # After drain_once itself failed (store down...), wait this long before the next try.
@@ -539,8 +541,30 @@ class OutboxSender:
     ) -> None:
         """Write the outcome, then move on. The write is not cancelled with the worker, so a
         message that went out is recorded even on shutdown; the worker sends one more row
-        while this one is committed, no further (see _worker)."""
-        await recorder.record(self._settlement(item, outcome))
+        while this one is committed, no further (see _worker).
+
+        A store outage does not end the drain: the outcome is written again until the store
+        answers. Meanwhile the row stays in ``unsettled`` (this drain's heartbeat renews its
+        lease whenever the store answers), so it is never handed back nor left to run out
+        and be sent again while this process lives."""
+        settlement = self._settlement(item, outcome)
+        waited = 0
+        while True:
+            try:
+                await recorder.record(settlement)
+                break
+            except StoreUnavailable as exc:
+                if waited == 0:
+                    log.warning(
+                        "outcome not recorded: the store is unavailable; kept in memory and written when it answers",
+                        outbox_id=item.id,
+                        outcome=settlement.kind,
+                        error=str(exc),
+                    )
+                waited += 1
+                await asyncio.sleep(min(SETTLE_RETRY_CAP, 0.1 * 2**waited))
+        if waited:
+            log.info("outcome recorded after the store came back", outbox_id=item.id, tries=waited + 1)
         unsettled.pop(item.id, None)
         setattr(stats, outcome.kind, getattr(stats, outcome.kind) + 1)
         fields = dict(outbox_id=item.id, account=item.account, message_id=item.message_id)

@@ -11,6 +11,12 @@ take those rows back as left over by a dead process and send them a second time.
 command holds a shared lock on ``<store>.writers`` while it works (``writing``), and the
 daemon takes back leases at start only when it can lock that file exclusively (``alone``).
 
+The lock follows the real file, not the name it was given: the path is resolved (a symlink
+to the database, or to its directory, locks the same ``.lock`` file as the real path) and the
+database file itself, when it exists, is locked too (its inode: a hard link or a path that
+resolves elsewhere still meets the lock). ``flock`` and SQLite's own ``fcntl`` record locks
+are separate kinds of lock on Linux, so this one never blocks SQLite's.
+
 The locks are the kernel's (``fcntl.flock``), so they die with their process: a ``kill -9``
 leaves a file behind but no lock, and the next start takes it at once. The PID inside is only
 there to name the holder in the refusal. PostgreSQL stores are shared by replicas on purpose
@@ -34,14 +40,18 @@ WRITERS_SUFFIX = ".writers"
 class StoreOwner:
     """The held lock on one SQLite store; ``release`` (or the process's end) lets it go."""
 
-    def __init__(self, database: Path, fd: int):
+    def __init__(self, database: Path, fd: int, inode_fd: int | None = None):
         self.database = database
         self._fd: int | None = fd
+        self._inode_fd = inode_fd  # the database file's own lock (None: it did not exist yet)
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+        if self._inode_fd is not None:
+            os.close(self._inode_fd)
+            self._inode_fd = None
 
     @contextlib.contextmanager
     def alone(self) -> Iterator[bool]:
@@ -60,7 +70,8 @@ class StoreOwner:
 
 
 def _beside(database: Path, suffix: str) -> Path:
-    return database.with_name(database.name + suffix)
+    real = database.resolve()  # a symlinked name shares the real file's lock files
+    return real.with_name(real.name + suffix)
 
 
 def lock_path(database: Path) -> Path:
@@ -100,6 +111,31 @@ def claim_store(database: Path) -> StoreOwner:
     except BaseException:
         os.close(fd)
         raise
+    try:
+        inode_fd = _lock_inode(database)
+    except BaseException:
+        os.close(fd)
+        raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    return StoreOwner(database, fd)
+    return StoreOwner(database, fd, inode_fd)
+
+
+def _lock_inode(database: Path) -> int | None:
+    """Lock the database file itself (a daemon that reached it by another name holds it)."""
+    try:
+        fd = os.open(database, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # a new store: nobody can reach it by another name yet
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PostroomError(
+            f"the store {database} is in use by another `postroom run` that opened it by another "
+            "name (a symlink or a hard link); one daemon per SQLite store: stop that one first"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -25,6 +25,7 @@ class ReplicaRow:
     seen_at: datetime
     expires_at: datetime
     alive: bool
+    clock_offset: timedelta | None = None  # the database's clock minus the replica's, last measured
 
 
 class ReplicaRegistry:
@@ -32,11 +33,12 @@ class ReplicaRegistry:
         self.engine = engine
         self.owner = owner
 
-    def beat(self, *, now: datetime, ttl: timedelta) -> int:
-        """Say this replica is alive until now + ttl; returns how many replicas are alive
-        (this one included)."""
+    def beat(self, *, now: datetime, ttl: timedelta, clock_offset: timedelta | None = None) -> int:
+        """Say this replica is alive until now + ttl (and how far its clock is from the
+        database's); returns how many replicas are alive (this one included)."""
+        offset_ms = None if clock_offset is None else round(clock_offset.total_seconds() * 1000)
         with self.engine.begin() as conn:
-            values = dict(seen_at=db_now(conn, now), expires_at=db_later(conn, now, ttl))
+            values = dict(seen_at=db_now(conn, now), expires_at=db_later(conn, now, ttl), clock_offset_ms=offset_ms)
             renewed = conn.execute(update(replicas).where(replicas.c.instance == self.owner).values(**values)).rowcount
         if not renewed:
             try:
@@ -47,6 +49,7 @@ class ReplicaRegistry:
                             started_at=db_now(conn, now),
                             seen_at=db_now(conn, now),
                             expires_at=db_later(conn, now, ttl),
+                            clock_offset_ms=offset_ms,
                         )
                     )
             except IntegrityError:
@@ -58,6 +61,19 @@ class ReplicaRegistry:
             return int(
                 conn.scalar(select(func.count()).select_from(replicas).where(replicas.c.expires_at > db_now(conn, now)))
                 or 0
+            )
+
+    def members(self, *, now: datetime, fresh: timedelta) -> list[str]:
+        """The replicas whose last heartbeat is younger than ``fresh`` (two thirds of a lease:
+        two beats missed), in name order, for sharing folders out. Sooner than ``alive``: a
+        killed replica stops counting before its row runs out, so the others' shares grow."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.scalars(
+                    select(replicas.c.instance)
+                    .where(replicas.c.seen_at > db_later(conn, now, -fresh), replicas.c.expires_at > db_now(conn, now))
+                    .order_by(replicas.c.instance)
+                )
             )
 
     def leave(self) -> None:
@@ -73,7 +89,14 @@ class ReplicaRegistry:
                 select(replicas, (replicas.c.expires_at > current).label("alive")).order_by(replicas.c.instance)
             )
             return [
-                ReplicaRow(r.instance, as_utc(r.started_at), as_utc(r.seen_at), as_utc(r.expires_at), bool(r.alive))
+                ReplicaRow(
+                    r.instance,
+                    as_utc(r.started_at),
+                    as_utc(r.seen_at),
+                    as_utc(r.expires_at),
+                    bool(r.alive),
+                    None if r.clock_offset_ms is None else timedelta(milliseconds=r.clock_offset_ms),
+                )
                 for r in found
             ]
 

@@ -1,8 +1,14 @@
 """Fire claims and job runs.
 
 A fire is claimed by inserting its (job_id, fire_time) row; the primary key makes exactly one
-replica (or one restart) win it. A claim left `running` by a crashed process is taken over
-after its lease, and re-running it is safe because the outbox dedups on (job, fire, row).
+replica (or one restart) win it. A claim is a lease like a watch's or a message's: its holder
+renews ``claimed_at`` while it runs the fire (``renew_fire``), and a claim still `running`
+whose renewal is older than ``lease`` belonged to a process that died or stalled. Any
+replica takes it over (``claim_fire``); re-running it is safe because the outbox dedups on
+(job, fire, row), and the taken-over holder's run is closed `failed` so none stays `running`.
+
+On PostgreSQL every claim time is the database's ``now()`` (``dbtime``): a replica whose
+clock runs fast cannot see a live holder's claim as lapsed, nor claim a fire not yet due.
 
 A run is `done` once its messages are queued; what became of them is read from the outbox
 rows it made (``outbox.run_id``) each time runs are listed (``RunOutcome``), so a run whose
@@ -19,10 +25,15 @@ from typing import Any
 from sqlalchemy import Engine, Text, and_, cast, false, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
+from .dbtime import db_earlier, db_now, shared_clock
 from .engine import as_utc, to_utc
 from .tables import fire_claims, job_runs, outbox
 
 _RELEASED = datetime(2000, 1, 1, tzinfo=UTC)  # a claim time older than any lease
+FIRE_LEASE = timedelta(minutes=10)  # when no lease is given (a store opened by the CLI)
+# A fire is not claimed more than this ahead of its time by the database's clock: a replica
+# whose clock runs fast waits (scheduler), and this is the store's own refusal if it did not.
+EARLY_TOLERANCE = timedelta(seconds=2)
 
 
 # An outbox row's status -> what a run's outcome counts it as (a queued row tried before is
@@ -92,35 +103,35 @@ class RunRecord:
 
 
 class RunStore:
-    def __init__(self, engine: Engine, *, owner: str):
+    def __init__(self, engine: Engine, *, owner: str, lease: timedelta = FIRE_LEASE):
         self.engine = engine
         self.owner = owner
+        self.lease = lease  # a claim not renewed for this long is taken over
 
-    def claim_fire(
-        self,
-        job_id: str,
-        fire_time: datetime,
-        *,
-        now: datetime,
-        stale_after: timedelta = timedelta(minutes=10),
-        again: bool = False,
-    ) -> bool:
-        """True if this process now owns the fire; False if another has or had it.
+    def claim_fire(self, job_id: str, fire_time: datetime, *, now: datetime, again: bool = False) -> bool:
+        """True if this process now owns the fire; False if another has or had it, or (on
+        PostgreSQL) the fire is not due yet by the database's clock.
 
-        A claim still `running` after `stale_after` belonged to a process that died; it is
-        taken over (its messages are deduplicated in the outbox). ``again``: this process tries
-        again a fire whose earlier try lost the store; a claim still `running` under our own
-        name is that try's (it lost the store mid-run, or never heard its claim committed).
+        A claim still `running` whose lease lapsed belonged to a process that died; it is
+        taken over (its messages are deduplicated in the outbox) and that process's run is
+        closed. ``again``: this process tries again a fire whose earlier try lost the store; a
+        claim still `running` under our own name is that try's (it lost the store mid-run, or
+        never heard its claim committed).
         """
         fire_time = to_utc(fire_time)
         try:
             with self.engine.begin() as conn:
+                if (
+                    shared_clock(conn)
+                    and fire_time > to_utc(conn.execute(select(func.now())).scalar_one()) + EARLY_TOLERANCE
+                ):
+                    return False
                 conn.execute(
                     insert(fire_claims).values(
                         job_id=job_id,
                         fire_time=fire_time,
                         claimed_by=self.owner,
-                        claimed_at=now,
+                        claimed_at=db_now(conn, now),
                         status="running",
                     )
                 )
@@ -135,13 +146,51 @@ class RunStore:
                     fire_claims.c.fire_time == fire_time,
                     fire_claims.c.status == "running",
                     or_(
-                        fire_claims.c.claimed_at < now - stale_after,
+                        fire_claims.c.claimed_at < db_earlier(conn, now, self.lease),
                         and_(fire_claims.c.claimed_by == self.owner, true() if again else false()),
                     ),
                 )
-                .values(claimed_by=self.owner, claimed_at=now)
+                .values(claimed_by=self.owner, claimed_at=db_now(conn, now))
             )
-            return taken.rowcount == 1
+            if taken.rowcount != 1:
+                return False
+            # The run of the try we take over (a dead replica's, or our own that lost the
+            # store) ends here: a run is never left `running` without a live claim.
+            conn.execute(
+                update(job_runs)
+                .where(job_runs.c.job_id == job_id, job_runs.c.fire_time == fire_time, job_runs.c.status == "running")
+                .values(
+                    status="failed",
+                    finished_at=now,
+                    error=f"taken over by {self.owner}: this try lost its claim (died, stalled or lost the store)",
+                )
+            )
+            return True
+
+    def renew_fire(self, job_id: str, fire_time: datetime, *, now: datetime) -> bool:
+        """Keep our claim on a running fire. False: it is no longer ours (we stalled past the
+        lease and another replica took it over)."""
+        fire_time = to_utc(fire_time)
+        with self.engine.begin() as conn:
+            renewed = conn.execute(
+                update(fire_claims)
+                .where(
+                    fire_claims.c.job_id == job_id,
+                    fire_claims.c.fire_time == fire_time,
+                    fire_claims.c.status == "running",
+                    fire_claims.c.claimed_by == self.owner,
+                )
+                .values(claimed_at=db_now(conn, now))
+            )
+            return renewed.rowcount == 1
+
+    def stored_messages(self, key_prefix: str) -> int:
+        """How many of a fire's messages are in the outbox. A fire's messages are stored in
+        one transaction, so any means all: a fire resumed after its claimer died then only
+        records what is there, without fetching and rendering again."""
+        like = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).where(outbox.c.dedup_key.like(like, escape="\\"))) or 0)
 
     def release_running_fires(self) -> int:
         """Single-node recovery at start: a fire left `running` belongs to a process that is
@@ -192,12 +241,16 @@ class RunStore:
             )
         return as_utc(last)
 
-    def unfinished_fires(self, *, now: datetime, stale_after: timedelta) -> list[tuple[str, datetime]]:
-        """Fires left `running` by a process that died, oldest first."""
+    def unfinished_fires(self, *, now: datetime) -> list[tuple[str, datetime]]:
+        """Fires left `running` whose lease lapsed (their process died or stalled), oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(fire_claims.c.job_id, fire_claims.c.fire_time)
-                .where(and_(fire_claims.c.status == "running", fire_claims.c.claimed_at < now - stale_after))
+                .where(
+                    and_(
+                        fire_claims.c.status == "running", fire_claims.c.claimed_at < db_earlier(conn, now, self.lease)
+                    )
+                )
                 .order_by(fire_claims.c.fire_time)
             )
             return [(j, as_utc(t)) for j, t in rows]

@@ -189,6 +189,7 @@ replicas = Table(
     Column("started_at", TS, nullable=False),
     Column("seen_at", TS, nullable=False),  # its last heartbeat (the database's clock)
     Column("expires_at", TS, nullable=False),
+    Column("clock_offset_ms", BigInteger),  # the database's clock minus the replica's (clock_check)
 )
 
 # One row per OAuth2 account, shared by every replica. The refresh token is sealed by
