@@ -233,6 +233,12 @@ class VacationSpec(_Strict):
     """`reason` is a MIME entity with its own headers (Sieve's `:mime`)."""
 
 
+#: A webhook delivery's whole-request deadline by default. Receivers commonly take a few
+#: seconds and some allow themselves 10 s or more; a deadline at their own limit would time out
+#: a request the receiver completes, and post it again. The delivery's lease is renewed every
+#: third of POSTROOM_LEASE_SECONDS while the request runs, so the deadline is free of the lease.
+WEBHOOK_TIMEOUT = 30.0
+
 #: A webhook body's content cap when ``include`` is given without ``max_bytes``.
 WEBHOOK_MAX_BYTES = 5 * 1024 * 1024
 
@@ -244,8 +250,9 @@ class WebhookSpec(_Strict):
     secret: SecretStr | None = None  # "whsec_<base64>" (Standard Webhooks)
     """The signing secret, `"${NAME}"` holding `whsec_<base64>` (Standard Webhooks); without it deliveries are
     unsigned."""
-    timeout: float = Field(default=10.0, gt=0, le=300)
-    """Seconds a delivery may take in all; longer is a failed attempt, retried later."""
+    timeout: float = Field(default=WEBHOOK_TIMEOUT, gt=0, le=300)
+    """Seconds a delivery may take in all; longer is a failed attempt, retried later (with the same
+    `webhook-id`). The delivery's lease is renewed while it runs, so this may exceed the lease."""
     include: list[Literal["text", "html", "attachments", "raw"]] = []
     """Content to add to the JSON: `text`, `html`, `attachments`, `raw`."""
     # the included content's cap (as encoded in the JSON); what does not fit is listed, not sent
