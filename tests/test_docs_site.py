@@ -12,7 +12,24 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = ("index.md", "scaling.md", "runbook.md", "configuration.md", "guarantees.md")
+PAGES = (
+    "index.md",
+    "config-guide.md",
+    "configuration.md",
+    "oauth2.md",
+    "sieve.md",
+    "templates.md",
+    "promises.md",
+    "guarantees.md",
+    "deploy.md",
+    "upgrade.md",
+    "metrics.md",
+    "console.md",
+    "scaling.md",
+    "runbook.md",
+    "design-notes.md",
+    "development.md",
+)
 
 
 def build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ from tests.support.scripted_imap import Drip, scripted_imap
 from tests.support.scripted_pop3 import scripted_pop3
 from tests.support.webhook_receiver import DrippingReceiver
 
-STOP_WITHIN = 20.0  # seconds: the README's 15 s grace period and a margin
+STOP_WITHIN = 20.0  # seconds: the 15 s grace period (docs/pages/deploy.md) and a margin
 
 CONFIG = """\
 accounts:

@@ -216,7 +216,7 @@ def test_a_deleted_sqlite_store_makes_the_daemon_not_ready_until_it_is_restored(
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
 
         for stale in (db.with_name("postroom.db-wal"), db.with_name("postroom.db-shm")):
-            stale.unlink(missing_ok=True)  # restoring as the README says: the backup alone
+            stale.unlink(missing_ok=True)  # restoring as docs/pages/upgrade.md says: the backup alone
         shutil.copyfile(backup, db)
         wait_ready(port, daemon, timeout=30)  # back on the restored file
         daemon.wait_log("store available again")

@@ -210,7 +210,7 @@ class Daemon:
         if self.console_token is not None:
             self.http.attach_console(build_daemon_console(self, self.console_token))
         else:
-            self.http.attach_console(None, "the console is off: set POSTROOM_CONSOLE_TOKEN (README, 'The console')")
+            self.http.attach_console(None, "the console is off: set POSTROOM_CONSOLE_TOKEN (docs/pages/console.md)")
 
         self.metrics.watch_daemon(self.gauges)
         self._started = True

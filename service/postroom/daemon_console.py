@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 MIN_TOKEN = 16
-NO_TOKEN = "The console is off: set POSTROOM_CONSOLE_TOKEN (README, 'The console')."
+NO_TOKEN = "The console is off: set POSTROOM_CONSOLE_TOKEN (docs/pages/console.md)."
 
 
 def console_token(settings: Settings) -> str | None:
