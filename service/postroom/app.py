@@ -37,7 +37,7 @@ from .outgoing.jobs import JobRunner
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
 from .scheduler import Scheduler
-from .store.calls import gate, store_call
+from .store.calls import close_store, gate, store_call
 from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
 from .webhooks import WebhookQueue
@@ -436,7 +436,7 @@ class Daemon:
                 await store_call(self.store.replicas.leave)
             except Exception as exc:
                 log.warning("could not remove this replica's heartbeat row; it runs out", error=repr(exc))
-        await asyncio.to_thread(self.store.close)
+        await close_store(self.store)
         log.info("stopped")
 
     async def _finish_tasks(self) -> None:

@@ -225,13 +225,14 @@ async def _server_findings(settings: Settings, cfg: Config) -> list[Finding]:
 
     from .bootstrap import build_logins, needs_token_store, open_store
     from .checks import server_findings
+    from .store.calls import close_store
 
     store = await asyncio.to_thread(open_store, settings) if needs_token_store(cfg) else None
     try:
         return await server_findings(cfg, logins=build_logins(settings, cfg, store))
     finally:
         if store is not None:
-            store.close()
+            await close_store(store)
 
 
 # -- run -----------------------------------------------------------------------------------
@@ -429,6 +430,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
     from .clock import utcnow
     from .outgoing.jobs import JobRunner
     from .outgoing.sender import OutboxSender
+    from .store.calls import close_store, store_call
     from .store.outbox import OutboxItem
 
     loaded, renderer = load_checked(settings)
@@ -475,7 +477,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
                 break
         counts = Counter(outcomes.values())
         if len(outcomes) < total:  # some rows went out elsewhere (a running daemon): ask the store
-            items = await asyncio.to_thread(store.outbox.by_message_ids, wanted)
+            items = await store_call(store.outbox.by_message_ids, wanted)
             counts = Counter("deferred" if i.status == "queued" and i.attempts > 0 else i.status for i in items)
         sent, deferred, dead = counts["sent"], counts["deferred"], counts["dead"]
         click.echo(f"{job}: sent {sent}, deferred {deferred}, dead {dead} (of {total}); at {_fmt_time(utcnow())}")
@@ -497,7 +499,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
             await asyncio.gather(warming, return_exceptions=True)
         if sender is not None:
             await sender.close_idle()  # prewarmed connections no drain used (failed/skipped run)
-        await asyncio.to_thread(store.close)
+        await close_store(store)
 
 
 # -- preview -------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from .auth.vault import TokenVault
 from .clock import utcnow
 from .config.model import AccountConfig, Config, OAuth2Config
 from .errors import ConfigError, ErrorTable, PostroomError, map_errors
+from .store.calls import store_call
 from .store.tokens import OAuth2TokenStore, StoredGrant
 
 RELOAD_HINT = "a running daemon uses it after a reload: `systemctl reload postroom` (or SIGHUP), or a restart"
@@ -190,11 +191,11 @@ async def sign_in(
         try:
             await tokens.token(now)
         except PostroomError as exc:
-            await asyncio.to_thread(store.record_error, name, str(exc), now=now)
+            await store_call(store.record_error, name, str(exc), now=now)
             raise
     expires_at = tokens.status.expires_at
     if expires_at is not None:
-        await asyncio.to_thread(store.record_refresh, name, expires_at=expires_at, now=now)
+        await store_call(store.record_refresh, name, expires_at=expires_at, now=now)
     return SignedIn(name, expires_at)
 
 
