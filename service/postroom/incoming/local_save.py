@@ -36,11 +36,10 @@ import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from pathlib import Path
 
 from postroom.errors import PermanentError, TransientError
+from postroom.mail.parse import parse_headers
 
 from .stall import stall_point
 
@@ -152,7 +151,7 @@ def save_maildir(root: Path, raw: bytes, *, unique: str, now: datetime, in_doubt
 def envelope_sender(raw: bytes) -> str:
     """Who the ``From `` line names: Return-Path, else the From address (read from the bytes,
     so a retry names the same one)."""
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:_HEADER_LIMIT])
+    headers = parse_headers(raw[:_HEADER_LIMIT])
     for name in ("Return-Path", "From"):
         value = headers.get(name)
         if value:
