@@ -41,8 +41,6 @@ from pathlib import Path
 from postroom.errors import PermanentError, TransientError
 from postroom.mail.parse import parse_headers
 
-from .stall import stall_point
-
 #: How long to wait for another program's mbox lock before giving up (retried later).
 LOCK_WAIT = 30.0
 #: A dotlock older than this is stale whoever made it (procmail's and mutt's default rule).
@@ -82,22 +80,8 @@ def _os_errors(where: Path) -> Iterator[None]:
         raise _mapped(exc, where) from exc
 
 
-def _stall_if_asked(kind: str, fd: int, data: bytes) -> bytes:
-    """Test-only (``postroom.incoming.stall``): write half of ``data`` durably, then wait to
-    be killed. Returns what to write (all of it when not asked)."""
-    marker = stall_point(kind)
-    if marker is None:
-        return data
-    half = len(data) // 2
-    os.write(fd, data[:half])
-    os.fsync(fd)
-    marker.touch()
-    while True:  # only a signal ends this; the knob exists for crash tests alone
-        time.sleep(60)
-
-
-def _write_all(kind: str, fd: int, data: bytes) -> None:
-    view = memoryview(_stall_if_asked(kind, fd, data))
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
@@ -136,7 +120,7 @@ def save_maildir(root: Path, raw: bytes, *, unique: str, now: datetime, in_doubt
         tmp = root / "tmp" / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            _write_all("maildir", fd, unix_lines(raw))
+            _write_all(fd, unix_lines(raw))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -355,6 +339,6 @@ class Mbox:
                 end = os.pread(self._fd, 2, size - 2) if size >= 2 else os.pread(self._fd, 1, 0)
                 lead = b"" if end.endswith(b"\n\n") else b"\n" if end.endswith(b"\n") else b"\n\n"
             os.lseek(self._fd, size, os.SEEK_SET)
-            _write_all("mbox", self._fd, lead + from_line + body)
+            _write_all(self._fd, lead + from_line + body)
             os.fsync(self._fd)
         return {"mbox": str(self.path)}
