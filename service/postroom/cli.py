@@ -847,8 +847,8 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
     Needs POSTROOM_TOKEN_KEY."""
     import asyncio
 
-    from .auth.providers import Grant
     from .bootstrap import open_store
+    from .config.providers import Grant
     from .signin import RELOAD_HINT, oauth2_of, sign_in
 
     cfg = loaded_config(ctx)

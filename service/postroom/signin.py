@@ -33,11 +33,11 @@ import httpx
 from .auth import accounts
 from .auth.flows import finish_device_flow, loopback_login, signed_in_refresh_token, start_device_flow
 from .auth.keeper import StoredRefreshToken, current_sealed
-from .auth.providers import PROVIDERS, Endpoints, Grant, Provider, ProviderName, endpoints
 from .auth.tokens import OAuth2Client, TokenProvider
 from .auth.vault import TokenVault
 from .clock import utcnow
 from .config.model import AccountConfig, Config, OAuth2Config
+from .config.providers import PROVIDERS, Endpoints, Grant, Provider, ProviderName, endpoints
 from .errors import ConfigError, ErrorTable, PostroomError, map_errors
 from .store.calls import store_call
 from .store.tokens import OAuth2TokenStore, StoredGrant

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import httpx
 import structlog
 
+from ..config.providers import Endpoints, Grant, MailProtocol, Provider, default_scopes, endpoints
 from ..errors import (
     ErrorTable,
     OAuth2Error,
@@ -37,7 +38,6 @@ from ..errors import (
     TokenRevoked,
     map_errors,
 )
-from .providers import Endpoints, Grant, MailProtocol, Provider, default_scopes, endpoints
 
 log = structlog.get_logger(__name__)
 
