@@ -31,8 +31,6 @@ from tests.lab import MailLab
 from tests.support.daemon import ACCOUNT_CONFIG, Daemon, DataServer, free_port, mail, postroom_env, wait_until
 from tests.support.fake_smtp import FaultyHandler, fake_smtp
 
-# One daemon and one browser serve every test here, in order: the module stays on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_console_browser")
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "browser-test-token-0123456789"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -27,8 +27,6 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from tests.support.chromium import chromium, console_errors, screenshot_path
 from tests.support.daemon import HOOK_SECRET, POSTROOM, ROOT, DataServer, wait_until
 
-# One daemon and one browser serve every test here, in order: the module stays on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_preview_browser")
 WAIT = 15  # seconds a page may take to show a change on this shared machine (usually well under 1)
 STATEMENT = "statement.j2"
 
