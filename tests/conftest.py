@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 # ==== mail lab fixtures (owner: tests/lab) ================================================
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from tests.lab import LabPorts, MailLab
 from tests.lab.mail_lab import running_lab
+from tests.support.workers import lab_port_offset
 
 # Store fixtures (store, sqlite_url, pg_url, any_store) and OAuth2 fixtures (oauth2_lab,
 # token_server) live in their own modules; no_skips turns every skip not marked may_skip
@@ -19,13 +19,14 @@ from tests.lab.mail_lab import running_lab
 pytest_plugins = ["tests.support.store_fixtures", "tests.support.oauth2_fixtures", "tests.support.no_skips"]
 
 # Tests use ports shifted from the reference config's, so a demo lab (`python -m tests.lab up`)
-# can run at the same time. POSTROOM_LAB_PORT_OFFSET moves them if something else sits there.
-LAB_PORT_OFFSET = int(os.environ.get("POSTROOM_LAB_PORT_OFFSET", "10000"))
+# can run at the same time. POSTROOM_LAB_PORT_OFFSET moves them if something else sits there;
+# each xdist worker adds 1000 more (tests/support/workers.py).
+LAB_PORT_OFFSET = lab_port_offset()
 
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[MailLab]:
-    """A real Dovecot + Postfix on 127.0.0.1, started once per session."""
+    """A real Dovecot + Postfix on 127.0.0.1, started once per session (once per xdist worker)."""
     missing = [tool for tool in ("dovecot", "doveadm", "postfix", "openssl") if shutil.which(tool) is None]
     if missing or not Path("/usr/sbin/dovecot").exists():
         pytest.fail(

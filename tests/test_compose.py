@@ -16,7 +16,6 @@ from postroom.errors import MessageRefused
 from postroom.mail.compose import (
     Attachment,
     check_header_value,
-    compose,
     compose_bytes,
     make_message_id,
     rows_to_csv,
@@ -37,7 +36,9 @@ def build(**overrides: Any) -> EmailMessage:
         "date": DATE,
     }
     args.update(overrides)
-    return compose(**args)
+    msg = email.message_from_bytes(compose_bytes(**args), policy=email.policy.SMTP)
+    assert isinstance(msg, EmailMessage)
+    return msg
 
 
 def parse(msg: EmailMessage) -> EmailMessage:
@@ -230,3 +231,38 @@ def test_static_attachment_is_encoded_once_and_reused() -> None:
 def test_address_too_long_for_a_line_is_refused() -> None:
     with pytest.raises(MessageRefused, match="too long"):
         build(to=[f"{'Ü' * 400} <bob@example.test>"])
+
+
+ORIGINAL = (
+    b"From: Carol <carol@example.test>\nTo: bob@example.test\nSubject: =?utf-8?q?caf=C3=A9?=\n"
+    b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nCaf\xc3\xa9 au lait\r\nbye\n"
+)
+
+
+def test_an_attached_message_is_carried_byte_for_byte_as_message_rfc822() -> None:
+    raw = compose_bytes(
+        sender="alice@example.test",
+        to=["bob@example.test"],
+        subject="Fwd: café",
+        text="Attached.\n",
+        message_id=MSG_ID,
+        date=DATE,
+        attached_message=ORIGINAL,
+    )
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/mixed"
+    text, attached = msg.get_payload()
+    assert text.get_content_type() == "text/plain" and content(text) == "Attached.\n"
+    assert attached.get_content_type() == "message/rfc822"
+    assert attached["Content-Transfer-Encoding"] == "8bit" and attached.get_filename() == "forwarded-message.eml"
+    carried = ORIGINAL.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    assert b"\r\n\r\n" + carried in raw  # the original's bytes, only its line ends made CRLF
+    assert all(line.endswith(b"\r") or not line for line in raw.split(b"\n")[:-1])
+
+
+def test_an_ascii_attached_message_is_7bit_before_the_other_attachments() -> None:
+    original = b"From: carol@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
+    msg = build(attached_message=original, attachments=[Attachment("a.csv", b"x,y\r\n", "text/csv")])
+    kinds = [part.get_content_type() for part in msg.get_payload()]
+    assert kinds == ["text/plain", "message/rfc822", "text/csv"]
+    assert msg.get_payload()[1]["Content-Transfer-Encoding"] == "7bit"

@@ -49,6 +49,17 @@ async def signed_in(client: httpx.AsyncClient) -> str:
     return match.group(1)
 
 
+def tampered(token: str) -> str:
+    """The token with its last character changed to another one (never to the one it has)."""
+    return token[:-1] + ("1" if token.endswith("0") else "0")
+
+
+def test_a_tampered_token_always_differs_from_the_real_one():
+    # The last character of a real token is "0" one time in 16: then a fixed "0" was no change.
+    for token in ("ab12", "ab10", "0"):
+        assert tampered(token) != token and len(tampered(token)) == len(token)
+
+
 async def test_without_a_session_pages_answer_401_with_the_login_form(client):
     html = await client.get("/", headers={"Accept": "text/html"})
     assert html.status_code == 401
@@ -78,7 +89,7 @@ async def test_sign_in_then_pages_and_a_post_with_its_csrf_token(client):
 async def test_a_post_without_or_with_a_wrong_csrf_token_is_refused(client):
     csrf = await signed_in(client)
     assert (await client.post("/act", data={"x": "1"})).status_code == 403
-    assert (await client.post("/act", data={"csrf": csrf[:-1] + "0", "x": "1"})).status_code == 403
+    assert (await client.post("/act", data={"csrf": tampered(csrf), "x": "1"})).status_code == 403
     assert (await client.post("/act", headers={"X-CSRF-Token": csrf}, data={"x": "1"})).status_code == 200
 
 

@@ -1,6 +1,6 @@
 """``move: {account: bob, folder: "2026"}`` end to end: `postroom run` APPENDs alice's mail into
 bob's folder and deletes it from alice's INBOX, and is SIGKILLed right after an APPEND that
-nothing has recorded yet (the test-only ``POSTROOM_TEST_STALL`` knob holds it there: the worst
+nothing has recorded yet (tests/support/crash_points.py holds it there: the worst
 moment, the copy exists and the source is still there). After a clean second run every
 message is in bob's folder exactly once and gone from alice's INBOX."""
 
@@ -13,10 +13,10 @@ from collections import Counter
 from email.utils import formatdate
 from pathlib import Path
 
-from postroom.incoming.stall import STALL_ENV
 from postroom.incoming.transfer import MARKER
 
 from tests.lab import MailLab
+from tests.support import crash_points
 from tests.support.daemon import Daemon, postroom_env, wait_until
 
 COUNT = 8
@@ -68,7 +68,7 @@ def test_cross_account_move_survives_kill9(tmp_path: Path, clean_lab: MailLab):
     log = tmp_path / "daemon.log"
     marker = tmp_path / "stalled"
 
-    first = Daemon({**env, STALL_ENV: f"append:{STALL_AT}:{marker}"}, log=log)
+    first = Daemon(env, log=log, command=crash_points.command("append", STALL_AT, marker))
     try:
         wait_until(
             lambda: marker.exists() or first.proc.poll() is not None,

@@ -1,7 +1,7 @@
 """``save: {maildir|mbox}`` end to end: `postroom run` saves dave's mail (read over IMAP, or
 over POP3 with delete_after) into a Maildir and an mbox, and is killed with SIGKILL halfway
 through writing a message - once inside a Maildir save, once inside an mbox append (the
-test-only ``POSTROOM_TEST_STALL`` knob holds it exactly there). After a clean third run,
+tests' crash-point launcher, tests/support/crash_points.py, holds it exactly there). After a clean third run,
 Python's ``mailbox`` reads every message back once, byte for byte (Unix line endings; in the
 mbox, lines starting "From " quoted as ">From "), with no partial message left behind."""
 
@@ -13,9 +13,9 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
-from postroom.incoming.stall import STALL_ENV
 
 from tests.lab import MailLab
+from tests.support import crash_points
 from tests.support.daemon import Daemon, postroom_env, wait_until
 
 COUNT = 6
@@ -77,7 +77,7 @@ def saved(maildir: Path, mbox: Path) -> tuple[list[bytes], list[bytes]]:
 def stall_run(env: dict[str, str], log: Path, tmp: Path, kind: str) -> None:
     """A daemon that stops inside its STALL_AT-th save of ``kind``, SIGKILLed right there."""
     marker = tmp / f"stalled-{kind}"
-    daemon = Daemon({**env, STALL_ENV: f"{kind}:{STALL_AT}:{marker}"}, log=log)
+    daemon = Daemon(env, log=log, command=crash_points.command(kind, STALL_AT, marker))
     try:
         wait_until(
             lambda: marker.exists() or daemon.proc.poll() is not None,

@@ -13,7 +13,8 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-from postroom.incoming.message import Attachment, ParsedMessage, decode_header_value
+from postroom.incoming.message import Attachment, ParsedMessage
+from postroom.mail.parse import decode_header_value
 
 from tests.support.data import CORPUS, DATA, corpus_files
 

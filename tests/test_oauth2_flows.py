@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from postroom.auth.flows import finish_device_flow, loopback_login, start_device_flow
-from postroom.auth.providers import PROVIDERS, MailProtocol, ProviderName, endpoints
 from postroom.auth.tokens import OAuth2Client, TokenProvider
+from postroom.config.providers import PROVIDERS, MailProtocol, ProviderName, endpoints
 from postroom.errors import OAuth2Error
 
 from tests.lab.token_server import TokenServer

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 from postroom.auth.keeper import StoredRefreshToken, current_sealed, origin_of
-from postroom.auth.providers import PROVIDERS, Grant, MailProtocol, ProviderName, default_scopes, endpoints
 from postroom.auth.sasl import Mechanism, error_challenge, initial_response, oauthbearer, xoauth2
 from postroom.auth.tokens import AccessToken, OAuth2Client, TokenProvider, read_token_reply, token_form
 from postroom.auth.vault import TokenVault
+from postroom.config.providers import PROVIDERS, Grant, MailProtocol, ProviderName, default_scopes, endpoints
 from postroom.errors import (
     ConfigError,
     OAuth2Error,

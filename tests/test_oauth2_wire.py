@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 from postroom.auth.accounts import REFRESH_OK, REFRESH_REVOKED, REFRESH_TRANSIENT, AccountLogins, AccountTokens
-from postroom.auth.providers import Grant, ProviderName
 from postroom.auth.sasl import Mechanism
 from postroom.auth.tokens import OAuth2Client, TokenProvider
 from postroom.config.model import ImapConfig, OAuth2Config, Pop3Config, ServerConfig, SmtpConfig
+from postroom.config.providers import Grant, ProviderName
 from postroom.credentials import OAuth2Credentials
 from postroom.errors import AuthError, ServerConnectError, TokenRevoked, is_transient
 from postroom.incoming.imap import ImapConnection

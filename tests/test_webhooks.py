@@ -104,7 +104,7 @@ def request(base_url: str, n: int = 1) -> WebhookRequest:
 async def test_delivery_is_signed_and_verifies_on_the_receiver(store, receiver):
     clock = Clock()
     queue = make_queue(store, receiver.url, clock)
-    assert queue.enqueue([request(receiver.url)]) == 1
+    assert await queue.submit([request(receiver.url)]) == 1
     assert await queue.deliver_due() == 1
     [got] = receiver.received
     assert got.path == "/hook"
@@ -126,8 +126,8 @@ async def test_delivery_is_signed_and_verifies_on_the_receiver(store, receiver):
 
 async def test_enqueue_is_idempotent_on_the_action_key(store, receiver):
     queue = make_queue(store, receiver.url, Clock())
-    assert queue.enqueue([request(receiver.url, 1), request(receiver.url, 2)]) == 2
-    assert queue.enqueue([request(receiver.url, 1), request(receiver.url, 2), request(receiver.url, 1)]) == 0
+    assert await queue.submit([request(receiver.url, 1), request(receiver.url, 2)]) == 2
+    assert await queue.submit([request(receiver.url, 1), request(receiver.url, 2), request(receiver.url, 1)]) == 0
     assert queue.ledger.webhook_counts() == {"queued": 2}
 
 
@@ -135,7 +135,7 @@ async def test_retry_after_500_resends_the_same_id_and_body(store, receiver):
     clock = Clock()
     queue = make_queue(store, receiver.url, clock, policy=RetryPolicy(base=timedelta(seconds=10)))
     receiver.answer(Reply(500, body=b"oops"))
-    queue.enqueue([request(receiver.url)])
+    await queue.submit([request(receiver.url)])
     await queue.deliver_due()
     row = queue.ledger.webhook(webhook_id_for(request(receiver.url).action_key))
     assert row.status == "queued" and row.attempts == 1 and "HTTP 500: oops" in row.last_error
@@ -161,7 +161,7 @@ async def test_retry_after_is_honoured(store, receiver, retry_after):
         else email.utils.format_datetime(START + timedelta(seconds=120), usegmt=True)
     )
     receiver.answer(Reply(429 if retry_after == "120" else 503, (("Retry-After", value),)))
-    queue.enqueue([request(receiver.url)])
+    await queue.submit([request(receiver.url)])
     await queue.deliver_due()
     clock.advance(seconds=119)
     assert await queue.deliver_due() == 0
@@ -174,7 +174,7 @@ async def test_retry_after_is_honoured(store, receiver, retry_after):
 async def test_redirect_is_not_followed_and_counts_as_failure(store, receiver):
     queue = make_queue(store, receiver.url, Clock())
     receiver.answer(Reply(301, (("Location", receiver.url + "/elsewhere"),)))
-    queue.enqueue([request(receiver.url)])
+    await queue.submit([request(receiver.url)])
     await queue.deliver_due()
     assert [r.path for r in receiver.received] == ["/hook"]
     row = queue.ledger.webhook(webhook_id_for(request(receiver.url).action_key))
@@ -184,7 +184,7 @@ async def test_redirect_is_not_followed_and_counts_as_failure(store, receiver):
 async def test_gone_is_a_dead_letter_with_status_and_body(store, receiver):
     queue = make_queue(store, receiver.url, Clock())
     receiver.answer(Reply(410, body=b"endpoint retired"))
-    queue.enqueue([request(receiver.url)])
+    await queue.submit([request(receiver.url)])
     await queue.deliver_due()
     row = queue.ledger.webhook(webhook_id_for(request(receiver.url).action_key))
     assert row.status == "dead" and row.last_error == "HTTP 410: endpoint retired"
@@ -194,7 +194,7 @@ async def test_gives_up_after_max_attempts(store, receiver):
     clock = Clock()
     queue = make_queue(store, receiver.url, clock, policy=RetryPolicy(max_attempts=3))
     receiver.answer(*[Reply(502)] * 3)
-    queue.enqueue([request(receiver.url)])
+    await queue.submit([request(receiver.url)])
     for _ in range(3):
         await queue.deliver_due()
         clock.advance(hours=1)
@@ -209,7 +209,7 @@ async def test_connection_refused_is_retried(store):
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     queue = make_queue(store, url, Clock())
-    queue.enqueue([request(url)])
+    await queue.submit([request(url)])
     await queue.deliver_due()
     row = queue.ledger.webhook(webhook_id_for(request(url).action_key))
     assert row.status == "queued" and f"POST {url}/hook: All connection attempts failed" == row.last_error
@@ -219,7 +219,7 @@ async def test_restart_continues_pending_deliveries(store, receiver):
     clock = Clock()
     first = make_queue(store, receiver.url, clock)
     receiver.answer(Reply(503), Reply(503))
-    first.enqueue([request(receiver.url, 1), request(receiver.url, 2)])
+    await first.submit([request(receiver.url, 1), request(receiver.url, 2)])
     await first.deliver_due()
     assert first.ledger.webhook_counts() == {"queued": 2}
     # a new process: new queue, new store object over the same database
@@ -242,7 +242,7 @@ async def test_run_delivers_until_stopped(store, receiver):
     queue = make_queue(store, receiver.url, datetime_now)
     stop = asyncio.Event()
     task = asyncio.create_task(queue.run(stop, idle=5))
-    queue.enqueue([request(receiver.url)])
+    await queue.submit([request(receiver.url)])
     for _ in range(200):
         if queue.ledger.webhook_counts() == {"done": 1}:
             break
@@ -263,7 +263,7 @@ async def test_a_huge_retry_after_is_capped_and_retried_later(store, receiver):
     clock = Clock()
     queue = make_queue(store, receiver.url, clock)
     receiver.answer(Reply(429, (("Retry-After", "99999999999999999999"),)))
-    queue.enqueue([request(receiver.url)])
+    await queue.submit([request(receiver.url)])
     assert await queue.deliver_due() == 1
     row = queue.ledger.webhook(webhook_id_for(request(receiver.url).action_key))
     assert row.status == "queued" and row.next_attempt_at == START + queue.policy.maximum
@@ -284,10 +284,10 @@ async def test_a_dripping_receiver_delays_only_its_own_deliveries(store, receive
             slow_request = WebhookRequest(
                 action_key="bob/pop3/slow|hook|0", rule="hook", url=slow.url + "/hook", payload={"subject": "slow"}
             )
-            queue.enqueue([slow_request])
+            await queue.submit([slow_request])
             await wait_for(lambda: slow.requests == 1, 5, "the slow receiver's request")
             started = asyncio.get_running_loop().time()
-            queue.enqueue([request(receiver.url)])
+            await queue.submit([request(receiver.url)])
             await wait_for(lambda: len(receiver.received) == 1, 3, "the fast receiver's delivery")
             assert asyncio.get_running_loop().time() - started < 2
             slow_row = lambda: queue.ledger.webhook(webhook_id_for(slow_request.action_key))  # noqa: E731

@@ -44,7 +44,7 @@ from .retry import sleep_or_stop
 from .scheduler import Scheduler
 from .sieve.rule import compile_config
 from .store import calls as store_calls
-from .store.calls import gate, store_call
+from .store.calls import close_store, gate, store_call
 from .store.dbtime import clock_offset
 from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
@@ -556,7 +556,7 @@ class Daemon:
             except Exception as exc:
                 log.warning("could not remove this replica's heartbeat row; it runs out", error=repr(exc))
         await asyncio.gather(self.scheduler.shutdown(), self.incoming.close(timeout=STOP_TIMEOUT), self._finish_tasks())
-        await asyncio.to_thread(self.store.close)
+        await close_store(self.store)
         log.info("stopped")
 
     async def _finish_tasks(self) -> None:

@@ -95,7 +95,7 @@ def needs_token_store(config: Config) -> bool:
 
 def signed_in_accounts(config: Config) -> list[str]:
     """The accounts whose refresh token only the store has (`postroom auth login`'s)."""
-    from .auth.providers import Grant
+    from .config.providers import Grant
 
     return sorted(
         name

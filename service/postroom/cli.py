@@ -264,6 +264,7 @@ async def _server_findings(settings: Settings, cfg: Config) -> list[Finding]:
         store_name,
     )
     from .checks import Finding, server_findings
+    from .store.calls import close_store
 
     if not needs_token_store(cfg):
         return await server_findings(cfg, logins=build_logins(settings, cfg, None))
@@ -280,7 +281,7 @@ async def _server_findings(settings: Settings, cfg: Config) -> list[Finding]:
     try:
         return await server_findings(cfg, logins=build_logins(settings, cfg, store))
     finally:
-        store.close()
+        await close_store(store)
 
 
 # -- run -----------------------------------------------------------------------------------
@@ -495,7 +496,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
     from .outgoing.refusals import suppressing
     from .outgoing.sender import OutboxSender
     from .outgoing.shown import message_state, refused_line
-    from .store.calls import store_call
+    from .store.calls import close_store, store_call
     from .store.outbox import OutboxItem
 
     loaded, renderer = load_checked(settings)
@@ -551,7 +552,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
                 break
         counts = Counter(outcomes.values())
         if len(outcomes) < total:  # some rows went out elsewhere (a running daemon): ask the store
-            items = await asyncio.to_thread(store.outbox.by_message_ids, wanted)
+            items = await store_call(store.outbox.by_message_ids, wanted)
             counts = Counter(message_state(i) for i in items)
         sent, deferred, dead = counts["sent"], counts["deferred"], counts["dead"]
         click.echo(f"{job}: sent {sent}, deferred {deferred}, dead {dead} (of {total}); at {_fmt_time(utcnow())}")
@@ -575,7 +576,7 @@ async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
             await asyncio.gather(warming, return_exceptions=True)
         if sender is not None:
             await sender.close_idle()  # prewarmed connections no drain used (failed/skipped run)
-        await asyncio.to_thread(store.close)
+        await close_store(store)
 
 
 # -- preview -------------------------------------------------------------------------------
@@ -992,8 +993,8 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
     Needs POSTROOM_TOKEN_KEY."""
     import asyncio
 
-    from .auth.providers import Grant
     from .bootstrap import open_store, store_name
+    from .config.providers import Grant
     from .signin import RELOAD_HINT, oauth2_of, sign_in
 
     cfg = loaded_config(ctx)

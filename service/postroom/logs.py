@@ -68,8 +68,14 @@ def setup_logging(*, fmt: str | None = None, level: str = "INFO", stream: Any = 
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
         shared.append(text_values)
+    # One processor list for the life of the process, refilled by each call: a logger cached on
+    # first use keeps the list object it was built with, so a new list here would leave every
+    # logger used before this call on the old chain (and out of structlog's capture_logs, which
+    # edits the current list in place) — as when a command runs twice in one process.
+    processors: list[Any] = structlog.get_config()["processors"]
+    processors[:] = [*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

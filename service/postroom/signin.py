@@ -38,11 +38,11 @@ import httpx
 from .auth import accounts
 from .auth.flows import SignInReply, finish_device_flow, loopback_login, signed_in_refresh_token, start_device_flow
 from .auth.keeper import StoredRefreshToken, current_sealed
-from .auth.providers import PROVIDERS, Endpoints, Grant, Provider, ProviderName, endpoints
 from .auth.tokens import OAuth2Client, TokenProvider
 from .auth.vault import TokenVault
 from .clock import utcnow
 from .config.model import AccountConfig, Config, OAuth2Config, ServerConfig
+from .config.providers import PROVIDERS, Endpoints, Grant, Provider, ProviderName, endpoints
 from .credentials import Mechanism
 from .errors import AuthError, ConfigError, ErrorTable, OAuth2Error, PostroomError, map_errors
 from .store.calls import store_call
@@ -316,7 +316,7 @@ async def sign_in(
         try:
             access_token = await tokens.token(now)
         except PostroomError as exc:
-            await asyncio.to_thread(store.record_error, name, str(exc), now=now)
+            await store_call(store.record_error, name, str(exc), now=now)
             raise
         if obtained.access_token is None:  # a pasted token: its first access token proves it
             try:
@@ -326,7 +326,7 @@ async def sign_in(
                 raise
     expires_at = tokens.status.expires_at
     if expires_at is not None:
-        await asyncio.to_thread(store.record_refresh, name, expires_at=expires_at, now=now)
+        await store_call(store.record_refresh, name, expires_at=expires_at, now=now)
     return SignedIn(name, expires_at)
 
 

@@ -5,7 +5,7 @@ HMAC-SHA256 keyed with the secret's bytes, sent as ``webhook-signature: v1,<base
 is ``whsec_`` + the key in base64, as the spec's own libraries expect; the config refuses any
 other (``config.types.webhook_key``).
 
-Delivery: the executor enqueues a row per webhook action (``enqueue``); ``run`` claims due rows
+Delivery: the executor enqueues a row per webhook action (``submit``); ``run`` claims due rows
 with a lease (like the outbox), POSTs them and records the outcome. The ``webhook-id`` is derived
 from the action key, so every retry - after a 500, a timeout, or a crash mid-request - carries
 the same id and the receiver can deduplicate. Only 2xx is success (redirects are not followed:
@@ -174,15 +174,9 @@ class WebhookQueue:
         self._wake = asyncio.Event()
 
     async def submit(self, requests: Sequence[WebhookRequest]) -> int:
-        """``enqueue`` from async code: stored on a store thread, the queue woken here."""
+        """Store deliveries (on a store thread; idempotent on the webhook id) and wake the
+        queue. Returns how many were new."""
         added = await store_call(self._store_requests, requests)
-        if added:
-            self._wake.set()
-        return added
-
-    def enqueue(self, requests: Sequence[WebhookRequest]) -> int:
-        """Store deliveries; idempotent on the webhook id. Returns how many were new."""
-        added = self._store_requests(requests)
         if added:
             self._wake.set()
         return added

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -124,13 +124,14 @@ def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 60) -> sub
 
 
 class Daemon:
-    """`postroom run` as a child process, stopped by its pid."""
+    """`postroom run` as a child process, stopped by its pid. ``command``: how to start postroom
+    (tests/support/crash_points.py's, for a crash test)."""
 
-    def __init__(self, env: dict[str, str], *args: str, log: Path):
+    def __init__(self, env: dict[str, str], *args: str, log: Path, command: Sequence[str] = POSTROOM):
         self.log = log
         self._out = open(log, "ab")
         self.proc = subprocess.Popen(
-            [*POSTROOM, "run", *args], env=env, stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT
+            [*command, "run", *args], env=env, stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT
         )
 
     def wait_log(self, needle: str, timeout: float = 20) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,10 +13,11 @@ from tests.lab import LabPorts
 from tests.lab.mail_lab import running_lab
 from tests.lab.oauth2 import OAuth2Lab
 from tests.lab.token_server import DEFAULT_LIFETIME, TokenServer
+from tests.support.workers import lab_port_offset
 
 # Its own ports, next to the password lab's: a wrong password costs the OAuth2 lab an
 # introspection, and a token-server outage turns its password failures temporary.
-OAUTH2_LAB_OFFSET = int(os.environ.get("POSTROOM_LAB_PORT_OFFSET", "10000")) + 100
+OAUTH2_LAB_OFFSET = lab_port_offset() + 100
 BARE_TOKEN_SERVER_PORT = LabPorts().offset(OAUTH2_LAB_OFFSET).oauth2 + 1
 
 

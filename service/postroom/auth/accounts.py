@@ -25,12 +25,12 @@ import structlog
 
 from ..clock import utcnow
 from ..config.model import TOKEN_AUTH, AccountConfig, Config, OAuth2Config, ServerConfig
+from ..config.providers import PROVIDERS, Grant, MailProtocol
 from ..credentials import Credentials, Mechanism, OAuth2Credentials
 from ..errors import UNDECRYPTABLE, OAuth2Error, PostroomError, TokenRevoked
 from ..store.calls import store_call
 from ..store.tokens import OAuth2TokenStore
 from .keeper import ConfiguredRefreshToken, StoredRefreshToken
-from .providers import PROVIDERS, Grant, MailProtocol
 from .tokens import OAuth2Client, TokenProvider
 
 if TYPE_CHECKING:  # the vault imports cryptography (~7 MiB): only where one is built

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import httpx
 import structlog
 
+from ..config.providers import Endpoints, Grant, MailProtocol, Provider, default_scopes, endpoints
 from ..errors import (
     ErrorTable,
     OAuth2Error,
@@ -43,7 +44,6 @@ from ..errors import (
     map_errors,
 )
 from ..redact import redacted
-from .providers import Endpoints, Grant, MailProtocol, Provider, default_scopes, endpoints
 
 log = structlog.get_logger(__name__)
 

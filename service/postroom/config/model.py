@@ -24,10 +24,10 @@ from pydantic import (
 )
 
 from ..action_kinds import SENDING
-from ..auth.providers import PROVIDERS, Grant, ProviderName
 from ..credentials import Credentials, PasswordCredentials
 from ..mail.headers import header_value_problem, job_header_problem
 from .cron import cron_problem
+from .providers import PROVIDERS, Grant, ProviderName
 from .rules import RuleConfig, SieveConfig
 from .types import Address, ByteSize, Duration, LocaleName, TimeZoneName
 

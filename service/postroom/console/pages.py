@@ -9,8 +9,6 @@ own replies, and no message body is shown (subjects and addresses are).
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +16,7 @@ from typing import Any
 
 from ..clock import utcnow
 from ..incoming.watch_loop import WatchState
+from ..mail.parse import decode_header_value, parse_headers
 from ..outgoing.shown import held_next_step, message_state, refused_line, refused_replies, signed_out_step
 from ..redact import shown_url
 from ..schedules import jobs_overview
@@ -28,7 +27,6 @@ from .source import DaemonView
 
 LIST_LIMIT = 200  # rows per table: the console is for looking, the CLI for bulk work
 RECENT_RUNS = 30
-_HEADERS = email.parser.BytesHeaderParser(policy=email.policy.default)
 MAX_HEAD_BYTES = 64 * 1024  # of a stored message read for its Subject
 
 
@@ -228,7 +226,7 @@ def _refused_row(item: OutboxItem) -> dict[str, Any]:
 def _subject(raw: bytes) -> str:
     head = raw[:MAX_HEAD_BYTES].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     try:
-        return str(_HEADERS.parsebytes(head).get("Subject", "")) or "(no subject)"
+        return decode_header_value(parse_headers(head).get("Subject", "")) or "(no subject)"
     except Exception:  # a header the parser cannot read is still a row to show
         return "(unreadable subject)"
 

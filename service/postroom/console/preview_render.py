@@ -9,17 +9,15 @@ templates are read afresh on every build, so what is shown is what is on disk no
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, JobConfig
 from ..errors import ConfigError, DataSourceError, MessageRefused, PostroomError, TemplateError
+from ..mail.parse import decode_header_value, parse_message, part_text
 from ..mail.templates import SUFFIX, TemplateRenderer
 from ..outgoing.jobs import JobRunner
 from ..outgoing.sources import load_data
@@ -173,24 +171,25 @@ def _row_label(row: Any) -> str:
 
 def email_view(raw: bytes, *, envelope_from: str, recipients: list[str]) -> EmailView:
     """The message as its reader gets it: decoded headers, the html and text parts, attachments."""
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    if not isinstance(msg, EmailMessage):  # pragma: no cover - policy.default always makes one
-        raise TypeError("the email package did not return an EmailMessage")
-    html = msg.get_body(("html",))
-    text = msg.get_body(("plain",))
+    msg = parse_message(raw)
+    leaves = [part for part in msg.walk() if not part.is_multipart()]
+    attached = [part for part in leaves if part.get_content_disposition() == "attachment"]
+    shown = [part for part in leaves if part.get_content_disposition() != "attachment"]
+    html = next((part for part in shown if part.get_content_type() == "text/html"), None)
+    text = next((part for part in shown if part.get_content_type() == "text/plain"), None)
     attachments = [
         AttachmentView(
             part.get_filename() or "(no name)", part.get_content_type(), len(part.get_payload(decode=True) or b"")
         )
-        for part in msg.iter_attachments()
+        for part in attached
     ]
     return EmailView(
-        subject=str(msg["Subject"] or ""),
+        subject=decode_header_value(msg.get("Subject", "")),
         envelope_from=envelope_from,
         recipients=recipients,
-        headers=[(name, str(value)) for name, value in msg.items()],
-        html=html.get_content() if html is not None else None,
-        text=text.get_content() if text is not None else None,
+        headers=[(name, decode_header_value(value)) for name, value in msg.items()],
+        html=part_text(html) if html is not None else None,
+        text=part_text(text) if text is not None else None,
         attachments=attachments,
         size=len(raw),
         raw=raw[:MAX_RAW_SHOWN].decode("utf-8", "replace").replace("\r\n", "\n"),

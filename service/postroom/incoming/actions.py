@@ -79,7 +79,6 @@ from .mailbox import InboundItem, ItemOutcome, MailboxOps
 from .message import ParsedMessage, message_parts
 from .replies import compose_reply, reply_context, reply_to_address, vacation_text
 from .rules import PlannedAction, RuleSet
-from .stall import stall_point
 from .transfer import Opener, already_there, imap_opener, marked, transfer_id
 
 log = structlog.get_logger(__name__)
@@ -563,9 +562,6 @@ class ActionExecutor:
                     work.item.message.internal_date,
                 )
                 appended.append((work, {**where, "marker": marker}))
-                if (stall := stall_point("append")) is not None:  # crash tests only
-                    stall.touch()
-                    await asyncio.Event().wait()
         finally:
             await dest.close()
             if moving and appended:

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import email.utils
 import re
-import secrets
 from collections.abc import Sequence
 from datetime import datetime
 
 from postroom.errors import MessageRefused
-from postroom.mail.compose import check_header_value, compose, validate_address
+from postroom.mail.compose import check_header_value, compose_bytes, crlf, validate_address
 
 from .message import ParsedMessage
 
@@ -36,7 +35,6 @@ LOOP_HEADER = "X-Postroom-Loop"
 MAX_HOPS = 20  # Received + our loop headers; RFC 5321 6.3 suggests at least 100 for MTAs,
 # but a rule-driven forwarder that sees 20 hops is almost certainly looping
 _FWD_PREFIX = re.compile(r"^\s*((fwd?|wg|tr)\s*:\s*)+", re.IGNORECASE)
-_HEADER_BLOCK_END = b"\r\n\r\n"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3: the longest path
 
@@ -92,12 +90,6 @@ def one_line(text: str) -> str:
     return _CONTROL.sub(" ", text).strip()
 
 
-def crlf(raw: bytes) -> bytes:
-    """Every line ending as CRLF (bare LF and bare CR alike), ending with one."""
-    text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    return text if text.endswith(b"\r\n") else text + b"\r\n"
-
-
 def fwd_subject(subject: str) -> str:
     return "Fwd: " + _FWD_PREFIX.sub("", one_line(subject))
 
@@ -134,16 +126,21 @@ def forward_message(
     now: datetime,
 ) -> bytes:
     """The bytes of a forward of ``raw`` from ``sender`` (our account) to ``to``."""
-    common = dict(
-        sender=sender,
-        to=list(to),
-        subject=fwd_subject(msg.subject),
-        reply_to=_original_sender(msg),
-        message_id=message_id,
-        date=now,
-        extra_headers={LOOP_HEADER: _loop_value(msg, sender)},
-        auto_submitted="auto-generated",
-    )
+
+    def composed(text: str, attached: bytes | None = None) -> bytes:
+        return compose_bytes(
+            sender=sender,
+            to=list(to),
+            subject=fwd_subject(msg.subject),
+            text=text,
+            reply_to=_original_sender(msg),
+            message_id=message_id,
+            date=now,
+            attached_message=attached,
+            extra_headers={LOOP_HEADER: _loop_value(msg, sender)},
+            auto_submitted="auto-generated",
+        )
+
     if as_ == "inline":
         quoted = "\n".join("> " + line if line else ">" for line in msg.body_text().splitlines())
         text = (
@@ -151,64 +148,13 @@ def forward_message(
             + "\n".join(_summary(msg))
             + f"\n\n{quoted}\n\n-- \nForwarded by postroom (rule {rule}).\n"
         )
-        return compose(text=text, **common).as_bytes()
+        return composed(text)
     text = (
         "The message below is attached as it arrived.\n\n"
         + "\n".join(_summary(msg))
         + f"\n\n-- \nForwarded by postroom (rule {rule}). Replies go to the original sender.\n"
     )
-    return attach_original(compose(text=text, **common).as_bytes(), raw)
-
-
-def attach_original(composed: bytes, raw: bytes) -> bytes:
-    """Wrap a composed single-part message into multipart/mixed with ``raw`` attached as
-    message/rfc822, byte for byte. Built by hand: the email package re-serialises embedded
-    messages and cannot carry 8-bit bytes through a nested generator."""
-    head, _, body = composed.partition(_HEADER_BLOCK_END)
-    outer: list[bytes] = []
-    part: list[bytes] = []
-    for field in _header_fields(head):
-        name = field.split(b":", 1)[0].strip().lower()
-        (part if name in (b"content-type", b"content-transfer-encoding") else outer).append(field)
-    original = crlf(raw)
-    boundary = _boundary(original + body)
-    eight_bit = any(byte > 127 for byte in original)
-    return b"".join(
-        [
-            *outer,
-            b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n',
-            b"This is a multi-part message in MIME format.\r\n",
-            b"--" + boundary + b"\r\n",
-            *part,
-            b"\r\n",
-            body,
-            b"" if body.endswith(b"\r\n") else b"\r\n",
-            b"--" + boundary + b"\r\n",
-            b"Content-Type: message/rfc822\r\n",
-            b'Content-Disposition: attachment; filename="forwarded-message.eml"\r\n',
-            b"Content-Transfer-Encoding: " + (b"8bit" if eight_bit else b"7bit") + b"\r\n\r\n",
-            original,
-            b"--" + boundary + b"--\r\n",
-        ]
-    )
-
-
-def _header_fields(head: bytes) -> list[bytes]:
-    """Header block → one bytes item per field (continuation lines kept), each ending CRLF."""
-    fields: list[bytes] = []
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line + b"\r\n"
-        elif line:
-            fields.append(line + b"\r\n")
-    return fields
-
-
-def _boundary(content: bytes) -> bytes:
-    while True:
-        candidate = b"=_postroom_" + secrets.token_hex(12).encode()
-        if candidate not in content:
-            return candidate
+    return composed(text, attached=raw)
 
 
 def redirect_message(raw: bytes, *, sender: str, to: Sequence[str], message_id: str, now: datetime) -> bytes:

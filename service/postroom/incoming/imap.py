@@ -52,8 +52,9 @@ from postroom.errors import (
     tls_hint,
 )
 from postroom.incoming.cutoff import Cutoff
-from postroom.incoming.message import Attachment, decode_header_value
+from postroom.incoming.message import Attachment
 from postroom.incoming.threaded import Login, ThreadedConnection, map_server_error
+from postroom.mail.parse import decode_header_value
 
 log = structlog.get_logger(__name__)
 

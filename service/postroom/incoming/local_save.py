@@ -44,13 +44,10 @@ import stat
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from pathlib import Path
 
 from postroom.errors import PermanentError, TransientError
-
-from .stall import stall_point
+from postroom.mail.parse import parse_headers
 
 #: How long to wait for another program's mbox lock before giving up (retried later).
 LOCK_WAIT = 30.0
@@ -91,22 +88,8 @@ def _os_errors(where: Path) -> Iterator[None]:
         raise _mapped(exc, where) from exc
 
 
-def _stall_if_asked(kind: str, fd: int, data: bytes) -> bytes:
-    """Test-only (``postroom.incoming.stall``): write half of ``data`` durably, then wait to
-    be killed. Returns what to write (all of it when not asked)."""
-    marker = stall_point(kind)
-    if marker is None:
-        return data
-    half = len(data) // 2
-    os.write(fd, data[:half])
-    os.fsync(fd)
-    marker.touch()
-    while True:  # only a signal ends this; the knob exists for crash tests alone
-        time.sleep(60)
-
-
-def _write_all(kind: str, fd: int, data: bytes) -> None:
-    view = memoryview(_stall_if_asked(kind, fd, data))
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
@@ -238,7 +221,7 @@ def save_maildir(
         name = f"{int(now.timestamp())}.{unique}.{_HOST}"
         fd = _create_tmp(subs["tmp"], name, root / "tmp" / name, follow=follow)
         try:
-            _write_all("maildir", fd, unix_lines(raw))
+            _write_all(fd, unix_lines(raw))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -264,7 +247,7 @@ def _create_tmp(tmp_fd: int, name: str, shown: Path, *, follow: bool) -> int:
 def envelope_sender(raw: bytes) -> str:
     """Who the ``From `` line names: Return-Path, else the From address (read from the bytes,
     so a retry names the same one)."""
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:_HEADER_LIMIT])
+    headers = parse_headers(raw[:_HEADER_LIMIT])
     for name in ("Return-Path", "From"):
         value = headers.get(name)
         if value:
@@ -486,6 +469,6 @@ class Mbox:
                 end = os.pread(self._fd, 2, size - 2) if size >= 2 else os.pread(self._fd, 1, 0)
                 lead = b"" if end.endswith(b"\n\n") else b"\n" if end.endswith(b"\n") else b"\n\n"
             os.lseek(self._fd, size, os.SEEK_SET)
-            _write_all("mbox", self._fd, lead + from_line + body)
+            _write_all(self._fd, lead + from_line + body)
             os.fsync(self._fd)
         return {"mbox": str(self.path)}

@@ -4,8 +4,8 @@ Built from a whole raw message (``from_bytes``) or from header bytes plus what I
 the rest (``from_headers``: size, internal date, flags, attachments computed from
 BODYSTRUCTURE). Parsing never raises: mail is hostile and often broken, so a header that
 can't be read becomes empty, a bad charset falls back to a lossy decode, an unparsable date
-becomes None. Headers are parsed with the compat32 policy (about 4x faster than
-``email.policy.default`` on whole folders) and decoded on demand.
+becomes None. Messages are parsed by mail/parse.py (one policy, compat32: about 4x faster than
+``email.policy.default`` on whole folders) and headers decoded on demand.
 
 MIME nesting is bounded: a message whose multiparts nest deeper than MAX_MIME_DEPTH (found by
 a linear scan, ``mime_depth``, before any recursive parse) is read as headers only, said in
@@ -21,19 +21,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import message_from_bytes
 from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import Any, Generic, NamedTuple, TypeVar, overload
 
 import structlog
 
+from postroom.mail.parse import POLICY, decode_header_value, empty_message, parse_headers, parse_message, part_text
 from postroom.mail.text import html_to_text
 
 log = structlog.get_logger(__name__)
 
-_FOLDING_RE = re.compile(r"\r?\n(?=[ \t])")
 MAX_MIME_DEPTH = 50  # multipart levels read; mail clients nest a handful, the parser recurses
 _BOUNDARY = re.compile(rb'boundary[ \t]*=[ \t]*"?([^";\s]{1,200})', re.IGNORECASE)
 
@@ -57,10 +54,6 @@ def mime_depth(raw: bytes, limit: int = MAX_MIME_DEPTH) -> int:
                 if deepest > limit:
                     return deepest
     return deepest
-
-
-def _whole(raw: bytes) -> Message:
-    return message_from_bytes(raw, policy=compat32)
 
 
 def _too_deep(raw: bytes, key: str | None) -> bool:
@@ -87,50 +80,6 @@ class Attachment(NamedTuple):
     filename: str | None
     content_type: str  # lower case, e.g. "application/pdf"
     size: int  # decoded bytes when parsed from the message; BODYSTRUCTURE's octets otherwise
-
-
-def _to_text(data: bytes, charset: str | None) -> str:
-    """Bytes to text by ``charset``; unknown or lying charsets fall back instead of raising."""
-    for candidate in (charset, "utf-8"):
-        if not candidate or candidate.lower() in ("unknown-8bit", "x-unknown"):
-            continue
-        try:
-            return data.decode(candidate)
-        except (LookupError, UnicodeDecodeError):
-            continue
-    return data.decode("latin-1")  # maps every byte: lossy but never fails
-
-
-def decode_header_value(value: str | email.header.Header) -> str:
-    """An RFC 2047 header value (str or compat32 Header) as unfolded text; never raises."""
-    if isinstance(value, str) and value.isascii() and "=?" not in value and "\n" not in value:
-        return value.strip()  # the common case, and hot on big folders: nothing to decode
-    try:
-        if isinstance(value, str):
-            # compat32 keeps raw 8-bit bytes as surrogates: recover and decode them as UTF-8
-            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        else:  # a compat32 Header holding raw 8-bit text (charset unknown-8bit)
-            value = "".join(c if isinstance(c, str) else _to_text(c, cs) for c, cs in email.header.decode_header(value))
-        value = _FOLDING_RE.sub("", value)
-        chunks = email.header.decode_header(value)
-        try:
-            return str(email.header.make_header(chunks)).strip()
-        except (LookupError, UnicodeError):
-            pass  # an unknown or lying charset: decode chunk by chunk, lossily
-        return "".join(c if isinstance(c, str) else _to_text(c, cs) for c, cs in chunks).strip()
-    except Exception:
-        return str(value).strip()
-
-
-def _part_text(part: Message) -> str:
-    try:
-        payload = part.get_payload(decode=True)
-    except Exception:
-        payload = None
-    if not isinstance(payload, bytes):
-        raw = part.get_payload()
-        return raw if isinstance(raw, str) else ""
-    return _to_text(payload, part.get_content_charset())
 
 
 def _is_attachment(part: Message) -> bool:
@@ -195,10 +144,10 @@ def message_parts(raw: bytes) -> MessageParts:
     if _too_deep(raw, None):
         return MessageParts(None, None, [])
     try:
-        _walk(message_from_bytes(raw, policy=compat32), attachments, texts, htmls)
+        _walk(parse_message(raw), attachments, texts, htmls)
         return MessageParts(
-            "\n".join(_part_text(p) for p in texts).replace("\r\n", "\n") if texts else None,
-            "\n".join(_part_text(p) for p in htmls).replace("\r\n", "\n") if htmls else None,
+            "\n".join(part_text(p) for p in texts).replace("\r\n", "\n") if texts else None,
+            "\n".join(part_text(p) for p in htmls).replace("\r\n", "\n") if htmls else None,
             [(_filename(p) or "", p.get_content_type().lower(), _payload(p)) for p in attachments],
         )
     except Exception as exc:
@@ -259,7 +208,7 @@ class HeaderBlock:
     def get_all(self, name: str, failobj: Any = None) -> list[Any] | Any:
         wanted = name.lower()
         values = [
-            value if value.isascii() else compat32.header_fetch_parse(stored, value)
+            value if value.isascii() else POLICY.header_fetch_parse(stored, value)
             for stored, value in self._fields
             if stored.lower() == wanted
         ]
@@ -293,10 +242,6 @@ def _plain_headers(header_bytes: bytes) -> HeaderBlock | None:
     if name:
         fields.append((name, value))
     return HeaderBlock(fields)
-
-
-def _empty_message() -> Message:
-    return Message(policy=compat32)
 
 
 # What every unread message's headers are: one shared empty block, since a folder's first pass
@@ -351,12 +296,10 @@ class ParsedMessage:
         deep = _too_deep(raw, key)
         try:
             # Too deep: the body stays one opaque payload (no recursion), the headers still count.
-            parsed = (
-                BytesHeaderParser(policy=compat32).parsebytes(raw) if deep else message_from_bytes(raw, policy=compat32)
-            )
+            parsed = parse_headers(raw) if deep else parse_message(raw)
         except Exception as exc:
             log.warning("message unparsable", key=key, error=repr(exc))
-            parsed = _empty_message()
+            parsed = empty_message()
         return cls(
             key=key,
             headers=parsed,
@@ -380,10 +323,10 @@ class ParsedMessage:
     ) -> ParsedMessage:
         """Header bytes only; ``attachments`` as the IMAP layer read them from BODYSTRUCTURE."""
         try:
-            parsed = _plain_headers(header_bytes) or BytesHeaderParser(policy=compat32).parsebytes(header_bytes)
+            parsed = _plain_headers(header_bytes) or parse_headers(header_bytes)
         except Exception as exc:
             log.warning("headers unparsable", key=key, error=repr(exc))
-            parsed = _empty_message()
+            parsed = empty_message()
         known = tuple(Attachment(*a) for a in attachments) if attachments is not None else None
         return cls(
             key=key,
@@ -524,9 +467,9 @@ class ParsedMessage:
                     _walk(self.headers, parts, texts, htmls)
                     attachments = [_attachment(p) for p in parts]
                     if texts:
-                        body = "\n".join(_part_text(p) for p in texts)
+                        body = "\n".join(part_text(p) for p in texts)
                     else:
-                        body = "\n".join(html_to_text(_part_text(p)).rstrip("\n") for p in htmls)
+                        body = "\n".join(html_to_text(part_text(p)).rstrip("\n") for p in htmls)
                 except Exception as exc:
                     log.warning("message body unreadable", key=self.key, error=repr(exc))
                     body = ""

@@ -20,7 +20,7 @@ from typing import Any
 
 from postroom.config.rules import VacationSpec
 from postroom.errors import MessageRefused
-from postroom.mail.compose import compose, validate_address
+from postroom.mail.compose import compose_bytes, validate_address
 from postroom.mail.templates import RenderedEmail
 
 from .forward import LOOP_HEADER, bounce_reason, one_line
@@ -181,7 +181,7 @@ def compose_reply(
         references = _MSGID.findall(" ".join(msg.header("References")))[-20:]
         extra["In-Reply-To"] = original_id.group(0)
         extra["References"] = " ".join([*references, original_id.group(0)])
-    reply = compose(
+    return compose_bytes(
         sender=sender,
         to=[to],
         subject=subject,
@@ -192,4 +192,3 @@ def compose_reply(
         extra_headers=extra,
         auto_submitted="auto-replied",
     )
-    return reply.as_bytes()

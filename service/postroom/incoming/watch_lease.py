@@ -31,6 +31,7 @@ LEASE_TTL = 20.0  # seconds a claim lasts; a replica that died is replaced after
 # Seconds between a standby's claims: a folder released by a clean stop is taken within this
 # (plus a claim); a lapsed lease is looked at as often.
 STANDBY_RETRY = 2.0
+RELEASE_DEADLINE = 5.0  # seconds a stopping watcher waits to give its lease up
 
 
 class WatchLease:
@@ -84,13 +85,17 @@ class WatchLease:
             await sleep_or_stop(stop, min(STANDBY_RETRY, self.ttl / 3))
         return False
 
-    def release(self) -> None:
-        """Stop renewing and give the watch up (another replica may take it at once)."""
+    async def release(self) -> None:
+        """Stop renewing and give the watch up (another replica may take it at once).
+
+        Called as the watcher stops, which is when a stalled store is most likely: the write
+        goes through a store thread, shielded from a second cancellation, and is waited for
+        ``RELEASE_DEADLINE`` seconds at most; an unreleased lease runs out by itself."""
         was_held = self.held or self._handing_over
         self._drop()
         if was_held:
             try:
-                self.leases.release(self.watch)
+                await asyncio.wait_for(asyncio.shield(store_call(self.leases.release, self.watch)), RELEASE_DEADLINE)
             except Exception as exc:
                 self.log.warning("could not release the watch lease; it runs out by itself", error=repr(exc))
 

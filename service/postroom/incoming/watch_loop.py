@@ -206,7 +206,7 @@ class Watcher:
                 await sleep_or_stop(working, delay)
         finally:
             if self.lease is not None:
-                self.lease.release()
+                await self.lease.release()
 
     def _failed(self, exc: BaseException) -> None:
         self.state = WatchState.FAILING

@@ -1,8 +1,9 @@
 """MIME composition: rendered parts + headers → the message's wire bytes, refused when unsafe.
 
-Pure. ``compose_bytes(...)`` is exactly what is stored in the outbox and sent: CRLF line
-ends, folded headers, RFC 2047 encoded words for non-ASCII, 7-bit throughout. ``compose()``
-returns the same message as an EmailMessage for callers that want to look inside.
+Pure, and the one MIME writer: ``compose_bytes(...)`` is exactly what is stored in the outbox
+and sent — a job's message, an auto-reply, a forward with the original attached as
+message/rfc822. CRLF line ends, folded headers, RFC 2047 encoded words for non-ASCII, 7-bit
+throughout except an attached original that arrived with 8-bit bytes (carried as they are).
 Every address and header value is checked first: CR/LF anywhere in a header, or several
 addresses where one is expected, raise MessageRefused and the message never exists.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import email
 import email.policy
 import email.utils
 import io
@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
-from email.message import EmailMessage
 from functools import cached_property
 from typing import Any, NamedTuple
 
@@ -33,8 +32,8 @@ from .headers import header_name_problem, header_value_problem
 __all__ = [
     "Attachment",
     "check_header_value",
-    "compose",
     "compose_bytes",
+    "crlf",
     "make_message_id",
     "rows_to_csv",
     "validate_address",
@@ -114,14 +113,10 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def compose(**fields: Any) -> EmailMessage:
-    """compose_bytes(**fields) as an EmailMessage, for callers that inspect it;
-    ``.as_bytes()`` gives the same bytes back."""
-    raw = compose_bytes(**fields)
-    msg = email.message_from_bytes(raw, policy=email.policy.SMTP)
-    if not isinstance(msg, EmailMessage):  # pragma: no cover - policy SMTP always makes one
-        raise TypeError("compose: the email package did not return an EmailMessage")
-    return msg
+def crlf(raw: bytes) -> bytes:
+    """Every line ending as CRLF (bare LF and bare CR alike), ending with one."""
+    text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    return text if text.endswith(b"\r\n") else text + b"\r\n"
 
 
 def compose_bytes(
@@ -136,11 +131,14 @@ def compose_bytes(
     message_id: str,
     date: datetime,
     attachments: Sequence[Attachment] = (),
+    attached_message: bytes | None = None,
     extra_headers: Mapping[str, str] = {},
     auto_submitted: str = "auto-generated",
 ) -> bytes:
     """The wire bytes of the message to store and send: text/plain, or multipart/alternative
-    (text + html), inside multipart/mixed when there are attachments.
+    (text + html), inside multipart/mixed when there are attachments or an attached message
+    (``attached_message``: a whole message's bytes, attached byte for byte as message/rfc822
+    after the text — line ends made CRLF — as a forward carries the original).
 
     Written directly rather than through email.message (whose header objects cost ~2 ms a
     message): CRLF line ends, headers folded at 78 columns where they have spaces, RFC 2047
@@ -164,6 +162,8 @@ def compose_bytes(
     check_header_value(subject, what="subject")
     check_header_value(auto_submitted, what="auto-submitted")
     parts = [_Part.encoded(attachment) for attachment in attachments]  # checks before any work
+    if attached_message is not None:
+        parts.insert(0, _message_part(attached_message))
 
     head = [_address_header("From", [from_])]
     if recipients_to:
@@ -335,6 +335,20 @@ def _attachment_part(attachment: Attachment) -> _Part:
         disposition = f"Content-Disposition: attachment;\r\n {parameter}"
     head = f"Content-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n{disposition}"
     return _Part(head.encode("ascii"), _base64(bytes(attachment.content)))
+
+
+def _message_part(raw: bytes) -> _Part:
+    """A whole message as message/rfc822, its bytes unchanged but for CRLF line ends: the
+    email package would re-serialise it (and cannot carry 8-bit bytes through a nested
+    generator). RFC 2046 5.2.1 allows 7bit or 8bit here, never an encoding."""
+    original = crlf(raw)
+    encoding = b"7bit" if original.isascii() else b"8bit"
+    head = (
+        b"Content-Type: message/rfc822\r\n"
+        b'Content-Disposition: attachment; filename="forwarded-message.eml"\r\n'
+        b"Content-Transfer-Encoding: " + encoding
+    )
+    return _Part(head, original)
 
 
 def _normal_newlines(body: str) -> str:

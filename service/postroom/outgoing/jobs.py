@@ -263,7 +263,7 @@ class JobRunner:
         its other recipients (its headers unchanged), one left with none is not queued. Each
         address left out is logged and counted; `postroom suppressions` lists them."""
         account = self.config.jobs[built.job].account
-        suppressed = await asyncio.to_thread(self.store.bounces.suppressed, account)
+        suppressed = await store_call(self.store.bounces.suppressed, account)
         if not suppressed:
             return built
         kept: list[NewMessage] = []

@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from email import message_from_bytes
 from email.message import Message
-from email.policy import compat32
 
 from postroom.config.rules import flag_problem
-from postroom.incoming.message import ParsedMessage, decode_header_value
+from postroom.incoming.message import ParsedMessage
 from postroom.mail.compose import validate_address
+from postroom.mail.parse import decode_header_value, parse_message
 
 from .match import COMPARATORS, MAX_REGEX_SECONDS, Matcher, SieveRuntimeError
 from .syntax import Node, Script
@@ -519,7 +518,7 @@ def _body_values(msg: ParsedMessage, transform: str, types: Sequence[str]) -> li
     if transform == ":raw":
         return [raw[split.end() :][:MAX_BODY].decode("utf-8", "replace")]
     try:
-        parsed = message_from_bytes(raw, policy=compat32)
+        parsed = parse_message(raw)
     except Exception:
         return []
     wanted = ["text"] if transform == ":text" else [t.lower() for t in types]

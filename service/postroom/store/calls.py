@@ -1,4 +1,5 @@
-"""The one way async code reaches the store: ``await store_call(fn, ...)``.
+"""The one way async code reaches the store: ``await store_call(fn, ...)`` (and
+``await close_store(store)`` to close it).
 
 Every store method is blocking (SQLAlchemy, a driver socket or a SQLite file), so it runs on
 a small pool of threads of its own, never on the event loop and never on the loop's default
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import exc as sa_exc
 
@@ -98,3 +99,14 @@ async def store_call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T
     loop = asyncio.get_running_loop()
     call: Callable[[], T] = functools.partial(_guarded, fn, *args, **kwargs)
     return await loop.run_in_executor(_pool, call)
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+async def close_store(store: Closable) -> None:
+    """``store.close()`` on a store thread, whether the gate is open or not: closing only lets
+    go of the store's connections (and its file lock), and must happen however the store is."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(_pool, store.close)

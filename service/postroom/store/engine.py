@@ -78,20 +78,35 @@ def open_engine(url: str) -> Engine:
 
 # A store that does not answer must not hold a thread (and the work behind it) for ever: a
 # connection attempt gives up after CONNECT_TIMEOUT, a statement after STATEMENT_TIMEOUT (the
-# server cancels it), a wait for a free pooled connection after POOL_TIMEOUT. Both server
-# settings can be changed in POSTROOM_DATABASE_URL (`?connect_timeout=5`,
-# `?options=-c statement_timeout=60000`); what the URL sets wins.
+# server cancels it), a wait for a free pooled connection after POOL_TIMEOUT. A connection whose
+# other end vanished without a word (a half-open TCP connection: the server's host gone, a
+# firewall dropping the flow) is found by TCP keepalives while idle and given up by the kernel
+# after TCP_USER_TIMEOUT while data waits unacknowledged, instead of blocking a read for good.
+# Each can be changed in POSTROOM_DATABASE_URL (`?connect_timeout=5`, `?keepalives_idle=60`,
+# `?options=-c statement_timeout=60000`); what the URL sets wins, and other `-c` settings in
+# the URL's `options` keep the default statement timeout beside them.
 CONNECT_TIMEOUT = 10  # seconds
 STATEMENT_TIMEOUT_MS = 30_000
 POOL_TIMEOUT = 15.0  # seconds
+PG_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,  # seconds idle before the first probe
+    "keepalives_interval": 10,  # seconds between probes
+    "keepalives_count": 3,  # unanswered probes before the connection is dead
+    "tcp_user_timeout": 30_000,  # ms data may stay unacknowledged (Linux)
+}
 
 
 def _pg_timeouts(query: Mapping[str, Any]) -> dict[str, Any]:
-    args: dict[str, Any] = {}
+    """libpq connection parameters for what the URL leaves unset. ``options`` is merged: the
+    driver takes connect_args' value instead of the URL's, so the URL's own are kept in it."""
+    args: dict[str, Any] = {name: value for name, value in PG_KEEPALIVES.items() if name not in query}
     if "connect_timeout" not in query:
         args["connect_timeout"] = CONNECT_TIMEOUT
-    if "options" not in query:
-        args["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    given = query.get("options", ())
+    options = " ".join([given] if isinstance(given, str) else given)
+    if "statement_timeout" not in options:
+        args["options"] = f"{options} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()
     return args
 
 

@@ -1,9 +1,6 @@
 """The bounce intake under real watchers (the lab's Dovecot): a bounce report for our outbox is
 consumed before the rules over POP3 and IMAP — also where the rules' SEARCH alone would have
-decided the folder and fetched nothing — and ordinary mail still reaches the rules.
-
-Named to run after tests/test_watcher*.py: run before them in one session, their capture_logs
-checks came up empty (an order dependence around structlog's logger caching, not resolved)."""
+decided the folder and fetched nothing — and ordinary mail still reaches the rules."""
 
 from __future__ import annotations
 
