@@ -19,19 +19,39 @@ Adding a kind of action (the recipe; Sieve's ``vacation`` was added this way):
 Strings appear only where the ledger stores a kind (its ``kind`` column): ``Kind`` is a
 ``StrEnum``, so its members are those strings.
 
-Pure data: the calls are written against ``MailboxOps``, imported for type checking only, so
-the config layer can read this table without importing the incoming edge.
+Pure data: the calls are written against ``MailboxOps``, the protocol of what the executor may
+do to a folder, which lives here beside them, so the config layer reads this table without
+importing the incoming edge, and the incoming edge implements the protocol from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from postroom.incoming.mailbox import MailboxOps
+
+class MailboxOps(Protocol):
+    """What the executor may do to the folder a batch came from (IMAP). All calls batch UIDs.
+
+    Implementations run on the connection's own thread; callers `await` them.
+    """
+
+    account: str
+    folder: str
+    uidvalidity: int
+
+    async def fetch_raw(self, uids: Collection[int]) -> dict[int, bytes]: ...
+    async def existing_uids(self, uids: Collection[int]) -> set[int]: ...
+    async def flags(self, uids: Collection[int]) -> dict[int, frozenset[str]]: ...
+    async def move(self, uids: Collection[int], folder: str) -> None: ...  # UID MOVE, or COPY + UID EXPUNGE
+    async def copy(self, uids: Collection[int], folder: str) -> None: ...
+    async def ensure_folder(self, folder: str) -> None: ...  # CREATE unless it exists
+    async def add_flags(self, uids: Collection[int], flags: Sequence[str]) -> None: ...
+    async def remove_flags(self, uids: Collection[int], flags: Sequence[str]) -> None: ...
+    async def delete(self, uids: Collection[int]) -> None: ...  # \Deleted + UID EXPUNGE of just these
+
 
 SEEN = "\\Seen"
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -37,12 +40,13 @@ from .metrics import DaemonGauges, Metrics, OutboxGauges, WatchGauge
 from .notify import Notifier, watchdog_loop
 from .outgoing import smtp
 from .outgoing.envelopes import given_verp_key, signed_return_paths
-from .outgoing.jobs import JobRunner
+from .outgoing.jobs import BuiltRun, JobRunner
 from .outgoing.refusals import suppressing
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
 from .scheduler import Scheduler
 from .sieve.rule import compile_config
+from .store import Store
 from .store import calls as store_calls
 from .store.calls import close_store, gate, store_call
 from .store.dbtime import clock_offset
@@ -208,7 +212,7 @@ class Daemon:
         self.tasks.append(asyncio.create_task(watchdog_loop(self.notifier, self.stop_event), name="watchdog"))
         self.metrics.set_jobs(self._next_fires(config))
         if self.console_token is not None:
-            self.http.attach_console(build_daemon_console(self, self.console_token))
+            self.http.attach_console(build_daemon_console(DaemonConsoleView(self), self.settings, self.console_token))
         else:
             self.http.attach_console(None, "the console is off: set POSTROOM_CONSOLE_TOKEN (docs/pages/console.md)")
 
@@ -570,3 +574,61 @@ class Daemon:
 
 def run_daemon(settings: Settings, *, dry_run: bool = False, migrate: bool = True) -> int:
     return asyncio.run(Daemon(settings, dry_run=dry_run, migrate=migrate).run())
+
+
+class DaemonConsoleView:
+    """The running daemon as the console sees it (``console.source.DaemonView``). It lives
+    beside the daemon it reads, so daemon_console.py, which builds the console, needs nothing
+    of this module."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    @property
+    def store(self) -> Store:
+        return self.daemon.store
+
+    @property
+    def instance(self) -> str:
+        return self.daemon.settings.instance
+
+    @property
+    def dry_run(self) -> bool:
+        return self.daemon.dry_run
+
+    def config(self) -> Config:
+        return self.daemon.loaded.config
+
+    def config_path(self) -> Path:
+        return self.daemon.loaded.path
+
+    def loaded_at(self) -> datetime:
+        return self.daemon.loaded_at
+
+    def last_reload(self) -> ReloadOutcome | None:
+        return self.daemon.last_reload
+
+    def watchers(self) -> Sequence[Watcher]:
+        return self.daemon.incoming.watchers
+
+    def next_fires(self) -> Mapping[str, datetime | None]:
+        return self.daemon.next_fires()
+
+    def signed_out(self) -> Collection[str]:
+        return self.daemon.logins.stopped()
+
+    async def build_job(self, job: str) -> BuiltRun:
+        runner = self.daemon.runner
+        return await JobRunner(runner.config, runner.renderer, store=None).build(
+            job, key_prefix="dry-run", now=utcnow()
+        )
+
+    async def run_job(self, job: str) -> BuiltRun:
+        # As `postroom send JOB` does: a manual run, recorded, its rows handed to the sender.
+        return await self.daemon.runner.run_now(job, key_prefix=f"console:{job}:{uuid.uuid4().hex}")
+
+    def wake_sender(self) -> None:
+        self.daemon.sender.wake()
+
+    def wake_webhooks(self) -> None:
+        self.daemon.webhooks.wake()

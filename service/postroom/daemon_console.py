@@ -1,5 +1,6 @@
-"""The daemon's side of the console: whether to serve it, and the running daemon as the
-console's ``DaemonView``. Imported by ``app.py`` only; the console package never imports it.
+"""The daemon's side of the console: whether to serve it, and its app around the running
+daemon's ``DaemonView`` (app.py's ``DaemonConsoleView``). Imported by ``app.py`` only, and
+imports nothing of it; the console package never imports this module.
 
 No POSTROOM_CONSOLE_TOKEN, no console (the probes and /metrics stay): an unguarded console
 would let anyone who reaches the port retry, discard and send. A token easy to guess (short,
@@ -8,28 +9,19 @@ few different characters, a pattern: ``console.security.token_weakness``) is a c
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
-from .clock import utcnow
 from .config import Config
 from .errors import ConfigError
 from .http import is_loopback, parse_listen
-from .incoming.watch_loop import Watcher
-from .outgoing.jobs import BuiltRun, JobRunner
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
-    from .app import Daemon
     from .config import Settings
-    from .console.source import ReloadOutcome
-    from .store import Store
+    from .console.source import DaemonView
 
 log = structlog.get_logger(__name__)
 
@@ -64,14 +56,14 @@ def console_token(settings: Settings) -> str | None:
     return token
 
 
-def build_daemon_console(daemon: Daemon, token: str) -> ASGIApp:
+def build_daemon_console(view: DaemonView, settings: Settings, token: str) -> ASGIApp:
+    """The console's app for the running daemon (``view``, built by app.py) with the preview
+    mounted at /preview."""
     from starlette.applications import Starlette
 
     from .config import load_config
     from .console.app import build_console  # Starlette's routing and the pages: only with a console
     from .console.preview import preview_routes
-
-    settings = daemon.settings
 
     def config_on_disk() -> Config:  # the preview shows the files as saved, before a reload
         return load_config(settings).config
@@ -79,60 +71,4 @@ def build_daemon_console(daemon: Daemon, token: str) -> ASGIApp:
     preview = Starlette(
         routes=preview_routes(config_on_disk, templates_dir=settings.templates_dir(), watch=[settings.config.resolve()])
     )
-    return build_console(DaemonConsoleView(daemon), token, extra_mounts={"/preview": preview})
-
-
-class DaemonConsoleView:
-    """The running daemon as the console sees it (``console.source.DaemonView``)."""
-
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
-
-    @property
-    def store(self) -> Store:
-        return self.daemon.store
-
-    @property
-    def instance(self) -> str:
-        return self.daemon.settings.instance
-
-    @property
-    def dry_run(self) -> bool:
-        return self.daemon.dry_run
-
-    def config(self) -> Config:
-        return self.daemon.loaded.config
-
-    def config_path(self) -> Path:
-        return self.daemon.loaded.path
-
-    def loaded_at(self) -> datetime:
-        return self.daemon.loaded_at
-
-    def last_reload(self) -> ReloadOutcome | None:
-        return self.daemon.last_reload
-
-    def watchers(self) -> Sequence[Watcher]:
-        return self.daemon.incoming.watchers
-
-    def next_fires(self) -> Mapping[str, datetime | None]:
-        return self.daemon.next_fires()
-
-    def signed_out(self) -> Collection[str]:
-        return self.daemon.logins.stopped()
-
-    async def build_job(self, job: str) -> BuiltRun:
-        runner = self.daemon.runner
-        return await JobRunner(runner.config, runner.renderer, store=None).build(
-            job, key_prefix="dry-run", now=utcnow()
-        )
-
-    async def run_job(self, job: str) -> BuiltRun:
-        # As `postroom send JOB` does: a manual run, recorded, its rows handed to the sender.
-        return await self.daemon.runner.run_now(job, key_prefix=f"console:{job}:{uuid.uuid4().hex}")
-
-    def wake_sender(self) -> None:
-        self.daemon.sender.wake()
-
-    def wake_webhooks(self) -> None:
-        self.daemon.webhooks.wake()
+    return build_console(view, token, extra_mounts={"/preview": preview})

@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from typing import Any
 
+from postroom.action_kinds import MailboxOps
 from postroom.config.model import AccountConfig, ImapConfig, Pop3Config
 from postroom.config.rules import RuleConfig
-from postroom.incoming.mailbox import InboundItem, ItemOutcome, MailboxOps
+from postroom.incoming.mailbox import InboundItem, ItemOutcome
 from postroom.incoming.pop3 import Pop3Connection
 from postroom.incoming.rules import RuleSet, compile_rules
 

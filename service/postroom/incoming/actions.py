@@ -72,10 +72,11 @@ from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
 from postroom.store.outbox import NewMessage, OutboxStore
 from postroom.webhooks import WebhookRequest, webhook_id_for
 
+from ..action_kinds import MailboxOps
 from .forward import forward_message, redirect_message
 from .guards import answered, ledger_rule, send_refusal
 from .local_save import Mbox, envelope_sender, save_id, save_maildir
-from .mailbox import InboundItem, ItemOutcome, MailboxOps
+from .mailbox import InboundItem, ItemOutcome
 from .message import ParsedMessage, message_parts
 from .replies import compose_reply, reply_context, reply_to_address, vacation_text
 from .rules import PlannedAction, RuleSet

@@ -1,16 +1,18 @@
 """The seam between watchers (which find new mail) and the action executor (which acts on it).
 
 A watcher owns a server connection and turns new mail into `InboundItem`s; the executor gets
-a batch of them plus `MailboxOps` for the folder they came from, and does the planned actions
-through the ledger. Keeping the protocol here lets each side be tested against the real
-server without the other.
+a batch of them plus `MailboxOps` (action_kinds.py, beside the table of what each kind calls)
+for the folder they came from, and does the planned actions through the ledger. Keeping the
+seam in protocols lets each side be tested against the real server without the other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from postroom.action_kinds import MailboxOps
 
 from .message import ParsedMessage
 from .rules import PlannedAction
@@ -36,27 +38,6 @@ class ItemOutcome:
     error: str | None = None
     transient: bool = True  # if not done: worth retrying later?
     details: dict[str, str] = field(default_factory=dict)
-
-
-class MailboxOps(Protocol):
-    """What the executor may do to the folder a batch came from (IMAP). All calls batch UIDs.
-
-    Implementations run on the connection's own thread; callers `await` them.
-    """
-
-    account: str
-    folder: str
-    uidvalidity: int
-
-    async def fetch_raw(self, uids: Collection[int]) -> dict[int, bytes]: ...
-    async def existing_uids(self, uids: Collection[int]) -> set[int]: ...
-    async def flags(self, uids: Collection[int]) -> dict[int, frozenset[str]]: ...
-    async def move(self, uids: Collection[int], folder: str) -> None: ...  # UID MOVE, or COPY + UID EXPUNGE
-    async def copy(self, uids: Collection[int], folder: str) -> None: ...
-    async def ensure_folder(self, folder: str) -> None: ...  # CREATE unless it exists
-    async def add_flags(self, uids: Collection[int], flags: Sequence[str]) -> None: ...
-    async def remove_flags(self, uids: Collection[int], flags: Sequence[str]) -> None: ...
-    async def delete(self, uids: Collection[int]) -> None: ...  # \Deleted + UID EXPUNGE of just these
 
 
 class BatchHandler(Protocol):

@@ -23,11 +23,12 @@ from typing import Any, NamedTuple
 
 import structlog
 
+from postroom.action_kinds import MailboxOps
 from postroom.clock import utcnow
 from postroom.errors import OAuth2Error, PermanentError, is_transient
 from postroom.incoming.balance import FolderBalance
 from postroom.incoming.bounces import Bounce, BounceIntake
-from postroom.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, MailboxOps
+from postroom.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import RuleSet
 from postroom.incoming.watch_lease import LEASE_TTL, WatchLease
