@@ -46,13 +46,17 @@ rules:
 """
 )
 
-# A job that never fires while a test runs (1 January, 05:00).
+# A job that never fires while a test runs (1 January, 05:00): a merge, since its template
+# reads `row` (`check` and the daemon refuse a template name a job does not give it).
 QUIET_JOB = """\
   {name}:
     schedule: {{cron: "0 5 1 1 *"}}
     account: alice
     template: statement
+    for_each: customers
     to: [bob@example.test]
+    data:
+      customers: {{sql: "SELECT name, email, balance FROM customers", database: "sqlite:///shop.db"}}
 """
 
 

@@ -34,7 +34,7 @@ import re
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
@@ -192,10 +192,12 @@ def require_token(
     login_path: str = "/login",
     logout_path: str = "/logout",
     stylesheet: str | None = "/static/console.css",
+    clock: Callable[[], float] = time.time,
 ) -> ASGIApp:
     """``app`` behind the token (see the module doc). ``public``: path prefixes served without
-    a session. ``stylesheet``: what the login page links (must be public)."""
-    return _TokenGate(app, Guard(token), tuple(public), login_path, logout_path, stylesheet)
+    a session. ``stylesheet``: what the login page links (must be public). ``clock``: the
+    time sessions and the sign-in throttle go by."""
+    return _TokenGate(app, Guard(token), tuple(public), login_path, logout_path, stylesheet, clock)
 
 
 def _client(scope: Scope) -> str:
@@ -212,8 +214,9 @@ class _TokenGate:
         login_path: str,
         logout_path: str,
         stylesheet: str | None,
+        clock: Callable[[], float],
     ):
-        self.app, self.guard, self.public = app, guard, public
+        self.app, self.guard, self.public, self.clock = app, guard, public, clock
         self.login_path, self.logout_path, self.stylesheet = login_path, logout_path, stylesheet
         self.sessions = Sessions()
         self.throttle = SignInThrottle()
@@ -239,7 +242,7 @@ class _TokenGate:
             scope.setdefault("state", {})["csrf"] = ""  # no cookie, nothing to forge: no CSRF
             await self.app(scope, receive, send)
             return
-        now = time.time()
+        now = self.clock()
         nonce = self.guard.session_nonce(_cookie(headers, SESSION_COOKIE), now)
         if nonce is None or not self.sessions.live(nonce, now):
             await self._unauthorized(scope, send)
@@ -270,7 +273,7 @@ class _TokenGate:
         form = await _read_form(receive, send, headers)
         if form is None:
             return
-        client, now = _client(scope), time.time()
+        client, now = _client(scope), self.clock()
         if (wait := self.throttle.wait(client, now)) > 0:
             await _too_soon(send, wait)
             return
@@ -289,7 +292,7 @@ class _TokenGate:
 
     async def _token_tried(self, scope: Scope, send: Send, candidate: str) -> bool:
         """A Bearer token checked under the same throttle as the form; False after answering."""
-        client, now = _client(scope), time.time()
+        client, now = _client(scope), self.clock()
         if (wait := self.throttle.wait(client, now)) > 0:
             await _too_soon(send, wait)
             return False
