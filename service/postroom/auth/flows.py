@@ -20,17 +20,20 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 
 from ..clock import utcnow
 from ..errors import OAuth2Error, ServerBusy
-from .tokens import OAuth2Client, TokenReply, post_form, read_token_reply
+from ..redact import redacted
+from .tokens import OAuth2Client, TokenReply, lifetime_of, post_form, read_token_reply
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SLOW_DOWN_STEP = 5.0  # RFC 8628 §3.5: add five seconds to the interval on slow_down
@@ -106,20 +109,41 @@ async def start_device_flow(
         form["login_hint"] = login_hint
     response = await post_form(http, device_code_url, form, context=f"{client.account}: ")
     if response.status_code != 200:
-        read_token_reply(client.account, response.status_code, response.content, now)  # raises ours
+        read_token_reply(client.account, response.status_code, response.content, now, secrets=form.values())
         raise ServerBusy(f"{device_code_url}: HTTP {response.status_code}", code=response.status_code)
-    answer = response.json()
+    answer = _json_object(response.content)
     # Microsoft says verification_uri (RFC 8628); Google's older endpoint verification_url.
     uri = str(answer.get("verification_uri") or answer.get("verification_url") or "")
-    user_code = str(answer["user_code"])
+    user_code, device_code = answer.get("user_code"), answer.get("device_code")
+    if not isinstance(user_code, str) or not isinstance(device_code, str) or not uri:
+        raise ServerBusy(f"{device_code_url}: the answer has no device code, user code or address")
     return DeviceCode(
-        device_code=str(answer["device_code"]),
+        device_code=device_code,
         user_code=user_code,
         verification_uri=uri,
         message=str(answer.get("message") or f"To sign in, open {uri} and enter the code {user_code}."),
-        interval=float(answer.get("interval", 5)),
-        expires_at=now + timedelta(seconds=float(answer.get("expires_in", 900))),
+        interval=_poll_interval(answer.get("interval", 5)),
+        # Hostile or silly values (1e30, "inf", none) are clamped as a token's lifetime is.
+        expires_at=now + lifetime_of(answer.get("expires_in", 900)),
     )
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object, or {} for anything else (not JSON, nested past the parser's stack)."""
+    try:
+        found: Any = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _poll_interval(value: object) -> float:
+    """RFC 8628's ``interval`` within [1 s, 60 s]; 5 s when missing or not a finite number."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return 5.0
+    return min(max(seconds, 1.0), 60.0) if math.isfinite(seconds) else 5.0
 
 
 async def finish_device_flow(
@@ -144,7 +168,7 @@ async def finish_device_flow(
             )
         response = await post_form(http, client.token_url, form, context=f"{client.account}: ")
         try:
-            reply = read_token_reply(client.account, response.status_code, response.content, now)
+            reply = read_token_reply(client.account, response.status_code, response.content, now, secrets=form.values())
             return _identified(_with_refresh_token(client, reply), response.content)
         except OAuth2Error as exc:
             if exc.error == "slow_down":
@@ -283,8 +307,10 @@ async def loopback_login(
             error="state_mismatch",
         )
     if "error" in answer:
-        said = f"{answer['error']}: {answer.get('error_description', '')}"
-        raise OAuth2Error(f"{client.account}: sign-in refused ({said})", account=client.account, error=answer["error"])
+        # What the browser was sent back with is anyone's text: shown only redacted and short.
+        said = redacted(f"{answer['error']}: {answer.get('error_description', '')}"[:300], secrets=[verifier])
+        error = redacted(answer["error"][:60])
+        raise OAuth2Error(f"{client.account}: sign-in refused ({said})", account=client.account, error=error)
     form = {
         **_client_fields(client),
         "grant_type": "authorization_code",
@@ -293,5 +319,5 @@ async def loopback_login(
         "code_verifier": verifier,
     }
     response = await post_form(http, client.token_url, form, context=f"{client.account}: ")
-    reply = read_token_reply(client.account, response.status_code, response.content, clock())
+    reply = read_token_reply(client.account, response.status_code, response.content, clock(), secrets=form.values())
     return _identified(_with_refresh_token(client, reply), response.content)
