@@ -124,6 +124,20 @@ async def test_delivery_is_signed_and_verifies_on_the_receiver(store, receiver):
     assert queue.ledger.webhook_counts() == {"done": 1}
 
 
+async def test_a_receiver_taking_ten_seconds_gets_the_webhook_once_by_default(store, receiver):
+    # 10 s is what many receivers allow themselves; the old default deadline (10 s) cut such a
+    # request at its end and posted it again (same webhook-id) though the receiver had it.
+    rules = compile_rules(
+        [RuleConfig.model_validate({"name": "hook", "account": "bob", "actions": [{"webhook": {"url": receiver.url}}]})]
+    )
+    queue = WebhookQueue(LedgerStore(store.engine, owner="test"), spec_lookup=rules.action_config, clock=Clock())
+    receiver.script.append(Reply(204, delay=10.5))
+    assert await queue.submit([request(receiver.url)]) == 1
+    assert await queue.deliver_due() == 1
+    assert len(receiver.received) == 1
+    assert queue.ledger.webhook_counts() == {"done": 1}
+
+
 async def test_enqueue_is_idempotent_on_the_action_key(store, receiver):
     queue = make_queue(store, receiver.url, Clock())
     assert await queue.submit([request(receiver.url, 1), request(receiver.url, 2)]) == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +25,7 @@ class Reply:
     status: int = 204
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    delay: float = 0.0  # seconds the receiver takes before it answers
 
 
 class WebhookReceiver:
@@ -40,6 +42,7 @@ class WebhookReceiver:
                 with receiver._lock:
                     receiver.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                     reply = receiver.script.popleft() if receiver.script else Reply()
+                time.sleep(reply.delay)
                 self.send_response(reply.status)
                 for name, value in reply.headers:
                     self.send_header(name, value)
