@@ -15,7 +15,7 @@ from postroom.mail.verp import marker
 from postroom.store import NewMessage, Store
 from postroom.store.outbox import Settlement
 
-from tests.dsn_samples import DEAD, KEY, postfix_dsn, signed
+from tests.support.dsn_samples import DEAD, KEY, postfix_dsn, signed
 from tests.support.inbox import USER, Recorder, imap_cfg, maildrop_size, pop3_settings, raw_message, rules
 from tests.support.store_fixtures import sqlite_url, store  # noqa: F401
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 
-from tests.dsn_samples import postfix_dsn
 from tests.lab.config import DEAD_DOMAIN
 from tests.support.daemon import (
     ACCOUNT_CONFIG,
@@ -30,6 +29,7 @@ from tests.support.daemon import (
     wait_ready,
     wait_until,
 )
+from tests.support.dsn_samples import postfix_dsn
 
 DEAD = f"nobody@{DEAD_DOMAIN}"
 

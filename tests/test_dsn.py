@@ -18,7 +18,7 @@ from postroom.outgoing.envelopes import given_verp_key
 from postroom.store import NewMessage, Store
 from postroom.store.outbox import Settlement
 
-from tests.dsn_samples import DEAD, KEY, OLD_RETURN_PATH, POSTFIX, postfix_dsn, signed
+from tests.support.dsn_samples import DEAD, KEY, OLD_RETURN_PATH, POSTFIX, postfix_dsn, signed
 from tests.support.store_fixtures import any_store, store  # noqa: F401
 
 DATA = Path(__file__).parent / "data"

@@ -12,7 +12,7 @@ from types import ModuleType
 from postroom.metrics import DaemonGauges, Metrics, OutboxGauges, WatchGauge
 from prometheus_client import generate_latest
 
-from tests.metric_uses import DASHBOARD, ROOT, dashboard_expressions, scraped, uses
+from tests.support.metric_uses import DASHBOARD, ROOT, dashboard_expressions, scraped, uses
 
 BUILD = ROOT / "deploy" / "grafana" / "build.py"
 

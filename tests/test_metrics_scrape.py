@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.metric_uses import dashboard_expressions, rule_expressions, scraped, uses
 from tests.support.daemon import wait_until
+from tests.support.metric_uses import dashboard_expressions, rule_expressions, scraped, uses
 from tests.test_oauth2_e2e import USERS, Run, _deliver_traffic, run  # noqa: F401  (run: the fixture)
 
 # Samples that show the daemon went through each kind of work at least once.

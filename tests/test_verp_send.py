@@ -14,8 +14,8 @@ from postroom.outgoing.envelopes import signed_return_paths
 from postroom.outgoing.sender import DrainStats
 from postroom.store.outbox import NewMessage
 
-from tests.dsn_samples import KEY
 from tests.support.clock import Clock
+from tests.support.dsn_samples import KEY
 from tests.support.fake_smtp import FaultyHandler, fake_smtp, make_raw, plain_smtp
 from tests.support.sending import ALICE, BOB, CAROL, SENDER_START, sender_for
 

@@ -9,7 +9,7 @@ from postroom.mail.verp import return_path
 
 # Postfix 3.7's own DSN, captured in the lab: a merge row to nobody@dead.example.test, which
 # the lab routes to the error(8) transport after accepting it (tests/lab/config.py).
-POSTFIX = Path(__file__).parent / "data" / "dsn" / "postfix-error-5.1.1.eml"
+POSTFIX = Path(__file__).parents[1] / "data" / "dsn" / "postfix-error-5.1.1.eml"
 OLD_RETURN_PATH = b"alice+bounce-0123456789abcdef0123456789abcdef@example.test"  # the old scheme's
 DEAD = "nobody@dead.example.test"
 KEY = b"k" * 32
