@@ -15,7 +15,7 @@ import pytest
 import yaml
 from postroom.app import STOP_TIMEOUT
 
-from tests.kubernetes_manifests import KUBE, container, deployment, load, manifests
+from tests.support.kubernetes_manifests import KUBE, container, deployment, load, manifests
 
 # The oldest Kubernetes the manifests are for (preStop `sleep` is on by default from 1.30),
 # and the newest whose schemas the package ships.
