@@ -33,6 +33,10 @@ def test_every_metric_the_alerts_and_dashboard_use_is_scraped_with_its_labels(ru
     for user in USERS:  # the refresh tokens, now in the PostgreSQL store
         run.sign_in(user)
     run.start()
+    # Every watcher at work before the traffic: a replica that has just started takes its
+    # folders over a few seconds (its share settles first), and a folder's first pass starts
+    # from new mail, so mail delivered before it would be skipped.
+    wait_until(lambda: _all_connected(run.get("/metrics").text), 60, "every watcher connected")
     _deliver_traffic(run, rounds=2, every=0.5, tag="scrape ")
 
     missing: list[str] = []
@@ -63,6 +67,11 @@ def test_every_metric_the_alerts_and_dashboard_use_is_scraped_with_its_labels(ru
         checked.stdout + checked.stderr
     )
     run.stop()
+
+
+def _all_connected(text: str) -> bool:
+    connected = [line for line in text.splitlines() if line.startswith("postroom_watcher_connected{")]
+    return len(connected) >= len(USERS) and all(line.endswith(" 1.0") for line in connected)
 
 
 def _has_sample(text: str, start: str) -> bool:
