@@ -3,8 +3,9 @@
 Property tests: Hypothesis draws an adversarial unit (a few of the characters each pattern
 trips on: address characters without an "@", "<" without ">", blank lines, "Message-ID:"…)
 and the input is that unit repeated to a size. The size is doubled until one call takes a few
-milliseconds, then 4× the input must take under 8× the time (linear: about 4×; quadratic:
-16×). A ratio of best-of-five CPU times, re-measured before it fails, holds on a loaded
+milliseconds, then 16× the input must take under 48× the time (linear: about 16×; quadratic:
+256×: a margin of 3 both ways, which cache effects and other workers' load on two cores do not
+cross). A ratio of best-of-five CPU times, re-measured before it fails, holds on a loaded
 machine where a wall-clock threshold would not. docs/guarantees.md lists each pattern and its verdict.
 """
 
@@ -22,11 +23,13 @@ from postroom.auth import sasl
 from postroom.incoming import forward, imap, message, replies
 from postroom.mail import compose, dsn, headers, parse, text
 
-FLOOR = 0.01  # CPU seconds one call must take before its growth is judged (timer and cache noise below)
+FLOOR = 0.002  # CPU seconds one call must take before its growth is judged (timer noise below)
 # Input size at which a call still under FLOOR counts as linear (quadratic, it would take
 # minutes). Past a few MB, cache and allocator effects bend even linear curves.
-CAP = 1 << 20
-RATIO = 8.0  # 4× the input in under this many times the time
+CAP = 1 << 18
+GROWTH = 16  # the big input is this many times the small one
+RATIO = 48.0  # ... and must take under this many times the time
+WHOLE_RATIO = 8.0  # a whole report: 4× the text (up to the reader's cut) in under this
 
 PROPERTY = settings(
     max_examples=6,
@@ -48,7 +51,7 @@ def _best(fn: Callable[[Any], object], arg: Any, reps: int = 5) -> float:
 
 
 def assert_linear(fn: Callable[[Any], object], make: Callable[[int], Any], what: str) -> None:
-    """``fn(make(4n))`` takes under RATIO × ``fn(make(n))``, n large enough to measure."""
+    """``fn(make(GROWTH × n))`` takes under RATIO × ``fn(make(n))``, n large enough to measure."""
     gc.disable()
     try:
         n = 256
@@ -56,11 +59,11 @@ def assert_linear(fn: Callable[[Any], object], make: Callable[[int], Any], what:
             n *= 2
         ratios = []
         for _ in range(8):  # a burst of load on one measurement is not a quadratic pattern
-            small, big = _best(fn, make(n)), _best(fn, make(4 * n))
+            small, big = _best(fn, make(n)), _best(fn, make(GROWTH * n))
             ratios.append(big / small)
             if ratios[-1] < RATIO:
                 return
-        raise AssertionError(f"{what}: 4x the input took {min(ratios):.1f}x the time at {n} units: {ratios}")
+        raise AssertionError(f"{what}: {GROWTH}x the input took {min(ratios):.1f}x the time at {n} units: {ratios}")
     finally:
         gc.enable()
 
@@ -124,7 +127,7 @@ def test_a_whole_bounce_report_parses_in_linear_time(unit):
         for _ in range(5):
             small = _best(dsn.parse_bounce, _report(repeated(unit)(sizes[1])))
             big = _best(dsn.parse_bounce, _report(repeated(unit)(sizes[4])))
-            if big / small < RATIO:
+            if big / small < WHOLE_RATIO:
                 return
         raise AssertionError(f"parse_bounce on {unit!r}: 4x the input took {big / small:.1f}x the time")
     finally:
