@@ -4,7 +4,7 @@ implementation Dovecot ships), compared action by action: the folders stored int
 flags, the redirect addresses, keep or not, vacation planned, and (for scripts with a
 vacation, run again with ``-e``) vacation sent or declined by its guards.
 
-How ``sieve-test`` is run (/work/shared/notes/sieve.md): as the unprivileged ``mail`` user,
+How ``sieve-test`` is run (the project notes' sieve.md): as the unprivileged ``mail`` user,
 with a minimal config (a throwaway maildir; ``sendmail_path = /bin/true``, so nothing is
 sent), ``TZ=UTC`` (postroom's ``now`` is passed in UTC), and the envelope postroom reads from
 the delivered message (``interpret.envelope_of``): ``-f`` the Return-Path (else From), ``-a``
