@@ -69,6 +69,13 @@ def readyz(port: int) -> dict | None:
         return None
 
 
+def clock_answer(daemon: Daemon, port: int) -> dict | None:
+    """/readyz's clock, once the daemon answers; the daemon's log if it ended instead."""
+    if daemon.proc.poll() is not None:
+        raise AssertionError(f"daemon exited {daemon.proc.returncode}:\n{daemon.log.read_text()[-3000:]}")
+    return (readyz(port) or {}).get("clock")
+
+
 @pytest.mark.timeout(300)
 def test_replicas_an_hour_off_take_no_fires_and_none_is_early_doubled_skipped_or_lost(tmp_path, clean_lab, pg_url):
     (tmp_path / "templates").mkdir()
@@ -86,7 +93,7 @@ def test_replicas_an_hour_off_take_no_fires_and_none_is_early_doubled_skipped_or
         for name, skew in (("fast", "+1h"), ("slow", "-1h")):
             daemons[name] = start(tmp_path, clean_lab, pg_url, name, skew)
             daemon, port = daemons[name]
-            answer = wait_until(lambda port=port: (readyz(port) or {}).get("clock"), 120, f"{name} answering")
+            answer = wait_until(lambda d=daemon, port=port: clock_answer(d, port), 120, f"{name} answering")
             assert answer["agrees"] is False and "takes no scheduled fires" in answer["problem"]
             assert abs(abs(answer["offset_s"]) - 3600) < 30
             daemon.wait_log("clock disagrees with the database's")

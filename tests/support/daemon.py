@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import email
 import email.policy
+import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 import httpx
 
 from tests.lab import MailLab
+from tests.support.workers import lab_port_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "deploy" / "demo" / "postroom.yaml"
@@ -185,11 +188,27 @@ def assert_each_row_once(raws: list[bytes], *, rows: int, max_duplicates: int) -
     assert sum(n - 1 for n in ids.values()) <= max_duplicates
 
 
+# Ports for a daemon's HTTP server, from a block of this worker's own below its labs and
+# outside the kernel's ephemeral range. A port the kernel hands out for bind(("", 0)) is
+# ephemeral: between our close and the daemon's bind, another worker's outgoing connection
+# may take it as its source port (seen under three workers: the daemon could not bind, and
+# readyz answered nothing for two minutes).
+_FREE_PORT_BLOCK = 1000
+_free_ports = itertools.count(random.randrange(_FREE_PORT_BLOCK))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on, not handed to another worker."""
+    first = lab_port_offset() + 4000  # 14000 + 1000 × worker by default; labs start at 20024
+    for _ in range(_FREE_PORT_BLOCK):
+        port = first + next(_free_ports) % _FREE_PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
         return port
+    raise AssertionError(f"no free port in {first}..{first + _FREE_PORT_BLOCK - 1}")
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 20, what: str = "condition") -> T:
