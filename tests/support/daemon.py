@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import itertools
 import json
 import os
 import random
@@ -27,7 +26,6 @@ from typing import Any, TypeVar
 import httpx
 
 from tests.lab import MailLab
-from tests.support.workers import lab_port_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "deploy" / "demo" / "postroom.yaml"
@@ -188,27 +186,26 @@ def assert_each_row_once(raws: list[bytes], *, rows: int, max_duplicates: int) -
     assert sum(n - 1 for n in ids.values()) <= max_duplicates
 
 
-# Ports for a daemon's HTTP server, from a block of this worker's own below its labs and
-# outside the kernel's ephemeral range. A port the kernel hands out for bind(("", 0)) is
+# Ports for a daemon's HTTP server come from below every lab (labs start at 20024) and
+# below the kernel's ephemeral range (32768+). A port the kernel hands out for bind(0) is
 # ephemeral: between our close and the daemon's bind, another worker's outgoing connection
 # may take it as its source port (seen under three workers: the daemon could not bind, and
-# readyz answered nothing for two minutes).
-_FREE_PORT_BLOCK = 1000
-_free_ports = itertools.count(random.randrange(_FREE_PORT_BLOCK))
+# readyz answered nothing for two minutes). Random, so workers and parallel runs seldom
+# pick the same one; a port something listens on is passed over.
+FREE_PORTS = range(2000, 10000)
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on, not handed to another worker."""
-    first = lab_port_offset() + 4000  # 14000 + 1000 × worker by default; labs start at 20024
-    for _ in range(_FREE_PORT_BLOCK):
-        port = first + next(_free_ports) % _FREE_PORT_BLOCK
+    """A TCP port on 127.0.0.1 that nothing listens on, outside the ephemeral range."""
+    for _ in range(100):
+        port = random.choice(FREE_PORTS)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
         return port
-    raise AssertionError(f"no free port in {first}..{first + _FREE_PORT_BLOCK - 1}")
+    raise AssertionError(f"no free port in {FREE_PORTS}")
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 20, what: str = "condition") -> T:

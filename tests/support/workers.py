@@ -3,7 +3,6 @@
 `python -m pytest` runs the suite on several worker processes (``-n`` in pyproject's addopts).
 Each worker has its own session, so its own session-scoped labs, on ports no other worker
 uses: worker N (``PYTEST_XDIST_WORKER=gwN``) adds N × 1000 to ``POSTROOM_LAB_PORT_OFFSET``.
-A daemon's HTTP port comes from 1000 ports 4000 above the offset (tests/support/daemon.py).
 A mail lab spans 971 ports (10024…10995 before the offset) and the OAuth2 lab sits 100 above
 it, so the labs of neighbouring workers never meet. A serial run (``-n0``) is worker 0.
 """
