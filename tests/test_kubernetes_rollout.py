@@ -149,10 +149,14 @@ def test_a_rolling_restart_of_the_deployment_loses_and_repeats_nothing(tmp_path,
     pods: dict[str, Pod] = {}
     generation = iter(range(1, 100))
 
-    def start() -> Pod:
+    def launch() -> Pod:
         name = f"postroom-{next(generation)}"
         pod = Pod(name, spec, volumes, cluster, tmp_path / f"{name}.log")
         pods[name] = pod
+        return pod
+
+    def start() -> Pod:
+        pod = launch()
         pod.wait_ready()
         return pod
 
@@ -166,7 +170,10 @@ def test_a_rolling_restart_of_the_deployment_loses_and_repeats_nothing(tmp_path,
                 subjects.append(subject)
 
     try:
-        running = [start() for _ in range(spec["spec"]["replicas"])]
+        # The Deployment's first replicas start together, as a cluster starts them.
+        running = [launch() for _ in range(spec["spec"]["replicas"])]
+        for pod in running:
+            pod.wait_ready()
         incoming(0)
         stops: list[datetime] = []
         for round_, old in enumerate(list(running), start=1):
@@ -188,7 +195,7 @@ def test_a_rolling_restart_of_the_deployment_loses_and_repeats_nothing(tmp_path,
     engine = create_engine(pg_url)
     try:
         with engine.connect() as conn:
-            queued = dict(conn.execute(text("SELECT message_id, status FROM outbox")).tuples().all())
+            queued = {row.message_id: row.status for row in conn.execute(text("SELECT message_id, status FROM outbox"))}
             fires = conn.execute(
                 text("SELECT fire_time, status FROM fire_claims WHERE job_id = 'tick' ORDER BY fire_time")
             ).all()
