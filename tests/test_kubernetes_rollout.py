@@ -149,14 +149,10 @@ def test_a_rolling_restart_of_the_deployment_loses_and_repeats_nothing(tmp_path,
     pods: dict[str, Pod] = {}
     generation = iter(range(1, 100))
 
-    def launch() -> Pod:
+    def start() -> Pod:
         name = f"postroom-{next(generation)}"
         pod = Pod(name, spec, volumes, cluster, tmp_path / f"{name}.log")
         pods[name] = pod
-        return pod
-
-    def start() -> Pod:
-        pod = launch()
         pod.wait_ready()
         return pod
 
@@ -170,10 +166,7 @@ def test_a_rolling_restart_of_the_deployment_loses_and_repeats_nothing(tmp_path,
                 subjects.append(subject)
 
     try:
-        # The Deployment's first replicas start together, as a cluster starts them.
-        running = [launch() for _ in range(spec["spec"]["replicas"])]
-        for pod in running:
-            pod.wait_ready()
+        running = [start() for _ in range(spec["spec"]["replicas"])]
         incoming(0)
         stops: list[datetime] = []
         for round_, old in enumerate(list(running), start=1):
