@@ -18,8 +18,8 @@ This scheduler keeps loadfile's unit, the file, with three changes:
 - the files in ``SPLIT_BY_TEST`` are split into one unit per test: their tests share nothing
   but session fixtures and cheap module ones (the Sieve differential test, one test a script).
 
-Refresh the estimates after a run with ``--junitxml=run.xml``:
-``python -m tests.support.scheduling run.xml > tests/data/test_durations.json``.
+Refresh the estimates after runs with ``--junitxml=run1.xml`` …:
+``python -m tests.support.scheduling run1.xml run2.xml > tests/data/test_durations.json``.
 A test missing from the table or one renamed only loses its place in the order.
 """
 
@@ -97,20 +97,22 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return LongestFirstScheduling(config, log)
 
 
-def durations_from_junit(report: Path) -> dict[str, float]:
-    """Seconds per node id of the tests of a junit XML report that took LISTED_FROM_SECONDS or more."""
-    table: dict[str, float] = {}
-    for case in ET.parse(report).iter("testcase"):
-        module = case.get("classname", "")
-        parts = module.split(".")
-        # classname "tests.test_x" or "tests.test_x.TestClass"; the file is the first test_ part.
-        cut = next(i for i, part in enumerate(parts) if part.startswith("test_")) + 1
-        nodeid = "/".join(parts[:cut]) + ".py::" + "::".join([*parts[cut:], case.get("name", "")])
-        seconds = float(case.get("time", "0"))
-        if seconds >= LISTED_FROM_SECONDS:
-            table[nodeid] = round(seconds, 1)
-    return dict(sorted(table.items()))
+def durations_from_junit(reports: list[Path]) -> dict[str, float]:
+    """Seconds per node id, the mean over the junit XML reports of the runs where the test
+    passed (a failed one's time says little), for the tests of LISTED_FROM_SECONDS or more."""
+    times: dict[str, list[float]] = {}
+    for report in reports:
+        for case in ET.parse(report).iter("testcase"):
+            if any(child.tag in ("failure", "error", "skipped") for child in case):
+                continue
+            parts = case.get("classname", "").split(".")
+            # classname "tests.test_x" or "tests.test_x.TestClass"; the file is the first test_ part.
+            cut = next(i for i, part in enumerate(parts) if part.startswith("test_")) + 1
+            nodeid = "/".join(parts[:cut]) + ".py::" + "::".join([*parts[cut:], case.get("name", "")])
+            times.setdefault(nodeid, []).append(float(case.get("time", "0")))
+    means = {nodeid: sum(seconds) / len(seconds) for nodeid, seconds in times.items()}
+    return {nodeid: round(mean, 1) for nodeid, mean in sorted(means.items()) if mean >= LISTED_FROM_SECONDS}
 
 
 if __name__ == "__main__":
-    print(json.dumps(durations_from_junit(Path(sys.argv[1])), indent=1))
+    print(json.dumps(durations_from_junit([Path(arg) for arg in sys.argv[1:]]), indent=1))
