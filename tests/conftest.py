@@ -16,7 +16,12 @@ from tests.support.workers import lab_port_offset
 # Store fixtures (store, sqlite_url, pg_url, any_store) and OAuth2 fixtures (oauth2_lab,
 # token_server) live in their own modules; no_skips turns every skip not marked may_skip
 # into a failure.
-pytest_plugins = ["tests.support.store_fixtures", "tests.support.oauth2_fixtures", "tests.support.no_skips"]
+pytest_plugins = [
+    "tests.support.store_fixtures",
+    "tests.support.oauth2_fixtures",
+    "tests.support.no_skips",
+    "tests.support.scheduling",
+]
 
 # Tests use ports shifted from the reference config's, so a demo lab (`python -m tests.lab up`)
 # can run at the same time. POSTROOM_LAB_PORT_OFFSET moves them if something else sits there;

@@ -188,7 +188,7 @@ def test_a_rolling_restart_of_the_deployment_loses_and_repeats_nothing(tmp_path,
     engine = create_engine(pg_url)
     try:
         with engine.connect() as conn:
-            queued = dict(conn.execute(text("SELECT message_id, status FROM outbox")).tuples().all())
+            queued = {row.message_id: row.status for row in conn.execute(text("SELECT message_id, status FROM outbox"))}
             fires = conn.execute(
                 text("SELECT fire_time, status FROM fire_claims WHERE job_id = 'tick' ORDER BY fire_time")
             ).all()
