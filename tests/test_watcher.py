@@ -343,7 +343,7 @@ async def test_inbound_store_rows_and_retries(any_store):  # noqa: F811
 
     from postroom.store.inbound import DONE, SET_ASIDE, InboundStore
 
-    inbound = InboundStore(any_store.engine, max_attempts=3, retry_base=timedelta(minutes=1))
+    inbound = InboundStore(any_store.engine, calls=any_store.calls, max_attempts=3, retry_base=timedelta(minutes=1))
     now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     assert (
         inbound.begin("a/INBOX/7/1", account="a", folder="INBOX", now=now, uidvalidity=7, uid=1, message_id="<x@t>")

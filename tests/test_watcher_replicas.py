@@ -22,7 +22,7 @@ TTL = 3.0  # seconds: short, so a takeover after a crash is quick to see; not so
 
 def test_lease_claim_renew_expire_release(store: Store):
     # SQLite: the caller's (fake) clock; PostgreSQL keeps its own (tests/test_lease_clock.py)
-    other = type(store.leases)(store.engine, owner="replica-b")
+    other = type(store.leases)(store.engine, owner="replica-b", calls=store.calls)
     mine, ttl = store.leases, timedelta(seconds=60)
     assert mine.claim("alice/INBOX", now=NOW, ttl=ttl)
     assert not other.claim("alice/INBOX", now=NOW + timedelta(seconds=30), ttl=ttl)  # held
@@ -102,7 +102,7 @@ async def test_one_replica_works_a_folder_and_the_other_takes_over(clean_lab, pg
 
 async def test_a_replica_that_loses_its_lease_stops_working_the_folder(clean_lab, sqlite_url):
     a = Replica(clean_lab, sqlite_url, "replica-a")
-    other = type(a.store.leases)(a.store.engine, owner="replica-b")
+    other = type(a.store.leases)(a.store.engine, owner="replica-b", calls=a.store.calls)
     try:
         await eventually(lambda: a.working and a.watcher.ready)
         # another replica got the lease meanwhile (say this one stalled past its expiry)

@@ -48,7 +48,7 @@ from .scheduler import Scheduler
 from .sieve.rule import compile_config
 from .store import Store
 from .store import calls as store_calls
-from .store.calls import close_store, gate, store_call
+from .store.calls import close_store, store_call
 from .store.dbtime import clock_offset
 from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
@@ -122,7 +122,6 @@ class Daemon:
         loaded, renderer = load_checked(self.settings)
         self.loaded, self.loaded_at = loaded, utcnow()
         config = loaded.config
-        gate.open()  # a new daemon in this process starts with the store in use
         self.store = store = await asyncio.to_thread(open_daemon_store, self.settings, migrate=self.migrate)
         # The port opens once nothing left can refuse the start (config, store lock, schema):
         # a daemon that refuses never answered /healthz, so no probe saw it up.
@@ -130,7 +129,7 @@ class Daemon:
         if bound is not None and self.console_token is not None:  # the line that says where to look
             host, port = bound
             log.info("console listening", url=f"http://{f'[{host}]' if ':' in host else host}:{port}/")
-        await store_call(recover_single_node, store)
+        await store.calls.run(recover_single_node, store)
         self.metrics.watch_store(self._outbox_gauges, utcnow)
         self.metrics.known_accounts(config.accounts)
         self.metrics.known_jobs({name: job.account for name, job in config.jobs.items()})
@@ -180,6 +179,7 @@ class Daemon:
         # Fires the store failed wait for it; when it answers again they run, and the catch-up too.
         self.store_monitor = StoreMonitor(
             store.engine,
+            store.calls,
             sqlite_path=self.settings.sqlite_path(),
             on_back=None if self.dry_run else self.scheduler.store_back,
         )
@@ -351,7 +351,7 @@ class Daemon:
     async def _check_clock(self) -> None:
         """Compare this host's clock with the database's; fires left alone while they
         disagreed are caught up once they agree again."""
-        offset = await store_call(clock_offset, self.store.engine, utcnow)
+        offset = await self.store.calls.run(clock_offset, self.store.engine, utcnow)
         if self.clock_check.update(offset):
             await self.scheduler.clock_back()
 
@@ -518,7 +518,7 @@ class Daemon:
         """For /metrics: the outbox gauges, left out while the store is known to be down — a
         stalled database would hold the scrape's thread (and the next scrape's) until it answers."""
         monitor = getattr(self, "store_monitor", None)
-        if gate.closed_because is not None or (monitor is not None and not monitor.state.ok):
+        if self.store.calls.gate.closed_because is not None or (monitor is not None and not monitor.state.ok):
             raise StoreUnavailable("store unavailable: outbox gauges left out of this scrape")
         return OutboxGauges(self.store.outbox.counts(), self.store.outbox.oldest_waiting())
 

@@ -28,7 +28,6 @@ from ..config.model import TOKEN_AUTH, AccountConfig, Config, OAuth2Config, Serv
 from ..config.providers import PROVIDERS, Grant, MailProtocol
 from ..credentials import Credentials, Mechanism, OAuth2Credentials
 from ..errors import UNDECRYPTABLE, OAuth2Error, PostroomError, TokenRevoked
-from ..store.calls import store_call
 from ..store.tokens import OAuth2TokenStore
 from .keeper import ConfiguredRefreshToken, StoredRefreshToken
 from .tokens import OAuth2Client, TokenProvider
@@ -133,7 +132,7 @@ class AccountTokens:
             return
         store = self._store
         try:
-            await store_call(record, store)
+            await store.calls.run(record, store)
         except Exception as exc:
             log.warning("oauth2 token state not recorded", account=self.account, error=repr(exc))
 
