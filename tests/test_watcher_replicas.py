@@ -14,6 +14,7 @@ from postroom.incoming.watcher import ImapWatcher
 from postroom.store import Store
 
 from tests.support.inbox import USER, Recorder, account, deliver, eventually, rules
+from tests.support.logins import login
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 TTL = 3.0  # seconds: short, so a takeover after a crash is quick to see; not so short that a
@@ -43,15 +44,17 @@ class Replica:
     def __init__(self, lab, url: str, name: str):
         self.store = Store.open(url, owner=name)
         self.recorder = Recorder()
+        acct = account(lab, start_from="all", idle=True)
         self.watcher = ImapWatcher(
             USER,
-            account(lab, start_from="all", idle=True),
+            acct,
             "INBOX",
             rules(),
             self.recorder,
             self.store.inbound,
             leases=self.store.leases,
             lease_ttl=TTL,
+            credentials=login(acct.imap),
         )
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(self.watcher.run(self.stop))

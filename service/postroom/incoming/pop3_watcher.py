@@ -73,7 +73,7 @@ class Pop3Watcher(Watcher):
             bounces=bounces,
         )
         self.cfg = account_cfg.pop3
-        self.credentials = credentials  # None: the config's password (or no login)
+        self.credentials = credentials  # AccountLogins.credentials; None: no login
 
     def watch_name(self) -> str:
         return f"{self.account}/pop3"
