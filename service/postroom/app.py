@@ -24,7 +24,7 @@ from .bootstrap import build_logins, load_checked, open_daemon_store, recover_si
 from .clock import utcnow
 from .clock_check import ClockCheck
 from .config import Config, Settings
-from .console.source import ReloadOutcome
+from .console.source import ReloadOutcome, WatcherStatus
 from .daemon_console import build_daemon_console, console_token
 from .errors import PostroomError, StoreUnavailable
 from .http import HttpServer
@@ -41,6 +41,7 @@ from .notify import Notifier, watchdog_loop
 from .outgoing import smtp
 from .outgoing.envelopes import given_verp_key, signed_return_paths
 from .outgoing.jobs import BuiltRun, JobRunner
+from .outgoing.preview import JobPreviews
 from .outgoing.refusals import suppressing
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
@@ -608,8 +609,11 @@ class DaemonConsoleView:
     def last_reload(self) -> ReloadOutcome | None:
         return self.daemon.last_reload
 
-    def watchers(self) -> Sequence[Watcher]:
-        return self.daemon.incoming.watchers
+    def watchers(self) -> Sequence[WatcherStatus]:
+        return [
+            WatcherStatus(w.account, w.folder, w.kind, w.state, w.last_ok, w.last_error, w.last_error_at)
+            for w in self.daemon.incoming.watchers
+        ]
 
     def next_fires(self) -> Mapping[str, datetime | None]:
         return self.daemon.next_fires()
@@ -619,16 +623,26 @@ class DaemonConsoleView:
 
     async def build_job(self, job: str) -> BuiltRun:
         runner = self.daemon.runner
-        return await JobRunner(runner.config, runner.renderer, store=None).build(
-            job, key_prefix="dry-run", now=utcnow()
-        )
+        return await JobPreviews(runner.config, runner.renderer).whole_run(job, now=utcnow())
 
     async def run_job(self, job: str) -> BuiltRun:
         # As `postroom send JOB` does: a manual run, recorded, its rows handed to the sender.
         return await self.daemon.runner.run_now(job, key_prefix=f"console:{job}:{uuid.uuid4().hex}")
 
-    def wake_sender(self) -> None:
-        self.daemon.sender.wake()
+    async def retry_letter(self, item: int) -> bool:
+        done = await store_call(self.store.outbox.retry, item, now=utcnow())
+        if done:
+            self.daemon.sender.wake()
+        return done
 
-    def wake_webhooks(self) -> None:
-        self.daemon.webhooks.wake()
+    async def discard_letter(self, item: int) -> bool:
+        return await store_call(self.store.outbox.discard, item, now=utcnow())
+
+    async def retry_set_aside(self, key: str) -> bool:
+        return await store_call(self.store.inbound.retry_set_aside, key, now=utcnow())
+
+    async def retry_webhook(self, webhook_id: str) -> bool:
+        done = await store_call(self.store.ledger.retry_webhook, webhook_id, now=utcnow())
+        if done:
+            self.daemon.webhooks.wake()
+        return done
