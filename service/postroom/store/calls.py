@@ -110,7 +110,11 @@ class StoreCalls:
     async def _submit(self, call: Callable[[], T]) -> T:
         if self._shut:
             raise StoreUnavailable("store: closed")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        try:
+            done = asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except RuntimeError:  # closed meanwhile on a store thread: the pool refuses new work
+            raise StoreUnavailable("store: closed") from None
+        return await done
 
     def _guarded(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         started, result = time.monotonic(), "error"
