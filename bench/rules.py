@@ -48,6 +48,7 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from postroom.auth.accounts import AccountLogins
 from postroom.bootstrap import load_checked
 from postroom.config import Settings
 from postroom.incoming.actions import ActionExecutor
@@ -209,11 +210,17 @@ def postroom_in_process(lab: MailLab, work: Path, env: dict[str, str], tag: str)
         ruleset = compile_rules(config.rules)
         hooks = WebhookQueue(store.ledger, spec_lookup=ruleset.action_config)
         executor = ActionExecutor(config, ruleset, store, renderer, hooks)
-        watcher = ImapWatcher(USER, config.accounts[USER], "INBOX", ruleset, executor, store.inbound)
+        imap = config.accounts[USER].imap
+        if imap is None:
+            raise SystemExit(f"the bench's config has no imap: for {USER}")
+        credentials = AccountLogins().credentials(USER, imap)
+        watcher = ImapWatcher(
+            USER, config.accounts[USER], "INBOX", ruleset, executor, store.inbound, credentials=credentials
+        )
 
         async def one_pass() -> float:
             start = time.perf_counter()
-            conn = ImapConnection(USER, config.accounts[USER].imap)  # type: ignore[arg-type]
+            conn = ImapConnection(USER, imap, credentials)
             await conn.connect()
             try:
                 await watcher.cycle(conn)

@@ -514,7 +514,7 @@ async def test_webhook_action_is_queued_with_the_message_payload(store, lab):
 
 
 def test_ledger_queries_on_both_backends(any_store):
-    ledger = LedgerStore(any_store.engine, owner="test")
+    ledger = LedgerStore(any_store.engine, owner="test", calls=any_store.calls)
     a, b = ("acct/INBOX/1/7", "r", 0), ("acct/INBOX/1/7", "r", 1)
     ledger.plan([(a, "move"), (b, "flag")], now=START)
     ledger.finish([(a, "done", {"verified": "yes"}, None), (b, "failed", None, "reset")], now=START)

@@ -17,6 +17,7 @@ from postroom.store.outbox import Settlement
 
 from tests.support.dsn_samples import DEAD, KEY, postfix_dsn, signed
 from tests.support.inbox import USER, Recorder, imap_cfg, maildrop_size, pop3_settings, raw_message, rules
+from tests.support.logins import login
 from tests.support.store_fixtures import sqlite_url, store  # noqa: F401
 
 MESSAGE_ID = "<0123456789abcdef0123456789abcdef@example.test>"
@@ -68,7 +69,9 @@ async def test_pop3_maildrop_bounce_is_consumed_and_deleted_like_handled_mail(cl
         }
     )
     rec = Recorder()
-    watcher = Pop3Watcher(USER, cfg, rules(), rec, store.inbound, bounces=intake(store, cfg))
+    watcher = Pop3Watcher(
+        USER, cfg, rules(), rec, store.inbound, bounces=intake(store, cfg), credentials=login(cfg.pop3)
+    )
     await watcher.poll_once()
     assert rec.subjects == ["a person writes"]  # the DSN never reached the rules
     assert store.outbox.get(row).status == "bounced"
@@ -91,9 +94,16 @@ async def test_imap_bounce_is_read_even_where_search_decides_the_rules(clean_lab
     rec.kinds_without_message = frozenset({"flag"})  # as the executor: flags need no message
     # a rule SEARCH decides exactly with a flag action: alone, nothing would be fetched at all
     watcher = ImapWatcher(
-        USER, cfg, "INBOX", rules({"subject": {"contains": "[report]"}}), rec, store.inbound, bounces=intake(store, cfg)
+        USER,
+        cfg,
+        "INBOX",
+        rules({"subject": {"contains": "[report]"}}),
+        rec,
+        store.inbound,
+        bounces=intake(store, cfg),
+        credentials=login(cfg.imap),
     )
-    conn = ImapConnection(USER, watcher.cfg)
+    conn = ImapConnection(USER, watcher.cfg, watcher.credentials)
     await conn.connect()
     try:
         await watcher.cycle(conn)

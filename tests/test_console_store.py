@@ -90,8 +90,8 @@ def test_recent_runs_are_newest_first(any_store):
 
 
 def test_leases_tell_which_replica_watches_what(any_store):
-    mine = WatchLeases(any_store.engine, owner="host-a:1")
-    theirs = WatchLeases(any_store.engine, owner="host-b:2")
+    mine = WatchLeases(any_store.engine, owner="host-a:1", calls=any_store.calls)
+    theirs = WatchLeases(any_store.engine, owner="host-b:2", calls=any_store.calls)
     assert mine.claim("alice/INBOX", now=NOW, ttl=timedelta(minutes=1))
     assert theirs.claim("bob/pop3", now=NOW, ttl=timedelta(minutes=1))
     assert mine.all(now=NOW) == [("alice/INBOX", "host-a:1"), ("bob/pop3", "host-b:2")]

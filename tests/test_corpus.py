@@ -25,6 +25,7 @@ from tests.support.action_rig import make_config, make_rig, queued
 from tests.support.data import CORPUS, corpus_files
 from tests.support.inbox import USER as POP3_USER
 from tests.support.inbox import Recorder, maildrop_size, pop3_account
+from tests.support.logins import login
 
 RULES = [
     {
@@ -90,8 +91,10 @@ async def test_a_watcher_takes_in_the_whole_corpus(clean_lab, store):
     account = config.accounts["alice"]
     account = account.model_copy(update={"imap": account.imap.model_copy(update={"start_from": "all"})})
     rig = make_rig(store, config)
-    watcher = ImapWatcher("alice", account, "INBOX", rig.rules, rig.executor, store.inbound)
-    conn = ImapConnection("alice", account.imap)
+    watcher = ImapWatcher(
+        "alice", account, "INBOX", rig.rules, rig.executor, store.inbound, credentials=login(account.imap)
+    )
+    conn = ImapConnection("alice", account.imap, watcher.credentials)
     await conn.connect()
     try:
         assert await watcher.cycle(conn) is True
@@ -120,9 +123,8 @@ async def test_a_pop3_watcher_takes_in_the_whole_corpus_and_empties_the_maildrop
     clean_lab.seed_maildir(POP3_USER, "INBOX", raws)
     ruleset = compile_rules([RuleConfig.model_validate({**rule, "account": POP3_USER}) for rule in RULES[:2]])
     recorder = Recorder()
-    watcher = Pop3Watcher(
-        POP3_USER, pop3_account(clean_lab, start_from="all", delete_after=True), ruleset, recorder, store.inbound
-    )
+    acct = pop3_account(clean_lab, start_from="all", delete_after=True)
+    watcher = Pop3Watcher(POP3_USER, acct, ruleset, recorder, store.inbound, credentials=login(acct.pop3))
     await watcher.poll_once()
     matched = [ruleset.evaluate(ParsedMessage.from_bytes(raw, key="k"), now=NOW) for raw in raws]
     assert len(recorder.subjects) == sum(1 for planned in matched if planned) > 0

@@ -17,6 +17,7 @@ from postroom.incoming.pop3 import Pop3Connection
 from postroom.outgoing.smtp import SmtpConnection
 
 from tests.support.fake_smtp import dripping_smtp, make_raw, plain_smtp
+from tests.support.logins import login
 from tests.support.scripted_imap import Drip, Reply, capability, scripted_imap
 from tests.support.scripted_pop3 import scripted_pop3
 
@@ -93,7 +94,8 @@ async def _imap_step(conn: ImapConnection, step: str) -> object:
 @pytest.mark.parametrize(("step", "drip_at"), [("login", b"LOGIN"), ("fetch", b"UID"), ("idle", b"IDLE")])
 async def test_an_imap_command_that_drips_is_cut_off_at_its_deadline(step: str, drip_at: bytes) -> None:
     with imap_server(drip_at) as server:
-        conn = ImapConnection("slow", imap_cfg(server.port))
+        server_cfg = imap_cfg(server.port)
+        conn = ImapConnection("slow", server_cfg, login(server_cfg))
         with pytest.raises(ServerTimeout, match="deadline") as raised:
             await _imap_step(conn, step)
         await conn.close()
@@ -112,7 +114,8 @@ async def test_a_pop3_command_that_drips_is_cut_off_at_its_deadline(drip_at: str
 
     greeting: Reply = Drip(b"+OK " + b"x" * 100 + b"\r\n", SLOW) if drip_at == "greeting" else b"+OK hi\r\n"
     with scripted_pop3(answer, greeting) as server:
-        conn = Pop3Connection("slow", pop3_cfg(server.port))
+        server_cfg = pop3_cfg(server.port)
+        conn = Pop3Connection("slow", server_cfg, login(server_cfg))
         with pytest.raises(ServerTimeout, match="deadline") as raised:
             await conn.connect()
             await conn.retr(1)
@@ -140,7 +143,8 @@ async def test_a_stop_cuts_an_imap_fetch_that_drips_at_once() -> None:
     loop, the worker thread's read returns and the server sees the connection end - long
     before the drip (or the default deadline) would have."""
     with imap_server(b"UID", length=100_000) as server:
-        conn = ImapConnection("slow", imap_cfg(server.port, deadline=300))
+        server_cfg = imap_cfg(server.port, deadline=300)
+        conn = ImapConnection("slow", server_cfg, login(server_cfg))
         await conn.connect()
         await conn.select("INBOX")
         fetch = asyncio.create_task(conn.fetch_raw([1]))
@@ -156,7 +160,8 @@ async def test_a_stop_cuts_a_pop3_connect_that_drips_at_once() -> None:
     """Before the client object exists (its greeting still dripping) there is no client to
     drop: the connection is cut all the same, as it was held from the moment it was opened."""
     with scripted_pop3(lambda command: b"+OK\r\n", Drip(b"+OK " + b"x" * 100_000, SLOW)) as server:
-        conn = Pop3Connection("slow", pop3_cfg(server.port, deadline=300))
+        server_cfg = pop3_cfg(server.port, deadline=300)
+        conn = Pop3Connection("slow", server_cfg, login(server_cfg))
         connect = asyncio.create_task(conn.connect())
         await asyncio.sleep(0.5)  # the greeting is dripping
         connect.cancel()

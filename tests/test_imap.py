@@ -23,6 +23,7 @@ from postroom.incoming.imap import (
 )
 
 from tests.support.inbox import USER, imap_cfg, raw_message
+from tests.support.logins import login
 from tests.support.scripted_imap import Answer, capability, scripted_imap
 
 
@@ -40,7 +41,8 @@ class CountingConnection(ImapConnection):
 
 @pytest.fixture
 async def conn(clean_lab) -> AsyncIterator[CountingConnection]:
-    connection = CountingConnection("dave", imap_cfg(clean_lab))
+    server_cfg = imap_cfg(clean_lab)
+    connection = CountingConnection("dave", server_cfg, login(server_cfg))
     await connection.connect()
     yield connection
     await connection.close()
@@ -71,7 +73,8 @@ async def test_the_connection_probes_a_silent_peer(conn):
 
 
 async def test_implicit_tls(clean_lab):
-    connection = ImapConnection("dave", imap_cfg(clean_lab, port=clean_lab.ports.imaps, security="tls"))
+    server_cfg = imap_cfg(clean_lab, port=clean_lab.ports.imaps, security="tls")
+    connection = ImapConnection("dave", server_cfg, login(server_cfg))
     await connection.connect()
     try:
         assert (await connection.select("INBOX")).uidnext >= 1
@@ -83,14 +86,16 @@ async def test_implicit_tls(clean_lab):
 async def test_untrusted_certificate_is_a_tls_error(lab, monkeypatch, security):
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # the system store does not know the lab CA
     port = lab.ports.imap if security == "starttls" else lab.ports.imaps
-    connection = ImapConnection("dave", imap_cfg(lab, ca_file=None, security=security, port=port))
+    server_cfg = imap_cfg(lab, ca_file=None, security=security, port=port)
+    connection = ImapConnection("dave", server_cfg, login(server_cfg))
     with pytest.raises(TLSError, match="certificate"):
         await connection.connect()
     await connection.close()
 
 
 async def test_wrong_password_is_an_auth_error(lab):
-    connection = ImapConnection("dave", imap_cfg(lab, password="not-the-password"))
+    server_cfg = imap_cfg(lab, password="not-the-password")
+    connection = ImapConnection("dave", server_cfg, login(server_cfg))
     with pytest.raises(AuthError):
         await connection.connect()
     await connection.close()
@@ -108,7 +113,7 @@ async def test_no_starttls_offered_refuses_before_login():
         cfg = ImapConfig(
             host="127.0.0.1", port=server.port, security="starttls", username="u", password="secret-pw", timeout=5
         )
-        connection = ImapConnection("x", cfg)
+        connection = ImapConnection("x", cfg, login(cfg))
         with pytest.raises(TLSError, match="STARTTLS"):
             await connection.connect()
         await connection.close()
@@ -303,7 +308,7 @@ async def test_mail_announced_with_the_idle_continuation_is_not_missed(idle_repl
 
     with scripted_imap(answer) as server:
         cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5)
-        connection = ImapConnection("x", cfg)
+        connection = ImapConnection("x", cfg, login(cfg))
         try:
             await connection.connect()
             await connection.select("INBOX")
@@ -328,7 +333,7 @@ async def test_mail_announced_with_the_idle_continuation_is_not_missed(idle_repl
 async def test_select_without_uidnext_or_uidvalidity(select_reply, expected):
     with scripted_imap(folder_server(select_reply)) as server:
         cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5)
-        connection = ImapConnection("x", cfg)
+        connection = ImapConnection("x", cfg, login(cfg))
         try:
             await connection.connect()
             if isinstance(expected, tuple):
@@ -359,7 +364,7 @@ async def test_a_failed_login_is_permanent_only_when_the_server_refuses_it(login
 
     with scripted_imap(answer) as server:
         cfg = ImapConfig(host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5)
-        connection = ImapConnection("x", cfg)
+        connection = ImapConnection("x", cfg, login(cfg))
         with pytest.raises(error) as raised:
             await connection.connect()
         await connection.close()

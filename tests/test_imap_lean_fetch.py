@@ -22,6 +22,7 @@ from postroom.incoming.imap import (
     uid_set,
 )
 
+from tests.support.logins import login
 from tests.support.scripted_imap import capability, scripted_imap
 
 USER = "carol"
@@ -83,7 +84,7 @@ async def test_fetch_headers_matches_imapclient_fetch(clean_lab) -> None:
             "timeout": 10,
         }
     )
-    conn = ImapConnection(USER, cfg)
+    conn = ImapConnection(USER, cfg, login(cfg))
     await conn.connect()
     try:
         await conn.select("INBOX")

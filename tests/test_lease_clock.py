@@ -50,7 +50,7 @@ def eventually(check, timeout: float = 10.0):
 def test_a_skewed_replica_cannot_take_a_held_folder(pg_url):
     store = Store.open(pg_url, owner="replica-a")
     try:
-        mine, other = store.leases, WatchLeases(store.engine, owner="replica-b")
+        mine, other = store.leases, WatchLeases(store.engine, owner="replica-b", calls=store.calls)
         assert mine.claim("alice/INBOX", now=now(), ttl=timedelta(seconds=60))
         assert not other.claim("alice/INBOX", now=now() + SKEW, ttl=timedelta(seconds=60))
         assert mine.holder("alice/INBOX")[0] == "replica-a"
@@ -64,7 +64,7 @@ def test_a_skewed_replica_cannot_take_a_held_folder(pg_url):
 def test_outbox_leases_renewed_by_a_heartbeat_run_out_when_it_stops(pg_url):
     store = Store.open(pg_url, owner="replica-a")
     try:
-        mine, other = store.outbox, OutboxStore(store.engine, owner="replica-b")
+        mine, other = store.outbox, OutboxStore(store.engine, owner="replica-b", calls=store.calls)
         mine.enqueue([msg(1), msg(2)], now=now())
         held = mine.claim_due(now=now(), limit=10, lease=LEASE)
         assert len(held) == 2
@@ -85,7 +85,7 @@ def test_outbox_leases_renewed_by_a_heartbeat_run_out_when_it_stops(pg_url):
 def test_webhook_leases_are_the_databases_clock_and_renewed(pg_url):
     store = Store.open(pg_url, owner="replica-a")
     try:
-        mine, other = store.ledger, LedgerStore(store.engine, owner="replica-b")
+        mine, other = store.ledger, LedgerStore(store.engine, owner="replica-b", calls=store.calls)
         mine.enqueue_webhooks(
             [dict(webhook_id="msg_1", action_key="k|r|0", rule="r", url="http://h/", payload=b"{}")], now=now()
         )
@@ -104,7 +104,7 @@ def test_webhook_leases_are_the_databases_clock_and_renewed(pg_url):
 def test_replicas_alive_by_heartbeat(pg_url):
     store = Store.open(pg_url, owner="replica-a")
     try:
-        a, b = store.replicas, ReplicaRegistry(store.engine, owner="replica-b")
+        a, b = store.replicas, ReplicaRegistry(store.engine, owner="replica-b", calls=store.calls)
         assert a.beat(now=now(), ttl=timedelta(seconds=60)) == 1
         assert b.beat(now=now() + SKEW, ttl=LEASE) == 2
         assert eventually(lambda: a.alive(now=now()) == 1)  # b stopped beating: gone
@@ -119,7 +119,7 @@ def test_a_fire_keeps_one_batch_and_leaves_the_rest_for_any_replica(any_store: S
     t = now()
     kept = any_store.outbox.enqueue_leased([msg(i) for i in range(5)], now=t, lease=timedelta(minutes=1), keep=2)
     assert [i.message_id for i in kept] == ["<0@x.test>", "<1@x.test>"]
-    other = type(any_store.outbox)(any_store.engine, owner="replica-b")
+    other = type(any_store.outbox)(any_store.engine, owner="replica-b", calls=any_store.calls)
     taken = other.claim_due(now=t, limit=10, lease=timedelta(minutes=1))
     assert [i.message_id for i in taken] == ["<2@x.test>", "<3@x.test>", "<4@x.test>"]
 

@@ -8,6 +8,7 @@ from postroom.errors import AuthError, ServerBusy, ServerConnectError, TLSError,
 from postroom.incoming.pop3 import Pop3Connection
 
 from tests.support.inbox import USER, raw_message
+from tests.support.logins import login
 from tests.support.scripted_pop3 import scripted_pop3
 
 
@@ -27,7 +28,8 @@ def pop3_cfg(lab, **overrides) -> Pop3Config:
 
 async def test_stls_uidl_retr_and_dele_committed_by_quit(clean_lab):
     clean_lab.deliver_many(USER, [raw_message(1, subject="first"), raw_message(2, subject="second")])
-    conn = Pop3Connection(USER, pop3_cfg(clean_lab, port=clean_lab.ports.pop3, security="starttls"))
+    server_cfg = pop3_cfg(clean_lab, port=clean_lab.ports.pop3, security="starttls")
+    conn = Pop3Connection(USER, server_cfg, login(server_cfg))
     await conn.connect()
     listing = await conn.uidl()
     assert sorted(listing.values()) == [1, 2]
@@ -36,7 +38,8 @@ async def test_stls_uidl_retr_and_dele_committed_by_quit(clean_lab):
     await conn.dele(1)
     await conn.quit()
 
-    again = Pop3Connection(USER, pop3_cfg(clean_lab))
+    server_cfg = pop3_cfg(clean_lab)
+    again = Pop3Connection(USER, server_cfg, login(server_cfg))
     await again.connect()
     try:
         left = await again.uidl()
@@ -48,7 +51,8 @@ async def test_stls_uidl_retr_and_dele_committed_by_quit(clean_lab):
 
 async def test_dele_without_quit_is_not_committed(clean_lab):
     clean_lab.deliver(USER, raw_message(1))
-    conn = Pop3Connection(USER, pop3_cfg(clean_lab))
+    server_cfg = pop3_cfg(clean_lab)
+    conn = Pop3Connection(USER, server_cfg, login(server_cfg))
     await conn.connect()
     await conn.dele(1)
     await conn.close()
@@ -56,7 +60,8 @@ async def test_dele_without_quit_is_not_committed(clean_lab):
 
 
 async def test_wrong_password_is_an_auth_error(lab):
-    conn = Pop3Connection(USER, pop3_cfg(lab, password="wrong"))
+    server_cfg = pop3_cfg(lab, password="wrong")
+    conn = Pop3Connection(USER, server_cfg, login(server_cfg))
     with pytest.raises(AuthError):
         await conn.connect()
     await conn.close()
@@ -66,7 +71,8 @@ async def test_wrong_password_is_an_auth_error(lab):
 async def test_untrusted_certificate_is_a_tls_error(lab, monkeypatch, security):
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     port = lab.ports.pop3s if security == "tls" else lab.ports.pop3
-    conn = Pop3Connection(USER, pop3_cfg(lab, ca_file=None, security=security, port=port))
+    server_cfg = pop3_cfg(lab, ca_file=None, security=security, port=port)
+    conn = Pop3Connection(USER, server_cfg, login(server_cfg))
     with pytest.raises(TLSError, match="certificate"):
         await conn.connect()
     await conn.close()
@@ -90,7 +96,7 @@ async def test_a_failed_login_is_permanent_only_when_the_server_refuses_it(pass_
 
     with scripted_pop3(answer) as server:
         cfg = Pop3Config(host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5)
-        conn = Pop3Connection("x", cfg)
+        conn = Pop3Connection("x", cfg, login(cfg))
         with pytest.raises(error) as raised:
             await conn.connect()
         await conn.close()
@@ -111,7 +117,7 @@ async def test_a_connection_dropped_after_dele_is_transient(drop_at):
 
     with scripted_pop3(answer) as server:
         cfg = Pop3Config(host="127.0.0.1", port=server.port, security="none", username="u", password="p", timeout=5)
-        conn = Pop3Connection("x", cfg)
+        conn = Pop3Connection("x", cfg, login(cfg))
         await conn.connect()
         with pytest.raises(ServerConnectError) as raised:
             await conn.dele(1)

@@ -221,7 +221,7 @@ def test_an_ordinary_nest_is_read_whole_and_depth_is_counted_linearly() -> None:
 async def test_a_full_disk_makes_the_store_not_ready_until_a_write_succeeds(small_disk: Path) -> None:
     store = Store.open(f"sqlite:///{small_disk / 'postroom.db'}", owner="test")
     try:
-        monitor = StoreMonitor(store.engine, sqlite_path=small_disk / "postroom.db")
+        monitor = StoreMonitor(store.engine, store.calls, sqlite_path=small_disk / "postroom.db")
         assert (await monitor.check()).ok
         filler = fill(small_disk)
         state = await monitor.check()

@@ -19,6 +19,7 @@ from tests.support.fake_smtp import (
     plain_smtp,
     server_tls,
 )
+from tests.support.logins import login
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
 
@@ -26,7 +27,8 @@ ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.tes
 async def test_starttls_auth_delivers_through_postfix(clean_lab):
     lab = clean_lab
     message_id, raw = make_raw(ALICE, [BOB], "hello over starttls")
-    async with SmtpConnection("alice", lab_smtp(lab, "alice")) as conn:
+    server_cfg = lab_smtp(lab, "alice")
+    async with SmtpConnection("alice", server_cfg, login(server_cfg)) as conn:
         result = await conn.send(ALICE, [BOB], raw)
     assert result.accepted == [BOB]
     assert not result.refused_temporary and not result.refused_permanent
@@ -38,7 +40,8 @@ async def test_unknown_recipient_refused_the_others_delivered(clean_lab):
     lab = clean_lab
     nobody = "nobody@example.test"
     message_id, raw = make_raw(ALICE, [BOB, nobody, CAROL], "partly refused")
-    async with SmtpConnection("alice", lab_smtp(lab, "alice")) as conn:
+    server_cfg = lab_smtp(lab, "alice")
+    async with SmtpConnection("alice", server_cfg, login(server_cfg)) as conn:
         result = await conn.send(ALICE, [BOB, nobody, CAROL], raw)
         # The refusal reset nothing: the same connection carries the next message.
         second_id, second = make_raw(ALICE, [BOB], "after a refusal")
@@ -54,7 +57,8 @@ async def test_unknown_recipient_refused_the_others_delivered(clean_lab):
 async def test_all_recipients_refused_sends_nothing(clean_lab):
     lab = clean_lab
     _, raw = make_raw(ALICE, ["x@example.test"], "nobody home")
-    async with SmtpConnection("alice", lab_smtp(lab, "alice")) as conn:
+    server_cfg = lab_smtp(lab, "alice")
+    async with SmtpConnection("alice", server_cfg, login(server_cfg)) as conn:
         result = await conn.send(ALICE, ["x@example.test", "y@example.test"], raw)
         assert result.accepted == []
         assert set(result.refused_permanent) == {"x@example.test", "y@example.test"}
@@ -63,7 +67,7 @@ async def test_all_recipients_refused_sends_nothing(clean_lab):
 
 async def test_bad_password_is_auth_error(lab):
     cfg = lab_smtp(lab, "alice", password="wrong-password")
-    conn = SmtpConnection("alice", cfg)
+    conn = SmtpConnection("alice", cfg, login(cfg))
     with pytest.raises(AuthError, match="535") as caught:
         await conn.connect()
     assert "wrong-password" not in str(caught.value)
@@ -74,7 +78,8 @@ async def test_untrusted_certificate_is_tls_error(lab, monkeypatch):
     # No ca_file and no SSL_CERT_FILE: the system store does not know the lab's CA.
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    conn = SmtpConnection("alice", lab_smtp(lab, "alice", ca_file=None))
+    server_cfg = lab_smtp(lab, "alice", ca_file=None)
+    conn = SmtpConnection("alice", server_cfg, login(server_cfg))
     with pytest.raises(TLSError, match="certificate"):
         await conn.connect()
     assert not conn.connected
@@ -85,7 +90,7 @@ async def test_hostname_is_checked(lab):
     handler = FaultyHandler()
     async with fake_smtp(handler, implicit_tls=server_tls(lab), host="127.0.0.2") as port:
         cfg = plain_smtp(port, host="127.0.0.2", security="tls", ca_file=lab.ca_file)
-        conn = SmtpConnection("alice", cfg)
+        conn = SmtpConnection("alice", cfg, login(cfg))
         with pytest.raises(TLSError, match=re.escape("127.0.0.2")):
             await conn.connect()
     assert handler.mail_froms == []
@@ -95,7 +100,7 @@ async def test_starttls_required_but_not_offered_sends_nothing():
     handler = FaultyHandler()
     async with fake_smtp(handler) as port:
         cfg = plain_smtp(port, security="starttls")
-        conn = SmtpConnection("alice", cfg)
+        conn = SmtpConnection("alice", cfg, login(cfg))
         _, raw = make_raw(ALICE, [BOB], "must not go out in plaintext")
         with pytest.raises(TLSError, match="STARTTLS"):
             await conn.send(ALICE, [BOB], raw)
@@ -109,7 +114,7 @@ async def test_implicit_tls(lab):
     async with fake_smtp(handler, implicit_tls=server_tls(lab)) as port:
         cfg = plain_smtp(port, security="tls", ca_file=lab.ca_file)
         message_id, raw = make_raw(ALICE, [BOB], "over implicit tls")
-        async with SmtpConnection("alice", cfg) as conn:
+        async with SmtpConnection("alice", cfg, login(cfg)) as conn:
             result = await conn.send("", [BOB], raw)
     assert result.accepted == [BOB]
     assert handler.mail_froms == ["<>"]  # "" went out as the null sender
@@ -178,7 +183,8 @@ async def test_postfix_offers_pipelining_and_chunking_so_sends_are_pipelined(cle
     # in order; several messages over the same connection all arrive, in full.
     lab = clean_lab
     sent = [make_raw(ALICE, [BOB], f"pipelined {i}") for i in range(3)]
-    async with SmtpConnection("alice", lab_smtp(lab, "alice")) as conn:
+    server_cfg = lab_smtp(lab, "alice")
+    async with SmtpConnection("alice", server_cfg, login(server_cfg)) as conn:
         assert conn.pipelined
         for _message_id, raw in sent:
             result = await conn.send(ALICE, ["Bob <bob@example.test>"], raw)

@@ -11,7 +11,7 @@ from postroom.bootstrap import recover_single_node
 from postroom.clock import utcnow
 from postroom.errors import StoreUnavailable, is_transient
 from postroom.store import NewMessage, RunStore, Store, schema_is_current
-from postroom.store.calls import gate, store_call
+from postroom.store.calls import close_store, store_call
 from postroom.store.tables import metadata
 from sqlalchemy import inspect
 from sqlalchemy.exc import OperationalError
@@ -115,8 +115,8 @@ def test_fire_claimed_once_and_a_lapsed_claim_taken_over_with_its_run_closed(any
     """A claim is a lease: renewed, it stays; not renewed for a lease, another process takes
     the fire over and the first holder's run is closed, not left `running`."""
     lease = timedelta(seconds=1)
-    first = RunStore(any_store.engine, owner="replica-a", lease=lease)
-    second = RunStore(any_store.engine, owner="replica-b", lease=lease)
+    first = RunStore(any_store.engine, owner="replica-a", calls=any_store.calls, lease=lease)
+    second = RunStore(any_store.engine, owner="replica-b", calls=any_store.calls, lease=lease)
     fire = datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
     assert first.claim_fire("j", fire, now=utcnow())
     run_id = first.start_run("j", fire_time=fire, trigger="schedule", now=utcnow())
@@ -179,7 +179,7 @@ def test_a_retry_takes_back_its_own_running_claim_never_anothers(any_store: Stor
     assert runs.claim_fire("j", fire, now=NOW)  # then the store went away mid-run
     assert not runs.claim_fire("j", fire, now=NOW)  # a second fire of the same time is not a retry
     assert runs.claim_fire("j", fire, now=NOW, again=True)  # our retry: the claim is ours
-    other = RunStore(any_store.engine, owner="other-replica")
+    other = RunStore(any_store.engine, owner="other-replica", calls=any_store.calls)
     assert not other.claim_fire("j", fire, now=NOW, again=True)
     runs.finish_fire("j", fire, now=NOW, status="done")
     assert not runs.claim_fire("j", fire, now=NOW, again=True)  # done is done
@@ -218,18 +218,46 @@ def test_a_fire_left_running_by_a_killed_daemon_is_claimed_again_at_the_next_sta
 
 
 async def test_store_calls_run_off_the_loop_and_driver_errors_come_back_transient(store: Store):
-    assert await store_call(threading.current_thread) is not threading.current_thread()
+    assert await store.calls.run(threading.current_thread) is not threading.current_thread()
 
     def lost() -> None:
         raise OperationalError("SELECT 1", {}, ConnectionError("server closed the connection unexpectedly"))
 
     with pytest.raises(StoreUnavailable, match="server closed the connection") as raised:
-        await store_call(lost)
+        await store.calls.run(lost)
     assert is_transient(raised.value)
-    gate.close("the store file /x/postroom.db is gone")
+    store.calls.gate.close("the store file /x/postroom.db is gone")
     try:
         with pytest.raises(StoreUnavailable, match="is gone"):
             await store_call(store.runs.last_fire, "j")  # never reaches the store
     finally:
-        gate.open()
+        store.calls.gate.open()
     assert await store_call(store.runs.last_fire, "j") is None
+
+
+async def test_each_store_has_its_own_threads_and_gate(sqlite_url, tmp_path):
+    """Two stores in one process (a test, a `send` beside the console): closing one's gate or
+    closing it leaves the other as it is."""
+    other = Store.open(f"sqlite:///{tmp_path / 'other' / 'postroom.db'}", owner="test")
+    store = Store.open(sqlite_url, owner="test")
+    try:
+        ran_on = await store.calls.run(threading.current_thread)
+        assert ran_on is not await other.calls.run(threading.current_thread)
+        store.calls.gate.close("the store file is gone")
+        with pytest.raises(StoreUnavailable, match="is gone"):
+            await store_call(store.runs.last_fire, "j")
+        assert await store_call(other.runs.last_fire, "j") is None
+    finally:
+        await close_store(store)
+    assert await store_call(other.runs.last_fire, "j") is None
+    await close_store(other)
+
+
+async def test_the_store_threads_end_with_the_store(store: Store):
+    thread = await store.calls.run(threading.current_thread)
+    await close_store(store)
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store_call(store.runs.last_fire, "j")
+    await close_store(store)  # a store closed already is left as it is

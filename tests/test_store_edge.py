@@ -1,8 +1,10 @@
 """The store edge is a rule the code is checked against, not a convention: inside an
 ``async def`` outside store/, nothing calls a store method directly or hands one to
 ``to_thread`` / ``run_in_executor`` — every store call goes through ``await store_call(...)``
-(store/calls.py: the store's own threads, its gate and its error table), and a store is
-closed with ``await close_store(store)``, on the same threads.
+(store/calls.py: the store's own threads, its gate and its error table; any other function
+that works on the store through ``await <part>.calls.run(...)``), and a store is closed with
+``await close_store(store)``, on the same threads. ``store_call`` is handed a store method
+(it finds the store's threads through it): anything else is refused here, not at run time.
 
 The check walks the package's syntax trees. A store method is recognised by the attribute it
 is reached through and its name: ``<x>.outbox.by_message_ids``, ``self.leases.release``,
@@ -39,7 +41,7 @@ def store_methods() -> dict[str, set[str]]:
     parts: dict[str, set[str]] = {}
     for field in dataclasses.fields(Store):
         cls = hints[field.name]
-        if isinstance(cls, type) and field.name not in ("engine", "lock"):
+        if isinstance(cls, type) and field.name not in ("engine", "calls", "lock"):
             parts[field.name] = _public_methods(cls)
     everything = set().union(*parts.values()) | _public_methods(Store)
     return {**parts, "store": everything}
@@ -112,6 +114,26 @@ def store_calls_on_the_loop(source: str, path: Path) -> list[str]:
     return visitor.found
 
 
+class _StoreCallArguments(ast.NodeVisitor):
+    """``store_call(x, …)`` where x is not a store method: it has no store to run on."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.found: list[str] = []
+
+    def visit_Call(self, node: ast.Call) -> None:
+        if _name(node.func) == "store_call" and not (node.args and is_store_method(node.args[0])):
+            handed = ast.unparse(node.args[0]) if node.args else "nothing"
+            self.found.append(f"{self.path.relative_to(PACKAGE.parent)}:{node.lineno}: store_call({handed}, …)")
+        self.generic_visit(node)
+
+
+def store_calls_without_a_store_method(source: str, path: Path) -> list[str]:
+    visitor = _StoreCallArguments(path)
+    visitor.visit(ast.parse(source, filename=str(path)))
+    return visitor.found
+
+
 def test_async_code_reaches_the_store_only_through_store_call():
     found: list[str] = []
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -154,4 +176,28 @@ def not_async(store):
         "self._store.record_error(…) on the event loop",
         "self.store.bounces.suppressed through to_thread, not store_call",
         "store.close through run_in_executor, not store_call",
+    ]
+
+
+def test_store_call_is_handed_a_store_method_everywhere():
+    found: list[str] = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if STORE_DIR not in path.parents:
+            found += store_calls_without_a_store_method(path.read_text(), path)
+    assert found == [], "\n".join(found)
+
+
+def test_the_check_sees_a_store_call_without_a_store_method():
+    source = """
+async def reads(self, store):
+    await store_call(self.inbound.statuses, keys)
+    await store_call(store.outbox.by_message_ids, ids)
+    await store.calls.run(on_a_store_thread)
+    await store_call(on_a_store_thread)
+    await store_call(lambda: store.inbound.statuses(keys))
+"""
+    found = store_calls_without_a_store_method(source, PACKAGE / "example.py")
+    assert [line.split(": ", 1)[1] for line in found] == [
+        "store_call(on_a_store_thread, …)",
+        "store_call(lambda: store.inbound.statuses(keys), …)",
     ]

@@ -26,6 +26,7 @@ from postroom.signin import Obtained, prove_mailbox, wrong_mailbox
 
 from tests.lab.mail_lab import MailLab
 from tests.lab.oauth2 import OAuth2Lab
+from tests.support.logins import login
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -63,7 +64,7 @@ async def _failure(action: Awaitable[object]) -> str:
 
 
 async def _imap(config: ImapConfig, credentials: object = None) -> str:
-    connection = ImapConnection("alice", config, credentials)  # type: ignore[arg-type]
+    connection = ImapConnection("alice", config, credentials or login(config))  # type: ignore[arg-type]
     try:
         return await _failure(connection.connect())
     finally:

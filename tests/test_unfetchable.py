@@ -18,6 +18,7 @@ from postroom.incoming.watcher import ImapWatcher, Pop3Watcher
 from postroom.store.inbound import DONE, FAILED, SET_ASIDE
 
 from tests.support.inbox import USER, Recorder, eventually, rules
+from tests.support.logins import login
 from tests.support.scripted_imap import capability, scripted_imap
 from tests.support.scripted_pop3 import scripted_pop3
 from tests.support.store_fixtures import sqlite_url, store  # noqa: F401
@@ -143,7 +144,9 @@ async def test_a_bye_in_the_middle_of_a_fetch_backs_off_and_sets_the_message_asi
         )
 
         def watcher() -> ImapWatcher:
-            return ImapWatcher(USER, acct, "INBOX", rules(), rec, store.inbound, hooks=timeline.hooks)
+            return ImapWatcher(
+                USER, acct, "INBOX", rules(), rec, store.inbound, hooks=timeline.hooks, credentials=login(acct.imap)
+            )
 
         # first run: the message is found and its first failure counted; the others go on
         await run_until(watcher(), lambda: store.inbound.status(key) == FAILED and len(rec.subjects) == 4)
@@ -201,7 +204,7 @@ async def test_a_pop3_message_that_drops_the_connection_is_set_aside(store, monk
                 ),
             }
         )
-        w = Pop3Watcher(USER, acct, rules(), rec, store.inbound, hooks=timeline.hooks)
+        w = Pop3Watcher(USER, acct, rules(), rec, store.inbound, hooks=timeline.hooks, credentials=login(acct.pop3))
         await run_until(w, lambda: store.inbound.status(f"{USER}/pop3/u2") == SET_ASIDE and len(rec.subjects) == 2)
 
     assert sorted(rec.subjects) == ["m1", "m3"]  # message 3 is not stuck behind message 2

@@ -16,15 +16,19 @@ from postroom.store.inbound import FAILED
 from structlog.testing import capture_logs
 
 from tests.support.inbox import USER, Recorder, account, deliver, eventually, maildrop_size, pop3_account, rules
+from tests.support.logins import login
 from tests.support.store_fixtures import any_store, pg_url, sqlite_url, store  # noqa: F401
 
 
 def watcher(lab, store, handler, *, match=None, dry_run=False, **imap) -> ImapWatcher:  # noqa: F811
-    return ImapWatcher(USER, account(lab, **imap), "INBOX", rules(match), handler, store.inbound, dry_run=dry_run)
+    acct = account(lab, **imap)
+    return ImapWatcher(
+        USER, acct, "INBOX", rules(match), handler, store.inbound, dry_run=dry_run, credentials=login(acct.imap)
+    )
 
 
 async def one_cycle(lab, w: ImapWatcher) -> None:
-    conn = ImapConnection(USER, w.cfg)
+    conn = ImapConnection(USER, w.cfg, w.credentials)
     await conn.connect()
     try:
         await w.cycle(conn)
@@ -140,7 +144,8 @@ class OverlapRecorder(Recorder):
 async def test_two_batches_in_flight_and_the_checkpoint_waits_for_the_older(clean_lab, store):  # noqa: F811
     deliver(clean_lab, *(f"m{i}" for i in range(6)))
     rec = OverlapRecorder(store)
-    w = ImapWatcher(USER, account(clean_lab, start_from="all"), "INBOX", rules(), rec, store.inbound, batch_size=2)
+    acct = account(clean_lab, start_from="all")
+    w = ImapWatcher(USER, acct, "INBOX", rules(), rec, store.inbound, batch_size=2, credentials=login(acct.imap))
     await one_cycle(clean_lab, w)
     assert sorted(rec.subjects) == [f"m{i}" for i in range(6)] and rec.batches == 3
     assert rec.checkpoint_while_first_ran == 0  # the second batch was done, but not the first
@@ -157,8 +162,9 @@ async def test_stop_lets_batches_in_flight_finish_and_starts_no_more(clean_lab, 
             return await super().handle_batch(account, folder, mailbox, items)
 
     rec = StopAfterFirst()
-    w = ImapWatcher(USER, account(clean_lab, start_from="all"), "INBOX", rules(), rec, store.inbound, batch_size=2)
-    conn = ImapConnection(USER, w.cfg)
+    acct = account(clean_lab, start_from="all")
+    w = ImapWatcher(USER, acct, "INBOX", rules(), rec, store.inbound, batch_size=2, credentials=login(acct.imap))
+    conn = ImapConnection(USER, w.cfg, w.credentials)
     await conn.connect()
     try:
         assert await w.cycle(conn, stop) is False
@@ -261,8 +267,9 @@ async def test_mail_announced_during_a_pass_is_taken_without_waiting_for_idle(cl
             return await super().handle_batch(account, folder, mailbox, items)
 
     rec = DeliversDuringThePass()
+    acct = account(clean_lab, start_from="all")
     w = ImapWatcher(
-        USER, account(clean_lab, start_from="all"), "INBOX", rules(), rec, store.inbound, idle_timeout=120
+        USER, acct, "INBOX", rules(), rec, store.inbound, idle_timeout=120, credentials=login(acct.imap)
     )  # without the look, "during" would wait for IDLE's renewal
     started = time.monotonic()
     await run_watcher(w, lambda: len(rec.subjects) == 3)
@@ -297,9 +304,8 @@ async def test_watcher_survives_a_dovecot_restart(clean_lab, store):  # noqa: F8
 async def test_pop3_watcher(clean_lab, store, delete_after):  # noqa: F811
     deliver(clean_lab, "one", "two", "kept")
     rec = Recorder(refuse=["kept"])
-    w = Pop3Watcher(
-        USER, pop3_account(clean_lab, start_from="all", delete_after=delete_after), rules(), rec, store.inbound
-    )
+    acct = pop3_account(clean_lab, start_from="all", delete_after=delete_after)
+    w = Pop3Watcher(USER, acct, rules(), rec, store.inbound, credentials=login(acct.pop3))
     await w.poll_once()
     assert sorted(rec.subjects) == ["kept", "one", "two"] and rec.mailboxes == [None]
     await w.poll_once()
@@ -311,7 +317,8 @@ async def test_pop3_watcher(clean_lab, store, delete_after):  # noqa: F811
 async def test_pop3_first_start_new_skips_existing(clean_lab, store):  # noqa: F811
     deliver(clean_lab, "old")
     rec = Recorder()
-    w = Pop3Watcher(USER, pop3_account(clean_lab, delete_after=True), rules(), rec, store.inbound)
+    acct = pop3_account(clean_lab, delete_after=True)
+    w = Pop3Watcher(USER, acct, rules(), rec, store.inbound, credentials=login(acct.pop3))
     await w.poll_once()
     deliver(clean_lab, "new", start=5)
     await w.poll_once()
@@ -343,7 +350,7 @@ async def test_inbound_store_rows_and_retries(any_store):  # noqa: F811
 
     from postroom.store.inbound import DONE, SET_ASIDE, InboundStore
 
-    inbound = InboundStore(any_store.engine, max_attempts=3, retry_base=timedelta(minutes=1))
+    inbound = InboundStore(any_store.engine, calls=any_store.calls, max_attempts=3, retry_base=timedelta(minutes=1))
     now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     assert (
         inbound.begin("a/INBOX/7/1", account="a", folder="INBOX", now=now, uidvalidity=7, uid=1, message_id="<x@t>")

@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from tests.support.action_rig import make_rig
 from tests.support.inbox import USER, account, raw_message
+from tests.support.logins import login
 from tests.support.store_fixtures import sqlite_url, store  # noqa: F401
 
 NOFETCH = "rules decided by SEARCH alone; nothing fetched"
@@ -42,8 +43,10 @@ async def first_pass(lab, store, rules: list[dict]) -> list[dict]:  # noqa: F811
     acct = account(lab, start_from="all")
     config = Config.model_validate({"accounts": {USER: acct.model_dump()}, "rules": rules})
     rig = make_rig(store, config)
-    w = ImapWatcher(USER, acct, "INBOX", compile_rules(config.rules), rig.executor, store.inbound)
-    conn = ImapConnection(USER, w.cfg)
+    w = ImapWatcher(
+        USER, acct, "INBOX", compile_rules(config.rules), rig.executor, store.inbound, credentials=login(acct.imap)
+    )
+    conn = ImapConnection(USER, w.cfg, w.credentials)
     await conn.connect()
     try:
         with capture_logs() as logs:

@@ -14,6 +14,7 @@ from postroom.incoming.watcher import ImapWatcher
 from postroom.store import Store
 
 from tests.support.inbox import USER, Recorder, account, deliver, eventually, rules
+from tests.support.logins import login
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 TTL = 3.0  # seconds: short, so a takeover after a crash is quick to see; not so short that a
@@ -22,7 +23,7 @@ TTL = 3.0  # seconds: short, so a takeover after a crash is quick to see; not so
 
 def test_lease_claim_renew_expire_release(store: Store):
     # SQLite: the caller's (fake) clock; PostgreSQL keeps its own (tests/test_lease_clock.py)
-    other = type(store.leases)(store.engine, owner="replica-b")
+    other = type(store.leases)(store.engine, owner="replica-b", calls=store.calls)
     mine, ttl = store.leases, timedelta(seconds=60)
     assert mine.claim("alice/INBOX", now=NOW, ttl=ttl)
     assert not other.claim("alice/INBOX", now=NOW + timedelta(seconds=30), ttl=ttl)  # held
@@ -43,15 +44,17 @@ class Replica:
     def __init__(self, lab, url: str, name: str):
         self.store = Store.open(url, owner=name)
         self.recorder = Recorder()
+        acct = account(lab, start_from="all", idle=True)
         self.watcher = ImapWatcher(
             USER,
-            account(lab, start_from="all", idle=True),
+            acct,
             "INBOX",
             rules(),
             self.recorder,
             self.store.inbound,
             leases=self.store.leases,
             lease_ttl=TTL,
+            credentials=login(acct.imap),
         )
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(self.watcher.run(self.stop))
@@ -102,7 +105,7 @@ async def test_one_replica_works_a_folder_and_the_other_takes_over(clean_lab, pg
 
 async def test_a_replica_that_loses_its_lease_stops_working_the_folder(clean_lab, sqlite_url):
     a = Replica(clean_lab, sqlite_url, "replica-a")
-    other = type(a.store.leases)(a.store.engine, owner="replica-b")
+    other = type(a.store.leases)(a.store.engine, owner="replica-b", calls=a.store.calls)
     try:
         await eventually(lambda: a.working and a.watcher.ready)
         # another replica got the lease meanwhile (say this one stalled past its expiry)

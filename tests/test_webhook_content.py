@@ -54,7 +54,9 @@ async def test_text_html_and_attachment_reach_the_receiver_and_a_cap_leaves_a_ma
             ),
         )
         queue = WebhookQueue(
-            LedgerStore(store.engine, owner="test"), spec_lookup=rig.rules.action_config, clock=rig.clock
+            LedgerStore(store.engine, owner="test", calls=store.calls),
+            spec_lookup=rig.rules.action_config,
+            clock=rig.clock,
         )
         rig.executor.webhooks = queue
         with lab.imap_client("alice") as client:

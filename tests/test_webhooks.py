@@ -88,7 +88,7 @@ def make_queue(store: Store, url: str, clock: Clock, **kw) -> WebhookQueue:
             )
         ]
     )
-    ledger = LedgerStore(store.engine, owner="test")
+    ledger = LedgerStore(store.engine, owner="test", calls=store.calls)
     return WebhookQueue(ledger, spec_lookup=rules.action_config, clock=clock, **kw)
 
 
@@ -130,7 +130,9 @@ async def test_a_receiver_taking_ten_seconds_gets_the_webhook_once_by_default(st
     rules = compile_rules(
         [RuleConfig.model_validate({"name": "hook", "account": "bob", "actions": [{"webhook": {"url": receiver.url}}]})]
     )
-    queue = WebhookQueue(LedgerStore(store.engine, owner="test"), spec_lookup=rules.action_config, clock=Clock())
+    queue = WebhookQueue(
+        LedgerStore(store.engine, owner="test", calls=store.calls), spec_lookup=rules.action_config, clock=Clock()
+    )
     receiver.script.append(Reply(204, delay=10.5))
     assert await queue.submit([request(receiver.url)]) == 1
     assert await queue.deliver_due() == 1

@@ -24,7 +24,7 @@ from .bootstrap import build_logins, load_checked, open_daemon_store, recover_si
 from .clock import utcnow
 from .clock_check import ClockCheck
 from .config import Config, Settings
-from .console.source import ReloadOutcome
+from .console.source import ReloadOutcome, WatcherStatus
 from .daemon_console import build_daemon_console, console_token
 from .errors import PostroomError, StoreUnavailable
 from .http import HttpServer
@@ -41,6 +41,7 @@ from .notify import Notifier, watchdog_loop
 from .outgoing import smtp
 from .outgoing.envelopes import given_verp_key, signed_return_paths
 from .outgoing.jobs import BuiltRun, JobRunner
+from .outgoing.preview import JobPreviews
 from .outgoing.refusals import suppressing
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
@@ -48,7 +49,7 @@ from .scheduler import Scheduler
 from .sieve.rule import compile_config
 from .store import Store
 from .store import calls as store_calls
-from .store.calls import close_store, gate, store_call
+from .store.calls import close_store, store_call
 from .store.dbtime import clock_offset
 from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
@@ -122,7 +123,6 @@ class Daemon:
         loaded, renderer = load_checked(self.settings)
         self.loaded, self.loaded_at = loaded, utcnow()
         config = loaded.config
-        gate.open()  # a new daemon in this process starts with the store in use
         self.store = store = await asyncio.to_thread(open_daemon_store, self.settings, migrate=self.migrate)
         # The port opens once nothing left can refuse the start (config, store lock, schema):
         # a daemon that refuses never answered /healthz, so no probe saw it up.
@@ -130,7 +130,7 @@ class Daemon:
         if bound is not None and self.console_token is not None:  # the line that says where to look
             host, port = bound
             log.info("console listening", url=f"http://{f'[{host}]' if ':' in host else host}:{port}/")
-        await store_call(recover_single_node, store)
+        await store.calls.run(recover_single_node, store)
         self.metrics.watch_store(self._outbox_gauges, utcnow)
         self.metrics.known_accounts(config.accounts)
         self.metrics.known_jobs({name: job.account for name, job in config.jobs.items()})
@@ -180,6 +180,7 @@ class Daemon:
         # Fires the store failed wait for it; when it answers again they run, and the catch-up too.
         self.store_monitor = StoreMonitor(
             store.engine,
+            store.calls,
             sqlite_path=self.settings.sqlite_path(),
             on_back=None if self.dry_run else self.scheduler.store_back,
         )
@@ -351,7 +352,7 @@ class Daemon:
     async def _check_clock(self) -> None:
         """Compare this host's clock with the database's; fires left alone while they
         disagreed are caught up once they agree again."""
-        offset = await store_call(clock_offset, self.store.engine, utcnow)
+        offset = await self.store.calls.run(clock_offset, self.store.engine, utcnow)
         if self.clock_check.update(offset):
             await self.scheduler.clock_back()
 
@@ -518,7 +519,7 @@ class Daemon:
         """For /metrics: the outbox gauges, left out while the store is known to be down — a
         stalled database would hold the scrape's thread (and the next scrape's) until it answers."""
         monitor = getattr(self, "store_monitor", None)
-        if gate.closed_because is not None or (monitor is not None and not monitor.state.ok):
+        if self.store.calls.gate.closed_because is not None or (monitor is not None and not monitor.state.ok):
             raise StoreUnavailable("store unavailable: outbox gauges left out of this scrape")
         return OutboxGauges(self.store.outbox.counts(), self.store.outbox.oldest_waiting())
 
@@ -608,8 +609,11 @@ class DaemonConsoleView:
     def last_reload(self) -> ReloadOutcome | None:
         return self.daemon.last_reload
 
-    def watchers(self) -> Sequence[Watcher]:
-        return self.daemon.incoming.watchers
+    def watchers(self) -> Sequence[WatcherStatus]:
+        return [
+            WatcherStatus(w.account, w.folder, w.kind, w.state, w.last_ok, w.last_error, w.last_error_at)
+            for w in self.daemon.incoming.watchers
+        ]
 
     def next_fires(self) -> Mapping[str, datetime | None]:
         return self.daemon.next_fires()
@@ -619,16 +623,26 @@ class DaemonConsoleView:
 
     async def build_job(self, job: str) -> BuiltRun:
         runner = self.daemon.runner
-        return await JobRunner(runner.config, runner.renderer, store=None).build(
-            job, key_prefix="dry-run", now=utcnow()
-        )
+        return await JobPreviews(runner.config, runner.renderer).whole_run(job, now=utcnow())
 
     async def run_job(self, job: str) -> BuiltRun:
         # As `postroom send JOB` does: a manual run, recorded, its rows handed to the sender.
         return await self.daemon.runner.run_now(job, key_prefix=f"console:{job}:{uuid.uuid4().hex}")
 
-    def wake_sender(self) -> None:
-        self.daemon.sender.wake()
+    async def retry_letter(self, item: int) -> bool:
+        done = await store_call(self.store.outbox.retry, item, now=utcnow())
+        if done:
+            self.daemon.sender.wake()
+        return done
 
-    def wake_webhooks(self) -> None:
-        self.daemon.webhooks.wake()
+    async def discard_letter(self, item: int) -> bool:
+        return await store_call(self.store.outbox.discard, item, now=utcnow())
+
+    async def retry_set_aside(self, key: str) -> bool:
+        return await store_call(self.store.inbound.retry_set_aside, key, now=utcnow())
+
+    async def retry_webhook(self, webhook_id: str) -> bool:
+        done = await store_call(self.store.ledger.retry_webhook, webhook_id, now=utcnow())
+        if done:
+            self.daemon.webhooks.wake()
+        return done

@@ -1,9 +1,10 @@
 """How postroom logs in to a mail server: one seam for every protocol.
 
-Each edge (SMTP, IMAP, POP3) is given a ``Credentials`` (a password from the server's config,
-``ServerConfig.credentials()``, or an OAuth2 access token from the account's token provider,
-``auth.accounts.AccountLogins``), asks it for the user name, the mechanism and the secret,
-and logs in by one table of mechanism -> login call.
+Each edge (SMTP, IMAP, POP3) is handed a ``Credentials``, built in one place,
+``auth.accounts.AccountLogins.credentials`` (a password from the server's config, or an OAuth2
+access token from the account's token provider); it asks it for the user name, the mechanism
+and the secret, and logs in by one table of mechanism -> login call (``handed_login`` checks
+that a server which needs a login was handed one).
 
 The secret is asked for on the event loop, just before each login (a token may have expired
 since the last one), never kept on the connection. ``log_in`` is the one retry rule every edge
@@ -82,6 +83,16 @@ class OAuth2Credentials:
     async def renewed(self, refused: str) -> str | None:
         # The server may know better than our clock (revoked, or expired early): refresh once.
         return await self.tokens.token(refused=refused)
+
+
+def handed_login(account: str, auth: str | None, given: Credentials | None) -> Credentials | None:
+    """What a connection to a server logged in to by ``auth`` (its config's ``auth_kind()``;
+    None: no login) logs in with: ``given``. A server that needs a login and was handed none
+    is a bug of the caller, refused when the connection is made, not at its first login."""
+    if given is None and auth is not None:
+        how = "password" if auth == "password" else "OAuth2"
+        raise ValueError(f"{account}: auth: {auth} needs the account's {how} credentials (AccountLogins.credentials)")
+    return given
 
 
 async def log_in(credentials: Credentials, attempt: Callable[[str], Awaitable[T]], *, account: str) -> T:

@@ -89,7 +89,9 @@ def rules_try_command(cfg: Config, settings: Settings, account: str, folder: str
 
 
 async def _newest(account: str, imap: ImapConfig, folder: str, last: int) -> list[tuple[int, ParsedMessage]]:
-    conn = ImapConnection(account, imap)
+    from postroom.auth.accounts import AccountLogins  # the token client (httpx) only for this command
+
+    conn = ImapConnection(account, imap, AccountLogins().credentials(account, imap))
     await conn.connect()
     try:
         await conn.examine(folder)

@@ -176,7 +176,7 @@ class WebhookQueue:
     async def submit(self, requests: Sequence[WebhookRequest]) -> int:
         """Store deliveries (on a store thread; idempotent on the webhook id) and wake the
         queue. Returns how many were new."""
-        added = await store_call(self._store_requests, requests)
+        added = await self.ledger.calls.run(self._store_requests, requests)
         if added:
             self._wake.set()
         return added

@@ -73,7 +73,7 @@ class Rig:
 
 def make_rig(store: Store, config: Config, **kw: Any) -> Rig:
     rules = compile_rules(config.rules)
-    stores = Stores(store.outbox, LedgerStore(store.engine, owner="test"))
+    stores = Stores(store.outbox, LedgerStore(store.engine, owner="test", calls=store.calls))
     clock, hooks = Clock(), RecordingWebhooks()
     executor = ActionExecutor(config, rules, stores, TemplateRenderer(TEMPLATES), hooks, clock=clock, **kw)
     return Rig(config, rules, stores, executor, clock, hooks)

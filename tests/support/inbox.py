@@ -17,6 +17,7 @@ from postroom.incoming.pop3 import Pop3Connection
 from postroom.incoming.rules import RuleSet, compile_rules
 
 from tests.lab import MailLab
+from tests.support.logins import login
 
 USER = "dave"
 
@@ -118,7 +119,8 @@ def pop3_account(lab: MailLab, **pop3: Any) -> AccountConfig:
 
 
 async def maildrop_size(lab: MailLab) -> int:
-    conn = Pop3Connection(USER, Pop3Config.model_validate(pop3_settings(lab)))
+    server_cfg = Pop3Config.model_validate(pop3_settings(lab))
+    conn = Pop3Connection(USER, server_cfg, login(server_cfg))
     await conn.connect()
     try:
         return len(await conn.uidl())

@@ -26,9 +26,8 @@ import structlog
 from ..clock import utcnow
 from ..config.model import TOKEN_AUTH, AccountConfig, Config, OAuth2Config, ServerConfig
 from ..config.providers import PROVIDERS, Grant, MailProtocol
-from ..credentials import Credentials, Mechanism, OAuth2Credentials
+from ..credentials import Credentials, Mechanism, OAuth2Credentials, PasswordCredentials
 from ..errors import UNDECRYPTABLE, OAuth2Error, PostroomError, TokenRevoked
-from ..store.calls import store_call
 from ..store.tokens import OAuth2TokenStore
 from .keeper import ConfiguredRefreshToken, StoredRefreshToken
 from .tokens import OAuth2Client, TokenProvider
@@ -133,7 +132,7 @@ class AccountTokens:
             return
         store = self._store
         try:
-            await store_call(record, store)
+            await store.calls.run(record, store)
         except Exception as exc:
             log.warning("oauth2 token state not recorded", account=self.account, error=repr(exc))
 
@@ -179,8 +178,12 @@ def needs_vault(config: Config) -> bool:
 
 
 class AccountLogins:
-    """Every account's credentials for each of its servers; the OAuth2 ones share the
-    account's ``AccountTokens``. Built at start, and again on reload (``build(keep=…)``)."""
+    """Every account's credentials for each of its servers, the one place they are built: a
+    password from the server's config, or the account's OAuth2 token (the account's
+    ``AccountTokens``, shared by its servers). Built at start, and again on reload
+    (``build(keep=…)``); the edges (SMTP, IMAP, POP3 connections) are handed what
+    ``credentials`` gives and never read a password from the config themselves. Without
+    ``oauth2:`` accounts (``AccountLogins()``) it gives the config's passwords."""
 
     def __init__(self, tokens: Mapping[str, AccountTokens] | None = None):
         self.tokens: dict[str, AccountTokens] = dict(tokens or {})
@@ -215,7 +218,9 @@ class AccountLogins:
         """How to log in to ``server`` of ``account``; None: the server takes us without a login."""
         kind = server.auth_kind()
         if kind not in TOKEN_AUTH:
-            return server.credentials()
+            if server.username is None or server.password is None:
+                return None  # the config's validation allows only both or neither
+            return PasswordCredentials(server.username, server.password)
         tokens = self.tokens.get(account)
         if tokens is None or server.username is None:  # the config's validation makes this a bug
             raise PostroomError(f"{account}: auth: {kind} but no token provider was built for the account")

@@ -24,7 +24,6 @@ from pydantic import (
 )
 
 from ..action_kinds import SENDING
-from ..credentials import Credentials, PasswordCredentials
 from ..mail.headers import header_value_problem, job_header_problem
 from .cron import cron_problem
 from .providers import PROVIDERS, Grant, ProviderName
@@ -85,22 +84,6 @@ class ServerConfig(_Strict):
         if self.auth is not None:
             return self.auth
         return "password" if self.password is not None else None
-
-    def credentials(self) -> Credentials | None:
-        """How to log in to this server with a password; None: no login, or a token login
-        (whose credentials the account's token provider gives)."""
-        if self.username is None or self.password is None:
-            return None
-        return PasswordCredentials(self.username, self.password)
-
-    def login(self, account: str, given: Credentials | None) -> Credentials | None:
-        """What a connection logs in with: ``given`` (an OAuth2 account's, from
-        ``AccountLogins``), else the config's password, or no login."""
-        if given is not None:
-            return given
-        if self.auth_kind() in TOKEN_AUTH:
-            raise ValueError(f"{account}: auth: {self.auth} needs the account's OAuth2 credentials")
-        return self.credentials()
 
     @model_validator(mode="after")
     def _auth_pair(self) -> ServerConfig:

@@ -8,8 +8,9 @@
 Pages refresh themselves: ``static/console.js`` fetches the page again every few seconds with
 ``X-Postroom-Live: 1`` and swaps in the part marked ``data-live``; the server then renders
 that part alone. No framework, no inline script or style (the CSP forbids both), every asset
-served from ``static/``. Actions take the same store paths as the CLI (`outbox retry`,
-`postroom send`) and wake the part of the daemon that acts on them.
+served from ``static/``. Actions go through the daemon's action API (``source.DaemonView``):
+the same store paths as the CLI (`outbox retry`, `postroom send`), and the part of the daemon
+that acts on them woken; no handler here writes to the store.
 
 ``build_console`` returns the app behind ``security.require_token``; ``extra_mounts`` (e.g.
 ``{"/preview": app}``) are served behind the same token and get a link in the navigation.
@@ -34,7 +35,6 @@ from starlette.types import ASGIApp
 
 from ..clock import utcnow
 from ..errors import PostroomError
-from ..store.calls import store_call
 from . import pages
 from .security import require_token
 from .source import DaemonView
@@ -156,15 +156,14 @@ class Console:
 
     async def retry_letter(self, request: Request) -> Response:
         item = request.path_params["item"]
-        done = await store_call(self.view.store.outbox.retry, item, now=utcnow())
+        done = await self.view.retry_letter(item)
         if done:
             log.info("console: dead letter queued again", id=item)
-            self.view.wake_sender()
         return _back("/outbox", f"message {item} is queued again" if done else f"message {item} is not a dead letter")
 
     async def discard_letter(self, request: Request) -> Response:
         item = request.path_params["item"]
-        done = await store_call(self.view.store.outbox.discard, item, now=utcnow())
+        done = await self.view.discard_letter(item)
         if done:
             log.info("console: dead letter discarded", id=item)
         return _back("/outbox", f"message {item} discarded" if done else f"message {item} is not a dead letter")
@@ -173,7 +172,7 @@ class Console:
         key = await _field(request, "key")
         if not key:
             return PlainTextResponse("which message? (form field key)\n", 400)
-        done = await store_call(self.view.store.inbound.retry_set_aside, key, now=utcnow())
+        done = await self.view.retry_set_aside(key)
         if done:
             log.info("console: set-aside message taken in again", key=key)
         note = "taken in again at the watcher's next pass" if done else "is not set aside"
@@ -183,10 +182,9 @@ class Console:
         webhook_id = await _field(request, "id")
         if not webhook_id:
             return PlainTextResponse("which delivery? (form field id)\n", 400)
-        done = await store_call(self.view.store.ledger.retry_webhook, webhook_id, now=utcnow())
+        done = await self.view.retry_webhook(webhook_id)
         if done:
             log.info("console: dead webhook queued again", webhook=webhook_id)
-            self.view.wake_webhooks()
         return _back("/webhooks", f"{webhook_id} is queued again" if done else f"{webhook_id} is not dead")
 
 

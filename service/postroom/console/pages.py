@@ -107,7 +107,7 @@ async def overview_page(view: DaemonView) -> dict[str, Any]:
             "refused": store.outbox.refused_count(),
         }
 
-    got = await store_call(read)
+    got = await view.store.calls.run(read)
     config = view.config()
     attention = Attention(
         dead_letters=got["outbox"].get("dead", 0),
@@ -185,7 +185,7 @@ async def outbox_page(view: DaemonView) -> dict[str, Any]:
             outbox.with_refused(limit=LIST_LIMIT),
         )
 
-    counts, waiting, dead, refused = await store_call(read)
+    counts, waiting, dead, refused = await view.store.calls.run(read)
     return {
         "counts": counts,
         "waiting": [_message_row(i) for i in waiting],
@@ -239,7 +239,7 @@ async def mailboxes_page(view: DaemonView) -> dict[str, Any]:
         marks = [inbound.checkpoint(w.account, w.folder) for w in watchers]
         return marks, inbound.set_aside()[:LIST_LIMIT]
 
-    marks, aside = await store_call(read)
+    marks, aside = await view.store.calls.run(read)
     # A signed-out account's watcher may sit in IDLE on a session opened before its token was
     # revoked: the row says what the account needs, not what the session last did.
     signed_out = set(view.signed_out())
@@ -261,7 +261,7 @@ async def webhooks_page(view: DaemonView) -> dict[str, Any]:
             ledger.webhooks(statuses=["dead"], limit=LIST_LIMIT),
         )
 
-    counts, pending, dead = await store_call(read)
+    counts, pending, dead = await view.store.calls.run(read)
 
     def row(d: Any) -> dict[str, Any]:
         return {

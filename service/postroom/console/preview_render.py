@@ -2,8 +2,9 @@
 `postroom send --dry-run` uses (sources, JobRunner.render_messages, compose), then taken apart
 for a person to read — or the error that stopped it, with the template's lines around it.
 
-Nothing here sends or stores: the JobRunner is made without a store. The config and the
-templates are read afresh on every build, so what is shown is what is on disk now.
+Nothing here sends or stores: messages come from the preview service (``outgoing.preview``),
+which has no store. The config and the templates are read afresh on every build, so what is
+shown is what is on disk now.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..config import Config, JobConfig
 from ..errors import ConfigError, DataSourceError, MessageRefused, PostroomError, TemplateError
 from ..mail.parse import decode_header_value, parse_message, part_text
 from ..mail.templates import SUFFIX, TemplateRenderer
-from ..outgoing.jobs import JobRunner
+from ..outgoing.preview import JobPreviews
 from ..outgoing.sources import load_data
 
 MAX_ROW_CHOICES = 1000  # rows offered in the picker; any row can still be asked for by number
@@ -127,11 +128,11 @@ async def build_preview(
             return _with(shown, problem=Problem("choice", f"{job_cfg.for_each} has {have}; there is no row {row}"))
     else:
         shown = _with(shown, notice=notice)
-    runner = JobRunner(config, TemplateRenderer(templates_dir), store=None)
+    previews = JobPreviews(config, TemplateRenderer(templates_dir))
     try:
         # Rendering and taking the message apart are CPU work (rendering reads template files
         # too): off the event loop, as a run renders.
-        view = await asyncio.to_thread(_render_one, runner, job, job_cfg, data, now=now, row=shown.row)
+        view = await asyncio.to_thread(_render_one, previews, job, job_cfg, data, now=now, row=shown.row)
     except TemplateError as exc:
         return _with(shown, problem=_template_problem(exc, templates_dir))
     except MessageRefused as exc:
@@ -144,12 +145,10 @@ async def build_preview(
 
 
 def _render_one(
-    runner: JobRunner, job: str, job_cfg: JobConfig, data: Mapping[str, Any], *, now: datetime, row: int | None
+    previews: JobPreviews, job: str, job_cfg: JobConfig, data: Mapping[str, Any], *, now: datetime, row: int | None
 ) -> EmailView:
     """The one message (``row``'s, for a merge) exactly as `send --dry-run` builds it."""
-    (message,) = runner.render_messages(
-        job, job_cfg, data, key_prefix="preview", now=now, fire_time=None, to_override=None, only_row=row
-    )
+    message = previews.one_message(job, job_cfg, data, now=now, row=row)
     return email_view(message.raw, envelope_from=message.envelope_from, recipients=list(message.recipients))
 
 

@@ -42,6 +42,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from postroom.action_kinds import ACTION_KINDS, PHASES, SEEN, WITHOUT_FETCH, Args, Kind, Phase
+from postroom.auth.accounts import AccountLogins
 from postroom.clock import utcnow
 from postroom.config.model import AccountConfig, Config
 from postroom.config.rules import (
@@ -193,8 +194,9 @@ class ActionExecutor:
         open_account: Opener | None = None,
     ):
         self.config = config
-        # sessions to the accounts a copy_to / move_to APPENDs into, opened per batch
-        self.open_account = open_account or imap_opener(config)
+        # sessions to the accounts a copy_to / move_to APPENDs into, opened per batch (by
+        # default with the config's passwords: the daemon hands its AccountLogins' opener)
+        self.open_account = open_account or imap_opener(config, AccountLogins().credentials)
         self.on_action = on_action  # (kind, done|skipped|failed|dead) — metrics
         self.ruleset = ruleset
         self.outbox = store.outbox

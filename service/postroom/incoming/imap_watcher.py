@@ -101,7 +101,7 @@ class ImapWatcher(Watcher):
             bounces=bounces,
         )
         self.cfg = account_cfg.imap
-        self.credentials = credentials  # None: the config's password (or no login)
+        self.credentials = credentials  # AccountLogins.credentials; None: no login
         self.idle_timeout = idle_timeout
         self._dry_seen = 0  # dry run: the checkpoint stays put, so remember what was shown
         self._suspects = Suspects()  # UIDs of batches whose FETCH broke the connection

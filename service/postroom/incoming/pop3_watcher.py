@@ -73,7 +73,7 @@ class Pop3Watcher(Watcher):
             bounces=bounces,
         )
         self.cfg = account_cfg.pop3
-        self.credentials = credentials  # None: the config's password (or no login)
+        self.credentials = credentials  # AccountLogins.credentials; None: no login
 
     def watch_name(self) -> str:
         return f"{self.account}/pop3"
@@ -131,7 +131,7 @@ class Pop3Watcher(Watcher):
         if self.dry_run:
             return start_from == "all"
         if start_from == "new":
-            await store_call(self._skip_all, list(listing), now=self.clock())
+            await self.inbound.calls.run(self._skip_all, list(listing), now=self.clock())
         await store_call(
             self.inbound.set_checkpoint,
             self.account,

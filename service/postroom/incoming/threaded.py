@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from postroom.config.model import ServerConfig
-from postroom.credentials import Credentials, Mechanism, log_in
+from postroom.credentials import Credentials, Mechanism, handed_login, log_in
 from postroom.errors import (
     ErrorTable,
     PostroomError,
@@ -110,11 +110,11 @@ class ThreadedConnection(Generic[ClientT, ConfigT]):
     says_goodbye: ClassVar[bool] = True  # close() runs ``_goodbye`` first; False: just drop
 
     def __init__(self, account: str, cfg: ConfigT, credentials: Credentials | None = None):
-        """``credentials``: how to log in (``AccountLogins.credentials``); default: the
-        config's password, or no login. A token login must be given its credentials."""
+        """``credentials``: how to log in (``AccountLogins.credentials``); None: no login,
+        for a server that takes us without one."""
         self.account = account
         self.cfg = cfg
-        self.credentials = cfg.login(account, credentials)
+        self.credentials = handed_login(account, cfg.auth_kind(), credentials)
         self._client: ClientT | None = None
         self._broken = False
         self._ended = False

@@ -54,14 +54,15 @@ async def already_there(dest: Destination, marker: str) -> bool:
     return bool(await dest.search_uids(["HEADER", MARKER, marker]))
 
 
-def imap_opener(config: Config, credentials: CredentialsFor | None = None) -> Opener:
-    """Opens a session to an account of ``config`` (validated to have ``imap:``)."""
+def imap_opener(config: Config, credentials: CredentialsFor) -> Opener:
+    """Opens a session to an account of ``config`` (validated to have ``imap:``), logged in
+    with what ``credentials`` (``AccountLogins.credentials``) gives for it."""
 
     async def open_account(name: str) -> Destination:
         cfg = config.accounts[name].imap
         if cfg is None:  # the config check refuses this; a gap there must not pass silently
             raise ValueError(f"account {name!r} has no imap: section")
-        conn = ImapConnection(name, cfg, credentials(name, cfg) if credentials else None)
+        conn = ImapConnection(name, cfg, credentials(name, cfg))
         await conn.connect()
         return conn
 

@@ -278,7 +278,7 @@ class Watcher:
                 bounce = await intake.read(e.key, raws[e.key])
                 if bounce is not None:
                     todo.append((e, bounce))
-        consumed = await store_call(self._consume, intake, todo, parsed) if todo else {}
+        consumed = await self.inbound.calls.run(self._consume, intake, todo, parsed) if todo else {}
         if consumed:
             rows = {
                 e.key: dict(account=self.account, folder=self.folder, message_id=parsed[e.key].message_id, **e.begin)

@@ -43,7 +43,7 @@ from postroom.clock import utcnow
 from postroom.config.model import AccountConfig, OutboxConfig, SmtpConfig
 from postroom.errors import OAuth2Error, PostroomError, StoreUnavailable, is_transient
 from postroom.retry import doubling_delay
-from postroom.store.calls import store_call
+from postroom.store.calls import StoreCalls, store_call
 from postroom.store.outbox import OutboxItem, OutboxStore, Settlement, SettlementKind
 
 from .envelopes import ReturnPaths, send_each, unchanged
@@ -181,8 +181,9 @@ class _Recorder:
     The writing task is not a worker's, so cancelling a worker never cancels a write.
     """
 
-    def __init__(self, write: Callable[[list[Settlement]], None]):
+    def __init__(self, write: Callable[[list[Settlement]], None], calls: StoreCalls):
         self._write = write
+        self._calls = calls  # the store's threads, where the write runs
         self._pending: list[tuple[Settlement, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -198,7 +199,7 @@ class _Recorder:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await store_call(self._write, [s for s, _ in batch])
+                await self._calls.run(self._write, [s for s, _ in batch])
             except Exception as exc:
                 for _, done in batch:
                     if not done.cancelled():
@@ -365,7 +366,7 @@ class OutboxSender:
         by_account: dict[str, _AccountQueue] = {}
         for item in items:
             by_account.setdefault(item.account, _AccountQueue(item.account)).rows.append(item)
-        recorder = _Recorder(self._record_many)
+        recorder = _Recorder(self._record_many, self.outbox.calls)
         try:
             async with asyncio.TaskGroup() as group:
                 for account, queue in by_account.items():

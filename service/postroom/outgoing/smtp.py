@@ -35,7 +35,7 @@ import structlog
 
 from postroom.auth import sasl
 from postroom.config.model import SmtpConfig
-from postroom.credentials import Credentials, Mechanism, log_in
+from postroom.credentials import Credentials, Mechanism, handed_login, log_in
 from postroom.errors import (
     AuthError,
     ErrorTable,
@@ -107,11 +107,11 @@ class SmtpConnection:
     """One account's connection. Not safe for concurrent sends: use one per task."""
 
     def __init__(self, account: str, cfg: SmtpConfig, credentials: Credentials | None = None):
-        """``credentials``: how to log in (``AccountLogins.credentials``); default: the
-        config's password, or no login. A token login must be given its credentials."""
+        """``credentials``: how to log in (``AccountLogins.credentials``); None: no login,
+        for a server that takes us without one."""
         self.account = account
         self.cfg = cfg
-        self.credentials = cfg.login(account, credentials)
+        self.credentials = handed_login(account, cfg.auth_kind(), credentials)
         self._smtp: aiosmtplib.SMTP | None = None
         # After login, when the server offers PIPELINING and CHUNKING, the connection's
         # transport is driven by this instead of aiosmtplib (one round trip per message).

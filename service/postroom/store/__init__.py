@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from .bounces import BounceStore
+from .calls import StoreCalls
 from .engine import migrate, open_engine, schema_is_current
 from .inbound import InboundStore
 from .leases import WatchLeases
@@ -25,6 +26,7 @@ from .tokens import OAuth2TokenStore, StoredGrant
 @dataclass
 class Store:
     engine: Engine
+    calls: StoreCalls  # its threads and gate (store.calls), shared by the parts below
     outbox: OutboxStore
     runs: RunStore
     ledger: LedgerStore
@@ -40,22 +42,27 @@ class Store:
         engine = open_engine(url)
         if migrate_schema:
             migrate(engine)
+        calls = StoreCalls()
         return cls(
             engine=engine,
-            outbox=OutboxStore(engine, owner=owner),
-            runs=RunStore(engine, owner=owner),
-            ledger=LedgerStore(engine, owner=owner),
-            inbound=InboundStore(engine),
-            leases=WatchLeases(engine, owner=owner),
-            tokens=OAuth2TokenStore(engine),
-            replicas=ReplicaRegistry(engine, owner=owner),
-            bounces=BounceStore(engine),
+            calls=calls,
+            outbox=OutboxStore(engine, owner=owner, calls=calls),
+            runs=RunStore(engine, owner=owner, calls=calls),
+            ledger=LedgerStore(engine, owner=owner, calls=calls),
+            inbound=InboundStore(engine, calls=calls),
+            leases=WatchLeases(engine, owner=owner, calls=calls),
+            tokens=OAuth2TokenStore(engine, calls=calls),
+            replicas=ReplicaRegistry(engine, owner=owner, calls=calls),
+            bounces=BounceStore(engine, calls=calls),
         )
 
     def close(self) -> None:
+        """Lets go of the connections, the SQLite lock and the store's threads (each ends
+        once what is queued on it has run; new calls are refused)."""
         self.engine.dispose()
         if self.lock is not None:
             self.lock.release()
+        self.calls.shutdown()
 
 
 __all__ = [
@@ -70,6 +77,7 @@ __all__ = [
     "RunRecord",
     "RunStore",
     "Store",
+    "StoreCalls",
     "StoredGrant",
     "WatchLeases",
     "migrate",

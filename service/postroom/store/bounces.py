@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, delete, exists, insert, select, updat
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import StoreUnavailable
+from .calls import StoreCalls
 from .engine import as_utc
 from .tables import bounces, outbox, suppressions, verp_keys
 
@@ -71,8 +72,9 @@ class Recorded:
 
 
 class BounceStore:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, calls: StoreCalls):
         self.engine = engine
+        self.calls = calls  # the store's threads: store_call runs this part's methods there
 
     def verp_key(self, given: bytes | None, *, now: datetime) -> bytes:
         """The key VERP return paths are signed with: ``given`` (the POSTROOM_VERP_KEY setting)

@@ -1,17 +1,20 @@
-"""The one way async code reaches the store: ``await store_call(fn, ...)`` (and
-``await close_store(store)`` to close it).
+"""The one way async code reaches the store: ``await store_call(part.method, ...)`` for a
+method of a store part (``store.outbox.enqueue``, ``self.inbound.statuses``), and
+``await part.calls.run(fn, ...)`` for any other function that works on the store (a closure
+that reads several parts in one thread); ``await close_store(store)`` closes it.
 
 Every store method is blocking (SQLAlchemy, a driver socket or a SQLite file), so it runs on
-a small pool of threads of its own, never on the event loop and never on the loop's default
-executor: a stalled PostgreSQL may hold every store thread, and rendering, file reads and
-/metrics must still get theirs. The pool is bounded, so a stalled store queues calls instead
-of growing threads without end.
+a small pool of threads of the store's own (``StoreCalls``, made by ``Store.open`` and shared
+by its parts), never on the event loop and never on the loop's default executor: a stalled
+PostgreSQL may hold every store thread, and rendering, file reads and /metrics must still get
+theirs. The pool is bounded, so a stalled store queues calls instead of growing threads
+without end. It ends with the store (``Store.close``).
 
 This is also the store's error edge: a lost or refused connection, a timeout or a SQLite
 file that cannot be opened become ``StoreUnavailable`` (transient: the caller retries later),
-by one table. While the store is known to be unusable (``StoreGate.close``: its SQLite file
-vanished under us) no call reaches it at all, so nothing is written to a file nobody can see
-and nothing creates an empty one in its place.
+by one table. While the store is known to be unusable (its ``StoreGate`` closed: its SQLite
+file vanished under us) no call reaches it at all, so nothing is written to a file nobody can
+see and nothing creates an empty one in its place.
 """
 
 from __future__ import annotations
@@ -73,40 +76,85 @@ class StoreGate:
             raise StoreUnavailable(f"store: {why}")
 
 
-gate = StoreGate()  # one daemon, one store per process
 observe = Timings()  # each call's duration and result (ok, unavailable, error): the daemon's metrics
-_pool = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
 
 
-def _guarded(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    started, result = time.monotonic(), "error"
-    try:
-        gate.check()
-        with map_errors(STORE_ERRORS, "store: "):
-            value = fn(*args, **kwargs)
-        result = "ok"
-        return value
-    except StoreUnavailable:
-        result = "unavailable"
-        raise
-    finally:
-        observe(time.monotonic() - started, result)
+class StoreCalls:
+    """One store's threads and its gate. ``run`` is the only way in; ``shutdown`` (from
+    ``Store.close``) lets the threads end once what is queued has run, and refuses new calls."""
+
+    def __init__(self, threads: int = STORE_THREADS) -> None:
+        self.gate = StoreGate()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store")
+        self._shut = False
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)`` on a store thread; the store's driver errors come back as
+        ``StoreUnavailable``."""
+        return await self._submit(functools.partial(self._guarded, fn, *args, **kwargs))
+
+    async def run_ungated(self, fn: Callable[[], None]) -> None:
+        """``fn()`` on a store thread whether the gate is open or not (closing the store)."""
+        await self._submit(fn)
+
+    @property
+    def closed(self) -> bool:
+        return self._shut
+
+    def shutdown(self) -> None:
+        """No new calls; the threads end once what is queued has run. Callable from a store
+        thread (the store closing itself there): it does not wait."""
+        self._shut = True
+        self._pool.shutdown(wait=False)
+
+    async def _submit(self, call: Callable[[], T]) -> T:
+        if self._shut:
+            raise StoreUnavailable("store: closed")
+        try:
+            done = asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except RuntimeError:  # closed meanwhile on a store thread: the pool refuses new work
+            raise StoreUnavailable("store: closed") from None
+        return await done
+
+    def _guarded(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        started, result = time.monotonic(), "error"
+        try:
+            self.gate.check()
+            with map_errors(STORE_ERRORS, "store: "):
+                value = fn(*args, **kwargs)
+            result = "ok"
+            return value
+        except StoreUnavailable:
+            result = "unavailable"
+            raise
+        finally:
+            observe(time.monotonic() - started, result)
 
 
-async def store_call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """``fn(*args, **kwargs)`` on a store thread; the store's driver errors come back as
-    ``StoreUnavailable``."""
-    loop = asyncio.get_running_loop()
-    call: Callable[[], T] = functools.partial(_guarded, fn, *args, **kwargs)
-    return await loop.run_in_executor(_pool, call)
+def calls_of(method: Callable[..., object]) -> StoreCalls:
+    """The threads of the store a store part's bound method belongs to (every part keeps its
+    store's ``calls``)."""
+    calls = getattr(getattr(method, "__self__", None), "calls", None)
+    if not isinstance(calls, StoreCalls):
+        raise TypeError(f"store_call takes a store part's method, not {method!r}: hand others to <part>.calls.run")
+    return calls
 
 
-class Closable(Protocol):
+async def store_call(method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``method(*args, **kwargs)`` on the threads of the store ``method`` is a method of; the
+    store's driver errors come back as ``StoreUnavailable``."""
+    return await calls_of(method).run(method, *args, **kwargs)
+
+
+class ClosableStore(Protocol):
+    calls: StoreCalls
+
     def close(self) -> None: ...
 
 
-async def close_store(store: Closable) -> None:
+async def close_store(store: ClosableStore) -> None:
     """``store.close()`` on a store thread, whether the gate is open or not: closing only lets
-    go of the store's connections (and its file lock), and must happen however the store is."""
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(_pool, store.close)
+    go of the store's connections (and its file lock), and must happen however the store is.
+    The store's threads end with it; a store closed already is left as it is."""
+    if not store.calls.closed:
+        await store.calls.run_ungated(store.close)

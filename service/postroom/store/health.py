@@ -1,14 +1,14 @@
 """Watching the store under a running daemon: is it there, and does it answer in time?
 
 Every ``PROBE_EVERY`` seconds the daemon asks the store one trivial query through the store
-threads (``store_call``) and gives it ``PROBE_DEADLINE`` seconds; /readyz reports the last
+threads (``store.calls``) and gives it ``PROBE_DEADLINE`` seconds; /readyz reports the last
 answer. A stalled PostgreSQL (it accepts but never answers) then makes the daemon not ready
 while the event loop goes on answering /healthz.
 
 A SQLite store is a file: if it disappears or becomes unwritable under the daemon, the open
 connections would go on writing to an unlinked file nobody can see, and a new connection
 would silently create an empty store in its place. So the file is checked first; while it is
-missing or unwritable the store gate (``calls.gate``) is closed: no new work touches the store
+missing or unwritable the store's gate (``store.calls.gate``) is closed: no new work touches the store
 (fires wait and retry, the sender and watchers back off) until the file is back. Then the
 pooled connections (to the old file) are dropped, and work resumes on the file that is there.
 
@@ -31,7 +31,7 @@ import structlog
 from sqlalchemy import Engine, text
 
 from ..errors import PostroomError
-from .calls import gate, store_call
+from .calls import StoreCalls
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +93,7 @@ class StoreMonitor:
     def __init__(
         self,
         engine: Engine,
+        calls: StoreCalls,
         *,
         sqlite_path: Path | None,
         on_back: Callable[[], Awaitable[None]] | None = None,
@@ -100,6 +101,8 @@ class StoreMonitor:
         deadline: float = PROBE_DEADLINE,
     ):
         self.engine = engine
+        self.calls = calls
+        self.gate = calls.gate
         self.sqlite_path = sqlite_path
         self.on_back = on_back
         self.every = every
@@ -149,17 +152,17 @@ class StoreMonitor:
             return None
         # A stat is file I/O (the state directory may be a network mount): off the loop too.
         why = await asyncio.to_thread(
-            sqlite_file_problem, self.sqlite_path, None if gate.closed_because else self._inode
+            sqlite_file_problem, self.sqlite_path, None if self.gate.closed_because else self._inode
         )
         if why is not None:
-            gate.close(f"{why}; no work is taken until it is back")
+            self.gate.close(f"{why}; no work is taken until it is back")
             return why
-        if gate.closed_because is not None:
+        if self.gate.closed_because is not None:
             # Back (restored or made writable): the pooled connections may hold the old,
             # unlinked file; new ones open the file that is there now.
             await asyncio.to_thread(self.engine.dispose)
             self._inode = await asyncio.to_thread(self._current_inode)
-            gate.open()
+            self.gate.open()
         return None
 
     async def _disk_problem(self) -> str | None:
@@ -171,7 +174,7 @@ class StoreMonitor:
             return why
         if self._disk_was_full:
             try:
-                await asyncio.wait_for(store_call(_write_probe, self.engine), self.deadline)
+                await asyncio.wait_for(self.calls.run(_write_probe, self.engine), self.deadline)
             except (TimeoutError, PostroomError) as exc:
                 return f"the store's disk has room again, but a write still fails: {exc or 'timed out'}"
             self._disk_was_full = False
@@ -180,7 +183,7 @@ class StoreMonitor:
     async def _query_problem(self) -> str | None:
         if self._probe is not None and not self._probe.done():
             return f"the store has not answered a probe for more than {self.deadline:.0f} s"
-        self._probe = asyncio.ensure_future(store_call(_ping, self.engine))
+        self._probe = asyncio.ensure_future(self.calls.run(_ping, self.engine))
         # A probe answered after its deadline has nobody awaiting it: take its outcome here.
         self._probe.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:

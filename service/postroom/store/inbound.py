@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..retry import doubling_delay
 from .bulk import insert_rows, update_rows
+from .calls import StoreCalls
 from .engine import as_utc, to_utc
 from .tables import checkpoints, inbound
 
@@ -72,11 +73,13 @@ class InboundStore:
         self,
         engine: Engine,
         *,
+        calls: StoreCalls,
         max_attempts: int = 5,
         retry_base: timedelta = timedelta(minutes=1),
         retry_cap: timedelta = timedelta(hours=1),
     ):
         self.engine = engine
+        self.calls = calls  # the store's threads: store_call runs this part's methods there
         self.max_attempts = max_attempts
         self.retry_base = retry_base
         self.retry_cap = retry_cap

@@ -20,14 +20,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .calls import StoreCalls
 from .dbtime import db_later, db_now
 from .engine import as_utc, to_utc
 from .tables import watch_leases
 
 
 class WatchLeases:
-    def __init__(self, engine: Engine, *, owner: str):
+    def __init__(self, engine: Engine, *, owner: str, calls: StoreCalls):
         self.engine = engine
+        self.calls = calls  # the store's threads: store_call runs this part's methods there
         self.owner = owner
 
     def claim(self, watch: str, *, now: datetime, ttl: timedelta) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, true, update
 
 from .bulk import insert_rows, update_rows
+from .calls import StoreCalls
 from .dbtime import db_later, db_now
 from .engine import as_utc
 from .tables import actions, replies, webhooks
@@ -75,8 +76,9 @@ class WebhookDelivery:
 
 
 class LedgerStore:
-    def __init__(self, engine: Engine, *, owner: str):
+    def __init__(self, engine: Engine, *, owner: str, calls: StoreCalls):
         self.engine = engine
+        self.calls = calls  # the store's threads: store_call runs this part's methods there
         self.owner = owner
 
     # -- actions ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine, Text, and_, bindparam, cast, func, insert, or_, select, update
 
+from .calls import StoreCalls
 from .dbtime import db_later, db_now
 from .engine import as_utc
 from .tables import outbox
@@ -109,8 +110,9 @@ class Settlement:
 
 
 class OutboxStore:
-    def __init__(self, engine: Engine, *, owner: str):
+    def __init__(self, engine: Engine, *, owner: str, calls: StoreCalls):
         self.engine = engine
+        self.calls = calls  # the store's threads: store_call runs this part's methods there
         self.owner = owner
 
     # -- writing ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .calls import StoreCalls
 from .dbtime import db_later, db_now
 from .engine import as_utc
 from .tables import outbox, replicas, watch_leases, webhooks
@@ -29,8 +30,9 @@ class ReplicaRow:
 
 
 class ReplicaRegistry:
-    def __init__(self, engine: Engine, *, owner: str):
+    def __init__(self, engine: Engine, *, owner: str, calls: StoreCalls):
         self.engine = engine
+        self.calls = calls  # the store's threads: store_call runs this part's methods there
         self.owner = owner
 
     def beat(self, *, now: datetime, ttl: timedelta, clock_offset: timedelta | None = None) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Engine, Text, and_, cast, false, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
+from .calls import StoreCalls
 from .dbtime import db_earlier, db_now, shared_clock
 from .engine import as_utc, to_utc
 from .tables import fire_claims, job_runs, outbox
@@ -103,8 +104,9 @@ class RunRecord:
 
 
 class RunStore:
-    def __init__(self, engine: Engine, *, owner: str, lease: timedelta = FIRE_LEASE):
+    def __init__(self, engine: Engine, *, owner: str, calls: StoreCalls, lease: timedelta = FIRE_LEASE):
         self.engine = engine
+        self.calls = calls  # the store's threads: store_call runs this part's methods there
         self.owner = owner
         self.lease = lease  # a claim not renewed for this long is taken over
 

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .calls import StoreCalls
 from .engine import as_utc, to_utc
 from .tables import oauth2_tokens
 
@@ -33,8 +34,9 @@ class StoredGrant:
 
 
 class OAuth2TokenStore:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, calls: StoreCalls):
         self.engine = engine
+        self.calls = calls  # the store's threads: store_call runs this part's methods there
 
     def get(self, account: str) -> StoredGrant | None:
         with self.engine.connect() as conn:
