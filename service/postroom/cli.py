@@ -20,9 +20,13 @@ import click
 from .errors import ConfigError, PortInUse, PostroomError, map_errors
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .auth.vault import TokenVault
     from .checks import Finding
     from .config import Config, Settings
+    from .config.model import ServerConfig
+    from .credentials import Credentials
     from .store import Store
 
 
@@ -934,7 +938,7 @@ def auth() -> None:
 
 
 class _Terminal:
-    """The person signing in, as `postroom auth login` meets them (signin.Person)."""
+    """The person signing in, as `postroom auth login` meets them (auth.signin.Person)."""
 
     def __init__(self, browser: bool):
         self.browser = browser
@@ -961,6 +965,17 @@ class _Terminal:
         if sys.stdin.isatty():
             return str(click.prompt(prompt, hide_input=True, default="", show_default=False))
         return sys.stdin.readline()
+
+
+def _proof_login(name: str, protocol: str, server: ServerConfig, credentials: Credentials) -> Any:
+    """The edge a sign-in logs in with to prove its token (auth.signin.ProofLogin; imported
+    here: only a sign-in needs them)."""
+    from .incoming.imap import ImapConnection
+    from .incoming.pop3 import Pop3Connection
+    from .outgoing.smtp import SmtpConnection
+
+    edges: dict[str, Callable[..., Any]] = {"imap": ImapConnection, "pop3": Pop3Connection, "smtp": SmtpConnection}
+    return edges[protocol](name, server, credentials)
 
 
 def _token_vault(settings: Settings) -> TokenVault:
@@ -993,9 +1008,9 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
     Needs POSTROOM_TOKEN_KEY."""
     import asyncio
 
+    from .auth.signin import RELOAD_HINT, oauth2_of, sign_in
     from .bootstrap import open_store, store_name
     from .config.providers import Grant
-    from .signin import RELOAD_HINT, oauth2_of, sign_in
 
     cfg = loaded_config(ctx)
     try:
@@ -1018,7 +1033,9 @@ def auth_login(ctx: click.Context, account: str, browser: bool, port: int) -> No
     store = open_store(settings(ctx))
     try:
         signed = asyncio.run(
-            sign_in(account, cfg.accounts[account], store.tokens, vault, _Terminal(browser), port=port)
+            sign_in(
+                account, cfg.accounts[account], store.tokens, vault, _Terminal(browser), login=_proof_login, port=port
+            )
         )
     except PostroomError as exc:
         raise Failed(str(exc)) from None
@@ -1038,8 +1055,8 @@ def auth_status(ctx: click.Context) -> None:
     """Each OAuth2 account: provider, grant, refresh token, token expiry, last refresh, last error.
 
     Names the store it read, and opens each stored token with the key found here."""
+    from .auth.signin import token_states
     from .bootstrap import store_name, token_vault
-    from .signin import token_states
 
     cfg = loaded_config(ctx)
     store = _existing_store(settings(ctx))
