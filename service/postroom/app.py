@@ -24,8 +24,8 @@ from .bootstrap import build_logins, load_checked, open_daemon_store, recover_si
 from .clock import utcnow
 from .clock_check import ClockCheck
 from .config import Config, Settings
+from .console.daemon import build_daemon_console, console_token
 from .console.source import ReloadOutcome
-from .daemon_console import build_daemon_console, console_token
 from .errors import PostroomError, StoreUnavailable
 from .http import HttpServer
 from .incoming.actions import ActionExecutor
@@ -578,7 +578,7 @@ def run_daemon(settings: Settings, *, dry_run: bool = False, migrate: bool = Tru
 
 class DaemonConsoleView:
     """The running daemon as the console sees it (``console.source.DaemonView``). It lives
-    beside the daemon it reads, so daemon_console.py, which builds the console, needs nothing
+    beside the daemon it reads, so console/daemon.py, which builds the console, needs nothing
     of this module."""
 
     def __init__(self, daemon: Daemon):
