@@ -52,7 +52,7 @@ from .store.calls import close_store, gate, store_call
 from .store.dbtime import clock_offset
 from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
-from .webhooks import WebhookQueue
+from .webhooks.delivery import WebhookQueue
 
 log = structlog.get_logger(__name__)
 
