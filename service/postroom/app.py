@@ -44,7 +44,7 @@ from .outgoing.jobs import BuiltRun, JobRunner
 from .outgoing.refusals import suppressing
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
-from .scheduler import Scheduler
+from .schedule.runner import Scheduler
 from .sieve.rule import compile_config
 from .store import Store
 from .store import calls as store_calls

@@ -346,7 +346,7 @@ def migrate(ctx: click.Context) -> None:
 def jobs(ctx: click.Context) -> None:
     """Each job with its schedule and next fire time."""
     from .clock import utcnow
-    from .scheduler import jobs_overview
+    from .schedule.fires import jobs_overview
 
     cfg = loaded_config(ctx)
     overview = jobs_overview(cfg, now=utcnow())
