@@ -15,6 +15,7 @@ from .root import Failed, _fmt_time, app, broken_config, config_option, settings
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..outgoing.jobs import BuiltRun
 
 
 # -- send ----------------------------------------------------------------------------------
@@ -72,98 +73,54 @@ async def _dry_run(settings: Settings, job: str, *, to: list[str] | None) -> int
 
 
 async def _send(settings: Settings, job: str, *, to: list[str] | None) -> int:
+    """Run JOB once and send its messages here (``outgoing.send_now``), saying what became of them."""
     import asyncio
-    import uuid
-    from collections import Counter
 
     from ..bootstrap import build_logins, load_checked, open_store
     from ..clock import utcnow
-    from ..outgoing.envelopes import given_verp_key, signed_return_paths
-    from ..outgoing.jobs import JobRunner
-    from ..outgoing.refusals import suppressing
-    from ..outgoing.sender import OutboxSender
-    from ..outgoing.shown import message_state, refused_line
-    from ..store.calls import close_store, store_call
-    from ..store.outbox import OutboxItem
+    from ..outgoing.send_now import send_now
+    from ..outgoing.shown import refused_line
+    from ..store.calls import close_store
 
     loaded, renderer = load_checked(settings)
     cfg = loaded.config
     if job not in cfg.jobs:
         raise PostroomError(f"no job named {job!r}; jobs: {', '.join(sorted(cfg.jobs)) or 'none'}")
     store = await asyncio.to_thread(open_store, settings)
-    sender: OutboxSender | None = None
-    warming: asyncio.Task[None] | None = None
-    try:
-        runner = JobRunner(cfg, renderer, store)
-        wanted: set[str] = set()
-        outcomes: dict[str, str] = {}  # message_id -> its latest result in this process
 
-        def seen(kind: str, item: OutboxItem) -> None:
-            if item.message_id in wanted:
-                outcomes[item.message_id] = kind
-
-        refused = Counter[str]()
-        verp_key = await store_call(store.bounces.verp_key, given_verp_key(settings), now=utcnow())
-        sender = OutboxSender(
-            store.outbox,
-            cfg.accounts,
-            cfg.outbox,
-            on_result=seen,
-            logins=build_logins(settings, cfg, store),
-            on_refused=lambda account, origin, n: refused.update({"recipients": n}),
-            suppress=suppressing(store.bounces),
-            return_paths=signed_return_paths(verp_key),
-        )
-        # The SMTP handshakes (TCP, STARTTLS, AUTH per connection) overlap the rendering.
-        warming = asyncio.create_task(sender.prewarm(cfg.jobs[job].account))
-        built = await runner.run_now(job, key_prefix=f"manual:{job}:{uuid.uuid4().hex}", to_override=to)
-        await warming
-        if built.skipped:
-            click.echo(f"{job}: nothing to send ({built.skipped})")
-            return 0
+    def queued(built: BuiltRun) -> None:
         if built.suppressed:
             click.echo(
                 f"{job}: {built.suppressed} suppressed recipient(s) left out (hard bounces; "
                 "see `postroom suppressions`)"
             )
-        total = len(built.messages)
-        click.echo(f"{job}: {total} message(s) queued; sending…")
-        # The whole merge in one claim (up to 5,000 rows; the messages are in memory already):
-        # each claim is a transaction scanning for due rows, ten cost a 1,000-row merge ~0.5 s.
-        sender.policy = cfg.outbox.model_copy(update={"batch_size": max(cfg.outbox.batch_size, min(total, 5000))})
-        wanted.update(m.message_id for m in built.messages)
-        del built  # its raw bytes are in the store now
-        while True:
-            stats = await sender.drain_once()
-            if len(outcomes) >= total or stats.total == 0:
-                break
-        counts = Counter(outcomes.values())
-        if len(outcomes) < total:  # some rows went out elsewhere (a running daemon): ask the store
-            items = await store_call(store.outbox.by_message_ids, wanted)
-            counts = Counter(message_state(i) for i in items)
-        sent, deferred, dead = counts["sent"], counts["deferred"], counts["dead"]
-        click.echo(f"{job}: sent {sent}, deferred {deferred}, dead {dead} (of {total}); at {_fmt_time(utcnow())}")
-        if deferred:
-            click.echo("  deferred messages stay in the outbox; `postroom run` retries them with backoff")
-        if refused["recipients"]:
-            click.echo(f"  {refused_line(refused['recipients'])}; see `postroom outbox` for the server's replies")
-        if counts["held"]:
-            account = cfg.jobs[job].account
-            click.echo(
-                f"  {counts['held']} held: account {account} must sign in again "
-                f"(`postroom auth login {account}`); they go out after that"
-            )
-        if dead:
-            click.echo("  see `postroom outbox --dead` for why")
-            return 1
-        return 0
+        click.echo(f"{job}: {len(built.messages)} message(s) queued; sending…")
+
+    try:
+        logins = build_logins(settings, cfg, store)
+        done = await send_now(settings, cfg, renderer, store, logins, job, to=to, queued=queued)
     finally:
-        if warming is not None:
-            warming.cancel()
-            await asyncio.gather(warming, return_exceptions=True)
-        if sender is not None:
-            await sender.close_idle()  # prewarmed connections no drain used (failed/skipped run)
         await close_store(store)
+    if done.skipped:
+        click.echo(f"{job}: nothing to send ({done.skipped})")
+        return 0
+    counts, total = done.counts, done.total
+    sent, deferred, dead = counts["sent"], counts["deferred"], counts["dead"]
+    click.echo(f"{job}: sent {sent}, deferred {deferred}, dead {dead} (of {total}); at {_fmt_time(utcnow())}")
+    if deferred:
+        click.echo("  deferred messages stay in the outbox; `postroom run` retries them with backoff")
+    if done.refused:
+        click.echo(f"  {refused_line(done.refused)}; see `postroom outbox` for the server's replies")
+    if counts["held"]:
+        account = cfg.jobs[job].account
+        click.echo(
+            f"  {counts['held']} held: account {account} must sign in again "
+            f"(`postroom auth login {account}`); they go out after that"
+        )
+    if dead:
+        click.echo("  see `postroom outbox --dead` for why")
+        return 1
+    return 0
 
 
 # -- preview -------------------------------------------------------------------------------
