@@ -21,7 +21,6 @@ STILL_UP = {
     ("postroom.config.loader", "postroom.sieve.syntax"),
     ("postroom.incoming.actions", "postroom.sieve.interpret"),
     ("postroom.incoming.guards", "postroom.sieve.interpret"),
-    ("postroom.outgoing.render_check", "postroom.checks"),
 }
 
 

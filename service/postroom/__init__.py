@@ -29,6 +29,5 @@ hides an arrow from Python, not from a reader. tests/test_layers.py holds the co
 
 These imports still point up, each tying a loop between packages, to be taken out:
 ``config/loader.py`` -> ``sieve/syntax.py``; ``incoming/actions.py`` and ``guards.py`` ->
-``sieve/interpret.py`` (while ``sieve/`` builds on ``incoming/``'s message and rules); and
-``outgoing/render_check.py`` -> ``checks.py`` (for ``Finding``).
+``sieve/interpret.py`` (while ``sieve/`` builds on ``incoming/``'s message and rules).
 """

@@ -45,8 +45,8 @@ def check(ctx: click.Context, offline: bool, render_only: bool) -> None:
         return
     import asyncio
 
+    from ..checks import render_findings
     from ..clock import utcnow
-    from ..outgoing.render_check import render_findings
 
     try:
         findings = [] if render_only else asyncio.run(_server_findings(checking, cfg))
