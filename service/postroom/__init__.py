@@ -27,7 +27,7 @@ hides an arrow from Python, not from a reader. tests/test_layers.py holds the co
    error), ``clock.py``, ``retry.py``, ``timing.py``, ``logs.py``, ``redact.py``,
    ``metrics.py``, ``listening.py``, ``action_kinds.py``.
 
-These imports still point up, each tying a loop between packages, to be taken out:
-``config/loader.py`` -> ``sieve/syntax.py``; ``incoming/actions.py`` and ``guards.py`` ->
-``sieve/interpret.py`` (while ``sieve/`` builds on ``incoming/``'s message and rules).
+One import still points up, tying config/ to sieve/ and sieve/ through incoming/ back to
+config/, to be taken out: ``config/loader.py`` -> ``sieve/syntax.py`` (the loader reads each
+account's Sieve script to report its errors with the config's).
 """

@@ -64,9 +64,9 @@ from postroom.config.rules import (
     WebhookSpec,
 )
 from postroom.errors import PostroomError, TransientError, is_transient
+from postroom.incoming.envelope import envelope_of
 from postroom.mail.compose import make_message_id
 from postroom.mail.templates import RenderedEmail, TemplateRenderer
-from postroom.sieve.interpret import envelope_of
 from postroom.store.calls import store_call
 from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
 from postroom.store.outbox import NewMessage, OutboxStore
