@@ -4,6 +4,6 @@ retries and a lease per delivery, like the outbox). The incoming half enqueues
 (``delivery.WebhookRequest``); nothing here imports incoming/.
 
 Its own package rather than outgoing/: the incoming rules' executor enqueues webhooks, and
-outgoing/ (mail out) reaches incoming/ through ``checks``, so webhooks in outgoing/ would tie
-incoming/ and outgoing/ into a loop.
+incoming/ and outgoing/ stand side by side, neither importing the other (the package's
+layers); webhooks in outgoing/ would set the incoming half on top of the outgoing one.
 """
