@@ -57,7 +57,7 @@ from postroom.incoming.rules import compile_rules
 from postroom.incoming.watcher import ImapWatcher
 from postroom.logs import setup_logging
 from postroom.store import Store
-from postroom.webhooks import WebhookQueue
+from postroom.webhooks.delivery import WebhookQueue
 
 ROOT = Path(__file__).resolve().parent.parent
 # The tests' helpers are not installed: import them from this checkout (hence the E402s below).

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from postroom.config import Settings
 from postroom.console.app import NAV, Console, build_console, navigation
-from postroom.daemon_console import MIN_TOKEN, console_token
+from postroom.console.daemon import MIN_TOKEN, console_token
 from postroom.errors import ConfigError
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send

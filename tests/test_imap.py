@@ -18,9 +18,8 @@ from postroom.incoming.imap import (
     KEEPALIVE_INTERVAL,
     KEEPALIVE_PROBES,
     ImapConnection,
-    attachments_from_bodystructure,
-    uid_set,
 )
+from postroom.incoming.imap_wire import attachments_from_bodystructure, uid_set
 
 from tests.support.inbox import USER, imap_cfg, raw_message
 from tests.support.logins import login

@@ -17,10 +17,8 @@ from postroom.incoming.imap import (
     ImapConnection,
     _uid_fetch_unparsed,
     map_imap_error,
-    parse_fetch_reply,
-    parse_lean_fetch,
-    uid_set,
 )
+from postroom.incoming.imap_wire import parse_fetch_reply, parse_lean_fetch, uid_set
 
 from tests.support.logins import login
 from tests.support.scripted_imap import capability, scripted_imap

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from postroom.webhooks import verify
+from postroom.webhooks.signing import verify
 
 from tests.support.daemon import (
     HOOK_SECRET,

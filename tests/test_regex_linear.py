@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from postroom.auth import sasl
-from postroom.incoming import forward, imap, message, replies
+from postroom.incoming import forward, imap_wire, message, replies
 from postroom.mail import compose, dsn, headers, parse, text
 
 FLOOR = 0.002  # CPU seconds one call must take before its growth is judged (timer noise below)
@@ -148,9 +148,9 @@ OTHERS: dict[str, tuple[Callable[[Any], object], st.SearchStrategy[str], bool]] 
     "message: named address": (message._NAMED_ADDRESS.match, units("a", " ", "a ", "<", "@", "'"), False),
     "parse: folding": (lambda s: parse._FOLDING_RE.sub("", s), units("\r\n", "\n", " ", "\t", "a"), False),
     "message: header name": (message._HEADER_NAME.match, units("a", ":", "-", " "), False),
-    "imap: untagged count": (imap._UNTAGGED_COUNT.match, units("* ", "1", " ", "A", "*"), True),
-    "imap: literal at end": (lambda b: imap._literal_size(b + b"}"), units("{", "1", "}", "a"), True),
-    "imap: lean fetch": (imap._LEAN_FETCH.match, units("1", " ", "(UID ", "1 ", "{", "RFC822.SIZE "), True),
+    "imap: untagged count": (imap_wire._UNTAGGED_COUNT.match, units("* ", "1", " ", "A", "*"), True),
+    "imap: literal at end": (lambda b: imap_wire._literal_size(b + b"}"), units("{", "1", "}", "a"), True),
+    "imap: lean fetch": (imap_wire._LEAN_FETCH.match, units("1", " ", "(UID ", "1 ", "{", "RFC822.SIZE "), True),
     "forward: subject prefix": (forward._FWD_PREFIX.match, units("fwd", ":", " ", "fw", "wg:", "tr"), False),
     "forward: control characters": (lambda s: forward._CONTROL.sub(" ", s), units("\x00", "a", "\n"), False),
     "replies: auto prefix": (replies._AUTO_PREFIX.match, units("auto", ":", " ", "auto:"), False),

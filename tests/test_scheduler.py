@@ -11,17 +11,18 @@ from zoneinfo import ZoneInfo
 import pytest
 from postroom.config.model import Config, ScheduleConfig
 from postroom.errors import StoreUnavailable
-from postroom.scheduler import Scheduler, jobs_overview
-from postroom.schedules import (
+from postroom.schedule.fires import (
     CatchUp,
     each_within_grace,
     fire_retry_delay,
     fires_between,
+    jobs_overview,
     make_trigger,
     next_fire,
     plan_catch_up,
     without,
 )
+from postroom.schedule.runner import Scheduler
 from postroom.store import Store
 
 BERLIN = ZoneInfo("Europe/Berlin")

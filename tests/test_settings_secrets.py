@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from postroom.config.settings import MAX_SECRET_FILE, Settings
-from postroom.daemon_console import console_token
+from postroom.console.daemon import console_token
 from postroom.errors import ConfigError
 
 from tests.support.daemon import ROOT, Daemon, free_port, iter_json_lines, wait_ready, wait_until

@@ -14,10 +14,11 @@ from postroom.action_kinds import Kind
 from postroom.cli import app
 from postroom.config.rules import RuleConfig
 from postroom.errors import ConfigError
+from postroom.incoming.envelope import Envelope
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import compile_rules
 from postroom.sieve import match
-from postroom.sieve.interpret import MAX_VARIABLE, Envelope, Store, run
+from postroom.sieve.interpret import MAX_VARIABLE, Store, run
 from postroom.sieve.plan import planned_actions
 from postroom.sieve.rule import SieveRule
 from postroom.sieve.syntax import MAX_SCRIPT_BYTES, SieveSyntaxError, parse_script

@@ -7,7 +7,7 @@ vacation, run again with ``-e``) vacation sent or declined by its guards.
 How ``sieve-test`` is run (the project notes' sieve.md): as the unprivileged ``mail`` user,
 with a minimal config (a throwaway maildir; ``sendmail_path = /bin/true``, so nothing is
 sent), ``TZ=UTC`` (postroom's ``now`` is passed in UTC), and the envelope postroom reads from
-the delivered message (``interpret.envelope_of``): ``-f`` the Return-Path (else From), ``-a``
+the delivered message (``incoming.envelope.envelope_of``): ``-f`` the Return-Path (else From), ``-a``
 and ``-r`` the Delivered-To (else X-Original-To, else the account's address).
 
 Where the two may differ, legitimately, and how the test treats it (``DIFFERENCES``):
@@ -35,9 +35,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from postroom.incoming.envelope import Envelope, envelope_of
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.replies import vacation_refusal
-from postroom.sieve.interpret import INBOX, Envelope, Redirect, Store, Vacation, envelope_of, run
+from postroom.sieve.interpret import INBOX, Redirect, Store, Vacation, run
 from postroom.sieve.syntax import read_script
 
 DATA = Path(__file__).parent / "data"

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 from postroom.auth.flows import signed_in_as
+from postroom.auth.signin import Obtained, prove_mailbox
 from postroom.errors import OAuth2Error
-from postroom.signin import Obtained, prove_mailbox
 from postroom.store import Store
 
 from tests.lab.oauth2 import OAuth2Lab

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from postroom.config.model import ScheduleConfig
-from postroom.schedules import fires_between, make_trigger
+from postroom.schedule.fires import fires_between, make_trigger
 from sqlalchemy import create_engine, text
 
 from tests.support.daemon import Daemon, free_port, iter_json_lines, mail, postroom_env, wait_ready, wait_until

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from postroom.auth.signin import Obtained, prove_mailbox, wrong_mailbox
 from postroom.auth.vault import TokenVault
 from postroom.bootstrap import no_store_here
 from postroom.config import load_config
@@ -22,7 +23,6 @@ from postroom.errors import PostroomError
 from postroom.http import HttpServer
 from postroom.incoming.imap import ImapConnection
 from postroom.metrics import Metrics
-from postroom.signin import Obtained, prove_mailbox, wrong_mailbox
 
 from tests.lab.mail_lab import MailLab
 from tests.lab.oauth2 import OAuth2Lab

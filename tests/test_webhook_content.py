@@ -12,7 +12,7 @@ from typing import Any
 from postroom.incoming.actions import webhook_content
 from postroom.store import Store
 from postroom.store.ledger import LedgerStore
-from postroom.webhooks import WebhookQueue
+from postroom.webhooks.delivery import WebhookQueue
 
 from tests.support.action_rig import make_config, make_rig
 from tests.support.webhook_receiver import WebhookReceiver

@@ -17,14 +17,8 @@ from postroom.errors import WebhookVerifyError
 from postroom.incoming.rules import compile_rules
 from postroom.store import Store
 from postroom.store.ledger import LedgerStore
-from postroom.webhooks import (
-    RetryPolicy,
-    WebhookQueue,
-    WebhookRequest,
-    sign,
-    verify,
-    webhook_id_for,
-)
+from postroom.webhooks.delivery import RetryPolicy, WebhookQueue, WebhookRequest
+from postroom.webhooks.signing import sign, verify, webhook_id_for
 
 from tests.support.clock import START, Clock
 from tests.support.webhook_receiver import DrippingReceiver, Reply, WebhookReceiver

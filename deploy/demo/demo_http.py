@@ -27,7 +27,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         from postroom.errors import WebhookVerifyError
-        from postroom.webhooks import verify
+        from postroom.webhooks.signing import verify
 
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         try:

@@ -24,8 +24,8 @@ from .bootstrap import build_logins, load_checked, open_daemon_store, recover_si
 from .clock import utcnow
 from .clock_check import ClockCheck
 from .config import Config, Settings
+from .console.daemon import build_daemon_console, console_token
 from .console.source import ReloadOutcome, WatcherStatus
-from .daemon_console import build_daemon_console, console_token
 from .errors import PostroomError, StoreUnavailable
 from .http import HttpServer
 from .incoming.actions import ActionExecutor
@@ -45,7 +45,7 @@ from .outgoing.preview import JobPreviews
 from .outgoing.refusals import suppressing
 from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
-from .scheduler import Scheduler
+from .schedule.runner import Scheduler
 from .sieve.rule import compile_config
 from .store import Store
 from .store import calls as store_calls
@@ -53,7 +53,7 @@ from .store.calls import close_store, store_call
 from .store.dbtime import clock_offset
 from .store.health import StoreMonitor
 from .supervise import TaskHealth, supervised
-from .webhooks import WebhookQueue
+from .webhooks.delivery import WebhookQueue
 
 log = structlog.get_logger(__name__)
 
@@ -579,7 +579,7 @@ def run_daemon(settings: Settings, *, dry_run: bool = False, migrate: bool = Tru
 
 class DaemonConsoleView:
     """The running daemon as the console sees it (``console.source.DaemonView``). It lives
-    beside the daemon it reads, so daemon_console.py, which builds the console, needs nothing
+    beside the daemon it reads, so console/daemon.py, which builds the console, needs nothing
     of this module."""
 
     def __init__(self, daemon: Daemon):

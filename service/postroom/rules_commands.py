@@ -1,5 +1,5 @@
 """The bodies of ``postroom rules test`` and ``rules try`` (and their reads): kept out of
-cli.py, which only declares the commands. Both only read: the message file or the live folder
+cli/rules.py, which only declares the commands. Both only read: the message file or the live folder
 (opened read-only, fetched with BODY.PEEK) and the reply ledger."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 the actions it plans and what the guards will decide for each - the loop guard for forward
 and redirect, RFC 3834 / RFC 5230 for reply and vacation, and the reply ledger (read, never
 written) for "once per sender per N days" - and a Sieve script's trace. Pure: the command
-(cli.py) reads the files and the ledger."""
+(cli/rules.py) reads the files and the ledger."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from postroom.mail.templates import TemplateRenderer
 from postroom.store import Store
 from postroom.store.ledger import LedgerStore
 from postroom.store.outbox import OutboxItem, OutboxStore
-from postroom.webhooks import WebhookRequest
+from postroom.webhooks.delivery import WebhookRequest
 
 from tests.lab import MailLab
 from tests.support.clock import Clock

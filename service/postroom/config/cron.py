@@ -3,7 +3,7 @@
 The config check runs on every `postroom check`; importing any APScheduler module costs
 ≈ 24 ms (its package `__init__` looks up its version and pulls in asyncio), so the config
 validates the string here and APScheduler parses it only when the daemon schedules the job
-(schedules.py). tests/test_cron.py holds the two to the same answer on thousands of strings.
+(schedule/fires.py). tests/test_cron.py holds the two to the same answer on thousands of strings.
 
 What from_crontab accepts, field by field (minute hour day month weekday, split on any
 whitespace, so no term can hold a space: the `1st mon` / `last fri` day forms of the keyword

@@ -19,7 +19,7 @@ from ..incoming.watch_loop import WatchState
 from ..mail.parse import decode_header_value, parse_headers
 from ..outgoing.shown import held_next_step, message_state, refused_line, refused_replies, signed_out_step
 from ..redact import shown_url
-from ..schedules import jobs_overview
+from ..schedule.fires import jobs_overview
 from ..store.calls import store_call
 from ..store.outbox import WAITING, OutboxItem
 from ..store.runs import RunRecord

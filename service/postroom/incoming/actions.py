@@ -65,13 +65,14 @@ from postroom.config.rules import (
     WebhookSpec,
 )
 from postroom.errors import PostroomError, TransientError, is_transient
+from postroom.incoming.envelope import envelope_of
 from postroom.mail.compose import make_message_id
 from postroom.mail.templates import RenderedEmail, TemplateRenderer
-from postroom.sieve.interpret import envelope_of
 from postroom.store.calls import store_call
 from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
 from postroom.store.outbox import NewMessage, OutboxStore
-from postroom.webhooks import WebhookRequest, webhook_id_for
+from postroom.webhooks.delivery import WebhookRequest
+from postroom.webhooks.signing import webhook_id_for
 
 from ..action_kinds import MailboxOps
 from .forward import forward_message, redirect_message
@@ -89,7 +90,7 @@ SEND_CHUNK = 200  # forwards/redirects/replies whose raw messages are held at on
 
 
 class WebhookSink(Protocol):
-    """The webhook delivery queue as the executor sees it (postroom.webhooks.WebhookQueue)."""
+    """The webhook delivery queue as the executor sees it (postroom.webhooks.delivery.WebhookQueue)."""
 
     async def submit(self, requests: Sequence[WebhookRequest]) -> int: ...
 

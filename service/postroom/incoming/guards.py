@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from postroom.config.rules import ForwardAction, RedirectAction, ReplyAction, VacationAction
-from postroom.sieve.interpret import envelope_of
+from postroom.incoming.envelope import envelope_of
 
 from .forward import refusal
 from .message import ParsedMessage

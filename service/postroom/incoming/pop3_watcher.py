@@ -19,7 +19,7 @@ from postroom.config.model import AccountConfig
 from postroom.credentials import Credentials
 from postroom.incoming.balance import FolderBalance
 from postroom.incoming.bounces import BounceIntake
-from postroom.incoming.imap import chunks
+from postroom.incoming.imap_wire import chunks
 from postroom.incoming.mailbox import BatchHandler
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.pop3 import Pop3Connection

@@ -31,7 +31,7 @@ from ..mail.headers import list_unsubscribe_headers, list_unsubscribe_problem
 from ..mail.locale_filters import rendering_locale
 from ..mail.templates import TemplateRenderer
 from ..mail.verp import marker
-from ..schedules import RETRY
+from ..schedule.fires import RETRY
 from ..store import NewMessage, Store
 from ..store.calls import store_call
 from .attachments import is_per_message, message_attachments, static_attachments

@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from email.message import Message
 
 from postroom.config.rules import flag_problem
+from postroom.incoming.envelope import Envelope
 from postroom.incoming.message import ParsedMessage
 from postroom.mail.compose import validate_address
 from postroom.mail.parse import decode_header_value, parse_message
@@ -43,14 +44,6 @@ _RFC5322_DATE = re.compile(
     r"^\s*(?:[A-Za-z]{3}\s*,\s*)?\d{1,2}\s+[A-Za-z]{3}\s+\d{2,4}\s+\d{1,2}:\d{2}(?::\d{2})?\s+(?:[+-]\d{4}|[A-Za-z]{1,5})\b"
 )
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """What ``envelope`` tests see, read from the delivered message (``envelope_of``)."""
-
-    sender: str  # "" for the null sender
-    recipient: str
 
 
 @dataclass(frozen=True)
@@ -124,24 +117,6 @@ class _State:
 
 class _Stop(Exception):
     pass
-
-
-def envelope_of(msg: ParsedMessage, account_address: str) -> Envelope:
-    """The envelope after delivery, from the headers the delivering server wrote: the sender
-    from ``Return-Path`` (else the From address), the recipient from ``Delivered-To`` (else
-    ``X-Original-To``, else the account's address)."""
-    sender = _first_address(msg.first("Return-Path"))
-    if sender is None:
-        sender = msg.from_[0].addr if msg.from_ else ""
-    recipient = _first_address(msg.first("Delivered-To")) or _first_address(msg.first("X-Original-To"))
-    return Envelope(sender, recipient or account_address)
-
-
-def _first_address(value: str) -> str | None:
-    if not value.strip():
-        return None
-    pairs = email.utils.getaddresses([value])
-    return pairs[0][1] if pairs and pairs[0][1] else ("" if value.strip() == "<>" else None)
 
 
 def run(script: Script, msg: ParsedMessage, envelope: Envelope, *, now: datetime) -> Outcome:

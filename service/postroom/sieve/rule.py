@@ -13,10 +13,11 @@ from datetime import datetime
 from pathlib import Path
 
 from postroom.config.model import Config
+from postroom.incoming.envelope import envelope_of
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import PlannedAction, RuleSet, compile_rules
 
-from .interpret import INBOX, envelope_of, run
+from .interpret import INBOX, run
 from .plan import planned_actions
 from .syntax import Script, read_script
 

@@ -1,6 +1,6 @@
 """Schedule maths, pure: config schedule -> trigger -> fire times. No clock, no I/O.
 
-Every function takes the times it needs as arguments; `postroom.scheduler` wires the result to
+Every function takes the times it needs as arguments; `schedule.runner` wires the result to
 APScheduler and the store. A fire time is the claim key for (job, fire) in the store, so it
 must come out identical on every replica and after every restart:
 
@@ -22,7 +22,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.cron.expressions import AllExpression
 from apscheduler.triggers.date import DateTrigger
 
-from .config.model import Config, JobConfig, ScheduleConfig
+from ..config.model import Config, JobConfig, ScheduleConfig
 
 # Interval schedules count from here, in the job's zone, so every replica computes the same
 # fires whenever it started. 2000-01-01 00:00 is a Saturday midnight: `every: 1d` fires at

@@ -1,6 +1,6 @@
 """The daemon's side of the console: whether to serve it, and its app around the running
 daemon's ``DaemonView`` (app.py's ``DaemonConsoleView``). Imported by ``app.py`` only, and
-imports nothing of it; the console package never imports this module.
+imports nothing of it; the rest of the console package never imports this module.
 
 No POSTROOM_CONSOLE_TOKEN, no console (the probes and /metrics stay): an unguarded console
 would let anyone who reaches the port retry, discard and send. A token easy to guess (short,
@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from .config import Config
-from .errors import ConfigError
-from .http import is_loopback, parse_listen
+from ..config import Config
+from ..errors import ConfigError
+from ..http import is_loopback, parse_listen
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
-    from .config import Settings
-    from .console.source import DaemonView
+    from ..config import Settings
+    from .source import DaemonView
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +45,7 @@ def console_token(settings: Settings) -> str | None:
                 hint="set POSTROOM_CONSOLE_TOKEN",
             )
         return None
-    from .console.security import token_weakness  # no Starlette: this module is plain
+    from .security import token_weakness  # no Starlette: this module is plain
 
     weakness = token_weakness(token)
     if weakness is not None:
@@ -61,9 +61,9 @@ def build_daemon_console(view: DaemonView, settings: Settings, token: str) -> AS
     mounted at /preview."""
     from starlette.applications import Starlette
 
-    from .config import load_config
-    from .console.app import build_console  # Starlette's routing and the pages: only with a console
-    from .console.preview import preview_routes
+    from ..config import load_config
+    from .app import build_console  # Starlette's routing and the pages: only with a console
+    from .preview import preview_routes
 
     def config_on_disk() -> Config:  # the preview shows the files as saved, before a reload
         return load_config(settings).config

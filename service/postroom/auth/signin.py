@@ -20,7 +20,8 @@ then used at once for one refresh, exactly as the daemon will use it: a token th
 work is reported now, not at the daemon's next login. A rotated token is stored before use.
 
 The person-facing side (printing, opening a browser, reading a pasted secret) is a ``Person``
-the CLI provides. No token is ever printed or logged.
+the CLI provides, and so is the proving login (``ProofLogin``): the IMAP, POP3 and SMTP edges
+sit above auth/, which they log in with. No token is ever printed or logged.
 """
 
 from __future__ import annotations
@@ -35,18 +36,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from .auth import accounts
-from .auth.flows import SignInReply, finish_device_flow, loopback_login, signed_in_refresh_token, start_device_flow
-from .auth.keeper import StoredRefreshToken, current_sealed
-from .auth.tokens import OAuth2Client, TokenProvider
-from .auth.vault import TokenVault
-from .clock import utcnow
-from .config.model import AccountConfig, Config, OAuth2Config, ServerConfig
-from .config.providers import PROVIDERS, Endpoints, Grant, Provider, ProviderName, endpoints
-from .credentials import Mechanism
-from .errors import AuthError, ConfigError, ErrorTable, OAuth2Error, PostroomError, map_errors
-from .store.calls import store_call
-from .store.tokens import OAuth2TokenStore, StoredGrant
+from ..clock import utcnow
+from ..config.model import AccountConfig, Config, OAuth2Config, ServerConfig
+from ..config.providers import PROVIDERS, Endpoints, Grant, Provider, ProviderName, endpoints
+from ..credentials import Credentials, Mechanism
+from ..errors import AuthError, ConfigError, ErrorTable, OAuth2Error, PostroomError, map_errors
+from ..store.calls import store_call
+from ..store.tokens import OAuth2TokenStore, StoredGrant
+from . import accounts
+from .flows import SignInReply, finish_device_flow, loopback_login, signed_in_refresh_token, start_device_flow
+from .keeper import StoredRefreshToken, current_sealed
+from .tokens import OAuth2Client, TokenProvider
+from .vault import TokenVault
 
 RELOAD_HINT = "a running daemon uses it after a reload: `systemctl reload postroom` (or SIGHUP), or a restart"
 
@@ -63,6 +64,13 @@ class Person(Protocol):
     def paste_secret(self, prompt: str) -> str:
         """A secret the person pastes, not echoed (blocking: called in a thread)."""
         ...
+
+
+class ProofLogin(Protocol):
+    """The edge that logs in over ``protocol`` ("imap", "pop3" or "smtp") as ``credentials``:
+    an unconnected connection with ``connect()`` and ``close()``."""
+
+    def __call__(self, name: str, protocol: str, server: ServerConfig, credentials: Credentials) -> Any: ...
 
 
 def oauth2_of(name: str, config: Config) -> OAuth2Config:
@@ -232,12 +240,18 @@ def _same_mailbox(signed_in_as: str, mailbox: str) -> bool:
 
 
 async def prove_mailbox(
-    name: str, account: AccountConfig, obtained: Obtained, access_token: str, person: Person
+    name: str,
+    account: AccountConfig,
+    obtained: Obtained,
+    access_token: str,
+    person: Person,
+    login: ProofLogin | None = None,
 ) -> None:
     """Refuse (``OAuth2Error`` "wrong_mailbox") a token another user signed in for: the
     provider's word (the id token) when it gave one, else one login with ``access_token`` as the
     account's configured username. A server that cannot be reached proves nothing either way:
-    the person is told, and `postroom check` logs in later."""
+    the person is told, and `postroom check` logs in later. ``login`` is needed only for that
+    login (the id token's word needs none)."""
     mailbox = mailbox_of(account)
     if obtained.signed_in_as is not None:
         if not _same_mailbox(obtained.signed_in_as, mailbox):
@@ -249,7 +263,9 @@ async def prove_mailbox(
         return  # no server takes the token: nothing to prove it against
     server = servers[protocol]
     credentials = _NewToken(server.username or mailbox, _mechanism(server), access_token)
-    connection = _proof_connection(name, protocol, server, credentials)
+    if login is None:
+        raise ValueError(f"{name}: proving the token needs a login over {protocol}: pass login=")
+    connection = login(name, protocol, server, credentials)
     try:
         await asyncio.wait_for(connection.connect(), PROOF_DEADLINE)
     except AuthError as exc:
@@ -269,16 +285,6 @@ def _mechanism(server: ServerConfig) -> Mechanism:
     return "oauthbearer" if server.auth_kind() == "oauthbearer" else "xoauth2"
 
 
-def _proof_connection(name: str, protocol: str, server: ServerConfig, credentials: _NewToken) -> Any:
-    """The edge that logs in over ``protocol`` (imported here: only a sign-in needs them)."""
-    from .incoming.imap import ImapConnection
-    from .incoming.pop3 import Pop3Connection
-    from .outgoing.smtp import SmtpConnection
-
-    edges: dict[str, Callable[..., Any]] = {"imap": ImapConnection, "pop3": Pop3Connection, "smtp": SmtpConnection}
-    return edges[protocol](name, server, credentials)
-
-
 @dataclass(frozen=True)
 class SignedIn:
     account: str
@@ -292,6 +298,7 @@ async def sign_in(
     vault: TokenVault,
     person: Person,
     *,
+    login: ProofLogin,
     port: int = 0,
     http: httpx.AsyncClient | None = None,
 ) -> SignedIn:
@@ -308,7 +315,7 @@ async def sign_in(
         attempt = SignIn(client, urls, PROVIDERS[oauth2.provider], person, http, mailbox_of(account), port)
         obtained = await SIGN_INS[oauth2.provider](attempt)
         if obtained.access_token is not None:  # before anything is stored
-            await prove_mailbox(name, account, obtained, obtained.access_token, person)
+            await prove_mailbox(name, account, obtained, obtained.access_token, person, login)
         keeper = StoredRefreshToken(store, vault, name)
         await keeper.save(obtained.refresh_token, utcnow())
         now = utcnow()
@@ -320,7 +327,7 @@ async def sign_in(
             raise
         if obtained.access_token is None:  # a pasted token: its first access token proves it
             try:
-                await prove_mailbox(name, account, obtained, access_token, person)
+                await prove_mailbox(name, account, obtained, access_token, person, login)
             except OAuth2Error:
                 await store_call(store.forget, name)
                 raise

@@ -1,9 +1,4 @@
-"""Webhooks: Standard Webhooks signing and a durable delivery queue.
-
-Signing (https://www.standardwebhooks.com): the signed content is ``{id}.{timestamp}.{body}``,
-HMAC-SHA256 keyed with the secret's bytes, sent as ``webhook-signature: v1,<base64>``. A secret
-is ``whsec_`` + the key in base64, as the spec's own libraries expect; the config refuses any
-other (``config.types.webhook_key``).
+"""Webhooks' durable delivery queue (signed as ``signing`` says).
 
 Delivery: the executor enqueues a row per webhook action (``submit``); ``run`` claims due rows
 with a lease (like the outbox), POSTs them and records the outcome. The ``webhook-id`` is derived
@@ -24,10 +19,7 @@ still ends in a timeout (retried).
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
-import hashlib
-import hmac
 import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -39,7 +31,6 @@ import structlog
 
 from postroom.clock import utcnow
 from postroom.config.rules import ActionConfig, WebhookAction
-from postroom.config.types import webhook_key
 from postroom.errors import (
     ErrorTable,
     PermanentError,
@@ -48,20 +39,17 @@ from postroom.errors import (
     ServerConnectError,
     ServerRejected,
     ServerTimeout,
-    WebhookVerifyError,
     is_transient,
     map_errors,
 )
 from postroom.retry import doubling_delay
 from postroom.store.calls import store_call
 from postroom.store.ledger import LedgerStore, WebhookDelivery
+from postroom.webhooks.signing import sign, webhook_id_for
 
 log = structlog.get_logger(__name__)
 
-SIGNATURE_VERSION = "v1"
 EVENT_TYPE = "message.matched"
-#: How far a receiver may accept a timestamp from its own clock (for ``verify``).
-TOLERANCE = timedelta(minutes=5)
 _RETRY_STATUSES = frozenset({408, 429})  # plus every 5xx
 _BODY_EXCERPT = 300
 #: Deliveries in flight to one receiver at once. More rows for it wait in the store (not
@@ -71,43 +59,6 @@ PER_RECEIVER = 4
 #: while it runs, ``run`` renews the lease every third of this, so a replica that dies
 #: mid-request gives its deliveries up to another within one lease, not one timeout.
 LEASE = timedelta(seconds=20)
-
-
-# -- signing -------------------------------------------------------------------------------
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}." + body>``. ``secret`` is ``whsec_<base64>``
-    (ValueError otherwise)."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(webhook_key(secret), signed, hashlib.sha256).digest()
-    return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
-
-
-def verify(
-    secret: str, headers: dict[str, str], body: bytes, *, now: datetime | None = None, tolerance: timedelta = TOLERANCE
-) -> None:
-    """Check a received webhook's signature (any of the space-separated ones) and timestamp.
-    Raises WebhookVerifyError (``postroom.errors``); returns None when it is genuine."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    try:
-        msg_id, stamp, signatures = lower["webhook-id"], lower["webhook-timestamp"], lower["webhook-signature"]
-        timestamp = int(stamp)
-    except (KeyError, ValueError):
-        raise WebhookVerifyError("missing or malformed webhook headers") from None
-    if now is not None and abs(now.timestamp() - timestamp) > tolerance.total_seconds():
-        raise WebhookVerifyError("timestamp outside tolerance")
-    expected = sign(secret, msg_id, timestamp, body).split(",", 1)[1]
-    for candidate in signatures.split():
-        version, _, value = candidate.partition(",")
-        if version == SIGNATURE_VERSION and hmac.compare_digest(value, expected):
-            return
-    raise WebhookVerifyError("no matching signature")
-
-
-def webhook_id_for(action_key: str) -> str:
-    """Stable across retries and restarts: derived from the action's idempotency key."""
-    return "msg_" + hashlib.sha256(action_key.encode("utf-8")).hexdigest()[:24]
 
 
 # -- queue ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 APScheduler 3 must not share a job store between processes, so each replica schedules every
 job itself and the fire is claimed in our store under (job id, fire time) by the `on_fire`
-callback; the fire times come from `postroom.schedules` and agree across replicas.
+callback; the fire times come from `schedule.fires` and agree across replicas.
 
 Fire claims are leases (store.runs): `take_over_lapsed` looks every third of a lease for a
 fire whose claimer stopped renewing it (killed or stalled mid-fire) and runs it here.
@@ -30,12 +30,14 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from .clock import utcnow
-from .clock_check import ClockCheck
-from .config.model import Config, JobConfig
-from .errors import StoreUnavailable
-from .retry import sleep_or_stop
-from .schedules import (
+from ..clock import utcnow
+from ..clock_check import ClockCheck
+from ..config.model import Config, JobConfig
+from ..errors import StoreUnavailable
+from ..retry import sleep_or_stop
+from ..store.calls import store_call
+from ..store.runs import RunStore
+from .fires import (
     RETRY,
     CatchUp,
     JobOverview,
@@ -48,8 +50,6 @@ from .schedules import (
     triage,
     without,
 )
-from .store.calls import store_call
-from .store.runs import RunStore
 
 log = structlog.get_logger(__name__)
 

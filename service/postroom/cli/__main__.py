@@ -1,0 +1,5 @@
+"""`python -m postroom.cli`: the same as the `postroom` command."""
+
+from . import main
+
+main()
