@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
+from . import __version__
 from .errors import ConfigError, PortInUse, PostroomError, map_errors
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def settings(ctx: click.Context, *, logs: bool = True) -> Settings:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @config_option
-@click.version_option(package_name="postroom", message="%(prog)s %(version)s")
+@click.version_option(__version__, package_name="postroom", message="%(prog)s %(version)s")
 def app() -> None:
     """postroom: scheduled template mail out, inbox rules in."""
 
