@@ -270,7 +270,7 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated bench names (default: every one found)")
     parser.add_argument("--replicas", action="store_true", help="run bench/replicas too (PostgreSQL, slow)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and shorter windows: a look, not a note")
-    parser.add_argument("--port-offset", type=int, default=21000, help="labs at this offset and above, 500 apart")
+    parser.add_argument("--port-offset", type=int, default=21000, help="the benches' labs' port offset")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds for one bench before it counts as failed")
     parser.add_argument("--check", action="store_true", help="exit 1 when a limit is missed, not only on failure")
     args = parser.parse_args()
@@ -291,13 +291,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pr-bench-all-"))
     rows: list[Row] = []
     try:
-        for i, name in enumerate(names):
+        for name in names:
             if not (HERE / name).exists():
                 rows.append(Row(name, "failed: no such bench under bench/", ok=False))
                 continue
             bench_args = list(extra.get(name, []))
             if name in lab_benches:
-                bench_args += ["--port-offset", str(args.port_offset + 500 * i)]
+                # One after the other, each stopping its lab: one offset serves them all.
+                bench_args += ["--port-offset", str(args.port_offset)]
             rows.extend(rows_of(run_bench(name, bench_args, work, args.timeout)))
     finally:
         print()
