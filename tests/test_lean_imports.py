@@ -93,3 +93,19 @@ def test_the_daemon_loads_httpx_only_for_webhooks_oauth2_or_http_sources(tmp_pat
     modules = set(json.loads(out.read_text()))
     assert "postroom.app" in modules
     assert sorted(m for m in modules if m.split(".")[0] in ("httpx", "httpcore", "trio")) == []
+
+
+def test_a_current_store_starts_without_the_migration_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child (a whole interpreter with alembic) is for a fresh or an old schema only: a
+    daemon restarted on its own store reads alembic_version and goes on."""
+    import postroom.bootstrap as bootstrap
+    from postroom.config import Settings
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'state.db'}", instance="probe")
+    spawned: list[str] = []
+    real = bootstrap._migrate_in_child
+    monkeypatch.setattr(bootstrap, "_migrate_in_child", lambda url: (spawned.append(url), real(url))[1])
+    bootstrap.open_daemon_store(settings).close()  # fresh: migrated by the child
+    assert len(spawned) == 1
+    bootstrap.open_daemon_store(settings).close()  # current: no child
+    assert len(spawned) == 1
