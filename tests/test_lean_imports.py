@@ -38,6 +38,7 @@ HEAVY = (
     "aiosmtplib",
     "imapclient",
     "cryptography",
+    "css_inline",
 )
 
 
@@ -81,7 +82,8 @@ def test_check_offline_loads_no_store_http_or_daemon_code(starter: Path, tmp_pat
 def test_the_daemon_loads_httpx_only_for_webhooks_oauth2_or_http_sources(tmp_path: Path) -> None:
     """What `postroom run` imports at start (the app, its webhook queue, the job runner with
     its data sources, the account logins with their token provider): httpx comes with the
-    first webhook due, token request or http source, not before."""
+    first webhook due, token request or http source, not before; css_inline with the first
+    render."""
     out = tmp_path / "modules.json"
     probe = (
         "import json, sys\n"
@@ -92,7 +94,7 @@ def test_the_daemon_loads_httpx_only_for_webhooks_oauth2_or_http_sources(tmp_pat
     assert done.returncode == 0, done.stderr
     modules = set(json.loads(out.read_text()))
     assert "postroom.app" in modules
-    assert sorted(m for m in modules if m.split(".")[0] in ("httpx", "httpcore", "trio")) == []
+    assert sorted(m for m in modules if m.split(".")[0] in ("httpx", "httpcore", "trio", "css_inline")) == []
 
 
 def test_a_current_store_starts_without_the_migration_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
