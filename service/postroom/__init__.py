@@ -31,3 +31,5 @@ One import still points up, tying config/ to sieve/ and sieve/ through incoming/
 config/, to be taken out: ``config/loader.py`` -> ``sieve/syntax.py`` (the loader reads each
 account's Sieve script to report its errors with the config's).
 """
+
+__version__ = "0.1.0"

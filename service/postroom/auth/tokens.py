@@ -21,15 +21,15 @@ No token ever reaches a log line, an exception message or a repr: what the endpo
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 import structlog
 
 from ..config.providers import Endpoints, Grant, MailProtocol, Provider, default_scopes, endpoints
@@ -44,6 +44,11 @@ from ..errors import (
     map_errors,
 )
 from ..redact import redacted
+
+if TYPE_CHECKING:
+    # httpx (with httpcore, ~8 MiB and ~60 ms of imports) is imported by the first token
+    # request: a daemon without OAuth2 accounts never loads it.
+    import httpx
 
 log = structlog.get_logger(__name__)
 
@@ -252,11 +257,15 @@ class TokenStatus:
     broken: bool = False  # a permanent error: a person must act
 
 
-_TRANSPORT_ERRORS: ErrorTable = {
-    httpx.TimeoutException: ServerTimeout,
-    httpx.TransportError: ServerConnectError,  # refused, reset, TLS, protocol errors
-    TimeoutError: ServerTimeout,  # our own deadline
-}
+@functools.cache
+def _transport_errors() -> ErrorTable:
+    import httpx
+
+    return {
+        httpx.TimeoutException: ServerTimeout,
+        httpx.TransportError: ServerConnectError,  # refused, reset, TLS, protocol errors
+        TimeoutError: ServerTimeout,  # our own deadline
+    }
 
 
 class TokenProvider:
@@ -361,7 +370,9 @@ async def post_form(
     """POST a form to an OAuth2 endpoint within ``deadline`` seconds, reading at most
     ``MAX_REPLY_BYTES`` of the answer; network trouble and a bloated answer become ours
     (transient). The URL may appear in errors: tokens only ever travel in the body."""
-    with map_errors(_TRANSPORT_ERRORS, f"{context}token endpoint {url}: "):
+    import httpx
+
+    with map_errors(_transport_errors(), f"{context}token endpoint {url}: "):
         async with asyncio.timeout(deadline):
             if http is not None:
                 return await _bounded_post(http, url, form, context)
@@ -381,6 +392,8 @@ async def _bounded_post(http: httpx.AsyncClient, url: str, form: Mapping[str, st
                     code=streamed.status_code,
                 )
         # The body as read (already decoded): only its type is worth carrying over.
+        import httpx
+
         kept = {"content-type": streamed.headers.get("content-type", "application/json")}
         return httpx.Response(streamed.status_code, headers=kept, content=bytes(body), request=streamed.request)
 

@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
+from .. import __version__
 from ..errors import ConfigError, PostroomError
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ def settings(ctx: click.Context, *, logs: bool = True) -> Settings:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @config_option
-@click.version_option(package_name="postroom", message="%(prog)s %(version)s")
+@click.version_option(__version__, package_name="postroom", message="%(prog)s %(version)s")
 def app() -> None:
     """postroom: scheduled template mail out, inbox rules in."""
 

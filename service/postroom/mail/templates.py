@@ -24,9 +24,8 @@ import traceback
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import css_inline
 import jinja2
 from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
@@ -48,6 +47,9 @@ from postroom.mail.bounds import (
     refuse_over,
     repeat_size,
 )
+
+if TYPE_CHECKING:
+    import css_inline
 from postroom.mail.bounds import LimitExceeded as _LimitExceeded
 from postroom.mail.text import html_to_text
 
@@ -219,8 +221,9 @@ class TemplateRenderer:
         self._strings: dict[str, jinja2.Template] = {}
         # (file, html?) -> (compiled template, its parent, extends line); re-parsed when reloaded
         self._parents: dict[tuple[str, bool], tuple[jinja2.Template, str | None, int | None]] = {}
-        # Remote stylesheets would be network I/O in the middle of a pure render.
-        self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
+        # Made by the first render that inlines CSS: css_inline (a native library, ~2 MiB
+        # resident) is not loaded by `check --offline` or a daemon waiting for its first fire.
+        self._inliner: css_inline.CSSInliner | None = None
 
     def names(self) -> list[str]:
         """Every template available, without the ``.j2`` suffix (layouts included)."""
@@ -426,6 +429,11 @@ class TemplateRenderer:
         return TemplateError(message, template=where, lineno=line)
 
     def _inline_css(self, name: str, html: str) -> str:
+        import css_inline
+
+        if self._inliner is None:
+            # Remote stylesheets would be network I/O in the middle of a pure render.
+            self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
         try:
             return self._inliner.inline(html)
         except (ValueError, css_inline.InlineError) as exc:

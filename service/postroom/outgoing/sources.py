@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import io
 import json
 import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
 import structlog
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
@@ -49,6 +49,9 @@ from ..errors import (
 )
 from ..redact import shown_url
 
+if TYPE_CHECKING:
+    import httpx
+
 log = structlog.get_logger(__name__)
 
 # PostgreSQL SQLSTATEs worth a retry: connection trouble (class 08), shutdown/cancel (57),
@@ -58,12 +61,19 @@ _HTTP_TRANSIENT_STATUS = {408, 425, 429}
 
 
 # httpx's errors on a GET: a timeout or a broken connection may pass, a URL we can't use won't.
-_HTTP_ERRORS: ErrorTable = {
-    httpx.InvalidURL: PermanentSourceError,
-    httpx.DecodingError: PermanentSourceError,  # a body its Content-Encoding does not decode
-    httpx.UnsupportedProtocol: PermanentSourceError,  # a TransportError: listed before it
-    httpx.TransportError: TransientSourceError,  # timeouts, refused, reset, DNS
-}
+# httpx (~8 MiB, ~60 ms of imports) is imported by the first http source's load.
+@functools.cache
+def _http_errors() -> ErrorTable:
+    import httpx
+
+    return {
+        httpx.InvalidURL: PermanentSourceError,
+        httpx.DecodingError: PermanentSourceError,  # a body its Content-Encoding does not decode
+        httpx.UnsupportedProtocol: PermanentSourceError,  # a TransportError: listed before it
+        httpx.TransportError: TransientSourceError,  # timeouts, refused, reset, DNS
+    }
+
+
 # Reading a file: what is missing or forbidden stays so; other I/O errors (EIO, a network
 # file system gone stale) may pass.
 _FILE_ERRORS: ErrorTable = {
@@ -102,6 +112,8 @@ async def load_data(
     if not sources:
         return {}
     if http is None and any(s.kind == "http" for s in sources.values()):
+        import httpx
+
         async with httpx.AsyncClient(follow_redirects=False) as client:
             return await _load_all(sources, client)
     return await _load_all(sources, http)
@@ -326,6 +338,8 @@ def _sql_error(key: str, what: str, exc: SQLAlchemyError, *, connecting: bool) -
 # -- http -----------------------------------------------------------------------------------
 async def _load_http(key: str, cfg: HttpSource, client: httpx.AsyncClient | None) -> Any:
     if client is None:  # load_data always passes one; kept total for direct callers
+        import httpx
+
         async with httpx.AsyncClient(follow_redirects=False) as own:
             return await _load_http(key, cfg, own)
     url = cfg.http or ""
@@ -334,7 +348,7 @@ async def _load_http(key: str, cfg: HttpSource, client: httpx.AsyncClient | None
     # it: the whole request, body included, runs under one deadline.
     try:
         async with asyncio.timeout(cfg.timeout):
-            with map_errors(_HTTP_ERRORS, f"GET {shown} failed (timeout {cfg.timeout:g}s): "):
+            with map_errors(_http_errors(), f"GET {shown} failed (timeout {cfg.timeout:g}s): "):
                 async with client.stream(
                     "GET", url, headers=cfg.headers, timeout=cfg.timeout, follow_redirects=False
                 ) as response:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import structlog
 
 from postroom.clock import utcnow
@@ -46,6 +46,11 @@ from postroom.retry import doubling_delay
 from postroom.store.calls import store_call
 from postroom.store.ledger import LedgerStore, WebhookDelivery
 from postroom.webhooks.signing import sign, webhook_id_for
+
+if TYPE_CHECKING:
+    # httpx (with httpcore, ~8 MiB and ~60 ms of imports) is imported when the first delivery
+    # is due: a daemon whose rules post no webhooks never loads it.
+    import httpx
 
 log = structlog.get_logger(__name__)
 
@@ -88,13 +93,35 @@ class RetryPolicy:
 
 
 # httpx's errors on a POST, by one table: all of them may pass (a receiver down or slow).
-_HTTP_ERRORS: ErrorTable = {
-    httpx.TimeoutException: ServerTimeout,
-    httpx.TransportError: ServerConnectError,  # refused, reset, DNS, TLS, protocol errors
-}
+@functools.cache
+def _http_errors() -> ErrorTable:
+    import httpx
+
+    return {
+        httpx.TimeoutException: ServerTimeout,
+        httpx.TransportError: ServerConnectError,  # refused, reset, DNS, TLS, protocol errors
+    }
 
 
 SpecLookup = Callable[[str, int], ActionConfig]
+
+
+class _ClientOnFirstUse:
+    """The queue's one HTTP client, made when the first delivery is due: most daemons never
+    post a webhook, and the client's import is the only thing that would load httpx."""
+
+    def __init__(self, make: Callable[[], httpx.AsyncClient]) -> None:
+        self._make = make
+        self._client: httpx.AsyncClient | None = None
+
+    def __call__(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = self._make()
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
 
 
 class WebhookQueue:
@@ -157,8 +184,11 @@ class WebhookQueue:
         One HTTP client for the queue's life, so receivers' connections are reused."""
         heartbeat = asyncio.create_task(self._heartbeat(), name="webhook lease heartbeat")
         try:
-            async with self._client() as client:
-                await self._run(stop, client, idle)
+            clients = _ClientOnFirstUse(self._client)
+            try:
+                await self._run(stop, clients, idle)
+            finally:
+                await clients.aclose()
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
@@ -174,13 +204,13 @@ class WebhookQueue:
             except Exception as exc:  # the store is down: the leases may run out, rows go again
                 log.warning("could not renew the webhook leases", error=repr(exc))
 
-    async def _run(self, stop: asyncio.Event, client: httpx.AsyncClient, idle: float) -> None:
+    async def _run(self, stop: asyncio.Event, clients: _ClientOnFirstUse, idle: float) -> None:
         lanes: dict[str, asyncio.Task[int]] = {}  # receiver URL -> the task delivering to it
         try:
             while not stop.is_set():
                 for url in [url for url, lane in lanes.items() if lane.done()]:
                     lanes.pop(url).result()  # a store error ends the run (its supervisor restarts it)
-                if await self._start_lanes(client, lanes):
+                if await self._start_lanes(clients, lanes):
                     continue
                 # a busy receiver's waiting rows are due, but only its own lane's end frees them
                 due = await store_call(
@@ -201,14 +231,16 @@ class WebhookQueue:
                 lane.cancel()
             await asyncio.gather(*lanes.values(), return_exceptions=True)
 
-    async def _start_lanes(self, client: httpx.AsyncClient, lanes: dict[str, asyncio.Task[int]]) -> int:
+    async def _start_lanes(self, clients: _ClientOnFirstUse, lanes: dict[str, asyncio.Task[int]]) -> int:
         """Claim what is due for receivers not busy now; one task per receiver."""
         busy = [url for url, lane in lanes.items() if not lane.done()]
         for url, group in (await self._claim(skip_urls=busy)).items():
-            lanes[url] = asyncio.create_task(self._deliver_all(client, group), name=f"webhooks to {url}")
+            lanes[url] = asyncio.create_task(self._deliver_all(clients(), group), name=f"webhooks to {url}")
         return sum(1 for url in lanes if url not in busy)
 
     def _client(self) -> httpx.AsyncClient:
+        import httpx
+
         return httpx.AsyncClient(follow_redirects=False, transport=self._transport)
 
     async def _claim(self, skip_urls: Collection[str] = ()) -> dict[str, list[WebhookDelivery]]:
@@ -289,7 +321,7 @@ class WebhookQueue:
         # httpx's timeout is per read: a receiver dripping a byte a second would never end it.
         try:
             async with asyncio.timeout(spec.timeout):
-                with map_errors(_HTTP_ERRORS, f"POST {delivery.url}: "):
+                with map_errors(_http_errors(), f"POST {delivery.url}: "):
                     response = await client.post(
                         delivery.url, content=delivery.payload, headers=headers, timeout=spec.timeout
                     )
