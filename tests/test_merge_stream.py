@@ -9,7 +9,9 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from postroom.config import Settings, load_config
+from postroom.errors import MessageRefused
 from postroom.mail.templates import TemplateRenderer
 from postroom.outgoing.jobs import BuiltChunk, JobRunner
 
@@ -63,3 +65,20 @@ def test_an_empty_merge_is_skipped_and_makes_no_chunks(tmp_path: Path) -> None:
     skipped, chunks = asyncio.run(streamed(runner(tmp_path, 0), 3))
     assert skipped == "customers has no rows"
     assert chunks == []
+
+
+def test_a_row_that_cannot_render_stops_the_stream_at_its_chunk(tmp_path: Path) -> None:
+    run = runner(tmp_path, 5)
+    customers = json.loads((tmp_path / "customers.json").read_text())
+    customers[3]["email"] = "two@example.test, addresses@example.test"
+    (tmp_path / "customers.json").write_text(json.dumps(customers))
+
+    async def consume() -> list[int]:
+        _, chunks = await run.build_chunks("statements", key_prefix="k", now=NOW, chunk_rows=2)
+        got: list[int] = []
+        with pytest.raises(MessageRefused, match="row 3"):
+            async for chunk in chunks:
+                got.append(len(chunk.messages))
+        return got
+
+    assert asyncio.run(consume()) == [2]
