@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -324,3 +326,18 @@ def test_shipped_example_templates_render() -> None:
     reply = renderer.render("out_of_office", {"message": SimpleNamespace(subject="Lunch?", from_="A <a@x.test>")})
     assert reply == RenderedEmail(subject="Auto: Lunch?", text=reply.text, html=None)
     assert "Lunch?" in reply.text
+
+
+def test_only_an_auto_reload_renderer_sees_an_edit(tmp_path: Path) -> None:
+    """A merge reads each template file once (no stat per row); the preview asks for
+    auto_reload and shows an edited layout at once. A daemon takes edits at a reload."""
+    write(tmp_path, layout="{% block text %}v1 {% block body %}{% endblock %}{% endblock %}")
+    write(tmp_path, mail='{% extends "layout.j2" %}{% block subject %}s{% endblock %}{% block body %}x{% endblock %}')
+    once, preview = TemplateRenderer(tmp_path), TemplateRenderer(tmp_path, auto_reload=True)
+    assert once.render("mail", {}).text == preview.render("mail", {}).text == "v1 x\n"
+    layout = tmp_path / "layout.j2"
+    layout.write_text("{% block text %}v2 {% block body %}{% endblock %}{% endblock %}")
+    os.utime(layout, (time.time() + 5, time.time() + 5))  # a new mtime even on a coarse clock
+    assert preview.render("mail", {}).text == "v2 x\n"
+    assert once.render("mail", {}).text == "v1 x\n"
+    assert TemplateRenderer(tmp_path).render("mail", {}).text == "v2 x\n"

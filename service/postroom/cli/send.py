@@ -57,18 +57,19 @@ async def _dry_run(settings: Settings, job: str, *, to: list[str] | None) -> int
 
     loaded, renderer = load_checked(settings)
     runner = JobRunner(loaded.config, renderer, store=None)
-    built = await runner.build(job, key_prefix="dry-run", now=utcnow(), to_override=to)
-    if built.skipped:
-        click.echo(f"{job}: nothing to send ({built.skipped})", err=True)
+    # Printed a chunk of rows at a time as they are rendered: a 100k-row merge is never held whole.
+    skipped, chunks = await runner.build_chunks(job, key_prefix="dry-run", now=utcnow(), to_override=to)
+    if skipped:
+        click.echo(f"{job}: nothing to send ({skipped})", err=True)
         return 0
-    for i, m in enumerate(built.messages):
-        click.echo(
-            f"--- message {i + 1} of {len(built.messages)}; envelope from <{m.envelope_from}> to "
-            f"{', '.join(m.recipients)}",
-            err=True,
-        )
-        sys.stdout.write(m.raw.decode("utf-8", "replace").replace("\r\n", "\n"))
-        sys.stdout.write("\n")
+    async for chunk in chunks:
+        for i, m in enumerate(chunk.messages, start=chunk.first):
+            click.echo(
+                f"--- message {i + 1} of {chunk.total}; envelope from <{m.envelope_from}> to {', '.join(m.recipients)}",
+                err=True,
+            )
+            sys.stdout.write(m.raw.decode("utf-8", "replace").replace("\r\n", "\n"))
+            sys.stdout.write("\n")
     return 0
 
 

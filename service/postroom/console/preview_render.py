@@ -128,7 +128,7 @@ async def build_preview(
             return _with(shown, problem=Problem("choice", f"{job_cfg.for_each} has {have}; there is no row {row}"))
     else:
         shown = _with(shown, notice=notice)
-    previews = JobPreviews(config, TemplateRenderer(templates_dir))
+    previews = JobPreviews(config, TemplateRenderer(templates_dir, auto_reload=True))
     try:
         # Rendering and taking the message apart are CPU work (rendering reads template files
         # too): off the event loop, as a run renders.

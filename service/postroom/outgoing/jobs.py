@@ -11,7 +11,7 @@ what is missing, so every recipient gets the message once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import formataddr, parseaddr
@@ -42,6 +42,8 @@ from .sources import load_data
 log = structlog.get_logger(__name__)
 
 LOGGED_SUPPRESSED = 50  # addresses a run's "suppressed recipients" line names (the count is whole)
+# Rows rendered per step of a streamed build: its messages (raw bytes) are what is held at once.
+CHUNK_ROWS = 500
 
 
 @dataclass
@@ -50,6 +52,15 @@ class BuiltRun:
     messages: list[NewMessage] = field(default_factory=list)
     skipped: str | None = None  # why nothing is sent (skip_if_empty)
     suppressed: int = 0  # recipients left out: on the account's suppression list (hard bounces)
+
+
+@dataclass
+class BuiltChunk:
+    """One step of a streamed build: the messages of some rows, in row order."""
+
+    messages: list[NewMessage]
+    first: int  # the index (0-based) of its first message in the run
+    total: int  # messages the whole run makes
 
 
 class JobRunner:
@@ -103,6 +114,41 @@ class JobRunner:
         )
         return BuiltRun(job=job_id, messages=messages)
 
+    async def build_chunks(
+        self,
+        job_id: str,
+        *,
+        key_prefix: str,
+        now: datetime,
+        to_override: Sequence[str] | None = None,
+        chunk_rows: int = CHUNK_ROWS,
+    ) -> tuple[str | None, AsyncIterator[BuiltChunk]]:
+        """The run's messages a chunk of rows at a time, for a consumer that writes them out
+        as they come (`send --dry-run`): (why nothing is sent, or None; the chunks). Only a
+        chunk's messages are held at once, not the whole merge's (100k rows: 340 MiB)."""
+        job = self._job(job_id)
+        data = await load_data(job.data)
+        if job.skip_if_empty and not data.get(job.skip_if_empty):
+            return f"{job.skip_if_empty} has no rows", _no_chunks()
+        total = len(data[job.for_each]) if job.for_each and isinstance(data.get(job.for_each), list) else 1
+
+        async def chunks() -> AsyncIterator[BuiltChunk]:
+            for first in range(0, total, chunk_rows):
+                messages = await asyncio.to_thread(
+                    self.render_messages,
+                    job_id,
+                    job,
+                    data,
+                    key_prefix=key_prefix,
+                    now=now,
+                    fire_time=None,
+                    to_override=to_override,
+                    rows=range(first, min(first + chunk_rows, total)),
+                )
+                yield BuiltChunk(messages=messages, first=first, total=total)
+
+        return None, chunks()
+
     def render_messages(
         self,
         job_id: str,
@@ -114,8 +160,10 @@ class JobRunner:
         fire_time: datetime | None,
         to_override: Sequence[str] | None,
         only_row: int | None = None,
+        rows: range | None = None,
     ) -> list[NewMessage]:
-        """The run's messages; ``only_row``: just that row's (`postroom preview` shows one)."""
+        """The run's messages; ``only_row``: just that row's (`postroom preview` shows one);
+        ``rows``: those rows' (a streamed build's chunk)."""
         with rendering_locale(self.config.job_locale(job)):  # for money, number and date filters
             return self._render_rows(
                 job_id,
@@ -126,6 +174,7 @@ class JobRunner:
                 fire_time=fire_time,
                 to_override=to_override,
                 only_row=only_row,
+                wanted=rows,
             )
 
     def _render_rows(
@@ -139,6 +188,7 @@ class JobRunner:
         fire_time: datetime | None,
         to_override: Sequence[str] | None,
         only_row: int | None,
+        wanted: range | None = None,
     ) -> list[NewMessage]:
         account = self.config.accounts[job.account]
         tz = ZoneInfo(self.config.job_timezone(job))
@@ -157,7 +207,8 @@ class JobRunner:
         per_message = any(is_per_message(att) for att in job.attachments)
         folder = self.config.attachments_dir or Path(".")
         out: list[NewMessage] = []
-        for i, row in enumerate(rows):
+        for i in wanted if wanted is not None else range(len(rows)):
+            row = rows[i]
             if only_row is not None and i != only_row:
                 continue
             context = {**base, ROW: row} if job.for_each else base
@@ -408,3 +459,8 @@ class JobRunner:
                 if claim and fire_time is not None:
                     await store_call(runs.finish_fire, job_id, fire_time, now=done_at, status=status, detail=detail)
         return built
+
+
+async def _no_chunks() -> AsyncIterator[BuiltChunk]:
+    return
+    yield  # an async generator that makes nothing
