@@ -189,6 +189,8 @@ class ImapWatcher(Watcher):
         whole = self.rules.needs().body
         size = min(self.batch_size, BODY_BATCH) if whole else self.batch_size
         depth = 1 if whole else PIPELINE  # whole messages: one batch's worth of memory at a time
+        if self._one_batch(conn, known, retries):
+            size = len(todo)
         if self._suspects.any_among(uidvalidity, todo):
             depth = 1  # the next FETCH to break off is then its own batch's, not one behind it
         broke: set[int] = set()  # first UIDs of batches whose own FETCH broke off
@@ -312,9 +314,12 @@ class ImapWatcher(Watcher):
             return {}
         wanted = set(new_uids)
         matched: dict[int, set[str]] = {}
+        # one rule over more than a batch: its result saved on the server as ``$`` (SEARCHRES),
+        # so the pass can act on all of it in one command (cycle: ``_one_batch``)
+        search = conn.search_saved if len(per_rule) == 1 and self._saves_search(conn, new_uids) else conn.search_uids
         for name, criteria in per_rule:
             try:
-                found = await conn.search_uids(["UID", f"{new_uids[0]}:{new_uids[-1]}", *criteria])
+                found = await search(["UID", f"{new_uids[0]}:{new_uids[-1]}", *criteria])
             except ServerRejected as exc:
                 self.log.warning("SEARCH refused; fetching and evaluating instead", error=str(exc))
                 return None
@@ -331,6 +336,18 @@ class ImapWatcher(Watcher):
                 known[uid] = plans[names_key]
         self.log.info("rules decided by SEARCH alone; nothing fetched", matched=len(known), of=len(new_uids))
         return known
+
+    def _saves_search(self, conn: ImapConnection, new_uids: list[int]) -> bool:
+        return conn.has("SEARCHRES") and len(new_uids) > self.batch_size
+
+    @staticmethod
+    def _one_batch(conn: ImapConnection, known: dict[int, list[PlannedAction]] | None, retries: list[int]) -> bool:
+        """The whole pass as one batch: SEARCH decided it, ``$`` holds exactly the matches and
+        each gets the same actions (one rule), so the handler's MOVE (or STORE) of all of them
+        is one ``UID MOVE $``. The ledger plans all of them before it and records them after,
+        as for any batch; after a crash they are in doubt and checked on the server
+        (``action_kinds``: moved ones are gone), in chunked commands."""
+        return known is not None and bool(known) and not retries and conn.saved_is(known.keys())
 
     async def _unfetched(
         self, uidvalidity: int, known: dict[int, list[PlannedAction]], uids: list[int]
