@@ -67,6 +67,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.lab import LabPorts, MailLab  # noqa: E402
+from tests.lab.maildir import folder_path  # noqa: E402
 from tests.support.daemon import postroom_env  # noqa: E402
 
 POSTROOM = ROOT / ".venv" / "bin" / "postroom"
@@ -145,7 +146,18 @@ def mailbox(n: int) -> list[bytes]:
 
 
 def reseed(lab: MailLab, raws: list[bytes]) -> None:
-    lab.clear_mailbox(USER)
+    if len(raws) > 20_000:
+        # doveadm expunge of 100k messages takes minutes on a busy machine: remove the files
+        # and let Dovecot rescan the folders instead (untimed either way)
+        maildir = lab.layout.maildir(USER)
+        for folder in ("INBOX", ARCHIVE):
+            for sub in ("cur", "new"):
+                box = folder_path(maildir, folder) / sub
+                for name in os.listdir(box) if box.is_dir() else ():
+                    os.unlink(box / name)
+        lab.doveadm("force-resync", "-u", USER, "*")
+    else:
+        lab.clear_mailbox(USER)
     lab.seed_maildir(USER, "INBOX", raws)
 
 
@@ -245,7 +257,7 @@ def environ(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def postroom_in_process(lab: MailLab, work: Path, env: dict[str, str], tag: str) -> float:
+def postroom_in_process(lab: MailLab | None, work: Path, env: dict[str, str], tag: str) -> float:
     """One watcher pass (connect .. logout) on a fresh store; store creation is untimed."""
     state = work / f"state-{tag}"
     settings = Settings(config=work / "postroom.yaml", templates=ROOT / "templates", state_dir=state, instance="bench")
@@ -279,6 +291,25 @@ def postroom_in_process(lab: MailLab, work: Path, env: dict[str, str], tag: str)
             return took
     finally:
         store.close()
+
+
+def postroom_child(work: Path, env: dict[str, str], tag: str, src: str | None) -> float:
+    """``postroom_in_process`` in a child interpreter, importing postroom from ``src`` (a
+    checkout's ``service`` directory; None: this one): a before/after comparison measures both
+    the same way, interleaved in one run. Only the pass is timed, as in-process."""
+    child_env = {**os.environ, **env}
+    if src is not None:
+        child_env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])
+    out = subprocess.run(
+        [sys.executable, __file__, "--one-pass", str(work), tag],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"one pass ({tag}, {src or 'this checkout'}) failed: {out.stderr[-2000:]}")
+    return float(out.stdout.split()[-1])
 
 
 def free_port() -> int:
@@ -438,6 +469,11 @@ def fmt(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--one-pass"]:  # the child of postroom_child: WORK TAG
+        setup_logging(level="WARNING")
+        print(postroom_in_process(None, Path(argv[1]), {}, argv[2]))
+        return 0
     parser = argparse.ArgumentParser(prog="bench/rules", description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=10_000, help="INBOX size for the first pass")
     parser.add_argument("--rounds", type=int, default=3)
@@ -448,6 +484,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, stores)")
     parser.add_argument("--variants", default="archive,regex", help="postroom rules to time: archive, regex")
     parser.add_argument("--no-daemon", dest="daemon", action="store_false", help="skip the spawned-daemon runs")
+    parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="also time each one pass with postroom from SRC (an older checkout's service/), both"
+        " sides in child interpreters, interleaved round by round (order alternating)",
+    )
     args = parser.parse_args(argv)
     setup_logging(level="WARNING")  # the in-process pass: no per-batch info lines in the output
 
@@ -470,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         variants = [v for v in args.variants.split(",") if v]
         keys = ["imapfilter", "limit", "limit-saved"]
         for variant in variants:
-            keys += [variant, *([f"{variant}-daemon"] if args.daemon else [])]
+            keys += [variant, *([f"{variant}-before"] if args.before else [])]
+            keys += [f"{variant}-daemon"] if args.daemon else []
         sides: dict[str, list[float]] = {k: [] for k in keys}
         failed: dict[str, str] = {}  # side -> why it could not do the pass (then it has no figure)
         rss: dict[str, list[int]] = {v: [] for v in variants}
@@ -495,9 +538,16 @@ def main(argv: list[str] | None = None) -> int:
             floor("limit-saved", saved=True)
             for variant in variants:
                 write_config(lab, work, RULES[variant])
-                reseed(lab, raws)
-                sides[variant].append(postroom_in_process(lab, work, env, f"{variant}-{r}"))
-                expect_archived(lab, f"postroom {variant}", reports)
+                if not args.before:
+                    reseed(lab, raws)
+                    sides[variant].append(postroom_in_process(lab, work, env, f"{variant}-{r}"))
+                    expect_archived(lab, f"postroom {variant}", reports)
+                for side, src in (
+                    ((variant, None), (f"{variant}-before", args.before))[:: 1 if r % 2 else -1] if args.before else ()
+                ):
+                    reseed(lab, raws)
+                    sides[side].append(postroom_child(work, env, f"{side}-{r}", src))
+                    expect_archived(lab, f"postroom {side}", reports)
                 if args.daemon:
                     reseed(lab, raws)
                     seconds, peak = postroom_daemon(work, env, f"{variant}-daemon-{r}")
@@ -513,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
             "limit": "floor: SEARCH + one MOVE",
             "limit-saved": "floor: SEARCH (SAVE) + MOVE $",
             "archive": "postroom archive, one pass",
+            "archive-before": "  the same, --before code",
+            "regex-before": "  the same, --before code",
             "archive-daemon": "postroom archive, daemon",
             "regex": "postroom regex, one pass",
             "regex-daemon": "postroom regex, daemon",
@@ -538,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
         ratio("archive", "limit", 1.2)
         ratio("archive", "limit-saved", None if "limit" in med else 1.2)
         ratio("regex", "imapfilter", 1.0)
+        ratio("archive-before", "imapfilter", None)
+        ratio("archive-before", "limit", None)
+        ratio("archive-before", "limit-saved", None)
+        ratio("regex-before", "imapfilter", None)
+        ratio("archive", "archive-before", None)
+        ratio("regex", "regex-before", None)
         ratio("archive-daemon", "imapfilter", None)
         for variant, peaks in rss.items():
             if peaks:
