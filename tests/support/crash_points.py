@@ -6,7 +6,9 @@ The Nth time the process reaches a point of KIND it creates MARKER and waits the
 waits for MARKER, then SIGKILLs the process, so the crash lands exactly where a real one would
 do the most harm. KIND is ``maildir`` or ``mbox`` (halfway through writing a saved message:
 half of it written and fsynced) or ``append`` (right after an APPEND to another account
-succeeded, before anything records it).
+succeeded, before anything records it) or ``premove`` / ``move`` (right before a MOVE goes out /
+right after it returned; MARKER then holds ``$`` when it moved the saved search result, else
+``sets``).
 
 The product has no hook for this: this launcher wraps the function at that point in the process
 it starts (the tests' own process is never touched), then runs postroom's command line.
@@ -18,14 +20,14 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from postroom.cli import main
 from postroom.incoming import imap, local_save
 
-KINDS = ("maildir", "mbox", "append")
+KINDS = ("maildir", "mbox", "append", "premove", "move")
 
 
 def command(kind: str, nth: int, marker: Path) -> list[str]:
@@ -83,10 +85,31 @@ def _hold_appends(nth: int, marker: Path) -> None:
     imap.ImapConnection.append = append_then_wait  # type: ignore[method-assign]
 
 
+def _hold_moves(after: bool, nth: int, marker: Path) -> None:
+    move = imap.ImapConnection.move
+    reached = _counter(nth)
+
+    async def hold_at_move(self: imap.ImapConnection, uids: Collection[int], folder: str) -> None:
+        if not reached():
+            await move(self, uids, folder)
+            return
+        how = "$" if self.saved_is(uids) else "sets"
+        if after:
+            await move(self, uids, folder)
+        staged = marker.with_suffix(".tmp")
+        staged.write_text(how)
+        os.replace(staged, marker)  # the sign the test waits for, whole
+        await asyncio.Event().wait()  # only the test's SIGKILL ends this
+
+    imap.ImapConnection.move = hold_at_move  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
     point, count, path, *postroom_args = sys.argv[1:]
     if point == "append":
         _hold_appends(int(count), Path(path))
+    elif point in ("premove", "move"):
+        _hold_moves(point == "move", int(count), Path(path))
     else:
         _hold_saves(point, int(count), Path(path))
     sys.argv = ["postroom", *postroom_args]

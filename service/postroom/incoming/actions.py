@@ -69,7 +69,7 @@ from postroom.incoming.envelope import envelope_of
 from postroom.mail.compose import make_message_id
 from postroom.mail.templates import RenderedEmail, TemplateRenderer
 from postroom.store.calls import store_call
-from postroom.store.ledger import ActionId, LedgerEntry, LedgerStore
+from postroom.store.ledger import ActionId, FinishedAction, LedgerEntry, LedgerStore
 from postroom.store.outbox import NewMessage, OutboxStore
 from postroom.webhooks.delivery import WebhookRequest
 from postroom.webhooks.signing import webhook_id_for
@@ -78,7 +78,7 @@ from ..action_kinds import MailboxOps
 from .forward import forward_message, redirect_message
 from .guards import answered, ledger_rule, send_refusal
 from .local_save import Mbox, envelope_sender, save_id, save_maildir
-from .mailbox import InboundItem, ItemOutcome
+from .mailbox import InboundItem, ItemOutcome, Settlement
 from .message import ParsedMessage, message_parts
 from .replies import compose_reply, reply_context, reply_to_address, vacation_text
 from .rules import PlannedAction, RuleSet
@@ -208,9 +208,24 @@ class ActionExecutor:
         self.wake_sender = wake_sender
         self.dry_run = dry_run
 
+    #: ``handle_batch`` takes ``settle=``: the watcher commits the last phase's outcomes (see there)
+    settles_with_batch = True
+
     async def handle_batch(
-        self, account: str, folder: str, mailbox: MailboxOps | None, items: Sequence[InboundItem]
+        self,
+        account: str,
+        folder: str,
+        mailbox: MailboxOps | None,
+        items: Sequence[InboundItem],
+        *,
+        settle: Settlement | None = None,
     ) -> dict[str, ItemOutcome]:
+        """Run the items' planned actions phase by phase through the ledger. Each phase's
+        actions are committed ``planned`` before their side effects run (a crash between leaves
+        them in doubt: checked on the server or redone next time); their outcomes are committed
+        with the next phase's plan, one transaction. The last phase's outcomes go to ``settle``
+        when given, for the watcher to commit with the batch's inbound rows and checkpoint;
+        without it (or when this raises) they are committed here."""
         logger = log.bind(account=account, folder=folder)
         if self.dry_run:
             for item in items:
@@ -228,6 +243,31 @@ class ActionExecutor:
                 results[entry_id] = _Result(settled, entry.detail or {}, entry.error)
         # Items with a failure (this batch, or a dead action before): later phases wait.
         blocked: set[str] = {aid[0] for aid, entry in entries.items() if entry.status == "dead"}
+        unrecorded: list[FinishedAction] = []  # outcomes of the phase before, not yet committed
+        try:
+            await self._phases(items, entries, results, blocked, unrecorded, acct, account, folder, mailbox)
+        except Exception:
+            await store_call(self.ledger.finish, unrecorded, now=self.clock())  # what did happen
+            raise
+        if settle is not None:
+            settle.actions.extend(unrecorded)
+        else:
+            await store_call(self.ledger.finish, unrecorded, now=self.clock())
+        return {item.key: _outcome(item, results) for item in items}
+
+    async def _phases(
+        self,
+        items: Sequence[InboundItem],
+        entries: dict[ActionId, LedgerEntry],
+        results: dict[ActionId, _Result],
+        blocked: set[str],
+        unrecorded: list[FinishedAction],
+        acct: AccountConfig,
+        account: str,
+        folder: str,
+        mailbox: MailboxOps | None,
+    ) -> None:
+        logger = log.bind(account=account, folder=folder)
         for phase_of, kinds in PHASES:
             works = [
                 _Work(item, action, entries.get((item.key, action.rule, action.index)))
@@ -237,18 +277,25 @@ class ActionExecutor:
                 if action.kind in kinds
             ]
             todo = [w for w in works if w.aid not in results]
+            skipped: list[tuple[ActionId, str]] = []  # planned and finished at once (never run)
             if phase_of is Phase.TERMINAL:
-                todo = await self._first_terminal(works, results)
+                todo, skipped = self._first_terminal(works, results, unrecorded)
             if not todo:
+                if skipped:
+                    await store_call(self.ledger.record, planned=skipped, finished=unrecorded[:], now=self.clock())
+                    unrecorded.clear()
                 continue
             phase = _Phase()
-            await store_call(self.ledger.plan, [(w.aid, w.action.kind) for w in todo], now=self.clock())
-            await self._run_phase(phase_of, todo, phase, acct, account, folder, mailbox)
+            # planned, and committed, before the side effect; with the phase before's outcomes
             await store_call(
-                self.ledger.finish,
-                [(aid, r.status, r.detail or None, r.error) for aid, (_, r) in phase.results.items()],
+                self.ledger.record,
+                planned=[*skipped, *((w.aid, w.action.kind) for w in todo)],
+                finished=unrecorded[:],
                 now=self.clock(),
             )
+            unrecorded.clear()
+            await self._run_phase(phase_of, todo, phase, acct, account, folder, mailbox)
+            unrecorded.extend((aid, r.status, r.detail or None, r.error) for aid, (_, r) in phase.results.items())
             for aid, (work, result) in phase.results.items():
                 results[aid] = result
                 self.on_action(work.action.kind, result.outcome)
@@ -257,11 +304,14 @@ class ActionExecutor:
                     logger.warning(
                         "action failed", key=work.key, kind=work.action.kind, status=result.status, error=result.error
                     )
-        return {item.key: _outcome(item, results) for item in items}
 
-    async def _first_terminal(self, works: list[_Work], results: dict[ActionId, _Result]) -> list[_Work]:
+    def _first_terminal(
+        self, works: list[_Work], results: dict[ActionId, _Result], unrecorded: list[FinishedAction]
+    ) -> tuple[list[_Work], list[tuple[ActionId, str]]]:
         """Of each message's move/delete actions (in written order) the first runs; the later
-        ones are impossible once it has, and are recorded done as skipped right here."""
+        ones are impossible once it has, and are recorded done as skipped: planned and finished
+        in the transaction that plans the first, since they never run. Returns the first ones
+        to run and the skipped ones to plan."""
         by_item: dict[str, list[_Work]] = defaultdict(list)
         for work in works:  # already in rule order, then action order
             by_item[work.item.key].append(work)
@@ -281,9 +331,8 @@ class ActionExecutor:
                 results[work.aid] = _Result("done", detail)
                 finished.append((work.aid, "done", detail, None))
                 self.on_action(work.action.kind, "skipped")
-            await store_call(self.ledger.plan, [(w.aid, w.action.kind) for w in skipped], now=self.clock())
-            await store_call(self.ledger.finish, finished, now=self.clock())
-        return todo
+            unrecorded.extend(finished)
+        return todo, [(w.aid, w.action.kind) for w in skipped]
 
     async def _run_phase(
         self,

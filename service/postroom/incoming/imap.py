@@ -199,6 +199,7 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         self.uidvalidity = 0
         self.capabilities: frozenset[str] = frozenset()
         self._news = False  # EXISTS/RECENT read past by our FETCH reader since the last SELECT
+        self._saved: frozenset[int] | None = None  # the UIDs the server holds as ``$`` (search_saved)
         self._wake = threading.Event()
 
     def has(self, capability: str) -> bool:
@@ -246,6 +247,7 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         return client
 
     def _opened(self, client: IMAPClient) -> None:
+        self._saved = None  # a new session has no ``$``
         cfg = self.cfg
         log.info(
             "imap connected",
@@ -279,10 +281,12 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
     async def examine(self, folder: str) -> None:
         """Open ``folder`` read-only (EXAMINE): reading it changes no flag, not even \\Recent
         (``postroom rules try``)."""
+        self._saved = None  # SELECT/EXAMINE reset ``$`` (RFC 5182)
         await self._run(f"examine {folder!r}", lambda: self._c().select_folder(folder, readonly=True))
         self.folder = folder
 
     def _select(self, folder: str) -> FolderState:
+        self._saved = None  # SELECT/EXAMINE reset ``$`` (RFC 5182)
         info = self._c().select_folder(folder)
         self._drain_news()  # what SELECT reports, the SEARCH that follows it sees
         if b"UIDVALIDITY" not in info:
@@ -339,6 +343,34 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
 
     async def search_uids(self, criteria: list[Any] | str) -> list[int]:
         return await self._run("search", lambda: sorted(int(u) for u in self._c().search(criteria)))
+
+    async def search_saved(self, criteria: list[Any]) -> list[int]:
+        """``UID SEARCH RETURN (SAVE) criteria`` (SEARCHRES, RFC 5182): the server keeps the
+        result as ``$``, and a later command on exactly these UIDs says ``$`` instead of a UID
+        set (``_uid_sets``): one ``UID MOVE $`` for a whole folder, however many UIDs, never a
+        command over the server's line limit. The UIDs are read back from ``$`` itself
+        (``UID SEARCH UID $``), so what the caller records is what ``$`` names."""
+
+        def run() -> list[int]:
+            client = self._c()
+            self._saved = None  # until both commands have answered, ``$`` is not known
+            client.search(["RETURN", ["SAVE"], *criteria])  # no untagged reply: SAVE alone
+            found = sorted(int(u) for u in client.search(["UID", "$"]))
+            self._saved = frozenset(found)
+            return found
+
+        return await self._run("search", run)
+
+    def saved_is(self, uids: Collection[int]) -> bool:
+        """True when ``$`` on the server is exactly these UIDs."""
+        return self._saved is not None and self._saved == frozenset(uids)
+
+    def _uid_sets(self, uids: Collection[int]) -> list[str]:
+        """The UID sets for one command each: ``$`` when ``uids`` is exactly the saved search
+        result, else compact sets of ``CHUNK`` UIDs."""
+        if self.saved_is(uids):
+            return ["$"]
+        return [uid_set(part) for part in chunks(uids)]
 
     async def uids_from(self, min_uid: int) -> list[int]:
         """UIDs >= min_uid. ``n:*`` also names the highest UID when nothing is newer: filtered."""
@@ -424,12 +456,12 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         return result
 
     async def add_flags(self, uids: Collection[int], flags: Sequence[str]) -> None:
-        for part in chunks(uids):
-            await self._run("store +flags", lambda p=part: self._c().add_flags(uid_set(p), list(flags), silent=True))
+        for part in self._uid_sets(uids):
+            await self._run("store +flags", lambda p=part: self._c().add_flags(p, list(flags), silent=True))
 
     async def remove_flags(self, uids: Collection[int], flags: Sequence[str]) -> None:
-        for part in chunks(uids):
-            await self._run("store -flags", lambda p=part: self._c().remove_flags(uid_set(p), list(flags), silent=True))
+        for part in self._uid_sets(uids):
+            await self._run("store -flags", lambda p=part: self._c().remove_flags(p, list(flags), silent=True))
 
     async def copy(self, uids: Collection[int], folder: str) -> None:
         for part in chunks(uids):
@@ -439,8 +471,8 @@ class ImapConnection(ThreadedConnection[IMAPClient, ImapConfig]):
         if not uids:
             return
         if self.has("MOVE"):
-            for part in chunks(uids):
-                await self._run(f"move to {folder!r}", lambda p=part: self._c().move(uid_set(p), folder))
+            for part in self._uid_sets(uids):
+                await self._run(f"move to {folder!r}", lambda p=part: self._c().move(p, folder))
             return
         self._require_uidplus(f"move to {folder!r}")
         await self.copy(uids, folder)

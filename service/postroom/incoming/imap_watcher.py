@@ -26,6 +26,7 @@ deleted ones have left the folder anyway, flagged ones get the same flags again 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 from collections import deque
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from postroom.incoming.watch_lease import LEASE_TTL
 from postroom.incoming.watch_loop import BATCH, Backoff, Entry, Watcher, WatcherHooks, WatchState
 from postroom.retry import sleep_or_stop
 from postroom.store.calls import store_call
-from postroom.store.inbound import DONE, FINISHED, InboundStore
+from postroom.store.inbound import DONE, FINISHED, CheckpointWrite, InboundStore
 from postroom.store.leases import WatchLeases
 
 BODY_BATCH = 200  # when rules need whole messages: bounds the memory a batch holds
@@ -188,22 +189,26 @@ class ImapWatcher(Watcher):
         whole = self.rules.needs().body
         size = min(self.batch_size, BODY_BATCH) if whole else self.batch_size
         depth = 1 if whole else PIPELINE  # whole messages: one batch's worth of memory at a time
+        if self._one_batch(conn, known, retries):
+            size = len(todo)
         if self._suspects.any_among(uidvalidity, todo):
             depth = 1  # the next FETCH to break off is then its own batch's, not one behind it
         broke: set[int] = set()  # first UIDs of batches whose own FETCH broke off
         in_flight: deque[tuple[list[int], asyncio.Task[None]]] = deque()
+        fold = _CheckpointFold(self, uidvalidity, last, everything, start_from)
         stopped = False
         try:
             for batch in self._suspects.batches(uidvalidity, todo, size):
                 if len(in_flight) == depth:
-                    await self._settle(in_flight.popleft(), uidvalidity, last, everything, start_from, broke)
+                    await self._settle(in_flight.popleft(), fold, broke)
                 if stop is not None and stop.is_set():
                     stopped = True
                     break
-                task = asyncio.create_task(self._process(conn, uidvalidity, batch, known or {}, broke))
+                fold.started(batch)
+                task = asyncio.create_task(self._process(conn, uidvalidity, batch, known or {}, broke, fold))
                 in_flight.append((batch, task))
             while in_flight:
-                await self._settle(in_flight.popleft(), uidvalidity, last, everything, start_from, broke)
+                await self._settle(in_flight.popleft(), fold, broke)
         except BaseException:
             # the batch behind a failed one stops at its next await; what it left planned in
             # the ledger is "in doubt" and checked on the server next time, like after a crash
@@ -214,32 +219,29 @@ class ImapWatcher(Watcher):
         if stopped:
             self.log.info("stopping: the rest of this pass waits for the next start")
             return False
-        await self._save(uidvalidity, max([last, *everything]), start_from)
+        if fold.written < max([last, *everything]):
+            await self._save(uidvalidity, max([last, *everything]), start_from)
         return True
 
     async def _settle(
-        self,
-        flight: tuple[list[int], asyncio.Task[None]],
-        uidvalidity: int,
-        last: int,
-        everything: list[int],
-        start_from: str,
-        broke: set[int],
+        self, flight: tuple[list[int], asyncio.Task[None]], fold: _CheckpointFold, broke: set[int]
     ) -> None:
-        """Wait for the oldest batch in flight, then move the checkpoint past it. Batches are
-        settled in order, so the checkpoint never passes a batch that is still running."""
+        """Wait for the oldest batch in flight, then move the checkpoint past it (unless it
+        went in with the batch's rows, ``_CheckpointFold``). Batches are settled in order, so
+        the checkpoint never passes a batch that is still running."""
         batch, task = flight
-        # everything up to this batch's end was looked at: skipped by the prefilter or handled
-        reached = max([last, *[u for u in everything if u <= batch[-1]]])
+        reached = fold.reached(batch)
         try:
             await task
         except Exception as exc:
             # the oldest batch whose FETCH broke off is the one to blame (those behind it
             # only found the connection gone)
-            if batch[0] in broke and await self._fetch_broke(uidvalidity, batch, exc):
-                await self._save(uidvalidity, reached, start_from)  # its failure is on its row now
+            if batch[0] in broke and await self._fetch_broke(fold.uidvalidity, batch, exc):
+                await self._save(fold.uidvalidity, reached, fold.start_from)  # its failure is on its row now
             raise
-        await self._save(uidvalidity, reached, start_from)
+        if fold.written < reached:
+            await self._save(fold.uidvalidity, reached, fold.start_from)
+            fold.written = reached
 
     async def _fetch_broke(self, uidvalidity: int, batch: list[int], exc: Exception) -> bool:
         """Narrow a broken FETCH down (``suspects``); a single message is the culprit and has
@@ -312,9 +314,12 @@ class ImapWatcher(Watcher):
             return {}
         wanted = set(new_uids)
         matched: dict[int, set[str]] = {}
+        # one rule over more than a batch: its result saved on the server as ``$`` (SEARCHRES),
+        # so the pass can act on all of it in one command (cycle: ``_one_batch``)
+        search = conn.search_saved if len(per_rule) == 1 and self._saves_search(conn, new_uids) else conn.search_uids
         for name, criteria in per_rule:
             try:
-                found = await conn.search_uids(["UID", f"{new_uids[0]}:{new_uids[-1]}", *criteria])
+                found = await search(["UID", f"{new_uids[0]}:{new_uids[-1]}", *criteria])
             except ServerRejected as exc:
                 self.log.warning("SEARCH refused; fetching and evaluating instead", error=str(exc))
                 return None
@@ -331,6 +336,18 @@ class ImapWatcher(Watcher):
                 known[uid] = plans[names_key]
         self.log.info("rules decided by SEARCH alone; nothing fetched", matched=len(known), of=len(new_uids))
         return known
+
+    def _saves_search(self, conn: ImapConnection, new_uids: list[int]) -> bool:
+        return conn.has("SEARCHRES") and len(new_uids) > self.batch_size
+
+    @staticmethod
+    def _one_batch(conn: ImapConnection, known: dict[int, list[PlannedAction]] | None, retries: list[int]) -> bool:
+        """The whole pass as one batch: SEARCH decided it, ``$`` holds exactly the matches and
+        each gets the same actions (one rule), so the handler's MOVE (or STORE) of all of them
+        is one ``UID MOVE $``. The ledger plans all of them before it and records them after,
+        as for any batch; after a crash they are in doubt and checked on the server
+        (``action_kinds``: moved ones are gone), in chunked commands."""
+        return known is not None and bool(known) and not retries and conn.saved_is(known.keys())
 
     async def _unfetched(
         self, uidvalidity: int, known: dict[int, list[PlannedAction]], uids: list[int]
@@ -388,14 +405,28 @@ class ImapWatcher(Watcher):
         uids: list[int],
         known: dict[int, list[PlannedAction]],
         broke: set[int],
+        fold: _CheckpointFold,
     ) -> None:
-        batch_start = uids[0]
+        batch = uids
         unfetched = [uid for uid in uids if uid in known]
+        uids = [uid for uid in uids if uid not in known]  # retries: fetched and evaluated
         if unfetched:
-            await self._hand_over(conn, *await self._unfetched(uidvalidity, known, unfetched))
-            uids = [uid for uid in uids if uid not in known]  # retries: fetched and evaluated
-            if not uids:
-                return
+            items, rows = await self._unfetched(uidvalidity, known, unfetched)
+            await self._hand_over(conn, items, rows, checkpoint=fold.offer(batch) if not uids else _no_checkpoint)
+        if uids:
+            await self._fetched(conn, uidvalidity, batch, uids, broke, fold)
+        fold.finished(batch)
+
+    async def _fetched(
+        self,
+        conn: ImapConnection,
+        uidvalidity: int,
+        batch: list[int],
+        uids: list[int],
+        broke: set[int],
+        fold: _CheckpointFold,
+    ) -> None:
+        batch_start = batch[0]
         needs = self.rules.needs(rules_only=self._message_free())
         if self.bounces is not None:
             needs = needs.merge(FetchNeeds(header_fields=frozenset(bounce_intake.HEADER_FIELDS)))
@@ -431,7 +462,53 @@ class ImapWatcher(Watcher):
             return {**have, **{by_uid[uid]: raw for uid, raw in fetched_raw.items() if uid in by_uid}}
 
         entries = await self._take_bounces(entries, whole)
-        await self._hand_over(conn, *await self._evaluate(entries))
+        items, rows, finished = await self._evaluate(entries)
+        await self._hand_over(conn, items, rows, finished, checkpoint=fold.offer(batch))
+
+
+def _no_checkpoint() -> CheckpointWrite | None:
+    return None
+
+
+class _CheckpointFold:
+    """A batch's checkpoint in the same transaction as its rows and ledger outcomes, when that
+    is safe: every batch started before it has finished (they settle in UID order, and the
+    checkpoint must never pass one still running or failed). Otherwise ``_settle`` writes it
+    on its own, as before. ``written`` is the highest ``last_uid`` written this cycle."""
+
+    def __init__(self, watcher: ImapWatcher, uidvalidity: int, last: int, everything: list[int], start_from: str):
+        self.watcher = watcher
+        self.uidvalidity = uidvalidity
+        self.last = last
+        self.everything = everything
+        self.start_from = start_from
+        self.written = -1
+        self._running: list[int] = []  # first UIDs of batches started and not finished, oldest first
+
+    def reached(self, batch: list[int]) -> int:
+        """Everything up to this batch's end was looked at: skipped by the prefilter or handled."""
+        end = bisect.bisect_right(self.everything, batch[-1])
+        return max(self.last, self.everything[end - 1] if end else 0)
+
+    def started(self, batch: list[int]) -> None:
+        self._running.append(batch[0])
+
+    def finished(self, batch: list[int]) -> None:
+        """Only on success: a batch that raised stays "running", so none behind it folds."""
+        self._running.remove(batch[0])
+
+    def offer(self, batch: list[int]) -> Callable[[], CheckpointWrite | None]:
+        def checkpoint() -> CheckpointWrite | None:  # asked just before the batch's last write
+            if self.watcher.dry_run or not self._running or self._running[0] != batch[0]:
+                return None
+            reached = self.reached(batch)
+            if reached <= self.written:
+                return None
+            self.written = reached  # only raised: a failed write leaves the checkpoint behind
+            w = self.watcher
+            return CheckpointWrite(w.account, w.folder, self.uidvalidity, reached, self.start_from)
+
+        return checkpoint
 
 
 def _parsed(row: HeaderFetch, key: str) -> ParsedMessage:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from postroom.action_kinds import MailboxOps
+from postroom.store.ledger import FinishedAction
 
 from .message import ParsedMessage
 from .rules import PlannedAction
@@ -38,6 +39,16 @@ class ItemOutcome:
     error: str | None = None
     transient: bool = True  # if not done: worth retrying later?
     details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Settlement:
+    """What a handler leaves for the watcher to commit in the batch's last transaction, with
+    the inbound rows and the checkpoint: the ledger outcomes of its last phase (their side
+    effects done, their ``planned`` rows already committed). Only for a handler that says
+    ``settles_with_batch``."""
+
+    actions: list[FinishedAction] = field(default_factory=list)
 
 
 class BatchHandler(Protocol):

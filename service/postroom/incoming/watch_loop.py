@@ -28,7 +28,7 @@ from postroom.clock import utcnow
 from postroom.errors import OAuth2Error, PermanentError, is_transient
 from postroom.incoming.balance import FolderBalance
 from postroom.incoming.bounces import Bounce, BounceIntake
-from postroom.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome
+from postroom.incoming.mailbox import BatchHandler, InboundItem, ItemOutcome, Settlement
 from postroom.incoming.message import ParsedMessage
 from postroom.incoming.rules import RuleSet
 from postroom.incoming.watch_lease import LEASE_TTL, WatchLease
@@ -39,6 +39,7 @@ from postroom.store.inbound import (
     FAILED,
     FINISHED,
     SET_ASIDE,
+    CheckpointWrite,
     InboundStore,
 )
 from postroom.store.leases import WatchLeases
@@ -307,10 +308,13 @@ class Watcher:
                 consumed[entry.key] = reason
         return consumed
 
-    async def _evaluate(self, entries: Sequence[Entry]) -> tuple[list[InboundItem], dict[str, dict[str, Any]]]:
+    async def _evaluate(
+        self, entries: Sequence[Entry]
+    ) -> tuple[list[InboundItem], dict[str, dict[str, Any]], list[tuple[str, str, str | None]]]:
         """Parse and evaluate a batch into items for the handler, with one store read for what
-        was finished before and one write to finish what needs no handler (no rule matched,
-        failed here). Returns the items and every entry's inbound row identity. Messages
+        was finished before. Returns the items, every entry's inbound row identity and the rows
+        finished without the handler (no rule matched, failed here), for ``_hand_over`` to
+        commit with the items' outcomes; with no items they are committed here (and not returned). Messages
         finished before, and everything in a dry run, are not handed over. (No ``pending`` row
         is written first: nothing reads one, a crash re-fetches from the checkpoint anyway, and
         on a big folder that write was a tenth of the pass.)"""
@@ -362,20 +366,41 @@ class Watcher:
                 self.hooks.processed(self.account, self.folder, "no_match")
             else:
                 items.append(InboundItem(key=entry.key, message=msg, planned=planned, **entry.ident))
-        if not self.dry_run:
+        if not self.dry_run and not items:
             await store_call(self.inbound.finish_many, finished, now=self.clock(), rows=rows)
-        return items, rows
+            finished = []
+        return items, rows, finished
 
     async def _hand_over(
-        self, mailbox: MailboxOps | None, items: Sequence[InboundItem], rows: dict[str, dict[str, Any]]
+        self,
+        mailbox: MailboxOps | None,
+        items: Sequence[InboundItem],
+        rows: dict[str, dict[str, Any]],
+        finished: Sequence[tuple[str, str, str | None]] = (),
+        checkpoint: Callable[[], CheckpointWrite | None] = lambda: None,
     ) -> dict[str, str]:
         """handle_batch, then finish each row. A batch that raises is retried item by item so
-        one poisonous message fails alone. Returns key -> stored status."""
+        one poisonous message fails alone. Returns key -> stored status.
+
+        One transaction at the end: the items' rows, the rows ``_evaluate`` finished without
+        the handler, the handler's last ledger outcomes (``Settlement``) and ``checkpoint()``
+        when it gives one."""
         if not items:
+            if finished:
+                await store_call(self.inbound.finish_many, finished, now=self.clock(), rows=rows)
             return {}
+        settle = Settlement() if getattr(self.handler, "settles_with_batch", False) else None
         try:
-            outcomes = await self.handler.handle_batch(self.account, self.folder, mailbox, items)
+            if settle is not None:
+                outcomes = await self.handler.handle_batch(  # type: ignore[call-arg]
+                    self.account, self.folder, mailbox, items, settle=settle
+                )
+            else:
+                outcomes = await self.handler.handle_batch(self.account, self.folder, mailbox, items)
         except Exception as exc:
+            if finished:
+                await store_call(self.inbound.finish_many, finished, now=self.clock(), rows=rows)
+                finished = ()
             if len(items) == 1:
                 self.log.error("handler failed for message", key=items[0].key, error=repr(exc))
                 outcomes = {
@@ -392,7 +417,14 @@ class Watcher:
                     stored.update(await self._hand_over(mailbox, [item], rows))
                 return stored
         results = [(item.key, *_outcome_status(outcomes.get(item.key))) for item in items]
-        stored = await store_call(self.inbound.finish_many, results, now=self.clock(), rows=rows)
+        stored = await store_call(
+            self.inbound.finish_many,
+            [*finished, *results],
+            now=self.clock(),
+            rows=rows,
+            actions=settle.actions if settle is not None else (),
+            checkpoint=checkpoint(),
+        )
         for key, _status, error in results:
             self.hooks.processed(self.account, self.folder, stored[key])
             if stored[key] != DONE:

@@ -75,6 +75,29 @@ class WebhookDelivery:
         )
 
 
+#: (action id, status done|failed|dead, detail, error): one action's recorded outcome
+FinishedAction = tuple[ActionId, str, dict[str, Any] | None, str | None]
+
+
+def finish_actions(conn: Any, results: Sequence[FinishedAction], now: datetime) -> None:
+    """``LedgerStore.finish`` inside the caller's transaction (also ``InboundStore.finish_many``'s,
+    so a batch's action outcomes, inbound rows and checkpoint commit together)."""
+    if not results:
+        return
+    rows = [(status, detail, (error or None) and error[:2000], *a) for a, status, detail, error in results]
+    # only rows still planned/failed: a webhook delivered meanwhile (by any replica)
+    # already wrote its row as done + delivered, which "queued" must not overwrite
+    update_rows(
+        conn,
+        actions,
+        ("status", "detail", "error"),
+        ("message_key", "rule", "action_index"),
+        rows,
+        {"updated_at": now},
+        where="status IN ('planned', 'failed')",
+    )
+
+
 class LedgerStore:
     def __init__(self, engine: Engine, *, owner: str, calls: StoreCalls):
         self.engine = engine
@@ -99,10 +122,27 @@ class LedgerStore:
     def plan(self, planned: Sequence[tuple[ActionId, str]], *, now: datetime) -> None:
         """Mark actions ``planned`` (about to run), counting an attempt. Rows already ``done``
         or ``dead`` are left alone; the caller never plans those."""
-        if not planned:
+        self.record(planned=planned, now=now)
+
+    def record(
+        self,
+        *,
+        planned: Sequence[tuple[ActionId, str]] = (),
+        finished: Sequence[FinishedAction] = (),
+        now: datetime,
+    ) -> None:
+        """``plan`` then ``finish`` in one transaction (one fsync): the executor records one
+        phase's outcomes together with the next phase's plan, and actions skipped without
+        running are planned and finished at once."""
+        if not planned and not finished:
             return
-        ids = [aid for aid, _ in planned]
         with self.engine.begin() as conn:
+            self._plan(conn, planned, now)
+            finish_actions(conn, finished, now)
+
+    def _plan(self, conn: Any, planned: Sequence[tuple[ActionId, str]], now: datetime) -> None:
+        if planned:
+            ids = [aid for aid, _ in planned]
             existing = self._existing(conn, ids)
             # thousands of rows: plain executemany (postroom.store.bulk), one transaction
             insert_rows(
@@ -122,25 +162,12 @@ class LedgerStore:
                     again,
                 )
 
-    def finish(
-        self, results: Sequence[tuple[ActionId, str, dict[str, Any] | None, str | None]], *, now: datetime
-    ) -> None:
+    def finish(self, results: Sequence[FinishedAction], *, now: datetime) -> None:
         """Record outcomes: (action id, status done|failed|dead, detail, error)."""
         if not results:
             return
-        rows = [(status, detail, (error or None) and error[:2000], *a) for a, status, detail, error in results]
         with self.engine.begin() as conn:
-            # only rows still planned/failed: a webhook delivered meanwhile (by any replica)
-            # already wrote its row as done + delivered, which "queued" must not overwrite
-            update_rows(
-                conn,
-                actions,
-                ("status", "detail", "error"),
-                ("message_key", "rule", "action_index"),
-                rows,
-                {"updated_at": now},
-                where="status IN ('planned', 'failed')",
-            )
+            finish_actions(conn, results, now)
 
     @staticmethod
     def _existing(conn: Any, ids: Sequence[ActionId]) -> set[ActionId]:
