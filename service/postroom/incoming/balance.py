@@ -24,6 +24,15 @@ daemon (per config generation) counts the watches this replica holds and answers
 A replica counts as alive while its heartbeat is fresh (``store.replicas.members``): a killed
 one stops counting within two thirds of a lease, and the others' shares grow to take its
 watches as their leases run out.
+
+Until then a killed replica still has a share it will never take. A watch nobody holds for
+``BEYOND_SHARE_AFTER`` seconds (a live replica under its share takes a free watch at its next
+standby try, sooner than that) is therefore taken by a settled replica even past its share
+(``may_take_beyond``): a folder released by a clean stop while a killed replica still counts
+is watched within seconds, not once the dead one stops counting. It is not handed back while
+the replicas alive stay the same (the one whose share it is may be that dead one), for at most
+``beyond_hold`` seconds (a lease, by when a dead replica has stopped counting): after that, or
+once the replicas change, the usual shares apply again.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 REFRESH_EVERY = 1.0  # seconds: how often a standby blocked by its share asks for the count
 SETTLE_QUIET = 2.0  # seconds without a change in the replica count: it has settled
+# Seconds a watch has been seen free, no replica under its share taking it, before a replica
+# at its share takes it: a standby's try (2 s) plus a refresh of the count (1 s).
+BEYOND_SHARE_AFTER = 3.0
 
 
 class FolderBalance:
@@ -46,6 +58,7 @@ class FolderBalance:
         settled: bool = True,
         refresh: Callable[[], Awaitable[Sequence[str] | None]] | None = None,
         settle_max: float = 20.0,
+        beyond_hold: float = 20.0,
     ):
         self.watches = watches  # M: every replica starts the same watchers
         self.me = me
@@ -58,6 +71,10 @@ class FolderBalance:
         self._refreshed = 0.0
         self._changed = time.monotonic()  # when the replica count last changed
         self._settle_by = time.monotonic() + settle_max  # settled by then whatever the count does
+        self.names: tuple[str, ...] = ()  # the replicas alive, in name order
+        self.beyond_hold = beyond_hold
+        # (the replicas alive, when) a watch was last taken past the share: kept while they stay
+        self._beyond: tuple[tuple[str, ...], float] | None = None
         self.members(members or [me])
 
     def members(self, alive: Sequence[str]) -> None:
@@ -67,6 +84,7 @@ class FolderBalance:
             self._changed = time.monotonic()
         self.alive = max(len(names), 1)
         self.rank = names.index(self.me) if self.me in names else len(names)
+        self.names = tuple(names)
 
     @property
     def share(self) -> int:
@@ -95,8 +113,30 @@ class FolderBalance:
             self.members(alive)
         return self.may_take()
 
+    def may_take_beyond(self, free_for: float) -> bool:
+        """May a watch seen free for ``free_for`` seconds be taken although this replica holds
+        its share? Yes once settled and the watch has waited ``BEYOND_SHARE_AFTER``: no live
+        replica under its share took it (the one whose share it is may be dead, still counted).
+        Call ``took_beyond`` when it is taken."""
+        return not self.settling() and free_for >= BEYOND_SHARE_AFTER
+
+    def took_beyond(self) -> None:
+        self._beyond = (self.names, time.monotonic())
+
+    def _keeps_beyond(self) -> bool:
+        """A watch taken past the share is kept: the replicas alive are the same as then, for
+        at most ``beyond_hold`` seconds."""
+        if self._beyond is None:
+            return False
+        names, since = self._beyond
+        if names == self.names and time.monotonic() - since < self.beyond_hold:
+            return True
+        self._beyond = None
+        return False
+
     def should_hand_over(self, watch: str) -> bool:
         """This replica holds more than its share and ``watch`` is one past it (name order,
-        so every watcher of this replica agrees which ones go)."""
+        so every watcher of this replica agrees which ones go); not while it keeps watches
+        taken past its share (``may_take_beyond``)."""
         share = self.share
-        return len(self.held) > share and watch in sorted(self.held)[share:]
+        return len(self.held) > share and watch in sorted(self.held)[share:] and not self._keeps_beyond()
