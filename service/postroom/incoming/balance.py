@@ -8,10 +8,11 @@ daemon (per config generation) counts the watches this replica holds and answers
 
 - may a standing-by watcher claim a free watch? Only while this replica holds fewer than its
   share (checked and claimed under one lock, so two of its watchers can't both take the last
-  place). A replica just started holds at most one until the replica count has settled (no
-  change for ``SETTLE_QUIET`` seconds, asked at least every ``REFRESH_EVERY``) or a lease has
-  passed: replicas started together then share the folders from the first second, instead
-  of the first one up taking all and handing them over later. When the share says no, the
+  place). A replica just started that counts no other yet holds at most one until the
+  replica count has settled (no change for ``SETTLE_QUIET`` seconds, asked at least every
+  ``REFRESH_EVERY``) or a lease has passed; one that counts others takes its share at once:
+  replicas started together then share the folders from the first second, instead of the
+  first one up taking all and handing them over later. When the share says no, the
   replica count is asked again (``refresh``, at most every ``REFRESH_EVERY``): a replica that
   stopped cleanly has left, and its released folders are taken within seconds, not at the
   next heartbeat.
@@ -42,6 +43,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 REFRESH_EVERY = 1.0  # seconds: how often a standby blocked by its share asks for the count
+# ... and while the count settles (a replica just started): one that started first, alone,
+# sees the replicas started with it within this and takes its share then, not seconds later.
+REFRESH_SETTLING = 0.25
 SETTLE_QUIET = 2.0  # seconds without a change in the replica count: it has settled
 # Seconds a watch has been seen free, no replica under its share taking it, before a replica
 # at its share takes it: a standby's try (2 s) plus a refresh of the count (1 s).
@@ -72,6 +76,7 @@ class FolderBalance:
         self._changed = time.monotonic()  # when the replica count last changed
         self._settle_by = time.monotonic() + settle_max  # settled by then whatever the count does
         self.names: tuple[str, ...] = ()  # the replicas alive, in name order
+        self._left = False  # the last change of the count was a replica leaving
         self.beyond_hold = beyond_hold
         # (the replicas alive, when) a watch was last taken past the share: kept while they stay
         self._beyond: tuple[tuple[str, ...], float] | None = None
@@ -82,6 +87,9 @@ class FolderBalance:
         names = sorted(set(alive))
         if max(len(names), 1) != self.alive:
             self._changed = time.monotonic()
+            # Folders free past the shares after a replica left (released by a clean stop)
+            # may be a dead one's share; after one joined they are a starting one's.
+            self._left = max(len(names), 1) < self.alive
         self.alive = max(len(names), 1)
         self.rank = names.index(self.me) if self.me in names else len(names)
         self.names = tuple(names)
@@ -98,13 +106,16 @@ class FolderBalance:
         return not self.settled
 
     def may_take(self) -> bool:
-        limit = min(self.share, 1) if self.settling() else self.share
+        """Below the share; while the count settles, below one when this replica has seen no
+        other yet (more may be starting), below the share when it has."""
+        limit = self.share if self.alive > 1 or not self.settling() else 1
         return len(self.held) < limit
 
     async def may_take_now(self) -> bool:
         """``may_take``, asking for the replica count again first when it says no or the count
         is still settling (rate-limited)."""
-        due = time.monotonic() - self._refreshed >= REFRESH_EVERY
+        every = REFRESH_SETTLING if self.settling() else REFRESH_EVERY
+        due = time.monotonic() - self._refreshed >= every
         if self._refresh is None or not due or (self.may_take() and not self.settling()):
             return self.may_take()
         self._refreshed = time.monotonic()
@@ -115,10 +126,12 @@ class FolderBalance:
 
     def may_take_beyond(self, free_for: float) -> bool:
         """May a watch seen free for ``free_for`` seconds be taken although this replica holds
-        its share? Yes once settled and the watch has waited ``BEYOND_SHARE_AFTER``: no live
-        replica under its share took it (the one whose share it is may be dead, still counted).
+        its share? Yes once settled, after a replica left (not when one joined: a starting
+        replica takes its share after its count settles) and once the watch has waited
+        ``BEYOND_SHARE_AFTER``: no live replica under its share took it (the one whose share it
+        is may be dead, still counted).
         Call ``took_beyond`` when it is taken."""
-        return not self.settling() and free_for >= BEYOND_SHARE_AFTER
+        return self._left and not self.settling() and free_for >= BEYOND_SHARE_AFTER
 
     def took_beyond(self) -> None:
         self._beyond = (self.names, time.monotonic())

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from postroom.clock import utcnow
-from postroom.incoming.balance import FolderBalance
+from postroom.incoming.balance import REFRESH_SETTLING, FolderBalance
 from postroom.retry import sleep_or_stop
 from postroom.store.calls import store_call
 from postroom.store.leases import WatchLeases
@@ -86,7 +86,12 @@ class WatchLease:
                 self.log.info("standing by: another replica watches this folder", holder=holder)
                 standing_by = True
             on_standby()
-            retry = FREE_RETRY if self._free_since is not None else STANDBY_RETRY
+            if self._free_since is not None:
+                retry = FREE_RETRY
+            elif self.balance is not None and self.balance.settling():
+                retry = REFRESH_SETTLING  # its share may grow any moment: see it at once
+            else:
+                retry = STANDBY_RETRY
             await sleep_or_stop(stop, min(retry, self.ttl / 3))
         return False
 
