@@ -7,8 +7,9 @@ Dovecot and Postfix); what sharing the work buys, and how fast a dead replica's 
    Timed from the seeding to every message taken in (its webhook action recorded in the
    ledger: fetched, matched, delivery stored), and to the 1,000th distinct webhook-id received.
 2. Backlog at start. The 1,000 messages are seeded first, then the N replicas are started
-   together: timed from the first replica ready to every message taken in (replicas started
-   together share the folders from the first second instead of the first one up taking all).
+   together: timed from the first replica's heartbeat row (written as it starts its watchers)
+   to the last message's action recorded (replicas started together share the folders from
+   the first second instead of the first one up taking all).
 3. Merge. A 3,000-row mail merge to bob fires at a set time on the same replicas; timed from
    the fire's run starting (a replica up late runs it as a catch-up) to the 3,000th row
    `sent` in the outbox (every replica's sender claims batches of the rows the firing replica
@@ -201,9 +202,10 @@ def fresh_mailboxes(lab: MailLab) -> None:
         lab.doveadm("mailbox", "create", "-u", "alice", folder)
 
 
-def backlog_at_start(lab: MailLab, work: Path, n: int, *, count: int) -> float:
-    """Seconds from the first of n replicas started together being ready to every message of a
-    backlog seeded before they started taken in."""
+def backlog_at_start(lab: MailLab, work: Path, n: int, *, count: int) -> tuple[float, str]:
+    """(seconds from the first of n replicas started together counting itself in to every
+    message of a backlog seeded before they started taken in, how the folders were held from
+    the first replica ready: each change as "+seconds holder:count...")."""
     fresh_mailboxes(lab)
     for folder, raws in messages(count).items():
         lab.seed_maildir("alice", folder, raws)
@@ -212,12 +214,24 @@ def backlog_at_start(lab: MailLab, work: Path, n: int, *, count: int) -> float:
     try:
         probes = [run.start(f"r{i + 1}", wait_ready=False) for i in range(n)]
         started = wait(lambda: any(probe() for probe in probes), 300, "a replica ready", step=0.1)
-        taken = wait(
-            lambda: run.scalar("SELECT count(*) FROM actions WHERE status = 'done'") == count,
-            600,
-            "the backlog taken in",
-        )
-        return taken - started
+        changes: list[str] = []
+        last: dict[str, int] = {}
+
+        def all_taken() -> bool:
+            nonlocal last
+            held = run.holders()
+            if held != last:
+                shown = " ".join(f"{k}:{v}" for k, v in sorted(held.items()))
+                changes.append(f"+{time.monotonic() - started:.1f}s {shown}")
+                last = held
+            return run.scalar("SELECT count(*) FROM actions WHERE status = 'done'") == count
+
+        wait(all_taken, 600, "the backlog taken in")
+        # From the first replica's heartbeat row (written as it starts its watchers) to the last
+        # action recorded: /readyz may answer only after a small backlog is already taken in.
+        first = run.scalar("SELECT min(started_at) FROM replicas")
+        last = run.scalar("SELECT max(updated_at) FROM actions")
+        return (last - first).total_seconds(), ", ".join(changes)  # type: ignore[operator]
     finally:
         run.close()
         hooks.close()
@@ -402,9 +416,9 @@ def main() -> int:
                             f"replicas' CPU {cpu:.1f} s)"
                         )
                     if "backlog" in parts:
-                        backlog = backlog_at_start(lab, work, n, count=args.messages)
+                        backlog, held = backlog_at_start(lab, work, n, count=args.messages)
                         note("backlog", n, backlog)
-                        said.append(f"backlog at start {backlog:.2f} s")
+                        said.append(f"backlog at start {backlog:.2f} s (folders held: {held})")
                     print(f"round {r + 1}, {n} replica(s): " + ", ".join(said), flush=True)
                 if "healing" in parts:
                     heals.append(healing(lab, work, rows=args.rows, count=args.messages))
