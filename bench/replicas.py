@@ -7,11 +7,14 @@ Dovecot and Postfix); what sharing the work buys, and how fast a dead replica's 
    Timed from the seeding to every message taken in (its webhook action recorded in the
    ledger: fetched, matched, delivery stored), and to the 1,000th distinct webhook-id received.
 2. Backlog at start. The 1,000 messages are seeded first, then the N replicas are started
-   together: timed from the first replica ready to every message taken in (replicas started
-   together share the folders from the first second instead of the first one up taking all).
+   together: timed from the first replica's heartbeat row (written as it starts its watchers)
+   to the last message's action recorded (replicas started together share the folders from
+   the first second instead of the first one up taking all).
 3. Merge. A 3,000-row mail merge to bob fires at a set time on the same replicas; timed from
-   the fire time to the 3,000th row `sent` in the outbox (every replica's sender claims
-   batches of the rows the firing replica did not keep).
+   the fire's run starting (a replica up late runs it as a catch-up) to the 3,000th row
+   `sent` in the outbox (every replica's sender claims batches of the rows the firing replica
+   did not keep); how long until the rows were stored, how many replicas held rows at some
+   point and the replicas' CPU seconds are printed beside it.
 4. Healing (3 replicas, default leases: POSTROOM_LEASE_SECONDS=20). Mid-merge, with busy
    folders, the replica holding the most merge rows is killed with SIGKILL. Timed from the kill
    to the first of its leased rows being sent by another replica, and to its folders being
@@ -21,11 +24,15 @@ Targets: 3 replicas >= 1.5x one replica on the incoming run, >= 2.5x on the back
 >= 2x on the merge.
 
 Run: bench/replicas [--rounds 3] [--messages 1000] [--rows 3000] [--port-offset 14500]
+                    [--replicas 1,2,3] [--parts incoming,merge,backlog,healing]
+BENCH_REPLICAS_LOGS=DIR keeps every replica's log (BENCH_REPLICAS_LOG_LEVEL=INFO for more).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -112,7 +119,7 @@ class Run:
             POSTROOM_INSTANCE=name,
             POSTROOM_STATE_DIR=str(self.work / name),
             POSTROOM_TEMPLATES=str(ROOT / "templates"),
-            POSTROOM_LOG_LEVEL="WARNING",
+            POSTROOM_LOG_LEVEL=os.environ.get("BENCH_REPLICAS_LOG_LEVEL", "WARNING"),
             **extra,
         )
         log = open(self.work / f"{name}.log", "ab")  # the process writes it until it ends
@@ -161,6 +168,12 @@ class Run:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        keep = os.environ.get("BENCH_REPLICAS_LOGS")  # a folder to keep every run's replica logs in
+        if keep:
+            for name in self.procs:
+                log = self.work / f"{name}.log"
+                shutil.copy(log, Path(keep) / f"{self.db}-{name}.log")
+                log.unlink()
         self.engine.dispose()
         admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
@@ -189,9 +202,10 @@ def fresh_mailboxes(lab: MailLab) -> None:
         lab.doveadm("mailbox", "create", "-u", "alice", folder)
 
 
-def backlog_at_start(lab: MailLab, work: Path, n: int, *, count: int) -> float:
-    """Seconds from the first of n replicas started together being ready to every message of a
-    backlog seeded before they started taken in."""
+def backlog_at_start(lab: MailLab, work: Path, n: int, *, count: int) -> tuple[float, str]:
+    """(seconds from the first of n replicas started together counting itself in to every
+    message of a backlog seeded before they started taken in, how the folders were held from
+    the first replica ready: each change as "+seconds holder:count...")."""
     fresh_mailboxes(lab)
     for folder, raws in messages(count).items():
         lab.seed_maildir("alice", folder, raws)
@@ -200,24 +214,34 @@ def backlog_at_start(lab: MailLab, work: Path, n: int, *, count: int) -> float:
     try:
         probes = [run.start(f"r{i + 1}", wait_ready=False) for i in range(n)]
         started = wait(lambda: any(probe() for probe in probes), 300, "a replica ready", step=0.1)
-        taken = wait(
-            lambda: run.scalar("SELECT count(*) FROM actions WHERE status = 'done'") == count,
-            600,
-            "the backlog taken in",
-        )
-        return taken - started
+        changes: list[str] = []
+        last: dict[str, int] = {}
+
+        def all_taken() -> bool:
+            nonlocal last
+            held = run.holders()
+            if held != last:
+                shown = " ".join(f"{k}:{v}" for k, v in sorted(held.items()))
+                changes.append(f"+{time.monotonic() - started:.1f}s {shown}")
+                last = held
+            return run.scalar("SELECT count(*) FROM actions WHERE status = 'done'") == count
+
+        wait(all_taken, 600, "the backlog taken in")
+        # From the first replica's heartbeat row (written as it starts its watchers) to the last
+        # action recorded: /readyz may answer only after a small backlog is already taken in.
+        first = run.scalar("SELECT min(started_at) FROM replicas")
+        last = run.scalar("SELECT max(updated_at) FROM actions")
+        return (last - first).total_seconds(), ", ".join(changes)  # type: ignore[operator]
     finally:
         run.close()
         hooks.close()
 
 
-def one_round(lab: MailLab, work: Path, n: int, *, count: int, rows: int) -> tuple[float, float, float, float]:
-    """(incoming seconds, webhooks seconds, merge seconds, backlog-at-start seconds) with n replicas."""
-    backlog = backlog_at_start(lab, work, n, count=count)
+def incoming_run(lab: MailLab, work: Path, n: int, *, count: int) -> tuple[float, float]:
+    """(incoming seconds, webhooks seconds) with n replicas, each holding its share first."""
     fresh_mailboxes(lab)
     hooks = DataServer()
-    merge_at = datetime.now(UTC) + timedelta(days=1)  # set below, once the incoming run is over
-    run = Run(lab, work, hooks, rows=0, merge_at=merge_at, lease=None)
+    run = Run(lab, work, hooks, rows=0, merge_at=datetime.now(UTC) + timedelta(days=1), lease=None)
     try:
         for i in range(n):
             run.start(f"r{i + 1}")
@@ -231,24 +255,56 @@ def one_round(lab: MailLab, work: Path, n: int, *, count: int, rows: int) -> tup
             "every message taken in",
         )
         done = wait(lambda: len({h["webhook-id"] for h, _ in hooks.posts}) >= count, 900, "every webhook")
-        incoming, delivered = taken - started, done - started
+        return taken - started, done - started
     finally:
         run.close()
         hooks.close()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds these processes have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def merge_run(lab: MailLab, work: Path, n: int, *, rows: int) -> tuple[float, float, int, float]:
+    """(seconds from the fire's run starting to the last row sent, of which until the rows were
+    stored, how many replicas were seen holding rows, the replicas' CPU seconds from the fire
+    time to the end) with n replicas."""
     fresh_mailboxes(lab)
     hooks = DataServer()
     fire = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=8 + 4 * n)
     run = Run(lab, work, hooks, rows=rows, merge_at=fire, lease=None)
+    senders: set[str] = set()
+
+    def all_sent() -> bool:
+        with run.engine.connect() as conn:
+            held = conn.execute(
+                text("SELECT DISTINCT split_part(lease_owner, '/', 1) FROM outbox WHERE status = 'sending'")
+            ).scalars()
+            senders.update(h for h in held if h)
+        return run.scalar("SELECT count(*) FROM outbox WHERE status = 'sent'") == rows
+
     try:
         for i in range(n):
             run.start(f"r{i + 1}")
-        wait(lambda: run.scalar("SELECT count(*) FROM outbox WHERE status = 'sent'") == rows, 900, "the merge")
+        pids = [proc.pid for proc in run.procs.values()]
+        time.sleep(max((fire - datetime.now(UTC)).total_seconds(), 0))
+        cpu = cpu_seconds(pids)
+        wait(all_sent, 900, "the merge", step=0.2)
+        cpu = cpu_seconds(pids) - cpu
+        # From the run's start, not the fire time: a replica that came up late on a loaded host
+        # runs it as a catch-up, and its start-up is not the merge's work.
+        began = run.scalar("SELECT min(started_at) FROM job_runs WHERE job_id = 'merge'")
         last = run.scalar("SELECT max(sent_at) FROM outbox")
-        merge = (last - fire).total_seconds()  # type: ignore[operator]
+        stored = run.scalar("SELECT max(created_at) FROM outbox")
+        return (last - began).total_seconds(), (stored - began).total_seconds(), len(senders), cpu  # type: ignore[operator]
     finally:
         run.close()
         hooks.close()
-    return incoming, delivered, merge, backlog
 
 
 def healing(lab: MailLab, work: Path, *, rows: int, count: int) -> tuple[float, float]:
@@ -308,60 +364,96 @@ def healing(lab: MailLab, work: Path, *, rows: int, count: int) -> tuple[float, 
         hooks.close()
 
 
+PARTS = ("incoming", "merge", "backlog")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--port-offset", type=int, default=14500, help="the bench lab's port offset")
+    parser.add_argument("--replicas", default="1,2,3", help="replica counts to run, e.g. 1,3 (1 is the base)")
+    parser.add_argument(
+        "--parts", default="incoming,merge,backlog,healing", help="which runs: incoming, merge, backlog, healing"
+    )
     args = parser.parse_args()
+    counts = sorted({int(c) for c in args.replicas.split(",")} | {1})
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - {*PARTS, "healing"}
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    # part -> replicas -> one value per round: incoming, webhooks, merge, stored, senders, backlog
+    results: dict[str, dict[int, list[float]]] = {}
+
+    def note(what: str, n: int, value: float) -> None:
+        results.setdefault(what, {}).setdefault(n, []).append(value)
+
     with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)  # the mail uid must reach the lab root
         lab = MailLab(work / "lab", LabPorts().offset(args.port_offset))
         lab.prepare()
         lab.start()
+        heals: list[tuple[float, float]] = []
         try:
-            results: dict[int, list[tuple[float, float, float, float]]] = {1: [], 2: [], 3: []}
-            heals: list[tuple[float, float]] = []
             for r in range(args.rounds):
-                for n in (1, 2, 3):
-                    results[n].append(one_round(lab, work, n, count=args.messages, rows=args.rows))
-                    inc, hooked, merge, backlog = results[n][-1]
+                for n in counts:  # both sides interleaved, round after round
+                    said = []
+                    if "incoming" in parts:
+                        inc, hooked = incoming_run(lab, work, n, count=args.messages)
+                        note("incoming", n, inc)
+                        note("webhooks", n, hooked)
+                        said.append(f"incoming {inc:.2f} s, webhooks {hooked:.2f} s")
+                    if "merge" in parts:
+                        merge, stored, senders, cpu = merge_run(lab, work, n, rows=args.rows)
+                        note("merge", n, merge)
+                        note("stored", n, stored)
+                        note("senders", n, senders)
+                        note("cpu", n, cpu)
+                        said.append(
+                            f"merge {merge:.2f} s (rows stored after {stored:.2f} s, {senders} sending, "
+                            f"replicas' CPU {cpu:.1f} s)"
+                        )
+                    if "backlog" in parts:
+                        backlog, held = backlog_at_start(lab, work, n, count=args.messages)
+                        note("backlog", n, backlog)
+                        said.append(f"backlog at start {backlog:.2f} s (folders held: {held})")
+                    print(f"round {r + 1}, {n} replica(s): " + ", ".join(said), flush=True)
+                if "healing" in parts:
+                    heals.append(healing(lab, work, rows=args.rows, count=args.messages))
                     print(
-                        f"round {r + 1}, {n} replica(s): incoming {inc:.2f} s, webhooks {hooked:.2f} s, "
-                        f"merge {merge:.2f} s, backlog at start {backlog:.2f} s",
+                        f"round {r + 1}, kill -9: rows resumed after {heals[-1][0]:.1f} s, "
+                        f"folders after {heals[-1][1]:.1f} s",
                         flush=True,
                     )
-                heals.append(healing(lab, work, rows=args.rows, count=args.messages))
-                print(
-                    f"round {r + 1}, kill -9: rows resumed after {heals[-1][0]:.1f} s, "
-                    f"folders after {heals[-1][1]:.1f} s",
-                    flush=True,
-                )
         finally:
             lab.stop()
     print(
         f"\nbench/replicas: {args.messages} messages over {len(FOLDERS)} folders, a {args.rows}-row merge; "
-        f"medians of {args.rounds} round(s)"
+        f"medians of {args.rounds} round(s), speed-ups against 1 replica in the same run"
     )
-    print(
-        "replicas  incoming s  msg/s  speedup  webhooks s  speedup  merge s  rows/s  speedup"
-        "  backlog-at-start s  speedup"
-    )
-    base = [statistics.median(r[i] for r in results[1]) for i in range(4)]
-    for n in (1, 2, 3):
-        inc, hooked, merge, backlog = (statistics.median(r[i] for r in results[n]) for i in range(4))
+    for what, unit in (("incoming", args.messages), ("webhooks", args.messages), ("merge", args.rows), ("backlog", 0)):
+        if what not in results:
+            continue
+        base = statistics.median(results[what][1])
+        for n in counts:
+            value = statistics.median(results[what][n])
+            rate = f"  {unit / value:>6.0f}/s" if unit else ""
+            extra = ""
+            if what == "merge":
+                stored = statistics.median(results["stored"][n])
+                extra = (
+                    f"  (stored after {stored:.2f} s, {statistics.median(results['senders'][n]):.0f} sending, "
+                    f"replicas' CPU {statistics.median(results['cpu'][n]):.1f} s)"
+                )
+            print(f"{what:>9}  {n} replica(s)  {value:>8.2f} s{rate}  {base / value:>5.2f}x{extra}")
+    if heals:
+        rows_back, folders_back = (statistics.median(h[i] for h in heals) for i in (0, 1))
         print(
-            f"{n:>8}  {inc:>10.2f}  {args.messages / inc:>5.0f}  {base[0] / inc:>6.2f}x  {hooked:>10.2f}  "
-            f"{base[1] / hooked:>6.2f}x  {merge:>7.2f}  {args.rows / merge:>6.0f}  {base[2] / merge:>6.2f}x"
-            f"  {backlog:>18.2f}  {base[3] / backlog:>6.2f}x"
+            f"kill -9 of the busiest of 3 (POSTROOM_LEASE_SECONDS=20): its rows resume after {rows_back:.1f} s, "
+            f"its folders after {folders_back:.1f} s"
         )
-    rows_back, folders_back = (statistics.median(h[i] for h in heals) for i in (0, 1))
-    print(
-        f"kill -9 of the busiest of 3 (POSTROOM_LEASE_SECONDS=20): its rows resume after {rows_back:.1f} s, "
-        f"its folders after {folders_back:.1f} s"
-    )
     return 0
 
 

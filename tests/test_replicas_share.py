@@ -3,6 +3,8 @@ PostgreSQL (a database per test) and the lab's Dovecot and Postfix, with test-si
 (POSTROOM_LEASE_SECONDS=3).
 
 - 6 watched folders, 3 replicas: each holds 2 once settled; one stops, the other two hold 3.
+- a merge with long leases (60 s): every replica's sender joins within seconds of its rows
+  being stored, each row is sent once.
 - kill -9 of the replica that fired a merge and holds busy folders, with webhooks in flight:
   its rows, webhooks and folders resume on the others within 30 s; nothing is lost, and a
   repeat is only ever the same Message-ID or webhook-id.
@@ -52,9 +54,17 @@ class Replicas:
     """Replicas of one config, each a `postroom run` with its own name, HTTP port and log."""
 
     def __init__(
-        self, tmp_path: Path, lab, pg_url: str, hooks: DataServer, *, merge_rows: int = 0, merge_in: float = 3600
+        self,
+        tmp_path: Path,
+        lab,
+        pg_url: str,
+        hooks: DataServer,
+        *,
+        merge_rows: int = 0,
+        merge_in: float = 3600,
+        lease: str = LEASE,
     ):
-        self.tmp, self.lab, self.pg_url = tmp_path, lab, pg_url
+        self.tmp, self.lab, self.pg_url, self.lease = tmp_path, lab, pg_url, lease
         for folder in FOLDERS:
             lab.doveadm("mailbox", "create", "-u", "alice", folder)
         shop = tmp_path / "shop.db"
@@ -81,7 +91,7 @@ class Replicas:
             POSTROOM_HTTP=f"127.0.0.1:{port}" if port else "",
             POSTROOM_DATABASE_URL=self.pg_url,
             POSTROOM_INSTANCE=name,
-            POSTROOM_LEASE_SECONDS=LEASE,
+            POSTROOM_LEASE_SECONDS=self.lease,
             POSTROOM_STATE_DIR=str(self.tmp / name),
         )
 
@@ -91,6 +101,11 @@ class Replicas:
         self.daemons[name], self.ports[name] = daemon, port
         wait_ready(port, daemon, timeout=120)  # a loaded host starts slowly
         return daemon
+
+    def count_rows(self) -> int:
+        """How many rows the outbox holds, whatever their status."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM outbox")).scalar() or 0)
 
     def holders(self) -> Counter[str]:
         """How many watches each replica holds, by the lease rows (expired ones not counted)."""
@@ -169,6 +184,42 @@ def test_six_folders_three_replicas_two_each_then_three_each(tmp_path, clean_lab
         replicas.close()
     assert_each_hook_once_per_id(hooks, first + second)
     assert len(hooks.posts) == len(first) + len(second)  # a folder changing hands handled none twice
+
+
+JOIN = 5.0  # seconds from a merge's rows stored to every replica's sender holding some
+
+
+@pytest.mark.timeout(300)
+def test_a_merge_is_sent_by_every_replica_from_its_first_seconds(tmp_path, clean_lab, pg_url, hooks):
+    # Leases of 60 s: an idle sender that looked for queued rows once a third of a lease (20 s)
+    # would join long after the merge started, or not at all.
+    rows = 1500
+    replicas = Replicas(tmp_path, clean_lab, pg_url, hooks, merge_rows=rows, merge_in=30, lease="60")
+    first_held: dict[str, float] = {}
+    try:
+        for name in ("r1", "r2", "r3"):
+            replicas.start(name)
+
+        def sample() -> bool:
+            with replicas.engine.connect() as conn:
+                owners = conn.execute(
+                    text("SELECT DISTINCT split_part(lease_owner, '/', 1) FROM outbox WHERE status = 'sending'")
+                ).scalars()
+                for owner in owners:
+                    first_held.setdefault(owner, time.monotonic())
+                return conn.execute(text("SELECT count(*) FROM outbox WHERE status = 'sent'")).scalar() == rows
+
+        stored = wait_until(lambda: replicas.count_rows() == rows and time.monotonic(), 120, "the merge stored")
+        wait_until(sample, 300, "every row sent")
+        wait_until(lambda: len(clean_lab.fetch_all("bob")) >= rows, 120, "the whole merge delivered")
+        time.sleep(1)  # time for a duplicate to show up
+    finally:
+        replicas.close()
+    joined = {name: round(at - stored, 1) for name, at in first_held.items()}
+    assert sorted(joined) == ["r1", "r2", "r3"], joined
+    assert max(joined.values()) <= JOIN, f"seconds from the rows stored to each replica's first rows: {joined}"
+    raws = clean_lab.fetch_all("bob")
+    assert_each_row_once(raws, rows=rows, max_duplicates=0)
 
 
 @pytest.mark.timeout(400)

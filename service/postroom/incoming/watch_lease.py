@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from postroom.clock import utcnow
-from postroom.incoming.balance import FolderBalance
+from postroom.incoming.balance import REFRESH_SETTLING, FolderBalance
 from postroom.retry import sleep_or_stop
 from postroom.store.calls import store_call
 from postroom.store.leases import WatchLeases
@@ -31,6 +31,9 @@ LEASE_TTL = 20.0  # seconds a claim lasts; a replica that died is replaced after
 # Seconds between a standby's claims: a folder released by a clean stop is taken within this
 # (plus a claim); a lapsed lease is looked at as often.
 STANDBY_RETRY = 2.0
+# Seconds between a standby's tries while its watch is free but not yet its replica's to take
+# (its share is full): taken past the share once free long enough (``incoming.balance``).
+FREE_RETRY = 0.5
 RELEASE_DEADLINE = 5.0  # seconds a stopping watcher waits to give its lease up
 
 
@@ -55,6 +58,7 @@ class WatchLease:
         self.held = False
         self.ended = asyncio.Event()  # work must stop now: asked to, or the lease is gone
         self._renewer: asyncio.Task[None] | None = None
+        self._free_since: float | None = None  # monotonic: when a standby first saw it free
 
     async def acquire(self, stop: asyncio.Event, on_standby: Callable[[], None]) -> bool:
         """Hold the watch, standing by while another replica does. False when ``stop`` came
@@ -82,7 +86,13 @@ class WatchLease:
                 self.log.info("standing by: another replica watches this folder", holder=holder)
                 standing_by = True
             on_standby()
-            await sleep_or_stop(stop, min(STANDBY_RETRY, self.ttl / 3))
+            if self._free_since is not None:
+                retry = FREE_RETRY
+            elif self.balance is not None and self.balance.settling():
+                retry = REFRESH_SETTLING  # its share may grow any moment: see it at once
+            else:
+                retry = STANDBY_RETRY
+            await sleep_or_stop(stop, min(retry, self.ttl / 3))
         return False
 
     async def release(self) -> None:
@@ -112,12 +122,39 @@ class WatchLease:
         if self.balance is None:
             return await self._claim()
         async with self.balance.lock:
+            beyond = False
             if not await self.balance.may_take_now():
-                return False
+                if not self.balance.may_take_beyond(await self._free_for()):
+                    return False
+                beyond = True
             claimed = await self._claim()
             if claimed:
                 self.balance.held.add(self.watch)
+                self._free_since = None
+                if beyond:
+                    self.balance.took_beyond()
+                    self.log.info(
+                        "taking a free watch past this replica's share: no replica under its share took it",
+                        replicas=self.balance.alive,
+                        share=self.balance.share,
+                    )
             return claimed
+
+    async def _free_for(self) -> float:
+        """Seconds this standby has seen the watch held by nobody (0: held, or unknown)."""
+        if self.balance is None or self.balance.settling():
+            return 0.0  # a starting replica takes no more than its share
+        try:
+            free = await store_call(self.leases.free, self.watch, now=self.clock())
+        except Exception:
+            free = False  # the store could not say: as if held
+        if not free:
+            self._free_since = None
+            return 0.0
+        now = time.monotonic()
+        if self._free_since is None:
+            self._free_since = now
+        return now - self._free_since
 
     async def _claim(self) -> bool | None:
         """Take or renew the lease: True, False (another replica holds it), or None when the

@@ -62,6 +62,16 @@ class WatchLeases:
             ).first()
         return (row.owner, as_utc(row.expires_at)) if row else None
 
+    def free(self, watch: str, *, now: datetime) -> bool:
+        """Nobody holds ``watch``: no lease, or one run out (by the database's clock)."""
+        with self.engine.connect() as conn:
+            held = conn.scalar(
+                select(watch_leases.c.owner).where(
+                    watch_leases.c.watch == watch, watch_leases.c.expires_at >= db_now(conn, to_utc(now))
+                )
+            )
+        return held is None
+
     def all(self, *, now: datetime) -> list[tuple[str, str]]:
         """(watch, owner) of every lease held now: which replica watches what."""
         with self.engine.connect() as conn:
