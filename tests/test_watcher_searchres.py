@@ -17,6 +17,7 @@ from postroom.incoming.watcher import ImapWatcher
 
 from tests.support.action_rig import make_rig
 from tests.support.inbox import USER, account, raw_message
+from tests.support.logins import login
 from tests.support.store_fixtures import sqlite_url, store  # noqa: F401
 
 MESSAGES = 120
@@ -64,8 +65,17 @@ async def one_pass(lab, store, rules: list[dict], *, searchres: bool = True) -> 
     acct = account(lab, start_from="all")
     config = Config.model_validate({"accounts": {USER: acct.model_dump()}, "rules": rules})
     rig = make_rig(store, config)
-    w = ImapWatcher(USER, acct, "INBOX", compile_rules(config.rules), rig.executor, store.inbound, batch_size=BATCH)
-    conn = ImapConnection(USER, w.cfg)
+    w = ImapWatcher(
+        USER,
+        acct,
+        "INBOX",
+        compile_rules(config.rules),
+        rig.executor,
+        store.inbound,
+        batch_size=BATCH,
+        credentials=login(acct.imap),
+    )
+    conn = ImapConnection(USER, w.cfg, login(w.cfg))
     await conn.connect()
     try:
         assert conn.has("SEARCHRES")  # the lab's Dovecot has it
