@@ -256,6 +256,9 @@ class OutboxSender:
         self._running = False  # run() is draining: rows handed over now will be sent
         self._stop: asyncio.Event | None = None  # run()'s stop: once set, no new row is started
         self._lost: set[int] = set()  # rows whose lease another replica took: not to be sent here
+        # Rows whose outcome is being written: once it commits, the row is no longer `sending`,
+        # so a heartbeat's renewal skips it before _settle takes it out of `unsettled`.
+        self._recording: set[int] = set()
 
     async def prewarm(self, account: str) -> None:
         """Open the account's connections now (connect, STARTTLS, AUTH), for the next drain.
@@ -358,7 +361,7 @@ class OutboxSender:
             else:
                 # Not renewed and not settled meanwhile: another replica took the row after its
                 # lease ran out (this one stalled). Rows not started yet are left to it.
-                lost = {i for i in ids if i not in renewed and i in unsettled}
+                lost = {i for i in ids if i not in renewed and i in unsettled and i not in self._recording}
                 if lost:
                     log.warning(
                         "outbox leases ran out and were taken by another replica; leaving those rows to it",
@@ -555,23 +558,28 @@ class OutboxSender:
         and be sent again while this process lives."""
         settlement = self._settlement(item, outcome)
         waited = 0
-        while True:
-            try:
-                await recorder.record(settlement)
-                break
-            except StoreUnavailable as exc:
-                if waited == 0:
-                    log.warning(
-                        "outcome not recorded: the store is unavailable; kept in memory and written when it answers",
-                        outbox_id=item.id,
-                        outcome=settlement.kind,
-                        error=str(exc),
-                    )
-                waited += 1
-                await asyncio.sleep(min(SETTLE_RETRY_CAP, 0.1 * 2**waited))
-        if waited:
-            log.info("outcome recorded after the store came back", outbox_id=item.id, tries=waited + 1)
-        unsettled.pop(item.id, None)
+        self._recording.add(item.id)
+        try:
+            while True:
+                try:
+                    await recorder.record(settlement)
+                    break
+                except StoreUnavailable as exc:
+                    if waited == 0:
+                        log.warning(
+                            "outcome not recorded: the store is unavailable; "
+                            "kept in memory and written when it answers",
+                            outbox_id=item.id,
+                            outcome=settlement.kind,
+                            error=str(exc),
+                        )
+                    waited += 1
+                    await asyncio.sleep(min(SETTLE_RETRY_CAP, 0.1 * 2**waited))
+            if waited:
+                log.info("outcome recorded after the store came back", outbox_id=item.id, tries=waited + 1)
+            unsettled.pop(item.id, None)
+        finally:
+            self._recording.discard(item.id)
         setattr(stats, outcome.kind, getattr(stats, outcome.kind) + 1)
         fields = dict(outbox_id=item.id, account=item.account, message_id=item.message_id)
         if outcome.kind == "sent" and outcome.refused:  # told: someone did not get it
