@@ -189,39 +189,6 @@ def test_six_folders_three_replicas_two_each_then_three_each(tmp_path, clean_lab
 JOIN = 5.0  # seconds from a merge's rows stored to every replica's sender holding some
 
 
-@pytest.mark.timeout(300)
-def test_a_merge_is_sent_by_every_replica_from_its_first_seconds(tmp_path, clean_lab, pg_url, hooks):
-    # Leases of 60 s: an idle sender that looked for queued rows once a third of a lease (20 s)
-    # would join long after the merge started, or not at all.
-    rows = 1500
-    replicas = Replicas(tmp_path, clean_lab, pg_url, hooks, merge_rows=rows, merge_in=30, lease="60")
-    first_held: dict[str, float] = {}
-    try:
-        for name in ("r1", "r2", "r3"):
-            replicas.start(name)
-
-        def sample() -> bool:
-            with replicas.engine.connect() as conn:
-                owners = conn.execute(
-                    text("SELECT DISTINCT split_part(lease_owner, '/', 1) FROM outbox WHERE status = 'sending'")
-                ).scalars()
-                for owner in owners:
-                    first_held.setdefault(owner, time.monotonic())
-                return conn.execute(text("SELECT count(*) FROM outbox WHERE status = 'sent'")).scalar() == rows
-
-        stored = wait_until(lambda: replicas.count_rows() == rows and time.monotonic(), 120, "the merge stored")
-        wait_until(sample, 300, "every row sent")
-        wait_until(lambda: len(clean_lab.fetch_all("bob")) >= rows, 120, "the whole merge delivered")
-        time.sleep(1)  # time for a duplicate to show up
-    finally:
-        replicas.close()
-    joined = {name: round(at - stored, 1) for name, at in first_held.items()}
-    assert sorted(joined) == ["r1", "r2", "r3"], joined
-    assert max(joined.values()) <= JOIN, f"seconds from the rows stored to each replica's first rows: {joined}"
-    raws = clean_lab.fetch_all("bob")
-    assert_each_row_once(raws, rows=rows, max_duplicates=0)
-
-
 @pytest.mark.timeout(400)
 def test_kill_9_mid_merge_and_busy_folders_resume_on_the_others(tmp_path, clean_lab, pg_url, hooks):
     rows = 1500

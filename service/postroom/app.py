@@ -43,7 +43,7 @@ from .outgoing.envelopes import given_verp_key, signed_return_paths
 from .outgoing.jobs import BuiltRun, JobRunner
 from .outgoing.preview import JobPreviews
 from .outgoing.refusals import suppressing
-from .outgoing.sender import HOLD, MAX_IDLE, SHARED_IDLE, OutboxSender
+from .outgoing.sender import HOLD, MAX_IDLE, OutboxSender
 from .retry import sleep_or_stop
 from .schedule.runner import Scheduler
 from .sieve.rule import compile_config
@@ -141,7 +141,7 @@ class Daemon:
 
         # Replicas on PostgreSQL share the work: short leases renewed while held; a fire keeps
         # one batch for itself and leaves the rest for any replica; idle senders look for rows
-        # queued or left by others every second (SHARED_IDLE).
+        # queued or left by others every third of a lease.
         self.shared = store.engine.dialect.name != "sqlite"
         self.lease = lease = timedelta(seconds=self.settings.lease_seconds)
         store.runs.lease = lease  # a fire's claim is renewed, and taken over, like other leases
@@ -156,7 +156,7 @@ class Daemon:
             suppress=suppressing(store.bounces),
             lease=lease,
             handoff_limit=config.outbox.batch_size if self.shared else None,
-            max_idle=min(SHARED_IDLE, lease / 3) if self.shared else MAX_IDLE,
+            max_idle=min(MAX_IDLE, lease / 3) if self.shared else MAX_IDLE,
             return_paths=signed_return_paths(self.verp_key),
         )
         # A fire's messages go straight to the running sender (already leased, already in

@@ -56,11 +56,6 @@ __all__ = ["DrainStats", "OutboxSender", "Outcome", "backoff", "decide"]
 
 # Upper bound on one idle wait, so a clock jump or another replica's enqueue is noticed.
 MAX_IDLE = timedelta(seconds=60)
-# Replicas: how often an idle sender looks for due rows (a claim finding none and the next due
-# time: three small indexed queries a second per idle replica). A fire keeps one batch for its
-# own replica and queues the rest: every other replica's sender joins within this, so a large
-# merge is sent by all of them, not by the one that built it.
-SHARED_IDLE = timedelta(seconds=1)
 # The longest pause between tries to record an outcome while the store is away.
 SETTLE_RETRY_CAP = 1.0  # seconds
 # How long a claim lasts unless renewed: the heartbeat renews it every third of this.
